@@ -1,0 +1,148 @@
+//! One filesystem object as the walk saw it, and the order entries are kept in.
+
+use std::cmp::Ordering;
+
+/// The type of a filesystem object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Character device.
+    CharDevice,
+    /// Block device.
+    BlockDevice,
+    /// Unix socket: never enters a layer.
+    Socket,
+}
+
+/// A point in time with nanoseconds, as `statx` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    /// Seconds since the epoch (may be negative).
+    pub sec: i64,
+    /// Nanoseconds, `0..1_000_000_000`.
+    pub nsec: u32,
+}
+
+/// One object of a tree: everything a layer records about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the tree root, components joined by `/`, no leading or trailing `/`.
+    /// Raw bytes: names need not be UTF-8.
+    pub path: Vec<u8>,
+    /// Object type.
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Size in bytes for regular files, 0 for everything else.
+    pub size: u64,
+    /// Extended attributes (name, value), sorted by name. Overlayfs' own are kept here so the
+    /// overlay reader can see them; the layer writer drops them.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Symlink target (empty for other kinds).
+    pub link_target: Vec<u8>,
+    /// Device major number (devices only).
+    pub rdev_major: u32,
+    /// Device minor number (devices only).
+    pub rdev_minor: u32,
+    /// Device of the inode: with `ino`, the hardlink identity.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Link count.
+    pub nlink: u64,
+}
+
+impl Entry {
+    /// The last path component.
+    pub fn name(&self) -> &[u8] {
+        match self.path.iter().rposition(|&b| b == b'/') {
+            Some(i) => &self.path[i + 1..],
+            None => &self.path,
+        }
+    }
+
+    /// True for a regular file with more than one link (a member of a hardlink set).
+    pub fn is_hardlinked(&self) -> bool {
+        self.kind == Kind::File && self.nlink > 1
+    }
+}
+
+/// Compare two relative paths component by component, by name bytes.
+///
+/// This is the order of every entry list and every layer: a directory comes right before its
+/// own descendants, and those come before the directory's next sibling (`a`, `a/z`, `a-b`),
+/// which a flat byte comparison would not give (`-` sorts before `/`).
+pub fn cmp_paths(a: &[u8], b: &[u8]) -> Ordering {
+    let mut ca = a.split(|&c| c == b'/');
+    let mut cb = b.split(|&c| c == b'/');
+    loop {
+        match (ca.next(), cb.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => match x.cmp(y) {
+                Ordering::Equal => continue,
+                other => return other,
+            },
+        }
+    }
+}
+
+/// The parent of a relative path (`b""` for a top-level name).
+pub fn parent(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[..i],
+        None => b"",
+    }
+}
+
+/// Join a parent path and a name.
+pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+/// A relative path as an OS path (for error messages and `*at` calls).
+pub fn os_path(path: &[u8]) -> &std::path::Path {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::Path::new(std::ffi::OsStr::from_bytes(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_order_keeps_subtrees_together() {
+        let mut v: Vec<&[u8]> = vec![b"a-b", b"a/z", b"a", b"b", b"a/b/c", b"A"];
+        v.sort_by(|x, y| cmp_paths(x, y));
+        assert_eq!(v, vec![&b"A"[..], b"a", b"a/b/c", b"a/z", b"a-b", b"b"]);
+    }
+
+    #[test]
+    fn parent_and_join() {
+        assert_eq!(parent(b"a/b/c"), b"a/b");
+        assert_eq!(parent(b"a"), b"");
+        assert_eq!(join(b"", b"x"), b"x");
+        assert_eq!(join(b"a/b", b"x"), b"a/b/x");
+    }
+}

@@ -1,0 +1,22 @@
+//! layerdiff: the layer engine of a container image toolchain.
+//!
+//! Walks root filesystems ([`walk`]), computes whiteout-aware changes between trees or from an
+//! overlayfs upper directory ([`diff`], [`whiteout`]), and turns changes into deterministic OCI
+//! layer blobs in one pass over the bytes ([`layer`]: [`tar`] → [`digest`] → [`compress`]).
+//! Pure Rust; the Python bindings live behind the `python` feature in `src/python/`.
+#![deny(missing_docs)]
+
+pub mod compress;
+pub mod diff;
+pub mod digest;
+pub mod entry;
+pub mod error;
+pub mod layer;
+pub mod tar;
+pub mod walk;
+pub mod whiteout;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, Result};

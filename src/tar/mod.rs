@@ -1,0 +1,3 @@
+//! Tar: the deterministic PAX writer (ours, byte for byte) and the hardened reader.
+
+pub mod writer;
