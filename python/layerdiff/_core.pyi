@@ -1,0 +1,34 @@
+"""The Rust core. Thin bindings: every call releases the GIL and raises layerdiff.errors classes."""
+
+from collections.abc import Sequence
+from os import PathLike
+
+_Path = str | bytes | PathLike[str] | PathLike[bytes]
+
+def diff(lower: _Path, upper: _Path, *, content: bool = False) -> list[tuple[str, bytes]]:
+    """Changes turning tree `lower` into tree `upper`: (letter A|C|D, relative path bytes)."""
+
+def diff_overlay(
+    upper: _Path, *, lowers: Sequence[_Path] = (), content: bool = False
+) -> list[tuple[str, bytes]]:
+    """Changes recorded by an overlayfs upper directory (lowers top first)."""
+
+def write_layer(
+    upper: _Path,
+    blobs_dir: _Path,
+    *,
+    lower: _Path | None = None,
+    overlay: bool = False,
+    lowers: Sequence[_Path] = (),
+    content: bool = False,
+    compression: str = "gzip",
+    level: int | None = None,
+    threads: int = 0,
+    source_date_epoch: int | None = None,
+) -> tuple[str, str, int, int, str, str, list[str]]:
+    """Write one layer blob into `blobs_dir` (an OCI layout's blobs/sha256).
+
+    Without `lower` or `overlay` the layer holds the whole `upper` tree; with `lower` the
+    two-tree diff; with `overlay` the overlay-upper diff (against `lowers` when given).
+    Returns (digest, diff_id, size, tar_size, media_type, path, warnings).
+    """

@@ -1,0 +1,48 @@
+"""Exceptions raised by layerdiff.
+
+All derive from :class:`LayerdiffError`; each also derives from the standard class a caller
+would catch anyway (``OSError`` keeps ``errno`` and ``filename``, ``ValueError`` for bad input).
+"""
+
+from __future__ import annotations
+
+
+class LayerdiffError(Exception):
+    """Base class of every layerdiff error."""
+
+
+class LayerdiffOSError(LayerdiffError, OSError):
+    """An operating-system call failed; ``errno`` and ``filename`` say which and where."""
+
+
+class FormatError(LayerdiffError, ValueError):
+    """Input that is not what the format allows: a malformed archive, manifest or name."""
+
+
+class ReservedNameError(FormatError):
+    """A tree holds a ``.wh.``-prefixed name, which a layer would read as a whiteout."""
+
+
+class FileChangedError(LayerdiffError, OSError):
+    """A file changed while it was being read into a layer."""
+
+
+class OverlayError(LayerdiffError, ValueError):
+    """An overlay upper directory that cannot be turned into a layer as given."""
+
+
+class LimitError(FormatError):
+    """A size, depth or count limit was exceeded."""
+
+
+class DigestMismatchError(FormatError):
+    """Content did not hash to the digest it was named by."""
+
+
+class InvalidReferenceError(LayerdiffError, ValueError):
+    """An image reference that does not parse."""
+
+
+class ImageNotFoundError(LayerdiffError, LookupError):
+    """An image reference that names no image."""
+
