@@ -66,6 +66,11 @@ pub fn diff_overlay(upper: &Path, lowers: &[PathBuf], opts: &DiffOptions) -> Res
 pub fn full_tree(upper: &Path) -> Result<Vec<Change>> {
     Ok(crate::walk::walk(upper)?
         .into_iter()
-        .map(|e| Change { kind: ChangeKind::Added, path: e.path.clone(), entry: Some(e), opaque: false })
+        .map(|e| Change {
+            kind: ChangeKind::Added,
+            path: e.path.clone(),
+            entry: Some(e),
+            opaque: false,
+        })
         .collect())
 }

@@ -56,14 +56,21 @@ fn run_detached<T: Send>(
 }
 
 fn changes_to_py(changes: Vec<Change>) -> Vec<(String, Vec<u8>)> {
-    changes.into_iter().map(|c| (c.kind.letter().to_string(), c.path)).collect()
+    changes
+        .into_iter()
+        .map(|c| (c.kind.letter().to_string(), c.path))
+        .collect()
 }
 
 fn parse_compression(name: &str, level: Option<i32>) -> PyResult<Compression> {
     Ok(match name {
         "none" => Compression::None,
-        "gzip" => Compression::Gzip { level: level.unwrap_or(crate::compress::DEFAULT_GZIP_LEVEL) },
-        "zstd" => Compression::Zstd { level: level.unwrap_or(crate::compress::DEFAULT_ZSTD_LEVEL) },
+        "gzip" => Compression::Gzip {
+            level: level.unwrap_or(crate::compress::DEFAULT_GZIP_LEVEL),
+        },
+        "zstd" => Compression::Zstd {
+            level: level.unwrap_or(crate::compress::DEFAULT_ZSTD_LEVEL),
+        },
         other => {
             return Err(pyo3::exceptions::PyValueError::new_err(format!(
                 "unknown compression {other:?} (expected gzip, zstd or none)"
@@ -75,7 +82,12 @@ fn parse_compression(name: &str, level: Option<i32>) -> PyResult<Compression> {
 /// Changes turning tree `lower` into tree `upper`.
 #[pyfunction]
 #[pyo3(signature = (lower, upper, *, content = false))]
-fn diff(py: Python<'_>, lower: PathBuf, upper: PathBuf, content: bool) -> PyResult<Vec<(String, Vec<u8>)>> {
+fn diff(
+    py: Python<'_>,
+    lower: PathBuf,
+    upper: PathBuf,
+    content: bool,
+) -> PyResult<Vec<(String, Vec<u8>)>> {
     let cancel = Cancel::new();
     let opts = DiffOptions { content };
     run_detached(py, &cancel, || core_diff::diff_dirs(&lower, &upper, &opts)).map(changes_to_py)
@@ -92,7 +104,10 @@ fn diff_overlay(
 ) -> PyResult<Vec<(String, Vec<u8>)>> {
     let cancel = Cancel::new();
     let opts = DiffOptions { content };
-    run_detached(py, &cancel, || core_diff::diff_overlay(&upper, &lowers, &opts)).map(changes_to_py)
+    run_detached(py, &cancel, || {
+        core_diff::diff_overlay(&upper, &lowers, &opts)
+    })
+    .map(changes_to_py)
 }
 
 /// The tuple `write_layer` returns: digest, diff_id, size, tar_size, media_type, path, warnings.
