@@ -16,6 +16,7 @@ pub mod error;
 pub mod layer;
 pub mod root;
 pub mod tar;
+pub mod verify;
 pub mod walk;
 pub mod whiteout;
 

@@ -10,10 +10,14 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
+use crate::apply::{self, ApplyOptions};
 use crate::cancel::Cancel;
 use crate::compress::Compression;
 use crate::diff::{self as core_diff, Change, DiffOptions};
+use crate::error::IoContext;
 use crate::layer::{self, LayerOptions};
+use crate::root::Root;
+use crate::verify::VerifyingReader;
 
 /// How often a detached call looks for a pending signal (Ctrl-C) in the interpreter.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
@@ -166,11 +170,60 @@ fn write_layer(
     ))
 }
 
+/// Apply one layer blob (tar, gzip or zstd) onto the directory `root`. With `digest` (and
+/// `size`), the blob is verified while it is read; a mismatch is an error after the apply.
+#[pyfunction]
+#[pyo3(signature = (
+    root, blob, *, digest = None, size = None, chown = true, overlay = false, userxattr = false,
+    max_size = crate::apply::DEFAULT_MAX_SIZE
+))]
+#[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
+fn apply_layer(
+    py: Python<'_>,
+    root: PathBuf,
+    blob: PathBuf,
+    digest: Option<String>,
+    size: Option<u64>,
+    chown: bool,
+    overlay: bool,
+    userxattr: bool,
+    max_size: u64,
+) -> PyResult<(u64, u64, Vec<String>)> {
+    let opts = ApplyOptions {
+        chown,
+        overlay,
+        userxattr,
+        max_size,
+    };
+    let cancel = Cancel::new();
+    let stats = run_detached(py, &cancel, || {
+        let target = Root::open(&root)?;
+        let file = std::fs::File::open(&blob).at(&blob)?;
+        let what = blob.display().to_string();
+        match digest {
+            Some(digest) => {
+                let expected = match size {
+                    Some(n) => n,
+                    None => file.metadata().at(&blob)?.len(),
+                };
+                let mut reader = VerifyingReader::new(file, expected);
+                let stats = apply::apply_layer(&target, &mut reader, &opts, &cancel)?;
+                reader.finish(&digest, &what)?;
+                Ok(stats)
+            }
+            None => apply::apply_layer(&target, file, &opts, &cancel),
+        }
+    })?;
+    Ok((stats.entries, stats.bytes, stats.warnings))
+}
+
 /// The module `layerdiff._core`.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(diff, m)?)?;
     m.add_function(wrap_pyfunction!(diff_overlay, m)?)?;
     m.add_function(wrap_pyfunction!(write_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_layer, m)?)?;
+    m.add("DEFAULT_MAX_SIZE", crate::apply::DEFAULT_MAX_SIZE)?;
     Ok(())
 }
