@@ -193,15 +193,15 @@ struct Applier<'a> {
 }
 
 /// Header fields with their PAX overrides.
-struct Meta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: Timespec,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+pub(crate) struct Meta {
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: Timespec,
+    pub(crate) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta> {
+pub(crate) fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta> {
     let h = entry.header();
     let field =
         |r: io::Result<u64>, what: &str| r.map_err(|e| bad(name, format!("bad {what}: {e}")));

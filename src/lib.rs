@@ -15,6 +15,7 @@ pub mod entry;
 pub mod error;
 pub mod layer;
 pub mod root;
+pub mod squash;
 pub mod tar;
 pub mod verify;
 pub mod walk;

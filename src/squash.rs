@@ -1,0 +1,570 @@
+//! Squash: N layers into one, by reading their tar headers — nothing is extracted to disk.
+//!
+//! The layers are folded over a map of path → record with the rules of apply (last writer
+//! wins; a directory over a directory keeps its children; anything else replaces the path and
+//! its subtree; whiteouts and opaque markers remove what lies below them in earlier layers only).
+//! The paths of the layers *below* the squashed range are tracked too, so that a whiteout
+//! survives only where it still hides something there. Regular-file contents are referred to by
+//! (layer, entry ordinal) and streamed from the source layers when the result is written;
+//! hardlinks resolve to the content they pointed at when they were made.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+
+use crate::apply::{clean_path, decompress};
+use crate::entry::{base_name, cmp_paths, join, parent};
+use crate::error::{Error, Result};
+use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+
+/// A path key ordered component by component ([`cmp_paths`]), so a subtree is one range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key(pub Vec<u8>);
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_paths(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// What a squashed layer holds at one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Directory.
+    Dir,
+    /// Regular file whose bytes are entry `ordinal` of layer `layer` (0 = first squashed).
+    File {
+        /// Index of the source layer within the squashed range.
+        layer: usize,
+        /// Index of the entry within that layer's tar.
+        ordinal: u64,
+        /// Content size.
+        size: u64,
+    },
+    /// Hardlink to a path that lies below the squashed range.
+    LinkToLower(Vec<u8>),
+    /// Symbolic link.
+    Symlink(Vec<u8>),
+    /// Named pipe.
+    Fifo,
+    /// Character device (major, minor).
+    Char(u32, u32),
+    /// Block device (major, minor).
+    Block(u32, u32),
+}
+
+/// One path of the squashed layer with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, u32),
+    /// Extended attributes.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One member of a layer as the fold sees it.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Whiteout of a path.
+    Whiteout(Vec<u8>),
+    /// The lower children of a directory are hidden.
+    Opaque(Vec<u8>),
+    /// An entry; hardlinks carry their target.
+    Put(Vec<u8>, Record),
+    /// Hardlink: path, target, metadata.
+    Link(Vec<u8>, Vec<u8>),
+}
+
+/// The squash result before it is written: records in path order plus the markers needed to
+/// hide what lies below the squashed range.
+#[derive(Debug, Default)]
+pub struct Squashed {
+    /// Final records.
+    pub records: BTreeMap<Key, Record>,
+    /// Paths to write a whiteout for.
+    pub whiteouts: Vec<Vec<u8>>,
+    /// Directories to write an opaque marker in.
+    pub opaque: Vec<Vec<u8>>,
+}
+
+/// Paths (and whether each is a directory) of the tree the layers below the range make.
+#[derive(Debug, Default)]
+pub struct LowerTree(BTreeMap<Key, bool>);
+
+fn subtree<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
+    let start = Key(path.to_vec());
+    map.range(start..)
+        .take_while(|(k, _)| {
+            k.0 == path
+                || k.0.starts_with(path) && k.0.get(path.len()) == Some(&b'/')
+                || path.is_empty()
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn children_only<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
+    subtree(map, path)
+        .into_iter()
+        .filter(|k| k.0 != path)
+        .collect()
+}
+
+impl LowerTree {
+    /// Fold one layer's operations into the tree (apply semantics, paths only).
+    pub fn apply(&mut self, ops: &[Op]) {
+        let mut created = HashSet::new();
+        for op in ops {
+            match op {
+                Op::Put(p, r) => {
+                    let is_dir = r.kind == Kind::Dir;
+                    if !(is_dir && self.0.get(&Key(p.clone())) == Some(&true)) {
+                        for k in subtree(&self.0, p) {
+                            self.0.remove(&k);
+                        }
+                    }
+                    self.0.insert(Key(p.clone()), is_dir);
+                    mark_with_parents(&mut self.0, &mut created, p);
+                }
+                Op::Link(p, _) => {
+                    for k in subtree(&self.0, p) {
+                        self.0.remove(&k);
+                    }
+                    self.0.insert(Key(p.clone()), false);
+                    mark_with_parents(&mut self.0, &mut created, p);
+                }
+                _ => {}
+            }
+        }
+        for op in ops {
+            let doomed = match op {
+                Op::Whiteout(p) => subtree(&self.0, p),
+                Op::Opaque(d) => children_only(&self.0, d),
+                _ => continue,
+            };
+            for k in doomed {
+                if !created.contains(&k.0) {
+                    self.0.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn is_dir(&self, p: &[u8]) -> Option<bool> {
+        self.0.get(&Key(p.to_vec())).copied()
+    }
+
+    fn has_children(&self, p: &[u8]) -> bool {
+        !children_only(&self.0, p).is_empty()
+    }
+}
+
+/// Record `p` and its missing parents (implied directories) as written by this layer.
+fn mark_with_parents(tree: &mut BTreeMap<Key, bool>, created: &mut HashSet<Vec<u8>>, p: &[u8]) {
+    created.insert(p.to_vec());
+    let mut q = parent(p);
+    while !q.is_empty() {
+        tree.entry(Key(q.to_vec())).or_insert(true);
+        created.insert(q.to_vec());
+        q = parent(q);
+    }
+}
+
+/// The fold over the squashed range.
+#[derive(Debug, Default)]
+pub struct Folder {
+    lower: LowerTree,
+    merged: BTreeMap<Key, Record>,
+    /// Lower paths hidden by the range (each hides its subtree).
+    killed: HashSet<Vec<u8>>,
+}
+
+/// Metadata of a directory the layer implied but did not hold (apply makes it 0755, root).
+fn implied_dir() -> Record {
+    Record {
+        kind: Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: (0, 0),
+        xattrs: Vec::new(),
+    }
+}
+
+impl Folder {
+    /// Start from the tree of the layers below the range.
+    pub fn new(lower: LowerTree) -> Self {
+        Folder {
+            lower,
+            ..Folder::default()
+        }
+    }
+
+    /// Is `p` of the lower tree still visible (neither it nor an ancestor hidden)?
+    fn lower_visible(&self, p: &[u8]) -> bool {
+        if self.lower.is_dir(p).is_none() {
+            return false;
+        }
+        let mut q = p;
+        loop {
+            if self.killed.contains(q) {
+                return false;
+            }
+            if q.is_empty() {
+                return true;
+            }
+            q = parent(q);
+        }
+    }
+
+    fn kill(&mut self, p: &[u8]) {
+        if self.lower_visible(p) {
+            self.killed.insert(p.to_vec());
+        }
+    }
+
+    fn put(&mut self, p: &[u8], rec: Record, created: &mut HashSet<Vec<u8>>) {
+        let key = Key(p.to_vec());
+        let existing_dir = match self.merged.get(&key) {
+            Some(r) => r.kind == Kind::Dir,
+            None => self.lower_visible(p) && self.lower.is_dir(p) == Some(true),
+        };
+        if !(existing_dir && rec.kind == Kind::Dir) {
+            for k in subtree(&self.merged, p) {
+                self.merged.remove(&k);
+            }
+            self.kill(p);
+        }
+        self.merged.insert(key, rec);
+        created.insert(p.to_vec());
+        let mut q = parent(p);
+        while !q.is_empty() {
+            created.insert(q.to_vec());
+            let qk = Key(q.to_vec());
+            if !self.merged.contains_key(&qk) && !self.lower_visible(q) {
+                self.merged.insert(qk, implied_dir());
+            }
+            q = parent(q);
+        }
+    }
+
+    /// Fold one layer of the range.
+    pub fn layer(&mut self, ops: &[Op]) {
+        let mut created = HashSet::new();
+        for op in ops {
+            match op {
+                Op::Put(p, rec) => self.put(p, rec.clone(), &mut created),
+                Op::Link(p, target) => {
+                    let rec = match self.merged.get(&Key(target.clone())) {
+                        Some(r) => r.clone(),
+                        // Not written in the range: the link stays a link into the lower tree.
+                        None => Record {
+                            kind: Kind::LinkToLower(target.clone()),
+                            ..implied_dir()
+                        },
+                    };
+                    self.put(p, rec, &mut created);
+                }
+                _ => {}
+            }
+        }
+        for op in ops {
+            match op {
+                Op::Whiteout(p) => {
+                    for k in subtree(&self.merged, p) {
+                        if !created.contains(&k.0) {
+                            self.merged.remove(&k);
+                        }
+                    }
+                    self.kill(p);
+                }
+                Op::Opaque(d) => {
+                    for k in children_only(&self.merged, d) {
+                        if !created.contains(&k.0) {
+                            self.merged.remove(&k);
+                        }
+                    }
+                    let lower_children: Vec<Key> = children_only(&self.lower.0, d)
+                        .into_iter()
+                        .filter(|k| parent(&k.0) == d.as_slice())
+                        .collect();
+                    for k in lower_children {
+                        self.kill(&k.0);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The squashed layer: records plus the whiteouts and opaque markers still needed.
+    pub fn finish(self) -> Squashed {
+        let mut killed: Vec<&Vec<u8>> = self.killed.iter().collect();
+        killed.sort_by(|a, b| cmp_paths(a, b));
+        let mut out = Squashed::default();
+        for p in killed {
+            // A hidden ancestor already hides this path.
+            let mut q = p.as_slice();
+            let mut covered = false;
+            while !q.is_empty() && !covered {
+                q = parent(q);
+                covered = self.killed.contains(q);
+            }
+            if covered {
+                continue;
+            }
+            match self.merged.get(&Key(p.clone())) {
+                Some(r) if r.kind == Kind::Dir && self.lower.is_dir(p) == Some(true) => {
+                    if self.lower.has_children(p) {
+                        out.opaque.push(p.clone());
+                    }
+                }
+                Some(_) => {}
+                None => out.whiteouts.push(p.clone()),
+            }
+        }
+        out.records = self.merged;
+        out
+    }
+}
+
+/// Read the operations of one layer (`layer` is its index in the range, used for content
+/// references) without extracting anything.
+pub fn read_ops<R: Read>(blob: R, layer: usize) -> Result<Vec<Op>> {
+    let mut archive = tar::Archive::new(decompress(blob)?);
+    let mut ops = Vec::new();
+    let mut last = String::from("<archive>");
+    let bad = |entry: &str, reason: String| Error::Archive {
+        entry: entry.to_string(),
+        reason,
+    };
+    let entries = archive.entries().map_err(|e| bad(&last, e.to_string()))?;
+    for (ordinal, item) in entries.enumerate() {
+        let mut entry = item.map_err(|e| bad(&last, e.to_string()))?;
+        last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let path = clean_path(&entry.path_bytes(), &last)?;
+        let name = base_name(&path);
+        if name.starts_with(WHITEOUT_PREFIX) {
+            let dir = parent(&path).to_vec();
+            if name == OPAQUE_MARKER {
+                ops.push(Op::Opaque(dir));
+            } else if !name.starts_with(b".wh..wh.") {
+                let target = &name[WHITEOUT_PREFIX.len()..];
+                if target.is_empty() || target == b"." || target == b".." {
+                    return Err(bad(&last, "malformed whiteout name".into()));
+                }
+                ops.push(Op::Whiteout(join(&dir, target)));
+            }
+            continue;
+        }
+        if path.is_empty() {
+            continue;
+        }
+        let meta = crate::apply::meta_of(&mut entry, &last)?;
+        let h = entry.header();
+        use tar::EntryType as T;
+        let kind = match h.entry_type() {
+            T::Directory => Kind::Dir,
+            T::Regular | T::Continuous => Kind::File {
+                layer,
+                ordinal: ordinal as u64,
+                size: entry.size(),
+            },
+            T::Symlink => Kind::Symlink(
+                entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(&last, "symlink without a target".into()))?
+                    .into_owned(),
+            ),
+            T::Fifo => Kind::Fifo,
+            T::Char | T::Block => {
+                let major = h.device_major().ok().flatten().unwrap_or(0);
+                let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                if h.entry_type() == T::Char {
+                    Kind::Char(major, minor)
+                } else {
+                    Kind::Block(major, minor)
+                }
+            }
+            T::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(&last, "hardlink without a target".into()))?;
+                ops.push(Op::Link(path, clean_path(&target, &last)?));
+                continue;
+            }
+            T::XGlobalHeader => continue,
+            other => return Err(bad(&last, format!("unsupported entry type {other:?}"))),
+        };
+        let mtime = (meta.mtime.tv_sec, meta.mtime.tv_nsec as u32);
+        ops.push(Op::Put(
+            path,
+            Record {
+                kind,
+                mode: meta.mode,
+                uid: meta.uid,
+                gid: meta.gid,
+                mtime,
+                xattrs: meta.xattrs,
+            },
+        ));
+    }
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kind: Kind) -> Record {
+        Record {
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: (1, 0),
+            xattrs: Vec::new(),
+        }
+    }
+    fn file(p: &str, layer: usize, ordinal: u64) -> Op {
+        Op::Put(
+            p.as_bytes().to_vec(),
+            rec(Kind::File {
+                layer,
+                ordinal,
+                size: 1,
+            }),
+        )
+    }
+    fn dir(p: &str) -> Op {
+        Op::Put(p.as_bytes().to_vec(), rec(Kind::Dir))
+    }
+    fn wh(p: &str) -> Op {
+        Op::Whiteout(p.as_bytes().to_vec())
+    }
+    fn opq(p: &str) -> Op {
+        Op::Opaque(p.as_bytes().to_vec())
+    }
+    fn paths(s: &Squashed) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let f = |v: &[Vec<u8>]| {
+            v.iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        };
+        (
+            s.records
+                .keys()
+                .map(|k| String::from_utf8_lossy(&k.0).into_owned())
+                .collect(),
+            f(&s.whiteouts),
+            f(&s.opaque),
+        )
+    }
+
+    fn squash(lower: &[Vec<Op>], range: &[Vec<Op>]) -> Squashed {
+        let mut tree = LowerTree::default();
+        for ops in lower {
+            tree.apply(ops);
+        }
+        let mut folder = Folder::new(tree);
+        for ops in range {
+            folder.layer(ops);
+        }
+        folder.finish()
+    }
+
+    #[test]
+    fn whiteouts_survive_only_where_they_hide_something_below() {
+        let base = vec![vec![dir("a"), file("a/x", 9, 0), file("keep", 9, 1)]];
+        // Added then deleted inside the range: nothing left, no whiteout needed.
+        let s = squash(&base, &[vec![file("tmp", 0, 0)], vec![wh("tmp")]]);
+        assert_eq!(paths(&s), (vec![], vec![], vec![]));
+        // Deleting a lower file: the whiteout stays.
+        let s = squash(&base, &[vec![wh("a/x")], vec![file("b", 1, 0)]]);
+        assert_eq!(paths(&s), (vec!["b".into()], vec!["a/x".into()], vec![]));
+        // Nested redundant whiteouts fold into the outer one.
+        let s = squash(&base, &[vec![wh("a/x")], vec![wh("a")]]);
+        assert_eq!(paths(&s), (vec![], vec!["a".into()], vec![]));
+        // Deleted then recreated as a directory: an opaque directory.
+        let s = squash(&base, &[vec![wh("a")], vec![dir("a"), file("a/y", 1, 1)]]);
+        assert_eq!(
+            paths(&s),
+            (vec!["a".into(), "a/y".into()], vec![], vec!["a".into()])
+        );
+        // Squashing everything: no whiteouts at all.
+        let s = squash(&[], &[base[0].clone(), vec![wh("a")]]);
+        assert_eq!(paths(&s), (vec!["keep".into()], vec![], vec![]));
+    }
+
+    #[test]
+    fn opaque_folds_and_keeps_the_same_layers_entries() {
+        let base = vec![vec![dir("d"), file("d/old", 9, 0)]];
+        let s = squash(
+            &base,
+            &[
+                vec![file("d/mid", 0, 0)],
+                vec![dir("d"), file("d/new", 1, 0), opq("d")],
+            ],
+        );
+        // The opaque marker becomes a whiteout of each lower child it hid.
+        assert_eq!(
+            paths(&s),
+            (
+                vec!["d".into(), "d/new".into()],
+                vec!["d/old".into()],
+                vec![]
+            )
+        );
+    }
+
+    #[test]
+    fn last_writer_wins_and_hardlinks_keep_their_content() {
+        let s = squash(
+            &[],
+            &[
+                vec![file("a", 0, 0), Op::Link(b"b".to_vec(), b"a".to_vec())],
+                vec![file("a", 1, 5)],
+            ],
+        );
+        let get = |p: &str| s.records[&Key(p.as_bytes().to_vec())].kind.clone();
+        assert_eq!(
+            get("a"),
+            Kind::File {
+                layer: 1,
+                ordinal: 5,
+                size: 1
+            }
+        );
+        assert_eq!(
+            get("b"),
+            Kind::File {
+                layer: 0,
+                ordinal: 0,
+                size: 1
+            }
+        );
+    }
+
+    #[test]
+    fn file_over_directory_replaces_the_subtree() {
+        let s = squash(
+            &[],
+            &[vec![dir("x"), file("x/in", 0, 1)], vec![file("x", 1, 0)]],
+        );
+        assert_eq!(paths(&s).0, vec!["x".to_string()]);
+    }
+}
