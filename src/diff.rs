@@ -87,17 +87,15 @@ pub struct DiffOptions {
 pub fn diff_dirs(lower: &Path, upper: &Path, opts: &DiffOptions) -> Result<Vec<Change>> {
     let lower_fd = walk::open_root(lower)?;
     let upper_fd = walk::open_root(upper)?;
-    diff_trees(
-        Tree {
-            fd: lower_fd.as_fd(),
-            path: lower,
-        },
-        Tree {
-            fd: upper_fd.as_fd(),
-            path: upper,
-        },
-        opts,
-    )
+    let lower = Tree {
+        fd: lower_fd.as_fd(),
+        path: lower,
+    };
+    let upper = Tree {
+        fd: upper_fd.as_fd(),
+        path: upper,
+    };
+    diff_trees(lower, upper, opts)
 }
 
 /// Changes recorded by an overlayfs upper directory, in [`crate::entry::cmp_paths`] order.
@@ -139,10 +137,11 @@ pub fn diff_overlay(upper: &Path, lowers: &[PathBuf], opts: &DiffOptions) -> Res
             continue;
         };
         whiteout::strip_overlay_xattrs(&mut e);
-        let entry = (kind != ChangeKind::Deleted).then_some(e.clone());
+        let path = e.path.clone();
+        let entry = (kind != ChangeKind::Deleted).then_some(e);
         changes.push(Change {
             kind,
-            path: e.path,
+            path,
             entry,
             opaque,
         });
@@ -511,51 +510,53 @@ fn diff_through_merged_view(
     moved: &Entry,
     opts: &DiffOptions,
 ) -> Result<Vec<Change>> {
-    let key: &[u8] = if whiteout::overlay_redirect(moved).is_some() {
-        b"redirect"
+    let key = if whiteout::overlay_redirect(moved).is_some() {
+        "redirect"
     } else {
-        b"metacopy"
+        "metacopy"
     };
-    let fail = |why: String| Error::Overlay {
+    let fail = |why: &str| Error::Overlay {
         path: upper.join(entry::os_path(&moved.path)),
         reason: format!(
-            "has an overlay {} xattr: upper directory was written with redirect_dir/metacopy; give \
-             its lower directories so the change can be computed from the merged tree{why}",
-            String::from_utf8_lossy(key)
+            "has an overlay {key} xattr: upper directory was written with redirect_dir/metacopy; \
+             {why}"
         ),
     };
     if lowers.is_empty() {
-        return Err(fail(String::new()));
+        return Err(fail(
+            "give its lower directories so the change can be computed from the merged tree",
+        ));
     }
-    if whiteout::overlay_xattr_is_user(moved, key) {
+    if whiteout::overlay_xattr_is_user(moved, key.as_bytes()) {
         // Overlayfs refuses redirect_dir and metacopy together with userxattr.
-        return Err(fail(" (this one is a user.overlay.* xattr, which overlayfs never follows, so no merged tree can be built)".into()));
+        return Err(fail(
+            "it is a user.overlay.* xattr, which overlayfs never follows, so the merged tree \
+             cannot be built",
+        ));
     }
-    let mount_failed =
-        |e: std::io::Error| fail(format!(" (mounting the merged tree read-only failed: {e})"));
+    let mount_failed = |e: std::io::Error| {
+        fail(&format!(
+            "mounting the merged tree read-only to compute the change failed: {e}"
+        ))
+    };
     let layers: Vec<&Path> = std::iter::once(upper)
         .chain(lowers.iter().map(PathBuf::as_path))
         .collect();
     let merged = mount_overlay_ro(&layers).map_err(mount_failed)?;
     let lower_view = match lowers {
         [only] => walk::open_root(only)?,
-        _ => {
-            let layers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-            mount_overlay_ro(&layers).map_err(mount_failed)?
-        }
+        _ => mount_overlay_ro(&layers[1..]).map_err(mount_failed)?,
     };
-    let lower_tree = Tree {
+    // Errors inside the views name the paths the caller gave.
+    let lower = Tree {
         fd: lower_view.as_fd(),
         path: &lowers[0],
     };
-    diff_trees(
-        lower_tree,
-        Tree {
-            fd: merged.as_fd(),
-            path: upper,
-        },
-        opts,
-    )
+    let merged_tree = Tree {
+        fd: merged.as_fd(),
+        path: upper,
+    };
+    diff_trees(lower, merged_tree, opts)
 }
 
 /// A read-only overlay of `layers` (top first), with redirects and metacopy followed.
@@ -565,27 +566,30 @@ fn diff_through_merged_view(
 /// of the caller, errors and panics included, and nobody else ever sees it. `lowerdir+` (one
 /// layer per call, Linux 6.8) takes each path as is: no `:`/`,` escaping to get wrong.
 fn mount_overlay_ro(layers: &[&Path]) -> std::io::Result<OwnedFd> {
-    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, fsconfig_set_string};
     let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
-    let configure = || -> rustix::io::Result<OwnedFd> {
-        for layer in layers {
-            rustix::mount::fsconfig_set_string(&fs, "lowerdir+", *layer)?;
-        }
-        rustix::mount::fsconfig_set_string(&fs, "redirect_dir", "follow")?;
-        rustix::mount::fsconfig_set_string(&fs, "metacopy", "on")?;
-        rustix::mount::fsconfig_create(&fs)?;
-        rustix::mount::fsmount(
-            &fs,
-            FsMountFlags::FSMOUNT_CLOEXEC,
-            MountAttrFlags::MOUNT_ATTR_RDONLY,
-        )
+    let fs_ref = &fs;
+    let failed = |step: String| move |e| with_fs_log(fs_ref, &step, e);
+    for layer in layers {
+        fsconfig_set_string(&fs, "lowerdir+", *layer)
+            .map_err(failed(format!("lower layer {}", layer.display())))?;
+    }
+    let options = || -> rustix::io::Result<()> {
+        fsconfig_set_string(&fs, "redirect_dir", "follow")?;
+        fsconfig_set_string(&fs, "metacopy", "on")?;
+        rustix::mount::fsconfig_create(&fs)
     };
-    configure().map_err(|e| with_fs_log(&fs, e))
+    options().map_err(failed(
+        "overlay options redirect_dir=follow,metacopy=on".into(),
+    ))?;
+    let attrs = MountAttrFlags::MOUNT_ATTR_RDONLY;
+    rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(failed("fsmount".into()))
 }
 
-/// An error from the mount API with the messages the kernel logged on the fs context (the
-/// reason behind a bare EINVAL, e.g. "overlayfs: failed to resolve 'x'").
-fn with_fs_log(fs: &OwnedFd, errno: Errno) -> std::io::Error {
+/// An error from the mount API, with the step that failed and the messages the kernel logged on
+/// the fs context (often the only explanation of a bare EINVAL).
+fn with_fs_log(fs: &OwnedFd, step: &str, errno: Errno) -> std::io::Error {
     let mut log = Vec::new();
     let mut buf = [0u8; 512];
     // Each read returns one message; a few are plenty and the log is bounded by the kernel.
@@ -596,11 +600,8 @@ fn with_fs_log(fs: &OwnedFd, errno: Errno) -> std::io::Error {
         }
     }
     let errno = std::io::Error::from(errno);
-    if log.is_empty() {
-        errno
-    } else {
-        std::io::Error::new(errno.kind(), format!("{errno}: {}", log.join("; ")))
-    }
+    let kernel_says = log.iter().map(|m| format!(" ({m})")).collect::<String>();
+    std::io::Error::new(errno.kind(), format!("{step}: {errno}{kernel_says}"))
 }
 
 #[cfg(test)]
@@ -918,5 +919,371 @@ mod tests {
             matches!(err, Error::Io { ref path, .. } if path == &t.path().join("f")),
             "{err}"
         );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Overlay upper directories
+
+    /// An overlay mounted for a test: `upper` and `merged` under one temp dir; unmounted on drop.
+    struct Overlay {
+        _dir: tempfile::TempDir,
+        upper: PathBuf,
+        merged: PathBuf,
+        mounted: bool,
+    }
+
+    impl Overlay {
+        fn mount(lowers: &[&Path], options: &str) -> Overlay {
+            let dir = tempfile::tempdir().unwrap();
+            let [upper, work, merged] = ["upper", "work", "merged"].map(|n| dir.path().join(n));
+            for d in [&upper, &work, &merged] {
+                std::fs::create_dir(d).unwrap();
+            }
+            let lowerdir: Vec<_> = lowers.iter().map(|l| l.display().to_string()).collect();
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={},{options}",
+                lowerdir.join(":"),
+                upper.display(),
+                work.display()
+            );
+            let data = std::ffi::CString::new(data).unwrap();
+            rustix::mount::mount(
+                "overlay",
+                &merged,
+                "overlay",
+                rustix::mount::MountFlags::empty(),
+                &*data,
+            )
+            .unwrap_or_else(|e| panic!("mount overlay {data:?}: {e}"));
+            Overlay {
+                _dir: dir,
+                upper,
+                merged,
+                mounted: true,
+            }
+        }
+
+        fn unmount(&mut self) {
+            rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::empty()).unwrap();
+            self.mounted = false;
+        }
+    }
+
+    impl Drop for Overlay {
+        fn drop(&mut self) {
+            if self.mounted {
+                // Best effort: a failed test must not leave the mount behind.
+                let _ = rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    }
+
+    fn overlay_diff(upper: &Path, lowers: &[&Path]) -> Result<Vec<Change>> {
+        let lowers: Vec<PathBuf> = lowers.iter().map(|l| l.to_path_buf()).collect();
+        diff_overlay(upper, &lowers, &DiffOptions::default())
+    }
+
+    fn opaque_paths(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .filter(|c| c.opaque)
+            .map(|c| String::from_utf8_lossy(&c.path).into_owned())
+            .collect()
+    }
+
+    fn no_overlay_xattrs(changes: &[Change]) -> bool {
+        changes
+            .iter()
+            .flat_map(|c| &c.entry)
+            .all(|e| e.xattrs.iter().all(|(n, _)| !whiteout::is_overlay_xattr(n)))
+    }
+
+    fn mknod_whiteout(path: &Path) {
+        let (kind, mode) = (
+            rustix::fs::FileType::CharacterDevice,
+            Mode::from_raw_mode(0o000),
+        );
+        rustix::fs::mknodat(rustix::fs::CWD, path, kind, mode, rustix::fs::makedev(0, 0)).unwrap();
+    }
+
+    #[test]
+    fn real_overlay_changes() {
+        if !is_root("real_overlay_changes") {
+            return;
+        }
+        let lower = tempfile::tempdir().unwrap();
+        let l = lower.path();
+        for f in ["a/f1", "a/f2", "b/dir/x", "c/old", "keep", "ren/src"] {
+            write(&l.join(f), f.as_bytes());
+        }
+        let mut ovl = Overlay::mount(&[l], "redirect_dir=nofollow,metacopy=off,index=off");
+        let m = ovl.merged.clone();
+        write(&m.join("new"), b"new");
+        write(&m.join("a/f1"), b"changed");
+        std::fs::remove_file(m.join("a/f2")).unwrap();
+        std::fs::remove_dir_all(m.join("b/dir")).unwrap();
+        std::fs::remove_dir_all(m.join("c")).unwrap();
+        std::fs::create_dir(m.join("c")).unwrap();
+        write(&m.join("c/n"), b"n");
+        std::fs::rename(m.join("ren/src"), m.join("ren/dst")).unwrap();
+        ovl.unmount();
+
+        let with_lower = overlay_diff(&ovl.upper, &[l]).unwrap();
+        assert_eq!(
+            summary(&with_lower),
+            [
+                "C a",
+                "C a/f1",
+                "D a/f2",
+                "C b",
+                "D b/dir",
+                "C c",
+                "A c/n",
+                "A new",
+                "C ren",
+                "A ren/dst",
+                "D ren/src"
+            ]
+        );
+        assert_eq!(opaque_paths(&with_lower), ["c"]);
+        assert!(no_overlay_xattrs(&with_lower));
+        let f1 = with_lower[1].entry.as_ref().unwrap();
+        assert_eq!((f1.kind, f1.size), (Kind::File, 7));
+
+        // Without lowers: directories C, everything else A.
+        let alone = overlay_diff(&ovl.upper, &[]).unwrap();
+        assert_eq!(
+            summary(&alone),
+            [
+                "C a",
+                "A a/f1",
+                "D a/f2",
+                "C b",
+                "D b/dir",
+                "C c",
+                "A c/n",
+                "A new",
+                "C ren",
+                "A ren/dst",
+                "D ren/src"
+            ]
+        );
+        assert_eq!(opaque_paths(&alone), ["c"]);
+    }
+
+    #[test]
+    fn hand_made_upper_forms() {
+        if !is_root("hand_made_upper_forms") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let u = t.path().join("upper");
+        std::fs::create_dir(&u).unwrap();
+        // 0/0 whiteouts, two of them sharing one inode as overlayfs does.
+        mknod_whiteout(&u.join("gone"));
+        std::fs::hard_link(u.join("gone"), u.join("gone2")).unwrap();
+        // Opaque directories in both namespaces; a whiteout inside one hides nothing more.
+        write(&u.join("o/f"), b"f");
+        set_xattr(&u.join("o"), "trusted.overlay.opaque", b"y");
+        mknod_whiteout(&u.join("o/w"));
+        std::fs::create_dir(u.join("uo")).unwrap();
+        set_xattr(&u.join("uo"), "user.overlay.opaque", b"y");
+        // xattr whiteouts: only in a directory marked opaque=x (which is not opaque), the root too.
+        write(&u.join("x/f"), b"f");
+        write(&u.join("x/w"), b"");
+        set_xattr(&u.join("x/w"), "trusted.overlay.whiteout", b"");
+        set_xattr(&u.join("x"), "trusted.overlay.opaque", b"x");
+        write(&u.join("plain/w"), b"");
+        set_xattr(&u.join("plain/w"), "trusted.overlay.whiteout", b"");
+        write(&u.join("rw"), b"");
+        set_xattr(&u.join("rw"), "trusted.overlay.whiteout", b"");
+        set_xattr(&u, "trusted.overlay.opaque", b"x");
+        // A hardlink set: every member is in the upper.
+        write(&u.join("h1"), b"h");
+        std::fs::hard_link(u.join("h1"), u.join("h2")).unwrap();
+
+        let alone = overlay_diff(&u, &[]).unwrap();
+        assert_eq!(
+            summary(&alone),
+            [
+                "D gone",
+                "D gone2",
+                "A h1",
+                "A h2",
+                "C o",
+                "A o/f",
+                "C plain",
+                "A plain/w",
+                "D rw",
+                "C uo",
+                "C x",
+                "A x/f",
+                "D x/w"
+            ]
+        );
+        assert_eq!(opaque_paths(&alone), ["o", "uo"]);
+        assert!(no_overlay_xattrs(&alone));
+
+        // With a lower: letters follow existence there; a path below a lower symlink is not there.
+        let lower = tempfile::tempdir().unwrap();
+        write(&lower.path().join("o/old"), b"");
+        write(&lower.path().join("h1"), b"");
+        std::fs::create_dir(lower.path().join("elsewhere")).unwrap();
+        symlink("elsewhere", lower.path().join("x")).unwrap();
+        write(&lower.path().join("elsewhere/f"), b"");
+        let with_lower = overlay_diff(&u, &[lower.path()]).unwrap();
+        assert_eq!(
+            summary(&with_lower),
+            [
+                "D gone",
+                "D gone2",
+                "C h1",
+                "A h2",
+                "C o",
+                "A o/f",
+                "A plain",
+                "A plain/w",
+                "D rw",
+                "A uo",
+                "C x",
+                "A x/f",
+                "D x/w"
+            ]
+        );
+    }
+
+    #[test]
+    fn redirect_without_lowers_is_refused() {
+        if !is_root("redirect_without_lowers_is_refused") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("moved")).unwrap();
+        set_xattr(
+            &t.path().join("moved"),
+            "trusted.overlay.redirect",
+            b"/orig",
+        );
+        match overlay_diff(t.path(), &[]) {
+            Err(Error::Overlay { path, reason }) => {
+                assert_eq!(path, t.path().join("moved"));
+                assert!(reason.contains("give its lower directories"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // user.overlay.* redirects are never followed by the kernel: refused even with lowers.
+        let u = tempfile::tempdir().unwrap();
+        std::fs::create_dir(u.path().join("moved")).unwrap();
+        set_xattr(&u.path().join("moved"), "user.overlay.redirect", b"/orig");
+        let err = overlay_diff(u.path(), &[t.path()]).unwrap_err();
+        assert!(
+            matches!(&err, Error::Overlay { reason, .. } if reason.contains("user.overlay")),
+            "{err}"
+        );
+        // A merged tree that cannot be mounted: refused, with the kernel's reason.
+        let missing = t.path().join("missing");
+        let err = overlay_diff(t.path(), &[&missing]).unwrap_err();
+        eprintln!("{err}");
+        assert!(
+            matches!(&err, Error::Overlay { reason, .. } if reason.contains("mounting")),
+            "{err}"
+        );
+    }
+
+    /// A lower tree with a directory to rename.
+    fn lower_with_dir(r: &Path) {
+        write(&r.join("olddir/f1"), b"1");
+        write(&r.join("olddir/sub/f2"), b"2");
+        write(&r.join("other/keep"), b"k");
+    }
+
+    #[test]
+    fn redirect_falls_back_to_merged_tree() {
+        if !is_root("redirect_falls_back_to_merged_tree") {
+            return;
+        }
+        let lower = tempfile::tempdir().unwrap();
+        lower_with_dir(lower.path());
+        let mut ovl = Overlay::mount(&[lower.path()], "redirect_dir=on,index=off");
+        std::fs::rename(ovl.merged.join("olddir"), ovl.merged.join("newdir")).unwrap();
+        ovl.unmount();
+        let moved = crate::walk::walk(&ovl.upper).unwrap();
+        assert!(
+            moved
+                .iter()
+                .any(|e| whiteout::overlay_redirect(e).is_some()),
+            "no redirect written"
+        );
+
+        let want = [
+            "A newdir",
+            "A newdir/f1",
+            "A newdir/sub",
+            "A newdir/sub/f2",
+            "D olddir",
+        ];
+        let changes = overlay_diff(&ovl.upper, &[lower.path()]).unwrap();
+        assert_eq!(summary(&changes), want);
+        assert!(no_overlay_xattrs(&changes));
+        assert_eq!(changes[3].entry.as_ref().unwrap().size, 1);
+        assert!(matches!(
+            overlay_diff(&ovl.upper, &[]),
+            Err(Error::Overlay { .. })
+        ));
+    }
+
+    #[test]
+    fn redirect_fallback_with_two_lowers() {
+        if !is_root("redirect_fallback_with_two_lowers") {
+            return;
+        }
+        let (top, bottom) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        lower_with_dir(bottom.path());
+        write(&top.path().join("olddir/from_top"), b"t");
+        let mut ovl = Overlay::mount(&[top.path(), bottom.path()], "redirect_dir=on,index=off");
+        std::fs::rename(ovl.merged.join("olddir"), ovl.merged.join("newdir")).unwrap();
+        ovl.unmount();
+        let changes = overlay_diff(&ovl.upper, &[top.path(), bottom.path()]).unwrap();
+        assert_eq!(
+            summary(&changes),
+            [
+                "A newdir",
+                "A newdir/f1",
+                "A newdir/from_top",
+                "A newdir/sub",
+                "A newdir/sub/f2",
+                "D olddir"
+            ]
+        );
+    }
+
+    #[test]
+    fn metacopy_falls_back_to_merged_tree() {
+        if !is_root("metacopy_falls_back_to_merged_tree") {
+            return;
+        }
+        let lower = tempfile::tempdir().unwrap();
+        write(&lower.path().join("data"), b"0123456789");
+        freeze(lower.path());
+        let mut ovl = Overlay::mount(&[lower.path()], "redirect_dir=on,metacopy=on,index=off");
+        chmod(&ovl.merged.join("data"), 0o600);
+        ovl.unmount();
+        let upper = crate::walk::walk(&ovl.upper).unwrap();
+        assert!(
+            upper.iter().any(whiteout::is_overlay_metacopy),
+            "no metacopy written"
+        );
+
+        let changes = overlay_diff(&ovl.upper, &[lower.path()]).unwrap();
+        assert_eq!(summary(&changes), ["C data"]);
+        let e = changes[0].entry.as_ref().unwrap();
+        assert_eq!((e.mode, e.size), (0o600, 10));
+        match overlay_diff(&ovl.upper, &[]) {
+            Err(Error::Overlay { path, reason }) => {
+                assert_eq!(path, ovl.upper.join("data"));
+                assert!(reason.contains("metacopy"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

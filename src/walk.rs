@@ -591,4 +591,40 @@ mod tests {
         let want = 40 + 40 + (0..40).map(|i| 2 * (i % 7)).sum::<usize>();
         assert_eq!(first.len(), want);
     }
+
+    #[test]
+    fn permission_errors_name_the_path() {
+        let t = tempfile::tempdir().unwrap();
+        write(&t.path().join("ok/f"), b"");
+        write(&t.path().join("locked/secret"), b"");
+        std::fs::set_permissions(
+            t.path().join("locked"),
+            std::fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
+        // Root reads anything through CAP_DAC_*; capabilities are per thread, so drop them on
+        // the threads of a pool of our own and walk there.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .start_handler(|_| {
+                use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+                let mut caps = capabilities(None).unwrap();
+                caps.effective -= CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH;
+                set_capabilities(None, caps).unwrap();
+            })
+            .build()
+            .unwrap();
+        match pool.install(|| walk(t.path())) {
+            Err(Error::Io { path, source }) => {
+                assert_eq!(path, t.path().join("locked"));
+                assert_eq!(source.raw_os_error(), Some(libc::EACCES));
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::set_permissions(
+            t.path().join("locked"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
 }
