@@ -408,7 +408,7 @@ fn into_changes(m: Merge, lower: &[Entry], upper: Vec<Entry>) -> Vec<Change> {
             })
         });
     let mut changes: Vec<Change> = deleted.chain(kept).collect();
-    changes.sort_unstable_by(|a, b| cmp_paths(&a.path, &b.path));
+    changes.par_sort_unstable_by(|a, b| cmp_paths(&a.path, &b.path));
     changes
 }
 

@@ -81,7 +81,7 @@ pub(crate) fn walk_fd(root_fd: BorrowedFd<'_>, root: &Path) -> Result<Vec<Entry>
         .entries
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
-    entries.sort_unstable_by(|a, b| entry::cmp_paths(&a.path, &b.path));
+    entries.par_sort_unstable_by(|a, b| entry::cmp_paths(&a.path, &b.path));
     Ok(entries)
 }
 
