@@ -604,6 +604,19 @@ fn with_fs_log(fs: &OwnedFd, step: &str, errno: Errno) -> std::io::Error {
     std::io::Error::new(errno.kind(), format!("{step}: {errno}{kernel_says}"))
 }
 
+/// Every object of the tree at `upper` as an added change: the layer of a whole root filesystem.
+pub fn full_tree(upper: &Path) -> Result<Vec<Change>> {
+    Ok(crate::walk::walk(upper)?
+        .into_iter()
+        .map(|e| Change {
+            kind: ChangeKind::Added,
+            path: e.path.clone(),
+            entry: Some(e),
+            opaque: false,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::{PermissionsExt, lchown, symlink};
@@ -1288,15 +1301,3 @@ mod tests {
     }
 }
 
-/// Every object of the tree at `upper` as an added change: the layer of a whole root filesystem.
-pub fn full_tree(upper: &Path) -> Result<Vec<Change>> {
-    Ok(crate::walk::walk(upper)?
-        .into_iter()
-        .map(|e| Change {
-            kind: ChangeKind::Added,
-            path: e.path.clone(),
-            entry: Some(e),
-            opaque: false,
-        })
-        .collect())
-}
