@@ -19,7 +19,7 @@ use crate::cancel::Cancel;
 use crate::entry::{base_name, join, os_path, parent};
 use crate::error::{Error, IoContext, Result};
 use crate::root::{self, Root};
-use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::whiteout::{LayerName, WHITEOUT_PREFIX, classify_layer_name, is_overlay_xattr};
 
 /// Default limit on the uncompressed bytes of one layer: generous, but a decompression bomb
 /// stops long before it fills a disk.
@@ -272,11 +272,6 @@ fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
     })
 }
 
-/// Overlayfs' own xattrs: never applied from a layer.
-fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
-}
-
 impl Applier<'_> {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, name: &str) -> Result<()> {
         let path = clean_path(&entry.path_bytes(), name)?;
@@ -432,24 +427,19 @@ impl Applier<'_> {
     }
 
     fn whiteout(&mut self, path: &[u8], name: &str) -> Result<()> {
-        let base = base_name(path);
-        let dir = parent(path).to_vec();
-        if base == OPAQUE_MARKER {
-            self.opaque.push(dir);
-            return Ok(());
+        let dir = parent(path);
+        match classify_layer_name(base_name(path)) {
+            LayerName::Opaque => self.opaque.push(dir.to_vec()),
+            LayerName::Whiteout(target) => self.hidden.push(join(dir, target)),
+            LayerName::AufsMeta => {
+                self.stats
+                    .warnings
+                    .push(format!("{name}: aufs metadata entry ignored"));
+            }
+            LayerName::Malformed | LayerName::Plain => {
+                return Err(bad(name, "malformed whiteout name"));
+            }
         }
-        if base.starts_with(b".wh..wh.") {
-            // aufs' other metadata names (`.wh..wh.plnk`, `.wh..wh.aufs`): not part of the format.
-            self.stats
-                .warnings
-                .push(format!("{name}: aufs metadata entry ignored"));
-            return Ok(());
-        }
-        let target = &base[WHITEOUT_PREFIX.len()..];
-        if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
-            return Err(bad(name, "malformed whiteout name"));
-        }
-        self.hidden.push(join(&dir, target));
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use std::io::Read;
 use crate::apply::{clean_path, decompress};
 use crate::entry::{base_name, cmp_paths, join, parent};
 use crate::error::{Error, Result};
-use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::whiteout::{LayerName, classify_layer_name};
 
 /// A path key ordered component by component ([`cmp_paths`]), so a subtree is one range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,18 +358,18 @@ pub fn read_ops<R: Read>(blob: R, layer: usize) -> Result<Vec<Op>> {
         last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let path = clean_path(&entry.path_bytes(), &last)?;
         let name = base_name(&path);
-        if name.starts_with(WHITEOUT_PREFIX) {
-            let dir = parent(&path).to_vec();
-            if name == OPAQUE_MARKER {
-                ops.push(Op::Opaque(dir));
-            } else if !name.starts_with(b".wh..wh.") {
-                let target = &name[WHITEOUT_PREFIX.len()..];
-                if target.is_empty() || target == b"." || target == b".." {
-                    return Err(bad(&last, "malformed whiteout name".into()));
-                }
-                ops.push(Op::Whiteout(join(&dir, target)));
+        match classify_layer_name(name) {
+            LayerName::Plain => {}
+            LayerName::Opaque => {
+                ops.push(Op::Opaque(parent(&path).to_vec()));
+                continue;
             }
-            continue;
+            LayerName::Whiteout(target) => {
+                ops.push(Op::Whiteout(join(parent(&path), target)));
+                continue;
+            }
+            LayerName::AufsMeta => continue,
+            LayerName::Malformed => return Err(bad(&last, "malformed whiteout name".into())),
         }
         if path.is_empty() {
             continue;

@@ -81,6 +81,35 @@ pub fn whiteout_name(name: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What a name found in a layer means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerName<'a> {
+    /// An ordinary name.
+    Plain,
+    /// The opaque marker: the directory's lower children are hidden.
+    Opaque,
+    /// A whiteout of the given basename.
+    Whiteout(&'a [u8]),
+    /// aufs' own metadata (`.wh..wh.plnk`, `.wh..wh.aufs`, …): not part of the format; ignored,
+    /// as docker and containerd do.
+    AufsMeta,
+    /// A `.wh.` name that deletes nothing sensible (`.wh.`, `.wh..`, `.wh...`): an error.
+    Malformed,
+}
+
+/// Classify a basename read from a layer.
+pub fn classify_layer_name(name: &[u8]) -> LayerName<'_> {
+    if !is_reserved_name(name) {
+        LayerName::Plain
+    } else if is_opaque_marker(name) {
+        LayerName::Opaque
+    } else if name.starts_with(b".wh..wh.") {
+        LayerName::AufsMeta
+    } else {
+        whiteout_target(name).map_or(LayerName::Malformed, LayerName::Whiteout)
+    }
+}
+
 /// True for an xattr that belongs to overlayfs itself (`trusted.overlay.*`, `user.overlay.*`).
 ///
 /// These describe how an upper directory relates to its lowers; they never enter a layer and
@@ -399,5 +428,27 @@ mod tests {
         strip_overlay_xattrs(&mut e);
         let names: Vec<_> = e.xattrs.iter().map(|(n, _)| n.as_slice()).collect();
         assert_eq!(names, vec![&b"security.capability"[..], b"user.a"]);
+    }
+
+    #[test]
+    fn layer_names_are_classified() {
+        let cases: &[(&[u8], LayerName<'_>)] = &[
+            (b"foo", LayerName::Plain),
+            (b".whx", LayerName::Plain),
+            (b".wh.foo", LayerName::Whiteout(b"foo")),
+            (b".wh..wh..opq", LayerName::Opaque),
+            (b".wh..wh.plnk", LayerName::AufsMeta),
+            (b".wh.", LayerName::Malformed),
+            (b".wh..", LayerName::Malformed),
+            (b".wh...", LayerName::Malformed),
+        ];
+        for (name, want) in cases {
+            assert_eq!(
+                classify_layer_name(name),
+                *want,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
     }
 }
