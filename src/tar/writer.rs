@@ -630,14 +630,20 @@ fn pax_time(t: Timestamp) -> String {
     format!("-{}.{:09}", whole, 1_000_000_000 - t.nsec)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::Command;
 
     fn meta(path: &[u8]) -> Meta<'_> {
-        Meta { path, mode: 0o644, uid: 0, gid: 0, mtime: Timestamp { sec: 1_700_000_000, nsec: 0 }, xattrs: &[] }
+        Meta {
+            path,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: Timestamp { sec: 1_700_000_000, nsec: 0 },
+            xattrs: &[],
+        }
     }
 
     /// Parse PAX records back, checking every length prefix.
@@ -718,14 +724,20 @@ mod tests {
     }
 
     fn checksum_of(block: &[u8]) -> u32 {
-        block.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) }).sum()
+        block
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+            .sum()
     }
 
     #[test]
     fn file_changed_is_detected() {
         let mut tar = TarWriter::new(Vec::new());
         match tar.append_file(&meta(b"short"), 10, &b"12345"[..]) {
-            Err(Error::FileChanged { expected: 10, found: 5, path }) => assert_eq!(path, os_path(b"short")),
+            Err(Error::FileChanged { expected: 10, found: 5, path }) => {
+                assert_eq!(path, os_path(b"short"))
+            }
             other => panic!("{other:?}"),
         }
         let mut tar = TarWriter::new(Vec::new());
@@ -735,7 +747,10 @@ mod tests {
         }
         let mut tar = TarWriter::new(Vec::new());
         let mut body = tar.begin_file(&meta(b"f"), 3).unwrap();
-        assert!(matches!(body.write(b"1234"), Err(Error::FileChanged { expected: 3, found: 4, .. })));
+        assert!(matches!(
+            body.write(b"1234"),
+            Err(Error::FileChanged { expected: 3, found: 4, .. })
+        ));
     }
 
     #[test]
@@ -769,7 +784,12 @@ mod tests {
             .map(|e| {
                 let e = e.unwrap();
                 let h = e.header();
-                (e.path_bytes().into_owned(), h.mode().unwrap(), h.mtime().unwrap(), h.entry_type().as_byte())
+                (
+                    e.path_bytes().into_owned(),
+                    h.mode().unwrap(),
+                    h.mtime().unwrap(),
+                    h.entry_type().as_byte(),
+                )
             })
             .collect();
         assert_eq!(
@@ -788,7 +808,10 @@ mod tests {
     /// A little of everything a layer holds.
     fn sample() -> Vec<u8> {
         let xattrs = vec![
-            (b"security.capability".to_vec(), vec![1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (
+                b"security.capability".to_vec(),
+                vec![1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ),
             (b"trusted.overlay.opaque".to_vec(), b"y".to_vec()),
             (b"user.comment".to_vec(), b"a=b\nc \xff".to_vec()),
             (b"user.overlay.redirect".to_vec(), b"/x".to_vec()),
@@ -800,11 +823,22 @@ mod tests {
         let target: Vec<u8> = [&b"../"[..], &[b't'; 200]].concat();
 
         let mut tar = TarWriter::new(Vec::new());
-        let m = |p| Meta { path: p, mode: 0o755, uid: 1000, gid: 100, mtime: Timestamp { sec: 1_600_000_000, nsec: 0 }, xattrs: &[] };
+        let m = |p| Meta {
+            path: p,
+            mode: 0o755,
+            uid: 1000,
+            gid: 100,
+            mtime: Timestamp { sec: 1_600_000_000, nsec: 0 },
+            xattrs: &[],
+        };
         tar.append_dir(&m(b"d")).unwrap();
         tar.append_opaque(b"d").unwrap();
         tar.append_whiteout(b"d", b"old").unwrap();
-        tar.append_file_bytes(&Meta { xattrs: &xattrs, mode: 0o4755, ..m(b"d/caps") }, b"#!/bin/sh\n").unwrap();
+        tar.append_file_bytes(
+            &Meta { xattrs: &xattrs, mode: 0o4755, ..m(b"d/caps") },
+            b"#!/bin/sh\n",
+        )
+        .unwrap();
         tar.append_hardlink(&m(b"d/caps-link"), b"d/caps").unwrap();
         tar.append_dir(&m(&long_dir)).unwrap();
         let g_dir: Vec<u8> = [&long_dir[..], b"/", &[b'g'; 99]].concat();
@@ -818,13 +852,19 @@ mod tests {
         tar.append_fifo(&m(b"d/fifo")).unwrap();
         tar.append_char_device(&m(b"d/null"), 1, 3).unwrap();
         tar.append_block_device(&m(b"d/sda"), 8, 0).unwrap();
-        let ns = Meta { mtime: Timestamp { sec: 1_600_000_000, nsec: 123_456_789 }, uid: 4_000_000, gid: 5, ..m(b"d/ns") };
+        let ns = Meta {
+            mtime: Timestamp { sec: 1_600_000_000, nsec: 123_456_789 },
+            uid: 4_000_000,
+            gid: 5,
+            ..m(b"d/ns")
+        };
         tar.append_file_bytes(&ns, b"ns").unwrap();
         tar.finish().unwrap()
     }
 
     /// Pinned: any change to the bytes this writer emits shows up here.
-    const SAMPLE_SHA256: &str = "sha256:ea1fd694e946b6cbfd6a98afe97077675228f1e82228c1cd2a5f46267be9e9b1";
+    const SAMPLE_SHA256: &str =
+        "sha256:ea1fd694e946b6cbfd6a98afe97077675228f1e82228c1cd2a5f46267be9e9b1";
 
     #[test]
     fn output_is_deterministic_and_pinned() {
@@ -865,22 +905,67 @@ with tarfile.open(sys.argv[1]) as t:
         assert_eq!(lines[2], row(b"d/.wh.old", "0\t0o0\t0\t0\t0\t\t0\t\t0\t0\t/\t"));
         assert_eq!(
             lines[3],
-            row(b"d/caps", "0\t0o4755\t1000\t100\t1600000000\t\t10\t\t0\t0\t/\tsecurity.capability=0100000220000000000000000000000000000000;user.comment=613d620a6320ff")
+            row(
+                b"d/caps",
+                "0\t0o4755\t1000\t100\t1600000000\t\t10\t\t0\t0\t/\tsecurity.capability=0100000220000000000000000000000000000000;user.comment=613d620a6320ff"
+            )
         );
-        assert_eq!(lines[4], row(b"d/caps-link", &format!("1\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t", hexs(b"d/caps"))));
+        assert_eq!(
+            lines[4],
+            row(
+                b"d/caps-link",
+                &format!("1\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t", hexs(b"d/caps"))
+            )
+        );
         assert_eq!(lines[5], row(&ld, "5\t0o755\t1000\t100\t1600000000\t\t0\t\t0\t0\t/\t"));
-        assert_eq!(lines[7], row(&[&ld[..], b"/", &[b'f'; 120]].concat(), "0\t0o755\t1000\t100\t1600000000\t\t3\t\t0\t0\t/\t"));
-        assert_eq!(lines[8], row(&[&ld[..], b"/", &[b'g'; 99], b"/", &[b'h'; 99]].concat(), "0\t0o755\t1000\t100\t1600000000\t\t1000\t\t0\t0\t/\t"));
-        assert_eq!(lines[9], row(&[&ld[..], b"/caf\xe9-", &[b'i'; 110]].concat(), "0\t0o755\t1000\t100\t1600000000\t\t0\t\t0\t0\t/\t"));
-        assert_eq!(lines[10], row(b"d/\xff\xfe", "0\t0o755\t1000\t100\t1600000000\t\t1\t\t0\t0\t/\t"));
+        assert_eq!(
+            lines[7],
+            row(
+                &[&ld[..], b"/", &[b'f'; 120]].concat(),
+                "0\t0o755\t1000\t100\t1600000000\t\t3\t\t0\t0\t/\t"
+            )
+        );
+        assert_eq!(
+            lines[8],
+            row(
+                &[&ld[..], b"/", &[b'g'; 99], b"/", &[b'h'; 99]].concat(),
+                "0\t0o755\t1000\t100\t1600000000\t\t1000\t\t0\t0\t/\t"
+            )
+        );
+        assert_eq!(
+            lines[9],
+            row(
+                &[&ld[..], b"/caf\xe9-", &[b'i'; 110]].concat(),
+                "0\t0o755\t1000\t100\t1600000000\t\t0\t\t0\t0\t/\t"
+            )
+        );
+        assert_eq!(
+            lines[10],
+            row(b"d/\xff\xfe", "0\t0o755\t1000\t100\t1600000000\t\t1\t\t0\t0\t/\t")
+        );
         let t: Vec<u8> = [&b"../"[..], &[b't'; 200]].concat();
-        assert_eq!(lines[11], row(b"d/sym", &format!("2\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t", hexs(&t))));
+        assert_eq!(
+            lines[11],
+            row(
+                b"d/sym",
+                &format!("2\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t", hexs(&t))
+            )
+        );
         let t2: Vec<u8> = [&b"/x/"[..], &[0xe9; 120]].concat();
-        assert_eq!(lines[12], row(b"d/sym-bin", &format!("2\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t", hexs(&t2))));
+        assert_eq!(
+            lines[12],
+            row(
+                b"d/sym-bin",
+                &format!("2\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t", hexs(&t2))
+            )
+        );
         assert_eq!(lines[13], row(b"d/fifo", "6\t0o755\t1000\t100\t1600000000\t\t0\t\t0\t0\t/\t"));
         assert_eq!(lines[14], row(b"d/null", "3\t0o755\t1000\t100\t1600000000\t\t0\t\t1\t3\t/\t"));
         assert_eq!(lines[15], row(b"d/sda", "4\t0o755\t1000\t100\t1600000000\t\t0\t\t8\t0\t/\t"));
-        assert_eq!(lines[16], row(b"d/ns", "0\t0o755\t4000000\t5\t1600000000\t1600000000.123456789\t2\t\t0\t0\t/\t"));
+        assert_eq!(
+            lines[16],
+            row(b"d/ns", "0\t0o755\t4000000\t5\t1600000000\t1600000000.123456789\t2\t\t0\t0\t/\t")
+        );
     }
 
     #[test]
@@ -907,9 +992,15 @@ with tarfile.open(sys.argv[1]) as t:
         let ld: Vec<u8> = [&[b'd'; 90][..], b"/", &[b'e'; 90]].concat();
         assert_eq!(std::fs::read(at(b"d/caps")).unwrap(), b"#!/bin/sh\n");
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(std::fs::metadata(at(b"d/caps")).unwrap().ino(), std::fs::metadata(at(b"d/caps-link")).unwrap().ino());
+        assert_eq!(
+            std::fs::metadata(at(b"d/caps")).unwrap().ino(),
+            std::fs::metadata(at(b"d/caps-link")).unwrap().ino()
+        );
         assert_eq!(std::fs::read(at(&[&ld[..], b"/", &[b'f'; 120]].concat())).unwrap(), b"abc");
-        assert_eq!(std::fs::read(at(&[&ld[..], b"/", &[b'g'; 99], b"/", &[b'h'; 99]].concat())).unwrap(), vec![7u8; 1000]);
+        assert_eq!(
+            std::fs::read(at(&[&ld[..], b"/", &[b'g'; 99], b"/", &[b'h'; 99]].concat())).unwrap(),
+            vec![7u8; 1000]
+        );
         assert_eq!(std::fs::read(at(b"d/\xff\xfe")).unwrap(), b"x");
         assert!(at(&[&ld[..], b"/caf\xe9-", &[b'i'; 110]].concat()).exists());
         let t: Vec<u8> = [&b"../"[..], &[b't'; 200]].concat();
@@ -927,8 +1018,15 @@ with tarfile.open(sys.argv[1]) as t:
         let mut n = 0;
         for e in ar.entries().unwrap() {
             let mut e = e.unwrap();
-            assert_eq!(e.header().cksum().unwrap(), e.header().as_bytes().iter().enumerate()
-                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) }).sum::<u32>());
+            assert_eq!(
+                e.header().cksum().unwrap(),
+                e.header()
+                    .as_bytes()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+                    .sum::<u32>()
+            );
             if e.path_bytes().as_ref() == b"d/caps" {
                 // The `tar` crate splits PAX data at every '\n', so it cannot read the value
                 // of user.comment (which holds one); the first record still parses.
