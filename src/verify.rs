@@ -4,6 +4,7 @@ use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
+use crate::digest::hex;
 use crate::error::{Error, Result};
 
 /// A reader that hashes and counts what it passes on, and fails as soon as more bytes arrive
@@ -65,17 +66,6 @@ impl<R: Read> Read for VerifyingReader<R> {
         }
         Ok(n)
     }
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]
