@@ -105,7 +105,9 @@ impl Compression {
 impl Default for Compression {
     /// gzip at [`DEFAULT_GZIP_LEVEL`], the OCI default.
     fn default() -> Self {
-        Compression::Gzip { level: DEFAULT_GZIP_LEVEL }
+        Compression::Gzip {
+            level: DEFAULT_GZIP_LEVEL,
+        }
     }
 }
 
@@ -127,7 +129,10 @@ pub struct Compressor<W: Write> {
 enum Codec<W: Write> {
     None(W),
     Gzip(Box<Gzip<W>>),
-    Zstd { encoder: zstd::stream::write::Encoder<'static, W>, buf: Vec<u8> },
+    Zstd {
+        encoder: zstd::stream::write::Encoder<'static, W>,
+        buf: Vec<u8>,
+    },
 }
 
 impl<W: Write> Compressor<W> {
@@ -141,7 +146,10 @@ impl<W: Write> Compressor<W> {
             Compression::Gzip { level } => Codec::Gzip(Box::new(Gzip::new(inner, level, threads)?)),
             Compression::Zstd { level } => {
                 let encoder = zstd_encoder(inner, level, threads).map_err(zstd_setup_error)?;
-                Codec::Zstd { encoder, buf: Vec::with_capacity(ZSTD_FEED) }
+                Codec::Zstd {
+                    encoder,
+                    buf: Vec::with_capacity(ZSTD_FEED),
+                }
             }
         };
         Ok(Compressor { inner })
@@ -312,7 +320,10 @@ impl<W: Write> Gzip<W> {
         while self.pending.len() >= self.max_pending {
             self.write_oldest()?;
         }
-        let fresh = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(GZIP_BLOCK));
+        let fresh = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(GZIP_BLOCK));
         let input = std::mem::replace(&mut self.block, fresh);
         let out = self.spare.pop().unwrap_or_default();
         let (tx, rx) = mpsc::sync_channel(1);
@@ -341,7 +352,9 @@ impl<W: Write> Gzip<W> {
 
     fn write_oldest(&mut self) -> io::Result<()> {
         let rx = self.pending.pop_front().expect("a pending member");
-        let member = rx.recv().map_err(|_| io::Error::other("gzip worker thread died"))?;
+        let member = rx
+            .recv()
+            .map_err(|_| io::Error::other("gzip worker thread died"))?;
         self.write_member(member)
     }
 
@@ -420,7 +433,11 @@ mod tests {
         let feeder = std::thread::spawn(move || stdin.write_all(&input));
         let out = child.wait_with_output().unwrap();
         feeder.join().unwrap().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 
@@ -433,10 +450,15 @@ mod tests {
     #[test]
     fn gzip_is_identical_across_threads_and_write_sizes() {
         let data = sample(5 * GZIP_BLOCK + 12345);
-        let c = Compression::Gzip { level: DEFAULT_GZIP_LEVEL };
+        let c = Compression::Gzip {
+            level: DEFAULT_GZIP_LEVEL,
+        };
         let one = compress(c, 1, &data, 512);
         for (threads, chunk) in [(2, 1 << 20), (4, 3 << 20), (3, 100_001), (8, 64)] {
-            assert!(compress(c, threads, &data, chunk) == one, "threads {threads} chunk {chunk}");
+            assert!(
+                compress(c, threads, &data, chunk) == one,
+                "threads {threads} chunk {chunk}"
+            );
         }
         // One member per block, each with libdeflate's fixed header: no name, mtime 0, OS 255.
         assert_eq!(&one[..4], &[0x1f, 0x8b, 8, 0]);
@@ -470,10 +492,15 @@ mod tests {
     #[test]
     fn zstd_is_identical_across_threads_and_write_sizes() {
         let data = sample(3 * ZSTD_JOB_SIZE as usize + 54321);
-        let c = Compression::Zstd { level: DEFAULT_ZSTD_LEVEL };
+        let c = Compression::Zstd {
+            level: DEFAULT_ZSTD_LEVEL,
+        };
         let one = compress(c, 1, &data, 512);
         for (threads, chunk) in [(2, 1 << 20), (4, 5 << 20), (3, 100_001)] {
-            assert!(compress(c, threads, &data, chunk) == one, "threads {threads} chunk {chunk}");
+            assert!(
+                compress(c, threads, &data, chunk) == one,
+                "threads {threads} chunk {chunk}"
+            );
         }
         assert!(zstd::decode_all(&one[..]).unwrap() == data);
         assert!(run(Command::new("zstd").arg("-dc"), &one) == data);
@@ -491,9 +518,16 @@ mod tests {
             Compression::Gzip { level: 13 },
             Compression::Zstd { level: 20 },
         ] {
-            assert!(matches!(Compressor::new(Vec::new(), c, 1), Err(Error::InvalidArgument(_))));
+            assert!(matches!(
+                Compressor::new(Vec::new(), c, 1),
+                Err(Error::InvalidArgument(_))
+            ));
         }
-        assert_eq!(Compression::default(), Compression::Gzip { level: DEFAULT_GZIP_LEVEL });
+        assert_eq!(
+            Compression::default(),
+            Compression::Gzip {
+                level: DEFAULT_GZIP_LEVEL
+            }
+        );
     }
 }
-

@@ -95,7 +95,10 @@ pub struct Sha256Writer<W> {
 impl<W: Write> Sha256Writer<W> {
     /// Hash what is written into `inner`.
     pub fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256Hasher::new() }
+        Self {
+            inner,
+            hasher: Sha256Hasher::new(),
+        }
     }
 
     /// Bytes written so far.
@@ -172,7 +175,11 @@ pub fn blake3_file(path: &Path) -> Result<[u8; 32]> {
         .open(path)
         .at(path)?;
     if !file.metadata().at(path)?.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")).at(path);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+        .at(path);
     }
     blake3_reader(file).at(path)
 }
@@ -192,7 +199,10 @@ mod tests {
     fn sha256_known_answers() {
         assert_eq!(sha256_digest(b""), SHA256_EMPTY);
         assert_eq!(sha256_digest(b"abc"), SHA256_ABC);
-        assert_eq!(sha256_reader(&b"abc"[..]).unwrap(), (SHA256_ABC.to_string(), 3));
+        assert_eq!(
+            sha256_reader(&b"abc"[..]).unwrap(),
+            (SHA256_ABC.to_string(), 3)
+        );
     }
 
     #[test]

@@ -107,8 +107,13 @@ pub fn plan(upper: &Path, changes: &[Change]) -> Result<(Vec<Op>, Vec<String>)> 
                 os_path(&c.path)
             )));
         }
-        if c.path.split(|&b| b == b'/').any(|n| n.starts_with(WHITEOUT_PREFIX)) {
-            return Err(Error::ReservedName { path: upper.join(os_path(&c.path)) });
+        if c.path
+            .split(|&b| b == b'/')
+            .any(|n| n.starts_with(WHITEOUT_PREFIX))
+        {
+            return Err(Error::ReservedName {
+                path: upper.join(os_path(&c.path)),
+            });
         }
         let ok = match (&c.entry, c.kind) {
             (None, ChangeKind::Deleted) => !c.opaque,
@@ -122,7 +127,11 @@ pub fn plan(upper: &Path, changes: &[Change]) -> Result<(Vec<Op>, Vec<String>)> 
                 "{:?}: inconsistent change (kind {:?}, entry {}, opaque {})",
                 os_path(&c.path),
                 c.kind,
-                if c.entry.is_some() { "present" } else { "absent" },
+                if c.entry.is_some() {
+                    "present"
+                } else {
+                    "absent"
+                },
                 c.opaque
             )));
         }
@@ -255,57 +264,98 @@ fn write_layer_into<W: Write + Send>(
     let files: Vec<usize> = ops
         .iter()
         .filter_map(|op| match *op {
-            Op::Entry(i) if changes[i].entry.as_ref().is_some_and(|e| e.kind == Kind::File) => {
+            Op::Entry(i)
+                if changes[i]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.kind == Kind::File) =>
+            {
                 Some(i)
             }
             _ => None,
         })
         .collect();
 
-    let blob_hasher = match opts.compression {
-        // The blob is the tar: its digest is the diff_id, no need to hash it twice.
-        Compression::None => None,
-        _ => Some(Sha256Hasher::new()),
-    };
-    let blob = HashingWriter {
-        inner: BufWriter::with_capacity(SINK_BUFFER, sink),
-        hasher: blob_hasher,
-        len: 0,
-    };
-    let compressor = Compressor::new(blob, opts.compression, threads)?;
-    let tar = TarWriter::new(crate::digest::Sha256Writer::new(compressor))
-        .with_source_date_epoch(opts.source_date_epoch)
-        .with_output_name(output);
+    let mut out = Pipeline::new(sink, opts, threads, output)?;
 
     let (tx, rx) = mpsc::sync_channel::<Vec<Piece>>(AHEAD);
-    let (tar, result) = std::thread::scope(|s| {
-        let reader = Reader { root: &root, changes, pool: &pool };
+    let result = std::thread::scope(|s| {
+        let reader = Reader {
+            root: &root,
+            changes,
+            pool: &pool,
+        };
         s.spawn(move || reader.run(&files, tx));
-        let mut tar = tar;
-        let result = write_ops(&mut tar, upper, changes, &ops, rx);
+        let result = write_ops(out.tar(), upper, changes, &ops, rx);
         // `rx` is dropped by now: a reader blocked on a full channel wakes up and stops.
-        (tar, result)
+        result
     });
     result?;
+    out.finish(warnings)
+}
 
-    let hashed = tar.finish()?;
-    let (compressor, diff_id, tar_size) = hashed.finish();
-    let blob = compressor.finish().at(output)?;
-    let (digest, size) = match blob.hasher {
-        Some(h) => h.finish(),
-        None => (diff_id.clone(), tar_size),
-    };
-    let sink = blob.inner.into_inner().map_err(|e| Error::io(output, e.into_error()))?;
-    let info = LayerInfo {
-        digest,
-        diff_id,
-        size,
-        tar_size,
-        media_type: opts.compression.media_type(),
-        path: None,
-        warnings,
-    };
-    Ok((info, sink))
+/// The tar writer of a layer with the rest of the one-pass chain behind it:
+/// tar → sha256 (diff_id) → compressor → sha256 (digest) → sink.
+pub struct Pipeline<W: Write> {
+    tar: TarWriter<crate::digest::Sha256Writer<Compressor<HashingWriter<BufWriter<W>>>>>,
+    compression: Compression,
+    output: PathBuf,
+}
+
+impl<W: Write> Pipeline<W> {
+    /// Start a layer into `sink`; `output` names the sink in errors.
+    pub fn new(sink: W, opts: &LayerOptions, threads: usize, output: &Path) -> Result<Self> {
+        let blob_hasher = match opts.compression {
+            // The blob is the tar: its digest is the diff_id, no need to hash it twice.
+            Compression::None => None,
+            _ => Some(Sha256Hasher::new()),
+        };
+        let blob = HashingWriter {
+            inner: BufWriter::with_capacity(SINK_BUFFER, sink),
+            hasher: blob_hasher,
+            len: 0,
+        };
+        let compressor = Compressor::new(blob, opts.compression, threads)?;
+        let tar = TarWriter::new(crate::digest::Sha256Writer::new(compressor))
+            .with_source_date_epoch(opts.source_date_epoch)
+            .with_output_name(output);
+        Ok(Pipeline {
+            tar,
+            compression: opts.compression,
+            output: output.to_path_buf(),
+        })
+    }
+
+    /// The tar writer to append entries to.
+    pub fn tar(&mut self) -> &mut TarWriter<impl Write + use<W>> {
+        &mut self.tar
+    }
+
+    /// End the tar, flush the chain and return the layer's digests and the sink.
+    pub fn finish(self, warnings: Vec<String>) -> Result<(LayerInfo, W)> {
+        let output = self.output.as_path();
+        let hashed = self.tar.finish()?;
+        let (compressor, diff_id, tar_size) = hashed.finish();
+        let blob = compressor.finish().at(output)?;
+        let (digest, size) = match blob.hasher {
+            Some(h) => h.finish(),
+            None => (diff_id.clone(), tar_size),
+        };
+        let sink = blob
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io(output, e.into_error()))?;
+        let info = LayerInfo {
+            digest,
+            diff_id,
+            size,
+            tar_size,
+            media_type: self.compression.media_type(),
+            path: None,
+            warnings,
+        };
+        Ok((info, sink))
+    }
 }
 
 /// Write every entry; file contents come from the reader, in the same order.
@@ -378,10 +428,19 @@ fn name_len(path: &[u8]) -> usize {
 /// Errors the reader makes name the file relative to the tree; name it in full.
 fn relocate(err: Error, upper: &Path) -> Error {
     match err {
-        Error::FileChanged { path, expected, found } => {
-            Error::FileChanged { path: upper.join(path), expected, found }
-        }
-        Error::Io { path, source } => Error::Io { path: upper.join(path), source },
+        Error::FileChanged {
+            path,
+            expected,
+            found,
+        } => Error::FileChanged {
+            path: upper.join(path),
+            expected,
+            found,
+        },
+        Error::Io { path, source } => Error::Io {
+            path: upper.join(path),
+            source,
+        },
         other => other,
     }
 }
@@ -432,7 +491,10 @@ impl Reader<'_> {
             let batch: Vec<Piece> = self.pool.install(|| {
                 files[k..end]
                     .par_iter()
-                    .map(|&i| Piece { file: i, data: self.read_small(i) })
+                    .map(|&i| Piece {
+                        file: i,
+                        data: self.read_small(i),
+                    })
                     .collect()
             });
             let failed = batch.iter().any(|p| p.data.is_err());
@@ -449,7 +511,10 @@ impl Reader<'_> {
         let file = self.open(path, size)?;
         let mut data = Vec::with_capacity(size as usize + 1);
         // One byte more than expected: a file that grew is caught here.
-        (&file).take(size + 1).read_to_end(&mut data).at(os_path(path))?;
+        (&file)
+            .take(size + 1)
+            .read_to_end(&mut data)
+            .at(os_path(path))?;
         if data.len() as u64 != size {
             return Err(changed(path, size, data.len() as u64));
         }
@@ -510,7 +575,11 @@ impl Reader<'_> {
 }
 
 fn changed(path: &[u8], expected: u64, found: u64) -> Error {
-    Error::FileChanged { path: os_path(path).to_path_buf(), expected, found }
+    Error::FileChanged {
+        path: os_path(path).to_path_buf(),
+        expected,
+        found,
+    }
 }
 
 /// Set when `openat2` turned out to be unavailable (kernel before 5.6, or a seccomp filter).
@@ -526,9 +595,14 @@ fn open_beneath(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
     let flags =
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     if path.is_empty()
-        || path.split(|&b| b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..")
+        || path
+            .split(|&b| b == b'/')
+            .any(|c| c.is_empty() || c == b"." || c == b"..")
     {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a plain relative path"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a plain relative path",
+        ));
     }
     if !NO_OPENAT2.load(Ordering::Relaxed) {
         let resolve =
@@ -583,11 +657,39 @@ pub fn write_layer_file(
     opts: &LayerOptions,
     blobs_dir: &Path,
 ) -> Result<LayerInfo> {
+    write_blob_file(blobs_dir, |blob, tmp_path| {
+        write_layer_into(upper, changes, opts, blob, tmp_path)
+    })
+}
+
+/// A blob file being written by [`write_blob_file`].
+pub struct BlobFile(EarlyWriteback);
+
+impl Write for BlobFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Write a layer blob into `blobs_dir` with `produce` (given the file and its temporary path):
+/// temporary file, fsync, rename to the digest's hex name, fsync of the directory. On error the
+/// temporary file is removed and nothing else changes.
+pub fn write_blob_file(
+    blobs_dir: &Path,
+    produce: impl FnOnce(BlobFile, &Path) -> Result<(LayerInfo, BlobFile)>,
+) -> Result<LayerInfo> {
     let (tmp_path, file) = create_temp(blobs_dir)?;
     let res = (|| {
-        let blob = EarlyWriteback { file, written: 0, started: 0 };
-        let (mut info, blob) = write_layer_into(upper, changes, opts, blob, &tmp_path)?;
-        blob.file.sync_all().at(&tmp_path)?;
+        let blob = BlobFile(EarlyWriteback {
+            file,
+            written: 0,
+            started: 0,
+        });
+        let (mut info, blob) = produce(blob, &tmp_path)?;
+        blob.0.file.sync_all().at(&tmp_path)?;
         drop(blob);
         let hex = info.digest.strip_prefix("sha256:").expect("sha256 digest");
         let final_path = blobs_dir.join(hex);
@@ -598,7 +700,9 @@ pub fn write_layer_file(
     match res {
         Ok(info) => {
             // The rename is durable once the directory is.
-            File::open(blobs_dir).and_then(|d| d.sync_all()).at(blobs_dir)?;
+            File::open(blobs_dir)
+                .and_then(|d| d.sync_all())
+                .at(blobs_dir)?;
             Ok(info)
         }
         Err(e) => {
@@ -694,7 +798,11 @@ mod tests {
             Kind::File
         };
         let link_target = if kind == Kind::Symlink {
-            std::fs::read_link(root.join(os_path(rel))).unwrap().as_os_str().as_bytes().to_vec()
+            std::fs::read_link(root.join(os_path(rel)))
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec()
         } else {
             Vec::new()
         };
@@ -704,7 +812,10 @@ mod tests {
             mode: md.mode() & 0o7777,
             uid: md.uid(),
             gid: md.gid(),
-            mtime: Timestamp { sec: md.mtime(), nsec: md.mtime_nsec() as u32 },
+            mtime: Timestamp {
+                sec: md.mtime(),
+                nsec: md.mtime_nsec() as u32,
+            },
             size: if kind == Kind::File { md.size() } else { 0 },
             xattrs: Vec::new(),
             link_target,
@@ -717,11 +828,21 @@ mod tests {
     }
 
     fn added(e: Entry) -> Change {
-        Change { kind: ChangeKind::Added, path: e.path.clone(), entry: Some(e), opaque: false }
+        Change {
+            kind: ChangeKind::Added,
+            path: e.path.clone(),
+            entry: Some(e),
+            opaque: false,
+        }
     }
 
     fn deleted(p: &[u8]) -> Change {
-        Change { kind: ChangeKind::Deleted, path: p.to_vec(), entry: None, opaque: false }
+        Change {
+            kind: ChangeKind::Deleted,
+            path: p.to_vec(),
+            entry: None,
+            opaque: false,
+        }
     }
 
     /// A hand-made entry (no file behind it).
@@ -732,7 +853,10 @@ mod tests {
             mode: 0o755,
             uid: 0,
             gid: 0,
-            mtime: Timestamp { sec: 1_700_000_000, nsec: 0 },
+            mtime: Timestamp {
+                sec: 1_700_000_000,
+                nsec: 0,
+            },
             size: 0,
             xattrs: Vec::new(),
             link_target: Vec::new(),
@@ -824,10 +948,16 @@ mod tests {
         let up = Path::new("/up");
         let bad = |c: Vec<Change>| plan(up, &c).unwrap_err();
         assert!(matches!(
-            bad(vec![added(entry(b"b", Kind::Dir)), added(entry(b"a", Kind::Dir))]),
+            bad(vec![
+                added(entry(b"b", Kind::Dir)),
+                added(entry(b"a", Kind::Dir))
+            ]),
             Error::InvalidArgument(_)
         ));
-        assert!(matches!(bad(vec![deleted(b"a"), deleted(b"a")]), Error::InvalidArgument(_)));
+        assert!(matches!(
+            bad(vec![deleted(b"a"), deleted(b"a")]),
+            Error::InvalidArgument(_)
+        ));
         assert!(matches!(
             bad(vec![deleted(b"a"), added(entry(b"a/b", Kind::File))]),
             Error::InvalidArgument(_)
@@ -835,11 +965,17 @@ mod tests {
         let mut opaque_file = added(entry(b"f", Kind::File));
         opaque_file.opaque = true;
         assert!(matches!(bad(vec![opaque_file]), Error::InvalidArgument(_)));
-        match bad(vec![added(entry(b"x", Kind::Dir)), added(entry(b"x/.wh.y", Kind::File))]) {
+        match bad(vec![
+            added(entry(b"x", Kind::Dir)),
+            added(entry(b"x/.wh.y", Kind::File)),
+        ]) {
             Error::ReservedName { path } => assert_eq!(path, Path::new("/up/x/.wh.y")),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(bad(vec![deleted(b".wh..wh..opq")]), Error::ReservedName { .. }));
+        assert!(matches!(
+            bad(vec![deleted(b".wh..wh..opq")]),
+            Error::ReservedName { .. }
+        ));
     }
 
     #[test]
@@ -868,7 +1004,9 @@ mod tests {
         std::fs::write(r.join("etc/hostname"), b"box\n").unwrap();
         std::fs::write(
             r.join("etc/big"),
-            (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect::<Vec<_>>(),
+            (0..3_000_000u32)
+                .map(|i| (i * 7 % 253) as u8)
+                .collect::<Vec<_>>(),
         )
         .unwrap();
         std::fs::hard_link(r.join("etc/hostname"), r.join("etc/ssl/hostname-link")).unwrap();
@@ -880,7 +1018,10 @@ mod tests {
         std::fs::write(r.join(os_path(b"etc/caf\xe9")), b"latin-1 name").unwrap();
         let long: Vec<u8> = [&b"etc/ssl/"[..], &[b'n'; 200]].concat();
         std::fs::write(r.join(os_path(&long)), b"long").unwrap();
-        Command::new("mkfifo").arg(r.join("etc/fifo")).status().unwrap();
+        Command::new("mkfifo")
+            .arg(r.join("etc/fifo"))
+            .status()
+            .unwrap();
         let _sock = std::os::unix::net::UnixListener::bind(r.join("etc/sock")).unwrap();
         let mut paths: Vec<Vec<u8>> = vec![
             b"etc".to_vec(),
@@ -906,21 +1047,33 @@ mod tests {
         let out = Command::new("sha256sum").arg(path).output().unwrap();
         format!(
             "sha256:{}",
-            String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap()
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
         )
     }
 
     fn opts(compression: Compression, threads: usize) -> LayerOptions {
-        LayerOptions { compression, threads, source_date_epoch: None }
+        LayerOptions {
+            compression,
+            threads,
+            source_date_epoch: None,
+        }
     }
 
     #[test]
     fn uncompressed_layer_reads_back_in_layer_order() {
         let (dir, changes) = tree();
         let blobs = tempfile::tempdir().unwrap();
-        let info =
-            write_layer_file(dir.path(), &changes, &opts(Compression::None, 2), blobs.path())
-                .unwrap();
+        let info = write_layer_file(
+            dir.path(),
+            &changes,
+            &opts(Compression::None, 2),
+            blobs.path(),
+        )
+        .unwrap();
         let path = info.path.clone().unwrap();
         assert_eq!(info.digest, info.diff_id);
         assert_eq!(sha256sum(&path), info.digest);
@@ -928,7 +1081,11 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), info.tar_size);
         assert_eq!(info.size, info.tar_size);
         assert_eq!(info.warnings, ["etc/sock: socket not stored in the layer"]);
-        assert_eq!(std::fs::read_dir(blobs.path()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            std::fs::read_dir(blobs.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
 
         let data = std::fs::read(&path).unwrap();
         let mut ar = tar::Archive::new(&data[..]);
@@ -938,8 +1095,15 @@ mod tests {
             let mut content = Vec::new();
             e.read_to_end(&mut content).unwrap();
             let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
-            let link = e.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned());
-            got.push((name, e.header().entry_type().as_byte() as char, content.len(), link));
+            let link = e
+                .link_name_bytes()
+                .map(|l| String::from_utf8_lossy(&l).into_owned());
+            got.push((
+                name,
+                e.header().entry_type().as_byte() as char,
+                content.len(),
+                link,
+            ));
         }
         let long = format!("etc/ssl/{}", "n".repeat(200));
         let names: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
@@ -963,7 +1127,13 @@ mod tests {
         assert_eq!(got[4].2, 3_000_000);
         assert_eq!(got[10].1, '1');
         assert_eq!(got[10].3.as_deref(), Some("etc/hostname"));
-        assert!(got[8].3.as_ref().unwrap().ends_with("usr/share/zoneinfo/UTC"));
+        assert!(
+            got[8]
+                .3
+                .as_ref()
+                .unwrap()
+                .ends_with("usr/share/zoneinfo/UTC")
+        );
 
         let out = Command::new("tar").arg("-tvf").arg(&path).output().unwrap();
         assert!(
@@ -982,7 +1152,10 @@ mod tests {
                 write_layer(dir.path(), &changes, &opts(Compression::None, 1), &mut v).unwrap();
             (info, v)
         };
-        for c in [Compression::Gzip { level: 5 }, Compression::Zstd { level: 3 }] {
+        for c in [
+            Compression::Gzip { level: 5 },
+            Compression::Zstd { level: 3 },
+        ] {
             let mut first = None;
             for threads in [1, 2, 4] {
                 let blobs = tempfile::tempdir().unwrap();
@@ -995,7 +1168,11 @@ mod tests {
                 assert_eq!(info.media_type, c.media_type());
                 let blob = std::fs::read(&path).unwrap();
                 assert_eq!(blob.len() as u64, info.size);
-                let tool = if matches!(c, Compression::Gzip { .. }) { "gzip" } else { "zstd" };
+                let tool = if matches!(c, Compression::Gzip { .. }) {
+                    "gzip"
+                } else {
+                    "zstd"
+                };
                 let out = Command::new(tool).arg("-dc").arg(&path).output().unwrap();
                 assert!(out.stdout == plain.1, "{tool} -dc gives the tar back");
                 match &first {
@@ -1017,14 +1194,23 @@ mod tests {
         let mut f = entry(b"app/hello.txt", Kind::File);
         f.mode = 0o644;
         f.size = 13;
-        f.mtime = Timestamp { sec: 1_700_000_000, nsec: 5 };
+        f.mtime = Timestamp {
+            sec: 1_700_000_000,
+            nsec: 5,
+        };
         f.xattrs = vec![
             (b"user.x".to_vec(), b"1".to_vec()),
             (b"trusted.overlay.origin".to_vec(), b"z".to_vec()),
         ];
         let mut l = entry(b"app/link", Kind::Symlink);
         l.link_target = b"hello.txt".to_vec();
-        let changes = vec![added(d), added(f), added(l), deleted(b"app/old"), deleted(b"tmp")];
+        let changes = vec![
+            added(d),
+            added(f),
+            added(l),
+            deleted(b"app/old"),
+            deleted(b"tmp"),
+        ];
         let get = |c| write_layer(dir.path(), &changes, &opts(c, 2), io::sink()).unwrap();
         let none = get(Compression::None);
         let gz = get(Compression::Gzip { level: 5 });
@@ -1074,7 +1260,10 @@ app/link 2 0o755 0 1700000000 [] hello.txt
         let clamped = write_layer(
             dir.path(),
             &changes,
-            &LayerOptions { source_date_epoch: Some(0), ..opts(Compression::None, 1) },
+            &LayerOptions {
+                source_date_epoch: Some(0),
+                ..opts(Compression::None, 1)
+            },
             io::sink(),
         )
         .unwrap();
@@ -1095,7 +1284,11 @@ app/link 2 0o755 0 1700000000 [] hello.txt
                 &opts(Compression::Gzip { level: 1 }, 2),
                 blobs.path(),
             ) {
-                Err(Error::FileChanged { path, expected, found }) => {
+                Err(Error::FileChanged {
+                    path,
+                    expected,
+                    found,
+                }) => {
                     assert_eq!(path, dir.path().join(os_path(name)));
                     assert_eq!((expected, found), (real + 1, real));
                 }
@@ -1119,13 +1312,21 @@ app/link 2 0o755 0 1700000000 [] hello.txt
         let mut f = entry(b"d/secret", Kind::File);
         f.size = 6;
         let changes = vec![added(f)];
-        let err =
-            write_layer(dir.path(), &changes, &opts(Compression::None, 1), io::sink()).unwrap_err();
+        let err = write_layer(
+            dir.path(),
+            &changes,
+            &opts(Compression::None, 1),
+            io::sink(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err:?}");
         // Also through the per-component fallback.
-        let root: OwnedFd =
-            rustix::fs::open(dir.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
-                .unwrap();
+        let root: OwnedFd = rustix::fs::open(
+            dir.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
         NO_OPENAT2.store(true, Ordering::Relaxed);
         let res = open_beneath(&root, b"d/secret");
         NO_OPENAT2.store(false, Ordering::Relaxed);
@@ -1144,9 +1345,13 @@ app/link 2 0o755 0 1700000000 [] hello.txt
         drop(f);
         let changes = vec![added(stat(dir.path(), b"big"))];
         let t = std::time::Instant::now();
-        let info =
-            write_layer(dir.path(), &changes, &opts(Compression::Gzip { level: 1 }, 0), io::sink())
-                .unwrap();
+        let info = write_layer(
+            dir.path(),
+            &changes,
+            &opts(Compression::Gzip { level: 1 }, 0),
+            io::sink(),
+        )
+        .unwrap();
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let hwm: u64 = status
             .lines()
@@ -1157,7 +1362,12 @@ app/link 2 0o755 0 1700000000 [] hello.txt
             .unwrap()
             .parse()
             .unwrap();
-        eprintln!("2 GiB in {:?}, peak RSS {} MB, {}", t.elapsed(), hwm / 1024, info.digest);
+        eprintln!(
+            "2 GiB in {:?}, peak RSS {} MB, {}",
+            t.elapsed(),
+            hwm / 1024,
+            info.digest
+        );
         assert!(hwm < 100 * 1024, "peak RSS {hwm} kB");
         assert!(info.tar_size >= (2 << 30) + 3 * 512);
     }

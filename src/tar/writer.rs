@@ -91,7 +91,14 @@ impl<'a> Meta<'a> {
 
     /// The fixed metadata of a whiteout or opaque marker at `path`.
     fn marker(path: &'a [u8]) -> Self {
-        Meta { path, mode: 0, uid: 0, gid: 0, mtime: Timestamp::default(), xattrs: &[] }
+        Meta {
+            path,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: Timestamp::default(),
+            xattrs: &[],
+        }
     }
 }
 
@@ -187,7 +194,15 @@ impl<W: Write> TarWriter<W> {
 
     /// A directory (written as `path/`).
     pub fn append_dir(&mut self, meta: &Meta) -> Result<()> {
-        self.header(meta, Head { kind: Type::Dir, size: 0, link: b"", dev: (0, 0) })
+        self.header(
+            meta,
+            Head {
+                kind: Type::Dir,
+                size: 0,
+                link: b"",
+                dev: (0, 0),
+            },
+        )
     }
 
     /// A regular file of exactly `size` bytes read from `content`.
@@ -195,7 +210,12 @@ impl<W: Write> TarWriter<W> {
     /// [`Error::FileChanged`] if `content` ends early or has more.
     pub fn append_file<R: Read>(&mut self, meta: &Meta, size: u64, mut content: R) -> Result<()> {
         let mut buf = std::mem::take(&mut self.read_buf);
-        buf.resize(READ_CHUNK.min(usize::try_from(size).unwrap_or(READ_CHUNK)).max(1), 0);
+        buf.resize(
+            READ_CHUNK
+                .min(usize::try_from(size).unwrap_or(READ_CHUNK))
+                .max(1),
+            0,
+        );
         let res = (|| {
             let mut body = self.begin_file(meta, size)?;
             let mut left = size;
@@ -223,9 +243,22 @@ impl<W: Write> TarWriter<W> {
     /// stream the content into. The body must be [`FileBody::finish`]ed before anything else
     /// is appended.
     pub fn begin_file<'p>(&mut self, meta: &Meta<'p>, size: u64) -> Result<FileBody<'_, 'p, W>> {
-        self.header(meta, Head { kind: Type::File, size, link: b"", dev: (0, 0) })?;
+        self.header(
+            meta,
+            Head {
+                kind: Type::File,
+                size,
+                link: b"",
+                dev: (0, 0),
+            },
+        )?;
         self.open_file = true;
-        Ok(FileBody { tar: self, path: meta.path, size, written: 0 })
+        Ok(FileBody {
+            tar: self,
+            path: meta.path,
+            size,
+            written: 0,
+        })
     }
 
     /// A regular file whose whole content is `data`.
@@ -238,28 +271,65 @@ impl<W: Write> TarWriter<W> {
     /// A symbolic link to `target` (stored as is, absolute or relative).
     pub fn append_symlink(&mut self, meta: &Meta, target: &[u8]) -> Result<()> {
         check_target(meta.path, target)?;
-        self.header(meta, Head { kind: Type::Symlink, size: 0, link: target, dev: (0, 0) })
+        self.header(
+            meta,
+            Head {
+                kind: Type::Symlink,
+                size: 0,
+                link: target,
+                dev: (0, 0),
+            },
+        )
     }
 
     /// A hard link to `target`, an entry written earlier in this archive (its relative path).
     pub fn append_hardlink(&mut self, meta: &Meta, target: &[u8]) -> Result<()> {
         check_path(target)?;
-        self.header(meta, Head { kind: Type::HardLink, size: 0, link: target, dev: (0, 0) })
+        self.header(
+            meta,
+            Head {
+                kind: Type::HardLink,
+                size: 0,
+                link: target,
+                dev: (0, 0),
+            },
+        )
     }
 
     /// A named pipe.
     pub fn append_fifo(&mut self, meta: &Meta) -> Result<()> {
-        self.header(meta, Head { kind: Type::Fifo, size: 0, link: b"", dev: (0, 0) })
+        self.header(
+            meta,
+            Head {
+                kind: Type::Fifo,
+                size: 0,
+                link: b"",
+                dev: (0, 0),
+            },
+        )
     }
 
     /// A character device.
     pub fn append_char_device(&mut self, meta: &Meta, major: u32, minor: u32) -> Result<()> {
-        self.header(meta, Head { kind: Type::CharDevice, size: 0, link: b"", dev: (major, minor) })
+        self.header(
+            meta,
+            Head {
+                kind: Type::CharDevice,
+                size: 0,
+                link: b"",
+                dev: (major, minor),
+            },
+        )
     }
 
     /// A block device.
     pub fn append_block_device(&mut self, meta: &Meta, major: u32, minor: u32) -> Result<()> {
-        let head = Head { kind: Type::BlockDevice, size: 0, link: b"", dev: (major, minor) };
+        let head = Head {
+            kind: Type::BlockDevice,
+            size: 0,
+            link: b"",
+            dev: (major, minor),
+        };
         self.header(meta, head)
     }
 
@@ -286,7 +356,16 @@ impl<W: Write> TarWriter<W> {
     fn append_marker(&mut self, path: &[u8]) -> Result<()> {
         let meta = Meta::marker(path);
         // Not through `header`: markers are never clamped.
-        self.emit(&meta, Head { kind: Type::File, size: 0, link: b"", dev: (0, 0) }, None)
+        self.emit(
+            &meta,
+            Head {
+                kind: Type::File,
+                size: 0,
+                link: b"",
+                dev: (0, 0),
+            },
+            None,
+        )
     }
 
     /// End the archive (two zero blocks) and return the inner writer, not flushed.
@@ -350,14 +429,21 @@ impl<W: Write> FileBody<'_, '_, W> {
             return Err(changed(self.path, self.size, self.written));
         }
         let pad = padding(self.size);
-        self.tar.inner.write_all(&ZEROS[..pad]).at(&self.tar.output)?;
+        self.tar
+            .inner
+            .write_all(&ZEROS[..pad])
+            .at(&self.tar.output)?;
         self.tar.open_file = false;
         Ok(())
     }
 }
 
 fn changed(path: &[u8], expected: u64, found: u64) -> Error {
-    Error::FileChanged { path: os_path(path).to_path_buf(), expected, found }
+    Error::FileChanged {
+        path: os_path(path).to_path_buf(),
+        expected,
+        found,
+    }
 }
 
 fn read_retry<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
@@ -378,7 +464,9 @@ fn padding(size: u64) -> usize {
 fn check_path(path: &[u8]) -> Result<()> {
     let bad = path.is_empty()
         || path.contains(&0)
-        || path.split(|&b| b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..");
+        || path
+            .split(|&b| b == b'/')
+            .any(|c| c.is_empty() || c == b"." || c == b"..");
     if bad {
         return Err(Error::InvalidArgument(format!(
             "{:?}: not a relative path of a layer entry",
@@ -490,8 +578,11 @@ fn encode(
     if mtime_record {
         pax_record(pax, b"mtime", pax_time(mtime).as_bytes());
     }
-    let mut xattrs: Vec<&(Vec<u8>, Vec<u8>)> =
-        meta.xattrs.iter().filter(|(k, _)| !is_overlay_xattr(k)).collect();
+    let mut xattrs: Vec<&(Vec<u8>, Vec<u8>)> = meta
+        .xattrs
+        .iter()
+        .filter(|(k, _)| !is_overlay_xattr(k))
+        .collect();
     xattrs.sort_by(|a, b| a.0.cmp(&b.0));
     for (i, (name, value)) in xattrs.iter().enumerate() {
         if name.is_empty() || name.contains(&b'=') || name.contains(&0) {
@@ -641,7 +732,10 @@ mod tests {
             mode: 0o644,
             uid: 0,
             gid: 0,
-            mtime: Timestamp { sec: 1_700_000_000, nsec: 0 },
+            mtime: Timestamp {
+                sec: 1_700_000_000,
+                nsec: 0,
+            },
             xattrs: &[],
         }
     }
@@ -684,8 +778,20 @@ mod tests {
         assert!(!put_number(&mut h, MTIME, -1));
         assert_eq!(&h[MTIME.0..MTIME.0 + 12], &[0xff; 12]);
         assert_eq!(pax_time(Timestamp { sec: 5, nsec: 7 }), "5.000000007");
-        assert_eq!(pax_time(Timestamp { sec: -1, nsec: 500_000_000 }), "-0.500000000");
-        assert_eq!(pax_time(Timestamp { sec: -2, nsec: 250_000_000 }), "-1.750000000");
+        assert_eq!(
+            pax_time(Timestamp {
+                sec: -1,
+                nsec: 500_000_000
+            }),
+            "-0.500000000"
+        );
+        assert_eq!(
+            pax_time(Timestamp {
+                sec: -2,
+                nsec: 250_000_000
+            }),
+            "-1.750000000"
+        );
     }
 
     #[test]
@@ -713,21 +819,35 @@ mod tests {
         let out = tar.get_ref().clone();
         assert_eq!(out.len(), 3 * BLOCK);
         assert_eq!(out[TYPEFLAG], b'x');
-        let pax_len = tar::Header::from_byte_slice(&out[..BLOCK]).entry_size().unwrap() as usize;
+        let pax_len = tar::Header::from_byte_slice(&out[..BLOCK])
+            .entry_size()
+            .unwrap() as usize;
         let recs = parse_pax(&out[BLOCK..BLOCK + pax_len]);
-        assert_eq!(recs, vec![(b"size".to_vec(), size.to_string().into_bytes())]);
+        assert_eq!(
+            recs,
+            vec![(b"size".to_vec(), size.to_string().into_bytes())]
+        );
         let h = tar::Header::from_byte_slice(&out[2 * BLOCK..]);
         assert_eq!(h.entry_size().unwrap(), size); // base-256 in the field as well
         assert_eq!(h.cksum().unwrap(), checksum_of(&out[2 * BLOCK..3 * BLOCK]));
         // The stream is mid-entry now: nothing else may be appended.
-        assert!(matches!(tar.append_dir(&meta(b"d")), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            tar.append_dir(&meta(b"d")),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     fn checksum_of(block: &[u8]) -> u32 {
         block
             .iter()
             .enumerate()
-            .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u32::from(b)
+                }
+            })
             .sum()
     }
 
@@ -735,35 +855,61 @@ mod tests {
     fn file_changed_is_detected() {
         let mut tar = TarWriter::new(Vec::new());
         match tar.append_file(&meta(b"short"), 10, &b"12345"[..]) {
-            Err(Error::FileChanged { expected: 10, found: 5, path }) => {
+            Err(Error::FileChanged {
+                expected: 10,
+                found: 5,
+                path,
+            }) => {
                 assert_eq!(path, os_path(b"short"))
             }
             other => panic!("{other:?}"),
         }
         let mut tar = TarWriter::new(Vec::new());
         match tar.append_file(&meta(b"long"), 10, &b"123456789012345"[..]) {
-            Err(Error::FileChanged { expected: 10, found: 11, .. }) => {}
+            Err(Error::FileChanged {
+                expected: 10,
+                found: 11,
+                ..
+            }) => {}
             other => panic!("{other:?}"),
         }
         let mut tar = TarWriter::new(Vec::new());
         let mut body = tar.begin_file(&meta(b"f"), 3).unwrap();
         assert!(matches!(
             body.write(b"1234"),
-            Err(Error::FileChanged { expected: 3, found: 4, .. })
+            Err(Error::FileChanged {
+                expected: 3,
+                found: 4,
+                ..
+            })
         ));
     }
 
     #[test]
     fn bad_paths_are_refused() {
-        for p in [&b""[..], b"/abs", b"a//b", b"a/../b", b"./a", b"a/", b"nul\0"] {
+        for p in [
+            &b""[..],
+            b"/abs",
+            b"a//b",
+            b"a/../b",
+            b"./a",
+            b"a/",
+            b"nul\0",
+        ] {
             let mut tar = TarWriter::new(Vec::new());
-            assert!(matches!(tar.append_dir(&meta(p)), Err(Error::InvalidArgument(_))), "{p:?}");
+            assert!(
+                matches!(tar.append_dir(&meta(p)), Err(Error::InvalidArgument(_))),
+                "{p:?}"
+            );
         }
         let mut tar = TarWriter::new(Vec::new());
         assert!(tar.append_whiteout(b"a", b"b/c").is_err());
         assert!(tar.append_symlink(&meta(b"l"), b"").is_err());
         let bad = [(b"user.a=b".to_vec(), b"v".to_vec())];
-        let m = Meta { xattrs: &bad, ..meta(b"x") };
+        let m = Meta {
+            xattrs: &bad,
+            ..meta(b"x")
+        };
         assert!(matches!(tar.append_dir(&m), Err(Error::InvalidArgument(_))));
     }
 
@@ -772,9 +918,18 @@ mod tests {
         let mut tar = TarWriter::new(Vec::new()).with_source_date_epoch(Some(1_000));
         tar.append_whiteout(b"dir", b"gone").unwrap();
         tar.append_opaque(b"dir").unwrap();
-        let late = Meta { mtime: Timestamp { sec: 2_000, nsec: 5 }, ..meta(b"late") };
+        let late = Meta {
+            mtime: Timestamp {
+                sec: 2_000,
+                nsec: 5,
+            },
+            ..meta(b"late")
+        };
         tar.append_fifo(&late).unwrap();
-        let early = Meta { mtime: Timestamp { sec: 500, nsec: 0 }, ..meta(b"early") };
+        let early = Meta {
+            mtime: Timestamp { sec: 500, nsec: 0 },
+            ..meta(b"early")
+        };
         tar.append_fifo(&early).unwrap();
         let out = tar.finish().unwrap();
         let mut ar = tar::Archive::new(&out[..]);
@@ -802,7 +957,10 @@ mod tests {
             ]
         );
         // Clamped: no nanoseconds, so no PAX header anywhere.
-        assert!(!out.windows(PAX_HEADER_NAME.len()).any(|w| w == PAX_HEADER_NAME));
+        assert!(
+            !out.windows(PAX_HEADER_NAME.len())
+                .any(|w| w == PAX_HEADER_NAME)
+        );
     }
 
     /// A little of everything a layer holds.
@@ -810,7 +968,9 @@ mod tests {
         let xattrs = vec![
             (
                 b"security.capability".to_vec(),
-                vec![1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                vec![
+                    1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
             ),
             (b"trusted.overlay.opaque".to_vec(), b"y".to_vec()),
             (b"user.comment".to_vec(), b"a=b\nc \xff".to_vec()),
@@ -828,14 +988,21 @@ mod tests {
             mode: 0o755,
             uid: 1000,
             gid: 100,
-            mtime: Timestamp { sec: 1_600_000_000, nsec: 0 },
+            mtime: Timestamp {
+                sec: 1_600_000_000,
+                nsec: 0,
+            },
             xattrs: &[],
         };
         tar.append_dir(&m(b"d")).unwrap();
         tar.append_opaque(b"d").unwrap();
         tar.append_whiteout(b"d", b"old").unwrap();
         tar.append_file_bytes(
-            &Meta { xattrs: &xattrs, mode: 0o4755, ..m(b"d/caps") },
+            &Meta {
+                xattrs: &xattrs,
+                mode: 0o4755,
+                ..m(b"d/caps")
+            },
             b"#!/bin/sh\n",
         )
         .unwrap();
@@ -844,16 +1011,21 @@ mod tests {
         let g_dir: Vec<u8> = [&long_dir[..], b"/", &[b'g'; 99]].concat();
         tar.append_dir(&m(&g_dir)).unwrap();
         tar.append_file(&m(&long_file), 3, &b"abc"[..]).unwrap();
-        tar.append_file(&m(&very_long), 1000, &[7u8; 1000][..]).unwrap();
+        tar.append_file(&m(&very_long), 1000, &[7u8; 1000][..])
+            .unwrap();
         tar.append_file_bytes(&m(&latin1), b"").unwrap();
         tar.append_file_bytes(&m(b"d/\xff\xfe"), b"x").unwrap();
         tar.append_symlink(&m(b"d/sym"), &target).unwrap();
-        tar.append_symlink(&m(b"d/sym-bin"), &[&b"/x/"[..], &[0xe9; 120]].concat()).unwrap();
+        tar.append_symlink(&m(b"d/sym-bin"), &[&b"/x/"[..], &[0xe9; 120]].concat())
+            .unwrap();
         tar.append_fifo(&m(b"d/fifo")).unwrap();
         tar.append_char_device(&m(b"d/null"), 1, 3).unwrap();
         tar.append_block_device(&m(b"d/sda"), 8, 0).unwrap();
         let ns = Meta {
-            mtime: Timestamp { sec: 1_600_000_000, nsec: 123_456_789 },
+            mtime: Timestamp {
+                sec: 1_600_000_000,
+                nsec: 123_456_789,
+            },
             uid: 4_000_000,
             gid: 5,
             ..m(b"d/ns")
@@ -893,16 +1065,34 @@ with tarfile.open(sys.argv[1]) as t:
               int(m.mtime), m.pax_headers.get("mtime", ""), m.size, os.fsencode(m.linkname).hex(),
               m.devmajor, m.devminor, m.uname + "/" + m.gname, x]))
 "#;
-        let out = Command::new("python3").arg("-c").arg(script).arg(&path).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<&str> = got.lines().collect();
         assert_eq!(lines.len(), 17, "{got}");
         let row = |name: &[u8], rest: &str| format!("{}\t{}", hexs(name), rest);
         let ld: Vec<u8> = [&[b'd'; 90][..], b"/", &[b'e'; 90]].concat();
-        assert_eq!(lines[0], row(b"d", "5\t0o755\t1000\t100\t1600000000\t\t0\t\t0\t0\t/\t"));
-        assert_eq!(lines[1], row(b"d/.wh..wh..opq", "0\t0o0\t0\t0\t0\t\t0\t\t0\t0\t/\t"));
-        assert_eq!(lines[2], row(b"d/.wh.old", "0\t0o0\t0\t0\t0\t\t0\t\t0\t0\t/\t"));
+        assert_eq!(
+            lines[0],
+            row(b"d", "5\t0o755\t1000\t100\t1600000000\t\t0\t\t0\t0\t/\t")
+        );
+        assert_eq!(
+            lines[1],
+            row(b"d/.wh..wh..opq", "0\t0o0\t0\t0\t0\t\t0\t\t0\t0\t/\t")
+        );
+        assert_eq!(
+            lines[2],
+            row(b"d/.wh.old", "0\t0o0\t0\t0\t0\t\t0\t\t0\t0\t/\t")
+        );
         assert_eq!(
             lines[3],
             row(
@@ -914,10 +1104,16 @@ with tarfile.open(sys.argv[1]) as t:
             lines[4],
             row(
                 b"d/caps-link",
-                &format!("1\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t", hexs(b"d/caps"))
+                &format!(
+                    "1\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t",
+                    hexs(b"d/caps")
+                )
             )
         );
-        assert_eq!(lines[5], row(&ld, "5\t0o755\t1000\t100\t1600000000\t\t0\t\t0\t0\t/\t"));
+        assert_eq!(
+            lines[5],
+            row(&ld, "5\t0o755\t1000\t100\t1600000000\t\t0\t\t0\t0\t/\t")
+        );
         assert_eq!(
             lines[7],
             row(
@@ -941,14 +1137,20 @@ with tarfile.open(sys.argv[1]) as t:
         );
         assert_eq!(
             lines[10],
-            row(b"d/\xff\xfe", "0\t0o755\t1000\t100\t1600000000\t\t1\t\t0\t0\t/\t")
+            row(
+                b"d/\xff\xfe",
+                "0\t0o755\t1000\t100\t1600000000\t\t1\t\t0\t0\t/\t"
+            )
         );
         let t: Vec<u8> = [&b"../"[..], &[b't'; 200]].concat();
         assert_eq!(
             lines[11],
             row(
                 b"d/sym",
-                &format!("2\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t", hexs(&t))
+                &format!(
+                    "2\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t",
+                    hexs(&t)
+                )
             )
         );
         let t2: Vec<u8> = [&b"/x/"[..], &[0xe9; 120]].concat();
@@ -956,15 +1158,39 @@ with tarfile.open(sys.argv[1]) as t:
             lines[12],
             row(
                 b"d/sym-bin",
-                &format!("2\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t", hexs(&t2))
+                &format!(
+                    "2\t0o755\t1000\t100\t1600000000\t\t0\t{}\t0\t0\t/\t",
+                    hexs(&t2)
+                )
             )
         );
-        assert_eq!(lines[13], row(b"d/fifo", "6\t0o755\t1000\t100\t1600000000\t\t0\t\t0\t0\t/\t"));
-        assert_eq!(lines[14], row(b"d/null", "3\t0o755\t1000\t100\t1600000000\t\t0\t\t1\t3\t/\t"));
-        assert_eq!(lines[15], row(b"d/sda", "4\t0o755\t1000\t100\t1600000000\t\t0\t\t8\t0\t/\t"));
+        assert_eq!(
+            lines[13],
+            row(
+                b"d/fifo",
+                "6\t0o755\t1000\t100\t1600000000\t\t0\t\t0\t0\t/\t"
+            )
+        );
+        assert_eq!(
+            lines[14],
+            row(
+                b"d/null",
+                "3\t0o755\t1000\t100\t1600000000\t\t0\t\t1\t3\t/\t"
+            )
+        );
+        assert_eq!(
+            lines[15],
+            row(
+                b"d/sda",
+                "4\t0o755\t1000\t100\t1600000000\t\t0\t\t8\t0\t/\t"
+            )
+        );
         assert_eq!(
             lines[16],
-            row(b"d/ns", "0\t0o755\t4000000\t5\t1600000000\t1600000000.123456789\t2\t\t0\t0\t/\t")
+            row(
+                b"d/ns",
+                "0\t0o755\t4000000\t5\t1600000000\t1600000000.123456789\t2\t\t0\t0\t/\t"
+            )
         );
     }
 
@@ -974,20 +1200,43 @@ with tarfile.open(sys.argv[1]) as t:
         let path = dir.path().join("a.tar");
         std::fs::write(&path, sample()).unwrap();
         let out = Command::new("tar").arg("-tvf").arg(&path).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count(), 17);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.stdout
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+            17
+        );
 
         let root = dir.path().join("x");
         std::fs::create_dir(&root).unwrap();
         let out = Command::new("tar")
-            .args(["--no-same-owner", "--exclude=d/null", "--exclude=d/sda", "-xf"])
+            .args([
+                "--no-same-owner",
+                "--exclude=d/null",
+                "--exclude=d/sda",
+                "-xf",
+            ])
             .arg(&path)
             .arg("-C")
             .arg(&root)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let at = |p: &[u8]| root.join(os_path(p));
         let ld: Vec<u8> = [&[b'd'; 90][..], b"/", &[b'e'; 90]].concat();
         assert_eq!(std::fs::read(at(b"d/caps")).unwrap(), b"#!/bin/sh\n");
@@ -996,7 +1245,10 @@ with tarfile.open(sys.argv[1]) as t:
             std::fs::metadata(at(b"d/caps")).unwrap().ino(),
             std::fs::metadata(at(b"d/caps-link")).unwrap().ino()
         );
-        assert_eq!(std::fs::read(at(&[&ld[..], b"/", &[b'f'; 120]].concat())).unwrap(), b"abc");
+        assert_eq!(
+            std::fs::read(at(&[&ld[..], b"/", &[b'f'; 120]].concat())).unwrap(),
+            b"abc"
+        );
         assert_eq!(
             std::fs::read(at(&[&ld[..], b"/", &[b'g'; 99], b"/", &[b'h'; 99]].concat())).unwrap(),
             vec![7u8; 1000]
@@ -1008,7 +1260,10 @@ with tarfile.open(sys.argv[1]) as t:
         let fifo = std::fs::symlink_metadata(at(b"d/fifo")).unwrap();
         use std::os::unix::fs::FileTypeExt;
         assert!(fifo.file_type().is_fifo());
-        assert_eq!(std::fs::metadata(at(b"d/ns")).unwrap().mtime_nsec(), 123_456_789);
+        assert_eq!(
+            std::fs::metadata(at(b"d/ns")).unwrap().mtime_nsec(),
+            123_456_789
+        );
     }
 
     #[test]
@@ -1024,13 +1279,23 @@ with tarfile.open(sys.argv[1]) as t:
                     .as_bytes()
                     .iter()
                     .enumerate()
-                    .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+                    .map(|(i, &b)| if (148..156).contains(&i) {
+                        32
+                    } else {
+                        u32::from(b)
+                    })
                     .sum::<u32>()
             );
             if e.path_bytes().as_ref() == b"d/caps" {
                 // The `tar` crate splits PAX data at every '\n', so it cannot read the value
                 // of user.comment (which holds one); the first record still parses.
-                let x = e.pax_extensions().unwrap().unwrap().next().unwrap().unwrap();
+                let x = e
+                    .pax_extensions()
+                    .unwrap()
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap();
                 assert_eq!(x.key_bytes(), b"SCHILY.xattr.security.capability");
             }
             n += 1;
