@@ -5,16 +5,22 @@
 //! its subtree; whiteouts and opaque markers remove what lies below them in earlier layers only).
 //! The paths of the layers *below* the squashed range are tracked too, so that a whiteout
 //! survives only where it still hides something there. Regular-file contents are referred to by
-//! (layer, entry ordinal) and streamed from the source layers when the result is written;
+//! (layer, offset of the content in its tar) and streamed from the source layers when the result is written;
 //! hardlinks resolve to the content they pointed at when they were made.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 
 use crate::apply::{clean_path, decompress};
-use crate::entry::{base_name, cmp_paths, join, parent};
-use crate::error::{Error, Result};
+use crate::cancel::Cancel;
+use crate::compress::resolve_threads;
+use crate::entry::{Timestamp, base_name, cmp_paths, join, parent};
+use crate::error::{Error, IoContext, Result};
+use crate::layer::{LayerInfo, LayerOptions, Pipeline, write_blob_file};
+use crate::tar::writer::{Meta, TarWriter};
 use crate::whiteout::{LayerName, classify_layer_name};
 
 /// A path key ordered component by component ([`cmp_paths`]), so a subtree is one range.
@@ -38,12 +44,13 @@ impl PartialOrd for Key {
 pub enum Kind {
     /// Directory.
     Dir,
-    /// Regular file whose bytes are entry `ordinal` of layer `layer` (0 = first squashed).
+    /// Regular file whose bytes start at `offset` of the uncompressed tar of layer `layer`
+    /// (0 = first squashed). The pair is also the file's identity for hardlinks.
     File {
         /// Index of the source layer within the squashed range.
         layer: usize,
-        /// Index of the entry within that layer's tar.
-        ordinal: u64,
+        /// Offset of the content in the layer's uncompressed tar stream.
+        offset: u64,
         /// Content size.
         size: u64,
     },
@@ -343,7 +350,7 @@ impl Folder {
 }
 
 /// Read the operations of one layer (`layer` is its index in the range, used for content
-/// references) without extracting anything.
+/// references) without extracting anything: headers are parsed, contents skipped.
 pub fn read_ops<R: Read>(blob: R, layer: usize) -> Result<Vec<Op>> {
     let mut archive = tar::Archive::new(decompress(blob)?);
     let mut ops = Vec::new();
@@ -353,7 +360,7 @@ pub fn read_ops<R: Read>(blob: R, layer: usize) -> Result<Vec<Op>> {
         reason,
     };
     let entries = archive.entries().map_err(|e| bad(&last, e.to_string()))?;
-    for (ordinal, item) in entries.enumerate() {
+    for item in entries {
         let mut entry = item.map_err(|e| bad(&last, e.to_string()))?;
         last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let path = clean_path(&entry.path_bytes(), &last)?;
@@ -381,7 +388,7 @@ pub fn read_ops<R: Read>(blob: R, layer: usize) -> Result<Vec<Op>> {
             T::Directory => Kind::Dir,
             T::Regular | T::Continuous => Kind::File {
                 layer,
-                ordinal: ordinal as u64,
+                offset: entry.raw_file_position(),
                 size: entry.size(),
             },
             T::Symlink => Kind::Symlink(
@@ -426,6 +433,170 @@ pub fn read_ops<R: Read>(blob: R, layer: usize) -> Result<Vec<Op>> {
     Ok(ops)
 }
 
+/// Squash the layer blobs `range`, which sit on top of the blobs `lower`, into one layer blob
+/// written into `blobs_dir`. Nothing is extracted: headers are read once, contents are streamed
+/// from the sources while the result is written.
+pub fn squash_files(
+    lower: &[PathBuf],
+    range: &[PathBuf],
+    opts: &LayerOptions,
+    blobs_dir: &Path,
+    cancel: &Cancel,
+) -> Result<LayerInfo> {
+    let open = |p: &PathBuf| File::open(p).at(p);
+    let mut tree = LowerTree::default();
+    for p in lower {
+        cancel.check()?;
+        tree.apply(&read_ops(open(p)?, usize::MAX)?);
+    }
+    let mut folder = Folder::new(tree);
+    for (i, p) in range.iter().enumerate() {
+        cancel.check()?;
+        folder.layer(&read_ops(open(p)?, i)?);
+    }
+    let squashed = folder.finish();
+    write_blob_file(blobs_dir, |blob, tmp| {
+        let mut out = Pipeline::new(blob, opts, resolve_threads(opts.threads), tmp)?;
+        write_squashed(out.tar(), &squashed, range, cancel)?;
+        out.finish(Vec::new())
+    })
+}
+
+/// One member of the squashed layer, in the order it is written.
+enum Item<'a> {
+    Opaque(&'a [u8]),
+    Whiteout(&'a [u8]),
+    Rec(&'a [u8], &'a Record),
+}
+
+/// Layer order: path components compared by bytes, except that inside a directory its opaque
+/// marker (rank 0) and whiteouts (rank 1) come before its other children (rank 2).
+fn order_key(item: &Item<'_>) -> Vec<(u8, Vec<u8>)> {
+    let comps = |p: &[u8]| -> Vec<(u8, Vec<u8>)> {
+        if p.is_empty() {
+            Vec::new()
+        } else {
+            p.split(|&b| b == b'/').map(|c| (2, c.to_vec())).collect()
+        }
+    };
+    match item {
+        Item::Rec(p, _) => comps(p),
+        Item::Opaque(d) => {
+            let mut k = comps(d);
+            k.push((0, Vec::new()));
+            k
+        }
+        Item::Whiteout(p) => {
+            let mut k = comps(parent(p));
+            k.push((1, base_name(p).to_vec()));
+            k
+        }
+    }
+}
+
+/// A decompressed source layer, read forward; reopened if asked to go back.
+struct Cursor {
+    reader: Box<dyn Read>,
+    pos: u64,
+}
+
+fn content<'c>(
+    cursors: &'c mut [Option<Cursor>],
+    range: &[PathBuf],
+    layer: usize,
+    offset: u64,
+) -> Result<&'c mut Cursor> {
+    let path = &range[layer];
+    let slot = &mut cursors[layer];
+    if slot.as_ref().is_none_or(|c| c.pos > offset) {
+        let file = File::open(path).at(path)?;
+        *slot = Some(Cursor {
+            reader: decompress(file)?,
+            pos: 0,
+        });
+    }
+    let cursor = slot.as_mut().expect("cursor was just opened");
+    let skipped = io::copy(
+        &mut (&mut cursor.reader).take(offset - cursor.pos),
+        &mut io::sink(),
+    )
+    .at(path)?;
+    cursor.pos += skipped;
+    if cursor.pos != offset {
+        return Err(Error::Archive {
+            entry: path.display().to_string(),
+            reason: "layer changed while it was squashed".into(),
+        });
+    }
+    Ok(cursor)
+}
+
+fn write_squashed<W: Write>(
+    tar: &mut TarWriter<W>,
+    squashed: &Squashed,
+    range: &[PathBuf],
+    cancel: &Cancel,
+) -> Result<()> {
+    let mut items: Vec<Item<'_>> = squashed
+        .records
+        .iter()
+        .map(|(k, r)| Item::Rec(&k.0, r))
+        .chain(squashed.opaque.iter().map(|d| Item::Opaque(d)))
+        .chain(squashed.whiteouts.iter().map(|p| Item::Whiteout(p)))
+        .collect();
+    items.sort_by_cached_key(order_key);
+    let mut cursors: Vec<Option<Cursor>> = (0..range.len()).map(|_| None).collect();
+    // The first path written for each content identity; later ones become hardlinks to it.
+    let mut first: HashMap<(usize, u64), &[u8]> = HashMap::new();
+    for item in items {
+        cancel.check()?;
+        let (path, rec) = match item {
+            Item::Opaque(d) => {
+                tar.append_opaque(d)?;
+                continue;
+            }
+            Item::Whiteout(p) => {
+                tar.append_whiteout(parent(p), base_name(p))?;
+                continue;
+            }
+            Item::Rec(p, r) => (p, r),
+        };
+        let meta = Meta {
+            path,
+            mode: rec.mode,
+            uid: rec.uid,
+            gid: rec.gid,
+            mtime: Timestamp {
+                sec: rec.mtime.0,
+                nsec: rec.mtime.1,
+            },
+            xattrs: &rec.xattrs,
+        };
+        match &rec.kind {
+            Kind::Dir => tar.append_dir(&meta)?,
+            Kind::File {
+                layer,
+                offset,
+                size,
+            } => match first.get(&(*layer, *offset)) {
+                Some(target) => tar.append_hardlink(&meta, target)?,
+                None => {
+                    first.insert((*layer, *offset), path);
+                    let cursor = content(&mut cursors, range, *layer, *offset)?;
+                    tar.append_file(&meta, *size, (&mut cursor.reader).take(*size))?;
+                    cursor.pos += size;
+                }
+            },
+            Kind::LinkToLower(target) => tar.append_hardlink(&meta, target)?,
+            Kind::Symlink(target) => tar.append_symlink(&meta, target)?,
+            Kind::Fifo => tar.append_fifo(&meta)?,
+            Kind::Char(major, minor) => tar.append_char_device(&meta, *major, *minor)?,
+            Kind::Block(major, minor) => tar.append_block_device(&meta, *major, *minor)?,
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,7 +616,7 @@ mod tests {
             p.as_bytes().to_vec(),
             rec(Kind::File {
                 layer,
-                ordinal,
+                offset: ordinal,
                 size: 1,
             }),
         )
@@ -545,7 +716,7 @@ mod tests {
             get("a"),
             Kind::File {
                 layer: 1,
-                ordinal: 5,
+                offset: 5,
                 size: 1
             }
         );
@@ -553,7 +724,7 @@ mod tests {
             get("b"),
             Kind::File {
                 layer: 0,
-                ordinal: 0,
+                offset: 0,
                 size: 1
             }
         );
@@ -566,5 +737,140 @@ mod tests {
             &[vec![dir("x"), file("x/in", 0, 1)], vec![file("x", 1, 0)]],
         );
         assert_eq!(paths(&s).0, vec!["x".to_string()]);
+    }
+
+    /// Real trees → real layers → squash, compared with applying the layers one by one.
+    #[test]
+    fn squash_applies_like_the_layers_in_order() {
+        use crate::apply::{ApplyOptions, apply_layer};
+        use crate::diff::{DiffOptions, diff_dirs, full_tree};
+        use crate::layer::write_layer_file;
+        use std::fs;
+
+        let t = tempfile::tempdir().unwrap();
+        let (a, b, c) = (t.path().join("a"), t.path().join("b"), t.path().join("c"));
+        let blobs = t.path().join("blobs");
+        fs::create_dir_all(&blobs).unwrap();
+        fs::create_dir_all(a.join("etc/sub")).unwrap();
+        fs::write(a.join("etc/keep"), b"keep").unwrap();
+        fs::write(a.join("etc/sub/gone"), b"gone").unwrap();
+        fs::write(a.join("big"), vec![5u8; 300_000]).unwrap();
+        fs::hard_link(a.join("big"), a.join("big-link")).unwrap();
+        fs::create_dir_all(a.join("d")).unwrap();
+        fs::write(a.join("d/old"), b"old").unwrap();
+        let copy = |from: &Path, to: &Path| {
+            assert!(
+                std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(from)
+                    .arg(to)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        };
+        copy(&a, &b);
+        fs::remove_dir_all(b.join("etc/sub")).unwrap();
+        fs::write(b.join("new"), b"new").unwrap();
+        fs::remove_dir_all(b.join("d")).unwrap();
+        fs::create_dir(b.join("d")).unwrap();
+        fs::write(b.join("d/fresh"), b"fresh").unwrap();
+        copy(&b, &c);
+        fs::remove_file(c.join("new")).unwrap();
+        fs::write(c.join("big"), b"rewritten").unwrap();
+        std::os::unix::fs::symlink("etc/keep", c.join("link")).unwrap();
+
+        let opts = LayerOptions {
+            compression: crate::compress::Compression::Gzip { level: 1 },
+            ..LayerOptions::default()
+        };
+        let l1 = write_layer_file(&a, &full_tree(&a).unwrap(), &opts, &blobs).unwrap();
+        let l2 = write_layer_file(
+            &b,
+            &diff_dirs(&a, &b, &DiffOptions::default()).unwrap(),
+            &opts,
+            &blobs,
+        )
+        .unwrap();
+        let l3 = write_layer_file(
+            &c,
+            &diff_dirs(&b, &c, &DiffOptions::default()).unwrap(),
+            &opts,
+            &blobs,
+        )
+        .unwrap();
+        let paths: Vec<PathBuf> = [&l1, &l2, &l3]
+            .iter()
+            .map(|l| l.path.clone().unwrap())
+            .collect();
+
+        let apply_all = |dir: &Path, layers: &[PathBuf]| {
+            let root = crate::root::Root::open(dir).unwrap();
+            for l in layers {
+                apply_layer(
+                    &root,
+                    File::open(l).unwrap(),
+                    &ApplyOptions::default(),
+                    &crate::cancel::NEVER,
+                )
+                .unwrap();
+            }
+        };
+        let snapshot = |dir: &Path| -> Vec<String> {
+            crate::walk::walk(dir)
+                .unwrap()
+                .into_iter()
+                .map(|e| {
+                    let content = if e.kind == crate::entry::Kind::File {
+                        fs::read(dir.join(crate::entry::os_path(&e.path))).unwrap()
+                    } else {
+                        Vec::new()
+                    };
+                    let mtime = if e.kind == crate::entry::Kind::Dir {
+                        Default::default()
+                    } else {
+                        e.mtime
+                    };
+                    format!(
+                        "{:?} {:?} {:o} {} {} {:?} {:?} {} {:?}",
+                        String::from_utf8_lossy(&e.path),
+                        e.kind,
+                        e.mode,
+                        e.uid,
+                        e.gid,
+                        e.link_target,
+                        mtime,
+                        e.nlink,
+                        blake3::hash(&content)
+                    )
+                })
+                .collect()
+        };
+        let sequential = t.path().join("seq");
+        apply_all(&sequential, &paths);
+        assert_eq!(snapshot(&sequential), snapshot(&c));
+
+        // All three into one.
+        let all = squash_files(&[], &paths, &opts, &blobs, &crate::cancel::NEVER).unwrap();
+        let out = t.path().join("all");
+        apply_all(&out, &[all.path.clone().unwrap()]);
+        assert_eq!(snapshot(&out), snapshot(&sequential));
+
+        // The last two on top of the first.
+        let top = squash_files(
+            &paths[..1],
+            &paths[1..],
+            &opts,
+            &blobs,
+            &crate::cancel::NEVER,
+        )
+        .unwrap();
+        let out = t.path().join("top");
+        apply_all(&out, &[paths[0].clone(), top.path.clone().unwrap()]);
+        assert_eq!(snapshot(&out), snapshot(&sequential));
+
+        // Deterministic: the same squash gives the same bytes.
+        let again = squash_files(&[], &paths, &opts, &blobs, &crate::cancel::NEVER).unwrap();
+        assert_eq!(again.digest, all.digest);
     }
 }

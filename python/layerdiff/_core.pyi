@@ -51,3 +51,18 @@ def apply_layer(
     With `digest` the blob is verified (sha256 and `size`) while read.
     Returns (entries, uncompressed bytes, warnings).
     """
+
+def squash_layers(
+    lower: Sequence[_Path],
+    range: Sequence[_Path],
+    blobs_dir: _Path,
+    *,
+    compression: str = "gzip",
+    level: int | None = None,
+    threads: int = 0,
+    source_date_epoch: int | None = None,
+) -> tuple[str, str, int, int, str, str, list[str]]:
+    """Squash the layer blobs `range`, which sit on `lower`, into one blob in `blobs_dir`.
+
+    Returns (digest, diff_id, size, tar_size, media_type, path, warnings) like write_layer.
+    """

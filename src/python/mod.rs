@@ -159,15 +159,7 @@ fn write_layer(
         };
         layer::write_layer_file(&upper, &changes, &opts, &blobs_dir)
     })?;
-    Ok((
-        info.digest,
-        info.diff_id,
-        info.size,
-        info.tar_size,
-        info.media_type.to_string(),
-        info.path.unwrap_or_default(),
-        info.warnings,
-    ))
+    Ok(layer_tuple(info))
 }
 
 /// Apply one layer blob (tar, gzip or zstd) onto the directory `root`. With `digest` (and
@@ -217,6 +209,47 @@ fn apply_layer(
     Ok((stats.entries, stats.bytes, stats.warnings))
 }
 
+/// Squash the layer blobs `range` (on top of the blobs `lower`) into one blob in `blobs_dir`.
+#[pyfunction]
+#[pyo3(signature = (
+    lower, range, blobs_dir, *, compression = "gzip", level = None, threads = 0,
+    source_date_epoch = None
+))]
+#[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
+fn squash_layers(
+    py: Python<'_>,
+    lower: Vec<PathBuf>,
+    range: Vec<PathBuf>,
+    blobs_dir: PathBuf,
+    compression: &str,
+    level: Option<i32>,
+    threads: usize,
+    source_date_epoch: Option<i64>,
+) -> PyResult<LayerTuple> {
+    let opts = LayerOptions {
+        compression: parse_compression(compression, level)?,
+        threads,
+        source_date_epoch,
+    };
+    let cancel = Cancel::new();
+    let info = run_detached(py, &cancel, || {
+        crate::squash::squash_files(&lower, &range, &opts, &blobs_dir, &cancel)
+    })?;
+    Ok(layer_tuple(info))
+}
+
+fn layer_tuple(info: crate::layer::LayerInfo) -> LayerTuple {
+    (
+        info.digest,
+        info.diff_id,
+        info.size,
+        info.tar_size,
+        info.media_type.to_string(),
+        info.path.unwrap_or_default(),
+        info.warnings,
+    )
+}
+
 /// The module `layerdiff._core`.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -224,6 +257,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(diff_overlay, m)?)?;
     m.add_function(wrap_pyfunction!(write_layer, m)?)?;
     m.add_function(wrap_pyfunction!(apply_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(squash_layers, m)?)?;
     m.add("DEFAULT_MAX_SIZE", crate::apply::DEFAULT_MAX_SIZE)?;
     Ok(())
 }
