@@ -48,6 +48,8 @@ pub struct LayerOptions {
     pub threads: usize,
     /// Clamp every mtime to this time (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
+    /// Checked between entries: a cancelled token stops the write with [`Error::Interrupted`].
+    pub cancel: Option<std::sync::Arc<crate::cancel::Cancel>>,
 }
 
 /// What was written.
@@ -286,7 +288,7 @@ fn write_layer_into<W: Write + Send>(
             pool: &pool,
         };
         s.spawn(move || reader.run(&files, tx));
-        let result = write_ops(out.tar(), upper, changes, &ops, rx);
+        let result = write_ops(out.tar(), upper, changes, &ops, rx, opts.cancel.as_deref());
         // `rx` is dropped by now: a reader blocked on a full channel wakes up and stops.
         result
     });
@@ -365,6 +367,7 @@ fn write_ops<W: Write>(
     changes: &[Change],
     ops: &[Op],
     rx: mpsc::Receiver<Vec<Piece>>,
+    cancel: Option<&crate::cancel::Cancel>,
 ) -> Result<()> {
     let mut pieces = Vec::new().into_iter();
     let mut next_piece = || -> Result<Piece> {
@@ -377,6 +380,9 @@ fn write_ops<W: Write>(
         }
     };
     for op in ops {
+        if let Some(c) = cancel {
+            c.check()?;
+        }
         match *op {
             Op::Whiteout(i) => {
                 let p = &changes[i].path;
@@ -1059,7 +1065,7 @@ mod tests {
         LayerOptions {
             compression,
             threads,
-            source_date_epoch: None,
+            ..LayerOptions::default()
         }
     }
 

@@ -5,7 +5,7 @@
 mod errors;
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -137,6 +137,7 @@ fn write_layer(
     threads: usize,
     source_date_epoch: Option<i64>,
 ) -> PyResult<LayerTuple> {
+    let cancel = Arc::new(Cancel::new());
     if overlay && lower.is_some() {
         return Err(pyo3::exceptions::PyValueError::new_err(
             "give either lower (two-tree diff) or overlay with lowers, not both",
@@ -146,9 +147,9 @@ fn write_layer(
         compression: parse_compression(compression, level)?,
         threads,
         source_date_epoch,
+        cancel: Some(cancel.clone()),
     };
     let dopts = DiffOptions { content };
-    let cancel = Cancel::new();
     let info = run_detached(py, &cancel, || {
         let changes = if overlay {
             core_diff::diff_overlay(&upper, &lowers, &dopts)?
@@ -226,12 +227,13 @@ fn squash_layers(
     threads: usize,
     source_date_epoch: Option<i64>,
 ) -> PyResult<LayerTuple> {
+    let cancel = Arc::new(Cancel::new());
     let opts = LayerOptions {
         compression: parse_compression(compression, level)?,
         threads,
         source_date_epoch,
+        cancel: Some(cancel.clone()),
     };
-    let cancel = Cancel::new();
     let info = run_detached(py, &cancel, || {
         crate::squash::squash_files(&lower, &range, &opts, &blobs_dir, &cancel)
     })?;
