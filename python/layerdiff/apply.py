@@ -1,0 +1,133 @@
+"""``apply`` and ``unpack``: layer blobs onto a directory, confined to it.
+
+Applying is the security boundary of the project: every path is resolved inside the target by
+the core (``openat2`` with ``RESOLVE_IN_ROOT``), whatever the layer holds. ``unpack`` verifies
+each blob's size and digest while it reads it, and leaves a marker beside the target until
+every layer is in, so a failed or interrupted unpack is never taken for the image.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layerdiff import _core, refs
+from layerdiff.catalog import load_image
+from layerdiff.errors import LayerdiffOSError
+from layerdiff.layer import StrPath
+
+__all__ = ["DEFAULT_MAX_SIZE", "ApplyResult", "UnpackResult", "apply", "incomplete_marker", "unpack"]
+
+#: Default limit on the uncompressed size of one layer (a decompression-bomb guard).
+DEFAULT_MAX_SIZE: int = _core.DEFAULT_MAX_SIZE
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApplyResult:
+    """What applying layers did."""
+
+    #: Layers applied.
+    layers: int
+    #: Tar entries read, all layers together.
+    entries: int
+    #: Uncompressed bytes read.
+    bytes: int
+    #: Things skipped (device nodes without privilege, unsupported xattrs), one line each.
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnpackResult(ApplyResult):
+    """What unpacking an image did."""
+
+    #: Digest of the manifest that was unpacked.
+    manifest_digest: str
+
+
+def _privileged() -> bool:
+    return os.geteuid() == 0
+
+
+def apply(
+    root: StrPath,
+    layers: Sequence[StrPath],
+    *,
+    chown: bool | None = None,
+    overlay: bool = False,
+    userxattr: bool | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> ApplyResult:
+    """Apply layer blobs (tar, tar+gzip, tar+zstd: detected) in order onto the directory ``root``.
+
+    ``chown`` sets the owners the layer records (default: when running as root). ``overlay``
+    writes overlayfs upper-dir form (whiteouts as 0/0 character devices, opaque directories as
+    an xattr: ``user.overlay.opaque`` when ``userxattr``, default when not root).
+    """
+    chown = _privileged() if chown is None else chown
+    userxattr = (not _privileged()) if userxattr is None else userxattr
+    entries = total = 0
+    warnings: list[str] = []
+    for blob in layers:
+        if not os.path.isfile(blob):
+            raise LayerdiffOSError(2, "no such layer blob", os.fspath(blob))
+        n, size, warn = _core.apply_layer(
+            root, blob, chown=chown, overlay=overlay, userxattr=userxattr, max_size=max_size
+        )
+        entries += n
+        total += size
+        warnings.extend(warn)
+    return ApplyResult(layers=len(layers), entries=entries, bytes=total, warnings=warnings)
+
+
+def incomplete_marker(root: StrPath) -> Path:
+    """The file that says an unpack into ``root`` has not finished: ``.NAME.incomplete`` beside
+    it (never inside, where a layer could remove or forge it)."""
+    path = Path(os.path.abspath(root))
+    return path.with_name(f".{path.name}.incomplete")
+
+
+def unpack(
+    image: str | refs.LayoutRef,
+    root: StrPath,
+    *,
+    chown: bool | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> UnpackResult:
+    """Apply every layer of ``image`` onto the new or empty directory ``root``.
+
+    Each blob is checked against its descriptor (size and sha256) while it is read; a mismatch
+    is an error. Until every layer is in, ``incomplete_marker(root)`` exists.
+    """
+    img = load_image(image)
+    target = Path(root)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise LayerdiffOSError(17, "unpack target exists and is not an empty directory", str(root))
+    chown = _privileged() if chown is None else chown
+    target.mkdir(parents=True, exist_ok=True)
+    marker = incomplete_marker(target)
+    marker.write_text(f"unpacking {img.digest}\n")
+    entries = total = 0
+    warnings: list[str] = []
+    for desc in img.layers:
+        blob = img.layout.blob_path(desc["digest"])
+        n, size, warn = _core.apply_layer(
+            target,
+            blob,
+            digest=desc["digest"],
+            size=int(desc["size"]),
+            chown=chown,
+            max_size=max_size,
+        )
+        entries += n
+        total += size
+        warnings.extend(warn)
+    marker.unlink()
+    return UnpackResult(
+        layers=len(img.layers),
+        entries=entries,
+        bytes=total,
+        warnings=warnings,
+        manifest_digest=img.digest,
+    )

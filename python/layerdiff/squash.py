@@ -1,0 +1,152 @@
+"""``squash``: merge the last N layers of an image into one, without extracting them.
+
+The core folds the layers' tar headers and streams their contents into one new deterministic
+layer. The config is rewritten to match: the squashed diff_ids become one, the non-empty
+history entries of the range become one entry, and the range's ``empty_layer`` entries (config
+only changes) are kept, in their order, before it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
+
+from layerdiff import _core, refs
+from layerdiff.catalog import load_image
+from layerdiff.errors import FormatError
+from layerdiff.image import (
+    CONFIG_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    build_manifest,
+    canonical_json,
+    check_history,
+    rfc3339,
+)
+from layerdiff.image import source_date_epoch as _resolve_epoch
+from layerdiff.layer import LayerInfo, check_options
+from layerdiff.layout import Layout
+
+__all__ = ["CREATED_BY", "SquashResult", "squash", "squash_config"]
+
+#: ``created_by`` of the history entry of a squashed layer.
+CREATED_BY = "layerdiff squash"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SquashResult:
+    """What a squash made."""
+
+    #: The new (squashed) layer.
+    layer: LayerInfo
+    #: How many layers went into it.
+    squashed: int
+    #: Digest of the new image manifest.
+    manifest_digest: str
+    #: Digest of the new image config.
+    config_digest: str
+    #: The reference the new image was tagged as.
+    image: str
+
+
+def squash_config(
+    config: dict[str, Any],
+    *,
+    count: int,
+    diff_id: str,
+    created: str,
+    comment: str | None,
+) -> dict[str, Any]:
+    """``config`` with its last ``count`` layers replaced by the one layer ``diff_id``."""
+    out = copy.deepcopy(config)
+    diff_ids: list[str] = out["rootfs"]["diff_ids"]
+    keep = len(diff_ids) - count
+    out["rootfs"]["diff_ids"] = [*diff_ids[:keep], diff_id]
+    history = out.get("history")
+    if history is None:
+        history = [{"created_by": "(history not recorded)"} for _ in diff_ids]
+    # Split the history where the first squashed layer's entry stands.
+    layers_seen = 0
+    split = len(history)
+    for i, entry in enumerate(history):
+        if not entry.get("empty_layer", False):
+            if layers_seen == keep:
+                split = i
+                break
+            layers_seen += 1
+    in_range = history[split:]
+    kept_empty = [h for h in in_range if h.get("empty_layer", False)]
+    squashed_steps = [str(h.get("created_by", "")) for h in in_range if not h.get("empty_layer")]
+    entry: dict[str, Any] = {
+        "created": created,
+        "created_by": CREATED_BY,
+        "comment": comment or f"squashed {count} layers: " + " && ".join(squashed_steps),
+    }
+    out["history"] = [*history[:split], *kept_empty, entry]
+    out["created"] = created
+    check_history(out)
+    return out
+
+
+def squash(
+    image: str | refs.LayoutRef,
+    new_image: str | refs.LayoutRef,
+    *,
+    layers: int | None = None,
+    message: str | None = None,
+    compression: str = "gzip",
+    threads: int | None = None,
+    source_date_epoch: int | None = None,
+) -> SquashResult:
+    """Write ``new_image``: ``image`` with its last ``layers`` layers (default: all) as one."""
+    src = load_image(image)
+    target = refs.parse_layout_reference(new_image) if isinstance(new_image, str) else new_image
+    check_options(compression=compression, threads=threads)
+    total = len(src.layers)
+    count = total if layers is None else layers
+    if total == 0:
+        raise FormatError(f"{src.ref}: the image has no layers to squash")
+    if not 1 <= count <= total:
+        raise FormatError(f"--layers must be between 1 and {total} for {src.ref}, not {count}")
+    check_history(src.config)
+    epoch = _resolve_epoch(source_date_epoch)
+
+    layout = Layout.create(target.layout)
+    kept = src.layers[: total - count]
+    if layout.path.resolve() != src.layout.path.resolve():
+        for desc in kept:
+            layout.import_blob(src.layout, desc["digest"])
+    blob_paths = [src.layout.blob_path(d["digest"]) for d in src.layers]
+    digest, diff_id, size, tar_size, media_type, path, warnings = _core.squash_layers(
+        blob_paths[: total - count],
+        blob_paths[total - count :],
+        layout.blobs_dir,
+        compression=compression,
+        threads=threads or 0,
+        source_date_epoch=epoch,
+    )
+    layer = LayerInfo(
+        digest=digest,
+        diff_id=diff_id,
+        size=size,
+        tar_size=tar_size,
+        media_type=media_type,
+        path=Path(path),
+        warnings=warnings,
+    )
+    config = squash_config(
+        src.config, count=count, diff_id=diff_id, created=rfc3339(epoch), comment=message
+    )
+    config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
+    layer_desc = {"mediaType": media_type, "digest": digest, "size": size}
+    manifest = build_manifest(config=config_desc, layers=[*kept, layer_desc])
+    manifest_desc = layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE)
+    layout.set_tag(target.write_tag, manifest_desc)
+    return SquashResult(
+        layer=layer,
+        squashed=count,
+        manifest_digest=manifest_desc["digest"],
+        config_digest=config_desc["digest"],
+        image=target.text,
+    )
