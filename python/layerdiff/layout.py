@@ -118,7 +118,9 @@ class Layout:
             _write_atomic(marker, body)
         with layout._locked():
             if not (layout.path / _INDEX_FILE).exists():
-                layout._write_index({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE})
+                layout._write_index(
+                    {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
+                )
         return layout
 
     # -- blobs ---------------------------------------------------------------------------------

@@ -188,7 +188,8 @@ def _parse_oci(text: str, rest: str) -> LayoutRef:
 def _parse_docker(text: str, rest: str) -> RegistryRef:
     name, tag, digest = _split_name_tag(text, rest)
     first, slash, remainder = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+    # docker's splitDockerDomain: the first component is a host if it could not be a path.
+    if slash and (any(c in first for c in ".:[") or first == "localhost" or first != first.lower()):
         host, repository = first, remainder
     else:
         host, repository = _DOCKER_HUB, name
