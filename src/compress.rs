@@ -27,3 +27,8 @@ impl Compression {
         }
     }
 }
+
+/// gzip level used when none is given.
+pub const DEFAULT_GZIP_LEVEL: i32 = 6;
+/// zstd level used when none is given (zstd's own default).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;

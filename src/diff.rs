@@ -61,3 +61,11 @@ pub fn diff_overlay(upper: &Path, lowers: &[PathBuf], opts: &DiffOptions) -> Res
     let _ = (upper, lowers, opts);
     unimplemented!("diff_overlay")
 }
+
+/// Every object of the tree at `upper` as an added change: the layer of a whole root filesystem.
+pub fn full_tree(upper: &Path) -> Result<Vec<Change>> {
+    Ok(crate::walk::walk(upper)?
+        .into_iter()
+        .map(|e| Change { kind: ChangeKind::Added, path: e.path.clone(), entry: Some(e), opaque: false })
+        .collect())
+}

@@ -33,6 +33,8 @@ pub struct LayerInfo {
     pub media_type: &'static str,
     /// Where the blob is (for [`write_layer_file`]).
     pub path: Option<PathBuf>,
+    /// Things skipped on the way (sockets), one line each.
+    pub warnings: Vec<String>,
 }
 
 /// Write the layer for `changes` (contents read from the tree at `upper`) into `sink`.

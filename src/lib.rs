@@ -6,6 +6,7 @@
 //! Pure Rust; the Python bindings live behind the `python` feature in `src/python/`.
 #![deny(missing_docs)]
 
+pub mod cancel;
 pub mod compress;
 pub mod diff;
 pub mod digest;

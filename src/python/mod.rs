@@ -1,0 +1,161 @@
+//! The Python extension `layerdiff._core`: argument conversion, GIL release, error mapping.
+//! No logic lives here; every function converts its arguments, runs the core detached from the
+//! interpreter (so other Python threads run and Ctrl-C is seen), and converts the result.
+
+mod errors;
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+
+use crate::cancel::Cancel;
+use crate::compress::Compression;
+use crate::diff::{self as core_diff, Change, DiffOptions};
+use crate::layer::{self, LayerOptions};
+
+/// How often a detached call looks for a pending signal (Ctrl-C) in the interpreter.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// Run `work` on a scoped thread while this thread, detached from the interpreter, waits for it
+/// and checks for signals. A signal cancels the work through `cancel` and is re-raised.
+fn run_detached<T: Send>(
+    py: Python<'_>,
+    cancel: &Cancel,
+    work: impl FnOnce() -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    std::thread::scope(|s| {
+        let (tx, mut rx) = mpsc::sync_channel(1);
+        s.spawn(move || {
+            // The receiver outlives the scope's threads, so a failed send cannot happen.
+            let _ = tx.send(work());
+        });
+        loop {
+            // The receiver is moved in and out because it is `Send` but not `Sync`.
+            let (received, back) = py.detach(move || (rx.recv_timeout(SIGNAL_POLL), rx));
+            rx = back;
+            match received {
+                Ok(result) => return result.map_err(|e| errors::to_pyerr(py, e)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(signal) = py.check_signals() {
+                        cancel.cancel();
+                        // Wait for the work to notice; its own result no longer matters.
+                        let _ = py.detach(move || rx.recv());
+                        return Err(signal);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        "layerdiff core stopped without a result (internal error)",
+                    ));
+                }
+            }
+        }
+    })
+}
+
+fn changes_to_py(changes: Vec<Change>) -> Vec<(String, Vec<u8>)> {
+    changes.into_iter().map(|c| (c.kind.letter().to_string(), c.path)).collect()
+}
+
+fn parse_compression(name: &str, level: Option<i32>) -> PyResult<Compression> {
+    Ok(match name {
+        "none" => Compression::None,
+        "gzip" => Compression::Gzip { level: level.unwrap_or(crate::compress::DEFAULT_GZIP_LEVEL) },
+        "zstd" => Compression::Zstd { level: level.unwrap_or(crate::compress::DEFAULT_ZSTD_LEVEL) },
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown compression {other:?} (expected gzip, zstd or none)"
+            )));
+        }
+    })
+}
+
+/// Changes turning tree `lower` into tree `upper`.
+#[pyfunction]
+#[pyo3(signature = (lower, upper, *, content = false))]
+fn diff(py: Python<'_>, lower: PathBuf, upper: PathBuf, content: bool) -> PyResult<Vec<(String, Vec<u8>)>> {
+    let cancel = Cancel::new();
+    let opts = DiffOptions { content };
+    run_detached(py, &cancel, || core_diff::diff_dirs(&lower, &upper, &opts)).map(changes_to_py)
+}
+
+/// Changes recorded by an overlayfs upper directory.
+#[pyfunction]
+#[pyo3(signature = (upper, *, lowers = Vec::new(), content = false))]
+fn diff_overlay(
+    py: Python<'_>,
+    upper: PathBuf,
+    lowers: Vec<PathBuf>,
+    content: bool,
+) -> PyResult<Vec<(String, Vec<u8>)>> {
+    let cancel = Cancel::new();
+    let opts = DiffOptions { content };
+    run_detached(py, &cancel, || core_diff::diff_overlay(&upper, &lowers, &opts)).map(changes_to_py)
+}
+
+/// The tuple `write_layer` returns: digest, diff_id, size, tar_size, media_type, path, warnings.
+type LayerTuple = (String, String, u64, u64, String, PathBuf, Vec<String>);
+
+/// Write one layer blob into `blobs_dir`.
+#[pyfunction]
+#[pyo3(signature = (
+    upper, blobs_dir, *, lower = None, overlay = false, lowers = Vec::new(), content = false,
+    compression = "gzip", level = None, threads = 0, source_date_epoch = None
+))]
+#[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
+fn write_layer(
+    py: Python<'_>,
+    upper: PathBuf,
+    blobs_dir: PathBuf,
+    lower: Option<PathBuf>,
+    overlay: bool,
+    lowers: Vec<PathBuf>,
+    content: bool,
+    compression: &str,
+    level: Option<i32>,
+    threads: usize,
+    source_date_epoch: Option<i64>,
+) -> PyResult<LayerTuple> {
+    if overlay && lower.is_some() {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "give either lower (two-tree diff) or overlay with lowers, not both",
+        ));
+    }
+    let opts = LayerOptions {
+        compression: parse_compression(compression, level)?,
+        threads,
+        source_date_epoch,
+    };
+    let dopts = DiffOptions { content };
+    let cancel = Cancel::new();
+    let info = run_detached(py, &cancel, || {
+        let changes = if overlay {
+            core_diff::diff_overlay(&upper, &lowers, &dopts)?
+        } else if let Some(lower) = &lower {
+            core_diff::diff_dirs(lower, &upper, &dopts)?
+        } else {
+            core_diff::full_tree(&upper)?
+        };
+        layer::write_layer_file(&upper, &changes, &opts, &blobs_dir)
+    })?;
+    Ok((
+        info.digest,
+        info.diff_id,
+        info.size,
+        info.tar_size,
+        info.media_type.to_string(),
+        info.path.unwrap_or_default(),
+        info.warnings,
+    ))
+}
+
+/// The module `layerdiff._core`.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(diff, m)?)?;
+    m.add_function(wrap_pyfunction!(diff_overlay, m)?)?;
+    m.add_function(wrap_pyfunction!(write_layer, m)?)?;
+    Ok(())
+}
