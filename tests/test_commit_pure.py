@@ -289,6 +289,8 @@ def test_cli_usage_errors(rootfs: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 2 and "two directories" in err
     code, _, err = run(capsys, "commit", "--upper", str(rootfs), "--compression", "lz4", "app")
     assert code == 2
+    assert err.count("\n") == 1 and err.startswith("layerdiff: error: ")
+    assert "'lz4' is not one of" in err and "layerdiff commit --help" in err
 
 
 # -- other tools read what we write ------------------------------------------------------------

@@ -178,3 +178,11 @@ def test_import_blob(tmp_path: Path) -> None:
     dst.import_blob(src, desc["digest"])
     assert dst.read_blob(desc["digest"]) == b"layer"
     dst.import_blob(src, desc["digest"])  # already there: fine
+
+
+def test_create_refuses_a_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FormatError, match="not an OCI image layout"):
+        Layout.create(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+    Layout.create(tmp_path / "empty-is-fine")

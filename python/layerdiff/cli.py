@@ -306,9 +306,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail("aborted", 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        _fail(_one_line(e.format_message(), 10_000) + hint, e.exit_code)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        _fail(_one_line(e.format_message(), 10_000), e.exit_code)
     except (LayerdiffError, OSError, ValueError) as e:
         _fail(_message(e), 1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -64,7 +64,7 @@ class LayerInfo:
 
 
 def _changes(raw: list[tuple[str, bytes]]) -> list[Change]:
-    return [Change(cast(ChangeKind, kind), "/" + os.fsdecode(path)) for kind, path in raw]
+    return [Change(cast(ChangeKind, kind), "/" + os.fsdecode(bytes(path))) for kind, path in raw]
 
 
 def diff(lower: StrPath, upper: StrPath, *, content: bool = False) -> list[Change]:

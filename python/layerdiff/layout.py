@@ -111,8 +111,11 @@ class Layout:
     def create(cls, path: str | os.PathLike[str]) -> Layout:
         """Open the layout at ``path``, creating the directory and its files if missing."""
         layout = cls(path)
-        layout.blobs_dir.mkdir(parents=True, exist_ok=True)
         marker = layout.path / _LAYOUT_FILE
+        if layout.path.is_dir() and not marker.exists() and any(layout.path.iterdir()):
+            # Never scatter blobs/ and index.json into a directory that holds something else.
+            raise FormatError(f"{layout.path}: exists and is not an OCI image layout (not empty)")
+        layout.blobs_dir.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
             body = json.dumps({"imageLayoutVersion": _LAYOUT_VERSION}).encode()
             _write_atomic(marker, body)
