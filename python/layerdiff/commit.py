@@ -77,6 +77,7 @@ def commit(
     Like ``docker commit`` a layer is always added, also when ``changes`` (``ENV …``, ``CMD …``)
     only alter the config. ``message`` and ``author`` go into the new history entry.
     ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) fixes the timestamps and clamps mtimes.
+    ``on_step`` is called with a short message as each step starts (for progress output).
     A failure at any point leaves the target's tags as they were.
     """
     step = on_step or (lambda _msg: None)

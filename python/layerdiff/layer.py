@@ -122,6 +122,7 @@ def write_layer(
     holds the two-tree diff; with ``overlay`` the changes an overlayfs upper dir records
     (``lowers``, top first, help tell added from changed). ``threads=None`` uses every core and
     never changes the bytes. ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) clamps mtimes.
+    ``content`` compares file contents in the diff (see :func:`diff`).
     """
     if lower is not None and overlay:
         raise ValueError("lower and overlay exclude each other (use lowers= with overlay)")
