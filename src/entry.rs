@@ -68,10 +68,7 @@ pub struct Entry {
 impl Entry {
     /// The last path component.
     pub fn name(&self) -> &[u8] {
-        match self.path.iter().rposition(|&b| b == b'/') {
-            Some(i) => &self.path[i + 1..],
-            None => &self.path,
-        }
+        base_name(&self.path)
     }
 
     /// True for a regular file with more than one link (a member of a hardlink set).
@@ -106,6 +103,14 @@ pub fn parent(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => &path[..i],
         None => b"",
+    }
+}
+
+/// The last component of a relative path.
+pub fn base_name(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
     }
 }
 

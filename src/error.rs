@@ -80,7 +80,10 @@ pub enum Error {
 impl Error {
     /// An I/O error about `path`.
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

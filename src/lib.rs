@@ -6,6 +6,7 @@
 //! Pure Rust; the Python bindings live behind the `python` feature in `src/python/`.
 #![deny(missing_docs)]
 
+pub mod apply;
 pub mod cancel;
 pub mod compress;
 pub mod diff;
@@ -13,7 +14,10 @@ pub mod digest;
 pub mod entry;
 pub mod error;
 pub mod layer;
+pub mod root;
+pub mod squash;
 pub mod tar;
+pub mod verify;
 pub mod walk;
 pub mod whiteout;
 

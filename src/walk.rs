@@ -1,13 +1,630 @@
 //! Fd-relative, no-follow, sorted, parallel tree walk.
+//!
+//! Every directory is opened relative to its parent's file descriptor with `O_NOFOLLOW`, and
+//! every entry is looked at with `AT_SYMLINK_NOFOLLOW`, so a symlink (or a rename racing the
+//! walk) can never lead outside the root. Directories are read in parallel (rayon tasks, one per
+//! directory); the result is sorted at the end, so thread count and readdir order never show.
 
-use std::path::Path;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::entry::Entry;
-use crate::error::Result;
+use rayon::prelude::*;
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, Statx, StatxFlags};
+use rustix::io::Errno;
+
+use crate::entry::{self, Entry, Kind, Timestamp};
+use crate::error::{Error, IoContext, Result};
+
+/// Extended attributes of one entry: (name, value), sorted by name.
+pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Flags of every directory the walk opens: readable for getdents, never through a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Below this many names a directory's entries are looked at on one thread: splitting tiny
+/// directories costs more in task overhead than the `statx` calls it would spread.
+const PAR_STAT_MIN: usize = 64;
 
 /// Walk the tree under `root` (not following symlinks, never leaving the tree) and return every
 /// object below it — the root itself excluded — in [`crate::entry::cmp_paths`] order.
+///
+/// `root` must be a directory; a symlink to one is refused rather than followed. An entry that
+/// disappears between reading its directory and looking at it is left out (it is no longer part
+/// of the tree); any other failure, such as a permission error, is an [`Error::Io`] naming the
+/// full path.
 pub fn walk(root: &Path) -> Result<Vec<Entry>> {
-    let _ = root;
-    unimplemented!("walk")
+    let fd = open_root(root)?;
+    walk_fd(fd.as_fd(), root)
+}
+
+/// Open `root` as the directory a walk starts from, refusing symlinks and non-directories.
+pub(crate) fn open_root(root: &Path) -> Result<OwnedFd> {
+    match rustix::fs::openat(CWD, root, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        // ELOOP is what O_NOFOLLOW gives for a symlink: to the caller, "not a directory".
+        Err(Errno::NOTDIR | Errno::LOOP) => Err(Error::io(
+            root,
+            std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        )),
+        Err(e) => Err(e).at(root),
+    }
+}
+
+/// Walk the directory open as `root_fd`; `root` is only used to name paths in errors.
+pub(crate) fn walk_fd(root_fd: BorrowedFd<'_>, root: &Path) -> Result<Vec<Entry>> {
+    // Xattrs are read through /proc/self/fd (see `entry_xattrs`); say so plainly if it is absent
+    // instead of reporting every entry as vanished.
+    rustix::fs::statat(CWD, "/proc/self/fd", AtFlags::empty()).at("/proc/self/fd")?;
+    // A fresh descriptor: getdents moves the file offset, and `root_fd` belongs to the caller.
+    let dir = rustix::fs::openat(root_fd, c".", DIR_FLAGS, Mode::empty()).at(root)?;
+    let walk = Walk {
+        root,
+        entries: Mutex::new(Vec::new()),
+        error: Mutex::new(None),
+        failed: AtomicBool::new(false),
+    };
+    rayon::scope(|scope| visit_dir(scope, &walk, dir, Vec::new()));
+    if let Some((_, e)) = walk
+        .error
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    {
+        return Err(e);
+    }
+    let mut entries = walk
+        .entries
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    entries.par_sort_unstable_by(|a, b| entry::cmp_paths(&a.path, &b.path));
+    Ok(entries)
+}
+
+/// The state shared by the tasks of one walk.
+struct Walk<'r> {
+    root: &'r Path,
+    entries: Mutex<Vec<Entry>>,
+    /// The failure with the smallest path, so the error reported does not depend on timing.
+    error: Mutex<Option<(Vec<u8>, Error)>>,
+    /// Set on the first failure so the other tasks stop early.
+    failed: AtomicBool,
+}
+
+impl Walk<'_> {
+    /// The full path of `rel` for error messages.
+    fn full_path(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.root.to_path_buf()
+        } else {
+            self.root.join(entry::os_path(rel))
+        }
+    }
+
+    fn fail(&self, rel: Vec<u8>, error: Error) {
+        self.failed.store(true, Ordering::Relaxed);
+        let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
+        let smaller = match &*slot {
+            Some((p, _)) => entry::cmp_paths(&rel, p).is_lt(),
+            None => true,
+        };
+        if smaller {
+            *slot = Some((rel, error));
+        }
+    }
+}
+
+/// Read the directory `fd` (at `rel`), record its entries and spawn one task per subdirectory.
+fn visit_dir<'s>(scope: &rayon::Scope<'s>, walk: &'s Walk<'s>, fd: OwnedFd, rel: Vec<u8>) {
+    if walk.failed.load(Ordering::Relaxed) {
+        return;
+    }
+    let (dir, entries) = match read_dir(walk, fd, &rel) {
+        Ok(found) => found,
+        Err(e) => return walk.fail(rel, e),
+    };
+    let subdirs: Vec<(Vec<u8>, CString)> = entries
+        .iter()
+        .filter(|e| e.kind == Kind::Dir)
+        .map(|e| (e.path.clone(), c_name(e.name())))
+        .collect();
+    walk.entries
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(entries);
+    // Children open themselves relative to this directory's descriptor when they run; the
+    // descriptor closes when the last of them has. Opening them all here instead would hold one
+    // descriptor per subdirectory at once (EMFILE on wide trees).
+    let dir = Arc::new(dir);
+    for (sub, name) in subdirs {
+        let parent = Arc::clone(&dir);
+        scope.spawn(move |scope| match open_subdir(walk, &parent, &sub, &name) {
+            Ok(Some(fd)) => {
+                drop(parent);
+                visit_dir(scope, walk, fd, sub);
+            }
+            Ok(None) => {}
+            Err(e) => walk.fail(sub, e),
+        });
+    }
+}
+
+/// Open the subdirectory `rel` of `parent`; `None` if it vanished since it was listed.
+fn open_subdir(walk: &Walk<'_>, parent: &Dir, rel: &[u8], name: &CStr) -> Result<Option<OwnedFd>> {
+    let parent_fd = parent.fd().at(walk.full_path(entry::parent(rel)))?;
+    match rustix::fs::openat(parent_fd, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e).at(walk.full_path(rel)),
+    }
+}
+
+/// List the directory and look at each of its entries.
+fn read_dir(walk: &Walk<'_>, fd: OwnedFd, rel: &[u8]) -> Result<(Dir, Vec<Entry>)> {
+    let mut dir = Dir::new(fd).at(walk.full_path(rel))?;
+    let mut names = Vec::new();
+    while let Some(item) = dir.read() {
+        let item = item.at(walk.full_path(rel))?;
+        let name = item.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+        }
+    }
+    let dir_fd = dir.fd().at(walk.full_path(rel))?;
+    let found: Vec<Option<Entry>> = names
+        .par_iter()
+        .with_min_len(PAR_STAT_MIN)
+        .map(|name| {
+            let path = entry::join(rel, name.to_bytes());
+            read_entry(dir_fd, name, path.clone()).at(walk.full_path(&path))
+        })
+        .collect::<Result<_>>()?;
+    Ok((dir, found.into_iter().flatten().collect()))
+}
+
+/// Everything about one entry of the directory `dir_fd`; `None` if it vanished (ENOENT).
+fn read_entry(
+    dir_fd: BorrowedFd<'_>,
+    name: &CStr,
+    path: Vec<u8>,
+) -> std::io::Result<Option<Entry>> {
+    let st = match rustix::fs::statx(
+        dir_fd,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    ) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut entry = entry_from_statx(&st, path);
+    if entry.kind == Kind::Symlink {
+        match rustix::fs::readlinkat(dir_fd, name, Vec::new()) {
+            Ok(target) => entry.link_target = target.into_bytes(),
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match entry_xattrs(dir_fd, name) {
+        Ok(xattrs) => entry.xattrs = xattrs,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Some(entry))
+}
+
+/// The attributes a layer records, from `statx` (never followed).
+fn entry_from_statx(st: &Statx, path: Vec<u8>) -> Entry {
+    let kind = match FileType::from_raw_mode(st.stx_mode.into()) {
+        FileType::RegularFile => Kind::File,
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        FileType::Fifo => Kind::Fifo,
+        FileType::CharacterDevice => Kind::CharDevice,
+        FileType::BlockDevice => Kind::BlockDevice,
+        // Sockets and anything the kernel may add later: never layer content.
+        _ => Kind::Socket,
+    };
+    let is_device = matches!(kind, Kind::CharDevice | Kind::BlockDevice);
+    Entry {
+        path,
+        kind,
+        mode: u32::from(st.stx_mode) & 0o7777,
+        uid: st.stx_uid,
+        gid: st.stx_gid,
+        mtime: Timestamp {
+            sec: st.stx_mtime.tv_sec,
+            nsec: st.stx_mtime.tv_nsec,
+        },
+        size: if kind == Kind::File { st.stx_size } else { 0 },
+        xattrs: Vec::new(),
+        link_target: Vec::new(),
+        rdev_major: if is_device { st.stx_rdev_major } else { 0 },
+        rdev_minor: if is_device { st.stx_rdev_minor } else { 0 },
+        dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        nlink: u64::from(st.stx_nlink),
+    }
+}
+
+/// The xattrs of entry `name` in `dir_fd`, without following it if it is a symlink.
+///
+/// There is no `*at` form before Linux 6.13 (`getxattrat`), and `fgetxattr` refuses the
+/// `O_PATH` descriptor that is the only way to open a symlink itself. So the `l*xattr` calls
+/// get the path `/proc/self/fd/<dir_fd>/<name>`: the magic link pins the directory already
+/// opened (no path walk from the root, nothing to race), and the `l` form does not follow the
+/// last component.
+fn entry_xattrs(dir_fd: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Xattrs> {
+    let mut path = format!("/proc/self/fd/{}/", dir_fd.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name.to_bytes());
+    let path = CString::new(path).map_err(|_| Errno::INVAL)?;
+    read_xattrs(
+        || rustix::fs::llistxattr_query(&path),
+        |buf| rustix::fs::llistxattr(&path, buf),
+        |n| rustix::fs::lgetxattr_query(&path, n),
+        |n, buf| rustix::fs::lgetxattr(&path, n, buf),
+    )
+}
+
+/// The xattrs of an open directory (the root of a walk has no parent to look it up in).
+pub(crate) fn dir_xattrs(fd: BorrowedFd<'_>, display: &Path) -> Result<Xattrs> {
+    read_xattrs(
+        || rustix::fs::flistxattr_query(fd),
+        |buf| rustix::fs::flistxattr(fd, buf),
+        |n| rustix::fs::fgetxattr_query(fd, n),
+        |n, buf| rustix::fs::fgetxattr(fd, n, buf),
+    )
+    .at(display)
+}
+
+/// List and read every xattr, sorted by name. A filesystem without xattr support has none; an
+/// xattr removed between listing and reading is left out.
+fn read_xattrs(
+    list_len: impl Fn() -> rustix::io::Result<usize>,
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+    get_len: impl Fn(&CStr) -> rustix::io::Result<usize>,
+    get: impl Fn(&CStr, &mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Xattrs> {
+    let names = match read_sized(list_len, list) {
+        Ok(names) => names,
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut xattrs = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).map_err(|_| Errno::INVAL)?;
+        match read_sized(|| get_len(&cname), |buf| get(&cname, buf)) {
+            Ok(value) => xattrs.push((name.to_vec(), value)),
+            Err(Errno::NODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    xattrs.sort_unstable();
+    Ok(xattrs)
+}
+
+/// Read a value whose size must be asked first, asking again if it grew in between (ERANGE).
+fn read_sized(
+    len: impl Fn() -> rustix::io::Result<usize>,
+    read: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Vec<u8>> {
+    loop {
+        let n = len()?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0; n];
+        match read(&mut buf) {
+            Ok(got) => {
+                buf.truncate(got);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A name from the walk as a C string. It came from a `CStr` (getdents), so it holds no NUL
+/// and the conversion cannot fail; an empty name would only make the open fail with ENOENT.
+fn c_name(name: &[u8]) -> CString {
+    CString::new(name).unwrap_or_default()
+}
+
+/// Helpers shared by the tests of this module and of [`crate::diff`].
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags};
+
+    /// True when the tests run as root; root-only tests call this and say why they skip.
+    pub(crate) fn is_root(test: &str) -> bool {
+        let root = rustix::process::geteuid().is_root();
+        if !root {
+            eprintln!("{test}: skipped, needs root");
+        }
+        root
+    }
+
+    /// Write a file, creating its parent directories.
+    pub(crate) fn write(path: &Path, data: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+
+    /// Set the mtime (and atime) of `path` without following a symlink.
+    pub(crate) fn set_mtime(path: &Path, sec: i64, nsec: u32) {
+        let t = Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec.into(),
+        };
+        let times = Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    }
+
+    /// Set an xattr without following a symlink; false when the filesystem has no xattrs.
+    pub(crate) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
+        match rustix::fs::lsetxattr(path, name, value, XattrFlags::empty()) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::NOTSUP) => {
+                eprintln!(
+                    "{}: xattrs unsupported here, assertion skipped",
+                    path.display()
+                );
+                false
+            }
+            Err(e) => panic!("setxattr {name} on {}: {e}", path.display()),
+        }
+    }
+
+    /// Paths of entries as strings, for readable assertions.
+    pub(crate) fn paths(entries: &[crate::entry::Entry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+            .collect()
+    }
+
+    /// A relative path of raw bytes under `root`.
+    pub(crate) fn at(root: &Path, rel: &[u8]) -> std::path::PathBuf {
+        root.join(std::ffi::OsStr::from_bytes(rel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    use super::testutil::*;
+    use super::*;
+
+    fn find<'a>(entries: &'a [Entry], path: &str) -> &'a Entry {
+        entries
+            .iter()
+            .find(|e| e.path == path.as_bytes())
+            .unwrap_or_else(|| panic!("{path} missing"))
+    }
+
+    #[test]
+    fn walks_sorted_without_following_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        write(&r.join("a-b"), b"x");
+        write(&r.join("a/z"), b"hello");
+        write(&r.join("a/b/c"), b"");
+        symlink("/etc", r.join("a/etc")).unwrap();
+        symlink("../../nowhere", r.join("dangling")).unwrap();
+        std::fs::hard_link(r.join("a/z"), r.join("a/z2")).unwrap();
+        rustix::fs::mkfifoat(CWD, r.join("fifo"), Mode::from_raw_mode(0o600)).unwrap();
+        write(&at(r, b"\xffname"), b"raw");
+
+        let entries = walk(r).unwrap();
+        assert_eq!(
+            paths(&entries),
+            [
+                "a",
+                "a/b",
+                "a/b/c",
+                "a/etc",
+                "a/z",
+                "a/z2",
+                "a-b",
+                "dangling",
+                "fifo",
+                "\u{fffd}name"
+            ]
+        );
+        let link = find(&entries, "a/etc");
+        assert_eq!(
+            (link.kind, link.link_target.as_slice()),
+            (Kind::Symlink, &b"/etc"[..])
+        );
+        assert_eq!(find(&entries, "dangling").link_target, b"../../nowhere");
+        let (z, z2) = (find(&entries, "a/z"), find(&entries, "a/z2"));
+        assert_eq!((z.kind, z.size, z.nlink), (Kind::File, 5, 2));
+        assert_eq!((z.dev, z.ino), (z2.dev, z2.ino));
+        assert!(z.is_hardlinked());
+        assert_eq!(find(&entries, "fifo").kind, Kind::Fifo);
+        assert_eq!(find(&entries, "a").size, 0);
+    }
+
+    #[test]
+    fn records_mode_bits_owner_and_mtime() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        write(&r.join("suid"), b"");
+        std::fs::set_permissions(r.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::create_dir(r.join("tmp")).unwrap();
+        std::fs::set_permissions(r.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        set_mtime(&r.join("suid"), 1_234_567_890, 123_456_789);
+        let entries = walk(r).unwrap();
+        let suid = find(&entries, "suid");
+        assert_eq!(suid.mode, 0o4755);
+        assert_eq!(
+            suid.mtime,
+            Timestamp {
+                sec: 1_234_567_890,
+                nsec: 123_456_789
+            }
+        );
+        assert_eq!(find(&entries, "tmp").mode, 0o1777);
+        assert_eq!(suid.uid, rustix::process::geteuid().as_raw());
+    }
+
+    #[test]
+    fn root_must_be_a_directory() {
+        let t = tempfile::tempdir().unwrap();
+        write(&t.path().join("file"), b"");
+        std::fs::create_dir(t.path().join("dir")).unwrap();
+        symlink("dir", t.path().join("link")).unwrap();
+        for name in ["file", "link"] {
+            let root = t.path().join(name);
+            match walk(&root) {
+                Err(Error::Io { path, source }) => {
+                    assert_eq!(path, root);
+                    assert_eq!(source.raw_os_error(), Some(libc::ENOTDIR));
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let missing = t.path().join("missing");
+        assert!(matches!(walk(&missing), Err(Error::Io { path, .. }) if path == missing));
+    }
+
+    #[test]
+    fn reads_xattrs_sorted() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        write(&f, b"");
+        if !set_xattr(&f, "user.b", b"2") {
+            return;
+        }
+        set_xattr(&f, "user.a", b"1");
+        set_xattr(&f, "user.empty", b"");
+        let entries = walk(t.path()).unwrap();
+        let names: Vec<_> = entries[0]
+            .xattrs
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (&b"user.a"[..], &b"1"[..]),
+                (b"user.b", b"2"),
+                (b"user.empty", b"")
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_symlink_xattrs_without_following() {
+        if !is_root("reads_symlink_xattrs_without_following") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        write(&t.path().join("target"), b"");
+        symlink("target", t.path().join("link")).unwrap();
+        // user.* is not allowed on symlinks; trusted.* is (for root).
+        if !set_xattr(&t.path().join("link"), "trusted.mark", b"on-link") {
+            return;
+        }
+        let entries = walk(t.path()).unwrap();
+        assert_eq!(
+            find(&entries, "link").xattrs,
+            [(b"trusted.mark".to_vec(), b"on-link".to_vec())]
+        );
+        assert!(find(&entries, "target").xattrs.is_empty());
+    }
+
+    #[test]
+    fn records_device_numbers() {
+        if !is_root("records_device_numbers") {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let dev = rustix::fs::makedev(1, 3);
+        rustix::fs::mknodat(
+            CWD,
+            t.path().join("null"),
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            dev,
+        )
+        .unwrap();
+        let e = &walk(t.path()).unwrap()[0];
+        assert_eq!(
+            (e.kind, e.rdev_major, e.rdev_minor, e.size),
+            (Kind::CharDevice, 1, 3, 0)
+        );
+    }
+
+    #[test]
+    fn parallel_walk_is_deterministic() {
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            std::fs::create_dir(t.path().join(format!("d{i}"))).unwrap();
+            for j in 0..(i % 7) {
+                write(&t.path().join(format!("d{i}/s{j}/f")), b"x");
+            }
+            write(&t.path().join(format!("d{i}-f")), b"y");
+        }
+        let first = walk(t.path()).unwrap();
+        for _ in 0..3 {
+            assert_eq!(walk(t.path()).unwrap(), first);
+        }
+        assert!(
+            first
+                .windows(2)
+                .all(|w| entry::cmp_paths(&w[0].path, &w[1].path).is_lt())
+        );
+        let want = 40 + 40 + (0..40).map(|i| 2 * (i % 7)).sum::<usize>();
+        assert_eq!(first.len(), want);
+    }
+
+    #[test]
+    fn permission_errors_name_the_path() {
+        let t = tempfile::tempdir().unwrap();
+        write(&t.path().join("ok/f"), b"");
+        write(&t.path().join("locked/secret"), b"");
+        std::fs::set_permissions(
+            t.path().join("locked"),
+            std::fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
+        // Root reads anything through CAP_DAC_*; capabilities are per thread, so drop them on
+        // the threads of a pool of our own and walk there.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .start_handler(|_| {
+                use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+                let mut caps = capabilities(None).unwrap();
+                caps.effective -= CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH;
+                set_capabilities(None, caps).unwrap();
+            })
+            .build()
+            .unwrap();
+        match pool.install(|| walk(t.path())) {
+            Err(Error::Io { path, source }) => {
+                assert_eq!(path, t.path().join("locked"));
+                assert_eq!(source.raw_os_error(), Some(libc::EACCES));
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::set_permissions(
+            t.path().join("locked"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
 }

@@ -1,6 +1,454 @@
 //! OCI whiteout names, overlayfs whiteout and opaque forms, and the conversions between them.
+//!
+//! Every rule about whiteouts lives here, each next to the sentence of the specification it
+//! implements: the OCI image-spec `layer.md` for names inside a layer, the kernel's
+//! `Documentation/filesystems/overlayfs.rst` for the forms an overlayfs upper directory uses.
+//! The functions are pure (names and [`Entry`] values in, answers out) so the corner cases are
+//! tested without a filesystem.
+
+use crate::entry::{Entry, Kind};
 
 /// Prefix of a whiteout file name in a layer.
 pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// Name of the opaque-directory marker in a layer.
 pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// The two namespaces overlayfs keeps its own xattrs in: `trusted.` by default, `user.` when
+/// mounted with `userxattr` (unprivileged overlays).
+const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
+
+/// True for a name the OCI spec reserves: anything starting with `.wh.`.
+///
+/// > As files prefixed with `.wh.` are special whiteout markers, it is not possible to create a
+/// > filesystem which has a file or directory with a name beginning with `.wh.`.
+///
+/// A tree holding such a name cannot be committed (see [`crate::Error::ReservedName`]).
+pub fn is_reserved_name(name: &[u8]) -> bool {
+    name.starts_with(WHITEOUT_PREFIX)
+}
+
+/// True for the opaque-directory marker `.wh..wh..opq`.
+///
+/// > An opaque whiteout entry is a file with the name `.wh..wh..opq` indicating that all
+/// > siblings are hidden in the lower layer.
+pub fn is_opaque_marker(name: &[u8]) -> bool {
+    name == OPAQUE_MARKER
+}
+
+/// The name a whiteout deletes: `.wh.foo` → `foo`.
+///
+/// > A whiteout filename consists of the prefix `.wh.` plus the basename of the path to be
+/// > deleted.
+///
+/// `None` when `name` is not a well-formed whiteout:
+/// - no `.wh.` prefix;
+/// - the opaque marker `.wh..wh..opq` (it hides siblings; it is not a whiteout of `.wh..opq`);
+/// - an empty basename (`.wh.`), or `.`/`..` (`.wh..`, `.wh...`), or one holding `/` or NUL:
+///   a basename never does, and honouring these would delete outside the directory;
+/// - a basename that is itself reserved (`.wh..wh.foo`): such a file cannot exist in a
+///   filesystem built from layers (see [`is_reserved_name`]), so the name can only be an error.
+pub fn whiteout_target(name: &[u8]) -> Option<&[u8]> {
+    if is_opaque_marker(name) {
+        return None;
+    }
+    let target = name.strip_prefix(WHITEOUT_PREFIX)?;
+    let valid = !target.is_empty()
+        && target != b"."
+        && target != b".."
+        && !target.contains(&b'/')
+        && !target.contains(&0)
+        && !is_reserved_name(target);
+    valid.then_some(target)
+}
+
+/// True for a well-formed whiteout name (see [`whiteout_target`]).
+///
+/// > A whiteout file is an empty file with a special filename that signifies a path should be
+/// > deleted.
+pub fn is_whiteout_name(name: &[u8]) -> bool {
+    whiteout_target(name).is_some()
+}
+
+/// The whiteout name that deletes `name` (a basename): `foo` → `.wh.foo`.
+///
+/// `name` must be a valid basename, not itself reserved; the walk guarantees that for every
+/// name it returns, and a tree with a reserved name is refused before any layer is written.
+pub fn whiteout_name(name: &[u8]) -> Vec<u8> {
+    debug_assert!(!name.is_empty() && !name.contains(&b'/') && !is_reserved_name(name));
+    let mut out = Vec::with_capacity(WHITEOUT_PREFIX.len() + name.len());
+    out.extend_from_slice(WHITEOUT_PREFIX);
+    out.extend_from_slice(name);
+    out
+}
+
+/// What a name found in a layer means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerName<'a> {
+    /// An ordinary name.
+    Plain,
+    /// The opaque marker: the directory's lower children are hidden.
+    Opaque,
+    /// A whiteout of the given basename.
+    Whiteout(&'a [u8]),
+    /// aufs' own metadata (`.wh..wh.plnk`, `.wh..wh.aufs`, …): not part of the format; ignored,
+    /// as docker and containerd do.
+    AufsMeta,
+    /// A `.wh.` name that deletes nothing sensible (`.wh.`, `.wh..`, `.wh...`): an error.
+    Malformed,
+}
+
+/// Classify a basename read from a layer.
+pub fn classify_layer_name(name: &[u8]) -> LayerName<'_> {
+    if !is_reserved_name(name) {
+        LayerName::Plain
+    } else if is_opaque_marker(name) {
+        LayerName::Opaque
+    } else if name.starts_with(b".wh..wh.") {
+        LayerName::AufsMeta
+    } else {
+        whiteout_target(name).map_or(LayerName::Malformed, LayerName::Whiteout)
+    }
+}
+
+/// True for an xattr that belongs to overlayfs itself (`trusted.overlay.*`, `user.overlay.*`).
+///
+/// These describe how an upper directory relates to its lowers; they never enter a layer and
+/// are never applied from one (DESIGN.md, "Formats and rules").
+pub fn is_overlay_xattr(name: &[u8]) -> bool {
+    OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The value of overlayfs xattr `key` (e.g. `b"opaque"`) on `xattrs`, looked up in both
+/// namespaces (`trusted.` first): the walk cannot know which one the mount used.
+fn overlay_xattr<'a>(xattrs: &'a [(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<&'a [u8]> {
+    OVERLAY_XATTR_PREFIXES
+        .iter()
+        .find_map(|prefix| xattr_value(xattrs, prefix, key))
+}
+
+/// The value of xattr `prefix` + `key`, by binary search ([`Entry::xattrs`] is sorted by name).
+fn xattr_value<'a>(
+    xattrs: &'a [(Vec<u8>, Vec<u8>)],
+    prefix: &[u8],
+    key: &[u8],
+) -> Option<&'a [u8]> {
+    let name = [prefix, key].concat();
+    let i = xattrs
+        .binary_search_by(|(n, _)| n.as_slice().cmp(&name))
+        .ok()?;
+    Some(xattrs[i].1.as_slice())
+}
+
+/// True when the xattr `key` is set in the `user.` namespace but not in `trusted.`: the upper
+/// directory was written by an overlay mounted with `userxattr`.
+pub fn overlay_xattr_is_user(entry: &Entry, key: &[u8]) -> bool {
+    let has = |prefix: &[u8]| xattr_value(&entry.xattrs, prefix, key).is_some();
+    !has(OVERLAY_XATTR_PREFIXES[0]) && has(OVERLAY_XATTR_PREFIXES[1])
+}
+
+/// True when a directory's xattrs say it may contain xattr whiteouts.
+///
+/// > A merge directory containing regular files with the xattr "trusted.overlay.whiteout",
+/// > should be additionally marked by setting the xattr "trusted.overlay.opaque" to "x" on the
+/// > merge directory itself.
+///
+/// Kernel 6.7 marked such a directory with `trusted.overlay.whiteouts` instead (6.8 replaced it
+/// with `opaque=x`); both are accepted.
+pub fn has_xattr_whiteouts(dir_xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    overlay_xattr(dir_xattrs, b"opaque") == Some(b"x")
+        || overlay_xattr(dir_xattrs, b"whiteouts").is_some()
+}
+
+/// True for an overlayfs whiteout in an upper directory.
+///
+/// > A whiteout is created as a character device with 0/0 device number or as a zero-size
+/// > regular file with the xattr "trusted.overlay.whiteout".
+///
+/// The kernel only looks for the xattr form in a directory marked as holding such whiteouts
+/// (see [`has_xattr_whiteouts`]); elsewhere that file is an ordinary empty file, and so it is
+/// here: `in_marked_dir` says whether the entry's parent is marked. Overlayfs may hard-link all
+/// its 0/0 whiteouts to one inode; that does not matter here, as a whiteout is never a
+/// hardlink-set member ([`Entry::is_hardlinked`] is for regular files and whiteouts are
+/// emitted without an entry).
+pub fn is_overlay_whiteout(entry: &Entry, in_marked_dir: bool) -> bool {
+    match entry.kind {
+        Kind::CharDevice => entry.rdev_major == 0 && entry.rdev_minor == 0,
+        Kind::File => {
+            in_marked_dir && entry.size == 0 && overlay_xattr(&entry.xattrs, b"whiteout").is_some()
+        }
+        _ => false,
+    }
+}
+
+/// True for an opaque directory in an upper directory: its lower contents are hidden.
+///
+/// > A directory is made opaque by setting the xattr "trusted.overlay.opaque" to "y".
+///
+/// Only the value `y` counts: `x` marks a merged (not opaque) directory that holds xattr
+/// whiteouts (see [`has_xattr_whiteouts`]).
+pub fn is_overlay_opaque(entry: &Entry) -> bool {
+    entry.kind == Kind::Dir && overlay_xattr(&entry.xattrs, b"opaque") == Some(b"y")
+}
+
+/// The redirect of an entry, if overlayfs moved it with `redirect_dir=on` (or a metacopy file
+/// points at its data elsewhere).
+///
+/// > the "trusted.overlay.redirect" extended attribute is set to the path of the original
+/// > location from the root of the overlay. Finally the directory is moved to the new location.
+///
+/// Such an upper directory does not hold the moved directory's lower contents, so it cannot be
+/// read as a change set by itself.
+pub fn overlay_redirect(entry: &Entry) -> Option<&[u8]> {
+    overlay_xattr(&entry.xattrs, b"redirect")
+}
+
+/// True for a metadata-only copy-up: the upper file holds no data.
+///
+/// > An upper file in this state is marked with "trusted.overlayfs.metacopy" xattr which
+/// > indicates that the upper file contains no data.
+///
+/// (The kernel's actual name is `trusted.overlay.metacopy`; the documentation's "overlayfs" is
+/// a typo.)
+pub fn is_overlay_metacopy(entry: &Entry) -> bool {
+    entry.kind == Kind::File && overlay_xattr(&entry.xattrs, b"metacopy").is_some()
+}
+
+/// Remove overlayfs' own xattrs from an entry (after the decisions that need them are made).
+pub fn strip_overlay_xattrs(entry: &mut Entry) {
+    entry.xattrs.retain(|(name, _)| !is_overlay_xattr(name));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Timestamp;
+
+    fn entry(kind: Kind, xattrs: &[(&str, &str)]) -> Entry {
+        let mut xattrs: Vec<_> = xattrs
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        xattrs.sort();
+        Entry {
+            path: b"d/x".to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: Timestamp::default(),
+            size: 0,
+            xattrs,
+            link_target: Vec::new(),
+            rdev_major: 0,
+            rdev_minor: 0,
+            dev: 1,
+            ino: 2,
+            nlink: 1,
+        }
+    }
+
+    #[test]
+    fn whiteout_targets() {
+        let table: &[(&[u8], Option<&[u8]>)] = &[
+            (b".wh.foo", Some(b"foo")),
+            (b".wh..hidden", Some(b".hidden")),
+            (b".wh.a.wh.b", Some(b"a.wh.b")),
+            (b".wh.\xff\xfe", Some(b"\xff\xfe")),
+            (b"foo", None),
+            (b".wh", None),
+            (b"wh.foo", None),
+            (b".wh.", None),
+            (b".wh..", None),
+            (b".wh...", None),
+            (b".wh..wh..opq", None),
+            (b".wh..wh.foo", None),
+            (b".wh.a/b", None),
+            (b".wh.a\0", None),
+        ];
+        for (name, want) in table {
+            assert_eq!(
+                whiteout_target(name),
+                *want,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+            assert_eq!(is_whiteout_name(name), want.is_some());
+        }
+    }
+
+    #[test]
+    fn reserved_and_opaque_names() {
+        let table: &[(&[u8], bool, bool)] = &[
+            // name, reserved, opaque marker
+            (b".wh..wh..opq", true, true),
+            (b".wh.foo", true, false),
+            (b".wh.", true, false),
+            (b".wh..wh..opq2", true, false),
+            (b".wh", false, false),
+            (b"foo.wh.", false, false),
+        ];
+        for (name, reserved, opaque) in table {
+            assert_eq!(
+                is_reserved_name(name),
+                *reserved,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+            assert_eq!(
+                is_opaque_marker(name),
+                *opaque,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+
+    #[test]
+    fn whiteout_name_round_trips() {
+        for name in [&b"foo"[..], b".hidden", b"a b", b"\xff"] {
+            assert_eq!(whiteout_target(&whiteout_name(name)), Some(name));
+        }
+    }
+
+    #[test]
+    fn overlay_xattr_names() {
+        let table: &[(&[u8], bool)] = &[
+            (b"trusted.overlay.opaque", true),
+            (b"user.overlay.redirect", true),
+            (b"trusted.overlay.", true),
+            (b"trusted.overlayfoo", false),
+            (b"user.overlayx.opaque", false),
+            (b"security.capability", false),
+            (b"user.mime_type", false),
+        ];
+        for (name, want) in table {
+            assert_eq!(
+                is_overlay_xattr(name),
+                *want,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+
+    #[test]
+    fn overlay_whiteout_forms() {
+        let mut dev00 = entry(Kind::CharDevice, &[]);
+        let mut dev11 = entry(Kind::CharDevice, &[]);
+        dev11.rdev_major = 1;
+        dev11.rdev_minor = 3;
+        let xwh = entry(Kind::File, &[("trusted.overlay.whiteout", "")]);
+        let uxwh = entry(Kind::File, &[("user.overlay.whiteout", "")]);
+        let mut xwh_nonempty = xwh.clone();
+        xwh_nonempty.size = 1;
+        let plain = entry(Kind::File, &[]);
+        let dir = entry(Kind::Dir, &[("trusted.overlay.whiteout", "")]);
+        let table: &[(&Entry, bool, bool)] = &[
+            // entry, in marked dir, whiteout
+            (&dev00, false, true),
+            (&dev00, true, true),
+            (&dev11, false, false),
+            (&xwh, true, true),
+            (&uxwh, true, true),
+            (&xwh, false, false),
+            (&xwh_nonempty, true, false),
+            (&plain, true, false),
+            (&dir, true, false),
+        ];
+        for (i, (e, marked, want)) in table.iter().enumerate() {
+            assert_eq!(is_overlay_whiteout(e, *marked), *want, "row {i}");
+        }
+        // A hard-linked 0/0 device (overlayfs shares one whiteout inode) is still a whiteout.
+        dev00.nlink = 7;
+        assert!(is_overlay_whiteout(&dev00, false));
+    }
+
+    type Xattrs<'a> = &'a [(&'a str, &'a str)];
+
+    #[test]
+    fn overlay_dir_markers() {
+        let table: &[(Xattrs, bool, bool)] = &[
+            // dir xattrs, opaque, holds xattr whiteouts
+            (&[], false, false),
+            (&[("trusted.overlay.opaque", "y")], true, false),
+            (&[("user.overlay.opaque", "y")], true, false),
+            (&[("trusted.overlay.opaque", "x")], false, true),
+            (&[("user.overlay.opaque", "x")], false, true),
+            (&[("trusted.overlay.whiteouts", "")], false, true),
+            (&[("trusted.overlay.opaque", "n")], false, false),
+            (&[("user.opaque", "y")], false, false),
+        ];
+        for (i, (xattrs, opaque, marked)) in table.iter().enumerate() {
+            let e = entry(Kind::Dir, xattrs);
+            assert_eq!(is_overlay_opaque(&e), *opaque, "row {i}");
+            assert_eq!(has_xattr_whiteouts(&e.xattrs), *marked, "row {i}");
+        }
+        // Only directories are opaque.
+        assert!(!is_overlay_opaque(&entry(
+            Kind::File,
+            &[("trusted.overlay.opaque", "y")]
+        )));
+    }
+
+    #[test]
+    fn redirect_and_metacopy() {
+        let moved = entry(Kind::Dir, &[("trusted.overlay.redirect", "/old")]);
+        assert_eq!(overlay_redirect(&moved), Some(&b"/old"[..]));
+        assert!(!overlay_xattr_is_user(&moved, b"redirect"));
+        let umoved = entry(Kind::Dir, &[("user.overlay.redirect", "old")]);
+        assert_eq!(overlay_redirect(&umoved), Some(&b"old"[..]));
+        assert!(overlay_xattr_is_user(&umoved, b"redirect"));
+        assert_eq!(overlay_redirect(&entry(Kind::Dir, &[])), None);
+
+        assert!(is_overlay_metacopy(&entry(
+            Kind::File,
+            &[("trusted.overlay.metacopy", "")]
+        )));
+        assert!(is_overlay_metacopy(&entry(
+            Kind::File,
+            &[("user.overlay.metacopy", "")]
+        )));
+        assert!(!is_overlay_metacopy(&entry(
+            Kind::File,
+            &[("user.metacopy", "")]
+        )));
+    }
+
+    #[test]
+    fn strip_keeps_other_xattrs() {
+        let mut e = entry(
+            Kind::Dir,
+            &[
+                ("security.capability", "c"),
+                ("trusted.overlay.opaque", "y"),
+                ("user.a", "1"),
+                ("user.overlay.origin", "o"),
+            ],
+        );
+        strip_overlay_xattrs(&mut e);
+        let names: Vec<_> = e.xattrs.iter().map(|(n, _)| n.as_slice()).collect();
+        assert_eq!(names, vec![&b"security.capability"[..], b"user.a"]);
+    }
+
+    #[test]
+    fn layer_names_are_classified() {
+        let cases: &[(&[u8], LayerName<'_>)] = &[
+            (b"foo", LayerName::Plain),
+            (b".whx", LayerName::Plain),
+            (b".wh.foo", LayerName::Whiteout(b"foo")),
+            (b".wh..wh..opq", LayerName::Opaque),
+            (b".wh..wh.plnk", LayerName::AufsMeta),
+            (b".wh.", LayerName::Malformed),
+            (b".wh..", LayerName::Malformed),
+            (b".wh...", LayerName::Malformed),
+        ];
+        for (name, want) in cases {
+            assert_eq!(
+                classify_layer_name(name),
+                *want,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+}

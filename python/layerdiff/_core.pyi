@@ -32,3 +32,37 @@ def write_layer(
     two-tree diff; with `overlay` the overlay-upper diff (against `lowers` when given).
     Returns (digest, diff_id, size, tar_size, media_type, path, warnings).
     """
+
+DEFAULT_MAX_SIZE: int
+
+def apply_layer(
+    root: _Path,
+    blob: _Path,
+    *,
+    digest: str | None = None,
+    size: int | None = None,
+    chown: bool = True,
+    overlay: bool = False,
+    userxattr: bool = False,
+    max_size: int = ...,
+) -> tuple[int, int, list[str]]:
+    """Apply one layer blob (tar, tar+gzip, tar+zstd) onto `root`, confined to it.
+
+    With `digest` the blob is verified (sha256 and `size`) while read.
+    Returns (entries, uncompressed bytes, warnings).
+    """
+
+def squash_layers(
+    lower: Sequence[_Path],
+    range: Sequence[_Path],
+    blobs_dir: _Path,
+    *,
+    compression: str = "gzip",
+    level: int | None = None,
+    threads: int = 0,
+    source_date_epoch: int | None = None,
+) -> tuple[str, str, int, int, str, str, list[str]]:
+    """Squash the layer blobs `range`, which sit on `lower`, into one blob in `blobs_dir`.
+
+    Returns (digest, diff_id, size, tar_size, media_type, path, warnings) like write_layer.
+    """

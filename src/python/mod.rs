@@ -5,15 +5,19 @@
 mod errors;
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use pyo3::prelude::*;
 
+use crate::apply::{self, ApplyOptions};
 use crate::cancel::Cancel;
 use crate::compress::Compression;
 use crate::diff::{self as core_diff, Change, DiffOptions};
+use crate::error::IoContext;
 use crate::layer::{self, LayerOptions};
+use crate::root::Root;
+use crate::verify::VerifyingReader;
 
 /// How often a detached call looks for a pending signal (Ctrl-C) in the interpreter.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
@@ -56,14 +60,21 @@ fn run_detached<T: Send>(
 }
 
 fn changes_to_py(changes: Vec<Change>) -> Vec<(String, Vec<u8>)> {
-    changes.into_iter().map(|c| (c.kind.letter().to_string(), c.path)).collect()
+    changes
+        .into_iter()
+        .map(|c| (c.kind.letter().to_string(), c.path))
+        .collect()
 }
 
 fn parse_compression(name: &str, level: Option<i32>) -> PyResult<Compression> {
     Ok(match name {
         "none" => Compression::None,
-        "gzip" => Compression::Gzip { level: level.unwrap_or(crate::compress::DEFAULT_GZIP_LEVEL) },
-        "zstd" => Compression::Zstd { level: level.unwrap_or(crate::compress::DEFAULT_ZSTD_LEVEL) },
+        "gzip" => Compression::Gzip {
+            level: level.unwrap_or(crate::compress::DEFAULT_GZIP_LEVEL),
+        },
+        "zstd" => Compression::Zstd {
+            level: level.unwrap_or(crate::compress::DEFAULT_ZSTD_LEVEL),
+        },
         other => {
             return Err(pyo3::exceptions::PyValueError::new_err(format!(
                 "unknown compression {other:?} (expected gzip, zstd or none)"
@@ -75,7 +86,12 @@ fn parse_compression(name: &str, level: Option<i32>) -> PyResult<Compression> {
 /// Changes turning tree `lower` into tree `upper`.
 #[pyfunction]
 #[pyo3(signature = (lower, upper, *, content = false))]
-fn diff(py: Python<'_>, lower: PathBuf, upper: PathBuf, content: bool) -> PyResult<Vec<(String, Vec<u8>)>> {
+fn diff(
+    py: Python<'_>,
+    lower: PathBuf,
+    upper: PathBuf,
+    content: bool,
+) -> PyResult<Vec<(String, Vec<u8>)>> {
     let cancel = Cancel::new();
     let opts = DiffOptions { content };
     run_detached(py, &cancel, || core_diff::diff_dirs(&lower, &upper, &opts)).map(changes_to_py)
@@ -92,7 +108,10 @@ fn diff_overlay(
 ) -> PyResult<Vec<(String, Vec<u8>)>> {
     let cancel = Cancel::new();
     let opts = DiffOptions { content };
-    run_detached(py, &cancel, || core_diff::diff_overlay(&upper, &lowers, &opts)).map(changes_to_py)
+    run_detached(py, &cancel, || {
+        core_diff::diff_overlay(&upper, &lowers, &opts)
+    })
+    .map(changes_to_py)
 }
 
 /// The tuple `write_layer` returns: digest, diff_id, size, tar_size, media_type, path, warnings.
@@ -118,6 +137,7 @@ fn write_layer(
     threads: usize,
     source_date_epoch: Option<i64>,
 ) -> PyResult<LayerTuple> {
+    let cancel = Arc::new(Cancel::new());
     if overlay && lower.is_some() {
         return Err(pyo3::exceptions::PyValueError::new_err(
             "give either lower (two-tree diff) or overlay with lowers, not both",
@@ -127,9 +147,9 @@ fn write_layer(
         compression: parse_compression(compression, level)?,
         threads,
         source_date_epoch,
+        cancel: Some(cancel.clone()),
     };
     let dopts = DiffOptions { content };
-    let cancel = Cancel::new();
     let info = run_detached(py, &cancel, || {
         let changes = if overlay {
             core_diff::diff_overlay(&upper, &lowers, &dopts)?
@@ -140,7 +160,88 @@ fn write_layer(
         };
         layer::write_layer_file(&upper, &changes, &opts, &blobs_dir)
     })?;
-    Ok((
+    Ok(layer_tuple(info))
+}
+
+/// Apply one layer blob (tar, gzip or zstd) onto the directory `root`. With `digest` (and
+/// `size`), the blob is verified while it is read; a mismatch is an error after the apply.
+#[pyfunction]
+#[pyo3(signature = (
+    root, blob, *, digest = None, size = None, chown = true, overlay = false, userxattr = false,
+    max_size = crate::apply::DEFAULT_MAX_SIZE
+))]
+#[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
+fn apply_layer(
+    py: Python<'_>,
+    root: PathBuf,
+    blob: PathBuf,
+    digest: Option<String>,
+    size: Option<u64>,
+    chown: bool,
+    overlay: bool,
+    userxattr: bool,
+    max_size: u64,
+) -> PyResult<(u64, u64, Vec<String>)> {
+    let opts = ApplyOptions {
+        chown,
+        overlay,
+        userxattr,
+        max_size,
+    };
+    let cancel = Cancel::new();
+    let stats = run_detached(py, &cancel, || {
+        let target = Root::open(&root)?;
+        let file = std::fs::File::open(&blob).at(&blob)?;
+        let what = blob.display().to_string();
+        match digest {
+            Some(digest) => {
+                let expected = match size {
+                    Some(n) => n,
+                    None => file.metadata().at(&blob)?.len(),
+                };
+                let mut reader = VerifyingReader::new(file, expected);
+                let stats = apply::apply_layer(&target, &mut reader, &opts, &cancel)?;
+                reader.finish(&digest, &what)?;
+                Ok(stats)
+            }
+            None => apply::apply_layer(&target, file, &opts, &cancel),
+        }
+    })?;
+    Ok((stats.entries, stats.bytes, stats.warnings))
+}
+
+/// Squash the layer blobs `range` (on top of the blobs `lower`) into one blob in `blobs_dir`.
+#[pyfunction]
+#[pyo3(signature = (
+    lower, range, blobs_dir, *, compression = "gzip", level = None, threads = 0,
+    source_date_epoch = None
+))]
+#[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
+fn squash_layers(
+    py: Python<'_>,
+    lower: Vec<PathBuf>,
+    range: Vec<PathBuf>,
+    blobs_dir: PathBuf,
+    compression: &str,
+    level: Option<i32>,
+    threads: usize,
+    source_date_epoch: Option<i64>,
+) -> PyResult<LayerTuple> {
+    let cancel = Arc::new(Cancel::new());
+    let opts = LayerOptions {
+        compression: parse_compression(compression, level)?,
+        threads,
+        source_date_epoch,
+        cancel: Some(cancel.clone()),
+    };
+    let info = run_detached(py, &cancel, || {
+        crate::squash::squash_files(&lower, &range, &opts, &blobs_dir, &cancel)
+    })?;
+    Ok(layer_tuple(info))
+}
+
+fn layer_tuple(info: crate::layer::LayerInfo) -> LayerTuple {
+    (
         info.digest,
         info.diff_id,
         info.size,
@@ -148,7 +249,7 @@ fn write_layer(
         info.media_type.to_string(),
         info.path.unwrap_or_default(),
         info.warnings,
-    ))
+    )
 }
 
 /// The module `layerdiff._core`.
@@ -157,5 +258,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(diff, m)?)?;
     m.add_function(wrap_pyfunction!(diff_overlay, m)?)?;
     m.add_function(wrap_pyfunction!(write_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(squash_layers, m)?)?;
+    m.add("DEFAULT_MAX_SIZE", crate::apply::DEFAULT_MAX_SIZE)?;
     Ok(())
 }

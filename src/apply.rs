@@ -1,0 +1,675 @@
+//! Apply a layer to a directory, confined to it, with the OCI whiteout rules.
+//!
+//! OCI image-spec, layer.md: "Whiteout files MUST only apply to resources in lower/parent
+//! layers. Files that are present in the same layer as a whiteout file can only be hidden by
+//! whiteout files in subsequent layers." Whiteouts and opaque markers are therefore collected
+//! while the entries are written and carried out at the end, removing only what this layer did
+//! not write: the order of entries inside one layer never changes the result.
+//!
+//! Every path is resolved inside the target with [`Root`]; the last component is never followed.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+
+use crate::cancel::Cancel;
+use crate::entry::{base_name, join, os_path, parent};
+use crate::error::{Error, IoContext, Result};
+use crate::root::{self, Root};
+use crate::whiteout::{LayerName, WHITEOUT_PREFIX, classify_layer_name, is_overlay_xattr};
+
+/// Default limit on the uncompressed bytes of one layer: generous, but a decompression bomb
+/// stops long before it fills a disk.
+pub const DEFAULT_MAX_SIZE: u64 = 256 << 30;
+
+/// Longest path (bytes) of an entry: the kernel's PATH_MAX.
+const PATH_MAX: usize = 4096;
+
+/// How to apply.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Set numeric owners from the layer (needs privilege).
+    pub chown: bool,
+    /// Write the result in overlayfs upper-dir form: whiteouts as 0/0 character devices,
+    /// opaque directories as an xattr.
+    pub overlay: bool,
+    /// In overlay form, mark opaque directories with `user.overlay.opaque` (rootless overlayfs
+    /// with `userxattr`) instead of `trusted.overlay.opaque`.
+    pub userxattr: bool,
+    /// Limit on the uncompressed size of the layer stream.
+    pub max_size: u64,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            chown: true,
+            overlay: false,
+            userxattr: false,
+            max_size: DEFAULT_MAX_SIZE,
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Entries read from the layer.
+    pub entries: u64,
+    /// Uncompressed bytes read.
+    pub bytes: u64,
+    /// Things skipped (device nodes without privilege, unsupported xattrs), one line each.
+    pub warnings: Vec<String>,
+}
+
+/// Wrap a layer blob in the decompressor its first bytes call for (gzip, also multi-member;
+/// zstd, also multi-frame; else plain tar).
+pub fn decompress<'a, R: Read + 'a>(blob: R) -> Result<Box<dyn Read + 'a>> {
+    let mut buffered = BufReader::with_capacity(1 << 20, blob);
+    let head = buffered.fill_buf().at("<layer>")?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered).at("<layer>")?,
+        ))
+    } else {
+        Ok(Box::new(buffered))
+    }
+}
+
+/// Counts bytes and fails past a limit: the decompression-bomb guard.
+struct Limited<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(io::Error::other(format!(
+                "layer larger than the limit of {} bytes (raise --max-size if it is genuine)",
+                self.limit
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// A directory whose mode and mtime are set after everything else.
+struct DirMeta {
+    path: Vec<u8>,
+    mode: u32,
+    mtime: Timespec,
+}
+
+/// Apply the layer read from `blob` (compressed or not) onto `root`.
+pub fn apply_layer<R: Read>(
+    root: &Root,
+    blob: R,
+    opts: &ApplyOptions,
+    cancel: &Cancel,
+) -> Result<ApplyStats> {
+    let stream = Limited {
+        inner: decompress(blob)?,
+        read: 0,
+        limit: opts.max_size,
+    };
+    let mut archive = tar::Archive::new(stream);
+    let mut state = Applier {
+        root,
+        opts,
+        created: HashSet::new(),
+        hidden: Vec::new(),
+        opaque: Vec::new(),
+        dirs: Vec::new(),
+        stats: ApplyStats::default(),
+    };
+    let mut last = String::from("<archive>");
+    let entries = archive.entries().map_err(|e| archive_err(&last, e))?;
+    for item in entries {
+        cancel.check()?;
+        let mut entry = item.map_err(|e| archive_err(&last, e))?;
+        last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        state.stats.entries += 1;
+        state.entry(&mut entry, &last)?;
+    }
+    state.finish()?;
+    state.stats.bytes = archive.into_inner().read;
+    Ok(state.stats)
+}
+
+fn archive_err(entry: &str, e: io::Error) -> Error {
+    Error::Archive {
+        entry: entry.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn bad(entry: &str, reason: impl Into<String>) -> Error {
+    Error::Archive {
+        entry: entry.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The normalised relative path of an entry name: leading `/` and `.` components dropped; `..`
+/// refused. Empty means the root itself.
+pub fn clean_path(name: &[u8], entry: &str) -> Result<Vec<u8>> {
+    if name.len() > PATH_MAX {
+        return Err(bad(entry, format!("name longer than {PATH_MAX} bytes")));
+    }
+    if name.contains(&0) {
+        return Err(bad(entry, "name contains a NUL byte"));
+    }
+    let mut out = Vec::with_capacity(name.len());
+    for comp in name.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err(bad(entry, "name contains a '..' component")),
+            c => out = join(&out, c),
+        }
+    }
+    Ok(out)
+}
+
+struct Applier<'a> {
+    root: &'a Root,
+    opts: &'a ApplyOptions,
+    /// Paths this layer wrote, and every ancestor of them: what whiteouts must not remove.
+    created: HashSet<Vec<u8>>,
+    /// Paths hidden by whiteouts, carried out at the end.
+    hidden: Vec<Vec<u8>>,
+    /// Directories whose lower children are hidden, carried out at the end.
+    opaque: Vec<Vec<u8>>,
+    dirs: Vec<DirMeta>,
+    stats: ApplyStats,
+}
+
+/// Header fields with their PAX overrides.
+pub(crate) struct Meta {
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: Timespec,
+    pub(crate) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+pub(crate) fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta> {
+    let h = entry.header();
+    let field =
+        |r: io::Result<u64>, what: &str| r.map_err(|e| bad(name, format!("bad {what}: {e}")));
+    let mut meta = Meta {
+        mode: (field(h.mode().map(u64::from), "mode")? & 0o7777) as u32,
+        uid: field(h.uid(), "uid")? as u32,
+        gid: field(h.gid(), "gid")? as u32,
+        mtime: Timespec {
+            tv_sec: field(h.mtime(), "mtime")? as i64,
+            tv_nsec: 0,
+        },
+        xattrs: Vec::new(),
+    };
+    if let Some(pax) = entry
+        .pax_extensions()
+        .map_err(|e| bad(name, e.to_string()))?
+    {
+        for ext in pax {
+            let ext = ext.map_err(|e| bad(name, format!("bad PAX record: {e}")))?;
+            let key = ext.key_bytes();
+            let value = ext.value_bytes();
+            let num = |v: &[u8]| -> Result<u64> {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| bad(name, "bad numeric PAX record"))
+            };
+            match key {
+                b"uid" => meta.uid = num(value)? as u32,
+                b"gid" => meta.gid = num(value)? as u32,
+                b"mtime" => {
+                    meta.mtime = parse_pax_time(value).ok_or_else(|| bad(name, "bad PAX mtime"))?
+                }
+                _ => {
+                    if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
+                        meta.xattrs.push((x.to_vec(), value.to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(meta)
+}
+
+/// `SEC[.FRACTION]`, possibly negative.
+fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
+    let sec: i64 = sec.parse().ok()?;
+    let mut nsec: i64 = 0;
+    for (i, c) in frac.chars().take(9).enumerate() {
+        nsec += i64::from(c.to_digit(10)?) * 10i64.pow(8 - i as u32);
+    }
+    Some(if neg && nsec > 0 {
+        Timespec {
+            tv_sec: -sec - 1,
+            tv_nsec: 1_000_000_000 - nsec,
+        }
+    } else {
+        Timespec {
+            tv_sec: if neg { -sec } else { sec },
+            tv_nsec: nsec,
+        }
+    })
+}
+
+impl Applier<'_> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, name: &str) -> Result<()> {
+        let path = clean_path(&entry.path_bytes(), name)?;
+        let base = base_name(&path);
+        if base.starts_with(WHITEOUT_PREFIX) {
+            return self.whiteout(&path, name);
+        }
+        if path.is_empty() {
+            // The root entry (`./`): the target directory is the caller's; leave it as it is.
+            return Ok(());
+        }
+        let kind = entry.header().entry_type();
+        let meta = meta_of(entry, name)?;
+        let io = |e: io::Error| Error::Archive {
+            entry: name.to_string(),
+            reason: e.to_string(),
+        };
+        let dir = self.root.create_dir_all(parent(&path)).map_err(io)?;
+        let leaf = base.to_vec();
+        use tar::EntryType as T;
+        match kind {
+            T::Directory => {
+                if root::type_at(&dir, &leaf).map_err(io)? != Some(FileType::Directory) {
+                    root::remove_all(&dir, &leaf).map_err(io)?;
+                    rustix::fs::mkdirat(&dir, os_path(&leaf), Mode::from_raw_mode(0o700))
+                        .map_err(|e| io(e.into()))?;
+                }
+                let fd = rustix::fs::openat(
+                    &dir,
+                    os_path(&leaf),
+                    OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io(e.into()))?;
+                self.owner_and_xattrs_fd(&fd, &meta, name)?;
+                self.dirs.push(DirMeta {
+                    path: path.clone(),
+                    mode: meta.mode,
+                    mtime: meta.mtime,
+                });
+            }
+            T::Regular | T::Continuous => {
+                root::remove_all(&dir, &leaf).map_err(io)?;
+                let fd = rustix::fs::openat(
+                    &dir,
+                    os_path(&leaf),
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| io(e.into()))?;
+                let mut file = File::from(fd);
+                io::copy(entry, &mut file)
+                    .map_err(|e| bad(name, format!("reading content: {e}")))?;
+                self.owner_and_xattrs_fd(&file, &meta, name)?;
+                rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
+                    .map_err(|e| io(e.into()))?;
+                rustix::fs::futimens(&file, &times(meta.mtime)).map_err(|e| io(e.into()))?;
+            }
+            T::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(name, "symlink without a target"))?;
+                root::remove_all(&dir, &leaf).map_err(io)?;
+                rustix::fs::symlinkat(os_path(&target), &dir, os_path(&leaf))
+                    .map_err(|e| io(e.into()))?;
+                self.leaf_meta(&dir, &leaf, &meta, name, false)?;
+            }
+            T::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(name, "hardlink without a target"))?;
+                let target = clean_path(&target, name)?;
+                if target.is_empty() {
+                    return Err(bad(name, "hardlink to the root directory"));
+                }
+                let tdir = self.root.open_dir(parent(&target)).map_err(io)?;
+                let tname = base_name(&target);
+                match root::type_at(&tdir, tname).map_err(io)? {
+                    None => {
+                        return Err(bad(
+                            name,
+                            format!(
+                                "hardlink target {} does not exist",
+                                String::from_utf8_lossy(&target)
+                            ),
+                        ));
+                    }
+                    Some(FileType::Directory) => return Err(bad(name, "hardlink to a directory")),
+                    Some(_) => {}
+                }
+                if target != path {
+                    root::remove_all(&dir, &leaf).map_err(io)?;
+                    rustix::fs::linkat(
+                        &tdir,
+                        os_path(tname),
+                        &dir,
+                        os_path(&leaf),
+                        AtFlags::empty(),
+                    )
+                    .map_err(|e| io(e.into()))?;
+                }
+            }
+            T::Fifo | T::Char | T::Block => {
+                let (ft, dev) = match kind {
+                    T::Fifo => (FileType::Fifo, 0),
+                    other => {
+                        let h = entry.header();
+                        let major = h.device_major().ok().flatten().unwrap_or(0);
+                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let ft = if other == T::Char {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        };
+                        (ft, rustix::fs::makedev(major, minor))
+                    }
+                };
+                root::remove_all(&dir, &leaf).map_err(io)?;
+                match rustix::fs::mknodat(
+                    &dir,
+                    os_path(&leaf),
+                    ft,
+                    Mode::from_raw_mode(meta.mode),
+                    dev,
+                ) {
+                    Ok(()) => self.leaf_meta(&dir, &leaf, &meta, name, true)?,
+                    Err(rustix::io::Errno::PERM) if ft != FileType::Fifo => {
+                        self.stats
+                            .warnings
+                            .push(format!("{name}: device node skipped (not permitted)"));
+                        return Ok(());
+                    }
+                    Err(e) => return Err(io(e.into())),
+                }
+            }
+            T::XGlobalHeader => return Ok(()),
+            other => return Err(bad(name, format!("unsupported entry type {other:?}"))),
+        }
+        self.mark_created(&path);
+        Ok(())
+    }
+
+    /// Record `path` and its ancestors as written by this layer.
+    fn mark_created(&mut self, path: &[u8]) {
+        let mut p = path;
+        while !p.is_empty() && self.created.insert(p.to_vec()) {
+            p = parent(p);
+        }
+    }
+
+    fn whiteout(&mut self, path: &[u8], name: &str) -> Result<()> {
+        let dir = parent(path);
+        match classify_layer_name(base_name(path)) {
+            LayerName::Opaque => self.opaque.push(dir.to_vec()),
+            LayerName::Whiteout(target) => self.hidden.push(join(dir, target)),
+            LayerName::AufsMeta => {
+                self.stats
+                    .warnings
+                    .push(format!("{name}: aufs metadata entry ignored"));
+            }
+            LayerName::Malformed | LayerName::Plain => {
+                return Err(bad(name, "malformed whiteout name"));
+            }
+        }
+        Ok(())
+    }
+
+    fn owner_and_xattrs_fd(&mut self, fd: impl AsFd, meta: &Meta, name: &str) -> Result<()> {
+        let fd = fd.as_fd();
+        if self.opts.chown {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+            )
+            .map_err(|e| bad(name, format!("chown: {}", io::Error::from(e))))?;
+        }
+        for (k, v) in &meta.xattrs {
+            if is_overlay_xattr(k) {
+                continue;
+            }
+            if let Err(e) = rustix::fs::fsetxattr(fd, os_path(k), v, XattrFlags::empty()) {
+                self.xattr_failed(name, k, e)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn xattr_failed(&mut self, name: &str, key: &[u8], e: rustix::io::Errno) -> Result<()> {
+        if matches!(e, rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM) {
+            self.stats.warnings.push(format!(
+                "{name}: xattr {} not applied ({})",
+                String::from_utf8_lossy(key),
+                io::Error::from(e)
+            ));
+            Ok(())
+        } else {
+            Err(bad(
+                name,
+                format!(
+                    "setting xattr {}: {}",
+                    String::from_utf8_lossy(key),
+                    io::Error::from(e)
+                ),
+            ))
+        }
+    }
+
+    /// Owner, xattrs, mode (when `chmod`) and mtime of a leaf that cannot be opened (symlink,
+    /// device, fifo), without following it.
+    fn leaf_meta(
+        &mut self,
+        dir: &OwnedFd,
+        leaf: &[u8],
+        meta: &Meta,
+        name: &str,
+        chmod: bool,
+    ) -> Result<()> {
+        let io = |e: rustix::io::Errno| bad(name, io::Error::from(e).to_string());
+        if self.opts.chown {
+            rustix::fs::chownat(
+                dir,
+                os_path(leaf),
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(io)?;
+        }
+        if !meta.xattrs.is_empty() {
+            // lsetxattr through the directory's /proc entry: the leaf itself is not followed.
+            use std::os::fd::AsRawFd;
+            let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+            p.extend_from_slice(leaf);
+            for (k, v) in &meta.xattrs {
+                if is_overlay_xattr(k) {
+                    continue;
+                }
+                if let Err(e) =
+                    rustix::fs::lsetxattr(os_path(&p), os_path(k), v, XattrFlags::empty())
+                {
+                    self.xattr_failed(name, k, e)?;
+                }
+            }
+        }
+        if chmod {
+            // fchmodat cannot skip links, but the leaf was just made by mknodat: not a link.
+            rustix::fs::chmodat(
+                dir,
+                os_path(leaf),
+                Mode::from_raw_mode(meta.mode),
+                AtFlags::empty(),
+            )
+            .map_err(io)?;
+        }
+        rustix::fs::utimensat(
+            dir,
+            os_path(leaf),
+            &times(meta.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(io)?;
+        Ok(())
+    }
+
+    /// Carry out whiteouts and opaque markers, then directory modes and mtimes (deepest first,
+    /// so later changes inside do not disturb them).
+    fn finish(&mut self) -> Result<()> {
+        for path in std::mem::take(&mut self.hidden) {
+            self.hide(&path, &path)?;
+            if self.opts.overlay && !self.created.contains(&path) {
+                self.overlay_whiteout(&path)?;
+            }
+        }
+        for dir in std::mem::take(&mut self.opaque) {
+            self.hide_children(&dir, &dir)?;
+            if self.opts.overlay {
+                self.overlay_opaque(&dir)?;
+            }
+        }
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by(|a, b| crate::entry::cmp_paths(&b.path, &a.path));
+        for d in dirs {
+            let what = String::from_utf8_lossy(&d.path).into_owned();
+            let dfd = match self.root.open_dir(parent(&d.path)) {
+                Ok(fd) => fd,
+                Err(_) => continue, // replaced or removed later in the layer
+            };
+            let fd = match rustix::fs::openat(
+                &dfd,
+                os_path(base_name(&d.path)),
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                // A later entry turned it into something else (a symlink, say): its metadata
+                // belongs to that entry now, and is never applied through the link.
+                Err(
+                    rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP,
+                ) => continue,
+                Err(e) => return Err(bad(&what, io::Error::from(e).to_string())),
+            };
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(d.mode))
+                .map_err(|e| bad(&what, io::Error::from(e).to_string()))?;
+            rustix::fs::futimens(&fd, &times(d.mtime))
+                .map_err(|e| bad(&what, io::Error::from(e).to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Remove what lies at `path` from lower layers, keeping whatever this layer wrote there.
+    fn hide(&self, path: &[u8], why: &[u8]) -> Result<()> {
+        let what = || String::from_utf8_lossy(why).into_owned();
+        if !self.created.contains(path) {
+            let dir = match self.root.open_dir(parent(path)) {
+                Ok(fd) => fd,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    return Ok(());
+                }
+                Err(e) => return Err(bad(&what(), e.to_string())),
+            };
+            return root::remove_all(&dir, base_name(path))
+                .map_err(|e| bad(&what(), e.to_string()));
+        }
+        self.hide_children(path, why)
+    }
+
+    fn hide_children(&self, dir: &[u8], why: &[u8]) -> Result<()> {
+        let what = || String::from_utf8_lossy(why).into_owned();
+        let fd = match self.root.open_dir(dir) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(());
+            }
+            Err(e) => return Err(bad(&what(), e.to_string())),
+        };
+        for child in root::list_dir(&fd).map_err(|e| bad(&what(), e.to_string()))? {
+            let child_path = join(dir, &child);
+            // Only descend into real directories: never through a link.
+            if self.created.contains(&child_path)
+                && root::type_at(&fd, &child).map_err(|e| bad(&what(), e.to_string()))?
+                    != Some(FileType::Directory)
+            {
+                continue;
+            }
+            self.hide(&child_path, why)?;
+        }
+        Ok(())
+    }
+
+    fn overlay_whiteout(&self, path: &[u8]) -> Result<()> {
+        let what = String::from_utf8_lossy(path).into_owned();
+        let dir = self
+            .root
+            .create_dir_all(parent(path))
+            .map_err(|e| bad(&what, e.to_string()))?;
+        rustix::fs::mknodat(
+            &dir,
+            os_path(base_name(path)),
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .map_err(|e| {
+            bad(
+                &what,
+                format!("making overlay whiteout: {}", io::Error::from(e)),
+            )
+        })
+    }
+
+    fn overlay_opaque(&self, dir: &[u8]) -> Result<()> {
+        let what = String::from_utf8_lossy(dir).into_owned();
+        let fd = self
+            .root
+            .create_dir_all(dir)
+            .map_err(|e| bad(&what, e.to_string()))?;
+        let key = if self.opts.userxattr {
+            "user.overlay.opaque"
+        } else {
+            "trusted.overlay.opaque"
+        };
+        rustix::fs::fsetxattr(&fd, key, b"y", XattrFlags::empty())
+            .map_err(|e| bad(&what, format!("setting {key}: {}", io::Error::from(e))))
+    }
+}
+
+fn times(mtime: Timespec) -> Timestamps {
+    Timestamps {
+        last_access: mtime,
+        last_modification: mtime,
+    }
+}
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;

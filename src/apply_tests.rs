@@ -1,0 +1,483 @@
+//! Table-driven tests of apply: OCI whiteout semantics and the hostile-layer classes.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::*;
+
+/// One archive member for a test layer. Names are raw bytes written into the header as is,
+/// so hostile names (`..`, absolute) can be expressed.
+enum M<'a> {
+    File(&'a str, &'a [u8]),
+    FileMode(&'a str, &'a [u8], u32),
+    Dir(&'a str),
+    DirMode(&'a str, u32),
+    Sym(&'a str, &'a str),
+    Link(&'a str, &'a str),
+}
+
+fn header(name: &str, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    let bytes = name.as_bytes();
+    h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(1_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+fn layer(members: &[M<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for m in members {
+        let (mut h, data): (tar::Header, &[u8]) = match m {
+            M::File(n, d) => (header(n, tar::EntryType::Regular, d.len() as u64, 0o644), d),
+            M::FileMode(n, d, mode) => {
+                (header(n, tar::EntryType::Regular, d.len() as u64, *mode), d)
+            }
+            M::Dir(n) => (header(n, tar::EntryType::Directory, 0, 0o755), b""),
+            M::DirMode(n, mode) => (header(n, tar::EntryType::Directory, 0, *mode), b""),
+            M::Sym(n, t) => {
+                let mut h = header(n, tar::EntryType::Symlink, 0, 0o777);
+                h.as_old_mut().linkname[..t.len()].copy_from_slice(t.as_bytes());
+                (h, b"")
+            }
+            M::Link(n, t) => {
+                let mut h = header(n, tar::EntryType::Link, 0, 0o644);
+                h.as_old_mut().linkname[..t.len()].copy_from_slice(t.as_bytes());
+                (h, b"")
+            }
+        };
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn apply(root: &Path, members: &[M<'_>]) -> Result<ApplyStats> {
+    apply_bytes(root, &layer(members))
+}
+
+fn apply_bytes(root: &Path, bytes: &[u8]) -> Result<ApplyStats> {
+    let r = Root::open(root)?;
+    apply_layer(&r, bytes, &ApplyOptions::default(), &crate::cancel::NEVER)
+}
+
+/// Every path under `root` with a short description, for whole-tree comparisons.
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn rec(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                out.push(format!("{rel}/"));
+                rec(base, &p, out);
+            } else if md.file_type().is_symlink() {
+                out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
+            } else {
+                out.push(format!(
+                    "{rel} = {}",
+                    String::from_utf8_lossy(&fs::read(&p).unwrap())
+                ));
+            }
+        }
+    }
+    rec(root, root, &mut out);
+    out
+}
+
+fn lower(root: &Path) {
+    apply(
+        root,
+        &[
+            M::Dir("a"),
+            M::File("a/old", b"old"),
+            M::Dir("d"),
+            M::File("d/x", b"x"),
+            M::Dir("d/sub"),
+            M::File("d/sub/y", b"y"),
+            M::File("f", b"f"),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn whiteout_order_within_a_layer_never_matters() {
+    let cases: &[(&str, Vec<M<'_>>, Vec<&str>)] = &[
+        (
+            "whiteout before",
+            vec![M::File("a/.wh.old", b""), M::File("a/old", b"new")],
+            vec!["a/", "a/old = new"],
+        ),
+        (
+            "whiteout after",
+            vec![M::File("a/old", b"new"), M::File("a/.wh.old", b"")],
+            vec!["a/", "a/old = new"],
+        ),
+        (
+            "dir whiteout before new dir",
+            vec![M::File(".wh.a", b""), M::Dir("a"), M::File("a/n", b"n")],
+            vec!["a/", "a/n = n"],
+        ),
+        (
+            "dir whiteout after new dir",
+            vec![M::Dir("a"), M::File("a/n", b"n"), M::File(".wh.a", b"")],
+            vec!["a/", "a/n = n"],
+        ),
+        (
+            "opaque first",
+            vec![
+                M::Dir("a"),
+                M::File("a/.wh..wh..opq", b""),
+                M::File("a/n", b"n"),
+            ],
+            vec!["a/", "a/n = n"],
+        ),
+        (
+            "opaque last",
+            vec![
+                M::Dir("a"),
+                M::File("a/n", b"n"),
+                M::File("a/.wh..wh..opq", b""),
+            ],
+            vec!["a/", "a/n = n"],
+        ),
+    ];
+    for (what, members, want) in cases {
+        let t = tempfile::tempdir().unwrap();
+        lower(t.path());
+        apply(t.path(), members).unwrap();
+        let got: Vec<String> = tree(t.path())
+            .into_iter()
+            .filter(|l| l.starts_with("a"))
+            .collect();
+        assert_eq!(&got, want, "{what}");
+    }
+}
+
+#[test]
+fn opaque_hides_lower_children_at_every_depth_but_keeps_the_layers() {
+    let t = tempfile::tempdir().unwrap();
+    lower(t.path());
+    apply(
+        t.path(),
+        &[M::File("d/sub/z", b"z"), M::File("d/.wh..wh..opq", b"")],
+    )
+    .unwrap();
+    let got: Vec<String> = tree(t.path())
+        .into_iter()
+        .filter(|l| l.starts_with('d'))
+        .collect();
+    assert_eq!(got, vec!["d/", "d/sub/", "d/sub/z = z"]);
+}
+
+#[test]
+fn whiteouts_of_absent_and_redundant_paths_are_fine() {
+    let t = tempfile::tempdir().unwrap();
+    lower(t.path());
+    apply(
+        t.path(),
+        &[
+            M::File(".wh.nothing", b""),
+            M::File(".wh.d", b""),
+            M::File("d/.wh.x", b""),
+            M::File("d/sub/.wh.y", b""),
+        ],
+    )
+    .unwrap();
+    assert!(!t.path().join("d").exists());
+    assert!(t.path().join("f").exists());
+}
+
+#[test]
+fn malformed_whiteouts_are_refused() {
+    for name in [".wh.", "a/.wh..", "a/.wh..."] {
+        let t = tempfile::tempdir().unwrap();
+        lower(t.path());
+        let err = apply(t.path(), &[M::File(name, b"")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("malformed whiteout"), "{name}: {err}");
+        assert!(t.path().join("a/old").exists(), "{name} removed something");
+    }
+}
+
+#[test]
+fn dir_over_dir_keeps_children_and_takes_attributes() {
+    let t = tempfile::tempdir().unwrap();
+    lower(t.path());
+    apply(t.path(), &[M::DirMode("d", 0o1750)]).unwrap();
+    let md = fs::metadata(t.path().join("d")).unwrap();
+    assert_eq!(md.permissions().mode() & 0o7777, 0o1750);
+    assert_eq!(md.mtime(), 1_000_000);
+    assert!(t.path().join("d/x").exists());
+}
+
+#[test]
+fn replacing_a_hardlinked_file_keeps_the_other_link() {
+    let t = tempfile::tempdir().unwrap();
+    apply(t.path(), &[M::File("a", b"old"), M::Link("b", "a")]).unwrap();
+    apply(t.path(), &[M::File("a", b"new")]).unwrap();
+    assert_eq!(fs::read(t.path().join("a")).unwrap(), b"new");
+    assert_eq!(fs::read(t.path().join("b")).unwrap(), b"old");
+}
+
+#[test]
+fn hardlink_survives_whiteout_of_its_target() {
+    let t = tempfile::tempdir().unwrap();
+    lower(t.path());
+    apply(t.path(), &[M::File(".wh.f", b""), M::Link("g", "f")]).unwrap();
+    assert!(!t.path().join("f").exists());
+    assert_eq!(fs::read(t.path().join("g")).unwrap(), b"f");
+}
+
+#[test]
+fn setuid_and_sticky_modes_are_kept() {
+    let t = tempfile::tempdir().unwrap();
+    apply(
+        t.path(),
+        &[M::FileMode("s", b"#!", 0o4755), M::DirMode("tmp", 0o1777)],
+    )
+    .unwrap();
+    assert_eq!(
+        fs::metadata(t.path().join("s"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o4755
+    );
+    assert_eq!(
+        fs::metadata(t.path().join("tmp"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+}
+
+/// A target directory beside a sentinel file whose metadata must not move.
+struct Arena {
+    _t: tempfile::TempDir,
+    root: std::path::PathBuf,
+    outside: std::path::PathBuf,
+    before: (u64, i64, i64, u32),
+}
+
+fn arena() -> Arena {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let outside = t.path().join("outside");
+    fs::create_dir(&root).unwrap();
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("victim"), b"keep").unwrap();
+    let md = fs::metadata(outside.join("victim")).unwrap();
+    let before = (md.size(), md.mtime(), md.mtime_nsec(), md.mode());
+    Arena {
+        _t: t,
+        root,
+        outside,
+        before,
+    }
+}
+
+impl Arena {
+    fn check_untouched(&self, what: &str) {
+        let names: Vec<_> = fs::read_dir(&self.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["victim"], "{what}: something created outside");
+        let md = fs::metadata(self.outside.join("victim")).unwrap();
+        assert_eq!(
+            (md.size(), md.mtime(), md.mtime_nsec(), md.mode()),
+            self.before,
+            "{what}"
+        );
+        assert_eq!(
+            fs::read(self.outside.join("victim")).unwrap(),
+            b"keep",
+            "{what}"
+        );
+        let parent = self.root.parent().unwrap();
+        let mut top: Vec<_> = fs::read_dir(parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        top.sort();
+        assert_eq!(
+            top,
+            vec!["outside", "root"],
+            "{what}: something created beside the root"
+        );
+    }
+}
+
+#[test]
+fn hostile_layers_stay_inside_the_root() {
+    let cases: Vec<(&str, Vec<M<'_>>)> = vec![
+        ("dot-dot name", vec![M::File("../outside/victim", b"pwned")]),
+        ("absolute name", vec![M::File("/outside/victim", b"pwned")]),
+        (
+            "symlink to parent then write",
+            vec![M::Sym("l", "../outside"), M::File("l/victim", b"pwned")],
+        ),
+        (
+            "absolute symlink then write",
+            vec![M::Sym("l", "/"), M::File("l/outside/victim", b"pwned")],
+        ),
+        (
+            "chained symlinks",
+            vec![
+                M::Sym("a", "b"),
+                M::Sym("b", "../../outside"),
+                M::File("a/victim", b"pwned"),
+            ],
+        ),
+        (
+            "symlink then overwrite the link",
+            vec![M::Sym("v", "../outside/victim"), M::File("v", b"mine")],
+        ),
+        (
+            "hardlink to outside",
+            vec![M::Link("h", "../outside/victim")],
+        ),
+        (
+            "hardlink through symlink",
+            vec![M::Sym("l", "../outside"), M::Link("h", "l/victim")],
+        ),
+        (
+            "dir metadata through later symlink",
+            vec![M::DirMode("d", 0o777), M::Sym("d", "../outside")],
+        ),
+        (
+            "whiteout through symlinked dir",
+            vec![M::Sym("l", "../outside"), M::File("l/.wh.victim", b"")],
+        ),
+        (
+            "opaque through symlinked dir",
+            vec![M::Sym("l", "../outside"), M::File("l/.wh..wh..opq", b"")],
+        ),
+        (
+            "symlink named dot",
+            vec![M::Sym(".", "../outside"), M::File("victim", b"inside")],
+        ),
+    ];
+    for (what, members) in cases {
+        let a = arena();
+        let result = apply(&a.root, &members);
+        a.check_untouched(what);
+        if let Err(e) = result {
+            let msg = e.to_string();
+            assert!(!msg.contains('\n'), "{what}: multi-line error {msg}");
+        }
+    }
+}
+
+#[test]
+fn dot_dot_names_are_an_error_naming_the_entry() {
+    let a = arena();
+    let err = apply(&a.root, &[M::File("x/../../outside/victim", b"p")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("x/../../outside/victim") && err.contains(".."),
+        "{err}"
+    );
+}
+
+#[test]
+fn lower_symlinks_are_resolved_inside_the_root() {
+    let a = arena();
+    apply(&a.root, &[M::Sym("etc", "/real-etc"), M::Dir("real-etc")]).unwrap();
+    apply(&a.root, &[M::File("etc/passwd", b"root")]).unwrap();
+    assert_eq!(fs::read(a.root.join("real-etc/passwd")).unwrap(), b"root");
+    a.check_untouched("lower symlink");
+}
+
+#[test]
+fn broken_streams_are_errors_not_panics() {
+    let good = layer(&[M::File("a", &[7u8; 5000]), M::File("b", b"b")]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &good).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&good[..], 3).unwrap();
+    let mut corrupt_gz = gz.clone();
+    let mid = corrupt_gz.len() / 2;
+    corrupt_gz[mid] ^= 0xff;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated tar", good[..1000].to_vec()),
+        ("truncated gzip", gz[..gz.len() / 2].to_vec()),
+        ("corrupt gzip", corrupt_gz),
+        ("truncated zstd", zst[..zst.len() / 2].to_vec()),
+        (
+            "garbage",
+            (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let err = apply_bytes(t.path(), &bytes);
+        assert!(err.is_err(), "{what}: accepted");
+        assert!(!err.unwrap_err().to_string().contains('\n'), "{what}");
+    }
+    // And the intact streams, in each form, apply.
+    for bytes in [&good, &gz, &zst] {
+        let t = tempfile::tempdir().unwrap();
+        apply_bytes(t.path(), bytes).unwrap();
+        assert_eq!(fs::read(t.path().join("b")).unwrap(), b"b");
+    }
+}
+
+#[test]
+fn size_limit_stops_a_bomb() {
+    let big = vec![0u8; 1 << 20];
+    let bytes = layer(&[M::File("z", &big)]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &bytes).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let r = Root::open(t.path()).unwrap();
+    let opts = ApplyOptions {
+        max_size: 100_000,
+        ..ApplyOptions::default()
+    };
+    let err = apply_layer(&r, &gz.finish().unwrap()[..], &opts, &crate::cancel::NEVER).unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
+}
+
+#[test]
+fn overlay_form_writes_char_device_whiteouts_and_opaque_xattrs() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root for mknod and trusted xattrs");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let r = Root::open(t.path()).unwrap();
+    let opts = ApplyOptions {
+        overlay: true,
+        ..ApplyOptions::default()
+    };
+    let bytes = layer(&[
+        M::Dir("d"),
+        M::File("d/.wh..wh..opq", b""),
+        M::File(".wh.gone", b""),
+    ]);
+    apply_layer(&r, &bytes[..], &opts, &crate::cancel::NEVER).unwrap();
+    let md = fs::symlink_metadata(t.path().join("gone")).unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(md.file_type().is_char_device() && md.rdev() == 0);
+    let mut buf = [0u8; 8];
+    let n = rustix::fs::getxattr(t.path().join("d"), "trusted.overlay.opaque", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"y");
+}

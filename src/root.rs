@@ -1,0 +1,150 @@
+//! A directory that every path is confined to: the target of an apply.
+//!
+//! Every lookup goes through `openat2(RESOLVE_IN_ROOT)` on a file descriptor of the root, so a
+//! symlink anywhere in the tree — absolute, relative, chained, or named `.` — resolves inside the
+//! root, as it would for a process chrooted there. The last component of a path is never
+//! followed: operations on it use `*at` calls with the parent's descriptor and no-follow flags.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+
+use crate::entry::{join, os_path};
+use crate::error::{IoContext, Result};
+
+/// Open flags for a directory we read or change the metadata of.
+const DIR_FLAGS: OFlags = OFlags::DIRECTORY
+    .union(OFlags::RDONLY)
+    .union(OFlags::CLOEXEC);
+
+/// An open directory that paths are resolved inside of.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Root {
+    /// Open (and create, if missing) the directory at `path`.
+    pub fn open(path: &Path) -> Result<Root> {
+        match std::fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).at(path),
+        }
+        let fd = rustix::fs::open(path, DIR_FLAGS, Mode::empty()).at(path)?;
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The root's own path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The root's descriptor.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The host path of `rel` as far as messages go (never used to open anything).
+    pub fn display(&self, rel: &[u8]) -> PathBuf {
+        self.path.join(os_path(rel))
+    }
+
+    /// Open the directory at `rel` (empty: the root), resolving every component inside the root.
+    pub fn open_dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        if rel.is_empty() {
+            return rustix::fs::openat(&self.fd, ".", DIR_FLAGS, Mode::empty()).map_err(Into::into);
+        }
+        rustix::fs::openat2(
+            &self.fd,
+            os_path(rel),
+            DIR_FLAGS,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT,
+        )
+        .map_err(Into::into)
+    }
+
+    /// Open the directory at `rel`, creating missing components (mode 0755, owned by the caller)
+    /// the way `mkdir -p` would, each inside the root.
+    pub fn create_dir_all(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        match self.open_dir(rel) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            other => return other,
+        }
+        let mut prefix: Vec<u8> = Vec::with_capacity(rel.len());
+        let mut dir = self.open_dir(b"")?;
+        for comp in rel.split(|&b| b == b'/') {
+            prefix = join(&prefix, comp);
+            dir = match self.open_dir(&prefix) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    match rustix::fs::mkdirat(&dir, os_path(comp), Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    self.open_dir(&prefix)?
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(dir)
+    }
+}
+
+/// The type of `name` in `dir`, without following it; `None` when absent.
+pub fn type_at(dir: impl AsFd, name: &[u8]) -> io::Result<Option<FileType>> {
+    match rustix::fs::statat(dir, os_path(name), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Remove `name` in `dir` and, for a directory, everything below it; never follows a link.
+/// Absent is fine.
+pub fn remove_all(dir: impl AsFd, name: &[u8]) -> io::Result<()> {
+    let dir = dir.as_fd();
+    match type_at(dir, name)? {
+        None => Ok(()),
+        Some(FileType::Directory) => {
+            let sub = rustix::fs::openat(
+                dir,
+                os_path(name),
+                DIR_FLAGS.union(OFlags::NOFOLLOW),
+                Mode::empty(),
+            )?;
+            for child in list_dir(&sub)? {
+                remove_all(&sub, &child)?;
+            }
+            ignore_absent(rustix::fs::unlinkat(dir, os_path(name), AtFlags::REMOVEDIR))
+        }
+        Some(_) => ignore_absent(rustix::fs::unlinkat(dir, os_path(name), AtFlags::empty())),
+    }
+}
+
+fn ignore_absent(r: rustix::io::Result<()>) -> io::Result<()> {
+    match r {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The names in an open directory, without `.` and `..`.
+pub fn list_dir(dir: impl AsFd) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for ent in rustix::fs::Dir::read_from(dir)? {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    Ok(names)
+}

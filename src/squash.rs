@@ -1,0 +1,876 @@
+//! Squash: N layers into one, by reading their tar headers — nothing is extracted to disk.
+//!
+//! The layers are folded over a map of path → record with the rules of apply (last writer
+//! wins; a directory over a directory keeps its children; anything else replaces the path and
+//! its subtree; whiteouts and opaque markers remove what lies below them in earlier layers only).
+//! The paths of the layers *below* the squashed range are tracked too, so that a whiteout
+//! survives only where it still hides something there. Regular-file contents are referred to by
+//! (layer, offset of the content in its tar) and streamed from the source layers when the result is written;
+//! hardlinks resolve to the content they pointed at when they were made.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::apply::{clean_path, decompress};
+use crate::cancel::Cancel;
+use crate::compress::resolve_threads;
+use crate::entry::{Timestamp, base_name, cmp_paths, join, parent};
+use crate::error::{Error, IoContext, Result};
+use crate::layer::{LayerInfo, LayerOptions, Pipeline, write_blob_file};
+use crate::tar::writer::{Meta, TarWriter};
+use crate::whiteout::{LayerName, classify_layer_name};
+
+/// A path key ordered component by component ([`cmp_paths`]), so a subtree is one range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key(pub Vec<u8>);
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_paths(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// What a squashed layer holds at one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Directory.
+    Dir,
+    /// Regular file whose bytes start at `offset` of the uncompressed tar of layer `layer`
+    /// (0 = first squashed). The pair is also the file's identity for hardlinks.
+    File {
+        /// Index of the source layer within the squashed range.
+        layer: usize,
+        /// Offset of the content in the layer's uncompressed tar stream.
+        offset: u64,
+        /// Content size.
+        size: u64,
+    },
+    /// Hardlink to a path that lies below the squashed range.
+    LinkToLower(Vec<u8>),
+    /// Symbolic link.
+    Symlink(Vec<u8>),
+    /// Named pipe.
+    Fifo,
+    /// Character device (major, minor).
+    Char(u32, u32),
+    /// Block device (major, minor).
+    Block(u32, u32),
+}
+
+/// One path of the squashed layer with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, u32),
+    /// Extended attributes.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One member of a layer as the fold sees it.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Whiteout of a path.
+    Whiteout(Vec<u8>),
+    /// The lower children of a directory are hidden.
+    Opaque(Vec<u8>),
+    /// An entry; hardlinks carry their target.
+    Put(Vec<u8>, Record),
+    /// Hardlink: path, target, metadata.
+    Link(Vec<u8>, Vec<u8>),
+}
+
+/// The squash result before it is written: records in path order plus the markers needed to
+/// hide what lies below the squashed range.
+#[derive(Debug, Default)]
+pub struct Squashed {
+    /// Final records.
+    pub records: BTreeMap<Key, Record>,
+    /// Paths to write a whiteout for.
+    pub whiteouts: Vec<Vec<u8>>,
+    /// Directories to write an opaque marker in.
+    pub opaque: Vec<Vec<u8>>,
+}
+
+/// Paths (and whether each is a directory) of the tree the layers below the range make.
+#[derive(Debug, Default)]
+pub struct LowerTree(BTreeMap<Key, bool>);
+
+fn subtree<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
+    let start = Key(path.to_vec());
+    map.range(start..)
+        .take_while(|(k, _)| {
+            k.0 == path
+                || k.0.starts_with(path) && k.0.get(path.len()) == Some(&b'/')
+                || path.is_empty()
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn children_only<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
+    subtree(map, path)
+        .into_iter()
+        .filter(|k| k.0 != path)
+        .collect()
+}
+
+impl LowerTree {
+    /// Fold one layer's operations into the tree (apply semantics, paths only).
+    pub fn apply(&mut self, ops: &[Op]) {
+        let mut created = HashSet::new();
+        for op in ops {
+            match op {
+                Op::Put(p, r) => {
+                    let is_dir = r.kind == Kind::Dir;
+                    if !(is_dir && self.0.get(&Key(p.clone())) == Some(&true)) {
+                        for k in subtree(&self.0, p) {
+                            self.0.remove(&k);
+                        }
+                    }
+                    self.0.insert(Key(p.clone()), is_dir);
+                    mark_with_parents(&mut self.0, &mut created, p);
+                }
+                Op::Link(p, _) => {
+                    for k in subtree(&self.0, p) {
+                        self.0.remove(&k);
+                    }
+                    self.0.insert(Key(p.clone()), false);
+                    mark_with_parents(&mut self.0, &mut created, p);
+                }
+                _ => {}
+            }
+        }
+        for op in ops {
+            let doomed = match op {
+                Op::Whiteout(p) => subtree(&self.0, p),
+                Op::Opaque(d) => children_only(&self.0, d),
+                _ => continue,
+            };
+            for k in doomed {
+                if !created.contains(&k.0) {
+                    self.0.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn is_dir(&self, p: &[u8]) -> Option<bool> {
+        self.0.get(&Key(p.to_vec())).copied()
+    }
+
+    fn has_children(&self, p: &[u8]) -> bool {
+        !children_only(&self.0, p).is_empty()
+    }
+}
+
+/// Record `p` and its missing parents (implied directories) as written by this layer.
+fn mark_with_parents(tree: &mut BTreeMap<Key, bool>, created: &mut HashSet<Vec<u8>>, p: &[u8]) {
+    created.insert(p.to_vec());
+    let mut q = parent(p);
+    while !q.is_empty() {
+        tree.entry(Key(q.to_vec())).or_insert(true);
+        created.insert(q.to_vec());
+        q = parent(q);
+    }
+}
+
+/// The fold over the squashed range.
+#[derive(Debug, Default)]
+pub struct Folder {
+    lower: LowerTree,
+    merged: BTreeMap<Key, Record>,
+    /// Lower paths hidden by the range (each hides its subtree).
+    killed: HashSet<Vec<u8>>,
+}
+
+/// Metadata of a directory the layer implied but did not hold (apply makes it 0755, root).
+fn implied_dir() -> Record {
+    Record {
+        kind: Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: (0, 0),
+        xattrs: Vec::new(),
+    }
+}
+
+impl Folder {
+    /// Start from the tree of the layers below the range.
+    pub fn new(lower: LowerTree) -> Self {
+        Folder {
+            lower,
+            ..Folder::default()
+        }
+    }
+
+    /// Is `p` of the lower tree still visible (neither it nor an ancestor hidden)?
+    fn lower_visible(&self, p: &[u8]) -> bool {
+        if self.lower.is_dir(p).is_none() {
+            return false;
+        }
+        let mut q = p;
+        loop {
+            if self.killed.contains(q) {
+                return false;
+            }
+            if q.is_empty() {
+                return true;
+            }
+            q = parent(q);
+        }
+    }
+
+    fn kill(&mut self, p: &[u8]) {
+        if self.lower_visible(p) {
+            self.killed.insert(p.to_vec());
+        }
+    }
+
+    fn put(&mut self, p: &[u8], rec: Record, created: &mut HashSet<Vec<u8>>) {
+        let key = Key(p.to_vec());
+        let existing_dir = match self.merged.get(&key) {
+            Some(r) => r.kind == Kind::Dir,
+            None => self.lower_visible(p) && self.lower.is_dir(p) == Some(true),
+        };
+        if !(existing_dir && rec.kind == Kind::Dir) {
+            for k in subtree(&self.merged, p) {
+                self.merged.remove(&k);
+            }
+            self.kill(p);
+        }
+        self.merged.insert(key, rec);
+        created.insert(p.to_vec());
+        let mut q = parent(p);
+        while !q.is_empty() {
+            created.insert(q.to_vec());
+            let qk = Key(q.to_vec());
+            if !self.merged.contains_key(&qk) && !self.lower_visible(q) {
+                self.merged.insert(qk, implied_dir());
+            }
+            q = parent(q);
+        }
+    }
+
+    /// Fold one layer of the range.
+    pub fn layer(&mut self, ops: &[Op]) {
+        let mut created = HashSet::new();
+        for op in ops {
+            match op {
+                Op::Put(p, rec) => self.put(p, rec.clone(), &mut created),
+                Op::Link(p, target) => {
+                    let rec = match self.merged.get(&Key(target.clone())) {
+                        Some(r) => r.clone(),
+                        // Not written in the range: the link stays a link into the lower tree.
+                        None => Record {
+                            kind: Kind::LinkToLower(target.clone()),
+                            ..implied_dir()
+                        },
+                    };
+                    self.put(p, rec, &mut created);
+                }
+                _ => {}
+            }
+        }
+        for op in ops {
+            match op {
+                Op::Whiteout(p) => {
+                    for k in subtree(&self.merged, p) {
+                        if !created.contains(&k.0) {
+                            self.merged.remove(&k);
+                        }
+                    }
+                    self.kill(p);
+                }
+                Op::Opaque(d) => {
+                    for k in children_only(&self.merged, d) {
+                        if !created.contains(&k.0) {
+                            self.merged.remove(&k);
+                        }
+                    }
+                    let lower_children: Vec<Key> = children_only(&self.lower.0, d)
+                        .into_iter()
+                        .filter(|k| parent(&k.0) == d.as_slice())
+                        .collect();
+                    for k in lower_children {
+                        self.kill(&k.0);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The squashed layer: records plus the whiteouts and opaque markers still needed.
+    pub fn finish(self) -> Squashed {
+        let mut killed: Vec<&Vec<u8>> = self.killed.iter().collect();
+        killed.sort_by(|a, b| cmp_paths(a, b));
+        let mut out = Squashed::default();
+        for p in killed {
+            // A hidden ancestor already hides this path.
+            let mut q = p.as_slice();
+            let mut covered = false;
+            while !q.is_empty() && !covered {
+                q = parent(q);
+                covered = self.killed.contains(q);
+            }
+            if covered {
+                continue;
+            }
+            match self.merged.get(&Key(p.clone())) {
+                Some(r) if r.kind == Kind::Dir && self.lower.is_dir(p) == Some(true) => {
+                    if self.lower.has_children(p) {
+                        out.opaque.push(p.clone());
+                    }
+                }
+                Some(_) => {}
+                None => out.whiteouts.push(p.clone()),
+            }
+        }
+        out.records = self.merged;
+        out
+    }
+}
+
+/// Read the operations of one layer (`layer` is its index in the range, used for content
+/// references) without extracting anything: headers are parsed, contents skipped.
+pub fn read_ops<R: Read>(blob: R, layer: usize) -> Result<Vec<Op>> {
+    let mut archive = tar::Archive::new(decompress(blob)?);
+    let mut ops = Vec::new();
+    let mut last = String::from("<archive>");
+    let bad = |entry: &str, reason: String| Error::Archive {
+        entry: entry.to_string(),
+        reason,
+    };
+    let entries = archive.entries().map_err(|e| bad(&last, e.to_string()))?;
+    for item in entries {
+        let mut entry = item.map_err(|e| bad(&last, e.to_string()))?;
+        last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let path = clean_path(&entry.path_bytes(), &last)?;
+        let name = base_name(&path);
+        match classify_layer_name(name) {
+            LayerName::Plain => {}
+            LayerName::Opaque => {
+                ops.push(Op::Opaque(parent(&path).to_vec()));
+                continue;
+            }
+            LayerName::Whiteout(target) => {
+                ops.push(Op::Whiteout(join(parent(&path), target)));
+                continue;
+            }
+            LayerName::AufsMeta => continue,
+            LayerName::Malformed => return Err(bad(&last, "malformed whiteout name".into())),
+        }
+        if path.is_empty() {
+            continue;
+        }
+        let meta = crate::apply::meta_of(&mut entry, &last)?;
+        let h = entry.header();
+        use tar::EntryType as T;
+        let kind = match h.entry_type() {
+            T::Directory => Kind::Dir,
+            T::Regular | T::Continuous => Kind::File {
+                layer,
+                offset: entry.raw_file_position(),
+                size: entry.size(),
+            },
+            T::Symlink => Kind::Symlink(
+                entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(&last, "symlink without a target".into()))?
+                    .into_owned(),
+            ),
+            T::Fifo => Kind::Fifo,
+            T::Char | T::Block => {
+                let major = h.device_major().ok().flatten().unwrap_or(0);
+                let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                if h.entry_type() == T::Char {
+                    Kind::Char(major, minor)
+                } else {
+                    Kind::Block(major, minor)
+                }
+            }
+            T::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(&last, "hardlink without a target".into()))?;
+                ops.push(Op::Link(path, clean_path(&target, &last)?));
+                continue;
+            }
+            T::XGlobalHeader => continue,
+            other => return Err(bad(&last, format!("unsupported entry type {other:?}"))),
+        };
+        let mtime = (meta.mtime.tv_sec, meta.mtime.tv_nsec as u32);
+        ops.push(Op::Put(
+            path,
+            Record {
+                kind,
+                mode: meta.mode,
+                uid: meta.uid,
+                gid: meta.gid,
+                mtime,
+                xattrs: meta.xattrs,
+            },
+        ));
+    }
+    Ok(ops)
+}
+
+/// Squash the layer blobs `range`, which sit on top of the blobs `lower`, into one layer blob
+/// written into `blobs_dir`. Nothing is extracted: headers are read once, contents are streamed
+/// from the sources while the result is written.
+pub fn squash_files(
+    lower: &[PathBuf],
+    range: &[PathBuf],
+    opts: &LayerOptions,
+    blobs_dir: &Path,
+    cancel: &Cancel,
+) -> Result<LayerInfo> {
+    let open = |p: &PathBuf| File::open(p).at(p);
+    let mut tree = LowerTree::default();
+    for p in lower {
+        cancel.check()?;
+        tree.apply(&read_ops(open(p)?, usize::MAX)?);
+    }
+    let mut folder = Folder::new(tree);
+    for (i, p) in range.iter().enumerate() {
+        cancel.check()?;
+        folder.layer(&read_ops(open(p)?, i)?);
+    }
+    let squashed = folder.finish();
+    write_blob_file(blobs_dir, |blob, tmp| {
+        let mut out = Pipeline::new(blob, opts, resolve_threads(opts.threads), tmp)?;
+        write_squashed(out.tar(), &squashed, range, cancel)?;
+        out.finish(Vec::new())
+    })
+}
+
+/// One member of the squashed layer, in the order it is written.
+enum Item<'a> {
+    Opaque(&'a [u8]),
+    Whiteout(&'a [u8]),
+    Rec(&'a [u8], &'a Record),
+}
+
+/// Layer order: path components compared by bytes, except that inside a directory its opaque
+/// marker (rank 0) and whiteouts (rank 1) come before its other children (rank 2).
+fn order_key(item: &Item<'_>) -> Vec<(u8, Vec<u8>)> {
+    let comps = |p: &[u8]| -> Vec<(u8, Vec<u8>)> {
+        if p.is_empty() {
+            Vec::new()
+        } else {
+            p.split(|&b| b == b'/').map(|c| (2, c.to_vec())).collect()
+        }
+    };
+    match item {
+        Item::Rec(p, _) => comps(p),
+        Item::Opaque(d) => {
+            let mut k = comps(d);
+            k.push((0, Vec::new()));
+            k
+        }
+        Item::Whiteout(p) => {
+            let mut k = comps(parent(p));
+            k.push((1, base_name(p).to_vec()));
+            k
+        }
+    }
+}
+
+/// A decompressed source layer, read forward; reopened if asked to go back.
+struct Cursor {
+    reader: Box<dyn Read>,
+    pos: u64,
+}
+
+fn content<'c>(
+    cursors: &'c mut [Option<Cursor>],
+    range: &[PathBuf],
+    layer: usize,
+    offset: u64,
+) -> Result<&'c mut Cursor> {
+    let path = &range[layer];
+    let slot = &mut cursors[layer];
+    if slot.as_ref().is_none_or(|c| c.pos > offset) {
+        let file = File::open(path).at(path)?;
+        *slot = Some(Cursor {
+            reader: decompress(file)?,
+            pos: 0,
+        });
+    }
+    let cursor = slot.as_mut().expect("cursor was just opened");
+    let skipped = io::copy(
+        &mut (&mut cursor.reader).take(offset - cursor.pos),
+        &mut io::sink(),
+    )
+    .at(path)?;
+    cursor.pos += skipped;
+    if cursor.pos != offset {
+        return Err(Error::Archive {
+            entry: path.display().to_string(),
+            reason: "layer changed while it was squashed".into(),
+        });
+    }
+    Ok(cursor)
+}
+
+fn write_squashed<W: Write>(
+    tar: &mut TarWriter<W>,
+    squashed: &Squashed,
+    range: &[PathBuf],
+    cancel: &Cancel,
+) -> Result<()> {
+    let mut items: Vec<Item<'_>> = squashed
+        .records
+        .iter()
+        .map(|(k, r)| Item::Rec(&k.0, r))
+        .chain(squashed.opaque.iter().map(|d| Item::Opaque(d)))
+        .chain(squashed.whiteouts.iter().map(|p| Item::Whiteout(p)))
+        .collect();
+    items.sort_by_cached_key(order_key);
+    let mut cursors: Vec<Option<Cursor>> = (0..range.len()).map(|_| None).collect();
+    // The first path written for each content identity; later ones become hardlinks to it.
+    let mut first: HashMap<(usize, u64), &[u8]> = HashMap::new();
+    for item in items {
+        cancel.check()?;
+        let (path, rec) = match item {
+            Item::Opaque(d) => {
+                tar.append_opaque(d)?;
+                continue;
+            }
+            Item::Whiteout(p) => {
+                tar.append_whiteout(parent(p), base_name(p))?;
+                continue;
+            }
+            Item::Rec(p, r) => (p, r),
+        };
+        let meta = Meta {
+            path,
+            mode: rec.mode,
+            uid: rec.uid,
+            gid: rec.gid,
+            mtime: Timestamp {
+                sec: rec.mtime.0,
+                nsec: rec.mtime.1,
+            },
+            xattrs: &rec.xattrs,
+        };
+        match &rec.kind {
+            Kind::Dir => tar.append_dir(&meta)?,
+            Kind::File {
+                layer,
+                offset,
+                size,
+            } => match first.get(&(*layer, *offset)) {
+                Some(target) => tar.append_hardlink(&meta, target)?,
+                None => {
+                    first.insert((*layer, *offset), path);
+                    let cursor = content(&mut cursors, range, *layer, *offset)?;
+                    tar.append_file(&meta, *size, (&mut cursor.reader).take(*size))?;
+                    cursor.pos += size;
+                }
+            },
+            Kind::LinkToLower(target) => tar.append_hardlink(&meta, target)?,
+            Kind::Symlink(target) => tar.append_symlink(&meta, target)?,
+            Kind::Fifo => tar.append_fifo(&meta)?,
+            Kind::Char(major, minor) => tar.append_char_device(&meta, *major, *minor)?,
+            Kind::Block(major, minor) => tar.append_block_device(&meta, *major, *minor)?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kind: Kind) -> Record {
+        Record {
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: (1, 0),
+            xattrs: Vec::new(),
+        }
+    }
+    fn file(p: &str, layer: usize, ordinal: u64) -> Op {
+        Op::Put(
+            p.as_bytes().to_vec(),
+            rec(Kind::File {
+                layer,
+                offset: ordinal,
+                size: 1,
+            }),
+        )
+    }
+    fn dir(p: &str) -> Op {
+        Op::Put(p.as_bytes().to_vec(), rec(Kind::Dir))
+    }
+    fn wh(p: &str) -> Op {
+        Op::Whiteout(p.as_bytes().to_vec())
+    }
+    fn opq(p: &str) -> Op {
+        Op::Opaque(p.as_bytes().to_vec())
+    }
+    fn paths(s: &Squashed) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let f = |v: &[Vec<u8>]| {
+            v.iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        };
+        (
+            s.records
+                .keys()
+                .map(|k| String::from_utf8_lossy(&k.0).into_owned())
+                .collect(),
+            f(&s.whiteouts),
+            f(&s.opaque),
+        )
+    }
+
+    fn squash(lower: &[Vec<Op>], range: &[Vec<Op>]) -> Squashed {
+        let mut tree = LowerTree::default();
+        for ops in lower {
+            tree.apply(ops);
+        }
+        let mut folder = Folder::new(tree);
+        for ops in range {
+            folder.layer(ops);
+        }
+        folder.finish()
+    }
+
+    #[test]
+    fn whiteouts_survive_only_where_they_hide_something_below() {
+        let base = vec![vec![dir("a"), file("a/x", 9, 0), file("keep", 9, 1)]];
+        // Added then deleted inside the range: nothing left, no whiteout needed.
+        let s = squash(&base, &[vec![file("tmp", 0, 0)], vec![wh("tmp")]]);
+        assert_eq!(paths(&s), (vec![], vec![], vec![]));
+        // Deleting a lower file: the whiteout stays.
+        let s = squash(&base, &[vec![wh("a/x")], vec![file("b", 1, 0)]]);
+        assert_eq!(paths(&s), (vec!["b".into()], vec!["a/x".into()], vec![]));
+        // Nested redundant whiteouts fold into the outer one.
+        let s = squash(&base, &[vec![wh("a/x")], vec![wh("a")]]);
+        assert_eq!(paths(&s), (vec![], vec!["a".into()], vec![]));
+        // Deleted then recreated as a directory: an opaque directory.
+        let s = squash(&base, &[vec![wh("a")], vec![dir("a"), file("a/y", 1, 1)]]);
+        assert_eq!(
+            paths(&s),
+            (vec!["a".into(), "a/y".into()], vec![], vec!["a".into()])
+        );
+        // Squashing everything: no whiteouts at all.
+        let s = squash(&[], &[base[0].clone(), vec![wh("a")]]);
+        assert_eq!(paths(&s), (vec!["keep".into()], vec![], vec![]));
+    }
+
+    #[test]
+    fn opaque_folds_and_keeps_the_same_layers_entries() {
+        let base = vec![vec![dir("d"), file("d/old", 9, 0)]];
+        let s = squash(
+            &base,
+            &[
+                vec![file("d/mid", 0, 0)],
+                vec![dir("d"), file("d/new", 1, 0), opq("d")],
+            ],
+        );
+        // The opaque marker becomes a whiteout of each lower child it hid.
+        assert_eq!(
+            paths(&s),
+            (
+                vec!["d".into(), "d/new".into()],
+                vec!["d/old".into()],
+                vec![]
+            )
+        );
+    }
+
+    #[test]
+    fn last_writer_wins_and_hardlinks_keep_their_content() {
+        let s = squash(
+            &[],
+            &[
+                vec![file("a", 0, 0), Op::Link(b"b".to_vec(), b"a".to_vec())],
+                vec![file("a", 1, 5)],
+            ],
+        );
+        let get = |p: &str| s.records[&Key(p.as_bytes().to_vec())].kind.clone();
+        assert_eq!(
+            get("a"),
+            Kind::File {
+                layer: 1,
+                offset: 5,
+                size: 1
+            }
+        );
+        assert_eq!(
+            get("b"),
+            Kind::File {
+                layer: 0,
+                offset: 0,
+                size: 1
+            }
+        );
+    }
+
+    #[test]
+    fn file_over_directory_replaces_the_subtree() {
+        let s = squash(
+            &[],
+            &[vec![dir("x"), file("x/in", 0, 1)], vec![file("x", 1, 0)]],
+        );
+        assert_eq!(paths(&s).0, vec!["x".to_string()]);
+    }
+
+    /// Real trees → real layers → squash, compared with applying the layers one by one.
+    #[test]
+    fn squash_applies_like_the_layers_in_order() {
+        use crate::apply::{ApplyOptions, apply_layer};
+        use crate::diff::{DiffOptions, diff_dirs, full_tree};
+        use crate::layer::write_layer_file;
+        use std::fs;
+
+        let t = tempfile::tempdir().unwrap();
+        let (a, b, c) = (t.path().join("a"), t.path().join("b"), t.path().join("c"));
+        let blobs = t.path().join("blobs");
+        fs::create_dir_all(&blobs).unwrap();
+        fs::create_dir_all(a.join("etc/sub")).unwrap();
+        fs::write(a.join("etc/keep"), b"keep").unwrap();
+        fs::write(a.join("etc/sub/gone"), b"gone").unwrap();
+        fs::write(a.join("big"), vec![5u8; 300_000]).unwrap();
+        fs::hard_link(a.join("big"), a.join("big-link")).unwrap();
+        fs::create_dir_all(a.join("d")).unwrap();
+        fs::write(a.join("d/old"), b"old").unwrap();
+        let copy = |from: &Path, to: &Path| {
+            assert!(
+                std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(from)
+                    .arg(to)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        };
+        copy(&a, &b);
+        fs::remove_dir_all(b.join("etc/sub")).unwrap();
+        fs::write(b.join("new"), b"new").unwrap();
+        fs::remove_dir_all(b.join("d")).unwrap();
+        fs::create_dir(b.join("d")).unwrap();
+        fs::write(b.join("d/fresh"), b"fresh").unwrap();
+        copy(&b, &c);
+        fs::remove_file(c.join("new")).unwrap();
+        fs::write(c.join("big"), b"rewritten").unwrap();
+        std::os::unix::fs::symlink("etc/keep", c.join("link")).unwrap();
+
+        let opts = LayerOptions {
+            compression: crate::compress::Compression::Gzip { level: 1 },
+            ..LayerOptions::default()
+        };
+        let l1 = write_layer_file(&a, &full_tree(&a).unwrap(), &opts, &blobs).unwrap();
+        let l2 = write_layer_file(
+            &b,
+            &diff_dirs(&a, &b, &DiffOptions::default()).unwrap(),
+            &opts,
+            &blobs,
+        )
+        .unwrap();
+        let l3 = write_layer_file(
+            &c,
+            &diff_dirs(&b, &c, &DiffOptions::default()).unwrap(),
+            &opts,
+            &blobs,
+        )
+        .unwrap();
+        let paths: Vec<PathBuf> = [&l1, &l2, &l3]
+            .iter()
+            .map(|l| l.path.clone().unwrap())
+            .collect();
+
+        let apply_all = |dir: &Path, layers: &[PathBuf]| {
+            let root = crate::root::Root::open(dir).unwrap();
+            for l in layers {
+                apply_layer(
+                    &root,
+                    File::open(l).unwrap(),
+                    &ApplyOptions::default(),
+                    &crate::cancel::NEVER,
+                )
+                .unwrap();
+            }
+        };
+        let snapshot = |dir: &Path| -> Vec<String> {
+            crate::walk::walk(dir)
+                .unwrap()
+                .into_iter()
+                .map(|e| {
+                    let content = if e.kind == crate::entry::Kind::File {
+                        fs::read(dir.join(crate::entry::os_path(&e.path))).unwrap()
+                    } else {
+                        Vec::new()
+                    };
+                    let mtime = if e.kind == crate::entry::Kind::Dir {
+                        Default::default()
+                    } else {
+                        e.mtime
+                    };
+                    format!(
+                        "{:?} {:?} {:o} {} {} {:?} {:?} {} {:?}",
+                        String::from_utf8_lossy(&e.path),
+                        e.kind,
+                        e.mode,
+                        e.uid,
+                        e.gid,
+                        e.link_target,
+                        mtime,
+                        e.nlink,
+                        blake3::hash(&content)
+                    )
+                })
+                .collect()
+        };
+        let sequential = t.path().join("seq");
+        apply_all(&sequential, &paths);
+        assert_eq!(snapshot(&sequential), snapshot(&c));
+
+        // All three into one.
+        let all = squash_files(&[], &paths, &opts, &blobs, &crate::cancel::NEVER).unwrap();
+        let out = t.path().join("all");
+        apply_all(&out, &[all.path.clone().unwrap()]);
+        assert_eq!(snapshot(&out), snapshot(&sequential));
+
+        // The last two on top of the first.
+        let top = squash_files(
+            &paths[..1],
+            &paths[1..],
+            &opts,
+            &blobs,
+            &crate::cancel::NEVER,
+        )
+        .unwrap();
+        let out = t.path().join("top");
+        apply_all(&out, &[paths[0].clone(), top.path.clone().unwrap()]);
+        assert_eq!(snapshot(&out), snapshot(&sequential));
+
+        // Deterministic: the same squash gives the same bytes.
+        let again = squash_files(&[], &paths, &opts, &blobs, &crate::cancel::NEVER).unwrap();
+        assert_eq!(again.digest, all.digest);
+    }
+}
