@@ -43,8 +43,8 @@ def _table(rows: list[list[str]]) -> None:
 def _human_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.3g}{unit}"
+        if round(size, 1) < 1000 or unit == "GB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
         size /= 1000
     raise AssertionError("unreachable")
 
