@@ -46,3 +46,6 @@ class InvalidReferenceError(LayerdiffError, ValueError):
 class ImageNotFoundError(LayerdiffError, LookupError):
     """An image reference that names no image."""
 
+
+class InvalidChangeError(FormatError):
+    """A ``--change`` instruction (``ENV``, ``CMD``, …) that does not parse."""

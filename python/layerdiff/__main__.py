@@ -1,0 +1,5 @@
+"""``python -m layerdiff``: the command line."""
+
+from layerdiff.cli import main
+
+main()

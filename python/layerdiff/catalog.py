@@ -1,0 +1,227 @@
+"""Finding and describing images: reference → layout, manifest and config; listings.
+
+Backs the public ``images()``, ``inspect()`` and ``history()``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from layerdiff import refs
+from layerdiff.errors import FormatError, ImageNotFoundError
+from layerdiff.image import (
+    DOCKER_MANIFEST_MEDIA_TYPE,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPE,
+    go_arch,
+)
+from layerdiff.layout import REF_NAME, Descriptor, Layout
+
+__all__ = ["HistoryEntry", "Image", "ImageSummary", "history", "images", "inspect", "load_image"]
+
+_MANIFEST_TYPES = frozenset({MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Image:
+    """An image read from a layout."""
+
+    #: The reference it was found by.
+    ref: refs.LayoutRef
+    #: The layout holding it.
+    layout: Layout
+    #: Descriptor of its manifest.
+    descriptor: Descriptor
+    #: The manifest (OCI, or Docker schema 2).
+    manifest: dict[str, Any]
+    #: The image config.
+    config: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        """Digest of the manifest: the image's identity."""
+        return str(self.descriptor["digest"])
+
+    @property
+    def layers(self) -> list[Descriptor]:
+        """Layer descriptors, bottom first."""
+        return list(self.manifest.get("layers", []))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSummary:
+    """One line of ``images()``."""
+
+    #: Image name (store) or layout path (``oci:``).
+    name: str
+    #: Tag.
+    tag: str
+    #: Manifest digest.
+    digest: str
+    #: The config's ``created`` time, if any.
+    created: str | None
+    #: Bytes of all layer blobs plus the config.
+    size: int
+    #: Number of layers.
+    layers: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryEntry:
+    """One line of ``history()``, newest first as in ``docker history``."""
+
+    #: When the step ran.
+    created: str | None
+    #: What made it.
+    created_by: str
+    #: Stored size of its layer; 0 for an empty (config-only) step.
+    size: int
+    #: Commit message.
+    comment: str
+    #: Author.
+    author: str
+    #: True when the step did not add a layer.
+    empty_layer: bool
+    #: Digest of its layer blob, None for an empty step.
+    digest: str | None
+
+
+def _pick_from_index(layout: Layout, index: dict[str, Any], where: str) -> Descriptor:
+    """The manifest of a multi-platform index that fits this machine (else the only one)."""
+    entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
+    arch, _ = go_arch()
+    for m in entries:
+        p = m.get("platform") or {}
+        if p.get("os", "linux") == "linux" and p.get("architecture") == arch:
+            return m
+    if len(entries) == 1:
+        return entries[0]
+    raise ImageNotFoundError(f"{where}: multi-platform image without a linux/{arch} manifest")
+
+
+def _load(ref: refs.LayoutRef) -> Image:
+    if not (ref.layout / "oci-layout").is_file():
+        raise ImageNotFoundError(f"image not found: {ref.text} (no OCI layout at {ref.layout})")
+    layout = Layout.open(ref.layout)
+    try:
+        desc = layout.resolve(ref.tag)
+    except ImageNotFoundError as e:
+        raise ImageNotFoundError(f"image not found: {ref.text} ({e})") from e
+    for _ in range(4):  # index → manifest; nested indexes are rare but legal
+        if desc.get("mediaType") not in INDEX_MEDIA_TYPES:
+            break
+        desc = _pick_from_index(layout, layout.read_json(desc), ref.text)
+    manifest = layout.read_json(desc)
+    media_type = desc.get("mediaType") or manifest.get("mediaType")
+    if media_type not in _MANIFEST_TYPES:
+        raise FormatError(f"{ref.text}: unsupported manifest media type {media_type!r}")
+    config_desc = manifest.get("config")
+    if not isinstance(config_desc, dict):
+        raise FormatError(f"{ref.text}: manifest {desc['digest']} has no config descriptor")
+    config = layout.read_json(config_desc)
+    return Image(ref=ref, layout=layout, descriptor=desc, manifest=manifest, config=config)
+
+
+def load_image(reference: str | refs.LayoutRef) -> Image:
+    """Read the image a reference names; ImageNotFoundError names the reference if absent."""
+    ref = refs.parse_layout_reference(reference) if isinstance(reference, str) else reference
+    return _load(ref)
+
+
+def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
+    """The tagged images of the default store (or of the OCI layout at ``layout``)."""
+    in_store = layout is None
+    path = refs.store_layout_path() if layout is None else layout
+    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "oci-layout"))):
+        if in_store:
+            return []  # the store is created on first write; empty until then
+        raise ImageNotFoundError(f"{path}: no OCI image layout here")
+    lay = Layout.open(path)
+    out = []
+    for desc in lay.manifests():
+        tag = (desc.get("annotations") or {}).get(REF_NAME)
+        if not isinstance(tag, str):
+            continue
+        if in_store:
+            name, _, short = tag.rpartition(":")
+            ref = refs.LayoutRef(text=tag, layout=lay.path, tag=tag, in_store=True)
+        else:
+            name, short = str(lay.path), tag
+            ref = refs.LayoutRef(
+                text=f"oci:{lay.path}:{tag}", layout=lay.path, tag=tag, in_store=False
+            )
+        image = _load(ref)
+        size = int(image.manifest["config"]["size"]) + sum(int(d["size"]) for d in image.layers)
+        out.append(
+            ImageSummary(
+                name=name,
+                tag=short,
+                digest=image.digest,
+                created=image.config.get("created"),
+                size=size,
+                layers=len(image.layers),
+            )
+        )
+    return out
+
+
+def inspect(reference: str) -> dict[str, Any]:
+    """A JSON-ready description: reference, manifest digest, manifest, config and layers."""
+    image = load_image(reference)
+    diff_ids = image.config.get("rootfs", {}).get("diff_ids", [])
+    layers = [
+        {
+            "digest": d["digest"],
+            "diff_id": diff_ids[i] if i < len(diff_ids) else None,
+            "size": d["size"],
+            "media_type": d["mediaType"],
+        }
+        for i, d in enumerate(image.layers)
+    ]
+    return {
+        "image": image.ref.text,
+        "layout": str(image.layout.path),
+        "digest": image.digest,
+        "media_type": image.descriptor.get("mediaType"),
+        "created": image.config.get("created"),
+        "architecture": image.config.get("architecture"),
+        "os": image.config.get("os"),
+        "layers": layers,
+        "manifest": image.manifest,
+        "config": image.config,
+    }
+
+
+def history(reference: str) -> list[HistoryEntry]:
+    """The image's history, newest first, each step with the stored size of its layer."""
+    image = load_image(reference)
+    layers = image.layers
+    steps = image.config.get("history")
+    if not isinstance(steps, list):
+        steps = []
+    entries: list[HistoryEntry] = []
+    next_layer = 0
+    for step in steps:
+        empty = bool(step.get("empty_layer", False))
+        layer = None if empty or next_layer >= len(layers) else layers[next_layer]
+        if not empty:
+            next_layer += 1
+        entries.append(_entry(step, layer, empty))
+    for layer in layers[next_layer:]:  # layers the history does not describe
+        entries.append(_entry({}, layer, False))
+    entries.reverse()
+    return entries
+
+
+def _entry(step: dict[str, Any], layer: Descriptor | None, empty: bool) -> HistoryEntry:
+    return HistoryEntry(
+        created=step.get("created"),
+        created_by=str(step.get("created_by", "")),
+        size=int(layer["size"]) if layer else 0,
+        comment=str(step.get("comment", "")),
+        author=str(step.get("author", "")),
+        empty_layer=empty,
+        digest=str(layer["digest"]) if layer else None,
+    )

@@ -1,0 +1,316 @@
+"""The ``layerdiff`` command line. It only parses arguments and calls the public API."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from typing import Any, NoReturn
+
+import click
+
+import layerdiff
+from layerdiff.errors import LayerdiffError
+from layerdiff.layer import COMPRESSIONS, Change
+
+_IMAGE_HELP = "Images: oci:PATH[:TAG] (an OCI layout) or NAME[:TAG] (the default store)."
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=True))
+
+
+def _print_changes(changes: Sequence[Change], as_json: bool) -> None:
+    if as_json:
+        _emit_json([{"kind": c.kind, "path": c.path} for c in changes])
+        return
+    out = click.get_binary_stream("stdout")
+    # Bytes, not text: a path that is not UTF-8 is printed as the file system spells it.
+    out.write(b"".join(c.kind.encode() + b" " + c.path_bytes + b"\n" for c in changes))
+    out.flush()
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths[:-1], strict=True)]
+        click.echo("   ".join([*cells, row[-1]]).rstrip())
+
+
+def _human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if round(size, 1) < 1000 or unit == "GB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _progress(mode: str) -> Iterator[Callable[[str], None]]:
+    """A step reporter on stderr: spinner on a terminal, plain lines otherwise, or nothing."""
+    if mode == "none":
+        yield lambda _msg: None
+        return
+    if mode == "auto" and sys.stderr.isatty():
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status("committing") as status:
+            yield lambda msg: status.update(msg)
+        return
+    yield lambda msg: click.echo(f"layerdiff: {msg}", err=True)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=_IMAGE_HELP,
+)
+@click.version_option(layerdiff.__version__, prog_name="layerdiff")
+def cli() -> None:
+    """Turn file-system changes into OCI image layers and images."""
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  layerdiff diff rootfs-before rootfs-after
+  layerdiff diff --content --json old new
+  layerdiff diff --overlay /var/lib/overlay/upper --lower /var/lib/overlay/lower
+"""
+)
+@click.argument(
+    "trees",
+    nargs=-1,
+    metavar="LOWER UPPER | --overlay UPPER",
+    type=click.Path(exists=True, file_okay=False),
+)
+@click.option("--overlay", is_flag=True, help="UPPER is an overlayfs upper directory.")
+@click.option(
+    "--lower",
+    "lowers",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="With --overlay: a lower directory (top first); repeat for more.",
+)
+@click.option(
+    "--content",
+    is_flag=True,
+    help="Compare file contents, so touched but identical files are not reported.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
+def diff(
+    trees: tuple[str, ...], overlay: bool, lowers: tuple[str, ...], content: bool, as_json: bool
+) -> None:
+    """Print the changes from LOWER to UPPER, one per line: A|C|D /path (like docker diff)."""
+    if overlay:
+        if len(trees) != 1:
+            raise click.UsageError("diff --overlay takes one directory: UPPER")
+        changes = layerdiff.diff_overlay(trees[0], lowers=lowers, content=content)
+    else:
+        if len(trees) != 2:
+            raise click.UsageError("diff takes two directories: LOWER UPPER (or --overlay UPPER)")
+        if lowers:
+            raise click.UsageError("--lower is for --overlay; a two-tree diff takes LOWER UPPER")
+        changes = layerdiff.diff(trees[0], trees[1], content=content)
+    _print_changes(changes, as_json)
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  layerdiff commit --upper rootfs base:1
+  layerdiff commit --lower rootfs --upper rootfs2 --from base:1 app:1 -m "add app"
+  layerdiff commit --overlay --upper /ovl/upper --from base:1 oci:out:v2 -c 'CMD ["/app"]'
+"""
+)
+@click.argument("image", metavar="IMAGE")
+@click.option(
+    "--upper",
+    type=click.Path(exists=True, file_okay=False),
+    help="The tree to commit (or the overlayfs upper dir with --overlay).",
+)
+@click.option(
+    "--lower",
+    "lowers",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The tree UPPER was made from: commit only the difference. With --overlay: "
+    "the lower dirs, top first (repeatable).",
+)
+@click.option("--overlay", is_flag=True, help="UPPER is an overlayfs upper directory.")
+@click.option("--from", "base", metavar="IMAGE", help="Base image the new layer goes on top of.")
+@click.option("-m", "--message", help="Commit message (history comment).")
+@click.option("-a", "--author", help="Author, e.g. 'Jane Doe <jane@example.com>'.")
+@click.option(
+    "-c",
+    "--change",
+    "changes",
+    multiple=True,
+    metavar="INSTRUCTION",
+    help="Dockerfile instruction for the config: ENV, CMD, ENTRYPOINT, WORKDIR, "
+    "EXPOSE, LABEL, USER, VOLUME, STOPSIGNAL (repeatable).",
+)
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Worker threads [default: all cores].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "plain", "none"]),
+    default="auto",
+    show_default=True,
+    help="Progress on stderr: spinner, plain lines, or nothing.",
+)
+def commit(
+    image: str,
+    upper: str | None,
+    lowers: tuple[str, ...],
+    overlay: bool,
+    base: str | None,
+    message: str | None,
+    author: str | None,
+    changes: tuple[str, ...],
+    compression: str,
+    threads: int | None,
+    as_json: bool,
+    progress: str,
+) -> None:
+    """Commit a tree as a new image IMAGE (a base image plus one layer), like docker commit."""
+    if upper is None:
+        raise click.UsageError(
+            "--upper DIR is required (committing a container by name is not supported yet)"
+        )
+    if not overlay and len(lowers) > 1:
+        raise click.UsageError("several --lower dirs need --overlay")
+    with _progress(progress) as step:
+        result = layerdiff.commit(
+            upper,
+            image=image,
+            lower=None if overlay or not lowers else lowers[0],
+            overlay=overlay,
+            lowers=lowers if overlay else (),
+            base=base,
+            message=message,
+            author=author,
+            changes=changes,
+            compression=compression,
+            threads=threads,
+            on_step=step,
+        )
+    layer = result.layer
+    if as_json:
+        _emit_json(
+            {
+                "image": result.image,
+                "manifest": result.manifest_digest,
+                "config": result.config_digest,
+                "digest": layer.digest,
+                "diff_id": layer.diff_id,
+                "size": layer.size,
+                "tar_size": layer.tar_size,
+                "media_type": layer.media_type,
+                "warnings": list(layer.warnings),
+            }
+        )
+        return
+    for warning in layer.warnings:
+        click.echo(f"layerdiff: warning: {warning}", err=True)
+    click.echo(result.manifest_digest)
+
+
+@cli.command(epilog="Example:\n\n  layerdiff images --json")
+@click.argument("layout", required=False, metavar="[oci:PATH]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
+def images(layout: str | None, as_json: bool) -> None:
+    """List the images of the default store (or of the OCI layout oci:PATH)."""
+    path = None
+    if layout is not None:
+        if not layout.startswith("oci:"):
+            raise click.UsageError(f"{layout!r}: expected oci:PATH")
+        path = layout[len("oci:") :]
+    found = layerdiff.images(path)
+    if as_json:
+        _emit_json([asdict(i) for i in found])
+        return
+    rows = [["REPOSITORY", "TAG", "DIGEST", "CREATED", "LAYERS", "SIZE"]]
+    rows += [
+        [i.name, i.tag, i.digest[7:19], i.created or "", str(i.layers), _human_size(i.size)]
+        for i in found
+    ]
+    _table(rows)
+
+
+@cli.command(epilog="Example:\n\n  layerdiff inspect app:1 | jq .config.config")
+@click.argument("image")
+def inspect(image: str) -> None:
+    """Print an image as JSON: manifest digest, layers, manifest and config."""
+    _emit_json(layerdiff.inspect(image))
+
+
+@cli.command(epilog="Example:\n\n  layerdiff history --json oci:out:v2")
+@click.argument("image")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
+def history(image: str, as_json: bool) -> None:
+    """Show the steps an image was made of, newest first (like docker history)."""
+    entries = layerdiff.history(image)
+    if as_json:
+        _emit_json([asdict(e) for e in entries])
+        return
+    rows = [["CREATED", "CREATED BY", "SIZE", "COMMENT"]]
+    rows += [
+        [
+            e.created or "<missing>",
+            _one_line(e.created_by, 60),
+            _human_size(e.size),
+            _one_line(e.comment, 60),
+        ]
+        for e in entries
+    ]
+    _table(rows)
+
+
+def _one_line(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _message(exc: BaseException) -> str:
+    """One line saying what went wrong, with the file name when the OS reported one."""
+    if isinstance(exc, OSError) and exc.strerror:
+        name = os.fsdecode(exc.filename) if exc.filename is not None else None
+        text = exc.strerror if name is None or name in exc.strerror else f"{name}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"layerdiff: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every expected failure into one line on stderr."""
+    try:
+        code = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="layerdiff",
+            standalone_mode=False,
+        )
+    except click.exceptions.Abort as e:
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            _fail("interrupted", 130)
+        _fail("aborted", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        _fail(_one_line(e.format_message(), 10_000) + hint, e.exit_code)
+    except click.ClickException as e:
+        _fail(_one_line(e.format_message(), 10_000), e.exit_code)
+    except (LayerdiffError, OSError, ValueError) as e:
+        _fail(_message(e), 1)
+    sys.exit(code if isinstance(code, int) else 0)

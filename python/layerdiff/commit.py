@@ -1,0 +1,136 @@
+"""``commit``: turn a tree (or the changes in it) into a new image, optionally on a base image.
+
+The order of writes is what keeps a failed commit harmless: the layer, config and manifest
+blobs are written first (unreferenced blobs are garbage, never damage) and the tag is set last,
+in one atomic update of ``index.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from layerdiff import refs
+from layerdiff.catalog import Image, load_image
+from layerdiff.image import (
+    CONFIG_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    add_layer,
+    build_manifest,
+    canonical_json,
+    new_config,
+    rfc3339,
+)
+from layerdiff.image import source_date_epoch as _resolve_epoch
+from layerdiff.instructions import apply_changes, parse_change
+from layerdiff.layer import LayerInfo, StrPath, check_options, write_layer
+from layerdiff.layout import Layout
+
+__all__ = ["CREATED_BY", "CommitResult", "commit"]
+
+#: ``created_by`` of the history entry a commit adds.
+CREATED_BY = "layerdiff commit"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommitResult:
+    """What a commit made."""
+
+    #: The new layer.
+    layer: LayerInfo
+    #: Digest of the new image manifest (the image's identity).
+    manifest_digest: str
+    #: Digest of the new image config.
+    config_digest: str
+    #: The reference the image was tagged as.
+    image: str
+
+
+def _same_layout(a: Layout, b: Layout) -> bool:
+    try:
+        return os.path.samefile(a.path, b.path)
+    except FileNotFoundError:
+        return False
+
+
+def commit(
+    upper: StrPath,
+    *,
+    image: str | refs.LayoutRef,
+    lower: StrPath | None = None,
+    overlay: bool = False,
+    lowers: Sequence[StrPath] = (),
+    base: str | refs.LayoutRef | None = None,
+    message: str | None = None,
+    author: str | None = None,
+    changes: Sequence[str] = (),
+    compression: str = "gzip",
+    threads: int | None = None,
+    source_date_epoch: int | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> CommitResult:
+    """Commit ``upper`` as a new image tagged ``image`` (``oci:PATH[:TAG]`` or ``NAME[:TAG]``).
+
+    The new image is ``base`` (if given) plus one layer: the whole ``upper`` tree, or with
+    ``lower`` the two-tree diff, or with ``overlay`` the changes an overlayfs upper dir records.
+    Like ``docker commit`` a layer is always added, also when ``changes`` (``ENV …``, ``CMD …``)
+    only alter the config. ``message`` and ``author`` go into the new history entry.
+    ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) fixes the timestamps and clamps mtimes.
+    ``on_step`` is called with a short message as each step starts (for progress output).
+    A failure at any point leaves the target's tags as they were.
+    """
+    step = on_step or (lambda _msg: None)
+    target = refs.parse_layout_reference(image) if isinstance(image, str) else image
+    # Check everything that can be checked before the first byte is written.
+    instructions = [parse_change(c) for c in changes]
+    check_options(compression=compression, threads=threads)
+    epoch = _resolve_epoch(source_date_epoch)
+    parent: Image | None = None
+    if base is not None:
+        parent = load_image(base)
+
+    layout = Layout.create(target.layout)
+    base_layers = parent.layers if parent else []
+    if parent is not None and not _same_layout(parent.layout, layout):
+        step(f"copying {len(base_layers)} base layers")
+        for desc in base_layers:
+            layout.import_blob(parent.layout, desc["digest"])
+
+    step("writing layer")
+    layer = write_layer(
+        upper,
+        dest=layout.path,
+        lower=lower,
+        overlay=overlay,
+        lowers=lowers,
+        compression=compression,
+        threads=threads,
+        source_date_epoch=epoch,
+    )
+
+    step("writing config and manifest")
+    created = rfc3339(epoch)
+    config = parent.config if parent else new_config(created=created)
+    config = {**config, "config": apply_changes(config.get("config") or {}, instructions)}
+    config = add_layer(
+        config,
+        diff_id=layer.diff_id,
+        created=created,
+        created_by=CREATED_BY,
+        comment=message,
+        author=author,
+    )
+    config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
+    layer_desc = {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+    manifest = build_manifest(config=config_desc, layers=[*base_layers, layer_desc])
+    manifest_desc = layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE)
+
+    step(f"tagging {target.text}")
+    layout.set_tag(target.write_tag, manifest_desc)
+    return CommitResult(
+        layer=layer,
+        manifest_digest=manifest_desc["digest"],
+        config_digest=config_desc["digest"],
+        image=target.text,
+    )

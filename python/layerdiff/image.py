@@ -1,0 +1,228 @@
+"""Image metadata: OCI image config (with ``rootfs.diff_ids`` and ``history``) and manifests.
+
+Pure functions over JSON-shaped dicts; reading and writing blobs is :mod:`layerdiff.layout`'s
+job. JSON is serialised by :func:`canonical_json` (sorted keys, no spaces), so the same input
+always gives the same bytes and therefore the same digest.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from layerdiff.errors import FormatError
+from layerdiff.layout import Descriptor
+
+__all__ = [
+    "CONFIG_MEDIA_TYPE",
+    "DOCKER_CONFIG_MEDIA_TYPE",
+    "DOCKER_MANIFEST_MEDIA_TYPE",
+    "INDEX_MEDIA_TYPES",
+    "MANIFEST_MEDIA_TYPE",
+    "add_layer",
+    "build_manifest",
+    "canonical_json",
+    "check_history",
+    "go_arch",
+    "new_config",
+    "oci_layer_media_type",
+    "rfc3339",
+    "source_date_epoch",
+]
+
+#: OCI image manifest.
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+#: OCI image config.
+CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+#: Docker image manifest v2 schema 2 (accepted as a base image).
+DOCKER_MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+#: Docker image config (the body is compatible with the OCI one).
+DOCKER_CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
+#: Multi-platform indexes: OCI image index and Docker manifest list.
+INDEX_MEDIA_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    }
+)
+
+# Docker layer media types and their OCI names, for building an OCI manifest on a Docker base.
+_DOCKER_LAYERS = {
+    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": (
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    ),
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": (
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    ),
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+    ),
+}
+
+# platform.machine() → GOARCH (and variant), the names OCI configs use.
+_GO_ARCH = {
+    "x86_64": ("amd64", None),
+    "amd64": ("amd64", None),
+    "aarch64": ("arm64", "v8"),
+    "arm64": ("arm64", "v8"),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i386": ("386", None),
+    "i686": ("386", None),
+    "ppc64le": ("ppc64le", None),
+    "s390x": ("s390x", None),
+    "riscv64": ("riscv64", None),
+    "loongarch64": ("loong64", None),
+    "mips64": ("mips64le", None),
+}
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic compact JSON: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def go_arch(machine: str | None = None) -> tuple[str, str | None]:
+    """The OCI ``(architecture, variant)`` of ``machine`` (default: this machine)."""
+    m = (machine or platform.machine()).lower()
+    return _GO_ARCH.get(m, (m, None))
+
+
+def source_date_epoch(value: int | None = None) -> int | None:
+    """``value`` when given, else ``$SOURCE_DATE_EPOCH`` as an int, else None."""
+    if value is not None:
+        if value < 0:
+            raise ValueError(f"source_date_epoch={value}: must not be negative")
+        return value
+    text = os.environ.get("SOURCE_DATE_EPOCH")
+    if text is None or text == "":
+        return None
+    if not text.isdigit():
+        raise ValueError(f"SOURCE_DATE_EPOCH={text!r}: expected a non-negative integer")
+    return int(text)
+
+
+def rfc3339(epoch: int | None = None) -> str:
+    """``epoch`` (default: ``SOURCE_DATE_EPOCH``, else now) as RFC 3339 UTC, ``Z``-suffixed."""
+    seconds = source_date_epoch(epoch)
+    if seconds is None:
+        seconds = int(time.time())
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_config(*, created: str | None = None, machine: str | None = None) -> dict[str, Any]:
+    """An empty image config for this machine: no layers, no history."""
+    arch, variant = go_arch(machine)
+    config: dict[str, Any] = {
+        "architecture": arch,
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [],
+        "created": created or rfc3339(),
+    }
+    if variant and arch == "arm":  # arm64's v8 is the default and usually left out
+        config["variant"] = variant
+    return config
+
+
+def check_history(config: dict[str, Any]) -> None:
+    """Raise FormatError unless the non-empty history entries match the layers one to one.
+
+    A config without history is accepted (history is optional in OCI).
+    """
+    rootfs = config.get("rootfs")
+    if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
+        raise FormatError("image config: rootfs.type must be 'layers'")
+    diff_ids = rootfs.get("diff_ids")
+    if not isinstance(diff_ids, list):
+        raise FormatError("image config: rootfs.diff_ids must be a list")
+    history = config.get("history")
+    if history is None:
+        return
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise FormatError("image config: history must be a list of objects")
+    layers = sum(1 for h in history if not h.get("empty_layer", False))
+    if layers != len(diff_ids):
+        raise FormatError(
+            f"image config: {layers} history entries describe a layer but there are "
+            f"{len(diff_ids)} diff_ids"
+        )
+
+
+def add_layer(
+    config: dict[str, Any],
+    *,
+    diff_id: str | None,
+    created: str,
+    created_by: str,
+    comment: str | None = None,
+    author: str | None = None,
+) -> dict[str, Any]:
+    """Return a copy of ``config`` with one more history entry (and layer, unless ``diff_id``
+    is None: then the entry is an ``empty_layer`` one, for a config-only change)."""
+    out = copy.deepcopy(config)
+    out.setdefault("config", {})
+    rootfs = out.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+    rootfs.setdefault("diff_ids", [])
+    if "history" not in out:
+        # A base without history: describe its layers so the counts still match.
+        out["history"] = [{"created_by": "(history not recorded)"} for _ in rootfs["diff_ids"]]
+    check_history(out)
+    entry: dict[str, Any] = {"created": created, "created_by": created_by}
+    if comment:
+        entry["comment"] = comment
+    if author:
+        entry["author"] = author
+        out["author"] = author
+    if diff_id is None:
+        entry["empty_layer"] = True
+    else:
+        rootfs["diff_ids"].append(diff_id)
+    out["history"].append(entry)
+    out["created"] = created
+    check_history(out)
+    return out
+
+
+def oci_layer_media_type(media_type: str) -> str:
+    """The OCI name of a layer media type (Docker names are mapped, OCI ones kept)."""
+    return _DOCKER_LAYERS.get(media_type, media_type)
+
+
+def build_manifest(
+    *,
+    config: Descriptor,
+    layers: Sequence[Descriptor],
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An OCI image manifest over a config descriptor and layer descriptors (bottom first)."""
+
+    def clean(desc: Descriptor, media_type: str) -> Descriptor:
+        out: Descriptor = {
+            "mediaType": media_type,
+            "digest": desc["digest"],
+            "size": desc["size"],
+        }
+        if desc.get("annotations"):
+            out["annotations"] = dict(desc["annotations"])
+        if desc.get("urls"):
+            out["urls"] = list(desc["urls"])
+        return out
+
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": clean(config, CONFIG_MEDIA_TYPE),
+        "layers": [clean(d, oci_layer_media_type(d["mediaType"])) for d in layers],
+    }
+    if annotations:
+        manifest["annotations"] = dict(annotations)
+    return manifest

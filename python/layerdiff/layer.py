@@ -1,0 +1,156 @@
+"""Diffs and layer blobs: typed wrappers over the Rust core.
+
+``dest`` of :func:`write_layer` is a directory: when it is an OCI image layout (it holds an
+``oci-layout`` file) the blob goes into its ``blobs/sha256/``; otherwise ``dest`` itself is the
+blobs directory and the blob is ``dest/<hex of its digest>``. Either way the file name is the
+digest, so writing the same layer twice stores it once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+
+from layerdiff.image import source_date_epoch as _source_date_epoch
+
+__all__ = ["COMPRESSIONS", "Change", "LayerInfo", "diff", "diff_overlay", "write_layer"]
+
+#: Accepted ``compression`` values.
+COMPRESSIONS = ("gzip", "zstd", "none")
+
+StrPath = str | os.PathLike[str]
+ChangeKind = Literal["A", "C", "D"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change between two trees, as ``docker diff`` prints it."""
+
+    #: ``A`` added, ``C`` changed, ``D`` deleted.
+    kind: ChangeKind
+    #: Absolute path inside the image (``/etc/hosts``); undecodable bytes as surrogate escapes.
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.path}"
+
+    @property
+    def path_bytes(self) -> bytes:
+        """The path as the file system spells it."""
+        return os.fsencode(self.path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerInfo:
+    """A written layer blob."""
+
+    #: ``sha256:…`` of the stored (compressed) blob.
+    digest: str
+    #: ``sha256:…`` of the uncompressed tar.
+    diff_id: str
+    #: Stored size in bytes.
+    size: int
+    #: Uncompressed tar size in bytes.
+    tar_size: int
+    #: OCI media type (``application/vnd.oci.image.layer.v1.tar+gzip`` …).
+    media_type: str
+    #: Where the blob is.
+    path: Path
+    #: Things skipped on the way (sockets …), one message each.
+    warnings: tuple[str, ...] = ()
+
+
+def _changes(raw: list[tuple[str, bytes]]) -> list[Change]:
+    return [Change(cast(ChangeKind, kind), "/" + os.fsdecode(bytes(path))) for kind, path in raw]
+
+
+def diff(lower: StrPath, upper: StrPath, *, content: bool = False) -> list[Change]:
+    """Changes that turn tree ``lower`` into tree ``upper``, sorted by path.
+
+    With ``content``, regular files whose size matches are compared by content, so a file that
+    was touched but not changed is not reported.
+    """
+    from layerdiff import _core  # imported on use: the pure-Python parts work without it
+
+    return _changes(_core.diff(lower, upper, content=content))
+
+
+def diff_overlay(
+    upper: StrPath, *, lowers: Sequence[StrPath] = (), content: bool = False
+) -> list[Change]:
+    """Changes recorded by an overlayfs upper directory (``lowers`` top first, optional)."""
+    from layerdiff import _core
+
+    return _changes(_core.diff_overlay(upper, lowers=list(lowers), content=content))
+
+
+def blobs_dir_for(dest: StrPath) -> Path:
+    """The directory blobs for ``dest`` go to (see the module docs)."""
+    path = Path(dest)
+    if (path / "oci-layout").is_file():
+        return path / "blobs" / "sha256"
+    return path
+
+
+def check_options(*, compression: str, threads: int | None) -> int:
+    """Validate the options every layer writer takes; return the core's thread count."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads={threads}: must be at least 1 (or None for one per core)")
+    return threads or 0
+
+
+def write_layer(
+    upper: StrPath,
+    *,
+    dest: StrPath,
+    lower: StrPath | None = None,
+    overlay: bool = False,
+    lowers: Sequence[StrPath] = (),
+    content: bool = False,
+    compression: str = "gzip",
+    threads: int | None = None,
+    source_date_epoch: int | None = None,
+) -> LayerInfo:
+    """Write one layer blob into ``dest`` and describe it.
+
+    Without ``lower`` or ``overlay`` the layer holds the whole ``upper`` tree; with ``lower`` it
+    holds the two-tree diff; with ``overlay`` the changes an overlayfs upper dir records
+    (``lowers``, top first, help tell added from changed). ``threads=None`` uses every core and
+    never changes the bytes. ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) clamps mtimes.
+    ``content`` compares file contents in the diff (see :func:`diff`).
+    """
+    if lower is not None and overlay:
+        raise ValueError("lower and overlay exclude each other (use lowers= with overlay)")
+    if lowers and not overlay:
+        raise ValueError("lowers= is for overlay=True; a two-tree diff takes lower=")
+    n_threads = check_options(compression=compression, threads=threads)
+    epoch = _source_date_epoch(source_date_epoch)
+    blobs = blobs_dir_for(dest)
+    blobs.mkdir(parents=True, exist_ok=True)
+    from layerdiff import _core
+
+    digest, diff_id, size, tar_size, media_type, path, warnings = _core.write_layer(
+        upper,
+        blobs,
+        lower=lower,
+        overlay=overlay,
+        lowers=list(lowers),
+        content=content,
+        compression=compression,
+        threads=n_threads,
+        source_date_epoch=epoch,
+    )
+    return LayerInfo(
+        digest=digest,
+        diff_id=diff_id,
+        size=size,
+        tar_size=tar_size,
+        media_type=media_type,
+        path=Path(path),
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,320 @@
+"""OCI image layouts: ``oci-layout``, ``index.json`` and content-addressed ``blobs/sha256/``.
+
+Writes are crash-safe: every file is written to a temporary name, fsynced and renamed into
+place (then the directory is fsynced), so a reader sees the old or the new file, never half of
+one. ``index.json`` is read, changed and written back under an exclusive ``flock`` on a lock file
+inside the layout, so commits running in parallel never lose each other's tags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from layerdiff.errors import (
+    DigestMismatchError,
+    FormatError,
+    ImageNotFoundError,
+)
+
+__all__ = [
+    "INDEX_MEDIA_TYPE",
+    "REF_NAME",
+    "Descriptor",
+    "Layout",
+    "check_digest",
+]
+
+#: Media type of ``index.json`` (an OCI image index).
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+#: The annotation that names (tags) an image in ``index.json``.
+REF_NAME = "org.opencontainers.image.ref.name"
+#: A content descriptor: ``mediaType``, ``digest``, ``size`` and optional ``annotations``.
+Descriptor = dict[str, Any]
+
+_LAYOUT_FILE = "oci-layout"
+_LAYOUT_VERSION = "1.0.0"
+_INDEX_FILE = "index.json"
+_LOCK_FILE = ".layerdiff.lock"  # extra files are allowed in a layout; tools ignore them
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_JSON_MAX = 64 << 20  # index.json larger than this is not something we wrote or want to parse
+
+
+def check_digest(digest: str) -> str:
+    """Return the hex part of a ``sha256:<64 hex>`` digest; raise FormatError otherwise.
+
+    Digests come from files other tools wrote; checking them before they become a path keeps a
+    hostile ``index.json`` from naming a file outside ``blobs/``.
+    """
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        raise FormatError(f"{digest!r}: not a sha256 digest (expected sha256:<64 hex digits>)")
+    return digest[len("sha256:") :]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``: temporary file beside it, fsync, rename, fsync the directory."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; blobs and index are meant to be readable
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class Layout:
+    """An OCI image layout directory."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Wrap the layout at ``path`` (use :meth:`open` or :meth:`create` to check it)."""
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Layout({str(self.path)!r})"
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Layout:
+        """Open an existing layout; raise ImageNotFoundError if ``path`` holds none."""
+        layout = cls(path)
+        marker = layout.path / _LAYOUT_FILE
+        if not marker.is_file():
+            raise ImageNotFoundError(f"{layout.path}: no OCI image layout here (no oci-layout)")
+        return layout
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str]) -> Layout:
+        """Open the layout at ``path``, creating the directory and its files if missing."""
+        layout = cls(path)
+        marker = layout.path / _LAYOUT_FILE
+        if layout.path.is_dir() and not marker.exists() and any(layout.path.iterdir()):
+            # Never scatter blobs/ and index.json into a directory that holds something else.
+            raise FormatError(f"{layout.path}: exists and is not an OCI image layout (not empty)")
+        layout.blobs_dir.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            body = json.dumps({"imageLayoutVersion": _LAYOUT_VERSION}).encode()
+            _write_atomic(marker, body)
+        with layout._locked():
+            if not (layout.path / _INDEX_FILE).exists():
+                layout._write_index(
+                    {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
+                )
+        return layout
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    @property
+    def blobs_dir(self) -> Path:
+        """``blobs/sha256``: where blobs are stored by the hex of their digest."""
+        return self.path / "blobs" / "sha256"
+
+    def blob_path(self, digest: str) -> Path:
+        """Path of the blob ``digest`` (which may not exist)."""
+        return self.blobs_dir / check_digest(digest)
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the blob ``digest`` is present."""
+        return self.blob_path(digest).is_file()
+
+    def put_blob(
+        self,
+        data: bytes,
+        *,
+        media_type: str,
+        annotations: dict[str, str] | None = None,
+    ) -> Descriptor:
+        """Store ``data`` (skipped when already present) and return its descriptor."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        if not (path.is_file() and path.stat().st_size == len(data)):
+            self.blobs_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(path, data)
+        desc: Descriptor = {"mediaType": media_type, "digest": digest, "size": len(data)}
+        if annotations:
+            desc["annotations"] = dict(annotations)
+        return desc
+
+    def read_blob(self, digest: str, *, limit: int = _JSON_MAX) -> bytes:
+        """Read a (small) blob and check that it hashes to ``digest``."""
+        path = self.blob_path(digest)
+        try:
+            with path.open("rb") as f:
+                data = f.read(limit + 1)
+        except FileNotFoundError as e:
+            raise ImageNotFoundError(f"{path}: blob {digest} is missing from the layout") from e
+        if len(data) > limit:
+            raise FormatError(f"{path}: blob larger than {limit} bytes")
+        found = "sha256:" + hashlib.sha256(data).hexdigest()
+        if found != digest:
+            raise DigestMismatchError(f"{path}: digest mismatch (expected {digest}, found {found})")
+        return data
+
+    def read_json(self, desc: Descriptor) -> dict[str, Any]:
+        """Read and parse the JSON blob a descriptor points at."""
+        digest = desc.get("digest")
+        if not isinstance(digest, str):
+            raise FormatError(f"{self.path}: descriptor without digest: {desc!r}")
+        data = self.read_blob(digest)
+        try:
+            obj = json.loads(data)
+        except ValueError as e:
+            raise FormatError(f"{self.blob_path(digest)}: not JSON: {e}") from e
+        if not isinstance(obj, dict):
+            raise FormatError(f"{self.blob_path(digest)}: expected a JSON object")
+        return obj
+
+    def import_blob(self, source: Layout, digest: str) -> None:
+        """Make blob ``digest`` of layout ``source`` present here: hardlink, else copy."""
+        target = self.blob_path(digest)
+        if target.is_file():
+            return
+        src = source.blob_path(digest)
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            try:
+                os.link(src, target)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
+                    raise
+            fd, tmp = tempfile.mkstemp(dir=self.blobs_dir, prefix=".import.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
+                    shutil.copyfileobj(inp, out, 1 << 20)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(self.blobs_dir)
+
+    # -- index.json ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def read_index(self) -> dict[str, Any]:
+        """The parsed ``index.json``."""
+        path = self.path / _INDEX_FILE
+        try:
+            with path.open("rb") as f:
+                data = f.read(_JSON_MAX + 1)
+        except FileNotFoundError as e:
+            raise ImageNotFoundError(f"{path}: missing; not an OCI image layout") from e
+        try:
+            index = json.loads(data)
+        except ValueError as e:
+            raise FormatError(f"{path}: not JSON: {e}") from e
+        if not isinstance(index, dict) or index.get("schemaVersion") != 2:
+            raise FormatError(f"{path}: not an OCI image index (schemaVersion 2 expected)")
+        manifests = index.setdefault("manifests", [])
+        if not isinstance(manifests, list) or not all(isinstance(m, dict) for m in manifests):
+            raise FormatError(f"{path}: 'manifests' is not a list of descriptors")
+        return index
+
+    def _write_index(self, index: dict[str, Any]) -> None:
+        data = json.dumps(index, separators=(",", ":"), ensure_ascii=False).encode()
+        _write_atomic(self.path / _INDEX_FILE, data)
+
+    def update_index(self, change: Callable[[list[Descriptor]], list[Descriptor]]) -> None:
+        """Replace the index's manifest list by ``change(manifests)``, atomically and locked."""
+        with self._locked():
+            index = self.read_index()
+            index["manifests"] = change(list(index["manifests"]))
+            index.setdefault("mediaType", INDEX_MEDIA_TYPE)
+            self._write_index(index)
+
+    def manifests(self) -> list[Descriptor]:
+        """The descriptors listed in ``index.json``."""
+        return list(self.read_index()["manifests"])
+
+    def tags(self) -> list[str]:
+        """Every tag (``org.opencontainers.image.ref.name``) in the index, in index order."""
+        return [t for m in self.manifests() if (t := _tag_of(m)) is not None]
+
+    def resolve(self, tag: str | None) -> Descriptor:
+        """The descriptor tagged ``tag``; ``None`` means the layout's only image.
+
+        ``None`` on a layout with several images picks ``latest`` when it is tagged, and is an
+        error otherwise.
+        """
+        manifests = self.manifests()
+        if tag is None:
+            if len(manifests) == 1:
+                return dict(manifests[0])
+            tag = "latest"
+            if not any(_tag_of(m) == tag for m in manifests):
+                n = len(manifests)
+                raise ImageNotFoundError(
+                    f"{self.path}: holds {n} images and none tagged latest; name one as "
+                    "oci:PATH:TAG"
+                    if n
+                    else f"{self.path}: holds no image"
+                )
+        found = [m for m in manifests if _tag_of(m) == tag]
+        if not found:
+            raise ImageNotFoundError(f"{self.path}: no image tagged {tag!r}")
+        return dict(found[-1])
+
+    def set_tag(self, tag: str, descriptor: Descriptor) -> None:
+        """Point ``tag`` at ``descriptor``, replacing whatever the tag named before."""
+        check_digest(descriptor["digest"])
+        entry = dict(descriptor)
+        entry["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: tag}
+        self.update_index(lambda ms: [m for m in ms if _tag_of(m) != tag] + [entry])
+
+    def remove_tag(self, tag: str) -> bool:
+        """Remove ``tag`` from the index; return whether it was there. Blobs stay (gc's job)."""
+        removed = False
+
+        def change(ms: list[Descriptor]) -> list[Descriptor]:
+            nonlocal removed
+            kept = [m for m in ms if _tag_of(m) != tag]
+            removed = len(kept) != len(ms)
+            return kept
+
+        self.update_index(change)
+        return removed
+
+
+def _tag_of(desc: Descriptor) -> str | None:
+    annotations = desc.get("annotations")
+    if isinstance(annotations, dict):
+        tag = annotations.get(REF_NAME)
+        if isinstance(tag, str):
+            return tag
+    return None

@@ -1,0 +1,249 @@
+"""Image references: the one grammar every command uses to name an image.
+
+Four forms are understood::
+
+    oci:PATH[:TAG]                       an OCI image layout anywhere on disk
+    docker://[HOST[:PORT]/]REPO[:TAG][@DIGEST]   an image in a registry
+    docker-archive:FILE[:NAME[:TAG]]     a `docker save` tarball
+    NAME[:TAG]                           an image in the default store (tag ``latest`` by default)
+
+The transport prefix wins: ``oci:x`` is always the layout at ``x``, never a store image named
+``oci``.
+
+``oci:`` paths: skopeo splits at the first ``:``, so its paths cannot hold one. We split at the
+*last* ``:`` and only when what follows is a valid tag (docker's tag grammar, which has no ``/``),
+so every reference skopeo accepts means the same thing here, and a path may still contain ``:``
+when a tag is given (``oci:/srv/a:b:v1`` is the layout ``/srv/a:b``, tag ``v1``).
+
+The default store is one OCI layout at ``<home>/images`` where home is ``$LAYERDIFF_HOME``, else
+``$XDG_DATA_HOME/layerdiff``, else ``~/.local/share/layerdiff``. A store image's tag in
+``index.json`` (annotation ``org.opencontainers.image.ref.name``) is ``NAME:TAG``; in an
+``oci:PATH:TAG`` layout it is just ``TAG``, as skopeo and umoci expect.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerdiff.errors import InvalidReferenceError
+
+__all__ = [
+    "DEFAULT_TAG",
+    "ArchiveRef",
+    "ImageRef",
+    "LayoutRef",
+    "RegistryRef",
+    "parse_layout_reference",
+    "parse_reference",
+    "store_home",
+    "store_layout_path",
+]
+
+#: Tag used when a reference names none.
+DEFAULT_TAG = "latest"
+
+# docker/distribution reference grammar (reference/regexp.go), written out once.
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+
+_NAME_RE = re.compile(rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+_TAG_RE = re.compile(_TAG)
+_DIGEST_RE = re.compile(_DIGEST)
+_NAME_MAX = 255  # docker's NameTotalLengthMax
+
+_DOCKER_HUB = "docker.io"
+# Transports of skopeo we do not speak; named in the error when `NAME:TAG` cannot be meant.
+_OTHER_TRANSPORTS = frozenset(
+    {"docker", "oci-archive", "dir", "containers-storage", "docker-daemon", "ostree", "sif"}
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayoutRef:
+    """An image in a local OCI layout: ``oci:PATH[:TAG]`` or ``NAME[:TAG]`` in the store."""
+
+    #: The reference as the user wrote it.
+    text: str
+    #: Directory of the OCI image layout.
+    layout: Path
+    #: The ``org.opencontainers.image.ref.name`` in ``index.json``; ``None`` (only for
+    #: ``oci:PATH``) means "the only image in the layout" when reading, ``latest`` when writing.
+    tag: str | None
+    #: True for a ``NAME[:TAG]`` reference into the default store.
+    in_store: bool
+
+    @property
+    def write_tag(self) -> str:
+        """The tag an image written to this reference gets."""
+        return self.tag if self.tag is not None else DEFAULT_TAG
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistryRef:
+    """An image in a registry: ``docker://HOST[:PORT]/REPO[:TAG][@DIGEST]``."""
+
+    #: The reference as the user wrote it.
+    text: str
+    #: Registry host, with port when given (``docker.io`` when the reference names none).
+    host: str
+    #: Repository path (``library/`` is added for one-component Docker Hub names).
+    repository: str
+    #: Tag; ``latest`` when neither a tag nor a digest is given.
+    tag: str | None
+    #: ``ALGORITHM:HEX`` when the reference pins a digest.
+    digest: str | None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchiveRef:
+    """A ``docker save`` tarball: ``docker-archive:FILE[:NAME[:TAG]]``."""
+
+    #: The reference as the user wrote it.
+    text: str
+    #: The archive file.
+    file: Path
+    #: Image name inside the archive (``None``: the only one).
+    name: str | None
+    #: Tag of that name (``latest`` when a name without tag is given).
+    tag: str | None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+#: Any parsed image reference.
+ImageRef = LayoutRef | RegistryRef | ArchiveRef
+
+
+def store_home() -> Path:
+    """The directory of layerdiff's own data (see the module docs)."""
+    home = os.environ.get("LAYERDIFF_HOME")
+    if home:
+        return Path(home)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec says to ignore relative values
+        return Path(xdg) / "layerdiff"
+    return Path.home() / ".local" / "share" / "layerdiff"
+
+
+def store_layout_path() -> Path:
+    """The OCI layout of the default store (it may not exist yet)."""
+    return store_home() / "images"
+
+
+def _bad(text: str, why: str) -> InvalidReferenceError:
+    return InvalidReferenceError(f"invalid image reference {text!r}: {why}")
+
+
+def _split_name_tag(text: str, rest: str) -> tuple[str, str | None, str | None]:
+    """Split ``NAME[:TAG][@DIGEST]`` checking docker's grammar; returns (name, tag, digest)."""
+    digest: str | None = None
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        if not _DIGEST_RE.fullmatch(digest):
+            raise _bad(text, f"{digest!r} is not a digest (expected ALGORITHM:HEX)")
+    name, tag = rest, None
+    colon = rest.rfind(":")
+    if colon > rest.rfind("/"):  # a ':' after the last '/' starts the tag, not a port
+        name, tag = rest[:colon], rest[colon + 1 :]
+        if not _TAG_RE.fullmatch(tag):
+            raise _bad(text, f"{tag!r} is not a valid tag")
+    if not name:
+        raise _bad(text, "the name is empty")
+    if len(name) > _NAME_MAX:
+        raise _bad(text, f"the name is longer than {_NAME_MAX} characters")
+    if not _NAME_RE.fullmatch(name):
+        raise _bad(
+            text,
+            f"{name!r} is not a valid image name (lowercase letters, digits and . _ - "
+            "separators, components split by '/', optionally after HOST[:PORT]/)",
+        )
+    return name, tag, digest
+
+
+def _parse_oci(text: str, rest: str) -> LayoutRef:
+    path, tag = rest, None
+    colon = rest.rfind(":")
+    if colon >= 0 and _TAG_RE.fullmatch(rest[colon + 1 :]):
+        path, tag = rest[:colon], rest[colon + 1 :]
+    if not path:
+        raise _bad(text, "the layout path is empty (expected oci:PATH[:TAG])")
+    return LayoutRef(text=text, layout=Path(path), tag=tag, in_store=False)
+
+
+def _parse_docker(text: str, rest: str) -> RegistryRef:
+    name, tag, digest = _split_name_tag(text, rest)
+    first, slash, remainder = name.partition("/")
+    # docker's splitDockerDomain: the first component is a host if it could not be a path.
+    if slash and (any(c in first for c in ".:[") or first == "localhost" or first != first.lower()):
+        host, repository = first, remainder
+    else:
+        host, repository = _DOCKER_HUB, name
+        if "/" not in repository:
+            repository = f"library/{repository}"
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
+    return RegistryRef(text=text, host=host, repository=repository, tag=tag, digest=digest)
+
+
+def _parse_archive(text: str, rest: str) -> ArchiveRef:
+    # As skopeo does: the file ends at the first ':'; what follows is a docker NAME[:TAG].
+    file, colon, named = rest.partition(":")
+    if not file:
+        raise _bad(text, "the archive path is empty (expected docker-archive:FILE[:NAME:TAG])")
+    if not colon:
+        return ArchiveRef(text=text, file=Path(file), name=None, tag=None)
+    name, tag, digest = _split_name_tag(text, named)
+    if digest is not None:
+        raise _bad(text, "an archive reference names a tag, not a digest")
+    return ArchiveRef(text=text, file=Path(file), name=name, tag=tag or DEFAULT_TAG)
+
+
+def _parse_store(text: str) -> LayoutRef:
+    name, tag, digest = _split_name_tag(text, text)
+    if digest is not None:
+        raise _bad(text, "images in the store are named NAME[:TAG], not by digest")
+    return LayoutRef(
+        text=text,
+        layout=store_layout_path(),
+        tag=f"{name}:{tag or DEFAULT_TAG}",
+        in_store=True,
+    )
+
+
+def parse_reference(text: str) -> ImageRef:
+    """Parse an image reference (see the module docs); raise InvalidReferenceError if malformed."""
+    if not text or text != text.strip() or "\n" in text:
+        raise _bad(text, "empty or surrounded by whitespace")
+    if text.startswith("docker://"):
+        return _parse_docker(text, text[len("docker://") :])
+    if text.startswith("docker-archive:"):
+        return _parse_archive(text, text[len("docker-archive:") :])
+    if text.startswith("oci:"):
+        return _parse_oci(text, text[len("oci:") :])
+    transport, colon, after = text.partition(":")
+    if colon and transport in _OTHER_TRANSPORTS and not _TAG_RE.fullmatch(after):
+        raise _bad(text, f"the {transport!r} transport is not supported")
+    return _parse_store(text)
+
+
+def parse_layout_reference(text: str) -> LayoutRef:
+    """Parse a reference that must name an image in a local OCI layout (store or ``oci:``)."""
+    ref = parse_reference(text)
+    if not isinstance(ref, LayoutRef):
+        raise _bad(text, "only oci:PATH[:TAG] and NAME[:TAG] images can be used here")
+    return ref

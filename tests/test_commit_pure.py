@@ -1,0 +1,324 @@
+"""commit, images, inspect, history and the CLI, on the pure-Python stand-in core.
+
+These check the Python half (image metadata, layouts, errors, output shapes) on their own; the
+same paths run against the real core in test_integration.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import layerdiff
+import pytest
+from layerdiff.cli import main
+from layerdiff.errors import ImageNotFoundError, InvalidChangeError, InvalidReferenceError
+from layerdiff.image import canonical_json
+from layerdiff.layout import Layout
+
+from tests.treecmp import assert_same_tree
+
+pytestmark = pytest.mark.usefixtures("fake_core")
+commit_module = importlib.import_module("layerdiff.commit")
+
+
+def make_rootfs(root: Path) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text("ID=test\n")
+    (root / "bin").mkdir()
+    (root / "bin" / "app").write_bytes(b"#!/bin/sh\necho hi\n")
+    os.chmod(root / "bin" / "app", 0o755)
+    os.symlink("app", root / "bin" / "alias")
+    for path in root.rglob("*"):
+        os.utime(path, ns=(0, 1_600_000_000_000_000_000), follow_symlinks=False)
+    return root
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    return make_rootfs(tmp_path / "rootfs")
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI entry point in-process; return (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_commit_into_store(rootfs: Path, store_home: Path) -> None:
+    result = layerdiff.commit(rootfs, image="app:1", message="first", author="Jane")
+    assert result.image == "app:1"
+    assert result.layer.media_type == "application/vnd.oci.image.layer.v1.tar+gzip"
+    layout = Layout.open(store_home / "images")
+    assert layout.tags() == ["app:1"]
+    assert layout.resolve("app:1")["digest"] == result.manifest_digest
+    assert layout.has_blob(result.layer.digest)
+    [summary] = layerdiff.images()
+    assert (summary.name, summary.tag, summary.layers) == ("app", "1", 1)
+    assert summary.digest == result.manifest_digest
+    info = layerdiff.inspect("app:1")
+    assert info["digest"] == result.manifest_digest
+    assert info["config"]["rootfs"]["diff_ids"] == [result.layer.diff_id]
+    assert info["layers"] == [
+        {
+            "digest": result.layer.digest,
+            "diff_id": result.layer.diff_id,
+            "size": result.layer.size,
+            "media_type": result.layer.media_type,
+        }
+    ]
+    assert info["manifest"]["config"]["digest"] == result.config_digest
+    [step] = layerdiff.history("app:1")
+    assert (step.created_by, step.comment, step.author) == ("layerdiff commit", "first", "Jane")
+    assert step.size == result.layer.size and not step.empty_layer
+
+
+def test_commit_on_base_with_changes(rootfs: Path, tmp_path: Path) -> None:
+    base = layerdiff.commit(rootfs, image="base", changes=["ENV PATH=/bin", 'CMD ["/bin/app"]'])
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "hello").write_text("hi")
+    out = tmp_path / "out"
+    result = layerdiff.commit(
+        extra,
+        image=f"oci:{out}:v2",
+        base="base:latest",
+        message="second",
+        changes=["ENV MODE=prod", "WORKDIR /srv", "LABEL team=core"],
+    )
+    info = layerdiff.inspect(f"oci:{out}:v2")
+    assert [lay["digest"] for lay in info["layers"]] == [base.layer.digest, result.layer.digest]
+    cfg = info["config"]
+    assert cfg["config"] == {
+        "Env": ["PATH=/bin", "MODE=prod"],
+        "Cmd": ["/bin/app"],
+        "WorkingDir": "/srv",
+        "Labels": {"team": "core"},
+    }
+    assert len(cfg["history"]) == 2 and len(cfg["rootfs"]["diff_ids"]) == 2
+    # The base's layer blob was copied into the other layout; the tag is plain TAG there.
+    layout = Layout.open(out)
+    assert layout.has_blob(base.layer.digest)
+    assert layout.tags() == ["v2"]
+    steps = layerdiff.history(f"oci:{out}:v2")
+    assert [s.comment for s in steps] == ["second", ""]  # newest first
+
+
+def test_same_input_same_digests(rootfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    a = layerdiff.commit(rootfs, image="a")
+    b = layerdiff.commit(rootfs, image="b")
+    assert a.manifest_digest == b.manifest_digest
+    assert layerdiff.inspect("a")["created"] == "2023-11-14T22:13:20Z"
+
+
+def test_missing_base(rootfs: Path, store_home: Path) -> None:
+    with pytest.raises(ImageNotFoundError, match="image not found: nope:1"):
+        layerdiff.commit(rootfs, image="app", base="nope:1")
+    with pytest.raises(ImageNotFoundError, match="oci:/nonexistent"):
+        layerdiff.commit(rootfs, image="app", base="oci:/nonexistent:x")
+    assert not (store_home / "images").exists()  # nothing was created
+
+
+def test_bad_change_writes_nothing(rootfs: Path, store_home: Path) -> None:
+    with pytest.raises(InvalidChangeError, match="unknown instruction: NOPE"):
+        layerdiff.commit(rootfs, image="app", changes=["NOPE x"])
+    assert not (store_home / "images").exists()
+
+
+def test_bad_reference(rootfs: Path) -> None:
+    with pytest.raises(InvalidReferenceError, match="'Bad'"):
+        layerdiff.commit(rootfs, image="Bad")
+    with pytest.raises(InvalidReferenceError, match="only oci:PATH"):
+        layerdiff.commit(rootfs, image="docker://example.com/app")
+
+
+def test_failed_commit_leaves_index_alone(
+    rootfs: Path, store_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = layerdiff.commit(rootfs, image="app")
+    index = store_home / "images" / "index.json"
+    before = index.read_bytes()
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device", "blob")
+
+    for name in ("write_layer", "build_manifest"):
+        with monkeypatch.context() as m:
+            m.setattr(commit_module, name, fail)
+            with pytest.raises(OSError):
+                layerdiff.commit(rootfs, image="app", base="app")
+        assert index.read_bytes() == before
+    assert layerdiff.inspect("app")["digest"] == first.manifest_digest
+
+
+def test_docker_schema2_base(rootfs: Path, tmp_path: Path) -> None:
+    """A base written as a Docker v2 schema 2 manifest is accepted; the result is OCI."""
+    layout = Layout.create(tmp_path / "docker")
+    layer = layout.put_blob(b"not really a tar", media_type="x")
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["A=1"]},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]},
+        "history": [{"created_by": "docker"}],
+    }
+    cdesc = layout.put_blob(
+        canonical_json(config), media_type="application/vnd.docker.container.image.v1+json"
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": cdesc,
+        "layers": [{**layer, "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip"}],
+    }
+    mdesc = layout.put_blob(
+        canonical_json(manifest), media_type="application/vnd.docker.distribution.manifest.v2+json"
+    )
+    layout.set_tag("v1", mdesc)
+    layerdiff.commit(rootfs, image="on-docker", base=f"oci:{layout.path}:v1")
+    info = layerdiff.inspect("on-docker")
+    assert info["manifest"]["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert info["manifest"]["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+    assert info["layers"][0]["media_type"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert info["config"]["config"]["Env"] == ["A=1"]
+
+
+def test_images_of_empty_store() -> None:
+    assert layerdiff.images() == []
+
+
+# -- the CLI, in-process ------------------------------------------------------------------------
+
+
+def test_cli_commit_json(rootfs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "commit",
+        "--upper",
+        str(rootfs),
+        "app:1",
+        "--json",
+        "--progress",
+        "none",
+        "-m",
+        "msg",
+        "-a",
+        "me",
+        "-c",
+        "USER 1000",
+    )
+    assert code == 0, err
+    obj = json.loads(out)
+    assert {"digest", "diff_id", "size", "media_type", "manifest"} <= obj.keys()
+    assert obj["manifest"] == layerdiff.inspect("app:1")["digest"]
+    assert layerdiff.inspect("app:1")["config"]["config"]["User"] == "1000"
+
+
+def test_cli_commit_plain_progress(rootfs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "commit",
+        "--upper",
+        str(rootfs),
+        "app",
+        "--progress",
+        "plain",
+        "--compression",
+        "none",
+    )
+    assert code == 0
+    assert out.strip() == layerdiff.inspect("app")["digest"]
+    assert "layerdiff: writing layer" in err
+
+
+def test_cli_images_inspect_history(rootfs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "commit", "--upper", str(rootfs), "app:1", "-m", "hello", "--progress", "none")
+    code, out, _ = run(capsys, "images")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split()[:3] == ["REPOSITORY", "TAG", "DIGEST"]
+    assert row.split()[:2] == ["app", "1"]
+    code, out, _ = run(capsys, "images", "--json")
+    [entry] = json.loads(out)
+    assert entry["name"] == "app" and entry["tag"] == "1" and entry["layers"] == 1
+    code, out, _ = run(capsys, "inspect", "app:1")
+    assert json.loads(out)["digest"] == entry["digest"]
+    code, out, _ = run(capsys, "history", "app:1")
+    assert "layerdiff commit" in out and "hello" in out
+    code, out, _ = run(capsys, "history", "app:1", "--json")
+    [step] = json.loads(out)
+    assert step["created_by"] == "layerdiff commit" and step["comment"] == "hello"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inspect", "Bad"], "invalid image reference 'Bad'"),
+        (["inspect", "missing:1"], "image not found: missing:1"),
+        (["history", "oci:/nonexistent/x:v1"], "image not found: oci:/nonexistent/x:v1"),
+        (["commit", "--upper", "{rootfs}", "--from", "nope", "app"], "image not found: nope"),
+        (["commit", "--upper", "{rootfs}", "-c", "RUN x", "app"], "RUN is not a valid change"),
+        (["commit", "--upper", "{rootfs}", "docker://x.io/a"], "only oci:PATH"),
+    ],
+)
+def test_cli_errors_are_one_line(
+    rootfs: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, *[a.format(rootfs=rootfs) for a in args])
+    assert code == 1
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("layerdiff: error: ")
+    assert message in err
+
+
+def test_cli_usage_errors(rootfs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "commit", "app")
+    assert code == 2 and "--upper DIR is required" in err
+    code, _, err = run(capsys, "diff", str(rootfs))
+    assert code == 2 and "two directories" in err
+    code, _, err = run(capsys, "commit", "--upper", str(rootfs), "--compression", "lz4", "app")
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("layerdiff: error: ")
+    assert "'lz4' is not one of" in err and "layerdiff commit --help" in err
+
+
+# -- other tools read what we write ------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+def test_skopeo_reads_our_layout(rootfs: Path, tmp_path: Path) -> None:
+    result = layerdiff.commit(rootfs, image=f"oci:{tmp_path}/lay:v1")
+    proc = subprocess.run(
+        ["skopeo", "inspect", f"oci:{tmp_path}/lay:v1"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["Digest"] == result.manifest_digest
+    assert info["Layers"] == [result.layer.digest]
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed")
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_umoci_unpacks_our_image(rootfs: Path, tmp_path: Path, compression: str) -> None:
+    layerdiff.commit(rootfs, image=f"oci:{tmp_path}/lay:v1", compression=compression)
+    proc = subprocess.run(
+        ["umoci", "unpack", "--image", f"{tmp_path}/lay:v1", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # Python's tarfile (the stand-in) rounds mtimes, so compare them in the real-core tests.
+    assert_same_tree(rootfs, tmp_path / "b" / "rootfs", mtimes=False)

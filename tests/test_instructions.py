@@ -1,0 +1,130 @@
+"""``--change`` instructions: table-driven, one row per form docker commit accepts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from layerdiff.errors import FormatError, InvalidChangeError
+from layerdiff.instructions import apply_changes, parse_change
+
+BASE: dict[str, Any] = {
+    "Env": ["PATH=/usr/bin", "HOME=/root"],
+    "Cmd": ["/bin/sh"],
+    "WorkingDir": "/srv",
+    "Labels": {"a": "1"},
+}
+
+CASES: list[tuple[list[str], dict[str, Any]]] = [
+    # ENV: both forms; replacing keeps the variable's place.
+    (["ENV A=1"], {"Env": ["PATH=/usr/bin", "HOME=/root", "A=1"]}),
+    (['ENV A=1 B="two words"'], {"Env": ["PATH=/usr/bin", "HOME=/root", "A=1", "B=two words"]}),
+    (["ENV HOME=/home/u"], {"Env": ["PATH=/usr/bin", "HOME=/home/u"]}),
+    (
+        ["ENV GREETING hello  world"],
+        {"Env": ["PATH=/usr/bin", "HOME=/root", "GREETING=hello  world"]},
+    ),
+    (["env lower=case"], {"Env": ["PATH=/usr/bin", "HOME=/root", "lower=case"]}),
+    (["ENV E="], {"Env": ["PATH=/usr/bin", "HOME=/root", "E="]}),
+    # CMD / ENTRYPOINT: exec form and shell form.
+    (['CMD ["nginx", "-g", "daemon off;"]'], {"Cmd": ["nginx", "-g", "daemon off;"]}),
+    (["CMD echo hi there"], {"Cmd": ["/bin/sh", "-c", "echo hi there"]}),
+    (["CMD []"], {"Cmd": []}),
+    (["CMD [not json"], {"Cmd": ["/bin/sh", "-c", "[not json"]}),
+    # ENTRYPOINT clears an inherited CMD, but not one set by the same changes.
+    (['ENTRYPOINT ["/init"]'], {"Entrypoint": ["/init"], "Cmd": None}),
+    (['CMD ["x"]', 'ENTRYPOINT ["/init"]'], {"Entrypoint": ["/init"], "Cmd": ["x"]}),
+    (["ENTRYPOINT exec app"], {"Entrypoint": ["/bin/sh", "-c", "exec app"], "Cmd": None}),
+    # WORKDIR: absolute, relative to the current one, normalised.
+    (["WORKDIR /app"], {"WorkingDir": "/app"}),
+    (["WORKDIR sub"], {"WorkingDir": "/srv/sub"}),
+    (["WORKDIR ../x/./y/"], {"WorkingDir": "/x/y"}),
+    (["WORKDIR a", "WORKDIR b"], {"WorkingDir": "/srv/a/b"}),
+    (["WORKDIR //double"], {"WorkingDir": "/double"}),
+    # EXPOSE: default tcp, protocols, ranges.
+    (["EXPOSE 80 443/udp"], {"ExposedPorts": {"80/tcp": {}, "443/udp": {}}}),
+    (["EXPOSE 8000-8002/tcp"], {"ExposedPorts": {"8000/tcp": {}, "8001/tcp": {}, "8002/tcp": {}}}),
+    (["EXPOSE 53/UDP", "EXPOSE 53/sctp"], {"ExposedPorts": {"53/udp": {}, "53/sctp": {}}}),
+    # LABEL: merged into the existing labels.
+    (['LABEL k=v k2="v 2"'], {"Labels": {"a": "1", "k": "v", "k2": "v 2"}}),
+    (["LABEL a=2"], {"Labels": {"a": "2"}}),
+    (["LABEL maintainer Jane Doe"], {"Labels": {"a": "1", "maintainer": "Jane Doe"}}),
+    # USER, VOLUME, STOPSIGNAL.
+    (["USER app"], {"User": "app"}),
+    (["USER 1000:1000"], {"User": "1000:1000"}),
+    (['VOLUME ["/data", "/logs"]'], {"Volumes": {"/data": {}, "/logs": {}}}),
+    (["VOLUME /a /b"], {"Volumes": {"/a": {}, "/b": {}}}),
+    (["STOPSIGNAL SIGTERM"], {"StopSignal": "SIGTERM"}),
+    (["STOPSIGNAL 9"], {"StopSignal": "9"}),
+    (["STOPSIGNAL SIGRTMIN+3"], {"StopSignal": "SIGRTMIN+3"}),
+    (["  USER   spaced  "], {"User": "spaced"}),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), CASES)
+def test_apply(changes: list[str], expected: dict[str, Any]) -> None:
+    out = apply_changes(BASE, changes)
+    want = {**BASE, **expected}
+    want = {k: v for k, v in want.items() if v is not None}
+    assert out == want
+
+
+def test_apply_does_not_touch_input() -> None:
+    before = repr(BASE)
+    apply_changes(BASE, ["ENV X=1", "LABEL b=2", "EXPOSE 1"])
+    assert repr(BASE) == before
+
+
+def test_apply_on_empty_config() -> None:
+    out = apply_changes({}, ["ENV A=1", "WORKDIR rel", "EXPOSE 22"])
+    assert out == {"Env": ["A=1"], "WorkingDir": "/rel", "ExposedPorts": {"22/tcp": {}}}
+
+
+BAD = [
+    ("RUN make", "RUN is not a valid change command"),
+    ("FROM debian", "FROM is not a valid change command"),
+    ("FROBNICATE x", "unknown instruction: FROBNICATE"),
+    ("", "unknown instruction"),
+    ("ENV", "ENV requires at least one argument"),
+    ("ENV A", "needs a value"),
+    ("ENV A=1 B", "can't find = in 'B'"),
+    ("ENV =x", "names can not be blank"),
+    ("ENV A='unbalanced", "No closing quotation"),
+    ("LABEL", "LABEL requires at least one argument"),
+    ("CMD", "CMD requires at least one argument"),
+    ("EXPOSE", "EXPOSE requires at least one port"),
+    ("EXPOSE http", "is not a port"),
+    ("EXPOSE 80/icmp", "is not a port"),
+    ("EXPOSE 0", "ports are 1-65535"),
+    ("EXPOSE 70000", "ports are 1-65535"),
+    ("EXPOSE 90-80", "ranges go upwards"),
+    ("VOLUME", "VOLUME requires at least one"),
+    ('VOLUME ["/a", 1]', "JSON array of strings"),
+    ("VOLUME [broken", "not a JSON array"),
+    ("WORKDIR", "takes exactly one argument"),
+    ("USER a b", "takes exactly one argument"),
+    ("STOPSIGNAL", "takes exactly one argument"),
+    ("STOPSIGNAL sig-term", "is not a signal"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), BAD)
+def test_bad(line: str, message: str) -> None:
+    with pytest.raises(InvalidChangeError) as info:
+        parse_change(line)
+    text = str(info.value)
+    assert message in text
+    assert repr(line) in text
+    assert "\n" not in text
+
+
+def test_bad_change_is_format_and_value_error() -> None:
+    with pytest.raises(FormatError):
+        parse_change("RUN x")
+    with pytest.raises(ValueError):
+        parse_change("RUN x")
+
+
+def test_one_bad_change_applies_none() -> None:
+    with pytest.raises(InvalidChangeError):
+        apply_changes(BASE, ["ENV A=1", "NOPE"])

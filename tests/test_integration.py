@@ -1,0 +1,372 @@
+"""End to end on the real core: the API, the ``layerdiff`` command, skopeo and umoci."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import layerdiff
+import pytest
+from layerdiff.layout import Layout
+
+from tests.conftest import run_cli
+from tests.refapply import apply_layer
+from tests.treecmp import assert_same_tree
+
+pytestmark = pytest.mark.core
+
+T0 = 1_600_000_000_123_456_789  # mtimes with nanoseconds, to see that they survive
+
+
+def make_rootfs(root: Path) -> Path:
+    """A small rootfs with the usual kinds of entries."""
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text("ID=test\n")
+    (root / "etc" / "hostname").write_text("box\n")
+    (root / "bin").mkdir()
+    (root / "bin" / "app").write_bytes(b"#!/bin/sh\necho hi\n" + bytes(range(256)) * 40)
+    os.chmod(root / "bin" / "app", 0o4755)
+    os.symlink("app", root / "bin" / "alias")
+    os.link(root / "bin" / "app", root / "bin" / "app-hardlink")
+    (root / "tmp").mkdir()
+    os.chmod(root / "tmp", 0o1777)
+    (root / "var" / "lib" / "empty").mkdir(parents=True)
+    os.setxattr(root / "etc" / "os-release", "user.note", b"kept")
+    for path in root.rglob("*"):
+        os.utime(path, ns=(T0, T0), follow_symlinks=False)
+    return root
+
+
+def change_rootfs(root: Path) -> None:
+    """Typical container changes: add, modify, delete, replace a directory."""
+    (root / "etc" / "hostname").write_text("changed\n")
+    os.utime(root / "etc" / "hostname", ns=(T0 + 5, T0 + 5))
+    (root / "etc" / "new.conf").write_text("new\n")
+    os.unlink(root / "bin" / "alias")
+    shutil.rmtree(root / "var" / "lib")
+    (root / "var" / "lib").mkdir()
+    (root / "var" / "lib" / "state").write_text("s")
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    return make_rootfs(tmp_path / "rootfs")
+
+
+@pytest.fixture
+def changed(tmp_path: Path, rootfs: Path) -> Path:
+    upper = tmp_path / "changed"
+    subprocess.run(["cp", "-a", str(rootfs), str(upper)], check=True)
+    change_rootfs(upper)
+    return upper
+
+
+def umoci_unpack(image: str, bundle: Path) -> Path:
+    proc = subprocess.run(
+        ["umoci", "unpack", "--image", image, str(bundle)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return bundle / "rootfs"
+
+
+def umoci_reads_zstd() -> bool:
+    out = subprocess.run(["umoci", "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"(\d+)\.(\d+)", out)
+    return m is not None and (int(m[1]), int(m[2])) >= (0, 5)
+
+
+# -- API ---------------------------------------------------------------------------------------
+
+
+def test_diff(rootfs: Path, changed: Path) -> None:
+    changes = layerdiff.diff(rootfs, changed)
+    lines = [str(c) for c in changes]
+    assert {"D /bin/alias", "C /etc/hostname", "A /etc/new.conf", "A /var/lib/state"} <= set(lines)
+    assert "C /etc" in lines  # adding a file changed the directory's mtime
+    # A directory whose only change is in its children is not reported.
+    for d in ("bin", "etc", "var"):
+        os.utime(changed / d, ns=(T0, T0))
+    lines = [str(c) for c in layerdiff.diff(rootfs, changed)]
+    assert "C /etc" not in lines and "C /bin" not in lines and "C /var" not in lines
+    paths = [c.path_bytes for c in changes]
+    assert paths == sorted(paths)
+    assert all(isinstance(c, layerdiff.Change) and c.path.startswith("/") for c in changes)
+    assert layerdiff.diff(rootfs, rootfs) == []
+
+
+def test_diff_content(rootfs: Path, tmp_path: Path) -> None:
+    other = tmp_path / "touched"
+    subprocess.run(["cp", "-a", str(rootfs), str(other)], check=True)
+    os.utime(other / "etc" / "os-release", ns=(T0 + 9, T0 + 9))  # touched, same bytes
+    assert [str(c) for c in layerdiff.diff(rootfs, other)] == ["C /etc/os-release"]
+    assert layerdiff.diff(rootfs, other, content=True) == []
+
+
+def test_write_layer_into_plain_dir_and_layout(rootfs: Path, tmp_path: Path) -> None:
+    info = layerdiff.write_layer(rootfs, dest=tmp_path / "blobs", compression="none")
+    assert info.path == tmp_path / "blobs" / info.digest.removeprefix("sha256:")
+    assert info.digest == info.diff_id  # uncompressed: the blob is the tar
+    assert info.size == info.tar_size == info.path.stat().st_size
+    assert info.media_type == "application/vnd.oci.image.layer.v1.tar"
+    layout = Layout.create(tmp_path / "layout")
+    gz = layerdiff.write_layer(rootfs, dest=layout.path)
+    assert gz.path.parent == layout.blobs_dir
+    assert gz.diff_id == info.diff_id and gz.digest != info.digest
+    assert gz.media_type.endswith("+gzip")
+
+
+def test_write_layer_is_deterministic(rootfs: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "elsewhere" / "copy"
+    copy.parent.mkdir()
+    subprocess.run(["cp", "-a", str(rootfs), str(copy)], check=True)
+    for compression in ("none", "gzip", "zstd"):
+        digests = {
+            layerdiff.write_layer(
+                tree, dest=tmp_path / f"b{n}", compression=compression, threads=threads
+            ).digest
+            for n, (tree, threads) in enumerate([(rootfs, 1), (copy, 2), (rootfs, None)])
+        }
+        assert len(digests) == 1, compression
+
+
+def test_write_layer_round_trip(rootfs: Path, changed: Path, tmp_path: Path) -> None:
+    info = layerdiff.write_layer(changed, dest=tmp_path / "blobs", lower=rootfs)
+    applied = tmp_path / "applied"
+    subprocess.run(["cp", "-a", str(rootfs), str(applied)], check=True)
+    apply_layer(info.path, applied)
+    assert_same_tree(changed, applied)
+
+
+def test_source_date_epoch_clamps(rootfs: Path, tmp_path: Path) -> None:
+    info = layerdiff.write_layer(
+        rootfs, dest=tmp_path / "b", compression="none", source_date_epoch=1_000_000_000
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    apply_layer(info.path, out)
+    assert (out / "bin" / "app").stat().st_mtime <= 1_000_000_000
+
+
+def test_bad_options(rootfs: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="compression 'lz4'"):
+        layerdiff.write_layer(rootfs, dest=tmp_path, compression="lz4")
+    with pytest.raises(ValueError, match="exclude each other"):
+        layerdiff.write_layer(rootfs, dest=tmp_path, lower=rootfs, overlay=True)
+    with pytest.raises(OSError) as info:
+        layerdiff.write_layer(tmp_path / "missing", dest=tmp_path)
+    assert isinstance(info.value, layerdiff.LayerdiffError)
+
+
+def test_reserved_name(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / ".wh.sneaky").write_text("")
+    with pytest.raises(layerdiff.ReservedNameError, match=r"\.wh\.sneaky"):
+        layerdiff.write_layer(tmp_path / "t", dest=tmp_path / "b")
+
+
+def test_commit_on_base(rootfs: Path, changed: Path, tmp_path: Path) -> None:
+    base = layerdiff.commit(rootfs, image="base:1", changes=['CMD ["/bin/app"]'])
+    result = layerdiff.commit(
+        changed,
+        image="app:1",
+        lower=rootfs,
+        base="base:1",
+        message="change",
+        author="Jane",
+        changes=["ENV A=1"],
+    )
+    info = layerdiff.inspect("app:1")
+    assert [lay["digest"] for lay in info["layers"]] == [base.layer.digest, result.layer.digest]
+    assert info["config"]["rootfs"]["diff_ids"] == [base.layer.diff_id, result.layer.diff_id]
+    assert info["config"]["config"] == {"Cmd": ["/bin/app"], "Env": ["A=1"]}
+    steps = layerdiff.history("app:1")
+    assert [(s.comment, s.author) for s in steps] == [("change", "Jane"), ("", "")]
+
+
+# -- the command line, as a user runs it ---------------------------------------------------------
+
+
+def test_cli_end_to_end(rootfs: Path, changed: Path, tmp_path: Path) -> None:
+    proc = run_cli("commit", "--upper", str(rootfs), "base:1", "--json", "-m", "base")
+    assert proc.returncode == 0, proc.stderr
+    base = json.loads(proc.stdout)
+    assert {"digest", "diff_id", "size", "media_type", "manifest"} <= base.keys()
+    assert base["media_type"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+
+    proc = run_cli(
+        "commit",
+        "--lower",
+        str(rootfs),
+        "--upper",
+        str(changed),
+        "--from",
+        "base:1",
+        "app:2",
+        "-m",
+        "second",
+        "-a",
+        "Jane",
+        "-c",
+        "ENV MODE=prod",
+        "-c",
+        "EXPOSE 8080",
+        "--compression",
+        "zstd",
+        "--threads",
+        "2",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    app = json.loads(proc.stdout)
+    assert app["media_type"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+
+    proc = run_cli("diff", str(rootfs), str(changed))
+    assert proc.returncode == 0
+    assert "D /bin/alias" in proc.stdout.splitlines()
+    assert "A /etc/new.conf" in proc.stdout.splitlines()
+    proc = run_cli("diff", "--json", str(rootfs), str(changed))
+    assert {"kind": "D", "path": "/bin/alias"} in json.loads(proc.stdout)
+
+    proc = run_cli("images", "--json")
+    listed = {(i["name"], i["tag"]): i for i in json.loads(proc.stdout)}
+    assert listed[("app", "2")]["digest"] == app["manifest"]
+    assert listed[("app", "2")]["layers"] == 2
+    proc = run_cli("images")
+    assert proc.returncode == 0 and "app" in proc.stdout and "base" in proc.stdout
+
+    proc = run_cli("inspect", "app:2")
+    info = json.loads(proc.stdout)
+    assert info["digest"] == app["manifest"]
+    assert info["config"]["config"]["ExposedPorts"] == {"8080/tcp": {}}
+    assert [lay["digest"] for lay in info["layers"]] == [base["digest"], app["digest"]]
+
+    proc = run_cli("history", "app:2", "--json")
+    steps = json.loads(proc.stdout)
+    assert [s["comment"] for s in steps] == ["second", "base"]
+    assert steps[0]["size"] == app["size"]
+    proc = run_cli("history", "app:2")
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines()[0].split()[:3] == ["CREATED", "CREATED", "BY"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["commit", "--upper", "{rootfs}", "Not/Valid"], "invalid image reference 'Not/Valid'"),
+        (
+            ["commit", "--upper", "{rootfs}", "--from", "missing:1", "x"],
+            "image not found: missing:1",
+        ),
+        (["inspect", "nothing:here"], "image not found: nothing:here"),
+        (["diff", "{rootfs}", "{rootfs}/../nonexistent"], "does not exist"),
+    ],
+)
+def test_cli_errors(rootfs: Path, args: list[str], message: str) -> None:
+    proc = run_cli(*[a.format(rootfs=rootfs) for a in args])
+    assert proc.returncode in (1, 2)
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 or "Usage:" in proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_error_from_core_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / ".wh.x").write_text("")
+    proc = run_cli("commit", "--upper", str(tmp_path / "t"), "x", "--progress", "none")
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("layerdiff: error: ")
+    assert ".wh.x" in proc.stderr
+
+
+def test_failed_commit_keeps_store(rootfs: Path, tmp_path: Path, store_home: Path) -> None:
+    layerdiff.commit(rootfs, image="app")
+    index = store_home / "images" / "index.json"
+    before = index.read_bytes()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / ".wh.x").write_text("")
+    with pytest.raises(layerdiff.ReservedNameError):
+        layerdiff.commit(tmp_path / "bad", image="app", base="app")
+    assert index.read_bytes() == before
+
+
+# -- other tools read our images -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+def test_skopeo_inspect(rootfs: Path, tmp_path: Path) -> None:
+    result = layerdiff.commit(rootfs, image=f"oci:{tmp_path}/layout:v1")
+    proc = subprocess.run(
+        ["skopeo", "inspect", f"oci:{tmp_path}/layout:v1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["Digest"] == result.manifest_digest
+    assert info["Layers"] == [result.layer.digest]
+    assert info["Architecture"] == layerdiff.inspect(f"oci:{tmp_path}/layout:v1")["architecture"]
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed")
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_umoci_unpack(rootfs: Path, changed: Path, tmp_path: Path, compression: str) -> None:
+    if compression == "zstd" and not umoci_reads_zstd():
+        pytest.skip("this umoci (< 0.5) rejects zstd layers: 'blob is not correct mediatype'")
+    layout = tmp_path / "layout"
+    layerdiff.commit(rootfs, image=f"oci:{layout}:base", compression=compression)
+    assert_same_tree(rootfs, umoci_unpack(f"{layout}:base", tmp_path / "b1"))
+    layerdiff.commit(
+        changed,
+        image=f"oci:{layout}:app",
+        lower=rootfs,
+        base=f"oci:{layout}:base",
+        compression=compression,
+    )
+    assert_same_tree(changed, umoci_unpack(f"{layout}:app", tmp_path / "b2"))
+
+
+# -- real overlay mounts -------------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_overlay_upper_commit(rootfs: Path, tmp_path: Path) -> None:
+    upper, work, merged = tmp_path / "upper", tmp_path / "work", tmp_path / "merged"
+    for d in (upper, work, merged):
+        d.mkdir()
+    opts = f"lowerdir={rootfs},upperdir={upper},workdir={work}"
+    mount = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount overlayfs here: {mount.stderr.strip()}")
+    try:
+        change_rootfs(merged)
+        os.chmod(merged / "etc" / "os-release", 0o600)
+        expected = tmp_path / "expected"
+        subprocess.run(["cp", "-a", str(merged), str(expected)], check=True)
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    changes = {str(c) for c in layerdiff.diff_overlay(upper, lowers=[rootfs])}
+    assert {"D /bin/alias", "A /etc/new.conf", "C /etc/hostname"} <= changes
+    layerdiff.commit(rootfs, image="base")
+    target = f"oci:{tmp_path}/layout:ovl"  # base in the store: its blobs are copied over
+    layerdiff.commit(upper, image=target, overlay=True, lowers=[rootfs], base="base")
+    proc = run_cli("diff", "--overlay", str(upper), "--lower", str(rootfs))
+    assert proc.returncode == 0 and "D /bin/alias" in proc.stdout
+    if shutil.which("umoci"):
+        out = umoci_unpack(f"{tmp_path}/layout:ovl", tmp_path / "bundle")
+        assert_same_tree(expected, out)

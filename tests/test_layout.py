@@ -1,0 +1,188 @@
+"""OCI image layout: files, blobs, tags; atomic index writes; no lost updates in parallel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+from layerdiff.errors import DigestMismatchError, FormatError, ImageNotFoundError
+from layerdiff.layout import INDEX_MEDIA_TYPE, REF_NAME, Layout
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_create(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path / "new" / "layout")
+    assert json.loads((layout.path / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((layout.path / "index.json").read_text())
+    assert index == {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
+    assert layout.blobs_dir.is_dir()
+    assert layout.tags() == []
+
+
+def test_create_keeps_existing(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path)
+    desc = layout.put_blob(b"{}", media_type="application/json")
+    layout.set_tag("v1", desc)
+    again = Layout.create(tmp_path)
+    assert again.tags() == ["v1"]
+
+
+def test_open_missing(tmp_path: Path) -> None:
+    with pytest.raises(ImageNotFoundError, match="no OCI image layout"):
+        Layout.open(tmp_path)
+
+
+def test_put_and_read_blob(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path)
+    desc = layout.put_blob(b"hello", media_type="text/plain", annotations={"k": "v"})
+    assert desc == {
+        "mediaType": "text/plain",
+        "digest": _digest(b"hello"),
+        "size": 5,
+        "annotations": {"k": "v"},
+    }
+    path = layout.blob_path(desc["digest"])
+    assert path.parent == layout.blobs_dir
+    assert path.read_bytes() == b"hello"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert layout.read_blob(desc["digest"]) == b"hello"
+    # Putting it again is a no-op; no temporary files are left behind.
+    layout.put_blob(b"hello", media_type="text/plain")
+    assert os.listdir(layout.blobs_dir) == [path.name]
+
+
+def test_read_blob_checks_digest(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path)
+    desc = layout.put_blob(b"hello", media_type="text/plain")
+    layout.blob_path(desc["digest"]).write_bytes(b"HELLO")
+    with pytest.raises(DigestMismatchError, match="expected " + desc["digest"]):
+        layout.read_blob(desc["digest"])
+    with pytest.raises(ImageNotFoundError, match="missing"):
+        layout.read_blob(_digest(b"absent"))
+
+
+@pytest.mark.parametrize(
+    "digest",
+    ["sha256:../../etc/passwd", "sha512:" + "a" * 128, "sha256:" + "A" * 64, "sha256:abc", ""],
+)
+def test_blob_path_refuses_bad_digests(tmp_path: Path, digest: str) -> None:
+    with pytest.raises(FormatError):
+        Layout.create(tmp_path).blob_path(digest)
+
+
+def test_set_tag_replaces(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path)
+    a = layout.put_blob(b"a", media_type="m")
+    b = layout.put_blob(b"b", media_type="m")
+    layout.set_tag("v1", a)
+    layout.set_tag("v2", a)
+    layout.set_tag("v1", b)
+    assert sorted(layout.tags()) == ["v1", "v2"]
+    assert layout.resolve("v1")["digest"] == b["digest"]
+    assert layout.resolve("v2")["digest"] == a["digest"]
+    entry = layout.resolve("v1")
+    assert entry["annotations"] == {REF_NAME: "v1"}
+    assert entry["mediaType"] == "m" and entry["size"] == 1
+    index = json.loads((layout.path / "index.json").read_text())
+    assert index["schemaVersion"] == 2 and len(index["manifests"]) == 2
+
+
+def test_remove_tag(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path)
+    layout.set_tag("v1", layout.put_blob(b"a", media_type="m"))
+    assert layout.remove_tag("v1") is True
+    assert layout.remove_tag("v1") is False
+    assert layout.tags() == []
+
+
+def test_resolve_untagged(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path)
+    with pytest.raises(ImageNotFoundError, match="holds no image"):
+        layout.resolve(None)
+    a = layout.put_blob(b"a", media_type="m")
+    # One untagged image (as `skopeo copy ... oci:DIR` writes it) is "the" image.
+    layout.update_index(lambda ms: [*ms, a])
+    assert layout.resolve(None)["digest"] == a["digest"]
+    b = layout.put_blob(b"b", media_type="m")
+    layout.set_tag("v1", b)
+    with pytest.raises(ImageNotFoundError, match="holds 2 images"):
+        layout.resolve(None)
+    layout.set_tag("latest", b)
+    assert layout.resolve(None)["digest"] == b["digest"]
+    with pytest.raises(ImageNotFoundError, match="no image tagged 'nope'"):
+        layout.resolve("nope")
+
+
+def test_index_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = Layout.create(tmp_path)
+    layout.set_tag("v1", layout.put_blob(b"a", media_type="m"))
+    before = (tmp_path / "index.json").read_bytes()
+
+    def boom(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device", dst)
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="No space"):
+        layout.set_tag("v2", {"mediaType": "m", "digest": _digest(b"b"), "size": 1})
+    monkeypatch.undo()
+    assert (tmp_path / "index.json").read_bytes() == before
+    leftovers = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_corrupt_index(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path)
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(FormatError, match=r"index\.json: not JSON"):
+        layout.tags()
+    (tmp_path / "index.json").write_text('{"schemaVersion": 1}')
+    with pytest.raises(FormatError, match="schemaVersion 2"):
+        layout.tags()
+
+
+def _tagger(path: str, worker: int, count: int) -> None:
+    layout = Layout(path)
+    for i in range(count):
+        desc = layout.put_blob(f"{worker}-{i}".encode(), media_type="m")
+        layout.set_tag(f"w{worker}-{i}", desc)
+        layout.set_tag("shared", desc)
+
+
+def test_parallel_tagging_loses_nothing(tmp_path: Path) -> None:
+    layout = Layout.create(tmp_path)
+    workers, count = 6, 15
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_tagger, args=(str(tmp_path), w, count)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    tags = layout.tags()
+    expected = {f"w{w}-{i}" for w in range(workers) for i in range(count)} | {"shared"}
+    assert sorted(tags) == sorted(expected)  # every tag present, none twice
+    assert len(tags) == len(set(tags))
+
+
+def test_import_blob(tmp_path: Path) -> None:
+    src = Layout.create(tmp_path / "src")
+    dst = Layout.create(tmp_path / "dst")
+    desc = src.put_blob(b"layer", media_type="m")
+    dst.import_blob(src, desc["digest"])
+    assert dst.read_blob(desc["digest"]) == b"layer"
+    dst.import_blob(src, desc["digest"])  # already there: fine
+
+
+def test_create_refuses_a_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FormatError, match="not an OCI image layout"):
+        Layout.create(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+    Layout.create(tmp_path / "empty-is-fine")

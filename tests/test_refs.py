@@ -1,0 +1,168 @@
+"""Image reference parsing: table-driven over every form and the malformed ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from layerdiff.errors import InvalidReferenceError
+from layerdiff.refs import (
+    ArchiveRef,
+    LayoutRef,
+    RegistryRef,
+    parse_layout_reference,
+    parse_reference,
+    store_home,
+    store_layout_path,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "layout", "tag"),
+    [
+        ("oci:out", "out", None),
+        ("oci:out:v1", "out", "v1"),
+        ("oci:/srv/images:latest", "/srv/images", "latest"),
+        ("oci:./a/b", "./a/b", None),
+        # A ':' followed by something that is not a tag belongs to the path.
+        ("oci:/srv/a:b/c", "/srv/a:b/c", None),
+        # The last ':' splits when a tag follows, so a path may hold ':' when tagged.
+        ("oci:/srv/a:b:v2", "/srv/a:b", "v2"),
+        ("oci:x:Tag_1.2-rc", "x", "Tag_1.2-rc"),
+    ],
+)
+def test_oci(text: str, layout: str, tag: str | None) -> None:
+    ref = parse_reference(text)
+    assert ref == LayoutRef(text=text, layout=Path(layout), tag=tag, in_store=False)
+
+
+def test_oci_write_tag_defaults_to_latest() -> None:
+    assert parse_layout_reference("oci:out").write_tag == "latest"
+    assert parse_layout_reference("oci:out:v1").write_tag == "v1"
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        ("busybox", "busybox:latest"),
+        ("busybox:1.36", "busybox:1.36"),
+        ("library/busybox", "library/busybox:latest"),
+        ("my-app/web_server.v2:rc1", "my-app/web_server.v2:rc1"),
+        ("localhost:5000/app", "localhost:5000/app:latest"),
+        ("localhost:5000/app:v1", "localhost:5000/app:v1"),
+        ("registry.example.com/team/app:v1", "registry.example.com/team/app:v1"),
+        ("a__b", "a__b:latest"),
+        ("a---b", "a---b:latest"),
+    ],
+)
+def test_store(text: str, tag: str) -> None:
+    ref = parse_reference(text)
+    assert isinstance(ref, LayoutRef)
+    assert ref.in_store
+    assert ref.tag == tag
+    assert ref.layout == store_layout_path()
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "repository", "tag", "digest"),
+    [
+        ("docker://busybox", "docker.io", "library/busybox", "latest", None),
+        ("docker://user/app:v1", "docker.io", "user/app", "v1", None),
+        ("docker://localhost:5000/app", "localhost:5000", "app", "latest", None),
+        ("docker://quay.io/org/app:v1", "quay.io", "org/app", "v1", None),
+        ("docker://Host/app", "Host", "app", "latest", None),
+        ("docker://r.example:443/a/b:c", "r.example:443", "a/b", "c", None),
+        ("docker://quay.io/a@sha256:" + "a" * 64, "quay.io", "a", None, "sha256:" + "a" * 64),
+        ("docker://quay.io/a:t@sha256:" + "b" * 64, "quay.io", "a", "t", "sha256:" + "b" * 64),
+    ],
+)
+def test_docker(text: str, host: str, repository: str, tag: str | None, digest: str | None) -> None:
+    assert parse_reference(text) == RegistryRef(
+        text=text, host=host, repository=repository, tag=tag, digest=digest
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "file", "name", "tag"),
+    [
+        ("docker-archive:img.tar", "img.tar", None, None),
+        ("docker-archive:/tmp/img.tar:app:v1", "/tmp/img.tar", "app", "v1"),
+        ("docker-archive:img.tar:app", "img.tar", "app", "latest"),
+        ("docker-archive:img.tar:localhost:5000/app:v1", "img.tar", "localhost:5000/app", "v1"),
+    ],
+)
+def test_docker_archive(text: str, file: str, name: str | None, tag: str | None) -> None:
+    assert parse_reference(text) == ArchiveRef(text=text, file=Path(file), name=name, tag=tag)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " busybox",
+        "busybox ",
+        "Busybox",  # upper case is not allowed in repository names
+        "bad name",
+        "app:",  # empty tag
+        "app:-x",  # a tag cannot start with '-'
+        "app:" + "x" * 129,  # tags are at most 128 characters
+        "a" * 256,
+        "-app",
+        "app/",
+        "/app",
+        "a//b",
+        "app@sha256:zz",
+        "app@sha256:" + "a" * 64,  # store images are named by tag
+        "oci:",
+        "oci::v1",
+        "docker://",
+        "docker://app/UPPER",
+        "docker://app:bad tag",
+        "docker-archive:",
+        "docker-archive::app:v1",
+        "docker-archive:x.tar:Bad",
+        "oci-archive:/tmp/x.tar",
+        "containers-storage:foo/bar",
+        "line\nbreak",
+    ],
+)
+def test_malformed(text: str) -> None:
+    with pytest.raises(InvalidReferenceError) as info:
+        parse_reference(text)
+    message = str(info.value)
+    assert "\n" not in message
+    assert repr(text) in message
+
+
+def test_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        parse_reference("Bad")
+
+
+def test_layout_reference_refuses_remote() -> None:
+    with pytest.raises(InvalidReferenceError, match="only oci:PATH"):
+        parse_layout_reference("docker://busybox")
+    with pytest.raises(InvalidReferenceError, match="only oci:PATH"):
+        parse_layout_reference("docker-archive:x.tar")
+
+
+def test_transport_wins_over_store_name() -> None:
+    assert isinstance(parse_reference("oci:latest"), LayoutRef)
+    assert parse_layout_reference("oci:latest").in_store is False
+    # Without a transport that exists, NAME:TAG is a store image even if NAME is a transport.
+    ref = parse_layout_reference("dir:v1")
+    assert ref.in_store and ref.tag == "dir:v1"
+
+
+def test_store_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LAYERDIFF_HOME", str(tmp_path / "h"))
+    assert store_home() == tmp_path / "h"
+    assert store_layout_path() == tmp_path / "h" / "images"
+    monkeypatch.delenv("LAYERDIFF_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert store_home() == tmp_path / "xdg" / "layerdiff"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert store_home() == tmp_path / "home" / ".local" / "share" / "layerdiff"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert store_home() == tmp_path / "home" / ".local" / "share" / "layerdiff"
