@@ -5,43 +5,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests import fakecore
-
 IS_ROOT = os.geteuid() == 0
 
 
-def core_available() -> bool:
-    """Whether the Rust extension is built (the integration tests need it)."""
-    try:
-        from layerdiff import _core  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip, with the reason shown, what this machine cannot run.
+    """Root-only tests are skipped, with the reason shown, when not running as root.
 
-    ``LAYERDIFF_REQUIRE_CORE=1`` (set in CI) turns a missing extension into a failure instead.
+    CI runs as root, so there they always run.
     """
-    require_core = os.environ.get("LAYERDIFF_REQUIRE_CORE") == "1"
-    have_core = core_available()
     for item in items:
         if "root" in item.keywords and not IS_ROOT:
             item.add_marker(pytest.mark.skip(reason="needs root (chown, device nodes, mounts)"))
-        if "core" in item.keywords and not have_core and not require_core:
-            item.add_marker(
-                pytest.mark.skip(reason="layerdiff._core is not built (pip install -e .)")
-            )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "core: needs the Rust extension layerdiff._core")
 
 
 @pytest.fixture(autouse=True)
@@ -57,16 +35,6 @@ def _isolated_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 def store_home(_isolated_store: Path) -> Path:
     """The test's ``$LAYERDIFF_HOME``."""
     return _isolated_store
-
-
-@pytest.fixture
-def fake_core(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Replace the extension by the pure-Python stand-in (whole-tree layers only)."""
-    import layerdiff
-
-    monkeypatch.setitem(sys.modules, "layerdiff._core", fakecore)
-    monkeypatch.setattr(layerdiff, "_core", fakecore, raising=False)
-    yield
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

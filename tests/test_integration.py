@@ -17,7 +17,6 @@ from tests.conftest import run_cli
 from tests.refapply import apply_layer
 from tests.treecmp import assert_same_tree
 
-pytestmark = pytest.mark.core
 
 T0 = 1_600_000_000_123_456_789  # mtimes with nanoseconds, to see that they survive
 

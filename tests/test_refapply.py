@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import fakecore
+from tests import peers
 from tests.refapply import apply_layer
 from tests.treecmp import assert_same_tree, differences
 
@@ -47,7 +47,7 @@ def test_whole_tree_round_trip(tmp_path: Path) -> None:
     dst.mkdir()
     make_tree(src)
     layer = tmp_path / "layer.tar"
-    layer.write_bytes(fakecore.tar_tree(src))
+    layer.write_bytes(peers.tar_tree(src))
     apply_layer(layer, dst)
     assert_same_tree(src, dst)
 

@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 from tests.refapply import apply_layer
 from tests.treecmp import assert_same_tree
 
-pytestmark = pytest.mark.core
 
 IS_ROOT = os.geteuid() == 0
 NAMES = ("a", "b", "c")

@@ -23,7 +23,6 @@ from layerdiff.layout import Layout
 
 from tests.treecmp import assert_same_tree
 
-pytestmark = pytest.mark.usefixtures("fake_core")
 commit_module = importlib.import_module("layerdiff.commit")
 
 

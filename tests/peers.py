@@ -1,0 +1,44 @@
+"""Layers written by other tools, for interop tests: Python's tarfile and GNU tar."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+
+def tar_tree(root: str | os.PathLike[str]) -> bytes:
+    """A PAX tar of the tree at ``root`` written by Python's tarfile: sorted, numeric owners."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in dirnames + filenames:
+                paths.append(os.path.join(dirpath, name))
+        for path in sorted(paths, key=lambda p: os.fsencode(os.path.relpath(p, root))):
+            info = tar.gettarinfo(path, arcname=os.path.relpath(path, root))
+            info.uname = info.gname = ""
+            if info.isreg():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def gnu_tar(root: Path, out: Path, *, compress: str | None = None) -> Path:
+    """A tar of ``root`` written by GNU tar (``--xattrs``, numeric owners), optionally
+    compressed by pigz (multi-member gzip) or zstd."""
+    cmd = ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf", "-", "."]
+    tar = subprocess.run(cmd, check=True, capture_output=True).stdout
+    if compress == "pigz":
+        # Small blocks so even a small layer becomes several gzip members.
+        tar = subprocess.run(["pigz", "-c", "-b", "32", "-i"], input=tar, check=True,
+                             capture_output=True).stdout
+    elif compress == "zstd":
+        tar = subprocess.run(["zstd", "-q", "-c"], input=tar, check=True, capture_output=True).stdout
+    out.write_bytes(tar)
+    return out
