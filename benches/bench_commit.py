@@ -28,8 +28,11 @@ def umoci_bundle(rootfs: Path) -> tuple[Path, Path]:
     shutil.rmtree(bundle, ignore_errors=True)
     subprocess.run(["umoci", "init", "--layout", str(oci)], check=True)
     subprocess.run(["umoci", "new", "--image", f"{oci}:base"], check=True)
-    subprocess.run(["umoci", "unpack", "--image", f"{oci}:base", str(bundle)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{oci}:base", str(bundle)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     subprocess.run(["cp", "-a", f"{rootfs}/.", str(bundle / "rootfs")], check=True)
     return oci, bundle
 
@@ -50,16 +53,35 @@ def main() -> None:
 
     def ours(compression: str) -> float:
         target = layout(f"ours-{compression}")
-        cmd = ["layerdiff", "commit", "--compression", compression, "--upper", str(rootfs),
-               f"oci:{target}:bench"]
-        return timed(cmd, runs=runs, setup=lambda: shutil.rmtree(target, ignore_errors=True)).seconds
+        cmd = [
+            "layerdiff",
+            "commit",
+            "--compression",
+            compression,
+            "--upper",
+            str(rootfs),
+            f"oci:{target}:bench",
+        ]
+        return timed(
+            cmd, runs=runs, setup=lambda: shutil.rmtree(target, ignore_errors=True)
+        ).seconds
 
     def blob_size(compression: str) -> int:
         target = WORK / f"ours-{compression}"
         out_json = subprocess.run(
-            ["layerdiff", "commit", "--json", "--compression", compression, "--upper",
-             str(rootfs), f"oci:{target}:size"],
-            check=True, capture_output=True, text=True,
+            [
+                "layerdiff",
+                "commit",
+                "--json",
+                "--compression",
+                compression,
+                "--upper",
+                str(rootfs),
+                f"oci:{target}:size",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         import json
 
@@ -75,21 +97,34 @@ def main() -> None:
     t_pigz = timed(f"{tar} | pigz -p2 -6 > {out}/pigz.tar.gz", runs=runs).seconds
     ours_gz = blob_size("gzip")
     pigz_gz = (out / "pigz.tar.gz").stat().st_size
-    rows.append(("commit --compression gzip vs tar|pigz -p2 -6", t_gzip, t_pigz,
-                 f"target >= 2x; size {ours_gz / pigz_gz:.3f} of pigz (target <= 1.03)"))
+    rows.append(
+        (
+            "commit --compression gzip vs tar|pigz -p2 -6",
+            t_gzip,
+            t_pigz,
+            f"target >= 2x; size {ours_gz / pigz_gz:.3f} of pigz (target <= 1.03)",
+        )
+    )
 
     t_zstd = ours("zstd")
     t_zstd_peer = timed(f"{tar} | zstd -q -T0 -3 > {out}/peer.tar.zst", runs=runs).seconds
     ours_zst = blob_size("zstd")
     peer_zst = (out / "peer.tar.zst").stat().st_size
-    rows.append(("commit --compression zstd vs tar|zstd -T0 -3", t_zstd, t_zstd_peer,
-                 f"target >= 1.2x; size {ours_zst / peer_zst:.3f} of zstd"))
+    rows.append(
+        (
+            "commit --compression zstd vs tar|zstd -T0 -3",
+            t_zstd,
+            t_zstd_peer,
+            f"target >= 1.2x; size {ours_zst / peer_zst:.3f} of zstd",
+        )
+    )
 
     if shutil.which("umoci"):
         oci, bundle = umoci_bundle(rootfs)
         warm(bundle / "rootfs")
-        t_umoci = timed(["umoci", "repack", "--image", f"{oci}:bench", str(bundle)],
-                        runs=runs).seconds
+        t_umoci = timed(
+            ["umoci", "repack", "--image", f"{oci}:bench", str(bundle)], runs=runs
+        ).seconds
         rows.append(("commit (gzip) vs umoci repack (gzip)", t_gzip, t_umoci, "target >= 2.5x"))
     report(rows)
 

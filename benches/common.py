@@ -59,7 +59,9 @@ class Timing:
     max_rss_mb: float
 
 
-def timed(cmd: str | list[str], *, runs: int = 3, setup: Callable[[], None] | None = None) -> Timing:
+def timed(
+    cmd: str | list[str], *, runs: int = 3, setup: Callable[[], None] | None = None
+) -> Timing:
     """Run `cmd` (a shell string or argv) `runs` times; median seconds and peak child RSS."""
     times = []
     for _ in range(runs):

@@ -32,13 +32,26 @@ def tar_tree(root: str | os.PathLike[str]) -> bytes:
 def gnu_tar(root: Path, out: Path, *, compress: str | None = None) -> Path:
     """A tar of ``root`` written by GNU tar (``--xattrs``, numeric owners), optionally
     compressed by pigz (multi-member gzip) or zstd."""
-    cmd = ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf", "-", "."]
+    cmd = [
+        "tar",
+        "-C",
+        str(root),
+        "--numeric-owner",
+        "--xattrs",
+        "--xattrs-include=*",
+        "-cf",
+        "-",
+        ".",
+    ]
     tar = subprocess.run(cmd, check=True, capture_output=True).stdout
     if compress == "pigz":
         # Small blocks so even a small layer becomes several gzip members.
-        tar = subprocess.run(["pigz", "-c", "-b", "32", "-i"], input=tar, check=True,
-                             capture_output=True).stdout
+        tar = subprocess.run(
+            ["pigz", "-c", "-b", "32", "-i"], input=tar, check=True, capture_output=True
+        ).stdout
     elif compress == "zstd":
-        tar = subprocess.run(["zstd", "-q", "-c"], input=tar, check=True, capture_output=True).stdout
+        tar = subprocess.run(
+            ["zstd", "-q", "-c"], input=tar, check=True, capture_output=True
+        ).stdout
     out.write_bytes(tar)
     return out

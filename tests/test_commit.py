@@ -14,13 +14,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import layerdiff
 import pytest
+
+import layerdiff
 from layerdiff.cli import main
 from layerdiff.errors import ImageNotFoundError, InvalidChangeError, InvalidReferenceError
 from layerdiff.image import canonical_json
 from layerdiff.layout import Layout
-
 from tests.treecmp import assert_same_tree
 
 commit_module = importlib.import_module("layerdiff.commit")

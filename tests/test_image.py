@@ -8,6 +8,7 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from layerdiff.errors import FormatError
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from layerdiff.errors import FormatError, InvalidChangeError
 from layerdiff.instructions import apply_changes, parse_change
 

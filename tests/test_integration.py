@@ -9,14 +9,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import layerdiff
 import pytest
-from layerdiff.layout import Layout
 
+import layerdiff
+from layerdiff.layout import Layout
 from tests.conftest import run_cli
 from tests.refapply import apply_layer
 from tests.treecmp import assert_same_tree
-
 
 T0 = 1_600_000_000_123_456_789  # mtimes with nanoseconds, to see that they survive
 

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from layerdiff.errors import DigestMismatchError, FormatError, ImageNotFoundError
 from layerdiff.layout import INDEX_MEDIA_TYPE, REF_NAME, Layout
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from layerdiff.errors import InvalidReferenceError
 from layerdiff.refs import (
     ArchiveRef,

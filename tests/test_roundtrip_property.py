@@ -21,14 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import layerdiff
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import layerdiff
 from tests.refapply import apply_layer
 from tests.treecmp import assert_same_tree
-
 
 IS_ROOT = os.geteuid() == 0
 NAMES = ("a", "b", "c")

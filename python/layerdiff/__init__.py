@@ -6,6 +6,9 @@ The public API::
     diff_overlay(upper, *, lowers=(), content=False) -> list[Change]
     write_layer(upper, *, dest, lower=None, overlay=False, ...) -> LayerInfo
     commit(upper, *, image, lower=None, overlay=False, base=None, ...) -> CommitResult
+    apply(root, layers, *, chown=None, overlay=False, max_size=...) -> ApplyResult
+    unpack(image, root, *, chown=None, max_size=...) -> UnpackResult
+    squash(image, new_image, *, layers=None, ...) -> SquashResult
     images() / inspect(image) / history(image)
 
 Images are named ``oci:PATH[:TAG]`` or ``NAME[:TAG]`` (the default store, see
@@ -14,6 +17,7 @@ Images are named ``oci:PATH[:TAG]`` or ``NAME[:TAG]`` (the default store, see
 
 from __future__ import annotations
 
+from layerdiff.apply import DEFAULT_MAX_SIZE, ApplyResult, UnpackResult, apply, unpack
 from layerdiff.catalog import HistoryEntry, ImageSummary, history, images, inspect
 from layerdiff.commit import CommitResult, commit
 from layerdiff.errors import (
@@ -30,10 +34,13 @@ from layerdiff.errors import (
     ReservedNameError,
 )
 from layerdiff.layer import Change, LayerInfo, diff, diff_overlay, write_layer
+from layerdiff.squash import SquashResult, squash
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_SIZE",
+    "ApplyResult",
     "Change",
     "CommitResult",
     "DigestMismatchError",
@@ -50,12 +57,17 @@ __all__ = [
     "LimitError",
     "OverlayError",
     "ReservedNameError",
+    "SquashResult",
+    "UnpackResult",
     "__version__",
+    "apply",
     "commit",
     "diff",
     "diff_overlay",
     "history",
     "images",
     "inspect",
+    "squash",
+    "unpack",
     "write_layer",
 ]

@@ -5,11 +5,20 @@ from os import PathLike
 
 _Path = str | bytes | PathLike[str] | PathLike[bytes]
 
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "apply_layer",
+    "diff",
+    "diff_overlay",
+    "squash_layers",
+    "write_layer",
+]
+
 def diff(lower: _Path, upper: _Path, *, content: bool = False) -> list[tuple[str, bytes]]:
     """Changes turning tree `lower` into tree `upper`: (letter A|C|D, relative path bytes)."""
 
 def diff_overlay(
-    upper: _Path, *, lowers: Sequence[_Path] = (), content: bool = False
+    upper: _Path, *, lowers: Sequence[_Path] = ..., content: bool = False
 ) -> list[tuple[str, bytes]]:
     """Changes recorded by an overlayfs upper directory (lowers top first)."""
 
@@ -19,7 +28,7 @@ def write_layer(
     *,
     lower: _Path | None = None,
     overlay: bool = False,
-    lowers: Sequence[_Path] = (),
+    lowers: Sequence[_Path] = ...,
     content: bool = False,
     compression: str = "gzip",
     level: int | None = None,

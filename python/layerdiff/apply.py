@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from layerdiff import _core, refs
@@ -18,7 +18,14 @@ from layerdiff.catalog import load_image
 from layerdiff.errors import LayerdiffOSError
 from layerdiff.layer import StrPath
 
-__all__ = ["DEFAULT_MAX_SIZE", "ApplyResult", "UnpackResult", "apply", "incomplete_marker", "unpack"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "ApplyResult",
+    "UnpackResult",
+    "apply",
+    "incomplete_marker",
+    "unpack",
+]
 
 #: Default limit on the uncompressed size of one layer (a decompression-bomb guard).
 DEFAULT_MAX_SIZE: int = _core.DEFAULT_MAX_SIZE
@@ -35,7 +42,7 @@ class ApplyResult:
     #: Uncompressed bytes read.
     bytes: int
     #: Things skipped (device nodes without privilege, unsupported xattrs), one line each.
-    warnings: list[str] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +85,7 @@ def apply(
         entries += n
         total += size
         warnings.extend(warn)
-    return ApplyResult(layers=len(layers), entries=entries, bytes=total, warnings=warnings)
+    return ApplyResult(layers=len(layers), entries=entries, bytes=total, warnings=tuple(warnings))
 
 
 def incomplete_marker(root: StrPath) -> Path:
@@ -128,6 +135,6 @@ def unpack(
         layers=len(img.layers),
         entries=entries,
         bytes=total,
-        warnings=warnings,
+        warnings=tuple(warnings),
         manifest_digest=img.digest,
     )

@@ -9,8 +9,8 @@ only changes) are kept, in their order, before it.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from layerdiff import _core, refs
@@ -78,12 +78,12 @@ def squash_config(
     in_range = history[split:]
     kept_empty = [h for h in in_range if h.get("empty_layer", False)]
     squashed_steps = [str(h.get("created_by", "")) for h in in_range if not h.get("empty_layer")]
-    entry: dict[str, Any] = {
+    squashed: dict[str, Any] = {
         "created": created,
         "created_by": CREATED_BY,
         "comment": comment or f"squashed {count} layers: " + " && ".join(squashed_steps),
     }
-    out["history"] = [*history[:split], *kept_empty, entry]
+    out["history"] = [*history[:split], *kept_empty, squashed]
     out["created"] = created
     check_history(out)
     return out
@@ -133,7 +133,7 @@ def squash(
         tar_size=tar_size,
         media_type=media_type,
         path=Path(path),
-        warnings=warnings,
+        warnings=tuple(warnings),
     )
     config = squash_config(
         src.config, count=count, diff_id=diff_id, created=rfc3339(epoch), comment=message
