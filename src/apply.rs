@@ -16,9 +16,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 
 use crate::cancel::Cancel;
-use crate::entry::{base_name, join, os_path, parent};
+use crate::entry::{Timestamp, base_name, join, os_path, parent};
 use crate::error::{Error, IoContext, Result};
 use crate::root::{self, Root};
+use crate::tar::reader::{EntryKind, Header, TarReader};
 use crate::whiteout::{LayerName, WHITEOUT_PREFIX, classify_layer_name, is_overlay_xattr};
 
 /// Default limit on the uncompressed bytes of one layer: generous, but a decompression bomb
@@ -121,7 +122,7 @@ pub fn apply_layer<R: Read>(
         read: 0,
         limit: opts.max_size,
     };
-    let mut archive = tar::Archive::new(stream);
+    let mut reader = TarReader::new(stream);
     let mut state = Applier {
         root,
         opts,
@@ -131,25 +132,14 @@ pub fn apply_layer<R: Read>(
         dirs: Vec::new(),
         stats: ApplyStats::default(),
     };
-    let mut last = String::from("<archive>");
-    let entries = archive.entries().map_err(|e| archive_err(&last, e))?;
-    for item in entries {
+    while let Some(header) = reader.next_header()? {
         cancel.check()?;
-        let mut entry = item.map_err(|e| archive_err(&last, e))?;
-        last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         state.stats.entries += 1;
-        state.entry(&mut entry, &last)?;
+        state.entry(&header, &mut reader)?;
     }
     state.finish()?;
-    state.stats.bytes = archive.into_inner().read;
+    state.stats.bytes = reader.into_inner().read;
     Ok(state.stats)
-}
-
-fn archive_err(entry: &str, e: io::Error) -> Error {
-    Error::Archive {
-        entry: entry.to_string(),
-        reason: e.to_string(),
-    }
 }
 
 fn bad(entry: &str, reason: impl Into<String>) -> Error {
@@ -192,89 +182,10 @@ struct Applier<'a> {
     stats: ApplyStats,
 }
 
-/// Header fields with their PAX overrides.
-pub(crate) struct Meta {
-    pub(crate) mode: u32,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    pub(crate) mtime: Timespec,
-    pub(crate) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-pub(crate) fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta> {
-    let h = entry.header();
-    let field =
-        |r: io::Result<u64>, what: &str| r.map_err(|e| bad(name, format!("bad {what}: {e}")));
-    let mut meta = Meta {
-        mode: (field(h.mode().map(u64::from), "mode")? & 0o7777) as u32,
-        uid: field(h.uid(), "uid")? as u32,
-        gid: field(h.gid(), "gid")? as u32,
-        mtime: Timespec {
-            tv_sec: field(h.mtime(), "mtime")? as i64,
-            tv_nsec: 0,
-        },
-        xattrs: Vec::new(),
-    };
-    if let Some(pax) = entry
-        .pax_extensions()
-        .map_err(|e| bad(name, e.to_string()))?
-    {
-        for ext in pax {
-            let ext = ext.map_err(|e| bad(name, format!("bad PAX record: {e}")))?;
-            let key = ext.key_bytes();
-            let value = ext.value_bytes();
-            let num = |v: &[u8]| -> Result<u64> {
-                std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| bad(name, "bad numeric PAX record"))
-            };
-            match key {
-                b"uid" => meta.uid = num(value)? as u32,
-                b"gid" => meta.gid = num(value)? as u32,
-                b"mtime" => {
-                    meta.mtime = parse_pax_time(value).ok_or_else(|| bad(name, "bad PAX mtime"))?
-                }
-                _ => {
-                    if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
-                        meta.xattrs.push((x.to_vec(), value.to_vec()));
-                    }
-                }
-            }
-        }
-    }
-    Ok(meta)
-}
-
-/// `SEC[.FRACTION]`, possibly negative.
-fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
-    let sec: i64 = sec.parse().ok()?;
-    let mut nsec: i64 = 0;
-    for (i, c) in frac.chars().take(9).enumerate() {
-        nsec += i64::from(c.to_digit(10)?) * 10i64.pow(8 - i as u32);
-    }
-    Some(if neg && nsec > 0 {
-        Timespec {
-            tv_sec: -sec - 1,
-            tv_nsec: 1_000_000_000 - nsec,
-        }
-    } else {
-        Timespec {
-            tv_sec: if neg { -sec } else { sec },
-            tv_nsec: nsec,
-        }
-    })
-}
-
 impl Applier<'_> {
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, name: &str) -> Result<()> {
-        let path = clean_path(&entry.path_bytes(), name)?;
+    fn entry<R: Read>(&mut self, h: &Header, content: &mut TarReader<R>) -> Result<()> {
+        let name = &h.display();
+        let path = clean_path(&h.path, name)?;
         let base = base_name(&path);
         if base.starts_with(WHITEOUT_PREFIX) {
             return self.whiteout(&path, name);
@@ -283,17 +194,15 @@ impl Applier<'_> {
             // The root entry (`./`): the target directory is the caller's; leave it as it is.
             return Ok(());
         }
-        let kind = entry.header().entry_type();
-        let meta = meta_of(entry, name)?;
+        let meta = h;
         let io = |e: io::Error| Error::Archive {
             entry: name.to_string(),
             reason: e.to_string(),
         };
         let dir = self.root.create_dir_all(parent(&path)).map_err(io)?;
         let leaf = base.to_vec();
-        use tar::EntryType as T;
-        match kind {
-            T::Directory => {
+        match h.kind {
+            EntryKind::Dir => {
                 if root::type_at(&dir, &leaf).map_err(io)? != Some(FileType::Directory) {
                     root::remove_all(&dir, &leaf).map_err(io)?;
                     rustix::fs::mkdirat(&dir, os_path(&leaf), Mode::from_raw_mode(0o700))
@@ -306,14 +215,15 @@ impl Applier<'_> {
                     Mode::empty(),
                 )
                 .map_err(|e| io(e.into()))?;
-                self.owner_and_xattrs_fd(&fd, &meta, name)?;
+                self.owner_and_xattrs_fd(&fd, meta, name)?;
+                drop_stale_xattrs(&fd, meta, name)?;
                 self.dirs.push(DirMeta {
                     path: path.clone(),
                     mode: meta.mode,
-                    mtime: meta.mtime,
+                    mtime: timespec(meta.mtime),
                 });
             }
-            T::Regular | T::Continuous => {
+            EntryKind::File => {
                 root::remove_all(&dir, &leaf).map_err(io)?;
                 let fd = rustix::fs::openat(
                     &dir,
@@ -327,27 +237,23 @@ impl Applier<'_> {
                 )
                 .map_err(|e| io(e.into()))?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file)
+                io::copy(content, &mut file)
                     .map_err(|e| bad(name, format!("reading content: {e}")))?;
-                self.owner_and_xattrs_fd(&file, &meta, name)?;
+                self.owner_and_xattrs_fd(&file, meta, name)?;
                 rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
                     .map_err(|e| io(e.into()))?;
-                rustix::fs::futimens(&file, &times(meta.mtime)).map_err(|e| io(e.into()))?;
-            }
-            T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad(name, "symlink without a target"))?;
-                root::remove_all(&dir, &leaf).map_err(io)?;
-                rustix::fs::symlinkat(os_path(&target), &dir, os_path(&leaf))
+                rustix::fs::futimens(&file, &times(timespec(meta.mtime)))
                     .map_err(|e| io(e.into()))?;
-                self.leaf_meta(&dir, &leaf, &meta, name, false)?;
             }
-            T::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad(name, "hardlink without a target"))?;
-                let target = clean_path(&target, name)?;
+            EntryKind::Symlink => {
+                let target = &h.link;
+                root::remove_all(&dir, &leaf).map_err(io)?;
+                rustix::fs::symlinkat(os_path(target), &dir, os_path(&leaf))
+                    .map_err(|e| io(e.into()))?;
+                self.leaf_meta(&dir, &leaf, meta, name, false)?;
+            }
+            EntryKind::Hardlink => {
+                let target = clean_path(&h.link, name)?;
                 if target.is_empty() {
                     return Err(bad(name, "hardlink to the root directory"));
                 }
@@ -378,20 +284,17 @@ impl Applier<'_> {
                     .map_err(|e| io(e.into()))?;
                 }
             }
-            T::Fifo | T::Char | T::Block => {
-                let (ft, dev) = match kind {
-                    T::Fifo => (FileType::Fifo, 0),
-                    other => {
-                        let h = entry.header();
-                        let major = h.device_major().ok().flatten().unwrap_or(0);
-                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                        let ft = if other == T::Char {
-                            FileType::CharacterDevice
-                        } else {
-                            FileType::BlockDevice
-                        };
-                        (ft, rustix::fs::makedev(major, minor))
-                    }
+            EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => {
+                let (ft, dev) = match h.kind {
+                    EntryKind::Fifo => (FileType::Fifo, 0),
+                    EntryKind::CharDevice => (
+                        FileType::CharacterDevice,
+                        rustix::fs::makedev(h.dev_major, h.dev_minor),
+                    ),
+                    _ => (
+                        FileType::BlockDevice,
+                        rustix::fs::makedev(h.dev_major, h.dev_minor),
+                    ),
                 };
                 root::remove_all(&dir, &leaf).map_err(io)?;
                 match rustix::fs::mknodat(
@@ -401,7 +304,7 @@ impl Applier<'_> {
                     Mode::from_raw_mode(meta.mode),
                     dev,
                 ) {
-                    Ok(()) => self.leaf_meta(&dir, &leaf, &meta, name, true)?,
+                    Ok(()) => self.leaf_meta(&dir, &leaf, meta, name, true)?,
                     Err(rustix::io::Errno::PERM) if ft != FileType::Fifo => {
                         self.stats
                             .warnings
@@ -411,8 +314,6 @@ impl Applier<'_> {
                     Err(e) => return Err(io(e.into())),
                 }
             }
-            T::XGlobalHeader => return Ok(()),
-            other => return Err(bad(name, format!("unsupported entry type {other:?}"))),
         }
         self.mark_created(&path);
         Ok(())
@@ -443,7 +344,7 @@ impl Applier<'_> {
         Ok(())
     }
 
-    fn owner_and_xattrs_fd(&mut self, fd: impl AsFd, meta: &Meta, name: &str) -> Result<()> {
+    fn owner_and_xattrs_fd(&mut self, fd: impl AsFd, meta: &Header, name: &str) -> Result<()> {
         let fd = fd.as_fd();
         if self.opts.chown {
             rustix::fs::fchown(
@@ -490,7 +391,7 @@ impl Applier<'_> {
         &mut self,
         dir: &OwnedFd,
         leaf: &[u8],
-        meta: &Meta,
+        meta: &Header,
         name: &str,
         chmod: bool,
     ) -> Result<()> {
@@ -534,7 +435,7 @@ impl Applier<'_> {
         rustix::fs::utimensat(
             dir,
             os_path(leaf),
-            &times(meta.mtime),
+            &times(timespec(meta.mtime)),
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(io)?;
@@ -661,6 +562,36 @@ impl Applier<'_> {
         rustix::fs::fsetxattr(&fd, key, b"y", XattrFlags::empty())
             .map_err(|e| bad(&what, format!("setting {key}: {}", io::Error::from(e))))
     }
+}
+
+fn timespec(t: Timestamp) -> Timespec {
+    Timespec {
+        tv_sec: t.sec,
+        tv_nsec: i64::from(t.nsec),
+    }
+}
+
+/// A directory kept from a lower layer takes the layer's xattrs: the ones the layer does not
+/// list go (overlayfs' own excepted: they are not the layer's to touch).
+fn drop_stale_xattrs(fd: &OwnedFd, meta: &Header, name: &str) -> Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    let n = match rustix::fs::flistxattr(fd, &mut buf) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(bad(name, format!("listing xattrs: {}", io::Error::from(e)))),
+    };
+    for key in buf[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
+        if is_overlay_xattr(key) || meta.xattrs.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        match rustix::fs::fremovexattr(fd, os_path(key)) {
+            Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+            Err(e) => {
+                return Err(bad(name, format!("removing xattr: {}", io::Error::from(e))));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn times(mtime: Timespec) -> Timestamps {

@@ -20,6 +20,7 @@ use crate::compress::resolve_threads;
 use crate::entry::{Timestamp, base_name, cmp_paths, join, parent};
 use crate::error::{Error, IoContext, Result};
 use crate::layer::{LayerInfo, LayerOptions, Pipeline, write_blob_file};
+use crate::tar::reader::{EntryKind, TarReader};
 use crate::tar::writer::{Meta, TarWriter};
 use crate::whiteout::{LayerName, classify_layer_name};
 
@@ -352,20 +353,12 @@ impl Folder {
 /// Read the operations of one layer (`layer` is its index in the range, used for content
 /// references) without extracting anything: headers are parsed, contents skipped.
 pub fn read_ops<R: Read>(blob: R, layer: usize) -> Result<Vec<Op>> {
-    let mut archive = tar::Archive::new(decompress(blob)?);
+    let mut reader = TarReader::new(decompress(blob)?);
     let mut ops = Vec::new();
-    let mut last = String::from("<archive>");
-    let bad = |entry: &str, reason: String| Error::Archive {
-        entry: entry.to_string(),
-        reason,
-    };
-    let entries = archive.entries().map_err(|e| bad(&last, e.to_string()))?;
-    for item in entries {
-        let mut entry = item.map_err(|e| bad(&last, e.to_string()))?;
-        last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let path = clean_path(&entry.path_bytes(), &last)?;
-        let name = base_name(&path);
-        match classify_layer_name(name) {
+    while let Some(h) = reader.next_header()? {
+        let name = h.display();
+        let path = clean_path(&h.path, &name)?;
+        match classify_layer_name(base_name(&path)) {
             LayerName::Plain => {}
             LayerName::Opaque => {
                 ops.push(Op::Opaque(parent(&path).to_vec()));
@@ -376,57 +369,41 @@ pub fn read_ops<R: Read>(blob: R, layer: usize) -> Result<Vec<Op>> {
                 continue;
             }
             LayerName::AufsMeta => continue,
-            LayerName::Malformed => return Err(bad(&last, "malformed whiteout name".into())),
+            LayerName::Malformed => {
+                return Err(Error::Archive {
+                    entry: name,
+                    reason: "malformed whiteout name".into(),
+                });
+            }
         }
         if path.is_empty() {
             continue;
         }
-        let meta = crate::apply::meta_of(&mut entry, &last)?;
-        let h = entry.header();
-        use tar::EntryType as T;
-        let kind = match h.entry_type() {
-            T::Directory => Kind::Dir,
-            T::Regular | T::Continuous => Kind::File {
+        let kind = match h.kind {
+            EntryKind::Dir => Kind::Dir,
+            EntryKind::File => Kind::File {
                 layer,
-                offset: entry.raw_file_position(),
-                size: entry.size(),
+                offset: h.data_offset,
+                size: h.size,
             },
-            T::Symlink => Kind::Symlink(
-                entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad(&last, "symlink without a target".into()))?
-                    .into_owned(),
-            ),
-            T::Fifo => Kind::Fifo,
-            T::Char | T::Block => {
-                let major = h.device_major().ok().flatten().unwrap_or(0);
-                let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                if h.entry_type() == T::Char {
-                    Kind::Char(major, minor)
-                } else {
-                    Kind::Block(major, minor)
-                }
-            }
-            T::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad(&last, "hardlink without a target".into()))?;
-                ops.push(Op::Link(path, clean_path(&target, &last)?));
+            EntryKind::Symlink => Kind::Symlink(h.link.clone()),
+            EntryKind::Fifo => Kind::Fifo,
+            EntryKind::CharDevice => Kind::Char(h.dev_major, h.dev_minor),
+            EntryKind::BlockDevice => Kind::Block(h.dev_major, h.dev_minor),
+            EntryKind::Hardlink => {
+                ops.push(Op::Link(path, clean_path(&h.link, &name)?));
                 continue;
             }
-            T::XGlobalHeader => continue,
-            other => return Err(bad(&last, format!("unsupported entry type {other:?}"))),
         };
-        let mtime = (meta.mtime.tv_sec, meta.mtime.tv_nsec as u32);
         ops.push(Op::Put(
             path,
             Record {
                 kind,
-                mode: meta.mode,
-                uid: meta.uid,
-                gid: meta.gid,
-                mtime,
-                xattrs: meta.xattrs,
+                mode: h.mode,
+                uid: h.uid,
+                gid: h.gid,
+                mtime: (h.mtime.sec, h.mtime.nsec),
+                xattrs: h.xattrs,
             },
         ));
     }

@@ -1,0 +1,187 @@
+//! Reader tests: our writer's archives, GNU tar's and Python's, and broken ones.
+
+use std::process::Command;
+
+use super::*;
+use crate::tar::writer::{Meta, TarWriter};
+
+fn meta<'a>(path: &'a [u8], xattrs: &'a [(Vec<u8>, Vec<u8>)]) -> Meta<'a> {
+    Meta {
+        path,
+        mode: 0o4755,
+        uid: 3_000_000,
+        gid: 7,
+        mtime: Timestamp {
+            sec: 1_700_000_000,
+            nsec: 123_456_789,
+        },
+        xattrs,
+    }
+}
+
+fn all(bytes: &[u8]) -> Result<Vec<(Header, Vec<u8>)>> {
+    let mut r = TarReader::new(bytes);
+    let mut out = Vec::new();
+    while let Some(h) = r.next_header()? {
+        let mut data = Vec::new();
+        r.read_to_end(&mut data)
+            .map_err(|e| bad("test", e.to_string()))?;
+        out.push((h, data));
+    }
+    Ok(out)
+}
+
+#[test]
+fn reads_what_our_writer_writes() {
+    let long = [b"d/".repeat(80), b"\xff\xfename".to_vec()].concat();
+    let xattrs = vec![
+        (b"user.newline".to_vec(), b"a\nb=c\n".to_vec()),
+        (b"security.capability".to_vec(), vec![1, 0, 0, 2, 0xff]),
+    ];
+    let mut w = TarWriter::new(Vec::new());
+    w.append_dir(&meta(b"d", &[])).unwrap();
+    w.append_file_bytes(&meta(&long, &xattrs), b"hello")
+        .unwrap();
+    w.append_symlink(&meta(b"s", &[]), &b"t/".repeat(70))
+        .unwrap();
+    w.append_hardlink(&meta(b"h", &[]), &long).unwrap();
+    w.append_char_device(&meta(b"c", &[]), 4, 64).unwrap();
+    w.append_whiteout(b"d", b"gone").unwrap();
+    let bytes = w.finish().unwrap();
+    let got = all(&bytes).unwrap();
+    assert_eq!(got.len(), 6);
+    assert_eq!(got[0].0.kind, EntryKind::Dir);
+    let (file, data) = &got[1];
+    assert_eq!(file.path, long);
+    assert_eq!(data, b"hello");
+    assert_eq!((file.mode, file.uid, file.gid), (0o4755, 3_000_000, 7));
+    assert_eq!(
+        file.mtime,
+        Timestamp {
+            sec: 1_700_000_000,
+            nsec: 123_456_789
+        }
+    );
+    let mut want = xattrs.clone();
+    want.sort();
+    let mut have = file.xattrs.clone();
+    have.sort();
+    assert_eq!(have, want);
+    assert_eq!(got[2].0.link, b"t/".repeat(70));
+    assert_eq!(
+        (got[3].0.kind, &got[3].0.link),
+        (EntryKind::Hardlink, &long)
+    );
+    assert_eq!((got[4].0.dev_major, got[4].0.dev_minor), (4, 64));
+    assert_eq!(got[5].0.path, b"d/.wh.gone");
+}
+
+#[test]
+fn reads_gnu_long_names_and_python_pax() {
+    let t = tempfile::tempdir().unwrap();
+    let name = "n".repeat(150);
+    std::fs::create_dir(t.path().join("src")).unwrap();
+    std::fs::write(t.path().join("src").join(&name), b"gnu").unwrap();
+    std::os::unix::fs::symlink("x".repeat(120), t.path().join("src/l")).unwrap();
+    for format in ["gnu", "pax", "ustar"] {
+        let out = Command::new("tar")
+            .args([
+                "-C",
+                t.path().join("src").to_str().unwrap(),
+                "--format",
+                format,
+                "-cf",
+                "-",
+                ".",
+            ])
+            .output()
+            .unwrap();
+        if format == "ustar" {
+            // ustar cannot hold a 120-byte link target: GNU tar refuses, and so do we.
+            continue;
+        }
+        assert!(out.status.success(), "{format}");
+        let got = all(&out.stdout).unwrap();
+        let file = got
+            .iter()
+            .find(|(h, _)| h.path.ends_with(name.as_bytes()))
+            .unwrap();
+        assert_eq!(file.1, b"gnu", "{format}");
+        let link = got
+            .iter()
+            .find(|(h, _)| h.kind == EntryKind::Symlink)
+            .unwrap();
+        assert_eq!(link.0.link, "x".repeat(120).as_bytes(), "{format}");
+    }
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import io,sys,tarfile\nb=io.BytesIO()\nt=tarfile.open(fileobj=b,mode='w',format=tarfile.PAX_FORMAT)\n\
+             i=tarfile.TarInfo('p/'+'q'*200)\ni.size=3\ni.pax_headers={'SCHILY.xattr.user.k':'v\\nw'}\n\
+             t.addfile(i,io.BytesIO(b'abc'))\nt.close()\nsys.stdout.buffer.write(b.getvalue())",
+        ])
+        .output()
+        .unwrap();
+    assert!(py.status.success());
+    let got = all(&py.stdout).unwrap();
+    assert_eq!(got[0].0.path, [b"p/".to_vec(), b"q".repeat(200)].concat());
+    assert_eq!(got[0].1, b"abc");
+    assert_eq!(
+        got[0].0.xattrs,
+        vec![(b"user.k".to_vec(), b"v\nw".to_vec())]
+    );
+}
+
+#[test]
+fn broken_archives_are_errors() {
+    let mut w = TarWriter::new(Vec::new());
+    w.append_file_bytes(&meta(b"f", &[]), &[1u8; 3000]).unwrap();
+    let good = w.finish().unwrap();
+    let mut bad_sum = good.clone();
+    bad_sum[10] ^= 1;
+    let mut pax = Vec::new();
+    {
+        // A PAX header whose record length lies.
+        let mut h = [0u8; BLOCK];
+        h[..5].copy_from_slice(b"x/pax");
+        let rec = b"99 path=evil\n";
+        h[100..107].copy_from_slice(b"0000644");
+        h[124..135].copy_from_slice(format!("{:011o}", rec.len()).as_bytes());
+        h[156] = b'x';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        pax.extend_from_slice(&h);
+        let mut data = rec.to_vec();
+        data.resize(BLOCK, 0);
+        pax.extend_from_slice(&data);
+        pax.extend_from_slice(&good);
+    }
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated content", good[..1500].to_vec(), "truncated"),
+        ("truncated header", good[..100].to_vec(), "truncated"),
+        ("checksum", bad_sum, "checksum"),
+        ("pax length", pax, "PAX"),
+        ("garbage", vec![0x41; 2048], "checksum"),
+    ];
+    for (what, bytes, needle) in cases {
+        let err = all(&bytes).unwrap_err().to_string();
+        assert!(err.contains(needle), "{what}: {err}");
+    }
+}
+
+#[test]
+fn offsets_point_at_the_content() {
+    let mut w = TarWriter::new(Vec::new());
+    w.append_file_bytes(&meta(b"a", &[]), b"first").unwrap();
+    w.append_file_bytes(&meta(b"b", &[]), b"second").unwrap();
+    let bytes = w.finish().unwrap();
+    let mut r = TarReader::new(&bytes[..]);
+    let mut offsets = Vec::new();
+    while let Some(h) = r.next_header().unwrap() {
+        offsets.push((h.data_offset as usize, h.size as usize));
+    }
+    assert_eq!(&bytes[offsets[0].0..offsets[0].0 + offsets[0].1], b"first");
+    assert_eq!(&bytes[offsets[1].0..offsets[1].0 + offsets[1].1], b"second");
+}
