@@ -17,7 +17,14 @@ Images are named ``oci:PATH[:TAG]`` or ``NAME[:TAG]`` (the default store, see
 
 from __future__ import annotations
 
-from layerdiff.apply import DEFAULT_MAX_SIZE, ApplyResult, UnpackResult, apply, unpack
+from layerdiff.apply import (
+    DEFAULT_MAX_SIZE,
+    ApplyResult,
+    UnpackResult,
+    apply,
+    incomplete_marker,
+    unpack,
+)
 from layerdiff.catalog import HistoryEntry, ImageSummary, history, images, inspect
 from layerdiff.commit import CommitResult, commit
 from layerdiff.errors import (
@@ -66,6 +73,7 @@ __all__ = [
     "diff_overlay",
     "history",
     "images",
+    "incomplete_marker",
     "inspect",
     "squash",
     "unpack",

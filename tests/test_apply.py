@@ -1,0 +1,254 @@
+"""apply, unpack and squash through the real command line and API, against peer tools.
+
+Interop: layers written by GNU tar (plain, pigz multi-member gzip, zstd) and Python's tarfile
+apply correctly; our unpack gives the same tree as ``umoci unpack`` of the same image. Safety:
+a flipped byte in a blob is refused and the target stays marked incomplete; hostile archives
+leave the files beside the target untouched to the nanosecond.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import layerdiff
+from layerdiff.layout import Layout
+from tests import peers
+from tests.conftest import run_cli
+from tests.test_integration import change_rootfs, make_rootfs, umoci_unpack
+from tests.treecmp import assert_same_tree, snapshot
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> tuple[str, Path]:
+    """A two-layer image in an OCI layout, and the tree its top layer leaves."""
+    lower = make_rootfs(tmp_path / "lower")
+    upper = tmp_path / "upper"
+    subprocess.run(["cp", "-a", str(lower), str(upper)], check=True)
+    change_rootfs(upper)
+    layout = tmp_path / "layout"
+    layerdiff.commit(lower, image=f"oci:{layout}:base")
+    layerdiff.commit(upper, image=f"oci:{layout}:top", lower=lower, base=f"oci:{layout}:base")
+    return f"oci:{layout}:top", upper
+
+
+def test_unpack_gives_the_image_tree(image: tuple[str, Path], tmp_path: Path) -> None:
+    ref, upper = image
+    proc = run_cli("unpack", ref, str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["layers"] == 2 and result["entries"] > 5
+    assert_same_tree(upper, tmp_path / "out")
+    assert not layerdiff.incomplete_marker(tmp_path / "out").exists()
+
+
+@pytest.mark.root
+def test_unpack_matches_umoci_unpack(image: tuple[str, Path], tmp_path: Path) -> None:
+    ref, _ = image
+    layerdiff.unpack(ref, tmp_path / "ours")
+    theirs = umoci_unpack(ref.removeprefix("oci:"), tmp_path / "bundle")
+    assert_same_tree(theirs, tmp_path / "ours")
+
+
+def test_unpack_refuses_a_corrupt_blob(image: tuple[str, Path], tmp_path: Path) -> None:
+    ref, _ = image
+    layout = Layout.open(ref.split(":")[1])
+    top = layerdiff.inspect(ref)["manifest"]["layers"][-1]["digest"]
+    blob = layout.blob_path(top)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    target = tmp_path / "out"
+    proc = run_cli("unpack", ref, str(target))
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "error:" in proc.stderr
+    assert layerdiff.incomplete_marker(target).exists()
+
+
+def test_unpack_refuses_a_non_empty_target(image: tuple[str, Path], tmp_path: Path) -> None:
+    ref, _ = image
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep").write_text("mine")
+    proc = run_cli("unpack", ref, str(tmp_path / "full"))
+    assert proc.returncode == 1 and "not an empty directory" in proc.stderr
+    assert (tmp_path / "full" / "keep").read_text() == "mine"
+
+
+@pytest.mark.parametrize("compress", [None, "pigz", "multigzip", "zstd"])
+def test_layers_by_gnu_tar_apply(tmp_path: Path, compress: str | None) -> None:
+    src = make_rootfs(tmp_path / "src")
+    layer = peers.gnu_tar(src, tmp_path / "layer", compress=compress)
+    if compress == "multigzip":
+        assert layer.read_bytes().count(b"\x1f\x8b\x08") > 1, "expected several gzip members"
+    proc = run_cli("apply", "--to", str(tmp_path / "out"), str(layer))
+    assert proc.returncode == 0, proc.stderr
+    assert_same_tree(src, tmp_path / "out", mtimes=False)
+
+
+def test_layers_by_python_tarfile_apply(tmp_path: Path) -> None:
+    src = make_rootfs(tmp_path / "src")
+    os.removexattr(src / "etc" / "os-release", "user.note")  # tarfile writes no xattrs
+    (tmp_path / "layer.tar").write_bytes(peers.tar_tree(src))
+    layerdiff.apply(tmp_path / "out", [tmp_path / "layer.tar"])
+    # tarfile keeps whole seconds only.
+    assert_same_tree(src, tmp_path / "out", mtimes=False)
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.mode = 0o777
+    return info
+
+
+HOSTILE = {
+    "dot-dot": [(_entry("../outside/victim"), b"pwned")],
+    "absolute": [(_entry("/outside/victim"), b"pwned")],
+    "symlink then write": [
+        (_entry("l", tarfile.SYMTYPE, "../outside"), b""),
+        (_entry("l/victim"), b"pwned"),
+    ],
+    "absolute symlink chain": [
+        (_entry("a", tarfile.SYMTYPE, "/b"), b""),
+        (_entry("b", tarfile.SYMTYPE, "/../../outside"), b""),
+        (_entry("a/victim"), b"pwned"),
+    ],
+    "hardlink out": [(_entry("h", tarfile.LNKTYPE, "../outside/victim"), b"")],
+    "chmod through link": [
+        (_entry("v", tarfile.SYMTYPE, "../outside/victim"), b""),
+        (_entry("v", tarfile.DIRTYPE), b""),
+    ],
+    "long name": [(_entry("x/" * 2100 + "f"), b"deep")],
+    "whiteout through link": [
+        (_entry("l", tarfile.SYMTYPE, "../outside"), b""),
+        (_entry("l/.wh.victim"), b""),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_layers_touch_nothing_outside(tmp_path: Path, case: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep")
+    os.utime(outside / "victim", ns=(1_500_000_000_111_111_111, 1_500_000_000_111_111_111))
+    before = snapshot(outside)
+    before_stat = os.stat(outside / "victim")
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(_tar(HOSTILE[case]))
+    proc = run_cli("apply", "--to", str(tmp_path / "root"), str(layer))
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 1
+    assert snapshot(outside) == before
+    after_stat = os.stat(outside / "victim")
+    assert (after_stat.st_mtime_ns, after_stat.st_mode, after_stat.st_uid) == (
+        before_stat.st_mtime_ns,
+        before_stat.st_mode,
+        before_stat.st_uid,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.tar", "outside", "root"]
+
+
+@pytest.mark.parametrize(
+    "blob", [b"", b"garbage" * 100, b"\x1f\x8b\x08\x00broken", b"(\xb5/\xfdxx"]
+)
+def test_bad_streams_are_one_line_errors(tmp_path: Path, blob: bytes) -> None:
+    layer = tmp_path / "layer"
+    layer.write_bytes(blob)
+    proc = run_cli("apply", "--to", str(tmp_path / "out"), str(layer))
+    if blob == b"":
+        assert proc.returncode == 0  # an empty stream is an empty layer
+        return
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("layerdiff: error:") and proc.stderr.count("\n") == 1
+
+
+def test_max_size_stops_a_bomb(tmp_path: Path) -> None:
+    data = _tar([(_entry("zeros"), bytes(4 << 20))])
+    layer = tmp_path / "bomb.tar.zst"
+    layer.write_bytes(subprocess.run(["zstd", "-19", "-c"], input=data, capture_output=True).stdout)
+    assert layer.stat().st_size < 10_000
+    proc = run_cli("apply", "--max-size", "1000000", "--to", str(tmp_path / "out"), str(layer))
+    assert proc.returncode == 1 and "limit" in proc.stderr
+
+
+@pytest.mark.root
+def test_apply_overlay_form_serves_as_lower_dir(tmp_path: Path) -> None:
+    """Layers applied in overlay form, mounted as overlay lowers, show the image's tree."""
+    lower = make_rootfs(tmp_path / "lower")
+    upper = tmp_path / "upper"
+    subprocess.run(["cp", "-a", str(lower), str(upper)], check=True)
+    change_rootfs(upper)
+    blobs = tmp_path / "blobs"
+    l1 = layerdiff.write_layer(lower, dest=blobs)
+    l2 = layerdiff.write_layer(upper, dest=blobs, lower=lower)
+    layerdiff.apply(tmp_path / "d1", [l1.path], overlay=True)
+    layerdiff.apply(tmp_path / "d2", [l2.path], overlay=True)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    opts = f"lowerdir={tmp_path / 'd2'}:{tmp_path / 'd1'}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], check=True)
+    try:
+        assert_same_tree(upper, merged)
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+
+
+def test_squash_cli(image: tuple[str, Path], tmp_path: Path) -> None:
+    ref, upper = image
+    new = ref.rsplit(":", 1)[0] + ":squashed"
+    proc = run_cli("squash", ref, new, "--json", "-m", "one layer")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["squashed"] == 2
+    info = layerdiff.inspect(new)
+    assert len(info["manifest"]["layers"]) == 1
+    config = info["config"]
+    assert config["rootfs"]["diff_ids"] == [out["diff_id"]]
+    assert [h.get("comment") for h in config["history"]] == ["one layer"]
+    layerdiff.unpack(new, tmp_path / "out")
+    assert_same_tree(upper, tmp_path / "out")
+    # --layers out of range is a one-line error.
+    proc = run_cli("squash", ref, new, "--layers", "3")
+    assert proc.returncode == 1 and "between 1 and 2" in proc.stderr
+
+
+def test_squash_keeps_empty_layer_history(tmp_path: Path) -> None:
+    from layerdiff.squash import squash_config
+
+    config = {
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:a", "sha256:b", "sha256:c"]},
+        "history": [
+            {"created_by": "base"},
+            {"created_by": "ENV X=1", "empty_layer": True},
+            {"created_by": "step b"},
+            {"created_by": "CMD x", "empty_layer": True},
+            {"created_by": "step c"},
+        ],
+    }
+    out = squash_config(config, count=2, diff_id="sha256:n", created="T", comment=None)
+    assert out["rootfs"]["diff_ids"] == ["sha256:a", "sha256:n"]
+    assert [h["created_by"] for h in out["history"]] == [
+        "base",
+        "ENV X=1",
+        "CMD x",
+        "layerdiff squash",
+    ]
+    assert "step b && step c" in out["history"][-1]["comment"]
