@@ -12,7 +12,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from common import WORK, debian_rootfs, peak_rss_mb, report, timed, warm
+from common import WORK, debian_rootfs, layerdiff_cmd, peak_rss_mb, report, timed, timed_call, warm
+
+import layerdiff
+
+LD = layerdiff_cmd()
+
+
+def api(rootfs: Path, compression: str, runs: int) -> float:
+    """The same commit through the Python API, in this process (no interpreter start-up)."""
+    target = WORK / f"api-{compression}"
+    return timed_call(
+        lambda: layerdiff.commit(rootfs, image=f"oci:{target}:bench", compression=compression),
+        runs=runs,
+        setup=lambda: shutil.rmtree(target, ignore_errors=True),
+    )
 
 
 def layout(name: str) -> Path:
@@ -92,6 +106,7 @@ def main() -> None:
     t_none = ours("none")
     t_sha = timed(f"{tar} | openssl dgst -sha256", runs=runs).seconds
     rows.append(("commit --compression none vs tar|openssl", t_none, t_sha, "target >= 1.5x"))
+    rows.append(("  same, API in-process", api(rootfs, "none", runs), t_sha, ""))
 
     t_gzip = ours("gzip")
     t_pigz = timed(f"{tar} | pigz -p2 -6 > {out}/pigz.tar.gz", runs=runs).seconds
@@ -105,6 +120,8 @@ def main() -> None:
             f"target >= 2x; size {ours_gz / pigz_gz:.3f} of pigz (target <= 1.03)",
         )
     )
+    t_gzip_api = api(rootfs, "gzip", runs)
+    rows.append(("  same, API in-process", t_gzip_api, t_pigz, ""))
 
     t_zstd = ours("zstd")
     t_zstd_peer = timed(f"{tar} | zstd -q -T0 -3 > {out}/peer.tar.zst", runs=runs).seconds
@@ -118,6 +135,7 @@ def main() -> None:
             f"target >= 1.2x; size {ours_zst / peer_zst:.3f} of zstd",
         )
     )
+    rows.append(("  same, API in-process", api(rootfs, "zstd", runs), t_zstd_peer, ""))
 
     if shutil.which("umoci"):
         oci, bundle = umoci_bundle(rootfs)
@@ -126,6 +144,7 @@ def main() -> None:
             ["umoci", "repack", "--image", f"{oci}:bench", str(bundle)], runs=runs
         ).seconds
         rows.append(("commit (gzip) vs umoci repack (gzip)", t_gzip, t_umoci, "target >= 2.5x"))
+        rows.append(("  same, API in-process", t_gzip_api, t_umoci, ""))
     report(rows)
 
     if not args.skip_memory:
@@ -135,7 +154,7 @@ def main() -> None:
             # 2 GiB of poorly compressible data, written once.
             subprocess.run(f"head -c 2G /dev/urandom > {big}/big.bin", shell=True, check=True)
         target = layout("ours-big")
-        rss = peak_rss_mb(["layerdiff", "commit", "--upper", str(big), f"oci:{target}:big"])
+        rss = peak_rss_mb([LD, "commit", "--upper", str(big), f"oci:{target}:big"])
         print(f"peak RSS committing a 2 GiB file (gzip): {rss:.0f} MB (target <= 100 MB)")
 
 

@@ -74,6 +74,28 @@ def timed(
     return Timing(statistics.median(times), rss_kb / 1024)
 
 
+def timed_call(
+    fn: Callable[[], object], *, runs: int = 3, setup: Callable[[], None] | None = None
+) -> float:
+    """Median wall time of an in-process call (the API, without interpreter start-up)."""
+    times = []
+    for _ in range(runs):
+        if setup is not None:
+            setup()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def layerdiff_cmd() -> str:
+    """The installed ``layerdiff`` script itself, not a version-manager shim in front of it."""
+    import sysconfig
+
+    script = Path(sysconfig.get_path("scripts")) / "layerdiff"
+    return str(script) if script.exists() else "layerdiff"
+
+
 def peak_rss_mb(cmd: list[str]) -> float:
     """Peak resident memory of one command, measured by GNU time's wait4 accounting."""
     out = subprocess.run(

@@ -10,14 +10,15 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 
 use crate::cancel::Cancel;
+use crate::decompress::with_decompressed;
 use crate::entry::{Timestamp, base_name, join, os_path, parent};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::root::{self, Root};
 use crate::tar::reader::{EntryKind, Header, TarReader};
 use crate::whiteout::{LayerName, WHITEOUT_PREFIX, classify_layer_name, is_overlay_xattr};
@@ -66,22 +67,6 @@ pub struct ApplyStats {
     pub warnings: Vec<String>,
 }
 
-/// Wrap a layer blob in the decompressor its first bytes call for (gzip, also multi-member;
-/// zstd, also multi-frame; else plain tar).
-pub fn decompress<'a, R: Read + 'a>(blob: R) -> Result<Box<dyn Read + 'a>> {
-    let mut buffered = BufReader::with_capacity(1 << 20, blob);
-    let head = buffered.fill_buf().at("<layer>")?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok(Box::new(
-            zstd::stream::read::Decoder::with_buffer(buffered).at("<layer>")?,
-        ))
-    } else {
-        Ok(Box::new(buffered))
-    }
-}
-
 /// Counts bytes and fails past a limit: the decompression-bomb guard.
 struct Limited<R> {
     inner: R,
@@ -111,35 +96,37 @@ struct DirMeta {
 }
 
 /// Apply the layer read from `blob` (compressed or not) onto `root`.
-pub fn apply_layer<R: Read>(
+pub fn apply_layer<R: Read + Send>(
     root: &Root,
     blob: R,
     opts: &ApplyOptions,
     cancel: &Cancel,
 ) -> Result<ApplyStats> {
-    let stream = Limited {
-        inner: decompress(blob)?,
-        read: 0,
-        limit: opts.max_size,
-    };
-    let mut reader = TarReader::new(stream);
-    let mut state = Applier {
-        root,
-        opts,
-        created: HashSet::new(),
-        hidden: Vec::new(),
-        opaque: Vec::new(),
-        dirs: Vec::new(),
-        stats: ApplyStats::default(),
-    };
-    while let Some(header) = reader.next_header()? {
-        cancel.check()?;
-        state.stats.entries += 1;
-        state.entry(&header, &mut reader)?;
-    }
-    state.finish()?;
-    state.stats.bytes = reader.into_inner().read;
-    Ok(state.stats)
+    with_decompressed(blob, |stream| {
+        let stream = Limited {
+            inner: stream,
+            read: 0,
+            limit: opts.max_size,
+        };
+        let mut reader = TarReader::new(stream);
+        let mut state = Applier {
+            root,
+            opts,
+            created: HashSet::new(),
+            hidden: Vec::new(),
+            opaque: Vec::new(),
+            dirs: Vec::new(),
+            stats: ApplyStats::default(),
+        };
+        while let Some(header) = reader.next_header()? {
+            cancel.check()?;
+            state.stats.entries += 1;
+            state.entry(&header, &mut reader)?;
+        }
+        state.finish()?;
+        state.stats.bytes = reader.into_inner().read;
+        Ok(state.stats)
+    })
 }
 
 fn bad(entry: &str, reason: impl Into<String>) -> Error {

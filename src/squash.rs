@@ -14,9 +14,10 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::apply::{clean_path, decompress};
+use crate::apply::clean_path;
 use crate::cancel::Cancel;
 use crate::compress::resolve_threads;
+use crate::decompress::{decompress, with_decompressed};
 use crate::entry::{Timestamp, base_name, cmp_paths, join, parent};
 use crate::error::{Error, IoContext, Result};
 use crate::layer::{LayerInfo, LayerOptions, Pipeline, write_blob_file};
@@ -352,8 +353,12 @@ impl Folder {
 
 /// Read the operations of one layer (`layer` is its index in the range, used for content
 /// references) without extracting anything: headers are parsed, contents skipped.
-pub fn read_ops<R: Read>(blob: R, layer: usize) -> Result<Vec<Op>> {
-    let mut reader = TarReader::new(decompress(blob)?);
+pub fn read_ops<R: Read + Send>(blob: R, layer: usize) -> Result<Vec<Op>> {
+    with_decompressed(blob, |stream| read_ops_from(stream, layer))
+}
+
+fn read_ops_from(stream: &mut dyn Read, layer: usize) -> Result<Vec<Op>> {
+    let mut reader = TarReader::new(stream);
     let mut ops = Vec::new();
     while let Some(h) = reader.next_header()? {
         let name = h.display();

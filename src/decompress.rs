@@ -1,0 +1,386 @@
+//! Layer blob decompression: gzip (one or many members), zstd (one or many frames) or plain
+//! tar, told apart by the first bytes.
+//!
+//! gzip members of bounded size — what our own writer and other block-parallel writers produce —
+//! are each inflated in one call by libdeflate, about twice as fast as streaming inflate; a member
+//! too large for that (a single-member blob from a streaming writer) switches the rest of the
+//! stream to flate2's streaming decoder. [`with_decompressed`] runs the decompressor on its own
+//! thread so that inflating and applying overlap.
+
+use std::io::{self, BufRead, BufReader, Cursor, Read};
+use std::ptr::NonNull;
+use std::sync::mpsc;
+
+use crate::error::{IoContext, Result};
+
+/// Compressed bytes kept ahead of the decoder: a member must fit in this to be inflated in one
+/// call.
+const IN_WINDOW: usize = 8 << 20;
+/// Largest member output inflated in one call (our writer's members hold 1 MiB).
+const OUT_MAX: usize = 4 << 20;
+/// Size of the chunks handed from the decompressing thread to the consumer.
+const CHUNK: usize = 1 << 20;
+/// Chunks the decompressing thread may run ahead.
+const AHEAD: usize = 4;
+
+/// The compression of a blob, from its magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `1f 8b`.
+    Gzip,
+    /// `28 b5 2f fd`.
+    Zstd,
+    /// Anything else is read as a tar.
+    Plain,
+}
+
+fn sniff<R: Read>(blob: R) -> Result<(Format, BufReader<R>)> {
+    let mut buffered = BufReader::with_capacity(1 << 20, blob);
+    let head = buffered.fill_buf().at("<layer>")?;
+    let format = if head.starts_with(&[0x1f, 0x8b]) {
+        Format::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Format::Zstd
+    } else {
+        Format::Plain
+    };
+    Ok((format, buffered))
+}
+
+/// The decompressed stream of a layer blob, decoded on the calling thread.
+pub fn decompress<'a, R: Read + 'a>(blob: R) -> Result<Box<dyn Read + 'a>> {
+    let (format, buffered) = sniff(blob)?;
+    Ok(match format {
+        Format::Gzip => Box::new(GzipMembers::new(buffered)),
+        Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered).at("<layer>")?),
+        Format::Plain => Box::new(buffered),
+    })
+}
+
+/// Run `consume` on the decompressed stream of `blob`, with decompression on a second thread.
+/// When `consume` returns, the decompressing thread is stopped and joined.
+pub fn with_decompressed<R: Read + Send, T>(
+    blob: R,
+    consume: impl FnOnce(&mut dyn Read) -> Result<T>,
+) -> Result<T> {
+    let (format, buffered) = sniff(blob)?;
+    if format == Format::Plain {
+        let mut plain = buffered;
+        return consume(&mut plain);
+    }
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(AHEAD);
+        s.spawn(move || {
+            let mut stream: Box<dyn Read> = match format {
+                Format::Gzip => Box::new(GzipMembers::new(buffered)),
+                _ => match zstd::stream::read::Decoder::with_buffer(buffered) {
+                    Ok(d) => Box::new(d),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                },
+            };
+            loop {
+                let mut chunk = vec![0u8; CHUNK];
+                let n = match read_full(&mut stream, &mut chunk) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                if n == 0 {
+                    return;
+                }
+                chunk.truncate(n);
+                // A closed channel means the consumer is done: stop quietly.
+                if tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut reader = ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        };
+        // The receiver is dropped before the scope joins the thread, so a thread blocked on
+        // a full channel wakes up and ends.
+        consume(&mut reader)
+    })
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads the chunks the decompressing thread sends.
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk?;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0), // the thread finished: end of stream
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// An owned libdeflate decompressor.
+struct Inflater(NonNull<libdeflate_sys::libdeflate_decompressor>);
+
+// SAFETY: a libdeflate decompressor is plain heap state with no thread affinity; it is used by
+// one thread at a time (we never share it), so moving it between threads is sound.
+unsafe impl Send for Inflater {}
+
+impl Inflater {
+    fn new() -> io::Result<Self> {
+        // SAFETY: allocates a fresh decompressor; null means out of memory.
+        let p = unsafe { libdeflate_sys::libdeflate_alloc_decompressor() };
+        NonNull::new(p)
+            .map(Inflater)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "libdeflate decompressor"))
+    }
+
+    /// Inflate the one gzip member at the start of `input` into `out`: (input used, output
+    /// written), or `None` when it does not fit the buffers or is not valid (the streaming
+    /// decoder then takes over and reports corruption precisely).
+    fn member(&mut self, input: &[u8], out: &mut [u8]) -> Option<(usize, usize)> {
+        let (mut used, mut written) = (0usize, 0usize);
+        // SAFETY: the pointers and lengths come from live slices that outlive the call; the
+        // decompressor is ours alone (`&mut self`); libdeflate writes at most `out.len()` bytes
+        // and fills the two counters.
+        let r = unsafe {
+            libdeflate_sys::libdeflate_gzip_decompress_ex(
+                self.0.as_ptr(),
+                input.as_ptr().cast(),
+                input.len(),
+                out.as_mut_ptr().cast(),
+                out.len(),
+                &mut used,
+                &mut written,
+            )
+        };
+        (r == libdeflate_sys::libdeflate_result_LIBDEFLATE_SUCCESS).then_some((used, written))
+    }
+}
+
+impl Drop for Inflater {
+    fn drop(&mut self) {
+        // SAFETY: allocated by libdeflate_alloc_decompressor and freed exactly once, here.
+        unsafe { libdeflate_sys::libdeflate_free_decompressor(self.0.as_ptr()) }
+    }
+}
+
+/// gzip stream of any number of members: inflated member by member with libdeflate while they
+/// fit the window, by flate2's streaming decoder from the first one that does not.
+pub struct GzipMembers<R: Read> {
+    input: Option<R>,
+    inflater: Option<Inflater>,
+    buf: Vec<u8>,
+    start: usize,
+    eof: bool,
+    out: Vec<u8>,
+    out_pos: usize,
+    out_len: usize,
+    streaming: Option<flate2::read::MultiGzDecoder<io::Chain<Cursor<Vec<u8>>, R>>>,
+}
+
+impl<R: Read> GzipMembers<R> {
+    /// Decode the gzip stream read from `input`.
+    pub fn new(input: R) -> Self {
+        GzipMembers {
+            input: Some(input),
+            inflater: Inflater::new().ok(),
+            buf: Vec::new(),
+            start: 0,
+            eof: false,
+            out: Vec::new(),
+            out_pos: 0,
+            out_len: 0,
+            streaming: None,
+        }
+    }
+
+    /// Keep at least [`IN_WINDOW`] unread bytes buffered, unless the input ends first.
+    fn refill(&mut self) -> io::Result<()> {
+        if self.eof || self.buf.len() - self.start >= IN_WINDOW {
+            return Ok(());
+        }
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let input = self
+            .input
+            .as_mut()
+            .expect("input is kept until streaming starts");
+        let want = IN_WINDOW * 2;
+        while self.buf.len() < want {
+            let old = self.buf.len();
+            self.buf.resize(want, 0);
+            match input.read(&mut self.buf[old..]) {
+                Ok(0) => {
+                    self.buf.truncate(old);
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.buf.truncate(old + n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(old),
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decode the next member into `out`; false at the end of the stream.
+    fn next_member(&mut self) -> io::Result<bool> {
+        self.refill()?;
+        if self.start == self.buf.len() {
+            return Ok(false);
+        }
+        if let Some(inflater) = self.inflater.as_mut() {
+            self.out.resize(OUT_MAX, 0);
+            if let Some((used, written)) = inflater.member(&self.buf[self.start..], &mut self.out) {
+                self.start += used;
+                self.out_pos = 0;
+                self.out_len = written;
+                return Ok(true);
+            }
+        }
+        // Too large for one call, or invalid: stream the rest.
+        let rest = Cursor::new(self.buf.split_off(self.start));
+        let input = self
+            .input
+            .take()
+            .expect("input is kept until streaming starts");
+        self.streaming = Some(flate2::read::MultiGzDecoder::new(rest.chain(input)));
+        self.out_len = 0;
+        self.out_pos = 0;
+        Ok(true)
+    }
+}
+
+impl<R: Read> Read for GzipMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(s) = self.streaming.as_mut() {
+                return s.read(buf);
+            }
+            if self.out_pos < self.out_len {
+                let n = buf.len().min(self.out_len - self.out_pos);
+                buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
+                self.out_pos += n;
+                return Ok(n);
+            }
+            if !self.next_member()? {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i * 31 % 251) as u8 ^ (i >> 12) as u8)
+            .collect()
+    }
+
+    fn read_all(r: &mut dyn Read) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    #[test]
+    fn many_small_members_and_one_large_member_decode_alike() {
+        let d = data(9 << 20);
+        let members: Vec<u8> = d.chunks(1 << 20).flat_map(gzip).collect();
+        let single = gzip(&d);
+        let mixed: Vec<u8> = [gzip(&d[..1000]), gzip(&d[1000..])].concat();
+        for blob in [members, single, mixed] {
+            let direct = read_all(&mut decompress(&blob[..]).unwrap()).unwrap();
+            assert_eq!(direct, d);
+            let threaded = with_decompressed(&blob[..], |r| Ok(read_all(r).unwrap())).unwrap();
+            assert_eq!(threaded, d);
+        }
+    }
+
+    #[test]
+    fn corrupt_and_truncated_gzip_are_errors() {
+        let d = data(3 << 20);
+        let members: Vec<u8> = d.chunks(1 << 20).flat_map(gzip).collect();
+        let mut corrupt = members.clone();
+        let mid = corrupt.len() / 2;
+        corrupt[mid] ^= 0x55;
+        for blob in [corrupt, members[..members.len() - 10].to_vec()] {
+            assert!(read_all(&mut decompress(&blob[..]).unwrap()).is_err());
+            let r = with_decompressed(&blob[..], |r| {
+                read_all(r).map_err(|e| crate::Error::io("<layer>", e))
+            });
+            assert!(r.is_err());
+        }
+    }
+
+    #[test]
+    fn zstd_and_plain_pass_through() {
+        let d = data(2 << 20);
+        let z = zstd::encode_all(&d[..], 3).unwrap();
+        assert_eq!(
+            with_decompressed(&z[..], |r| Ok(read_all(r).unwrap())).unwrap(),
+            d
+        );
+        assert_eq!(
+            with_decompressed(&d[..], |r| Ok(read_all(r).unwrap())).unwrap(),
+            d
+        );
+    }
+
+    #[test]
+    fn consumer_stopping_early_ends_the_thread() {
+        let d = data(20 << 20);
+        let members: Vec<u8> = d.chunks(1 << 20).flat_map(gzip).collect();
+        let first = with_decompressed(&members[..], |r| {
+            let mut b = [0u8; 10];
+            r.read_exact(&mut b).unwrap();
+            Ok(b)
+        })
+        .unwrap();
+        assert_eq!(&first[..], &d[..10]);
+    }
+}
