@@ -54,9 +54,11 @@ pub enum Compression {
 /// | **libdeflate 5** | **−0.3 %** | **0.32** |
 /// | libdeflate 6 | −0.7 % | 0.40 |
 ///
-/// Level 5 is the smallest level that is not larger than `pigz -6`, at a third of its CPU time;
-/// the levels below it save little more time for up to 2.4 % more bytes on the wire.
-pub const DEFAULT_GZIP_LEVEL: i32 = 5;
+/// On the whole Debian 12 minbase rootfs (204 MB of tar), committed with 2 threads, wall time:
+/// level 5 1.69 s, 0.8 % smaller than `pigz -6`; level 4 1.46 s, 0.3 % larger; level 3 1.44 s,
+/// 0.7 % larger. Level 4 takes most of the time saving for a size within half a percent of
+/// `pigz -6`, so it is the default.
+pub const DEFAULT_GZIP_LEVEL: i32 = 4;
 
 /// Default zstd level (the `zstd` command's default).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
