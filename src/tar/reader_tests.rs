@@ -185,3 +185,83 @@ fn offsets_point_at_the_content() {
     assert_eq!(&bytes[offsets[0].0..offsets[0].0 + offsets[0].1], b"first");
     assert_eq!(&bytes[offsets[1].0..offsets[1].0 + offsets[1].1], b"second");
 }
+
+/// A raw header block with a valid checksum.
+fn block(name: &[u8], typeflag: u8, size: u64) -> [u8; BLOCK] {
+    let mut h = [0u8; BLOCK];
+    h[..name.len()].copy_from_slice(name);
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = typeflag;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    h
+}
+
+fn member(out: &mut Vec<u8>, header: [u8; BLOCK], data: &[u8]) {
+    out.extend_from_slice(&header);
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(BLOCK), 0);
+}
+
+fn pax(records: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in records {
+        let body = format!(" {k}={v}\n");
+        let mut len = body.len() + 1;
+        while format!("{len}{body}").len() != len {
+            len += 1;
+        }
+        out.extend_from_slice(format!("{len}{body}").as_bytes());
+    }
+    out
+}
+
+#[test]
+fn pax_then_gnu_then_ustar_decide_names_and_sizes() {
+    // A GNU long name and a PAX path that disagree with each other and with the header: PAX wins.
+    let mut a = Vec::new();
+    member(&mut a, block(b"././@LongLink", b'L', 9), b"gnu-name\0");
+    let records = pax(&[("path", "pax-name"), ("linkpath", "pax-link")]);
+    member(&mut a, block(b"pax", b'x', records.len() as u64), &records);
+    member(&mut a, block(b"ustar-name", b'2', 0), b"");
+    // A PAX size larger than the header's: the content is read by the PAX size, and the next
+    // header is found where that size says, not inside the content.
+    let content = b"0123456789".repeat(100);
+    let records = pax(&[("size", &content.len().to_string())]);
+    member(&mut a, block(b"pax", b'x', records.len() as u64), &records);
+    member(&mut a, block(b"sized", b'0', 10), &content);
+    member(&mut a, block(b"after", b'0', 0), b"");
+    a.extend_from_slice(&[0u8; 2 * BLOCK]);
+
+    let got = all(&a).unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(
+        (got[0].0.path.as_slice(), got[0].0.link.as_slice()),
+        (&b"pax-name"[..], &b"pax-link"[..])
+    );
+    assert_eq!(got[1].0.path, b"sized");
+    assert_eq!(got[1].1, content);
+    assert_eq!(got[2].0.path, b"after");
+}
+
+#[test]
+fn oversized_extended_headers_and_dangling_extensions_are_refused() {
+    let mut a = Vec::new();
+    member(&mut a, block(b"big", b'x', MAX_META + 1), b"");
+    let err = all(&a).unwrap_err().to_string();
+    assert!(err.contains("extended header"), "{err}");
+
+    let mut b = Vec::new();
+    let records = pax(&[("path", "x")]);
+    member(&mut b, block(b"pax", b'x', records.len() as u64), &records);
+    b.extend_from_slice(&[0u8; 2 * BLOCK]);
+    let err = all(&b).unwrap_err().to_string();
+    assert!(err.contains("ends after an extended header"), "{err}");
+}
