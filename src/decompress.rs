@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 use std::sync::mpsc;
 
 use crate::error::{IoContext, Result};
+use crate::tar::reader::read_full;
 
 /// Compressed bytes kept ahead of the decoder: a member must fit in this to be inflated in one
 /// call.
@@ -109,19 +110,6 @@ pub fn with_decompressed<R: Read + Send, T>(
         // a full channel wakes up and ends.
         consume(&mut reader)
     })
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Reads the chunks the decompressing thread sends.

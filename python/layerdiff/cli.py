@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -272,6 +272,25 @@ def history(image: str, as_json: bool) -> None:
     _table(rows)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _apply_options(command: _F) -> _F:
+    """--chown/--no-chown and --max-size, shared by apply and unpack."""
+    command = click.option(
+        "--max-size",
+        type=click.IntRange(min=1),
+        default=layerdiff.DEFAULT_MAX_SIZE,
+        show_default=True,
+        help="Refuse a layer whose uncompressed size exceeds this many bytes.",
+    )(command)
+    return click.option(
+        "--chown/--no-chown",
+        default=None,
+        help="Set owners from the layers [default: --chown as root, --no-chown otherwise].",
+    )(command)
+
+
 @cli.command(
     epilog="""\b
 Examples:
@@ -288,18 +307,7 @@ Examples:
     is_flag=True,
     help="Write overlayfs upper-dir form (whiteouts as 0/0 devices, opaque dirs as xattrs).",
 )
-@click.option(
-    "--chown/--no-chown",
-    default=None,
-    help="Set owners from the layer [default: --chown as root, --no-chown otherwise].",
-)
-@click.option(
-    "--max-size",
-    type=click.IntRange(min=1),
-    default=layerdiff.DEFAULT_MAX_SIZE,
-    show_default=True,
-    help="Refuse a layer whose uncompressed size exceeds this many bytes.",
-)
+@_apply_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def apply(
     layers: tuple[str, ...],
@@ -328,18 +336,7 @@ def _report_apply(obj: dict[str, Any], warnings: Sequence[str], as_json: bool) -
 @cli.command(epilog="Example:\n\n  layerdiff unpack debian:12 ./rootfs")
 @click.argument("image")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option(
-    "--chown/--no-chown",
-    default=None,
-    help="Set owners from the layers [default: --chown as root, --no-chown otherwise].",
-)
-@click.option(
-    "--max-size",
-    type=click.IntRange(min=1),
-    default=layerdiff.DEFAULT_MAX_SIZE,
-    show_default=True,
-    help="Refuse a layer whose uncompressed size exceeds this many bytes.",
-)
+@_apply_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def unpack(image: str, directory: str, chown: bool | None, max_size: int, as_json: bool) -> None:
     """Unpack every layer of IMAGE into DIRECTORY (new or empty), verifying each blob.

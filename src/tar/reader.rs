@@ -458,7 +458,7 @@ fn padding(size: u64) -> u64 {
 }
 
 /// Fill `buf` unless EOF comes first; the count read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

@@ -1,0 +1,682 @@
+//! Tests of `diff`.
+
+use std::os::unix::fs::{PermissionsExt, lchown, symlink};
+use std::path::Path;
+
+use super::*;
+use crate::walk::testutil::*;
+
+/// The mtime every test tree is frozen at, so trees written at different moments compare.
+const T0: (i64, u32) = (1_600_000_000, 500);
+
+/// Set the mtime of everything under `root` (not following symlinks) to [`T0`].
+fn freeze(root: &Path) {
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+            freeze(&path);
+        }
+        set_mtime(&path, T0.0, T0.1);
+    }
+}
+
+fn summary(changes: &[Change]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|c| format!("{} {}", c.kind.letter(), String::from_utf8_lossy(&c.path)))
+        .collect()
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Two trees built by the same function, then `change` applied to the upper; both frozen.
+fn pair(
+    build: impl Fn(&Path),
+    change: impl FnOnce(&Path),
+) -> (tempfile::TempDir, tempfile::TempDir) {
+    let (lower, upper) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build(lower.path());
+    build(upper.path());
+    change(upper.path());
+    freeze(lower.path());
+    freeze(upper.path());
+    (lower, upper)
+}
+
+fn diff(lower: &Path, upper: &Path) -> Vec<String> {
+    summary(&diff_dirs(lower, upper, &DiffOptions::default()).unwrap())
+}
+
+fn base(r: &Path) {
+    write(&r.join("a/f1"), b"one");
+    write(&r.join("a/f2"), b"two");
+    write(&r.join("d/sub/x"), b"x");
+    write(&r.join("d/y"), b"y");
+    write(&r.join("keep"), b"keep");
+    symlink("a/f1", r.join("link")).unwrap();
+}
+
+#[test]
+fn added_modified_deleted() {
+    let (l, u) = pair(base, |r| {
+        write(&r.join("a/f1"), b"one!");
+        std::fs::remove_file(r.join("a/f2")).unwrap();
+        write(&r.join("a/f3"), b"three");
+        std::fs::remove_dir_all(r.join("d")).unwrap();
+    });
+    assert_eq!(
+        diff(l.path(), u.path()),
+        ["C a/f1", "D a/f2", "A a/f3", "D d"]
+    );
+    let changes = diff_dirs(l.path(), u.path(), &DiffOptions::default()).unwrap();
+    let f1 = changes[0].entry.as_ref().unwrap();
+    assert_eq!((f1.path.as_slice(), f1.size), (&b"a/f1"[..], 4));
+    assert!(changes[1].entry.is_none() && changes.iter().all(|c| !c.opaque));
+    // The reverse diff mirrors it.
+    assert_eq!(
+        diff(u.path(), l.path()),
+        [
+            "C a/f1",
+            "A a/f2",
+            "D a/f3",
+            "A d",
+            "A d/sub",
+            "A d/sub/x",
+            "A d/y"
+        ]
+    );
+}
+
+#[test]
+fn identical_trees_diff_empty() {
+    let (l, u) = pair(base, |_| {});
+    assert_eq!(diff(l.path(), u.path()), Vec::<String>::new());
+}
+
+#[test]
+fn copies_written_in_other_orders_diff_empty() {
+    let names: Vec<String> = (0..30).map(|i| format!("dir{}/file{}", i % 4, i)).collect();
+    let build = |r: &Path, order: &mut dyn Iterator<Item = &String>| {
+        for n in order {
+            write(&r.join(n), n.as_bytes());
+        }
+        // Hardlinks and symlinks made in a different order too, to other inodes.
+        std::fs::hard_link(r.join("dir1/file1"), r.join("dir2/hl")).unwrap();
+        symlink("../dir0/file0", r.join("dir3/sl")).unwrap();
+        set_xattr(&r.join("dir0/file0"), "user.tag", b"v");
+        freeze(r);
+    };
+    let (l, u) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build(l.path(), &mut names.iter());
+    build(u.path(), &mut names.iter().rev());
+    assert_eq!(diff(l.path(), u.path()), Vec::<String>::new());
+    assert_eq!(diff(u.path(), l.path()), Vec::<String>::new());
+}
+
+#[test]
+fn mode_bits_are_compared() {
+    let (l, u) = pair(base, |r| {
+        chmod(&r.join("keep"), 0o4755);
+        chmod(&r.join("d"), 0o1777);
+        chmod(&r.join("a/f2"), 0o2644);
+    });
+    let changes = diff_dirs(l.path(), u.path(), &DiffOptions::default()).unwrap();
+    assert_eq!(summary(&changes), ["C a/f2", "C d", "C keep"]);
+    let modes: Vec<u32> = changes
+        .iter()
+        .map(|c| c.entry.as_ref().unwrap().mode)
+        .collect();
+    assert_eq!(modes, [0o2644, 0o1777, 0o4755]);
+}
+
+#[test]
+fn owner_is_compared() {
+    if !is_root("owner_is_compared") {
+        return;
+    }
+    let (l, u) = pair(base, |r| {
+        lchown(r.join("keep"), Some(1000), None).unwrap();
+        lchown(r.join("link"), None, Some(1000)).unwrap();
+    });
+    assert_eq!(diff(l.path(), u.path()), ["C keep", "C link"]);
+}
+
+#[test]
+fn mtime_only_change_and_content_mode() {
+    let (l, u) = pair(base, |r| write(&r.join("a/f2"), b"TWO"));
+    // a/f2: same size, different bytes. keep: same bytes, only the mtime differs.
+    set_mtime(&u.path().join("a/f2"), T0.0 + 1, 0);
+    set_mtime(&u.path().join("keep"), T0.0, T0.1 + 1);
+    assert_eq!(diff(l.path(), u.path()), ["C a/f2", "C keep"]);
+    let content = DiffOptions { content: true };
+    assert_eq!(
+        summary(&diff_dirs(l.path(), u.path(), &content).unwrap()),
+        ["C a/f2"]
+    );
+    // Same size and mtime but other bytes: not seen (contents are only read to clear a touch).
+    let (l, u) = pair(base, |r| write(&r.join("a/f2"), b"TWO"));
+    assert_eq!(
+        summary(&diff_dirs(l.path(), u.path(), &content).unwrap()),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn xattrs_are_compared_except_overlay_ones() {
+    let probe = tempfile::tempdir().unwrap();
+    write(&probe.path().join("p"), b"");
+    if !set_xattr(&probe.path().join("p"), "user.probe", b"1") {
+        return;
+    }
+    let (l, u) = pair(base, |r| {
+        set_xattr(&r.join("keep"), "user.new", b"1");
+        set_xattr(&r.join("a"), "user.overlay.origin", b"ignored");
+    });
+    let changes = diff_dirs(l.path(), u.path(), &DiffOptions::default()).unwrap();
+    assert_eq!(summary(&changes), ["C keep"]);
+    assert_eq!(
+        changes[0].entry.as_ref().unwrap().xattrs,
+        [(b"user.new".to_vec(), b"1".to_vec())]
+    );
+}
+
+#[test]
+fn symlink_retarget() {
+    // Same target length, so only the target itself differs.
+    let (l, u) = pair(base, |r| {
+        std::fs::remove_file(r.join("link")).unwrap();
+        symlink("a/f2", r.join("link")).unwrap();
+    });
+    let changes = diff_dirs(l.path(), u.path(), &DiffOptions::default()).unwrap();
+    assert_eq!(summary(&changes), ["C link"]);
+    assert_eq!(changes[0].entry.as_ref().unwrap().link_target, b"a/f2");
+}
+
+#[test]
+fn kind_changes() {
+    let (l, u) = pair(base, |r| {
+        // file -> dir with children
+        std::fs::remove_file(r.join("keep")).unwrap();
+        write(&r.join("keep/inner/c"), b"c");
+        // dir -> file (its lower subtree is implied gone)
+        std::fs::remove_dir_all(r.join("d")).unwrap();
+        write(&r.join("d"), b"now a file");
+        // symlink -> file, file -> symlink
+        std::fs::remove_file(r.join("link")).unwrap();
+        write(&r.join("link"), b"a/f1");
+        std::fs::remove_file(r.join("a/f1")).unwrap();
+        symlink("f2", r.join("a/f1")).unwrap();
+    });
+    let changes = diff_dirs(l.path(), u.path(), &DiffOptions::default()).unwrap();
+    assert_eq!(
+        summary(&changes),
+        [
+            "C a/f1",
+            "C d",
+            "C keep",
+            "A keep/inner",
+            "A keep/inner/c",
+            "C link"
+        ]
+    );
+    let kinds: Vec<Kind> = changes
+        .iter()
+        .map(|c| c.entry.as_ref().unwrap().kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            Kind::Symlink,
+            Kind::File,
+            Kind::Dir,
+            Kind::Dir,
+            Kind::File,
+            Kind::File
+        ]
+    );
+    assert!(changes.iter().all(|c| !c.opaque));
+}
+
+#[test]
+fn deleted_directory_is_one_change() {
+    let (l, u) = pair(base, |r| std::fs::remove_dir_all(r.join("a")).unwrap());
+    assert_eq!(diff(l.path(), u.path()), ["D a"]);
+}
+
+#[test]
+fn emptied_directory_lists_each_child() {
+    let (l, u) = pair(base, |r| {
+        std::fs::remove_dir_all(r.join("d")).unwrap();
+        std::fs::create_dir(r.join("d")).unwrap();
+    });
+    assert_eq!(diff(l.path(), u.path()), ["D d/sub", "D d/y"]);
+}
+
+#[test]
+fn hardlink_structure_is_compared() {
+    let separate = |r: &Path| {
+        write(&r.join("p"), b"same");
+        write(&r.join("q"), b"same");
+        write(&r.join("other"), b"o");
+    };
+    let link = |r: &Path| {
+        std::fs::remove_file(r.join("q")).unwrap();
+        std::fs::hard_link(r.join("p"), r.join("q")).unwrap();
+    };
+    // Linked in the upper only, and the other way round: both paths listed.
+    let (l, u) = pair(separate, link);
+    assert_eq!(diff(l.path(), u.path()), ["C p", "C q"]);
+    assert_eq!(diff(u.path(), l.path()), ["C p", "C q"]);
+    // Same structure on both sides: nothing.
+    let (l, u) = pair(
+        |r: &Path| {
+            separate(r);
+            link(r)
+        },
+        |_| {},
+    );
+    assert_eq!(diff(l.path(), u.path()), Vec::<String>::new());
+    // A new link to an unchanged file: the file is listed with it.
+    let (l, u) = pair(separate, |r| {
+        std::fs::hard_link(r.join("other"), r.join("new")).unwrap()
+    });
+    assert_eq!(diff(l.path(), u.path()), ["A new", "C other"]);
+    // One member modified: every member listed.
+    let (l, u) = pair(
+        |r: &Path| {
+            separate(r);
+            link(r)
+        },
+        |r| chmod(&r.join("q"), 0o600),
+    );
+    assert_eq!(diff(l.path(), u.path()), ["C p", "C q"]);
+}
+
+#[test]
+fn sockets_are_absent() {
+    let (l, u) = pair(base, |r| {
+        std::fs::remove_file(r.join("keep")).unwrap();
+        std::os::unix::net::UnixListener::bind(r.join("keep")).unwrap();
+        std::os::unix::net::UnixListener::bind(r.join("sock")).unwrap();
+    });
+    assert_eq!(diff(l.path(), u.path()), ["D keep"]);
+}
+
+#[test]
+fn roots_must_be_directories() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("f"), b"");
+    let err = diff_dirs(t.path(), &t.path().join("f"), &DiffOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Io { ref path, .. } if path == &t.path().join("f")),
+        "{err}"
+    );
+}
+
+// -----------------------------------------------------------------------------------------
+// Overlay upper directories
+
+/// An overlay mounted for a test: `upper` and `merged` under one temp dir; unmounted on drop.
+struct Overlay {
+    _dir: tempfile::TempDir,
+    upper: PathBuf,
+    merged: PathBuf,
+    mounted: bool,
+}
+
+impl Overlay {
+    fn mount(lowers: &[&Path], options: &str) -> Overlay {
+        let dir = tempfile::tempdir().unwrap();
+        let [upper, work, merged] = ["upper", "work", "merged"].map(|n| dir.path().join(n));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let lowerdir: Vec<_> = lowers.iter().map(|l| l.display().to_string()).collect();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={},{options}",
+            lowerdir.join(":"),
+            upper.display(),
+            work.display()
+        );
+        let data = std::ffi::CString::new(data).unwrap();
+        rustix::mount::mount(
+            "overlay",
+            &merged,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            &*data,
+        )
+        .unwrap_or_else(|e| panic!("mount overlay {data:?}: {e}"));
+        Overlay {
+            _dir: dir,
+            upper,
+            merged,
+            mounted: true,
+        }
+    }
+
+    fn unmount(&mut self) {
+        rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::empty()).unwrap();
+        self.mounted = false;
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        if self.mounted {
+            // Best effort: a failed test must not leave the mount behind.
+            let _ = rustix::mount::unmount(&self.merged, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+fn overlay_diff(upper: &Path, lowers: &[&Path]) -> Result<Vec<Change>> {
+    let lowers: Vec<PathBuf> = lowers.iter().map(|l| l.to_path_buf()).collect();
+    diff_overlay(upper, &lowers, &DiffOptions::default())
+}
+
+fn opaque_paths(changes: &[Change]) -> Vec<String> {
+    changes
+        .iter()
+        .filter(|c| c.opaque)
+        .map(|c| String::from_utf8_lossy(&c.path).into_owned())
+        .collect()
+}
+
+fn no_overlay_xattrs(changes: &[Change]) -> bool {
+    changes
+        .iter()
+        .flat_map(|c| &c.entry)
+        .all(|e| e.xattrs.iter().all(|(n, _)| !whiteout::is_overlay_xattr(n)))
+}
+
+fn mknod_whiteout(path: &Path) {
+    let (kind, mode) = (
+        rustix::fs::FileType::CharacterDevice,
+        Mode::from_raw_mode(0o000),
+    );
+    rustix::fs::mknodat(rustix::fs::CWD, path, kind, mode, rustix::fs::makedev(0, 0)).unwrap();
+}
+
+#[test]
+fn real_overlay_changes() {
+    if !is_root("real_overlay_changes") {
+        return;
+    }
+    let lower = tempfile::tempdir().unwrap();
+    let l = lower.path();
+    for f in ["a/f1", "a/f2", "b/dir/x", "c/old", "keep", "ren/src"] {
+        write(&l.join(f), f.as_bytes());
+    }
+    let mut ovl = Overlay::mount(&[l], "redirect_dir=nofollow,metacopy=off,index=off");
+    let m = ovl.merged.clone();
+    write(&m.join("new"), b"new");
+    write(&m.join("a/f1"), b"changed");
+    std::fs::remove_file(m.join("a/f2")).unwrap();
+    std::fs::remove_dir_all(m.join("b/dir")).unwrap();
+    std::fs::remove_dir_all(m.join("c")).unwrap();
+    std::fs::create_dir(m.join("c")).unwrap();
+    write(&m.join("c/n"), b"n");
+    std::fs::rename(m.join("ren/src"), m.join("ren/dst")).unwrap();
+    ovl.unmount();
+
+    let with_lower = overlay_diff(&ovl.upper, &[l]).unwrap();
+    assert_eq!(
+        summary(&with_lower),
+        [
+            "C a",
+            "C a/f1",
+            "D a/f2",
+            "C b",
+            "D b/dir",
+            "C c",
+            "A c/n",
+            "A new",
+            "C ren",
+            "A ren/dst",
+            "D ren/src"
+        ]
+    );
+    assert_eq!(opaque_paths(&with_lower), ["c"]);
+    assert!(no_overlay_xattrs(&with_lower));
+    let f1 = with_lower[1].entry.as_ref().unwrap();
+    assert_eq!((f1.kind, f1.size), (Kind::File, 7));
+
+    // Without lowers: directories C, everything else A.
+    let alone = overlay_diff(&ovl.upper, &[]).unwrap();
+    assert_eq!(
+        summary(&alone),
+        [
+            "C a",
+            "A a/f1",
+            "D a/f2",
+            "C b",
+            "D b/dir",
+            "C c",
+            "A c/n",
+            "A new",
+            "C ren",
+            "A ren/dst",
+            "D ren/src"
+        ]
+    );
+    assert_eq!(opaque_paths(&alone), ["c"]);
+}
+
+#[test]
+fn hand_made_upper_forms() {
+    if !is_root("hand_made_upper_forms") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let u = t.path().join("upper");
+    std::fs::create_dir(&u).unwrap();
+    // 0/0 whiteouts, two of them sharing one inode as overlayfs does.
+    mknod_whiteout(&u.join("gone"));
+    std::fs::hard_link(u.join("gone"), u.join("gone2")).unwrap();
+    // Opaque directories in both namespaces; a whiteout inside one hides nothing more.
+    write(&u.join("o/f"), b"f");
+    set_xattr(&u.join("o"), "trusted.overlay.opaque", b"y");
+    mknod_whiteout(&u.join("o/w"));
+    std::fs::create_dir(u.join("uo")).unwrap();
+    set_xattr(&u.join("uo"), "user.overlay.opaque", b"y");
+    // xattr whiteouts: only in a directory marked opaque=x (which is not opaque), the root too.
+    write(&u.join("x/f"), b"f");
+    write(&u.join("x/w"), b"");
+    set_xattr(&u.join("x/w"), "trusted.overlay.whiteout", b"");
+    set_xattr(&u.join("x"), "trusted.overlay.opaque", b"x");
+    write(&u.join("plain/w"), b"");
+    set_xattr(&u.join("plain/w"), "trusted.overlay.whiteout", b"");
+    write(&u.join("rw"), b"");
+    set_xattr(&u.join("rw"), "trusted.overlay.whiteout", b"");
+    set_xattr(&u, "trusted.overlay.opaque", b"x");
+    // A hardlink set: every member is in the upper.
+    write(&u.join("h1"), b"h");
+    std::fs::hard_link(u.join("h1"), u.join("h2")).unwrap();
+
+    let alone = overlay_diff(&u, &[]).unwrap();
+    assert_eq!(
+        summary(&alone),
+        [
+            "D gone",
+            "D gone2",
+            "A h1",
+            "A h2",
+            "C o",
+            "A o/f",
+            "C plain",
+            "A plain/w",
+            "D rw",
+            "C uo",
+            "C x",
+            "A x/f",
+            "D x/w"
+        ]
+    );
+    assert_eq!(opaque_paths(&alone), ["o", "uo"]);
+    assert!(no_overlay_xattrs(&alone));
+
+    // With a lower: letters follow existence there; a path below a lower symlink is not there.
+    let lower = tempfile::tempdir().unwrap();
+    write(&lower.path().join("o/old"), b"");
+    write(&lower.path().join("h1"), b"");
+    std::fs::create_dir(lower.path().join("elsewhere")).unwrap();
+    symlink("elsewhere", lower.path().join("x")).unwrap();
+    write(&lower.path().join("elsewhere/f"), b"");
+    let with_lower = overlay_diff(&u, &[lower.path()]).unwrap();
+    assert_eq!(
+        summary(&with_lower),
+        [
+            "D gone",
+            "D gone2",
+            "C h1",
+            "A h2",
+            "C o",
+            "A o/f",
+            "A plain",
+            "A plain/w",
+            "D rw",
+            "A uo",
+            "C x",
+            "A x/f",
+            "D x/w"
+        ]
+    );
+}
+
+#[test]
+fn redirect_without_lowers_is_refused() {
+    if !is_root("redirect_without_lowers_is_refused") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("moved")).unwrap();
+    set_xattr(
+        &t.path().join("moved"),
+        "trusted.overlay.redirect",
+        b"/orig",
+    );
+    match overlay_diff(t.path(), &[]) {
+        Err(Error::Overlay { path, reason }) => {
+            assert_eq!(path, t.path().join("moved"));
+            assert!(reason.contains("give its lower directories"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // user.overlay.* redirects are never followed by the kernel: refused even with lowers.
+    let u = tempfile::tempdir().unwrap();
+    std::fs::create_dir(u.path().join("moved")).unwrap();
+    set_xattr(&u.path().join("moved"), "user.overlay.redirect", b"/orig");
+    let err = overlay_diff(u.path(), &[t.path()]).unwrap_err();
+    assert!(
+        matches!(&err, Error::Overlay { reason, .. } if reason.contains("user.overlay")),
+        "{err}"
+    );
+    // A merged tree that cannot be mounted: refused, with the kernel's reason.
+    let missing = t.path().join("missing");
+    let err = overlay_diff(t.path(), &[&missing]).unwrap_err();
+    eprintln!("{err}");
+    assert!(
+        matches!(&err, Error::Overlay { reason, .. } if reason.contains("mounting")),
+        "{err}"
+    );
+}
+
+/// A lower tree with a directory to rename.
+fn lower_with_dir(r: &Path) {
+    write(&r.join("olddir/f1"), b"1");
+    write(&r.join("olddir/sub/f2"), b"2");
+    write(&r.join("other/keep"), b"k");
+}
+
+#[test]
+fn redirect_falls_back_to_merged_tree() {
+    if !is_root("redirect_falls_back_to_merged_tree") {
+        return;
+    }
+    let lower = tempfile::tempdir().unwrap();
+    lower_with_dir(lower.path());
+    let mut ovl = Overlay::mount(&[lower.path()], "redirect_dir=on,index=off");
+    std::fs::rename(ovl.merged.join("olddir"), ovl.merged.join("newdir")).unwrap();
+    ovl.unmount();
+    let moved = crate::walk::walk(&ovl.upper).unwrap();
+    assert!(
+        moved
+            .iter()
+            .any(|e| whiteout::overlay_redirect(e).is_some()),
+        "no redirect written"
+    );
+
+    let want = [
+        "A newdir",
+        "A newdir/f1",
+        "A newdir/sub",
+        "A newdir/sub/f2",
+        "D olddir",
+    ];
+    let changes = overlay_diff(&ovl.upper, &[lower.path()]).unwrap();
+    assert_eq!(summary(&changes), want);
+    assert!(no_overlay_xattrs(&changes));
+    assert_eq!(changes[3].entry.as_ref().unwrap().size, 1);
+    assert!(matches!(
+        overlay_diff(&ovl.upper, &[]),
+        Err(Error::Overlay { .. })
+    ));
+}
+
+#[test]
+fn redirect_fallback_with_two_lowers() {
+    if !is_root("redirect_fallback_with_two_lowers") {
+        return;
+    }
+    let (top, bottom) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    lower_with_dir(bottom.path());
+    write(&top.path().join("olddir/from_top"), b"t");
+    let mut ovl = Overlay::mount(&[top.path(), bottom.path()], "redirect_dir=on,index=off");
+    std::fs::rename(ovl.merged.join("olddir"), ovl.merged.join("newdir")).unwrap();
+    ovl.unmount();
+    let changes = overlay_diff(&ovl.upper, &[top.path(), bottom.path()]).unwrap();
+    assert_eq!(
+        summary(&changes),
+        [
+            "A newdir",
+            "A newdir/f1",
+            "A newdir/from_top",
+            "A newdir/sub",
+            "A newdir/sub/f2",
+            "D olddir"
+        ]
+    );
+}
+
+#[test]
+fn metacopy_falls_back_to_merged_tree() {
+    if !is_root("metacopy_falls_back_to_merged_tree") {
+        return;
+    }
+    let lower = tempfile::tempdir().unwrap();
+    write(&lower.path().join("data"), b"0123456789");
+    freeze(lower.path());
+    let mut ovl = Overlay::mount(&[lower.path()], "redirect_dir=on,metacopy=on,index=off");
+    chmod(&ovl.merged.join("data"), 0o600);
+    ovl.unmount();
+    let upper = crate::walk::walk(&ovl.upper).unwrap();
+    assert!(
+        upper.iter().any(whiteout::is_overlay_metacopy),
+        "no metacopy written"
+    );
+
+    let changes = overlay_diff(&ovl.upper, &[lower.path()]).unwrap();
+    assert_eq!(summary(&changes), ["C data"]);
+    let e = changes[0].entry.as_ref().unwrap();
+    assert_eq!((e.mode, e.size), (0o600, 10));
+    match overlay_diff(&ovl.upper, &[]) {
+        Err(Error::Overlay { path, reason }) => {
+            assert_eq!(path, ovl.upper.join("data"));
+            assert!(reason.contains("metacopy"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,655 @@
+//! Tests of `layer`.
+
+use super::*;
+use crate::entry::{Entry, Timestamp};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+
+/// An entry for `rel` below `root`, as a walk would report it.
+fn stat(root: &Path, rel: &[u8]) -> Entry {
+    let md = std::fs::symlink_metadata(root.join(os_path(rel))).unwrap();
+    let ft = md.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_socket() {
+        Kind::Socket
+    } else if ft.is_char_device() {
+        Kind::CharDevice
+    } else if ft.is_block_device() {
+        Kind::BlockDevice
+    } else {
+        Kind::File
+    };
+    let link_target = if kind == Kind::Symlink {
+        std::fs::read_link(root.join(os_path(rel)))
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    Entry {
+        path: rel.to_vec(),
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: Timestamp {
+            sec: md.mtime(),
+            nsec: md.mtime_nsec() as u32,
+        },
+        size: if kind == Kind::File { md.size() } else { 0 },
+        xattrs: Vec::new(),
+        link_target,
+        rdev_major: rustix::fs::major(md.rdev()),
+        rdev_minor: rustix::fs::minor(md.rdev()),
+        dev: md.dev(),
+        ino: md.ino(),
+        nlink: md.nlink(),
+    }
+}
+
+fn added(e: Entry) -> Change {
+    Change {
+        kind: ChangeKind::Added,
+        path: e.path.clone(),
+        entry: Some(e),
+        opaque: false,
+    }
+}
+
+fn deleted(p: &[u8]) -> Change {
+    Change {
+        kind: ChangeKind::Deleted,
+        path: p.to_vec(),
+        entry: None,
+        opaque: false,
+    }
+}
+
+/// A hand-made entry (no file behind it).
+fn entry(path: &[u8], kind: Kind) -> Entry {
+    Entry {
+        path: path.to_vec(),
+        kind,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: Timestamp {
+            sec: 1_700_000_000,
+            nsec: 0,
+        },
+        size: 0,
+        xattrs: Vec::new(),
+        link_target: Vec::new(),
+        rdev_major: 0,
+        rdev_minor: 0,
+        dev: 1,
+        ino: 0,
+        nlink: 1,
+    }
+}
+
+fn sorted(mut v: Vec<Change>) -> Vec<Change> {
+    v.sort_by(|a, b| cmp_paths(&a.path, &b.path));
+    v
+}
+
+/// The tar paths `plan` gives for `changes`.
+fn planned(changes: &[Change]) -> Vec<String> {
+    let (ops, _) = plan(Path::new("/up"), changes).unwrap();
+    ops.iter()
+        .map(|op| match *op {
+            Op::Entry(i) => String::from_utf8_lossy(&changes[i].path).into_owned(),
+            Op::Link(i, t) => format!(
+                "{} => {}",
+                String::from_utf8_lossy(&changes[i].path),
+                String::from_utf8_lossy(&changes[t].path)
+            ),
+            Op::Whiteout(i) => {
+                let p = &changes[i].path;
+                let (d, n) = (parent(p), &p[p.len() - name_len(p)..]);
+                String::from_utf8_lossy(&crate::entry::join(d, &[b".wh.", n].concat())).into_owned()
+            }
+            Op::Opaque(i) => {
+                format!("{}/.wh..wh..opq", String::from_utf8_lossy(&changes[i].path))
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn whiteouts_and_opaque_markers_come_before_siblings() {
+    let mut opq = added(entry(b"b", Kind::Dir));
+    opq.opaque = true;
+    let changes = sorted(vec![
+        added(entry(b"a", Kind::Dir)),
+        added(entry(b"a/a1", Kind::File)),
+        deleted(b"a/z"),
+        deleted(b"a/b"),
+        added(entry(b"a/c", Kind::Dir)),
+        deleted(b"a/c/x"),
+        added(entry(b"a/c/y", Kind::File)),
+        opq,
+        added(entry(b"b/k", Kind::File)),
+        deleted(b"c"),
+        // No change for "d" or "d/e": the whiteout still goes before its siblings.
+        added(entry(b"d/e/f", Kind::File)),
+        deleted(b"d/e/g"),
+        added(entry(b"d/h", Kind::File)),
+        deleted(b"d/0"),
+        added(entry(b"a-b", Kind::File)),
+    ]);
+    assert_eq!(
+        planned(&changes),
+        [
+            ".wh.c",
+            "a",
+            ".wh.b",
+            "a/.wh.z",
+            "a/a1",
+            "a/c",
+            "a/c/.wh.x",
+            "a/c/y",
+            "a-b",
+            "b",
+            "b/.wh..wh..opq",
+            "b/k",
+            "d/.wh.0",
+            "d/e/.wh.g",
+            "d/e/f",
+            "d/h",
+        ]
+        .map(|s| s.replace(".wh.b", "a/.wh.b"))
+    );
+}
+
+#[test]
+fn plan_checks_its_input() {
+    let up = Path::new("/up");
+    let bad = |c: Vec<Change>| plan(up, &c).unwrap_err();
+    assert!(matches!(
+        bad(vec![
+            added(entry(b"b", Kind::Dir)),
+            added(entry(b"a", Kind::Dir))
+        ]),
+        Error::InvalidArgument(_)
+    ));
+    assert!(matches!(
+        bad(vec![deleted(b"a"), deleted(b"a")]),
+        Error::InvalidArgument(_)
+    ));
+    assert!(matches!(
+        bad(vec![deleted(b"a"), added(entry(b"a/b", Kind::File))]),
+        Error::InvalidArgument(_)
+    ));
+    let mut opaque_file = added(entry(b"f", Kind::File));
+    opaque_file.opaque = true;
+    assert!(matches!(bad(vec![opaque_file]), Error::InvalidArgument(_)));
+    match bad(vec![
+        added(entry(b"x", Kind::Dir)),
+        added(entry(b"x/.wh.y", Kind::File)),
+    ]) {
+        Error::ReservedName { path } => assert_eq!(path, Path::new("/up/x/.wh.y")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        bad(vec![deleted(b".wh..wh..opq")]),
+        Error::ReservedName { .. }
+    ));
+}
+
+#[test]
+fn hardlinks_point_at_the_first_path_and_sockets_are_left_out() {
+    let mut f1 = entry(b"z", Kind::File);
+    f1.nlink = 2;
+    f1.ino = 42;
+    let mut f2 = f1.clone();
+    f2.path = b"a/x".to_vec();
+    let changes = sorted(vec![
+        added(entry(b"a", Kind::Dir)),
+        added(f2),
+        added(f1),
+        added(entry(b"s", Kind::Socket)),
+    ]);
+    assert_eq!(planned(&changes), ["a", "a/x", "z => a/x"]);
+    let (_, warnings) = plan(Path::new("/up"), &changes).unwrap();
+    assert_eq!(warnings, ["s: socket not stored in the layer"]);
+}
+
+/// A small tree with one of everything a walk finds, and its changes.
+fn tree() -> (tempfile::TempDir, Vec<Change>) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    std::fs::create_dir_all(r.join("etc/ssl")).unwrap();
+    std::fs::write(r.join("etc/hostname"), b"box\n").unwrap();
+    std::fs::write(
+        r.join("etc/big"),
+        (0..3_000_000u32)
+            .map(|i| (i * 7 % 253) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    std::fs::hard_link(r.join("etc/hostname"), r.join("etc/ssl/hostname-link")).unwrap();
+    std::os::unix::fs::symlink(
+        "../".repeat(60) + "usr/share/zoneinfo/UTC",
+        r.join("etc/localtime"),
+    )
+    .unwrap();
+    std::fs::write(r.join(os_path(b"etc/caf\xe9")), b"latin-1 name").unwrap();
+    let long: Vec<u8> = [&b"etc/ssl/"[..], &[b'n'; 200]].concat();
+    std::fs::write(r.join(os_path(&long)), b"long").unwrap();
+    Command::new("mkfifo")
+        .arg(r.join("etc/fifo"))
+        .status()
+        .unwrap();
+    let _sock = std::os::unix::net::UnixListener::bind(r.join("etc/sock")).unwrap();
+    let mut paths: Vec<Vec<u8>> = vec![
+        b"etc".to_vec(),
+        b"etc/big".to_vec(),
+        b"etc/caf\xe9".to_vec(),
+        b"etc/fifo".to_vec(),
+        b"etc/hostname".to_vec(),
+        b"etc/localtime".to_vec(),
+        b"etc/sock".to_vec(),
+        b"etc/ssl".to_vec(),
+        b"etc/ssl/hostname-link".to_vec(),
+        long,
+    ];
+    paths.sort_by(|a, b| cmp_paths(a, b));
+    let mut changes: Vec<Change> = paths.iter().map(|p| added(stat(r, p))).collect();
+    changes.push(deleted(b"etc/gone"));
+    changes.push(deleted(b"var"));
+    changes[0].opaque = true;
+    (dir, sorted(changes))
+}
+
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    format!(
+        "sha256:{}",
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+    )
+}
+
+fn opts(compression: Compression, threads: usize) -> LayerOptions {
+    LayerOptions {
+        compression,
+        threads,
+        ..LayerOptions::default()
+    }
+}
+
+#[test]
+fn uncompressed_layer_reads_back_in_layer_order() {
+    let (dir, changes) = tree();
+    let blobs = tempfile::tempdir().unwrap();
+    let info = write_layer_file(
+        dir.path(),
+        &changes,
+        &opts(Compression::None, 2),
+        blobs.path(),
+    )
+    .unwrap();
+    let path = info.path.clone().unwrap();
+    assert_eq!(info.digest, info.diff_id);
+    assert_eq!(sha256sum(&path), info.digest);
+    assert_eq!(path, blobs.path().join(&info.digest[7..]));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), info.tar_size);
+    assert_eq!(info.size, info.tar_size);
+    assert_eq!(info.warnings, ["etc/sock: socket not stored in the layer"]);
+    assert_eq!(
+        std::fs::read_dir(blobs.path()).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+
+    let data = std::fs::read(&path).unwrap();
+    let mut ar = tar::Archive::new(&data[..]);
+    let mut got = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut content = Vec::new();
+        e.read_to_end(&mut content).unwrap();
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let link = e
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned());
+        got.push((
+            name,
+            e.header().entry_type().as_byte() as char,
+            content.len(),
+            link,
+        ));
+    }
+    let long = format!("etc/ssl/{}", "n".repeat(200));
+    let names: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            ".wh.var",
+            "etc/",
+            "etc/.wh..wh..opq",
+            "etc/.wh.gone",
+            "etc/big",
+            "etc/caf\u{fffd}",
+            "etc/fifo",
+            "etc/hostname",
+            "etc/localtime",
+            "etc/ssl/",
+            "etc/ssl/hostname-link",
+            &long,
+        ]
+    );
+    assert_eq!(got[4].2, 3_000_000);
+    assert_eq!(got[10].1, '1');
+    assert_eq!(got[10].3.as_deref(), Some("etc/hostname"));
+    assert!(
+        got[8]
+            .3
+            .as_ref()
+            .unwrap()
+            .ends_with("usr/share/zoneinfo/UTC")
+    );
+
+    let out = Command::new("tar").arg("-tvf").arg(&path).output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn compressed_layers_are_identical_across_thread_counts() {
+    let (dir, changes) = tree();
+    let plain = {
+        let mut v = Vec::new();
+        let info = write_layer(dir.path(), &changes, &opts(Compression::None, 1), &mut v).unwrap();
+        (info, v)
+    };
+    for c in [
+        Compression::Gzip { level: 5 },
+        Compression::Zstd { level: 3 },
+    ] {
+        let mut first = None;
+        for threads in [1, 2, 4] {
+            let blobs = tempfile::tempdir().unwrap();
+            let info =
+                write_layer_file(dir.path(), &changes, &opts(c, threads), blobs.path()).unwrap();
+            let path = info.path.clone().unwrap();
+            assert_eq!(sha256sum(&path), info.digest);
+            assert_eq!(info.diff_id, plain.0.diff_id);
+            assert_eq!(info.tar_size, plain.0.tar_size);
+            assert_eq!(info.media_type, c.media_type());
+            let blob = std::fs::read(&path).unwrap();
+            assert_eq!(blob.len() as u64, info.size);
+            let tool = if matches!(c, Compression::Gzip { .. }) {
+                "gzip"
+            } else {
+                "zstd"
+            };
+            let out = Command::new(tool).arg("-dc").arg(&path).output().unwrap();
+            assert!(out.stdout == plain.1, "{tool} -dc gives the tar back");
+            match &first {
+                None => first = Some(blob),
+                Some(f) => assert!(*f == blob, "{tool}: threads {threads} changed the bytes"),
+            }
+        }
+    }
+}
+
+#[test]
+fn golden_digests() {
+    // Fixed metadata and contents: nothing from the machine enters the layer.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("app")).unwrap();
+    std::fs::write(dir.path().join("app/hello.txt"), b"hello, layer\n").unwrap();
+    let mut d = entry(b"app", Kind::Dir);
+    d.uid = 1000;
+    let mut f = entry(b"app/hello.txt", Kind::File);
+    f.mode = 0o644;
+    f.size = 13;
+    f.mtime = Timestamp {
+        sec: 1_700_000_000,
+        nsec: 5,
+    };
+    f.xattrs = vec![
+        (b"user.x".to_vec(), b"1".to_vec()),
+        (b"trusted.overlay.origin".to_vec(), b"z".to_vec()),
+    ];
+    let mut l = entry(b"app/link", Kind::Symlink);
+    l.link_target = b"hello.txt".to_vec();
+    let changes = vec![
+        added(d),
+        added(f),
+        added(l),
+        deleted(b"app/old"),
+        deleted(b"tmp"),
+    ];
+    let get = |c| write_layer(dir.path(), &changes, &opts(c, 2), io::sink()).unwrap();
+    let none = get(Compression::None);
+    let gz = get(Compression::default());
+    let zst = get(Compression::Zstd { level: 3 });
+    assert_eq!(
+        none.diff_id,
+        "sha256:488d820040844d98bb48bd4001037dcf12f148e477d8a85eeab94ff89c9364a3"
+    );
+    assert_eq!(gz.diff_id, none.diff_id);
+    assert_eq!(
+        gz.digest,
+        "sha256:466152216bf79d5f27d1b97c282c3d729041f49eae6edb5b9115002cb25dfca7"
+    );
+    assert_eq!(
+        zst.digest,
+        "sha256:c4ef63ea6dbc0750061f9d71aaa3903e787404aa5fc10fd48bca2deb15209c42"
+    );
+    // What the pinned bytes hold, as Python's tarfile reads them.
+    let mut tar = Vec::new();
+    write_layer(dir.path(), &changes, &opts(Compression::None, 1), &mut tar).unwrap();
+    let script = r#"
+import io, sys, tarfile
+with tarfile.open(fileobj=io.BytesIO(sys.stdin.buffer.read())) as t:
+    for m in t:
+        print(m.name, m.type.decode(), oct(m.mode), m.uid, m.pax_headers.get("mtime", int(m.mtime)),
+              sorted(m.pax_headers), m.linkname)
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&tar).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "\
+.wh.tmp 0 0o0 0 0 [] 
+app 5 0o755 1000 1700000000 [] 
+app/.wh.old 0 0o0 0 0 [] 
+app/hello.txt 0 0o644 0 1700000000.000000005 ['SCHILY.xattr.user.x', 'mtime'] 
+app/link 2 0o755 0 1700000000 [] hello.txt
+"
+    );
+    // mtime clamping changes the diff_id.
+    let clamped = write_layer(
+        dir.path(),
+        &changes,
+        &LayerOptions {
+            source_date_epoch: Some(0),
+            ..opts(Compression::None, 1)
+        },
+        io::sink(),
+    )
+    .unwrap();
+    assert_ne!(clamped.diff_id, none.diff_id);
+}
+
+#[test]
+fn a_file_that_changed_size_is_an_error() {
+    let (dir, mut changes) = tree();
+    for name in [&b"etc/hostname"[..], b"etc/big"] {
+        let i = changes.iter().position(|c| c.path == name).unwrap();
+        let real = changes[i].entry.as_ref().unwrap().size;
+        changes[i].entry.as_mut().unwrap().size = real + 1;
+        let blobs = tempfile::tempdir().unwrap();
+        match write_layer_file(
+            dir.path(),
+            &changes,
+            &opts(Compression::Gzip { level: 1 }, 2),
+            blobs.path(),
+        ) {
+            Err(Error::FileChanged {
+                path,
+                expected,
+                found,
+            }) => {
+                assert_eq!(path, dir.path().join(os_path(name)));
+                assert_eq!((expected, found), (real + 1, real));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_dir(blobs.path()).unwrap().count(),
+            0,
+            "temporary file removed"
+        );
+        changes[i].entry.as_mut().unwrap().size = real;
+    }
+}
+
+#[test]
+fn symlinks_in_the_path_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("d")).unwrap();
+    let mut f = entry(b"d/secret", Kind::File);
+    f.size = 6;
+    let changes = vec![added(f)];
+    let err = write_layer(
+        dir.path(),
+        &changes,
+        &opts(Compression::None, 1),
+        io::sink(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    // Also through the per-component fallback.
+    let root: OwnedFd = rustix::fs::open(
+        dir.path(),
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    NO_OPENAT2.store(true, Ordering::Relaxed);
+    let res = open_beneath(&root, b"d/secret");
+    NO_OPENAT2.store(false, Ordering::Relaxed);
+    assert!(res.is_err());
+    assert!(open_beneath(&root, b"../x").is_err());
+}
+
+/// Memory does not grow with file size: a 2 GiB (sparse) file with < 100 MB peak RSS.
+/// Run alone: `cargo test --release -- --ignored big_file`.
+#[test]
+#[ignore]
+fn big_file_streams_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = File::create(dir.path().join("big")).unwrap();
+    f.set_len(2 << 30).unwrap();
+    drop(f);
+    let changes = vec![added(stat(dir.path(), b"big"))];
+    let t = std::time::Instant::now();
+    let info = write_layer(
+        dir.path(),
+        &changes,
+        &opts(Compression::Gzip { level: 1 }, 0),
+        io::sink(),
+    )
+    .unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "2 GiB in {:?}, peak RSS {} MB, {}",
+        t.elapsed(),
+        hwm / 1024,
+        info.digest
+    );
+    assert!(hwm < 100 * 1024, "peak RSS {hwm} kB");
+    assert!(info.tar_size >= (2 << 30) + 3 * 512);
+}
+
+/// Rough timing on a real tree: `LAYERDIFF_BENCH_TREE=/some/rootfs cargo test --release --
+/// --ignored --nocapture bench_tree`. Prints, asserts nothing about time.
+#[test]
+#[ignore]
+fn bench_tree() {
+    let Some(root) = std::env::var_os("LAYERDIFF_BENCH_TREE") else {
+        return;
+    };
+    let root = PathBuf::from(root);
+    fn walk(root: &Path, rel: &[u8], out: &mut Vec<Change>) {
+        for d in std::fs::read_dir(root.join(os_path(rel))).unwrap() {
+            let p = crate::entry::join(rel, d.unwrap().file_name().as_bytes());
+            let e = stat(root, &p);
+            let is_dir = e.kind == Kind::Dir;
+            out.push(added(e));
+            if is_dir {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut changes = Vec::new();
+    walk(&root, b"", &mut changes);
+    let changes = sorted(changes);
+    let blobs = tempfile::tempdir().unwrap();
+    let configs = [
+        Compression::None,
+        Compression::Gzip { level: 5 },
+        Compression::Zstd { level: 3 },
+        Compression::Zstd { level: 2 },
+    ];
+    for c in configs {
+        for threads in [0, 1] {
+            let (mut sink_best, mut file_best) = (f64::MAX, f64::MAX);
+            let mut info = None;
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                info = Some(write_layer(&root, &changes, &opts(c, threads), io::sink()).unwrap());
+                sink_best = sink_best.min(t.elapsed().as_secs_f64());
+                let t = std::time::Instant::now();
+                let file =
+                    write_layer_file(&root, &changes, &opts(c, threads), blobs.path()).unwrap();
+                file_best = file_best.min(t.elapsed().as_secs_f64());
+                std::fs::remove_file(file.path.unwrap()).unwrap();
+            }
+            let info = info.unwrap();
+            eprintln!(
+                "{c:?} threads {threads}: {} entries, tar {} B, blob {} B, best of 3: sink {sink_best:.3}s, file {file_best:.3}s",
+                changes.len(),
+                info.tar_size,
+                info.size,
+            );
+        }
+    }
+}

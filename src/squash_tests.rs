@@ -1,0 +1,276 @@
+//! Tests of `squash`.
+
+use super::*;
+
+fn rec(kind: Kind) -> Record {
+    Record {
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: (1, 0),
+        xattrs: Vec::new(),
+    }
+}
+fn file(p: &str, layer: usize, ordinal: u64) -> Op {
+    Op::Put(
+        p.as_bytes().to_vec(),
+        rec(Kind::File {
+            layer,
+            offset: ordinal,
+            size: 1,
+        }),
+    )
+}
+fn dir(p: &str) -> Op {
+    Op::Put(p.as_bytes().to_vec(), rec(Kind::Dir))
+}
+fn wh(p: &str) -> Op {
+    Op::Whiteout(p.as_bytes().to_vec())
+}
+fn opq(p: &str) -> Op {
+    Op::Opaque(p.as_bytes().to_vec())
+}
+fn paths(s: &Squashed) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let f = |v: &[Vec<u8>]| {
+        v.iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect()
+    };
+    (
+        s.records
+            .keys()
+            .map(|k| String::from_utf8_lossy(&k.0).into_owned())
+            .collect(),
+        f(&s.whiteouts),
+        f(&s.opaque),
+    )
+}
+
+fn squash(lower: &[Vec<Op>], range: &[Vec<Op>]) -> Squashed {
+    let mut tree = LowerTree::default();
+    for ops in lower {
+        tree.apply(ops);
+    }
+    let mut folder = Folder::new(tree);
+    for ops in range {
+        folder.layer(ops);
+    }
+    folder.finish()
+}
+
+#[test]
+fn whiteouts_survive_only_where_they_hide_something_below() {
+    let base = vec![vec![dir("a"), file("a/x", 9, 0), file("keep", 9, 1)]];
+    // Added then deleted inside the range: nothing left, no whiteout needed.
+    let s = squash(&base, &[vec![file("tmp", 0, 0)], vec![wh("tmp")]]);
+    assert_eq!(paths(&s), (vec![], vec![], vec![]));
+    // Deleting a lower file: the whiteout stays.
+    let s = squash(&base, &[vec![wh("a/x")], vec![file("b", 1, 0)]]);
+    assert_eq!(paths(&s), (vec!["b".into()], vec!["a/x".into()], vec![]));
+    // Nested redundant whiteouts fold into the outer one.
+    let s = squash(&base, &[vec![wh("a/x")], vec![wh("a")]]);
+    assert_eq!(paths(&s), (vec![], vec!["a".into()], vec![]));
+    // Deleted then recreated as a directory: an opaque directory.
+    let s = squash(&base, &[vec![wh("a")], vec![dir("a"), file("a/y", 1, 1)]]);
+    assert_eq!(
+        paths(&s),
+        (vec!["a".into(), "a/y".into()], vec![], vec!["a".into()])
+    );
+    // Squashing everything: no whiteouts at all.
+    let s = squash(&[], &[base[0].clone(), vec![wh("a")]]);
+    assert_eq!(paths(&s), (vec!["keep".into()], vec![], vec![]));
+}
+
+#[test]
+fn opaque_folds_and_keeps_the_same_layers_entries() {
+    let base = vec![vec![dir("d"), file("d/old", 9, 0)]];
+    let s = squash(
+        &base,
+        &[
+            vec![file("d/mid", 0, 0)],
+            vec![dir("d"), file("d/new", 1, 0), opq("d")],
+        ],
+    );
+    // The opaque marker becomes a whiteout of each lower child it hid.
+    assert_eq!(
+        paths(&s),
+        (
+            vec!["d".into(), "d/new".into()],
+            vec!["d/old".into()],
+            vec![]
+        )
+    );
+}
+
+#[test]
+fn last_writer_wins_and_hardlinks_keep_their_content() {
+    let s = squash(
+        &[],
+        &[
+            vec![file("a", 0, 0), Op::Link(b"b".to_vec(), b"a".to_vec())],
+            vec![file("a", 1, 5)],
+        ],
+    );
+    let get = |p: &str| s.records[&Key(p.as_bytes().to_vec())].kind.clone();
+    assert_eq!(
+        get("a"),
+        Kind::File {
+            layer: 1,
+            offset: 5,
+            size: 1
+        }
+    );
+    assert_eq!(
+        get("b"),
+        Kind::File {
+            layer: 0,
+            offset: 0,
+            size: 1
+        }
+    );
+}
+
+#[test]
+fn file_over_directory_replaces_the_subtree() {
+    let s = squash(
+        &[],
+        &[vec![dir("x"), file("x/in", 0, 1)], vec![file("x", 1, 0)]],
+    );
+    assert_eq!(paths(&s).0, vec!["x".to_string()]);
+}
+
+/// Real trees → real layers → squash, compared with applying the layers one by one.
+#[test]
+fn squash_applies_like_the_layers_in_order() {
+    use crate::apply::{ApplyOptions, apply_layer};
+    use crate::diff::{DiffOptions, diff_dirs, full_tree};
+    use crate::layer::write_layer_file;
+    use std::fs;
+
+    let t = tempfile::tempdir().unwrap();
+    let (a, b, c) = (t.path().join("a"), t.path().join("b"), t.path().join("c"));
+    let blobs = t.path().join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    fs::create_dir_all(a.join("etc/sub")).unwrap();
+    fs::write(a.join("etc/keep"), b"keep").unwrap();
+    fs::write(a.join("etc/sub/gone"), b"gone").unwrap();
+    fs::write(a.join("big"), vec![5u8; 300_000]).unwrap();
+    fs::hard_link(a.join("big"), a.join("big-link")).unwrap();
+    fs::create_dir_all(a.join("d")).unwrap();
+    fs::write(a.join("d/old"), b"old").unwrap();
+    let copy = |from: &Path, to: &Path| {
+        assert!(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(from)
+                .arg(to)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    copy(&a, &b);
+    fs::remove_dir_all(b.join("etc/sub")).unwrap();
+    fs::write(b.join("new"), b"new").unwrap();
+    fs::remove_dir_all(b.join("d")).unwrap();
+    fs::create_dir(b.join("d")).unwrap();
+    fs::write(b.join("d/fresh"), b"fresh").unwrap();
+    copy(&b, &c);
+    fs::remove_file(c.join("new")).unwrap();
+    fs::write(c.join("big"), b"rewritten").unwrap();
+    std::os::unix::fs::symlink("etc/keep", c.join("link")).unwrap();
+
+    let opts = LayerOptions {
+        compression: crate::compress::Compression::Gzip { level: 1 },
+        ..LayerOptions::default()
+    };
+    let l1 = write_layer_file(&a, &full_tree(&a).unwrap(), &opts, &blobs).unwrap();
+    let l2 = write_layer_file(
+        &b,
+        &diff_dirs(&a, &b, &DiffOptions::default()).unwrap(),
+        &opts,
+        &blobs,
+    )
+    .unwrap();
+    let l3 = write_layer_file(
+        &c,
+        &diff_dirs(&b, &c, &DiffOptions::default()).unwrap(),
+        &opts,
+        &blobs,
+    )
+    .unwrap();
+    let paths: Vec<PathBuf> = [&l1, &l2, &l3]
+        .iter()
+        .map(|l| l.path.clone().unwrap())
+        .collect();
+
+    let apply_all = |dir: &Path, layers: &[PathBuf]| {
+        let root = crate::root::Root::open(dir).unwrap();
+        for l in layers {
+            apply_layer(
+                &root,
+                File::open(l).unwrap(),
+                &ApplyOptions::default(),
+                &crate::cancel::NEVER,
+            )
+            .unwrap();
+        }
+    };
+    let snapshot = |dir: &Path| -> Vec<String> {
+        crate::walk::walk(dir)
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let content = if e.kind == crate::entry::Kind::File {
+                    fs::read(dir.join(crate::entry::os_path(&e.path))).unwrap()
+                } else {
+                    Vec::new()
+                };
+                let mtime = if e.kind == crate::entry::Kind::Dir {
+                    Default::default()
+                } else {
+                    e.mtime
+                };
+                format!(
+                    "{:?} {:?} {:o} {} {} {:?} {:?} {} {:?}",
+                    String::from_utf8_lossy(&e.path),
+                    e.kind,
+                    e.mode,
+                    e.uid,
+                    e.gid,
+                    e.link_target,
+                    mtime,
+                    e.nlink,
+                    blake3::hash(&content)
+                )
+            })
+            .collect()
+    };
+    let sequential = t.path().join("seq");
+    apply_all(&sequential, &paths);
+    assert_eq!(snapshot(&sequential), snapshot(&c));
+
+    // All three into one.
+    let all = squash_files(&[], &paths, &opts, &blobs, &crate::cancel::NEVER).unwrap();
+    let out = t.path().join("all");
+    apply_all(&out, &[all.path.clone().unwrap()]);
+    assert_eq!(snapshot(&out), snapshot(&sequential));
+
+    // The last two on top of the first.
+    let top = squash_files(
+        &paths[..1],
+        &paths[1..],
+        &opts,
+        &blobs,
+        &crate::cancel::NEVER,
+    )
+    .unwrap();
+    let out = t.path().join("top");
+    apply_all(&out, &[paths[0].clone(), top.path.clone().unwrap()]);
+    assert_eq!(snapshot(&out), snapshot(&sequential));
+
+    // Deterministic: the same squash gives the same bytes.
+    let again = squash_files(&[], &paths, &opts, &blobs, &crate::cancel::NEVER).unwrap();
+    assert_eq!(again.digest, all.digest);
+}
