@@ -1,0 +1,61 @@
+"""Ctrl-C stops long work promptly, with exit code 130 and nothing half-written left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import layerdiff
+
+
+def big_tree(root: Path) -> Path:
+    """Enough data that a commit takes seconds: 48 files of 16 MiB of incompressible bytes."""
+    root.mkdir()
+    chunk = os.urandom(1 << 20)
+    for i in range(48):
+        with open(root / f"f{i:02}", "wb") as f:
+            for j in range(16):
+                f.write(chunk[j:] + chunk[:j])
+    return root
+
+
+def test_sigint_stops_a_commit_and_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    tree = big_tree(tmp_path / "tree")
+    layout = tmp_path / "layout"
+    layerdiff.commit(tmp_path / "tree", image=f"oci:{layout}:first", compression="none")
+    before = sorted(p.name for p in (layout / "blobs" / "sha256").iterdir())
+    index_before = (layout / "index.json").read_bytes()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "layerdiff",
+            "commit",
+            "--progress",
+            "none",
+            "--threads",
+            "1",
+            "--compression",
+            "zstd",
+            "--upper",
+            str(tree),
+            f"oci:{layout}:second",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    assert proc.poll() is None, "the commit finished before it could be interrupted"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - start < 5, "Ctrl-C was not seen promptly"
+    assert proc.returncode == 130, err
+    assert err.strip() == "layerdiff: error: interrupted"
+    after = sorted(p.name for p in (layout / "blobs" / "sha256").iterdir())
+    assert after == before, "a temporary or partial blob was left behind"
+    assert (layout / "index.json").read_bytes() == index_before
