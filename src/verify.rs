@@ -68,6 +68,75 @@ impl<R: Read> Read for VerifyingReader<R> {
     }
 }
 
+/// The digests of a stored layer blob, as `fsck` checks them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobDigests {
+    /// `sha256:` of the blob's bytes.
+    pub digest: String,
+    /// Size of the blob.
+    pub size: u64,
+    /// `sha256:` of the decompressed stream (the diff_id of a layer).
+    pub diff_id: String,
+    /// Size of the decompressed stream.
+    pub tar_size: u64,
+}
+
+/// Hashes and counts what is read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Hash a blob and its decompressed stream in one read of the file.
+pub fn blob_digests(path: &std::path::Path, cancel: &crate::cancel::Cancel) -> Result<BlobDigests> {
+    use crate::error::IoContext;
+    let file = std::fs::File::open(path).at(path)?;
+    let mut raw = Hashing {
+        inner: file,
+        hasher: Sha256::new(),
+        read: 0,
+    };
+    let what = path.display().to_string();
+    let bad = |e: io::Error| Error::Archive {
+        entry: what.clone(),
+        reason: e.to_string(),
+    };
+    let (diff_id, tar_size) = crate::decompress::with_decompressed(&mut raw, |stream| {
+        let mut tar = Hashing {
+            inner: stream,
+            hasher: Sha256::new(),
+            read: 0,
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            cancel.check()?;
+            match tar.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(bad(e)),
+            }
+        }
+        Ok((format!("sha256:{}", hex(&tar.hasher.finalize())), tar.read))
+    })?;
+    io::copy(&mut raw, &mut io::sink()).map_err(bad)?;
+    Ok(BlobDigests {
+        digest: format!("sha256:{}", hex(&raw.hasher.finalize())),
+        size: raw.read,
+        diff_id,
+        tar_size,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +165,25 @@ mod tests {
             .finish(ABC, "blob")
             .unwrap_err();
         assert!(e.to_string().contains("larger"), "{e}");
+    }
+
+    #[test]
+    fn blob_digests_hash_the_blob_and_its_stream() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = b"not really a tar, but any stream".repeat(1000);
+        let gz = {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&tar).unwrap();
+            e.finish().unwrap()
+        };
+        let path = t.path().join("blob");
+        std::fs::write(&path, &gz).unwrap();
+        let d = blob_digests(&path, &crate::cancel::NEVER).unwrap();
+        let sha = |b: &[u8]| format!("sha256:{}", hex(&Sha256::digest(b)));
+        assert_eq!(d.digest, sha(&gz));
+        assert_eq!(d.size, gz.len() as u64);
+        assert_eq!(d.diff_id, sha(&tar));
+        assert_eq!(d.tar_size, tar.len() as u64);
     }
 }

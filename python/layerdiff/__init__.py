@@ -40,6 +40,7 @@ from layerdiff.errors import (
     OverlayError,
     ReservedNameError,
 )
+from layerdiff.fsck import FsckReport, GcReport, Problem, fsck, gc
 from layerdiff.layer import Change, LayerInfo, diff, diff_overlay, write_layer
 from layerdiff.squash import SquashResult, squash
 
@@ -53,6 +54,8 @@ __all__ = [
     "DigestMismatchError",
     "FileChangedError",
     "FormatError",
+    "FsckReport",
+    "GcReport",
     "HistoryEntry",
     "ImageNotFoundError",
     "ImageSummary",
@@ -63,6 +66,7 @@ __all__ = [
     "LayerdiffOSError",
     "LimitError",
     "OverlayError",
+    "Problem",
     "ReservedNameError",
     "SquashResult",
     "UnpackResult",
@@ -71,6 +75,8 @@ __all__ = [
     "commit",
     "diff",
     "diff_overlay",
+    "fsck",
+    "gc",
     "history",
     "images",
     "incomplete_marker",

@@ -8,6 +8,7 @@ _Path = str | bytes | PathLike[str] | PathLike[bytes]
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "apply_layer",
+    "blob_digests",
     "diff",
     "diff_overlay",
     "squash_layers",
@@ -75,3 +76,6 @@ def squash_layers(
 
     Returns (digest, diff_id, size, tar_size, media_type, path, warnings) like write_layer.
     """
+
+def blob_digests(path: _Path) -> tuple[str, int, str, int]:
+    """(digest, size, diff_id, tar_size) of a blob file and of its decompressed stream."""

@@ -398,6 +398,63 @@ def squash(
     click.echo(result.manifest_digest)
 
 
+@cli.command(
+    epilog="""\b
+Examples:
+  layerdiff fsck                 # every image in the default store
+  layerdiff fsck app:1           # one image
+  layerdiff fsck oci:./layout    # every image of a layout
+"""
+)
+@click.argument("target", required=False, metavar="[IMAGE|oci:PATH]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def fsck(target: str | None, as_json: bool) -> None:
+    """Check every blob the images reach: size, sha256, diff_ids, config and history.
+
+    Exits 0 only when all is well; names each problem otherwise.
+    """
+    report = layerdiff.fsck(target)
+    if as_json:
+        _emit_json(
+            {
+                "ok": report.ok,
+                "images": report.images,
+                "blobs": report.blobs,
+                "problems": [{"where": p.where, "what": p.what} for p in report.problems],
+            }
+        )
+    else:
+        for problem in report.problems:
+            click.echo(f"{problem}")
+        summary = f"{report.images} images, {report.blobs} blobs checked"
+        click.echo(
+            summary + (", all well" if report.ok else f", {len(report.problems)} problems"),
+            err=True,
+        )
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command(epilog="Example:\n\n  layerdiff gc --json")
+@click.argument("layout", required=False, metavar="[oci:PATH]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def gc(layout: str | None, as_json: bool) -> None:
+    """Remove blobs no image reaches and stale temporary files (default store, or oci:PATH).
+
+    Safe while other commands run: it waits for commits and squashes writing into the store.
+    """
+    if layout is not None and not layout.startswith("oci:"):
+        raise click.UsageError(f"{layout!r}: expected oci:PATH")
+    report = layerdiff.gc(layout)
+    if as_json:
+        _emit_json(asdict(report))
+        return
+    click.echo(
+        f"removed {report.blobs} blobs and {report.temporary} temporary files, "
+        f"{_human_size(report.bytes)} freed"
+    )
+
+
 def _one_line(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from layerdiff import refs
 from layerdiff.catalog import Image, load_image
+from layerdiff.fsck import writing
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -91,43 +92,44 @@ def commit(
         parent = load_image(base)
 
     layout = Layout.create(target.layout)
-    base_layers = parent.layers if parent else []
-    if parent is not None and not _same_layout(parent.layout, layout):
-        step(f"copying {len(base_layers)} base layers")
-        for desc in base_layers:
-            layout.import_blob(parent.layout, desc["digest"])
+    with writing(layout):
+        base_layers = parent.layers if parent else []
+        if parent is not None and not _same_layout(parent.layout, layout):
+            step(f"copying {len(base_layers)} base layers")
+            for desc in base_layers:
+                layout.import_blob(parent.layout, desc["digest"])
 
-    step("writing layer")
-    layer = write_layer(
-        upper,
-        dest=layout.path,
-        lower=lower,
-        overlay=overlay,
-        lowers=lowers,
-        compression=compression,
-        threads=threads,
-        source_date_epoch=epoch,
-    )
+        step("writing layer")
+        layer = write_layer(
+            upper,
+            dest=layout.path,
+            lower=lower,
+            overlay=overlay,
+            lowers=lowers,
+            compression=compression,
+            threads=threads,
+            source_date_epoch=epoch,
+        )
 
-    step("writing config and manifest")
-    created = rfc3339(epoch)
-    config = parent.config if parent else new_config(created=created)
-    config = {**config, "config": apply_changes(config.get("config") or {}, instructions)}
-    config = add_layer(
-        config,
-        diff_id=layer.diff_id,
-        created=created,
-        created_by=CREATED_BY,
-        comment=message,
-        author=author,
-    )
-    config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
-    layer_desc = {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
-    manifest = build_manifest(config=config_desc, layers=[*base_layers, layer_desc])
-    manifest_desc = layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE)
+        step("writing config and manifest")
+        created = rfc3339(epoch)
+        config = parent.config if parent else new_config(created=created)
+        config = {**config, "config": apply_changes(config.get("config") or {}, instructions)}
+        config = add_layer(
+            config,
+            diff_id=layer.diff_id,
+            created=created,
+            created_by=CREATED_BY,
+            comment=message,
+            author=author,
+        )
+        config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
+        layer_desc = {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+        manifest = build_manifest(config=config_desc, layers=[*base_layers, layer_desc])
+        manifest_desc = layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE)
 
-    step(f"tagging {target.text}")
-    layout.set_tag(target.write_tag, manifest_desc)
+        step(f"tagging {target.text}")
+        layout.set_tag(target.write_tag, manifest_desc)
     return CommitResult(
         layer=layer,
         manifest_digest=manifest_desc["digest"],

@@ -16,6 +16,7 @@ from typing import Any
 from layerdiff import _core, refs
 from layerdiff.catalog import load_image
 from layerdiff.errors import FormatError
+from layerdiff.fsck import writing
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -113,36 +114,37 @@ def squash(
     epoch = _resolve_epoch(source_date_epoch)
 
     layout = Layout.create(target.layout)
-    kept = src.layers[: total - count]
-    if layout.path.resolve() != src.layout.path.resolve():
-        for desc in kept:
-            layout.import_blob(src.layout, desc["digest"])
-    blob_paths = [src.layout.blob_path(d["digest"]) for d in src.layers]
-    digest, diff_id, size, tar_size, media_type, path, warnings = _core.squash_layers(
-        blob_paths[: total - count],
-        blob_paths[total - count :],
-        layout.blobs_dir,
-        compression=compression,
-        threads=threads or 0,
-        source_date_epoch=epoch,
-    )
-    layer = LayerInfo(
-        digest=digest,
-        diff_id=diff_id,
-        size=size,
-        tar_size=tar_size,
-        media_type=media_type,
-        path=Path(path),
-        warnings=tuple(warnings),
-    )
-    config = squash_config(
-        src.config, count=count, diff_id=diff_id, created=rfc3339(epoch), comment=message
-    )
-    config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
-    layer_desc = {"mediaType": media_type, "digest": digest, "size": size}
-    manifest = build_manifest(config=config_desc, layers=[*kept, layer_desc])
-    manifest_desc = layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE)
-    layout.set_tag(target.write_tag, manifest_desc)
+    with writing(layout):
+        kept = src.layers[: total - count]
+        if layout.path.resolve() != src.layout.path.resolve():
+            for desc in kept:
+                layout.import_blob(src.layout, desc["digest"])
+        blob_paths = [src.layout.blob_path(d["digest"]) for d in src.layers]
+        digest, diff_id, size, tar_size, media_type, path, warnings = _core.squash_layers(
+            blob_paths[: total - count],
+            blob_paths[total - count :],
+            layout.blobs_dir,
+            compression=compression,
+            threads=threads or 0,
+            source_date_epoch=epoch,
+        )
+        layer = LayerInfo(
+            digest=digest,
+            diff_id=diff_id,
+            size=size,
+            tar_size=tar_size,
+            media_type=media_type,
+            path=Path(path),
+            warnings=tuple(warnings),
+        )
+        config = squash_config(
+            src.config, count=count, diff_id=diff_id, created=rfc3339(epoch), comment=message
+        )
+        config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
+        layer_desc = {"mediaType": media_type, "digest": digest, "size": size}
+        manifest = build_manifest(config=config_desc, layers=[*kept, layer_desc])
+        manifest_desc = layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE)
+        layout.set_tag(target.write_tag, manifest_desc)
     return SquashResult(
         layer=layer,
         squashed=count,

@@ -252,6 +252,14 @@ fn layer_tuple(info: crate::layer::LayerInfo) -> LayerTuple {
     )
 }
 
+/// sha256 and size of a blob file and of its decompressed stream, in one read.
+#[pyfunction]
+fn blob_digests(py: Python<'_>, path: PathBuf) -> PyResult<(String, u64, String, u64)> {
+    let cancel = Cancel::new();
+    let d = run_detached(py, &cancel, || crate::verify::blob_digests(&path, &cancel))?;
+    Ok((d.digest, d.size, d.diff_id, d.tar_size))
+}
+
 /// The module `layerdiff._core`.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -260,6 +268,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_layer, m)?)?;
     m.add_function(wrap_pyfunction!(apply_layer, m)?)?;
     m.add_function(wrap_pyfunction!(squash_layers, m)?)?;
+    m.add_function(wrap_pyfunction!(blob_digests, m)?)?;
     m.add("DEFAULT_MAX_SIZE", crate::apply::DEFAULT_MAX_SIZE)?;
     Ok(())
 }

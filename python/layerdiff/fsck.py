@@ -1,0 +1,279 @@
+"""``fsck`` and ``gc``: check every reachable blob of a layout; remove what nothing reaches.
+
+fsck reads every blob an image reaches (through nested indexes too) and checks its size and
+sha256 against its descriptor, each layer's decompressed sha256 against the config's diff_id,
+and the manifest/config/history invariants. gc removes blobs no tag reaches and stale temporary
+files; it holds the layout's collector lock, which writers (commit, squash) hold shared while
+their blobs are not tagged yet, so it never removes a blob a running command is about to tag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerdiff import _core, refs
+from layerdiff.errors import LayerdiffError
+from layerdiff.image import INDEX_MEDIA_TYPES, check_history
+from layerdiff.layout import REF_NAME, Descriptor, Layout, check_digest
+
+__all__ = ["FsckReport", "GcReport", "Problem", "fsck", "gc", "writing"]
+
+_GC_LOCK = ".layerdiff.gc.lock"
+_TEMP_PREFIXES = (".tmp-", ".index.json.", ".oci-layout.")
+
+
+@contextlib.contextmanager
+def _gc_lock(layout: Layout, mode: int) -> Iterator[None]:
+    fd = os.open(layout.path / _GC_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def writing(layout: Layout) -> Iterator[None]:
+    """Held (shared) by a command from its first blob write to its tag: gc waits for it."""
+    with _gc_lock(layout, fcntl.LOCK_SH):
+        yield
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing fsck found wrong."""
+
+    #: The image (tag) or blob it is about.
+    where: str
+    #: What is wrong, with what was expected and what was found.
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+@dataclass
+class FsckReport:
+    """What fsck checked and found."""
+
+    images: int = 0
+    blobs: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What gc removed."""
+
+    blobs: int
+    temporary: int
+    bytes: int
+
+
+class _Checker:
+    def __init__(self, layout: Layout, report: FsckReport) -> None:
+        self.layout = layout
+        self.report = report
+        self.checked: dict[str, str | None] = {}  # digest -> diff_id (layers) once checked
+
+    def problem(self, where: str, what: str) -> None:
+        self.report.problems.append(Problem(where, what))
+
+    def blob(self, where: str, desc: Descriptor, *, layer: bool = False) -> str | None:
+        """Check one blob against its descriptor; the diff_id of a layer. None when broken."""
+        digest = str(desc.get("digest", ""))
+        if digest in self.checked:
+            return self.checked[digest]
+        self.checked[digest] = None
+        try:
+            check_digest(digest)
+            path = self.layout.blob_path(digest)
+        except LayerdiffError as e:
+            self.problem(where, str(e))
+            return None
+        if not path.is_file():
+            self.problem(where, f"blob {digest} is missing")
+            return None
+        self.report.blobs += 1
+        diff_id: str | None = None
+        try:
+            if layer:
+                found, size, diff_id, _ = _core.blob_digests(path)
+            else:
+                found, size = _sha256_file(path)
+        except (LayerdiffError, OSError) as e:
+            # A blob that does not decompress: say first whether it is the blob it should be.
+            found, size = _sha256_file(path)
+            if found == digest:
+                self.problem(where, f"layer {digest} cannot be read: {e}")
+                return None
+        if found != digest:
+            self.problem(where, f"blob {digest} has digest {found}")
+            return None
+        if size != desc.get("size"):
+            self.problem(
+                where, f"blob {digest} is {size} bytes, descriptor says {desc.get('size')}"
+            )
+            return None
+        self.checked[digest] = diff_id or digest
+        return diff_id or digest
+
+    def json_blob(self, where: str, desc: Descriptor) -> dict[str, Any] | None:
+        if self.blob(where, desc) is None:
+            return None
+        try:
+            obj = json.loads(self.layout.blob_path(desc["digest"]).read_bytes())
+        except ValueError as e:
+            self.problem(where, f"blob {desc['digest']} is not JSON: {e}")
+            return None
+        if not isinstance(obj, dict):
+            self.problem(where, f"blob {desc['digest']} is not a JSON object")
+            return None
+        return obj
+
+    def manifest(self, where: str, desc: Descriptor) -> None:
+        obj = self.json_blob(where, desc)
+        if obj is None:
+            return
+        if desc.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in obj:
+            for sub in obj.get("manifests", []):
+                self.manifest(where, sub)
+            return
+        self.report.images += 1
+        config_desc = obj.get("config")
+        if not isinstance(config_desc, dict):
+            self.problem(where, "manifest has no config descriptor")
+            return
+        config = self.json_blob(where, config_desc)
+        layers = obj.get("layers", [])
+        diff_ids = [self.blob(where, layer, layer=True) for layer in layers]
+        if config is None:
+            return
+        try:
+            check_history(config)
+        except LayerdiffError as e:
+            self.problem(where, str(e))
+        want = config.get("rootfs", {}).get("diff_ids", [])
+        if len(want) != len(layers):
+            self.problem(where, f"{len(layers)} layers but {len(want)} diff_ids in the config")
+            return
+        for i, (found, expected) in enumerate(zip(diff_ids, want, strict=True)):
+            if found is not None and found != expected:
+                self.problem(where, f"layer {i} has diff_id {found}, config says {expected}")
+
+
+def _layout_and_images(target: str | None) -> tuple[Layout, list[tuple[str, Descriptor]]]:
+    """The layout, and the (name, descriptor) of each image to check: all of them for the store
+    or an untagged ``oci:PATH``, else the one named."""
+    if target is None:
+        return Layout.create(refs.store_layout_path()), _named(
+            Layout.create(refs.store_layout_path())
+        )
+    ref = refs.parse_layout_reference(target)
+    layout = Layout.open(ref.layout)
+    named = _named(layout)
+    if ref.tag is not None:
+        named = [(n, m) for n, m in named if n == ref.tag]
+    return layout, named
+
+
+def _named(layout: Layout) -> list[tuple[str, Descriptor]]:
+    return [
+        (str((m.get("annotations") or {}).get(REF_NAME, m.get("digest"))), m)
+        for m in layout.manifests()
+    ]
+
+
+def fsck(target: str | None = None) -> FsckReport:
+    """Check the default store, an ``oci:PATH`` layout, or one image; nothing is changed."""
+    layout, named = _layout_and_images(target)
+    report = FsckReport()
+    if target is not None and not named:
+        report.problems.append(Problem(target, "no such image"))
+    checker = _Checker(layout, report)
+    for name, desc in named:
+        checker.manifest(name, desc)
+    return report
+
+
+def _reachable(layout: Layout) -> set[str]:
+    seen: set[str] = set()
+    todo = list(layout.manifests())
+    while todo:
+        desc = todo.pop()
+        digest = desc.get("digest")
+        if not isinstance(digest, str) or digest in seen:
+            continue
+        seen.add(digest)
+        path = layout.blob_path(digest) if digest.startswith("sha256:") else None
+        if path is None or not path.is_file():
+            continue
+        media = desc.get("mediaType", "")
+        if "manifest" in media or "index" in media or "json" in media:
+            try:
+                obj = json.loads(path.read_bytes())
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                todo.extend(obj.get("manifests", []))
+                if isinstance(obj.get("config"), dict):
+                    todo.append(obj["config"])
+                todo.extend(obj.get("layers", []))
+    return seen
+
+
+def gc(target: str | None = None) -> GcReport:
+    """Remove unreachable blobs and stale temporary files from the default store (or an
+    ``oci:PATH`` layout). Waits for commands that are writing into it."""
+    layout = (
+        Layout.create(refs.store_layout_path())
+        if target is None
+        else Layout.open(target.removeprefix("oci:"))
+    )
+    removed = temporary = freed = 0
+    with _gc_lock(layout, fcntl.LOCK_EX):
+        keep = _reachable(layout)
+        for path in list(layout.blobs_dir.iterdir()):
+            if path.name.startswith("."):
+                freed += _remove(path)
+                temporary += 1
+            elif f"sha256:{path.name}" not in keep:
+                freed += _remove(path)
+                removed += 1
+        for path in list(layout.path.iterdir()):
+            if path.name.startswith(_TEMP_PREFIXES):
+                freed += _remove(path)
+                temporary += 1
+    return GcReport(blobs=removed, temporary=temporary, bytes=freed)
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return "sha256:" + h.hexdigest(), size
+
+
+def _remove(path: Path) -> int:
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size

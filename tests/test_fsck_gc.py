@@ -1,0 +1,103 @@
+"""fsck finds what is wrong with a store and names it; gc removes only what nothing reaches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import layerdiff
+from layerdiff.layout import Layout
+from tests.conftest import run_cli
+
+
+def tree(root: Path, marker: str) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "marker").write_text(marker)
+    (root / "data").write_bytes(os.urandom(50_000))
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Layout:
+    """The default store with two images sharing nothing."""
+    layerdiff.commit(tree(tmp_path / "a", "a"), image="one:1")
+    layerdiff.commit(tree(tmp_path / "b", "b"), image="two:1")
+    return Layout.open(Path(os.environ["LAYERDIFF_HOME"]) / "images")
+
+
+def layer_blob(image: str) -> Path:
+    info = layerdiff.inspect(image)
+    digest = str(info["manifest"]["layers"][-1]["digest"])
+    return Path(os.environ["LAYERDIFF_HOME"]) / "images" / "blobs" / "sha256" / digest[7:]
+
+
+def test_fsck_passes_on_a_healthy_store(store: Layout) -> None:
+    proc = run_cli("fsck", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report == {"ok": True, "images": 2, "blobs": 6, "problems": []}
+
+
+def test_fsck_names_a_flipped_byte_and_unpack_refuses_it(store: Layout, tmp_path: Path) -> None:
+    blob = layer_blob("one:1")
+    data = bytearray(blob.read_bytes())
+    data[-20] ^= 0x40
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    proc = run_cli("fsck")
+    assert proc.returncode == 1
+    assert f"one:1: blob sha256:{blob.name}" in proc.stdout
+    assert "two:1" not in proc.stdout  # the healthy image is not blamed
+    assert run_cli("fsck", "two:1").returncode == 0
+    proc = run_cli("unpack", "one:1", str(tmp_path / "out"))
+    assert proc.returncode == 1 and "error:" in proc.stderr
+
+
+def test_fsck_finds_a_missing_blob_and_a_wrong_diff_id(store: Layout) -> None:
+    layer_blob("two:1").unlink()
+    report = layerdiff.fsck()
+    assert [str(p) for p in report.problems] == [
+        f"two:1: blob {layerdiff.inspect('two:1')['manifest']['layers'][0]['digest']} is missing"
+    ]
+
+
+def test_gc_removes_only_unreachable_blobs_and_temporary_files(store: Layout) -> None:
+    gone = layer_blob("one:1")
+    kept = layer_blob("two:1")
+    stale = store.blobs_dir / ".tmp-layer-1-deadbeef"
+    stale.write_bytes(b"half a blob")
+    assert store.remove_tag("one:1")
+    report = layerdiff.gc()
+    assert report.blobs == 3 and report.temporary == 1
+    assert not gone.exists() and not stale.exists() and kept.exists()
+    assert layerdiff.fsck().ok
+    # Nothing left to collect the second time.
+    assert layerdiff.gc().blobs == 0
+
+
+def test_gc_while_commits_run_never_removes_what_they_tag(tmp_path: Path) -> None:
+    """Commits in other processes and gc in a loop: every tag resolves to a whole image."""
+    script = (
+        "import sys, layerdiff\n"
+        "for i in range(4):\n"
+        "    layerdiff.commit(sys.argv[1], image=f'{sys.argv[2]}:{i}', compression='none')\n"
+    )
+    sources = [tree(tmp_path / f"src{n}", str(n)) for n in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(src), f"img{n}"])
+        for n, src in enumerate(sources)
+    ]
+    while any(p.poll() is None for p in procs):
+        layerdiff.gc()
+    assert all(p.returncode == 0 for p in procs)
+    layerdiff.gc()
+    report = layerdiff.fsck()
+    assert report.ok, report.problems
+    tags = Layout.open(Path(os.environ["LAYERDIFF_HOME"]) / "images").tags()
+    assert sorted(tags) == sorted(f"img{n}:{i}" for n in range(3) for i in range(4))
+    assert report.images == 12
