@@ -30,7 +30,7 @@ pub(super) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
     match &err {
         Error::Io { path, source } => {
             let errno = source.raw_os_error().unwrap_or(0);
-            let args = (errno, source.to_string(), path.clone());
+            let args = (errno, strerror(source), path.clone());
             match args.into_pyobject(py) {
                 Ok(args) => raise(py, "LayerdiffOSError", args),
                 Err(e) => e,
@@ -50,5 +50,15 @@ pub(super) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
         Error::DigestMismatch { .. } => one("DigestMismatchError"),
         Error::InvalidArgument(_) => pyo3::exceptions::PyValueError::new_err(message),
         Error::Interrupted => pyo3::exceptions::PyKeyboardInterrupt::new_err(message),
+    }
+}
+
+/// The system's text for an error, without Rust's " (os error N)" suffix: Python's `OSError`
+/// shows the number itself.
+fn strerror(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) if e.raw_os_error().is_some() => text[..i].to_string(),
+        _ => text,
     }
 }

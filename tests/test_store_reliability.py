@@ -1,0 +1,203 @@
+"""The store under stress: commits killed at random points, parallel commits, a full disk, a
+read-only store, and a hypothesis state machine of commit / tag / squash / untag / gc / fsck."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+import layerdiff
+from layerdiff.layout import Layout
+from tests.conftest import run_cli
+
+
+def make_tree(root: Path, seed: int, files: int = 20, size: int = 200_000) -> Path:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        (root / f"d{i % 4}").mkdir(exist_ok=True)
+        (root / f"d{i % 4}" / f"f{i}").write_bytes(rng.randbytes(size))
+    return root
+
+
+def store_layout() -> Layout:
+    return Layout.open(Path(os.environ["LAYERDIFF_HOME"]) / "images")
+
+
+def test_commits_killed_at_random_points_leave_a_consistent_store(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree", 1, files=24, size=1_000_000)
+    layerdiff.commit(tree, image="base:1", compression="none")
+    expected = layerdiff.inspect("base:1")["digest"]
+    rng = random.Random(7)
+    killed = 0
+    for attempt in range(15):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "layerdiff",
+                "commit",
+                "--progress",
+                "none",
+                "--from",
+                "base:1",
+                "--upper",
+                str(tree),
+                f"victim:{attempt}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.05, 1.2))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        report = layerdiff.fsck()
+        assert report.ok, (attempt, report.problems)
+        assert layerdiff.inspect("base:1")["digest"] == expected
+    assert killed >= 5, "too few commits were interrupted to mean anything"
+    # Leftovers of the killed commits are temporary files or unreferenced blobs: gc takes them.
+    layerdiff.gc()
+    assert not [p for p in store_layout().blobs_dir.iterdir() if p.name.startswith(".")]
+    assert layerdiff.fsck().ok
+
+
+def test_parallel_commits_lose_no_tag(tmp_path: Path) -> None:
+    script = (
+        "import sys, layerdiff\n"
+        "for i in range(5):\n"
+        "    layerdiff.commit(sys.argv[1], image=f'{sys.argv[2]}:{i}', compression='none')\n"
+    )
+    trees = [make_tree(tmp_path / f"t{n}", n, files=4, size=10_000) for n in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(t), f"p{n}"])
+        for n, t in enumerate(trees)
+    ]
+    assert all(p.wait() == 0 for p in procs)
+    tags = store_layout().tags()
+    assert sorted(tags) == sorted(f"p{n}:{i}" for n in range(4) for i in range(5))
+    assert layerdiff.fsck().ok
+
+
+def _mount_tmpfs(where: Path, size: str) -> None:
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+
+
+@pytest.mark.root
+def test_full_disk_fails_cleanly_and_keeps_the_store(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "3m")
+    try:
+        small = make_tree(tmp_path / "small", 2, files=2, size=10_000)
+        big = make_tree(tmp_path / "big", 3, files=10, size=1_000_000)
+        layout = disk / "layout"
+        layerdiff.commit(small, image=f"oci:{layout}:small")
+        index = (layout / "index.json").read_bytes()
+        blobs = sorted(p.name for p in (layout / "blobs" / "sha256").iterdir())
+        proc = run_cli(
+            "commit",
+            "--progress",
+            "none",
+            "--upper",
+            str(big),
+            "--compression",
+            "none",
+            f"oci:{layout}:big",
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.count("\n") == 1 and "No space left on device" in proc.stderr
+        assert (layout / "index.json").read_bytes() == index
+        assert sorted(p.name for p in (layout / "blobs" / "sha256").iterdir()) == blobs
+        assert layerdiff.fsck(f"oci:{layout}").ok
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.root
+def test_read_only_store_is_a_one_line_error(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "20m")
+    try:
+        src = make_tree(tmp_path / "src", 4, files=2, size=10_000)
+        layout = disk / "layout"
+        layerdiff.commit(src, image=f"oci:{layout}:one")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        proc = run_cli("commit", "--progress", "none", "--upper", str(src), f"oci:{layout}:two")
+        assert proc.returncode == 1
+        assert proc.stderr.count("\n") == 1 and "Read-only file system" in proc.stderr
+        assert layerdiff.fsck(f"oci:{layout}").ok
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Random sequences of store operations; after each, fsck passes and every tag names the
+    image the model says it names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="layerdiff-store-"))
+        self.layout = self.dir / "layout"
+        self.model: dict[str, str] = {}  # tag -> manifest digest
+        self.trees = [make_tree(self.dir / f"tree{i}", i, files=3, size=2_000) for i in range(3)]
+
+    def ref(self, tag: str) -> str:
+        return f"oci:{self.layout}:{tag}"
+
+    @rule(tag=st.sampled_from("abcd"), tree=st.integers(0, 2), on_base=st.booleans())
+    def commit(self, tag: str, tree: int, on_base: bool) -> None:
+        base = None
+        if on_base and self.model:
+            base = self.ref(sorted(self.model)[0])
+        result = layerdiff.commit(self.trees[tree], image=self.ref(tag), base=base)
+        self.model[tag] = result.manifest_digest
+
+    @rule(src=st.sampled_from("abcd"), dst=st.sampled_from("wxyz"))
+    def squash(self, src: str, dst: str) -> None:
+        if src in self.model:
+            self.model[dst] = layerdiff.squash(self.ref(src), self.ref(dst)).manifest_digest
+
+    @rule(tag=st.sampled_from("abcdwxyz"))
+    def untag(self, tag: str) -> None:
+        if Layout.open(self.layout).remove_tag(tag) if self.layout.exists() else False:
+            del self.model[tag]
+
+    @rule()
+    def gc(self) -> None:
+        if self.layout.exists():
+            layerdiff.gc(f"oci:{self.layout}")
+
+    @invariant()
+    def store_is_consistent(self) -> None:
+        if not self.layout.exists():
+            return
+        report = layerdiff.fsck(f"oci:{self.layout}")
+        assert report.ok, report.problems
+        for tag, digest in self.model.items():
+            assert layerdiff.inspect(self.ref(tag))["digest"] == digest
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+StoreMachine.TestCase.settings = settings(
+    max_examples=15,
+    stateful_step_count=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_store_state_machine = StoreMachine.TestCase
