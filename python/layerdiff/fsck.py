@@ -201,8 +201,9 @@ def fsck(target: str | None = None) -> FsckReport:
     """Check the default store, an ``oci:PATH`` layout, or one image; nothing is changed."""
     layout, named = _layout_and_images(target)
     report = FsckReport()
-    if target is not None and not named:
-        report.problems.append(Problem(target, "no such image"))
+    one_image = target is not None and refs.parse_layout_reference(target).tag is not None
+    if one_image and not named:
+        report.problems.append(Problem(str(target), "no such image"))
     checker = _Checker(layout, report)
     for name, desc in named:
         checker.manifest(name, desc)

@@ -62,6 +62,20 @@ class LayerInfo:
     #: Things skipped on the way (sockets …), one message each.
     warnings: tuple[str, ...] = ()
 
+    @classmethod
+    def from_core(cls, t: tuple[str, str, int, int, str, str, list[str]]) -> LayerInfo:
+        """From the tuple the core's layer writers return."""
+        digest, diff_id, size, tar_size, media_type, path, warnings = t
+        return cls(
+            digest=digest,
+            diff_id=diff_id,
+            size=size,
+            tar_size=tar_size,
+            media_type=media_type,
+            path=Path(path),
+            warnings=tuple(warnings),
+        )
+
 
 def _changes(raw: list[tuple[str, bytes]]) -> list[Change]:
     return [Change(cast(ChangeKind, kind), "/" + os.fsdecode(bytes(path))) for kind, path in raw]
@@ -134,23 +148,16 @@ def write_layer(
     blobs.mkdir(parents=True, exist_ok=True)
     from layerdiff import _core
 
-    digest, diff_id, size, tar_size, media_type, path, warnings = _core.write_layer(
-        upper,
-        blobs,
-        lower=lower,
-        overlay=overlay,
-        lowers=list(lowers),
-        content=content,
-        compression=compression,
-        threads=n_threads,
-        source_date_epoch=epoch,
-    )
-    return LayerInfo(
-        digest=digest,
-        diff_id=diff_id,
-        size=size,
-        tar_size=tar_size,
-        media_type=media_type,
-        path=Path(path),
-        warnings=tuple(warnings),
+    return LayerInfo.from_core(
+        _core.write_layer(
+            upper,
+            blobs,
+            lower=lower,
+            overlay=overlay,
+            lowers=list(lowers),
+            content=content,
+            compression=compression,
+            threads=n_threads,
+            source_date_epoch=epoch,
+        )
     )

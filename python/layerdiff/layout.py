@@ -86,6 +86,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _ours(name: str) -> bool:
+    """A name a layout being created (or an interrupted creation) may already hold."""
+    return name in ("blobs", _INDEX_FILE) or name.startswith(
+        (".layerdiff.", f".{_INDEX_FILE}.", f".{_LAYOUT_FILE}.")
+    )
+
+
 class Layout:
     """An OCI image layout directory."""
 
@@ -109,22 +116,36 @@ class Layout:
 
     @classmethod
     def create(cls, path: str | os.PathLike[str]) -> Layout:
-        """Open the layout at ``path``, creating the directory and its files if missing."""
+        """Open the layout at ``path``, creating the directory and its files if missing.
+
+        Safe when several processes create the same layout at once: creation happens under the
+        layout's lock, and ``oci-layout`` is written last, so a directory holding it is complete.
+        """
         layout = cls(path)
         marker = layout.path / _LAYOUT_FILE
-        if layout.path.is_dir() and not marker.exists() and any(layout.path.iterdir()):
-            # Never scatter blobs/ and index.json into a directory that holds something else.
-            raise FormatError(f"{layout.path}: exists and is not an OCI image layout (not empty)")
-        layout.blobs_dir.mkdir(parents=True, exist_ok=True)
-        if not marker.exists():
-            body = json.dumps({"imageLayoutVersion": _LAYOUT_VERSION}).encode()
-            _write_atomic(marker, body)
+        if marker.is_file():
+            if not layout.blobs_dir.is_dir():  # a layout another tool wrote without blobs yet
+                layout.blobs_dir.mkdir(parents=True, exist_ok=True)
+            return layout
+        layout.path.mkdir(parents=True, exist_ok=True)
+        layout._refuse_foreign()  # before the lock file is made: leave a foreign dir untouched
         with layout._locked():
+            if marker.exists():
+                return layout
+            layout._refuse_foreign()
+            layout.blobs_dir.mkdir(parents=True, exist_ok=True)
             if not (layout.path / _INDEX_FILE).exists():
                 layout._write_index(
                     {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
                 )
+            body = json.dumps({"imageLayoutVersion": _LAYOUT_VERSION}).encode()
+            _write_atomic(marker, body)
         return layout
+
+    def _refuse_foreign(self) -> None:
+        """Never scatter blobs/ and index.json into a directory that holds something else."""
+        if any(not _ours(p.name) for p in self.path.iterdir()):
+            raise FormatError(f"{self.path}: exists and is not an OCI image layout (not empty)")
 
     # -- blobs ---------------------------------------------------------------------------------
 

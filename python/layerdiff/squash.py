@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from layerdiff import _core, refs
@@ -103,7 +102,7 @@ def squash(
     """Write ``new_image``: ``image`` with its last ``layers`` layers (default: all) as one."""
     src = load_image(image)
     target = refs.parse_layout_reference(new_image) if isinstance(new_image, str) else new_image
-    check_options(compression=compression, threads=threads)
+    n_threads = check_options(compression=compression, threads=threads)
     total = len(src.layers)
     count = total if layers is None else layers
     if total == 0:
@@ -120,28 +119,21 @@ def squash(
             for desc in kept:
                 layout.import_blob(src.layout, desc["digest"])
         blob_paths = [src.layout.blob_path(d["digest"]) for d in src.layers]
-        digest, diff_id, size, tar_size, media_type, path, warnings = _core.squash_layers(
-            blob_paths[: total - count],
-            blob_paths[total - count :],
-            layout.blobs_dir,
-            compression=compression,
-            threads=threads or 0,
-            source_date_epoch=epoch,
-        )
-        layer = LayerInfo(
-            digest=digest,
-            diff_id=diff_id,
-            size=size,
-            tar_size=tar_size,
-            media_type=media_type,
-            path=Path(path),
-            warnings=tuple(warnings),
+        layer = LayerInfo.from_core(
+            _core.squash_layers(
+                blob_paths[: total - count],
+                blob_paths[total - count :],
+                layout.blobs_dir,
+                compression=compression,
+                threads=n_threads,
+                source_date_epoch=epoch,
+            )
         )
         config = squash_config(
-            src.config, count=count, diff_id=diff_id, created=rfc3339(epoch), comment=message
+            src.config, count=count, diff_id=layer.diff_id, created=rfc3339(epoch), comment=message
         )
         config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
-        layer_desc = {"mediaType": media_type, "digest": digest, "size": size}
+        layer_desc = {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
         manifest = build_manifest(config=config_desc, layers=[*kept, layer_desc])
         manifest_desc = layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE)
         layout.set_tag(target.write_tag, manifest_desc)
