@@ -476,10 +476,49 @@ fn order_key(item: &Item<'_>) -> Vec<(u8, Vec<u8>)> {
     }
 }
 
-/// A decompressed source layer, read forward; reopened if asked to go back.
+/// A decompressed source layer, read forward. Layers we write are sorted, so their contents are
+/// asked for in order; a layer that is not gets spooled, decompressed, to an unlinked temporary
+/// file the first time a content lies behind the cursor, and is read from there by seeking, so
+/// an unsorted (or hostile) layer costs one extra pass, never one per file.
 struct Cursor {
     reader: Box<dyn Read>,
+    spool: Option<File>,
     pos: u64,
+}
+
+impl Read for Cursor {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.spool {
+            Some(f) => f.read(buf)?,
+            None => self.reader.read(buf)?,
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The decompressed stream of `path` in an unlinked temporary file.
+fn spool(path: &Path) -> Result<File> {
+    use std::io::Seek;
+    let tmp = std::env::temp_dir().join(format!(
+        ".layerdiff-squash-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .at(&tmp)?;
+    // Unlinked at once: the space is freed when the file is closed, whatever happens.
+    std::fs::remove_file(&tmp).at(&tmp)?;
+    let mut stream = decompress(File::open(path).at(path)?)?;
+    io::copy(&mut stream, &mut file).at(path)?;
+    file.seek(io::SeekFrom::Start(0)).at(&tmp)?;
+    Ok(file)
 }
 
 fn content<'c>(
@@ -488,22 +527,26 @@ fn content<'c>(
     layer: usize,
     offset: u64,
 ) -> Result<&'c mut Cursor> {
+    use std::io::Seek;
     let path = &range[layer];
     let slot = &mut cursors[layer];
-    if slot.as_ref().is_none_or(|c| c.pos > offset) {
-        let file = File::open(path).at(path)?;
-        *slot = Some(Cursor {
-            reader: decompress(file)?,
+    let cursor = match slot {
+        Some(c) => c,
+        None => slot.insert(Cursor {
+            reader: decompress(File::open(path).at(path)?)?,
+            spool: None,
             pos: 0,
-        });
+        }),
+    };
+    if cursor.pos > offset && cursor.spool.is_none() {
+        cursor.spool = Some(spool(path)?);
     }
-    let cursor = slot.as_mut().expect("cursor was just opened");
-    let skipped = io::copy(
-        &mut (&mut cursor.reader).take(offset - cursor.pos),
-        &mut io::sink(),
-    )
-    .at(path)?;
-    cursor.pos += skipped;
+    if let Some(f) = &mut cursor.spool {
+        f.seek(io::SeekFrom::Start(offset)).at(path)?;
+        cursor.pos = offset;
+    }
+    let gap = offset - cursor.pos;
+    io::copy(&mut (&mut *cursor).take(gap), &mut io::sink()).at(path)?;
     if cursor.pos != offset {
         return Err(Error::Archive {
             entry: path.display().to_string(),
@@ -565,8 +608,7 @@ fn write_squashed<W: Write>(
                 None => {
                     first.insert((*layer, *offset), path);
                     let cursor = content(&mut cursors, range, *layer, *offset)?;
-                    tar.append_file(&meta, *size, (&mut cursor.reader).take(*size))?;
-                    cursor.pos += size;
+                    tar.append_file(&meta, *size, cursor.take(*size))?;
                 }
             },
             Kind::LinkToLower(target) => tar.append_hardlink(&meta, target)?,

@@ -274,3 +274,52 @@ fn squash_applies_like_the_layers_in_order() {
     let again = squash_files(&[], &paths, &opts, &blobs, &crate::cancel::NEVER).unwrap();
     assert_eq!(again.digest, all.digest);
 }
+
+/// A layer whose entries are not in path order (GNU tar given the names backwards) is squashed
+/// correctly: its contents are read from a spool instead of the stream.
+#[test]
+fn unsorted_layers_squash_correctly() {
+    use std::fs;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for (name, byte) in [("a", 1u8), ("b", 2), ("c", 3), ("d", 4)] {
+        fs::write(src.join(name), vec![byte; 70_000]).unwrap();
+    }
+    let layer = t.path().join("layer.tar");
+    let ok = std::process::Command::new("tar")
+        .args([
+            "-cf",
+            layer.to_str().unwrap(),
+            "-C",
+            src.to_str().unwrap(),
+            "d",
+            "c",
+            "b",
+            "a",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let blobs = t.path().join("blobs");
+    fs::create_dir(&blobs).unwrap();
+    let opts = LayerOptions::default();
+    let info = squash_files(&[], &[layer], &opts, &blobs, &crate::cancel::NEVER).unwrap();
+    let out = t.path().join("out");
+    let root = crate::root::Root::open(&out).unwrap();
+    crate::apply::apply_layer(
+        &root,
+        File::open(info.path.unwrap()).unwrap(),
+        &crate::apply::ApplyOptions::default(),
+        &crate::cancel::NEVER,
+    )
+    .unwrap();
+    for (name, byte) in [("a", 1u8), ("b", 2), ("c", 3), ("d", 4)] {
+        assert_eq!(
+            fs::read(out.join(name)).unwrap(),
+            vec![byte; 70_000],
+            "{name}"
+        );
+    }
+}
