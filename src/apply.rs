@@ -20,7 +20,7 @@ use crate::decompress::with_decompressed;
 use crate::entry::{Timestamp, base_name, join, os_path, parent};
 use crate::error::{Error, Result};
 use crate::root::{self, Root};
-use crate::tar::reader::{EntryKind, Header, TarReader};
+use crate::tar::reader::{EntryKind, Header, TarReader, read_full};
 use crate::whiteout::{LayerName, WHITEOUT_PREFIX, classify_layer_name, is_overlay_xattr};
 
 /// Default limit on the uncompressed bytes of one layer: generous, but a decompression bomb
@@ -117,6 +117,7 @@ pub fn apply_layer<R: Read + Send>(
             opaque: Vec::new(),
             dirs: Vec::new(),
             stats: ApplyStats::default(),
+            buf: vec![0u8; COPY_BUFFER],
         };
         while let Some(header) = reader.next_header()? {
             cancel.check()?;
@@ -167,7 +168,12 @@ struct Applier<'a> {
     opaque: Vec<Vec<u8>>,
     dirs: Vec<DirMeta>,
     stats: ApplyStats,
+    /// Content goes through this buffer: large writes, one allocation for the whole layer.
+    buf: Vec<u8>,
 }
+
+/// Size of the content buffer: few write calls per file, little memory.
+const COPY_BUFFER: usize = 1 << 20;
 
 impl Applier<'_> {
     fn entry<R: Read>(&mut self, h: &Header, content: &mut TarReader<R>) -> Result<()> {
@@ -224,7 +230,7 @@ impl Applier<'_> {
                 )
                 .map_err(|e| io(e.into()))?;
                 let mut file = File::from(fd);
-                io::copy(content, &mut file)
+                copy_content(content, &mut file, &mut self.buf)
                     .map_err(|e| bad(name, format!("reading content: {e}")))?;
                 self.owner_and_xattrs_fd(&file, meta, name)?;
                 rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
@@ -548,6 +554,18 @@ impl Applier<'_> {
         };
         rustix::fs::fsetxattr(&fd, key, b"y", XattrFlags::empty())
             .map_err(|e| bad(&what, format!("setting {key}: {}", io::Error::from(e))))
+    }
+}
+
+/// Copy an entry's content into the file in large writes (`io::copy` would use 8 KiB ones).
+fn copy_content(from: &mut impl Read, to: &mut File, buf: &mut [u8]) -> io::Result<()> {
+    use std::io::Write;
+    loop {
+        let filled = read_full(from, buf)?;
+        if filled == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..filled])?;
     }
 }
 
