@@ -2,17 +2,13 @@
 
 use std::io::{self, Read};
 
-use sha2::{Digest, Sha256};
-
-use crate::digest::hex;
+use crate::digest::Sha256Hasher;
 use crate::error::{Error, Result};
 
 /// A reader that hashes and counts what it passes on, and fails as soon as more bytes arrive
 /// than the descriptor's size allows.
 pub struct VerifyingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    read: u64,
+    inner: Hashing<R>,
     expected_size: u64,
 }
 
@@ -20,9 +16,7 @@ impl<R: Read> VerifyingReader<R> {
     /// Wrap `inner`, which should hold exactly `expected_size` bytes.
     pub fn new(inner: R, expected_size: u64) -> Self {
         VerifyingReader {
-            inner,
-            hasher: Sha256::new(),
-            read: 0,
+            inner: Hashing::new(inner),
             expected_size,
         }
     }
@@ -34,14 +28,14 @@ impl<R: Read> VerifyingReader<R> {
             entry: what.to_string(),
             reason: e.to_string(),
         })?;
-        if self.read != self.expected_size {
+        let (found, size) = self.inner.hasher.finish();
+        if size != self.expected_size {
             return Err(Error::DigestMismatch {
                 what: what.to_string(),
                 expected: format!("{} bytes", self.expected_size),
-                found: format!("{} bytes", self.read),
+                found: format!("{size} bytes"),
             });
         }
-        let found = format!("sha256:{}", hex(&self.hasher.finalize()));
         if found != expected_digest {
             return Err(Error::DigestMismatch {
                 what: what.to_string(),
@@ -56,9 +50,7 @@ impl<R: Read> VerifyingReader<R> {
 impl<R: Read> Read for VerifyingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.read += n as u64;
-        if self.read > self.expected_size {
+        if self.inner.hasher.len() > self.expected_size {
             return Err(io::Error::other(format!(
                 "blob is larger than its descriptor's {} bytes",
                 self.expected_size
@@ -81,18 +73,25 @@ pub struct BlobDigests {
     pub tar_size: u64,
 }
 
-/// Hashes and counts what is read through it.
+/// Hashes (sha256) and counts what is read through it.
 struct Hashing<R> {
     inner: R,
-    hasher: Sha256,
-    read: u64,
+    hasher: Sha256Hasher,
+}
+
+impl<R> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256Hasher::new(),
+        }
+    }
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
-        self.read += n as u64;
         Ok(n)
     }
 }
@@ -101,22 +100,14 @@ impl<R: Read> Read for Hashing<R> {
 pub fn blob_digests(path: &std::path::Path, cancel: &crate::cancel::Cancel) -> Result<BlobDigests> {
     use crate::error::IoContext;
     let file = std::fs::File::open(path).at(path)?;
-    let mut raw = Hashing {
-        inner: file,
-        hasher: Sha256::new(),
-        read: 0,
-    };
+    let mut raw = Hashing::new(file);
     let what = path.display().to_string();
     let bad = |e: io::Error| Error::Archive {
         entry: what.clone(),
         reason: e.to_string(),
     };
     let (diff_id, tar_size) = crate::decompress::with_decompressed(&mut raw, |stream| {
-        let mut tar = Hashing {
-            inner: stream,
-            hasher: Sha256::new(),
-            read: 0,
-        };
+        let mut tar = Hashing::new(stream);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             cancel.check()?;
@@ -126,12 +117,13 @@ pub fn blob_digests(path: &std::path::Path, cancel: &crate::cancel::Cancel) -> R
                 Err(e) => return Err(bad(e)),
             }
         }
-        Ok((format!("sha256:{}", hex(&tar.hasher.finalize())), tar.read))
+        Ok(tar.hasher.finish())
     })?;
     io::copy(&mut raw, &mut io::sink()).map_err(bad)?;
+    let (digest, size) = raw.hasher.finish();
     Ok(BlobDigests {
-        digest: format!("sha256:{}", hex(&raw.hasher.finalize())),
-        size: raw.read,
+        digest,
+        size,
         diff_id,
         tar_size,
     })
@@ -180,7 +172,7 @@ mod tests {
         let path = t.path().join("blob");
         std::fs::write(&path, &gz).unwrap();
         let d = blob_digests(&path, &crate::cancel::NEVER).unwrap();
-        let sha = |b: &[u8]| format!("sha256:{}", hex(&Sha256::digest(b)));
+        let sha = |b: &[u8]| crate::digest::sha256_digest(b);
         assert_eq!(d.digest, sha(&gz));
         assert_eq!(d.size, gz.len() as u64);
         assert_eq!(d.diff_id, sha(&tar));

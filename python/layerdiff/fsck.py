@@ -179,9 +179,8 @@ def _layout_and_images(target: str | None) -> tuple[Layout, list[tuple[str, Desc
     """The layout, and the (name, descriptor) of each image to check: all of them for the store
     or an untagged ``oci:PATH``, else the one named."""
     if target is None:
-        return Layout.create(refs.store_layout_path()), _named(
-            Layout.create(refs.store_layout_path())
-        )
+        layout = Layout.create(refs.store_layout_path())
+        return layout, _named(layout)
     ref = refs.parse_layout_reference(target)
     layout = Layout.open(ref.layout)
     named = _named(layout)
