@@ -617,6 +617,22 @@ pub fn full_tree(upper: &Path) -> Result<Vec<Change>> {
         .collect())
 }
 
+/// `changes` without those at the paths `exclude` names (with or without a leading `/`): the
+/// files a container runtime manages, which never belong in a commit.
+pub fn without_paths(changes: Vec<Change>, exclude: &[String]) -> Vec<Change> {
+    if exclude.is_empty() {
+        return changes;
+    }
+    let skip: Vec<&[u8]> = exclude
+        .iter()
+        .map(|p| p.trim_matches('/').as_bytes())
+        .collect();
+    changes
+        .into_iter()
+        .filter(|c| !skip.contains(&c.path.as_slice()))
+        .collect()
+}
+
 #[cfg(test)]
 #[path = "diff_tests.rs"]
 mod tests;

@@ -680,3 +680,17 @@ fn metacopy_falls_back_to_merged_tree() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn without_paths_drops_exactly_the_named_paths() {
+    let t = tempfile::tempdir().unwrap();
+    for p in ["etc/hosts", "etc/hostsx", "etc/hostname", "hosts"] {
+        let full = t.path().join(p);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        write(&full, b"x");
+    }
+    let all = full_tree(t.path()).unwrap();
+    let kept = without_paths(all.clone(), &["/etc/hosts".into(), "etc/hostname".into()]);
+    assert_eq!(summary(&kept), ["A etc", "A etc/hostsx", "A hosts"]);
+    assert_eq!(without_paths(all.clone(), &[]), all);
+}

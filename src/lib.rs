@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod cancel;
 pub mod compress;
+pub mod container;
 pub mod decompress;
 pub mod diff;
 pub mod digest;

@@ -11,6 +11,7 @@ __all__ = [
     "blob_digests",
     "diff",
     "diff_overlay",
+    "run_container",
     "squash_layers",
     "write_layer",
 ]
@@ -35,6 +36,7 @@ def write_layer(
     level: int | None = None,
     threads: int = 0,
     source_date_epoch: int | None = None,
+    exclude: Sequence[str] = ...,
 ) -> tuple[str, str, int, int, str, str, list[str]]:
     """Write one layer blob into `blobs_dir` (an OCI layout's blobs/sha256).
 
@@ -79,3 +81,24 @@ def squash_layers(
 
 def blob_digests(path: _Path) -> tuple[str, int, str, int]:
     """(digest, size, diff_id, tar_size) of a blob file and of its decompressed stream."""
+
+def run_container(
+    *,
+    argv: list[str],
+    env: list[str],
+    cwd: str,
+    user: str,
+    hostname: str,
+    layers_dir: _Path,
+    lowers: list[str],
+    upper: _Path,
+    work: _Path,
+    rootfs: _Path,
+    binds: list[tuple[_Path, str]],
+    rootless: bool = False,
+    new_network: bool = False,
+    error_fd: int = 2,
+    parent_pid: int = 0,
+) -> int:
+    """Run a container (namespaces, overlay root, init) in this single-threaded process and
+    return its exit code."""

@@ -13,6 +13,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 import layerdiff
+from layerdiff.cli_containers import register as register_containers
 from layerdiff.errors import LayerdiffError
 from layerdiff.layer import COMPRESSIONS, Change
 
@@ -122,12 +123,15 @@ def diff(
 @cli.command(
     epilog="""\b
 Examples:
+  layerdiff commit web app:2 -m "configured" -c 'CMD ["/app"]'
+  layerdiff commit /srv/containers/dev            (image: dev:latest)
   layerdiff commit --upper rootfs base:1
   layerdiff commit --lower rootfs --upper rootfs2 --from base:1 app:1 -m "add app"
-  layerdiff commit --overlay --upper /ovl/upper --from base:1 oci:out:v2 -c 'CMD ["/app"]'
+  layerdiff commit --overlay --upper /ovl/upper --from base:1 oci:out:v2
+A CONTAINER is a name from 'layerdiff ps' or a container directory path.
 """
 )
-@click.argument("image", metavar="IMAGE")
+@click.argument("targets", nargs=-1, metavar="CONTAINER [IMAGE] | --upper DIR IMAGE")
 @click.option(
     "--upper",
     type=click.Path(exists=True, file_okay=False),
@@ -154,6 +158,12 @@ Examples:
     help="Dockerfile instruction for the config: ENV, CMD, ENTRYPOINT, WORKDIR, "
     "EXPOSE, LABEL, USER, VOLUME, STOPSIGNAL (repeatable).",
 )
+@click.option(
+    "--pause/--no-pause",
+    default=True,
+    show_default=True,
+    help="Freeze a running container while its changes are read.",
+)
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Worker threads [default: all cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -165,7 +175,7 @@ Examples:
     help="Progress on stderr: spinner, plain lines, or nothing.",
 )
 def commit(
-    image: str,
+    targets: tuple[str, ...],
     upper: str | None,
     lowers: tuple[str, ...],
     overlay: bool,
@@ -173,33 +183,52 @@ def commit(
     message: str | None,
     author: str | None,
     changes: tuple[str, ...],
+    pause: bool,
     compression: str,
     threads: int | None,
     as_json: bool,
     progress: str,
 ) -> None:
-    """Commit a tree as a new image IMAGE (a base image plus one layer), like docker commit."""
+    """Commit a container's changes (or a tree) as a new image: its image plus one layer."""
     if upper is None:
-        raise click.UsageError(
-            "--upper DIR is required (committing a container by name is not supported yet)"
-        )
-    if not overlay and len(lowers) > 1:
-        raise click.UsageError("several --lower dirs need --overlay")
-    with _progress(progress) as step:
-        result = layerdiff.commit(
-            upper,
-            image=image,
-            lower=None if overlay or not lowers else lowers[0],
-            overlay=overlay,
-            lowers=lowers if overlay else (),
-            base=base,
-            message=message,
-            author=author,
-            changes=changes,
-            compression=compression,
-            threads=threads,
-            on_step=step,
-        )
+        if not 1 <= len(targets) <= 2:
+            raise click.UsageError("give CONTAINER [IMAGE], or --upper DIR IMAGE")
+        if lowers or overlay or base:
+            raise click.UsageError("--lower, --overlay and --from go with --upper, not CONTAINER")
+        from layerdiff.runtime import commit_container
+
+        with _progress(progress) as step:
+            result = commit_container(
+                targets[0],
+                targets[1] if len(targets) == 2 else None,
+                message=message,
+                author=author,
+                changes=changes,
+                pause=pause,
+                compression=compression,
+                threads=threads,
+                on_step=step,
+            )
+    else:
+        if len(targets) != 1:
+            raise click.UsageError("with --upper DIR, give exactly one IMAGE")
+        if not overlay and len(lowers) > 1:
+            raise click.UsageError("several --lower dirs need --overlay")
+        with _progress(progress) as step:
+            result = layerdiff.commit(
+                upper,
+                image=targets[0],
+                lower=None if overlay or not lowers else lowers[0],
+                overlay=overlay,
+                lowers=lowers if overlay else (),
+                base=base,
+                message=message,
+                author=author,
+                changes=changes,
+                compression=compression,
+                threads=threads,
+                on_step=step,
+            )
     layer = result.layer
     if as_json:
         _emit_json(
@@ -453,6 +482,9 @@ def gc(layout: str | None, as_json: bool) -> None:
         f"removed {report.blobs} blobs and {report.temporary} temporary files, "
         f"{_human_size(report.bytes)} freed"
     )
+
+
+register_containers(cli)
 
 
 def _one_line(text: str, width: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from layerdiff import refs
 from layerdiff.catalog import Image, load_image
@@ -62,7 +63,7 @@ def commit(
     lower: StrPath | None = None,
     overlay: bool = False,
     lowers: Sequence[StrPath] = (),
-    base: str | refs.LayoutRef | None = None,
+    base: str | refs.LayoutRef | Image | None = None,
     message: str | None = None,
     author: str | None = None,
     changes: Sequence[str] = (),
@@ -70,6 +71,9 @@ def commit(
     threads: int | None = None,
     source_date_epoch: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    exclude: Sequence[str] = (),
+    run_config: dict[str, Any] | None = None,
+    created_by: str = CREATED_BY,
 ) -> CommitResult:
     """Commit ``upper`` as a new image tagged ``image`` (``oci:PATH[:TAG]`` or ``NAME[:TAG]``).
 
@@ -79,6 +83,8 @@ def commit(
     only alter the config. ``message`` and ``author`` go into the new history entry.
     ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) fixes the timestamps and clamps mtimes.
     ``on_step`` is called with a short message as each step starts (for progress output).
+    ``exclude`` names paths left out of the layer; ``run_config`` replaces the base's runtime
+    config (``Env``, ``Cmd``…) before ``changes`` apply, as a container's does.
     A failure at any point leaves the target's tags as they were.
     """
     step = on_step or (lambda _msg: None)
@@ -88,7 +94,9 @@ def commit(
     check_options(compression=compression, threads=threads)
     epoch = _resolve_epoch(source_date_epoch)
     parent: Image | None = None
-    if base is not None:
+    if isinstance(base, Image):
+        parent = base
+    elif base is not None:
         parent = load_image(base)
 
     layout = Layout.create(target.layout)
@@ -109,17 +117,19 @@ def commit(
             compression=compression,
             threads=threads,
             source_date_epoch=epoch,
+            exclude=exclude,
         )
 
         step("writing config and manifest")
         created = rfc3339(epoch)
         config = parent.config if parent else new_config(created=created)
-        config = {**config, "config": apply_changes(config.get("config") or {}, instructions)}
+        runtime = run_config if run_config is not None else (config.get("config") or {})
+        config = {**config, "config": apply_changes(runtime, instructions)}
         config = add_layer(
             config,
             diff_id=layer.diff_id,
             created=created,
-            created_by=CREATED_BY,
+            created_by=created_by,
             comment=message,
             author=author,
         )

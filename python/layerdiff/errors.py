@@ -49,3 +49,11 @@ class ImageNotFoundError(LayerdiffError, LookupError):
 
 class InvalidChangeError(FormatError):
     """A ``--change`` instruction (``ENV``, ``CMD``, …) that does not parse."""
+
+
+class ContainerError(LayerdiffError, RuntimeError):
+    """A container cannot be created, run, committed or removed as asked."""
+
+
+class ContainerNotFoundError(ContainerError, LookupError):
+    """No container has the given name (or directory)."""

@@ -129,6 +129,7 @@ def write_layer(
     compression: str = "gzip",
     threads: int | None = None,
     source_date_epoch: int | None = None,
+    exclude: Sequence[str] = (),
 ) -> LayerInfo:
     """Write one layer blob into ``dest`` and describe it.
 
@@ -136,7 +137,8 @@ def write_layer(
     holds the two-tree diff; with ``overlay`` the changes an overlayfs upper dir records
     (``lowers``, top first, help tell added from changed). ``threads=None`` uses every core and
     never changes the bytes. ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) clamps mtimes.
-    ``content`` compares file contents in the diff (see :func:`diff`).
+    ``content`` compares file contents in the diff (see :func:`diff`). Paths in ``exclude``
+    (relative to the root, e.g. ``etc/hosts``) are left out of the layer.
     """
     if lower is not None and overlay:
         raise ValueError("lower and overlay exclude each other (use lowers= with overlay)")
@@ -159,5 +161,6 @@ def write_layer(
             compression=compression,
             threads=n_threads,
             source_date_epoch=epoch,
+            exclude=list(exclude),
         )
     )

@@ -2,6 +2,7 @@
 //! No logic lives here; every function converts its arguments, runs the core detached from the
 //! interpreter (so other Python threads run and Ctrl-C is seen), and converts the result.
 
+mod container;
 mod errors;
 
 use std::path::PathBuf;
@@ -121,7 +122,8 @@ type LayerTuple = (String, String, u64, u64, String, PathBuf, Vec<String>);
 #[pyfunction]
 #[pyo3(signature = (
     upper, blobs_dir, *, lower = None, overlay = false, lowers = Vec::new(), content = false,
-    compression = "gzip", level = None, threads = 0, source_date_epoch = None
+    compression = "gzip", level = None, threads = 0, source_date_epoch = None,
+    exclude = Vec::new()
 ))]
 #[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
 fn write_layer(
@@ -136,6 +138,7 @@ fn write_layer(
     level: Option<i32>,
     threads: usize,
     source_date_epoch: Option<i64>,
+    exclude: Vec<String>,
 ) -> PyResult<LayerTuple> {
     let cancel = Arc::new(Cancel::new());
     if overlay && lower.is_some() {
@@ -158,6 +161,7 @@ fn write_layer(
         } else {
             core_diff::full_tree(&upper)?
         };
+        let changes = core_diff::without_paths(changes, &exclude);
         layer::write_layer_file(&upper, &changes, &opts, &blobs_dir)
     })?;
     Ok(layer_tuple(info))
@@ -269,6 +273,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apply_layer, m)?)?;
     m.add_function(wrap_pyfunction!(squash_layers, m)?)?;
     m.add_function(wrap_pyfunction!(blob_digests, m)?)?;
+    m.add_function(wrap_pyfunction!(container::run_container, m)?)?;
     m.add("DEFAULT_MAX_SIZE", crate::apply::DEFAULT_MAX_SIZE)?;
     Ok(())
 }

@@ -1,0 +1,37 @@
+"""The fresh, single-threaded process that starts a container (see :mod:`layerdiff.runtime`).
+
+It joins the container's control groups first, so that every process of the container is in
+them, then hands over to the core, which makes the namespaces and forks the container's PID 1.
+Its argument is a descriptor to read the run specification (JSON) from — not the command line,
+which the container's ``ps`` shows as its PID 1; it exits with the container's exit code.
+"""
+
+import json
+import os
+import sys
+
+
+def main() -> None:
+    with os.fdopen(int(sys.argv[1]), "rb") as f:
+        spec = json.loads(f.read())
+    error_fd = spec["error_fd"]
+    for procs in spec.pop("cgroup_procs"):
+        try:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as e:
+            os.write(error_fd, f"joining the control group {procs}: {e.strerror}\n".encode())
+            os._exit(125)
+    spec["binds"] = [(source, target) for source, target in spec["binds"]]
+    try:
+        from layerdiff import _core
+
+        code = _core.run_container(**spec)
+    except Exception as e:  # a defect; still one line for the caller, not a traceback
+        os.write(error_fd, f"starting the container: {type(e).__name__}: {e}\n".encode())
+        code = 125
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

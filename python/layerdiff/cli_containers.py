@@ -1,0 +1,209 @@
+"""The container commands of the command line: create, run, start, ps, rm."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from layerdiff import runtime
+from layerdiff.cgroups import Limits, parse_cpus, parse_memory
+from layerdiff.errors import LayerdiffError
+
+_EXIT_SETUP = runtime.EXIT_SETUP
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"layerdiff: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def _limits(memory: str | None, cpus: str | None, pids: int | None) -> Limits:
+    try:
+        return Limits(
+            memory=parse_memory(memory) if memory else None,
+            cpus=parse_cpus(cpus) if cpus else None,
+            pids=pids,
+        )
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _container_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by create and run (the subset of docker run's that applies)."""
+    options = [
+        click.option("--name", help="Container name (or a directory path for the container)."),
+        click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Set a variable."),
+        click.option("-w", "--workdir", help="Working directory inside the container."),
+        click.option("-u", "--user", help="USER[:GROUP] by name or number (the image's)."),
+        click.option("--hostname", help="Hostname [default: the short container id]."),
+        click.option("--entrypoint", help="Replace the image's Entrypoint (one word)."),
+        click.option("-m", "--memory", metavar="SIZE", help="Memory limit, e.g. 512m, 2g."),
+        click.option("--cpus", metavar="N", help="CPU limit, e.g. 1.5."),
+        click.option("--pids-limit", type=click.IntRange(min=1), help="Process-count limit."),
+        click.option(
+            "--network",
+            type=click.Choice(["host", "none"]),
+            default="host",
+            show_default=True,
+            help="Share the host's network, or only a loopback of its own.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _create(
+    image: str,
+    command: tuple[str, ...],
+    name: str | None,
+    env: tuple[str, ...],
+    workdir: str | None,
+    user: str | None,
+    hostname: str | None,
+    entrypoint: str | None,
+    memory: str | None,
+    cpus: str | None,
+    pids_limit: int | None,
+    network: str,
+) -> runtime.Container:
+    return runtime.create(
+        image,
+        name=name,
+        command=command or None,
+        entrypoint=[entrypoint] if entrypoint is not None else None,
+        env=env,
+        workdir=workdir,
+        user=user,
+        hostname=hostname,
+        network=network,
+        limits=_limits(memory, cpus, pids_limit),
+    )
+
+
+def _finish(result: runtime.RunResult) -> NoReturn:
+    if result.error:
+        click.echo(f"layerdiff: error: {result.error}", err=True)
+    sys.exit(result.exit_code)
+
+
+def register(cli: click.Group) -> None:
+    """Add the container commands to ``cli``."""
+
+    @cli.command(
+        epilog="""\b
+Examples:
+  layerdiff run --rm base:1 -- sh -c 'echo hello'
+  layerdiff run --name web -e PORT=80 --memory 256m app:1
+  layerdiff run --network none --pids-limit 64 base:1 -- ps
+Options go before '--'; everything after it is the command. Exit code: the command's,
+125 when the container cannot be set up, 126 when the command cannot run, 127 when it is
+not found in the image."""
+    )
+    @click.argument("image")
+    @click.argument("command", nargs=-1)
+    @click.option("--rm", is_flag=True, help="Remove the container when it exits.")
+    @_container_options
+    def run(image: str, command: tuple[str, ...], rm: bool, **opts: Any) -> None:
+        """Run COMMAND (default: the image's Entrypoint/Cmd) in a new container from IMAGE."""
+        limits = _limits(opts.pop("memory"), opts.pop("cpus"), opts.pop("pids_limit"))
+        entrypoint = opts.pop("entrypoint")
+        try:
+            result = runtime.run(
+                image,
+                command or None,
+                rm=rm,
+                entrypoint=[entrypoint] if entrypoint is not None else None,
+                limits=limits,
+                **opts,
+            )
+        except LayerdiffError as e:
+            _fail(str(e), _EXIT_SETUP)
+        _finish(result)
+
+    @cli.command(
+        epilog="""\b
+Examples:
+  layerdiff create --name dev base:1 -- sh -c 'apk add curl'
+  layerdiff create --name /srv/containers/dev base:1"""
+    )
+    @click.argument("image")
+    @click.argument("command", nargs=-1)
+    @_container_options
+    def create(image: str, command: tuple[str, ...], **opts: Any) -> None:
+        """Create a container from IMAGE (its layers are cached) and print its name."""
+        container = _create(image, command, **opts)
+        click.echo(container.name if "/" not in (opts["name"] or "") else str(container.path))
+
+    @cli.command(epilog="Example:\n\n  layerdiff start dev")
+    @click.argument("name", metavar="CONTAINER")
+    def start(name: str) -> None:
+        """Run a created container's command in the foreground; exit with its exit code."""
+        try:
+            result = runtime.start(runtime.open_container(name))
+        except LayerdiffError as e:
+            _fail(str(e), _EXIT_SETUP)
+        _finish(result)
+
+    @cli.command(epilog="Example:\n\n  layerdiff ps --json")
+    @click.option("-q", "--quiet", is_flag=True, help="Print names only.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
+    def ps(quiet: bool, as_json: bool) -> None:
+        """List the containers of the store, with their state (like docker ps -a)."""
+        found = runtime.containers()
+        if quiet:
+            for c in found:
+                click.echo(c.name)
+            return
+        if as_json:
+            from layerdiff.cli import _emit_json
+
+            _emit_json(
+                [
+                    {
+                        "id": c.id,
+                        "name": c.name,
+                        "image": c.data.get("image"),
+                        "command": runtime._argv(c.config),
+                        "created": c.data.get("created"),
+                        "state": c.state,
+                        "exit_code": c.data.get("exit_code"),
+                        "path": str(c.path),
+                    }
+                    for c in found
+                ]
+            )
+            return
+        from layerdiff.cli import _table
+
+        rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]]
+        for c in found:
+            status = c.state
+            if status == "exited" and c.data.get("exit_code") is not None:
+                status = f"exited ({c.data['exit_code']})"
+            command = shlex.join(runtime._argv(c.config))
+            command = command if len(command) <= 30 else command[:29] + "…"
+            created = str(c.data.get("created", ""))
+            rows.append([c.id[:12], str(c.data.get("image")), command, created, status, c.name])
+        _table(rows)
+
+    @cli.command(epilog="Example:\n\n  layerdiff rm -f web dev")
+    @click.argument("names", nargs=-1, required=True, metavar="CONTAINER...")
+    @click.option("-f", "--force", is_flag=True, help="Also remove running containers.")
+    def rm(names: tuple[str, ...], force: bool) -> None:
+        """Remove containers: their directories, control groups and state."""
+        failed = False
+        for name in names:
+            try:
+                runtime.remove(name, force=force)
+            except LayerdiffError as e:
+                click.echo(f"layerdiff: error: {' '.join(str(e).split())}", err=True)
+                failed = True
+                continue
+            click.echo(name)
+        if failed:
+            sys.exit(1)

@@ -1,0 +1,131 @@
+"""The layer cache: each image layer unpacked once, by ``diff_id``, in overlayfs form.
+
+Containers use the cached layers directly as overlay lower directories, read-only and shared,
+so a layer takes its space once however many containers run on it. A layer is unpacked into a
+temporary directory and renamed into place when complete, under a per-layer lock: parallel
+runs of one image wait for each other instead of unpacking twice, and nobody ever sees a
+half-unpacked layer.
+
+Two forms exist, as overlayfs reads opaque directories from different xattrs: ``trusted``
+(``trusted.overlay.opaque``, mounted by root) and ``user`` (``user.overlay.opaque``, for
+rootless containers mounting with ``userxattr``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from layerdiff import _core, refs
+from layerdiff.catalog import Image
+from layerdiff.errors import FormatError
+from layerdiff.layout import check_digest
+
+__all__ = ["FORMS", "cache_root", "ensure_layers", "layer_dir", "remove_tree"]
+
+#: The xattr namespaces a cached layer's opaque directories are written in.
+FORMS = ("trusted", "user")
+
+_TEMP_PREFIX = ".tmp-"
+_INFO = "layer.json"
+
+
+def cache_root() -> Path:
+    """``$LAYERDIFF_HOME/layers``."""
+    return refs.store_home() / "layers"
+
+
+def layer_dir(diff_id: str, *, form: str) -> Path:
+    """Where the layer ``diff_id`` is (or would be) cached; its tree is the ``diff`` inside."""
+    if form not in FORMS:
+        raise ValueError(f"unknown layer cache form {form!r}")
+    return cache_root() / form / check_digest(diff_id)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree, also one whose directories a layer made read-only (which
+    stops a non-root owner from deleting their contents)."""
+    if path.is_symlink() or not path.exists():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    if not path.is_dir():
+        path.unlink()
+        return
+    if os.geteuid() != 0:
+        os.chmod(path, stat.S_IRWXU)
+        for parent, dirs, _files in os.walk(path):
+            for name in dirs:
+                child = os.path.join(parent, name)
+                if not os.path.islink(child):
+                    os.chmod(child, stat.S_IRWXU)
+    shutil.rmtree(path)
+
+
+def _unpack(image: Image, desc: dict[str, object], diff_id: str, final: Path, form: str) -> None:
+    tmp = final.with_name(f"{_TEMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
+    tree = tmp / "diff"
+    tree.mkdir(parents=True)
+    try:
+        blob = image.layout.blob_path(str(desc["digest"]))
+        entries, size, _warnings = _core.apply_layer(
+            tree,
+            blob,
+            digest=str(desc["digest"]),
+            size=int(str(desc["size"])),
+            chown=os.geteuid() == 0,
+            overlay=True,
+            userxattr=form == "user",
+        )
+        info = {"diff_id": diff_id, "digest": desc["digest"], "entries": entries, "bytes": size}
+        (tmp / _INFO).write_text(json.dumps(info, sort_keys=True) + "\n")
+        os.rename(tmp, final)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_layers(image: Image, *, form: str) -> list[Path]:
+    """The cached tree of every layer of ``image``, bottom first, unpacking missing ones.
+
+    Each blob's size and digest are checked while it is unpacked; a mismatch is an error and
+    nothing is cached for that layer.
+    """
+    diff_ids = image.config.get("rootfs", {}).get("diff_ids", [])
+    if len(diff_ids) != len(image.layers):
+        raise FormatError(
+            f"{image.ref.text}: config lists {len(diff_ids)} diff_ids for "
+            f"{len(image.layers)} layers"
+        )
+    dirs = []
+    for desc, diff_id in zip(image.layers, diff_ids, strict=True):
+        final = layer_dir(diff_id, form=form)
+        if not final.is_dir():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(final.with_name(f".{final.name}.lock")):
+                if not final.is_dir():  # another run may have unpacked it while we waited
+                    _unpack(image, desc, diff_id, final, form)
+        dirs.append(final / "diff")
+    return dirs

@@ -1,0 +1,506 @@
+"""Containers: create one from an image, run it in namespaces on overlayfs, list, remove.
+
+A container is a directory — ``$LAYERDIFF_HOME/containers/NAME/``, or any path the user gives
+— holding ``container.json`` (image, config, state), the overlay ``upper/`` and ``work/``
+directories, the **init layer** (``init/``: the mount points ``/etc/hosts``, ``/etc/hostname``,
+``/etc/resolv.conf``, ``/proc``, ``/sys``, ``/dev``) and the files bind-mounted on the first
+three. The image's layers come from the shared layer cache (:mod:`layerdiff.layercache`).
+Because the init files are bind mounts, a container writing to them never changes its upper
+directory, and a commit leaves them out by name as well.
+
+``run`` starts a fresh helper process (``python -m layerdiff._helper``): the kernel refuses new
+user and mount namespaces to a multi-threaded process, and this one may have threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from layerdiff import layercache, refs
+from layerdiff.catalog import Image, load_image
+from layerdiff.cgroups import Cgroup, Limits, unified
+from layerdiff.commit import CommitResult, commit
+from layerdiff.errors import ContainerError, ContainerNotFoundError, LayerdiffOSError
+from layerdiff.fsck import writing
+from layerdiff.image import rfc3339
+from layerdiff.layout import Layout, _write_atomic
+
+__all__ = [
+    "INIT_FILES",
+    "Container",
+    "RunResult",
+    "commit_container",
+    "containers",
+    "create",
+    "open_container",
+    "remove",
+    "run",
+    "start",
+]
+
+#: Files the runtime writes for each container; never part of a commit.
+INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
+#: Directories the init layer provides as mount points.
+_INIT_DIRS = ("etc", "dev", "proc", "sys")
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+_STATE_FILE = "container.json"
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Exit code of ``run`` when the container could not be set up (as ``docker run``).
+EXIT_SETUP = 125
+
+
+def containers_root() -> Path:
+    """``$LAYERDIFF_HOME/containers``: where named containers live."""
+    return refs.store_home() / "containers"
+
+
+def _location(name: str) -> Path:
+    """A container's directory: a path when ``name`` has a slash, else a name in the store."""
+    if "/" in name or name in (".", ".."):
+        return Path(os.path.abspath(name))
+    if not _NAME_RE.fullmatch(name):
+        raise ContainerError(
+            f"invalid container name {name!r}: use letters, digits, '_', '.' and '-' "
+            "(or give a directory path)"
+        )
+    return containers_root() / name
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie or a reused pid is not our helper: check its command line.
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"layerdiff._helper" in cmdline
+
+
+@dataclass
+class Container:
+    """A container directory and its ``container.json``."""
+
+    #: The container directory.
+    path: Path
+    #: Contents of ``container.json``.
+    data: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """The container's name (its directory's name)."""
+        return str(self.data["name"])
+
+    @property
+    def id(self) -> str:
+        """64 hex digits, unique."""
+        return str(self.data["id"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The runtime config: the image's, with the overrides given at create."""
+        return dict(self.data.get("config") or {})
+
+    @property
+    def state(self) -> str:
+        """``created``, ``running`` or ``exited`` (a run whose caller died counts as exited)."""
+        state = str(self.data.get("state", "created"))
+        if state == "running" and not _pid_alive(self.data.get("pid")):
+            return "exited"
+        return state
+
+    @property
+    def upper(self) -> Path:
+        """The overlay upper directory: everything the container changed."""
+        return self.path / "upper"
+
+    def image(self) -> Image:
+        """The image the container was created from (by manifest digest, not by tag)."""
+        layout = Layout.open(self.data["image_layout"])
+        desc = dict(self.data["image_descriptor"])
+        manifest = layout.read_json(desc)
+        config = layout.read_json(manifest["config"])
+        ref = refs.LayoutRef(
+            text=str(self.data["image"]), layout=layout.path, tag=None, in_store=False
+        )
+        return Image(ref=ref, layout=layout, descriptor=desc, manifest=manifest, config=config)
+
+    def layer_dirs(self) -> list[Path]:
+        """The cached layer trees, bottom first."""
+        form = "user" if self.data.get("rootless") else "trusted"
+        return [layercache.layer_dir(d, form=form) / "diff" for d in self.data["layers"]]
+
+    def save(self) -> None:
+        """Write ``container.json`` atomically."""
+        body = json.dumps(self.data, indent=2, sort_keys=True).encode() + b"\n"
+        _write_atomic(self.path / _STATE_FILE, body)
+
+
+def open_container(name: str) -> Container:
+    """The container named ``name`` (or at the directory ``name``)."""
+    path = _location(name)
+    try:
+        data = json.loads((path / _STATE_FILE).read_text())
+    except FileNotFoundError:
+        raise ContainerNotFoundError(f"no such container: {name}") from None
+    except (OSError, ValueError) as e:
+        raise ContainerError(f"{path / _STATE_FILE}: unreadable container state: {e}") from None
+    return Container(path=path, data=data)
+
+
+def containers() -> list[Container]:
+    """The containers of the store, oldest first."""
+    found = []
+    root = containers_root()
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        with contextlib.suppress(ContainerError):
+            found.append(open_container(entry.name))
+    return sorted(found, key=lambda c: (str(c.data.get("created", "")), c.name))
+
+
+def _merge_env(env: list[str], extra: Sequence[str]) -> list[str]:
+    out = list(env)
+    for item in extra:
+        key, eq, value = item.partition("=")
+        if not key:
+            raise ContainerError(f"invalid environment variable {item!r} (expected KEY=VALUE)")
+        if not eq:  # ``-e KEY`` passes the caller's value, as docker does
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        out = [e for e in out if e.partition("=")[0] != key] + [f"{key}={value}"]
+    return out
+
+
+def _init_files(path: Path, hostname: str, network: str) -> None:
+    init = path / "init"
+    for d in _INIT_DIRS:
+        (init / d).mkdir(parents=True, exist_ok=True)
+    for rel in INIT_FILES:
+        (init / rel).write_bytes(b"")
+    hosts = (
+        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    )
+    (path / "hosts").write_text(hosts)
+    (path / "hostname").write_text(hostname + "\n")
+    resolv = ""
+    if network == "host":
+        with contextlib.suppress(OSError):
+            resolv = Path("/etc/resolv.conf").read_text()
+    (path / "resolv.conf").write_text(resolv)
+
+
+def create(
+    image: str | refs.LayoutRef,
+    *,
+    name: str | None = None,
+    command: Sequence[str] | None = None,
+    entrypoint: Sequence[str] | None = None,
+    env: Sequence[str] = (),
+    workdir: str | None = None,
+    user: str | None = None,
+    hostname: str | None = None,
+    network: str = "host",
+    limits: Limits | None = None,
+) -> Container:
+    """Create a container from ``image`` (its layers are cached on first use).
+
+    ``command`` replaces the image's Cmd, ``entrypoint`` its Entrypoint; ``env`` (``K=V``),
+    ``workdir`` and ``user`` override the image config; ``network`` is ``host`` (share the
+    caller's) or ``none`` (loopback only); ``limits`` apply whenever it runs. ``name`` with a
+    slash is a directory path.
+    """
+    if network not in ("host", "none"):
+        raise ContainerError(f"unknown network mode {network!r} (expected host or none)")
+    img = load_image(image)
+    cid = secrets.token_hex(32)
+    path = _location(name or cid[:12])
+    rootless = os.geteuid() != 0
+    config = dict(img.config.get("config") or {})
+    config["Env"] = _merge_env(list(config.get("Env") or [f"PATH={_DEFAULT_PATH}"]), env)
+    if entrypoint is not None:
+        config["Entrypoint"] = list(entrypoint)
+        config.pop("Cmd", None)
+    if command:
+        config["Cmd"] = list(command)
+    if workdir is not None:
+        config["WorkingDir"] = workdir
+    if user is not None:
+        config["User"] = user
+    hostname = hostname or cid[:12]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir()  # claims the name: a second create of it fails here
+    except FileExistsError:
+        raise ContainerError(f"container name or directory in use: {path}") from None
+    except OSError as e:
+        raise LayerdiffOSError(
+            e.errno, f"creating the container: {e.strerror}", str(path)
+        ) from None
+    try:
+        store = Layout.create(refs.store_layout_path())
+        with writing(store):  # gc keeps the layers of containers it can see
+            layercache.ensure_layers(img, form="user" if rootless else "trusted")
+            for d in ("upper", "work", "rootfs"):
+                (path / d).mkdir()
+            _init_files(path, hostname, network)
+            container = Container(
+                path=path,
+                data={
+                    "id": cid,
+                    "name": path.name,
+                    "created": rfc3339(None),
+                    "image": img.ref.text,
+                    "image_layout": str(img.layout.path),
+                    "image_descriptor": dict(img.descriptor),
+                    "layers": list(img.config["rootfs"]["diff_ids"]),
+                    "rootless": rootless,
+                    "config": config,
+                    "hostname": hostname,
+                    "network": network,
+                    "limits": dataclasses.asdict(limits or Limits()),
+                    "state": "created",
+                },
+            )
+            container.save()
+    except BaseException:
+        layercache.remove_tree(path)
+        raise
+    return container
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """How a container's command ended."""
+
+    #: Exit code: the command's, 128+N for a signal N, 125 set-up failed, 126 cannot execute,
+    #: 127 not found.
+    exit_code: int
+    #: The runtime's message when the command could not be started, else ``None``.
+    error: str | None
+    #: The container (already removed when run with ``rm``).
+    container: Container
+
+
+def _argv(config: dict[str, Any]) -> list[str]:
+    return [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+
+
+@contextlib.contextmanager
+def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """While the container runs: SIGTERM and SIGHUP to us go to it; SIGINT is ignored here
+    because a terminal's Ctrl-C reaches the container's processes directly."""
+
+    def forward(sig: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def start(container: Container) -> RunResult:
+    """Run the container's command, wait for it, and return how it ended."""
+    limits = Limits(**(container.data.get("limits") or {}))
+    if container.state == "running":
+        raise ContainerError(f"container {container.name} is already running")
+    config = container.config
+    argv = _argv(config)
+    if not argv:
+        raise ContainerError("no command given and the image has no Entrypoint or Cmd")
+    for d in container.layer_dirs():
+        if not d.is_dir():
+            raise ContainerError(f"cached layer missing: {d} (remove and re-create the container)")
+    group: Cgroup | None = None
+    try:
+        group = Cgroup.create(f"layerdiff-{container.id[:16]}", limits)
+    except OSError:
+        if limits.any:
+            raise
+    read_fd, write_fd = os.pipe()
+    layers_dir = layercache.cache_root()
+    spec = {
+        "argv": argv,
+        "env": [*(config.get("Env") or []), f"HOSTNAME={container.data['hostname']}"],
+        "cwd": str(config.get("WorkingDir") or "/"),
+        "user": str(config.get("User") or ""),
+        "hostname": str(container.data["hostname"]),
+        "layers_dir": str(layers_dir),
+        "lowers": [str(container.path / "init")]
+        + [os.path.relpath(d, layers_dir) for d in reversed(container.layer_dirs())],
+        "upper": str(container.upper),
+        "work": str(container.path / "work"),
+        "rootfs": str(container.path / "rootfs"),
+        "binds": [[str(container.path / Path(f).name), f] for f in INIT_FILES],
+        "rootless": bool(container.data.get("rootless")),
+        "new_network": container.data.get("network") == "none",
+        "error_fd": write_fd,
+        "parent_pid": os.getpid(),
+        "cgroup_procs": group.procs_files if group else [],
+    }
+    spec_read, spec_write = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "layerdiff._helper", str(spec_read)],
+            pass_fds=(write_fd, spec_read),
+        )
+        os.close(spec_read)
+        with os.fdopen(spec_write, "wb") as f:
+            f.write(json.dumps(spec).encode())
+    except BaseException:
+        for fd in (read_fd, write_fd, spec_read, spec_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if group:
+            group.remove()
+        raise
+    os.close(write_fd)
+    container.data.update(
+        state="running",
+        pid=proc.pid,
+        started=rfc3339(None),
+        cgroup=[str(d) for d in group.dirs] if group else [],
+    )
+    try:
+        container.save()
+        with _forwarding(proc):
+            code = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with os.fdopen(read_fd, "rb") as errors:
+            message = errors.read().decode(errors="replace").strip()
+        if group:
+            group.remove()
+        container.data.update(state="exited", exit_code=proc.returncode, finished=rfc3339(None))
+        container.data.pop("pid", None)
+        container.data["cgroup"] = []
+        with contextlib.suppress(OSError):
+            container.save()
+    code = code if code >= 0 else 128 - code
+    error = message.splitlines()[-1] if message else None
+    return RunResult(exit_code=code, error=error, container=container)
+
+
+def run(
+    image: str | refs.LayoutRef,
+    command: Sequence[str] | None = None,
+    *,
+    name: str | None = None,
+    rm: bool = False,
+    entrypoint: Sequence[str] | None = None,
+    env: Sequence[str] = (),
+    workdir: str | None = None,
+    user: str | None = None,
+    hostname: str | None = None,
+    network: str = "host",
+    limits: Limits | None = None,
+) -> RunResult:
+    """Create a container from ``image`` and run ``command`` (default: the image's
+    Entrypoint/Cmd) in it; with ``rm``, remove the container afterwards. The command's
+    stdin, stdout and stderr are the caller's."""
+    container = create(
+        image,
+        name=name,
+        command=command,
+        entrypoint=entrypoint,
+        env=env,
+        workdir=workdir,
+        user=user,
+        hostname=hostname,
+        network=network,
+        limits=limits,
+    )
+    try:
+        return start(container)
+    finally:
+        if rm:
+            remove(str(container.path), force=True)
+
+
+def remove(name: str, *, force: bool = False) -> None:
+    """Remove a container (``force``: also a running one, which is killed first)."""
+    container = open_container(name)
+    if container.state == "running":
+        if not force:
+            raise ContainerError(f"container {container.name} is running (use --force)")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(container.data["pid"]), signal.SIGKILL)
+    dirs = [Path(d) for d in container.data.get("cgroup") or []]
+    if dirs:
+        Cgroup(dirs=dirs).remove()
+    layercache.remove_tree(container.path)
+
+
+def commit_container(
+    name: str,
+    image: str | refs.LayoutRef | None = None,
+    *,
+    message: str | None = None,
+    author: str | None = None,
+    changes: Sequence[str] = (),
+    pause: bool = True,
+    compression: str = "gzip",
+    threads: int | None = None,
+    source_date_epoch: int | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> CommitResult:
+    """Commit what the container ``name`` changed as one new layer on top of its image.
+
+    The layer is the overlay-upper diff of the container (the init files left out); the new
+    config is the container's (its Env, Cmd… as run) with ``changes`` applied. ``image``
+    defaults to ``NAME:latest`` in the store. With ``pause``, a running container is frozen
+    while its upper directory is read, so the layer is one consistent moment.
+    """
+    container = open_container(name)
+    target = image if image is not None else f"{container.name.lower()}:latest"
+    group = None
+    if pause and container.state == "running" and container.data.get("cgroup"):
+        group = Cgroup(dirs=[Path(d) for d in container.data["cgroup"]], v2=unified())
+        group.freeze(True)
+    try:
+        return commit(
+            container.upper,
+            image=target,
+            overlay=True,
+            lowers=list(reversed(container.layer_dirs())),
+            base=container.image(),
+            message=message,
+            author=author,
+            changes=changes,
+            compression=compression,
+            threads=threads,
+            source_date_epoch=source_date_epoch,
+            on_step=on_step,
+            exclude=INIT_FILES,
+            run_config=container.config,
+        )
+    finally:
+        if group is not None:
+            group.freeze(False)

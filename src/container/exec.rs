@@ -1,0 +1,280 @@
+//! The command of a container: its user, environment and working directory, then `execve`.
+//!
+//! User names are looked up in the container's own `/etc/passwd` and `/etc/group` (after the
+//! root switch), never the host's. The parsing is pure and tested on its own.
+
+use std::ffi::CString;
+
+use super::{ContainerSpec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, report};
+
+/// The search path when the environment has none (the one `docker run` sets).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Who a container's command runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups (the groups of `/etc/group` that list the user).
+    pub groups: Vec<u32>,
+    /// Home directory (`/` when unknown).
+    pub home: String,
+}
+
+/// A `/etc/passwd` line: (name, uid, gid, home).
+pub fn parse_passwd(text: &str) -> Vec<(String, u32, u32, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() < 6 {
+                return None;
+            }
+            Some((
+                f[0].to_string(),
+                f[2].parse().ok()?,
+                f[3].parse().ok()?,
+                f[5].to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// A `/etc/group` line: (name, gid, members).
+pub fn parse_group(text: &str) -> Vec<(String, u32, Vec<String>)> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() < 4 {
+                return None;
+            }
+            let members = f[3]
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_string);
+            Some((f[0].to_string(), f[2].parse().ok()?, members.collect()))
+        })
+        .collect()
+}
+
+/// Resolve `USER[:GROUP]` (names or numbers; empty: root) against the contents of the
+/// container's `/etc/passwd` and `/etc/group`, as `docker run --user` does: a numeric user
+/// unknown to passwd is allowed (group 0), a name must exist.
+pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<UserSpec, String> {
+    let users = parse_passwd(passwd);
+    let groups = parse_group(group);
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let user = if user.is_empty() { "0" } else { user };
+    let found = match user.parse::<u32>() {
+        Ok(uid) => {
+            users
+                .iter()
+                .find(|u| u.1 == uid)
+                .cloned()
+                .or(Some((String::new(), uid, 0, "/".into())))
+        }
+        Err(_) => users.iter().find(|u| u.0 == user).cloned(),
+    };
+    let Some((name, uid, mut gid, home)) = found else {
+        return Err(format!(
+            "unable to find user {user}: no matching entries in /etc/passwd"
+        ));
+    };
+    if let Some(g) = grp {
+        gid = match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => groups
+                .iter()
+                .find(|e| e.0 == g)
+                .map(|e| e.1)
+                .ok_or_else(|| {
+                    format!("unable to find group {g}: no matching entries in /etc/group")
+                })?,
+        };
+    }
+    let mut extra: Vec<u32> = if grp.is_some() || name.is_empty() {
+        Vec::new()
+    } else {
+        groups
+            .iter()
+            .filter(|e| e.2.contains(&name))
+            .map(|e| e.1)
+            .collect()
+    };
+    if !extra.contains(&gid) {
+        extra.insert(0, gid);
+    }
+    let home = if home.is_empty() {
+        "/".to_string()
+    } else {
+        home
+    };
+    Ok(UserSpec {
+        uid,
+        gid,
+        groups: extra,
+        home,
+    })
+}
+
+fn read_or_empty(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn become_user(spec: &ContainerSpec, user: &UserSpec) -> Result<(), String> {
+    // SAFETY: plain credential system calls on values we own; each result is checked.
+    unsafe {
+        // A rootless container's user namespace forbids setgroups (it maps only the caller).
+        if !spec.rootless && libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0 {
+            return Err(super::os_fail("setgroups"));
+        }
+        if libc::setgid(user.gid) != 0 {
+            return Err(super::os_fail(format!("setgid {}", user.gid)));
+        }
+        if libc::setuid(user.uid) != 0 {
+            return Err(super::os_fail(format!("setuid {}", user.uid)));
+        }
+    }
+    Ok(())
+}
+
+fn enter_workdir(cwd: &str) -> Result<(), String> {
+    let cwd = if cwd.is_empty() { "/" } else { cwd };
+    if std::fs::metadata(cwd).is_err() {
+        std::fs::create_dir_all(cwd)
+            .map_err(|e| format!("creating the working directory {cwd}: {e}"))?;
+    }
+    rustix::process::chdir(cwd).map_err(|e| format!("entering the working directory {cwd}: {e}"))
+}
+
+/// Set up and exec the container's command. Returns only on failure, with the exit code.
+pub fn exec_command(spec: &ContainerSpec, argv: &[CString]) -> i32 {
+    let prepared = (|| -> Result<(Vec<CString>, String), String> {
+        let user = resolve_user(
+            &spec.user,
+            &read_or_empty("/etc/passwd"),
+            &read_or_empty("/etc/group"),
+        )?;
+        let mut env = spec.env.clone();
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!("HOME={}", user.home));
+        }
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        let path = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH)
+            .to_string();
+        enter_workdir(&spec.cwd)?;
+        rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
+        become_user(spec, &user)?;
+        let env = env
+            .iter()
+            .map(|e| super::cstr(e, "environment variable"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((env, path))
+    })();
+    let (env, path) = match prepared {
+        Ok(p) => p,
+        Err(msg) => {
+            report(spec.error_fd, &msg);
+            return EXIT_SETUP;
+        }
+    };
+    let name = spec.argv[0].as_str();
+    let candidates: Vec<String> = if name.contains('/') {
+        vec![name.to_string()]
+    } else {
+        path.split(':')
+            .map(|dir| if dir.is_empty() { "." } else { dir })
+            .map(|dir| format!("{}/{name}", dir.trim_end_matches('/')))
+            .collect()
+    };
+    let mut argp: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argp.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let mut denied = None;
+    for candidate in candidates {
+        let Ok(file) = CString::new(candidate.clone()) else {
+            continue;
+        };
+        // SAFETY: NUL-terminated argument and environment arrays of live CStrings.
+        unsafe { libc::execve(file.as_ptr(), argp.as_ptr(), envp.as_ptr()) };
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
+            Some(libc::EACCES) => denied = Some((candidate, err)),
+            _ => {
+                report(spec.error_fd, &format!("exec {candidate:?}: {err}"));
+                return EXIT_CANNOT_EXEC;
+            }
+        }
+    }
+    match denied {
+        Some((candidate, err)) => {
+            report(spec.error_fd, &format!("exec {candidate:?}: {err}"));
+            EXIT_CANNOT_EXEC
+        }
+        None if name.contains('/') => {
+            report(
+                spec.error_fd,
+                &format!("exec {name:?}: no such file or directory in the image"),
+            );
+            EXIT_NOT_FOUND
+        }
+        None => {
+            report(
+                spec.error_fd,
+                &format!("exec {name:?}: executable file not found in $PATH"),
+            );
+            EXIT_NOT_FOUND
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/sh\nbad\n";
+    const GROUP: &str = "root:x:0:\nwww:x:33:\nadm:x:4:www,other\nstaff:x:50:\n";
+
+    /// (uid, gid, groups, home) or a piece of the error message.
+    type Expected = Result<(u32, u32, &'static [u32], &'static str), &'static str>;
+
+    #[test]
+    fn resolves_users_like_docker() {
+        let table: &[(&str, Expected)] = &[
+            ("", Ok((0, 0, &[0], "/root"))),
+            ("root", Ok((0, 0, &[0], "/root"))),
+            ("www", Ok((33, 33, &[33, 4], "/var/www"))),
+            ("33", Ok((33, 33, &[33, 4], "/var/www"))),
+            ("1234", Ok((1234, 0, &[0], "/"))),
+            ("1234:50", Ok((1234, 50, &[50], "/"))),
+            ("www:staff", Ok((33, 50, &[50], "/var/www"))),
+            ("nobody", Err("unable to find user nobody")),
+            ("www:nogroup", Err("unable to find group nogroup")),
+        ];
+        for (spec, want) in table {
+            let got = resolve_user(spec, PASSWD, GROUP);
+            match want {
+                Ok((uid, gid, groups, home)) => {
+                    let got = got.unwrap();
+                    assert_eq!(
+                        (got.uid, got.gid, got.groups.as_slice(), got.home.as_str()),
+                        (*uid, *gid, *groups, *home),
+                        "{spec}"
+                    );
+                }
+                Err(msg) => assert!(got.unwrap_err().contains(msg), "{spec}"),
+            }
+        }
+    }
+}

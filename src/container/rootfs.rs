@@ -1,0 +1,247 @@
+//! PID 1 of a container: mount its root, switch into it, start the command, reap.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+
+use super::{ContainerSpec, exec, os_fail, signals};
+
+/// Device nodes a container gets, bound from the host's (which works with and without a user
+/// namespace, where `mknod` would not).
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn mount_err(what: &str, target: &str, e: rustix::io::Errno) -> String {
+    format!("mounting {what} on {target}: {}", std::io::Error::from(e))
+}
+
+/// Open the directory or file `rel` of the container root without following any symlink, so a
+/// mount never lands outside the root whatever the image or the container's writes put there.
+fn open_in_root(root: &OwnedFd, rel: &str, dir: bool) -> Result<OwnedFd, String> {
+    let mut flags = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    if dir {
+        flags |= OFlags::DIRECTORY;
+    }
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve).map_err(|e| {
+        let kind = if dir { "directory" } else { "regular file" };
+        format!(
+            "/{rel} in the container must be a {kind} reached without symlinks: {}",
+            std::io::Error::from(e)
+        )
+    })
+}
+
+/// The path that names an open descriptor (mounting on it mounts on what it resolved to).
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
+    for part in spec.lowers.iter().map(String::as_str).chain([
+        spec.upper.to_str().unwrap_or(","),
+        spec.work.to_str().unwrap_or(","),
+    ]) {
+        if part.contains([',', ':', '\\']) || part.is_empty() {
+            return Err(format!(
+                "overlay layer path cannot contain ',', ':' or '\\': {part:?}"
+            ));
+        }
+    }
+    let mut data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        spec.lowers.join(":"),
+        spec.upper.display(),
+        spec.work.display()
+    );
+    // Without redirect_dir and metacopy, the upper dir describes its changes by itself (a
+    // renamed directory is copied up whole), which is what a commit reads.
+    if spec.rootless {
+        data.push_str(",userxattr");
+    } else {
+        data.push_str(",redirect_dir=off,metacopy=off");
+    }
+    let data = CString::new(data).map_err(|_| "overlay options contain a NUL byte".to_string())?;
+    // Lower dirs are named relative to the layer cache: the options must fit in one page.
+    rustix::process::chdir(&spec.layers_dir)
+        .map_err(|e| format!("entering {}: {e}", spec.layers_dir.display()))?;
+    rustix::mount::mount(
+        "overlay",
+        &spec.rootfs,
+        "overlay",
+        MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .map_err(|e| {
+        let hint = if e == rustix::io::Errno::NODEV {
+            " (this kernel has no overlayfs)"
+        } else {
+            ""
+        };
+        format!(
+            "{}{hint}",
+            mount_err("overlayfs", &spec.rootfs.display().to_string(), e)
+        )
+    })
+}
+
+fn mount_dev(root: &OwnedFd, rootfs: &Path) -> Result<(), String> {
+    let dev = open_in_root(root, "dev", true)?;
+    let nosuid = MountFlags::NOSUID | MountFlags::NOEXEC;
+    rustix::mount::mount(
+        "tmpfs",
+        fd_path(&dev),
+        "tmpfs",
+        nosuid,
+        c"mode=755,size=65536k",
+    )
+    .map_err(|e| mount_err("tmpfs", "/dev", e))?;
+    drop(dev);
+    // /dev is now our own fresh tmpfs: plain paths below it cannot meet a symlink.
+    let dir = rootfs.join("dev");
+    for name in DEVICES {
+        let target = dir.join(name);
+        std::fs::write(&target, b"").map_err(|e| format!("creating /dev/{name}: {e}"))?;
+        rustix::mount::mount_bind(Path::new("/dev").join(name), &target)
+            .map_err(|e| mount_err(&format!("/dev/{name}"), &format!("/dev/{name}"), e))?;
+    }
+    for (name, mode) in [("pts", 0o755), ("shm", 0o1777)] {
+        std::fs::create_dir(dir.join(name)).map_err(|e| format!("creating /dev/{name}: {e}"))?;
+        rustix::fs::chmod(dir.join(name), Mode::from_raw_mode(mode))
+            .map_err(|e| format!("chmod /dev/{name}: {e}"))?;
+    }
+    rustix::mount::mount(
+        "devpts",
+        dir.join("pts"),
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        c"newinstance,ptmxmode=0666,mode=0620",
+    )
+    .map_err(|e| mount_err("devpts", "/dev/pts", e))?;
+    rustix::mount::mount(
+        "shm",
+        dir.join("shm"),
+        "tmpfs",
+        nosuid | MountFlags::NODEV,
+        c"mode=1777",
+    )
+    .map_err(|e| mount_err("tmpfs", "/dev/shm", e))?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dir.join(link))
+            .map_err(|e| format!("creating /dev/{link}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn mount_sys(root: &OwnedFd) -> Result<(), String> {
+    let sys = open_in_root(root, "sys", true)?;
+    let target = fd_path(&sys);
+    let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    if rustix::mount::mount("sysfs", &target, "sysfs", flags, None).is_ok() {
+        return Ok(());
+    }
+    // sysfs may only be mounted by the owner of the network namespace: a rootless container
+    // sharing the host's network gets a read-only bind of the host's instead.
+    rustix::mount::mount_bind_recursive("/sys", &target)
+        .map_err(|e| mount_err("/sys", "/sys", e))?;
+    rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY | flags, c"")
+        .map_err(|e| mount_err("/sys (read-only)", "/sys", e))
+}
+
+/// Bring the loopback interface of a new network namespace up.
+fn loopback_up() -> Result<(), String> {
+    // SAFETY: plain socket and ioctl calls on a zeroed `ifreq` naming "lo"; the descriptor is
+    // closed on every path.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(os_fail("socket for the loopback interface"));
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        let mut ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0;
+        if ok {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            ok = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0;
+        }
+        let err = os_fail("bringing up the loopback interface");
+        libc::close(sock);
+        if ok { Ok(()) } else { Err(err) }
+    }
+}
+
+fn setup_root(spec: &ContainerSpec) -> Result<(), String> {
+    // Nothing we mount may propagate back to the host's mount namespace.
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .map_err(|e| format!("making the mount namespace private: {e}"))?;
+    mount_overlay(spec)?;
+    let root = rustix::fs::open(
+        &spec.rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("opening {}: {e}", spec.rootfs.display()))?;
+    for (source, target) in &spec.binds {
+        let rel = target.trim_start_matches('/');
+        let fd = open_in_root(&root, rel, false)?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| format!("stat /{rel}: {e}"))?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(format!("/{rel} in the container must be a regular file"));
+        }
+        rustix::mount::mount_bind(source, fd_path(&fd))
+            .map_err(|e| mount_err(&source.display().to_string(), &format!("/{rel}"), e))?;
+    }
+    let proc_dir = open_in_root(&root, "proc", true)?;
+    let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    rustix::mount::mount("proc", fd_path(&proc_dir), "proc", flags, None)
+        .map_err(|e| mount_err("proc", "/proc", e))?;
+    mount_dev(&root, &spec.rootfs)?;
+    mount_sys(&root)?;
+    drop(root);
+    // Switch the root: the old one is stacked under the new and detached at once.
+    rustix::process::chdir(&spec.rootfs).map_err(|e| format!("entering the root: {e}"))?;
+    rustix::process::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH)
+        .map_err(|e| format!("detaching the old root: {e}"))?;
+    rustix::process::chdir("/").map_err(|e| format!("entering the new root: {e}"))?;
+    rustix::system::sethostname(spec.hostname.as_bytes())
+        .map_err(|e| format!("setting the hostname {:?}: {e}", spec.hostname))?;
+    if spec.new_network {
+        loopback_up()?;
+    }
+    Ok(())
+}
+
+/// Body of the container's PID 1: set up, start the command, reap until it ends.
+pub fn container_init(
+    spec: &ContainerSpec,
+    argv: &[CString],
+    blocked: &signals::SigSet,
+) -> Result<i32, String> {
+    setup_root(spec)?;
+    // SAFETY: PID 1 is single-threaded, so the child may do anything after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(os_fail("fork"));
+    }
+    if pid == 0 {
+        signals::restore(blocked);
+        let code = exec::exec_command(spec, argv);
+        // SAFETY: exec failed; leave the forked child without running destructors.
+        unsafe { libc::_exit(code) }
+    }
+    Ok(signals::supervise(pid, true))
+}

@@ -1,0 +1,431 @@
+"""Containers for real: busybox images run in namespaces on overlayfs, committed, removed.
+
+Everything here mounts and makes namespaces, so it needs root (CI runs as root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import layerdiff
+from layerdiff import layercache, runtime
+from layerdiff.catalog import load_image
+from layerdiff.errors import ContainerError, ContainerNotFoundError
+from tests.conftest import run_cli
+from tests.containers import busybox_rootfs
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A busybox image in its own OCI layout, with Cmd ["sh"]."""
+    base = tmp_path_factory.mktemp("busybox")
+    root = busybox_rootfs(base / "rootfs")
+    ref = f"oci:{base / 'layout'}:1"
+    layerdiff.commit(root, image=ref, changes=['CMD ["sh"]'])
+    return ref
+
+
+def sh(image: str, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("run", "--rm", *args, image, "--", "sh", "-c", script)
+
+
+def layer_members(image: str) -> dict[str, tarfile.TarInfo]:
+    """The entries of an image's top layer, read by Python's tarfile."""
+    img = load_image(image)
+    with tarfile.open(img.layout.blob_path(img.layers[-1]["digest"])) as tar:
+        return {m.name.rstrip("/"): m for m in tar.getmembers()}
+
+
+def mounts_mentioning(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if str(path) in line]
+
+
+def test_run_commit_gives_exactly_the_changes(image: str, store_home: Path) -> None:
+    script = (
+        "echo new > /root/new.txt; rm /bin/vi; echo extra >> /etc/passwd; "
+        "mkdir -p /opt/app; echo 1 > /opt/app/conf; rm -r /var; "
+        "echo 10.0.0.9 db >> /etc/hosts; echo other > /etc/hostname; echo x > /etc/resolv.conf"
+    )
+    done = run_cli("run", "--name", "c1", image, "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    result = run_cli("commit", "--progress", "none", "--json", "c1", "app:2", "-m", "changed")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["image"] == "app:2"
+
+    members = layer_members("app:2")
+    files = {n for n, m in members.items() if not m.isdir()}
+    assert files == {
+        "root/new.txt",
+        "bin/.wh.vi",
+        "etc/passwd",
+        "opt/app/conf",
+        ".wh.var",
+    }
+    for init_file in runtime.INIT_FILES:
+        assert init_file not in members
+
+    check = sh(
+        "app:2",
+        "cat /root/new.txt /opt/app/conf; tail -1 /etc/passwd; test -e /bin/vi || echo no-vi; "
+        "test -e /var || echo no-var; grep -c db /etc/hosts; cat /etc/hostname",
+        "--hostname",
+        "fresh",
+    )
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.split() == ["new", "1", "extra", "no-vi", "no-var", "0", "fresh"]
+    history = layerdiff.history("app:2")
+    assert history[0].comment == "changed"
+    assert len(load_image("app:2").layers) == 2
+
+
+def test_commit_keeps_the_container_config_and_applies_changes(
+    image: str, store_home: Path
+) -> None:
+    done = run_cli("run", "--name", "cfg", "-e", "MODE=prod", "-w", "/srv", image, "--", "true")
+    assert done.returncode == 0, done.stderr
+    result = run_cli("commit", "--progress", "none", "cfg", "-c", "ENV LEVEL=3")
+    assert result.returncode == 0, result.stderr
+    config = load_image("cfg:latest").config["config"]
+    assert "MODE=prod" in config["Env"] and "LEVEL=3" in config["Env"]
+    assert config["WorkingDir"] == "/srv"
+    assert config["Cmd"] == ["true"]
+    # The working directory docker would create is part of the container's changes.
+    assert "srv" in layer_members("cfg:latest")
+
+
+def test_namespaces_pid1_hostname_and_host_files(image: str, store_home: Path) -> None:
+    marker = store_home / "host-only-file"
+    marker.write_text("secret")
+    script = (
+        "echo $$; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+        f"test -e {marker} && echo visible || echo hidden; ls /proc | grep -c '^[0-9]'; "
+        "cat /etc/hostname; ls /dev; touch /sys/x 2>/dev/null && echo sys-rw || echo sys-ro"
+    )
+    done = sh(image, script, "--hostname", "box")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "2"  # the command is PID 2, behind the init
+    assert lines[1] == "box"
+    assert "layerdiff._helper" in lines[2]
+    assert lines[3] == "hidden"
+    assert int(lines[4]) <= 4  # only the container's own processes
+    assert lines[5] == "box"
+    devices = set(lines[6:-1])
+    assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx"} <= devices
+    assert lines[-1] == "sys-ro"
+
+
+def test_exit_codes_pass_through(image: str, store_home: Path) -> None:
+    assert sh(image, "exit 0").returncode == 0
+    assert sh(image, "exit 42").returncode == 42
+    assert sh(image, "kill -9 $$").returncode == 137
+    missing = run_cli("run", "--rm", image, "--", "no-such-command")
+    assert missing.returncode == 127
+    assert missing.stderr.strip() == (
+        'layerdiff: error: exec "no-such-command": executable file not found in $PATH'
+    )
+    not_exec = run_cli("run", "--rm", image, "--", "/etc/passwd")
+    assert not_exec.returncode == 126
+    assert "/etc/passwd" in not_exec.stderr
+    assert runtime.containers() == []  # --rm removed every one of them
+
+
+def test_image_cmd_env_user_and_workdir(image: str, store_home: Path) -> None:
+    layerdiff.commit(
+        busybox_rootfs(store_home / "rootfs2"),
+        image="svc:1",
+        changes=[
+            "ENV GREETING=hi",
+            "WORKDIR /work",
+            "USER nobody",
+            'ENTRYPOINT ["sh", "-c"]',
+            'CMD ["echo $GREETING $(id -u) $(pwd) $HOME"]',
+        ],
+    )
+    done = run_cli("run", "--rm", "svc:1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["hi", "65534", "/work", "/nonexistent"]
+    as_root = run_cli(
+        "run",
+        "--rm",
+        "--user",
+        "0:0",
+        "-e",
+        "GREETING=yo",
+        "svc:1",
+        "--",
+        "echo $GREETING $(id -u)",
+    )
+    assert as_root.stdout.split() == ["yo", "0"]
+    bad_user = run_cli("run", "--rm", "--user", "nosuchuser", "svc:1")
+    assert bad_user.returncode == 125
+    assert "unable to find user nosuchuser" in bad_user.stderr
+
+
+def test_memory_limit_stops_a_process_that_allocates_past_it(image: str, store_home: Path) -> None:
+    grow = "x=$(head -c 80000000 /dev/zero | tr '\\0' a); echo ${#x}"
+    limited = sh(image, grow, "--memory", "32m")
+    assert limited.returncode == 137, (limited.stdout, limited.stderr)
+    free = sh(image, grow)
+    assert free.returncode == 0 and free.stdout.strip() == "80000000"
+
+
+def test_pids_limit_and_cpu_quota_apply_to_every_process(image: str, store_home: Path) -> None:
+    forks = sh(image, "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait", "--pids-limit", "4")
+    assert "can't fork: Resource temporarily unavailable" in forks.stderr
+    assert sh(image, "for i in 1 2 3 4 5 6 7 8; do sleep 0.1 & done; wait").returncode == 0
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "layerdiff",
+            "run",
+            "--name",
+            "lim",
+            "--cpus",
+            "0.5",
+            image,
+            "--",
+            "sh",
+            "-c",
+            "sleep 30 & sleep 30 & wait",
+        ],
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            c = (
+                runtime.open_container("lim")
+                if (store_home / "containers/lim/container.json").exists()
+                else None
+            )
+            if c is not None and c.data.get("cgroup"):
+                groups = [Path(d) for d in c.data["cgroup"]]
+                cpu = next(d for d in groups if "/cpu/" in str(d))
+                pids = {int(p) for p in (cpu / "cgroup.procs").read_text().split()}
+                if len(pids) >= 5:  # helper, init, sh and two sleeps
+                    break
+            assert time.monotonic() < deadline, "container did not start"
+            time.sleep(0.05)
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
+        # Every process of the container, and nothing else, is in the group.
+        helper = proc.pid  # our CLI: not in the group
+        assert helper not in pids
+        names = sorted(Path(f"/proc/{p}/comm").read_text().strip() for p in pids)
+        assert names.count("sleep") == 2 and names.count("sh") == 1 and len(names) == 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 143
+    assert all(not d.exists() for d in groups)  # the group is removed after exit
+
+
+def test_ctrl_c_stops_the_container(image: str, store_home: Path) -> None:
+    # A terminal's Ctrl-C signals the whole foreground process group: do the same.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerdiff", "run", "--name", "int", image, "--", "sleep", "60"],
+        start_new_session=True,
+    )
+    wait_running("int")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=20) == 130
+    c = runtime.open_container("int")
+    assert c.state == "exited" and c.data["exit_code"] == 130
+    assert mounts_mentioning(c.path) == []
+
+
+def wait_running(name: str, timeout: float = 20) -> runtime.Container:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            c = runtime.open_container(name)
+        except ContainerNotFoundError:
+            c = None
+        if c is not None and c.state == "running":
+            time.sleep(0.3)  # let the helper reach the command
+            return c
+        time.sleep(0.05)
+    raise AssertionError(f"container {name} did not start")
+
+
+def test_killed_run_leaves_no_mounts_and_rm_cleans_up(image: str, store_home: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "layerdiff",
+            "run",
+            "--name",
+            "k",
+            "--memory",
+            "64m",
+            image,
+            "--",
+            "sleep",
+            "60",
+        ],
+    )
+    c = wait_running("k")
+    groups = [Path(d) for d in c.data["cgroup"]]
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while runtime.open_container("k").state == "running":
+        assert time.monotonic() < deadline, "helper outlived its caller"
+        time.sleep(0.05)
+    assert mounts_mentioning(c.path) == []
+    assert all(d.exists() for d in groups)  # nobody removed the group yet
+    done = run_cli("rm", "k")
+    assert done.returncode == 0, done.stderr
+    assert not c.path.exists()
+    assert all(not d.exists() for d in groups)
+
+
+def test_rm_refuses_a_running_container_without_force(image: str, store_home: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerdiff", "run", "--name", "busy", image, "--", "sleep", "60"]
+    )
+    try:
+        wait_running("busy")
+        refused = run_cli("rm", "busy")
+        assert refused.returncode == 1
+        assert "is running" in refused.stderr
+        forced = run_cli("rm", "-f", "busy")
+        assert forced.returncode == 0, forced.stderr
+        assert proc.wait(timeout=20) == 137
+    finally:
+        proc.kill()
+    assert run_cli("ps", "-q").stdout == ""
+
+
+def test_commit_pauses_a_running_container(image: str, store_home: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "layerdiff",
+            "run",
+            "--name",
+            "live",
+            image,
+            "--",
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo $i > /root/count; done",
+        ],
+    )
+    try:
+        c = wait_running("live")
+        freezer = next(Path(d) for d in c.data["cgroup"] if "/freezer/" in d)
+        seen: list[str] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                seen.append((freezer / "freezer.state").read_text().strip())
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            layerdiff.runtime.commit_container("live", "live:1")
+        finally:
+            stop.set()
+            watcher.join()
+        assert "FROZEN" in seen
+        assert (freezer / "freezer.state").read_text().strip() == "THAWED"
+        count = layer_members("live:1")["root/count"]
+        assert count.isfile()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_create_start_ps_rm_and_a_container_directory(
+    image: str, store_home: Path, tmp_path: Path
+) -> None:
+    where = tmp_path / "mine"
+    created = run_cli("create", "--name", str(where), image, "--", "sh", "-c", "echo hi > /f")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == str(where)
+    assert (where / "container.json").is_file()
+    named = run_cli("create", "--name", "web", image)
+    assert named.stdout.strip() == "web"
+    in_use = run_cli("create", "--name", "web", image)
+    assert in_use.returncode == 1 and "in use" in in_use.stderr
+
+    ps = json.loads(run_cli("ps", "--json").stdout)
+    assert [(c["name"], c["state"]) for c in ps] == [("web", "created")]
+
+    started = run_cli("start", str(where))
+    assert started.returncode == 0, started.stderr
+    assert (where / "upper" / "f").read_text() == "hi\n"
+    committed = run_cli("commit", "--progress", "none", str(where), "mine:1")
+    assert committed.returncode == 0, committed.stderr
+    assert set(layer_members("mine:1")) == {"f"}
+    assert run_cli("rm", str(where), "web").returncode == 0
+    assert not where.exists() and runtime.containers() == []
+
+
+def test_bad_input_gives_one_line(image: str, store_home: Path) -> None:
+    cases = [
+        (["run", "--rm", "no-such-image:1", "--", "true"], 125, "image not found"),
+        (["run", "--rm", "--name", "bad name", image, "--", "true"], 125, "invalid container name"),
+        (["run", "--rm", "--memory", "lots", image], 2, "invalid memory size"),
+        (["commit", "ghost", "x:1"], 1, "no such container: ghost"),
+        (["rm", "ghost"], 1, "no such container: ghost"),
+        (["start", "ghost"], 125, "no such container: ghost"),
+    ]
+    for args, code, text in cases:
+        done = run_cli(*args)
+        assert done.returncode == code, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert text in done.stderr, (args, done.stderr)
+
+
+def test_parallel_runs_share_the_layer_cache(image: str, store_home: Path) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "layerdiff", "run", "--rm", image, "--", "cat", "/etc/group"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6
+    assert all("nogroup" in out for out in outs)
+    cached = list((layercache.cache_root() / "trusted").iterdir())
+    diff_ids = load_image(image).config["rootfs"]["diff_ids"]
+    assert sorted(p.name for p in cached if not p.name.startswith(".")) == sorted(
+        d.removeprefix("sha256:") for d in diff_ids
+    )
+    assert not [p for p in cached if p.name.startswith(".tmp-")]
+    inode = cached[0].stat().st_ino
+    assert sh(image, "true").returncode == 0
+    assert cached[0].stat().st_ino == inode  # warm: used, not unpacked again
+
+
+def test_python_api_run(image: str, store_home: Path) -> None:
+    result = runtime.run(image, ["sh", "-c", "exit 3"], name="api")
+    assert result.exit_code == 3 and result.error is None
+    assert result.container.state == "exited"
+    with pytest.raises(ContainerError, match="in use"):
+        runtime.create(image, name="api")
+    runtime.remove("api")
+    with pytest.raises(ContainerNotFoundError):
+        runtime.open_container("api")
