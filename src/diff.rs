@@ -633,6 +633,24 @@ pub fn without_paths(changes: Vec<Change>, exclude: &[String]) -> Vec<Change> {
         .collect()
 }
 
+/// `changes` with the owner `(uid, gid)` recorded as root: a rootless container's files
+/// belong to the caller on disk but to root inside the container, and the layer records them
+/// as the container sees them.
+pub fn with_root_owner(mut changes: Vec<Change>, ids: Option<(u32, u32)>) -> Vec<Change> {
+    let Some((uid, gid)) = ids else {
+        return changes;
+    };
+    for entry in changes.iter_mut().filter_map(|c| c.entry.as_mut()) {
+        if entry.uid == uid {
+            entry.uid = 0;
+        }
+        if entry.gid == gid {
+            entry.gid = 0;
+        }
+    }
+    changes
+}
+
 #[cfg(test)]
 #[path = "diff_tests.rs"]
 mod tests;

@@ -694,3 +694,23 @@ fn without_paths_drops_exactly_the_named_paths() {
     assert_eq!(summary(&kept), ["A etc", "A etc/hostsx", "A hosts"]);
     assert_eq!(without_paths(all.clone(), &[]), all);
 }
+
+#[test]
+fn root_owner_maps_only_the_given_ids() {
+    if !is_root("root_owner_maps_only_the_given_ids") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    for (name, uid, gid) in [("a", 1000, 1000), ("b", 1000, 7), ("c", 5, 1000)] {
+        let p = t.path().join(name);
+        write(&p, b"x");
+        lchown(&p, Some(uid), Some(gid)).unwrap();
+    }
+    let changes = with_root_owner(full_tree(t.path()).unwrap(), Some((1000, 1000)));
+    let owners: Vec<(u32, u32)> = changes
+        .iter()
+        .filter(|c| c.path != b"")
+        .map(|c| c.entry.as_ref().map(|e| (e.uid, e.gid)).unwrap())
+        .collect();
+    assert_eq!(owners, [(0, 0), (0, 7), (5, 0)]);
+}

@@ -282,8 +282,12 @@ def test_cli_errors_are_one_line(
 
 
 def test_cli_usage_errors(rootfs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "commit")
+    assert code == 2 and "give CONTAINER [IMAGE], or --upper DIR IMAGE" in err
     code, _, err = run(capsys, "commit", "app")
-    assert code == 2 and "--upper DIR is required" in err
+    assert code == 1 and "no such container: app" in err
+    code, _, err = run(capsys, "commit", "--upper", str(rootfs), "a", "b")
+    assert code == 2 and "exactly one IMAGE" in err
     code, _, err = run(capsys, "diff", str(rootfs))
     assert code == 2 and "two directories" in err
     code, _, err = run(capsys, "commit", "--upper", str(rootfs), "--compression", "lz4", "app")

@@ -21,6 +21,7 @@ import layerdiff
 from layerdiff import layercache, runtime
 from layerdiff.catalog import load_image
 from layerdiff.errors import ContainerError, ContainerNotFoundError
+from layerdiff.layout import Layout
 from tests.conftest import run_cli
 from tests.containers import busybox_rootfs
 
@@ -429,3 +430,47 @@ def test_python_api_run(image: str, store_home: Path) -> None:
     runtime.remove("api")
     with pytest.raises(ContainerNotFoundError):
         runtime.open_container("api")
+
+
+def test_gc_keeps_what_containers_use_and_removes_the_rest(image: str, store_home: Path) -> None:
+    base = busybox_rootfs(store_home / "rootfs-store")
+    layerdiff.commit(base, image="base:1", changes=['CMD ["sh"]'])
+    runtime.create("base:1", name="keeper")
+    runtime.create(image, name="other")
+    cache = layercache.cache_root() / "trusted"
+    stale = cache / ".tmp-deadbeef.1234"
+    (stale / "diff").mkdir(parents=True)
+    # The tag goes away but the container still needs its image: gc keeps its blobs.
+    store = Layout.open(store_home / "images")
+    store.remove_tag("1")
+    report = layerdiff.gc()
+    assert report.layers == 0 and report.temporary >= 1 and not stale.exists()
+    committed = runtime.commit_container("keeper", "kept:1")
+    assert load_image(committed.image).layers
+
+    # Once the container using the layout image is gone, its cached layer goes too; the layer
+    # of the store's images stays.
+    runtime.remove("other")
+    runtime.remove("keeper")
+    report = layerdiff.gc()
+    left = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+    kept = load_image("kept:1").config["rootfs"]["diff_ids"]
+    assert left == sorted({d.removeprefix("sha256:") for d in kept} & set(left))
+    assert report.layers >= 1
+    assert layerdiff.fsck().ok
+
+
+def test_fsck_checks_the_layer_cache_and_containers(image: str, store_home: Path) -> None:
+    c = runtime.create(image, name="checked")
+    assert layerdiff.fsck().ok
+    layer = c.layer_dirs()[0].parent
+    (layer / "layer.json").write_text('{"diff_id": "sha256:' + "0" * 64 + '"}')
+    report = layerdiff.fsck()
+    wrong = f"holds diff_id sha256:{'0' * 64}, not {layer.name}"
+    assert [p.what for p in report.problems] == [wrong]
+    layercache.remove_tree(layer)
+    done = run_cli("fsck")
+    assert done.returncode == 1
+    assert f"container checked: cached layer missing: {layer}/diff" in done.stdout
+    refused = run_cli("start", "checked")
+    assert refused.returncode == 125 and "cached layer missing" in refused.stderr

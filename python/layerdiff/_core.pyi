@@ -37,6 +37,7 @@ def write_layer(
     threads: int = 0,
     source_date_epoch: int | None = None,
     exclude: Sequence[str] = ...,
+    root_ids: tuple[int, int] | None = None,
 ) -> tuple[str, str, int, int, str, str, list[str]]:
     """Write one layer blob into `blobs_dir` (an OCI layout's blobs/sha256).
 

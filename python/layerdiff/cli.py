@@ -468,7 +468,8 @@ def fsck(target: str | None, as_json: bool) -> None:
 @click.argument("layout", required=False, metavar="[oci:PATH]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def gc(layout: str | None, as_json: bool) -> None:
-    """Remove blobs no image reaches and stale temporary files (default store, or oci:PATH).
+    """Remove blobs no image reaches, cached layers nothing uses and stale temporary files
+    (default store, or oci:PATH).
 
     Safe while other commands run: it waits for commits and squashes writing into the store.
     """
@@ -479,8 +480,8 @@ def gc(layout: str | None, as_json: bool) -> None:
         _emit_json(asdict(report))
         return
     click.echo(
-        f"removed {report.blobs} blobs and {report.temporary} temporary files, "
-        f"{_human_size(report.bytes)} freed"
+        f"removed {report.blobs} blobs, {report.layers} cached layers and "
+        f"{report.temporary} temporary files, {_human_size(report.bytes)} freed"
     )
 
 

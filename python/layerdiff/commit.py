@@ -72,6 +72,7 @@ def commit(
     source_date_epoch: int | None = None,
     on_step: Callable[[str], None] | None = None,
     exclude: Sequence[str] = (),
+    root_ids: tuple[int, int] | None = None,
     run_config: dict[str, Any] | None = None,
     created_by: str = CREATED_BY,
 ) -> CommitResult:
@@ -83,7 +84,8 @@ def commit(
     only alter the config. ``message`` and ``author`` go into the new history entry.
     ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) fixes the timestamps and clamps mtimes.
     ``on_step`` is called with a short message as each step starts (for progress output).
-    ``exclude`` names paths left out of the layer; ``run_config`` replaces the base's runtime
+    ``exclude`` names paths left out of the layer, ``root_ids`` the (uid, gid) recorded as
+    root (see :func:`write_layer`); ``run_config`` replaces the base's runtime
     config (``Env``, ``Cmd``…) before ``changes`` apply, as a container's does.
     A failure at any point leaves the target's tags as they were.
     """
@@ -118,6 +120,7 @@ def commit(
             threads=threads,
             source_date_epoch=epoch,
             exclude=exclude,
+            root_ids=root_ids,
         )
 
         step("writing config and manifest")

@@ -14,12 +14,12 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerdiff import _core, refs
+from layerdiff import _core, layercache, refs
 from layerdiff.errors import LayerdiffError
 from layerdiff.image import INDEX_MEDIA_TYPES, check_history
 from layerdiff.layout import REF_NAME, Descriptor, Layout, check_digest
@@ -81,6 +81,8 @@ class GcReport:
     blobs: int
     temporary: int
     bytes: int
+    #: Cached layers removed (neither a container nor an image of the store uses them).
+    layers: int = 0
 
 
 class _Checker:
@@ -206,12 +208,44 @@ def fsck(target: str | None = None) -> FsckReport:
     checker = _Checker(layout, report)
     for name, desc in named:
         checker.manifest(name, desc)
+    if target is None:
+        _check_containers(report)
     return report
 
 
-def _reachable(layout: Layout) -> set[str]:
+def _check_containers(report: FsckReport) -> None:
+    """The layer cache and what the containers of the store need from it and from images."""
+    from layerdiff import runtime
+
+    used: dict[str, list[str]] = {}
+    for c in runtime.containers():
+        used[c.name] = [str(d) for d in c.layer_dirs()]
+        try:
+            c.image()
+        except (LayerdiffError, OSError, KeyError) as e:
+            report.problems.append(Problem(f"container {c.name}", f"its image is unreadable: {e}"))
+    for where, what in layercache.check(used):
+        report.problems.append(Problem(where, what))
+
+
+def _container_roots(layout: Layout) -> tuple[list[Descriptor], set[str]]:
+    """What the containers of the store keep alive: the manifests of their images in
+    ``layout`` and the diff_ids of their cached layers."""
+    from layerdiff import runtime
+
+    manifests: list[Descriptor] = []
+    diff_ids: set[str] = set()
+    for c in runtime.containers():
+        diff_ids.update(c.data.get("layers") or [])
+        with contextlib.suppress(OSError, KeyError):
+            if os.path.samefile(c.data["image_layout"], layout.path):
+                manifests.append(dict(c.data["image_descriptor"]))
+    return manifests, diff_ids
+
+
+def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> set[str]:
     seen: set[str] = set()
-    todo = list(layout.manifests())
+    todo = [*layout.manifests(), *extra]
     while todo:
         desc = todo.pop()
         digest = desc.get("digest")
@@ -243,9 +277,13 @@ def gc(target: str | None = None) -> GcReport:
         if target is None
         else Layout.open(target.removeprefix("oci:"))
     )
-    removed = temporary = freed = 0
+    removed = temporary = freed = layers = 0
+    diff_ids: set[str] = set()
     with _gc_lock(layout, fcntl.LOCK_EX):
-        keep = _reachable(layout)
+        in_use: list[Descriptor] = []
+        if target is None:
+            in_use, diff_ids = _container_roots(layout)
+        keep = _reachable(layout, in_use)
         for path in list(layout.blobs_dir.iterdir()):
             if path.name.startswith("."):
                 freed += _remove(path)
@@ -257,7 +295,17 @@ def gc(target: str | None = None) -> GcReport:
             if path.name.startswith(_TEMP_PREFIXES):
                 freed += _remove(path)
                 temporary += 1
-    return GcReport(blobs=removed, temporary=temporary, bytes=freed)
+        if target is None:
+            # A cached layer stays while a container or an image of the store uses it.
+            for desc in layout.manifests():
+                with contextlib.suppress(LayerdiffError, OSError, KeyError, TypeError):
+                    manifest = layout.read_json(desc)
+                    config = layout.read_json(manifest["config"])
+                    diff_ids.update(config.get("rootfs", {}).get("diff_ids", []))
+            layers, stale, cache_freed = layercache.collect(diff_ids)
+            temporary += stale
+            freed += cache_freed
+    return GcReport(blobs=removed, temporary=temporary, bytes=freed, layers=layers)
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:

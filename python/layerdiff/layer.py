@@ -130,6 +130,7 @@ def write_layer(
     threads: int | None = None,
     source_date_epoch: int | None = None,
     exclude: Sequence[str] = (),
+    root_ids: tuple[int, int] | None = None,
 ) -> LayerInfo:
     """Write one layer blob into ``dest`` and describe it.
 
@@ -138,7 +139,8 @@ def write_layer(
     (``lowers``, top first, help tell added from changed). ``threads=None`` uses every core and
     never changes the bytes. ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) clamps mtimes.
     ``content`` compares file contents in the diff (see :func:`diff`). Paths in ``exclude``
-    (relative to the root, e.g. ``etc/hosts``) are left out of the layer.
+    (relative to the root, e.g. ``etc/hosts``) are left out of the layer; files owned by
+    ``root_ids`` (uid, gid) are recorded as owned by root (a rootless container's view).
     """
     if lower is not None and overlay:
         raise ValueError("lower and overlay exclude each other (use lowers= with overlay)")
@@ -162,5 +164,6 @@ def write_layer(
             threads=n_threads,
             source_date_epoch=epoch,
             exclude=list(exclude),
+            root_ids=root_ids,
         )
     )

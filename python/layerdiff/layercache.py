@@ -28,7 +28,16 @@ from layerdiff.catalog import Image
 from layerdiff.errors import FormatError
 from layerdiff.layout import check_digest
 
-__all__ = ["FORMS", "cache_root", "ensure_layers", "layer_dir", "remove_tree"]
+__all__ = [
+    "FORMS",
+    "cache_root",
+    "cached",
+    "check",
+    "collect",
+    "ensure_layers",
+    "layer_dir",
+    "remove_tree",
+]
 
 #: The xattr namespaces a cached layer's opaque directories are written in.
 FORMS = ("trusted", "user")
@@ -129,3 +138,69 @@ def ensure_layers(image: Image, *, form: str) -> list[Path]:
                     _unpack(image, desc, diff_id, final, form)
         dirs.append(final / "diff")
     return dirs
+
+
+def cached() -> list[tuple[str, Path]]:
+    """Every (form, layer directory) in the cache, temporary ones included."""
+    found = []
+    for form in FORMS:
+        base = cache_root() / form
+        for entry in sorted(base.iterdir()) if base.is_dir() else []:
+            if entry.is_dir():
+                found.append((form, entry))
+    return found
+
+
+def check(used: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Problems of the cache as (where, what): a layer directory without its record or tree,
+    a record that names another layer, and every layer a container uses that is missing.
+    ``used`` maps a container's name to the cached layer directories it needs."""
+    problems = []
+    for _form, path in cached():
+        if path.name.startswith(_TEMP_PREFIX):
+            continue
+        where = f"layer cache {path}"
+        try:
+            info = json.loads((path / _INFO).read_text())
+        except (OSError, ValueError) as e:
+            problems.append((where, f"unreadable {_INFO}: {e}"))
+            continue
+        if info.get("diff_id") != f"sha256:{path.name}":
+            problems.append((where, f"holds diff_id {info.get('diff_id')}, not {path.name}"))
+        if not (path / "diff").is_dir():
+            problems.append((where, "has no diff directory"))
+    for name, dirs in used.items():
+        for d in dirs:
+            if not Path(d).is_dir():
+                problems.append((f"container {name}", f"cached layer missing: {d}"))
+    return problems
+
+
+def collect(keep: set[str]) -> tuple[int, int, int]:
+    """Remove cached layers whose diff_id is not in ``keep``, interrupted unpacks and stale
+    locks; return (layers removed, temporary directories removed, bytes freed). The caller
+    holds the store's gc lock, which every unpack runs under (shared)."""
+    removed = temporary = freed = 0
+    for _form, path in cached():
+        stale = path.name.startswith(_TEMP_PREFIX)
+        if not stale and f"sha256:{path.name}" in keep:
+            continue
+        freed += _size(path)
+        remove_tree(path)
+        lock = path.with_name(f".{path.name}.lock")
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        if stale:
+            temporary += 1
+        else:
+            removed += 1
+    return removed, temporary, freed
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for parent, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(parent, name)).st_size
+    return total

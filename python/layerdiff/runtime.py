@@ -499,6 +499,7 @@ def commit_container(
             source_date_epoch=source_date_epoch,
             on_step=on_step,
             exclude=INIT_FILES,
+            root_ids=(os.getuid(), os.getgid()) if container.data.get("rootless") else None,
             run_config=container.config,
         )
     finally:

@@ -141,7 +141,7 @@ fn mount_dev(root: &OwnedFd, rootfs: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn mount_sys(root: &OwnedFd) -> Result<(), String> {
+fn mount_sys(root: &OwnedFd, rootfs: &Path) -> Result<(), String> {
     let sys = open_in_root(root, "sys", true)?;
     let target = fd_path(&sys);
     let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
@@ -152,7 +152,10 @@ fn mount_sys(root: &OwnedFd) -> Result<(), String> {
     // sharing the host's network gets a read-only bind of the host's instead.
     rustix::mount::mount_bind_recursive("/sys", &target)
         .map_err(|e| mount_err("/sys", "/sys", e))?;
-    rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY | flags, c"")
+    // The remount must name the new mount's root, which the descriptor (opened on the
+    // directory below it) does not; /sys was just checked to be a directory without symlinks.
+    let mounted = rootfs.join("sys");
+    rustix::mount::mount_remount(&mounted, MountFlags::BIND | MountFlags::RDONLY | flags, c"")
         .map_err(|e| mount_err("/sys (read-only)", "/sys", e))
 }
 
@@ -209,7 +212,7 @@ fn setup_root(spec: &ContainerSpec) -> Result<(), String> {
     rustix::mount::mount("proc", fd_path(&proc_dir), "proc", flags, None)
         .map_err(|e| mount_err("proc", "/proc", e))?;
     mount_dev(&root, &spec.rootfs)?;
-    mount_sys(&root)?;
+    mount_sys(&root, &spec.rootfs)?;
     drop(root);
     // Switch the root: the old one is stacked under the new and detached at once.
     rustix::process::chdir(&spec.rootfs).map_err(|e| format!("entering the root: {e}"))?;

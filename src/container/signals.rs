@@ -3,6 +3,10 @@
 //!
 //! A PID 1 ignores every signal it has no handler for, but blocked signals are never ignored,
 //! so blocking them is what lets a container's init receive `SIGTERM` or `SIGINT` at all.
+//!
+//! Signals the kernel itself sends (`SI_KERNEL`: a terminal's Ctrl-C or Ctrl-Z, a hang-up or a
+//! resize) go to the whole foreground process group, the command included, so they are not
+//! forwarded: the command gets each of them exactly once.
 
 use std::mem::MaybeUninit;
 
@@ -90,7 +94,9 @@ pub fn supervise(child: libc::pid_t, reap_all: bool) -> i32 {
         let mut info = MaybeUninit::<libc::siginfo_t>::uninit();
         // SAFETY: `set` is a valid signal set and `info` valid storage for the answer.
         let sig = unsafe { libc::sigwaitinfo(&set, info.as_mut_ptr()) };
-        if sig > 0 && sig != libc::SIGCHLD {
+        // SAFETY: sigwaitinfo filled `info` when it returned a signal number.
+        let from_kernel = sig > 0 && unsafe { info.assume_init().si_code } == libc::SI_KERNEL;
+        if sig > 0 && sig != libc::SIGCHLD && !from_kernel {
             // SAFETY: sending a signal to our own child.
             unsafe { libc::kill(child, sig) };
         }

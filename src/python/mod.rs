@@ -123,7 +123,7 @@ type LayerTuple = (String, String, u64, u64, String, PathBuf, Vec<String>);
 #[pyo3(signature = (
     upper, blobs_dir, *, lower = None, overlay = false, lowers = Vec::new(), content = false,
     compression = "gzip", level = None, threads = 0, source_date_epoch = None,
-    exclude = Vec::new()
+    exclude = Vec::new(), root_ids = None
 ))]
 #[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
 fn write_layer(
@@ -139,6 +139,7 @@ fn write_layer(
     threads: usize,
     source_date_epoch: Option<i64>,
     exclude: Vec<String>,
+    root_ids: Option<(u32, u32)>,
 ) -> PyResult<LayerTuple> {
     let cancel = Arc::new(Cancel::new());
     if overlay && lower.is_some() {
@@ -162,6 +163,7 @@ fn write_layer(
             core_diff::full_tree(&upper)?
         };
         let changes = core_diff::without_paths(changes, &exclude);
+        let changes = core_diff::with_root_owner(changes, root_ids);
         layer::write_layer_file(&upper, &changes, &opts, &blobs_dir)
     })?;
     Ok(layer_tuple(info))

@@ -1,0 +1,120 @@
+"""Rootless containers: an unprivileged user runs, changes and commits a container.
+
+The test runs as root (CI does) and drops to ``nobody`` for the real thing: a user namespace
+mapping the caller to root, overlayfs with ``userxattr``, the ``user`` form of the layer cache.
+It is skipped, saying why, where the kernel does not let unprivileged users make namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import layerdiff
+from layerdiff.catalog import load_image
+from tests.containers import busybox_rootfs
+
+pytestmark = pytest.mark.root
+
+NOBODY = 65534
+REPO_PYTHON = Path(layerdiff.__file__).resolve().parent.parent
+
+SCRIPT = r"""
+import json, sys
+import layerdiff
+from layerdiff import runtime
+
+layerdiff.commit(sys.argv[1], image="bb:1", changes=['CMD ["sh"]'])
+first = runtime.run("bb:1", ["sh", "-c",
+    "id -u; echo hi > /root/f; rm /bin/vi; echo h > /etc/hostname; head -1 /proc/self/uid_map"],
+    name="c")
+commit = runtime.commit_container("c", "bb:2")
+second = runtime.run("bb:2", ["sh", "-c", "cat /root/f; test -e /bin/vi || echo gone"], rm=True)
+print(json.dumps({"codes": [first.exit_code, second.exit_code],
+                  "errors": [first.error, second.error], "image": commit.image}))
+"""
+
+
+def _as_nobody() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+def _interpreter() -> str:
+    """An interpreter ``nobody`` may run (ours may live under root's home)."""
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import layerdiff._core"],
+                env={"PYTHONPATH": str(REPO_PYTHON), "PATH": "/usr/bin:/bin"},
+                preexec_fn=_as_nobody,
+                capture_output=True,
+                check=False,
+            )
+        except PermissionError:
+            continue
+        if probe.returncode == 0:
+            return candidate
+    pytest.skip(f"no Python that nobody can run with layerdiff from {REPO_PYTHON}")
+
+
+def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    userns = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "true"],
+        preexec_fn=_as_nobody,
+        capture_output=True,
+        check=False,
+    )
+    if userns.returncode != 0:
+        pytest.skip(f"this kernel refuses unprivileged user namespaces: {userns.stderr!r}")
+    python = _interpreter()
+    work = Path(tempfile.mkdtemp(prefix="layerdiff-rootless-"))
+    try:
+        busybox_rootfs(work / "rootfs")
+        (work / "home").mkdir()
+        for path in [work, *work.rglob("*")]:
+            os.lchown(path, NOBODY, NOBODY)
+        done = subprocess.run(
+            [python, "-c", SCRIPT, str(work / "rootfs")],
+            env={
+                "PYTHONPATH": str(REPO_PYTHON),
+                "PATH": "/usr/bin:/bin",
+                "LAYERDIFF_HOME": str(work / "home"),
+                "HOME": str(work),
+            },
+            cwd=work,
+            preexec_fn=_as_nobody,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        result = json.loads(lines[-1])
+        assert result["codes"] == [0, 0], result["errors"]
+        # Inside: root, mapped to nobody outside. The new image holds the change.
+        assert lines[0] == "0"
+        assert lines[1].split() == ["0", str(NOBODY), "1"]
+        assert lines[2:4] == ["hi", "gone"]
+        # The cache is in the form for userxattr mounts, and the layer records root as owner.
+        assert list((work / "home" / "layers" / "user").iterdir())
+        assert not (work / "home" / "layers" / "trusted").exists()
+        monkeypatch.setenv("LAYERDIFF_HOME", str(work / "home"))
+        image = load_image("bb:2")
+        with tarfile.open(image.layout.blob_path(image.layers[-1]["digest"])) as tar:
+            members = {m.name.rstrip("/"): m for m in tar.getmembers()}
+        assert set(members) >= {"root/f", "bin/.wh.vi"}
+        assert "etc/hostname" not in members
+        assert (members["root/f"].uid, members["root/f"].gid) == (0, 0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
