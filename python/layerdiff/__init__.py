@@ -10,9 +10,13 @@ The public API::
     unpack(image, root, *, chown=None, max_size=...) -> UnpackResult
     squash(image, new_image, *, layers=None, ...) -> SquashResult
     images() / inspect(image) / history(image)
+    push(image, destination, *, tls_verify=True, creds=None, ...) -> PushResult
+    pull(source, image=None, *, platform=None, tls_verify=True, creds=None, ...) -> PullResult
+    save(image, archive) -> SaveResult / load(archive, image=None) -> LoadResult
 
 Images are named ``oci:PATH[:TAG]`` or ``NAME[:TAG]`` (the default store, see
-:mod:`layerdiff.refs`). Every error derives from :class:`LayerdiffError`.
+:mod:`layerdiff.refs`); registries ``docker://HOST/REPO[:TAG]``, docker save tarballs
+``docker-archive:FILE[:NAME:TAG]``. Every error derives from :class:`LayerdiffError`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from layerdiff.apply import (
     incomplete_marker,
     unpack,
 )
+from layerdiff.archive import LoadResult, SaveResult, load, save
 from layerdiff.catalog import HistoryEntry, ImageSummary, history, images, inspect
 from layerdiff.commit import CommitResult, commit
 from layerdiff.errors import (
@@ -38,17 +43,23 @@ from layerdiff.errors import (
     LayerdiffOSError,
     LimitError,
     OverlayError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnreachableError,
     ReservedNameError,
 )
 from layerdiff.fsck import FsckReport, GcReport, Problem, fsck, gc
 from layerdiff.layer import Change, LayerInfo, diff, diff_overlay, write_layer
+from layerdiff.remote import PullResult, PushResult, pull, push
 from layerdiff.squash import SquashResult, squash
+from layerdiff.transfer import BlobStatus
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "ApplyResult",
+    "BlobStatus",
     "Change",
     "CommitResult",
     "DigestMismatchError",
@@ -65,9 +76,16 @@ __all__ = [
     "LayerdiffError",
     "LayerdiffOSError",
     "LimitError",
+    "LoadResult",
     "OverlayError",
     "Problem",
+    "PullResult",
+    "PushResult",
+    "RegistryAuthError",
+    "RegistryError",
+    "RegistryUnreachableError",
     "ReservedNameError",
+    "SaveResult",
     "SquashResult",
     "UnpackResult",
     "__version__",
@@ -81,6 +99,10 @@ __all__ = [
     "images",
     "incomplete_marker",
     "inspect",
+    "load",
+    "pull",
+    "push",
+    "save",
     "squash",
     "unpack",
     "write_layer",
