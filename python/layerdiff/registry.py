@@ -62,6 +62,7 @@ BACKOFF = 0.5
 _TIMEOUT = (10.0, 300.0)  # (connect, read) seconds
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
 _T = TypeVar("_T")
+_nesting = threading.local()  # depth of retrying() calls on this thread
 
 
 def pull_scope(repository: str) -> str:
@@ -141,7 +142,20 @@ def _reason(exc: BaseException) -> str:
 
 def retrying(what: str, attempt: Callable[[], _T], *, attempts: int = ATTEMPTS) -> _T:
     """Run ``attempt`` until it succeeds; connection failures and 5xx answers are retried with
-    exponential backoff, anything else (and the last failure) is raised."""
+    exponential backoff, anything else (and the last failure) is raised.
+
+    Nested calls (a request inside a blob transfer that is retried whole) run once: only the
+    outermost level retries, so waits do not multiply."""
+    if getattr(_nesting, "depth", 0):
+        return attempt()
+    _nesting.depth = 1
+    try:
+        return _retry(what, attempt, attempts)
+    finally:
+        _nesting.depth = 0
+
+
+def _retry(what: str, attempt: Callable[[], _T], attempts: int) -> _T:
     delay = BACKOFF
     for n in range(1, attempts + 1):
         try:
@@ -229,7 +243,7 @@ class Registry:
                 response = retrying(
                     url,
                     functools.partial(self._send, "GET", url, {}, None, False),
-                    attempts=2 if scheme == "https" and len(schemes) > 1 else ATTEMPTS,
+                    attempts=1 if scheme == "https" and len(schemes) > 1 else ATTEMPTS,
                 )
             except RegistryUnreachableError as e:
                 last = e

@@ -88,11 +88,17 @@ def _registry_ref(text: str | refs.RegistryRef) -> refs.RegistryRef:
 
 def open_registry(ref: refs.RegistryRef, *, tls_verify: bool, creds: str | None) -> Registry:
     """A session with the registry of ``ref``; ``creds`` is ``USER:PASS``."""
-    return Registry(
+    reg = Registry(
         ref.host,
         tls_verify=tls_verify,
         credentials=parse_credentials(creds) if creds is not None else None,
     )
+    try:
+        _ = reg.base  # reach it once, before blobs are sent in parallel
+    except BaseException:
+        reg.close()
+        raise
+    return reg
 
 
 def _parallel(fn: Callable[[_T], _R], items: Sequence[_T], jobs: int) -> list[_R]:
