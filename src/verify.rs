@@ -98,6 +98,23 @@ impl<R: Read> Read for Hashing<R> {
 
 /// Hash a blob and its decompressed stream in one read of the file.
 pub fn blob_digests(path: &std::path::Path, cancel: &crate::cancel::Cancel) -> Result<BlobDigests> {
+    decompress_blob(
+        path,
+        &mut io::sink(),
+        std::path::Path::new("<none>"),
+        cancel,
+    )
+}
+
+/// Decompress the blob at `path` into `out` (named `out_name` in errors), hashing the blob and
+/// the decompressed stream on the way: what a `docker save` archive holds is the layer's tar,
+/// and its sha256 must be the diff_id.
+pub fn decompress_blob(
+    path: &std::path::Path,
+    out: &mut dyn io::Write,
+    out_name: &std::path::Path,
+    cancel: &crate::cancel::Cancel,
+) -> Result<BlobDigests> {
     use crate::error::IoContext;
     let file = std::fs::File::open(path).at(path)?;
     let mut raw = Hashing::new(file);
@@ -113,12 +130,13 @@ pub fn blob_digests(path: &std::path::Path, cancel: &crate::cancel::Cancel) -> R
             cancel.check()?;
             match tar.read(&mut buf) {
                 Ok(0) => break,
-                Ok(_) => {}
+                Ok(n) => out.write_all(&buf[..n]).at(out_name)?,
                 Err(e) => return Err(bad(e)),
             }
         }
         Ok(tar.hasher.finish())
     })?;
+    out.flush().at(out_name)?;
     io::copy(&mut raw, &mut io::sink()).map_err(bad)?;
     let (digest, size) = raw.hasher.finish();
     Ok(BlobDigests {
@@ -132,6 +150,7 @@ pub fn blob_digests(path: &std::path::Path, cancel: &crate::cancel::Cancel) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const ABC: &str = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
@@ -177,5 +196,9 @@ mod tests {
         assert_eq!(d.size, gz.len() as u64);
         assert_eq!(d.diff_id, sha(&tar));
         assert_eq!(d.tar_size, tar.len() as u64);
+        let mut out = Vec::new();
+        let e = decompress_blob(&path, &mut out, Path::new("out"), &crate::cancel::NEVER).unwrap();
+        assert_eq!(e, d);
+        assert_eq!(out, tar);
     }
 }

@@ -138,8 +138,8 @@ def test_bad_change_writes_nothing(rootfs: Path, store_home: Path) -> None:
 def test_bad_reference(rootfs: Path) -> None:
     with pytest.raises(InvalidReferenceError, match="'Bad'"):
         layerdiff.commit(rootfs, image="Bad")
-    with pytest.raises(InvalidReferenceError, match="only oci:PATH"):
-        layerdiff.commit(rootfs, image="docker://example.com/app")
+    with pytest.raises(InvalidReferenceError, match="cannot commit into docker-archive:"):
+        layerdiff.commit(rootfs, image="docker-archive:app.tar")
 
 
 def test_failed_commit_leaves_index_alone(
@@ -268,7 +268,7 @@ def test_cli_images_inspect_history(rootfs: Path, capsys: pytest.CaptureFixture[
         (["history", "oci:/nonexistent/x:v1"], "image not found: oci:/nonexistent/x:v1"),
         (["commit", "--upper", "{rootfs}", "--from", "nope", "app"], "image not found: nope"),
         (["commit", "--upper", "{rootfs}", "-c", "RUN x", "app"], "RUN is not a valid change"),
-        (["commit", "--upper", "{rootfs}", "docker://x.io/a"], "only oci:PATH"),
+        (["commit", "--upper", "{rootfs}", "docker-archive:a.tar"], "cannot commit into"),
     ],
 )
 def test_cli_errors_are_one_line(

@@ -120,7 +120,7 @@ def test_namespaces_pid1_hostname_and_host_files(image: str, store_home: Path) -
     lines = done.stdout.splitlines()
     assert lines[0] == "2"  # the command is PID 2, behind the init
     assert lines[1] == "box"
-    assert "layerdiff._helper" in lines[2]
+    assert "layerdiff/_helper.py" in lines[2]
     assert lines[3] == "hidden"
     assert int(lines[4]) <= 4  # only the container's own processes
     assert lines[5] == "box"
@@ -474,3 +474,20 @@ def test_fsck_checks_the_layer_cache_and_containers(image: str, store_home: Path
     assert f"container checked: cached layer missing: {layer}/diff" in done.stdout
     refused = run_cli("start", "checked")
     assert refused.returncode == 125 and "cached layer missing" in refused.stderr
+
+
+def test_run_refuses_a_layer_whose_digest_does_not_match(image: str, store_home: Path) -> None:
+    base = busybox_rootfs(store_home / "rootfs-bad")
+    layerdiff.commit(base, image=f"oci:{store_home / 'bad'}:1", compression="none")
+    img = load_image(f"oci:{store_home / 'bad'}:1")
+    blob = img.layout.blob_path(img.layers[0]["digest"])
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit inside some file's contents
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    done = run_cli("run", "--rm", f"oci:{store_home / 'bad'}:1", "--", "true")
+    assert done.returncode == 125
+    assert "digest mismatch" in done.stderr or "does not match" in done.stderr, done.stderr
+    cache = layercache.cache_root() / "trusted"
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+    assert runtime.containers() == []

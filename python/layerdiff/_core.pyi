@@ -9,11 +9,13 @@ __all__ = [
     "DEFAULT_MAX_SIZE",
     "apply_layer",
     "blob_digests",
+    "decompress_blob",
     "diff",
     "diff_overlay",
     "run_container",
     "squash_layers",
     "write_layer",
+    "write_layer_to_fd",
 ]
 
 def diff(lower: _Path, upper: _Path, *, content: bool = False) -> list[tuple[str, bytes]]:
@@ -103,3 +105,25 @@ def run_container(
 ) -> int:
     """Run a container (namespaces, overlay root, init) in this single-threaded process and
     return its exit code."""
+
+def decompress_blob(blob: _Path, dest: _Path) -> tuple[str, int, str, int]:
+    """Decompress a layer blob into the new file `dest`: (digest, size, diff_id, tar_size)."""
+
+def write_layer_to_fd(
+    upper: _Path,
+    fd: int,
+    *,
+    lower: _Path | None = None,
+    overlay: bool = False,
+    lowers: Sequence[_Path] = ...,
+    content: bool = False,
+    compression: str = "gzip",
+    level: int | None = None,
+    threads: int = 0,
+    source_date_epoch: int | None = None,
+    exclude: Sequence[str] = ...,
+    root_ids: tuple[int, int] | None = None,
+) -> tuple[str, str, int, int, str, str, list[str]]:
+    """Write one layer blob to the file descriptor `fd` (written through a duplicate, which
+    is closed on return; `fd` stays the caller's). Returns the tuple of `write_layer`, path ''.
+    """

@@ -2,8 +2,10 @@
 
 It joins the container's control groups first, so that every process of the container is in
 them, then hands over to the core, which makes the namespaces and forks the container's PID 1.
-Its argument is a descriptor to read the run specification (JSON) from — not the command line,
-which the container's ``ps`` shows as its PID 1; it exits with the container's exit code.
+It runs as a script without ``site`` (start-up time is part of every container start), and
+imports nothing but the core. Its argument is a descriptor to read the run specification
+(JSON) from — not the command line, which the container's ``ps`` shows as its PID 1; it exits
+with the container's exit code.
 """
 
 import json
@@ -24,7 +26,12 @@ def main() -> None:
             os._exit(125)
     spec["binds"] = [(source, target) for source, target in spec["binds"]]
     try:
-        from layerdiff import _core
+        # Run as a script (``python -S .../layerdiff/_helper.py``), the extension sits beside
+        # it on sys.path: the package and its imports are not loaded at all.
+        try:
+            import _core  # type: ignore[import-not-found]
+        except ImportError:
+            from layerdiff import _core
 
         code = _core.run_container(**spec)
     except Exception as e:  # a defect; still one line for the caller, not a traceback

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any, NoReturn, TypeVar
@@ -17,7 +18,11 @@ from layerdiff.cli_containers import register as register_containers
 from layerdiff.errors import LayerdiffError
 from layerdiff.layer import COMPRESSIONS, Change
 
-_IMAGE_HELP = "Images: oci:PATH[:TAG] (an OCI layout) or NAME[:TAG] (the default store)."
+_IMAGE_HELP = (
+    "Images: oci:PATH[:TAG] (an OCI layout), NAME[:TAG] (the default store), "
+    "docker://HOST/REPO[:TAG] (a registry: push, pull, commit)."
+)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _emit_json(obj: Any) -> None:
@@ -64,6 +69,83 @@ def _progress(mode: str) -> Iterator[Callable[[str], None]]:
             yield lambda msg: status.update(msg)
         return
     yield lambda msg: click.echo(f"layerdiff: {msg}", err=True)
+
+
+class _BlobProgress:
+    """Blob progress on stderr: a bar per blob on a terminal, one plain line per finished blob
+    otherwise (CI logs), or nothing."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.lock = threading.Lock()
+        self.bars: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _BlobProgress:
+        if self.mode == "auto" and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+            self.bars = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.bars.__enter__()
+        elif self.mode == "auto":
+            self.mode = "plain"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bars is not None:
+            self.bars.__exit__(None, None, None)
+
+    def __call__(self, digest: str, done: int, size: int, status: str | None) -> None:
+        short = digest.removeprefix("sha256:")[:12]
+        if self.bars is not None:
+            with self.lock:
+                task = self.tasks.get(digest)
+                if task is None:
+                    task = self.tasks[digest] = self.bars.add_task(short, total=size or None)
+                description = f"{short} {status}" if status else short
+                self.bars.update(task, completed=done, total=size or None, description=description)
+        elif self.mode == "plain" and status is not None:
+            with self.lock:
+                click.echo(f"layerdiff: {short} {status} ({_human_size(size)})", err=True)
+
+
+def _blobs_json(blobs: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"digest": b.digest, "size": b.size, "status": b.status} for b in blobs]
+
+
+def _registry_options(command: _F) -> _F:
+    """--tls-verify, --creds, --progress and --json, shared by push, pull and commit."""
+    command = click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON object on stdout."
+    )(command)
+    command = click.option(
+        "--progress",
+        type=click.Choice(["auto", "plain", "none"]),
+        default="auto",
+        show_default=True,
+        help="Progress on stderr: bars on a terminal, plain lines, or nothing.",
+    )(command)
+    command = click.option(
+        "--creds",
+        metavar="USER:PASS",
+        envvar="LAYERDIFF_CREDS",
+        help="Registry credentials [default: the auths of ~/.docker/config.json or "
+        "$DOCKER_CONFIG/config.json; $LAYERDIFF_CREDS].",
+    )(command)
+    return click.option(
+        "--tls-verify",
+        type=click.BOOL,
+        default=True,
+        show_default=True,
+        help="Require HTTPS with a trusted certificate; false also allows plain HTTP.",
+    )(command)
 
 
 @click.group(
@@ -166,14 +248,7 @@ A CONTAINER is a name from 'layerdiff ps' or a container directory path.
 )
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Worker threads [default: all cores].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option(
-    "--progress",
-    type=click.Choice(["auto", "plain", "none"]),
-    default="auto",
-    show_default=True,
-    help="Progress on stderr: spinner, plain lines, or nothing.",
-)
+@_registry_options
 def commit(
     targets: tuple[str, ...],
     upper: str | None,
@@ -186,18 +261,26 @@ def commit(
     pause: bool,
     compression: str,
     threads: int | None,
-    as_json: bool,
+    tls_verify: bool,
+    creds: str | None,
     progress: str,
+    as_json: bool,
 ) -> None:
-    """Commit a container's changes (or a tree) as a new image: its image plus one layer."""
-    if upper is None:
-        if not 1 <= len(targets) <= 2:
-            raise click.UsageError("give CONTAINER [IMAGE], or --upper DIR IMAGE")
-        if lowers or overlay or base:
-            raise click.UsageError("--lower, --overlay and --from go with --upper, not CONTAINER")
-        from layerdiff.runtime import commit_container
+    """Commit a container's changes (or a tree) as a new image: its image plus one layer.
 
-        with _progress(progress) as step:
+    IMAGE may be docker://HOST/REPO:TAG: the layer is then streamed to the registry while it
+    is written, with no copy on local disk.
+    """
+    with _progress(progress) as step, _BlobProgress(progress) as on_blob:
+        if upper is None:
+            if not 1 <= len(targets) <= 2:
+                raise click.UsageError("give CONTAINER [IMAGE], or --upper DIR IMAGE")
+            if lowers or overlay or base:
+                raise click.UsageError(
+                    "--lower, --overlay and --from go with --upper, not CONTAINER"
+                )
+            from layerdiff.runtime import commit_container
+
             result = commit_container(
                 targets[0],
                 targets[1] if len(targets) == 2 else None,
@@ -208,13 +291,15 @@ def commit(
                 compression=compression,
                 threads=threads,
                 on_step=step,
+                tls_verify=tls_verify,
+                creds=creds,
+                on_blob=on_blob,
             )
-    else:
-        if len(targets) != 1:
-            raise click.UsageError("with --upper DIR, give exactly one IMAGE")
-        if not overlay and len(lowers) > 1:
-            raise click.UsageError("several --lower dirs need --overlay")
-        with _progress(progress) as step:
+        else:
+            if len(targets) != 1:
+                raise click.UsageError("with --upper DIR, give exactly one IMAGE")
+            if not overlay and len(lowers) > 1:
+                raise click.UsageError("several --lower dirs need --overlay")
             result = layerdiff.commit(
                 upper,
                 image=targets[0],
@@ -228,11 +313,16 @@ def commit(
                 compression=compression,
                 threads=threads,
                 on_step=step,
+                tls_verify=tls_verify,
+                creds=creds,
+                on_blob=on_blob,
             )
     layer = result.layer
     if as_json:
+        extra = {"blobs": _blobs_json(result.blobs)} if result.blobs else {}
         _emit_json(
             {
+                **extra,
                 "image": result.image,
                 "manifest": result.manifest_digest,
                 "config": result.config_digest,
@@ -299,9 +389,6 @@ def history(image: str, as_json: bool) -> None:
         for e in entries
     ]
     _table(rows)
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _apply_options(command: _F) -> _F:
@@ -425,6 +512,149 @@ def squash(
         )
         return
     click.echo(result.manifest_digest)
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  layerdiff push app:1 docker://registry.example.com/team/app:1
+  layerdiff push --tls-verify=false oci:out:v2 docker://localhost:5000/app:v2 --json
+"""
+)
+@click.argument("image")
+@click.argument("destination", metavar="docker://HOST/REPO[:TAG]")
+@click.option(
+    "--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Blobs sent at once."
+)
+@_registry_options
+def push(
+    image: str,
+    destination: str,
+    jobs: int,
+    tls_verify: bool,
+    creds: str | None,
+    progress: str,
+    as_json: bool,
+) -> None:
+    """Push IMAGE to a registry, sending each blob at most once.
+
+    A blob the repository has is skipped (exists), one known in another repository of the
+    registry is mounted, others are uploaded; then the manifest is put.
+    """
+    with _BlobProgress(progress) as on_blob:
+        result = layerdiff.push(
+            image, destination, tls_verify=tls_verify, creds=creds, jobs=jobs, on_blob=on_blob
+        )
+    if as_json:
+        _emit_json(
+            {
+                "image": image,
+                "destination": result.destination,
+                "manifest": result.manifest_digest,
+                "media_type": result.media_type,
+                "blobs": _blobs_json(result.blobs),
+            }
+        )
+        return
+    click.echo(result.manifest_digest)
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  layerdiff pull docker://registry.example.com/team/app:1 app:1
+  layerdiff pull --platform linux/arm64 docker://localhost:5000/app:v2 oci:out:v2
+"""
+)
+@click.argument("source", metavar="docker://HOST/REPO[:TAG][@DIGEST]")
+@click.argument("image", required=False)
+@click.option(
+    "--platform",
+    metavar="OS/ARCH[/VARIANT]",
+    help="From a multi-platform image, the one to pull [default: this machine's].",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Blobs fetched at once.",
+)
+@_registry_options
+def pull(
+    source: str,
+    image: str | None,
+    platform: str | None,
+    jobs: int,
+    tls_verify: bool,
+    creds: str | None,
+    progress: str,
+    as_json: bool,
+) -> None:
+    """Pull an image from a registry into IMAGE (default: HOST/REPO:TAG in the store).
+
+    Only missing blobs are fetched, each checked (size and sha256) as it streams in.
+    """
+    with _BlobProgress(progress) as on_blob:
+        result = layerdiff.pull(
+            source,
+            image,
+            platform=platform,
+            tls_verify=tls_verify,
+            creds=creds,
+            jobs=jobs,
+            on_blob=on_blob,
+        )
+    if as_json:
+        _emit_json(
+            {
+                "image": result.image,
+                "source": source,
+                "manifest": result.manifest_digest,
+                "media_type": result.media_type,
+                "blobs": _blobs_json(result.blobs),
+            }
+        )
+        return
+    click.echo(result.manifest_digest)
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  layerdiff save app:1 docker-archive:app.tar:app:1    # then: docker load -i app.tar
+"""
+)
+@click.argument("image")
+@click.argument("archive", metavar="docker-archive:FILE[:NAME:TAG]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def save(image: str, archive: str, as_json: bool) -> None:
+    """Write IMAGE as a docker save tarball (what docker load reads)."""
+    result = layerdiff.save(image, archive)
+    if as_json:
+        _emit_json(asdict(result) | {"file": str(result.file)})
+        return
+    click.echo(str(result.file))
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  docker save -o app.tar app:1 && layerdiff load app.tar
+  layerdiff load app.tar oci:out:app
+"""
+)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def load(file: str, image: str | None, as_json: bool) -> None:
+    """Import a docker save tarball (legacy or OCI-layout form) as IMAGE (default: its tags)."""
+    result = layerdiff.load(file, image)
+    if as_json:
+        _emit_json(asdict(result))
+        return
+    for name in result.images:
+        click.echo(f"{name} {result.manifest_digest}")
 
 
 @cli.command(

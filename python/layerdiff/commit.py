@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerdiff import refs
 from layerdiff.catalog import Image, load_image
+from layerdiff.errors import InvalidReferenceError
 from layerdiff.fsck import writing
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
@@ -26,8 +27,11 @@ from layerdiff.image import (
 )
 from layerdiff.image import source_date_epoch as _resolve_epoch
 from layerdiff.instructions import apply_changes, parse_change
-from layerdiff.layer import LayerInfo, StrPath, check_options, write_layer
+from layerdiff.layer import LayerInfo, StrPath, check_options, write_layer, write_layer_to_fd
 from layerdiff.layout import Layout
+
+if TYPE_CHECKING:
+    from layerdiff.transfer import BlobStatus, OnBlob
 
 __all__ = ["CREATED_BY", "CommitResult", "commit"]
 
@@ -47,6 +51,8 @@ class CommitResult:
     config_digest: str
     #: The reference the image was tagged as.
     image: str
+    #: For a commit to a registry: what happened to each blob (base layers, layer, config).
+    blobs: tuple[BlobStatus, ...] = ()
 
 
 def _same_layout(a: Layout, b: Layout) -> bool:
@@ -59,7 +65,7 @@ def _same_layout(a: Layout, b: Layout) -> bool:
 def commit(
     upper: StrPath,
     *,
-    image: str | refs.LayoutRef,
+    image: str | refs.LayoutRef | refs.RegistryRef,
     lower: StrPath | None = None,
     overlay: bool = False,
     lowers: Sequence[StrPath] = (),
@@ -75,8 +81,12 @@ def commit(
     root_ids: tuple[int, int] | None = None,
     run_config: dict[str, Any] | None = None,
     created_by: str = CREATED_BY,
+    tls_verify: bool = True,
+    creds: str | None = None,
+    on_blob: OnBlob | None = None,
 ) -> CommitResult:
-    """Commit ``upper`` as a new image tagged ``image`` (``oci:PATH[:TAG]`` or ``NAME[:TAG]``).
+    """Commit ``upper`` as a new image tagged ``image`` (``oci:PATH[:TAG]`` or ``NAME[:TAG]``,
+    or ``docker://HOST/REPO[:TAG]``: straight to a registry).
 
     The new image is ``base`` (if given) plus one layer: the whole ``upper`` tree, or with
     ``lower`` the two-tree diff, or with ``overlay`` the changes an overlayfs upper dir records.
@@ -88,9 +98,17 @@ def commit(
     root (see :func:`write_layer`); ``run_config`` replaces the base's runtime
     config (``Env``, ``Cmd``…) before ``changes`` apply, as a container's does.
     A failure at any point leaves the target's tags as they were.
+
+    To a registry, the layer is uploaded while it is produced (nothing of it is stored
+    locally); the base's blobs are pushed as :func:`layerdiff.push` does, then the config and
+    the manifest. ``tls_verify``, ``creds`` and ``on_blob`` are those of ``push``.
     """
     step = on_step or (lambda _msg: None)
-    target = refs.parse_layout_reference(image) if isinstance(image, str) else image
+    target = refs.parse_reference(image) if isinstance(image, str) else image
+    if isinstance(target, refs.ArchiveRef):
+        raise InvalidReferenceError(
+            f"cannot commit into {target.text}: commit to an image, then layerdiff save it"
+        )
     # Check everything that can be checked before the first byte is written.
     instructions = [parse_change(c) for c in changes]
     check_options(compression=compression, threads=threads)
@@ -100,6 +118,46 @@ def commit(
         parent = base
     elif base is not None:
         parent = load_image(base)
+    created = rfc3339(epoch)
+
+    def make_config(layer: LayerInfo) -> dict[str, Any]:
+        config = parent.config if parent else new_config(created=created)
+        runtime = run_config if run_config is not None else (config.get("config") or {})
+        config = {**config, "config": apply_changes(runtime, instructions)}
+        return add_layer(
+            config,
+            diff_id=layer.diff_id,
+            created=created,
+            created_by=created_by,
+            comment=message,
+            author=author,
+        )
+
+    if isinstance(target, refs.RegistryRef):
+        from layerdiff.commit_remote import commit_to_registry
+
+        return commit_to_registry(
+            upper,
+            target=target,
+            parent=parent,
+            make_config=make_config,
+            write=lambda fd: write_layer_to_fd(
+                upper,
+                fd,
+                lower=lower,
+                overlay=overlay,
+                lowers=lowers,
+                compression=compression,
+                threads=threads,
+                source_date_epoch=epoch,
+                exclude=exclude,
+                root_ids=root_ids,
+            ),
+            tls_verify=tls_verify,
+            creds=creds,
+            on_step=step,
+            on_blob=on_blob,
+        )
 
     layout = Layout.create(target.layout)
     with writing(layout):
@@ -124,18 +182,7 @@ def commit(
         )
 
         step("writing config and manifest")
-        created = rfc3339(epoch)
-        config = parent.config if parent else new_config(created=created)
-        runtime = run_config if run_config is not None else (config.get("config") or {})
-        config = {**config, "config": apply_changes(runtime, instructions)}
-        config = add_layer(
-            config,
-            diff_id=layer.diff_id,
-            created=created,
-            created_by=created_by,
-            comment=message,
-            author=author,
-        )
+        config = make_config(layer)
         config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
         layer_desc = {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
         manifest = build_manifest(config=config_desc, layers=[*base_layers, layer_desc])

@@ -57,3 +57,24 @@ class ContainerError(LayerdiffError, RuntimeError):
 
 class ContainerNotFoundError(ContainerError, LookupError):
     """No container has the given name (or directory)."""
+
+
+class RegistryError(LayerdiffError):
+    """A registry refused a request or answered with something unusable.
+
+    ``status`` is the HTTP status (``None`` when there was no answer), ``code`` the
+    distribution-spec error code (``BLOB_UNKNOWN``, ``DENIED``, …) when the registry gave one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class RegistryAuthError(RegistryError, PermissionError):
+    """The registry wants credentials it was not given, or refused the ones it was given."""
+
+
+class RegistryUnreachableError(RegistryError, ConnectionError):
+    """No answer from the registry: connection refused or reset, DNS, TLS, timeouts."""

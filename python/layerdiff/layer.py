@@ -8,6 +8,7 @@ digest, so writing the same layer twice stores it once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,15 @@ from typing import Literal, cast
 
 from layerdiff.image import source_date_epoch as _source_date_epoch
 
-__all__ = ["COMPRESSIONS", "Change", "LayerInfo", "diff", "diff_overlay", "write_layer"]
+__all__ = [
+    "COMPRESSIONS",
+    "Change",
+    "LayerInfo",
+    "diff",
+    "diff_overlay",
+    "write_layer",
+    "write_layer_to_fd",
+]
 
 #: Accepted ``compression`` values.
 COMPRESSIONS = ("gzip", "zstd", "none")
@@ -57,7 +66,7 @@ class LayerInfo:
     tar_size: int
     #: OCI media type (``application/vnd.oci.image.layer.v1.tar+gzip`` …).
     media_type: str
-    #: Where the blob is.
+    #: Where the blob is; ``Path()`` for a layer streamed to a registry (never stored here).
     path: Path
     #: Things skipped on the way (sockets …), one message each.
     warnings: tuple[str, ...] = ()
@@ -167,3 +176,41 @@ def write_layer(
             root_ids=root_ids,
         )
     )
+
+
+def write_layer_to_fd(
+    upper: StrPath,
+    fd: int,
+    *,
+    lower: StrPath | None = None,
+    overlay: bool = False,
+    lowers: Sequence[StrPath] = (),
+    compression: str = "gzip",
+    threads: int | None = None,
+    source_date_epoch: int | None = None,
+    exclude: Sequence[str] = (),
+    root_ids: tuple[int, int] | None = None,
+) -> LayerInfo:
+    """:func:`write_layer`, but the blob goes to the open file descriptor ``fd`` (the write end
+    of a pipe, typically), which stays the caller's to close. ``path`` of the result is
+    ``Path()``."""
+    if lower is not None and overlay:
+        raise ValueError("lower and overlay exclude each other (use lowers= with overlay)")
+    n_threads = check_options(compression=compression, threads=threads)
+    from layerdiff import _core
+
+    info = LayerInfo.from_core(
+        _core.write_layer_to_fd(
+            upper,
+            fd,
+            lower=lower,
+            overlay=overlay,
+            lowers=list(lowers),
+            compression=compression,
+            threads=n_threads,
+            source_date_epoch=_source_date_epoch(source_date_epoch),
+            exclude=list(exclude),
+            root_ids=root_ids,
+        )
+    )
+    return dataclasses.replace(info, path=Path())

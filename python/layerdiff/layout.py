@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "Descriptor",
     "Layout",
     "check_digest",
+    "write_atomic",
 ]
 
 #: Media type of ``index.json`` (an OCI image index).
@@ -84,6 +85,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+#: Public name of the atomic file write, for small files other modules keep in a layout.
+write_atomic = _write_atomic
 
 
 def _ours(name: str) -> bool:
@@ -209,6 +214,58 @@ class Layout:
             raise FormatError(f"{self.blob_path(digest)}: expected a JSON object")
         return obj
 
+    def write_blob_stream(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        digest: str | None = None,
+        size: int | None = None,
+        where: str = "",
+    ) -> tuple[str, int]:
+        """Store the blob made of ``chunks``; return its (digest, size).
+
+        The bytes go to a temporary file in ``blobs/sha256`` (a name ``gc`` removes when a crash
+        leaves it), hashed on the way; then fsync and rename to the digest's name. With
+        ``digest`` (and ``size``) the stream must match them: more bytes than ``size`` stop the
+        write at once, and a mismatch raises DigestMismatchError (naming ``where``) with nothing
+        stored.
+        """
+        if digest is not None:
+            check_digest(digest)
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.blobs_dir, prefix=".tmp-blob-", suffix=".tmp")
+        try:
+            h = hashlib.sha256()
+            n = 0
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    n += len(chunk)
+                    if size is not None and n > size:
+                        raise DigestMismatchError(
+                            f"{where or digest}: more than the {size} bytes its descriptor says"
+                        )
+                    h.update(chunk)
+                    out.write(chunk)
+                found = "sha256:" + h.hexdigest()
+                if size is not None and n != size:
+                    raise DigestMismatchError(
+                        f"{where or digest}: {n} bytes, its descriptor says {size}"
+                    )
+                if digest is not None and found != digest:
+                    raise DigestMismatchError(
+                        f"{where or digest}: digest mismatch (expected {digest}, found {found})"
+                    )
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.blob_path(found))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.blobs_dir)
+        return found, n
+
     def import_blob(self, source: Layout, digest: str) -> None:
         """Make blob ``digest`` of layout ``source`` present here: hardlink, else copy."""
         target = self.blob_path(digest)
@@ -238,6 +295,11 @@ class Layout:
             _fsync_dir(self.blobs_dir)
 
     # -- index.json ------------------------------------------------------------------------------
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The layout's exclusive lock (the one ``index.json`` updates hold), for other small
+        files kept beside the index that are read, changed and written back."""
+        return self._locked()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

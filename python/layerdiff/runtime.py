@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerdiff import layercache, refs
 from layerdiff.catalog import Image, load_image
@@ -35,7 +35,10 @@ from layerdiff.commit import CommitResult, commit
 from layerdiff.errors import ContainerError, ContainerNotFoundError, LayerdiffOSError
 from layerdiff.fsck import writing
 from layerdiff.image import rfc3339
-from layerdiff.layout import Layout, _write_atomic
+from layerdiff.layout import Layout
+
+if TYPE_CHECKING:
+    from layerdiff.transfer import OnBlob
 
 __all__ = [
     "INIT_FILES",
@@ -57,6 +60,7 @@ _INIT_DIRS = ("etc", "dev", "proc", "sys")
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 _STATE_FILE = "container.json"
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_HELPER = Path(__file__).with_name("_helper.py")
 #: Exit code of ``run`` when the container could not be set up (as ``docker run``).
 EXIT_SETUP = 125
 
@@ -92,7 +96,7 @@ def _pid_alive(pid: int | None) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"layerdiff._helper" in cmdline
+    return _HELPER.name.encode() in cmdline
 
 
 @dataclass
@@ -149,9 +153,12 @@ class Container:
         return [layercache.layer_dir(d, form=form) / "diff" for d in self.data["layers"]]
 
     def save(self) -> None:
-        """Write ``container.json`` atomically."""
+        """Write ``container.json`` atomically (not synced: a state lost in a crash is seen
+        for what it is, a run whose helper is gone)."""
         body = json.dumps(self.data, indent=2, sort_keys=True).encode() + b"\n"
-        _write_atomic(self.path / _STATE_FILE, body)
+        tmp = self.path / f".{_STATE_FILE}.{os.getpid()}"
+        tmp.write_bytes(body)
+        os.replace(tmp, self.path / _STATE_FILE)
 
 
 def open_container(name: str) -> Container:
@@ -366,7 +373,7 @@ def start(container: Container) -> RunResult:
     spec_read, spec_write = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "layerdiff._helper", str(spec_read)],
+            [sys.executable, "-S", "-E", str(_HELPER), str(spec_read)],
             pass_fds=(write_fd, spec_read),
         )
         os.close(spec_read)
@@ -470,13 +477,18 @@ def commit_container(
     threads: int | None = None,
     source_date_epoch: int | None = None,
     on_step: Callable[[str], None] | None = None,
+    tls_verify: bool = True,
+    creds: str | None = None,
+    on_blob: OnBlob | None = None,
 ) -> CommitResult:
     """Commit what the container ``name`` changed as one new layer on top of its image.
 
     The layer is the overlay-upper diff of the container (the init files left out); the new
     config is the container's (its Env, Cmd… as run) with ``changes`` applied. ``image``
-    defaults to ``NAME:latest`` in the store. With ``pause``, a running container is frozen
-    while its upper directory is read, so the layer is one consistent moment.
+    defaults to ``NAME:latest`` in the store; ``docker://…`` streams the layer to a registry
+    (``tls_verify``, ``creds``, ``on_blob`` as for :func:`layerdiff.commit`). With ``pause``,
+    a running container is frozen while its upper directory is read, so the layer is one
+    consistent moment.
     """
     container = open_container(name)
     target = image if image is not None else f"{container.name.lower()}:latest"
@@ -501,6 +513,9 @@ def commit_container(
             exclude=INIT_FILES,
             root_ids=(os.getuid(), os.getgid()) if container.data.get("rootless") else None,
             run_config=container.config,
+            tls_verify=tls_verify,
+            creds=creds,
+            on_blob=on_blob,
         )
     finally:
         if group is not None:

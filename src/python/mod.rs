@@ -155,16 +155,86 @@ fn write_layer(
     };
     let dopts = DiffOptions { content };
     let info = run_detached(py, &cancel, || {
-        let changes = if overlay {
-            core_diff::diff_overlay(&upper, &lowers, &dopts)?
-        } else if let Some(lower) = &lower {
-            core_diff::diff_dirs(lower, &upper, &dopts)?
-        } else {
-            core_diff::full_tree(&upper)?
-        };
+        let changes = layer_changes(&upper, lower.as_deref(), overlay, &lowers, &dopts)?;
         let changes = core_diff::without_paths(changes, &exclude);
         let changes = core_diff::with_root_owner(changes, root_ids);
         layer::write_layer_file(&upper, &changes, &opts, &blobs_dir)
+    })?;
+    Ok(layer_tuple(info))
+}
+
+/// The changes a layer holds: the whole tree, a two-tree diff or an overlay upper's changes.
+fn layer_changes(
+    upper: &std::path::Path,
+    lower: Option<&std::path::Path>,
+    overlay: bool,
+    lowers: &[PathBuf],
+    dopts: &DiffOptions,
+) -> crate::Result<Vec<Change>> {
+    if overlay {
+        core_diff::diff_overlay(upper, lowers, dopts)
+    } else if let Some(lower) = lower {
+        core_diff::diff_dirs(lower, upper, dopts)
+    } else {
+        core_diff::full_tree(upper)
+    }
+}
+
+/// Write one layer blob to the open file descriptor `fd` (a pipe, a socket, a file), which
+/// stays the caller's: the core writes through a duplicate and closes that when done. This is
+/// how a layer is streamed to a registry without a copy on disk.
+#[pyfunction]
+#[pyo3(signature = (
+    upper, fd, *, lower = None, overlay = false, lowers = Vec::new(), content = false,
+    compression = "gzip", level = None, threads = 0, source_date_epoch = None,
+    exclude = Vec::new(), root_ids = None
+))]
+#[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
+fn write_layer_to_fd(
+    py: Python<'_>,
+    upper: PathBuf,
+    fd: i32,
+    lower: Option<PathBuf>,
+    overlay: bool,
+    lowers: Vec<PathBuf>,
+    content: bool,
+    compression: &str,
+    level: Option<i32>,
+    threads: usize,
+    source_date_epoch: Option<i64>,
+    exclude: Vec<String>,
+    root_ids: Option<(u32, u32)>,
+) -> PyResult<LayerTuple> {
+    use std::os::fd::BorrowedFd;
+    if overlay && lower.is_some() {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "give either lower (two-tree diff) or overlay with lowers, not both",
+        ));
+    }
+    if fd < 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "fd={fd}: not a file descriptor"
+        )));
+    }
+    // SAFETY: the descriptor is only borrowed for the duplication on the next line, while the
+    // caller, who owns it, is blocked in this call; a closed or bogus number makes `dup` fail
+    // with EBADF, which is reported as an error.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let sink = std::fs::File::from(borrowed.try_clone_to_owned()?);
+    let cancel = Arc::new(Cancel::new());
+    let opts = LayerOptions {
+        compression: parse_compression(compression, level)?,
+        threads,
+        source_date_epoch,
+        cancel: Some(cancel.clone()),
+    };
+    let dopts = DiffOptions { content };
+    let info = run_detached(py, &cancel, || {
+        let changes = layer_changes(&upper, lower.as_deref(), overlay, &lowers, &dopts)?;
+        let changes = core_diff::without_paths(changes, &exclude);
+        let changes = core_diff::with_root_owner(changes, root_ids);
+        // The sink (the duplicate) is closed when write_layer returns, before the result.
+        layer::write_layer(&upper, &changes, &opts, sink)
     })?;
     Ok(layer_tuple(info))
 }
@@ -266,6 +336,26 @@ fn blob_digests(py: Python<'_>, path: PathBuf) -> PyResult<(String, u64, String,
     Ok((d.digest, d.size, d.diff_id, d.tar_size))
 }
 
+/// Decompress the layer blob at `blob` into the new file `dest`, hashing both streams.
+#[pyfunction]
+fn decompress_blob(
+    py: Python<'_>,
+    blob: PathBuf,
+    dest: PathBuf,
+) -> PyResult<(String, u64, String, u64)> {
+    let cancel = Cancel::new();
+    let d = run_detached(py, &cancel, || {
+        let file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&dest)
+            .at(&dest)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        crate::verify::decompress_blob(&blob, &mut out, &dest, &cancel)
+    })?;
+    Ok((d.digest, d.size, d.diff_id, d.tar_size))
+}
+
 /// The module `layerdiff._core`.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -276,6 +366,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(squash_layers, m)?)?;
     m.add_function(wrap_pyfunction!(blob_digests, m)?)?;
     m.add_function(wrap_pyfunction!(container::run_container, m)?)?;
+    m.add_function(wrap_pyfunction!(decompress_blob, m)?)?;
+    m.add_function(wrap_pyfunction!(write_layer_to_fd, m)?)?;
     m.add("DEFAULT_MAX_SIZE", crate::apply::DEFAULT_MAX_SIZE)?;
     Ok(())
 }

@@ -1,0 +1,296 @@
+"""``docker save`` tarballs (docker-archive): ``save`` writes one, ``load`` imports one.
+
+What ``save`` writes is the form every reader takes (``docker load``, skopeo's
+``docker-archive:``): ``manifest.json`` (``[{"Config", "RepoTags", "Layers"}]``), the config as
+``<hex>.json`` and each layer *uncompressed* as ``<diff_id hex>.tar``, since readers check a
+layer file's sha256 against the config's diff_id. Layers are decompressed by the core, which
+checks their digest and diff_id on the way. The archive is written to a temporary name and
+renamed, so a failed save leaves no partial file.
+
+``load`` reads ``manifest.json``, which both forms of ``docker save`` carry: the legacy one
+(``<id>/layer.tar``) and the OCI-layout one docker 25+ writes (``blobs/sha256/<hex>``, with
+``manifest.json`` beside ``index.json``). Layers are stored as they are in the archive
+(usually uncompressed tar; gzip and zstd are recognised by their first bytes), each checked
+against its diff_id, and the image gets a new OCI manifest. As in a pull, the tags are set
+last, while holding the store's writer lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from layerdiff import _core, refs
+from layerdiff.catalog import load_image
+from layerdiff.errors import (
+    DigestMismatchError,
+    FormatError,
+    ImageNotFoundError,
+    InvalidReferenceError,
+)
+from layerdiff.fsck import writing
+from layerdiff.image import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, build_manifest, canonical_json
+from layerdiff.layout import Layout
+
+__all__ = ["LoadResult", "SaveResult", "load", "save"]
+
+_JSON_MAX = 64 << 20
+_LAYER_TYPES = {
+    b"\x1f\x8b": "application/vnd.oci.image.layer.v1.tar+gzip",
+    b"\x28\xb5\x2f\xfd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaveResult:
+    """What ``save`` wrote."""
+
+    #: The archive file.
+    file: Path
+    #: Its ``RepoTags`` (empty: the image loads untagged).
+    repo_tags: list[str]
+    #: The image's config digest (docker's image ID).
+    config_digest: str
+    #: Number of layers.
+    layers: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadResult:
+    """What ``load`` imported."""
+
+    #: The local images it was tagged as.
+    images: list[str]
+    #: Digest of the new OCI manifest.
+    manifest_digest: str
+    #: Digest of the config.
+    config_digest: str
+    #: Layer digests as stored, bottom first.
+    layers: list[str]
+
+
+def _archive_ref(text: str | refs.ArchiveRef) -> refs.ArchiveRef:
+    ref = refs.parse_reference(text) if isinstance(text, str) else text
+    if not isinstance(ref, refs.ArchiveRef):
+        raise InvalidReferenceError(
+            f"invalid archive reference {str(ref)!r}: expected docker-archive:FILE[:NAME:TAG]"
+        )
+    return ref
+
+
+def _member(name: str, size: int, mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, mode, 0
+    return info
+
+
+def save(image: str | refs.LayoutRef, archive: str | refs.ArchiveRef) -> SaveResult:
+    """Write ``image`` as the ``docker save`` tarball ``archive``
+    (``docker-archive:FILE[:NAME:TAG]``; NAME:TAG becomes its tag, else a store image's own)."""
+    ref = _archive_ref(archive)
+    local = load_image(image)
+    if ref.name is not None:
+        repo_tags = [f"{ref.name}:{ref.tag}"]
+    elif local.ref.in_store and local.ref.tag is not None:
+        repo_tags = [local.ref.tag]
+    else:
+        repo_tags = []
+    config_digest = str(local.manifest["config"]["digest"])
+    config = local.layout.read_blob(config_digest)
+    diff_ids = local.config.get("rootfs", {}).get("diff_ids", [])
+    if len(diff_ids) != len(local.layers):
+        raise FormatError(
+            f"{local.ref.text}: {len(local.layers)} layers but {len(diff_ids)} diff_ids"
+        )
+    target = ref.file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with (
+            os.fdopen(fd, "wb") as out,
+            tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            tempfile.TemporaryDirectory(dir=target.parent, prefix=".layerdiff-save-") as work,
+        ):
+            config_name = f"{config_digest.removeprefix('sha256:')}.json"
+            layer_names: list[str] = []
+            for i, (desc, diff_id) in enumerate(zip(local.layers, diff_ids, strict=True)):
+                name = f"{str(diff_id).removeprefix('sha256:')}.tar"
+                layer_names.append(name)
+                if name in layer_names[:-1]:
+                    continue  # the same layer twice: one file
+                tar_path = Path(work) / f"layer-{i}"
+                blob = local.layout.blob_path(str(desc["digest"]))
+                digest, size, found_diff_id, tar_size = _core.decompress_blob(blob, tar_path)
+                if (digest, size) != (desc["digest"], desc["size"]) or found_diff_id != diff_id:
+                    raise DigestMismatchError(
+                        f"{blob}: layer {i} is {digest} ({size} bytes) with diff_id "
+                        f"{found_diff_id}; expected {desc['digest']} ({desc['size']} bytes) "
+                        f"with diff_id {diff_id}"
+                    )
+                with tar_path.open("rb") as f:
+                    tar.addfile(_member(name, tar_size), f)
+                tar_path.unlink()
+            tar.addfile(_member(config_name, len(config)), _bytes(config))
+            manifest = [{"Config": config_name, "RepoTags": repo_tags, "Layers": layer_names}]
+            body = json.dumps(manifest, separators=(",", ":")).encode()
+            tar.addfile(_member("manifest.json", len(body)), _bytes(body))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return SaveResult(
+        file=target, repo_tags=repo_tags, config_digest=config_digest, layers=len(local.layers)
+    )
+
+
+def _bytes(data: bytes) -> IO[bytes]:
+    import io
+
+    return io.BytesIO(data)
+
+
+def _read_member(tar: tarfile.TarFile, name: str, where: str, limit: int = _JSON_MAX) -> bytes:
+    f = _open_member(tar, name, where)
+    with f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FormatError(f"{where}: {name} is larger than {limit} bytes")
+    return data
+
+
+def _open_member(tar: tarfile.TarFile, name: str, where: str) -> IO[bytes]:
+    try:
+        info = tar.getmember(name)
+        while info.issym() or info.islnk():  # docker's legacy form links repeated layers
+            info = tar.getmember(
+                os.path.normpath(os.path.join(os.path.dirname(name), info.linkname))
+            )
+        f = tar.extractfile(info)
+    except KeyError as e:
+        raise FormatError(f"{where}: the archive has no {name!r}") from e
+    if f is None:
+        raise FormatError(f"{where}: {name!r} is not a file")
+    return f
+
+
+def _chunks(f: IO[bytes]) -> Iterator[bytes]:
+    while chunk := f.read(1 << 20):
+        yield chunk
+
+
+def _pick(entries: list[dict[str, Any]], ref: refs.ArchiveRef | None, where: str) -> dict[str, Any]:
+    if ref is not None and ref.name is not None:
+        want = f"{ref.name}:{ref.tag}"
+        for e in entries:
+            if want in (e.get("RepoTags") or []):
+                return e
+        raise ImageNotFoundError(f"{where}: no image tagged {want} in the archive")
+    if len(entries) != 1:
+        raise ImageNotFoundError(
+            f"{where}: the archive holds {len(entries)} images; name one as "
+            "docker-archive:FILE:NAME:TAG"
+        )
+    return entries[0]
+
+
+def load(
+    archive: str | os.PathLike[str] | refs.ArchiveRef,
+    image: str | refs.LayoutRef | None = None,
+) -> LoadResult:
+    """Import a ``docker save`` tarball (a path, or ``docker-archive:FILE[:NAME:TAG]``) as
+    ``image`` (default: each of its ``RepoTags`` in the store)."""
+    ref: refs.ArchiveRef | None = None
+    if isinstance(archive, refs.ArchiveRef):
+        ref, path = archive, archive.file
+    elif isinstance(archive, str) and archive.startswith("docker-archive:"):
+        ref = _archive_ref(archive)
+        path = ref.file
+    else:
+        path = Path(archive)
+    where = str(path)
+    try:
+        tar = tarfile.open(path, mode="r:*")  # noqa: SIM115 (closed by the with below)
+    except tarfile.TarError as e:
+        raise FormatError(f"{where}: not a tar archive ({e})") from e
+    with tar:
+        try:
+            entries = json.loads(_read_member(tar, "manifest.json", where))
+        except ValueError as e:
+            raise FormatError(f"{where}: manifest.json is not JSON: {e}") from e
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise FormatError(f"{where}: manifest.json is not a list of images")
+        entry = _pick(entries, ref, where)
+        if image is not None:
+            targets = [refs.parse_layout_reference(image) if isinstance(image, str) else image]
+        else:
+            tags = [str(t) for t in entry.get("RepoTags") or []]
+            if not tags:
+                raise InvalidReferenceError(
+                    f"{where}: the image has no tag; name IMAGE to load it as"
+                )
+            targets = [refs.parse_layout_reference(t) for t in tags]
+        config = _read_member(tar, str(entry.get("Config")), where)
+        try:
+            diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"{where}: the image config has no rootfs.diff_ids") from e
+        layer_names = entry.get("Layers") or []
+        if not isinstance(layer_names, list) or len(layer_names) != len(diff_ids):
+            raise FormatError(
+                f"{where}: {len(layer_names)} layers but {len(diff_ids)} diff_ids in the config"
+            )
+        layout = Layout.create(targets[0].layout)
+        with writing(layout):
+            layers = []
+            for name, diff_id in zip(layer_names, diff_ids, strict=True):
+                with _open_member(tar, str(name), where) as f:
+                    head = f.read(4)
+                    digest, size = layout.write_blob_stream(
+                        _prepend(head, _chunks(f)), where=f"{where}: {name}"
+                    )
+                media_type = next(
+                    (t for magic, t in _LAYER_TYPES.items() if head.startswith(magic)),
+                    "application/vnd.oci.image.layer.v1.tar",
+                )
+                found = digest
+                if media_type != "application/vnd.oci.image.layer.v1.tar":
+                    found = _core.blob_digests(layout.blob_path(digest))[2]
+                if found != diff_id:
+                    raise DigestMismatchError(
+                        f"{where}: layer {name} has diff_id {found}, the config says {diff_id}"
+                    )
+                layers.append({"mediaType": media_type, "digest": digest, "size": size})
+            config_desc = layout.put_blob(config, media_type=CONFIG_MEDIA_TYPE)
+            manifest = build_manifest(config=config_desc, layers=layers)
+            manifest_desc = layout.put_blob(
+                canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE
+            )
+            for target in targets:
+                tagged = layout if target.layout == layout.path else Layout.create(target.layout)
+                if tagged is not layout:
+                    for d in [config_desc, manifest_desc, *layers]:
+                        tagged.import_blob(layout, str(d["digest"]))
+                tagged.set_tag(target.write_tag, manifest_desc)
+    return LoadResult(
+        images=[t.text for t in targets],
+        manifest_digest=str(manifest_desc["digest"]),
+        config_digest=str(config_desc["digest"]),
+        layers=[str(d["digest"]) for d in layers],
+    )
+
+
+def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from rest

@@ -1,0 +1,439 @@
+"""A client of the distribution API (OCI distribution spec) for one registry.
+
+One :class:`Registry` holds one ``requests`` session to one registry host and speaks for every
+repository there. It does the parts every request shares:
+
+- **Scheme**: https with the system CAs; with ``tls_verify=False`` https without verification,
+  falling back to plain http when the registry does not speak TLS (a local test registry).
+- **Auth**: anonymous first; a 401 names the scheme in ``WWW-Authenticate``. ``Basic``: the
+  credentials given (``USER:PASS``) or found in the docker config (``auths`` of
+  ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``). ``Bearer``: a token from the
+  challenge's realm for every scope asked so far (``repository:R:pull,push``, and
+  ``repository:FROM:pull`` for a cross-repository mount), fetched again when a request needs a
+  scope the token lacks or the registry answers 401 ``insufficient_scope``.
+- **Retries**: connection errors and 5xx answers are retried with exponential backoff (requests
+  whose body cannot be sent twice are retried whole by their caller through :func:`retrying`).
+- **Errors**: every failure becomes a :class:`~layerdiff.errors.RegistryError` whose message
+  names the registry, the request and what it answered (the distribution error code and text).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+import requests.adapters
+import urllib3
+
+from layerdiff.errors import RegistryAuthError, RegistryError, RegistryUnreachableError
+from layerdiff.image import DOCKER_MANIFEST_MEDIA_TYPE, INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPE
+
+__all__ = [
+    "MANIFEST_ACCEPT",
+    "Registry",
+    "docker_config_credentials",
+    "parse_credentials",
+    "pull_scope",
+    "push_scope",
+    "retrying",
+    "with_query",
+]
+
+#: Every manifest type we read, for the ``Accept`` header of a manifest GET (distribution 2.8
+#: answers 404 to a GET of an OCI manifest that does not accept its type).
+MANIFEST_ACCEPT = ", ".join(
+    [MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE, *sorted(INDEX_MEDIA_TYPES)]
+)
+
+#: Attempts of a request (or of a whole blob transfer) before its failure is reported.
+ATTEMPTS = 4
+#: First backoff between attempts, doubled after each.
+BACKOFF = 0.5
+_TIMEOUT = (10.0, 300.0)  # (connect, read) seconds
+_RETRY_STATUS = frozenset({500, 502, 503, 504})
+_T = TypeVar("_T")
+_nesting = threading.local()  # depth of retrying() calls on this thread
+
+
+def pull_scope(repository: str) -> str:
+    """The token scope that reads ``repository``."""
+    return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    """The token scope that reads and writes ``repository``."""
+    return f"repository:{repository}:pull,push"
+
+
+def parse_credentials(text: str) -> tuple[str, str]:
+    """``USER:PASS`` → (user, password); the password may contain ``:``."""
+    user, colon, password = text.partition(":")
+    if not colon or not user:
+        raise ValueError("credentials must be given as USER:PASSWORD")
+    return user, password
+
+
+def docker_config_credentials(host: str) -> tuple[str, str] | None:
+    """The ``auths`` entry for ``host`` in the docker config file, if any.
+
+    The file is ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``; keys may be a
+    bare host or a URL (``https://host/v1/``). Credential helpers are not run.
+    """
+    directory = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    try:
+        config = json.loads((Path(directory) / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    auths = config.get("auths") if isinstance(config, dict) else None
+    if not isinstance(auths, dict):
+        return None
+    for key, entry in auths.items():
+        name = urllib.parse.urlsplit(key).netloc if "://" in key else key.split("/")[0]
+        if name != host or not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("auth"), str):
+            try:
+                return parse_credentials(base64.b64decode(entry["auth"]).decode())
+            except (ValueError, UnicodeDecodeError):
+                continue
+        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+            return entry["username"], entry["password"]
+    return None
+
+
+def with_query(url: str, **params: str) -> str:
+    """``url`` with ``params`` added to its query, keeping what the query already holds (a
+    registry's upload ``Location`` carries its state there)."""
+    extra = urllib.parse.urlencode(params)
+    return f"{url}{'&' if '?' in url else '?'}{extra}"
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="…",service="…",scope="…"`` → ("bearer", {realm, service, scope})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in re.finditer(r'([A-Za-z_]+)\s*=\s*(?:"([^"]*)"|([^\s,]+))', rest)
+    }
+    return scheme.lower(), params
+
+
+def _reason(exc: BaseException) -> str:
+    """The short cause of a connection failure ("[Errno 111] Connection refused")."""
+    text = str(exc)
+    found = re.findall(r"\[Errno -?\d+\] [^'\")]+", text)
+    if found:
+        return str(found[-1]).strip()
+    for known in ("Read timed out", "Connection aborted", "RemoteDisconnected", "SSL"):
+        if known in text:
+            return known.lower()
+    return type(exc).__name__
+
+
+def retrying(what: str, attempt: Callable[[], _T], *, attempts: int = ATTEMPTS) -> _T:
+    """Run ``attempt`` until it succeeds; connection failures and 5xx answers are retried with
+    exponential backoff, anything else (and the last failure) is raised.
+
+    Nested calls (a request inside a blob transfer that is retried whole) run once: only the
+    outermost level retries, so waits do not multiply."""
+    if getattr(_nesting, "depth", 0):
+        return attempt()
+    _nesting.depth = 1
+    try:
+        return _retry(what, attempt, attempts)
+    finally:
+        _nesting.depth = 0
+
+
+def _retry(what: str, attempt: Callable[[], _T], attempts: int) -> _T:
+    delay = BACKOFF
+    for n in range(1, attempts + 1):
+        try:
+            return attempt()
+        except RegistryError as e:
+            retry = isinstance(e, RegistryUnreachableError) or (e.status in _RETRY_STATUS)
+            if not retry or n == attempts:
+                if n > 1 and retry:
+                    raise type(e)(
+                        f"{e} (after {attempts} attempts at {what})", status=e.status, code=e.code
+                    ) from e
+                raise
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+class Registry:
+    """A session with one registry (see the module docs). Safe to use from several threads."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        tls_verify: bool = True,
+        credentials: tuple[str, str] | None = None,
+        connections: int = 8,
+    ) -> None:
+        """``host`` is ``HOST[:PORT]``; ``credentials`` default to the docker config's."""
+        self.host = host
+        self.tls_verify = tls_verify
+        self.credentials = credentials or docker_config_credentials(host)
+        self.session = requests.Session()
+        self.session.verify = tls_verify
+        self.session.headers["User-Agent"] = "layerdiff"
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=2, pool_maxsize=connections, max_retries=0
+        )
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        if not tls_verify:
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self._base: str | None = None
+        self._lock = threading.Lock()
+        self._challenge: tuple[str, dict[str, str]] | None = None
+        self._authorization: str | None = None
+        self._scopes: set[str] = set()
+        self._token_scopes: frozenset[str] = frozenset()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.session.close()
+
+    # -- URLs ----------------------------------------------------------------------------------
+
+    @property
+    def base(self) -> str:
+        """``https://HOST`` or ``http://HOST``, found by pinging ``/v2/`` once."""
+        with self._lock:
+            if self._base is None:
+                self._base = self._ping()
+            return self._base
+
+    def url(self, path: str) -> str:
+        """The absolute URL of an API path (``/v2/…``)."""
+        return self.base + path
+
+    def absolute(self, location: str) -> str:
+        """A ``Location`` header made absolute (registries may answer with a path only)."""
+        return urllib.parse.urljoin(self.base + "/", location)
+
+    def _ping(self) -> str:
+        schemes = ["https"] if self.tls_verify else ["https", "http"]
+        last: Exception | None = None
+        for scheme in schemes:
+            base = f"{scheme}://{self.host}"
+            try:
+                url = f"{base}/v2/"
+                response = retrying(
+                    url,
+                    functools.partial(self._send, "GET", url, {}, None, False),
+                    attempts=1 if scheme == "https" and len(schemes) > 1 else ATTEMPTS,
+                )
+            except RegistryUnreachableError as e:
+                last = e
+                continue
+            if response.status_code not in (200, 401):
+                raise self._error(response, "GET /v2/ (is this a registry?)")
+            if response.status_code == 401:
+                self._challenge = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
+            return base
+        assert last is not None
+        raise last
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scopes: Iterable[str] = (),
+        headers: Mapping[str, str] | None = None,
+        data: Any = None,
+        stream: bool = False,
+        expect: Iterable[int] = (200,),
+        replayable: bool = True,
+    ) -> requests.Response:
+        """Send a request with auth; return the response if its status is in ``expect``.
+
+        ``path_or_url`` is an API path (``/v2/…``) or an absolute URL (a ``Location``).
+        ``scopes`` are the token scopes it needs. Connection failures and 5xx are retried when
+        ``replayable`` (the body, if any, can be sent again); a 401 is answered once by
+        (re)authenticating. Other statuses raise RegistryError.
+        """
+        url = path_or_url if "://" in path_or_url else self.url(path_or_url)
+        wanted = set(scopes)
+        expected = frozenset(expect)
+        what = f"{method} {urllib.parse.urlsplit(url).path}"
+
+        def attempt() -> requests.Response:
+            response = self._authorized_send(method, url, headers, data, stream, wanted)
+            if response.status_code in expected:
+                return response
+            raise self._error(response, what)
+
+        if replayable:
+            return retrying(f"{self.host}: {what}", attempt)
+        return attempt()
+
+    def _authorized_send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        data: Any,
+        stream: bool,
+        scopes: set[str],
+    ) -> requests.Response:
+        _ = self.base  # the ping learns the scheme and the auth challenge
+        auth = self._auth_for(scopes)
+        response = self._send(method, url, {**(headers or {}), **auth}, data, stream)
+        if response.status_code != 401:
+            return response
+        challenge = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        response.close()
+        with self._lock:
+            self._challenge = challenge
+            scheme, params = challenge
+            if scheme == "bearer" and params.get("scope"):
+                scopes = scopes | set(params["scope"].split(" "))
+            self._authorization = None
+            self._token_scopes = frozenset()
+        if hasattr(data, "seek"):
+            data.seek(0)
+        auth = self._auth_for(scopes, fresh=True)
+        return self._send(method, url, {**(headers or {}), **auth}, data, stream)
+
+    def _auth_for(self, scopes: set[str], *, fresh: bool = False) -> dict[str, str]:
+        """The Authorization header for a request needing ``scopes`` (none: anonymous)."""
+        with self._lock:
+            if self._challenge is None:
+                return {}
+            scheme, params = self._challenge
+            if scheme == "basic":
+                if self.credentials is None:
+                    if fresh:
+                        raise RegistryAuthError(
+                            f"{self.host}: the registry asks for credentials (give --creds "
+                            "USER:PASS or log in with docker login)",
+                            status=401,
+                        )
+                    return {}
+                token = base64.b64encode(":".join(self.credentials).encode()).decode()
+                return {"Authorization": f"Basic {token}"}
+            if scheme != "bearer":
+                raise RegistryAuthError(
+                    f"{self.host}: unsupported authentication scheme {scheme!r}", status=401
+                )
+            self._scopes |= scopes
+            if fresh or self._authorization is None or not self._scopes <= self._token_scopes:
+                self._authorization = f"Bearer {self._fetch_token(params, self._scopes)}"
+                self._token_scopes = frozenset(self._scopes)
+            return {"Authorization": self._authorization}
+
+    def _fetch_token(self, params: dict[str, str], scopes: set[str]) -> str:
+        realm = params.get("realm")
+        if not realm:
+            raise RegistryAuthError(f"{self.host}: bearer challenge without a realm", status=401)
+        query: list[tuple[str, str]] = []
+        if params.get("service"):
+            query.append(("service", params["service"]))
+        query += [("scope", s) for s in sorted(scopes)]
+        url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(query)}"
+        auth = self.credentials
+        try:
+            response = self.session.get(url, auth=auth, timeout=_TIMEOUT)
+        except requests.RequestException as e:
+            raise RegistryUnreachableError(f"token server {realm} unreachable: {_reason(e)}") from e
+        if response.status_code in (401, 403):
+            raise RegistryAuthError(
+                f"{self.host}: token server {realm} refused "
+                f"{'the credentials' if auth else 'anonymous access'} "
+                f"({response.status_code})",
+                status=response.status_code,
+            )
+        try:
+            body = response.json()
+            token: object = body.get("token") or body.get("access_token")
+        except ValueError:
+            token = None
+        if response.status_code != 200 or not isinstance(token, str):
+            raise RegistryAuthError(
+                f"{self.host}: token server {realm} answered {response.status_code} "
+                "without a token",
+                status=response.status_code,
+            )
+        return token
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        data: Any,
+        stream: bool,
+    ) -> requests.Response:
+        try:
+            return self.session.request(
+                method,
+                url,
+                headers=dict(headers),
+                data=data,
+                stream=stream,
+                timeout=_TIMEOUT,
+                allow_redirects=True,
+            )
+        except requests.exceptions.SSLError as e:
+            raise RegistryUnreachableError(
+                f"{self.host}: TLS failed ({_reason(e)}); for a registry without a trusted "
+                "certificate use --tls-verify=false"
+            ) from e
+        except requests.RequestException as e:
+            raise RegistryUnreachableError(
+                f"registry {self.host} unreachable: {method} {urllib.parse.urlsplit(url).path}: "
+                f"{_reason(e)}"
+            ) from e
+
+    def _error(self, response: requests.Response, what: str) -> RegistryError:
+        """A RegistryError for an unexpected answer, with the registry's own error text."""
+        code: str | None = None
+        detail = ""
+        try:
+            errors = response.json().get("errors") or []
+            if errors and isinstance(errors[0], dict):
+                code = errors[0].get("code")
+                detail = str(errors[0].get("message") or "")
+        except (ValueError, AttributeError):
+            detail = ""
+        finally:
+            response.close()
+        status = response.status_code
+        text = f"{self.host}: {what}: {status} {response.reason or ''}".rstrip()
+        if code:
+            text += f": {code}"
+        if detail:
+            text += f" ({detail})"
+        if status == 401:
+            text += (
+                ": the registry refused the credentials"
+                if self.credentials
+                else ": credentials needed (give --creds USER:PASS or log in with docker login)"
+            )
+        cls = RegistryAuthError if status in (401, 403) else RegistryError
+        return cls(text, status=status, code=code)

@@ -1,0 +1,307 @@
+"""``push`` and ``pull``: images between a local layout and a registry.
+
+Pull keeps the manifest's bytes exactly as the registry sent them, Docker schema 2 manifests
+included, so the image's digest is the same on both sides and a later push sends the very same
+manifest. From an image index (or Docker manifest list) the manifest of one platform is pulled
+and tagged (``platform``, by default this machine's), as ``docker pull`` does.
+
+Order of writes: blobs first (config and layers, in parallel), the manifest blob, then the tag
+in one atomic ``index.json`` update; all of it while holding the layout's writer lock, so ``gc``
+never removes a blob a running pull is about to tag, and a pull killed at any point leaves
+only unreferenced blobs and temporary files (``gc`` removes them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from layerdiff import refs
+from layerdiff.catalog import load_image
+from layerdiff.errors import (
+    DigestMismatchError,
+    FormatError,
+    ImageNotFoundError,
+    InvalidReferenceError,
+    RegistryError,
+)
+from layerdiff.fsck import writing
+from layerdiff.image import (
+    DOCKER_MANIFEST_MEDIA_TYPE,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPE,
+    go_arch,
+)
+from layerdiff.layout import Descriptor, Layout
+from layerdiff.registry import MANIFEST_ACCEPT, Registry, parse_credentials, pull_scope, push_scope
+from layerdiff.transfer import BlobStatus, OnBlob, Sources, fetch_blob, push_blob
+
+__all__ = ["PullResult", "PushResult", "open_registry", "pull", "push", "put_manifest"]
+
+#: Blobs moved at once.
+DEFAULT_JOBS = 4
+_MANIFEST_MAX = 4 << 20  # distribution's own limit on a manifest
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushResult:
+    """What a push did."""
+
+    #: The registry reference pushed to.
+    destination: str
+    #: Digest of the manifest pushed (the image's identity, the same on both sides).
+    manifest_digest: str
+    #: Its media type.
+    media_type: str
+    #: Config and layers, each with ``exists`` | ``mounted`` | ``uploaded``.
+    blobs: tuple[BlobStatus, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullResult:
+    """What a pull did."""
+
+    #: The local image it was tagged as.
+    image: str
+    #: Digest of the manifest pulled (of the chosen platform's, for an index).
+    manifest_digest: str
+    #: Its media type.
+    media_type: str
+    #: Config and layers, each with ``exists`` (already stored) | ``downloaded``.
+    blobs: tuple[BlobStatus, ...]
+
+
+def _registry_ref(text: str | refs.RegistryRef) -> refs.RegistryRef:
+    ref = refs.parse_reference(text) if isinstance(text, str) else text
+    if not isinstance(ref, refs.RegistryRef):
+        raise InvalidReferenceError(
+            f"invalid image reference {str(ref)!r}: expected docker://HOST/REPO[:TAG]"
+        )
+    return ref
+
+
+def open_registry(ref: refs.RegistryRef, *, tls_verify: bool, creds: str | None) -> Registry:
+    """A session with the registry of ``ref``; ``creds`` is ``USER:PASS``."""
+    reg = Registry(
+        ref.host,
+        tls_verify=tls_verify,
+        credentials=parse_credentials(creds) if creds is not None else None,
+    )
+    try:
+        _ = reg.base  # reach it once, before blobs are sent in parallel
+    except BaseException:
+        reg.close()
+        raise
+    return reg
+
+
+def _parallel(fn: Callable[[_T], _R], items: Sequence[_T], jobs: int) -> list[_R]:
+    if jobs <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layerdiff-blob") as pool:
+        return list(pool.map(fn, items))
+
+
+def _quiet(_digest: str, _done: int, _size: int, _status: str | None) -> None:
+    pass
+
+
+def put_manifest(reg: Registry, ref: refs.RegistryRef, data: bytes, media_type: str) -> str:
+    """PUT the manifest ``data`` as the tag (or digest) of ``ref``; return its digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if ref.digest is not None and ref.digest != digest:
+        raise DigestMismatchError(
+            f"{ref.text}: the image's manifest is {digest}, not the digest the reference names"
+        )
+    response = reg.request(
+        "PUT",
+        f"/v2/{ref.repository}/manifests/{ref.tag or digest}",
+        scopes=[push_scope(ref.repository)],
+        headers={"Content-Type": media_type},
+        data=data,
+        expect=(201, 200),
+    )
+    found = response.headers.get("Docker-Content-Digest")
+    if found and found != digest:
+        raise RegistryError(f"{reg.host}: stored manifest {digest} as {found}")
+    return digest
+
+
+def push(
+    image: str | refs.LayoutRef,
+    destination: str | refs.RegistryRef,
+    *,
+    tls_verify: bool = True,
+    creds: str | None = None,
+    jobs: int = DEFAULT_JOBS,
+    on_blob: OnBlob | None = None,
+) -> PushResult:
+    """Push the local ``image`` to ``destination`` (``docker://HOST/REPO[:TAG]``).
+
+    Each blob is sent at most once (``exists``, ``mounted`` or ``uploaded``, see
+    :mod:`layerdiff.transfer`), ``jobs`` at a time, then the manifest with its own media type.
+    ``creds`` is ``USER:PASS`` (default: the docker config's ``auths``); ``tls_verify=False``
+    allows a registry without a trusted certificate or without TLS. ``on_blob`` sees progress.
+    """
+    dest = _registry_ref(destination)
+    local = load_image(image)
+    data = local.layout.read_blob(local.digest, limit=_MANIFEST_MAX)
+    media_type = str(
+        local.descriptor.get("mediaType") or local.manifest.get("mediaType") or MANIFEST_MEDIA_TYPE
+    )
+    blobs: list[Descriptor] = [local.manifest["config"], *local.layers]
+    report = on_blob or _quiet
+    sources = Sources(local.layout)
+    with open_registry(dest, tls_verify=tls_verify, creds=creds) as reg:
+        statuses = _parallel(
+            lambda d: push_blob(
+                reg,
+                dest.repository,
+                local.layout,
+                d,
+                mount_from=sources.repositories(reg.host, str(d["digest"])),
+                on_blob=report,
+            ),
+            blobs,
+            jobs,
+        )
+        digest = put_manifest(reg, dest, data, media_type)
+    sources.remember(dest.host, dest.repository, [b.digest for b in statuses])
+    return PushResult(
+        destination=dest.text, manifest_digest=digest, media_type=media_type, blobs=tuple(statuses)
+    )
+
+
+def _get_manifest(reg: Registry, ref: refs.RegistryRef, reference: str) -> tuple[bytes, str, str]:
+    """(bytes, media type, digest) of a manifest, its digest checked when it is pinned."""
+    response = reg.request(
+        "GET",
+        f"/v2/{ref.repository}/manifests/{reference}",
+        scopes=[pull_scope(ref.repository)],
+        headers={"Accept": MANIFEST_ACCEPT},
+        expect=(200, 404),
+    )
+    if response.status_code == 404:
+        raise ImageNotFoundError(f"image not found: {ref.text} (no manifest {reference})")
+    data = response.content
+    if len(data) > _MANIFEST_MAX:
+        raise FormatError(f"{ref.text}: manifest larger than {_MANIFEST_MAX} bytes")
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    pinned = reference if reference.startswith("sha256:") else None
+    sent = response.headers.get("Docker-Content-Digest")
+    for expected in (pinned, sent if sent and sent.startswith("sha256:") else None):
+        if expected is not None and expected != digest:
+            raise DigestMismatchError(
+                f"{ref.text}: manifest {reference} has digest {digest}, expected {expected}; "
+                "the registry sent wrong bytes"
+            )
+    try:
+        obj = json.loads(data)
+    except ValueError as e:
+        raise FormatError(f"{ref.text}: manifest {reference} is not JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise FormatError(f"{ref.text}: manifest {reference} is not a JSON object")
+    media_type = str(obj.get("mediaType") or response.headers.get("Content-Type", "")).split(";")[0]
+    if obj.get("schemaVersion") == 1 or "signatures" in obj:
+        raise FormatError(f"{ref.text}: Docker schema 1 manifests are not supported")
+    if not media_type:
+        media_type = (
+            MANIFEST_MEDIA_TYPE if "config" in obj else "application/vnd.oci.image.index.v1+json"
+        )
+    return data, media_type, digest
+
+
+def parse_platform(text: str | None) -> tuple[str, str, str | None]:
+    """``OS/ARCH[/VARIANT]`` → (os, arch, variant); None means this machine's."""
+    if text is None:
+        return "linux", go_arch()[0], None
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/arm64")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> Descriptor:
+    want_os, want_arch, want_variant = parse_platform(platform)
+    entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
+    for m in entries:
+        p = m.get("platform") or {}
+        if (
+            p.get("os") == want_os
+            and p.get("architecture") == want_arch
+            and (want_variant is None or p.get("variant") == want_variant)
+        ):
+            return m
+    found = ", ".join(
+        "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+        for m in entries
+        if (p := m.get("platform") or {})
+    )
+    want = "/".join(x for x in (want_os, want_arch, want_variant) if x)
+    raise ImageNotFoundError(f"{where}: no {want} image in the index (it has: {found or 'none'})")
+
+
+def _default_name(ref: refs.RegistryRef) -> str:
+    if ref.tag is None:
+        raise InvalidReferenceError(f"{ref.text} names no tag: say which local image to pull it as")
+    return f"{ref.host}/{ref.repository}:{ref.tag}"
+
+
+def pull(
+    source: str | refs.RegistryRef,
+    image: str | refs.LayoutRef | None = None,
+    *,
+    platform: str | None = None,
+    tls_verify: bool = True,
+    creds: str | None = None,
+    jobs: int = DEFAULT_JOBS,
+    on_blob: OnBlob | None = None,
+) -> PullResult:
+    """Pull ``source`` (``docker://HOST/REPO[:TAG][@DIGEST]``) into the local ``image``
+    (default: ``HOST/REPO:TAG`` in the store).
+
+    Only blobs the layout lacks are fetched; each is verified (size, sha256) while it streams
+    and a mismatch is refused with nothing stored. From an index, the ``platform``
+    (``OS/ARCH[/VARIANT]``, default this machine's) is chosen. See the module docs for the
+    order of writes.
+    """
+    src = _registry_ref(source)
+    target_text = image if image is not None else _default_name(src)
+    target = (
+        refs.parse_layout_reference(target_text) if isinstance(target_text, str) else target_text
+    )
+    parse_platform(platform)  # a bad platform fails before anything is fetched
+    report = on_blob or _quiet
+    with open_registry(src, tls_verify=tls_verify, creds=creds) as reg:
+        data, media_type, digest = _get_manifest(reg, src, src.digest or str(src.tag))
+        for _ in range(2):  # an index names manifests; nested indexes are not followed further
+            if media_type not in INDEX_MEDIA_TYPES:
+                break
+            chosen = _pick_platform(json.loads(data), platform, src.text)
+            data, media_type, digest = _get_manifest(reg, src, str(chosen["digest"]))
+        if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
+            raise FormatError(f"{src.text}: unsupported manifest media type {media_type!r}")
+        manifest = json.loads(data)
+        config = manifest.get("config")
+        layers = manifest.get("layers")
+        if not isinstance(config, dict) or not isinstance(layers, list):
+            raise FormatError(f"{src.text}: manifest {digest} lacks config or layers")
+        layout = Layout.create(target.layout)
+        with writing(layout):
+            statuses = _parallel(
+                lambda d: fetch_blob(reg, src.repository, layout, d, on_blob=report),
+                [config, *layers],
+                jobs,
+            )
+            desc = layout.put_blob(data, media_type=media_type)
+            layout.set_tag(target.write_tag, desc)
+    Sources(layout).remember(src.host, src.repository, [s.digest for s in statuses])
+    return PullResult(
+        image=target.text, manifest_digest=digest, media_type=media_type, blobs=tuple(statuses)
+    )

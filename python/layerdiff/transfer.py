@@ -1,0 +1,411 @@
+"""Moving blobs and manifests between a layout and a registry: the steps of push and pull.
+
+Push sends each blob at most once. ``HEAD`` first: a blob the repository has is skipped
+("exists"). Else, when the layout remembers the blob in another repository of the same registry
+(:class:`Sources`), a cross-repository mount is asked for ("mounted"); a registry that cannot
+mount answers 202 with a fresh upload session, which is then used. Else the blob is uploaded
+("uploaded"): ``POST`` opens a session, ``PATCH`` sends the bytes (``Content-Range``, as
+distribution 2.8 ignores a body on the ``POST``), and ``PUT`` with ``digest`` added to the
+session's absolute ``Location`` closes it. A local blob is hashed while it is sent and refused
+(before the closing ``PUT``) when it does not match its digest.
+
+Pull stores each missing blob through a temporary file in the layout, checking its size and
+sha256 while it streams, and refuses a mismatch with nothing stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from layerdiff.errors import DigestMismatchError, RegistryError, RegistryUnreachableError
+from layerdiff.layout import Descriptor, Layout, write_atomic
+from layerdiff.registry import Registry, pull_scope, push_scope, retrying, with_query
+
+__all__ = [
+    "BlobStatus",
+    "LayerStream",
+    "OnBlob",
+    "Sources",
+    "fetch_blob",
+    "push_blob",
+    "push_bytes",
+]
+
+#: Progress callback: ``(digest, bytes done, size, status)``; ``status`` is None while the blob
+#: is moving, then ``exists``, ``mounted``, ``uploaded`` (push) or ``downloaded`` (pull).
+OnBlob = Callable[[str, int, int, str | None], None]
+
+_CHUNK = 1 << 20  # bytes read and hashed at a time
+_PATCH_CHUNK = 16 << 20  # bytes per PATCH of a streamed layer
+_SOURCES = ".layerdiff.sources.json"
+_SOURCES_KEPT = 8  # repositories remembered per blob
+
+
+@dataclass(frozen=True)
+class BlobStatus:
+    """What happened to one blob."""
+
+    #: ``sha256:…``
+    digest: str
+    #: Bytes.
+    size: int
+    #: ``exists`` | ``mounted`` | ``uploaded`` (push); ``exists`` | ``downloaded`` (pull).
+    status: str
+
+
+def _quiet(_digest: str, _done: int, _size: int, _status: str | None) -> None:
+    pass
+
+
+class Sources:
+    """The repositories of each registry a layout's blobs were pushed to or pulled from, so a
+    push to another repository of that registry can mount instead of upload. Kept in a small
+    JSON file in the layout, changed under the layout's lock, written atomically."""
+
+    def __init__(self, layout: Layout) -> None:
+        """The memory of ``layout``."""
+        self.layout = layout
+        self.path = layout.path / _SOURCES
+
+    def _read(self) -> dict[str, list[str]]:
+        try:
+            data = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def repositories(self, host: str, digest: str) -> list[str]:
+        """Repositories of ``host`` known to hold ``digest``, most recent first."""
+        prefix = f"{host}/"
+        entries = self._read().get(digest, [])
+        return [e[len(prefix) :] for e in reversed(entries) if e.startswith(prefix)]
+
+    def remember(self, host: str, repository: str, digests: list[str]) -> None:
+        """Record that ``host/repository`` holds ``digests``."""
+        where = f"{host}/{repository}"
+        with contextlib.suppress(OSError), self.layout.locked():
+            data = self._read()
+            for digest in digests:
+                entries = [e for e in data.get(digest, []) if e != where] + [where]
+                data[digest] = entries[-_SOURCES_KEPT:]
+            write_atomic(self.path, json.dumps(data, separators=(",", ":")).encode())
+
+
+class _VerifiedFile:
+    """A blob file as a request body: sent in 1 MiB chunks, hashed and counted on the way."""
+
+    def __init__(self, path: Path, size: int, digest: str, on_blob: OnBlob) -> None:
+        self.path = path
+        self.size = size
+        self.digest = digest
+        self.on_blob = on_blob
+        self.found: str | None = None
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        h = hashlib.sha256()
+        self.sent = 0
+        with self.path.open("rb") as f:
+            while chunk := f.read(min(_CHUNK, self.size - self.sent + 1)):
+                if self.sent + len(chunk) > self.size:
+                    raise DigestMismatchError(
+                        f"{self.path}: blob {self.digest} is larger than its descriptor's "
+                        f"{self.size} bytes; refusing to push it"
+                    )
+                h.update(chunk)
+                self.sent += len(chunk)
+                self.on_blob(self.digest, self.sent, self.size, None)
+                yield chunk
+        self.found = "sha256:" + h.hexdigest()
+
+    def check(self) -> None:
+        """Raise DigestMismatchError unless what was sent is the blob its digest names."""
+        if self.sent != self.size or self.found != self.digest:
+            raise DigestMismatchError(
+                f"{self.path}: blob {self.digest} has digest {self.found} and {self.sent} bytes "
+                f"(expected {self.size}); refusing to push it (run layerdiff fsck)"
+            )
+
+
+def _blob_exists(reg: Registry, repository: str, digest: str, size: int) -> bool:
+    response = reg.request(
+        "HEAD",
+        f"/v2/{repository}/blobs/{digest}",
+        scopes=[push_scope(repository)],
+        expect=(200, 404),
+    )
+    return response.status_code == 200 and int(response.headers.get("Content-Length", size)) == size
+
+
+def _open_upload(reg: Registry, repository: str, digest: str, mount_from: list[str]) -> str | None:
+    """Start an upload; None when a mount did it all, else the session's absolute URL."""
+    path = f"/v2/{repository}/blobs/uploads/"
+    scopes = [push_scope(repository)]
+    if mount_from:
+        source = mount_from[0]
+        response = reg.request(
+            "POST",
+            with_query(path, mount=digest, **{"from": source}),
+            scopes=[*scopes, pull_scope(source)],
+            expect=(201, 202),
+        )
+        if response.status_code == 201:
+            return None
+    else:
+        response = reg.request("POST", path, scopes=scopes, expect=(202,))
+    location = response.headers.get("Location")
+    if not location:
+        raise RegistryError(f"{reg.host}: POST {path}: 202 without a Location", status=202)
+    return reg.absolute(location)
+
+
+def _patch(reg: Registry, repository: str, location: str, body: Any, start: int, n: int) -> str:
+    """Send ``n`` bytes at ``start`` of the upload; the session's next location."""
+    response = reg.request(
+        "PATCH",
+        location,
+        scopes=[push_scope(repository)],
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{start}-{start + n - 1}",
+            "Content-Length": str(n),
+        },
+        data=body,
+        expect=(202, 204),
+        replayable=False,
+    )
+    return reg.absolute(response.headers.get("Location", location))
+
+
+def _close_upload(reg: Registry, repository: str, location: str, digest: str) -> None:
+    response = reg.request(
+        "PUT",
+        with_query(location, digest=digest),
+        scopes=[push_scope(repository)],
+        headers={"Content-Type": "application/octet-stream", "Content-Length": "0"},
+        expect=(201, 204),
+        replayable=False,
+    )
+    found = response.headers.get("Docker-Content-Digest")
+    if found and found != digest:
+        raise RegistryError(f"{reg.host}: stored blob {digest} as {found}")
+
+
+def push_blob(
+    reg: Registry,
+    repository: str,
+    layout: Layout,
+    desc: Descriptor,
+    *,
+    mount_from: list[str],
+    on_blob: OnBlob = _quiet,
+) -> BlobStatus:
+    """Make the registry's ``repository`` hold the layout's blob ``desc`` (see the module
+    docs); retried whole on connection failures and 5xx."""
+    digest, size = str(desc["digest"]), int(desc["size"])
+    path = layout.blob_path(digest)
+    try:
+        local_size = path.stat().st_size
+    except FileNotFoundError:
+        local_size = -1
+    if local_size != size:
+        raise DigestMismatchError(
+            f"{path}: blob {digest} is "
+            f"{'missing' if local_size < 0 else f'{local_size} bytes'}, its descriptor says "
+            f"{size} bytes; refusing to push it"
+        )
+
+    def attempt() -> str:
+        if _blob_exists(reg, repository, digest, size):
+            return "exists"
+        mounts = [r for r in mount_from if r != repository]
+        location = _open_upload(reg, repository, digest, mounts)
+        if location is None:
+            return "mounted"
+        body = _VerifiedFile(path, size, digest, on_blob)
+        if size:
+            location = _patch(reg, repository, location, body, 0, size)
+            body.check()
+        elif digest != "sha256:" + hashlib.sha256(b"").hexdigest():
+            body.found = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+            body.check()
+        _close_upload(reg, repository, location, digest)
+        return "uploaded"
+
+    status = retrying(f"pushing blob {digest}", attempt)
+    on_blob(digest, size, size, status)
+    return BlobStatus(digest, size, status)
+
+
+def push_bytes(reg: Registry, repository: str, data: bytes, on_blob: OnBlob = _quiet) -> BlobStatus:
+    """Make ``repository`` hold the blob ``data`` (a config): HEAD, else POST/PATCH/PUT."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def attempt() -> str:
+        if _blob_exists(reg, repository, digest, len(data)):
+            return "exists"
+        location = _open_upload(reg, repository, digest, [])
+        assert location is not None
+        if data:
+            location = _patch(reg, repository, location, data, 0, len(data))
+        _close_upload(reg, repository, location, digest)
+        return "uploaded"
+
+    status = retrying(f"pushing blob {digest}", attempt)
+    on_blob(digest, len(data), len(data), status)
+    return BlobStatus(digest, len(data), status)
+
+
+def fetch_blob(
+    reg: Registry,
+    repository: str,
+    layout: Layout,
+    desc: Descriptor,
+    *,
+    on_blob: OnBlob = _quiet,
+) -> BlobStatus:
+    """Store the blob ``desc`` of ``repository`` in the layout unless it is there; its size and
+    sha256 are checked while it streams into a temporary file, and a mismatch stores nothing."""
+    digest, size = str(desc["digest"]), int(desc["size"])
+    path = layout.blob_path(digest)
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size == size:
+            on_blob(digest, size, size, "exists")
+            return BlobStatus(digest, size, "exists")
+
+    def attempt() -> None:
+        response = reg.request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            scopes=[pull_scope(repository)],
+            stream=True,
+        )
+        done = 0
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal done
+            with response:
+                for chunk in response.iter_content(_CHUNK):
+                    done += len(chunk)
+                    on_blob(digest, done, size, None)
+                    yield chunk
+
+        try:
+            layout.write_blob_stream(
+                chunks(),
+                digest=digest,
+                size=size,
+                where=f"{reg.host}/{repository}: blob {digest}",
+            )
+        except requests.RequestException as e:
+            raise RegistryUnreachableError(
+                f"registry {reg.host} broke off sending blob {digest} after {done} bytes"
+            ) from e
+        except DigestMismatchError as e:
+            raise DigestMismatchError(f"{e}; the registry sent wrong bytes, nothing stored") from e
+
+    retrying(f"pulling blob {digest}", attempt)
+    on_blob(digest, size, size, "downloaded")
+    return BlobStatus(digest, size, "downloaded")
+
+
+class LayerStream:
+    """An upload fed through a pipe: the core writes the layer to :attr:`fd` while a thread
+    reads the pipe into 16 MiB chunks and another PATCHes them, so nothing of the layer is kept
+    on disk and at most a few chunks are in memory.
+
+    Once the layer is written, :meth:`end_of_layer` closes the write end and waits for the
+    last chunk; :meth:`close` then finishes the upload with the digest, known only then.
+    """
+
+    def __init__(self, reg: Registry, repository: str, on_blob: OnBlob = _quiet) -> None:
+        """Open the upload session and the pipe."""
+        self.reg = reg
+        self.repository = repository
+        self.on_blob = on_blob
+        location = retrying("opening an upload", lambda: _open_upload(reg, repository, "", []))
+        assert location is not None  # no mount was asked for
+        self.location = location
+        read_fd, self.fd = os.pipe()
+        with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups (Linux only)
+            import fcntl
+
+            fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        self._reader = os.fdopen(read_fd, "rb", buffering=0)
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self.sent = 0
+        self._pump = threading.Thread(target=self._read_pipe, name="layerdiff-pipe", daemon=True)
+        self._upload = threading.Thread(target=self._send, name="layerdiff-upload", daemon=True)
+        self._pump.start()
+        self._upload.start()
+
+    def _read_pipe(self) -> None:
+        try:
+            while self._error is None:
+                buf = bytearray()
+                while len(buf) < _PATCH_CHUNK:
+                    piece = self._reader.read(_PATCH_CHUNK - len(buf))
+                    if not piece:
+                        break
+                    buf += piece
+                if not buf:
+                    break
+                self._chunks.put(bytes(buf))
+        except BaseException as e:
+            self._error = self._error or e
+        finally:
+            self._chunks.put(None)
+            # A writer blocked on a full pipe gets EPIPE once nobody reads: it stops too.
+            self._reader.close()
+
+    def _send(self) -> None:
+        try:
+            while (chunk := self._chunks.get()) is not None:
+                if self._error is not None:
+                    continue  # drain so the pump never blocks
+                self.location = _patch(
+                    self.reg, self.repository, self.location, chunk, self.sent, len(chunk)
+                )
+                self.sent += len(chunk)
+                self.on_blob("layer", self.sent, 0, None)
+        except BaseException as e:
+            self._error = self._error or e  # the pump stops reading after its current chunk
+            while self._chunks.get() is not None:
+                pass
+
+    def end_of_layer(self) -> None:
+        """Close the write end (the pipe's reader then sees the end) and wait for the last
+        chunk to be sent."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self._pump.join()
+        self._upload.join()
+
+    def raise_error(self) -> None:
+        """Raise the upload's failure, if it had one (it is the cause of a writer's EPIPE)."""
+        if self._error is not None:
+            raise self._error
+
+    def close(self, digest: str, size: int) -> BlobStatus:
+        """Finish the upload as blob ``digest`` of ``size`` bytes (after leaving the context)."""
+        self.raise_error()
+        if self.sent != size:
+            raise RegistryError(f"{self.reg.host}: sent {self.sent} bytes of a {size}-byte layer")
+        _close_upload(self.reg, self.repository, self.location, digest)
+        self.on_blob(digest, size, size, "uploaded")
+        return BlobStatus(digest, size, "uploaded")

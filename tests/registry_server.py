@@ -1,0 +1,266 @@
+"""A real registry for the tests: the Debian ``docker-registry`` (distribution 2.8) on a free
+port of 127.0.0.1, storing into a temporary directory; with htpasswd basic auth, or token auth
+backed by a small token server (ES256 JWTs carrying their certificate in ``x5c``, which the
+registry's ``rootcertbundle`` trusts)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+USER, PASSWORD = "tester", "s3cret:pw"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class TokenServer:
+    """Issues tokens for ``USER:PASSWORD`` (and anonymous pull when ``anonymous_pull``)."""
+
+    port: int
+    key_pem: bytes
+    cert_der: bytes
+    anonymous_pull: bool = False
+    issued: list[list[str]] = field(default_factory=list)  # the scopes of each token
+
+    def token(self, scopes: list[str], user: str | None) -> str:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            allowed = actions.split(",") if user else [a for a in actions.split(",") if a == "pull"]
+            access.append({"type": kind, "name": name, "actions": allowed})
+        now = int(time.time())
+        claims = {
+            "iss": "layerdiff-test-issuer",
+            "sub": user or "",
+            "aud": "layerdiff-test",
+            "exp": now + 600,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(self.cert_der).decode()]}
+
+        def b64(obj: object) -> str:
+            raw = json.dumps(obj, separators=(",", ":")).encode()
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        signing_input = f"{b64(header)}.{b64(claims)}".encode()
+        key = serialization.load_pem_private_key(self.key_pem, password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return signing_input.decode() + "." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
+
+
+def _make_cert(directory: Path) -> tuple[bytes, bytes, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "layerdiff test token signer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    bundle = directory / "token-cert.pem"
+    bundle.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, cert.public_bytes(serialization.Encoding.DER), bundle
+
+
+@contextlib.contextmanager
+def token_server(directory: Path) -> Iterator[TokenServer]:
+    key_pem, cert_der, _ = _make_cert(directory)
+    port = free_port()
+    server = TokenServer(port=port, key_pem=key_pem, cert_der=cert_der)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            user = None
+            auth = self.headers.get("Authorization", "")
+            if auth.startswith("Basic "):
+                given = base64.b64decode(auth[6:]).decode()
+                if given != f"{USER}:{PASSWORD}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                user = USER
+            scopes = query.get("scope", [])
+            if user is None and not server.anonymous_pull:
+                self.send_response(401)
+                self.end_headers()
+                return
+            server.issued.append(scopes)
+            body = json.dumps({"token": server.token(scopes, user), "expires_in": 600}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@dataclass
+class Registry:
+    """A running ``docker-registry``."""
+
+    port: int
+    storage: Path
+    config: Path
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    token: TokenServer | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ref(self, repo_tag: str) -> str:
+        return f"docker://{self.host}/{repo_tag}"
+
+    def start(self) -> None:
+        log = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [REGISTRY, "serve", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {self.log.read_text()[-2000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"docker-registry did not answer: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def blob_data(self, digest: str) -> Path:
+        """Where the registry keeps a blob's bytes (filesystem driver layout)."""
+        hex_ = digest.split(":", 1)[1]
+        return self.storage / "docker/registry/v2/blobs/sha256" / hex_[:2] / hex_ / "data"
+
+
+def _write_config(directory: Path, port: int, auth: str) -> Path:
+    config = directory / "config.yml"
+    storage = directory / "storage"
+    lines = [
+        "version: 0.1",
+        "log:",
+        "  level: warn",
+        "storage:",
+        "  filesystem:",
+        f"    rootdirectory: {storage}",
+        "  delete:",
+        "    enabled: true",
+        "http:",
+        f"  addr: 127.0.0.1:{port}",
+        "  secret: layerdiff-test-secret",
+    ]
+    lines += auth.splitlines()
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+@contextlib.contextmanager
+def running_registry(directory: Path, kind: str = "none") -> Iterator[Registry]:
+    """A registry with auth ``none``, ``basic`` (htpasswd) or ``token``."""
+    if not os.path.exists(REGISTRY):
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    auth = ""
+    with contextlib.ExitStack() as stack:
+        token: TokenServer | None = None
+        if kind == "basic":
+            import bcrypt
+
+            hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+            htpasswd = directory / "htpasswd"
+            htpasswd.write_text(f"{USER}:{hashed}\n")
+            auth = f"auth:\n  htpasswd:\n    realm: basic-realm\n    path: {htpasswd}"
+        elif kind == "token":
+            token = stack.enter_context(token_server(directory))
+            auth = (
+                "auth:\n  token:\n"
+                f"    realm: http://127.0.0.1:{token.port}/token\n"
+                "    service: layerdiff-test\n"
+                "    issuer: layerdiff-test-issuer\n"
+                f"    rootcertbundle: {directory / 'token-cert.pem'}"
+            )
+        config = _write_config(directory, port, auth)
+        reg = Registry(
+            port=port,
+            storage=directory / "storage",
+            config=config,
+            log=directory / "registry.log",
+            token=token,
+        )
+        reg.start()
+        try:
+            yield reg
+        finally:
+            reg.kill()

@@ -1,0 +1,129 @@
+"""docker-archive: save writes what skopeo (and docker load) read; load imports what skopeo
+writes, in the legacy form and in the OCI-layout form docker 25+ writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import layerdiff
+from layerdiff.layout import Layout
+from tests.conftest import run_cli
+from tests.treecmp import assert_same_tree
+
+needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+
+
+def two_layer_image(tmp_path: Path, compression: str = "zstd") -> str:
+    base = tmp_path / "base"
+    (base / "etc").mkdir(parents=True)
+    (base / "etc/os-release").write_text("ID=test\n")
+    app = tmp_path / "app"
+    (app / "srv").mkdir(parents=True)
+    (app / "srv/data").write_bytes(os.urandom(100_000))
+    layerdiff.commit(base, image="base:1")
+    layerdiff.commit(app, image="app:1", base="base:1", compression=compression)
+    return "app:1"
+
+
+def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["skopeo", *args], capture_output=True, text=True, check=False)
+
+
+@needs_skopeo
+def test_save_is_read_by_skopeo_and_loads_back(tmp_path: Path) -> None:
+    image = two_layer_image(tmp_path)
+    archive = tmp_path / "app.tar"
+    out = run_cli("save", "--json", image, f"docker-archive:{archive}:team/app:7")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["repo_tags"] == ["team/app:7"]
+    with tarfile.open(archive) as tar:
+        [entry] = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert entry["RepoTags"] == ["team/app:7"]
+    info = layerdiff.inspect(image)
+    diff_ids = info["config"]["rootfs"]["diff_ids"]
+    assert entry["Layers"] == [d.removeprefix("sha256:") + ".tar" for d in diff_ids]
+    inspected = skopeo("inspect", f"docker-archive:{archive}")
+    assert inspected.returncode == 0, inspected.stderr
+    copied = skopeo("copy", f"docker-archive:{archive}", f"oci:{tmp_path / 'sk'}:x")
+    assert copied.returncode == 0, copied.stderr
+    sk = Layout.open(tmp_path / "sk")
+    sk_config = sk.read_json(sk.read_json(sk.resolve("x"))["config"])
+    assert sk_config["rootfs"]["diff_ids"] == diff_ids  # skopeo checked each layer against them
+
+    loaded = layerdiff.load(archive)
+    assert loaded.images == ["team/app:7"]
+    assert loaded.config_digest == info["manifest"]["config"]["digest"]
+    layerdiff.unpack(image, tmp_path / "a")
+    layerdiff.unpack("team/app:7", tmp_path / "b")
+    assert_same_tree(tmp_path / "a", tmp_path / "b")
+    assert layerdiff.fsck().ok
+
+
+@needs_skopeo
+def test_load_what_skopeo_saved(tmp_path: Path) -> None:
+    image = two_layer_image(tmp_path, "gzip")  # docker images cannot hold zstd layers
+    src = layerdiff.inspect(image)["layout"]
+    archive = tmp_path / "sk.tar"
+    out = skopeo("copy", f"oci:{src}:{image}", f"docker-archive:{archive}:sk/app:1")
+    assert out.returncode == 0, out.stderr
+    result = run_cli("load", str(archive))
+    assert result.returncode == 0, result.stderr
+    assert (
+        layerdiff.inspect("docker.io/sk/app:1")["config"]["rootfs"]
+        == layerdiff.inspect(image)["config"]["rootfs"]
+    )
+    # Named on the command line instead, into an OCI layout.
+    result = run_cli("load", str(archive), f"oci:{tmp_path / 'out'}:v1")
+    assert result.returncode == 0, result.stderr
+    assert layerdiff.fsck(f"oci:{tmp_path / 'out'}").ok
+
+
+def test_load_oci_layout_form(tmp_path: Path) -> None:
+    """docker 25+: an OCI layout whose manifest.json points into blobs/sha256."""
+    image = two_layer_image(tmp_path)
+    info = layerdiff.inspect(image)
+    layout = Path(info["layout"])
+    archive = tmp_path / "oci-form.tar"
+    entry = {
+        "Config": "blobs/sha256/" + info["manifest"]["config"]["digest"].removeprefix("sha256:"),
+        "RepoTags": ["oci/form:1"],
+        "Layers": ["blobs/sha256/" + d["digest"].removeprefix("sha256:") for d in info["layers"]],
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps([entry]))
+    with tarfile.open(archive, "w") as tar:
+        tar.add(layout / "oci-layout", "oci-layout")
+        tar.add(layout / "index.json", "index.json")
+        tar.add(layout / "blobs", "blobs")
+        tar.add(tmp_path / "manifest.json", "manifest.json")
+    loaded = layerdiff.load(archive)
+    assert loaded.images == ["oci/form:1"]
+    assert loaded.layers == [d["digest"] for d in info["layers"]]  # stored as they were
+    layerdiff.unpack("oci/form:1", tmp_path / "r")
+    assert (tmp_path / "r/srv/data").stat().st_size == 100_000
+
+
+def test_load_refuses_a_layer_that_is_not_its_diff_id(tmp_path: Path) -> None:
+    image = two_layer_image(tmp_path)
+    archive = tmp_path / "a.tar"
+    layerdiff.save(image, f"docker-archive:{archive}:x/y:1")
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(archive) as src, tarfile.open(bad, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name.endswith(".tar"):
+                data = data[:-1] + b"\x01"
+            import io
+
+            dst.addfile(member, io.BytesIO(data))
+    with pytest.raises(layerdiff.DigestMismatchError, match="diff_id"):
+        layerdiff.load(bad)
+    assert layerdiff.images() == [i for i in layerdiff.images() if i.name != "x/y"]
+    out = run_cli("load", str(tmp_path / "missing.tar"))
+    assert out.returncode != 0 and out.stderr.count("\n") == 1

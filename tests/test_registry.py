@@ -1,0 +1,364 @@
+"""push, pull and commit-to-registry against a real registry (distribution 2.8), with skopeo as
+the independent client that checks what we pushed and pushes what we pull."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+import layerdiff
+from layerdiff.image import DOCKER_MANIFEST_MEDIA_TYPE, canonical_json, go_arch
+from layerdiff.layout import Layout
+from tests.conftest import run_cli
+from tests.registry_server import Registry, running_registry
+
+pytestmark = pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+def tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def base_and_app(tmp_path: Path, tag: str) -> tuple[str, str]:
+    """Two store images: base (one layer) and app (base + one layer)."""
+    base = tree(tmp_path / "base", {"etc/os-release": b"ID=test\n", "bin/sh": b"\x7fELF" * 500})
+    app = tree(tmp_path / "app", {"app/main.py": f"print({tag!r})\n".encode()})
+    layerdiff.commit(base, image=f"base:{tag}")
+    layerdiff.commit(app, image=f"app:{tag}", base=f"base:{tag}")
+    return f"base:{tag}", f"app:{tag}"
+
+
+def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["skopeo", *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def statuses(result: layerdiff.PushResult | layerdiff.PullResult) -> list[str]:
+    return [b.status for b in result.blobs]
+
+
+def test_push_exists_mounted_uploaded_and_skopeo_reads_it(
+    registry: Registry, tmp_path: Path
+) -> None:
+    base, app = base_and_app(tmp_path, "t1")
+    first = layerdiff.push(base, registry.ref("t1/base:1"), tls_verify=False)
+    assert statuses(first) == ["uploaded", "uploaded"]  # config, layer
+    # The app shares the base layer: only its own layer and config are sent.
+    second = layerdiff.push(app, registry.ref("t1/base:app"), tls_verify=False)
+    assert statuses(second) == ["uploaded", "exists", "uploaded"]
+    # Another repository of the same registry: the store remembers, the registry mounts.
+    third = layerdiff.push(app, registry.ref("t1/other:1"), tls_verify=False)
+    assert statuses(third) == ["mounted", "mounted", "mounted"]
+    assert third.manifest_digest == layerdiff.inspect(app)["digest"]
+
+    out = skopeo(
+        "copy", "--src-tls-verify=false", registry.ref("t1/other:1"), f"oci:{tmp_path / 'sk'}:x"
+    )
+    assert out.returncode == 0, out.stderr
+    copied = Layout.open(tmp_path / "sk")
+    assert copied.resolve("x")["digest"] == third.manifest_digest
+    info = skopeo("inspect", "--tls-verify=false", registry.ref("t1/other:1"))
+    assert json.loads(info.stdout)["Digest"] == third.manifest_digest
+
+
+def test_pull_what_skopeo_pushed_docker_v2_and_only_missing_blobs(
+    registry: Registry, tmp_path: Path
+) -> None:
+    _, app = base_and_app(tmp_path, "t2")
+    src = layerdiff.inspect(app)["layout"]
+    out = skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        f"oci:{src}:{app}",
+        registry.ref("t2/docker:v2"),
+    )
+    assert out.returncode == 0, out.stderr
+    pulled = layerdiff.pull(
+        registry.ref("t2/docker:v2"), "oci:" + str(tmp_path / "p") + ":v2", tls_verify=False
+    )
+    assert pulled.media_type == DOCKER_MANIFEST_MEDIA_TYPE
+    assert statuses(pulled) == ["downloaded"] * 3
+    info = json.loads(
+        skopeo("inspect", "--raw", "--tls-verify=false", registry.ref("t2/docker:v2")).stdout
+    )
+    assert info["mediaType"] == DOCKER_MANIFEST_MEDIA_TYPE
+    assert layerdiff.fsck(f"oci:{tmp_path / 'p'}").ok
+    layerdiff.unpack(f"oci:{tmp_path / 'p'}:v2", tmp_path / "rootfs")
+    assert (tmp_path / "rootfs/app/main.py").read_text() == "print('t2')\n"
+    # Pulling it again into the same layout fetches nothing; the manifest bytes are kept, so
+    # pushing it back gives the very same digest.
+    again = layerdiff.pull(
+        registry.ref("t2/docker:v2"), f"oci:{tmp_path / 'p'}:v2", tls_verify=False
+    )
+    assert statuses(again) == ["exists"] * 3
+    back = layerdiff.push(f"oci:{tmp_path / 'p'}:v2", registry.ref("t2/back:v2"), tls_verify=False)
+    assert back.manifest_digest == pulled.manifest_digest
+    assert back.media_type == DOCKER_MANIFEST_MEDIA_TYPE
+
+
+def _retag_arch(layout: Layout, tag: str, arch: str) -> dict[str, object]:
+    desc = layout.resolve(tag)
+    manifest = layout.read_json(desc)
+    config = layout.read_json(manifest["config"])
+    config["architecture"] = arch
+    manifest["config"] = layout.put_blob(
+        canonical_json(config), media_type=manifest["config"]["mediaType"]
+    )
+    out = layout.put_blob(canonical_json(manifest), media_type=desc["mediaType"])
+    out["platform"] = {"os": "linux", "architecture": arch}
+    return out
+
+
+def test_pull_index_picks_the_platform(registry: Registry, tmp_path: Path) -> None:
+    lay = tmp_path / "multi"
+    for name in ("a", "b"):
+        layerdiff.commit(tree(tmp_path / name, {"which": name.encode()}), image=f"oci:{lay}:{name}")
+    layout = Layout.open(lay)
+    native = go_arch()[0]
+    other = "s390x" if native != "s390x" else "arm64"
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [_retag_arch(layout, "a", native), _retag_arch(layout, "b", other)],
+    }
+    layout.set_tag(
+        "multi", layout.put_blob(canonical_json(index), media_type=str(index["mediaType"]))
+    )
+    out = skopeo(
+        "copy", "--all", "--dest-tls-verify=false", f"oci:{lay}:multi", registry.ref("t3/multi:1")
+    )
+    assert out.returncode == 0, out.stderr
+
+    mine = layerdiff.pull(registry.ref("t3/multi:1"), "multi:native", tls_verify=False)
+    theirs = layerdiff.pull(
+        registry.ref("t3/multi:1"), "multi:other", platform=f"linux/{other}", tls_verify=False
+    )
+    assert layerdiff.inspect("multi:native")["architecture"] == native
+    assert layerdiff.inspect("multi:other")["architecture"] == other
+    assert mine.manifest_digest != theirs.manifest_digest
+    with pytest.raises(layerdiff.ImageNotFoundError, match="no linux/mips"):
+        layerdiff.pull(registry.ref("t3/multi:1"), "x:1", platform="linux/mips", tls_verify=False)
+
+
+def test_corrupt_blob_in_registry_is_refused(
+    registry: Registry, tmp_path: Path, store_home: Path
+) -> None:
+    layerdiff.commit(
+        tree(tmp_path / "c", {"data": os.urandom(300_000)}),
+        image="oci:" + str(tmp_path / "l") + ":c",
+    )
+    pushed = layerdiff.push(
+        f"oci:{tmp_path / 'l'}:c", registry.ref("t4/corrupt:1"), tls_verify=False
+    )
+    layer = pushed.blobs[-1].digest
+    data = registry.blob_data(layer)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(layerdiff.DigestMismatchError, match="wrong bytes") as e:
+        layerdiff.pull(registry.ref("t4/corrupt:1"), "corrupt:1", tls_verify=False)
+    assert layer in str(e.value)
+    store = Layout.open(store_home / "images")
+    assert not store.has_blob(layer)
+    assert store.tags() == []
+    assert layerdiff.fsck().ok
+    # The CLI says it in one line.
+    cli = run_cli(
+        "pull", "--progress=none", "--tls-verify=false", registry.ref("t4/corrupt:1"), "corrupt:1"
+    )
+    assert cli.returncode == 1
+    assert cli.stderr.count("\n") == 1 and "digest mismatch" in cli.stderr
+
+
+def test_push_refuses_a_local_blob_that_does_not_match(registry: Registry, tmp_path: Path) -> None:
+    lay = tmp_path / "bad"
+    result = layerdiff.commit(tree(tmp_path / "t", {"f": os.urandom(50_000)}), image=f"oci:{lay}:1")
+    blob = Layout.open(lay).blob_path(result.layer.digest)
+    raw = bytearray(blob.read_bytes())
+    raw[100] ^= 1
+    blob.write_bytes(bytes(raw))
+    with pytest.raises(layerdiff.DigestMismatchError, match="refusing to push"):
+        layerdiff.push(f"oci:{lay}:1", registry.ref("t5/bad:1"), tls_verify=False)
+    head = requests.head(f"http://{registry.host}/v2/t5/bad/blobs/{result.layer.digest}", timeout=5)
+    assert head.status_code == 404
+    assert skopeo("inspect", "--tls-verify=false", registry.ref("t5/bad:1")).returncode != 0
+
+
+def test_cli_push_pull_json_and_plain_progress(registry: Registry, tmp_path: Path) -> None:
+    _, app = base_and_app(tmp_path, "t6")
+    out = run_cli(
+        "push", "--tls-verify=false", "--json", "--progress=plain", app, registry.ref("t6/app:1")
+    )
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert obj["manifest"] == layerdiff.inspect(app)["digest"]
+    assert [sorted(b) for b in obj["blobs"]] == [["digest", "size", "status"]] * 3
+    assert {b["status"] for b in obj["blobs"]} == {"uploaded"}
+    assert len(out.stderr.strip().splitlines()) == 3 and "uploaded" in out.stderr
+    out = run_cli(
+        "pull", "--tls-verify=false", "--json", "--progress=none", registry.ref("t6/app:1")
+    )
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert obj["image"] == f"{registry.host}/t6/app:1"
+    assert {b["status"] for b in obj["blobs"]} == {"exists"}  # same store
+    assert out.stderr == ""
+    bad = run_cli("push", "--tls-verify=false", app, f"docker://127.0.0.1:{registry.port + 1}/x:1")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "unreachable" in bad.stderr and "Connection refused" in bad.stderr
+
+
+def test_commit_streams_the_layer_to_the_registry(
+    registry: Registry, tmp_path: Path, store_home: Path
+) -> None:
+    base, _ = base_and_app(tmp_path, "t7")
+    layerdiff.push(base, registry.ref("t7/base:1"), tls_verify=False)
+    store = Layout.open(store_home / "images")
+    before = set(os.listdir(store.blobs_dir))
+    upper = tree(tmp_path / "new", {"big": os.urandom(20 << 20), "small": b"x"})
+    out = run_cli(
+        "commit",
+        "--upper",
+        str(upper),
+        "--from",
+        base,
+        "--tls-verify=false",
+        "--json",
+        "--progress=none",
+        registry.ref("t7/app:2"),
+    )
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert [b["status"] for b in obj["blobs"]] == ["mounted", "uploaded", "uploaded"]
+    assert set(os.listdir(store.blobs_dir)) == before  # nothing of the layer on local disk
+    copied = skopeo(
+        "copy", "--src-tls-verify=false", registry.ref("t7/app:2"), f"oci:{tmp_path / 'sk'}:x"
+    )
+    assert copied.returncode == 0, copied.stderr
+    layerdiff.unpack(f"oci:{tmp_path / 'sk'}:x", tmp_path / "rootfs")
+    assert (tmp_path / "rootfs/big").read_bytes() == (upper / "big").read_bytes()
+    assert (tmp_path / "rootfs/etc/os-release").exists()
+    # The same commit into a layout gives the same layer digest: one pipeline, two sinks.
+    local = layerdiff.commit(upper, image=f"oci:{tmp_path / 'loc'}:x", base=base)
+    assert local.layer.digest == obj["digest"] and local.layer.diff_id == obj["diff_id"]
+
+
+def test_registry_killed_mid_push_then_push_again(tmp_path: Path) -> None:
+    src = tmp_path / "big"
+    layerdiff.commit(
+        tree(tmp_path / "t", {"big": os.urandom(96 << 20)}),
+        image=f"oci:{src}:1",
+        compression="none",
+    )
+    with running_registry(tmp_path / "reg") as reg:
+        push = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "layerdiff",
+                "push",
+                "--tls-verify=false",
+                "--progress=none",
+                f"oci:{src}:1",
+                reg.ref("kill/me:1"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        uploads = reg.storage / "docker/registry/v2/repositories/kill/me/_uploads"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(p.name == "data" and p.stat().st_size > 0 for p in uploads.rglob("data")):
+                break
+            time.sleep(0.002)
+        reg.kill()
+        _, err = push.communicate(timeout=60)
+        assert push.returncode == 1
+        assert err.count("\n") == 1 and "unreachable" in err, err
+        reg.start()
+        result = layerdiff.push(f"oci:{src}:1", reg.ref("kill/me:1"), tls_verify=False)
+        assert result.manifest_digest == layerdiff.inspect(f"oci:{src}:1")["digest"]
+        out = skopeo(
+            "copy", "--src-tls-verify=false", reg.ref("kill/me:1"), f"oci:{tmp_path / 'sk'}:x"
+        )
+        assert out.returncode == 0, out.stderr
+
+
+def test_pull_killed_leaves_the_store_consistent_and_parallel_pulls(
+    registry: Registry, tmp_path: Path, store_home: Path
+) -> None:
+    src = f"oci:{tmp_path / 'src'}:1"
+    layerdiff.commit(
+        tree(tmp_path / "t", {"big": os.urandom(64 << 20)}), image=src, compression="none"
+    )
+    layerdiff.push(src, registry.ref("t8/big:1"), tls_verify=False)
+    layerdiff.commit(tree(tmp_path / "s", {"s": b"small"}), image="keep:1")
+    blobs = store_home / "images/blobs/sha256"
+    pull = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "layerdiff",
+            "pull",
+            "--tls-verify=false",
+            "--progress=none",
+            registry.ref("t8/big:1"),
+            "big:1",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(
+        p.name.startswith(".tmp-") for p in blobs.iterdir()
+    ):
+        time.sleep(0.002)
+    os.kill(pull.pid, signal.SIGKILL)
+    pull.wait()
+    report = layerdiff.fsck()
+    assert report.ok, report.problems
+    assert [i.name for i in layerdiff.images()] == ["keep"]
+    layerdiff.gc()
+    assert not any(p.name.startswith(".") for p in blobs.iterdir())
+
+    # Parallel pulls into one store lose no tag.
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            layerdiff.pull(registry.ref("t8/big:1"), f"big:{i}", tls_verify=False)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(i.tag for i in layerdiff.images() if i.name == "big") == ["0", "1", "2"]
+    assert layerdiff.fsck().ok

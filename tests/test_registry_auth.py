@@ -1,0 +1,96 @@
+"""push and pull through registry auth: htpasswd basic auth and bearer tokens from a token
+server (scopes for pull, push and cross-repository mount)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import layerdiff
+from tests.conftest import run_cli
+from tests.registry_server import PASSWORD, USER, running_registry
+
+pytestmark = pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+CREDS = f"{USER}:{PASSWORD}"
+
+
+def small_image(tmp_path: Path, tag: str) -> str:
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hello").write_text(f"hello {tag}\n")
+    layerdiff.commit(root, image=f"img:{tag}")
+    return f"img:{tag}"
+
+
+def test_basic_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = small_image(tmp_path, "basic")
+    with running_registry(tmp_path / "reg", "basic") as reg:
+        out = run_cli("push", "--tls-verify=false", "--progress=none", image, reg.ref("b/img:1"))
+        assert out.returncode == 1 and out.stderr.count("\n") == 1
+        assert "credentials" in out.stderr
+        with pytest.raises(layerdiff.RegistryAuthError, match="refused the credentials"):
+            layerdiff.push(image, reg.ref("b/img:1"), tls_verify=False, creds=f"{USER}:wrong")
+        result = layerdiff.push(image, reg.ref("b/img:1"), tls_verify=False, creds=CREDS)
+        assert [b.status for b in result.blobs] == ["uploaded", "uploaded"]
+        copied = subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--src-tls-verify=false",
+                "--src-creds",
+                CREDS,
+                reg.ref("b/img:1"),
+                f"oci:{tmp_path / 'sk'}:x",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert copied.returncode == 0, copied.stderr
+        # Credentials from the docker config ($DOCKER_CONFIG/config.json auths).
+        config = tmp_path / "docker"
+        config.mkdir()
+        auth = base64.b64encode(CREDS.encode()).decode()
+        (config / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": auth}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(config))
+        pulled = layerdiff.pull(reg.ref("b/img:1"), "copy:1", tls_verify=False)
+        assert pulled.manifest_digest == result.manifest_digest
+        out = run_cli("pull", "--tls-verify=false", "--json", reg.ref("b/img:1"), "copy:2")
+        assert out.returncode == 0, out.stderr
+
+
+def test_token_auth_scopes_and_mount(tmp_path: Path) -> None:
+    image = small_image(tmp_path, "token")
+    with running_registry(tmp_path / "reg", "token") as reg:
+        assert reg.token is not None
+        with pytest.raises(layerdiff.RegistryAuthError, match="refused anonymous access"):
+            layerdiff.push(image, reg.ref("t/one:1"), tls_verify=False)
+        first = layerdiff.push(image, reg.ref("t/one:1"), tls_verify=False, creds=CREDS)
+        assert [b.status for b in first.blobs] == ["uploaded", "uploaded"]
+        reg.token.issued.clear()
+        second = layerdiff.push(image, reg.ref("t/two:1"), tls_verify=False, creds=CREDS)
+        assert [b.status for b in second.blobs] == ["mounted", "mounted"]
+        # The mount needed pull on the source repository besides push on the target.
+        assert any(
+            "repository:t/one:pull" in scopes and "repository:t/two:pull,push" in scopes
+            for scopes in reg.token.issued
+        ), reg.token.issued
+        pulled = layerdiff.pull(
+            reg.ref("t/two:1"), "oci:" + str(tmp_path / "p") + ":1", tls_verify=False, creds=CREDS
+        )
+        assert pulled.manifest_digest == first.manifest_digest
+        out = subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--creds", CREDS, reg.ref("t/two:1")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["Digest"] == first.manifest_digest
+        with pytest.raises(layerdiff.RegistryAuthError, match="refused the credentials"):
+            layerdiff.pull(reg.ref("t/two:1"), "x:1", tls_verify=False, creds=f"{USER}:nope")
