@@ -128,6 +128,21 @@ def test_namespaces_pid1_hostname_and_host_files(image: str, store_home: Path) -
     assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx"} <= devices
     assert lines[-1] == "sys-ro"
 
+    # Namespaces of its own (network shared by default), and no way to gain privileges.
+    kinds = ["mnt", "uts", "ipc", "pid", "net"]
+    probe = sh(
+        image,
+        "for n in " + " ".join(kinds) + "; do readlink /proc/self/ns/$n; done; "
+        "grep NoNewPrivs /proc/self/status",
+    )
+    inside = probe.stdout.split("\n")
+    host = {k: os.readlink(f"/proc/self/ns/{k}") for k in kinds}
+    own = dict(zip(kinds, inside[: len(kinds)], strict=True))
+    assert [k for k in kinds if own[k] == host[k]] == ["net"]
+    assert inside[len(kinds)].split() == ["NoNewPrivs:", "1"]
+    isolated = sh(image, "readlink /proc/self/ns/net", "--network", "none")
+    assert isolated.stdout.strip() != host["net"]
+
 
 def test_exit_codes_pass_through(image: str, store_home: Path) -> None:
     assert sh(image, "exit 0").returncode == 0

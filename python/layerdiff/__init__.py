@@ -26,18 +26,10 @@ Images are named ``oci:PATH[:TAG]`` or ``NAME[:TAG]`` (the default store, see
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
-from layerdiff.apply import (
-    DEFAULT_MAX_SIZE,
-    ApplyResult,
-    UnpackResult,
-    apply,
-    incomplete_marker,
-    unpack,
-)
-from layerdiff.catalog import HistoryEntry, ImageSummary, history, images, inspect
-from layerdiff.commit import CommitResult, commit
 from layerdiff.errors import (
     ContainerError,
     ContainerNotFoundError,
@@ -56,13 +48,22 @@ from layerdiff.errors import (
     RegistryUnreachableError,
     ReservedNameError,
 )
-from layerdiff.fsck import FsckReport, GcReport, Problem, fsck, gc
-from layerdiff.layer import Change, LayerInfo, diff, diff_overlay, write_layer
-from layerdiff.squash import SquashResult, squash
 
 if TYPE_CHECKING:
+    from layerdiff.apply import (
+        DEFAULT_MAX_SIZE,
+        ApplyResult,
+        UnpackResult,
+        apply,
+        incomplete_marker,
+        unpack,
+    )
     from layerdiff.archive import LoadResult, SaveResult, load, save
+    from layerdiff.catalog import HistoryEntry, ImageSummary, history, images, inspect
     from layerdiff.cgroups import Limits
+    from layerdiff.commit import CommitResult, commit
+    from layerdiff.fsck import FsckReport, GcReport, Problem, fsck, gc
+    from layerdiff.layer import Change, LayerInfo, diff, diff_overlay, write_layer
     from layerdiff.remote import PullResult, PushResult, pull, push
     from layerdiff.runtime import (
         Container,
@@ -74,40 +75,72 @@ if TYPE_CHECKING:
         run,
         start,
     )
+    from layerdiff.squash import SquashResult, squash
     from layerdiff.transfer import BlobStatus
 
-# Imported on first use: the registry client needs ``requests`` (slow to import), and neither
-# it nor the container runtime should cost a command that does not use them.
+# Every name of the API is imported on first use: a command pays only for the modules it needs
+# (the registry client's ``requests`` alone takes longer to import than most commands take to
+# run), and ``import layerdiff`` stays cheap for tools that use one function.
 _LAZY = {
-    "LoadResult": "layerdiff.archive",
-    "SaveResult": "layerdiff.archive",
-    "load": "layerdiff.archive",
-    "save": "layerdiff.archive",
-    "PullResult": "layerdiff.remote",
-    "PushResult": "layerdiff.remote",
-    "pull": "layerdiff.remote",
-    "push": "layerdiff.remote",
-    "BlobStatus": "layerdiff.transfer",
+    **dict.fromkeys(
+        ["DEFAULT_MAX_SIZE", "ApplyResult", "UnpackResult", "apply", "incomplete_marker", "unpack"],
+        "layerdiff.apply",
+    ),
+    **dict.fromkeys(["LoadResult", "SaveResult", "load", "save"], "layerdiff.archive"),
+    **dict.fromkeys(
+        ["HistoryEntry", "ImageSummary", "history", "images", "inspect"], "layerdiff.catalog"
+    ),
     "Limits": "layerdiff.cgroups",
-    "Container": "layerdiff.runtime",
-    "RunResult": "layerdiff.runtime",
-    "commit_container": "layerdiff.runtime",
-    "containers": "layerdiff.runtime",
-    "create": "layerdiff.runtime",
-    "remove": "layerdiff.runtime",
-    "run": "layerdiff.runtime",
-    "start": "layerdiff.runtime",
+    **dict.fromkeys(["CommitResult", "commit"], "layerdiff.commit"),
+    **dict.fromkeys(["FsckReport", "GcReport", "Problem", "fsck", "gc"], "layerdiff.fsck"),
+    **dict.fromkeys(
+        ["Change", "LayerInfo", "diff", "diff_overlay", "write_layer"], "layerdiff.layer"
+    ),
+    **dict.fromkeys(["PullResult", "PushResult", "pull", "push"], "layerdiff.remote"),
+    **dict.fromkeys(
+        [
+            "Container",
+            "RunResult",
+            "commit_container",
+            "containers",
+            "create",
+            "remove",
+            "run",
+            "start",
+        ],
+        "layerdiff.runtime",
+    ),
+    **dict.fromkeys(["SquashResult", "squash"], "layerdiff.squash"),
+    "BlobStatus": "layerdiff.transfer",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'layerdiff' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+class _Package(types.ModuleType):
+    """The package object, resolving API names on first use.
 
+    Four functions share their name with the submodule that defines them (``apply``,
+    ``commit``, ``squash``, ``fsck``). Importing a submodule binds it on its package; here the
+    function keeps the name, as it would after an eager ``from … import``.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'layerdiff' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        super().__setattr__(name, value)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__:
+            return  # the submodule stays reachable through sys.modules and its own imports
+        super().__setattr__(name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *_LAZY})
+
+
+sys.modules[__name__].__class__ = _Package
 
 __version__ = "0.1.0"
 

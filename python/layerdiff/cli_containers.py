@@ -5,15 +5,18 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from layerdiff import runtime
 from layerdiff.cgroups import Limits, parse_cpus, parse_memory
 from layerdiff.errors import LayerdiffError
 
-_EXIT_SETUP = runtime.EXIT_SETUP
+if TYPE_CHECKING:
+    from layerdiff import runtime
+
+#: Exit code when the container cannot be set up (``runtime.EXIT_SETUP``, as docker run).
+_EXIT_SETUP = 125
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -71,6 +74,8 @@ def _create(
     pids_limit: int | None,
     network: str,
 ) -> runtime.Container:
+    from layerdiff import runtime
+
     return runtime.create(
         image,
         name=name,
@@ -110,6 +115,8 @@ not found in the image."""
     @_container_options
     def run(image: str, command: tuple[str, ...], rm: bool, **opts: Any) -> None:
         """Run COMMAND (default: the image's Entrypoint/Cmd) in a new container from IMAGE."""
+        from layerdiff import runtime
+
         limits = _limits(opts.pop("memory"), opts.pop("cpus"), opts.pop("pids_limit"))
         entrypoint = opts.pop("entrypoint")
         try:
@@ -143,6 +150,8 @@ Examples:
     @click.argument("name", metavar="CONTAINER")
     def start(name: str) -> None:
         """Run a created container's command in the foreground; exit with its exit code."""
+        from layerdiff import runtime
+
         try:
             result = runtime.start(runtime.open_container(name))
         except LayerdiffError as e:
@@ -154,6 +163,8 @@ Examples:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
     def ps(quiet: bool, as_json: bool) -> None:
         """List the containers of the store, with their state (like docker ps -a)."""
+        from layerdiff import runtime
+
         found = runtime.containers()
         if quiet:
             for c in found:
@@ -196,6 +207,8 @@ Examples:
     @click.option("-f", "--force", is_flag=True, help="Also remove running containers.")
     def rm(names: tuple[str, ...], force: bool) -> None:
         """Remove containers: their directories, control groups and state."""
+        from layerdiff import runtime
+
         failed = False
         for name in names:
             try:
