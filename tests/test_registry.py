@@ -362,3 +362,34 @@ def test_pull_killed_leaves_the_store_consistent_and_parallel_pulls(
     assert not errors
     assert sorted(i.tag for i in layerdiff.images() if i.name == "big") == ["0", "1", "2"]
     assert layerdiff.fsck().ok
+
+
+@pytest.mark.root
+def test_commit_a_container_straight_to_the_registry(
+    registry: Registry, tmp_path: Path, store_home: Path
+) -> None:
+    from tests.containers import busybox_rootfs
+
+    layerdiff.commit(busybox_rootfs(tmp_path / "bb"), image="bb:1")
+    pushed = layerdiff.push("bb:1", registry.ref("ct/app:base"), tls_verify=False)
+    assert statuses(pushed) == ["uploaded", "uploaded"]
+    ran = run_cli("run", "--name", "ct", "bb:1", "--", "sh", "-c", "echo v2 > /version")
+    assert ran.returncode == 0, ran.stderr
+    done = run_cli(
+        "commit",
+        "--tls-verify=false",
+        "--json",
+        "--progress",
+        "none",
+        "ct",
+        registry.ref("ct/app:2"),
+    )
+    assert done.returncode == 0, done.stderr
+    blobs = {b["status"] for b in json.loads(done.stdout)["blobs"]}
+    assert "uploaded" in blobs and "exists" in blobs  # the base layer was not sent again
+
+    pulled = run_cli("pull", "--tls-verify=false", registry.ref("ct/app:2"), "back:2")
+    assert pulled.returncode == 0, pulled.stderr
+    check = run_cli("run", "--rm", "back:2", "--", "sh", "-c", "cat /version; cat /etc/hostname")
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.split()[0] == "v2"
