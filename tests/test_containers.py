@@ -133,13 +133,15 @@ def test_namespaces_pid1_hostname_and_host_files(image: str, store_home: Path) -
     probe = sh(
         image,
         "for n in " + " ".join(kinds) + "; do readlink /proc/self/ns/$n; done; "
-        "grep NoNewPrivs /proc/self/status",
+        "grep NoNewPrivs /proc/self/status; grep CapBnd /proc/self/status",
     )
     inside = probe.stdout.split("\n")
     host = {k: os.readlink(f"/proc/self/ns/{k}") for k in kinds}
     own = dict(zip(kinds, inside[: len(kinds)], strict=True))
     assert [k for k in kinds if own[k] == host[k]] == ["net"]
     assert inside[len(kinds)].split() == ["NoNewPrivs:", "1"]
+    # Docker's default capability set, nothing more (no sys_admin, sys_module, ...).
+    assert inside[len(kinds) + 1].split() == ["CapBnd:", "00000000a80425fb"]
     isolated = sh(image, "readlink /proc/self/ns/net", "--network", "none")
     assert isolated.stdout.strip() != host["net"]
 

@@ -142,6 +142,29 @@ fn become_user(spec: &ContainerSpec, user: &UserSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// The capabilities a container's processes may hold: the default set of Docker and Podman
+/// (chown, dac_override, fowner, fsetid, kill, setgid, setuid, setpcap, net_bind_service,
+/// net_raw, sys_chroot, mknod, audit_write, setfcap). Everything else — sys_admin, sys_module,
+/// sys_ptrace, net_admin… — leaves the bounding set, so not even root in the container gets it.
+pub const KEPT_CAPABILITIES: u64 = 0xa804_25fb;
+
+fn drop_capabilities() -> Result<(), String> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in 0..=last.min(63) {
+        if KEPT_CAPABILITIES & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            return Err(super::os_fail(format!("dropping capability {cap}")));
+        }
+    }
+    Ok(())
+}
+
 fn enter_workdir(cwd: &str) -> Result<(), String> {
     let cwd = if cwd.is_empty() { "/" } else { cwd };
     if std::fs::metadata(cwd).is_err() {
@@ -173,6 +196,7 @@ pub fn exec_command(spec: &ContainerSpec, argv: &[CString]) -> i32 {
             .to_string();
         enter_workdir(&spec.cwd)?;
         rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
+        drop_capabilities()?;
         become_user(spec, &user)?;
         let env = env
             .iter()
