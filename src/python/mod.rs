@@ -141,43 +141,77 @@ fn write_layer(
     exclude: Vec<String>,
     root_ids: Option<(u32, u32)>,
 ) -> PyResult<LayerTuple> {
-    let cancel = Arc::new(Cancel::new());
-    if overlay && lower.is_some() {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "give either lower (two-tree diff) or overlay with lowers, not both",
-        ));
-    }
-    let opts = LayerOptions {
-        compression: parse_compression(compression, level)?,
-        threads,
-        source_date_epoch,
-        cancel: Some(cancel.clone()),
+    let source = LayerSource {
+        upper,
+        lower,
+        overlay,
+        lowers,
+        content,
+        exclude,
+        root_ids,
     };
-    let dopts = DiffOptions { content };
+    source.check()?;
+    let cancel = Arc::new(Cancel::new());
+    let opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
     let info = run_detached(py, &cancel, || {
-        let changes = layer_changes(&upper, lower.as_deref(), overlay, &lowers, &dopts)?;
-        let changes = core_diff::without_paths(changes, &exclude);
-        let changes = core_diff::with_root_owner(changes, root_ids);
-        layer::write_layer_file(&upper, &changes, &opts, &blobs_dir)
+        let changes = source.changes()?;
+        layer::write_layer_file(&source.upper, &changes, &opts, &blobs_dir)
     })?;
     Ok(layer_tuple(info))
 }
 
-/// The changes a layer holds: the whole tree, a two-tree diff or an overlay upper's changes.
-fn layer_changes(
-    upper: &std::path::Path,
-    lower: Option<&std::path::Path>,
+/// What a layer is made of, as the two layer writers take it.
+struct LayerSource {
+    upper: PathBuf,
+    lower: Option<PathBuf>,
     overlay: bool,
-    lowers: &[PathBuf],
-    dopts: &DiffOptions,
-) -> crate::Result<Vec<Change>> {
-    if overlay {
-        core_diff::diff_overlay(upper, lowers, dopts)
-    } else if let Some(lower) = lower {
-        core_diff::diff_dirs(lower, upper, dopts)
-    } else {
-        core_diff::full_tree(upper)
+    lowers: Vec<PathBuf>,
+    content: bool,
+    exclude: Vec<String>,
+    root_ids: Option<(u32, u32)>,
+}
+
+impl LayerSource {
+    fn check(&self) -> PyResult<()> {
+        if self.overlay && self.lower.is_some() {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "give either lower (two-tree diff) or overlay with lowers, not both",
+            ));
+        }
+        Ok(())
     }
+
+    /// The changes the layer holds: the whole tree, a two-tree diff or an overlay upper's
+    /// changes, without the excluded paths and with the root owner mapped.
+    fn changes(&self) -> crate::Result<Vec<Change>> {
+        let dopts = DiffOptions {
+            content: self.content,
+        };
+        let changes = if self.overlay {
+            core_diff::diff_overlay(&self.upper, &self.lowers, &dopts)?
+        } else if let Some(lower) = &self.lower {
+            core_diff::diff_dirs(lower, &self.upper, &dopts)?
+        } else {
+            core_diff::full_tree(&self.upper)?
+        };
+        let changes = core_diff::without_paths(changes, &self.exclude);
+        Ok(core_diff::with_root_owner(changes, self.root_ids))
+    }
+}
+
+fn layer_options(
+    compression: &str,
+    level: Option<i32>,
+    threads: usize,
+    source_date_epoch: Option<i64>,
+    cancel: &Arc<Cancel>,
+) -> PyResult<LayerOptions> {
+    Ok(LayerOptions {
+        compression: parse_compression(compression, level)?,
+        threads,
+        source_date_epoch,
+        cancel: Some(cancel.clone()),
+    })
 }
 
 /// Write one layer blob to the open file descriptor `fd` (a pipe, a socket, a file), which
@@ -206,11 +240,16 @@ fn write_layer_to_fd(
     root_ids: Option<(u32, u32)>,
 ) -> PyResult<LayerTuple> {
     use std::os::fd::BorrowedFd;
-    if overlay && lower.is_some() {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "give either lower (two-tree diff) or overlay with lowers, not both",
-        ));
-    }
+    let source = LayerSource {
+        upper,
+        lower,
+        overlay,
+        lowers,
+        content,
+        exclude,
+        root_ids,
+    };
+    source.check()?;
     if fd < 0 {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "fd={fd}: not a file descriptor"
@@ -222,19 +261,11 @@ fn write_layer_to_fd(
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let sink = std::fs::File::from(borrowed.try_clone_to_owned()?);
     let cancel = Arc::new(Cancel::new());
-    let opts = LayerOptions {
-        compression: parse_compression(compression, level)?,
-        threads,
-        source_date_epoch,
-        cancel: Some(cancel.clone()),
-    };
-    let dopts = DiffOptions { content };
+    let opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
     let info = run_detached(py, &cancel, || {
-        let changes = layer_changes(&upper, lower.as_deref(), overlay, &lowers, &dopts)?;
-        let changes = core_diff::without_paths(changes, &exclude);
-        let changes = core_diff::with_root_owner(changes, root_ids);
+        let changes = source.changes()?;
         // The sink (the duplicate) is closed when write_layer returns, before the result.
-        layer::write_layer(&upper, &changes, &opts, sink)
+        layer::write_layer(&source.upper, &changes, &opts, sink)
     })?;
     Ok(layer_tuple(info))
 }
@@ -304,12 +335,7 @@ fn squash_layers(
     source_date_epoch: Option<i64>,
 ) -> PyResult<LayerTuple> {
     let cancel = Arc::new(Cancel::new());
-    let opts = LayerOptions {
-        compression: parse_compression(compression, level)?,
-        threads,
-        source_date_epoch,
-        cancel: Some(cancel.clone()),
-    };
+    let opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
     let info = run_detached(py, &cancel, || {
         crate::squash::squash_files(&lower, &range, &opts, &blobs_dir, &cancel)
     })?;
