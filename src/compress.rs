@@ -4,9 +4,10 @@
 //! and the [`Compression`] only — never on the thread count, the machine, or how the input was
 //! cut into `write` calls.
 //!
-//! * gzip: the input is cut into [`GZIP_BLOCK`]-byte blocks (a constant), each compressed on its
-//!   own by libdeflate into a complete gzip member (no name, mtime 0, OS 255 "unknown", as
-//!   libdeflate writes it), and the members are written in input order. A multi-member file is
+//! * gzip: the input is cut into blocks at content-defined boundaries between tar records (see
+//!   [`crate::members`]), each compressed on its own by libdeflate into a complete gzip member
+//!   (no name, mtime 0, OS 255 "unknown", a tag in `FEXTRA`), and the members are written in
+//!   input order. A multi-member file is
 //!   plain gzip (RFC 1952 §2.2): GNU gzip, pigz, Python's `gzip` and Go's `compress/gzip` read
 //!   it whole. The blocks are compressed on a thread pool with at most `2 × threads` in flight,
 //!   so memory stays bounded whatever the layer size.
@@ -21,9 +22,10 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use crate::error::{Error, Result};
+use crate::members::{self, MemberIndex};
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +65,7 @@ pub const DEFAULT_GZIP_LEVEL: i32 = 4;
 /// Default zstd level (the `zstd` command's default).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
-/// Size of the input block behind each gzip member (1 MiB). Part of the output format: changing
-/// it changes every gzip digest. Large enough that the per-member cost (18 bytes of framing and
-/// a cold 32 KiB window) is under 0.3 %, small enough to spread a small layer over the cores.
-pub const GZIP_BLOCK: usize = 1 << 20;
-
-/// zstd job size (4 MiB). Part of the output format, like [`GZIP_BLOCK`]: zstd's multithreaded
+/// zstd job size (4 MiB). Part of the output format, like the gzip member boundaries: zstd's multithreaded
 /// output is a function of the job size, so it is pinned here rather than left to zstd's
 /// level-dependent default.
 pub const ZSTD_JOB_SIZE: u32 = 4 << 20;
@@ -141,11 +138,24 @@ impl<W: Write> Compressor<W> {
     /// Compress into `inner` with `threads` workers (0: one per core). The output does not
     /// depend on `threads`.
     pub fn new(inner: W, compression: Compression, threads: usize) -> Result<Self> {
+        Self::with_reuse(inner, compression, threads, None)
+    }
+
+    /// [`Compressor::new`], taking gzip members from `reuse` where it holds the same bytes
+    /// (which changes the speed, never the output).
+    pub fn with_reuse(
+        inner: W,
+        compression: Compression,
+        threads: usize,
+        reuse: Option<Arc<MemberIndex>>,
+    ) -> Result<Self> {
         compression.validate()?;
         let threads = resolve_threads(threads);
         let inner = match compression {
             Compression::None => Codec::None(inner),
-            Compression::Gzip { level } => Codec::Gzip(Box::new(Gzip::new(inner, level, threads)?)),
+            Compression::Gzip { level } => {
+                Codec::Gzip(Box::new(Gzip::new(inner, level, threads, reuse)?))
+            }
             Compression::Zstd { level } => {
                 let encoder = zstd_encoder(inner, level, threads).map_err(zstd_setup_error)?;
                 Codec::Zstd {
@@ -260,6 +270,10 @@ struct Gzip<W> {
     /// Buffers back from finished jobs (input blocks and output members).
     spare: Vec<Vec<u8>>,
     members: u64,
+    /// Bytes at the start of `block` already looked at for a member boundary.
+    scanned: usize,
+    /// Finished members of other blobs to take instead of compressing.
+    reuse: Option<Arc<MemberIndex>>,
 }
 
 thread_local! {
@@ -277,17 +291,47 @@ fn deflate_member(level: i32, input: &[u8], mut out: Vec<u8>) -> io::Result<Vec<
         }
         let (_, c) = slot.as_mut().expect("set above");
         out.clear();
-        out.resize(c.gzip_compress_bound(input.len()), 0);
+        out.resize(
+            members::HEADER_LEN + c.deflate_compress_bound(input.len()),
+            0,
+        );
         let n = c
-            .gzip_compress(input, &mut out)
+            .deflate_compress(input, &mut out[members::HEADER_LEN..])
             .map_err(|e| io::Error::other(format!("gzip: {e:?}")))?;
-        out.truncate(n);
+        let clen = u32::try_from(n).map_err(|_| io::Error::other("gzip member too large"))?;
+        members::write_header(&mut out, level, clen, input);
+        out.truncate(members::HEADER_LEN + n);
+        out.extend_from_slice(&libdeflater::crc32(input).to_le_bytes());
+        out.extend_from_slice(&(input.len() as u32).to_le_bytes());
         Ok(out)
     })
 }
 
+/// A member for `input`: taken from `reuse` when it holds one, else compressed.
+fn member(
+    level: i32,
+    input: &[u8],
+    out: Vec<u8>,
+    reuse: Option<&MemberIndex>,
+) -> io::Result<Vec<u8>> {
+    if let Some(index) = reuse {
+        let mut out = out;
+        let taken = SCRATCH.with(|s| index.take(input, &mut out, &mut s.borrow_mut()));
+        if taken {
+            return Ok(out);
+        }
+        return deflate_member(level, input, out);
+    }
+    deflate_member(level, input, out)
+}
+
+thread_local! {
+    /// Each pool thread's buffer for checking a reused member.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 impl<W: Write> Gzip<W> {
-    fn new(inner: W, level: i32, threads: usize) -> Result<Self> {
+    fn new(inner: W, level: i32, threads: usize, reuse: Option<Arc<MemberIndex>>) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("layerdiff-gzip-{i}"))
@@ -297,41 +341,57 @@ impl<W: Write> Gzip<W> {
             inner,
             level,
             pool,
-            block: Vec::with_capacity(GZIP_BLOCK),
+            block: Vec::with_capacity(members::MAX_MEMBER),
             pending: VecDeque::new(),
             max_pending: 2 * threads,
             spare: Vec::new(),
             members: 0,
+            scanned: 0,
+            reuse,
         })
     }
 
     fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let take = (GZIP_BLOCK - self.block.len()).min(data.len());
+            let take = (members::MAX_MEMBER - self.block.len()).min(data.len());
             self.block.extend_from_slice(&data[..take]);
             data = &data[take..];
-            if self.block.len() == GZIP_BLOCK {
-                self.submit()?;
+            // Look at each record completed by this write: a member ends after a record that
+            // the content picks (past the minimum size), or at the maximum size.
+            while self.scanned + members::RECORD <= self.block.len() {
+                let end = self.scanned + members::RECORD;
+                let record = &self.block[self.scanned..end];
+                self.scanned = end;
+                if end == members::MAX_MEMBER
+                    || (end >= members::MIN_MEMBER && members::is_cut(record))
+                {
+                    self.submit(end)?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Hand the current block to the pool.
-    fn submit(&mut self) -> io::Result<()> {
+    /// Hand the first `end` bytes of the current block to the pool as one member; the rest
+    /// starts the next block.
+    fn submit(&mut self, end: usize) -> io::Result<()> {
         while self.pending.len() >= self.max_pending {
             self.write_oldest()?;
         }
-        let fresh = self
+        let mut fresh = self
             .spare
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(GZIP_BLOCK));
+            .unwrap_or_else(|| Vec::with_capacity(members::MAX_MEMBER));
+        fresh.extend_from_slice(&self.block[end..]);
+        self.block.truncate(end);
+        self.scanned = 0;
         let input = std::mem::replace(&mut self.block, fresh);
         let out = self.spare.pop().unwrap_or_default();
         let (tx, rx) = mpsc::sync_channel(1);
         let level = self.level;
+        let reuse = self.reuse.clone();
         self.pool.spawn(move || {
-            let res = deflate_member(level, &input, out);
+            let res = member(level, &input, out, reuse.as_deref());
             // The receiver is gone only when the stream was abandoned.
             let _ = tx.send((res, input));
         });
@@ -380,7 +440,7 @@ impl<W: Write> Gzip<W> {
     fn finish(mut self) -> io::Result<W> {
         // An empty input still gives one (empty) member: zero bytes are not a gzip file.
         if !self.block.is_empty() || self.members == 0 {
-            self.submit()?;
+            self.submit(self.block.len())?;
         }
         while !self.pending.is_empty() {
             self.write_oldest()?;
@@ -451,7 +511,7 @@ mod tests {
 
     #[test]
     fn gzip_is_identical_across_threads_and_write_sizes() {
-        let data = sample(5 * GZIP_BLOCK + 12345);
+        let data = sample(5 * members::MAX_MEMBER + 12345);
         let c = Compression::Gzip {
             level: DEFAULT_GZIP_LEVEL,
         };
@@ -462,8 +522,8 @@ mod tests {
                 "threads {threads} chunk {chunk}"
             );
         }
-        // One member per block, each with libdeflate's fixed header: no name, mtime 0, OS 255.
-        assert_eq!(&one[..4], &[0x1f, 0x8b, 8, 0]);
+        // Fixed member headers: the tag in FEXTRA, no name, mtime 0, OS 255.
+        assert_eq!(&one[..4], &[0x1f, 0x8b, 8, 4]);
         assert_eq!(&one[4..8], &[0, 0, 0, 0]);
         assert_eq!(one[9], 255);
         let mut d = flate2::read::MultiGzDecoder::new(&one[..]);
@@ -472,9 +532,82 @@ mod tests {
         assert!(back == data);
     }
 
+    /// The members of a gzip stream, as their bytes.
+    fn split_members(gz: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        let mut rest = gz;
+        while !rest.is_empty() {
+            let clen = u32::from_le_bytes(rest[20..24].try_into().unwrap()) as usize;
+            let whole = members::HEADER_LEN + clen + members::TRAILER_LEN;
+            out.push(&rest[..whole]);
+            rest = &rest[whole..];
+        }
+        out
+    }
+
+    /// Tar-like input: 512-byte records of varied content.
+    fn records(n: usize, seed: u64) -> Vec<u8> {
+        let mut v = sample(n * members::RECORD + seed as usize % 7);
+        v.truncate(n * members::RECORD);
+        v
+    }
+
+    #[test]
+    fn the_same_bytes_at_another_offset_give_the_same_members() {
+        let c = Compression::Gzip { level: 1 };
+        let body = records(24_000, 1); // about 12 MiB
+        let alone = compress(c, 2, &body, 65536);
+        let mut shifted_input = records(300, 9);
+        shifted_input.extend_from_slice(&body);
+        let shifted = compress(c, 2, &shifted_input, 65536);
+        let a: std::collections::HashSet<&[u8]> = split_members(&alone).into_iter().collect();
+        let b = split_members(&shifted);
+        let shared = b.iter().filter(|m| a.contains(*m)).count();
+        assert!(
+            shared + 3 >= a.len(),
+            "{shared} of {} members shared",
+            a.len()
+        );
+        assert!(a.len() >= 8, "{} members", a.len());
+    }
+
+    #[test]
+    fn reused_members_give_the_same_bytes_and_are_checked() {
+        let c = Compression::Gzip { level: 2 };
+        let body = records(12_000, 3);
+        let dir = tempfile::tempdir().unwrap();
+        let first = compress(c, 2, &body, 4096);
+        std::fs::write(dir.path().join("a"), &first).unwrap();
+        let mut index = MemberIndex::new(2);
+        index.add_blob(&dir.path().join("a")).unwrap();
+        assert_eq!(index.len(), split_members(&first).len());
+        let index = Arc::new(index);
+        let mut w = Compressor::with_reuse(Vec::new(), c, 2, Some(index.clone())).unwrap();
+        w.write_all(&body).unwrap();
+        assert!(w.finish().unwrap() == first);
+        assert_eq!(index.hits() as usize, index.len());
+
+        // A blob whose tags lie (same tags, other contents) is never taken.
+        let mut forged = first.clone();
+        let n = forged.len();
+        forged[n / 2] ^= 0xff;
+        std::fs::write(dir.path().join("b"), &forged).unwrap();
+        let mut index = MemberIndex::new(2);
+        index.add_blob(&dir.path().join("b")).unwrap();
+        let index = Arc::new(index);
+        let mut w = Compressor::with_reuse(Vec::new(), c, 2, Some(index.clone())).unwrap();
+        w.write_all(&body).unwrap();
+        assert!(w.finish().unwrap() == first);
+        assert_eq!(index.hits() as usize, index.len() - 1);
+        // Another level's members are not indexed for this one.
+        let mut other = MemberIndex::new(5);
+        other.add_blob(&dir.path().join("a")).unwrap();
+        assert!(other.is_empty());
+    }
+
     #[test]
     fn gzip_members_are_read_by_gzip_pigz_and_python() {
-        let data = sample(3 * GZIP_BLOCK + 1);
+        let data = sample(3 * members::MAX_MEMBER + 1);
         let gz = compress(Compression::Gzip { level: 6 }, 2, &data, 4096);
         assert!(run(Command::new("gzip").arg("-dc"), &gz) == data);
         if Command::new("pigz").arg("--version").output().is_ok() {

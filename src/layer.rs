@@ -50,6 +50,9 @@ pub struct LayerOptions {
     pub source_date_epoch: Option<i64>,
     /// Checked between entries: a cancelled token stops the write with [`Error::Interrupted`].
     pub cancel: Option<std::sync::Arc<crate::cancel::Cancel>>,
+    /// gzip members of existing blobs to take where the layer holds the same bytes (faster,
+    /// same output).
+    pub reuse: Option<std::sync::Arc<crate::members::MemberIndex>>,
 }
 
 /// What was written.
@@ -317,7 +320,8 @@ impl<W: Write> Pipeline<W> {
             hasher: blob_hasher,
             len: 0,
         };
-        let compressor = Compressor::new(blob, opts.compression, threads)?;
+        let compressor =
+            Compressor::with_reuse(blob, opts.compression, threads, opts.reuse.clone())?;
         let tar = TarWriter::new(crate::digest::Sha256Writer::new(compressor))
             .with_source_date_epoch(opts.source_date_epoch)
             .with_output_name(output);

@@ -449,7 +449,7 @@ fn golden_digests() {
     assert_eq!(gz.diff_id, none.diff_id);
     assert_eq!(
         gz.digest,
-        "sha256:466152216bf79d5f27d1b97c282c3d729041f49eae6edb5b9115002cb25dfca7"
+        "sha256:9c92cdfa3ce5de5611238aefb281d42a131d3a5357e5451222190794d2fdeb5c"
     );
     assert_eq!(
         zst.digest,

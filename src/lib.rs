@@ -16,6 +16,7 @@ pub mod digest;
 pub mod entry;
 pub mod error;
 pub mod layer;
+pub mod members;
 pub mod root;
 pub mod squash;
 pub mod tar;

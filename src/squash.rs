@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 
 use crate::apply::clean_path;
 use crate::cancel::Cancel;
-use crate::compress::resolve_threads;
+use crate::compress::{Compression, resolve_threads};
 use crate::decompress::{decompress, with_decompressed};
 use crate::entry::{Timestamp, base_name, cmp_paths, join, parent};
 use crate::error::{Error, IoContext, Result};
 use crate::layer::{LayerInfo, LayerOptions, Pipeline, write_blob_file};
+use crate::members::MemberIndex;
 use crate::tar::reader::{EntryKind, TarReader};
 use crate::tar::writer::{Meta, TarWriter};
 use crate::whiteout::{LayerName, classify_layer_name};
@@ -437,6 +438,19 @@ pub fn squash_files(
         folder.layer(&read_ops(open(p)?, i)?);
     }
     let squashed = folder.finish();
+    // Runs of entries taken whole from one source layer come out as the same bytes, cut into
+    // the same gzip members: take those members rather than compressing them again.
+    let mut opts = opts.clone();
+    if let (Compression::Gzip { level }, None) = (opts.compression, &opts.reuse) {
+        let mut index = MemberIndex::new(level);
+        for p in range {
+            index.add_blob(p)?;
+        }
+        if !index.is_empty() {
+            opts.reuse = Some(std::sync::Arc::new(index));
+        }
+    }
+    let opts = &opts;
     write_blob_file(blobs_dir, |blob, tmp| {
         let mut out = Pipeline::new(blob, opts, resolve_threads(opts.threads), tmp)?;
         write_squashed(out.tar(), &squashed, range, cancel)?;

@@ -323,3 +323,94 @@ fn unsorted_layers_squash_correctly() {
         );
     }
 }
+
+#[test]
+fn squash_takes_members_of_its_sources_and_writes_the_same_bytes() {
+    use crate::compress::Compression;
+    use crate::diff::{DiffOptions, diff_dirs, full_tree};
+    use crate::layer::write_layer_file;
+    use crate::members::MemberIndex;
+    use std::fs;
+    use std::sync::Arc;
+
+    let t = tempfile::tempdir().unwrap();
+    let (a, b, blobs) = (
+        t.path().join("a"),
+        t.path().join("b"),
+        t.path().join("blobs"),
+    );
+    fs::create_dir_all(a.join("usr/lib")).unwrap();
+    fs::create_dir_all(&blobs).unwrap();
+    // Several MiB of varied contents under usr/, so the layer has many members.
+    let mut x: u64 = 7;
+    for i in 0..64 {
+        let data: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 4 == 0 {
+                    b'a' + (x % 26) as u8
+                } else {
+                    (x >> 8) as u8
+                }
+            })
+            .collect();
+        fs::write(a.join(format!("usr/lib/f{i:02}")), data).unwrap();
+    }
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&a)
+            .arg(&b)
+            .status()
+            .unwrap()
+            .success()
+    );
+    fs::create_dir(b.join("etc")).unwrap();
+    fs::write(b.join("etc/conf"), b"x=1\n").unwrap();
+    fs::write(b.join("aaa"), b"before usr in the squashed order").unwrap();
+
+    let gzip = LayerOptions {
+        compression: Compression::Gzip { level: 1 },
+        ..LayerOptions::default()
+    };
+    let l1 = write_layer_file(&a, &full_tree(&a).unwrap(), &gzip, &blobs).unwrap();
+    let l2 = write_layer_file(
+        &b,
+        &diff_dirs(&a, &b, &DiffOptions::default()).unwrap(),
+        &gzip,
+        &blobs,
+    )
+    .unwrap();
+    let range = [l1.path.clone().unwrap(), l2.path.clone().unwrap()];
+
+    let out_plain = t.path().join("plain");
+    let out_reuse = t.path().join("reuse");
+    fs::create_dir_all(&out_plain).unwrap();
+    fs::create_dir_all(&out_reuse).unwrap();
+    // An empty index: nothing to take, everything compressed.
+    let plain = LayerOptions {
+        reuse: Some(Arc::new(MemberIndex::new(1))),
+        ..gzip.clone()
+    };
+    let p = squash_files(&[], &range, &plain, &out_plain, &crate::cancel::NEVER).unwrap();
+    let mut index = MemberIndex::new(1);
+    for r in &range {
+        index.add_blob(r).unwrap();
+    }
+    let index = Arc::new(index);
+    let with = LayerOptions {
+        reuse: Some(index.clone()),
+        ..gzip.clone()
+    };
+    let r = squash_files(&[], &range, &with, &out_reuse, &crate::cancel::NEVER).unwrap();
+    assert_eq!(p.digest, r.digest);
+    assert_eq!(p.diff_id, r.diff_id);
+    assert!(
+        fs::read(p.path.unwrap()).unwrap() == fs::read(r.path.unwrap()).unwrap(),
+        "same bytes"
+    );
+    // Most of the result is usr/, taken whole from the first layer.
+    assert!(index.hits() >= 4, "{} members taken", index.hits());
+}

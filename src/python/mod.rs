@@ -211,6 +211,7 @@ fn layer_options(
         threads,
         source_date_epoch,
         cancel: Some(cancel.clone()),
+        reuse: None,
     })
 }
 

@@ -1,0 +1,235 @@
+//! The gzip members our layers are made of: where they end, how they are framed, and how a
+//! later write takes a finished member instead of compressing the same bytes again.
+//!
+//! * **Boundaries are content-defined.** A member may end after any 512-byte tar record once it
+//!   holds [`MIN_MEMBER`] bytes, and does end after the first record whose hash picks it (one
+//!   in 1,024), or at [`MAX_MEMBER`]. The choice depends on the bytes, not on their offset in
+//!   the stream, so the same run of entries is cut into the same members in any layer it
+//!   appears in, at whatever offset — which is what lets squash reuse them.
+//! * **Each member carries a tag** in a gzip `FEXTRA` subfield (`LD`, RFC 1952 §2.3.1.1): the
+//!   framing version, the compression level, the libdeflate version, the compressed length and
+//!   the first 16 bytes of the blake3 hash of the member's uncompressed bytes. Any gzip reader
+//!   skips it.
+//! * **Reuse is verified and changes nothing.** [`MemberIndex`] finds a member of an existing
+//!   blob with the same tag parameters and hash; it is taken only after it decompresses to
+//!   exactly the bytes at hand. Our compressor is deterministic, so a member made with the same
+//!   level and libdeflate is the member we would make: the output bytes are the same either
+//!   way, only faster.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{IoContext, Result};
+
+/// A member never ends before it holds this many bytes (256 KiB).
+pub const MIN_MEMBER: usize = 256 << 10;
+/// A member always ends at this many bytes (4 MiB).
+pub const MAX_MEMBER: usize = 4 << 20;
+/// Boundaries fall between tar records.
+pub const RECORD: usize = 512;
+/// One record in 1,024 ends a member (past [`MIN_MEMBER`]): about 768 KiB on average.
+const CUT_MASK: u64 = 1023;
+
+/// Framing version in the tag.
+const TAG_VERSION: u8 = 1;
+/// The libdeflate that libdeflate-sys 1.26.1 bundles (pinned by `Cargo.lock`). Another
+/// version may compress differently, so its members are not taken for ours.
+const LIBDEFLATE: (u8, u8) = (1, 26);
+/// Length of the tag's data.
+const TAG_DATA: usize = 28;
+/// gzip header with the `FEXTRA` field holding the tag.
+pub const HEADER_LEN: usize = 10 + 2 + 4 + TAG_DATA;
+/// CRC-32 and ISIZE.
+pub const TRAILER_LEN: usize = 8;
+
+/// Whether a member may end after `record` (a full 512-byte record), by its content alone.
+pub fn is_cut(record: &[u8]) -> bool {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    for word in record.chunks_exact(8) {
+        let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 31;
+    }
+    h & CUT_MASK == 0
+}
+
+/// The first 16 bytes of the blake3 hash of a member's uncompressed bytes.
+pub fn content_key(data: &[u8]) -> [u8; 16] {
+    let hash = blake3::hash(data);
+    hash.as_bytes()[..16].try_into().expect("16 bytes")
+}
+
+/// Write the header of a member of `data` at `level` whose deflate stream is `clen` bytes.
+pub fn write_header(out: &mut [u8], level: i32, clen: u32, data: &[u8]) {
+    let head = &mut out[..HEADER_LEN];
+    // ID1 ID2 CM=deflate FLG=FEXTRA, MTIME 0, XFL 0, OS 255 (unknown): fixed, for determinism.
+    head[..10].copy_from_slice(&[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 255]);
+    head[10..12].copy_from_slice(&((4 + TAG_DATA) as u16).to_le_bytes());
+    head[12..16].copy_from_slice(&[b'L', b'D', TAG_DATA as u8, 0]);
+    let tag = &mut head[16..];
+    tag[..4].copy_from_slice(&[TAG_VERSION, level as u8, LIBDEFLATE.0, LIBDEFLATE.1]);
+    tag[4..8].copy_from_slice(&clen.to_le_bytes());
+    tag[8..24].copy_from_slice(&content_key(data));
+    tag[24..28].copy_from_slice(&(data.len() as u32).to_le_bytes());
+}
+
+/// The (level, compressed length, content key, uncompressed length) a member header claims,
+/// if it is one of ours.
+fn parse_header(head: &[u8; HEADER_LEN]) -> Option<(u8, u32, [u8; 16], u32)> {
+    let fixed = [0x1f, 0x8b, 8, 4];
+    if head[..4] != fixed || head[10..16] != [32, 0, b'L', b'D', TAG_DATA as u8, 0] {
+        return None;
+    }
+    let tag = &head[16..];
+    if tag[0] != TAG_VERSION || (tag[2], tag[3]) != LIBDEFLATE {
+        return None;
+    }
+    let clen = u32::from_le_bytes(tag[4..8].try_into().ok()?);
+    let key = tag[8..24].try_into().ok()?;
+    let len = u32::from_le_bytes(tag[24..28].try_into().ok()?);
+    Some((tag[1], clen, key, len))
+}
+
+/// Where a member lies: blob, offset and whole length (header to trailer).
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    blob: usize,
+    offset: u64,
+    len: usize,
+}
+
+/// Members of existing gzip blobs, by content, for a writer at one compression level.
+#[derive(Debug)]
+pub struct MemberIndex {
+    level: i32,
+    blobs: Vec<File>,
+    members: HashMap<([u8; 16], u32), Place>,
+    hits: AtomicU64,
+}
+
+impl MemberIndex {
+    /// An empty index for a writer at `level`.
+    pub fn new(level: i32) -> Self {
+        MemberIndex {
+            level,
+            blobs: Vec::new(),
+            members: HashMap::new(),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// Index the members of the blob at `path`, reading their headers only. Indexing stops at
+    /// the first member that is not ours (a foreign member's length is not known without
+    /// inflating it); a blob that is not gzip adds nothing.
+    pub fn add_blob(&mut self, path: &Path) -> Result<()> {
+        let file = File::open(path).at(path)?;
+        let size = file.metadata().at(path)?.len();
+        let blob = self.blobs.len();
+        let mut offset = 0u64;
+        let mut head = [0u8; HEADER_LEN];
+        while offset + (HEADER_LEN + TRAILER_LEN) as u64 <= size {
+            if file.read_exact_at(&mut head, offset).is_err() {
+                break;
+            }
+            let Some((level, clen, key, len)) = parse_header(&head) else {
+                break;
+            };
+            let whole = HEADER_LEN + clen as usize + TRAILER_LEN;
+            if i32::from(level) == self.level {
+                let place = Place {
+                    blob,
+                    offset,
+                    len: whole,
+                };
+                self.members.entry((key, len)).or_insert(place);
+            }
+            offset += whole as u64;
+        }
+        self.blobs.push(file);
+        Ok(())
+    }
+
+    /// Members indexed.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Members taken so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Put into `out` a member whose uncompressed bytes are exactly `data`, if an indexed
+    /// member is one (checked by inflating it). `scratch` is for the check.
+    pub fn take(&self, data: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> bool {
+        let Ok(len) = u32::try_from(data.len()) else {
+            return false;
+        };
+        let Some(place) = self.members.get(&(content_key(data), len)) else {
+            return false;
+        };
+        out.clear();
+        out.resize(place.len, 0);
+        if self.blobs[place.blob]
+            .read_exact_at(out, place.offset)
+            .is_err()
+        {
+            return false;
+        }
+        scratch.clear();
+        scratch.resize(data.len(), 0);
+        let mut inflater = libdeflater::Decompressor::new();
+        match inflater.gzip_decompress(out, scratch) {
+            Ok(n) if n == data.len() && scratch[..n] == *data => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_rejects_others() {
+        let data = b"hello members";
+        let mut out = vec![0u8; HEADER_LEN];
+        write_header(&mut out, 4, 99, data);
+        let head: [u8; HEADER_LEN] = out.clone().try_into().unwrap();
+        assert_eq!(
+            parse_header(&head),
+            Some((4, 99, content_key(data), data.len() as u32))
+        );
+        for (i, b) in [(0, 0u8), (3, 0), (13, b'X'), (18, 0)] {
+            let mut bad = head;
+            bad[i] = b;
+            assert_eq!(parse_header(&bad), None, "byte {i}");
+        }
+    }
+
+    #[test]
+    fn cuts_depend_on_content_only() {
+        let records: Vec<Vec<u8>> = (0u32..4096)
+            .map(|i| {
+                let mut r = vec![0u8; RECORD];
+                r[..4].copy_from_slice(&i.to_le_bytes());
+                r
+            })
+            .collect();
+        let cuts = records.iter().filter(|r| is_cut(r)).count();
+        // About one in 1,024.
+        assert!((1..=12).contains(&cuts), "{cuts}");
+        assert!(records.iter().all(|r| is_cut(r) == is_cut(&r.clone())));
+    }
+}
