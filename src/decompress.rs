@@ -9,7 +9,7 @@
 
 use std::io::{self, BufRead, BufReader, Cursor, Read};
 use std::ptr::NonNull;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use crate::error::{IoContext, Result};
 use crate::tar::reader::read_full;
@@ -64,6 +64,33 @@ pub fn with_decompressed<R: Read + Send, T>(
     blob: R,
     consume: impl FnOnce(&mut dyn Read) -> Result<T>,
 ) -> Result<T> {
+    with_decompressed_seen(blob, None, consume)
+}
+
+/// One gzip member as it was inflated: where it lies, what its header says, what it held.
+#[derive(Debug, Clone)]
+pub struct MemberSeen {
+    /// Offset of the member in the blob.
+    pub offset: u64,
+    /// Its length in the blob, header to trailer.
+    pub len: usize,
+    /// Its first [`crate::members::HEADER_LEN`] bytes (shorter members: none).
+    pub head: Option<[u8; crate::members::HEADER_LEN]>,
+    /// [`crate::members::content_key`] of what it inflated to.
+    pub key: [u8; 16],
+    /// How many bytes it inflated to.
+    pub size: usize,
+}
+
+/// Members seen while a gzip blob was inflated, in order.
+pub type SeenMembers = Arc<Mutex<Vec<MemberSeen>>>;
+
+/// [`with_decompressed`], also recording into `seen` every gzip member inflated in one piece.
+pub fn with_decompressed_seen<R: Read + Send, T>(
+    blob: R,
+    seen: Option<SeenMembers>,
+    consume: impl FnOnce(&mut dyn Read) -> Result<T>,
+) -> Result<T> {
     let (format, buffered) = sniff(blob)?;
     if format == Format::Plain {
         let mut plain = buffered;
@@ -73,7 +100,11 @@ pub fn with_decompressed<R: Read + Send, T>(
         let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(AHEAD);
         s.spawn(move || {
             let mut stream: Box<dyn Read> = match format {
-                Format::Gzip => Box::new(GzipMembers::new(buffered)),
+                Format::Gzip => {
+                    let mut members = GzipMembers::new(buffered);
+                    members.seen = seen;
+                    Box::new(members)
+                }
                 _ => match zstd::stream::read::Decoder::with_buffer(buffered) {
                     Ok(d) => Box::new(d),
                     Err(e) => {
@@ -195,6 +226,10 @@ pub struct GzipMembers<R: Read> {
     out_pos: usize,
     out_len: usize,
     streaming: Option<flate2::read::MultiGzDecoder<io::Chain<Cursor<Vec<u8>>, R>>>,
+    /// Where to record the members inflated in one piece, if anywhere.
+    seen: Option<SeenMembers>,
+    /// Offset in the blob of `buf[start]`.
+    offset: u64,
 }
 
 impl<R: Read> GzipMembers<R> {
@@ -210,6 +245,8 @@ impl<R: Read> GzipMembers<R> {
             out_pos: 0,
             out_len: 0,
             streaming: None,
+            seen: None,
+            offset: 0,
         }
     }
 
@@ -254,6 +291,20 @@ impl<R: Read> GzipMembers<R> {
         if let Some(inflater) = self.inflater.as_mut() {
             self.out.resize(OUT_MAX, 0);
             if let Some((used, written)) = inflater.member(&self.buf[self.start..], &mut self.out) {
+                if let Some(seen) = &self.seen {
+                    let member = &self.buf[self.start..self.start + used];
+                    let record = MemberSeen {
+                        offset: self.offset,
+                        len: used,
+                        head: member
+                            .get(..crate::members::HEADER_LEN)
+                            .and_then(|h| h.try_into().ok()),
+                        key: crate::members::content_key(&self.out[..written]),
+                        size: written,
+                    };
+                    seen.lock().expect("not poisoned").push(record);
+                }
+                self.offset += used as u64;
                 self.start += used;
                 self.out_pos = 0;
                 self.out_len = written;

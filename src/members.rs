@@ -10,18 +10,20 @@
 //!   framing version, the compression level, the libdeflate version, the compressed length and
 //!   the first 16 bytes of the blake3 hash of the member's uncompressed bytes. Any gzip reader
 //!   skips it.
-//! * **Reuse is verified and changes nothing.** [`MemberIndex`] finds a member of an existing
-//!   blob with the same tag parameters and hash; it is taken only after it decompresses to
-//!   exactly the bytes at hand. Our compressor is deterministic, so a member made with the same
+//! * **Reuse is verified and changes nothing.** [`MemberIndex`] holds the members of existing
+//!   blobs that were inflated and found to hold what their tag says (a tag alone proves
+//!   nothing: a layer may come from anyone), and hands one out for the same bytes. Our compressor is deterministic, so a member made with the same
 //!   level and libdeflate is the member we would make: the output bytes are the same either
 //!   way, only faster.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::decompress::{MemberSeen, SeenMembers, with_decompressed_seen};
 use crate::error::{IoContext, Result};
 
 /// A member never ends before it holds this many bytes (256 KiB).
@@ -121,35 +123,45 @@ impl MemberIndex {
         }
     }
 
-    /// Index the members of the blob at `path`, reading their headers only. Indexing stops at
-    /// the first member that is not ours (a foreign member's length is not known without
-    /// inflating it); a blob that is not gzip adds nothing.
-    pub fn add_blob(&mut self, path: &Path) -> Result<()> {
-        let file = File::open(path).at(path)?;
-        let size = file.metadata().at(path)?.len();
+    /// Index the members of the blob at `path` that `seen` (recorded while the blob was
+    /// inflated) shows to be ours, at this index's level, and to hold what their tag says.
+    pub fn add_seen(&mut self, path: &Path, seen: &[MemberSeen]) -> Result<()> {
         let blob = self.blobs.len();
-        let mut offset = 0u64;
-        let mut head = [0u8; HEADER_LEN];
-        while offset + (HEADER_LEN + TRAILER_LEN) as u64 <= size {
-            if file.read_exact_at(&mut head, offset).is_err() {
-                break;
-            }
-            let Some((level, clen, key, len)) = parse_header(&head) else {
-                break;
+        let mut any = false;
+        for m in seen {
+            let Some((level, clen, key, size)) = m.head.as_ref().and_then(parse_header) else {
+                continue;
             };
             let whole = HEADER_LEN + clen as usize + TRAILER_LEN;
-            if i32::from(level) == self.level {
+            if i32::from(level) == self.level
+                && whole == m.len
+                && key == m.key
+                && size as usize == m.size
+            {
                 let place = Place {
                     blob,
-                    offset,
+                    offset: m.offset,
                     len: whole,
                 };
-                self.members.entry((key, len)).or_insert(place);
+                self.members.entry((key, size)).or_insert(place);
+                any = true;
             }
-            offset += whole as u64;
         }
-        self.blobs.push(file);
+        if any {
+            self.blobs.push(File::open(path).at(path)?);
+        }
         Ok(())
+    }
+
+    /// Index the members of the blob at `path` (inflating it to check them).
+    pub fn add_blob(&mut self, path: &Path) -> Result<()> {
+        let seen = SeenMembers::default();
+        let file = File::open(path).at(path)?;
+        with_decompressed_seen(file, Some(seen.clone()), |stream| {
+            io::copy(stream, &mut io::sink()).at(path)
+        })?;
+        let seen = seen.lock().expect("not poisoned").clone();
+        self.add_seen(path, &seen)
     }
 
     /// Members indexed.
@@ -168,12 +180,13 @@ impl MemberIndex {
     }
 
     /// Put into `out` a member whose uncompressed bytes are exactly `data`, if an indexed
-    /// member is one (checked by inflating it). `scratch` is for the check.
-    pub fn take(&self, data: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> bool {
-        let Ok(len) = u32::try_from(data.len()) else {
+    /// member is one. Indexed members were checked when their blob was inflated: what they
+    /// hold hashes to their key.
+    pub fn take(&self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        let Ok(size) = u32::try_from(data.len()) else {
             return false;
         };
-        let Some(place) = self.members.get(&(content_key(data), len)) else {
+        let Some(place) = self.members.get(&(content_key(data), size)) else {
             return false;
         };
         out.clear();
@@ -184,16 +197,8 @@ impl MemberIndex {
         {
             return false;
         }
-        scratch.clear();
-        scratch.resize(data.len(), 0);
-        let mut inflater = libdeflater::Decompressor::new();
-        match inflater.gzip_decompress(out, scratch) {
-            Ok(n) if n == data.len() && scratch[..n] == *data => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            _ => false,
-        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::apply::clean_path;
 use crate::cancel::Cancel;
 use crate::compress::{Compression, resolve_threads};
-use crate::decompress::{decompress, with_decompressed};
+use crate::decompress::{SeenMembers, decompress, with_decompressed, with_decompressed_seen};
 use crate::entry::{Timestamp, base_name, cmp_paths, join, parent};
 use crate::error::{Error, IoContext, Result};
 use crate::layer::{LayerInfo, LayerOptions, Pipeline, write_blob_file};
@@ -432,23 +432,27 @@ pub fn squash_files(
         cancel.check()?;
         tree.apply(&read_ops(open(p)?, usize::MAX)?);
     }
+    // Runs of entries taken whole from one source layer come out as the same bytes, cut into
+    // the same gzip members: those members are taken rather than compressed again. They are
+    // indexed (and checked) while the headers are read.
+    let mut index = match (opts.compression, &opts.reuse) {
+        (Compression::Gzip { level }, None) => Some(MemberIndex::new(level)),
+        _ => None,
+    };
     let mut folder = Folder::new(tree);
     for (i, p) in range.iter().enumerate() {
         cancel.check()?;
-        folder.layer(&read_ops(open(p)?, i)?);
+        let seen = index.as_ref().map(|_| SeenMembers::default());
+        let ops = with_decompressed_seen(open(p)?, seen.clone(), |s| read_ops_from(s, i))?;
+        folder.layer(&ops);
+        if let (Some(index), Some(seen)) = (index.as_mut(), seen) {
+            index.add_seen(p, &seen.lock().expect("not poisoned"))?;
+        }
     }
     let squashed = folder.finish();
-    // Runs of entries taken whole from one source layer come out as the same bytes, cut into
-    // the same gzip members: take those members rather than compressing them again.
     let mut opts = opts.clone();
-    if let (Compression::Gzip { level }, None) = (opts.compression, &opts.reuse) {
-        let mut index = MemberIndex::new(level);
-        for p in range {
-            index.add_blob(p)?;
-        }
-        if !index.is_empty() {
-            opts.reuse = Some(std::sync::Arc::new(index));
-        }
+    if let Some(index) = index.filter(|i| !i.is_empty()) {
+        opts.reuse = Some(std::sync::Arc::new(index));
     }
     let opts = &opts;
     write_blob_file(blobs_dir, |blob, tmp| {
