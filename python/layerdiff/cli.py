@@ -154,7 +154,8 @@ def _registry_options(command: _F) -> _F:
 )
 @click.version_option(layerdiff.__version__, prog_name="layerdiff")
 def cli() -> None:
-    """Turn file-system changes into OCI image layers and images."""
+    """Turn file-system changes into OCI image layers and images; run containers and commit
+    what they change; push and pull through registries."""
 
 
 @cli.command(
