@@ -311,15 +311,11 @@ fn deflate_member(level: i32, input: &[u8], mut out: Vec<u8>) -> io::Result<Vec<
 fn member(
     level: i32,
     input: &[u8],
-    out: Vec<u8>,
+    mut out: Vec<u8>,
     reuse: Option<&MemberIndex>,
 ) -> io::Result<Vec<u8>> {
-    if let Some(index) = reuse {
-        let mut out = out;
-        if index.take(input, &mut out) {
-            return Ok(out);
-        }
-        return deflate_member(level, input, out);
+    if reuse.is_some_and(|index| index.take(input, &mut out)) {
+        return Ok(out);
     }
     deflate_member(level, input, out)
 }
