@@ -127,6 +127,13 @@ def check_options(*, compression: str, threads: int | None) -> int:
     return threads or 0
 
 
+def _check_source(lower: StrPath | None, overlay: bool, lowers: Sequence[StrPath]) -> None:
+    if lower is not None and overlay:
+        raise ValueError("lower and overlay exclude each other (use lowers= with overlay)")
+    if lowers and not overlay:
+        raise ValueError("lowers= is for overlay=True; a two-tree diff takes lower=")
+
+
 def write_layer(
     upper: StrPath,
     *,
@@ -151,10 +158,7 @@ def write_layer(
     (relative to the root, e.g. ``etc/hosts``) are left out of the layer; files owned by
     ``root_ids`` (uid, gid) are recorded as owned by root (a rootless container's view).
     """
-    if lower is not None and overlay:
-        raise ValueError("lower and overlay exclude each other (use lowers= with overlay)")
-    if lowers and not overlay:
-        raise ValueError("lowers= is for overlay=True; a two-tree diff takes lower=")
+    _check_source(lower, overlay, lowers)
     n_threads = check_options(compression=compression, threads=threads)
     epoch = _source_date_epoch(source_date_epoch)
     blobs = blobs_dir_for(dest)
@@ -194,8 +198,7 @@ def write_layer_to_fd(
     """:func:`write_layer`, but the blob goes to the open file descriptor ``fd`` (the write end
     of a pipe, typically), which stays the caller's to close. ``path`` of the result is
     ``Path()``."""
-    if lower is not None and overlay:
-        raise ValueError("lower and overlay exclude each other (use lowers= with overlay)")
+    _check_source(lower, overlay, lowers)
     n_threads = check_options(compression=compression, threads=threads)
     from layerdiff import _core
 
