@@ -140,14 +140,14 @@ def ensure_layers(image: Image, *, form: str) -> list[Path]:
     return dirs
 
 
-def cached() -> list[tuple[str, Path]]:
-    """Every (form, layer directory) in the cache, temporary ones included."""
+def cached() -> list[Path]:
+    """Every layer directory in the cache (of either form), temporary ones included."""
     found = []
     for form in FORMS:
         base = cache_root() / form
         for entry in sorted(base.iterdir()) if base.is_dir() else []:
             if entry.is_dir():
-                found.append((form, entry))
+                found.append(entry)
     return found
 
 
@@ -156,7 +156,7 @@ def check(used: dict[str, list[str]]) -> list[tuple[str, str]]:
     a record that names another layer, and every layer a container uses that is missing.
     ``used`` maps a container's name to the cached layer directories it needs."""
     problems = []
-    for _form, path in cached():
+    for path in cached():
         if path.name.startswith(_TEMP_PREFIX):
             continue
         where = f"layer cache {path}"
@@ -181,7 +181,7 @@ def collect(keep: set[str]) -> tuple[int, int, int]:
     locks; return (layers removed, temporary directories removed, bytes freed). The caller
     holds the store's gc lock, which every unpack runs under (shared)."""
     removed = temporary = freed = 0
-    for _form, path in cached():
+    for path in cached():
         stale = path.name.startswith(_TEMP_PREFIX)
         if not stale and f"sha256:{path.name}" in keep:
             continue

@@ -124,6 +124,12 @@ class Container:
         return dict(self.data.get("config") or {})
 
     @property
+    def command(self) -> list[str]:
+        """What a run executes: Entrypoint followed by Cmd."""
+        config = self.config
+        return [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+
+    @property
     def state(self) -> str:
         """``created``, ``running`` or ``exited`` (a run whose caller died counts as exited)."""
         state = str(self.data.get("state", "created"))
@@ -307,8 +313,6 @@ class RunResult:
     container: Container
 
 
-def _argv(config: dict[str, Any]) -> list[str]:
-    return [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
 
 
 @contextlib.contextmanager
@@ -337,7 +341,7 @@ def start(container: Container) -> RunResult:
     if container.state == "running":
         raise ContainerError(f"container {container.name} is already running")
     config = container.config
-    argv = _argv(config)
+    argv = container.command
     if not argv:
         raise ContainerError("no command given and the image has no Entrypoint or Cmd")
     for d in container.layer_dirs():
