@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 import layerdiff
 from layerdiff.cli_containers import register as register_containers
+from layerdiff.cli_output import emit_json as _emit_json
+from layerdiff.cli_output import fail as _fail
+from layerdiff.cli_output import table as _table
 from layerdiff.errors import LayerdiffError
 from layerdiff.layer import COMPRESSIONS, Change
 
@@ -25,10 +27,6 @@ _IMAGE_HELP = (
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=True))
-
-
 def _print_changes(changes: Sequence[Change], as_json: bool) -> None:
     if as_json:
         _emit_json([{"kind": c.kind, "path": c.path} for c in changes])
@@ -37,13 +35,6 @@ def _print_changes(changes: Sequence[Change], as_json: bool) -> None:
     # Bytes, not text: a path that is not UTF-8 is printed as the file system spells it.
     out.write(b"".join(c.kind.encode() + b" " + c.path_bytes + b"\n" for c in changes))
     out.flush()
-
-
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths[:-1], strict=True)]
-        click.echo("   ".join([*cells, row[-1]]).rstrip())
 
 
 def _human_size(n: int) -> str:
@@ -732,11 +723,6 @@ def _message(exc: BaseException) -> str:
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(text.split())
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"layerdiff: error: {message}", err=True)
-    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from layerdiff.cgroups import Limits, parse_cpus, parse_memory
+from layerdiff.cli_output import emit_json, error, fail, table
 from layerdiff.errors import LayerdiffError
 
 if TYPE_CHECKING:
@@ -17,11 +18,6 @@ if TYPE_CHECKING:
 
 #: Exit code when the container cannot be set up (``runtime.EXIT_SETUP``, as docker run).
 _EXIT_SETUP = 125
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"layerdiff: error: {' '.join(message.split())}", err=True)
-    sys.exit(code)
 
 
 def _limits(memory: str | None, cpus: str | None, pids: int | None) -> Limits:
@@ -92,7 +88,7 @@ def _create(
 
 def _finish(result: runtime.RunResult) -> NoReturn:
     if result.error:
-        click.echo(f"layerdiff: error: {result.error}", err=True)
+        error(result.error)
     sys.exit(result.exit_code)
 
 
@@ -129,7 +125,7 @@ not found in the image."""
                 **opts,
             )
         except LayerdiffError as e:
-            _fail(str(e), _EXIT_SETUP)
+            fail(str(e), _EXIT_SETUP)
         _finish(result)
 
     @cli.command(
@@ -155,7 +151,7 @@ Examples:
         try:
             result = runtime.start(runtime.open_container(name))
         except LayerdiffError as e:
-            _fail(str(e), _EXIT_SETUP)
+            fail(str(e), _EXIT_SETUP)
         _finish(result)
 
     @cli.command(epilog="Example:\n\n  layerdiff ps --json")
@@ -171,15 +167,13 @@ Examples:
                 click.echo(c.name)
             return
         if as_json:
-            from layerdiff.cli import _emit_json
-
-            _emit_json(
+            emit_json(
                 [
                     {
                         "id": c.id,
                         "name": c.name,
                         "image": c.data.get("image"),
-                        "command": runtime._argv(c.config),
+                        "command": c.command,
                         "created": c.data.get("created"),
                         "state": c.state,
                         "exit_code": c.data.get("exit_code"),
@@ -189,18 +183,16 @@ Examples:
                 ]
             )
             return
-        from layerdiff.cli import _table
-
         rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]]
         for c in found:
             status = c.state
             if status == "exited" and c.data.get("exit_code") is not None:
                 status = f"exited ({c.data['exit_code']})"
-            command = shlex.join(runtime._argv(c.config))
+            command = shlex.join(c.command)
             command = command if len(command) <= 30 else command[:29] + "…"
             created = str(c.data.get("created", ""))
             rows.append([c.id[:12], str(c.data.get("image")), command, created, status, c.name])
-        _table(rows)
+        table(rows)
 
     @cli.command(epilog="Example:\n\n  layerdiff rm -f web dev")
     @click.argument("names", nargs=-1, required=True, metavar="CONTAINER...")
@@ -214,7 +206,7 @@ Examples:
             try:
                 runtime.remove(name, force=force)
             except LayerdiffError as e:
-                click.echo(f"layerdiff: error: {' '.join(str(e).split())}", err=True)
+                error(str(e))
                 failed = True
                 continue
             click.echo(name)
