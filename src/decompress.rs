@@ -97,55 +97,116 @@ pub fn with_decompressed_seen<R: Read + Send, T>(
         return consume(&mut plain);
     }
     std::thread::scope(|s| {
-        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(AHEAD);
-        s.spawn(move || {
-            let mut stream: Box<dyn Read> = match format {
-                Format::Gzip => {
-                    let mut members = GzipMembers::new(buffered);
-                    members.seen = seen;
-                    Box::new(members)
-                }
-                _ => match zstd::stream::read::Decoder::with_buffer(buffered) {
-                    Ok(d) => Box::new(d),
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                },
-            };
-            loop {
-                let mut chunk = vec![0u8; CHUNK];
-                let n = match read_full(&mut stream, &mut chunk) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                if n == 0 {
-                    return;
-                }
-                chunk.truncate(n);
-                // A closed channel means the consumer is done: stop quietly.
-                if tx.send(Ok(chunk)).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut reader = ChannelReader {
-            rx,
-            chunk: Vec::new(),
-            pos: 0,
-        };
-        // The receiver is dropped before the scope joins the thread, so a thread blocked on
-        // a full channel wakes up and ends.
+        let (mut reader, pump) = channel();
+        s.spawn(move || pump.run(format, buffered, seen));
+        // The reader (and its receiver) is dropped before the scope joins the thread, so a
+        // thread blocked on a full channel wakes up and ends.
         consume(&mut reader)
     })
 }
 
-/// Reads the chunks the decompressing thread sends.
+/// The decompressed stream of `blob`, decoded on a thread of its own while the caller reads.
+/// Dropping the reader stops and joins that thread.
+pub fn decompress_in_background<R: Read + Send + 'static>(blob: R) -> Result<BackgroundReader> {
+    let (format, buffered) = sniff(blob)?;
+    let (reader, pump) = channel();
+    let thread = std::thread::Builder::new()
+        .name("layerdiff-inflate".into())
+        .spawn(move || pump.run(format, buffered, None))
+        .at("<layer>")?;
+    Ok(BackgroundReader {
+        reader: Some(reader),
+        thread: Some(thread),
+    })
+}
+
+/// See [`decompress_in_background`].
+pub struct BackgroundReader {
+    reader: Option<ChannelReader>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Read for BackgroundReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.as_mut().expect("kept until drop").read(buf)
+    }
+}
+
+impl Drop for BackgroundReader {
+    fn drop(&mut self) {
+        // Hang up first: a thread waiting to send sees the closed channel and returns.
+        drop(self.reader.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The two ends of a decompressing thread: chunks go one way, emptied buffers come back.
+fn channel() -> (ChannelReader, Pump) {
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(AHEAD);
+    let (back_tx, back_rx) = mpsc::sync_channel::<Vec<u8>>(AHEAD + 2);
+    let reader = ChannelReader {
+        rx,
+        back: back_tx,
+        chunk: Vec::new(),
+        pos: 0,
+    };
+    (reader, Pump { tx, back: back_rx })
+}
+
+/// The decompressing side of [`channel`].
+struct Pump {
+    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    back: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Pump {
+    /// Decode `buffered` and send it in chunks until it ends, fails, or the reader hangs up.
+    fn run<R: Read>(self, format: Format, buffered: BufReader<R>, seen: Option<SeenMembers>) {
+        let mut stream: Box<dyn Read + '_> = match format {
+            Format::Gzip => {
+                let mut members = GzipMembers::new(buffered);
+                members.seen = seen;
+                Box::new(members)
+            }
+            Format::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
+                Ok(d) => Box::new(d),
+                Err(e) => {
+                    let _ = self.tx.send(Err(e));
+                    return;
+                }
+            },
+            Format::Plain => Box::new(buffered),
+        };
+        loop {
+            // A buffer the reader is done with, else a new one; either way CHUNK bytes long
+            // (a returned buffer was full-sized, so this zeroes nothing in the steady state).
+            let mut chunk = self.back.try_recv().unwrap_or_default();
+            chunk.resize(CHUNK, 0);
+            let n = match read_full(&mut stream, &mut chunk) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = self.tx.send(Err(e));
+                    return;
+                }
+            };
+            if n == 0 {
+                return;
+            }
+            chunk.truncate(n);
+            // A closed channel means the consumer is done: stop quietly.
+            if self.tx.send(Ok(chunk)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads the chunks the decompressing thread sends, and hands the emptied buffers back.
 struct ChannelReader {
     rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    back: mpsc::SyncSender<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
 }
@@ -155,7 +216,11 @@ impl Read for ChannelReader {
         while self.pos == self.chunk.len() {
             match self.rx.recv() {
                 Ok(chunk) => {
-                    self.chunk = chunk?;
+                    let done = std::mem::replace(&mut self.chunk, chunk?);
+                    if done.capacity() >= CHUNK {
+                        // A full back channel only means the thread has spares enough.
+                        let _ = self.back.try_send(done);
+                    }
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0), // the thread finished: end of stream
@@ -408,6 +473,31 @@ mod tests {
             with_decompressed(&d[..], |r| Ok(read_all(r).unwrap())).unwrap(),
             d
         );
+    }
+
+    #[test]
+    fn background_reader_reads_every_format_and_stops_when_dropped() {
+        let d = data(9 << 20);
+        let members: Vec<u8> = d.chunks(1 << 20).flat_map(gzip).collect();
+        let z = zstd::encode_all(&d[..], 3).unwrap();
+        for blob in [members.clone(), gzip(&d), z, d.clone()] {
+            let mut r = decompress_in_background(io::Cursor::new(blob)).unwrap();
+            assert_eq!(read_all(&mut r).unwrap(), d);
+        }
+        // Dropped after one read: the thread is joined, not left blocked on the channel.
+        let mut r = decompress_in_background(io::Cursor::new(members)).unwrap();
+        let mut b = [0u8; 10];
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(&b[..], &d[..10]);
+        drop(r);
+        let corrupt = {
+            let mut g = gzip(&d);
+            let mid = g.len() / 2;
+            g[mid] ^= 0x55;
+            g
+        };
+        let mut r = decompress_in_background(io::Cursor::new(corrupt)).unwrap();
+        assert!(read_all(&mut r).is_err());
     }
 
     #[test]

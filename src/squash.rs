@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use crate::apply::clean_path;
 use crate::cancel::Cancel;
 use crate::compress::{Compression, resolve_threads};
-use crate::decompress::{SeenMembers, decompress, with_decompressed, with_decompressed_seen};
+use crate::decompress::{
+    MemberSeen, SeenMembers, decompress, decompress_in_background, with_decompressed_seen,
+};
 use crate::entry::{Timestamp, base_name, cmp_paths, join, parent};
 use crate::error::{Error, IoContext, Result};
 use crate::layer::{LayerInfo, LayerOptions, Pipeline, write_blob_file};
@@ -354,10 +356,6 @@ impl Folder {
 
 /// Read the operations of one layer (`layer` is its index in the range, used for content
 /// references) without extracting anything: headers are parsed, contents skipped.
-pub fn read_ops<R: Read + Send>(blob: R, layer: usize) -> Result<Vec<Op>> {
-    with_decompressed(blob, |stream| read_ops_from(stream, layer))
-}
-
 fn read_ops_from(stream: &mut dyn Read, layer: usize) -> Result<Vec<Op>> {
     let mut reader = TarReader::new(stream);
     let mut ops = Vec::new();
@@ -416,6 +414,18 @@ fn read_ops_from(stream: &mut dyn Read, layer: usize) -> Result<Vec<Op>> {
     Ok(ops)
 }
 
+/// A layer's operations, and the gzip members seen while it was read (when asked for).
+type LayerOps = (Vec<Op>, Option<Vec<MemberSeen>>);
+
+fn layer_ops(path: &Path, layer: usize, members: bool, cancel: &Cancel) -> Result<LayerOps> {
+    cancel.check()?;
+    let file = File::open(path).at(path)?;
+    let seen = members.then(SeenMembers::default);
+    let ops = with_decompressed_seen(file, seen.clone(), |s| read_ops_from(s, layer))?;
+    let seen = seen.map(|s| std::mem::take(&mut *s.lock().expect("not poisoned")));
+    Ok((ops, seen))
+}
+
 /// Squash the layer blobs `range`, which sit on top of the blobs `lower`, into one layer blob
 /// written into `blobs_dir`. Nothing is extracted: headers are read once, contents are streamed
 /// from the sources while the result is written.
@@ -426,12 +436,11 @@ pub fn squash_files(
     blobs_dir: &Path,
     cancel: &Cancel,
 ) -> Result<LayerInfo> {
-    let open = |p: &PathBuf| File::open(p).at(p);
-    let mut tree = LowerTree::default();
-    for p in lower {
-        cancel.check()?;
-        tree.apply(&read_ops(open(p)?, usize::MAX)?);
-    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(resolve_threads(opts.threads))
+        .thread_name(|i| format!("layerdiff-squash-{i}"))
+        .build()
+        .map_err(|e| Error::InvalidArgument(format!("squash thread pool: {e}")))?;
     // Runs of entries taken whole from one source layer come out as the same bytes, cut into
     // the same gzip members: those members are taken rather than compressed again. They are
     // indexed (and checked) while the headers are read.
@@ -439,14 +448,31 @@ pub fn squash_files(
         (Compression::Gzip { level }, None) => Some(MemberIndex::new(level)),
         _ => None,
     };
+    // Every layer's headers are read at once, one layer per thread (each inflates on a thread
+    // of its own as well); the folding that follows is in order and cheap.
+    let (lower_ops, range_ops) = pool.install(|| {
+        use rayon::prelude::*;
+        let lower_ops: Vec<Result<LayerOps>> = lower
+            .par_iter()
+            .map(|p| layer_ops(p, usize::MAX, false, cancel))
+            .collect();
+        let range_ops: Vec<Result<LayerOps>> = range
+            .par_iter()
+            .enumerate()
+            .map(|(i, p)| layer_ops(p, i, index.is_some(), cancel))
+            .collect();
+        (lower_ops, range_ops)
+    });
+    let mut tree = LowerTree::default();
+    for ops in lower_ops {
+        tree.apply(&ops?.0);
+    }
     let mut folder = Folder::new(tree);
-    for (i, p) in range.iter().enumerate() {
-        cancel.check()?;
-        let seen = index.as_ref().map(|_| SeenMembers::default());
-        let ops = with_decompressed_seen(open(p)?, seen.clone(), |s| read_ops_from(s, i))?;
+    for (p, ops) in range.iter().zip(range_ops) {
+        let (ops, seen) = ops?;
         folder.layer(&ops);
         if let (Some(index), Some(seen)) = (index.as_mut(), seen) {
-            index.add_seen(p, &seen.lock().expect("not poisoned"))?;
+            index.add_seen(p, &seen)?;
         }
     }
     let squashed = folder.finish();
@@ -551,7 +577,7 @@ fn content<'c>(
     let cursor = match slot {
         Some(c) => c,
         None => slot.insert(Cursor {
-            reader: decompress(File::open(path).at(path)?)?,
+            reader: Box::new(decompress_in_background(File::open(path).at(path)?)?),
             spool: None,
             pos: 0,
         }),
