@@ -307,6 +307,12 @@ fn deflate_member(level: i32, input: &[u8], mut out: Vec<u8>) -> io::Result<Vec<
     })
 }
 
+/// One member of `input` at `level`, as the gzip writer makes it.
+#[cfg(test)]
+pub(crate) fn deflate_member_for_tests(level: i32, input: &[u8]) -> Vec<u8> {
+    deflate_member(level, input, Vec::new()).expect("compresses")
+}
+
 /// A member for `input`: taken from `reuse` when it holds one, else compressed.
 fn member(
     level: i32,

@@ -68,7 +68,7 @@ pub fn with_decompressed<R: Read + Send, T>(
 }
 
 /// One gzip member as it was inflated: where it lies, what its header says, what it held.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberSeen {
     /// Offset of the member in the blob.
     pub offset: u64,
@@ -76,7 +76,7 @@ pub struct MemberSeen {
     pub len: usize,
     /// Its first [`crate::members::HEADER_LEN`] bytes (shorter members: none).
     pub head: Option<[u8; crate::members::HEADER_LEN]>,
-    /// [`crate::members::content_key`] of what it inflated to.
+    /// [`crate::members::content_key`] of what it inflated to (zero when not asked for).
     pub key: [u8; 16],
     /// How many bytes it inflated to.
     pub size: usize,
@@ -98,7 +98,7 @@ pub fn with_decompressed_seen<R: Read + Send, T>(
     }
     std::thread::scope(|s| {
         let (mut reader, pump) = channel();
-        s.spawn(move || pump.run(format, buffered, seen));
+        s.spawn(move || pump.run(format, buffered, seen, true));
         // The reader (and its receiver) is dropped before the scope joins the thread, so a
         // thread blocked on a full channel wakes up and ends.
         consume(&mut reader)
@@ -107,12 +107,17 @@ pub fn with_decompressed_seen<R: Read + Send, T>(
 
 /// The decompressed stream of `blob`, decoded on a thread of its own while the caller reads.
 /// Dropping the reader stops and joins that thread.
-pub fn decompress_in_background<R: Read + Send + 'static>(blob: R) -> Result<BackgroundReader> {
+/// Gzip members inflated in one piece are recorded into `seen`, when given, without their
+/// content key (left zero: hashing every byte is not needed to know where members lie).
+pub fn decompress_in_background<R: Read + Send + 'static>(
+    blob: R,
+    seen: Option<SeenMembers>,
+) -> Result<BackgroundReader> {
     let (format, buffered) = sniff(blob)?;
     let (reader, pump) = channel();
     let thread = std::thread::Builder::new()
         .name("layerdiff-inflate".into())
-        .spawn(move || pump.run(format, buffered, None))
+        .spawn(move || pump.run(format, buffered, seen, false))
         .at("<layer>")?;
     Ok(BackgroundReader {
         reader: Some(reader),
@@ -162,12 +167,20 @@ struct Pump {
 }
 
 impl Pump {
-    /// Decode `buffered` and send it in chunks until it ends, fails, or the reader hangs up.
-    fn run<R: Read>(self, format: Format, buffered: BufReader<R>, seen: Option<SeenMembers>) {
+    /// Decode `buffered` and send it in chunks until it ends, fails, or the reader hangs up;
+    /// record the gzip members into `seen` (with their content keys when `keys`).
+    fn run<R: Read>(
+        self,
+        format: Format,
+        buffered: BufReader<R>,
+        seen: Option<SeenMembers>,
+        keys: bool,
+    ) {
         let mut stream: Box<dyn Read + '_> = match format {
             Format::Gzip => {
                 let mut members = GzipMembers::new(buffered);
                 members.seen = seen;
+                members.keys = keys;
                 Box::new(members)
             }
             Format::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
@@ -293,6 +306,8 @@ pub struct GzipMembers<R: Read> {
     streaming: Option<flate2::read::MultiGzDecoder<io::Chain<Cursor<Vec<u8>>, R>>>,
     /// Where to record the members inflated in one piece, if anywhere.
     seen: Option<SeenMembers>,
+    /// Whether recorded members get their content key.
+    keys: bool,
     /// Offset in the blob of `buf[start]`.
     offset: u64,
 }
@@ -311,6 +326,7 @@ impl<R: Read> GzipMembers<R> {
             out_len: 0,
             streaming: None,
             seen: None,
+            keys: true,
             offset: 0,
         }
     }
@@ -326,23 +342,12 @@ impl<R: Read> GzipMembers<R> {
             .input
             .as_mut()
             .expect("input is kept until streaming starts");
-        let want = IN_WINDOW * 2;
-        while self.buf.len() < want {
-            let old = self.buf.len();
-            self.buf.resize(want, 0);
-            match input.read(&mut self.buf[old..]) {
-                Ok(0) => {
-                    self.buf.truncate(old);
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => self.buf.truncate(old + n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(old),
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(e);
-                }
-            }
+        let want = IN_WINDOW * 2 - self.buf.len();
+        // read_to_end fills spare capacity without zeroing it first, and retries interrupted
+        // reads; fewer bytes than asked means the input ended.
+        let got = input.take(want as u64).read_to_end(&mut self.buf)?;
+        if got < want {
+            self.eof = true;
         }
         Ok(())
     }
@@ -364,7 +369,11 @@ impl<R: Read> GzipMembers<R> {
                         head: member
                             .get(..crate::members::HEADER_LEN)
                             .and_then(|h| h.try_into().ok()),
-                        key: crate::members::content_key(&self.out[..written]),
+                        key: if self.keys {
+                            crate::members::content_key(&self.out[..written])
+                        } else {
+                            [0; 16]
+                        },
                         size: written,
                     };
                     seen.lock().expect("not poisoned").push(record);
@@ -481,11 +490,11 @@ mod tests {
         let members: Vec<u8> = d.chunks(1 << 20).flat_map(gzip).collect();
         let z = zstd::encode_all(&d[..], 3).unwrap();
         for blob in [members.clone(), gzip(&d), z, d.clone()] {
-            let mut r = decompress_in_background(io::Cursor::new(blob)).unwrap();
+            let mut r = decompress_in_background(io::Cursor::new(blob), None).unwrap();
             assert_eq!(read_all(&mut r).unwrap(), d);
         }
         // Dropped after one read: the thread is joined, not left blocked on the channel.
-        let mut r = decompress_in_background(io::Cursor::new(members)).unwrap();
+        let mut r = decompress_in_background(io::Cursor::new(members), None).unwrap();
         let mut b = [0u8; 10];
         r.read_exact(&mut b).unwrap();
         assert_eq!(&b[..], &d[..10]);
@@ -496,7 +505,7 @@ mod tests {
             g[mid] ^= 0x55;
             g
         };
-        let mut r = decompress_in_background(io::Cursor::new(corrupt)).unwrap();
+        let mut r = decompress_in_background(io::Cursor::new(corrupt), None).unwrap();
         assert!(read_all(&mut r).is_err());
     }
 

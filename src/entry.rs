@@ -83,17 +83,15 @@ impl Entry {
 /// own descendants, and those come before the directory's next sibling (`a`, `a/z`, `a-b`),
 /// which a flat byte comparison would not give (`-` sorts before `/`).
 pub fn cmp_paths(a: &[u8], b: &[u8]) -> Ordering {
-    let mut ca = a.split(|&c| c == b'/');
-    let mut cb = b.split(|&c| c == b'/');
-    loop {
-        match (ca.next(), cb.next()) {
-            (None, None) => return Ordering::Equal,
-            (None, Some(_)) => return Ordering::Less,
-            (Some(_), None) => return Ordering::Greater,
-            (Some(x), Some(y)) => match x.cmp(y) {
-                Ordering::Equal => continue,
-                other => return other,
-            },
+    // Component by component is byte order with `/` below every other byte: at the first
+    // difference, the path whose component ended there sorts first; a path that is a prefix
+    // of the other (fewer components, or a shorter last one) sorts first too.
+    let n = a.len().min(b.len());
+    match a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y) {
+        None => a.len().cmp(&b.len()),
+        Some(i) => {
+            let rank = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+            rank(a[i]).cmp(&rank(b[i]))
         }
     }
 }
@@ -141,6 +139,38 @@ mod tests {
         let mut v: Vec<&[u8]> = vec![b"a-b", b"a/z", b"a", b"b", b"a/b/c", b"A"];
         v.sort_by(|x, y| cmp_paths(x, y));
         assert_eq!(v, vec![&b"A"[..], b"a", b"a/b/c", b"a/z", b"a-b", b"b"]);
+    }
+
+    #[test]
+    fn order_is_component_by_component_for_all_short_paths() {
+        // Every path of up to four bytes over an alphabet with `/` and bytes on both sides
+        // of it, against the definition: the component lists compared in order.
+        let by_components = |a: &[u8], b: &[u8]| {
+            let ca: Vec<&[u8]> = a.split(|&c| c == b'/').collect();
+            let cb: Vec<&[u8]> = b.split(|&c| c == b'/').collect();
+            ca.cmp(&cb)
+        };
+        let alphabet = [b'!', b'-', b'/', b'0', b'a', 0xff];
+        let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut last = paths.clone();
+        for _ in 0..4 {
+            last = last
+                .iter()
+                .flat_map(|p| {
+                    alphabet.iter().map(move |&c| {
+                        let mut q = p.clone();
+                        q.push(c);
+                        q
+                    })
+                })
+                .collect();
+            paths.extend(last.iter().cloned());
+        }
+        for a in &paths {
+            for b in paths.iter().step_by(7) {
+                assert_eq!(cmp_paths(a, b), by_components(a, b), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

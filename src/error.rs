@@ -75,6 +75,10 @@ pub enum Error {
     /// The operation was cancelled (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
+    /// A layer index did not match its layer. Squash handles it by starting over without
+    /// indexes; it reaches a caller only from lower-level functions.
+    #[error("{0}: layer index does not match the layer")]
+    StaleIndex(PathBuf),
 }
 
 impl Error {

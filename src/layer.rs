@@ -697,9 +697,11 @@ pub fn write_blob_file(
             file,
             written: 0,
             started: 0,
+            synced: 0,
+            syncer: None,
         });
-        let (mut info, blob) = produce(blob, &tmp_path)?;
-        blob.0.file.sync_all().at(&tmp_path)?;
+        let (mut info, mut blob) = produce(blob, &tmp_path)?;
+        blob.0.sync().at(&tmp_path)?;
         drop(blob);
         let hex = info.digest.strip_prefix("sha256:").expect("sha256 digest");
         let final_path = blobs_dir.join(hex);
@@ -724,14 +726,72 @@ pub fn write_blob_file(
 
 /// Start writeback this often while writing a blob.
 const WRITEBACK_EVERY: u64 = 8 << 20;
+/// Ask for a background `fdatasync` this often while writing a blob.
+const SYNC_EVERY: u64 = 16 << 20;
 
-/// A blob file that asks the kernel to start writing its pages out as they come, so the final
-/// `fsync` has little left to wait for: disk I/O overlaps the hashing and compression instead
-/// of following them.
+/// A blob file that asks the kernel to start writing its pages out as they come, and has a
+/// helper thread `fdatasync` it now and then, so the final `fsync` has little left to wait
+/// for: disk I/O, and the device cache flushes that make it durable, overlap the hashing and
+/// compression instead of following them.
 struct EarlyWriteback {
     file: File,
     written: u64,
     started: u64,
+    synced: u64,
+    syncer: Option<Syncer>,
+}
+
+/// The helper thread of [`EarlyWriteback`]: one `fdatasync` per request, its first error kept
+/// for [`EarlyWriteback::sync`] (an error a sync reports is not reported again to a later one
+/// on the same open file, so it must not be dropped).
+struct Syncer {
+    requests: mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl EarlyWriteback {
+    fn request_sync(&mut self) {
+        if self.syncer.is_none() {
+            let Ok(file) = self.file.try_clone() else {
+                return; // the final fsync does it all
+            };
+            let (requests, rx) = mpsc::sync_channel::<()>(1);
+            let spawned = std::thread::Builder::new()
+                .name("layerdiff-sync".into())
+                .spawn(move || {
+                    for () in rx {
+                        file.sync_data()?;
+                    }
+                    Ok(())
+                });
+            let Ok(thread) = spawned else { return };
+            self.syncer = Some(Syncer { requests, thread });
+        }
+        if let Some(s) = &self.syncer {
+            // Full: a sync is pending and will cover these bytes too.
+            let _ = s.requests.try_send(());
+        }
+    }
+
+    /// Make the file durable: stop the helper (reporting what it met), then `fsync`.
+    fn sync(&mut self) -> io::Result<()> {
+        if let Some(Syncer { requests, thread }) = self.syncer.take() {
+            drop(requests);
+            thread
+                .join()
+                .map_err(|_| io::Error::other("sync thread panicked"))??;
+        }
+        self.file.sync_all()
+    }
+}
+
+impl Drop for EarlyWriteback {
+    fn drop(&mut self) {
+        if let Some(Syncer { requests, thread }) = self.syncer.take() {
+            drop(requests);
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Write for EarlyWriteback {
@@ -752,6 +812,10 @@ impl Write for EarlyWriteback {
                 );
             }
             self.started = self.written;
+        }
+        if self.written - self.synced >= SYNC_EVERY {
+            self.synced = self.written;
+            self.request_sync();
         }
         Ok(n)
     }

@@ -19,6 +19,7 @@ pub mod layer;
 pub mod members;
 pub mod root;
 pub mod squash;
+pub mod squash_index;
 pub mod tar;
 pub mod verify;
 pub mod walk;

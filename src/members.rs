@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::decompress::{MemberSeen, SeenMembers, with_decompressed_seen};
@@ -110,7 +111,15 @@ pub struct MemberIndex {
     blobs: Vec<File>,
     members: HashMap<([u8; 16], u32), Place>,
     hits: AtomicU64,
+    /// Every member taken: blob, offset, content key, size.
+    taken: Mutex<Vec<Taken>>,
+    /// Blobs of members found not to hold what they were indexed as.
+    refused: Mutex<Vec<usize>>,
 }
+
+/// A member handed out by [`MemberIndex::take`]: blob, offset, length in the blob, content
+/// key and size.
+pub type Taken = (usize, u64, usize, [u8; 16], u32);
 
 impl MemberIndex {
     /// An empty index for a writer at `level`.
@@ -120,12 +129,15 @@ impl MemberIndex {
             blobs: Vec::new(),
             members: HashMap::new(),
             hits: AtomicU64::new(0),
+            taken: Mutex::new(Vec::new()),
+            refused: Mutex::new(Vec::new()),
         }
     }
 
     /// Index the members of the blob at `path` that `seen` (recorded while the blob was
     /// inflated) shows to be ours, at this index's level, and to hold what their tag says.
-    pub fn add_seen(&mut self, path: &Path, seen: &[MemberSeen]) -> Result<()> {
+    /// Returns the number the blob has in [`MemberIndex::taken`], if any member was indexed.
+    pub fn add_seen(&mut self, path: &Path, seen: &[MemberSeen]) -> Result<Option<usize>> {
         let blob = self.blobs.len();
         let mut any = false;
         for m in seen {
@@ -147,10 +159,11 @@ impl MemberIndex {
                 any = true;
             }
         }
-        if any {
-            self.blobs.push(File::open(path).at(path)?);
+        if !any {
+            return Ok(None);
         }
-        Ok(())
+        self.blobs.push(File::open(path).at(path)?);
+        Ok(Some(blob))
     }
 
     /// Index the members of the blob at `path` (inflating it to check them).
@@ -161,7 +174,7 @@ impl MemberIndex {
             io::copy(stream, &mut io::sink()).at(path)
         })?;
         let seen = seen.lock().expect("not poisoned").clone();
-        self.add_seen(path, &seen)
+        self.add_seen(path, &seen).map(|_| ())
     }
 
     /// Members indexed.
@@ -186,7 +199,8 @@ impl MemberIndex {
         let Ok(size) = u32::try_from(data.len()) else {
             return false;
         };
-        let Some(place) = self.members.get(&(content_key(data), size)) else {
+        let key = content_key(data);
+        let Some(place) = self.members.get(&(key, size)) else {
             return false;
         };
         out.clear();
@@ -197,8 +211,30 @@ impl MemberIndex {
         {
             return false;
         }
+        // The member's own trailer must describe these bytes too (a cheap check that the
+        // blob still holds, at this place, the member that was indexed).
+        let trailer = &out[place.len - TRAILER_LEN..];
+        if trailer[..4] != libdeflater::crc32(data).to_le_bytes()
+            || trailer[4..] != size.to_le_bytes()
+        {
+            self.refused.lock().expect("not poisoned").push(place.blob);
+            return false;
+        }
         self.hits.fetch_add(1, Ordering::Relaxed);
+        let taken = (place.blob, place.offset, place.len, key, size);
+        self.taken.lock().expect("not poisoned").push(taken);
         true
+    }
+
+    /// The blobs (numbered as [`MemberIndex::add_seen`] returns) of members found, when they
+    /// were about to be taken, not to hold what they were indexed as.
+    pub fn refused(&self) -> Vec<usize> {
+        self.refused.lock().expect("not poisoned").clone()
+    }
+
+    /// The members taken so far, in no particular order.
+    pub fn taken(&self) -> Vec<Taken> {
+        self.taken.lock().expect("not poisoned").clone()
     }
 }
 
@@ -221,6 +257,47 @@ mod tests {
             bad[i] = b;
             assert_eq!(parse_header(&bad), None, "byte {i}");
         }
+    }
+
+    #[test]
+    fn a_member_is_taken_only_for_the_bytes_it_holds() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let (held, other) = (vec![7u8; 5000], vec![8u8; 5000]);
+        let member = crate::compress::deflate_member_for_tests(1, &held);
+        File::create(&path).unwrap().write_all(&member).unwrap();
+        let seen = |data: &[u8]| MemberSeen {
+            offset: 0,
+            len: member.len(),
+            head: member[..HEADER_LEN].try_into().ok(),
+            key: content_key(data),
+            size: data.len(),
+        };
+        let mut out = Vec::new();
+        let mut honest = MemberIndex::new(1);
+        assert_eq!(honest.add_seen(&path, &[seen(&held)]).unwrap(), Some(0));
+        assert!(honest.take(&held, &mut out));
+        assert_eq!(out, member);
+        assert_eq!(
+            honest.taken(),
+            vec![(0, 0, member.len(), content_key(&held), 5000)]
+        );
+        // A record claiming the member holds other bytes (its tag is checked against the
+        // record, so the tag says so too): the trailer's CRC-32 refuses it.
+        let mut lying_member = member.clone();
+        lying_member[24..40].copy_from_slice(&content_key(&other));
+        File::create(&path)
+            .unwrap()
+            .write_all(&lying_member)
+            .unwrap();
+        let mut lying = MemberIndex::new(1);
+        let mut record = seen(&other);
+        record.head = lying_member[..HEADER_LEN].try_into().ok();
+        assert_eq!(lying.add_seen(&path, &[record]).unwrap(), Some(0));
+        assert!(!lying.take(&other, &mut out));
+        assert_eq!(lying.refused(), vec![0]);
+        assert!(lying.taken().is_empty());
     }
 
     #[test]

@@ -18,13 +18,15 @@ use crate::apply::clean_path;
 use crate::cancel::Cancel;
 use crate::compress::{Compression, resolve_threads};
 use crate::decompress::{
-    MemberSeen, SeenMembers, decompress, decompress_in_background, with_decompressed_seen,
+    BackgroundReader, MemberSeen, SeenMembers, decompress, decompress_in_background,
+    with_decompressed_seen,
 };
 use crate::entry::{Timestamp, base_name, cmp_paths, join, parent};
 use crate::error::{Error, IoContext, Result};
 use crate::layer::{LayerInfo, LayerOptions, Pipeline, write_blob_file};
-use crate::members::MemberIndex;
-use crate::tar::reader::{EntryKind, TarReader};
+use crate::members::{MemberIndex, Taken};
+use crate::squash_index::{self, LayerIndex};
+use crate::tar::reader::{EntryKind, Header, TarReader};
 use crate::tar::writer::{Meta, TarWriter};
 use crate::whiteout::{LayerName, classify_layer_name};
 
@@ -89,7 +91,7 @@ pub struct Record {
 }
 
 /// One member of a layer as the fold sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Whiteout of a path.
     Whiteout(Vec<u8>),
@@ -265,9 +267,15 @@ impl Folder {
         created.insert(p.to_vec());
         let mut q = parent(p);
         while !q.is_empty() {
-            created.insert(q.to_vec());
             let qk = Key(q.to_vec());
-            if !self.merged.contains_key(&qk) && !self.lower_visible(q) {
+            let present = self.merged.contains_key(&qk) || self.lower_visible(q);
+            // Made by an earlier entry of this layer and still there: so are its parents (a
+            // path leaves only with its subtree, or is hidden only with it).
+            if present && created.contains(q) {
+                break;
+            }
+            created.insert(q.to_vec());
+            if !present {
                 self.merged.insert(qk, implied_dir());
             }
             q = parent(q);
@@ -360,58 +368,59 @@ fn read_ops_from(stream: &mut dyn Read, layer: usize) -> Result<Vec<Op>> {
     let mut reader = TarReader::new(stream);
     let mut ops = Vec::new();
     while let Some(h) = reader.next_header()? {
-        let name = h.display();
-        let path = clean_path(&h.path, &name)?;
-        match classify_layer_name(base_name(&path)) {
-            LayerName::Plain => {}
-            LayerName::Opaque => {
-                ops.push(Op::Opaque(parent(&path).to_vec()));
-                continue;
-            }
-            LayerName::Whiteout(target) => {
-                ops.push(Op::Whiteout(join(parent(&path), target)));
-                continue;
-            }
-            LayerName::AufsMeta => continue,
-            LayerName::Malformed => {
-                return Err(Error::Archive {
-                    entry: name,
-                    reason: "malformed whiteout name".into(),
-                });
-            }
-        }
-        if path.is_empty() {
-            continue;
-        }
-        let kind = match h.kind {
-            EntryKind::Dir => Kind::Dir,
-            EntryKind::File => Kind::File {
-                layer,
-                offset: h.data_offset,
-                size: h.size,
-            },
-            EntryKind::Symlink => Kind::Symlink(h.link.clone()),
-            EntryKind::Fifo => Kind::Fifo,
-            EntryKind::CharDevice => Kind::Char(h.dev_major, h.dev_minor),
-            EntryKind::BlockDevice => Kind::Block(h.dev_major, h.dev_minor),
-            EntryKind::Hardlink => {
-                ops.push(Op::Link(path, clean_path(&h.link, &name)?));
-                continue;
-            }
-        };
-        ops.push(Op::Put(
-            path,
-            Record {
-                kind,
-                mode: h.mode,
-                uid: h.uid,
-                gid: h.gid,
-                mtime: (h.mtime.sec, h.mtime.nsec),
-                xattrs: h.xattrs,
-            },
-        ));
+        ops.extend(header_op(h, layer)?);
     }
     Ok(ops)
+}
+
+/// The operation one tar header stands for, if any (the root and aufs metadata stand for none).
+fn header_op(h: Header, layer: usize) -> Result<Option<Op>> {
+    let name = h.display();
+    let path = clean_path(&h.path, &name)?;
+    match classify_layer_name(base_name(&path)) {
+        LayerName::Plain => {}
+        LayerName::Opaque => return Ok(Some(Op::Opaque(parent(&path).to_vec()))),
+        LayerName::Whiteout(target) => {
+            return Ok(Some(Op::Whiteout(join(parent(&path), target))));
+        }
+        LayerName::AufsMeta => return Ok(None),
+        LayerName::Malformed => {
+            return Err(Error::Archive {
+                entry: name,
+                reason: "malformed whiteout name".into(),
+            });
+        }
+    }
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let kind = match h.kind {
+        EntryKind::Dir => Kind::Dir,
+        EntryKind::File => Kind::File {
+            layer,
+            offset: h.data_offset,
+            size: h.size,
+        },
+        EntryKind::Symlink => Kind::Symlink(h.link.clone()),
+        EntryKind::Fifo => Kind::Fifo,
+        EntryKind::CharDevice => Kind::Char(h.dev_major, h.dev_minor),
+        EntryKind::BlockDevice => Kind::Block(h.dev_major, h.dev_minor),
+        EntryKind::Hardlink => {
+            let target = clean_path(&h.link, &name)?;
+            return Ok(Some(Op::Link(path, target)));
+        }
+    };
+    Ok(Some(Op::Put(
+        path,
+        Record {
+            kind,
+            mode: h.mode,
+            uid: h.uid,
+            gid: h.gid,
+            mtime: (h.mtime.sec, h.mtime.nsec),
+            xattrs: h.xattrs,
+        },
+    )))
 }
 
 /// A layer's operations, and the gzip members seen while it was read (when asked for).
@@ -436,6 +445,68 @@ pub fn squash_files(
     blobs_dir: &Path,
     cancel: &Cancel,
 ) -> Result<LayerInfo> {
+    squash_once(lower, range, None, opts, blobs_dir, cancel)
+}
+
+/// [`squash_files`], with `indexes[i]` the file of the layer index of `range[i]`
+/// ([`crate::squash_index`]). A layer with a usable index is not read for its headers; it is
+/// checked against its index while its contents are streamed, and any difference starts the
+/// squash over without indexes (the result is the same, only slower). Layers read for their
+/// headers get their index written.
+pub fn squash_files_indexed(
+    lower: &[PathBuf],
+    range: &[PathBuf],
+    indexes: &[PathBuf],
+    opts: &LayerOptions,
+    blobs_dir: &Path,
+    cancel: &Cancel,
+) -> Result<LayerInfo> {
+    if indexes.len() != range.len() {
+        return Err(Error::InvalidArgument(format!(
+            "{} layer indexes for {} layers",
+            indexes.len(),
+            range.len()
+        )));
+    }
+    match squash_once(lower, range, Some((indexes, true)), opts, blobs_dir, cancel) {
+        Err(Error::StaleIndex(path)) => {
+            // Written again, from the layer, by the squash that follows.
+            let _ = std::fs::remove_file(&path);
+            squash_once(
+                lower,
+                range,
+                Some((indexes, false)),
+                opts,
+                blobs_dir,
+                cancel,
+            )
+        }
+        other => other,
+    }
+}
+
+/// A source layer read from its index in pass 1, to be checked in pass 2.
+struct Claimed {
+    /// The operations the index gave, checked against the layer's headers.
+    ops: Vec<Op>,
+    /// The gzip members the index gave.
+    members: Vec<MemberSeen>,
+    /// Where the index is, named in errors.
+    index: PathBuf,
+    /// The layer's number in the member index, if it lent members to it.
+    blob: Option<usize>,
+}
+
+/// One squash attempt: `indexes` are the index files and whether to use them (else they are
+/// only written).
+fn squash_once(
+    lower: &[PathBuf],
+    range: &[PathBuf],
+    indexes: Option<(&[PathBuf], bool)>,
+    opts: &LayerOptions,
+    blobs_dir: &Path,
+    cancel: &Cancel,
+) -> Result<LayerInfo> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(resolve_threads(opts.threads))
         .thread_name(|i| format!("layerdiff-squash-{i}"))
@@ -448,6 +519,16 @@ pub fn squash_files(
         (Compression::Gzip { level }, None) => Some(MemberIndex::new(level)),
         _ => None,
     };
+    let loaded: Vec<Option<LayerIndex>> = match indexes {
+        Some((files, true)) => files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| squash_index::load(f, i))
+            .collect(),
+        _ => range.iter().map(|_| None).collect(),
+    };
+    // Members are recorded when the result is gzip (to take them) or an index is written.
+    let members = index.is_some() || indexes.is_some();
     // Every layer's headers are read at once, one layer per thread (each inflates on a thread
     // of its own as well); the folding that follows is in order and cheap.
     let (lower_ops, range_ops) = pool.install(|| {
@@ -456,10 +537,14 @@ pub fn squash_files(
             .par_iter()
             .map(|p| layer_ops(p, usize::MAX, false, cancel))
             .collect();
-        let range_ops: Vec<Result<LayerOps>> = range
+        let range_ops: Vec<Result<Option<LayerOps>>> = range
             .par_iter()
+            .zip(&loaded)
             .enumerate()
-            .map(|(i, p)| layer_ops(p, i, index.is_some(), cancel))
+            .map(|(i, (p, known))| match known {
+                Some(_) => Ok(None),
+                None => layer_ops(p, i, members, cancel).map(Some),
+            })
             .collect();
         (lower_ops, range_ops)
     });
@@ -468,12 +553,37 @@ pub fn squash_files(
         tree.apply(&ops?.0);
     }
     let mut folder = Folder::new(tree);
-    for (p, ops) in range.iter().zip(range_ops) {
-        let (ops, seen) = ops?;
+    let mut claimed: Vec<Option<Claimed>> = Vec::with_capacity(range.len());
+    for (i, (read, known)) in range_ops.into_iter().zip(loaded).enumerate() {
+        let p = &range[i];
+        let (ops, seen, from_index) = match (read?, known) {
+            (Some((ops, seen)), _) => {
+                if let Some((files, _)) = indexes {
+                    let written = LayerIndex {
+                        ops,
+                        members: seen.clone().unwrap_or_default(),
+                    };
+                    // A cache: failing to write it only costs the next squash time.
+                    let _ = squash_index::store(&files[i], &written);
+                    (written.ops, seen, false)
+                } else {
+                    (ops, seen, false)
+                }
+            }
+            (None, Some(known)) => (known.ops, Some(known.members), true),
+            (None, None) => unreachable!("a layer is read unless its index was loaded"),
+        };
         folder.layer(&ops);
-        if let (Some(index), Some(seen)) = (index.as_mut(), seen) {
-            index.add_seen(p, &seen)?;
-        }
+        let blob = match (index.as_mut(), &seen) {
+            (Some(index), Some(seen)) => index.add_seen(p, seen)?,
+            _ => None,
+        };
+        claimed.push(from_index.then(|| Claimed {
+            ops,
+            members: seen.unwrap_or_default(),
+            index: indexes.expect("loaded from an index").0[i].clone(),
+            blob,
+        }));
     }
     let squashed = folder.finish();
     let mut opts = opts.clone();
@@ -483,8 +593,41 @@ pub fn squash_files(
     let opts = &opts;
     write_blob_file(blobs_dir, |blob, tmp| {
         let mut out = Pipeline::new(blob, opts, resolve_threads(opts.threads), tmp)?;
-        write_squashed(out.tar(), &squashed, range, cancel)?;
-        out.finish(Vec::new())
+        let mut sources = Sources {
+            range,
+            claimed: &mut claimed,
+            open: (0..range.len()).map(|_| None).collect(),
+        };
+        write_squashed(out.tar(), &squashed, &mut sources, cancel)?;
+        // Every layer taken from its index is read to its end and found to hold what the
+        // index says, and every member its index lent to the result is one it really holds.
+        let mut checked = Vec::new();
+        for layer in 0..range.len() {
+            if sources.claimed[layer].is_none() && sources.open[layer].is_none() {
+                continue; // not needed and not from an index: nothing to check
+            }
+            if let Source::Checked(c) = sources.get(layer)? {
+                c.finish()?;
+                checked.push(c.lent());
+                if !c.members_match() {
+                    // Rebuilt by the next squash that reads the layer.
+                    let _ = std::fs::remove_file(&c.index);
+                }
+            }
+        }
+        drop(sources);
+        let (info, sink) = out.finish(Vec::new())?;
+        if let Some(reuse) = &opts.reuse {
+            check_taken(&reuse.taken(), &checked)?;
+            // An index that offered a member for bytes it does not hold is rebuilt next time.
+            let refused = reuse.refused();
+            for (blob, _, index) in &checked {
+                if blob.is_some_and(|b| refused.contains(&b)) {
+                    let _ = std::fs::remove_file(index);
+                }
+            }
+        }
+        Ok((info, sink))
     })
 }
 
@@ -541,6 +684,193 @@ impl Read for Cursor {
     }
 }
 
+impl Cursor {
+    /// Position at `offset` of the decompressed stream of `path`.
+    fn seek(&mut self, path: &Path, offset: u64) -> Result<()> {
+        use std::io::Seek;
+        if self.pos > offset && self.spool.is_none() {
+            self.spool = Some(spool(path)?);
+        }
+        if let Some(f) = &mut self.spool {
+            f.seek(io::SeekFrom::Start(offset)).at(path)?;
+            self.pos = offset;
+        }
+        let gap = offset - self.pos;
+        io::copy(&mut self.take(gap), &mut io::sink()).at(path)?;
+        if self.pos != offset {
+            return Err(Error::Archive {
+                entry: path.display().to_string(),
+                reason: "layer changed while it was squashed".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A source layer whose headers came from its index: read through its tar headers, each
+/// checked against the index, with the gzip members inflated recorded.
+struct Checked {
+    reader: TarReader<BackgroundReader>,
+    expected: Vec<Op>,
+    /// The members the index gave.
+    members: Vec<MemberSeen>,
+    next: usize,
+    layer: usize,
+    seen: SeenMembers,
+    index: PathBuf,
+    /// The layer's number in the member index, if it lent members to it.
+    blob: Option<usize>,
+}
+
+impl Checked {
+    fn stale(&self) -> Error {
+        Error::StaleIndex(self.index.clone())
+    }
+
+    /// Check the next header against the index; its content offset if it is a file.
+    fn step(&mut self) -> Result<Option<Option<u64>>> {
+        let h = match self.reader.next_header() {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            // The layer may be broken rather than the index: a read without the index tells.
+            Err(_) => return Err(self.stale()),
+        };
+        let file = (h.kind == EntryKind::File).then_some(h.data_offset);
+        if let Some(op) = header_op(h, self.layer).map_err(|_| self.stale())? {
+            if self.expected.get(self.next) != Some(&op) {
+                return Err(self.stale());
+            }
+            self.next += 1;
+        }
+        Ok(Some(file))
+    }
+
+    /// Position at the content starting at `offset`, checking every header on the way.
+    fn seek(&mut self, offset: u64) -> Result<()> {
+        loop {
+            match self.step()? {
+                None => return Err(self.stale()),
+                Some(Some(at)) if at == offset => return Ok(()),
+                Some(Some(at)) if at > offset => return Err(self.stale()),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Check the rest of the layer: every header, and nothing missing.
+    fn finish(&mut self) -> Result<()> {
+        while self.step()?.is_some() {}
+        if self.next != self.expected.len() {
+            return Err(self.stale());
+        }
+        Ok(())
+    }
+
+    /// The member-index number of the layer, the members inflated from it, and its index.
+    fn lent(&self) -> (Option<usize>, Vec<MemberSeen>, PathBuf) {
+        let seen = self.seen.lock().expect("not poisoned").clone();
+        (self.blob, seen, self.index.clone())
+    }
+
+    /// Whether the members the index gave are where the layer has them (content keys aside:
+    /// those were not computed again). A wrong one is never taken (its CRC-32 does not match),
+    /// but the index is worth rebuilding.
+    fn members_match(&self) -> bool {
+        let seen = self.seen.lock().expect("not poisoned");
+        seen.len() == self.members.len()
+            && seen.iter().zip(&self.members).all(|(s, m)| {
+                (s.offset, s.len, s.size, s.head) == (m.offset, m.len, m.size, m.head)
+            })
+    }
+}
+
+/// A source layer being read for its contents.
+enum Source {
+    /// Read without an index: its headers were read in pass 1.
+    Plain(Cursor),
+    /// Read with its index: checked as it goes.
+    Checked(Box<Checked>),
+}
+
+/// The source layers of pass 2, opened on first use.
+struct Sources<'a> {
+    range: &'a [PathBuf],
+    claimed: &'a mut [Option<Claimed>],
+    open: Vec<Option<Source>>,
+}
+
+impl Sources<'_> {
+    fn get(&mut self, layer: usize) -> Result<&mut Source> {
+        let slot = &mut self.open[layer];
+        if let Some(source) = slot {
+            return Ok(source);
+        }
+        let path = &self.range[layer];
+        let file = File::open(path).at(path)?;
+        let source = match self.claimed[layer].take() {
+            None => Source::Plain(Cursor {
+                reader: Box::new(decompress_in_background(file, None)?),
+                spool: None,
+                pos: 0,
+            }),
+            Some(c) => {
+                let seen = SeenMembers::default();
+                let stream = decompress_in_background(file, Some(seen.clone()))?;
+                Source::Checked(Box::new(Checked {
+                    reader: TarReader::new(stream),
+                    expected: c.ops,
+                    members: c.members,
+                    next: 0,
+                    layer,
+                    seen,
+                    index: c.index,
+                    blob: c.blob,
+                }))
+            }
+        };
+        Ok(slot.insert(source))
+    }
+
+    /// The content of layer `layer` starting at `offset`, to be read from the returned reader.
+    fn content(&mut self, layer: usize, offset: u64) -> Result<&mut dyn Read> {
+        let path = &self.range[layer];
+        Ok(match self.get(layer)? {
+            Source::Plain(cursor) => {
+                cursor.seek(path, offset)?;
+                cursor
+            }
+            Source::Checked(checked) => {
+                checked.seek(offset)?;
+                &mut checked.reader
+            }
+        })
+    }
+}
+
+/// Every member taken from a layer checked in pass 2 must be one that layer was seen to hold
+/// (same place, length and size): an index may not lend what is not there. Its content key
+/// came from the index, which was made from the same blob; [`MemberIndex::take`] checked its
+/// CRC-32 against the bytes it stands for, and pass 2 inflated it whole, trailer checked.
+fn check_taken(
+    taken: &[Taken],
+    checked: &[(Option<usize>, Vec<MemberSeen>, PathBuf)],
+) -> Result<()> {
+    for &(blob, offset, len, _key, size) in taken {
+        let Some((_, seen, index)) = checked.iter().find(|(b, _, _)| *b == Some(blob)) else {
+            continue; // read in pass 1: its members were checked then
+        };
+        let ok = seen
+            .binary_search_by_key(&offset, |m| m.offset)
+            .ok()
+            .map(|i| &seen[i])
+            .is_some_and(|m| m.len == len && m.size == size as usize);
+        if !ok {
+            return Err(Error::StaleIndex(index.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// The decompressed stream of `path` in an unlinked temporary file.
 fn spool(path: &Path) -> Result<File> {
     use std::io::Seek;
@@ -565,45 +895,10 @@ fn spool(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-fn content<'c>(
-    cursors: &'c mut [Option<Cursor>],
-    range: &[PathBuf],
-    layer: usize,
-    offset: u64,
-) -> Result<&'c mut Cursor> {
-    use std::io::Seek;
-    let path = &range[layer];
-    let slot = &mut cursors[layer];
-    let cursor = match slot {
-        Some(c) => c,
-        None => slot.insert(Cursor {
-            reader: Box::new(decompress_in_background(File::open(path).at(path)?)?),
-            spool: None,
-            pos: 0,
-        }),
-    };
-    if cursor.pos > offset && cursor.spool.is_none() {
-        cursor.spool = Some(spool(path)?);
-    }
-    if let Some(f) = &mut cursor.spool {
-        f.seek(io::SeekFrom::Start(offset)).at(path)?;
-        cursor.pos = offset;
-    }
-    let gap = offset - cursor.pos;
-    io::copy(&mut (&mut *cursor).take(gap), &mut io::sink()).at(path)?;
-    if cursor.pos != offset {
-        return Err(Error::Archive {
-            entry: path.display().to_string(),
-            reason: "layer changed while it was squashed".into(),
-        });
-    }
-    Ok(cursor)
-}
-
 fn write_squashed<W: Write>(
     tar: &mut TarWriter<W>,
     squashed: &Squashed,
-    range: &[PathBuf],
+    sources: &mut Sources<'_>,
     cancel: &Cancel,
 ) -> Result<()> {
     let mut items: Vec<Item<'_>> = squashed
@@ -614,7 +909,6 @@ fn write_squashed<W: Write>(
         .chain(squashed.whiteouts.iter().map(|p| Item::Whiteout(p)))
         .collect();
     items.sort_by_cached_key(order_key);
-    let mut cursors: Vec<Option<Cursor>> = (0..range.len()).map(|_| None).collect();
     // The first path written for each content identity; later ones become hardlinks to it.
     let mut first: HashMap<(usize, u64), &[u8]> = HashMap::new();
     for item in items {
@@ -651,8 +945,8 @@ fn write_squashed<W: Write>(
                 Some(target) => tar.append_hardlink(&meta, target)?,
                 None => {
                     first.insert((*layer, *offset), path);
-                    let cursor = content(&mut cursors, range, *layer, *offset)?;
-                    tar.append_file(&meta, *size, cursor.take(*size))?;
+                    let content = sources.content(*layer, *offset)?;
+                    tar.append_file(&meta, *size, content.take(*size))?;
                 }
             },
             Kind::LinkToLower(target) => tar.append_hardlink(&meta, target)?,

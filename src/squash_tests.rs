@@ -414,3 +414,188 @@ fn squash_takes_members_of_its_sources_and_writes_the_same_bytes() {
     // Most of the result is usr/, taken whole from the first layer.
     assert!(index.hits() >= 4, "{} members taken", index.hits());
 }
+
+/// Two gzip layers written by us: many members of `usr/` in the first, a few changes on top.
+fn two_gzip_layers(t: &Path) -> (Vec<PathBuf>, LayerOptions) {
+    use crate::compress::Compression;
+    use crate::diff::{DiffOptions, diff_dirs, full_tree};
+    use crate::layer::write_layer_file;
+    use std::fs;
+    let (a, b, blobs) = (t.join("a"), t.join("b"), t.join("blobs"));
+    fs::create_dir_all(a.join("usr/lib")).unwrap();
+    fs::create_dir_all(&blobs).unwrap();
+    let mut x: u64 = 11;
+    for i in 0..24 {
+        let data: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 4 == 0 {
+                    b'a' + (x % 26) as u8
+                } else {
+                    (x >> 8) as u8
+                }
+            })
+            .collect();
+        fs::write(a.join(format!("usr/lib/f{i:02}")), data).unwrap();
+    }
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&a)
+        .arg(&b)
+        .status();
+    assert!(cp.unwrap().success());
+    fs::create_dir(b.join("etc")).unwrap();
+    fs::write(b.join("etc/conf"), b"x=1\n").unwrap();
+    fs::remove_file(b.join("usr/lib/f03")).unwrap();
+    fs::write(b.join("usr/lib/f07"), b"replaced").unwrap();
+    let gzip = LayerOptions {
+        compression: Compression::Gzip { level: 1 },
+        ..LayerOptions::default()
+    };
+    let l1 = write_layer_file(&a, &full_tree(&a).unwrap(), &gzip, &blobs).unwrap();
+    let changes = diff_dirs(&a, &b, &DiffOptions::default()).unwrap();
+    let l2 = write_layer_file(&b, &changes, &gzip, &blobs).unwrap();
+    (vec![l1.path.unwrap(), l2.path.unwrap()], gzip)
+}
+
+fn identity(p: &Path) -> (u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
+#[test]
+fn indexed_squash_gives_the_same_bytes_and_shrugs_off_wrong_indexes() {
+    use crate::squash_index::{LayerIndex, encode, load};
+    use std::fs;
+    let t = tempfile::tempdir().unwrap();
+    let (range, opts) = two_gzip_layers(t.path());
+    let out = t.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let never = &crate::cancel::NEVER;
+    let plain = squash_files(&[], &range, &opts, &out, never).unwrap();
+    let expected = fs::read(plain.path.as_ref().unwrap()).unwrap();
+    let idx: Vec<PathBuf> = ["i/one", "i/two"]
+        .iter()
+        .map(|n| t.path().join(n))
+        .collect();
+    let squash = || {
+        let info = squash_files_indexed(&[], &range, &idx, &opts, &out, never).unwrap();
+        assert_eq!(info.diff_id, plain.diff_id);
+        assert!(
+            fs::read(info.path.unwrap()).unwrap() == expected,
+            "same bytes"
+        );
+    };
+
+    // The first squash reads the layers and writes their indexes; the next uses them as they
+    // are (a stale one would have been replaced by a new file).
+    squash();
+    let written: Vec<LayerIndex> = idx
+        .iter()
+        .enumerate()
+        .map(|(i, p)| load(p, i).unwrap())
+        .collect();
+    assert!(!written[0].members.is_empty());
+    let before: Vec<_> = idx.iter().map(|p| identity(p)).collect();
+    squash();
+    assert_eq!(idx.iter().map(|p| identity(p)).collect::<Vec<_>>(), before);
+
+    // Wrong indexes of every kind give the same bytes, and are replaced by right ones.
+    let check_rewritten = |what: &str| {
+        if idx.iter().any(|p| !p.exists()) {
+            squash(); // a removed index is written again by the next squash
+        }
+        for (i, p) in idx.iter().enumerate() {
+            assert_eq!(load(p, i).as_ref(), Some(&written[i]), "{what}: index {i}");
+        }
+    };
+    let (one, two) = (fs::read(&idx[0]).unwrap(), fs::read(&idx[1]).unwrap());
+    fs::write(&idx[0], &two).unwrap();
+    fs::write(&idx[1], &one).unwrap();
+    squash();
+    check_rewritten("swapped");
+
+    let mut changed = written[0].clone();
+    if let Some(Op::Put(_, r)) = changed
+        .ops
+        .iter_mut()
+        .rev()
+        .find(|o| matches!(o, Op::Put(..)))
+    {
+        r.mode ^= 0o100;
+    }
+    fs::write(&idx[0], encode(&changed)).unwrap();
+    squash();
+    check_rewritten("an entry's mode");
+
+    let mut fewer = written[1].clone();
+    fewer.ops.pop();
+    fs::write(&idx[1], encode(&fewer)).unwrap();
+    squash();
+    check_rewritten("an entry missing");
+
+    let mut moved = written[0].clone();
+    moved.members[1].offset += 1;
+    fs::write(&idx[0], encode(&moved)).unwrap();
+    squash();
+    check_rewritten("a member's place");
+
+    let mut lying = written[0].clone();
+    let (a, b) = (lying.members[0].clone(), lying.members[1].clone());
+    (lying.members[0].key, lying.members[0].size) = (b.key, b.size);
+    (lying.members[1].key, lying.members[1].size) = (a.key, a.size);
+    fs::write(&idx[0], encode(&lying)).unwrap();
+    squash(); // never taken: their CRC-32s do not match the bytes they were offered for
+    check_rewritten("members' keys");
+
+    fs::write(&idx[1], &one[..one.len() / 2]).unwrap();
+    squash();
+    check_rewritten("a truncated file");
+}
+
+#[test]
+fn indexed_squash_of_an_unsorted_layer_falls_back_and_stays_right() {
+    use std::fs;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for (name, byte) in [("a", 1u8), ("b", 2), ("c", 3)] {
+        fs::write(src.join(name), vec![byte; 70_000]).unwrap();
+    }
+    let layer = t.path().join("layer.tar");
+    let ok = std::process::Command::new("tar")
+        .args([
+            "-cf",
+            layer.to_str().unwrap(),
+            "-C",
+            src.to_str().unwrap(),
+            "c",
+            "b",
+            "a",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let blobs = t.path().join("blobs");
+    fs::create_dir(&blobs).unwrap();
+    let opts = LayerOptions::default();
+    let never = &crate::cancel::NEVER;
+    let plain = squash_files(&[], std::slice::from_ref(&layer), &opts, &blobs, never).unwrap();
+    let idx = [t.path().join("idx")];
+    for _ in 0..2 {
+        let info = squash_files_indexed(
+            &[],
+            std::slice::from_ref(&layer),
+            &idx,
+            &opts,
+            &blobs,
+            never,
+        )
+        .unwrap();
+        assert_eq!(info.digest, plain.digest);
+    }
+}

@@ -230,6 +230,38 @@ def test_squash_cli(image: tuple[str, Path], tmp_path: Path) -> None:
     assert proc.returncode == 1 and "between 1 and 2" in proc.stderr
 
 
+def test_squash_keeps_layer_indexes_and_gives_the_same_layer_with_or_without(
+    image: tuple[str, Path], store_home: Path, tmp_path: Path
+) -> None:
+    ref, upper = image
+    layout = Layout.open(ref.removeprefix("oci:").rsplit(":", 1)[0])
+    layers = [d["digest"] for d in layerdiff.inspect(ref)["manifest"]["layers"]]
+    indexes = [store_home / "layer-index" / "sha256" / d.removeprefix("sha256:") for d in layers]
+
+    def squash(tag: str) -> dict[str, object]:
+        proc = run_cli("squash", ref, f"{ref.rsplit(':', 1)[0]}:{tag}", "--json")
+        assert proc.returncode == 0, proc.stderr
+        return dict(json.loads(proc.stdout))
+
+    first = squash("s1")
+    assert all(p.is_file() for p in indexes)
+    stamps = [p.stat().st_mtime_ns for p in indexes]
+    second = squash("s2")
+    assert [p.stat().st_mtime_ns for p in indexes] == stamps  # used, not rewritten
+    # A damaged index and one of another layer change nothing but the time taken.
+    indexes[0].write_bytes(indexes[0].read_bytes()[:-40])
+    indexes[1].write_bytes(indexes[0].read_bytes())
+    third = squash("s3")
+    for out in (second, third):
+        assert (out["digest"], out["diff_id"]) == (first["digest"], first["diff_id"])
+    layerdiff.unpack(f"{ref.rsplit(':', 1)[0]}:s3", tmp_path / "out")
+    assert_same_tree(upper, tmp_path / "out")
+    assert layout.has_blob(str(first["digest"]))
+    # gc of the store drops the indexes of blobs it does not hold (these are in another layout).
+    assert run_cli("gc").returncode == 0
+    assert not any(p.exists() for p in indexes)
+
+
 def test_squash_keeps_empty_layer_history(tmp_path: Path) -> None:
     from layerdiff.squash import squash_config
 

@@ -107,6 +107,7 @@ def test_squash_applies_like_the_layers_in_order(
         layerdiff.unpack(f"oci:{layout}:squashed", out)
         assert_same_tree(sequential, out)
 
+        # The second squash reads the layer indexes the first one wrote.
         again = layerdiff.squash(
             top, f"oci:{layout}:again", layers=len(steps) + 1 - keep, compression="gzip"
         )

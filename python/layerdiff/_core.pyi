@@ -76,8 +76,12 @@ def squash_layers(
     level: int | None = None,
     threads: int = 0,
     source_date_epoch: int | None = None,
+    indexes: Sequence[_Path] | None = None,
 ) -> tuple[str, str, int, int, str, str, list[str]]:
     """Squash the layer blobs `range`, which sit on `lower`, into one blob in `blobs_dir`.
+
+    `indexes` (one file per layer of `range`) are layer indexes: read when usable and checked
+    against the layers, written when not.
 
     Returns (digest, diff_id, size, tar_size, media_type, path, warnings) like write_layer.
     """

@@ -305,7 +305,21 @@ def gc(target: str | None = None) -> GcReport:
             layers, stale, cache_freed = layercache.collect(diff_ids)
             temporary += stale
             freed += cache_freed
+            freed += _collect_indexes(layout)
     return GcReport(blobs=removed, temporary=temporary, bytes=freed, layers=layers)
+
+
+def _collect_indexes(layout: Layout) -> int:
+    """Remove squash's layer indexes of blobs the store no longer holds (an index of a blob of
+    another layout goes too: it only saves time, and is written again when needed)."""
+    from layerdiff.squash import index_dir
+
+    freed = 0
+    indexes = index_dir() / "sha256"
+    for path in list(indexes.iterdir()) if indexes.is_dir() else []:
+        if path.name.startswith(".") or not (layout.blobs_dir / path.name).is_file():
+            freed += _remove(path)
+    return freed
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:

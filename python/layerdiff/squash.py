@@ -1,15 +1,21 @@
 """``squash``: merge the last N layers of an image into one, without extracting them.
 
 The core folds the layers' tar headers and streams their contents into one new deterministic
-layer. The config is rewritten to match: the squashed diff_ids become one, the non-empty
-history entries of the range become one entry, and the range's ``empty_layer`` entries (config
-only changes) are kept, in their order, before it.
+layer. What it reads of a layer's headers is kept as a layer index
+(``$LAYERDIFF_HOME/layer-index/sha256/<hex>``, by blob digest), so the next squash of the same
+layer streams it once instead of twice; an index is checked against its layer as it is used and
+rewritten from the layer when it does not match.
+
+The config is rewritten to match: the squashed diff_ids become one, the non-empty history
+entries of the range become one entry, and the range's ``empty_layer`` entries (config only
+changes) are kept, in their order, before it.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from layerdiff import _core, refs
@@ -28,10 +34,16 @@ from layerdiff.image import source_date_epoch as _resolve_epoch
 from layerdiff.layer import LayerInfo, check_options
 from layerdiff.layout import Layout
 
-__all__ = ["CREATED_BY", "SquashResult", "squash", "squash_config"]
+__all__ = ["CREATED_BY", "SquashResult", "index_dir", "squash", "squash_config"]
 
 #: ``created_by`` of the history entry of a squashed layer.
 CREATED_BY = "layerdiff squash"
+
+
+def index_dir() -> Path:
+    """``$LAYERDIFF_HOME/layer-index``: squash's layer indexes, at ``ALGORITHM/HEX`` of the
+    blob they describe."""
+    return refs.store_home() / "layer-index"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +131,7 @@ def squash(
             for desc in kept:
                 layout.import_blob(src.layout, desc["digest"])
         blob_paths = [src.layout.blob_path(d["digest"]) for d in src.layers]
+        indexes = index_dir()
         layer = LayerInfo.from_core(
             _core.squash_layers(
                 blob_paths[: total - count],
@@ -127,6 +140,10 @@ def squash(
                 compression=compression,
                 threads=n_threads,
                 source_date_epoch=epoch,
+                indexes=[
+                    indexes.joinpath(*str(d["digest"]).split(":", 1))
+                    for d in src.layers[total - count :]
+                ],
             )
         )
         config = squash_config(

@@ -45,7 +45,7 @@ pub(super) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
         }
         Error::ReservedName { .. } => one("ReservedNameError"),
         Error::Overlay { .. } => one("OverlayError"),
-        Error::Archive { .. } => one("FormatError"),
+        Error::Archive { .. } | Error::StaleIndex(_) => one("FormatError"),
         Error::Limit { .. } => one("LimitError"),
         Error::DigestMismatch { .. } => one("DigestMismatchError"),
         Error::InvalidArgument(_) => pyo3::exceptions::PyValueError::new_err(message),

@@ -318,11 +318,13 @@ fn apply_layer(
     Ok((stats.entries, stats.bytes, stats.warnings))
 }
 
-/// Squash the layer blobs `range` (on top of the blobs `lower`) into one blob in `blobs_dir`.
+/// Squash the layer blobs `range` (on top of the blobs `lower`) into one blob in `blobs_dir`;
+/// `indexes`, one file per layer of `range`, are their layer indexes (read when usable,
+/// written when not).
 #[pyfunction]
 #[pyo3(signature = (
     lower, range, blobs_dir, *, compression = "gzip", level = None, threads = 0,
-    source_date_epoch = None
+    source_date_epoch = None, indexes = None
 ))]
 #[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
 fn squash_layers(
@@ -334,11 +336,15 @@ fn squash_layers(
     level: Option<i32>,
     threads: usize,
     source_date_epoch: Option<i64>,
+    indexes: Option<Vec<PathBuf>>,
 ) -> PyResult<LayerTuple> {
     let cancel = Arc::new(Cancel::new());
     let opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
-    let info = run_detached(py, &cancel, || {
-        crate::squash::squash_files(&lower, &range, &opts, &blobs_dir, &cancel)
+    let info = run_detached(py, &cancel, || match &indexes {
+        Some(files) => {
+            crate::squash::squash_files_indexed(&lower, &range, files, &opts, &blobs_dir, &cancel)
+        }
+        None => crate::squash::squash_files(&lower, &range, &opts, &blobs_dir, &cancel),
     })?;
     Ok(layer_tuple(info))
 }

@@ -210,12 +210,14 @@ impl<W: Write> TarWriter<W> {
     /// [`Error::FileChanged`] if `content` ends early or has more.
     pub fn append_file<R: Read>(&mut self, meta: &Meta, size: u64, mut content: R) -> Result<()> {
         let mut buf = std::mem::take(&mut self.read_buf);
-        buf.resize(
-            READ_CHUNK
-                .min(usize::try_from(size).unwrap_or(READ_CHUNK))
-                .max(1),
-            0,
-        );
+        // Grown when a file needs more, never shrunk: zeroing it again for every file that
+        // follows a smaller one would cost as much as copying the contents.
+        let need = READ_CHUNK
+            .min(usize::try_from(size).unwrap_or(READ_CHUNK))
+            .max(1);
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
         let res = (|| {
             let mut body = self.begin_file(meta, size)?;
             let mut left = size;
