@@ -68,7 +68,7 @@ def main() -> None:
     def ours(compression: str) -> float:
         target = layout(f"ours-{compression}")
         cmd = [
-            "layerdiff",
+            LD,
             "commit",
             "--compression",
             compression,
@@ -84,7 +84,7 @@ def main() -> None:
         target = WORK / f"ours-{compression}"
         out_json = subprocess.run(
             [
-                "layerdiff",
+                LD,
                 "commit",
                 "--json",
                 "--compression",

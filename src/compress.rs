@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::{Arc, mpsc};
 
+use crate::decompress::MemberSeen;
 use crate::error::{Error, Result};
 use crate::members::{self, MemberIndex};
 
@@ -179,12 +180,26 @@ impl<W: Write> Compressor<W> {
     /// End the stream (last gzip member, zstd frame end) and return the inner writer, not
     /// flushed.
     pub fn finish(self) -> io::Result<W> {
+        self.finish_members().map(|(w, _)| w)
+    }
+
+    /// Record the gzip members written (for [`Compressor::finish_members`]); other codecs
+    /// have none.
+    pub fn record_members(&mut self) {
+        if let Codec::Gzip(g) = &mut self.inner {
+            g.written.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// [`Compressor::finish`], with the members recorded since [`Compressor::record_members`]
+    /// (content keys from their tags, which this writer made).
+    pub fn finish_members(self) -> io::Result<(W, Vec<MemberSeen>)> {
         match self.inner {
-            Codec::None(w) => Ok(w),
+            Codec::None(w) => Ok((w, Vec::new())),
             Codec::Gzip(g) => g.finish(),
             Codec::Zstd { mut encoder, buf } => {
                 encoder.write_all(&buf)?;
-                encoder.finish()
+                Ok((encoder.finish()?, Vec::new()))
             }
         }
     }
@@ -274,6 +289,10 @@ struct Gzip<W> {
     scanned: usize,
     /// Finished members of other blobs to take instead of compressing.
     reuse: Option<Arc<MemberIndex>>,
+    /// The members written, when asked for.
+    written: Option<Vec<MemberSeen>>,
+    /// Bytes written into `inner`.
+    offset: u64,
 }
 
 thread_local! {
@@ -344,6 +363,8 @@ impl<W: Write> Gzip<W> {
             members: 0,
             scanned: 0,
             reuse,
+            written: None,
+            offset: 0,
         })
     }
 
@@ -400,6 +421,20 @@ impl<W: Write> Gzip<W> {
     fn write_member(&mut self, (res, mut input): Member) -> io::Result<()> {
         let mut out = res?;
         self.inner.write_all(&out)?;
+        if let Some(written) = &mut self.written {
+            let head: Option<[u8; members::HEADER_LEN]> = out
+                .get(..members::HEADER_LEN)
+                .and_then(|h| h.try_into().ok());
+            written.push(MemberSeen {
+                offset: self.offset,
+                len: out.len(),
+                // The tag holds the content key of what the member was made from.
+                key: head.map_or([0; 16], |h| h[24..40].try_into().expect("16 bytes")),
+                head,
+                size: input.len(),
+            });
+        }
+        self.offset += out.len() as u64;
         // Both go back as empty buffers: either may become the next block.
         input.clear();
         out.clear();
@@ -433,7 +468,7 @@ impl<W: Write> Gzip<W> {
         Ok(())
     }
 
-    fn finish(mut self) -> io::Result<W> {
+    fn finish(mut self) -> io::Result<(W, Vec<MemberSeen>)> {
         // An empty input still gives one (empty) member: zero bytes are not a gzip file.
         if !self.block.is_empty() || self.members == 0 {
             self.submit(self.block.len())?;
@@ -441,7 +476,7 @@ impl<W: Write> Gzip<W> {
         while !self.pending.is_empty() {
             self.write_oldest()?;
         }
-        Ok(self.inner)
+        Ok((self.inner, self.written.unwrap_or_default()))
     }
 }
 

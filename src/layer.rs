@@ -25,7 +25,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use rayon::prelude::*;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -35,6 +35,7 @@ use crate::diff::{Change, ChangeKind};
 use crate::digest::Sha256Hasher;
 use crate::entry::{Kind, cmp_paths, os_path, parent};
 use crate::error::{Error, IoContext, Result};
+use crate::squash_index::{IndexBuilder, LayerIndex};
 use crate::tar::writer::{Meta, TarWriter};
 use crate::whiteout::WHITEOUT_PREFIX;
 
@@ -53,6 +54,9 @@ pub struct LayerOptions {
     /// gzip members of existing blobs to take where the layer holds the same bytes (faster,
     /// same output).
     pub reuse: Option<std::sync::Arc<crate::members::MemberIndex>>,
+    /// Write the blob's layer index ([`crate::squash_index`]) into this directory, named by
+    /// the hex of its digest, so a later squash of the layer need not read its headers.
+    pub index_dir: Option<PathBuf>,
 }
 
 /// What was written.
@@ -305,6 +309,8 @@ pub struct Pipeline<W: Write> {
     tar: TarWriter<crate::digest::Sha256Writer<Compressor<HashingWriter<BufWriter<W>>>>>,
     compression: Compression,
     output: PathBuf,
+    /// The layer index being built, and where it goes.
+    index: Option<(PathBuf, Arc<Mutex<IndexBuilder>>)>,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -320,15 +326,27 @@ impl<W: Write> Pipeline<W> {
             hasher: blob_hasher,
             len: 0,
         };
-        let compressor =
+        let mut compressor =
             Compressor::with_reuse(blob, opts.compression, threads, opts.reuse.clone())?;
-        let tar = TarWriter::new(crate::digest::Sha256Writer::new(compressor))
+        let mut index = None;
+        if let Some(dir) = &opts.index_dir {
+            compressor.record_members();
+            index = Some((dir.clone(), Arc::new(Mutex::new(IndexBuilder::default()))));
+        }
+        let mut tar = TarWriter::new(crate::digest::Sha256Writer::new(compressor))
             .with_source_date_epoch(opts.source_date_epoch)
             .with_output_name(output);
+        if let Some((_, builder)) = &index {
+            let builder = builder.clone();
+            tar = tar.with_header_observer(Box::new(move |offset, bytes| {
+                builder.lock().expect("not poisoned").header(offset, bytes);
+            }));
+        }
         Ok(Pipeline {
             tar,
             compression: opts.compression,
             output: output.to_path_buf(),
+            index,
         })
     }
 
@@ -342,11 +360,21 @@ impl<W: Write> Pipeline<W> {
         let output = self.output.as_path();
         let hashed = self.tar.finish()?;
         let (compressor, diff_id, tar_size) = hashed.finish();
-        let blob = compressor.finish().at(output)?;
+        let (blob, members) = compressor.finish_members().at(output)?;
         let (digest, size) = match blob.hasher {
             Some(h) => h.finish(),
             None => (diff_id.clone(), tar_size),
         };
+        if let Some((dir, builder)) = self.index {
+            let ops = Arc::try_unwrap(builder)
+                .ok()
+                .and_then(|b| b.into_inner().ok())
+                .and_then(IndexBuilder::finish);
+            if let (Some(ops), Some(hex)) = (ops, digest.strip_prefix("sha256:")) {
+                // A cache: failing to write it only costs a later squash time.
+                let _ = crate::squash_index::store(&dir.join(hex), &LayerIndex { ops, members });
+            }
+        }
         let sink = blob
             .inner
             .into_inner()

@@ -374,7 +374,7 @@ fn read_ops_from(stream: &mut dyn Read, layer: usize) -> Result<Vec<Op>> {
 }
 
 /// The operation one tar header stands for, if any (the root and aufs metadata stand for none).
-fn header_op(h: Header, layer: usize) -> Result<Option<Op>> {
+pub(crate) fn header_op(h: Header, layer: usize) -> Result<Option<Op>> {
     let name = h.display();
     let path = clean_path(&h.path, &name)?;
     match classify_layer_name(base_name(&path)) {

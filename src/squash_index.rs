@@ -21,7 +21,7 @@ const MAGIC: &[u8; 8] = b"LDSQIX01";
 const MAX_INDEX: u64 = 1 << 30;
 
 /// One layer's entries and gzip members, as read from the layer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerIndex {
     /// Fold operations, in layer order; file contents refer to layer 0 (set on reading).
     pub ops: Vec<Op>,
@@ -177,6 +177,81 @@ impl Dec<'_> {
             key,
             size,
         })
+    }
+}
+
+/// Most entries an index is kept for while a layer is written (its operations are held in
+/// memory until the end); a larger layer gets no index from its writer.
+const MAX_BUILT: usize = 1 << 19;
+
+/// The operations of a layer being written, from the header bytes its tar writer reports
+/// ([`crate::tar::writer::TarWriter::with_header_observer`]), parsed as squash parses a layer.
+#[derive(Debug, Default)]
+pub struct IndexBuilder {
+    ops: Vec<Op>,
+    failed: bool,
+}
+
+impl IndexBuilder {
+    /// One entry's header bytes, starting at `offset` of the archive.
+    pub fn header(&mut self, offset: u64, bytes: &[u8]) {
+        if self.failed {
+            return;
+        }
+        let mut reader = crate::tar::reader::TarReader::new(bytes);
+        let parsed = match reader.next_header() {
+            Ok(Some(h)) => crate::squash::header_op(h, 0),
+            _ => Err(crate::Error::InvalidArgument("unreadable header".into())),
+        };
+        match parsed {
+            Ok(op) if self.ops.len() < MAX_BUILT => self.ops.extend(op.map(|op| at(op, offset))),
+            _ => {
+                self.failed = true;
+                self.ops = Vec::new();
+            }
+        }
+    }
+
+    /// The operations, unless a header could not be parsed or there were too many.
+    pub fn finish(self) -> Option<Vec<Op>> {
+        (!self.failed).then_some(self.ops)
+    }
+}
+
+/// `op` with a file's content offset moved from its header's start to the archive's.
+fn at(op: Op, offset: u64) -> Op {
+    match op {
+        Op::Put(
+            p,
+            Record {
+                kind:
+                    Kind::File {
+                        layer,
+                        offset: rel,
+                        size,
+                    },
+                mode,
+                uid,
+                gid,
+                mtime,
+                xattrs,
+            },
+        ) => Op::Put(
+            p,
+            Record {
+                kind: Kind::File {
+                    layer,
+                    offset: offset + rel,
+                    size,
+                },
+                mode,
+                uid,
+                gid,
+                mtime,
+                xattrs,
+            },
+        ),
+        other => other,
     }
 }
 

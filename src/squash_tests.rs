@@ -599,3 +599,83 @@ fn indexed_squash_of_an_unsorted_layer_falls_back_and_stays_right() {
         assert_eq!(info.digest, plain.digest);
     }
 }
+
+/// The index a layer's writer leaves is the one squash would make by reading the layer, for
+/// every compression, with long names, xattrs, links and whiteouts in it.
+#[test]
+fn a_written_layer_leaves_the_index_reading_it_gives() {
+    use crate::compress::Compression;
+    use crate::diff::{DiffOptions, diff_dirs, full_tree};
+    use crate::layer::write_layer_file;
+    use crate::squash_index::load;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let deep = format!("d/{}/{}", "x".repeat(120), "y".repeat(120));
+    fs::create_dir_all(a.join(&deep)).unwrap();
+    fs::create_dir_all(a.join("gone/sub")).unwrap();
+    fs::write(a.join(format!("{deep}/file")), vec![3u8; 300_000]).unwrap();
+    fs::write(a.join("gone/sub/f"), b"x").unwrap();
+    fs::write(a.join("big"), vec![9u8; 2_500_000]).unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&a)
+        .arg(&b)
+        .status();
+    assert!(cp.unwrap().success());
+    fs::remove_dir_all(b.join("gone")).unwrap();
+    fs::write(b.join("new"), b"new").unwrap();
+    fs::hard_link(b.join("new"), b.join("new-link")).unwrap();
+    symlink("/etc/passwd", b.join("sym")).unwrap();
+    let _ = xattr_set(&b.join("new"), "user.note", b"\xffvalue");
+    for compression in [
+        Compression::Gzip { level: 1 },
+        Compression::Zstd { level: 3 },
+        Compression::None,
+    ] {
+        let out = t.path().join(format!("out-{compression:?}"));
+        let idx = out.join("index");
+        fs::create_dir_all(&out).unwrap();
+        let opts = LayerOptions {
+            compression,
+            index_dir: Some(idx.clone()),
+            ..LayerOptions::default()
+        };
+        let l1 = write_layer_file(&a, &full_tree(&a).unwrap(), &opts, &out).unwrap();
+        let changes = diff_dirs(&a, &b, &DiffOptions::default()).unwrap();
+        let l2 = write_layer_file(&b, &changes, &opts, &out).unwrap();
+        for info in [l1, l2] {
+            let hex = info.digest.strip_prefix("sha256:").unwrap();
+            let written = load(&idx.join(hex), 0).expect("an index was written");
+            let (ops, seen) =
+                layer_ops(info.path.as_ref().unwrap(), 0, true, &crate::cancel::NEVER).unwrap();
+            assert_eq!(written.ops, ops, "{compression:?}");
+            assert_eq!(written.members, seen.unwrap(), "{compression:?}");
+            if matches!(compression, Compression::Gzip { .. }) {
+                assert!(!written.members.is_empty());
+            }
+        }
+    }
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a live buffer for the duration of the call.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

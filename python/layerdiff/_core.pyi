@@ -40,12 +40,14 @@ def write_layer(
     source_date_epoch: int | None = None,
     exclude: Sequence[str] = ...,
     root_ids: tuple[int, int] | None = None,
+    index_dir: _Path | None = None,
 ) -> tuple[str, str, int, int, str, str, list[str]]:
     """Write one layer blob into `blobs_dir` (an OCI layout's blobs/sha256).
 
     Without `lower` or `overlay` the layer holds the whole `upper` tree; with `lower` the
     two-tree diff; with `overlay` the overlay-upper diff (against `lowers` when given).
-    Returns (digest, diff_id, size, tar_size, media_type, path, warnings).
+    With `index_dir`, the blob's layer index (for squash) is written there, named by the hex
+    of its digest. Returns (digest, diff_id, size, tar_size, media_type, path, warnings).
     """
 
 DEFAULT_MAX_SIZE: int
@@ -77,11 +79,12 @@ def squash_layers(
     threads: int = 0,
     source_date_epoch: int | None = None,
     indexes: Sequence[_Path] | None = None,
+    index_dir: _Path | None = None,
 ) -> tuple[str, str, int, int, str, str, list[str]]:
     """Squash the layer blobs `range`, which sit on `lower`, into one blob in `blobs_dir`.
 
     `indexes` (one file per layer of `range`) are layer indexes: read when usable and checked
-    against the layers, written when not.
+    against the layers, written when not. The new blob's index goes into `index_dir`.
 
     Returns (digest, diff_id, size, tar_size, media_type, path, warnings) like write_layer.
     """

@@ -312,10 +312,8 @@ def gc(target: str | None = None) -> GcReport:
 def _collect_indexes(layout: Layout) -> int:
     """Remove squash's layer indexes of blobs the store no longer holds (an index of a blob of
     another layout goes too: it only saves time, and is written again when needed)."""
-    from layerdiff.squash import index_dir
-
     freed = 0
-    indexes = index_dir() / "sha256"
+    indexes = refs.layer_index_dir()
     for path in list(indexes.iterdir()) if indexes.is_dir() else []:
         if path.name.startswith(".") or not (layout.blobs_dir / path.name).is_file():
             freed += _remove(path)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
+from layerdiff import refs
 from layerdiff.image import source_date_epoch as _source_date_epoch
 
 __all__ = [
@@ -178,6 +179,7 @@ def write_layer(
             source_date_epoch=epoch,
             exclude=list(exclude),
             root_ids=root_ids,
+            index_dir=refs.layer_index_dir(),
         )
     )
 

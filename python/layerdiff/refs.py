@@ -140,6 +140,12 @@ def store_home() -> Path:
     return Path.home() / ".local" / "share" / "layerdiff"
 
 
+def layer_index_dir() -> Path:
+    """``<home>/layer-index/sha256``: the layer indexes squash reads instead of a layer's
+    headers, one file per blob, named by the hex of its digest (a cache: see ``squash``)."""
+    return store_home() / "layer-index" / "sha256"
+
+
 def store_layout_path() -> Path:
     """The OCI layout of the default store (it may not exist yet)."""
     return store_home() / "images"

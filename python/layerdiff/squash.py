@@ -1,10 +1,11 @@
 """``squash``: merge the last N layers of an image into one, without extracting them.
 
 The core folds the layers' tar headers and streams their contents into one new deterministic
-layer. What it reads of a layer's headers is kept as a layer index
-(``$LAYERDIFF_HOME/layer-index/sha256/<hex>``, by blob digest), so the next squash of the same
-layer streams it once instead of twice; an index is checked against its layer as it is used and
-rewritten from the layer when it does not match.
+layer. A layer's headers are kept as a layer index (``$LAYERDIFF_HOME/layer-index/sha256/<hex>``,
+by blob digest): ``commit`` and ``squash`` write one for every layer they make, and squash
+writes one for every layer it had to read. With it a squash streams each layer once instead of
+twice; an index is checked against its layer as it is used and rewritten from the layer when it
+does not match.
 
 The config is rewritten to match: the squashed diff_ids become one, the non-empty history
 entries of the range become one entry, and the range's ``empty_layer`` entries (config only
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from layerdiff import _core, refs
@@ -34,16 +34,10 @@ from layerdiff.image import source_date_epoch as _resolve_epoch
 from layerdiff.layer import LayerInfo, check_options
 from layerdiff.layout import Layout
 
-__all__ = ["CREATED_BY", "SquashResult", "index_dir", "squash", "squash_config"]
+__all__ = ["CREATED_BY", "SquashResult", "squash", "squash_config"]
 
 #: ``created_by`` of the history entry of a squashed layer.
 CREATED_BY = "layerdiff squash"
-
-
-def index_dir() -> Path:
-    """``$LAYERDIFF_HOME/layer-index``: squash's layer indexes, at ``ALGORITHM/HEX`` of the
-    blob they describe."""
-    return refs.store_home() / "layer-index"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,7 +125,7 @@ def squash(
             for desc in kept:
                 layout.import_blob(src.layout, desc["digest"])
         blob_paths = [src.layout.blob_path(d["digest"]) for d in src.layers]
-        indexes = index_dir()
+        indexes = refs.layer_index_dir()
         layer = LayerInfo.from_core(
             _core.squash_layers(
                 blob_paths[: total - count],
@@ -141,9 +135,10 @@ def squash(
                 threads=n_threads,
                 source_date_epoch=epoch,
                 indexes=[
-                    indexes.joinpath(*str(d["digest"]).split(":", 1))
+                    indexes / str(d["digest"]).removeprefix("sha256:")
                     for d in src.layers[total - count :]
                 ],
+                index_dir=indexes,
             )
         )
         config = squash_config(

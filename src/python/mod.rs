@@ -123,7 +123,7 @@ type LayerTuple = (String, String, u64, u64, String, PathBuf, Vec<String>);
 #[pyo3(signature = (
     upper, blobs_dir, *, lower = None, overlay = false, lowers = Vec::new(), content = false,
     compression = "gzip", level = None, threads = 0, source_date_epoch = None,
-    exclude = Vec::new(), root_ids = None
+    exclude = Vec::new(), root_ids = None, index_dir = None
 ))]
 #[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
 fn write_layer(
@@ -140,6 +140,7 @@ fn write_layer(
     source_date_epoch: Option<i64>,
     exclude: Vec<String>,
     root_ids: Option<(u32, u32)>,
+    index_dir: Option<PathBuf>,
 ) -> PyResult<LayerTuple> {
     let source = LayerSource {
         upper,
@@ -152,7 +153,8 @@ fn write_layer(
     };
     source.check()?;
     let cancel = Arc::new(Cancel::new());
-    let opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
+    let mut opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
+    opts.index_dir = index_dir;
     let info = run_detached(py, &cancel, || {
         let changes = source.changes()?;
         layer::write_layer_file(&source.upper, &changes, &opts, &blobs_dir)
@@ -212,6 +214,7 @@ fn layer_options(
         source_date_epoch,
         cancel: Some(cancel.clone()),
         reuse: None,
+        index_dir: None,
     })
 }
 
@@ -320,11 +323,11 @@ fn apply_layer(
 
 /// Squash the layer blobs `range` (on top of the blobs `lower`) into one blob in `blobs_dir`;
 /// `indexes`, one file per layer of `range`, are their layer indexes (read when usable,
-/// written when not).
+/// written when not); the new blob's index goes into `index_dir`.
 #[pyfunction]
 #[pyo3(signature = (
     lower, range, blobs_dir, *, compression = "gzip", level = None, threads = 0,
-    source_date_epoch = None, indexes = None
+    source_date_epoch = None, indexes = None, index_dir = None
 ))]
 #[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
 fn squash_layers(
@@ -337,9 +340,11 @@ fn squash_layers(
     threads: usize,
     source_date_epoch: Option<i64>,
     indexes: Option<Vec<PathBuf>>,
+    index_dir: Option<PathBuf>,
 ) -> PyResult<LayerTuple> {
     let cancel = Arc::new(Cancel::new());
-    let opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
+    let mut opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
+    opts.index_dir = index_dir;
     let info = run_detached(py, &cancel, || match &indexes {
         Some(files) => {
             crate::squash::squash_files_indexed(&lower, &range, files, &opts, &blobs_dir, &cancel)

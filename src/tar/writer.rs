@@ -154,7 +154,14 @@ pub struct TarWriter<W: Write> {
     /// A [`FileBody`] was started and not finished: the stream is mid-entry.
     open_file: bool,
     read_buf: Vec<u8>,
+    /// Bytes of the archive written so far.
+    pos: u64,
+    /// Told of every entry's header bytes and where they start in the archive.
+    observer: Option<HeaderObserver>,
 }
+
+/// See [`TarWriter::with_header_observer`].
+pub type HeaderObserver = Box<dyn FnMut(u64, &[u8]) + Send>;
 
 impl<W: Write> TarWriter<W> {
     /// A writer into `inner` with no mtime clamp.
@@ -167,7 +174,16 @@ impl<W: Write> TarWriter<W> {
             pax: Vec::new(),
             open_file: false,
             read_buf: Vec::new(),
+            pos: 0,
+            observer: None,
         }
+    }
+
+    /// Call `observer` with each entry's header bytes (extended headers included) and their
+    /// offset in the archive, before they are written.
+    pub fn with_header_observer(mut self, observer: HeaderObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Clamp every mtime to `epoch` (`SOURCE_DATE_EPOCH`).
@@ -396,7 +412,12 @@ impl<W: Write> TarWriter<W> {
         check_path(meta.path)?;
         self.scratch.clear();
         encode(&mut self.scratch, &mut self.pax, meta, head, epoch)?;
-        self.inner.write_all(&self.scratch).at(&self.output)
+        if let Some(observe) = &mut self.observer {
+            observe(self.pos, &self.scratch);
+        }
+        self.inner.write_all(&self.scratch).at(&self.output)?;
+        self.pos += self.scratch.len() as u64;
+        Ok(())
     }
 }
 
@@ -416,6 +437,7 @@ impl<W: Write> FileBody<'_, '_, W> {
             return Err(changed(self.path, self.size, found));
         }
         self.tar.inner.write_all(data).at(&self.tar.output)?;
+        self.tar.pos += data.len() as u64;
         self.written = found;
         Ok(())
     }
@@ -435,6 +457,7 @@ impl<W: Write> FileBody<'_, '_, W> {
             .inner
             .write_all(&ZEROS[..pad])
             .at(&self.tar.output)?;
+        self.tar.pos += pad as u64;
         self.tar.open_file = false;
         Ok(())
     }
