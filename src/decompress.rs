@@ -149,21 +149,37 @@ impl Drop for BackgroundReader {
 
 /// The two ends of a decompressing thread: chunks go one way, emptied buffers come back.
 fn channel() -> (ChannelReader, Pump) {
-    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(AHEAD);
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Chunk>>(AHEAD);
     let (back_tx, back_rx) = mpsc::sync_channel::<Vec<u8>>(AHEAD + 2);
     let reader = ChannelReader {
         rx,
         back: back_tx,
-        chunk: Vec::new(),
+        chunk: Chunk::default(),
         pos: 0,
     };
     (reader, Pump { tx, back: back_rx })
 }
 
+/// Decompressed bytes handed over: the first `len` bytes of `buf` (which stays full-sized, so
+/// that reusing it never zeroes it again).
+#[derive(Default)]
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+}
+
 /// The decompressing side of [`channel`].
 struct Pump {
-    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    tx: mpsc::SyncSender<io::Result<Chunk>>,
     back: mpsc::Receiver<Vec<u8>>,
+}
+
+/// What a [`Pump`] decodes.
+enum Decoder<'a, R: Read> {
+    /// gzip: whole members are handed over as inflated, without a copy.
+    Members(GzipMembers<R>),
+    /// zstd or plain tar, read in chunks.
+    Stream(Box<dyn Read + 'a>),
 }
 
 impl Pump {
@@ -176,40 +192,44 @@ impl Pump {
         seen: Option<SeenMembers>,
         keys: bool,
     ) {
-        let mut stream: Box<dyn Read + '_> = match format {
+        let mut decoder: Decoder<'_, BufReader<R>> = match format {
             Format::Gzip => {
                 let mut members = GzipMembers::new(buffered);
                 members.seen = seen;
                 members.keys = keys;
-                Box::new(members)
+                Decoder::Members(members)
             }
             Format::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
-                Ok(d) => Box::new(d),
+                Ok(d) => Decoder::Stream(Box::new(d)),
                 Err(e) => {
                     let _ = self.tx.send(Err(e));
                     return;
                 }
             },
-            Format::Plain => Box::new(buffered),
+            Format::Plain => Decoder::Stream(Box::new(buffered)),
         };
         loop {
-            // A buffer the reader is done with, else a new one; either way CHUNK bytes long
-            // (a returned buffer was full-sized, so this zeroes nothing in the steady state).
-            let mut chunk = self.back.try_recv().unwrap_or_default();
-            chunk.resize(CHUNK, 0);
-            let n = match read_full(&mut stream, &mut chunk) {
+            // A buffer the reader is done with, else a new one.
+            let mut buf = self.back.try_recv().unwrap_or_default();
+            let got = match &mut decoder {
+                Decoder::Members(m) => m.next_owned(&mut buf),
+                Decoder::Stream(r) => {
+                    if buf.len() < CHUNK {
+                        buf.resize(CHUNK, 0);
+                    }
+                    read_full(r, &mut buf[..CHUNK])
+                }
+            };
+            let len = match got {
+                Ok(0) => return,
                 Ok(n) => n,
                 Err(e) => {
                     let _ = self.tx.send(Err(e));
                     return;
                 }
             };
-            if n == 0 {
-                return;
-            }
-            chunk.truncate(n);
             // A closed channel means the consumer is done: stop quietly.
-            if self.tx.send(Ok(chunk)).is_err() {
+            if self.tx.send(Ok(Chunk { buf, len })).is_err() {
                 return;
             }
         }
@@ -218,29 +238,29 @@ impl Pump {
 
 /// Reads the chunks the decompressing thread sends, and hands the emptied buffers back.
 struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    rx: mpsc::Receiver<io::Result<Chunk>>,
     back: mpsc::SyncSender<Vec<u8>>,
-    chunk: Vec<u8>,
+    chunk: Chunk,
     pos: usize,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.chunk.len() {
+        while self.pos == self.chunk.len {
             match self.rx.recv() {
                 Ok(chunk) => {
                     let done = std::mem::replace(&mut self.chunk, chunk?);
-                    if done.capacity() >= CHUNK {
+                    if !done.buf.is_empty() {
                         // A full back channel only means the thread has spares enough.
-                        let _ = self.back.try_send(done);
+                        let _ = self.back.try_send(done.buf);
                     }
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0), // the thread finished: end of stream
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        let n = buf.len().min(self.chunk.len - self.pos);
+        buf[..n].copy_from_slice(&self.chunk.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }
@@ -395,6 +415,31 @@ impl<R: Read> GzipMembers<R> {
         self.out_len = 0;
         self.out_pos = 0;
         Ok(true)
+    }
+}
+
+impl<R: Read> GzipMembers<R> {
+    /// The next decompressed bytes into `buf`, which may be swapped for the inflated member
+    /// itself (no copy): how many bytes, 0 at the end of the stream.
+    fn next_owned(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        while self.streaming.is_none() && self.out_pos == self.out_len {
+            if !self.next_member()? {
+                return Ok(0);
+            }
+            if self.streaming.is_none() && self.out_len > 0 {
+                if buf.len() < OUT_MAX {
+                    buf.resize(OUT_MAX, 0);
+                }
+                std::mem::swap(&mut self.out, buf);
+                let n = self.out_len;
+                self.out_len = 0;
+                return Ok(n);
+            }
+        }
+        if buf.len() < CHUNK {
+            buf.resize(CHUNK, 0);
+        }
+        read_full(self, &mut buf[..CHUNK])
     }
 }
 
