@@ -177,7 +177,7 @@ struct Pump {
 /// What a [`Pump`] decodes.
 enum Decoder<'a, R: Read> {
     /// gzip: whole members are handed over as inflated, without a copy.
-    Members(GzipMembers<R>),
+    Members(Box<GzipMembers<R>>),
     /// zstd or plain tar, read in chunks.
     Stream(Box<dyn Read + 'a>),
 }
@@ -197,7 +197,7 @@ impl Pump {
                 let mut members = GzipMembers::new(buffered);
                 members.seen = seen;
                 members.keys = keys;
-                Decoder::Members(members)
+                Decoder::Members(Box::new(members))
             }
             Format::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
                 Ok(d) => Decoder::Stream(Box::new(d)),
