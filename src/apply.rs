@@ -118,6 +118,7 @@ pub fn apply_layer<R: Read + Send>(
             dirs: Vec::new(),
             stats: ApplyStats::default(),
             buf: vec![0u8; COPY_BUFFER],
+            parent: None,
         };
         while let Some(header) = reader.next_header()? {
             cancel.check()?;
@@ -170,6 +171,10 @@ struct Applier<'a> {
     stats: ApplyStats,
     /// Content goes through this buffer: large writes, one allocation for the whole layer.
     buf: Vec<u8>,
+    /// The parent directory of the last entry, still open: entries of one directory come
+    /// together, so most need no lookup of their parent. Dropped as soon as an entry could
+    /// replace or remove it (an entry at it or above it).
+    parent: Option<(Vec<u8>, OwnedFd)>,
 }
 
 /// Size of the content buffer: few write calls per file, little memory.
@@ -180,6 +185,13 @@ impl Applier<'_> {
         let name = &h.display();
         let path = clean_path(&h.path, name)?;
         let base = base_name(&path);
+        // An entry at the open parent or above it may replace it: look it up again after.
+        if self.parent.as_ref().is_some_and(|(p, _)| {
+            p.starts_with(&path) && (p.len() == path.len() || p[path.len()] == b'/')
+                || path.is_empty()
+        }) {
+            self.parent = None;
+        }
         if base.starts_with(WHITEOUT_PREFIX) {
             return self.whiteout(&path, name);
         }
@@ -192,7 +204,10 @@ impl Applier<'_> {
             entry: name.to_string(),
             reason: e.to_string(),
         };
-        let dir = self.root.create_dir_all(parent(&path)).map_err(io)?;
+        let dir = match self.parent.take() {
+            Some((p, fd)) if p == parent(&path) => fd,
+            _ => self.root.create_dir_all(parent(&path)).map_err(io)?,
+        };
         let leaf = base.to_vec();
         match h.kind {
             EntryKind::Dir => {
@@ -217,17 +232,26 @@ impl Applier<'_> {
                 });
             }
             EntryKind::File => {
-                root::remove_all(&dir, &leaf).map_err(io)?;
-                let fd = rustix::fs::openat(
-                    &dir,
-                    os_path(&leaf),
-                    OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::WRONLY
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
+                let create = || {
+                    rustix::fs::openat(
+                        &dir,
+                        os_path(&leaf),
+                        OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::WRONLY
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                };
+                // Usually nothing is there; whatever is (a link included) goes first.
+                let fd = match create() {
+                    Err(rustix::io::Errno::EXIST) => {
+                        root::remove_all(&dir, &leaf).map_err(io)?;
+                        create()
+                    }
+                    other => other,
+                }
                 .map_err(|e| io(e.into()))?;
                 let mut file = File::from(fd);
                 copy_content(content, &mut file, &mut self.buf)
@@ -240,9 +264,15 @@ impl Applier<'_> {
             }
             EntryKind::Symlink => {
                 let target = &h.link;
-                root::remove_all(&dir, &leaf).map_err(io)?;
-                rustix::fs::symlinkat(os_path(target), &dir, os_path(&leaf))
-                    .map_err(|e| io(e.into()))?;
+                let create = || rustix::fs::symlinkat(os_path(target), &dir, os_path(&leaf));
+                match create() {
+                    Err(rustix::io::Errno::EXIST) => {
+                        root::remove_all(&dir, &leaf).map_err(io)?;
+                        create()
+                    }
+                    other => other,
+                }
+                .map_err(|e| io(e.into()))?;
                 self.leaf_meta(&dir, &leaf, meta, name, false)?;
             }
             EntryKind::Hardlink => {
@@ -309,6 +339,7 @@ impl Applier<'_> {
             }
         }
         self.mark_created(&path);
+        self.parent = Some((parent(&path).to_vec(), dir));
         Ok(())
     }
 

@@ -481,3 +481,53 @@ fn overlay_form_writes_char_device_whiteouts_and_opaque_xattrs() {
     let n = rustix::fs::getxattr(t.path().join("d"), "trusted.overlay.opaque", &mut buf).unwrap();
     assert_eq!(&buf[..n], b"y");
 }
+
+/// Entries of one directory share its open descriptor; an entry that replaces that directory
+/// (or one above it) must not leave later entries writing into the replaced one.
+#[test]
+fn an_entry_replacing_the_directory_of_the_entries_before_it_is_seen() {
+    // The directory becomes a file: an entry below it is an error, not a hidden write.
+    let t = tempfile::tempdir().unwrap();
+    let r = apply(
+        t.path(),
+        &[
+            M::Dir("a"),
+            M::File("a/x", b"x"),
+            M::File("a", b"now a file"),
+            M::File("a/y", b"y"),
+        ],
+    );
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(tree(t.path()), vec!["a = now a file"]);
+
+    // The directory becomes a symlink to another one: later entries go where it points, as
+    // a lookup from the root would take them.
+    let t = tempfile::tempdir().unwrap();
+    apply(
+        t.path(),
+        &[
+            M::Dir("a/b"),
+            M::File("a/b/x", b"x"),
+            M::Dir("c"),
+            M::Sym("a/b", "/c"),
+            M::File("a/b/y", b"y"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(tree(t.path()), vec!["a/", "a/b -> /c", "c/", "c/y = y"]);
+
+    // An ancestor replaced by a new directory: the old one and its files are gone.
+    let t = tempfile::tempdir().unwrap();
+    apply(
+        t.path(),
+        &[
+            M::Dir("a/b"),
+            M::File("a/b/x", b"x"),
+            M::File("a", b"f"),
+            M::Dir("a"),
+            M::File("a/b/z", b"z"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(tree(t.path()), vec!["a/", "a/b/", "a/b/z = z"]);
+}
