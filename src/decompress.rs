@@ -107,8 +107,7 @@ pub fn with_decompressed_seen<R: Read + Send, T>(
 
 /// The decompressed stream of `blob`, decoded on a thread of its own while the caller reads.
 /// Dropping the reader stops and joins that thread.
-/// Gzip members inflated in one piece are recorded into `seen`, when given, without their
-/// content key (left zero: hashing every byte is not needed to know where members lie).
+/// Gzip members inflated in one piece are recorded into `seen`, when given.
 pub fn decompress_in_background<R: Read + Send + 'static>(
     blob: R,
     seen: Option<SeenMembers>,
@@ -117,7 +116,7 @@ pub fn decompress_in_background<R: Read + Send + 'static>(
     let (reader, pump) = channel();
     let thread = std::thread::Builder::new()
         .name("layerdiff-inflate".into())
-        .spawn(move || pump.run(format, buffered, seen, false))
+        .spawn(move || pump.run(format, buffered, seen, true))
         .at("<layer>")?;
     Ok(BackgroundReader {
         reader: Some(reader),

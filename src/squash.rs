@@ -772,15 +772,11 @@ impl Checked {
         (self.blob, seen, self.index.clone())
     }
 
-    /// Whether the members the index gave are where the layer has them (content keys aside:
-    /// those were not computed again). A wrong one is never taken (its CRC-32 does not match),
-    /// but the index is worth rebuilding.
+    /// Whether the members the index gave are the ones the layer has. A wrong one that was
+    /// taken fails the squash (see [`check_taken`]); one that was not only makes the index
+    /// worth rebuilding.
     fn members_match(&self) -> bool {
-        let seen = self.seen.lock().expect("not poisoned");
-        seen.len() == self.members.len()
-            && seen.iter().zip(&self.members).all(|(s, m)| {
-                (s.offset, s.len, s.size, s.head) == (m.offset, m.len, m.size, m.head)
-            })
+        *self.seen.lock().expect("not poisoned") == self.members
     }
 }
 
@@ -847,15 +843,16 @@ impl Sources<'_> {
     }
 }
 
-/// Every member taken from a layer checked in pass 2 must be one that layer was seen to hold
-/// (same place, length and size): an index may not lend what is not there. Its content key
-/// came from the index, which was made from the same blob; [`MemberIndex::take`] checked its
-/// CRC-32 against the bytes it stands for, and pass 2 inflated it whole, trailer checked.
+/// Every member taken from a layer checked in pass 2 must be one that layer was seen to hold:
+/// same place, length, size and content key, the key computed from what pass 2 inflated. An
+/// index may not lend what is not there: a blob found under a digest is not proof that it is
+/// the blob the index was made from (layouts from elsewhere are not checked against their
+/// digests), so what the index says of a member counts only once the layer itself confirms it.
 fn check_taken(
     taken: &[Taken],
     checked: &[(Option<usize>, Vec<MemberSeen>, PathBuf)],
 ) -> Result<()> {
-    for &(blob, offset, len, _key, size) in taken {
+    for &(blob, offset, len, key, size) in taken {
         let Some((_, seen, index)) = checked.iter().find(|(b, _, _)| *b == Some(blob)) else {
             continue; // read in pass 1: its members were checked then
         };
@@ -863,7 +860,7 @@ fn check_taken(
             .binary_search_by_key(&offset, |m| m.offset)
             .ok()
             .map(|i| &seen[i])
-            .is_some_and(|m| m.len == len && m.size == size as usize);
+            .is_some_and(|m| m.len == len && m.key == key && m.size == size as usize);
         if !ok {
             return Err(Error::StaleIndex(index.clone()));
         }

@@ -679,3 +679,41 @@ fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// A member an index lent counts only if the layer, inflated, showed the same member there:
+/// same place, length, size and content key.
+#[test]
+fn lent_members_must_be_what_the_layer_holds() {
+    let seen = vec![
+        MemberSeen {
+            offset: 0,
+            len: 100,
+            head: None,
+            key: [1; 16],
+            size: 4096,
+        },
+        MemberSeen {
+            offset: 100,
+            len: 50,
+            head: None,
+            key: [2; 16],
+            size: 2048,
+        },
+    ];
+    let index = PathBuf::from("idx");
+    let checked = vec![(Some(0), seen, index.clone())];
+    assert!(check_taken(&[(0, 100, 50, [2; 16], 2048)], &checked).is_ok());
+    // A blob read in pass 1 (not checked here) is not this function's concern.
+    assert!(check_taken(&[(1, 7, 1, [9; 16], 1)], &checked).is_ok());
+    for wrong in [
+        (0, 101, 50, [2; 16], 2048), // place
+        (0, 100, 51, [2; 16], 2048), // length
+        (0, 100, 50, [3; 16], 2048), // content key
+        (0, 100, 50, [2; 16], 2049), // size
+    ] {
+        assert!(
+            matches!(check_taken(&[wrong], &checked), Err(Error::StaleIndex(p)) if p == index),
+            "{wrong:?}"
+        );
+    }
+}
