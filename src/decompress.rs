@@ -281,26 +281,36 @@ impl Inflater {
             .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "libdeflate decompressor"))
     }
 
-    /// Inflate the one gzip member at the start of `input` into `out`: (input used, output
-    /// written), or `None` when it does not fit the buffers or is not valid (the streaming
-    /// decoder then takes over and reports corruption precisely).
-    fn member(&mut self, input: &[u8], out: &mut [u8]) -> Option<(usize, usize)> {
+    /// Inflate the one gzip member at the start of `input` into `out`, replacing what it held
+    /// (up to [`OUT_MAX`] bytes): the input used, or `None` when it does not fit or is not valid
+    /// (the streaming decoder then takes over and reports corruption precisely). The output
+    /// goes into `out`'s capacity directly, without zeroing it first.
+    fn member(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        out.clear();
+        out.reserve(OUT_MAX);
         let (mut used, mut written) = (0usize, 0usize);
-        // SAFETY: the pointers and lengths come from live slices that outlive the call; the
-        // decompressor is ours alone (`&mut self`); libdeflate writes at most `out.len()` bytes
-        // and fills the two counters.
+        // SAFETY: the pointers and lengths come from a live slice and a live vector that outlive
+        // the call; the decompressor is ours alone (`&mut self`); libdeflate writes at most
+        // `OUT_MAX` (<= the capacity reserved above) bytes at the output pointer, never reads
+        // them, and fills the two counters.
         let r = unsafe {
             libdeflate_sys::libdeflate_gzip_decompress_ex(
                 self.0.as_ptr(),
                 input.as_ptr().cast(),
                 input.len(),
                 out.as_mut_ptr().cast(),
-                out.len(),
+                OUT_MAX,
                 &mut used,
                 &mut written,
             )
         };
-        (r == libdeflate_sys::libdeflate_result_LIBDEFLATE_SUCCESS).then_some((used, written))
+        if r != libdeflate_sys::libdeflate_result_LIBDEFLATE_SUCCESS || written > OUT_MAX {
+            return None;
+        }
+        // SAFETY: libdeflate reported success and initialised exactly `written` bytes from the
+        // start of the buffer, within its capacity.
+        unsafe { out.set_len(written) };
+        Some(used)
     }
 }
 
@@ -378,8 +388,8 @@ impl<R: Read> GzipMembers<R> {
             return Ok(false);
         }
         if let Some(inflater) = self.inflater.as_mut() {
-            self.out.resize(OUT_MAX, 0);
-            if let Some((used, written)) = inflater.member(&self.buf[self.start..], &mut self.out) {
+            if let Some(used) = inflater.member(&self.buf[self.start..], &mut self.out) {
+                let written = self.out.len();
                 if let Some(seen) = &self.seen {
                     let member = &self.buf[self.start..self.start + used];
                     let record = MemberSeen {
@@ -426,9 +436,6 @@ impl<R: Read> GzipMembers<R> {
                 return Ok(0);
             }
             if self.streaming.is_none() && self.out_len > 0 {
-                if buf.len() < OUT_MAX {
-                    buf.resize(OUT_MAX, 0);
-                }
                 std::mem::swap(&mut self.out, buf);
                 let n = self.out_len;
                 self.out_len = 0;
