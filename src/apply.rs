@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
@@ -20,7 +20,7 @@ use crate::decompress::with_decompressed;
 use crate::entry::{Timestamp, base_name, join, os_path, parent};
 use crate::error::{Error, Result};
 use crate::root::{self, Root};
-use crate::tar::reader::{EntryKind, Header, TarReader, read_full};
+use crate::tar::reader::{EntryKind, Header, TarReader};
 use crate::whiteout::{LayerName, WHITEOUT_PREFIX, classify_layer_name, is_overlay_xattr};
 
 /// Default limit on the uncompressed bytes of one layer: generous, but a decompression bomb
@@ -78,13 +78,35 @@ impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
+        self.check()?;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Limited<R> {
+    /// At most one byte past the limit is handed out: taking it makes the next call fail.
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.check()?;
+        let allowed = usize::try_from(self.limit - self.read + 1).unwrap_or(usize::MAX);
+        let data = self.inner.fill_buf()?;
+        Ok(&data[..data.len().min(allowed)])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n);
+        self.read += n as u64;
+    }
+}
+
+impl<R> Limited<R> {
+    fn check(&self) -> io::Result<()> {
         if self.read > self.limit {
             return Err(io::Error::other(format!(
                 "layer larger than the limit of {} bytes (raise --max-size if it is genuine)",
                 self.limit
             )));
         }
-        Ok(n)
+        Ok(())
     }
 }
 
@@ -117,7 +139,6 @@ pub fn apply_layer<R: Read + Send>(
             opaque: Vec::new(),
             dirs: Vec::new(),
             stats: ApplyStats::default(),
-            buf: vec![0u8; COPY_BUFFER],
             parent: None,
         };
         while let Some(header) = reader.next_header()? {
@@ -169,19 +190,14 @@ struct Applier<'a> {
     opaque: Vec<Vec<u8>>,
     dirs: Vec<DirMeta>,
     stats: ApplyStats,
-    /// Content goes through this buffer: large writes, one allocation for the whole layer.
-    buf: Vec<u8>,
     /// The parent directory of the last entry, still open: entries of one directory come
     /// together, so most need no lookup of their parent. Dropped as soon as an entry could
     /// replace or remove it (an entry at it or above it).
     parent: Option<(Vec<u8>, OwnedFd)>,
 }
 
-/// Size of the content buffer: few write calls per file, little memory.
-const COPY_BUFFER: usize = 1 << 20;
-
 impl Applier<'_> {
-    fn entry<R: Read>(&mut self, h: &Header, content: &mut TarReader<R>) -> Result<()> {
+    fn entry<R: BufRead>(&mut self, h: &Header, content: &mut TarReader<R>) -> Result<()> {
         let name = &h.display();
         let path = clean_path(&h.path, name)?;
         let base = base_name(&path);
@@ -254,7 +270,7 @@ impl Applier<'_> {
                 }
                 .map_err(|e| io(e.into()))?;
                 let mut file = File::from(fd);
-                copy_content(content, &mut file, &mut self.buf)
+                copy_content(content, &mut file)
                     .map_err(|e| bad(name, format!("reading content: {e}")))?;
                 self.owner_and_xattrs_fd(&file, meta, name)?;
                 rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
@@ -589,14 +605,18 @@ impl Applier<'_> {
 }
 
 /// Copy an entry's content into the file in large writes (`io::copy` would use 8 KiB ones).
-fn copy_content(from: &mut impl Read, to: &mut File, buf: &mut [u8]) -> io::Result<()> {
+/// Write the rest of the current entry's content into `to`, straight from the stream's
+/// buffers.
+fn copy_content(from: &mut impl BufRead, to: &mut File) -> io::Result<()> {
     use std::io::Write;
     loop {
-        let filled = read_full(from, buf)?;
-        if filled == 0 {
+        let data = from.fill_buf()?;
+        if data.is_empty() {
             return Ok(());
         }
-        to.write_all(&buf[..filled])?;
+        let n = data.len();
+        to.write_all(data)?;
+        from.consume(n);
     }
 }
 

@@ -456,6 +456,39 @@ fn size_limit_stops_a_bomb() {
     assert!(err.to_string().contains("limit"), "{err}");
 }
 
+/// The limit counts every uncompressed byte, file contents included: a layer of exactly the
+/// limit applies, one byte less of limit refuses it, plain or compressed.
+#[test]
+fn size_limit_is_exact() {
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let bytes = layer(&[M::Dir("d"), M::File("d/f", &data), M::File("g", b"x")]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &bytes).unwrap();
+    let gz = gz.finish().unwrap();
+    for blob in [&bytes[..], &gz[..]] {
+        // What the reader consumes: the archive up to its end marker.
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::open(t.path()).unwrap();
+        let total = apply_layer(&r, blob, &ApplyOptions::default(), &crate::cancel::NEVER)
+            .unwrap()
+            .bytes;
+        assert!(total > 300_000);
+        for (limit, ok) in [(total, true), (total + 1, true), (total - 1, false)] {
+            let t = tempfile::tempdir().unwrap();
+            let r = Root::open(t.path()).unwrap();
+            let opts = ApplyOptions {
+                max_size: limit,
+                ..ApplyOptions::default()
+            };
+            let res = apply_layer(&r, blob, &opts, &crate::cancel::NEVER);
+            assert_eq!(res.is_ok(), ok, "limit {limit} of {total}: {res:?}");
+            if ok {
+                assert_eq!(fs::read(t.path().join("d/f")).unwrap(), data);
+            }
+        }
+    }
+}
+
 #[test]
 fn overlay_form_writes_char_device_whiteouts_and_opaque_xattrs() {
     if !rustix::process::geteuid().is_root() {

@@ -62,7 +62,7 @@ pub fn decompress<'a, R: Read + 'a>(blob: R) -> Result<Box<dyn Read + 'a>> {
 /// When `consume` returns, the decompressing thread is stopped and joined.
 pub fn with_decompressed<R: Read + Send, T>(
     blob: R,
-    consume: impl FnOnce(&mut dyn Read) -> Result<T>,
+    consume: impl FnOnce(&mut dyn BufRead) -> Result<T>,
 ) -> Result<T> {
     with_decompressed_seen(blob, None, consume)
 }
@@ -89,7 +89,7 @@ pub type SeenMembers = Arc<Mutex<Vec<MemberSeen>>>;
 pub fn with_decompressed_seen<R: Read + Send, T>(
     blob: R,
     seen: Option<SeenMembers>,
-    consume: impl FnOnce(&mut dyn Read) -> Result<T>,
+    consume: impl FnOnce(&mut dyn BufRead) -> Result<T>,
 ) -> Result<T> {
     let (format, buffered) = sniff(blob)?;
     if format == Format::Plain {
@@ -133,6 +133,16 @@ pub struct BackgroundReader {
 impl Read for BackgroundReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reader.as_mut().expect("kept until drop").read(buf)
+    }
+}
+
+impl BufRead for BackgroundReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.reader.as_mut().expect("kept until drop").fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.reader.as_mut().expect("kept until drop").consume(n);
     }
 }
 
@@ -245,6 +255,17 @@ struct ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let data = self.fill_buf()?;
+        let n = buf.len().min(data.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ChannelReader {
+    /// The rest of the current chunk, without a copy; empty at the end of the stream.
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.chunk.len {
             match self.rx.recv() {
                 Ok(chunk) => {
@@ -255,13 +276,14 @@ impl Read for ChannelReader {
                     }
                     self.pos = 0;
                 }
-                Err(_) => return Ok(0), // the thread finished: end of stream
+                Err(_) => return Ok(&[]), // the thread finished: end of stream
             }
         }
-        let n = buf.len().min(self.chunk.len - self.pos);
-        buf[..n].copy_from_slice(&self.chunk.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(&self.chunk.buf[self.pos..self.chunk.len])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.chunk.len);
     }
 }
 

@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::apply::clean_path;
@@ -668,8 +668,8 @@ fn order_key(item: &Item<'_>) -> Vec<(u8, Vec<u8>)> {
 /// file the first time a content lies behind the cursor, and is read from there by seeking, so
 /// an unsorted (or hostile) layer costs one extra pass, never one per file.
 struct Cursor {
-    reader: Box<dyn Read>,
-    spool: Option<File>,
+    reader: BackgroundReader,
+    spool: Option<io::BufReader<File>>,
     pos: u64,
 }
 
@@ -684,12 +684,29 @@ impl Read for Cursor {
     }
 }
 
+impl BufRead for Cursor {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match &mut self.spool {
+            Some(f) => f.fill_buf(),
+            None => self.reader.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        match &mut self.spool {
+            Some(f) => f.consume(n),
+            None => self.reader.consume(n),
+        }
+        self.pos += n as u64;
+    }
+}
+
 impl Cursor {
     /// Position at `offset` of the decompressed stream of `path`.
     fn seek(&mut self, path: &Path, offset: u64) -> Result<()> {
         use std::io::Seek;
         if self.pos > offset && self.spool.is_none() {
-            self.spool = Some(spool(path)?);
+            self.spool = Some(io::BufReader::with_capacity(1 << 20, spool(path)?));
         }
         if let Some(f) = &mut self.spool {
             f.seek(io::SeekFrom::Start(offset)).at(path)?;
@@ -805,7 +822,7 @@ impl Sources<'_> {
         let file = File::open(path).at(path)?;
         let source = match self.claimed[layer].take() {
             None => Source::Plain(Cursor {
-                reader: Box::new(decompress_in_background(file, None)?),
+                reader: decompress_in_background(file, None)?,
                 spool: None,
                 pos: 0,
             }),
@@ -828,7 +845,7 @@ impl Sources<'_> {
     }
 
     /// The content of layer `layer` starting at `offset`, to be read from the returned reader.
-    fn content(&mut self, layer: usize, offset: u64) -> Result<&mut dyn Read> {
+    fn content(&mut self, layer: usize, offset: u64) -> Result<&mut dyn BufRead> {
         let path = &self.range[layer];
         Ok(match self.get(layer)? {
             Source::Plain(cursor) => {
@@ -943,7 +960,7 @@ fn write_squashed<W: Write>(
                 None => {
                     first.insert((*layer, *offset), path);
                     let content = sources.content(*layer, *offset)?;
-                    tar.append_file(&meta, *size, content.take(*size))?;
+                    tar.append_file_buffered(&meta, *size, content.take(*size))?;
                 }
             },
             Kind::LinkToLower(target) => tar.append_hardlink(&meta, target)?,

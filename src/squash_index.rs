@@ -19,6 +19,8 @@ use crate::squash::{Kind, Op, Record};
 const MAGIC: &[u8; 8] = b"LDSQIX01";
 /// An index larger than this is not read (a layer of millions of entries is still far below).
 const MAX_INDEX: u64 = 1 << 30;
+/// Items allocated ahead of decoding them: a count is only a claim until the items are there.
+const PREALLOC: usize = 1 << 16;
 
 /// One layer's entries and gzip members, as read from the layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +140,7 @@ impl Dec<'_> {
         let gid = self.u32()?;
         let mtime = (self.u64()? as i64, self.u32()?);
         let n = self.count()?;
-        let mut xattrs = Vec::with_capacity(n);
+        let mut xattrs = Vec::with_capacity(n.min(PREALLOC));
         for _ in 0..n {
             xattrs.push((self.bytes()?, self.bytes()?));
         }
@@ -295,9 +297,14 @@ pub fn encode(index: &LayerIndex) -> Vec<u8> {
         e.0.extend_from_slice(&m.key);
         e.u64(m.size as u64);
     }
-    let sum = blake3::hash(&e.0);
-    e.0.extend_from_slice(sum.as_bytes());
-    e.0
+    seal(e.0)
+}
+
+/// `body` with the checksum [`decode`] expects after it.
+pub fn seal(mut body: Vec<u8>) -> Vec<u8> {
+    let sum = blake3::hash(&body);
+    body.extend_from_slice(sum.as_bytes());
+    body
 }
 
 /// Decode an index whose file contents refer to source layer `layer`; `None` if it is not a
@@ -313,12 +320,12 @@ pub fn decode(data: &[u8], layer: usize) -> Option<LayerIndex> {
         layer,
     };
     let n = d.count()?;
-    let mut ops = Vec::with_capacity(n);
+    let mut ops = Vec::with_capacity(n.min(PREALLOC));
     for _ in 0..n {
         ops.push(d.op()?);
     }
     let n = d.count()?;
-    let mut members = Vec::with_capacity(n);
+    let mut members = Vec::with_capacity(n.min(PREALLOC));
     for _ in 0..n {
         members.push(d.member()?);
     }
@@ -437,9 +444,7 @@ mod tests {
         // A well-formed file of another version.
         let mut other = data[..data.len() - 32].to_vec();
         other[7] = b'2';
-        let sum = blake3::hash(&other);
-        other.extend_from_slice(sum.as_bytes());
-        assert_eq!(decode(&other, 0), None);
+        assert_eq!(decode(&seal(other), 0), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `=`), and where a PAX record, a GNU long name and the ustar fields disagree the order is
 //! fixed — PAX, then GNU, then ustar — so every reader of ours sees the same archive.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use crate::entry::Timestamp;
 use crate::error::{Error, Result};
@@ -469,6 +469,31 @@ pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> 
         }
     }
     Ok(n)
+}
+
+impl<R: BufRead> BufRead for TarReader<R> {
+    /// Content of the current entry straight from the stream's buffer; empty at its end.
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.remaining == 0 {
+            return Ok(&[]);
+        }
+        let remaining = usize::try_from(self.remaining).unwrap_or(usize::MAX);
+        let data = self.inner.fill_buf()?;
+        if data.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "archive is truncated",
+            ));
+        }
+        Ok(&data[..data.len().min(remaining)])
+    }
+
+    fn consume(&mut self, n: usize) {
+        let n = n.min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        self.inner.consume(n);
+        self.remaining -= n as u64;
+        self.pos += n as u64;
+    }
 }
 
 impl<R: Read> Read for TarReader<R> {

@@ -36,7 +36,7 @@
 //! With a `SOURCE_DATE_EPOCH`, every other mtime becomes `min(mtime, epoch)`; a clamped time
 //! has no nanoseconds.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::PathBuf;
 
 use crate::entry::{Entry, Timestamp, join, os_path};
@@ -255,6 +255,33 @@ impl<W: Write> TarWriter<W> {
         })();
         self.read_buf = buf;
         res
+    }
+
+    /// [`TarWriter::append_file`] from a buffered reader, written straight from its buffers.
+    pub fn append_file_buffered<R: BufRead>(
+        &mut self,
+        meta: &Meta,
+        size: u64,
+        mut content: R,
+    ) -> Result<()> {
+        let mut body = self.begin_file(meta, size)?;
+        let mut left = size;
+        while left > 0 {
+            let data = content.fill_buf().at(os_path(meta.path))?;
+            if data.is_empty() {
+                return Err(changed(meta.path, size, size - left));
+            }
+            let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            body.write(&data[..n])?;
+            content.consume(n);
+            left -= n as u64;
+        }
+        // A file that goes on past its size has changed too.
+        let extra = content.fill_buf().at(os_path(meta.path))?.len();
+        if extra != 0 {
+            return Err(changed(meta.path, size, size + extra as u64));
+        }
+        body.finish()
     }
 
     /// Start a regular file of exactly `size` bytes: write its header and return the body to
