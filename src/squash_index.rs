@@ -47,6 +47,15 @@ impl Enc {
         self.u64(b.len() as u64);
         self.0.extend_from_slice(b);
     }
+    fn tagged(&mut self, tag: u8, b: &[u8]) {
+        self.u8(tag);
+        self.bytes(b);
+    }
+    fn tagged_pair(&mut self, tag: u8, (x, y): (u32, u32)) {
+        self.u8(tag);
+        self.u32(x);
+        self.u32(y);
+    }
     fn record(&mut self, r: &Record) {
         match &r.kind {
             Kind::Dir => self.u8(0),
@@ -55,25 +64,11 @@ impl Enc {
                 self.u64(*offset);
                 self.u64(*size);
             }
-            Kind::LinkToLower(t) => {
-                self.u8(2);
-                self.bytes(t);
-            }
-            Kind::Symlink(t) => {
-                self.u8(3);
-                self.bytes(t);
-            }
+            Kind::LinkToLower(t) => self.tagged(2, t),
+            Kind::Symlink(t) => self.tagged(3, t),
             Kind::Fifo => self.u8(4),
-            Kind::Char(a, b) => {
-                self.u8(5);
-                self.u32(*a);
-                self.u32(*b);
-            }
-            Kind::Block(a, b) => {
-                self.u8(6);
-                self.u32(*a);
-                self.u32(*b);
-            }
+            Kind::Char(a, b) => self.tagged_pair(5, (*a, *b)),
+            Kind::Block(a, b) => self.tagged_pair(6, (*a, *b)),
         }
         self.u32(r.mode);
         self.u32(r.uid);
@@ -221,40 +216,18 @@ impl IndexBuilder {
 }
 
 /// `op` with a file's content offset moved from its header's start to the archive's.
-fn at(op: Op, offset: u64) -> Op {
-    match op {
-        Op::Put(
-            p,
-            Record {
-                kind:
-                    Kind::File {
-                        layer,
-                        offset: rel,
-                        size,
-                    },
-                mode,
-                uid,
-                gid,
-                mtime,
-                xattrs,
-            },
-        ) => Op::Put(
-            p,
-            Record {
-                kind: Kind::File {
-                    layer,
-                    offset: offset + rel,
-                    size,
-                },
-                mode,
-                uid,
-                gid,
-                mtime,
-                xattrs,
-            },
-        ),
-        other => other,
+fn at(mut op: Op, offset: u64) -> Op {
+    if let Op::Put(
+        _,
+        Record {
+            kind: Kind::File { offset: rel, .. },
+            ..
+        },
+    ) = &mut op
+    {
+        *rel += offset;
     }
+    op
 }
 
 /// The index's bytes: magic, operations, members, blake3 of all that.
@@ -263,22 +236,14 @@ pub fn encode(index: &LayerIndex) -> Vec<u8> {
     e.u64(index.ops.len() as u64);
     for op in &index.ops {
         match op {
-            Op::Whiteout(p) => {
-                e.u8(0);
-                e.bytes(p);
-            }
-            Op::Opaque(p) => {
-                e.u8(1);
-                e.bytes(p);
-            }
+            Op::Whiteout(p) => e.tagged(0, p),
+            Op::Opaque(p) => e.tagged(1, p),
             Op::Put(p, r) => {
-                e.u8(2);
-                e.bytes(p);
+                e.tagged(2, p);
                 e.record(r);
             }
             Op::Link(p, t) => {
-                e.u8(3);
-                e.bytes(p);
+                e.tagged(3, p);
                 e.bytes(t);
             }
         }

@@ -275,33 +275,35 @@ fn squash_applies_like_the_layers_in_order() {
     assert_eq!(again.digest, all.digest);
 }
 
+/// A plain tar by GNU tar of files `name` (70,000 times `byte`), given the names backwards so
+/// the entries are not in path order.
+fn backwards_tar(dir: &Path, files: &[(&str, u8)]) -> PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir(&src).unwrap();
+    for (name, byte) in files {
+        std::fs::write(src.join(name), vec![*byte; 70_000]).unwrap();
+    }
+    let layer = dir.join("layer.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&src)
+        .args(files.iter().rev().map(|(name, _)| name))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    layer
+}
+
 /// A layer whose entries are not in path order (GNU tar given the names backwards) is squashed
 /// correctly: its contents are read from a spool instead of the stream.
 #[test]
 fn unsorted_layers_squash_correctly() {
     use std::fs;
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    fs::create_dir(&src).unwrap();
-    for (name, byte) in [("a", 1u8), ("b", 2), ("c", 3), ("d", 4)] {
-        fs::write(src.join(name), vec![byte; 70_000]).unwrap();
-    }
-    let layer = t.path().join("layer.tar");
-    let ok = std::process::Command::new("tar")
-        .args([
-            "-cf",
-            layer.to_str().unwrap(),
-            "-C",
-            src.to_str().unwrap(),
-            "d",
-            "c",
-            "b",
-            "a",
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    let layer = backwards_tar(t.path(), &[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
     let blobs = t.path().join("blobs");
     fs::create_dir(&blobs).unwrap();
     let opts = LayerOptions::default();
@@ -324,6 +326,37 @@ fn unsorted_layers_squash_correctly() {
     }
 }
 
+/// `cp -a from to`.
+fn cp_a(from: &Path, to: &Path) {
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status();
+    assert!(cp.unwrap().success());
+}
+
+/// `count` files `fNN` of 100,000 bytes in `dir`: text-like runs mixed with pseudo-random
+/// bytes from `seed`, compressible but not trivially.
+fn varied_files(dir: &Path, count: usize, seed: u64) {
+    let mut x = seed;
+    for i in 0..count {
+        let data: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 4 == 0 {
+                    b'a' + (x % 26) as u8
+                } else {
+                    (x >> 8) as u8
+                }
+            })
+            .collect();
+        std::fs::write(dir.join(format!("f{i:02}")), data).unwrap();
+    }
+}
+
 #[test]
 fn squash_takes_members_of_its_sources_and_writes_the_same_bytes() {
     use crate::compress::Compression;
@@ -342,22 +375,7 @@ fn squash_takes_members_of_its_sources_and_writes_the_same_bytes() {
     fs::create_dir_all(a.join("usr/lib")).unwrap();
     fs::create_dir_all(&blobs).unwrap();
     // Several MiB of varied contents under usr/, so the layer has many members.
-    let mut x: u64 = 7;
-    for i in 0..64 {
-        let data: Vec<u8> = (0..100_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                if x % 4 == 0 {
-                    b'a' + (x % 26) as u8
-                } else {
-                    (x >> 8) as u8
-                }
-            })
-            .collect();
-        fs::write(a.join(format!("usr/lib/f{i:02}")), data).unwrap();
-    }
+    varied_files(&a.join("usr/lib"), 64, 7);
     assert!(
         std::process::Command::new("cp")
             .arg("-a")
@@ -424,28 +442,8 @@ fn two_gzip_layers(t: &Path) -> (Vec<PathBuf>, LayerOptions) {
     let (a, b, blobs) = (t.join("a"), t.join("b"), t.join("blobs"));
     fs::create_dir_all(a.join("usr/lib")).unwrap();
     fs::create_dir_all(&blobs).unwrap();
-    let mut x: u64 = 11;
-    for i in 0..24 {
-        let data: Vec<u8> = (0..100_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                if x % 4 == 0 {
-                    b'a' + (x % 26) as u8
-                } else {
-                    (x >> 8) as u8
-                }
-            })
-            .collect();
-        fs::write(a.join(format!("usr/lib/f{i:02}")), data).unwrap();
-    }
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&a)
-        .arg(&b)
-        .status();
-    assert!(cp.unwrap().success());
+    varied_files(&a.join("usr/lib"), 24, 11);
+    cp_a(&a, &b);
     fs::create_dir(b.join("etc")).unwrap();
     fs::write(b.join("etc/conf"), b"x=1\n").unwrap();
     fs::remove_file(b.join("usr/lib/f03")).unwrap();
@@ -560,26 +558,7 @@ fn indexed_squash_gives_the_same_bytes_and_shrugs_off_wrong_indexes() {
 fn indexed_squash_of_an_unsorted_layer_falls_back_and_stays_right() {
     use std::fs;
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    fs::create_dir(&src).unwrap();
-    for (name, byte) in [("a", 1u8), ("b", 2), ("c", 3)] {
-        fs::write(src.join(name), vec![byte; 70_000]).unwrap();
-    }
-    let layer = t.path().join("layer.tar");
-    let ok = std::process::Command::new("tar")
-        .args([
-            "-cf",
-            layer.to_str().unwrap(),
-            "-C",
-            src.to_str().unwrap(),
-            "c",
-            "b",
-            "a",
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    let layer = backwards_tar(t.path(), &[("a", 1), ("b", 2), ("c", 3)]);
     let blobs = t.path().join("blobs");
     fs::create_dir(&blobs).unwrap();
     let opts = LayerOptions::default();
@@ -618,12 +597,7 @@ fn a_written_layer_leaves_the_index_reading_it_gives() {
     fs::write(a.join(format!("{deep}/file")), vec![3u8; 300_000]).unwrap();
     fs::write(a.join("gone/sub/f"), b"x").unwrap();
     fs::write(a.join("big"), vec![9u8; 2_500_000]).unwrap();
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&a)
-        .arg(&b)
-        .status();
-    assert!(cp.unwrap().success());
+    cp_a(&a, &b);
     fs::remove_dir_all(b.join("gone")).unwrap();
     fs::write(b.join("new"), b"new").unwrap();
     fs::hard_link(b.join("new"), b.join("new-link")).unwrap();
