@@ -191,8 +191,9 @@ struct Applier<'a> {
     dirs: Vec<DirMeta>,
     stats: ApplyStats,
     /// The parent directory of the last entry, still open: entries of one directory come
-    /// together, so most need no lookup of their parent. Dropped as soon as an entry could
-    /// replace or remove it (an entry at it or above it).
+    /// together, so most need no lookup of their parent. Every entry takes it and leaves its
+    /// own parent here, so an entry that replaces a directory (its own parent lies above that
+    /// directory) never leaves the replaced one behind; whiteouts act only at the end.
     parent: Option<(Vec<u8>, OwnedFd)>,
 }
 
@@ -201,13 +202,6 @@ impl Applier<'_> {
         let name = &h.display();
         let path = clean_path(&h.path, name)?;
         let base = base_name(&path);
-        // An entry at the open parent or above it may replace it: look it up again after.
-        if self.parent.as_ref().is_some_and(|(p, _)| {
-            p.starts_with(&path) && (p.len() == path.len() || p[path.len()] == b'/')
-                || path.is_empty()
-        }) {
-            self.parent = None;
-        }
         if base.starts_with(WHITEOUT_PREFIX) {
             return self.whiteout(&path, name);
         }
@@ -604,7 +598,6 @@ impl Applier<'_> {
     }
 }
 
-/// Copy an entry's content into the file in large writes (`io::copy` would use 8 KiB ones).
 /// Write the rest of the current entry's content into `to`, straight from the stream's
 /// buffers.
 fn copy_content(from: &mut impl BufRead, to: &mut File) -> io::Result<()> {

@@ -76,7 +76,7 @@ pub struct MemberSeen {
     pub len: usize,
     /// Its first [`crate::members::HEADER_LEN`] bytes (shorter members: none).
     pub head: Option<[u8; crate::members::HEADER_LEN]>,
-    /// [`crate::members::content_key`] of what it inflated to (zero when not asked for).
+    /// [`crate::members::content_key`] of what it inflated to.
     pub key: [u8; 16],
     /// How many bytes it inflated to.
     pub size: usize,
@@ -98,7 +98,7 @@ pub fn with_decompressed_seen<R: Read + Send, T>(
     }
     std::thread::scope(|s| {
         let (mut reader, pump) = channel();
-        s.spawn(move || pump.run(format, buffered, seen, true));
+        s.spawn(move || pump.run(format, buffered, seen));
         // The reader (and its receiver) is dropped before the scope joins the thread, so a
         // thread blocked on a full channel wakes up and ends.
         consume(&mut reader)
@@ -116,7 +116,7 @@ pub fn decompress_in_background<R: Read + Send + 'static>(
     let (reader, pump) = channel();
     let thread = std::thread::Builder::new()
         .name("layerdiff-inflate".into())
-        .spawn(move || pump.run(format, buffered, seen, true))
+        .spawn(move || pump.run(format, buffered, seen))
         .at("<layer>")?;
     Ok(BackgroundReader {
         reader: Some(reader),
@@ -158,28 +158,20 @@ impl Drop for BackgroundReader {
 
 /// The two ends of a decompressing thread: chunks go one way, emptied buffers come back.
 fn channel() -> (ChannelReader, Pump) {
-    let (tx, rx) = mpsc::sync_channel::<io::Result<Chunk>>(AHEAD);
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(AHEAD);
     let (back_tx, back_rx) = mpsc::sync_channel::<Vec<u8>>(AHEAD + 2);
     let reader = ChannelReader {
         rx,
         back: back_tx,
-        chunk: Chunk::default(),
+        chunk: Vec::new(),
         pos: 0,
     };
     (reader, Pump { tx, back: back_rx })
 }
 
-/// Decompressed bytes handed over: the first `len` bytes of `buf` (which stays full-sized, so
-/// that reusing it never zeroes it again).
-#[derive(Default)]
-struct Chunk {
-    buf: Vec<u8>,
-    len: usize,
-}
-
 /// The decompressing side of [`channel`].
 struct Pump {
-    tx: mpsc::SyncSender<io::Result<Chunk>>,
+    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
     back: mpsc::Receiver<Vec<u8>>,
 }
 
@@ -193,19 +185,12 @@ enum Decoder<'a, R: Read> {
 
 impl Pump {
     /// Decode `buffered` and send it in chunks until it ends, fails, or the reader hangs up;
-    /// record the gzip members into `seen` (with their content keys when `keys`).
-    fn run<R: Read>(
-        self,
-        format: Format,
-        buffered: BufReader<R>,
-        seen: Option<SeenMembers>,
-        keys: bool,
-    ) {
+    /// record the gzip members into `seen`.
+    fn run<R: Read>(self, format: Format, buffered: BufReader<R>, seen: Option<SeenMembers>) {
         let mut decoder: Decoder<'_, BufReader<R>> = match format {
             Format::Gzip => {
                 let mut members = GzipMembers::new(buffered);
                 members.seen = seen;
-                members.keys = keys;
                 Decoder::Members(Box::new(members))
             }
             Format::Zstd => match zstd::stream::read::Decoder::with_buffer(buffered) {
@@ -222,34 +207,37 @@ impl Pump {
             let mut buf = self.back.try_recv().unwrap_or_default();
             let got = match &mut decoder {
                 Decoder::Members(m) => m.next_owned(&mut buf),
-                Decoder::Stream(r) => {
-                    if buf.len() < CHUNK {
-                        buf.resize(CHUNK, 0);
-                    }
-                    read_full(r, &mut buf[..CHUNK])
-                }
+                Decoder::Stream(r) => read_chunk(r, &mut buf),
             };
-            let len = match got {
+            match got {
                 Ok(0) => return,
-                Ok(n) => n,
+                Ok(n) => buf.truncate(n),
                 Err(e) => {
                     let _ = self.tx.send(Err(e));
                     return;
                 }
-            };
+            }
             // A closed channel means the consumer is done: stop quietly.
-            if self.tx.send(Ok(Chunk { buf, len })).is_err() {
+            if self.tx.send(Ok(buf)).is_err() {
                 return;
             }
         }
     }
 }
 
+/// Up to [`CHUNK`] bytes of `r` into `buf` (grown to that size if it is smaller): how many.
+fn read_chunk(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.len() < CHUNK {
+        buf.resize(CHUNK, 0);
+    }
+    read_full(r, &mut buf[..CHUNK])
+}
+
 /// Reads the chunks the decompressing thread sends, and hands the emptied buffers back.
 struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Chunk>>,
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
     back: mpsc::SyncSender<Vec<u8>>,
-    chunk: Chunk,
+    chunk: Vec<u8>,
     pos: usize,
 }
 
@@ -266,24 +254,24 @@ impl Read for ChannelReader {
 impl BufRead for ChannelReader {
     /// The rest of the current chunk, without a copy; empty at the end of the stream.
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.pos == self.chunk.len {
+        while self.pos == self.chunk.len() {
             match self.rx.recv() {
                 Ok(chunk) => {
                     let done = std::mem::replace(&mut self.chunk, chunk?);
-                    if !done.buf.is_empty() {
+                    if done.capacity() > 0 {
                         // A full back channel only means the thread has spares enough.
-                        let _ = self.back.try_send(done.buf);
+                        let _ = self.back.try_send(done);
                     }
                     self.pos = 0;
                 }
                 Err(_) => return Ok(&[]), // the thread finished: end of stream
             }
         }
-        Ok(&self.chunk.buf[self.pos..self.chunk.len])
+        Ok(&self.chunk[self.pos..])
     }
 
     fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.chunk.len);
+        self.pos = (self.pos + n).min(self.chunk.len());
     }
 }
 
@@ -357,8 +345,6 @@ pub struct GzipMembers<R: Read> {
     streaming: Option<flate2::read::MultiGzDecoder<io::Chain<Cursor<Vec<u8>>, R>>>,
     /// Where to record the members inflated in one piece, if anywhere.
     seen: Option<SeenMembers>,
-    /// Whether recorded members get their content key.
-    keys: bool,
     /// Offset in the blob of `buf[start]`.
     offset: u64,
 }
@@ -377,7 +363,6 @@ impl<R: Read> GzipMembers<R> {
             out_len: 0,
             streaming: None,
             seen: None,
-            keys: true,
             offset: 0,
         }
     }
@@ -403,6 +388,23 @@ impl<R: Read> GzipMembers<R> {
         Ok(())
     }
 
+    /// The next decompressed bytes into `buf`, which may be swapped for the inflated member
+    /// itself (no copy): how many bytes, 0 at the end of the stream.
+    fn next_owned(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        while self.streaming.is_none() && self.out_pos == self.out_len {
+            if !self.next_member()? {
+                return Ok(0);
+            }
+            if self.streaming.is_none() && self.out_len > 0 {
+                std::mem::swap(&mut self.out, buf);
+                let n = self.out_len;
+                self.out_len = 0;
+                return Ok(n);
+            }
+        }
+        read_chunk(self, buf)
+    }
+
     /// Decode the next member into `out`; false at the end of the stream.
     fn next_member(&mut self) -> io::Result<bool> {
         self.refill()?;
@@ -420,11 +422,7 @@ impl<R: Read> GzipMembers<R> {
                         head: member
                             .get(..crate::members::HEADER_LEN)
                             .and_then(|h| h.try_into().ok()),
-                        key: if self.keys {
-                            crate::members::content_key(&self.out[..written])
-                        } else {
-                            [0; 16]
-                        },
+                        key: crate::members::content_key(&self.out[..written]),
                         size: written,
                     };
                     seen.lock().expect("not poisoned").push(record);
@@ -446,28 +444,6 @@ impl<R: Read> GzipMembers<R> {
         self.out_len = 0;
         self.out_pos = 0;
         Ok(true)
-    }
-}
-
-impl<R: Read> GzipMembers<R> {
-    /// The next decompressed bytes into `buf`, which may be swapped for the inflated member
-    /// itself (no copy): how many bytes, 0 at the end of the stream.
-    fn next_owned(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        while self.streaming.is_none() && self.out_pos == self.out_len {
-            if !self.next_member()? {
-                return Ok(0);
-            }
-            if self.streaming.is_none() && self.out_len > 0 {
-                std::mem::swap(&mut self.out, buf);
-                let n = self.out_len;
-                self.out_len = 0;
-                return Ok(n);
-            }
-        }
-        if buf.len() < CHUNK {
-            buf.resize(CHUNK, 0);
-        }
-        read_full(self, &mut buf[..CHUNK])
     }
 }
 

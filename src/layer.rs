@@ -801,24 +801,28 @@ impl EarlyWriteback {
         }
     }
 
+    /// Stop the helper, if there is one, and give what it met.
+    fn stop_syncer(&mut self) -> io::Result<()> {
+        let Some(Syncer { requests, thread }) = self.syncer.take() else {
+            return Ok(());
+        };
+        drop(requests);
+        thread
+            .join()
+            .map_err(|_| io::Error::other("sync thread panicked"))?
+    }
+
     /// Make the file durable: stop the helper (reporting what it met), then `fsync`.
     fn sync(&mut self) -> io::Result<()> {
-        if let Some(Syncer { requests, thread }) = self.syncer.take() {
-            drop(requests);
-            thread
-                .join()
-                .map_err(|_| io::Error::other("sync thread panicked"))??;
-        }
+        self.stop_syncer()?;
         self.file.sync_all()
     }
 }
 
 impl Drop for EarlyWriteback {
     fn drop(&mut self) {
-        if let Some(Syncer { requests, thread }) = self.syncer.take() {
-            drop(requests);
-            let _ = thread.join();
-        }
+        // An error here is of a blob being abandoned.
+        let _ = self.stop_syncer();
     }
 }
 

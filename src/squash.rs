@@ -960,7 +960,7 @@ fn write_squashed<W: Write>(
                 None => {
                     first.insert((*layer, *offset), path);
                     let content = sources.content(*layer, *offset)?;
-                    tar.append_file_buffered(&meta, *size, content.take(*size))?;
+                    tar.append_file(&meta, *size, content.take(*size))?;
                 }
             },
             Kind::LinkToLower(target) => tar.append_hardlink(&meta, target)?,

@@ -36,7 +36,7 @@
 //! With a `SOURCE_DATE_EPOCH`, every other mtime becomes `min(mtime, epoch)`; a clamped time
 //! has no nanoseconds.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 
 use crate::entry::{Entry, Timestamp, join, os_path};
@@ -50,8 +50,6 @@ pub const PAX_HEADER_NAME: &[u8] = b"././@PaxHeader";
 /// Name prefixes of xattrs that belong to overlayfs and never enter a layer.
 pub const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
 
-/// Read size of [`TarWriter::append_file`].
-const READ_CHUNK: usize = 1 << 20;
 static ZEROS: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 
 /// Whether an xattr name is one of overlayfs' own.
@@ -153,7 +151,6 @@ pub struct TarWriter<W: Write> {
     pax: Vec<u8>,
     /// A [`FileBody`] was started and not finished: the stream is mid-entry.
     open_file: bool,
-    read_buf: Vec<u8>,
     /// Bytes of the archive written so far.
     pos: u64,
     /// Told of every entry's header bytes and where they start in the archive.
@@ -173,7 +170,6 @@ impl<W: Write> TarWriter<W> {
             scratch: Vec::with_capacity(4 * BLOCK),
             pax: Vec::new(),
             open_file: false,
-            read_buf: Vec::new(),
             pos: 0,
             observer: None,
         }
@@ -221,44 +217,11 @@ impl<W: Write> TarWriter<W> {
         )
     }
 
-    /// A regular file of exactly `size` bytes read from `content`.
+    /// A regular file of exactly `size` bytes read from `content`, written straight from its
+    /// buffers.
     ///
     /// [`Error::FileChanged`] if `content` ends early or has more.
-    pub fn append_file<R: Read>(&mut self, meta: &Meta, size: u64, mut content: R) -> Result<()> {
-        let mut buf = std::mem::take(&mut self.read_buf);
-        // Grown when a file needs more, never shrunk: zeroing it again for every file that
-        // follows a smaller one would cost as much as copying the contents.
-        let need = READ_CHUNK
-            .min(usize::try_from(size).unwrap_or(READ_CHUNK))
-            .max(1);
-        if buf.len() < need {
-            buf.resize(need, 0);
-        }
-        let res = (|| {
-            let mut body = self.begin_file(meta, size)?;
-            let mut left = size;
-            while left > 0 {
-                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let n = read_retry(&mut content, &mut buf[..want]).at(os_path(meta.path))?;
-                if n == 0 {
-                    return Err(changed(meta.path, size, size - left));
-                }
-                body.write(&buf[..n])?;
-                left -= n as u64;
-            }
-            // One more read: a file that grew since it was measured has changed too.
-            let extra = read_retry(&mut content, &mut buf[..1]).at(os_path(meta.path))?;
-            if extra != 0 {
-                return Err(changed(meta.path, size, size + extra as u64));
-            }
-            body.finish()
-        })();
-        self.read_buf = buf;
-        res
-    }
-
-    /// [`TarWriter::append_file`] from a buffered reader, written straight from its buffers.
-    pub fn append_file_buffered<R: BufRead>(
+    pub fn append_file<R: BufRead>(
         &mut self,
         meta: &Meta,
         size: u64,
@@ -267,19 +230,19 @@ impl<W: Write> TarWriter<W> {
         let mut body = self.begin_file(meta, size)?;
         let mut left = size;
         while left > 0 {
-            let data = content.fill_buf().at(os_path(meta.path))?;
-            if data.is_empty() {
+            let ready = ready(&mut content, meta.path)?;
+            if ready == 0 {
                 return Err(changed(meta.path, size, size - left));
             }
-            let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            body.write(&data[..n])?;
+            let n = ready.min(usize::try_from(left).unwrap_or(usize::MAX));
+            // Already buffered: no read happens here.
+            body.write(&content.fill_buf().at(os_path(meta.path))?[..n])?;
             content.consume(n);
             left -= n as u64;
         }
-        // A file that goes on past its size has changed too.
-        let extra = content.fill_buf().at(os_path(meta.path))?.len();
-        if extra != 0 {
-            return Err(changed(meta.path, size, size + extra as u64));
+        // One more byte: a file that grew since it was measured has changed too.
+        if ready(&mut content, meta.path)? != 0 {
+            return Err(changed(meta.path, size, size + 1));
         }
         body.finish()
     }
@@ -498,11 +461,13 @@ fn changed(path: &[u8], expected: u64, found: u64) -> Error {
     }
 }
 
-fn read_retry<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+/// How many bytes `content` has ready (0 at its end), retrying interrupted reads.
+fn ready(content: &mut impl BufRead, path: &[u8]) -> Result<usize> {
     loop {
-        match r.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
+        match content.fill_buf() {
+            Ok(data) => return Ok(data.len()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(os_path(path), e)),
         }
     }
 }
