@@ -201,3 +201,36 @@ StoreMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_store_state_machine = StoreMachine.TestCase
+
+
+def test_remove_tree_copes_with_a_writer_still_at_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's caller may record its exit while ``rm -f`` removes the container: a file
+    that vanishes under the removal, or one that appears after it listed the directory, must
+    not make it fail."""
+    from layerdiff.layercache import remove_tree
+
+    tree = tmp_path / "c"
+    (tree / "upper").mkdir(parents=True)
+    (tree / "upper" / "f").write_text("x")
+    (tree / ".container.json.123").write_text("{}")
+    real_unlink, real_rmdir = os.unlink, os.rmdir
+    appeared: list[str] = []
+
+    def unlink(name: str, *args: object, **kwargs: object) -> None:
+        if name == ".container.json.123":
+            real_unlink(tree / name)  # the writer renamed it away first
+        real_unlink(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    def rmdir(name: str, *args: object, **kwargs: object) -> None:
+        if not appeared and Path(name) == tree:
+            appeared.append("x")
+            (tree / "container.json").write_text("{}")  # written after the listing
+        real_rmdir(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    remove_tree(tree)
+    assert not tree.exists()
+    assert appeared == ["x"]

@@ -14,6 +14,7 @@ rootless containers mounting with ``userxattr``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -85,7 +86,24 @@ def remove_tree(path: Path) -> None:
                 child = os.path.join(parent, name)
                 if not os.path.islink(child):
                     os.chmod(child, stat.S_IRWXU)
-    shutil.rmtree(path)
+    # Another process may still be writing into the tree (a container's caller recording its
+    # exit while `rm -f` removes it): what vanishes meanwhile is fine, and a file that appears
+    # after the listing is taken on the next attempt.
+    for attempt in range(3):
+        try:
+            shutil.rmtree(path, onerror=_vanished_is_fine)
+            return
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY or attempt == 2:
+                raise
+
+
+def _vanished_is_fine(
+    _func: object, _path: str, exc_info: tuple[type, BaseException, object]
+) -> None:
+    """``shutil.rmtree``'s error handler: an entry already gone is not an error."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 def _unpack(image: Image, desc: dict[str, object], diff_id: str, final: Path, form: str) -> None:
