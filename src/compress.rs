@@ -13,8 +13,9 @@
 //!   so memory stays bounded whatever the layer size.
 //! * zstd: one frame, always in zstd's multithreaded mode (at least one worker), whose output
 //!   depends on the job size and not on the worker count; the job size is pinned
-//!   ([`ZSTD_JOB_SIZE`]), the content checksum is on, the content size is not written. The
-//!   bundled libzstd is pinned by `Cargo.lock`.
+//!   ([`ZSTD_JOB_SIZE`]) and so are the window and long-distance matching, the content
+//!   checksum is on, the content size is not written. The bundled libzstd is pinned by
+//!   `Cargo.lock`.
 //!
 //! [`Write::flush`] on a [`Compressor`] never ends a block or a zstd job (that would make the
 //! bytes depend on when it is called); it only flushes what is complete.
@@ -63,8 +64,21 @@ pub enum Compression {
 /// `pigz -6`, so it is the default.
 pub const DEFAULT_GZIP_LEVEL: i32 = 4;
 
-/// Default zstd level (the `zstd` command's default).
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Default zstd level.
+///
+/// With the fixed parameters of every level (a window of one job and long-distance matching,
+/// see [`zstd_encoder`]) and a 2^15-entry hash table, level 2 compresses the Debian 12 minbase
+/// rootfs (204 MB of tar) to 83.8 MB, about 1.4 % smaller than `zstd -3` on GNU tar's archive of
+/// it, in 12–20 % less CPU time than level 3 with zstd's own parameters (83.9 MB); without the
+/// long-distance matching level 2 is 3 % larger than `zstd -3`.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 2;
+
+/// zstd window (4 MiB, log 22): one job. A job sees its own input and an overlap of the one
+/// before it, so a longer window finds little more and costs a larger overlap per job.
+const ZSTD_WINDOW_LOG: u32 = 22;
+
+/// Hash table of the fast levels (1 and 2): 2^15 entries stay in a core's L2 cache.
+const ZSTD_FAST_HASH_LOG: u32 = 15;
 
 /// zstd job size (4 MiB). Part of the output format, like the gzip member boundaries: zstd's multithreaded
 /// output is a function of the job size, so it is pinned here rather than left to zstd's
@@ -258,9 +272,16 @@ fn zstd_encoder<W: Write>(
     // mode's, and must not change with the thread count.
     e.multithread(u32::try_from(threads.max(1)).unwrap_or(u32::MAX))?;
     e.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;
+    e.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG))?;
+    // Long-distance matching finds what repeats beyond the fast levels' short hash chains
+    // (the same file in two places, tar headers of one directory); its matches are found in
+    // input order whatever the worker count, so the output stays independent of it.
+    e.long_distance_matching(true)?;
+    if level <= 2 {
+        e.set_parameter(CParameter::HashLog(ZSTD_FAST_HASH_LOG))?;
+    }
     e.include_checksum(true)?;
     e.include_contentsize(false)?;
-    e.long_distance_matching(false)?;
     Ok(e)
 }
 
@@ -661,19 +682,26 @@ mod tests {
 
     #[test]
     fn zstd_is_identical_across_threads_and_write_sizes() {
-        let data = sample(3 * ZSTD_JOB_SIZE as usize + 54321);
+        let mut data = sample(3 * ZSTD_JOB_SIZE as usize + 54321);
+        // Repeats far apart, for the long-distance matcher: 1 MiB copied 2 MiB further on,
+        // across a job boundary.
+        let far = data[1 << 20..2 << 20].to_vec();
+        data[3 << 20..4 << 20].copy_from_slice(&far);
+        for level in [1, DEFAULT_ZSTD_LEVEL, 3, 9] {
+            let c = Compression::Zstd { level };
+            let one = compress(c, 1, &data, 512);
+            for (threads, chunk) in [(2, 1 << 20), (4, 5 << 20), (3, 100_001)] {
+                assert!(
+                    compress(c, threads, &data, chunk) == one,
+                    "level {level} threads {threads} chunk {chunk}"
+                );
+            }
+            assert!(zstd::decode_all(&one[..]).unwrap() == data);
+            assert!(run(Command::new("zstd").arg("-dc"), &one) == data);
+        }
         let c = Compression::Zstd {
             level: DEFAULT_ZSTD_LEVEL,
         };
-        let one = compress(c, 1, &data, 512);
-        for (threads, chunk) in [(2, 1 << 20), (4, 5 << 20), (3, 100_001)] {
-            assert!(
-                compress(c, threads, &data, chunk) == one,
-                "threads {threads} chunk {chunk}"
-            );
-        }
-        assert!(zstd::decode_all(&one[..]).unwrap() == data);
-        assert!(run(Command::new("zstd").arg("-dc"), &one) == data);
         // Small inputs too (they never fill a job).
         let small = sample(1000);
         let s1 = compress(c, 1, &small, 100);
