@@ -12,11 +12,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from layerdiff import _core, refs
-from layerdiff.catalog import load_image
+from layerdiff import _core
 from layerdiff.errors import LayerdiffOSError
 from layerdiff.layer import StrPath
+
+if TYPE_CHECKING:
+    from layerdiff import refs
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -107,6 +110,10 @@ def unpack(
     Each blob is checked against its descriptor (size and sha256) while it is read; a mismatch
     is an error. Until every layer is in, ``incomplete_marker(root)`` exists.
     """
+    # Imported on use: `apply` of blobs has no image to load, and the command line starts
+    # faster without the image modules.
+    from layerdiff.catalog import load_image
+
     img = load_image(image)
     target = Path(root)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):

@@ -8,7 +8,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -18,7 +18,10 @@ from layerdiff.cli_output import emit_json as _emit_json
 from layerdiff.cli_output import fail as _fail
 from layerdiff.cli_output import table as _table
 from layerdiff.errors import LayerdiffError
-from layerdiff.layer import COMPRESSIONS, Change
+from layerdiff.layer import COMPRESSIONS
+
+if TYPE_CHECKING:
+    from layerdiff.layer import Change
 
 _IMAGE_HELP = (
     "Images: oci:PATH[:TAG] (an OCI layout), NAME[:TAG] (the default store), "

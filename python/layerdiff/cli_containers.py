@@ -9,18 +9,20 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from layerdiff.cgroups import Limits, parse_cpus, parse_memory
 from layerdiff.cli_output import emit_json, error, fail, table
 from layerdiff.errors import LayerdiffError
 
 if TYPE_CHECKING:
     from layerdiff import runtime
+    from layerdiff.cgroups import Limits
 
 #: Exit code when the container cannot be set up (``runtime.EXIT_SETUP``, as docker run).
 _EXIT_SETUP = 125
 
 
 def _limits(memory: str | None, cpus: str | None, pids: int | None) -> Limits:
+    from layerdiff.cgroups import Limits, parse_cpus, parse_memory
+
     try:
         return Limits(
             memory=parse_memory(memory) if memory else None,

@@ -15,9 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
-from layerdiff import refs
-from layerdiff.image import source_date_epoch as _source_date_epoch
-
 __all__ = [
     "COMPRESSIONS",
     "Change",
@@ -111,6 +108,13 @@ def diff_overlay(
     return _changes(_core.diff_overlay(upper, lowers=list(lowers), content=content))
 
 
+def _source_date_epoch(explicit: int | None) -> int | None:
+    # The image module on use: this one stays light for the command line's start.
+    from layerdiff.image import source_date_epoch
+
+    return source_date_epoch(explicit)
+
+
 def blobs_dir_for(dest: StrPath) -> Path:
     """The directory blobs for ``dest`` go to (see the module docs)."""
     path = Path(dest)
@@ -159,12 +163,13 @@ def write_layer(
     (relative to the root, e.g. ``etc/hosts``) are left out of the layer; files owned by
     ``root_ids`` (uid, gid) are recorded as owned by root (a rootless container's view).
     """
+    from layerdiff import _core, refs
+
     _check_source(lower, overlay, lowers)
     n_threads = check_options(compression=compression, threads=threads)
     epoch = _source_date_epoch(source_date_epoch)
     blobs = blobs_dir_for(dest)
     blobs.mkdir(parents=True, exist_ok=True)
-    from layerdiff import _core
 
     return LayerInfo.from_core(
         _core.write_layer(

@@ -313,8 +313,6 @@ class RunResult:
     container: Container
 
 
-
-
 @contextlib.contextmanager
 def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
     """While the container runs: SIGTERM and SIGHUP to us go to it; SIGINT is ignored here
