@@ -10,10 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from layerdiff.errors import FormatError
@@ -66,7 +64,7 @@ _DOCKER_LAYERS = {
     ),
 }
 
-# platform.machine() → GOARCH (and variant), the names OCI configs use.
+# uname machine → GOARCH (and variant), the names OCI configs use.
 _GO_ARCH = {
     "x86_64": ("amd64", None),
     "amd64": ("amd64", None),
@@ -91,7 +89,7 @@ def canonical_json(obj: Any) -> bytes:
 
 def go_arch(machine: str | None = None) -> tuple[str, str | None]:
     """The OCI ``(architecture, variant)`` of ``machine`` (default: this machine)."""
-    m = (machine or platform.machine()).lower()
+    m = (machine or os.uname().machine).lower()
     return _GO_ARCH.get(m, (m, None))
 
 
@@ -114,7 +112,7 @@ def rfc3339(epoch: int | None = None) -> str:
     seconds = source_date_epoch(epoch)
     if seconds is None:
         seconds = int(time.time())
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def new_config(*, created: str | None = None, machine: str | None = None) -> dict[str, Any]:
