@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from layerdiff.cli import main
 from layerdiff.errors import ImageNotFoundError, InvalidChangeError, InvalidReferenceError
 from layerdiff.image import canonical_json
 from layerdiff.layout import Layout
+from tests.conftest import run_cli
 from tests.treecmp import assert_same_tree
 
 commit_module = importlib.import_module("layerdiff.commit")
@@ -325,3 +327,28 @@ def test_umoci_unpacks_our_image(rootfs: Path, tmp_path: Path, compression: str)
     assert proc.returncode == 0, proc.stderr
     # Python's tarfile (the stand-in) rounds mtimes, so compare them in the real-core tests.
     assert_same_tree(rootfs, tmp_path / "b" / "rootfs", mtimes=False)
+
+
+def test_command_output_survives_the_fast_exit_and_a_closed_pipe_is_quiet(
+    tmp_path: Path,
+) -> None:
+    """The command exits without the interpreter's teardown: what it printed must still all
+    arrive, and a reader that went away ends it quietly with a failure, as it does `cat`."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    lower.mkdir()
+    upper.mkdir()
+    for i in range(3000):  # more output than a pipe holds
+        (upper / f"file-{i:05d}").write_text("x")
+    out = run_cli("diff", "--json", str(lower), str(upper))
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)) == 3000
+    gone = subprocess.Popen(
+        [sys.executable, "-m", "layerdiff", "diff", str(lower), str(upper)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert gone.stdout is not None and gone.stderr is not None
+    gone.stdout.close()
+    err = gone.stderr.read().decode()
+    assert gone.wait(timeout=60) == 1
+    assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -1,5 +1,5 @@
 """``python -m layerdiff``: the command line."""
 
-from layerdiff.cli import main
+from layerdiff.cli import entry
 
-main()
+entry()
