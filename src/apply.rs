@@ -242,7 +242,7 @@ impl Applier<'_> {
                 });
             }
             EntryKind::File => {
-                let create = || {
+                let fd = create_replacing(&dir, &leaf, || {
                     rustix::fs::openat(
                         &dir,
                         os_path(&leaf),
@@ -253,16 +253,8 @@ impl Applier<'_> {
                             | OFlags::CLOEXEC,
                         Mode::from_raw_mode(0o600),
                     )
-                };
-                // Usually nothing is there; whatever is (a link included) goes first.
-                let fd = match create() {
-                    Err(rustix::io::Errno::EXIST) => {
-                        root::remove_all(&dir, &leaf).map_err(io)?;
-                        create()
-                    }
-                    other => other,
-                }
-                .map_err(|e| io(e.into()))?;
+                })
+                .map_err(io)?;
                 let mut file = File::from(fd);
                 copy_content(content, &mut file)
                     .map_err(|e| bad(name, format!("reading content: {e}")))?;
@@ -274,15 +266,10 @@ impl Applier<'_> {
             }
             EntryKind::Symlink => {
                 let target = &h.link;
-                let create = || rustix::fs::symlinkat(os_path(target), &dir, os_path(&leaf));
-                match create() {
-                    Err(rustix::io::Errno::EXIST) => {
-                        root::remove_all(&dir, &leaf).map_err(io)?;
-                        create()
-                    }
-                    other => other,
-                }
-                .map_err(|e| io(e.into()))?;
+                create_replacing(&dir, &leaf, || {
+                    rustix::fs::symlinkat(os_path(target), &dir, os_path(&leaf))
+                })
+                .map_err(io)?;
                 self.leaf_meta(&dir, &leaf, meta, name, false)?;
             }
             EntryKind::Hardlink => {
@@ -306,15 +293,16 @@ impl Applier<'_> {
                     Some(_) => {}
                 }
                 if target != path {
-                    root::remove_all(&dir, &leaf).map_err(io)?;
-                    rustix::fs::linkat(
-                        &tdir,
-                        os_path(tname),
-                        &dir,
-                        os_path(&leaf),
-                        AtFlags::empty(),
-                    )
-                    .map_err(|e| io(e.into()))?;
+                    create_replacing(&dir, &leaf, || {
+                        rustix::fs::linkat(
+                            &tdir,
+                            os_path(tname),
+                            &dir,
+                            os_path(&leaf),
+                            AtFlags::empty(),
+                        )
+                    })
+                    .map_err(io)?;
                 }
             }
             EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => {
@@ -595,6 +583,22 @@ impl Applier<'_> {
         };
         rustix::fs::fsetxattr(&fd, key, b"y", XattrFlags::empty())
             .map_err(|e| bad(&what, format!("setting {key}: {}", io::Error::from(e))))
+    }
+}
+
+/// Make `leaf` in `dir` with `create`; if something is already there (a link included), remove
+/// it and create again. Usually nothing is, so no lookup comes first.
+fn create_replacing<T>(
+    dir: &OwnedFd,
+    leaf: &[u8],
+    create: impl Fn() -> rustix::io::Result<T>,
+) -> io::Result<T> {
+    match create() {
+        Err(rustix::io::Errno::EXIST) => {
+            root::remove_all(dir, leaf)?;
+            Ok(create()?)
+        }
+        other => Ok(other?),
     }
 }
 
