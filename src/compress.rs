@@ -456,7 +456,10 @@ impl<W: Write> Gzip<W> {
                 offset: self.offset,
                 len: out.len(),
                 // The tag holds the content key of what the member was made from.
-                key: head.map_or([0; 16], |h| h[24..40].try_into().expect("16 bytes")),
+                key: head
+                    .as_ref()
+                    .and_then(members::parse_header)
+                    .map_or([0; 16], |(_, _, key, _)| key),
                 head,
                 size: input.len(),
             });

@@ -81,7 +81,7 @@ pub fn write_header(out: &mut [u8], level: i32, clen: u32, data: &[u8]) {
 
 /// The (level, compressed length, content key, uncompressed length) a member header claims,
 /// if it is one of ours.
-fn parse_header(head: &[u8; HEADER_LEN]) -> Option<(u8, u32, [u8; 16], u32)> {
+pub(crate) fn parse_header(head: &[u8; HEADER_LEN]) -> Option<(u8, u32, [u8; 16], u32)> {
     let fixed = [0x1f, 0x8b, 8, 4];
     if head[..4] != fixed || head[10..16] != [32, 0, b'L', b'D', TAG_DATA as u8, 0] {
         return None;
