@@ -6,7 +6,8 @@
 //!
 //! * gzip: the input is cut into blocks at content-defined boundaries between tar records (see
 //!   [`crate::members`]), each compressed on its own by libdeflate into a complete gzip member
-//!   (no name, mtime 0, OS 255 "unknown", a tag in `FEXTRA`), and the members are written in
+//!   (at level 1 or stored instead when deflate would gain next to nothing:
+//!   [`crate::incompressible`]; no name, mtime 0, OS 255 "unknown", a tag in `FEXTRA`), and the members are written in
 //!   input order. A multi-member file is
 //!   plain gzip (RFC 1952 §2.2): GNU gzip, pigz, Python's `gzip` and Go's `compress/gzip` read
 //!   it whole. The blocks are compressed on a thread pool with at most `2 × threads` in flight,
@@ -27,6 +28,7 @@ use std::sync::{Arc, mpsc};
 
 use crate::decompress::MemberSeen;
 use crate::error::{Error, Result};
+use crate::incompressible::{self, Effort};
 use crate::members::{self, MemberIndex};
 
 /// How a layer blob is compressed.
@@ -325,15 +327,27 @@ struct Gzip<W> {
 thread_local! {
     /// Each pool thread's libdeflate compressor (allocating one costs more than a small block).
     static DEFLATE: RefCell<Option<(i32, libdeflater::Compressor)>> = const { RefCell::new(None) };
+    /// Each pool thread's libdeflate compressor at level 0 (stored blocks).
+    static STORE: RefCell<Option<(i32, libdeflater::Compressor)>> = const { RefCell::new(None) };
+    /// Each pool thread's libdeflate compressor at level 1.
+    static FAST: RefCell<Option<(i32, libdeflater::Compressor)>> = const { RefCell::new(None) };
 }
 
+/// A member of `input` at `level`: deflated at `level`, or, when deflate would gain next to
+/// nothing, at level 1 or stored (see [`crate::incompressible`]); the tag names `level`
+/// either way.
 fn deflate_member(level: i32, input: &[u8], mut out: Vec<u8>) -> io::Result<Vec<u8>> {
-    DEFLATE.with(|cell| {
+    let (cell, method) = match incompressible::effort(input) {
+        Effort::Store => (&STORE, 0),
+        Effort::Fast => (&FAST, 1),
+        Effort::Full => (&DEFLATE, level),
+    };
+    cell.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            let lvl = libdeflater::CompressionLvl::new(level)
+        if slot.as_ref().is_none_or(|(l, _)| *l != method) {
+            let lvl = libdeflater::CompressionLvl::new(method)
                 .map_err(|e| io::Error::other(format!("gzip level {level}: {e:?}")))?;
-            *slot = Some((level, libdeflater::Compressor::new(lvl)));
+            *slot = Some((method, libdeflater::Compressor::new(lvl)));
         }
         let (_, c) = slot.as_mut().expect("set above");
         out.clear();
@@ -678,6 +692,70 @@ mod tests {
         if Command::new("pigz").arg("--version").output().is_ok() {
             assert!(run(Command::new("pigz").arg("-dc"), &gz) == data);
         }
+        let py =
+            "import gzip, sys; sys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))";
+        assert!(run(Command::new("python3").args(["-c", py]), &gz) == data);
+    }
+
+    /// Deflate's block type (0 stored, 1 fixed, 2 dynamic) of a member's first block.
+    fn first_block_type(member: &[u8]) -> u8 {
+        (member[members::HEADER_LEN] >> 1) & 3
+    }
+
+    #[test]
+    fn incompressible_members_are_stored_and_read_back() {
+        // Noise (stored), noise with a little text in it (level 1) and text (the level asked
+        // for), each spanning several members.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 32) as u8
+                })
+                .collect()
+        };
+        let mut data = noise(3 * members::MAX_MEMBER);
+        let mut mixed = noise(3 * members::MAX_MEMBER);
+        for chunk in mixed.chunks_mut(4096) {
+            chunk[..80].copy_from_slice(&[b'/'; 80]);
+        }
+        data.extend_from_slice(&mixed);
+        data.extend_from_slice(&sample(3 * members::MAX_MEMBER));
+        let c = Compression::Gzip { level: 6 };
+        let gz = compress(c, 2, &data, 100_000);
+        assert!(compress(c, 1, &data, 4096) == gz);
+        let parts = split_members(&gz);
+        let types: Vec<u8> = parts.iter().map(|m| first_block_type(m)).collect();
+        assert!(types.starts_with(&[0, 0]), "{types:?}");
+        assert_eq!(*types.last().unwrap(), 2, "{types:?}");
+        // Each member is libdeflate's output at the level its effort picks: 0, 1 or 6.
+        let mut at = 0;
+        let mut efforts = Vec::new();
+        for m in &parts {
+            let size = u32::from_le_bytes(m[m.len() - 4..].try_into().unwrap()) as usize;
+            let input = &data[at..at + size];
+            at += size;
+            let effort = incompressible::effort(input);
+            let level = match effort {
+                Effort::Store => 0,
+                Effort::Fast => 1,
+                Effort::Full => 6,
+            };
+            let lvl = libdeflater::CompressionLvl::new(level).unwrap();
+            let mut d = libdeflater::Compressor::new(lvl);
+            let mut out = vec![0; d.deflate_compress_bound(size)];
+            let n = d.deflate_compress(input, &mut out).unwrap();
+            assert_eq!(&m[members::HEADER_LEN..m.len() - members::TRAILER_LEN], &out[..n]);
+            efforts.push(effort);
+        }
+        assert_eq!(at, data.len());
+        for e in [Effort::Store, Effort::Fast, Effort::Full] {
+            assert!(efforts.contains(&e), "{efforts:?}");
+        }
+        assert!(run(Command::new("gzip").arg("-dc"), &gz) == data);
         let py =
             "import gzip, sys; sys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))";
         assert!(run(Command::new("python3").args(["-c", py]), &gz) == data);

@@ -451,7 +451,7 @@ fn golden_digests() {
     assert_eq!(gz.diff_id, none.diff_id);
     assert_eq!(
         gz.digest,
-        "sha256:9c92cdfa3ce5de5611238aefb281d42a131d3a5357e5451222190794d2fdeb5c"
+        "sha256:3c04b0e1a663bc61ce6810ddd5fe547e7611c8e38e6266954e06a905ff0fdb9f"
     );
     assert_eq!(
         zst.digest,

@@ -15,6 +15,7 @@ pub mod diff;
 pub mod digest;
 pub mod entry;
 pub mod error;
+pub mod incompressible;
 pub mod layer;
 pub mod members;
 pub mod root;

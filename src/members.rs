@@ -36,8 +36,10 @@ pub const RECORD: usize = 512;
 /// One record in 1,024 ends a member (past [`MIN_MEMBER`]): about 768 KiB on average.
 const CUT_MASK: u64 = 1023;
 
-/// Framing version in the tag.
-const TAG_VERSION: u8 = 1;
+/// Framing version in the tag. Version 2: members that deflate would hardly shrink are
+/// deflated at level 1 or stored ([`crate::incompressible`]); version 1 deflated every member
+/// at the level asked for, so its members are not what we would make now.
+const TAG_VERSION: u8 = 2;
 /// The libdeflate that libdeflate-sys 1.26.1 bundles (pinned by `Cargo.lock`). Another
 /// version may compress differently, so its members are not taken for ours.
 const LIBDEFLATE: (u8, u8) = (1, 26);
