@@ -748,7 +748,10 @@ mod tests {
             let mut d = libdeflater::Compressor::new(lvl);
             let mut out = vec![0; d.deflate_compress_bound(size)];
             let n = d.deflate_compress(input, &mut out).unwrap();
-            assert_eq!(&m[members::HEADER_LEN..m.len() - members::TRAILER_LEN], &out[..n]);
+            assert_eq!(
+                &m[members::HEADER_LEN..m.len() - members::TRAILER_LEN],
+                &out[..n]
+            );
             efforts.push(effort);
         }
         assert_eq!(at, data.len());

@@ -3,8 +3,9 @@
 //! Already-compressed content (`.deb`, `.xz`, `.zst`, `.woff2`, most `.gz`) is where deflate
 //! is slowest and gains least: libdeflate level 4 runs at 66 MB/s on the `.deb` files of a
 //! Debian rootfs and makes them 0.02 % smaller. Such a member is better stored (deflate's
-//! block type 0, a copy). The estimate here runs at several hundred MB/s and stops at the
-//! first 32 KiB of compressible data. What deflate can gain comes from two sources, and the
+//! block type 0, a copy). The estimate here runs at 250–420 MB/s on such data and stops within
+//! the first 32 KiB or two of compressible data: 0.08 s over the whole tar of a Debian
+//! rootfs. What deflate can gain comes from two sources, and the
 //! estimate adds up both:
 //!
 //! * **Huffman coding** of the bytes: for each 32 KiB, the bits an order-0 code would save
@@ -17,7 +18,8 @@
 //! A member is stored when the estimate stays under 0.25 % of its size, and deflated at
 //! libdeflate's fastest level (which finds the long repeats, tar headers and padding, that
 //! such data still has) when it stays under 2 %. Measured in 1 MiB pieces against libdeflate
-//! level 4 everywhere, deflate's CPU time and the output's size:
+//! level 4 everywhere, deflate's CPU time (the estimate's own not counted) and the output's
+//! size:
 //!
 //! | content | time | size |
 //! |---|---|---|
@@ -185,7 +187,13 @@ mod tests {
         // deflate halves it, and the repeat count must see that.
         let block = noise(4096, 3);
         let data: Vec<u8> = (0..128)
-            .flat_map(|i| if i % 2 == 0 { noise(4096, i + 11) } else { block.clone() })
+            .flat_map(|i| {
+                if i % 2 == 0 {
+                    noise(4096, i + 11)
+                } else {
+                    block.clone()
+                }
+            })
             .collect();
         assert!(deflated_len(&data) < data.len() * 3 / 4);
         assert_eq!(effort(&data), Effort::Full);
@@ -205,7 +213,10 @@ mod tests {
             }
         }
         let gain = 1.0 - deflated_len(&data) as f64 / data.len() as f64;
-        assert!(gain > STORE_BELOW && gain < FAST_BELOW, "deflate gains {gain}");
+        assert!(
+            gain > STORE_BELOW && gain < FAST_BELOW,
+            "deflate gains {gain}"
+        );
         assert_eq!(effort(&data), Effort::Fast);
     }
 }
