@@ -6,12 +6,12 @@
 //!
 //! * gzip: the input is cut into blocks at content-defined boundaries between tar records (see
 //!   [`crate::members`]), each compressed on its own by libdeflate into a complete gzip member
-//!   (at level 1 or stored instead when deflate would gain next to nothing:
-//!   [`crate::incompressible`]; no name, mtime 0, OS 255 "unknown", a tag in `FEXTRA`), and the members are written in
-//!   input order. A multi-member file is
-//!   plain gzip (RFC 1952 §2.2): GNU gzip, pigz, Python's `gzip` and Go's `compress/gzip` read
-//!   it whole. The blocks are compressed on a thread pool with at most `2 × threads` in flight,
-//!   so memory stays bounded whatever the layer size.
+//!   (at level 1, or stored, when deflate would gain next to nothing:
+//!   [`crate::incompressible`]; no name, mtime 0, OS 255 "unknown", a tag in `FEXTRA`), and the
+//!   members are written in input order. A multi-member file is plain gzip (RFC 1952 §2.2):
+//!   GNU gzip, pigz, Python's `gzip` and Go's `compress/gzip` read it whole. The blocks are
+//!   compressed on a thread pool with at most `2 × threads` in flight, so memory stays bounded
+//!   whatever the layer size.
 //! * zstd: one frame, always in zstd's multithreaded mode (at least one worker), whose output
 //!   depends on the job size and not on the worker count; the job size is pinned
 //!   ([`ZSTD_JOB_SIZE`]) and so are the window and long-distance matching, the content
