@@ -69,7 +69,7 @@ pub const DEFAULT_GZIP_LEVEL: i32 = 4;
 /// Default zstd level.
 ///
 /// With the fixed parameters of every level (a window of one job, long-distance matching,
-/// see [`zstd_encoder`]) and a 2^15-entry hash table, level 2 compresses the Debian 12 minbase
+/// see `zstd_encoder`) and a 2^15-entry hash table, level 2 compresses the Debian 12 minbase
 /// rootfs (204 MB of tar) to 84.5 MB, 0.6 % smaller than `zstd -3` makes GNU tar's archive of
 /// it, and a commit takes 0.80–0.94 s in-process against 1.07 s at level 3 with zstd's own
 /// parameters (83.9 MB); without the long-distance matching level 2 is 3 % larger than

@@ -46,7 +46,7 @@ pub enum Error {
     /// A layer archive (or a stream inside it) is malformed or hostile.
     #[error("{entry}: {reason}")]
     Archive {
-        /// The entry name (or "<archive>" when no entry was read yet).
+        /// The entry name (or `"<archive>"` when no entry was read yet).
         entry: String,
         /// What was expected and what was found.
         reason: String,
