@@ -325,31 +325,33 @@ struct Gzip<W> {
 }
 
 thread_local! {
-    /// Each pool thread's libdeflate compressor (allocating one costs more than a small block).
-    static DEFLATE: RefCell<Option<(i32, libdeflater::Compressor)>> = const { RefCell::new(None) };
-    /// Each pool thread's libdeflate compressor at level 0 (stored blocks).
-    static STORE: RefCell<Option<(i32, libdeflater::Compressor)>> = const { RefCell::new(None) };
-    /// Each pool thread's libdeflate compressor at level 1.
-    static FAST: RefCell<Option<(i32, libdeflater::Compressor)>> = const { RefCell::new(None) };
+    /// Each pool thread's libdeflate compressors, one per level used (allocating one costs more
+    /// than a small block): the level asked for, and 1 and 0 for members that deflate would
+    /// hardly shrink.
+    static DEFLATE: RefCell<Vec<(i32, libdeflater::Compressor)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A member of `input` at `level`: deflated at `level`, or, when deflate would gain next to
 /// nothing, at level 1 or stored (see [`crate::incompressible`]); the tag names `level`
 /// either way.
 fn deflate_member(level: i32, input: &[u8], mut out: Vec<u8>) -> io::Result<Vec<u8>> {
-    let (cell, method) = match incompressible::effort(input) {
-        Effort::Store => (&STORE, 0),
-        Effort::Fast => (&FAST, 1),
-        Effort::Full => (&DEFLATE, level),
+    let method = match incompressible::effort(input) {
+        Effort::Store => 0,
+        Effort::Fast => 1,
+        Effort::Full => level,
     };
-    cell.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != method) {
-            let lvl = libdeflater::CompressionLvl::new(method)
-                .map_err(|e| io::Error::other(format!("gzip level {level}: {e:?}")))?;
-            *slot = Some((method, libdeflater::Compressor::new(lvl)));
-        }
-        let (_, c) = slot.as_mut().expect("set above");
+    DEFLATE.with(|cell| {
+        let mut compressors = cell.borrow_mut();
+        let at = match compressors.iter().position(|(l, _)| *l == method) {
+            Some(at) => at,
+            None => {
+                let lvl = libdeflater::CompressionLvl::new(method)
+                    .map_err(|e| io::Error::other(format!("gzip level {level}: {e:?}")))?;
+                compressors.push((method, libdeflater::Compressor::new(lvl)));
+                compressors.len() - 1
+            }
+        };
+        let c = &mut compressors[at].1;
         out.clear();
         out.resize(
             members::HEADER_LEN + c.deflate_compress_bound(input.len()),
