@@ -143,11 +143,11 @@ fn repeated_bytes(data: &[u8], enough: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Bytes from a fixed xorshift generator: no repeats, entropy ~8 bits a byte.
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..n)
             .map(|_| {
@@ -159,10 +159,18 @@ mod tests {
             .collect()
     }
 
-    fn deflated_len(data: &[u8]) -> usize {
-        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(4).unwrap());
+    /// The raw deflate stream libdeflate makes of `data` at `level`.
+    pub(crate) fn deflated(level: i32, data: &[u8]) -> Vec<u8> {
+        let lvl = libdeflater::CompressionLvl::new(level).unwrap();
+        let mut c = libdeflater::Compressor::new(lvl);
         let mut out = vec![0; c.deflate_compress_bound(data.len())];
-        c.deflate_compress(data, &mut out).unwrap()
+        let n = c.deflate_compress(data, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    fn deflated_len(data: &[u8]) -> usize {
+        deflated(4, data).len()
     }
 
     #[test]
