@@ -187,3 +187,15 @@ def test_create_refuses_a_foreign_directory(tmp_path: Path) -> None:
         Layout.create(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
     Layout.create(tmp_path / "empty-is-fine")
+
+
+def test_create_accepts_a_layout_another_process_just_finished(tmp_path: Path) -> None:
+    # What a second creator may list: a layout the first one completed (oci-layout written)
+    # and then wrote another file into, between the second's look for the marker and its
+    # listing of the directory.
+    layout = Layout.create(tmp_path / "racing")
+    (layout.path / "extra.json").write_text("{}")
+    layout._refuse_foreign()
+    (layout.path / "oci-layout").unlink()
+    with pytest.raises(FormatError, match="not an OCI image layout"):
+        layout._refuse_foreign()

@@ -148,8 +148,16 @@ class Layout:
         return layout
 
     def _refuse_foreign(self) -> None:
-        """Never scatter blobs/ and index.json into a directory that holds something else."""
-        if any(not _ours(p.name) for p in self.path.iterdir()):
+        """Never scatter blobs/ and index.json into a directory that holds something else.
+
+        Another process may finish creating the layout while it is listed: it writes
+        ``oci-layout`` before anything else goes in, so a name that is not ours, with the
+        marker present after the listing, belongs to a layout, not to a foreign directory.
+        """
+        if (
+            any(not _ours(p.name) for p in self.path.iterdir())
+            and not (self.path / _LAYOUT_FILE).is_file()
+        ):
             raise FormatError(f"{self.path}: exists and is not an OCI image layout (not empty)")
 
     # -- blobs ---------------------------------------------------------------------------------
