@@ -48,7 +48,14 @@ def test_sigint_stops_a_commit_and_leaves_the_store_as_it_was(tmp_path: Path) ->
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
+    # Interrupt once the layer is being written (its temporary blob exists), not after a fixed
+    # delay that a fast machine may outrun.
+    blobs = layout / "blobs" / "sha256"
+    deadline = time.monotonic() + 20
+    while not any(p.name.startswith(".tmp-") for p in blobs.iterdir()):
+        assert proc.poll() is None, "the commit finished before it could be interrupted"
+        assert time.monotonic() < deadline, "the commit never started writing its layer"
+        time.sleep(0.01)
     assert proc.poll() is None, "the commit finished before it could be interrupted"
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
