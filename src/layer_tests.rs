@@ -502,33 +502,59 @@ app/link 2 0o755 0 1700000000 [] hello.txt
 #[test]
 fn a_file_that_changed_size_is_an_error() {
     let (dir, mut changes) = tree();
+    // A small file (read whole) and a large one (streamed), each seen by the walk one byte
+    // larger (it shrank since) and one byte smaller (it grew).
     for name in [&b"etc/hostname"[..], b"etc/big"] {
         let i = changes.iter().position(|c| c.path == name).unwrap();
         let real = changes[i].entry.as_ref().unwrap().size;
-        changes[i].entry.as_mut().unwrap().size = real + 1;
+        for seen in [real + 1, real - 1] {
+            changes[i].entry.as_mut().unwrap().size = seen;
+            let blobs = tempfile::tempdir().unwrap();
+            match write_layer_file(
+                dir.path(),
+                &changes,
+                &opts(Compression::Gzip { level: 1 }, 2),
+                blobs.path(),
+            ) {
+                Err(Error::FileChanged {
+                    path,
+                    expected,
+                    found,
+                }) => {
+                    assert_eq!(path, dir.path().join(os_path(name)));
+                    assert_eq!((expected, found), (seen, real));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                std::fs::read_dir(blobs.path()).unwrap().count(),
+                0,
+                "temporary file removed"
+            );
+        }
+        changes[i].entry.as_mut().unwrap().size = real;
+    }
+}
+
+#[test]
+fn a_file_that_vanished_after_the_walk_is_an_error_naming_it() {
+    for name in [&b"etc/hostname"[..], b"etc/big"] {
+        let (dir, changes) = tree();
+        std::fs::remove_file(dir.path().join(os_path(name))).unwrap();
         let blobs = tempfile::tempdir().unwrap();
         match write_layer_file(
             dir.path(),
             &changes,
-            &opts(Compression::Gzip { level: 1 }, 2),
+            &opts(Compression::Zstd { level: 1 }, 2),
             blobs.path(),
         ) {
-            Err(Error::FileChanged {
-                path,
-                expected,
-                found,
-            }) => {
+            Err(Error::Io { path, source }) => {
                 assert_eq!(path, dir.path().join(os_path(name)));
-                assert_eq!((expected, found), (real + 1, real));
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            std::fs::read_dir(blobs.path()).unwrap().count(),
-            0,
-            "temporary file removed"
-        );
-        changes[i].entry.as_mut().unwrap().size = real;
+        assert_eq!(std::fs::read_dir(blobs.path()).unwrap().count(), 0);
     }
 }
 
