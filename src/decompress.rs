@@ -98,10 +98,16 @@ pub fn with_decompressed_seen<R: Read + Send, T>(
     }
     std::thread::scope(|s| {
         let (mut reader, pump) = channel();
-        s.spawn(move || pump.run(format, buffered, seen));
-        // The reader (and its receiver) is dropped before the scope joins the thread, so a
-        // thread blocked on a full channel wakes up and ends.
-        consume(&mut reader)
+        let pump = s.spawn(move || pump.run(format, buffered, seen));
+        let result = consume(&mut reader);
+        // Hang up first, so a thread blocked on a full channel wakes up and ends. Then join it
+        // here: the scope alone only waits for its closure to return, and the thread may still
+        // be exiting (running its thread-local destructors) once we have returned.
+        drop(reader);
+        if let Err(panic) = pump.join() {
+            std::panic::resume_unwind(panic);
+        }
+        result
     })
 }
 
