@@ -294,9 +294,13 @@ fn write_layer_into<W: Write + Send>(
             changes,
             pool: &pool,
         };
-        s.spawn(move || reader.run(&files, tx));
+        let reader = s.spawn(move || reader.run(&files, tx));
         let result = write_ops(out.tar(), upper, changes, &ops, rx, opts.cancel.as_deref());
-        // `rx` is dropped by now: a reader blocked on a full channel wakes up and stops.
+        // `rx` is dropped by now: a reader blocked on a full channel wakes up and stops. Join
+        // it here, so that it has exited, not just returned, when the layer is written.
+        if let Err(panic) = reader.join() {
+            std::panic::resume_unwind(panic);
+        }
         result
     });
     result?;
