@@ -28,7 +28,7 @@ use std::sync::{Arc, mpsc};
 
 use crate::decompress::MemberSeen;
 use crate::error::{Error, Result};
-use crate::incompressible::{self, Effort};
+use crate::incompressible;
 use crate::members::{self, MemberIndex};
 
 /// How a layer blob is compressed.
@@ -335,18 +335,14 @@ thread_local! {
 /// nothing, at level 1 or stored (see [`crate::incompressible`]); the tag names `level`
 /// either way.
 fn deflate_member(level: i32, input: &[u8], mut out: Vec<u8>) -> io::Result<Vec<u8>> {
-    let method = match incompressible::effort(input) {
-        Effort::Store => 0,
-        Effort::Fast => 1,
-        Effort::Full => level,
-    };
+    let method = incompressible::effort(input).level(level);
     DEFLATE.with(|cell| {
         let mut compressors = cell.borrow_mut();
         let at = match compressors.iter().position(|(l, _)| *l == method) {
             Some(at) => at,
             None => {
                 let lvl = libdeflater::CompressionLvl::new(method)
-                    .map_err(|e| io::Error::other(format!("gzip level {level}: {e:?}")))?;
+                    .map_err(|e| io::Error::other(format!("gzip level {method}: {e:?}")))?;
                 compressors.push((method, libdeflater::Compressor::new(lvl)));
                 compressors.len() - 1
             }
@@ -529,6 +525,7 @@ impl<W: Write> Gzip<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::incompressible::Effort;
     use crate::incompressible::tests::{deflated, noise};
     use std::io::Read;
     use std::process::{Command, Stdio};
@@ -731,13 +728,9 @@ mod tests {
             let input = &data[at..at + size];
             at += size;
             let effort = incompressible::effort(input);
-            let level = match effort {
-                Effort::Store => 0,
-                Effort::Fast => 1,
-                Effort::Full => 6,
-            };
             assert!(
-                m[members::HEADER_LEN..m.len() - members::TRAILER_LEN] == deflated(level, input)
+                m[members::HEADER_LEN..m.len() - members::TRAILER_LEN]
+                    == deflated(effort.level(6), input)
             );
             efforts.push(effort);
         }

@@ -59,6 +59,17 @@ pub enum Effort {
     Full,
 }
 
+impl Effort {
+    /// The libdeflate level this effort deflates at, `asked` being the level asked for.
+    pub fn level(self, asked: i32) -> i32 {
+        match self {
+            Effort::Store => 0,
+            Effort::Fast => 1,
+            Effort::Full => asked,
+        }
+    }
+}
+
 /// How much deflating `data` is worth, by an estimate of what deflate would save.
 pub fn effort(data: &[u8]) -> Effort {
     let n = data.len() as f64;
@@ -171,6 +182,13 @@ pub(crate) mod tests {
 
     fn deflated_len(data: &[u8]) -> usize {
         deflated(4, data).len()
+    }
+
+    #[test]
+    fn efforts_deflate_at_store_fast_and_the_level_asked_for() {
+        let efforts = [Effort::Store, Effort::Fast, Effort::Full];
+        assert_eq!(efforts.map(|e| e.level(6)), [0, 1, 6]);
+        assert_eq!(efforts.map(|e| e.level(9)), [0, 1, 9]);
     }
 
     #[test]
