@@ -499,6 +499,20 @@ app/link 2 0o755 0 1700000000 [] hello.txt
     assert_ne!(clamped.diff_id, none.diff_id);
 }
 
+/// The error of writing the layer of `changes` into a fresh blobs directory, which must be
+/// left empty (no temporary file behind).
+fn failed_write(root: &Path, changes: &[Change], compression: Compression) -> Error {
+    let blobs = tempfile::tempdir().unwrap();
+    let err = write_layer_file(root, changes, &opts(compression, 2), blobs.path())
+        .expect_err("the write fails");
+    assert_eq!(
+        std::fs::read_dir(blobs.path()).unwrap().count(),
+        0,
+        "temporary file removed"
+    );
+    err
+}
+
 #[test]
 fn a_file_that_changed_size_is_an_error() {
     let (dir, mut changes) = tree();
@@ -509,28 +523,17 @@ fn a_file_that_changed_size_is_an_error() {
         let real = changes[i].entry.as_ref().unwrap().size;
         for seen in [real + 1, real - 1] {
             changes[i].entry.as_mut().unwrap().size = seen;
-            let blobs = tempfile::tempdir().unwrap();
-            match write_layer_file(
-                dir.path(),
-                &changes,
-                &opts(Compression::Gzip { level: 1 }, 2),
-                blobs.path(),
-            ) {
-                Err(Error::FileChanged {
+            match failed_write(dir.path(), &changes, Compression::Gzip { level: 1 }) {
+                Error::FileChanged {
                     path,
                     expected,
                     found,
-                }) => {
+                } => {
                     assert_eq!(path, dir.path().join(os_path(name)));
                     assert_eq!((expected, found), (seen, real));
                 }
                 other => panic!("{other:?}"),
             }
-            assert_eq!(
-                std::fs::read_dir(blobs.path()).unwrap().count(),
-                0,
-                "temporary file removed"
-            );
         }
         changes[i].entry.as_mut().unwrap().size = real;
     }
@@ -541,20 +544,13 @@ fn a_file_that_vanished_after_the_walk_is_an_error_naming_it() {
     for name in [&b"etc/hostname"[..], b"etc/big"] {
         let (dir, changes) = tree();
         std::fs::remove_file(dir.path().join(os_path(name))).unwrap();
-        let blobs = tempfile::tempdir().unwrap();
-        match write_layer_file(
-            dir.path(),
-            &changes,
-            &opts(Compression::Zstd { level: 1 }, 2),
-            blobs.path(),
-        ) {
-            Err(Error::Io { path, source }) => {
+        match failed_write(dir.path(), &changes, Compression::Zstd { level: 1 }) {
+            Error::Io { path, source } => {
                 assert_eq!(path, dir.path().join(os_path(name)));
                 assert_eq!(source.kind(), io::ErrorKind::NotFound);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(std::fs::read_dir(blobs.path()).unwrap().count(), 0);
     }
 }
 
