@@ -122,11 +122,40 @@ pub fn diff_dirs(lower: &Path, upper: &Path, opts: &DiffOptions) -> Result<Vec<C
 /// overlay mount of the upper (as the top lower layer, so it is not modified) over the lowers.
 /// Without `lowers`, or if that mount fails, the answer is [`Error::Overlay`] naming the entry:
 /// never a wrong layer.
+///
+/// A layer of these changes must read its files from the same merged tree: use
+/// [`diff_overlay_view`], which keeps it.
 pub fn diff_overlay(upper: &Path, lowers: &[PathBuf], opts: &DiffOptions) -> Result<Vec<Change>> {
+    Ok(diff_overlay_view(upper, lowers, opts)?.changes)
+}
+
+/// The changes of an overlayfs upper directory and the tree their contents are in.
+#[derive(Debug)]
+pub struct OverlayDiff {
+    /// As [`diff_overlay`] gives them.
+    pub changes: Vec<Change>,
+    /// The read-only merged mount the changes were computed from, when the upper dir was
+    /// written with `redirect_dir` or `metacopy`: a metacopy file in the upper dir has no data
+    /// and a renamed directory's files are still in a lower, so a layer's file contents must
+    /// be read from here. `None`: the upper dir itself holds them. The mount lives as long as
+    /// this descriptor.
+    pub view: Option<OwnedFd>,
+}
+
+/// [`diff_overlay`], with the tree the changes' contents are to be read from.
+pub fn diff_overlay_view(
+    upper: &Path,
+    lowers: &[PathBuf],
+    opts: &DiffOptions,
+) -> Result<OverlayDiff> {
     let upper_fd = walk::open_root(upper)?;
     let entries = walk::walk_fd(upper_fd.as_fd(), upper)?;
     if let Some(moved) = entries.iter().find(|e| needs_merged_view(e)) {
-        return diff_through_merged_view(upper, lowers, moved, opts);
+        let (changes, merged) = diff_through_merged_view(upper, lowers, moved, opts)?;
+        return Ok(OverlayDiff {
+            changes,
+            view: Some(merged),
+        });
     }
     let root_marked = whiteout::has_xattr_whiteouts(&walk::dir_xattrs(upper_fd.as_fd(), upper)?);
     let lowers = open_lowers(lowers)?;
@@ -146,7 +175,10 @@ pub fn diff_overlay(upper: &Path, lowers: &[PathBuf], opts: &DiffOptions) -> Res
             opaque,
         });
     }
-    Ok(changes)
+    Ok(OverlayDiff {
+        changes,
+        view: None,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -503,13 +535,14 @@ fn below_any(path: &[u8], dirs: &HashSet<&[u8]>) -> bool {
 }
 
 /// The [`diff_overlay`] fallback for a redirect or metacopy upper: diff the lowers against the
-/// merged tree the kernel builds. `moved` is the first entry that required it.
+/// merged tree the kernel builds, which is returned with the changes. `moved` is the first
+/// entry that required it.
 fn diff_through_merged_view(
     upper: &Path,
     lowers: &[PathBuf],
     moved: &Entry,
     opts: &DiffOptions,
-) -> Result<Vec<Change>> {
+) -> Result<(Vec<Change>, OwnedFd)> {
     let key = if whiteout::overlay_redirect(moved).is_some() {
         "redirect"
     } else {
@@ -556,7 +589,8 @@ fn diff_through_merged_view(
         fd: merged.as_fd(),
         path: upper,
     };
-    diff_trees(lower, merged_tree, opts)
+    let changes = diff_trees(lower, merged_tree, opts)?;
+    Ok((changes, merged))
 }
 
 /// A read-only overlay of `layers` (top first), with redirects and metacopy followed.

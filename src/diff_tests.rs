@@ -377,6 +377,35 @@ fn overlay_diff(upper: &Path, lowers: &[&Path]) -> Result<Vec<Change>> {
     diff_overlay(upper, &lowers, &DiffOptions::default())
 }
 
+/// The regular files (path, mode, content) of the uncompressed layer `write_layer` makes of
+/// the overlay upper's changes, read from the tree [`diff_overlay_view`] says holds them.
+fn overlay_layer_files(upper: &Path, lowers: &[&Path]) -> Vec<(String, u32, Vec<u8>)> {
+    use std::io::Read;
+    let lowers: Vec<PathBuf> = lowers.iter().map(|l| l.to_path_buf()).collect();
+    let d = diff_overlay_view(upper, &lowers, &DiffOptions::default()).unwrap();
+    let contents = crate::layer::Contents {
+        path: upper,
+        fd: d.view.as_ref().map(AsFd::as_fd),
+    };
+    let opts = crate::layer::LayerOptions {
+        compression: crate::compress::Compression::None,
+        ..Default::default()
+    };
+    let mut blob = Vec::new();
+    crate::layer::write_layer(contents, &d.changes, &opts, &mut blob).unwrap();
+    let mut files = Vec::new();
+    for e in tar::Archive::new(&blob[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.header().entry_type().is_file() {
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            files.push((name, e.header().mode().unwrap(), data));
+        }
+    }
+    files
+}
+
 fn opaque_paths(changes: &[Change]) -> Vec<String> {
     changes
         .iter()
@@ -624,6 +653,18 @@ fn redirect_falls_back_to_merged_tree() {
         overlay_diff(&ovl.upper, &[]),
         Err(Error::Overlay { .. })
     ));
+    // The moved files are in the lower only: the layer has their contents all the same (and
+    // the old name's whiteout, a regular file in the tar).
+    let files = overlay_layer_files(&ovl.upper, &[lower.path()]);
+    let names: Vec<_> = files.iter().map(|(n, _, d)| (n.as_str(), &d[..])).collect();
+    assert_eq!(
+        names,
+        [
+            (".wh.olddir", &b""[..]),
+            ("newdir/f1", b"1"),
+            ("newdir/sub/f2", b"2")
+        ]
+    );
 }
 
 #[test]
@@ -679,6 +720,11 @@ fn metacopy_falls_back_to_merged_tree() {
         }
         other => panic!("{other:?}"),
     }
+    // The upper's `data` is a metacopy with no data of its own: the layer has the lower's.
+    assert_eq!(
+        overlay_layer_files(&ovl.upper, &[lower.path()]),
+        [("data".to_string(), 0o600, b"0123456789".to_vec())]
+    );
 }
 
 #[test]

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -235,34 +235,64 @@ fn plan_level(
     Ok(())
 }
 
-/// Write the layer for `changes` (contents read from the tree at `upper`) into `sink`.
-pub fn write_layer<W: Write + Send>(
-    upper: &Path,
+/// The tree a layer's file contents are read from.
+#[derive(Debug, Clone, Copy)]
+pub struct Contents<'a> {
+    /// The tree's path: opened when there is no `fd`, and what errors name either way.
+    pub path: &'a Path,
+    /// The tree, already open: a view that has no path of its own, such as the merged overlay
+    /// mount [`crate::diff::diff_overlay_view`] computed the changes from.
+    pub fd: Option<BorrowedFd<'a>>,
+}
+
+impl<'a> From<&'a Path> for Contents<'a> {
+    fn from(path: &'a Path) -> Self {
+        Contents { path, fd: None }
+    }
+}
+
+impl<'a> From<&'a PathBuf> for Contents<'a> {
+    fn from(path: &'a PathBuf) -> Self {
+        Contents { path, fd: None }
+    }
+}
+
+/// Write the layer for `changes` (contents read from the tree `upper`) into `sink`.
+pub fn write_layer<'a, W: Write + Send>(
+    upper: impl Into<Contents<'a>>,
     changes: &[Change],
     opts: &LayerOptions,
     sink: W,
 ) -> Result<LayerInfo> {
-    let (info, sink) = write_layer_into(upper, changes, opts, sink, Path::new("<layer>"))?;
+    let (info, sink) = write_layer_into(upper.into(), changes, opts, sink, Path::new("<layer>"))?;
     drop(sink);
     Ok(info)
 }
 
 /// [`write_layer`], giving the (flushed) sink back; write errors are reported on `output`.
 fn write_layer_into<W: Write + Send>(
-    upper: &Path,
+    contents: Contents<'_>,
     changes: &[Change],
     opts: &LayerOptions,
     sink: W,
     output: &Path,
 ) -> Result<(LayerInfo, W)> {
+    let upper = contents.path;
     let (ops, warnings) = plan(upper, changes)?;
     let threads = resolve_threads(opts.threads);
-    let root: OwnedFd = rustix::fs::open(
-        upper,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .at(upper)?;
+    let opened: OwnedFd;
+    let root = match contents.fd {
+        Some(fd) => fd,
+        None => {
+            opened = rustix::fs::open(
+                upper,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .at(upper)?;
+            opened.as_fd()
+        }
+    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("layerdiff-read-{i}"))
@@ -290,7 +320,7 @@ fn write_layer_into<W: Write + Send>(
     let (tx, rx) = mpsc::sync_channel::<Vec<Piece>>(AHEAD);
     let result = std::thread::scope(|s| {
         let reader = Reader {
-            root: &root,
+            root,
             changes,
             pool: &pool,
         };
@@ -497,7 +527,7 @@ struct Piece {
 
 /// The reader side: opens each file under the root, no symlink followed, and sends its bytes.
 struct Reader<'a> {
-    root: &'a OwnedFd,
+    root: BorrowedFd<'a>,
     changes: &'a [Change],
     pool: &'a rayon::ThreadPool,
 }
@@ -633,7 +663,7 @@ static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 /// checks the type). `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
 /// RESOLVE_NO_MAGICLINKS` does it in one call; without it, one `openat(O_NOFOLLOW)` per
 /// component.
-fn open_beneath(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
+fn open_beneath(root: BorrowedFd<'_>, path: &[u8]) -> io::Result<OwnedFd> {
     let flags =
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     if path.is_empty()
@@ -659,7 +689,7 @@ fn open_beneath(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
     let mut comps = path.split(|&b| b == b'/').peekable();
     let mut dir: Option<OwnedFd> = None;
     while let Some(c) = comps.next() {
-        let at = dir.as_ref().unwrap_or(root);
+        let at = dir.as_ref().map_or(root, AsFd::as_fd);
         if comps.peek().is_none() {
             return Ok(rustix::fs::openat(at, os_path(c), flags, Mode::empty())?);
         }
@@ -693,14 +723,15 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// Write the layer into `blobs_dir` (an OCI layout's `blobs/sha256`): temporary file, fsync,
 /// rename to the digest's hex name.
-pub fn write_layer_file(
-    upper: &Path,
+pub fn write_layer_file<'a>(
+    upper: impl Into<Contents<'a>>,
     changes: &[Change],
     opts: &LayerOptions,
     blobs_dir: &Path,
 ) -> Result<LayerInfo> {
+    let contents = upper.into();
     write_blob_file(blobs_dir, |blob, tmp_path| {
-        write_layer_into(upper, changes, opts, blob, tmp_path)
+        write_layer_into(contents, changes, opts, blob, tmp_path)
     })
 }
 

@@ -337,12 +337,12 @@ def test_umoci_unpack(rootfs: Path, changed: Path, tmp_path: Path, compression: 
 # -- real overlay mounts -------------------------------------------------------------------------
 
 
-@pytest.mark.root
-def test_overlay_upper_commit(rootfs: Path, tmp_path: Path) -> None:
+def mount_overlay(tmp_path: Path, lower: Path, options: str = "") -> tuple[Path, Path]:
+    """An overlay of ``lower`` under ``tmp_path``: (upper, merged). Skips where it cannot."""
     upper, work, merged = tmp_path / "upper", tmp_path / "work", tmp_path / "merged"
     for d in (upper, work, merged):
         d.mkdir()
-    opts = f"lowerdir={rootfs},upperdir={upper},workdir={work}"
+    opts = f"lowerdir={lower},upperdir={upper},workdir={work}" + (f",{options}" if options else "")
     mount = subprocess.run(
         ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
         capture_output=True,
@@ -350,7 +350,13 @@ def test_overlay_upper_commit(rootfs: Path, tmp_path: Path) -> None:
         check=False,
     )
     if mount.returncode != 0:
-        pytest.skip(f"cannot mount overlayfs here: {mount.stderr.strip()}")
+        pytest.skip(f"cannot mount overlayfs here ({opts}): {mount.stderr.strip()}")
+    return upper, merged
+
+
+@pytest.mark.root
+def test_overlay_upper_commit(rootfs: Path, tmp_path: Path) -> None:
+    upper, merged = mount_overlay(tmp_path, rootfs)
     try:
         change_rootfs(merged)
         os.chmod(merged / "etc" / "os-release", 0o600)
@@ -368,3 +374,41 @@ def test_overlay_upper_commit(rootfs: Path, tmp_path: Path) -> None:
     if shutil.which("umoci"):
         out = umoci_unpack(f"{tmp_path}/layout:ovl", tmp_path / "bundle")
         assert_same_tree(expected, out)
+
+
+@pytest.mark.root
+def test_overlay_commit_of_redirect_and_metacopy_upper(rootfs: Path, tmp_path: Path) -> None:
+    """An upper dir written with redirect_dir and metacopy holds neither a renamed directory's
+    files nor a chmod-ed file's data: the layer gets them from the merged tree."""
+    upper, merged = mount_overlay(tmp_path, rootfs, "redirect_dir=on,metacopy=on,index=off")
+    try:
+        os.rename(merged / "bin", merged / "sbin")
+        os.chmod(merged / "etc" / "os-release", 0o600)
+        expected = tmp_path / "expected"
+        subprocess.run(["cp", "-a", str(merged), str(expected)], check=True)
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    assert os.getxattr(upper / "sbin", "trusted.overlay.redirect")
+    # A metacopy file: its size, but no data of its own.
+    assert "trusted.overlay.metacopy" in os.listxattr(upper / "etc" / "os-release")
+    assert (upper / "etc" / "os-release").read_bytes() == bytes(8)
+    run_cli("commit", "--upper", str(rootfs), "base", "--progress", "none")
+    target = f"oci:{tmp_path}/layout:ovl"
+    proc = run_cli(
+        "commit", "--overlay", "--upper", str(upper), "--lower", str(rootfs),
+        "--from", "base", target, "--progress", "none",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "applied"
+    out.mkdir()
+    layout = Layout(tmp_path / "layout")
+    for layer in layerdiff.inspect(target)["manifest"]["layers"]:
+        apply_layer(layout.blob_path(layer["digest"]), out)
+    assert_same_tree(expected, out)
+    # Without the lower dirs the change cannot be known: refused, nothing written.
+    proc = run_cli(
+        "commit", "--overlay", "--upper", str(upper), "--from", "base", f"{target}2",
+        "--progress", "none",
+    )  # fmt: skip
+    assert proc.returncode == 1 and "redirect" in proc.stderr
+    assert proc.stderr.count("\n") == 1

@@ -5,6 +5,7 @@
 mod container;
 mod errors;
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -156,8 +157,8 @@ fn write_layer(
     let mut opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
     opts.index_dir = index_dir;
     let info = run_detached(py, &cancel, || {
-        let changes = source.changes()?;
-        layer::write_layer_file(&source.upper, &changes, &opts, &blobs_dir)
+        let (changes, view) = source.changes()?;
+        layer::write_layer_file(source.contents(&view), &changes, &opts, &blobs_dir)
     })?;
     Ok(layer_tuple(info))
 }
@@ -184,20 +185,31 @@ impl LayerSource {
     }
 
     /// The changes the layer holds: the whole tree, a two-tree diff or an overlay upper's
-    /// changes, without the excluded paths and with the root owner mapped.
-    fn changes(&self) -> crate::Result<Vec<Change>> {
+    /// changes, without the excluded paths and with the root owner mapped; and the merged
+    /// overlay view to read their contents from when the overlay diff needed one (else they
+    /// are read from `upper`).
+    fn changes(&self) -> crate::Result<(Vec<Change>, Option<OwnedFd>)> {
         let dopts = DiffOptions {
             content: self.content,
         };
-        let changes = if self.overlay {
-            core_diff::diff_overlay(&self.upper, &self.lowers, &dopts)?
+        let (changes, view) = if self.overlay {
+            let d = core_diff::diff_overlay_view(&self.upper, &self.lowers, &dopts)?;
+            (d.changes, d.view)
         } else if let Some(lower) = &self.lower {
-            core_diff::diff_dirs(lower, &self.upper, &dopts)?
+            (core_diff::diff_dirs(lower, &self.upper, &dopts)?, None)
         } else {
-            core_diff::full_tree(&self.upper)?
+            (core_diff::full_tree(&self.upper)?, None)
         };
         let changes = core_diff::without_paths(changes, &self.exclude);
-        Ok(core_diff::with_root_owner(changes, self.root_ids))
+        Ok((core_diff::with_root_owner(changes, self.root_ids), view))
+    }
+
+    /// Where the contents of `changes` are read from.
+    fn contents<'a>(&'a self, view: &'a Option<OwnedFd>) -> layer::Contents<'a> {
+        layer::Contents {
+            path: &self.upper,
+            fd: view.as_ref().map(AsFd::as_fd),
+        }
     }
 }
 
@@ -267,9 +279,9 @@ fn write_layer_to_fd(
     let cancel = Arc::new(Cancel::new());
     let opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
     let info = run_detached(py, &cancel, || {
-        let changes = source.changes()?;
+        let (changes, view) = source.changes()?;
         // The sink (the duplicate) is closed when write_layer returns, before the result.
-        layer::write_layer(&source.upper, &changes, &opts, sink)
+        layer::write_layer(source.contents(&view), &changes, &opts, sink)
     })?;
     Ok(layer_tuple(info))
 }
