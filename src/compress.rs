@@ -132,12 +132,18 @@ impl Default for Compression {
     }
 }
 
-/// Worker threads for `threads` (0: one per core).
+/// Most worker threads a layer writer starts (zstd's own limit on its workers): more cannot
+/// run at once on any machine this is built for, and each costs a stack and its start-up.
+pub const MAX_THREADS: usize = 256;
+
+/// Worker threads for `threads` (0: one per core), at most [`MAX_THREADS`].
 pub fn resolve_threads(threads: usize) -> usize {
-    if threads > 0 {
-        return threads;
-    }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    let n = if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    n.min(MAX_THREADS)
 }
 
 /// A [`Write`] adapter that compresses what passes through into `W`.
@@ -582,6 +588,14 @@ mod tests {
     fn none_passes_through() {
         let data = sample(100_000);
         assert_eq!(compress(Compression::None, 2, &data, 777), data);
+    }
+
+    #[test]
+    fn threads_are_capped() {
+        assert_eq!(resolve_threads(3), 3);
+        assert_eq!(resolve_threads(MAX_THREADS + 1), MAX_THREADS);
+        assert_eq!(resolve_threads(usize::MAX), MAX_THREADS);
+        assert!((1..=MAX_THREADS).contains(&resolve_threads(0)));
     }
 
     #[test]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from layerdiff.errors import FormatError
+from layerdiff.errors import FormatError, InvalidArgumentError
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -66,11 +66,16 @@ def test_rfc3339(monkeypatch: pytest.MonkeyPatch) -> None:
     assert source_date_epoch(5) == 5  # an explicit value wins
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "")
     assert source_date_epoch() is None
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
-    with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH='yesterday'"):
-        source_date_epoch()
-    with pytest.raises(ValueError):
-        source_date_epoch(-1)
+    for bad in ("yesterday", "1.5", "-5", "١٢", "253402300800", "9" * 20):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", bad)
+        with pytest.raises(InvalidArgumentError, match=f"SOURCE_DATE_EPOCH='{bad}'"):
+            source_date_epoch()
+    # The last second an RFC 3339 time can hold.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "253402300799")
+    assert rfc3339() == "9999-12-31T23:59:59Z"
+    for value in (-1, 253402300800):
+        with pytest.raises(InvalidArgumentError, match=f"source_date_epoch={value}"):
+            source_date_epoch(value)
 
 
 def test_now_when_no_epoch() -> None:

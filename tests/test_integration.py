@@ -17,6 +17,7 @@ from tests.conftest import run_cli
 from tests.refapply import apply_layer
 from tests.treecmp import assert_same_tree
 
+SDE = "SOURCE_DATE_EPOCH"
 T0 = 1_600_000_000_123_456_789  # mtimes with nanoseconds, to see that they survive
 
 
@@ -153,13 +154,21 @@ def test_source_date_epoch_clamps(rootfs: Path, tmp_path: Path) -> None:
 
 
 def test_bad_options(rootfs: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="compression 'lz4'"):
+    # Bad arguments are ValueErrors, and layerdiff's own, like every other error.
+    with pytest.raises(layerdiff.InvalidArgumentError, match="compression 'lz4'"):
         layerdiff.write_layer(rootfs, dest=tmp_path, compression="lz4")
-    with pytest.raises(ValueError, match="exclude each other"):
+    with pytest.raises(layerdiff.InvalidArgumentError, match="exclude each other"):
         layerdiff.write_layer(rootfs, dest=tmp_path, lower=rootfs, overlay=True)
+    for threads in (0, 257):
+        with pytest.raises(layerdiff.InvalidArgumentError, match=f"threads={threads}: expected"):
+            layerdiff.commit(rootfs, image="x", threads=threads)
+    assert issubclass(layerdiff.InvalidArgumentError, ValueError)
+    assert layerdiff.layer.MAX_THREADS == layerdiff._core.MAX_THREADS
+    # OS errors name the file as the caller would: a str, like Python's own.
     with pytest.raises(OSError) as info:
         layerdiff.write_layer(tmp_path / "missing", dest=tmp_path)
     assert isinstance(info.value, layerdiff.LayerdiffError)
+    assert info.value.filename == str(tmp_path / "missing")
 
 
 def test_reserved_name(tmp_path: Path) -> None:
@@ -264,10 +273,17 @@ def test_cli_end_to_end(rootfs: Path, changed: Path, tmp_path: Path) -> None:
         ),
         (["inspect", "nothing:here"], "image not found: nothing:here"),
         (["diff", "{rootfs}", "{rootfs}/../nonexistent"], "does not exist"),
+        (["commit", "--upper", "{rootfs}", "--threads", "257", "x"], "1<=x<=256"),
+        (["commit", "--upper", "{rootfs}", "--threads", "0", "x"], "1<=x<=256"),
+        (["commit", "--upper", "{rootfs}", "x", f"{SDE}=1e3"], f"{SDE}='1e3'"),
+        (["commit", "--upper", "{rootfs}", "x", f"{SDE}=253402300800"], "(the year 9999)"),
     ],
 )
 def test_cli_errors(rootfs: Path, args: list[str], message: str) -> None:
-    proc = run_cli(*[a.format(rootfs=rootfs) for a in args])
+    # SOURCE_DATE_EPOCH=VALUE arguments are the environment, not the command's.
+    env = dict(a.split("=", 1) for a in args if a.startswith(f"{SDE}="))
+    args = [a for a in args if not a.startswith(f"{SDE}=")]
+    proc = run_cli(*[a.format(rootfs=rootfs) for a in args], env=env)
     assert proc.returncode in (1, 2)
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()

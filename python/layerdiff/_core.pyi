@@ -7,6 +7,7 @@ _Path = str | bytes | PathLike[str] | PathLike[bytes]
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
+    "MAX_THREADS",
     "apply_layer",
     "blob_digests",
     "decompress_blob",
@@ -51,6 +52,7 @@ def write_layer(
     """
 
 DEFAULT_MAX_SIZE: int
+MAX_THREADS: int
 
 def apply_layer(
     root: _Path,

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layerdiff.errors import LayerdiffError, LayerdiffOSError
+from layerdiff.errors import InvalidArgumentError, LayerdiffError, LayerdiffOSError
 
 __all__ = ["Cgroup", "CgroupError", "Limits", "parse_cpus", "parse_memory"]
 
@@ -37,10 +37,10 @@ def parse_memory(text: str) -> int:
     """``--memory`` as docker reads it: a number of bytes with an optional b, k, m, g suffix."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", text.lower())
     if not m:
-        raise ValueError(f"invalid memory size {text!r} (expected e.g. 512m or 2g)")
+        raise InvalidArgumentError(f"invalid memory size {text!r} (expected e.g. 512m or 2g)")
     value = int(float(m.group(1)) * _UNITS[m.group(2)])
     if value < 6 << 20:
-        raise ValueError(f"memory limit {text!r} is below the minimum of 6m")
+        raise InvalidArgumentError(f"memory limit {text!r} is below the minimum of 6m")
     return value
 
 
@@ -49,9 +49,9 @@ def parse_cpus(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"invalid number of CPUs {text!r}") from None
+        raise InvalidArgumentError(f"invalid number of CPUs {text!r}") from None
     if not 0.01 <= value <= 1024:
-        raise ValueError(f"number of CPUs out of range: {text!r}")
+        raise InvalidArgumentError(f"number of CPUs out of range: {text!r}")
     return value
 
 

@@ -18,7 +18,7 @@ from layerdiff.cli_output import emit_json as _emit_json
 from layerdiff.cli_output import fail as _fail
 from layerdiff.cli_output import table as _table
 from layerdiff.errors import LayerdiffError
-from layerdiff.layer import COMPRESSIONS
+from layerdiff.layer import COMPRESSIONS, MAX_THREADS
 
 if TYPE_CHECKING:
     from layerdiff.layer import Change
@@ -242,7 +242,11 @@ A CONTAINER is a name from 'layerdiff ps' or a container directory path.
     help="Freeze a running container while its changes are read.",
 )
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), help="Worker threads [default: all cores].")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, MAX_THREADS),
+    help="Worker threads; never changes the output [default: all cores].",
+)
 @_registry_options
 def commit(
     targets: tuple[str, ...],
@@ -472,7 +476,11 @@ Examples:
 )
 @click.option("-m", "--message", help="Comment of the squashed layer's history entry.")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), help="Worker threads [default: all cores].")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, MAX_THREADS),
+    help="Worker threads; never changes the output [default: all cores].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def squash(
     image: str,

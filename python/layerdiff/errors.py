@@ -39,6 +39,10 @@ class DigestMismatchError(FormatError):
     """Content did not hash to the digest it was named by."""
 
 
+class InvalidArgumentError(LayerdiffError, ValueError):
+    """An argument out of its range or not one of its choices (``threads``, ``compression``…)."""
+
+
 class InvalidReferenceError(LayerdiffError, ValueError):
     """An image reference that does not parse."""
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from layerdiff.errors import FormatError
+from layerdiff.errors import FormatError, InvalidArgumentError
 from layerdiff.layout import Descriptor
 
 __all__ = [
@@ -93,17 +93,26 @@ def go_arch(machine: str | None = None) -> tuple[str, str | None]:
     return _GO_ARCH.get(m, (m, None))
 
 
+#: The last second RFC 3339 can write (9999-12-31T23:59:59Z): image configs hold their times so.
+MAX_EPOCH = 253_402_300_799
+
+
 def source_date_epoch(value: int | None = None) -> int | None:
     """``value`` when given, else ``$SOURCE_DATE_EPOCH`` as an int, else None."""
     if value is not None:
-        if value < 0:
-            raise ValueError(f"source_date_epoch={value}: must not be negative")
+        if not 0 <= value <= MAX_EPOCH:
+            raise InvalidArgumentError(
+                f"source_date_epoch={value}: expected 0 to {MAX_EPOCH} (the year 9999)"
+            )
         return value
     text = os.environ.get("SOURCE_DATE_EPOCH")
     if text is None or text == "":
         return None
-    if not text.isdigit():
-        raise ValueError(f"SOURCE_DATE_EPOCH={text!r}: expected a non-negative integer")
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_EPOCH:
+        raise InvalidArgumentError(
+            f"SOURCE_DATE_EPOCH={text!r}: expected seconds since 1970, 0 to {MAX_EPOCH} "
+            "(the year 9999)"
+        )
     return int(text)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
+from layerdiff.errors import InvalidArgumentError
+
 __all__ = [
     "COMPRESSIONS",
     "Change",
@@ -27,6 +29,8 @@ __all__ = [
 
 #: Accepted ``compression`` values.
 COMPRESSIONS = ("gzip", "zstd", "none")
+#: Most worker threads a layer writer takes: the core's ``MAX_THREADS`` (zstd's own limit).
+MAX_THREADS = 256
 
 StrPath = str | os.PathLike[str]
 ChangeKind = Literal["A", "C", "D"]
@@ -126,17 +130,23 @@ def blobs_dir_for(dest: StrPath) -> Path:
 def check_options(*, compression: str, threads: int | None) -> int:
     """Validate the options every layer writer takes; return the core's thread count."""
     if compression not in COMPRESSIONS:
-        raise ValueError(f"compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads={threads}: must be at least 1 (or None for one per core)")
+        raise InvalidArgumentError(
+            f"compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}"
+        )
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise InvalidArgumentError(
+            f"threads={threads}: expected 1 to {MAX_THREADS} (or None for one per core)"
+        )
     return threads or 0
 
 
 def _check_source(lower: StrPath | None, overlay: bool, lowers: Sequence[StrPath]) -> None:
     if lower is not None and overlay:
-        raise ValueError("lower and overlay exclude each other (use lowers= with overlay)")
+        raise InvalidArgumentError(
+            "lower and overlay exclude each other (use lowers= with overlay)"
+        )
     if lowers and not overlay:
-        raise ValueError("lowers= is for overlay=True; a two-tree diff takes lower=")
+        raise InvalidArgumentError("lowers= is for overlay=True; a two-tree diff takes lower=")
 
 
 def write_layer(

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from layerdiff import _core, refs
 from layerdiff.catalog import Image
-from layerdiff.errors import FormatError
+from layerdiff.errors import FormatError, InvalidArgumentError
 from layerdiff.layout import check_digest
 
 __all__ = [
@@ -55,7 +55,7 @@ def cache_root() -> Path:
 def layer_dir(diff_id: str, *, form: str) -> Path:
     """Where the layer ``diff_id`` is (or would be) cached; its tree is the ``diff`` inside."""
     if form not in FORMS:
-        raise ValueError(f"unknown layer cache form {form!r}")
+        raise InvalidArgumentError(f"unknown layer cache form {form!r}")
     return cache_root() / form / check_digest(diff_id)
 
 

@@ -35,7 +35,12 @@ import requests
 import requests.adapters
 import urllib3
 
-from layerdiff.errors import RegistryAuthError, RegistryError, RegistryUnreachableError
+from layerdiff.errors import (
+    InvalidArgumentError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnreachableError,
+)
 from layerdiff.image import DOCKER_MANIFEST_MEDIA_TYPE, INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPE
 
 __all__ = [
@@ -79,7 +84,7 @@ def parse_credentials(text: str) -> tuple[str, str]:
     """``USER:PASS`` → (user, password); the password may contain ``:``."""
     user, colon, password = text.partition(":")
     if not colon or not user:
-        raise ValueError("credentials must be given as USER:PASSWORD")
+        raise InvalidArgumentError("credentials must be given as USER:PASSWORD")
     return user, password
 
 

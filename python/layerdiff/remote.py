@@ -26,6 +26,7 @@ from layerdiff.errors import (
     DigestMismatchError,
     FormatError,
     ImageNotFoundError,
+    InvalidArgumentError,
     InvalidReferenceError,
     RegistryError,
 )
@@ -223,7 +224,9 @@ def parse_platform(text: str | None) -> tuple[str, str, str | None]:
         return "linux", go_arch()[0], None
     parts = text.split("/")
     if len(parts) not in (2, 3) or not all(parts):
-        raise ValueError(f"platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/arm64")
+        raise InvalidArgumentError(
+            f"platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/arm64"
+        )
     return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 

@@ -30,14 +30,15 @@ pub(super) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
     match &err {
         Error::Io { path, source } => {
             let errno = source.raw_os_error().unwrap_or(0);
-            let args = (errno, strerror(source), path.clone());
+            // A str, as Python's own OSError gives it (fsdecoded where not UTF-8).
+            let args = (errno, strerror(source), path.as_os_str());
             match args.into_pyobject(py) {
                 Ok(args) => raise(py, "LayerdiffOSError", args),
                 Err(e) => e,
             }
         }
         Error::FileChanged { path, .. } => {
-            let args = (libc::EIO, message.clone(), path.clone());
+            let args = (libc::EIO, message.clone(), path.as_os_str());
             match args.into_pyobject(py) {
                 Ok(args) => raise(py, "FileChangedError", args),
                 Err(e) => e,
@@ -48,9 +49,17 @@ pub(super) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
         Error::Archive { .. } | Error::StaleIndex(_) => one("FormatError"),
         Error::Limit { .. } => one("LimitError"),
         Error::DigestMismatch { .. } => one("DigestMismatchError"),
-        Error::InvalidArgument(_) => pyo3::exceptions::PyValueError::new_err(message),
+        Error::InvalidArgument(_) => one("InvalidArgumentError"),
         Error::Interrupted => pyo3::exceptions::PyKeyboardInterrupt::new_err(message),
     }
+}
+
+/// A `layerdiff.errors.InvalidArgumentError` saying `message`.
+pub(super) fn invalid_argument(message: String) -> PyErr {
+    Python::attach(|py| match PyTuple::new(py, [message]) {
+        Ok(args) => raise(py, "InvalidArgumentError", args),
+        Err(e) => e,
+    })
 }
 
 /// The system's text for an error, without Rust's " (os error N)" suffix: Python's `OSError`

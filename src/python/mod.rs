@@ -78,7 +78,7 @@ fn parse_compression(name: &str, level: Option<i32>) -> PyResult<Compression> {
             level: level.unwrap_or(crate::compress::DEFAULT_ZSTD_LEVEL),
         },
         other => {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            return Err(errors::invalid_argument(format!(
                 "unknown compression {other:?} (expected gzip, zstd or none)"
             )));
         }
@@ -177,8 +177,8 @@ struct LayerSource {
 impl LayerSource {
     fn check(&self) -> PyResult<()> {
         if self.overlay && self.lower.is_some() {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "give either lower (two-tree diff) or overlay with lowers, not both",
+            return Err(errors::invalid_argument(
+                "give either lower (two-tree diff) or overlay with lowers, not both".into(),
             ));
         }
         Ok(())
@@ -267,7 +267,7 @@ fn write_layer_to_fd(
     };
     source.check()?;
     if fd < 0 {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+        return Err(errors::invalid_argument(format!(
             "fd={fd}: not a file descriptor"
         )));
     }
@@ -419,5 +419,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decompress_blob, m)?)?;
     m.add_function(wrap_pyfunction!(write_layer_to_fd, m)?)?;
     m.add("DEFAULT_MAX_SIZE", crate::apply::DEFAULT_MAX_SIZE)?;
+    m.add("MAX_THREADS", crate::compress::MAX_THREADS)?;
     Ok(())
 }
