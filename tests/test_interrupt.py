@@ -1,4 +1,5 @@
-"""Ctrl-C stops long work promptly, with exit code 130 and nothing half-written left behind."""
+"""Ctrl-C, SIGTERM and SIGHUP stop long work promptly, with exit code 128 plus the signal's
+number and nothing half-written left behind."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 import layerdiff
 
@@ -23,7 +26,17 @@ def big_tree(root: Path) -> Path:
     return root
 
 
-def test_sigint_stops_a_commit_and_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code", "message"),
+    [
+        (signal.SIGINT, 130, "interrupted"),
+        (signal.SIGTERM, 143, "terminated by SIGTERM"),
+        (signal.SIGHUP, 129, "terminated by SIGHUP"),
+    ],
+)
+def test_a_signal_stops_a_commit_and_leaves_the_store_as_it_was(
+    tmp_path: Path, sig: signal.Signals, code: int, message: str
+) -> None:
     tree = big_tree(tmp_path / "tree")
     layout = tmp_path / "layout"
     layerdiff.commit(tmp_path / "tree", image=f"oci:{layout}:first", compression="none")
@@ -58,11 +71,11 @@ def test_sigint_stops_a_commit_and_leaves_the_store_as_it_was(tmp_path: Path) ->
         time.sleep(0.01)
     assert proc.poll() is None, "the commit finished before it could be interrupted"
     start = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
-    assert time.monotonic() - start < 5, "Ctrl-C was not seen promptly"
-    assert proc.returncode == 130, err
-    assert err.strip() == "layerdiff: error: interrupted"
+    assert time.monotonic() - start < 5, f"{sig.name} was not seen promptly"
+    assert proc.returncode == code, err
+    assert err.strip() == f"layerdiff: error: {message}"
     after = sorted(p.name for p in (layout / "blobs" / "sha256").iterdir())
     assert after == before, "a temporary or partial blob was left behind"
     assert (layout / "index.json").read_bytes() == index_before

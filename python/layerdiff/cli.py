@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -736,8 +737,24 @@ def _message(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived (``args[0]``): stop as Ctrl-C does, cleaning up on the way."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise _Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: run the CLI, turning every expected failure into one line on stderr."""
+    """Entry point: run the CLI, turning every expected failure into one line on stderr.
+
+    SIGTERM and SIGHUP stop it like Ctrl-C (unless they are ignored, as under ``nohup``): what
+    was being written is removed and the store is left as it was. The exit code is 128 plus
+    the signal's number, as a shell reports a process the signal killed.
+    """
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _terminate)
     try:
         code = cli.main(
             args=list(argv) if argv is not None else None,
@@ -750,6 +767,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail("aborted", 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except _Terminated as e:
+        _fail(f"terminated by {signal.Signals(e.args[0]).name}", 128 + e.args[0])
     except click.UsageError as e:
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
         _fail(_one_line(e.format_message(), 10_000) + hint, e.exit_code)
