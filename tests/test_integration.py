@@ -312,6 +312,25 @@ def test_failed_commit_keeps_store(rootfs: Path, tmp_path: Path, store_home: Pat
     assert index.read_bytes() == before
 
 
+def test_failed_commit_creates_no_store(tmp_path: Path, store_home: Path) -> None:
+    """A commit that fails leaves no empty layout where there was none, nor its directories."""
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / ".wh.x").write_text("")
+    (tmp_path / "empty").mkdir()
+    home_before = sorted(store_home.iterdir())
+    for image in (f"oci:{tmp_path}/new/deeper/layout:v1", f"oci:{tmp_path}/empty", "app"):
+        proc = run_cli("commit", "--upper", str(tmp_path / "bad"), image, "--progress", "none")
+        assert proc.returncode == 1 and ".wh.x" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "empty"]
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert sorted(store_home.iterdir()) == home_before
+    # A layout that already held an image keeps it, and one made by a commit that works stays.
+    layerdiff.commit(tmp_path / "empty", image=f"oci:{tmp_path}/new:v1")
+    with pytest.raises(layerdiff.ReservedNameError):
+        layerdiff.commit(tmp_path / "bad", image=f"oci:{tmp_path}/new:v2")
+    assert Layout(tmp_path / "new").tags() == ["v1"]
+
+
 # -- other tools read our images -----------------------------------------------------------------
 
 

@@ -250,8 +250,7 @@ def load(
             raise FormatError(
                 f"{where}: {len(layer_names)} layers but {len(diff_ids)} diff_ids in the config"
             )
-        layout = Layout.create(targets[0].layout)
-        with writing(layout):
+        with Layout.create_for_write(targets[0].layout) as layout, writing(layout):
             layers = []
             for name, diff_id in zip(layer_names, diff_ids, strict=True):
                 with _open_member(tar, str(name), where) as f:

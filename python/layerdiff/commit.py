@@ -159,8 +159,7 @@ def commit(
             on_blob=on_blob,
         )
 
-    layout = Layout.create(target.layout)
-    with writing(layout):
+    with Layout.create_for_write(target.layout) as layout, writing(layout):
         base_layers = parent.layers if parent else []
         if parent is not None and not _same_layout(parent.layout, layout):
             step(f"copying {len(base_layers)} base layers")

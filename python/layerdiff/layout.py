@@ -25,6 +25,7 @@ from layerdiff.errors import (
     DigestMismatchError,
     FormatError,
     ImageNotFoundError,
+    LayerdiffError,
 )
 
 __all__ = [
@@ -146,6 +147,48 @@ class Layout:
             body = json.dumps({"imageLayoutVersion": _LAYOUT_VERSION}).encode()
             _write_atomic(marker, body)
         return layout
+
+    @classmethod
+    @contextlib.contextmanager
+    def create_for_write(cls, path: str | os.PathLike[str]) -> Iterator[Layout]:
+        """:meth:`create` for a command that writes an image into the layout: if the command
+        fails and the layout was created for it, what was created is removed again, so a
+        failed command leaves no empty layout behind. Not if it holds a blob or an image by
+        then (another writer is using it too)."""
+        layout = cls(path)
+        made: list[Path] = []  # directories this creates, outermost first
+        p = Path(os.path.abspath(layout.path))
+        while not os.path.lexists(p):
+            made.insert(0, p)
+            p = p.parent
+        new = not (layout.path / _LAYOUT_FILE).is_file()
+        layout = cls.create(path)
+        try:
+            yield layout
+        except BaseException:
+            if new:
+                with contextlib.suppress(OSError, LayerdiffError):
+                    layout._remove_if_unused(made)
+            raise
+
+    def _remove_if_unused(self, made: list[Path]) -> None:
+        """Remove the layout's own files if it holds no blob and no image, then the directories
+        in ``made`` that are empty by then, innermost first."""
+        with self._locked():
+            if self.manifests() or any(self.blobs_dir.iterdir()):
+                return
+            self.blobs_dir.rmdir()
+            self.blobs_dir.parent.rmdir()
+            for name in (_LAYOUT_FILE, _INDEX_FILE):
+                (self.path / name).unlink()
+            for extra in self.path.iterdir():
+                if extra.name.startswith(".layerdiff.") and extra.is_file():
+                    extra.unlink()  # lock files; ours is still open, which unlink allows
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                return  # not empty: someone else's now
 
     def _refuse_foreign(self) -> None:
         """Never scatter blobs/ and index.json into a directory that holds something else.

@@ -295,8 +295,7 @@ def pull(
         layers = manifest.get("layers")
         if not isinstance(config, dict) or not isinstance(layers, list):
             raise FormatError(f"{src.text}: manifest {digest} lacks config or layers")
-        layout = Layout.create(target.layout)
-        with writing(layout):
+        with Layout.create_for_write(target.layout) as layout, writing(layout):
             statuses = _parallel(
                 lambda d: fetch_blob(reg, src.repository, layout, d, on_blob=report),
                 [config, *layers],

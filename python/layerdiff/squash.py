@@ -118,8 +118,7 @@ def squash(
     check_history(src.config)
     epoch = _resolve_epoch(source_date_epoch)
 
-    layout = Layout.create(target.layout)
-    with writing(layout):
+    with Layout.create_for_write(target.layout) as layout, writing(layout):
         kept = src.layers[: total - count]
         if layout.path.resolve() != src.layout.path.resolve():
             for desc in kept:
