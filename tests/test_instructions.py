@@ -59,6 +59,42 @@ CASES: list[tuple[list[str], dict[str, Any]]] = [
     (["STOPSIGNAL 9"], {"StopSignal": "9"}),
     (["STOPSIGNAL SIGRTMIN+3"], {"StopSignal": "SIGRTMIN+3"}),
     (["  USER   spaced  "], {"User": "spaced"}),
+    # Word processing, as docker commit does it: variables from the image's Env as it stands
+    # before the instruction, quotes removed, backslash escapes.
+    (["ENV PATH=/opt/bin:$PATH"], {"Env": ["PATH=/opt/bin:/usr/bin", "HOME=/root"]}),
+    (["ENV P=${HOME}/x Q=$HOME"], {"Env": ["PATH=/usr/bin", "HOME=/root", "P=/root/x", "Q=/root"]}),
+    (["ENV HOME=/h H2=$HOME"], {"Env": ["PATH=/usr/bin", "HOME=/h", "H2=/root"]}),
+    (["ENV A=1", "ENV B=$A"], {"Env": ["PATH=/usr/bin", "HOME=/root", "A=1", "B=1"]}),
+    (['ENV C "a b"'], {"Env": ["PATH=/usr/bin", "HOME=/root", "C=a b"]}),
+    (["ENV C a\\ b"], {"Env": ["PATH=/usr/bin", "HOME=/root", "C=a b"]}),
+    (["ENV C='$HOME' D=\\$HOME"], {"Env": ["PATH=/usr/bin", "HOME=/root", "C=$HOME", "D=$HOME"]}),
+    (['ENV C="q\\"$HOME\\\\x"'], {"Env": ["PATH=/usr/bin", "HOME=/root", 'C=q"/root\\x']}),
+    (['ENV C="a\\nb"'], {"Env": ["PATH=/usr/bin", "HOME=/root", "C=a\\nb"]}),
+    (
+        ["ENV U=${NOPE:-def} V=${HOME:+set} W=${NOPE:+set}$NOPE"],
+        {"Env": ["PATH=/usr/bin", "HOME=/root", "U=def", "V=set", "W="]},
+    ),
+    (
+        ["ENV E=", "ENV X=${E-unset} Y=${E:-empty}"],
+        {"Env": ["PATH=/usr/bin", "HOME=/root", "E=", "X=", "Y=empty"]},
+    ),
+    (["ENV A=${NOPE:-${HOME}/d}"], {"Env": ["PATH=/usr/bin", "HOME=/root", "A=/root/d"]}),
+    (["ENV A=$ B=a$-b"], {"Env": ["PATH=/usr/bin", "HOME=/root", "A=$", "B=a$-b"]}),
+    (['LABEL "k 1"="$HOME dir"'], {"Labels": {"a": "1", "k 1": "/root dir"}}),
+    (["WORKDIR $HOME/app"], {"WorkingDir": "/root/app"}),
+    (
+        ["ENV PORT=8080", "EXPOSE $PORT/udp"],
+        {"Env": ["PATH=/usr/bin", "HOME=/root", "PORT=8080"], "ExposedPorts": {"8080/udp": {}}},
+    ),
+    (["VOLUME $HOME/data"], {"Volumes": {"/root/data": {}}}),
+    (
+        ["ENV U=app", "USER ${U}:1"],
+        {"Env": ["PATH=/usr/bin", "HOME=/root", "U=app"], "User": "app:1"},
+    ),
+    (["STOPSIGNAL term"], {"StopSignal": "term"}),
+    (["STOPSIGNAL RTMAX-2"], {"StopSignal": "RTMAX-2"}),
+    # CMD and ENTRYPOINT keep their words as written.
+    (["CMD echo $HOME"], {"Cmd": ["/bin/sh", "-c", "echo $HOME"]}),
 ]
 
 
@@ -90,7 +126,15 @@ BAD = [
     ("ENV A", "needs a value"),
     ("ENV A=1 B", "can't find = in 'B'"),
     ("ENV =x", "names can not be blank"),
-    ("ENV A='unbalanced", "No closing quotation"),
+    ("ENV A='unbalanced", "unterminated ' quote"),
+    ('ENV A="unbalanced', 'unterminated " quote'),
+    ("ENV A=${HOME", "missing '}'"),
+    ("ENV A=${}", "bad substitution"),
+    ("ENV A=${HOME/x/y}", "bad substitution"),
+    ("STOPSIGNAL FOO", "is not a signal"),
+    ("STOPSIGNAL 0", "is not a signal"),
+    ("STOPSIGNAL 65", "is not a signal"),
+    ("STOPSIGNAL SIGRTMIN+16", "is not a signal"),
     ("LABEL", "LABEL requires at least one argument"),
     ("CMD", "CMD requires at least one argument"),
     ("EXPOSE", "EXPOSE requires at least one port"),
@@ -129,3 +173,22 @@ def test_bad_change_is_format_and_value_error() -> None:
 def test_one_bad_change_applies_none() -> None:
     with pytest.raises(InvalidChangeError):
         apply_changes(BASE, ["ENV A=1", "NOPE"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (["ENV P=http", "EXPOSE $P"], "'http' is not a port"),
+        (["ENV S=FOO", "STOPSIGNAL $S"], "'FOO' is not a signal"),
+        (['ENV A="${NOPE:?must be set}"'], "NOPE: must be set"),
+        (["ENV A=${NOPE?}"], "NOPE: is not set"),
+        (["VOLUME $NOPE"], "non-empty path"),
+    ],
+)
+def test_bad_after_substitution(changes: list[str], message: str) -> None:
+    """What a variable decides is checked when the change is applied, naming the change."""
+    for line in changes:
+        parse_change(line)
+    with pytest.raises(InvalidChangeError) as info:
+        apply_changes(BASE, changes)
+    assert message in str(info.value) and repr(changes[-1]) in str(info.value)

@@ -263,6 +263,34 @@ def test_cli_end_to_end(rootfs: Path, changed: Path, tmp_path: Path) -> None:
     assert proc.stdout.splitlines()[0].split()[:3] == ["CREATED", "CREATED", "BY"]
 
 
+def test_cli_change_uses_the_image_environment(rootfs: Path, tmp_path: Path) -> None:
+    """-c 'ENV PATH=/opt/bin:$PATH' extends the base image's PATH, as docker commit does."""
+    layout = tmp_path / "layout"
+    proc = run_cli(
+        "commit", "--upper", str(rootfs), "-c", "ENV PATH=/usr/bin", f"oci:{layout}:base",
+        "--progress", "none",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli(
+        "commit", "--upper", str(rootfs), "--from", f"oci:{layout}:base",
+        "-c", "ENV PATH=/opt/bin:$PATH", "-c", 'LABEL "home dir"="${HOME:-/root}"',
+        f"oci:{layout}:app", "--progress", "none",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = layerdiff.inspect(f"oci:{layout}:app")["config"]["config"]
+    assert config["Env"] == ["PATH=/opt/bin:/usr/bin"]
+    assert config["Labels"] == {"home dir": "/root"}
+    # A change its variables make invalid stops the commit before anything is written.
+    blobs = sorted((layout / "blobs" / "sha256").iterdir())
+    proc = run_cli(
+        "commit", "--upper", str(rootfs), "--from", f"oci:{layout}:base",
+        "-c", "EXPOSE $PATH", f"oci:{layout}:bad", "--progress", "none",
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "'/usr/bin' is not a port" in proc.stderr
+    assert sorted((layout / "blobs" / "sha256").iterdir()) == blobs
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

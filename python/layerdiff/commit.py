@@ -119,11 +119,14 @@ def commit(
     elif base is not None:
         parent = load_image(base)
     created = rfc3339(epoch)
+    base_config = parent.config if parent else new_config(created=created)
+    runtime = run_config if run_config is not None else (base_config.get("config") or {})
+    # Applied now, not once the layer is written: a change that its variables make invalid
+    # (``EXPOSE $PORT``) stops the commit before anything is written.
+    runtime = apply_changes(runtime, instructions)
 
     def make_config(layer: LayerInfo) -> dict[str, Any]:
-        config = parent.config if parent else new_config(created=created)
-        runtime = run_config if run_config is not None else (config.get("config") or {})
-        config = {**config, "config": apply_changes(runtime, instructions)}
+        config = {**base_config, "config": runtime}
         return add_layer(
             config,
             diff_id=layer.diff_id,

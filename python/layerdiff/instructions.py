@@ -5,17 +5,23 @@ Understood, with Dockerfile syntax: ``ENV K=V …`` / ``ENV K V``, ``CMD`` and `
 (relative to the current one), ``EXPOSE 80 443/udp 8000-8002``, ``LABEL k=v …``, ``USER u[:g]``,
 ``VOLUME ["/a"]`` / ``VOLUME /a /b`` and ``STOPSIGNAL``. As in a Dockerfile, ``ENTRYPOINT``
 clears an inherited ``CMD`` unless a ``CMD`` is set by the same list of changes.
-Environment variables are not substituted (``$HOME`` stays as written).
+
+As ``docker commit`` does, the arguments of every instruction but ``CMD`` and ``ENTRYPOINT`` go
+through a Dockerfile's word processing: quotes are removed (``'…'`` literally, ``"…"`` with
+``\\"``, ``\\\\`` and ``\\$`` escapes), a backslash outside quotes escapes the next
+character, and ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR:+alternative}`` and
+``${VAR:?message}`` (each also without the colon) are replaced from the environment the image
+has before the instruction, so ``ENV PATH=/opt/bin:$PATH`` extends the inherited ``PATH``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import posixpath
 import re
-import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,40 +37,202 @@ _NOT_CHANGES = frozenset(
     {"ADD", "ARG", "COPY", "FROM", "HEALTHCHECK", "MAINTAINER", "ONBUILD", "RUN", "SHELL"}
 )
 _PORT_RE = re.compile(r"(?P<lo>\d{1,5})(?:-(?P<hi>\d{1,5}))?(?:/(?P<proto>tcp|udp|sctp))?")
-_SIGNAL_RE = re.compile(r"(?:SIG)?[A-Z][A-Z0-9]*(?:[+-]\d+)?|\d+")
+# Linux signal names (without SIG), as docker's STOPSIGNAL check knows them.
+# fmt: off
+_SIGNALS = frozenset({
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+    "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+    "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
+    "XFSZ",
+})
+# fmt: on
+_REALTIME_RE = re.compile(r"RTMIN(?:\+(?P<up>\d+))?|RTMAX(?:-(?P<down>\d+))?")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SHELL = ("/bin/sh", "-c")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Instruction:
-    """One parsed change: the keyword and its normalised arguments."""
+    """One parsed change: the keyword and its arguments.
+
+    The words of ``CMD`` and ``ENTRYPOINT`` are final. Those of every other instruction are as
+    written, checked for syntax; :func:`apply_changes` processes them (quotes, ``$VAR``) against
+    the image's environment.
+    """
 
     #: Upper-case keyword, e.g. ``ENV``.
     keyword: str
-    #: Arguments for list-like instructions (CMD, ENTRYPOINT, EXPOSE as ``80/tcp``, VOLUME,
-    #: WORKDIR, USER and STOPSIGNAL as one word).
+    #: Arguments for list-like instructions (CMD, ENTRYPOINT, EXPOSE, VOLUME; WORKDIR, USER and
+    #: STOPSIGNAL as one word).
     words: tuple[str, ...] = ()
     #: ``(key, value)`` pairs for ENV and LABEL.
     pairs: tuple[tuple[str, str], ...] = ()
+    #: The change as given, for messages.
+    line: str = ""
 
 
 def _error(line: str, why: str) -> InvalidChangeError:
     return InvalidChangeError(f"invalid change {line!r}: {why}")
 
 
-def _shell_words(line: str, rest: str) -> list[str]:
-    try:
-        return shlex.split(rest, posix=True)
-    except ValueError as e:  # unbalanced quotes
-        raise _error(line, str(e)) from e
+def _split_words(line: str, rest: str) -> list[str]:
+    """``rest`` split at whitespace outside quotes; quotes and escapes stay in the words."""
+    words: list[str] = []
+    word: list[str] = []
+    quote = ""
+    i = 0
+    while i < len(rest):
+        c = rest[i]
+        if c == "\\" and quote != "'" and i + 1 < len(rest):
+            word += rest[i : i + 2]
+            i += 2
+            continue
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c.isspace():
+            if word:
+                words.append("".join(word))
+                word = []
+            i += 1
+            continue
+        word.append(c)
+        i += 1
+    if quote:
+        raise _error(line, f"unterminated {quote} quote")
+    if word:
+        words.append("".join(word))
+    return words
+
+
+class _Words:
+    """A Dockerfile's processing of one word: quotes, escapes and ``$VAR`` substitution."""
+
+    def __init__(self, line: str, env: Mapping[str, str], *, strict: bool = True) -> None:
+        self.line = line
+        self.env = env
+        self.strict = strict  # False: only check the syntax (``${VAR:?}`` cannot fail yet)
+        self.text = ""
+        self.i = 0
+
+    def __call__(self, text: str) -> str:
+        self.text, self.i = text, 0
+        return self._until("")
+
+    def _until(self, stop: str) -> str:
+        t, out = self.text, list[str]()
+        while self.i < len(t):
+            c = t[self.i]
+            if stop and c == stop:
+                self.i += 1
+                return "".join(out)
+            if c == "'":
+                end = t.find("'", self.i + 1)
+                if end < 0:
+                    raise _error(self.line, "unterminated ' quote")
+                out.append(t[self.i + 1 : end])
+                self.i = end + 1
+            elif c == '"':
+                out.append(self._double_quoted())
+            elif c == "\\":
+                out.append(t[self.i + 1 : self.i + 2])  # a trailing backslash is dropped
+                self.i += 2
+            elif c == "$":
+                out.append(self._dollar())
+            else:
+                out.append(c)
+                self.i += 1
+        if stop:
+            raise _error(self.line, f"missing {stop!r} in {t!r}")
+        return "".join(out)
+
+    def _double_quoted(self) -> str:
+        t, out = self.text, list[str]()
+        self.i += 1
+        while self.i < len(t):
+            c = t[self.i]
+            if c == '"':
+                self.i += 1
+                return "".join(out)
+            if c == "\\" and t[self.i + 1 : self.i + 2] in ('"', "$", "\\"):
+                out.append(t[self.i + 1])
+                self.i += 2
+            elif c == "$":
+                out.append(self._dollar())
+            else:
+                out.append(c)
+                self.i += 1
+        raise _error(self.line, 'unterminated " quote')
+
+    def _dollar(self) -> str:
+        t = self.text
+        self.i += 1
+        if t[self.i : self.i + 1] != "{":
+            m = _NAME_RE.match(t, self.i)
+            if not m:
+                return "$"
+            self.i = m.end()
+            return self.env.get(m[0], "")
+        m = _NAME_RE.match(t, self.i + 1)
+        if not m:
+            raise _error(self.line, f"bad substitution in {t!r}")
+        name, self.i = m[0], m.end()
+        if self.i == len(t):
+            raise _error(self.line, f"missing '}}' in {t!r}")
+        if t[self.i : self.i + 1] == "}":
+            self.i += 1
+            return self.env.get(name, "")
+        colon = t[self.i : self.i + 1] == ":"
+        self.i += colon
+        op = t[self.i : self.i + 1]
+        if op not in ("-", "+", "?") or not op:
+            raise _error(self.line, f"bad substitution in {t!r}")
+        self.i += 1
+        word = self._until("}")
+        value = self.env.get(name)
+        present = value is not None and (value != "" or not colon)
+        if op == "-":
+            return value if present and value is not None else word
+        if op == "+":
+            return word if present else ""
+        if not present and self.strict:
+            raise _error(self.line, f"{name}: {word or 'is not set'}")
+        return value or ""
+
+
+def _ports(line: str, words: Iterable[str]) -> tuple[str, ...]:
+    ports: list[str] = []
+    for word in words:
+        m = _PORT_RE.fullmatch(word.lower())
+        if not m:
+            raise _error(line, f"{word!r} is not a port (PORT[-PORT][/tcp|udp|sctp])")
+        lo, hi = int(m["lo"]), int(m["hi"] or m["lo"])
+        if not 0 < lo <= hi <= 65535:
+            raise _error(line, f"{word!r}: ports are 1-65535 and ranges go upwards")
+        ports.extend(f"{p}/{m['proto'] or 'tcp'}" for p in range(lo, hi + 1))
+    return tuple(ports)
+
+
+def _check_signal(line: str, text: str) -> None:
+    """Docker's STOPSIGNAL check: a signal number, or a Linux signal name with or without SIG."""
+    if text.isascii() and text.isdigit():
+        if 1 <= int(text) <= 64:
+            return
+    else:
+        name = text.upper().removeprefix("SIG")
+        m = _REALTIME_RE.fullmatch(name)
+        if name in _SIGNALS or (m and int(m["up"] or 0) <= 15 and int(m["down"] or 0) <= 14):
+            return
+    raise _error(line, f"{text!r} is not a signal (e.g. SIGTERM, TERM or 15)")
 
 
 def _pairs(line: str, keyword: str, rest: str) -> tuple[tuple[str, str], ...]:
-    words = _shell_words(line, rest)
+    words = _split_words(line, rest)
     if not words:
         raise _error(line, f"{keyword} requires at least one argument")
     if "=" not in words[0]:
-        # Legacy form `ENV KEY VALUE…`: the value is the rest of the line as written.
+        # Legacy form `ENV KEY VALUE…`: the value is the rest of the line, one word.
         parts = rest.split(None, 1)
         if len(parts) < 2:
             raise _error(line, f"{keyword} {parts[0]} needs a value (KEY=VALUE or KEY VALUE)")
@@ -93,22 +261,6 @@ def _command(line: str, keyword: str, rest: str) -> tuple[str, ...]:
     return (*_SHELL, rest)
 
 
-def _ports(line: str, rest: str) -> tuple[str, ...]:
-    words = rest.split()
-    if not words:
-        raise _error(line, "EXPOSE requires at least one port")
-    ports: list[str] = []
-    for word in words:
-        m = _PORT_RE.fullmatch(word.lower())
-        if not m:
-            raise _error(line, f"{word!r} is not a port (PORT[-PORT][/tcp|udp|sctp])")
-        lo, hi = int(m["lo"]), int(m["hi"] or m["lo"])
-        if not 0 < lo <= hi <= 65535:
-            raise _error(line, f"{word!r}: ports are 1-65535 and ranges go upwards")
-        ports.extend(f"{p}/{m['proto'] or 'tcp'}" for p in range(lo, hi + 1))
-    return tuple(ports)
-
-
 def _volumes(line: str, rest: str) -> tuple[str, ...]:
     if rest.startswith("["):
         try:
@@ -119,14 +271,18 @@ def _volumes(line: str, rest: str) -> tuple[str, ...]:
             raise _error(line, "VOLUME takes a JSON array of strings")
         words = value
     else:
-        words = rest.split()
+        words = _split_words(line, rest)
     if not words or not all(words):
         raise _error(line, "VOLUME requires at least one non-empty path")
     return tuple(words)
 
 
 def parse_change(line: str) -> Instruction:
-    """Parse one ``--change`` instruction; raise InvalidChangeError naming the line if malformed."""
+    """Parse one ``--change`` instruction; raise InvalidChangeError naming the line if malformed.
+
+    What does not depend on the image's environment is checked here, so that a bad change is
+    reported before anything is written.
+    """
     stripped = line.strip()
     parts = stripped.split(None, 1)
     keyword = parts[0].upper() if parts else ""
@@ -136,19 +292,36 @@ def parse_change(line: str) -> Instruction:
     if keyword not in _SUPPORTED:
         shown = keyword or "(empty)"
         raise _error(line, f"unknown instruction: {shown}")
-    if keyword in ("ENV", "LABEL"):
-        return Instruction(keyword=keyword, pairs=_pairs(line, keyword, rest))
     if keyword in ("CMD", "ENTRYPOINT"):
-        return Instruction(keyword=keyword, words=_command(line, keyword, rest))
+        return Instruction(keyword=keyword, words=_command(line, keyword, rest), line=line)
+    if keyword in ("ENV", "LABEL"):
+        ins = Instruction(keyword=keyword, pairs=_pairs(line, keyword, rest))
+    elif keyword == "EXPOSE":
+        ins = Instruction(keyword=keyword, words=tuple(_split_words(line, rest)))
+        if not ins.words:
+            raise _error(line, "EXPOSE requires at least one port")
+    elif keyword == "VOLUME":
+        ins = Instruction(keyword=keyword, words=_volumes(line, rest))
+    else:
+        words = _split_words(line, rest)
+        if len(words) != 1:
+            raise _error(line, f"{keyword} takes exactly one argument")
+        ins = Instruction(keyword=keyword, words=tuple(words))
+    # The syntax of every word, and the values that hold no variable.
+    check = _Words(line, {}, strict=False)
+    for text in [*ins.words, *(t for pair in ins.pairs for t in pair)]:
+        check(text)
+    fixed = [check(w) for w in ins.words if "$" not in w]
     if keyword == "EXPOSE":
-        return Instruction(keyword=keyword, words=_ports(line, rest))
-    if keyword == "VOLUME":
-        return Instruction(keyword=keyword, words=_volumes(line, rest))
-    if not rest or len(rest.split()) != 1:
-        raise _error(line, f"{keyword} takes exactly one argument")
-    if keyword == "STOPSIGNAL" and not _SIGNAL_RE.fullmatch(rest):
-        raise _error(line, f"{rest!r} is not a signal (e.g. SIGTERM, TERM or 15)")
-    return Instruction(keyword=keyword, words=(rest,))
+        _ports(line, fixed)
+    elif keyword == "STOPSIGNAL" and fixed:
+        _check_signal(line, fixed[0])
+    return dataclasses.replace(ins, line=line)
+
+
+def _env_map(env: Iterable[str]) -> dict[str, str]:
+    """An image config's ``Env`` list (``KEY=VALUE``) as a mapping."""
+    return dict((e.partition("=")[0], e.partition("=")[2]) for e in env)
 
 
 def _set_env(env: list[str], key: str, value: str) -> list[str]:
@@ -162,20 +335,24 @@ def _set_env(env: list[str], key: str, value: str) -> list[str]:
 def apply_changes(config: dict[str, Any], changes: Iterable[str | Instruction]) -> dict[str, Any]:
     """Return a copy of the image config's ``config`` section with ``changes`` applied.
 
-    Every change is parsed before any is applied, so a bad one changes nothing.
+    Every change is parsed before any is applied, so a bad one changes nothing. Variables in
+    an instruction's arguments take the values of ``Env`` as the changes before it left it.
     """
     instructions = [c if isinstance(c, Instruction) else parse_change(c) for c in changes]
     out = copy.deepcopy(config)
     cmd_set = False
     for ins in instructions:
         k = ins.keyword
+        line = ins.line or k
+        word = _Words(line, _env_map(out.get("Env") or []))
         if k == "ENV":
             env = list(out.get("Env") or [])
-            for key, value in ins.pairs:
+            for key, value in [(word(a), word(b)) for a, b in ins.pairs]:
                 env = _set_env(env, key, value)
             out["Env"] = env
         elif k == "LABEL":
-            out["Labels"] = {**(out.get("Labels") or {}), **dict(ins.pairs)}
+            labels = {word(a): word(b) for a, b in ins.pairs}
+            out["Labels"] = {**(out.get("Labels") or {}), **labels}
         elif k == "CMD":
             out["Cmd"] = list(ins.words)
             cmd_set = True
@@ -185,18 +362,23 @@ def apply_changes(config: dict[str, Any], changes: Iterable[str | Instruction]) 
                 out.pop("Cmd", None)
         elif k == "WORKDIR":
             base = out.get("WorkingDir") or "/"
-            joined = posixpath.normpath(posixpath.join("/", base, ins.words[0]))
+            joined = posixpath.normpath(posixpath.join("/", base, word(ins.words[0])))
             out["WorkingDir"] = "/" + joined.lstrip("/")  # normpath keeps a leading "//"
         elif k == "EXPOSE":
             ports = dict(out.get("ExposedPorts") or {})
-            ports.update({p: {} for p in ins.words})
+            ports.update({p: {} for p in _ports(line, map(word, ins.words))})
             out["ExposedPorts"] = ports
         elif k == "VOLUME":
             volumes = dict(out.get("Volumes") or {})
-            volumes.update({v: {} for v in ins.words})
+            paths = [word(v) for v in ins.words]
+            if not all(paths):
+                raise _error(line, "VOLUME requires at least one non-empty path")
+            volumes.update({v: {} for v in paths})
             out["Volumes"] = volumes
         elif k == "USER":
-            out["User"] = ins.words[0]
+            out["User"] = word(ins.words[0])
         elif k == "STOPSIGNAL":
-            out["StopSignal"] = ins.words[0]
+            signal = word(ins.words[0])
+            _check_signal(line, signal)
+            out["StopSignal"] = signal
     return out
