@@ -301,6 +301,9 @@ def test_cli_change_uses_the_image_environment(rootfs: Path, tmp_path: Path) -> 
         ),
         (["inspect", "nothing:here"], "image not found: nothing:here"),
         (["diff", "{rootfs}", "{rootfs}/../nonexistent"], "does not exist"),
+        (["commit", "--lower", "{rootfs}", "--upper", "{rootfs}", "x"], "give it as --from"),
+        (["commit", "--overlay", "--upper", "{rootfs}", "x"], "give it as --from"),
+        (["commit", "{rootfs}", "x"], "give it as --upper {rootfs}"),
         (["commit", "--upper", "{rootfs}", "--threads", "257", "x"], "1<=x<=256"),
         (["commit", "--upper", "{rootfs}", "--threads", "0", "x"], "1<=x<=256"),
         (["commit", "--upper", "{rootfs}", "x", f"{SDE}=1e3"], f"{SDE}='1e3'"),
@@ -316,7 +319,7 @@ def test_cli_errors(rootfs: Path, args: list[str], message: str) -> None:
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 or "Usage:" in proc.stderr
-    assert message in proc.stderr
+    assert message.format(rootfs=rootfs) in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

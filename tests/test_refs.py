@@ -116,6 +116,12 @@ def test_docker_archive(text: str, file: str, name: str | None, tag: str | None)
         "app@sha256:" + "a" * 64,  # store images are named by tag
         "oci:",
         "oci::v1",
+        "oci:/srv/x:bad tag",  # after the last ':' and no '/' after it: a tag, and not valid
+        "oci:/srv/x:",
+        "oci:/srv/x:-v1",
+        "oci:/srv/x:v1:",
+        "app:t\u00e4g",  # tags are ASCII
+        "oci:x:t\u00e4g",
         "docker://",
         "docker://app/UPPER",
         "docker://app:bad tag",

@@ -18,7 +18,7 @@ from layerdiff.cli_containers import register as register_containers
 from layerdiff.cli_output import emit_json as _emit_json
 from layerdiff.cli_output import fail as _fail
 from layerdiff.cli_output import table as _table
-from layerdiff.errors import LayerdiffError
+from layerdiff.errors import ContainerNotFoundError, LayerdiffError
 from layerdiff.layer import COMPRESSIONS, MAX_THREADS
 
 if TYPE_CHECKING:
@@ -282,25 +282,36 @@ def commit(
                 )
             from layerdiff.runtime import commit_container
 
-            result = commit_container(
-                targets[0],
-                targets[1] if len(targets) == 2 else None,
-                message=message,
-                author=author,
-                changes=changes,
-                pause=pause,
-                compression=compression,
-                threads=threads,
-                on_step=step,
-                tls_verify=tls_verify,
-                creds=creds,
-                on_blob=on_blob,
-            )
+            try:
+                result = commit_container(
+                    targets[0],
+                    targets[1] if len(targets) == 2 else None,
+                    message=message,
+                    author=author,
+                    changes=changes,
+                    pause=pause,
+                    compression=compression,
+                    threads=threads,
+                    on_step=step,
+                    tls_verify=tls_verify,
+                    creds=creds,
+                    on_blob=on_blob,
+                )
+            except ContainerNotFoundError as e:
+                if not os.path.isdir(targets[0]):
+                    raise
+                hint = f"to commit the directory, give it as --upper {targets[0]}"
+                raise ContainerNotFoundError(f"{e} ({hint})") from e
         else:
             if len(targets) != 1:
                 raise click.UsageError("with --upper DIR, give exactly one IMAGE")
             if not overlay and len(lowers) > 1:
                 raise click.UsageError("several --lower dirs need --overlay")
+            if (lowers or overlay) and base is None:
+                raise click.UsageError(
+                    "--lower and --overlay make a layer of changes, which is only an image on "
+                    "top of the image they change: give it as --from IMAGE"
+                )
             result = layerdiff.commit(
                 upper,
                 image=targets[0],

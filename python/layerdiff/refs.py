@@ -51,7 +51,7 @@ _SEPARATOR = r"(?:[._]|__|[-]+)"
 _PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # ASCII only, like Go's \w in docker's pattern
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 
 _NAME_RE = re.compile(rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
@@ -184,8 +184,15 @@ def _split_name_tag(text: str, rest: str) -> tuple[str, str | None, str | None]:
 def _parse_oci(text: str, rest: str) -> LayoutRef:
     path, tag = rest, None
     colon = rest.rfind(":")
-    if colon >= 0 and _TAG_RE.fullmatch(rest[colon + 1 :]):
+    # After the last ':' comes a tag, unless a '/' follows it: then the ':' is in the path.
+    if colon >= 0 and "/" not in rest[colon + 1 :]:
         path, tag = rest[:colon], rest[colon + 1 :]
+        if not _TAG_RE.fullmatch(tag):
+            raise _bad(
+                text,
+                f"{tag!r} is not a tag (up to 128 letters, digits, '_', '.' and '-', not "
+                "starting with '.' or '-')",
+            )
     if not path:
         raise _bad(text, "the layout path is empty (expected oci:PATH[:TAG])")
     return LayoutRef(text=text, layout=Path(path), tag=tag, in_store=False)
