@@ -148,6 +148,19 @@ pub fn plan(upper: &Path, changes: &[Change]) -> Result<(Vec<Op>, Vec<String>)> 
     let mut ops = Vec::with_capacity(changes.len() + 8);
     let mut warnings = Vec::new();
     plan_level(changes, 0, changes.len(), 0, &mut ops, &mut warnings)?;
+    // An empty value is kept (GNU tar and our applier restore it), but a PAX record with an
+    // empty value reads as "no such record" to Go's archive/tar, so other tools lose it.
+    for c in changes {
+        let Some(e) = &c.entry else { continue };
+        for (name, _) in e.xattrs.iter().filter(|(_, v)| v.is_empty()) {
+            warnings.push(format!(
+                "{}: xattr {} has an empty value, which tools reading layers with Go's tar \
+                 (docker, containerd, podman, umoci) drop",
+                os_path(&c.path).display(),
+                String::from_utf8_lossy(name)
+            ));
+        }
+    }
 
     // Hardlinks: the first member of a set in layer order carries the content.
     let mut first: HashMap<(u64, u64), usize> = HashMap::new();

@@ -224,6 +224,24 @@ fn hardlinks_point_at_the_first_path_and_sockets_are_left_out() {
     assert_eq!(warnings, ["s: socket not stored in the layer"]);
 }
 
+#[test]
+fn an_empty_xattr_value_is_kept_with_a_warning() {
+    let mut f = entry(b"f", Kind::File);
+    f.xattrs = vec![
+        (b"user.empty".to_vec(), Vec::new()),
+        (b"user.full".to_vec(), b"x".to_vec()),
+    ];
+    let (ops, warnings) = plan(Path::new("/up"), &[added(f)]).unwrap();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(
+        warnings,
+        [
+            "f: xattr user.empty has an empty value, which tools reading layers with Go's tar \
+          (docker, containerd, podman, umoci) drop"
+        ]
+    );
+}
+
 /// A small tree with one of everything a walk finds, and its changes.
 fn tree() -> (tempfile::TempDir, Vec<Change>) {
     let dir = tempfile::tempdir().unwrap();

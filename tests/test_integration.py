@@ -332,6 +332,34 @@ def test_cli_error_from_core_is_one_line(tmp_path: Path) -> None:
     assert ".wh.x" in proc.stderr
 
 
+def test_cli_commit_warns_about_what_others_lose(tmp_path: Path) -> None:
+    """A socket is left out of the layer and an empty xattr value kept: both said in --json's
+    warnings, or else on stderr."""
+    import socket
+
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "f").write_text("x")
+    os.setxattr(tree / "f", "user.empty", b"")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tree / "sock"))
+        proc = run_cli(
+            "commit", "--upper", str(tree), f"oci:{tmp_path}/l:v1", "--json", "--progress", "none"
+        )  # fmt: skip
+        plain = run_cli(
+            "commit", "--upper", str(tree), f"oci:{tmp_path}/l:v2", "--progress", "none"
+        )
+    assert proc.returncode == 0 and plain.returncode == 0, proc.stderr + plain.stderr
+    assert proc.stderr == ""
+    warnings = json.loads(proc.stdout)["warnings"]
+    assert warnings == [
+        "sock: socket not stored in the layer",
+        "f: xattr user.empty has an empty value, which tools reading layers with Go's tar "
+        "(docker, containerd, podman, umoci) drop",
+    ]
+    assert [f"layerdiff: warning: {w}" for w in warnings] == plain.stderr.splitlines()
+
+
 def test_failed_commit_keeps_store(rootfs: Path, tmp_path: Path, store_home: Path) -> None:
     layerdiff.commit(rootfs, image="app")
     index = store_home / "images" / "index.json"
