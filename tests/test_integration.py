@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,32 @@ def test_diff_content(rootfs: Path, tmp_path: Path) -> None:
     os.utime(other / "etc" / "os-release", ns=(T0 + 9, T0 + 9))  # touched, same bytes
     assert [str(c) for c in layerdiff.diff(rootfs, other)] == ["C /etc/os-release"]
     assert layerdiff.diff(rootfs, other, content=True) == []
+
+
+def test_cli_diff_content_and_names_that_are_not_utf8(rootfs: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["cp", "-a", str(rootfs), str(other)], check=True)
+    os.utime(other / "etc" / "os-release", ns=(T0 + 9, T0 + 9))  # touched, same bytes
+    name = b"caf\xe9-\xff"  # Latin-1, not UTF-8
+    (other / "etc" / os.fsdecode(name)).write_text("x")
+    os.utime(other / "etc", ns=(T0, T0))
+    want = [b"A /etc/" + name, b"C /etc/os-release"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "diff", str(rootfs), str(other)],
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.splitlines() == want
+    proc = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "diff", "--content", str(rootfs), str(other)],
+        capture_output=True,
+        check=False,
+    )
+    assert proc.stdout.splitlines() == want[:1]
+    out = run_cli("diff", "--json", "--content", str(rootfs), str(other)).stdout
+    [change] = json.loads(out)
+    assert change["kind"] == "A" and os.fsencode(change["path"]) == b"/etc/" + name
+    assert "\\udce9" in out and out.isascii()
 
 
 def test_write_layer_into_plain_dir_and_layout(rootfs: Path, tmp_path: Path) -> None:

@@ -178,9 +178,17 @@ Examples:
 @click.option(
     "--content",
     is_flag=True,
-    help="Compare file contents, so touched but identical files are not reported.",
+    help="Also compare the contents of files whose size is the same but mtime differs, so "
+    "touched but identical files are not reported. Files with the same size and mtime count "
+    "as unchanged either way, as in docker diff.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON array on stdout. In a path that is not UTF-8, each byte that does "
+    "not decode is written as \\udcXX (Python's os.fsencode gives the bytes back).",
+)
 def diff(
     trees: tuple[str, ...], overlay: bool, lowers: tuple[str, ...], content: bool, as_json: bool
 ) -> None:
