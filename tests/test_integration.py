@@ -135,6 +135,16 @@ def test_cli_diff_content_and_names_that_are_not_utf8(rootfs: Path, tmp_path: Pa
     assert "\\udce9" in out and out.isascii()
 
 
+def test_package_ships_type_information() -> None:
+    """PEP 561: the installed package says it is typed and carries the core's stubs."""
+    import importlib.resources
+
+    package = importlib.resources.files("layerdiff")
+    assert package.joinpath("py.typed").is_file()
+    stubs = package.joinpath("_core.pyi").read_text()
+    assert "def write_layer(" in stubs and "MAX_THREADS: int" in stubs
+
+
 def test_write_layer_into_plain_dir_and_layout(rootfs: Path, tmp_path: Path) -> None:
     info = layerdiff.write_layer(rootfs, dest=tmp_path / "blobs", compression="none")
     assert info.path == tmp_path / "blobs" / info.digest.removeprefix("sha256:")

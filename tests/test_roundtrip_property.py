@@ -5,7 +5,7 @@ the same size, delete, type change, chmod, chown, xattrs, hardlinks, symlinks, r
 recreate a directory). Then ``write_layer(upper, lower=lower)`` is applied onto a copy of lower
 by an independent applier (tests/refapply.py, and umoci for a few examples) and the result must
 be the upper tree: content, type, mode, owner, symlink target, xattrs, hardlink structure and the
-mtime of every non-directory.
+mtime of every non-directory. Names include one that is not UTF-8 and one beyond ASCII.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from tests.refapply import apply_layer
 from tests.treecmp import assert_same_tree
 
 IS_ROOT = os.geteuid() == 0
-NAMES = ("a", "b", "c")
+# One name is not UTF-8 (0xff), one is UTF-8 beyond ASCII: both must round-trip byte for byte.
+NAMES = ("a", "\u00e9", os.fsdecode(b"c\xff"))
 PATHS = ["/".join(parts) for depth in (1, 2, 3) for parts in itertools.product(NAMES, repeat=depth)]
 MODES = (0o644, 0o600, 0o755, 0o700, 0o444, 0o4755, 0o2755, 0o1777, 0o6711, 0o000)
 OWNERS = (0, 1, 1000, 65534)
