@@ -194,7 +194,7 @@ struct Applier<'a> {
     /// together, so most need no lookup of their parent. Every entry takes it and leaves its
     /// own parent here, so an entry that replaces a directory (its own parent lies above that
     /// directory) never leaves the replaced one behind; whiteouts act only at the end.
-    parent: Option<(Vec<u8>, OwnedFd)>,
+    parent: Option<(Vec<u8>, OwnedFd, Vec<u8>)>,
 }
 
 impl Applier<'_> {
@@ -214,9 +214,13 @@ impl Applier<'_> {
             entry: name.to_string(),
             reason: e.to_string(),
         };
-        let dir = match self.parent.take() {
-            Some((p, fd)) if p == parent(&path) => fd,
-            _ => self.root.create_dir_all(parent(&path)).map_err(io)?,
+        let (dir, real_parent) = match self.parent.take() {
+            Some((p, fd, real)) if p == parent(&path) => (fd, real),
+            _ => {
+                let fd = self.root.create_dir_all(parent(&path)).map_err(io)?;
+                let real = self.real_path(&fd, parent(&path));
+                (fd, real)
+            }
         };
         let leaf = base.to_vec();
         match h.kind {
@@ -336,12 +340,20 @@ impl Applier<'_> {
                 }
             }
         }
-        self.mark_created(&path);
-        self.parent = Some((parent(&path).to_vec(), dir));
+        self.mark_created(&join(&real_parent, &leaf));
+        self.parent = Some((parent(&path).to_vec(), dir, real_parent));
         Ok(())
     }
 
-    /// Record `path` and its ancestors as written by this layer.
+    /// The name the directory open as `dir` (opened as `path`) has below the root, with the
+    /// symbolic links on `path` followed: what this layer wrote is known by that name, so that
+    /// a whiteout reaching it through another path still spares it.
+    fn real_path(&self, dir: &OwnedFd, path: &[u8]) -> Vec<u8> {
+        self.root.real_path_of(dir).unwrap_or_else(|| path.to_vec())
+    }
+
+    /// Record `path` (a real one, see [`Self::real_path`]) and its ancestors as written by
+    /// this layer.
     fn mark_created(&mut self, path: &[u8]) {
         let mut p = path;
         while !p.is_empty() && self.created.insert(p.to_vec()) {
@@ -512,18 +524,19 @@ impl Applier<'_> {
     /// Remove what lies at `path` from lower layers, keeping whatever this layer wrote there.
     fn hide(&self, path: &[u8], why: &[u8]) -> Result<()> {
         let what = || String::from_utf8_lossy(why).into_owned();
-        if !self.created.contains(path) {
-            let dir = match self.root.open_dir(parent(path)) {
-                Ok(fd) => fd,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                    return Ok(());
-                }
-                Err(e) => return Err(bad(&what(), e.to_string())),
-            };
+        let dir = match self.root.open_dir(parent(path)) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(());
+            }
+            Err(e) => return Err(bad(&what(), e.to_string())),
+        };
+        let real = join(&self.real_path(&dir, parent(path)), base_name(path));
+        if !self.created.contains(&real) {
             return root::remove_all(&dir, base_name(path))
                 .map_err(|e| bad(&what(), e.to_string()));
         }
-        self.hide_children(path, why)
+        self.hide_children(&real, why)
     }
 
     fn hide_children(&self, dir: &[u8], why: &[u8]) -> Result<()> {
@@ -535,8 +548,9 @@ impl Applier<'_> {
             }
             Err(e) => return Err(bad(&what(), e.to_string())),
         };
+        let real_dir = self.real_path(&fd, dir);
         for child in root::list_dir(&fd).map_err(|e| bad(&what(), e.to_string()))? {
-            let child_path = join(dir, &child);
+            let child_path = join(&real_dir, &child);
             // Only descend into real directories: never through a link.
             if self.created.contains(&child_path)
                 && root::type_at(&fd, &child).map_err(|e| bad(&what(), e.to_string()))?

@@ -71,6 +71,23 @@ impl Root {
         .map_err(Into::into)
     }
 
+    /// Where the directory open as `dir` lies below the root, every symbolic link on the way
+    /// followed (empty: the root itself): the name it has, whatever path opened it. `None`
+    /// when the kernel cannot say (no `/proc`) or it is not below the root.
+    pub fn real_path_of(&self, dir: impl AsFd) -> Option<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        let where_is = |fd: std::os::fd::BorrowedFd<'_>| {
+            use std::os::fd::AsRawFd;
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+        };
+        let root = where_is(self.fd.as_fd())?;
+        let dir = where_is(dir.as_fd())?;
+        let rel = dir.strip_prefix(&root).ok()?;
+        let rel = rel.as_os_str().as_bytes();
+        // A directory removed since it was opened reads "… (deleted)": not a name it has.
+        (!rel.ends_with(b" (deleted)")).then(|| rel.to_vec())
+    }
+
     /// Open the directory at `rel`, creating missing components (mode 0755, owned by the caller)
     /// the way `mkdir -p` would, each inside the root.
     pub fn create_dir_all(&self, rel: &[u8]) -> io::Result<OwnedFd> {

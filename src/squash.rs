@@ -115,9 +115,67 @@ pub struct Squashed {
     pub opaque: Vec<Vec<u8>>,
 }
 
-/// Paths (and whether each is a directory) of the tree the layers below the range make.
+/// What the layers below the range leave at a path, as far as the fold needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LowerNode {
+    /// A directory.
+    Dir,
+    /// A symbolic link, with its target: paths through it lead elsewhere.
+    Symlink(Vec<u8>),
+    /// Anything else.
+    Other,
+}
+
+/// Paths (and what each is) of the tree the layers below the range make.
 #[derive(Debug, Default)]
-pub struct LowerTree(BTreeMap<Key, bool>);
+pub struct LowerTree(BTreeMap<Key, LowerNode>);
+
+/// Most symbolic links followed while resolving one path (the kernel's limit, ELOOP).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// `path` with every symbolic link among its parents followed inside the root, as apply finds
+/// it (`openat2` with `RESOLVE_IN_ROOT`): an absolute target starts at the root and `..` stops
+/// there. The last component is not followed. `link` gives the target of the symbolic link at
+/// a resolved path, if there is one there.
+fn resolve_parents(path: &[u8], link: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<Vec<u8>> {
+    let split =
+        |p: &[u8]| -> Vec<Vec<u8>> { p.split(|&b| b == b'/').map(<[u8]>::to_vec).collect() };
+    let mut todo: std::collections::VecDeque<Vec<u8>> = split(path).into();
+    let mut done: Vec<u8> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        if todo.is_empty() {
+            return Ok(join(&done, &c));
+        }
+        match c.as_slice() {
+            b"" | b"." => continue,
+            b".." => {
+                done.truncate(parent(&done).len());
+                continue;
+            }
+            _ => {}
+        }
+        let next = join(&done, &c);
+        let Some(target) = link(&next) else {
+            done = next;
+            continue;
+        };
+        hops += 1;
+        if hops > MAX_SYMLINK_HOPS {
+            return Err(Error::Archive {
+                entry: String::from_utf8_lossy(path).into_owned(),
+                reason: format!("more than {MAX_SYMLINK_HOPS} symbolic links in the path"),
+            });
+        }
+        if target.starts_with(b"/") {
+            done.clear();
+        }
+        for comp in split(&target).into_iter().rev() {
+            todo.push_front(comp);
+        }
+    }
+    Ok(done)
+}
 
 fn subtree<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
     let start = Key(path.to_vec());
@@ -140,34 +198,35 @@ fn children_only<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
 
 impl LowerTree {
     /// Fold one layer's operations into the tree (apply semantics, paths only).
-    pub fn apply(&mut self, ops: &[Op]) {
+    pub fn apply(&mut self, ops: &[Op]) -> Result<()> {
         let mut created = HashSet::new();
         for op in ops {
-            match op {
-                Op::Put(p, r) => {
-                    let is_dir = r.kind == Kind::Dir;
-                    if !(is_dir && self.0.get(&Key(p.clone())) == Some(&true)) {
-                        for k in subtree(&self.0, p) {
-                            self.0.remove(&k);
-                        }
-                    }
-                    self.0.insert(Key(p.clone()), is_dir);
-                    mark_with_parents(&mut self.0, &mut created, p);
+            let (p, node) = match op {
+                Op::Put(p, r) => (
+                    p,
+                    match &r.kind {
+                        Kind::Dir => LowerNode::Dir,
+                        Kind::Symlink(t) => LowerNode::Symlink(t.clone()),
+                        _ => LowerNode::Other,
+                    },
+                ),
+                Op::Link(p, _) => (p, LowerNode::Other),
+                _ => continue,
+            };
+            let p = self.resolve(p)?;
+            let key = Key(p.clone());
+            if !(node == LowerNode::Dir && self.0.get(&key) == Some(&LowerNode::Dir)) {
+                for k in subtree(&self.0, &p) {
+                    self.0.remove(&k);
                 }
-                Op::Link(p, _) => {
-                    for k in subtree(&self.0, p) {
-                        self.0.remove(&k);
-                    }
-                    self.0.insert(Key(p.clone()), false);
-                    mark_with_parents(&mut self.0, &mut created, p);
-                }
-                _ => {}
             }
+            self.0.insert(key, node);
+            mark_with_parents(&mut self.0, &mut created, &p);
         }
         for op in ops {
             let doomed = match op {
-                Op::Whiteout(p) => subtree(&self.0, p),
-                Op::Opaque(d) => children_only(&self.0, d),
+                Op::Whiteout(p) => subtree(&self.0, &self.resolve(p)?),
+                Op::Opaque(d) => children_only(&self.0, &resolve_dir(d, |q| self.symlink(q))?),
                 _ => continue,
             };
             for k in doomed {
@@ -176,10 +235,23 @@ impl LowerTree {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `p` with the symbolic links among its parents followed.
+    fn resolve(&self, p: &[u8]) -> Result<Vec<u8>> {
+        resolve_parents(p, |q| self.symlink(q))
+    }
+
+    fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
+        match self.0.get(&Key(p.to_vec())) {
+            Some(LowerNode::Symlink(t)) => Some(t.clone()),
+            _ => None,
+        }
     }
 
     fn is_dir(&self, p: &[u8]) -> Option<bool> {
-        self.0.get(&Key(p.to_vec())).copied()
+        self.0.get(&Key(p.to_vec())).map(|n| *n == LowerNode::Dir)
     }
 
     fn has_children(&self, p: &[u8]) -> bool {
@@ -187,12 +259,26 @@ impl LowerTree {
     }
 }
 
+/// The directory `d` with every symbolic link on its path followed, itself included: where an
+/// opaque marker `d/.wh..wh..opq` takes effect.
+fn resolve_dir(d: &[u8], link: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<Vec<u8>> {
+    if d.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marker = resolve_parents(&join(d, b".wh..wh..opq"), link)?;
+    Ok(parent(&marker).to_vec())
+}
+
 /// Record `p` and its missing parents (implied directories) as written by this layer.
-fn mark_with_parents(tree: &mut BTreeMap<Key, bool>, created: &mut HashSet<Vec<u8>>, p: &[u8]) {
+fn mark_with_parents(
+    tree: &mut BTreeMap<Key, LowerNode>,
+    created: &mut HashSet<Vec<u8>>,
+    p: &[u8],
+) {
     created.insert(p.to_vec());
     let mut q = parent(p);
     while !q.is_empty() {
-        tree.entry(Key(q.to_vec())).or_insert(true);
+        tree.entry(Key(q.to_vec())).or_insert(LowerNode::Dir);
         created.insert(q.to_vec());
         q = parent(q);
     }
@@ -282,22 +368,45 @@ impl Folder {
         }
     }
 
-    /// Fold one layer of the range.
-    pub fn layer(&mut self, ops: &[Op]) {
+    /// The target of the symbolic link at `p` in the tree so far (range over lower), if any.
+    fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
+        match self.merged.get(&Key(p.to_vec())) {
+            Some(Record {
+                kind: Kind::Symlink(t),
+                ..
+            }) => Some(t.clone()),
+            Some(_) => None,
+            None if self.lower_visible(p) => self.lower.symlink(p),
+            None => None,
+        }
+    }
+
+    /// `p` with the symbolic links among its parents followed, as apply would find it now.
+    fn resolve(&self, p: &[u8]) -> Result<Vec<u8>> {
+        resolve_parents(p, |q| self.symlink(q))
+    }
+
+    /// Fold one layer of the range. Paths go where apply would put them: through the symbolic
+    /// links among their parents (the range's own, or the lower tree's).
+    pub fn layer(&mut self, ops: &[Op]) -> Result<()> {
         let mut created = HashSet::new();
         for op in ops {
             match op {
-                Op::Put(p, rec) => self.put(p, rec.clone(), &mut created),
+                Op::Put(p, rec) => {
+                    let p = self.resolve(p)?;
+                    self.put(&p, rec.clone(), &mut created);
+                }
                 Op::Link(p, target) => {
+                    let (p, target) = (self.resolve(p)?, self.resolve(target)?);
                     let rec = match self.merged.get(&Key(target.clone())) {
                         Some(r) => r.clone(),
                         // Not written in the range: the link stays a link into the lower tree.
                         None => Record {
-                            kind: Kind::LinkToLower(target.clone()),
+                            kind: Kind::LinkToLower(target),
                             ..implied_dir()
                         },
                     };
-                    self.put(p, rec, &mut created);
+                    self.put(&p, rec, &mut created);
                 }
                 _ => {}
             }
@@ -305,20 +414,22 @@ impl Folder {
         for op in ops {
             match op {
                 Op::Whiteout(p) => {
-                    for k in subtree(&self.merged, p) {
+                    let p = self.resolve(p)?;
+                    for k in subtree(&self.merged, &p) {
                         if !created.contains(&k.0) {
                             self.merged.remove(&k);
                         }
                     }
-                    self.kill(p);
+                    self.kill(&p);
                 }
                 Op::Opaque(d) => {
-                    for k in children_only(&self.merged, d) {
+                    let d = resolve_dir(d, |q| self.symlink(q))?;
+                    for k in children_only(&self.merged, &d) {
                         if !created.contains(&k.0) {
                             self.merged.remove(&k);
                         }
                     }
-                    let lower_children: Vec<Key> = children_only(&self.lower.0, d)
+                    let lower_children: Vec<Key> = children_only(&self.lower.0, &d)
                         .into_iter()
                         .filter(|k| parent(&k.0) == d.as_slice())
                         .collect();
@@ -329,10 +440,29 @@ impl Folder {
                 _ => {}
             }
         }
+        Ok(())
     }
 
     /// The squashed layer: records plus the whiteouts and opaque markers still needed.
-    pub fn finish(self) -> Squashed {
+    ///
+    /// A hardlink made in the range to a file below it that a later layer of the range
+    /// replaces or removes is refused: applied in order, the link keeps the old content, which
+    /// only the layers below hold; in one layer it would take the new one.
+    pub fn finish(self) -> Result<Squashed> {
+        for (k, r) in &self.merged {
+            if let Kind::LinkToLower(t) = &r.kind
+                && (self.merged.contains_key(&Key(t.clone())) || !self.lower_visible(t))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot squash: {} is a hardlink to {}, which is below the squashed layers \
+                     and replaced or removed by a later one of them; squash more layers, down \
+                     to the one that holds {}",
+                    String::from_utf8_lossy(&k.0),
+                    String::from_utf8_lossy(t),
+                    String::from_utf8_lossy(t),
+                )));
+            }
+        }
         let mut killed: Vec<&Vec<u8>> = self.killed.iter().collect();
         killed.sort_by(|a, b| cmp_paths(a, b));
         let mut out = Squashed::default();
@@ -358,7 +488,7 @@ impl Folder {
             }
         }
         out.records = self.merged;
-        out
+        Ok(out)
     }
 }
 
@@ -550,7 +680,7 @@ fn squash_once(
     });
     let mut tree = LowerTree::default();
     for ops in lower_ops {
-        tree.apply(&ops?.0);
+        tree.apply(&ops?.0)?;
     }
     let mut folder = Folder::new(tree);
     let mut claimed: Vec<Option<Claimed>> = Vec::with_capacity(range.len());
@@ -573,7 +703,7 @@ fn squash_once(
             (None, Some(known)) => (known.ops, Some(known.members), true),
             (None, None) => unreachable!("a layer is read unless its index was loaded"),
         };
-        folder.layer(&ops);
+        folder.layer(&ops)?;
         let blob = match (index.as_mut(), &seen) {
             (Some(index), Some(seen)) => index.add_seen(p, seen)?,
             _ => None,
@@ -585,7 +715,7 @@ fn squash_once(
             blob,
         }));
     }
-    let squashed = folder.finish();
+    let squashed = folder.finish()?;
     let mut opts = opts.clone();
     if let Some(index) = index.filter(|i| !i.is_empty()) {
         opts.reuse = Some(std::sync::Arc::new(index));

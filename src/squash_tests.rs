@@ -47,16 +47,103 @@ fn paths(s: &Squashed) -> (Vec<String>, Vec<String>, Vec<String>) {
     )
 }
 
-fn squash(lower: &[Vec<Op>], range: &[Vec<Op>]) -> Squashed {
+fn try_squash(lower: &[Vec<Op>], range: &[Vec<Op>]) -> Result<Squashed> {
     let mut tree = LowerTree::default();
     for ops in lower {
-        tree.apply(ops);
+        tree.apply(ops)?;
     }
     let mut folder = Folder::new(tree);
     for ops in range {
-        folder.layer(ops);
+        folder.layer(ops)?;
     }
     folder.finish()
+}
+
+fn squash(lower: &[Vec<Op>], range: &[Vec<Op>]) -> Squashed {
+    try_squash(lower, range).unwrap()
+}
+
+fn symlink(p: &str, target: &str) -> Op {
+    Op::Put(
+        p.as_bytes().to_vec(),
+        rec(Kind::Symlink(target.as_bytes().to_vec())),
+    )
+}
+
+#[test]
+fn resolving_parents_follows_symlinks_inside_the_root() {
+    let links: HashMap<&[u8], &[u8]> = [
+        (&b"bin"[..], &b"usr/bin"[..]),
+        (b"abs", b"/usr/lib/"),
+        (b"up", b"../../.."),
+        (b"usr/bin/sib", b"../lib"),
+        (b"loop", b"loop"),
+    ]
+    .into();
+    let resolve = |p: &str| {
+        resolve_parents(p.as_bytes(), |q| links.get(q).map(|t| t.to_vec()))
+            .map(|r| String::from_utf8(r).unwrap())
+    };
+    assert_eq!(resolve("bin/tool").unwrap(), "usr/bin/tool");
+    assert_eq!(resolve("bin").unwrap(), "bin"); // the last component is not followed
+    assert_eq!(resolve("abs/x").unwrap(), "usr/lib/x");
+    assert_eq!(resolve("up/etc/passwd").unwrap(), "etc/passwd"); // `..` stops at the root
+    assert_eq!(resolve("bin/sib/x").unwrap(), "usr/lib/x"); // a chain
+    assert_eq!(resolve("a/b/c").unwrap(), "a/b/c");
+    assert!(matches!(resolve("loop/x"), Err(Error::Archive { .. })));
+}
+
+#[test]
+fn paths_through_symlinked_directories_go_where_apply_puts_them() {
+    // Merged /usr: the range writes bin/tool through the symlink bin -> usr/bin.
+    let usr = vec![dir("usr"), dir("usr/bin"), file("usr/bin/sh", 0, 0)];
+    let s = squash(
+        &[],
+        &[
+            usr.clone(),
+            vec![symlink("bin", "usr/bin")],
+            vec![file("bin/tool", 2, 0)],
+        ],
+    );
+    assert_eq!(
+        paths(&s).0,
+        ["bin", "usr", "usr/bin", "usr/bin/sh", "usr/bin/tool"]
+    );
+    // The same with the symlink below the range.
+    let lower = vec![[usr, vec![symlink("bin", "/usr/bin")]].concat()];
+    let s = squash(&lower, &[vec![file("bin/tool", 0, 0)]]);
+    assert_eq!(paths(&s).0, ["usr/bin/tool"]);
+    // A whiteout or an opaque marker under a symlinked directory hides what is behind it.
+    let lower = vec![vec![
+        dir("real"),
+        file("real/x", 9, 0),
+        symlink("lnk", "real"),
+    ]];
+    let s = squash(&lower, &[vec![wh("lnk/x")]]);
+    assert_eq!(paths(&s), (vec![], vec!["real/x".into()], vec![]));
+    let s = squash(&lower, &[vec![opq("lnk")]]);
+    assert_eq!(paths(&s), (vec![], vec!["real/x".into()], vec![]));
+    let s = squash(&[], &[lower[0].clone(), vec![wh("lnk/x")]]);
+    assert_eq!(paths(&s).0, ["lnk", "real"]);
+}
+
+#[test]
+fn a_hardlink_to_a_lower_file_replaced_in_the_range_is_refused() {
+    let lower = vec![vec![file("a", 9, 0)]];
+    let link = vec![Op::Link(b"b".to_vec(), b"a".to_vec())];
+    // Applied in order b keeps the lower a's content, which the range does not hold.
+    for later in [file("a", 1, 0), wh("a")] {
+        match try_squash(&lower, &[link.clone(), vec![later]]) {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("b is a hardlink to a"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Left alone, the link stays a link to the lower file.
+    let s = squash(&lower, &[link.clone(), vec![file("c", 1, 0)]]);
+    assert_eq!(
+        s.records[&Key(b"b".to_vec())].kind,
+        Kind::LinkToLower(b"a".to_vec())
+    );
 }
 
 #[test]

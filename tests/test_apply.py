@@ -287,3 +287,101 @@ def test_squash_keeps_empty_layer_history(tmp_path: Path) -> None:
         "layerdiff squash",
     ]
     assert "step b && step c" in out["history"][-1]["comment"]
+
+
+def _image_of(layout_dir: Path, layers: list[bytes]) -> str:
+    """An image of the uncompressed layer tars ``layers`` (bottom first), as oci:PATH:v1."""
+    import hashlib
+
+    from layerdiff.image import (
+        CONFIG_MEDIA_TYPE,
+        MANIFEST_MEDIA_TYPE,
+        add_layer,
+        build_manifest,
+        canonical_json,
+        new_config,
+    )
+
+    layout = Layout.create(layout_dir)
+    config = new_config(created="2024-01-01T00:00:00Z")
+    descs = []
+    for blob in layers:
+        descs.append(layout.put_blob(blob, media_type="application/vnd.oci.image.layer.v1.tar"))
+        diff_id = "sha256:" + hashlib.sha256(blob).hexdigest()
+        config = add_layer(config, diff_id=diff_id, created="2024-01-01T00:00:00Z", created_by="t")
+    config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
+    manifest = build_manifest(config=config_desc, layers=descs)
+    layout.set_tag("v1", layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE))
+    return f"oci:{layout_dir}:v1"
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    info = _entry(name, tarfile.DIRTYPE)
+    info.mode = 0o755
+    return info
+
+
+SYMLINKED_DIRS = {
+    # Merged /usr: a later layer writes bin/tool through the symlink bin -> usr/bin.
+    "merged usr": [
+        [(_dir("usr"), b""), (_dir("usr/bin"), b""), (_entry("usr/bin/sh"), b"sh")],
+        [(_entry("bin", tarfile.SYMTYPE, "usr/bin"), b"")],
+        [(_entry("bin/tool"), b"tool")],
+    ],
+    # A whiteout and an opaque marker under a symlinked directory hide what is behind it.
+    "whiteout through a symlink": [
+        [(_dir("real"), b""), (_entry("real/x"), b"x"), (_entry("real/y"), b"y")],
+        [(_entry("lnk", tarfile.SYMTYPE, "/real"), b"")],
+        [(_entry("lnk/.wh.x"), b"")],
+    ],
+    "opaque through a symlink": [
+        [(_dir("real"), b""), (_entry("real/x"), b"x")],
+        [(_entry("lnk", tarfile.SYMTYPE, "real"), b"")],
+        [(_entry("lnk/.wh..wh..opq"), b""), (_entry("real/new"), b"n")],
+    ],
+}
+
+
+# What applying them gives: writes go through the links; a whiteout or an opaque marker
+# reached through one hides what the layers below put there, never what its own layer wrote.
+SYMLINKED_RESULT = {
+    "merged usr": {"bin", "usr", "usr/bin", "usr/bin/sh", "usr/bin/tool"},
+    "whiteout through a symlink": {"lnk", "real", "real/y"},
+    "opaque through a symlink": {"lnk", "real", "real/new"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYMLINKED_DIRS))
+@pytest.mark.parametrize("layers", ["all", "2", "1"])
+def test_squash_follows_symlinked_directories_as_apply_does(
+    tmp_path: Path, case: str, layers: str
+) -> None:
+    """Squashed or not, an image unpacks to the same tree (mtimes aside: implied directories
+    get the time of the apply)."""
+    ref = _image_of(tmp_path / "img", [_tar(m) for m in SYMLINKED_DIRS[case]])
+    args = [] if layers == "all" else ["--layers", layers]
+    proc = run_cli("squash", ref, f"oci:{tmp_path}/img:sq", *args)
+    assert proc.returncode == 0, proc.stderr
+    layerdiff.unpack(ref, tmp_path / "seq")
+    layerdiff.unpack(f"oci:{tmp_path}/img:sq", tmp_path / "sq")
+    assert_same_tree(tmp_path / "seq", tmp_path / "sq", mtimes=False)
+    files = {str(p.relative_to(tmp_path / "seq")) for p in (tmp_path / "seq").rglob("*")}
+    assert files == SYMLINKED_RESULT[case]
+
+
+def test_squash_refuses_a_hardlink_whose_lower_target_the_range_replaces(tmp_path: Path) -> None:
+    layers = [
+        [(_entry("a"), b"A")],
+        [(_entry("b", tarfile.LNKTYPE, "a"), b"")],
+        [(_entry("a"), b"B")],
+    ]
+    ref = _image_of(tmp_path / "img", [_tar(m) for m in layers])
+    proc = run_cli("squash", ref, f"oci:{tmp_path}/img:sq", "--layers", "2")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "b is a hardlink to a" in proc.stderr and "squash more layers" in proc.stderr
+    assert Layout(tmp_path / "img").tags() == ["v1"]
+    # Squashing all of them has the content at hand: b keeps "A", as applied in order.
+    assert run_cli("squash", ref, f"oci:{tmp_path}/img:all").returncode == 0
+    layerdiff.unpack(f"oci:{tmp_path}/img:all", tmp_path / "all")
+    assert (tmp_path / "all" / "b").read_bytes() == b"A"
+    assert (tmp_path / "all" / "a").read_bytes() == b"B"
