@@ -128,7 +128,22 @@ pub enum LowerNode {
 
 /// Paths (and what each is) of the tree the layers below the range make.
 #[derive(Debug, Default)]
-pub struct LowerTree(BTreeMap<Key, LowerNode>);
+pub struct LowerTree(BTreeMap<Key, LowerNode>, Links);
+
+/// Every path a symbolic link was put at, in the lower tree or the range, still there or not:
+/// a path none of whose parents is in it needs no resolving (most paths, and cheaply told).
+#[derive(Debug, Default, Clone)]
+struct Links(HashSet<Vec<u8>>);
+
+impl Links {
+    /// Whether a parent of `p` may be a symbolic link.
+    fn below_one(&self, p: &[u8]) -> bool {
+        !self.0.is_empty()
+            && p.iter()
+                .enumerate()
+                .any(|(i, &b)| b == b'/' && self.0.contains(&p[..i]))
+    }
+}
 
 /// Most symbolic links followed while resolving one path (the kernel's limit, ELOOP).
 const MAX_SYMLINK_HOPS: usize = 40;
@@ -214,6 +229,9 @@ impl LowerTree {
                 _ => continue,
             };
             let p = self.resolve(p)?;
+            if let LowerNode::Symlink(_) = node {
+                self.1.0.insert(p.clone());
+            }
             let key = Key(p.clone());
             if !(node == LowerNode::Dir && self.0.get(&key) == Some(&LowerNode::Dir)) {
                 for k in subtree(&self.0, &p) {
@@ -226,7 +244,7 @@ impl LowerTree {
         for op in ops {
             let doomed = match op {
                 Op::Whiteout(p) => subtree(&self.0, &self.resolve(p)?),
-                Op::Opaque(d) => children_only(&self.0, &resolve_dir(d, |q| self.symlink(q))?),
+                Op::Opaque(d) => children_only(&self.0, &self.resolve_dir(d)?),
                 _ => continue,
             };
             for k in doomed {
@@ -240,7 +258,18 @@ impl LowerTree {
 
     /// `p` with the symbolic links among its parents followed.
     fn resolve(&self, p: &[u8]) -> Result<Vec<u8>> {
+        if !self.1.below_one(p) {
+            return Ok(p.to_vec());
+        }
         resolve_parents(p, |q| self.symlink(q))
+    }
+
+    /// The directory `d`, symbolic links on its path followed, itself included.
+    fn resolve_dir(&self, d: &[u8]) -> Result<Vec<u8>> {
+        if !self.1.below_one(&join(d, b"x")) {
+            return Ok(d.to_vec());
+        }
+        resolve_dir(d, |q| self.symlink(q))
     }
 
     fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
@@ -291,6 +320,8 @@ pub struct Folder {
     merged: BTreeMap<Key, Record>,
     /// Lower paths hidden by the range (each hides its subtree).
     killed: HashSet<Vec<u8>>,
+    /// Where symbolic links were put, below the range and in it.
+    links: Links,
 }
 
 /// Metadata of a directory the layer implied but did not hold (apply makes it 0755, root).
@@ -309,6 +340,7 @@ impl Folder {
     /// Start from the tree of the layers below the range.
     pub fn new(lower: LowerTree) -> Self {
         Folder {
+            links: lower.1.clone(),
             lower,
             ..Folder::default()
         }
@@ -383,7 +415,18 @@ impl Folder {
 
     /// `p` with the symbolic links among its parents followed, as apply would find it now.
     fn resolve(&self, p: &[u8]) -> Result<Vec<u8>> {
+        if !self.links.below_one(p) {
+            return Ok(p.to_vec());
+        }
         resolve_parents(p, |q| self.symlink(q))
+    }
+
+    /// The directory `d`, symbolic links on its path followed, itself included.
+    fn resolve_dir(&self, d: &[u8]) -> Result<Vec<u8>> {
+        if !self.links.below_one(&join(d, b"x")) {
+            return Ok(d.to_vec());
+        }
+        resolve_dir(d, |q| self.symlink(q))
     }
 
     /// Fold one layer of the range. Paths go where apply would put them: through the symbolic
@@ -394,6 +437,9 @@ impl Folder {
             match op {
                 Op::Put(p, rec) => {
                     let p = self.resolve(p)?;
+                    if let Kind::Symlink(_) = rec.kind {
+                        self.links.0.insert(p.clone());
+                    }
                     self.put(&p, rec.clone(), &mut created);
                 }
                 Op::Link(p, target) => {
@@ -423,7 +469,7 @@ impl Folder {
                     self.kill(&p);
                 }
                 Op::Opaque(d) => {
-                    let d = resolve_dir(d, |q| self.symlink(q))?;
+                    let d = self.resolve_dir(d)?;
                     for k in children_only(&self.merged, &d) {
                         if !created.contains(&k.0) {
                             self.merged.remove(&k);
