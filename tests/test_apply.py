@@ -69,7 +69,12 @@ def test_unpack_refuses_a_corrupt_blob(image: tuple[str, Path], tmp_path: Path) 
     proc = run_cli("unpack", ref, str(target))
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "error:" in proc.stderr
+    n = len(layerdiff.inspect(ref)["manifest"]["layers"])
+    assert f"layer {n} of {n} ({top})" in proc.stderr  # which blob is bad
     assert layerdiff.incomplete_marker(target).exists()
+    # Unpacking again into what is left says why it is refused.
+    proc = run_cli("unpack", ref, str(target))
+    assert proc.returncode == 1 and layerdiff.incomplete_marker(target).name in proc.stderr
 
 
 def test_unpack_refuses_a_non_empty_target(image: tuple[str, Path], tmp_path: Path) -> None:
@@ -170,14 +175,17 @@ def test_hostile_layers_touch_nothing_outside(tmp_path: Path, case: str) -> None
     "blob", [b"", b"garbage" * 100, b"\x1f\x8b\x08\x00broken", b"(\xb5/\xfdxx"]
 )
 def test_bad_streams_are_one_line_errors(tmp_path: Path, blob: bytes) -> None:
+    good = tmp_path / "good"
+    good.write_bytes(_tar([(_entry("f"), b"x")]))
     layer = tmp_path / "layer"
     layer.write_bytes(blob)
-    proc = run_cli("apply", "--to", str(tmp_path / "out"), str(layer))
+    proc = run_cli("apply", "--to", str(tmp_path / "out"), str(good), str(layer))
     if blob == b"":
         assert proc.returncode == 0  # an empty stream is an empty layer
         return
     assert proc.returncode == 1
     assert proc.stderr.startswith("layerdiff: error:") and proc.stderr.count("\n") == 1
+    assert f"layer {layer}: " in proc.stderr  # of the two, the bad one
 
 
 def test_max_size_stops_a_bomb(tmp_path: Path) -> None:

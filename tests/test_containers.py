@@ -191,6 +191,11 @@ def test_image_cmd_env_user_and_workdir(image: str, store_home: Path) -> None:
     bad_user = run_cli("run", "--rm", "--user", "nosuchuser", "svc:1")
     assert bad_user.returncode == 125
     assert "unable to find user nosuchuser" in bad_user.stderr
+    # --entrypoint "" clears the image's, so the command runs by itself, as with docker.
+    cleared = run_cli("run", "--rm", "--entrypoint", "", "svc:1", "--", "echo", "alone")
+    assert cleared.returncode == 0 and cleared.stdout == "alone\n", cleared.stderr
+    other = run_cli("run", "--rm", "--entrypoint", "echo", "svc:1", "--", "via", "echo")
+    assert other.stdout == "via echo\n", other.stderr
 
 
 def test_memory_limit_stops_a_process_that_allocates_past_it(image: str, store_home: Path) -> None:
@@ -404,6 +409,7 @@ def test_bad_input_gives_one_line(image: str, store_home: Path) -> None:
         (["run", "--rm", "no-such-image:1", "--", "true"], 125, "image not found"),
         (["run", "--rm", "--name", "bad name", image, "--", "true"], 125, "invalid container name"),
         (["run", "--rm", "--memory", "lots", image], 2, "invalid memory size"),
+        (["run", "--rm", "-w", "rel", image, "--", "true"], 125, "'rel' is not absolute"),
         (["commit", "ghost", "x:1"], 1, "no such container: ghost"),
         (["rm", "ghost"], 1, "no such container: ghost"),
         (["start", "ghost"], 125, "no such container: ghost"),

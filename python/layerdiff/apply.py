@@ -8,14 +8,15 @@ every layer is in, so a failed or interrupted unpack is never taken for the imag
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerdiff import _core
-from layerdiff.errors import LayerdiffOSError
+from layerdiff.errors import FormatError, LayerdiffOSError
 from layerdiff.layer import StrPath
 
 if TYPE_CHECKING:
@@ -60,6 +61,16 @@ def _privileged() -> bool:
     return os.geteuid() == 0
 
 
+@contextlib.contextmanager
+def _naming(layer: str) -> Iterator[None]:
+    """Say which layer a malformed-content error is about: with several, the entry named in
+    the message alone does not tell."""
+    try:
+        yield
+    except FormatError as e:
+        raise type(e)(f"{layer}: {e}") from e
+
+
 def apply(
     root: StrPath,
     layers: Sequence[StrPath],
@@ -82,9 +93,10 @@ def apply(
     for blob in layers:
         if not os.path.isfile(blob):
             raise LayerdiffOSError(2, "no such layer blob", os.fspath(blob))
-        n, size, warn = _core.apply_layer(
-            root, blob, chown=chown, overlay=overlay, userxattr=userxattr, max_size=max_size
-        )
+        with _naming(f"layer {os.fspath(blob)}"):
+            n, size, warn = _core.apply_layer(
+                root, blob, chown=chown, overlay=overlay, userxattr=userxattr, max_size=max_size
+            )
         entries += n
         total += size
         warnings.extend(warn)
@@ -116,24 +128,28 @@ def unpack(
 
     img = load_image(image)
     target = Path(root)
+    marker = incomplete_marker(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise LayerdiffOSError(17, "unpack target exists and is not an empty directory", str(root))
+        why = "unpack target exists and is not an empty directory"
+        if marker.exists():
+            why += f" (an unpack into it did not finish, {marker.name} says: remove both)"
+        raise LayerdiffOSError(17, why, str(root))
     chown = _privileged() if chown is None else chown
     target.mkdir(parents=True, exist_ok=True)
-    marker = incomplete_marker(target)
     marker.write_text(f"unpacking {img.digest}\n")
     entries = total = 0
     warnings: list[str] = []
-    for desc in img.layers:
+    for i, desc in enumerate(img.layers, 1):
         blob = img.layout.blob_path(desc["digest"])
-        n, size, warn = _core.apply_layer(
-            target,
-            blob,
-            digest=desc["digest"],
-            size=int(desc["size"]),
-            chown=chown,
-            max_size=max_size,
-        )
+        with _naming(f"layer {i} of {len(img.layers)} ({desc['digest']})"):
+            n, size, warn = _core.apply_layer(
+                target,
+                blob,
+                digest=desc["digest"],
+                size=int(desc["size"]),
+                chown=chown,
+                max_size=max_size,
+            )
         entries += n
         total += size
         warnings.extend(warn)

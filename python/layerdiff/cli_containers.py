@@ -38,10 +38,14 @@ def _container_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--name", help="Container name (or a directory path for the container)."),
         click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Set a variable."),
-        click.option("-w", "--workdir", help="Working directory inside the container."),
+        click.option("-w", "--workdir", help="Working directory inside the container (absolute)."),
         click.option("-u", "--user", help="USER[:GROUP] by name or number (the image's)."),
         click.option("--hostname", help="Hostname [default: the short container id]."),
-        click.option("--entrypoint", help="Replace the image's Entrypoint (one word)."),
+        click.option(
+            "--entrypoint",
+            help='Replace the image\'s Entrypoint (one word; "" clears it, so that the '
+            "command runs by itself).",
+        ),
         click.option("-m", "--memory", metavar="SIZE", help="Memory limit, e.g. 512m, 2g."),
         click.option("--cpus", metavar="N", help="CPU limit, e.g. 1.5."),
         click.option("--pids-limit", type=click.IntRange(min=1), help="Process-count limit."),
@@ -78,7 +82,7 @@ def _create(
         image,
         name=name,
         command=command or None,
-        entrypoint=[entrypoint] if entrypoint is not None else None,
+        entrypoint=_entrypoint(entrypoint),
         env=env,
         workdir=workdir,
         user=user,
@@ -86,6 +90,13 @@ def _create(
         network=network,
         limits=_limits(memory, cpus, pids_limit),
     )
+
+
+def _entrypoint(value: str | None) -> list[str] | None:
+    """The Entrypoint ``--entrypoint`` asks for: none given keeps the image's, ``""`` clears it."""
+    if value is None:
+        return None
+    return [value] if value else []
 
 
 def _finish(result: runtime.RunResult) -> NoReturn:
@@ -122,7 +133,7 @@ not found in the image."""
                 image,
                 command or None,
                 rm=rm,
-                entrypoint=[entrypoint] if entrypoint is not None else None,
+                entrypoint=_entrypoint(entrypoint),
                 limits=limits,
                 **opts,
             )

@@ -236,10 +236,10 @@ def create(
 ) -> Container:
     """Create a container from ``image`` (its layers are cached on first use).
 
-    ``command`` replaces the image's Cmd, ``entrypoint`` its Entrypoint; ``env`` (``K=V``),
-    ``workdir`` and ``user`` override the image config; ``network`` is ``host`` (share the
-    caller's) or ``none`` (loopback only); ``limits`` apply whenever it runs. ``name`` with a
-    slash is a directory path.
+    ``command`` replaces the image's Cmd, ``entrypoint`` its Entrypoint (``[]`` clears it);
+    ``env`` (``K=V``), ``workdir`` (absolute) and ``user`` override the image config;
+    ``network`` is ``host`` (share the caller's) or ``none`` (loopback only); ``limits`` apply
+    whenever it runs. ``name`` with a slash is a directory path.
     """
     if network not in ("host", "none"):
         raise ContainerError(f"unknown network mode {network!r} (expected host or none)")
@@ -255,6 +255,10 @@ def create(
     if command:
         config["Cmd"] = list(command)
     if workdir is not None:
+        if not workdir.startswith("/"):
+            raise ContainerError(
+                f"working directory {workdir!r} is not absolute (it is a path in the container)"
+            )
         config["WorkingDir"] = workdir
     if user is not None:
         config["User"] = user
