@@ -104,6 +104,11 @@ def test_layers_by_python_tarfile_apply(tmp_path: Path) -> None:
     layerdiff.apply(tmp_path / "out", [tmp_path / "layer.tar"])
     # tarfile keeps whole seconds only.
     assert_same_tree(src, tmp_path / "out", mtimes=False)
+    # One blob may be given by itself, as a str or a path.
+    for one in (str(tmp_path / "layer.tar"), tmp_path / "layer.tar"):
+        result = layerdiff.apply(tmp_path / "again", one)
+        assert result.layers == 1
+        assert_same_tree(src, tmp_path / "again", mtimes=False)
 
 
 def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:

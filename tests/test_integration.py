@@ -328,6 +328,40 @@ def test_cli_change_uses_the_image_environment(rootfs: Path, tmp_path: Path) -> 
     assert sorted((layout / "blobs" / "sha256").iterdir()) == blobs
 
 
+def test_tag_and_rmi(rootfs: Path, changed: Path, tmp_path: Path, store_home: Path) -> None:
+    """docker tag and docker rmi: names come and go; blobs go once no name reaches them."""
+    first = layerdiff.commit(rootfs, image="app:1")
+    second = layerdiff.commit(changed, image="app:2", lower=rootfs, base="app:1")
+    proc = run_cli("tag", "app:2", "app:latest")
+    assert proc.returncode == 0 and proc.stdout.strip() == second.manifest_digest
+    assert layerdiff.inspect("app")["digest"] == second.manifest_digest
+    # Into another layout: the blobs are copied, and umoci can unpack it there.
+    export = f"oci:{tmp_path}/export:v2"
+    assert run_cli("tag", "app:2", export).returncode == 0
+    assert layerdiff.inspect(export)["digest"] == second.manifest_digest
+    assert run_cli("fsck", f"oci:{tmp_path}/export").returncode == 0
+    blobs = store_home / "images" / "blobs" / "sha256"
+    top_layer = second.layer.digest.removeprefix("sha256:")
+    # A name still reaching the image keeps its blobs.
+    proc = run_cli("rmi", "app:2")
+    assert proc.returncode == 0 and f"untagged app:2 ({second.manifest_digest})" in proc.stdout
+    assert (blobs / top_layer).is_file()
+    proc = run_cli("rmi", "app:latest")
+    assert proc.returncode == 0 and not (blobs / top_layer).exists()
+    assert [i.tag for i in layerdiff.images()] == ["1"]
+    assert layerdiff.inspect("app:1")["digest"] == first.manifest_digest
+    # --no-prune keeps the blobs; a missing name is an error that removes nothing.
+    assert run_cli("rmi", "--no-prune", "app:1").returncode == 0
+    assert (
+        layerdiff.images() == [] and (blobs / first.layer.digest.removeprefix("sha256:")).exists()
+    )
+    proc = run_cli("rmi", f"{export}", "ghost:1")
+    assert proc.returncode == 1 and "ghost:1" in proc.stderr
+    assert layerdiff.inspect(export)["digest"] == second.manifest_digest
+    with pytest.raises(layerdiff.ImageNotFoundError):
+        layerdiff.tag("ghost:1", "x:1")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -77,6 +77,7 @@ if TYPE_CHECKING:
         start,
     )
     from layerdiff.squash import SquashResult, squash
+    from layerdiff.tags import tag, untag
     from layerdiff.transfer import BlobStatus
 
 # Every name of the API is imported on first use: a command pays only for the modules it needs
@@ -112,6 +113,7 @@ _LAZY = {
         "layerdiff.runtime",
     ),
     **dict.fromkeys(["SquashResult", "squash"], "layerdiff.squash"),
+    **dict.fromkeys(["tag", "untag"], "layerdiff.tags"),
     "BlobStatus": "layerdiff.transfer",
 }
 
@@ -205,6 +207,8 @@ __all__ = [
     "save",
     "squash",
     "start",
+    "tag",
     "unpack",
+    "untag",
     "write_layer",
 ]

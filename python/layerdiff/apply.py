@@ -73,19 +73,22 @@ def _naming(layer: str) -> Iterator[None]:
 
 def apply(
     root: StrPath,
-    layers: Sequence[StrPath],
+    layers: StrPath | Sequence[StrPath],
     *,
     chown: bool | None = None,
     overlay: bool = False,
     userxattr: bool | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
 ) -> ApplyResult:
-    """Apply layer blobs (tar, tar+gzip, tar+zstd: detected) in order onto the directory ``root``.
+    """Apply layer blobs (tar, tar+gzip, tar+zstd: detected) in order onto the directory ``root``
+    (``layers``: their paths, or the path of one).
 
     ``chown`` sets the owners the layer records (default: when running as root). ``overlay``
     writes overlayfs upper-dir form (whiteouts as 0/0 character devices, opaque directories as
     an xattr: ``user.overlay.opaque`` when ``userxattr``, default when not root).
     """
+    if isinstance(layers, (str, os.PathLike)):
+        layers = [layers]  # one blob: a str is a Sequence too, of characters
     chown = _privileged() if chown is None else chown
     userxattr = (not _privileged()) if userxattr is None else userxattr
     entries = total = 0

@@ -360,6 +360,49 @@ def commit(
     click.echo(result.manifest_digest)
 
 
+@cli.command(
+    epilog="""\b
+Examples:
+  layerdiff tag app:2 app:latest
+  layerdiff tag app:2 oci:/srv/export:v2      (copies the image's blobs there)"""
+)
+@click.argument("source", metavar="SOURCE_IMAGE")
+@click.argument("target", metavar="TARGET_IMAGE")
+def tag(source: str, target: str) -> None:
+    """Give SOURCE_IMAGE the name TARGET_IMAGE too (like docker tag); print its digest."""
+    click.echo(layerdiff.tag(source, target))
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  layerdiff rmi app:1 app:2
+  layerdiff rmi --no-prune oci:/srv/export:v2"""
+)
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.option(
+    "--no-prune", is_flag=True, help="Only remove the names; leave the blobs for a later gc."
+)
+def rmi(images: tuple[str, ...], no_prune: bool) -> None:
+    """Remove image names (like docker rmi), then the blobs no other name reaches."""
+    from layerdiff.catalog import load_image
+    from layerdiff.refs import parse_layout_reference
+
+    refs = [parse_layout_reference(i) for i in images]
+    for ref in refs:  # every name is checked before any goes
+        load_image(ref)
+    layouts: dict[str, str | None] = {}
+    for ref in refs:
+        digest = layerdiff.untag(ref)
+        click.echo(f"untagged {ref.text} ({digest})")
+        layouts[str(ref.layout)] = None if ref.in_store else f"oci:{ref.layout}"
+    if no_prune:
+        return
+    for target in layouts.values():
+        report = layerdiff.gc(target)
+        click.echo(f"removed {report.blobs} blobs, {_human_size(report.bytes)} freed")
+
+
 @cli.command(epilog="Example:\n\n  layerdiff images --json")
 @click.argument("layout", required=False, metavar="[oci:PATH]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
