@@ -14,6 +14,12 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use crate::entry::{join, os_path};
 use crate::error::{IoContext, Result};
 
+/// The path the kernel gives for the open file `fd` (its `/proc/self/fd` link), if it can.
+fn kernel_path(fd: std::os::fd::BorrowedFd<'_>) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+}
+
 /// Open flags for a directory we read or change the metadata of.
 const DIR_FLAGS: OFlags = OFlags::DIRECTORY
     .union(OFlags::RDONLY)
@@ -24,6 +30,8 @@ const DIR_FLAGS: OFlags = OFlags::DIRECTORY
 pub struct Root {
     fd: OwnedFd,
     path: PathBuf,
+    /// Where the kernel says the root is (see [`Root::real_path_of`]), read once, on first use.
+    kernel_path: std::sync::OnceLock<Option<PathBuf>>,
 }
 
 impl Root {
@@ -38,6 +46,7 @@ impl Root {
         Ok(Root {
             fd,
             path: path.to_path_buf(),
+            kernel_path: std::sync::OnceLock::new(),
         })
     }
 
@@ -76,13 +85,12 @@ impl Root {
     /// when the kernel cannot say (no `/proc`) or it is not below the root.
     pub fn real_path_of(&self, dir: impl AsFd) -> Option<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt;
-        let where_is = |fd: std::os::fd::BorrowedFd<'_>| {
-            use std::os::fd::AsRawFd;
-            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
-        };
-        let root = where_is(self.fd.as_fd())?;
-        let dir = where_is(dir.as_fd())?;
-        let rel = dir.strip_prefix(&root).ok()?;
+        let root = self
+            .kernel_path
+            .get_or_init(|| kernel_path(self.fd.as_fd()))
+            .as_ref()?;
+        let dir = kernel_path(dir.as_fd())?;
+        let rel = dir.strip_prefix(root).ok()?;
         let rel = rel.as_os_str().as_bytes();
         // A directory removed since it was opened reads "… (deleted)": not a name it has.
         (!rel.ends_with(b" (deleted)")).then(|| rel.to_vec())

@@ -143,6 +143,25 @@ impl Links {
                 .enumerate()
                 .any(|(i, &b)| b == b'/' && self.0.contains(&p[..i]))
     }
+
+    /// `p` with the symbolic links among its parents followed ([`resolve_parents`]), `link`
+    /// giving the target of the one at a path; as it is when none of its parents ever was one.
+    fn resolve(&self, p: &[u8], link: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<Vec<u8>> {
+        if !self.below_one(p) {
+            return Ok(p.to_vec());
+        }
+        resolve_parents(p, link)
+    }
+
+    /// The directory `d` with every symbolic link on its path followed, itself included: where
+    /// an opaque marker `d/.wh..wh..opq` takes effect.
+    fn resolve_dir(&self, d: &[u8], link: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<Vec<u8>> {
+        if d.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marker = self.resolve(&join(d, b".wh..wh..opq"), link)?;
+        Ok(parent(&marker).to_vec())
+    }
 }
 
 /// Most symbolic links followed while resolving one path (the kernel's limit, ELOOP).
@@ -228,7 +247,7 @@ impl LowerTree {
                 Op::Link(p, _) => (p, LowerNode::Other),
                 _ => continue,
             };
-            let p = self.resolve(p)?;
+            let p = self.1.resolve(p, |q| self.symlink(q))?;
             if let LowerNode::Symlink(_) = node {
                 self.1.0.insert(p.clone());
             }
@@ -243,8 +262,10 @@ impl LowerTree {
         }
         for op in ops {
             let doomed = match op {
-                Op::Whiteout(p) => subtree(&self.0, &self.resolve(p)?),
-                Op::Opaque(d) => children_only(&self.0, &self.resolve_dir(d)?),
+                Op::Whiteout(p) => subtree(&self.0, &self.1.resolve(p, |q| self.symlink(q))?),
+                Op::Opaque(d) => {
+                    children_only(&self.0, &self.1.resolve_dir(d, |q| self.symlink(q))?)
+                }
                 _ => continue,
             };
             for k in doomed {
@@ -254,22 +275,6 @@ impl LowerTree {
             }
         }
         Ok(())
-    }
-
-    /// `p` with the symbolic links among its parents followed.
-    fn resolve(&self, p: &[u8]) -> Result<Vec<u8>> {
-        if !self.1.below_one(p) {
-            return Ok(p.to_vec());
-        }
-        resolve_parents(p, |q| self.symlink(q))
-    }
-
-    /// The directory `d`, symbolic links on its path followed, itself included.
-    fn resolve_dir(&self, d: &[u8]) -> Result<Vec<u8>> {
-        if !self.1.below_one(&join(d, b"x")) {
-            return Ok(d.to_vec());
-        }
-        resolve_dir(d, |q| self.symlink(q))
     }
 
     fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
@@ -286,16 +291,6 @@ impl LowerTree {
     fn has_children(&self, p: &[u8]) -> bool {
         !children_only(&self.0, p).is_empty()
     }
-}
-
-/// The directory `d` with every symbolic link on its path followed, itself included: where an
-/// opaque marker `d/.wh..wh..opq` takes effect.
-fn resolve_dir(d: &[u8], link: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<Vec<u8>> {
-    if d.is_empty() {
-        return Ok(Vec::new());
-    }
-    let marker = resolve_parents(&join(d, b".wh..wh..opq"), link)?;
-    Ok(parent(&marker).to_vec())
 }
 
 /// Record `p` and its missing parents (implied directories) as written by this layer.
@@ -320,7 +315,7 @@ pub struct Folder {
     merged: BTreeMap<Key, Record>,
     /// Lower paths hidden by the range (each hides its subtree).
     killed: HashSet<Vec<u8>>,
-    /// Where symbolic links were put, below the range and in it.
+    /// Where symbolic links were put, below the range (taken from the lower tree) and in it.
     links: Links,
 }
 
@@ -338,9 +333,9 @@ fn implied_dir() -> Record {
 
 impl Folder {
     /// Start from the tree of the layers below the range.
-    pub fn new(lower: LowerTree) -> Self {
+    pub fn new(mut lower: LowerTree) -> Self {
         Folder {
-            links: lower.1.clone(),
+            links: std::mem::take(&mut lower.1),
             lower,
             ..Folder::default()
         }
@@ -415,18 +410,7 @@ impl Folder {
 
     /// `p` with the symbolic links among its parents followed, as apply would find it now.
     fn resolve(&self, p: &[u8]) -> Result<Vec<u8>> {
-        if !self.links.below_one(p) {
-            return Ok(p.to_vec());
-        }
-        resolve_parents(p, |q| self.symlink(q))
-    }
-
-    /// The directory `d`, symbolic links on its path followed, itself included.
-    fn resolve_dir(&self, d: &[u8]) -> Result<Vec<u8>> {
-        if !self.links.below_one(&join(d, b"x")) {
-            return Ok(d.to_vec());
-        }
-        resolve_dir(d, |q| self.symlink(q))
+        self.links.resolve(p, |q| self.symlink(q))
     }
 
     /// Fold one layer of the range. Paths go where apply would put them: through the symbolic
@@ -469,7 +453,7 @@ impl Folder {
                     self.kill(&p);
                 }
                 Op::Opaque(d) => {
-                    let d = self.resolve_dir(d)?;
+                    let d = self.links.resolve_dir(d, |q| self.symlink(q))?;
                     for k in children_only(&self.merged, &d) {
                         if !created.contains(&k.0) {
                             self.merged.remove(&k);
