@@ -7,7 +7,6 @@ in one atomic update of ``index.json``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,13 +52,6 @@ class CommitResult:
     image: str
     #: For a commit to a registry: what happened to each blob (base layers, layer, config).
     blobs: tuple[BlobStatus, ...] = ()
-
-
-def _same_layout(a: Layout, b: Layout) -> bool:
-    try:
-        return os.path.samefile(a.path, b.path)
-    except FileNotFoundError:
-        return False
 
 
 def commit(
@@ -164,7 +156,7 @@ def commit(
 
     with Layout.create_for_write(target.layout) as layout, writing(layout):
         base_layers = parent.layers if parent else []
-        if parent is not None and not _same_layout(parent.layout, layout):
+        if parent is not None and not parent.layout.same_as(layout):
             step(f"copying {len(base_layers)} base layers")
             for desc in base_layers:
                 layout.import_blob(parent.layout, desc["digest"])

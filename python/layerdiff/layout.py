@@ -155,13 +155,12 @@ class Layout:
         fails and the layout was created for it, what was created is removed again, so a
         failed command leaves no empty layout behind. Not if it holds a blob or an image by
         then (another writer is using it too)."""
-        layout = cls(path)
         made: list[Path] = []  # directories this creates, outermost first
-        p = Path(os.path.abspath(layout.path))
+        p = Path(os.path.abspath(path))
         while not os.path.lexists(p):
             made.insert(0, p)
             p = p.parent
-        new = not (layout.path / _LAYOUT_FILE).is_file()
+        new = not (Path(path) / _LAYOUT_FILE).is_file()
         layout = cls.create(path)
         try:
             yield layout
@@ -189,6 +188,14 @@ class Layout:
                 d.rmdir()
             except OSError:
                 return  # not empty: someone else's now
+
+    def same_as(self, other: Layout) -> bool:
+        """Whether ``other`` is this very layout, under whatever path (false if either is
+        missing)."""
+        try:
+            return os.path.samefile(self.path, other.path)
+        except FileNotFoundError:
+            return False
 
     def _refuse_foreign(self) -> None:
         """Never scatter blobs/ and index.json into a directory that holds something else.

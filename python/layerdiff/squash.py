@@ -120,7 +120,7 @@ def squash(
 
     with Layout.create_for_write(target.layout) as layout, writing(layout):
         kept = src.layers[: total - count]
-        if layout.path.resolve() != src.layout.path.resolve():
+        if not layout.same_as(src.layout):
             for desc in kept:
                 layout.import_blob(src.layout, desc["digest"])
         blob_paths = [src.layout.blob_path(d["digest"]) for d in src.layers]

@@ -4,9 +4,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 from layerdiff import refs
 from layerdiff.catalog import load_image
 from layerdiff.errors import ImageNotFoundError
@@ -14,12 +11,6 @@ from layerdiff.fsck import writing
 from layerdiff.layout import REF_NAME, Layout
 
 __all__ = ["tag", "untag"]
-
-
-def _same_dir(a: os.PathLike[str], b: os.PathLike[str]) -> bool:
-    with contextlib.suppress(OSError):
-        return os.path.samefile(a, b)
-    return False
 
 
 def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
@@ -34,7 +25,7 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
         *(str(d["digest"]) for d in image.layers),
     ]
     with Layout.create_for_write(dst.layout) as layout, writing(layout):
-        if not _same_dir(layout.path, image.layout.path):
+        if not layout.same_as(image.layout):
             for digest in blobs:
                 layout.import_blob(image.layout, digest)
         descriptor = {k: v for k, v in image.descriptor.items() if k != "annotations"}
