@@ -28,7 +28,7 @@ use crate::whiteout::{LayerName, WHITEOUT_PREFIX, classify_layer_name, is_overla
 pub const DEFAULT_MAX_SIZE: u64 = 256 << 30;
 
 /// Longest path (bytes) of an entry: the kernel's PATH_MAX.
-const PATH_MAX: usize = 4096;
+pub(crate) const PATH_MAX: usize = 4096;
 
 /// How to apply.
 #[derive(Debug, Clone)]

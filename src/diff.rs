@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::OFlags;
 use rustix::io::Errno;
 
 use crate::entry::{self, Entry, Kind, cmp_paths};
@@ -334,15 +334,7 @@ fn hash_file(tree: Tree<'_>, e: &Entry) -> Result<blake3::Hash> {
     let path = tree.full_path(&e.path);
     // NONBLOCK: should the file have been swapped for a FIFO meanwhile, do not hang on it.
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
-    let fd = rustix::fs::openat2(
-        tree.fd,
-        entry::os_path(&e.path),
-        flags,
-        Mode::empty(),
-        resolve,
-    )
-    .at(&path)?;
+    let fd = walk::open_beneath(tree.fd, &e.path, flags).at(&path)?;
     let mut hasher = blake3::Hasher::new();
     let found = std::io::copy(&mut std::fs::File::from(fd), &mut hasher).at(&path)?;
     if found != e.size {
@@ -465,11 +457,14 @@ fn open_lowers(lowers: &[PathBuf]) -> Result<Vec<(OwnedFd, &Path)>> {
 fn in_lowers(lowers: &[(OwnedFd, &Path)], rel: &[u8]) -> Result<bool> {
     // O_PATH|O_NOFOLLOW opens a final symlink itself; NO_SYMLINKS refuses one anywhere else.
     let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
     for (fd, root) in lowers {
-        match rustix::fs::openat2(fd, entry::os_path(rel), flags, Mode::empty(), resolve) {
+        match walk::open_beneath(fd.as_fd(), rel, flags) {
             Ok(_) => return Ok(true),
-            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {}
+            Err(e)
+                if matches!(
+                    Errno::from_io_error(&e),
+                    Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP)
+                ) => {}
             Err(e) => return Err(e).at(root.join(entry::os_path(rel))),
         }
     }

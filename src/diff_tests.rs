@@ -164,6 +164,49 @@ fn mtime_only_change_and_content_mode() {
 }
 
 #[test]
+fn paths_longer_than_path_max_are_compared_and_looked_up() {
+    let (l, u) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rel = deep_file(l.path(), 20, "leaf", b"same");
+    assert!(rel.len() > 4096);
+    deep_file(u.path(), 20, "leaf", b"same");
+    // Only the deepest file differs, and only in its mtime: its contents are read to clear it.
+    let t = rustix::fs::Timespec {
+        tv_sec: T0.0 + 1,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    let f = walk::open_beneath(
+        walk::open_root(u.path()).unwrap().as_fd(),
+        &rel,
+        OFlags::RDONLY,
+    )
+    .unwrap();
+    rustix::fs::futimens(&f, &times).unwrap();
+    let content = DiffOptions { content: true };
+    assert_eq!(
+        summary(&diff_dirs(l.path(), u.path(), &content).unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        summary(&diff_dirs(l.path(), u.path(), &DiffOptions::default()).unwrap()).len(),
+        1
+    );
+    // An overlay upper holding the same directories (copied up: changed, as in docker) and one
+    // new file, which must be found absent from the lower.
+    let o = tempfile::tempdir().unwrap();
+    let new = deep_file(o.path(), 20, "new", b"n");
+    let changes = overlay_diff(o.path(), &[l.path()]).unwrap();
+    let kinds: Vec<ChangeKind> = changes.iter().map(|c| c.kind).collect();
+    assert_eq!(kinds.len(), 21);
+    assert!(kinds[..20].iter().all(|k| *k == ChangeKind::Modified));
+    assert_eq!(kinds[20], ChangeKind::Added);
+    assert!(changes[20].path == new, "the new file is the last change");
+}
+
+#[test]
 fn xattrs_are_compared_except_overlay_ones() {
     let probe = tempfile::tempdir().unwrap();
     write(&probe.path().join("p"), b"");
@@ -424,7 +467,7 @@ fn no_overlay_xattrs(changes: &[Change]) -> bool {
 fn mknod_whiteout(path: &Path) {
     let (kind, mode) = (
         rustix::fs::FileType::CharacterDevice,
-        Mode::from_raw_mode(0o000),
+        rustix::fs::Mode::from_raw_mode(0o000),
     );
     rustix::fs::mknodat(rustix::fs::CWD, path, kind, mode, rustix::fs::makedev(0, 0)).unwrap();
 }

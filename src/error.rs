@@ -25,6 +25,15 @@ pub enum Error {
         /// The offending path.
         path: PathBuf,
     },
+    /// A tree holds a path whose name in the layer would be longer than the kernel's
+    /// `PATH_MAX`: no unpacker could create it.
+    #[error("{}: its name in the layer would be longer than {max} bytes (PATH_MAX), which neither docker, umoci nor layerdiff can unpack", path.display())]
+    PathTooLong {
+        /// The offending path.
+        path: PathBuf,
+        /// The longest name a layer entry may have.
+        max: usize,
+    },
     /// A file changed between the walk and the moment its bytes were read.
     #[error("{}: file changed while it was read (expected {expected} bytes, found {found})", path.display())]
     FileChanged {

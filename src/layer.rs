@@ -24,12 +24,12 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use rayon::prelude::*;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 
+use crate::apply::PATH_MAX;
 use crate::compress::{Compression, Compressor, resolve_threads};
 use crate::diff::{Change, ChangeKind};
 use crate::digest::Sha256Hasher;
@@ -37,7 +37,8 @@ use crate::entry::{Kind, cmp_paths, os_path, parent};
 use crate::error::{Error, IoContext, Result};
 use crate::squash_index::{IndexBuilder, LayerIndex};
 use crate::tar::writer::{Meta, TarWriter};
-use crate::whiteout::WHITEOUT_PREFIX;
+use crate::walk::open_beneath;
+use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// Options for writing one layer (default: gzip at the default level, one thread per core, no
 /// clamp).
@@ -122,6 +123,19 @@ pub fn plan(upper: &Path, changes: &[Change]) -> Result<(Vec<Op>, Vec<String>)> 
         {
             return Err(Error::ReservedName {
                 path: upper.join(os_path(&c.path)),
+            });
+        }
+        // The longest name the change puts in the layer: a directory's ends in '/', a
+        // whiteout adds ".wh." and an opaque marker "/.wh..wh..opq".
+        let extra = match &c.entry {
+            None => WHITEOUT_PREFIX.len(),
+            Some(_) if c.opaque => 1 + OPAQUE_MARKER.len(),
+            Some(e) => usize::from(e.kind == Kind::Dir),
+        };
+        if c.path.len() + extra > PATH_MAX {
+            return Err(Error::PathTooLong {
+                path: upper.join(os_path(&c.path)),
+                max: PATH_MAX,
             });
         }
         let ok = match (&c.entry, c.kind) {
@@ -644,7 +658,7 @@ impl Reader<'_> {
     /// Open the regular file `path` below the root for reading, following no symlink in any
     /// component, and check it still has the size the walk saw.
     fn open(&self, path: &[u8], size: u64) -> Result<File> {
-        let fd = open_beneath(self.root, path).at(os_path(path))?;
+        let fd = open_beneath(self.root, path, READ_FLAGS).at(os_path(path))?;
         let st = rustix::fs::fstat(&fd).at(os_path(path))?;
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(Error::io(
@@ -659,57 +673,20 @@ impl Reader<'_> {
     }
 }
 
+/// How a file's contents are opened: `O_NONBLOCK` so that a FIFO put where the walk saw a file
+/// does not block the open (the caller checks the type).
+const READ_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY)
+    .union(OFlags::CLOEXEC);
+
 fn changed(path: &[u8], expected: u64, found: u64) -> Error {
     Error::FileChanged {
         path: os_path(path).to_path_buf(),
         expected,
         found,
     }
-}
-
-/// Set when `openat2` turned out to be unavailable (kernel before 5.6, or a seccomp filter).
-static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
-
-/// Open `path` (relative) below `root` read-only, resolving no symlink and no `..`.
-///
-/// `O_NONBLOCK`: a FIFO put where the walk saw a file must not block the open (the caller
-/// checks the type). `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
-/// RESOLVE_NO_MAGICLINKS` does it in one call; without it, one `openat(O_NOFOLLOW)` per
-/// component.
-fn open_beneath(root: BorrowedFd<'_>, path: &[u8]) -> io::Result<OwnedFd> {
-    let flags =
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-    if path.is_empty()
-        || path
-            .split(|&b| b == b'/')
-            .any(|c| c.is_empty() || c == b"." || c == b"..")
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a plain relative path",
-        ));
-    }
-    if !NO_OPENAT2.load(Ordering::Relaxed) {
-        let resolve =
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(root, os_path(path), flags, Mode::empty(), resolve) {
-            Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {
-                NO_OPENAT2.store(true, Ordering::Relaxed);
-            }
-            other => return other.map_err(Into::into),
-        }
-    }
-    let mut comps = path.split(|&b| b == b'/').peekable();
-    let mut dir: Option<OwnedFd> = None;
-    while let Some(c) = comps.next() {
-        let at = dir.as_ref().map_or(root, AsFd::as_fd);
-        if comps.peek().is_none() {
-            return Ok(rustix::fs::openat(at, os_path(c), flags, Mode::empty())?);
-        }
-        let d = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        dir = Some(rustix::fs::openat(at, os_path(c), d, Mode::empty())?);
-    }
-    unreachable!("a non-empty path has a last component")
 }
 
 /// Hashes (when asked) and counts what goes to the sink.

@@ -2,9 +2,11 @@
 
 use super::*;
 use crate::entry::{Entry, Timestamp};
+use crate::walk::NO_OPENAT2;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
+use std::sync::atomic::Ordering;
 
 /// An entry for `rel` below `root`, as a walk would report it.
 fn stat(root: &Path, rel: &[u8]) -> Entry {
@@ -597,10 +599,53 @@ fn symlinks_in_the_path_are_not_followed() {
     )
     .unwrap();
     NO_OPENAT2.store(true, Ordering::Relaxed);
-    let res = open_beneath(root.as_fd(), b"d/secret");
+    let res = open_beneath(root.as_fd(), b"d/secret", READ_FLAGS);
     NO_OPENAT2.store(false, Ordering::Relaxed);
     assert!(res.is_err());
-    assert!(open_beneath(root.as_fd(), b"../x").is_err());
+    assert!(open_beneath(root.as_fd(), b"../x", READ_FLAGS).is_err());
+}
+
+#[test]
+fn names_up_to_path_max_are_read_and_longer_ones_refused() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 16 directories of 250 bytes and a name of 80: 4096 bytes, one more than `openat2` takes
+    // with its NUL, so the file is opened one component at a time.
+    let rel = crate::walk::testutil::deep_file(dir.path(), 16, &"f".repeat(80), b"deep");
+    assert_eq!(rel.len(), PATH_MAX);
+    let diff = |upper: &Path| {
+        crate::diff::diff_dirs(empty.path(), upper, &crate::diff::DiffOptions::default()).unwrap()
+    };
+    let changes = diff(dir.path());
+    let mut blob = Vec::new();
+    write_layer(dir.path(), &changes, &opts(Compression::None, 1), &mut blob).unwrap();
+    let mut ar = tar::Archive::new(&blob[..]);
+    let mut found = None;
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.header().entry_type().is_file() {
+            let mut content = Vec::new();
+            e.read_to_end(&mut content).unwrap();
+            found = Some((e.path_bytes().into_owned(), content));
+        }
+    }
+    assert_eq!(found, Some((rel, b"deep".to_vec())));
+
+    // One byte more: no unpacker could create it, so it is refused, named.
+    let rel = crate::walk::testutil::deep_file(dir.path(), 16, &"g".repeat(81), b"x");
+    let err = write_layer(
+        dir.path(),
+        &diff(dir.path()),
+        &opts(Compression::None, 1),
+        io::sink(),
+    )
+    .unwrap_err();
+    match err {
+        Error::PathTooLong { path, max } => {
+            assert_eq!((path, max), (dir.path().join(os_path(&rel)), PATH_MAX));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Memory does not grow with file size: a 2 GiB (sparse) file with < 100 MB peak RSS.

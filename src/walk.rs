@@ -6,13 +6,14 @@
 //! directory); the result is sorted at the end, so thread count and readdir order never show.
 
 use std::ffi::{CStr, CString};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rayon::prelude::*;
-use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, Statx, StatxFlags};
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, ResolveFlags, Statx, StatxFlags};
 use rustix::io::Errno;
 
 use crate::entry::{self, Entry, Kind, Timestamp};
@@ -26,6 +27,59 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
+
+/// Set when `openat2` turned out to be unavailable (kernel before 5.6, or a seccomp filter).
+pub(crate) static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Open `path` (relative, plain: no empty, `.` or `..` component) below `root` with `flags`,
+/// resolving no symlink and no `..` on the way; with `O_NOFOLLOW` in `flags` a final symlink
+/// is refused too (or, with `O_PATH`, opened itself).
+///
+/// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` does it in
+/// one call. Without `openat2`, and for a path longer than the kernel takes in one call
+/// (`PATH_MAX`, 4096 bytes, which a deep tree exceeds), it is one `openat(O_NOFOLLOW)` per
+/// component.
+pub(crate) fn open_beneath(
+    root: BorrowedFd<'_>,
+    path: &[u8],
+    flags: OFlags,
+) -> io::Result<OwnedFd> {
+    if path.is_empty()
+        || path
+            .split(|&b| b == b'/')
+            .any(|c| c.is_empty() || c == b"." || c == b"..")
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a plain relative path",
+        ));
+    }
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(root, entry::os_path(path), flags, Mode::empty(), resolve) {
+            Err(Errno::NOSYS | Errno::PERM) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            Err(Errno::NAMETOOLONG) => {}
+            other => return other.map_err(Into::into),
+        }
+    }
+    let mut comps = path.split(|&b| b == b'/').peekable();
+    let mut dir: Option<OwnedFd> = None;
+    while let Some(c) = comps.next() {
+        let at = dir.as_ref().map_or(root, AsFd::as_fd);
+        if comps.peek().is_none() {
+            return Ok(rustix::fs::openat(
+                at,
+                entry::os_path(c),
+                flags,
+                Mode::empty(),
+            )?);
+        }
+        let d = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        dir = Some(rustix::fs::openat(at, entry::os_path(c), d, Mode::empty())?);
+    }
+    unreachable!("a non-empty path has a last component")
+}
 
 /// Below this many names a directory's entries are looked at on one thread: splitting tiny
 /// directories costs more in task overhead than the `statx` calls it would spread.
@@ -393,6 +447,50 @@ pub(crate) mod testutil {
             .iter()
             .map(|e| String::from_utf8_lossy(&e.path).into_owned())
             .collect()
+    }
+
+    /// Create `levels` nested directories of 250-byte names under `root` (each call the same
+    /// names), and in the deepest a file `name` holding `data`; returns the file's relative path.
+    /// Each step is relative to the directory before it: the whole path is beyond `PATH_MAX`
+    /// once `levels` is 17 or more. Everything made gets the mtime 1,600,000,000.
+    pub(crate) fn deep_file(root: &Path, levels: usize, name: &str, data: &[u8]) -> Vec<u8> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+        let mut dirs = vec![rustix::fs::open(root, flags, Mode::empty()).unwrap()];
+        let mut rel = Vec::new();
+        for i in 0..levels {
+            let c = format!("d{i:02}{}", "x".repeat(247));
+            let at = dirs.last().unwrap();
+            match rustix::fs::mkdirat(at, c.as_str(), Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => panic!("mkdir {c}: {e}"),
+            }
+            dirs.push(rustix::fs::openat(at, c.as_str(), flags, Mode::empty()).unwrap());
+            rel.extend_from_slice(c.as_bytes());
+            rel.push(b'/');
+        }
+        let f = rustix::fs::openat(
+            dirs.last().unwrap(),
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        rustix::io::write(&f, data).unwrap();
+        let t = Timespec {
+            tv_sec: 1_600_000_000,
+            tv_nsec: 0,
+        };
+        let times = Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::futimens(&f, &times).unwrap();
+        for d in dirs.iter().skip(1).rev() {
+            rustix::fs::futimens(d, &times).unwrap();
+        }
+        rel.extend_from_slice(name.as_bytes());
+        rel
     }
 
     /// A relative path of raw bytes under `root`.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -401,6 +402,54 @@ def test_cli_error_from_core_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("layerdiff: error: ")
     assert ".wh.x" in proc.stderr
+
+
+def deep_file(root: Path, name: str, data: bytes) -> str:
+    """Write ``name`` below 16 directories of 250-byte names under ``root``, each step relative
+    to the one before (the whole path is past what one system call takes); return its path."""
+    fd = os.open(root, os.O_RDONLY)
+    parts = []
+    for i in range(16):
+        part = f"d{i:02}" + "x" * 247
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(part, dir_fd=fd)
+        fd, old = os.open(part, os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+        parts.append(part)
+    f = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    os.write(f, data)
+    os.close(f)
+    os.close(fd)
+    return "/".join([*parts, name])
+
+
+def test_paths_up_to_path_max_commit_and_unpack_longer_are_refused(tmp_path: Path) -> None:
+    """A path of 4096 bytes (PATH_MAX) goes through commit and unpack; one byte more could be
+    unpacked by nobody, so commit refuses it, naming it, and leaves no layout behind."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    rel = deep_file(tree, "f" * 80, b"deep")
+    assert len(rel) == 4096
+    image = f"oci:{tmp_path}/img:v1"
+    proc = run_cli("commit", "--upper", str(tree), image, "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("unpack", image, str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    fd = os.open(tmp_path / "out", os.O_RDONLY)
+    for part in rel.split("/")[:-1]:
+        fd, old = os.open(part, os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    f = os.open(rel.rsplit("/", 1)[1], os.O_RDONLY, dir_fd=fd)
+    assert os.read(f, 10) == b"deep"
+
+    too_long = deep_file(tree, "g" * 81, b"x")
+    proc = run_cli("commit", "--upper", str(tree), f"oci:{tmp_path}/new:v1", "--progress", "none")
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("layerdiff: error: ")
+    assert (
+        f"{tree}/{too_long}: its name in the layer would be longer than 4096 bytes" in proc.stderr
+    )
+    assert not (tmp_path / "new").exists()
 
 
 def test_cli_commit_warns_about_what_others_lose(tmp_path: Path) -> None:

@@ -46,7 +46,9 @@ pub(super) fn to_pyerr(py: Python<'_>, err: Error) -> PyErr {
         }
         Error::ReservedName { .. } => one("ReservedNameError"),
         Error::Overlay { .. } => one("OverlayError"),
-        Error::Archive { .. } | Error::StaleIndex(_) => one("FormatError"),
+        Error::Archive { .. } | Error::StaleIndex(_) | Error::PathTooLong { .. } => {
+            one("FormatError")
+        }
         Error::Limit { .. } => one("LimitError"),
         Error::DigestMismatch { .. } => one("DigestMismatchError"),
         Error::InvalidArgument(_) => one("InvalidArgumentError"),
