@@ -123,6 +123,10 @@ pub fn diff_dirs(lower: &Path, upper: &Path, opts: &DiffOptions) -> Result<Vec<C
 /// Without `lowers`, or if that mount fails, the answer is [`Error::Overlay`] naming the entry:
 /// never a wrong layer.
 ///
+/// A file copied up as one name of a lower hard-link set with `index=on` (its
+/// `overlay.nlink` xattr says so) changed its other names too, which the upper dir does not
+/// record: that is an [`Error::Overlay`] as well, unless `lowers` show the file had one name.
+///
 /// A layer of these changes must read its files from the same merged tree: use
 /// [`diff_overlay_view`], which keeps it.
 pub fn diff_overlay(upper: &Path, lowers: &[PathBuf], opts: &DiffOptions) -> Result<Vec<Change>> {
@@ -150,6 +154,7 @@ pub fn diff_overlay_view(
 ) -> Result<OverlayDiff> {
     let upper_fd = walk::open_root(upper)?;
     let entries = walk::walk_fd(upper_fd.as_fd(), upper)?;
+    check_indexed_links(upper, &entries, lowers)?;
     if let Some(moved) = entries.iter().find(|e| needs_merged_view(e)) {
         let (changes, merged) = diff_through_merged_view(upper, lowers, moved, opts)?;
         return Ok(OverlayDiff {
@@ -442,6 +447,57 @@ fn into_changes(m: Merge, lower: &[Entry], upper: Vec<Entry>) -> Vec<Change> {
 /// True when overlayfs recorded the entry relative to somewhere else (see [`diff_overlay`]).
 fn needs_merged_view(e: &Entry) -> bool {
     whiteout::overlay_redirect(e).is_some() || whiteout::is_overlay_metacopy(e)
+}
+
+/// Refuse an upper dir that does not record all of a change: with `index=on` a write to one name
+/// of a lower hard-link set changes every name in the merged tree, but only the name written
+/// is copied up (with an `overlay.nlink` xattr). The other names' change is recorded nowhere in
+/// the upper dir, nor seen by a merged mount built without the index. A file whose lower
+/// counterpart has a single name is fine; without `lowers` that cannot be told.
+fn check_indexed_links(upper: &Path, entries: &[Entry], lowers: &[PathBuf]) -> Result<()> {
+    if !entries.iter().any(whiteout::is_overlay_indexed_link) {
+        return Ok(());
+    }
+    let lowers = open_lowers(lowers)?;
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    for e in entries
+        .iter()
+        .filter(|e| whiteout::is_overlay_indexed_link(e))
+    {
+        let mut names = None;
+        for (fd, root) in &lowers {
+            match walk::open_beneath(fd.as_fd(), &e.path, flags) {
+                Ok(f) => {
+                    let st = rustix::fs::fstat(&f).at(root.join(entry::os_path(&e.path)))?;
+                    names = Some(st.st_nlink);
+                    break;
+                }
+                Err(err)
+                    if matches!(
+                        Errno::from_io_error(&err),
+                        Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP)
+                    ) => {}
+                Err(err) => return Err(err).at(root.join(entry::os_path(&e.path))),
+            }
+        }
+        let why = match names {
+            Some(1) => continue,
+            Some(n) => format!("its lower file has {n} names"),
+            None if lowers.is_empty() => "give its lower directories to check it".to_string(),
+            None => continue,
+        };
+        return Err(Error::Overlay {
+            path: upper.join(entry::os_path(&e.path)),
+            reason: format!(
+                "is a copied-up hard link (overlay.nlink xattr): the upper directory was written \
+                 with index=on, so a change to it also changed its other names in the lower \
+                 directories, which the upper directory does not record ({why}); mount with \
+                 index=off to commit an upper directory, as docker and podman do, or commit the \
+                 mounted merged directory against its lower (--lower LOWER --upper MERGED)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Open each lower directory (top first) for lookups.

@@ -1,5 +1,6 @@
 //! Tests of `diff`.
 
+use std::io::Write;
 use std::os::unix::fs::{PermissionsExt, lchown, symlink};
 use std::path::Path;
 
@@ -653,6 +654,54 @@ fn redirect_without_lowers_is_refused() {
     assert!(
         matches!(&err, Error::Overlay { reason, .. } if reason.contains("mounting")),
         "{err}"
+    );
+}
+
+#[test]
+fn upper_with_indexed_hard_links_is_refused() {
+    if !is_root("upper_with_indexed_hard_links_is_refused") {
+        return;
+    }
+    let lower = tempfile::tempdir().unwrap();
+    let l = lower.path();
+    write(&l.join("a"), b"7");
+    std::fs::hard_link(l.join("a"), l.join("b")).unwrap();
+    write(&l.join("single"), b"1");
+    // With index=on a write to `a` changes `b` in the merged tree too, but only `a` is copied
+    // up: the upper dir alone would make a layer where `b` keeps "7".
+    let mut ovl = Overlay::mount(&[l], "index=on,redirect_dir=off,metacopy=off");
+    let m = ovl.merged.clone();
+    write(&m.join("single"), b"2");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("a"))
+        .unwrap()
+        .write_all(b"8")
+        .unwrap();
+    assert_eq!(std::fs::read(m.join("b")).unwrap(), b"78");
+    ovl.unmount();
+    for lowers in [vec![l], vec![]] {
+        match overlay_diff(&ovl.upper, &lowers) {
+            Err(Error::Overlay { path, reason }) => {
+                assert_eq!(path, ovl.upper.join("a"));
+                assert!(reason.contains("index=on"), "{reason}");
+                let why = if lowers.is_empty() {
+                    "give its lower directories"
+                } else {
+                    "its lower file has 2 names"
+                };
+                assert!(reason.contains(why), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A file of one name copied up under index=on carries no nlink xattr and is fine.
+    let mut ovl = Overlay::mount(&[l], "index=on,redirect_dir=off,metacopy=off");
+    write(&ovl.merged.join("single"), b"3");
+    ovl.unmount();
+    assert_eq!(
+        summary(&overlay_diff(&ovl.upper, &[l]).unwrap()),
+        ["C single"]
     );
 }
 

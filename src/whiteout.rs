@@ -146,6 +146,16 @@ pub fn overlay_xattr_is_user(entry: &Entry, key: &[u8]) -> bool {
     !has(OVERLAY_XATTR_PREFIXES[0]) && has(OVERLAY_XATTR_PREFIXES[1])
 }
 
+/// True when overlayfs indexed the entry as a hard link (`index=on`, or `nfs_export`): it keeps
+/// an `overlay.nlink` xattr on an upper file that is one name of a lower inode with several.
+///
+/// > With the "inodes index" feature, on copy up of any lower inode, an index entry is created
+/// > [...] when a hardlink to a lower inode is copied up, [...] the other aliases of the same
+/// > lower inode see the same upper inode.
+pub fn is_overlay_indexed_link(entry: &Entry) -> bool {
+    entry.kind != Kind::Dir && overlay_xattr(&entry.xattrs, b"nlink").is_some()
+}
+
 /// True when a directory's xattrs say it may contain xattr whiteouts.
 ///
 /// > A merge directory containing regular files with the xattr "trusted.overlay.whiteout",

@@ -13,6 +13,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,43 @@ def test_run_commit_gives_exactly_the_changes(image: str, store_home: Path) -> N
     history = layerdiff.history("app:2")
     assert history[0].comment == "changed"
     assert len(load_image("app:2").layers) == 2
+
+
+@pytest.fixture
+def overlay_index_on_by_default() -> Iterator[None]:
+    """The overlay module's default made ``index=on``, as some kernels are built."""
+    param = Path("/sys/module/overlay/parameters/index")
+    if not param.exists():
+        pytest.skip("overlay module parameters not available")
+    before = param.read_text().strip()
+    param.write_text("Y")
+    try:
+        yield
+    finally:
+        param.write_text(before)
+
+
+def test_container_overlay_has_no_inode_index_whatever_the_kernel_default(
+    image: str, tmp_path: Path, store_home: Path, overlay_index_on_by_default: None
+) -> None:
+    """With the index, writing one name of a hard-link set changes the others in place, which
+    the upper dir does not record: the runtime mounts without it, so the commit is right."""
+    root = busybox_rootfs(tmp_path / "rootfs")
+    (root / "data").mkdir()
+    (root / "data" / "a").write_text("7")
+    os.link(root / "data" / "a", root / "data" / "b")
+    base = f"oci:{tmp_path / 'layout'}:links"
+    layerdiff.commit(root, image=base, changes=['CMD ["sh"]'])
+    seen = run_cli(
+        "run", "--name", "hl", base, "--", "sh", "-c", "echo 8 >> /data/a; cat /data/a /data/b"
+    )  # fmt: skip
+    assert seen.returncode == 0, seen.stderr
+    committed = run_cli("commit", "--progress", "none", "hl", "links:2")
+    assert committed.returncode == 0, committed.stderr
+    after = sh("links:2", "cat /data/a /data/b")
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == seen.stdout
+    assert seen.stdout.split() == ["78", "7"]
 
 
 def test_commit_keeps_the_container_config_and_applies_changes(

@@ -57,11 +57,13 @@ fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
         spec.work.display()
     );
     // Without redirect_dir and metacopy, the upper dir describes its changes by itself (a
-    // renamed directory is copied up whole), which is what a commit reads.
+    // renamed directory is copied up whole), which is what a commit reads. Without the inode
+    // index too, whatever the kernel's default: with it, writing one name of a lower hard-link
+    // set changes the other names in place of copying them up.
     if spec.rootless {
-        data.push_str(",userxattr");
+        data.push_str(",userxattr,index=off");
     } else {
-        data.push_str(",redirect_dir=off,metacopy=off");
+        data.push_str(",redirect_dir=off,metacopy=off,index=off");
     }
     let data = CString::new(data).map_err(|_| "overlay options contain a NUL byte".to_string())?;
     // Lower dirs are named relative to the layer cache: the options must fit in one page.
