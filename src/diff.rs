@@ -83,7 +83,8 @@ pub struct DiffOptions {
 /// - Hardlinks: when any member of an upper hardlink set is added or modified, or the set's
 ///   members differ from the lower's (compared as path sets, never inode numbers), every member
 ///   of the set is listed, so the layer can express the link.
-/// - Unix sockets never enter a layer: to the diff they are absent.
+/// - Unix sockets are changes like any other entry (as in `docker diff`); a layer leaves them
+///   out with a warning, and whites out what a socket replaced.
 pub fn diff_dirs(lower: &Path, upper: &Path, opts: &DiffOptions) -> Result<Vec<Change>> {
     let lower_fd = walk::open_root(lower)?;
     let upper_fd = walk::open_root(upper)?;
@@ -111,7 +112,8 @@ pub fn diff_dirs(lower: &Path, upper: &Path, opts: &DiffOptions) -> Result<Vec<C
 ///   exist there), [`ChangeKind::Added`] otherwise. With no `lowers` nothing can be looked up:
 ///   directories are `Modified` (in an upper dir they are usually parents created by copy-up)
 ///   and everything else `Added`. The layer is the same either way; only the letter differs.
-/// - A Unix socket never enters a layer; one that hides a lower path is `Deleted`.
+/// - A Unix socket is a change like any other entry; a layer leaves it out with a warning, and
+///   whites out the lower path it hides.
 /// - Every entry of the upper directory is listed, hardlink sets included (all their members
 ///   are in the upper directory). Contents are never compared, so `opts` only matters for the
 ///   fallback below.
@@ -237,10 +239,9 @@ fn diff_trees(lower: Tree<'_>, upper: Tree<'_>, opts: &DiffOptions) -> Result<Ve
     Ok(into_changes(merge, &l, u))
 }
 
-/// Walk one side, without sockets (never layer content) and without overlayfs' xattrs.
+/// Walk one side, without overlayfs' xattrs.
 fn walk_for_diff(tree: Tree<'_>) -> Result<Vec<Entry>> {
     let mut entries = walk::walk_fd(tree.fd, tree.path)?;
-    entries.retain(|e| e.kind != Kind::Socket);
     entries.iter_mut().for_each(whiteout::strip_overlay_xattrs);
     Ok(entries)
 }
@@ -558,10 +559,6 @@ fn classify_upper(
             if whiteout::is_overlay_whiteout(e, marked.contains(entry::parent(&e.path))) {
                 let hidden = below_any(&e.path, &opaque);
                 return Ok((!hidden).then_some((ChangeKind::Deleted, false)));
-            }
-            if e.kind == Kind::Socket {
-                let hides = !lowers.is_empty() && in_lowers(lowers, &e.path)?;
-                return Ok(hides.then_some((ChangeKind::Deleted, false)));
             }
             let kind = if existed(e)? {
                 ChangeKind::Modified

@@ -339,13 +339,42 @@ fn hardlink_structure_is_compared() {
 }
 
 #[test]
-fn sockets_are_absent() {
+fn sockets_are_changes() {
     let (l, u) = pair(base, |r| {
         std::fs::remove_file(r.join("keep")).unwrap();
         std::os::unix::net::UnixListener::bind(r.join("keep")).unwrap();
         std::os::unix::net::UnixListener::bind(r.join("sock")).unwrap();
     });
-    assert_eq!(diff(l.path(), u.path()), ["D keep"]);
+    assert_eq!(diff(l.path(), u.path()), ["C keep", "A sock"]);
+}
+
+#[test]
+fn overlay_sockets_are_changes_and_a_layer_whites_out_what_one_replaced() {
+    let (l, u) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(&l.path().join("keep"), b"k");
+    let _a = std::os::unix::net::UnixListener::bind(u.path().join("keep")).unwrap();
+    let _b = std::os::unix::net::UnixListener::bind(u.path().join("new")).unwrap();
+    let changes = overlay_diff(u.path(), &[l.path()]).unwrap();
+    assert_eq!(summary(&changes), ["C keep", "A new"]);
+    let mut blob = Vec::new();
+    let opts = crate::layer::LayerOptions {
+        compression: crate::compress::Compression::None,
+        ..Default::default()
+    };
+    let info = crate::layer::write_layer(u.path(), &changes, &opts, &mut blob).unwrap();
+    let names: Vec<String> = tar::Archive::new(&blob[..])
+        .entries()
+        .unwrap()
+        .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+        .collect();
+    assert_eq!(names, [".wh.keep"]);
+    assert_eq!(
+        info.warnings,
+        [
+            "keep: socket not stored in the layer",
+            "new: socket not stored in the layer"
+        ]
+    );
 }
 
 #[test]

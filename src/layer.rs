@@ -223,9 +223,12 @@ fn plan_level(
         groups.push((i, j, start + name_len, name_len == rest.len()));
         i = j;
     }
-    // Whiteouts first ...
+    // Whiteouts first (a socket, never stored, leaves one for what it replaced) ...
     for &(g, end, _, real) in &groups {
-        if real && changes[g].kind == ChangeKind::Deleted {
+        let c = &changes[g];
+        let replaced_by_socket = c.kind == ChangeKind::Modified
+            && c.entry.as_ref().is_some_and(|e| e.kind == Kind::Socket);
+        if real && (c.kind == ChangeKind::Deleted || replaced_by_socket) {
             if end > g + 1 {
                 return Err(Error::InvalidArgument(format!(
                     "{:?}: changes below a deleted path",

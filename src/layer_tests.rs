@@ -224,6 +224,17 @@ fn hardlinks_point_at_the_first_path_and_sockets_are_left_out() {
     assert_eq!(planned(&changes), ["a", "a/x", "z => a/x"]);
     let (_, warnings) = plan(Path::new("/up"), &changes).unwrap();
     assert_eq!(warnings, ["s: socket not stored in the layer"]);
+    // A socket in place of what the lower had: that is whited out, before its siblings.
+    let mut replaced = added(entry(b"a/r", Kind::Socket));
+    replaced.kind = ChangeKind::Modified;
+    let changes = sorted(vec![
+        added(entry(b"a", Kind::Dir)),
+        added(entry(b"a/b", Kind::File)),
+        replaced,
+    ]);
+    assert_eq!(planned(&changes), ["a", "a/.wh.r", "a/b"]);
+    let (_, warnings) = plan(Path::new("/up"), &changes).unwrap();
+    assert_eq!(warnings, ["a/r: socket not stored in the layer"]);
 }
 
 #[test]

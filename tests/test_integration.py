@@ -480,6 +480,46 @@ def test_cli_commit_warns_about_what_others_lose(tmp_path: Path) -> None:
     assert [f"layerdiff: warning: {w}" for w in warnings] == plain.stderr.splitlines()
 
 
+@pytest.mark.parametrize("mode", ["two-tree", "overlay"])
+def test_commit_of_changes_warns_about_sockets_and_whites_out_what_they_replaced(
+    tmp_path: Path, mode: str
+) -> None:
+    """A socket is a change like any other (as in docker diff): the layer leaves it out with a
+    warning, and a socket where the lower had a file still removes that file."""
+    import socket
+
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    lower.mkdir()
+    (lower / "f").write_text("old")
+    (lower / "keep").write_text("k")
+    layout = f"oci:{tmp_path}/l"
+    assert run_cli("commit", "--upper", str(lower), f"{layout}:base", "--progress", "none")
+    if mode == "two-tree":
+        shutil.copytree(lower, upper, symlinks=True)
+        (upper / "f").unlink()
+        args = ["--lower", str(lower), "--upper", str(upper)]
+        diff_args = [str(lower), str(upper)]
+    else:
+        upper.mkdir()
+        args = ["--overlay", "--upper", str(upper), "--lower", str(lower)]
+        diff_args = ["--overlay", str(upper), "--lower", str(lower)]
+    with socket.socket(socket.AF_UNIX) as a, socket.socket(socket.AF_UNIX) as b:
+        a.bind(str(upper / "f"))
+        b.bind(str(upper / "new.sock"))
+        diff = run_cli("diff", *diff_args)
+        proc = run_cli("commit", *args, "--from", f"{layout}:base", f"{layout}:next")
+    assert diff.returncode == 0, diff.stderr
+    assert diff.stdout.splitlines() == ["C /f", "A /new.sock"]
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "warning" in line] == [
+        "layerdiff: warning: f: socket not stored in the layer",
+        "layerdiff: warning: new.sock: socket not stored in the layer",
+    ]
+    out = tmp_path / "out"
+    assert run_cli("unpack", f"{layout}:next", str(out)).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["keep"]
+
+
 def test_failed_commit_keeps_store(rootfs: Path, tmp_path: Path, store_home: Path) -> None:
     layerdiff.commit(rootfs, image="app")
     index = store_home / "images" / "index.json"
