@@ -11,11 +11,13 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use rustix::fs::OFlags;
 use rustix::io::Errno;
 
+use crate::cancel::{Cancel, NEVER};
 use crate::entry::{self, Entry, Kind, cmp_paths};
 use crate::error::{Error, IoContext, Result};
 use crate::{walk, whiteout};
@@ -61,6 +63,15 @@ pub struct DiffOptions {
     /// Compare regular-file contents (blake3) when size matches but mtime differs, so a touched
     /// but identical file is not reported.
     pub content: bool,
+    /// Checked between directories and between files hashed: once set, the diff stops with
+    /// [`Error::Interrupted`].
+    pub cancel: Option<Arc<Cancel>>,
+}
+
+impl DiffOptions {
+    fn cancel(&self) -> &Cancel {
+        self.cancel.as_deref().unwrap_or(&NEVER)
+    }
 }
 
 /// Changes that turn the tree `lower` into the tree `upper`, in [`crate::entry::cmp_paths`] order.
@@ -155,7 +166,7 @@ pub fn diff_overlay_view(
     opts: &DiffOptions,
 ) -> Result<OverlayDiff> {
     let upper_fd = walk::open_root(upper)?;
-    let entries = walk::walk_fd(upper_fd.as_fd(), upper)?;
+    let entries = walk::walk_fd(upper_fd.as_fd(), upper, opts.cancel())?;
     check_indexed_links(upper, &entries, lowers)?;
     if let Some(moved) = entries.iter().find(|e| needs_merged_view(e)) {
         let (changes, merged) = diff_through_merged_view(upper, lowers, moved, opts)?;
@@ -223,11 +234,15 @@ struct Merge {
 }
 
 fn diff_trees(lower: Tree<'_>, upper: Tree<'_>, opts: &DiffOptions) -> Result<Vec<Change>> {
-    let (l, u) = rayon::join(|| walk_for_diff(lower), || walk_for_diff(upper));
+    let cancel = opts.cancel();
+    let (l, u) = rayon::join(
+        || walk_for_diff(lower, cancel),
+        || walk_for_diff(upper, cancel),
+    );
     let (l, u) = (l?, u?);
     let mut merge = merge(&l, &u);
     if opts.content {
-        settle_by_content(&mut merge, &l, &u, lower, upper)?;
+        settle_by_content(&mut merge, &l, &u, (lower, upper), cancel)?;
     } else {
         for (state, _) in &mut merge.upper {
             if *state == State::MtimeOnly {
@@ -240,8 +255,8 @@ fn diff_trees(lower: Tree<'_>, upper: Tree<'_>, opts: &DiffOptions) -> Result<Ve
 }
 
 /// Walk one side, without overlayfs' xattrs.
-fn walk_for_diff(tree: Tree<'_>) -> Result<Vec<Entry>> {
-    let mut entries = walk::walk_fd(tree.fd, tree.path)?;
+fn walk_for_diff(tree: Tree<'_>, cancel: &Cancel) -> Result<Vec<Entry>> {
+    let mut entries = walk::walk_fd(tree.fd, tree.path, cancel)?;
     entries.iter_mut().for_each(whiteout::strip_overlay_xattrs);
     Ok(entries)
 }
@@ -316,8 +331,8 @@ fn settle_by_content(
     m: &mut Merge,
     l: &[Entry],
     u: &[Entry],
-    lower: Tree<'_>,
-    upper: Tree<'_>,
+    (lower, upper): (Tree<'_>, Tree<'_>),
+    cancel: &Cancel,
 ) -> Result<()> {
     let todo: Vec<(usize, usize)> = m
         .upper
@@ -327,7 +342,7 @@ fn settle_by_content(
         .collect();
     let equal: Vec<bool> = todo
         .par_iter()
-        .map(|&(j, i)| Ok(hash_file(lower, &l[i])? == hash_file(upper, &u[j])?))
+        .map(|&(j, i)| Ok(hash_file(lower, &l[i], cancel)? == hash_file(upper, &u[j], cancel)?))
         .collect::<Result<_>>()?;
     for (&(j, _), equal) in todo.iter().zip(equal) {
         m.upper[j].0 = if equal { State::Same } else { State::Modified };
@@ -335,14 +350,29 @@ fn settle_by_content(
     Ok(())
 }
 
-/// blake3 of a regular file of `tree`, opened beneath its root without following any symlink.
-fn hash_file(tree: Tree<'_>, e: &Entry) -> Result<blake3::Hash> {
+/// blake3 of a regular file of `tree`, opened beneath its root without following any symlink;
+/// `cancel` is checked between chunks.
+fn hash_file(tree: Tree<'_>, e: &Entry, cancel: &Cancel) -> Result<blake3::Hash> {
+    use std::io::Read;
     let path = tree.full_path(&e.path);
     // NONBLOCK: should the file have been swapped for a FIFO meanwhile, do not hang on it.
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = walk::open_beneath(tree.fd, &e.path, flags).at(&path)?;
+    let mut file = std::fs::File::from(fd);
     let mut hasher = blake3::Hasher::new();
-    let found = std::io::copy(&mut std::fs::File::from(fd), &mut hasher).at(&path)?;
+    let mut buf = vec![0; HASH_CHUNK];
+    let mut found = 0u64;
+    loop {
+        cancel.check()?;
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err).at(&path),
+        };
+        hasher.update(&buf[..n]);
+        found += n as u64;
+    }
     if found != e.size {
         return Err(Error::FileChanged {
             path,
@@ -352,6 +382,9 @@ fn hash_file(tree: Tree<'_>, e: &Entry) -> Result<blake3::Hash> {
     }
     Ok(hasher.finalize())
 }
+
+/// Bytes read per step while hashing a file.
+const HASH_CHUNK: usize = 256 << 10;
 
 /// The (dev, ino) of every hardlinked regular file, with its members (indices, in path order).
 fn link_sets(entries: &[Entry]) -> HashMap<(u64, u64), Vec<usize>> {
@@ -687,8 +720,10 @@ fn with_fs_log(fs: &OwnedFd, step: &str, errno: Errno) -> std::io::Error {
 }
 
 /// Every object of the tree at `upper` as an added change: the layer of a whole root filesystem.
-pub fn full_tree(upper: &Path) -> Result<Vec<Change>> {
-    Ok(crate::walk::walk(upper)?
+/// Once `cancel` is set the walk stops with [`Error::Interrupted`].
+pub fn full_tree(upper: &Path, cancel: &Cancel) -> Result<Vec<Change>> {
+    let fd = walk::open_root(upper)?;
+    Ok(walk::walk_fd(fd.as_fd(), upper, cancel)?
         .into_iter()
         .map(|e| Change {
             kind: ChangeKind::Added,

@@ -151,7 +151,10 @@ fn mtime_only_change_and_content_mode() {
     set_mtime(&u.path().join("a/f2"), T0.0 + 1, 0);
     set_mtime(&u.path().join("keep"), T0.0, T0.1 + 1);
     assert_eq!(diff(l.path(), u.path()), ["C a/f2", "C keep"]);
-    let content = DiffOptions { content: true };
+    let content = DiffOptions {
+        content: true,
+        ..Default::default()
+    };
     assert_eq!(
         summary(&diff_dirs(l.path(), u.path(), &content).unwrap()),
         ["C a/f2"]
@@ -186,7 +189,10 @@ fn paths_longer_than_path_max_are_compared_and_looked_up() {
     )
     .unwrap();
     rustix::fs::futimens(&f, &times).unwrap();
-    let content = DiffOptions { content: true };
+    let content = DiffOptions {
+        content: true,
+        ..Default::default()
+    };
     assert_eq!(
         summary(&diff_dirs(l.path(), u.path(), &content).unwrap()),
         Vec::<String>::new()
@@ -375,6 +381,24 @@ fn overlay_sockets_are_changes_and_a_layer_whites_out_what_one_replaced() {
             "new: socket not stored in the layer"
         ]
     );
+}
+
+#[test]
+fn a_cancelled_diff_stops_with_interrupted() {
+    let (l, u) = pair(base, |r| write(&r.join("a/new"), b"n"));
+    let cancel = Arc::new(Cancel::new());
+    cancel.cancel();
+    let opts = DiffOptions {
+        content: true,
+        cancel: Some(cancel),
+    };
+    for result in [
+        diff_dirs(l.path(), u.path(), &opts),
+        diff_overlay(u.path(), &[], &opts),
+        full_tree(u.path(), opts.cancel.as_deref().unwrap()),
+    ] {
+        assert!(matches!(result, Err(Error::Interrupted)), "{result:?}");
+    }
 }
 
 #[test]
@@ -856,7 +880,7 @@ fn without_paths_drops_exactly_the_named_paths() {
         std::fs::create_dir_all(full.parent().unwrap()).unwrap();
         write(&full, b"x");
     }
-    let all = full_tree(t.path()).unwrap();
+    let all = full_tree(t.path(), &crate::cancel::NEVER).unwrap();
     let kept = without_paths(all.clone(), &["/etc/hosts".into(), "etc/hostname".into()]);
     assert_eq!(summary(&kept), ["A etc", "A etc/hostsx", "A hosts"]);
     assert_eq!(without_paths(all.clone(), &[]), all);
@@ -873,7 +897,10 @@ fn root_owner_maps_only_the_given_ids() {
         write(&p, b"x");
         lchown(&p, Some(uid), Some(gid)).unwrap();
     }
-    let changes = with_root_owner(full_tree(t.path()).unwrap(), Some((1000, 1000)));
+    let changes = with_root_owner(
+        full_tree(t.path(), &crate::cancel::NEVER).unwrap(),
+        Some((1000, 1000)),
+    );
     let owners: Vec<(u32, u32)> = changes
         .iter()
         .filter(|c| c.path != b"")

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use rustix::fs::{Mode, OFlags};
 
 use crate::apply::PATH_MAX;
+use crate::cancel::{Cancel, NEVER};
 use crate::compress::{Compression, Compressor, resolve_threads};
 use crate::diff::{Change, ChangeKind};
 use crate::digest::Sha256Hasher;
@@ -506,6 +507,10 @@ fn write_ops<W: Write>(
                     Kind::File => {
                         let mut body = tar.begin_file(&meta, e.size)?;
                         loop {
+                            // Also between the chunks of a big file.
+                            if let Some(c) = cancel {
+                                c.check()?;
+                            }
                             let piece = next_piece()?;
                             debug_assert_eq!(piece.file, i, "reader out of step");
                             let data = piece.data.map_err(|err| relocate(err, upper))?;
@@ -723,7 +728,8 @@ pub fn write_layer_file<'a>(
     blobs_dir: &Path,
 ) -> Result<LayerInfo> {
     let contents = upper.into();
-    write_blob_file(blobs_dir, |blob, tmp_path| {
+    let cancel = opts.cancel.as_deref().unwrap_or(&NEVER);
+    write_blob_file(blobs_dir, cancel, |blob, tmp_path| {
         write_layer_into(contents, changes, opts, blob, tmp_path)
     })
 }
@@ -742,9 +748,11 @@ impl Write for BlobFile {
 
 /// Write a layer blob into `blobs_dir` with `produce` (given the file and its temporary path):
 /// temporary file, fsync, rename to the digest's hex name, fsync of the directory. On error the
-/// temporary file is removed and nothing else changes.
+/// temporary file is removed and nothing else changes; so too when `cancel` is set by the time
+/// the blob is written (the caller is going away: a finished blob would be left to nobody).
 pub fn write_blob_file(
     blobs_dir: &Path,
+    cancel: &Cancel,
     produce: impl FnOnce(BlobFile, &Path) -> Result<(LayerInfo, BlobFile)>,
 ) -> Result<LayerInfo> {
     let (tmp_path, file) = create_temp(blobs_dir)?;
@@ -759,6 +767,7 @@ pub fn write_blob_file(
         let (mut info, mut blob) = produce(blob, &tmp_path)?;
         blob.0.sync().at(&tmp_path)?;
         drop(blob);
+        cancel.check()?;
         let hex = info.digest.strip_prefix("sha256:").expect("sha256 digest");
         let final_path = blobs_dir.join(hex);
         std::fs::rename(&tmp_path, &final_path).at(&final_path)?;

@@ -570,6 +570,65 @@ fn a_file_that_changed_size_is_an_error() {
     }
 }
 
+/// A sink that cancels the layer once it has taken `after` bytes, and counts what it took.
+struct CancelAfter {
+    cancel: Arc<crate::cancel::Cancel>,
+    after: u64,
+    taken: u64,
+}
+
+impl Write for CancelAfter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.taken += buf.len() as u64;
+        if self.taken > self.after {
+            self.cancel.cancel();
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn cancel_is_seen_inside_a_big_file_and_leaves_no_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    File::create(dir.path().join("big"))
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let changes = vec![added(stat(dir.path(), b"big"))];
+    let cancel = Arc::new(crate::cancel::Cancel::new());
+    let mut o = opts(Compression::None, 1);
+    o.cancel = Some(cancel.clone());
+    let mut sink = CancelAfter {
+        cancel: cancel.clone(),
+        after: 4 << 20,
+        taken: 0,
+    };
+    let err = write_layer(dir.path(), &changes, &o, &mut sink).unwrap_err();
+    assert!(matches!(err, Error::Interrupted), "{err:?}");
+    assert!(sink.taken < 64 << 20, "went on for {} bytes", sink.taken);
+
+    // Cancelled once the blob is complete: it is not put in place either.
+    let blobs = tempfile::tempdir().unwrap();
+    let cancel = crate::cancel::Cancel::new();
+    let err = write_blob_file(blobs.path(), &cancel, |blob, tmp| {
+        let (info, blob) = write_layer_into(
+            dir.path().into(),
+            &changes,
+            &opts(Compression::Gzip { level: 1 }, 1),
+            blob,
+            tmp,
+        )?;
+        cancel.cancel();
+        Ok((info, blob))
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Interrupted), "{err:?}");
+    assert_eq!(std::fs::read_dir(blobs.path()).unwrap().count(), 0);
+}
+
 #[test]
 fn a_file_that_vanished_after_the_walk_is_an_error_naming_it() {
     for name in [&b"etc/hostname"[..], b"etc/big"] {

@@ -751,7 +751,7 @@ fn squash_once(
         opts.reuse = Some(std::sync::Arc::new(index));
     }
     let opts = &opts;
-    write_blob_file(blobs_dir, |blob, tmp| {
+    write_blob_file(blobs_dir, cancel, |blob, tmp| {
         let mut out = Pipeline::new(blob, opts, resolve_threads(opts.threads), tmp)?;
         let mut sources = Sources {
             range,

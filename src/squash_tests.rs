@@ -272,7 +272,13 @@ fn squash_applies_like_the_layers_in_order() {
         compression: crate::compress::Compression::Gzip { level: 1 },
         ..LayerOptions::default()
     };
-    let l1 = write_layer_file(&a, &full_tree(&a).unwrap(), &opts, &blobs).unwrap();
+    let l1 = write_layer_file(
+        &a,
+        &full_tree(&a, &crate::cancel::NEVER).unwrap(),
+        &opts,
+        &blobs,
+    )
+    .unwrap();
     let l2 = write_layer_file(
         &b,
         &diff_dirs(&a, &b, &DiffOptions::default()).unwrap(),
@@ -480,7 +486,13 @@ fn squash_takes_members_of_its_sources_and_writes_the_same_bytes() {
         compression: Compression::Gzip { level: 1 },
         ..LayerOptions::default()
     };
-    let l1 = write_layer_file(&a, &full_tree(&a).unwrap(), &gzip, &blobs).unwrap();
+    let l1 = write_layer_file(
+        &a,
+        &full_tree(&a, &crate::cancel::NEVER).unwrap(),
+        &gzip,
+        &blobs,
+    )
+    .unwrap();
     let l2 = write_layer_file(
         &b,
         &diff_dirs(&a, &b, &DiffOptions::default()).unwrap(),
@@ -539,7 +551,13 @@ fn two_gzip_layers(t: &Path) -> (Vec<PathBuf>, LayerOptions) {
         compression: Compression::Gzip { level: 1 },
         ..LayerOptions::default()
     };
-    let l1 = write_layer_file(&a, &full_tree(&a).unwrap(), &gzip, &blobs).unwrap();
+    let l1 = write_layer_file(
+        &a,
+        &full_tree(&a, &crate::cancel::NEVER).unwrap(),
+        &gzip,
+        &blobs,
+    )
+    .unwrap();
     let changes = diff_dirs(&a, &b, &DiffOptions::default()).unwrap();
     let l2 = write_layer_file(&b, &changes, &gzip, &blobs).unwrap();
     (vec![l1.path.unwrap(), l2.path.unwrap()], gzip)
@@ -703,7 +721,13 @@ fn a_written_layer_leaves_the_index_reading_it_gives() {
             index_dir: Some(idx.clone()),
             ..LayerOptions::default()
         };
-        let l1 = write_layer_file(&a, &full_tree(&a).unwrap(), &opts, &out).unwrap();
+        let l1 = write_layer_file(
+            &a,
+            &full_tree(&a, &crate::cancel::NEVER).unwrap(),
+            &opts,
+            &out,
+        )
+        .unwrap();
         let changes = diff_dirs(&a, &b, &DiffOptions::default()).unwrap();
         let l2 = write_layer_file(&b, &changes, &opts, &out).unwrap();
         for info in [l1, l2] {

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags, ResolveFlags, Statx, StatxFlags};
 use rustix::io::Errno;
 
+use crate::cancel::{Cancel, NEVER};
 use crate::entry::{self, Entry, Kind, Timestamp};
 use crate::error::{Error, IoContext, Result};
 
@@ -94,7 +95,7 @@ const PAR_STAT_MIN: usize = 64;
 /// full path.
 pub fn walk(root: &Path) -> Result<Vec<Entry>> {
     let fd = open_root(root)?;
-    walk_fd(fd.as_fd(), root)
+    walk_fd(fd.as_fd(), root, &NEVER)
 }
 
 /// Open `root` as the directory a walk starts from, refusing symlinks and non-directories.
@@ -110,8 +111,9 @@ pub(crate) fn open_root(root: &Path) -> Result<OwnedFd> {
     }
 }
 
-/// Walk the directory open as `root_fd`; `root` is only used to name paths in errors.
-pub(crate) fn walk_fd(root_fd: BorrowedFd<'_>, root: &Path) -> Result<Vec<Entry>> {
+/// Walk the directory open as `root_fd`; `root` is only used to name paths in errors. Once
+/// `cancel` is set the walk stops, before the next directory, with [`Error::Interrupted`].
+pub(crate) fn walk_fd(root_fd: BorrowedFd<'_>, root: &Path, cancel: &Cancel) -> Result<Vec<Entry>> {
     // Xattrs are read through /proc/self/fd (see `entry_xattrs`); say so plainly if it is absent
     // instead of reporting every entry as vanished.
     rustix::fs::statat(CWD, "/proc/self/fd", AtFlags::empty()).at("/proc/self/fd")?;
@@ -119,6 +121,7 @@ pub(crate) fn walk_fd(root_fd: BorrowedFd<'_>, root: &Path) -> Result<Vec<Entry>
     let dir = rustix::fs::openat(root_fd, c".", DIR_FLAGS, Mode::empty()).at(root)?;
     let walk = Walk {
         root,
+        cancel,
         entries: Mutex::new(Vec::new()),
         error: Mutex::new(None),
         failed: AtomicBool::new(false),
@@ -142,6 +145,7 @@ pub(crate) fn walk_fd(root_fd: BorrowedFd<'_>, root: &Path) -> Result<Vec<Entry>
 /// The state shared by the tasks of one walk.
 struct Walk<'r> {
     root: &'r Path,
+    cancel: &'r Cancel,
     entries: Mutex<Vec<Entry>>,
     /// The failure with the smallest path, so the error reported does not depend on timing.
     error: Mutex<Option<(Vec<u8>, Error)>>,
@@ -176,6 +180,9 @@ impl Walk<'_> {
 fn visit_dir<'s>(scope: &rayon::Scope<'s>, walk: &'s Walk<'s>, fd: OwnedFd, rel: Vec<u8>) {
     if walk.failed.load(Ordering::Relaxed) {
         return;
+    }
+    if let Err(e) = walk.cancel.check() {
+        return walk.fail(rel, e);
     }
     let (dir, entries) = match read_dir(walk, fd, &rel) {
         Ok(found) => found,

@@ -79,3 +79,53 @@ def test_a_signal_stops_a_commit_and_leaves_the_store_as_it_was(
     after = sorted(p.name for p in (layout / "blobs" / "sha256").iterdir())
     assert after == before, "a temporary or partial blob was left behind"
     assert (layout / "index.json").read_bytes() == index_before
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "layerdiff", *args], stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_a_signal_inside_a_big_file_stops_the_commit_before_the_file_ends(tmp_path: Path) -> None:
+    """Checked between the chunks of a file too: a commit spending its time on one 16 GiB file
+    stops within moments, not when the file ends, and leaves no blob and no new layout."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a").write_text("a")
+    with open(tree / "z-big", "wb") as f:
+        f.truncate(16 << 30)
+    layout = tmp_path / "new-layout"
+    proc = cli("commit", "--progress", "none", "--upper", str(tree), f"oci:{layout}:x")
+    deadline = time.monotonic() + 20
+    blobs = layout / "blobs" / "sha256"
+    while not (blobs.is_dir() and any(p.name.startswith(".tmp-") for p in blobs.iterdir())):
+        assert proc.poll() is None, "the commit finished before it could be interrupted"
+        assert time.monotonic() < deadline, "the commit never started writing its layer"
+        time.sleep(0.01)
+    time.sleep(0.3)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert time.monotonic() - start < 3, "SIGTERM was not seen until the file was read"
+    assert proc.returncode == 143, err
+    assert not layout.exists(), "the layout made for the commit was left behind"
+
+
+def test_ctrl_c_stops_a_diff_promptly(tmp_path: Path) -> None:
+    """A diff is cancelled too, between the files it hashes and the directories it reads."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    for root, mtime in ((lower, 1_600_000_000), (upper, 1_600_000_001)):
+        root.mkdir()
+        for i in range(12):
+            with open(root / f"f{i:02}", "wb") as f:
+                f.truncate(1 << 30)
+            os.utime(root / f"f{i:02}", (mtime, mtime))
+    proc = cli("diff", "--content", str(lower), str(upper))
+    time.sleep(0.5)
+    assert proc.poll() is None, "the diff finished before it could be interrupted"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert time.monotonic() - start < 3, "Ctrl-C was not seen until the diff was done"
+    assert proc.returncode == 130, err

@@ -94,8 +94,11 @@ fn diff(
     upper: PathBuf,
     content: bool,
 ) -> PyResult<Vec<(String, Vec<u8>)>> {
-    let cancel = Cancel::new();
-    let opts = DiffOptions { content };
+    let cancel = Arc::new(Cancel::new());
+    let opts = DiffOptions {
+        content,
+        cancel: Some(cancel.clone()),
+    };
     run_detached(py, &cancel, || core_diff::diff_dirs(&lower, &upper, &opts)).map(changes_to_py)
 }
 
@@ -108,8 +111,11 @@ fn diff_overlay(
     lowers: Vec<PathBuf>,
     content: bool,
 ) -> PyResult<Vec<(String, Vec<u8>)>> {
-    let cancel = Cancel::new();
-    let opts = DiffOptions { content };
+    let cancel = Arc::new(Cancel::new());
+    let opts = DiffOptions {
+        content,
+        cancel: Some(cancel.clone()),
+    };
     run_detached(py, &cancel, || {
         core_diff::diff_overlay(&upper, &lowers, &opts)
     })
@@ -157,7 +163,7 @@ fn write_layer(
     let mut opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
     opts.index_dir = index_dir;
     let info = run_detached(py, &cancel, || {
-        let (changes, view) = source.changes()?;
+        let (changes, view) = source.changes(&cancel)?;
         layer::write_layer_file(source.contents(&view), &changes, &opts, &blobs_dir)
     })?;
     Ok(layer_tuple(info))
@@ -188,9 +194,10 @@ impl LayerSource {
     /// changes, without the excluded paths and with the root owner mapped; and the merged
     /// overlay view to read their contents from when the overlay diff needed one (else they
     /// are read from `upper`).
-    fn changes(&self) -> crate::Result<(Vec<Change>, Option<OwnedFd>)> {
+    fn changes(&self, cancel: &Arc<Cancel>) -> crate::Result<(Vec<Change>, Option<OwnedFd>)> {
         let dopts = DiffOptions {
             content: self.content,
+            cancel: Some(cancel.clone()),
         };
         let (changes, view) = if self.overlay {
             let d = core_diff::diff_overlay_view(&self.upper, &self.lowers, &dopts)?;
@@ -198,7 +205,7 @@ impl LayerSource {
         } else if let Some(lower) = &self.lower {
             (core_diff::diff_dirs(lower, &self.upper, &dopts)?, None)
         } else {
-            (core_diff::full_tree(&self.upper)?, None)
+            (core_diff::full_tree(&self.upper, cancel)?, None)
         };
         let changes = core_diff::without_paths(changes, &self.exclude);
         Ok((core_diff::with_root_owner(changes, self.root_ids), view))
@@ -279,7 +286,7 @@ fn write_layer_to_fd(
     let cancel = Arc::new(Cancel::new());
     let opts = layer_options(compression, level, threads, source_date_epoch, &cancel)?;
     let info = run_detached(py, &cancel, || {
-        let (changes, view) = source.changes()?;
+        let (changes, view) = source.changes(&cancel)?;
         // The sink (the duplicate) is closed when write_layer returns, before the result.
         layer::write_layer(source.contents(&view), &changes, &opts, sink)
     })?;
