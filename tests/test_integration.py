@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import layerdiff
+from layerdiff.image import canonical_json
 from layerdiff.layout import Layout
 from tests.conftest import run_cli
 from tests.refapply import apply_layer
@@ -529,6 +530,59 @@ def test_failed_commit_keeps_store(rootfs: Path, tmp_path: Path, store_home: Pat
     with pytest.raises(layerdiff.ReservedNameError):
         layerdiff.commit(tmp_path / "bad", image="app", base="app")
     assert index.read_bytes() == before
+
+
+def test_a_damaged_base_stops_the_commit_before_anything_is_written(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    """A base whose layer blob is gone or truncated, or whose history does not match its
+    layers, is refused before a byte is written: no image that refers to what is not there."""
+    layout = tmp_path / "l"
+    for tag in ("base", "other"):
+        layerdiff.commit(rootfs, image=f"oci:{layout}:{tag}", source_date_epoch=1)
+    img = Layout.open(layout)
+    index_before = (layout / "index.json").read_bytes()
+
+    def commit_on(base: str, target: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("commit", "--upper", str(rootfs), "--from", base, target)
+
+    manifest = json.loads(img.read_blob(img.resolve("base")["digest"]))
+    blob = img.blob_path(manifest["layers"][0]["digest"])
+    saved = blob.read_bytes()
+    blob.unlink()
+    proc = commit_on(f"oci:{layout}:base", f"oci:{layout}:next")
+    assert proc.returncode == 1
+    assert (
+        f"{blob}: layer {manifest['layers'][0]['digest']} of the base image is missing"
+        in proc.stderr
+    )
+    blob.write_bytes(saved[:-1])
+    proc = commit_on(f"oci:{layout}:base", f"oci:{tmp_path}/elsewhere:next")
+    assert proc.returncode == 1 and f"has {len(saved) - 1} bytes, its manifest says" in proc.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    blob.write_bytes(saved)
+    assert (layout / "index.json").read_bytes() == index_before
+
+    # A history with one entry too many, in a copy of the image made by hand.
+    config = json.loads(img.read_blob(manifest["config"]["digest"]))
+    config["history"].append({"created_by": "stray"})
+    config_desc = img.put_blob(canonical_json(config), media_type=manifest["config"]["mediaType"])
+    bad = {**manifest, "config": config_desc}
+    img.set_tag("bad", img.put_blob(canonical_json(bad), media_type=manifest["mediaType"]))
+    proc = commit_on(f"oci:{layout}:bad", f"oci:{tmp_path}/new:x")
+    assert proc.returncode == 1 and "2 history entries describe a layer" in proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_author_is_the_commits_not_the_bases(rootfs: Path, tmp_path: Path) -> None:
+    """As docker commit: the image's author is the one given to this commit, none without."""
+    ref = f"oci:{tmp_path}/l"
+    layerdiff.commit(rootfs, image=f"{ref}:1", author="Jane <j@x>")
+    layerdiff.commit(rootfs, image=f"{ref}:2", base=f"{ref}:1")
+    layerdiff.commit(rootfs, image=f"{ref}:3", base=f"{ref}:2", author="Joe")
+    configs = [layerdiff.inspect(f"{ref}:{n}")["config"] for n in (1, 2, 3)]
+    assert [c.get("author") for c in configs] == ["Jane <j@x>", None, "Joe"]
+    assert [h.get("author") for h in configs[2]["history"]] == ["Jane <j@x>", None, "Joe"]
 
 
 def test_failed_commit_creates_no_store(tmp_path: Path, store_home: Path) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from layerdiff import refs
 from layerdiff.catalog import Image, load_image
-from layerdiff.errors import InvalidReferenceError
+from layerdiff.errors import FormatError, ImageNotFoundError, InvalidReferenceError
 from layerdiff.fsck import writing
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
@@ -21,6 +21,7 @@ from layerdiff.image import (
     add_layer,
     build_manifest,
     canonical_json,
+    check_history,
     new_config,
     rfc3339,
 )
@@ -36,6 +37,27 @@ __all__ = ["CREATED_BY", "CommitResult", "commit"]
 
 #: ``created_by`` of the history entry a commit adds.
 CREATED_BY = "layerdiff commit"
+
+
+def _check_base(parent: Image) -> None:
+    """Raise unless the base image can carry one more layer: its history matches its layers
+    and every layer blob is present with its size (the commit would otherwise make an image
+    that refers to what is not there)."""
+    check_history(parent.config)
+    for desc in parent.layers:
+        path = parent.layout.blob_path(desc["digest"])
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ImageNotFoundError(
+                f"{path}: layer {desc['digest']} of the base image is missing from its layout "
+                "(layerdiff fsck lists what is damaged)"
+            ) from None
+        if size != desc.get("size"):
+            raise FormatError(
+                f"{path}: layer {desc['digest']} of the base image has {size} bytes, its "
+                f"manifest says {desc.get('size')} (layerdiff fsck lists what is damaged)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +132,8 @@ def commit(
         parent = base
     elif base is not None:
         parent = load_image(base)
+    if parent is not None:
+        _check_base(parent)
     created = rfc3339(epoch)
     base_config = parent.config if parent else new_config(created=created)
     runtime = run_config if run_config is not None else (base_config.get("config") or {})

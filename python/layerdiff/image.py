@@ -189,6 +189,9 @@ def add_layer(
     if author:
         entry["author"] = author
         out["author"] = author
+    else:
+        # As ``docker commit``: the image's author is the commit's, none when none is given.
+        out.pop("author", None)
     if diff_id is None:
         entry["empty_layer"] = True
     else:
