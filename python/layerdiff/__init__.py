@@ -25,9 +25,11 @@ Images are named ``oci:PATH[:TAG]`` or ``NAME[:TAG]`` (the default store, see
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from layerdiff.errors import (
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
         unpack,
     )
     from layerdiff.archive import LoadResult, SaveResult, load, save
+    from layerdiff.blobstatus import BlobStatus
     from layerdiff.catalog import HistoryEntry, ImageSummary, history, images, inspect
     from layerdiff.cgroups import Limits
     from layerdiff.commit import CommitResult, commit
@@ -78,7 +81,6 @@ if TYPE_CHECKING:
     )
     from layerdiff.squash import SquashResult, squash
     from layerdiff.tags import tag, untag
-    from layerdiff.transfer import BlobStatus
 
 # Every name of the API is imported on first use: a command pays only for the modules it needs
 # (the registry client's ``requests`` alone takes longer to import than most commands take to
@@ -114,8 +116,27 @@ _LAZY = {
     ),
     **dict.fromkeys(["SquashResult", "squash"], "layerdiff.squash"),
     **dict.fromkeys(["tag", "untag"], "layerdiff.tags"),
-    "BlobStatus": "layerdiff.transfer",
+    "BlobStatus": "layerdiff.blobstatus",
 }
+
+
+def _ours(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` raising :class:`LayerdiffOSError` (same errno, message and filenames) where a
+    system call in the package's own Python code raised a plain ``OSError``: every error of
+    the API derives from :class:`LayerdiffError`."""
+
+    @functools.wraps(function)
+    def api(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except LayerdiffError:
+            raise
+        except OSError as e:
+            if e.errno is None:
+                raise LayerdiffOSError(*e.args) from e
+            raise LayerdiffOSError(e.errno, e.strerror, e.filename, None, e.filename2) from e
+
+    return api
 
 
 class _Package(types.ModuleType):
@@ -131,6 +152,8 @@ class _Package(types.ModuleType):
         if module is None:
             raise AttributeError(f"module 'layerdiff' has no attribute {name!r}")
         value = getattr(importlib.import_module(module), name)
+        if isinstance(value, types.FunctionType):
+            value = _ours(value)
         super().__setattr__(name, value)
         return value
 

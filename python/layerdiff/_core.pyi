@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from os import PathLike
 
-_Path = str | bytes | PathLike[str] | PathLike[bytes]
+_Path = str | PathLike[str]
 
 __all__ = [
     "DEFAULT_MAX_SIZE",

@@ -13,14 +13,10 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from layerdiff import _core
+from layerdiff import _core, refs
 from layerdiff.errors import FormatError, LayerdiffOSError
-from layerdiff.layer import StrPath
-
-if TYPE_CHECKING:
-    from layerdiff import refs
+from layerdiff.layer import StrPath, check_int
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -89,6 +85,7 @@ def apply(
     """
     if isinstance(layers, (str, os.PathLike)):
         layers = [layers]  # one blob: a str is a Sequence too, of characters
+    check_int("max_size", max_size, 1, 2**64 - 1)
     chown = _privileged() if chown is None else chown
     userxattr = (not _privileged()) if userxattr is None else userxattr
     entries = total = 0
@@ -129,6 +126,7 @@ def unpack(
     # faster without the image modules.
     from layerdiff.catalog import load_image
 
+    check_int("max_size", max_size, 1, 2**64 - 1)
     img = load_image(image)
     target = Path(root)
     marker = incomplete_marker(target)

@@ -458,7 +458,7 @@ def _apply_options(command: _F) -> _F:
     """--chown/--no-chown and --max-size, shared by apply and unpack."""
     command = click.option(
         "--max-size",
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=1, max=2**64 - 1),
         default=layerdiff.DEFAULT_MAX_SIZE,
         show_default=True,
         help="Refuse a layer whose uncompressed size exceeds this many bytes.",

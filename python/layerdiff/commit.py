@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from layerdiff import refs
+from layerdiff.blobstatus import BlobStatus, OnBlob
 from layerdiff.catalog import Image, load_image
-from layerdiff.errors import FormatError, ImageNotFoundError, InvalidReferenceError
+from layerdiff.errors import (
+    FormatError,
+    ImageNotFoundError,
+    InvalidArgumentError,
+    InvalidReferenceError,
+)
 from layerdiff.fsck import writing
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
@@ -27,11 +33,15 @@ from layerdiff.image import (
 )
 from layerdiff.image import source_date_epoch as _resolve_epoch
 from layerdiff.instructions import apply_changes, parse_change
-from layerdiff.layer import LayerInfo, StrPath, check_options, write_layer, write_layer_to_fd
+from layerdiff.layer import (
+    LayerInfo,
+    StrPath,
+    check_options,
+    check_sequence,
+    write_layer,
+    write_layer_to_fd,
+)
 from layerdiff.layout import Layout
-
-if TYPE_CHECKING:
-    from layerdiff.transfer import BlobStatus, OnBlob
 
 __all__ = ["CREATED_BY", "CommitResult", "commit"]
 
@@ -118,6 +128,13 @@ def commit(
     the manifest. ``tls_verify``, ``creds`` and ``on_blob`` are those of ``push``.
     """
     step = on_step or (lambda _msg: None)
+    if not isinstance(image, (str, refs.LayoutRef, refs.RegistryRef)):
+        raise InvalidArgumentError(f"image={image!r}: expected an image reference (a str)")
+    if base is not None and not isinstance(base, (str, refs.LayoutRef, Image)):
+        raise InvalidArgumentError(f"base={base!r}: expected an image reference (a str)")
+    changes = check_sequence("changes", changes)
+    lowers = check_sequence("lowers", lowers)
+    exclude = check_sequence("exclude", exclude)
     target = refs.parse_reference(image) if isinstance(image, str) else image
     if isinstance(target, refs.ArchiveRef):
         raise InvalidReferenceError(

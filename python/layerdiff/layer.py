@@ -13,9 +13,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal, TypeVar, cast
 
 from layerdiff.errors import InvalidArgumentError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "COMPRESSIONS",
@@ -109,7 +111,8 @@ def diff_overlay(
     """Changes recorded by an overlayfs upper directory (``lowers`` top first, optional)."""
     from layerdiff import _core
 
-    return _changes(_core.diff_overlay(upper, lowers=list(lowers), content=content))
+    lowers = check_sequence("lowers", lowers)
+    return _changes(_core.diff_overlay(upper, lowers=lowers, content=content))
 
 
 def _source_date_epoch(explicit: int | None) -> int | None:
@@ -138,6 +141,33 @@ def check_options(*, compression: str, threads: int | None) -> int:
             f"threads={threads}: expected 1 to {MAX_THREADS} (or None for one per core)"
         )
     return threads or 0
+
+
+def check_sequence(name: str, value: Sequence[_T]) -> list[_T]:
+    """``value`` as a list, refusing a lone ``str`` or ``bytes`` (a sequence too, of characters,
+    which would silently mean each character)."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise InvalidArgumentError(f"{name}={value!r}: expected a list of them, not one")
+    return list(value)
+
+
+def check_int(name: str, value: int, low: int, high: int) -> int:
+    """``value`` if it is an int from ``low`` to ``high``, else InvalidArgumentError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgumentError(f"{name}={value!r}: expected an integer from {low} to {high}")
+    return value
+
+
+def _check_root_ids(root_ids: tuple[int, int] | None) -> tuple[int, int] | None:
+    if root_ids is None:
+        return None
+    if not isinstance(root_ids, tuple) or len(root_ids) != 2:
+        raise InvalidArgumentError(f"root_ids={root_ids!r}: expected (uid, gid)")
+    # 2**32 - 1 is the kernel's "no id" (-1): not an owner.
+    return (
+        check_int("root_ids uid", root_ids[0], 0, 2**32 - 2),
+        check_int("root_ids gid", root_ids[1], 0, 2**32 - 2),
+    )
 
 
 def _check_source(lower: StrPath | None, overlay: bool, lowers: Sequence[StrPath]) -> None:
@@ -175,9 +205,14 @@ def write_layer(
     """
     from layerdiff import _core, refs
 
+    lowers = check_sequence("lowers", lowers)
+    exclude = check_sequence("exclude", exclude)
+    root_ids = _check_root_ids(root_ids)
     _check_source(lower, overlay, lowers)
     n_threads = check_options(compression=compression, threads=threads)
     epoch = _source_date_epoch(source_date_epoch)
+    if os.fspath(dest) == "":
+        raise InvalidArgumentError("dest='': expected a directory or an OCI layout")
     blobs = blobs_dir_for(dest)
     blobs.mkdir(parents=True, exist_ok=True)
 
@@ -215,6 +250,9 @@ def write_layer_to_fd(
     """:func:`write_layer`, but the blob goes to the open file descriptor ``fd`` (the write end
     of a pipe, typically), which stays the caller's to close. ``path`` of the result is
     ``Path()``."""
+    lowers = check_sequence("lowers", lowers)
+    exclude = check_sequence("exclude", exclude)
+    root_ids = _check_root_ids(root_ids)
     _check_source(lower, overlay, lowers)
     n_threads = check_options(compression=compression, threads=threads)
     from layerdiff import _core

@@ -26,19 +26,23 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from layerdiff import layercache, refs
+from layerdiff.blobstatus import OnBlob
 from layerdiff.catalog import Image, load_image
 from layerdiff.cgroups import Cgroup, Limits, unified
 from layerdiff.commit import CommitResult, commit
-from layerdiff.errors import ContainerError, ContainerNotFoundError, LayerdiffOSError
+from layerdiff.errors import (
+    ContainerError,
+    ContainerNotFoundError,
+    InvalidArgumentError,
+    LayerdiffOSError,
+)
 from layerdiff.fsck import writing
 from layerdiff.image import rfc3339
+from layerdiff.layer import check_sequence
 from layerdiff.layout import Layout
-
-if TYPE_CHECKING:
-    from layerdiff.transfer import OnBlob
 
 __all__ = [
     "INIT_FILES",
@@ -243,6 +247,9 @@ def create(
     """
     if network not in ("host", "none"):
         raise ContainerError(f"unknown network mode {network!r} (expected host or none)")
+    command = None if command is None else check_sequence("command", command)
+    entrypoint = None if entrypoint is None else check_sequence("entrypoint", entrypoint)
+    env = check_sequence("env", env)
     img = load_image(image)
     cid = secrets.token_hex(32)
     path = _location(name or cid[:12])
@@ -339,6 +346,10 @@ def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
 
 def start(container: Container) -> RunResult:
     """Run the container's command, wait for it, and return how it ended."""
+    if not isinstance(container, Container):
+        raise InvalidArgumentError(
+            f"container={container!r}: expected a Container (from create or open_container)"
+        )
     limits = Limits(**(container.data.get("limits") or {}))
     if container.state == "running":
         raise ContainerError(f"container {container.name} is already running")

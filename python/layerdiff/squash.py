@@ -20,7 +20,7 @@ from typing import Any
 
 from layerdiff import _core, refs
 from layerdiff.catalog import load_image
-from layerdiff.errors import FormatError
+from layerdiff.errors import FormatError, InvalidArgumentError
 from layerdiff.fsck import writing
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
@@ -113,8 +113,8 @@ def squash(
     count = total if layers is None else layers
     if total == 0:
         raise FormatError(f"{src.ref}: the image has no layers to squash")
-    if not 1 <= count <= total:
-        raise FormatError(f"--layers must be between 1 and {total} for {src.ref}, not {count}")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= total:
+        raise InvalidArgumentError(f"layers={count!r}: must be between 1 and {total} for {src.ref}")
     check_history(src.config)
     epoch = _resolve_epoch(source_date_epoch)
 

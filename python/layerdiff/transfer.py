@@ -21,13 +21,13 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from layerdiff.blobstatus import BlobStatus, OnBlob
 from layerdiff.errors import DigestMismatchError, RegistryError, RegistryUnreachableError
 from layerdiff.layout import Descriptor, Layout, write_atomic
 from layerdiff.registry import Registry, pull_scope, push_scope, retrying, with_query
@@ -42,26 +42,11 @@ __all__ = [
     "push_bytes",
 ]
 
-#: Progress callback: ``(digest, bytes done, size, status)``; ``status`` is None while the blob
-#: is moving, then ``exists``, ``mounted``, ``uploaded`` (push) or ``downloaded`` (pull).
-OnBlob = Callable[[str, int, int, str | None], None]
 
 _CHUNK = 1 << 20  # bytes read and hashed at a time
 _PATCH_CHUNK = 16 << 20  # bytes per PATCH of a streamed layer
 _SOURCES = ".layerdiff.sources.json"
 _SOURCES_KEPT = 8  # repositories remembered per blob
-
-
-@dataclass(frozen=True)
-class BlobStatus:
-    """What happened to one blob."""
-
-    #: ``sha256:…``
-    digest: str
-    #: Bytes.
-    size: int
-    #: ``exists`` | ``mounted`` | ``uploaded`` (push); ``exists`` | ``downloaded`` (pull).
-    status: str
 
 
 def _quiet(_digest: str, _done: int, _size: int, _status: str | None) -> None:

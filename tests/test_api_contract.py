@@ -1,0 +1,103 @@
+"""The Python API's contract: every error derives from LayerdiffError, bad arguments are
+InvalidArgumentError (also a ValueError) before anything is done, and the public names carry
+type hints that resolve at run time."""
+
+from __future__ import annotations
+
+import errno
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import layerdiff
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (root / "etc" / "hostname").write_text("box\n")
+    return root
+
+
+def test_system_call_failures_are_layerdiff_os_errors_with_errno_and_filename(
+    tree: Path, tmp_path: Path
+) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases: list[tuple[Any, int, str]] = [
+        (lambda: layerdiff.write_layer(tree, dest=a_file), errno.EEXIST, str(a_file)),
+        (
+            lambda: layerdiff.commit(tree, image=f"oci:{a_file}/sub:v1"),
+            errno.ENOTDIR,
+            f"{a_file}/sub",
+        ),
+    ]
+    layerdiff.commit(tree, image=f"oci:{tmp_path}/l:v1")
+    cases.append(
+        (
+            lambda: layerdiff.unpack(f"oci:{tmp_path}/l:v1", a_file / "x"),
+            errno.ENOTDIR,
+            str(a_file / "x"),
+        )
+    )
+    for call, code, filename in cases:
+        with pytest.raises(layerdiff.LayerdiffOSError) as info:
+            call()
+        assert isinstance(info.value, OSError)
+        assert info.value.errno == code, info.value
+        assert str(info.value.filename) == filename
+
+
+def test_a_lone_string_is_refused_where_a_list_is_expected(tree: Path, tmp_path: Path) -> None:
+    """A str is a sequence of characters: exclude="etc/hosts" would exclude "e", "t", "c"…"""
+    calls = {
+        "exclude": lambda: layerdiff.write_layer(tree, dest=tmp_path / "b", exclude="etc/hosts"),
+        "lowers": lambda: layerdiff.diff_overlay(tree, lowers=str(tmp_path)),
+        "changes": lambda: layerdiff.commit(tree, image=f"oci:{tmp_path}/l", changes="ENV A=b"),
+        "command": lambda: layerdiff.create("no-such-image", command="echo hi"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(layerdiff.InvalidArgumentError, match=f"^{name}="):
+            call()
+    assert not (tmp_path / "b").exists() and not (tmp_path / "l").exists()
+    # A list works, and excludes what it names.
+    info = layerdiff.write_layer(tree, dest=tmp_path / "b", exclude=["etc/hosts"])
+    assert info.size > 0
+
+
+def test_numbers_out_of_range_and_wrong_types_are_invalid_arguments(
+    tree: Path, tmp_path: Path
+) -> None:
+    layerdiff.commit(tree, image=f"oci:{tmp_path}/l:v1")
+    image = f"oci:{tmp_path}/l:v1"
+    calls: dict[str, Any] = {
+        "max_size=-1": lambda: layerdiff.unpack(image, tmp_path / "o", max_size=-1),
+        "max_size=1180591620717411303424": lambda: layerdiff.apply(
+            tmp_path / "o", [], max_size=2**70
+        ),
+        "root_ids uid": lambda: layerdiff.write_layer(tree, dest=tmp_path, root_ids=(-1, 0)),
+        "layers=0": lambda: layerdiff.squash(image, f"oci:{tmp_path}/l:s", layers=0),
+        "layers=5": lambda: layerdiff.squash(image, f"oci:{tmp_path}/l:s", layers=5),
+        "image=None": lambda: layerdiff.commit(tree, image=None),
+        "base=5": lambda: layerdiff.commit(tree, image=image, base=5),
+        "container='c'": lambda: layerdiff.start("c"),
+        "dest=''": lambda: layerdiff.write_layer(tree, dest=""),
+    }
+    for what, call in calls.items():
+        with pytest.raises(layerdiff.InvalidArgumentError) as info:
+            call()
+        assert isinstance(info.value, ValueError)
+        assert str(info.value).startswith(what), (what, info.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_public_type_hints_resolve_at_run_time() -> None:
+    """For tools that read annotations (pydantic, typeguard…): no name left to TYPE_CHECKING."""
+    for name in layerdiff.__all__:
+        value = getattr(layerdiff, name)
+        if callable(value):
+            typing.get_type_hints(value)
