@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -54,7 +54,7 @@ def test_system_call_failures_are_layerdiff_os_errors_with_errno_and_filename(
 
 def test_a_lone_string_is_refused_where_a_list_is_expected(tree: Path, tmp_path: Path) -> None:
     """A str is a sequence of characters: exclude="etc/hosts" would exclude "e", "t", "c"…"""
-    calls = {
+    calls: dict[str, Any] = {
         "exclude": lambda: layerdiff.write_layer(tree, dest=tmp_path / "b", exclude="etc/hosts"),
         "lowers": lambda: layerdiff.diff_overlay(tree, lowers=str(tmp_path)),
         "changes": lambda: layerdiff.commit(tree, image=f"oci:{tmp_path}/l", changes="ENV A=b"),
@@ -82,9 +82,9 @@ def test_numbers_out_of_range_and_wrong_types_are_invalid_arguments(
         "root_ids uid": lambda: layerdiff.write_layer(tree, dest=tmp_path, root_ids=(-1, 0)),
         "layers=0": lambda: layerdiff.squash(image, f"oci:{tmp_path}/l:s", layers=0),
         "layers=5": lambda: layerdiff.squash(image, f"oci:{tmp_path}/l:s", layers=5),
-        "image=None": lambda: layerdiff.commit(tree, image=None),
-        "base=5": lambda: layerdiff.commit(tree, image=image, base=5),
-        "container='c'": lambda: layerdiff.start("c"),
+        "image=None": lambda: layerdiff.commit(tree, image=cast(Any, None)),
+        "base=5": lambda: layerdiff.commit(tree, image=image, base=cast(Any, 5)),
+        "container='c'": lambda: layerdiff.start(cast(Any, "c")),
         "dest=''": lambda: layerdiff.write_layer(tree, dest=""),
     }
     for what, call in calls.items():

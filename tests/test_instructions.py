@@ -95,6 +95,24 @@ CASES: list[tuple[list[str], dict[str, Any]]] = [
     (["STOPSIGNAL RTMAX-2"], {"StopSignal": "RTMAX-2"}),
     # CMD and ENTRYPOINT keep their words as written.
     (["CMD echo $HOME"], {"Cmd": ["/bin/sh", "-c", "echo $HOME"]}),
+    # HEALTHCHECK and ONBUILD go where docker commit puts them; durations in nanoseconds.
+    (["HEALTHCHECK NONE"], {"Healthcheck": {"Test": ["NONE"]}}),
+    (
+        ["HEALTHCHECK --interval=5s --timeout=1m30s --retries=3 CMD curl -f http://x/ || exit 1"],
+        {
+            "Healthcheck": {
+                "Test": ["CMD-SHELL", "curl -f http://x/ || exit 1"],
+                "Interval": 5_000_000_000,
+                "Timeout": 90_000_000_000,
+                "Retries": 3,
+            }
+        },
+    ),
+    (
+        ['HEALTHCHECK --start-period=0 --start-interval=1.5s CMD ["/bin/check", "-q"]'],
+        {"Healthcheck": {"Test": ["CMD", "/bin/check", "-q"], "StartInterval": 1_500_000_000}},
+    ),
+    (["ONBUILD RUN make", "onbuild COPY . /src"], {"OnBuild": ["RUN make", "COPY . /src"]}),
 ]
 
 
@@ -150,6 +168,18 @@ BAD = [
     ("USER a b", "takes exactly one argument"),
     ("STOPSIGNAL", "takes exactly one argument"),
     ("STOPSIGNAL sig-term", "is not a signal"),
+    ("HEALTHCHECK", "HEALTHCHECK requires at least one argument"),
+    ("HEALTHCHECK NONE x", "HEALTHCHECK NONE takes no arguments"),
+    ("HEALTHCHECK --interval=10us CMD true", "cannot be less than 1ms"),
+    ("HEALTHCHECK --interval=5 CMD true", "not a duration"),
+    ("HEALTHCHECK --timeout CMD true", "needs a value"),
+    ("HEALTHCHECK --retries=-1 CMD true", "--retries cannot be negative"),
+    ("HEALTHCHECK --foo=1 CMD true", "unknown flag: --foo"),
+    ("HEALTHCHECK CMD", "requires at least one argument"),
+    ("HEALTHCHECK EXEC x", "unknown type 'EXEC' in HEALTHCHECK (try CMD)"),
+    ("ONBUILD", "ONBUILD requires at least one argument"),
+    ("ONBUILD ONBUILD RUN x", "chaining ONBUILD"),
+    ("ONBUILD from x", "FROM isn't allowed as an ONBUILD trigger"),
 ]
 
 

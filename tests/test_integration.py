@@ -623,6 +623,24 @@ def test_skopeo_inspect(rootfs: Path, tmp_path: Path) -> None:
     assert info["Architecture"] == layerdiff.inspect(f"oci:{tmp_path}/layout:v1")["architecture"]
 
 
+def test_healthcheck_and_onbuild_changes_are_kept_and_peers_still_read_the_image(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    ref = f"oci:{tmp_path}/layout:hc"
+    proc = run_cli(
+        "commit", "--upper", str(rootfs), ref, "-c", "HEALTHCHECK --interval=30s CMD test -f /ok",
+        "-c", "ONBUILD RUN make",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = layerdiff.inspect(ref)["config"]["config"]
+    assert config["Healthcheck"] == {"Test": ["CMD-SHELL", "test -f /ok"], "Interval": 30 * 10**9}
+    assert config["OnBuild"] == ["RUN make"]
+    peer = subprocess.run(
+        ["skopeo", "inspect", "--config", ref], capture_output=True, text=True, check=False
+    )
+    assert peer.returncode == 0, peer.stderr
+
+
 @pytest.mark.root
 @pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed")
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])

@@ -242,7 +242,8 @@ A CONTAINER is a name from 'layerdiff ps' or a container directory path.
     multiple=True,
     metavar="INSTRUCTION",
     help="Dockerfile instruction for the config: ENV, CMD, ENTRYPOINT, WORKDIR, "
-    "EXPOSE, LABEL, USER, VOLUME, STOPSIGNAL (repeatable). As in a Dockerfile, $VAR is the "
+    "EXPOSE, LABEL, USER, VOLUME, STOPSIGNAL, HEALTHCHECK, ONBUILD (repeatable). As in a "
+    "Dockerfile, $VAR is the "
     "image's (quote it from your shell: -c 'ENV PATH=/opt/bin:$PATH').",
 )
 @click.option(

@@ -3,8 +3,11 @@
 Understood, with Dockerfile syntax: ``ENV K=V …`` / ``ENV K V``, ``CMD`` and ``ENTRYPOINT``
 (JSON exec form ``["a","b"]`` or shell form ``a b`` → ``["/bin/sh","-c","a b"]``), ``WORKDIR``
 (relative to the current one), ``EXPOSE 80 443/udp 8000-8002``, ``LABEL k=v …``, ``USER u[:g]``,
-``VOLUME ["/a"]`` / ``VOLUME /a /b`` and ``STOPSIGNAL``. As in a Dockerfile, ``ENTRYPOINT``
-clears an inherited ``CMD`` unless a ``CMD`` is set by the same list of changes.
+``VOLUME ["/a"]`` / ``VOLUME /a /b``, ``STOPSIGNAL``, ``HEALTHCHECK [--interval=D …] CMD …``
+/ ``HEALTHCHECK NONE`` and ``ONBUILD INSTRUCTION``. As in a Dockerfile, ``ENTRYPOINT`` clears an
+inherited ``CMD`` unless a ``CMD`` is set by the same list of changes. ``Healthcheck`` and
+``OnBuild`` are kept where docker keeps them (the config's ``config``), which the OCI format
+does not define: docker reads them, tools that do not know them pass them by.
 
 As ``docker commit`` does, the arguments of every instruction but ``CMD`` and ``ENTRYPOINT`` go
 through a Dockerfile's word processing: quotes are removed (``'…'`` literally, ``"…"`` with
@@ -30,12 +33,23 @@ from layerdiff.errors import InvalidChangeError
 __all__ = ["Instruction", "apply_changes", "parse_change"]
 
 _SUPPORTED = frozenset(
-    {"ENV", "CMD", "ENTRYPOINT", "WORKDIR", "EXPOSE", "LABEL", "USER", "VOLUME", "STOPSIGNAL"}
-)
+    {
+        "ENV", "CMD", "ENTRYPOINT", "WORKDIR", "EXPOSE", "LABEL", "USER", "VOLUME", "STOPSIGNAL",
+        "HEALTHCHECK", "ONBUILD",
+    }
+)  # fmt: skip
 # Dockerfile instructions that exist but cannot be a commit change (docker says the same).
-_NOT_CHANGES = frozenset(
-    {"ADD", "ARG", "COPY", "FROM", "HEALTHCHECK", "MAINTAINER", "ONBUILD", "RUN", "SHELL"}
-)
+_NOT_CHANGES = frozenset({"ADD", "ARG", "COPY", "FROM", "MAINTAINER", "RUN", "SHELL"})
+# HEALTHCHECK's options and the config keys they set (Go durations, in nanoseconds).
+_HEALTH_DURATIONS = {
+    "interval": "Interval",
+    "timeout": "Timeout",
+    "start-period": "StartPeriod",
+    "start-interval": "StartInterval",
+}
+_GO_DURATION_RE = re.compile(r"(?P<n>\d+(?:\.\d*)?|\.\d+)(?P<unit>ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 10**9}
+_GO_UNITS.update({"m": 60 * 10**9, "h": 3600 * 10**9})
 _PORT_RE = re.compile(r"(?P<lo>\d{1,5})(?:-(?P<hi>\d{1,5}))?(?:/(?P<proto>tcp|udp|sctp))?")
 # Linux signal names (without SIG), as docker's STOPSIGNAL check knows them.
 # fmt: off
@@ -69,6 +83,8 @@ class Instruction:
     pairs: tuple[tuple[str, str], ...] = ()
     #: The change as given, for messages.
     line: str = ""
+    #: HEALTHCHECK: the ``Healthcheck`` object; ONBUILD: ``{"trigger": text}``.
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _error(line: str, why: str) -> InvalidChangeError:
@@ -277,6 +293,80 @@ def _volumes(line: str, rest: str) -> tuple[str, ...]:
     return tuple(words)
 
 
+def _go_duration(line: str, option: str, text: str) -> int:
+    """Nanoseconds of a Go duration (``1h30m``, ``1.5s``, ``300ms``, ``0``), at least 1 ms
+    unless 0 (docker's rule for HEALTHCHECK's options)."""
+    body = text.lstrip("+")
+    total, pos = 0.0, 0
+    while pos < len(body):
+        m = _GO_DURATION_RE.match(body, pos)
+        if m is None:
+            break
+        total += float(m["n"]) * _GO_UNITS[m["unit"]]
+        pos = m.end()
+    if body == "0":
+        return 0
+    if not body or pos != len(body):
+        raise _error(line, f"--{option}={text}: not a duration (e.g. 30s, 1m30s, 500ms)")
+    ns = int(total)
+    if 0 < ns < 1_000_000:
+        raise _error(line, f"--{option}={text}: cannot be less than 1ms")
+    return ns
+
+
+def _healthcheck(line: str, rest: str) -> dict[str, Any]:
+    """The ``Healthcheck`` object of ``HEALTHCHECK [--option=value …] CMD …`` or ``NONE``."""
+    if not rest:
+        raise _error(line, "HEALTHCHECK requires at least one argument")
+    options: dict[str, str] = {}
+    while rest.startswith("--"):
+        flag, _, rest = rest.partition(" ")
+        rest = rest.lstrip()
+        name, eq, value = flag[2:].partition("=")
+        if name not in _HEALTH_DURATIONS and name != "retries":
+            raise _error(line, f"unknown flag: --{name}")
+        if not eq:
+            raise _error(line, f"--{name} needs a value (--{name}=VALUE)")
+        options[name] = value
+    kind, _, args = rest.partition(" ")
+    kind, args = kind.upper(), args.strip()
+    if kind == "NONE":
+        if args or options:
+            raise _error(line, "HEALTHCHECK NONE takes no arguments")
+        return {"Test": ["NONE"]}
+    if kind != "CMD":
+        raise _error(line, f"unknown type {kind or '(none)'!r} in HEALTHCHECK (try CMD)")
+    words = _command(line, "HEALTHCHECK CMD", args)
+    shell = words[: len(_SHELL)] == _SHELL and not args.startswith("[")
+    out: dict[str, Any] = {
+        "Test": ["CMD-SHELL", args] if shell else ["CMD", *words],
+    }
+    for name, key in _HEALTH_DURATIONS.items():
+        if name in options and (ns := _go_duration(line, name, options[name])):
+            out[key] = ns
+    if "retries" in options:
+        text = options["retries"]
+        if not re.fullmatch(r"[+-]?\d+", text) or abs(int(text)) >= 2**31:
+            raise _error(line, f"--retries={text}: not a number")
+        if int(text) < 0:
+            raise _error(line, f"--retries cannot be negative ({text})")
+        if int(text):
+            out["Retries"] = int(text)
+    return out
+
+
+def _onbuild(line: str, rest: str) -> str:
+    """The trigger of ``ONBUILD INSTRUCTION …``, as written."""
+    trigger = rest.split(None, 1)[0].upper() if rest else ""
+    if not trigger:
+        raise _error(line, "ONBUILD requires at least one argument")
+    if trigger == "ONBUILD":
+        raise _error(line, "chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
+    if trigger in ("FROM", "MAINTAINER"):
+        raise _error(line, f"{trigger} isn't allowed as an ONBUILD trigger")
+    return rest
+
+
 def parse_change(line: str) -> Instruction:
     """Parse one ``--change`` instruction; raise InvalidChangeError naming the line if malformed.
 
@@ -294,6 +384,10 @@ def parse_change(line: str) -> Instruction:
         raise _error(line, f"unknown instruction: {shown}")
     if keyword in ("CMD", "ENTRYPOINT"):
         return Instruction(keyword=keyword, words=_command(line, keyword, rest), line=line)
+    if keyword == "HEALTHCHECK":
+        return Instruction(keyword=keyword, extra=_healthcheck(line, rest), line=line)
+    if keyword == "ONBUILD":
+        return Instruction(keyword=keyword, extra={"trigger": _onbuild(line, rest)}, line=line)
     if keyword in ("ENV", "LABEL"):
         ins = Instruction(keyword=keyword, pairs=_pairs(line, keyword, rest))
     elif keyword == "EXPOSE":
@@ -381,4 +475,8 @@ def apply_changes(config: dict[str, Any], changes: Iterable[str | Instruction]) 
             signal = word(ins.words[0])
             _check_signal(line, signal)
             out["StopSignal"] = signal
+        elif k == "HEALTHCHECK":
+            out["Healthcheck"] = copy.deepcopy(dict(ins.extra))
+        elif k == "ONBUILD":
+            out["OnBuild"] = [*(out.get("OnBuild") or []), ins.extra["trigger"]]
     return out
