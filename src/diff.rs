@@ -114,8 +114,8 @@ pub fn diff_dirs(lower: &Path, upper: &Path, opts: &DiffOptions) -> Result<Vec<C
 /// `lowers` (top first) are used to tell added from modified and as the fallback when the upper
 /// dir was written with `redirect_dir` or `metacopy`.
 ///
-/// - A whiteout (0/0 character device, or a zero-size file with `overlay.whiteout` in a
-///   directory marked for xattr whiteouts) is [`ChangeKind::Deleted`]. Whiteouts below an
+/// - A whiteout (0/0 character device, or a zero-size file with `overlay.whiteout`, in any
+///   directory: see [`whiteout::is_overlay_whiteout`]) is [`ChangeKind::Deleted`]. Whiteouts below an
 ///   opaque directory hide nothing the opaque marker does not, and are left out.
 /// - An opaque directory (`overlay.opaque=y`) has [`Change::opaque`] set.
 /// - Every other entry is [`ChangeKind::Modified`] when its path exists in one of `lowers`
@@ -175,9 +175,8 @@ pub fn diff_overlay_view(
             view: Some(merged),
         });
     }
-    let root_marked = whiteout::has_xattr_whiteouts(&walk::dir_xattrs(upper_fd.as_fd(), upper)?);
     let lowers = open_lowers(lowers)?;
-    let decisions = classify_upper(&entries, root_marked, &lowers)?;
+    let decisions = classify_upper(&entries, &lowers)?;
     let mut changes = Vec::new();
     for (mut e, decision) in entries.into_iter().zip(decisions) {
         let Some((kind, opaque)) = decision else {
@@ -564,7 +563,6 @@ fn in_lowers(lowers: &[(OwnedFd, &Path)], rel: &[u8]) -> Result<bool> {
 /// For each upper entry: its change (kind and opaque flag), or `None` to leave it out.
 fn classify_upper(
     entries: &[Entry],
-    root_marked: bool,
     lowers: &[(OwnedFd, &Path)],
 ) -> Result<Vec<Option<(ChangeKind, bool)>>> {
     let dirs_where = |pred: fn(&Entry) -> bool| -> HashSet<&[u8]> {
@@ -574,10 +572,6 @@ fn classify_upper(
             .map(|e| e.path.as_slice())
             .collect()
     };
-    let mut marked = dirs_where(|e| whiteout::has_xattr_whiteouts(&e.xattrs));
-    if root_marked {
-        marked.insert(b"");
-    }
     let opaque = dirs_where(whiteout::is_overlay_opaque);
     let existed = |e: &Entry| -> Result<bool> {
         if lowers.is_empty() {
@@ -589,7 +583,7 @@ fn classify_upper(
     entries
         .par_iter()
         .map(|e| {
-            if whiteout::is_overlay_whiteout(e, marked.contains(entry::parent(&e.path))) {
+            if whiteout::is_overlay_whiteout(e) {
                 let hidden = below_any(&e.path, &opaque);
                 return Ok((!hidden).then_some((ChangeKind::Deleted, false)));
             }

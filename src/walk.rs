@@ -332,17 +332,6 @@ fn entry_xattrs(dir_fd: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Xattr
     )
 }
 
-/// The xattrs of an open directory (the root of a walk has no parent to look it up in).
-pub(crate) fn dir_xattrs(fd: BorrowedFd<'_>, display: &Path) -> Result<Xattrs> {
-    read_xattrs(
-        || rustix::fs::flistxattr_query(fd),
-        |buf| rustix::fs::flistxattr(fd, buf),
-        |n| rustix::fs::fgetxattr_query(fd, n),
-        |n, buf| rustix::fs::fgetxattr(fd, n, buf),
-    )
-    .at(display)
-}
-
 /// List and read every xattr, sorted by name. A filesystem without xattr support has none; an
 /// xattr removed between listing and reading is left out.
 fn read_xattrs(

@@ -156,36 +156,22 @@ pub fn is_overlay_indexed_link(entry: &Entry) -> bool {
     entry.kind != Kind::Dir && overlay_xattr(&entry.xattrs, b"nlink").is_some()
 }
 
-/// True when a directory's xattrs say it may contain xattr whiteouts.
-///
-/// > A merge directory containing regular files with the xattr "trusted.overlay.whiteout",
-/// > should be additionally marked by setting the xattr "trusted.overlay.opaque" to "x" on the
-/// > merge directory itself.
-///
-/// Kernel 6.7 marked such a directory with `trusted.overlay.whiteouts` instead (6.8 replaced it
-/// with `opaque=x`); both are accepted.
-pub fn has_xattr_whiteouts(dir_xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
-    overlay_xattr(dir_xattrs, b"opaque") == Some(b"x")
-        || overlay_xattr(dir_xattrs, b"whiteouts").is_some()
-}
-
 /// True for an overlayfs whiteout in an upper directory.
 ///
 /// > A whiteout is created as a character device with 0/0 device number or as a zero-size
 /// > regular file with the xattr "trusted.overlay.whiteout".
 ///
-/// The kernel only looks for the xattr form in a directory marked as holding such whiteouts
-/// (see [`has_xattr_whiteouts`]); elsewhere that file is an ordinary empty file, and so it is
-/// here: `in_marked_dir` says whether the entry's parent is marked. Overlayfs may hard-link all
-/// its 0/0 whiteouts to one inode; that does not matter here, as a whiteout is never a
-/// hardlink-set member ([`Entry::is_hardlinked`] is for regular files and whiteouts are
-/// emitted without an entry).
-pub fn is_overlay_whiteout(entry: &Entry, in_marked_dir: bool) -> bool {
+/// The kernel asks for directories holding such files to be marked (`overlay.opaque=x`, in
+/// 6.7 `overlay.whiteouts`), but the mark only spares its directory listing a look at every
+/// file's xattrs: a lookup takes such a file for a whiteout in any directory (a listing of an
+/// unmarked one shows the name, but nothing can open or stat it), so it is a whiteout here
+/// too, marked or not. Overlayfs may hard-link all its 0/0 whiteouts to one
+/// inode; that does not matter here, as a whiteout is never a hardlink-set member
+/// ([`Entry::is_hardlinked`] is for regular files and whiteouts are emitted without an entry).
+pub fn is_overlay_whiteout(entry: &Entry) -> bool {
     match entry.kind {
         Kind::CharDevice => entry.rdev_major == 0 && entry.rdev_minor == 0,
-        Kind::File => {
-            in_marked_dir && entry.size == 0 && overlay_xattr(&entry.xattrs, b"whiteout").is_some()
-        }
+        Kind::File => entry.size == 0 && overlay_xattr(&entry.xattrs, b"whiteout").is_some(),
         _ => false,
     }
 }
@@ -195,7 +181,7 @@ pub fn is_overlay_whiteout(entry: &Entry, in_marked_dir: bool) -> bool {
 /// > A directory is made opaque by setting the xattr "trusted.overlay.opaque" to "y".
 ///
 /// Only the value `y` counts: `x` marks a merged (not opaque) directory that holds xattr
-/// whiteouts (see [`has_xattr_whiteouts`]).
+/// whiteouts (see [`is_overlay_whiteout`]).
 pub fn is_overlay_opaque(entry: &Entry) -> bool {
     entry.kind == Kind::Dir && overlay_xattr(&entry.xattrs, b"opaque") == Some(b"y")
 }
@@ -353,45 +339,43 @@ mod tests {
         xwh_nonempty.size = 1;
         let plain = entry(Kind::File, &[]);
         let dir = entry(Kind::Dir, &[("trusted.overlay.whiteout", "")]);
-        let table: &[(&Entry, bool, bool)] = &[
-            // entry, in marked dir, whiteout
-            (&dev00, false, true),
-            (&dev00, true, true),
-            (&dev11, false, false),
-            (&xwh, true, true),
-            (&uxwh, true, true),
-            (&xwh, false, false),
-            (&xwh_nonempty, true, false),
-            (&plain, true, false),
-            (&dir, true, false),
+        let table: &[(&Entry, bool)] = &[
+            // entry, whiteout
+            (&dev00, true),
+            (&dev11, false),
+            (&xwh, true),
+            (&uxwh, true),
+            (&xwh_nonempty, false),
+            (&plain, false),
+            (&dir, false),
         ];
-        for (i, (e, marked, want)) in table.iter().enumerate() {
-            assert_eq!(is_overlay_whiteout(e, *marked), *want, "row {i}");
+        for (i, (e, want)) in table.iter().enumerate() {
+            assert_eq!(is_overlay_whiteout(e), *want, "row {i}");
         }
         // A hard-linked 0/0 device (overlayfs shares one whiteout inode) is still a whiteout.
         dev00.nlink = 7;
-        assert!(is_overlay_whiteout(&dev00, false));
+        assert!(is_overlay_whiteout(&dev00));
     }
 
     type Xattrs<'a> = &'a [(&'a str, &'a str)];
 
     #[test]
     fn overlay_dir_markers() {
-        let table: &[(Xattrs, bool, bool)] = &[
-            // dir xattrs, opaque, holds xattr whiteouts
-            (&[], false, false),
-            (&[("trusted.overlay.opaque", "y")], true, false),
-            (&[("user.overlay.opaque", "y")], true, false),
-            (&[("trusted.overlay.opaque", "x")], false, true),
-            (&[("user.overlay.opaque", "x")], false, true),
-            (&[("trusted.overlay.whiteouts", "")], false, true),
-            (&[("trusted.overlay.opaque", "n")], false, false),
-            (&[("user.opaque", "y")], false, false),
+        let table: &[(Xattrs, bool)] = &[
+            // dir xattrs, opaque
+            (&[], false),
+            (&[("trusted.overlay.opaque", "y")], true),
+            (&[("user.overlay.opaque", "y")], true),
+            // The mark of a directory holding xattr whiteouts is not opacity.
+            (&[("trusted.overlay.opaque", "x")], false),
+            (&[("user.overlay.opaque", "x")], false),
+            (&[("trusted.overlay.whiteouts", "")], false),
+            (&[("trusted.overlay.opaque", "n")], false),
+            (&[("user.opaque", "y")], false),
         ];
-        for (i, (xattrs, opaque, marked)) in table.iter().enumerate() {
+        for (i, (xattrs, opaque)) in table.iter().enumerate() {
             let e = entry(Kind::Dir, xattrs);
             assert_eq!(is_overlay_opaque(&e), *opaque, "row {i}");
-            assert_eq!(has_xattr_whiteouts(&e.xattrs), *marked, "row {i}");
         }
         // Only directories are opaque.
         assert!(!is_overlay_opaque(&entry(
