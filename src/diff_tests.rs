@@ -881,7 +881,7 @@ fn without_paths_drops_exactly_the_named_paths() {
         std::fs::create_dir_all(full.parent().unwrap()).unwrap();
         write(&full, b"x");
     }
-    let all = full_tree(t.path(), &crate::cancel::NEVER).unwrap();
+    let all = full_tree(t.path(), &NEVER).unwrap();
     let kept = without_paths(all.clone(), &["/etc/hosts".into(), "etc/hostname".into()]);
     assert_eq!(summary(&kept), ["A etc", "A etc/hostsx", "A hosts"]);
     assert_eq!(without_paths(all.clone(), &[]), all);
@@ -898,10 +898,7 @@ fn root_owner_maps_only_the_given_ids() {
         write(&p, b"x");
         lchown(&p, Some(uid), Some(gid)).unwrap();
     }
-    let changes = with_root_owner(
-        full_tree(t.path(), &crate::cancel::NEVER).unwrap(),
-        Some((1000, 1000)),
-    );
+    let changes = with_root_owner(full_tree(t.path(), &NEVER).unwrap(), Some((1000, 1000)));
     let owners: Vec<(u32, u32)> = changes
         .iter()
         .filter(|c| c.path != b"")

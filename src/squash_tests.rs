@@ -1,6 +1,7 @@
 //! Tests of `squash`.
 
 use super::*;
+use crate::cancel::NEVER;
 
 fn rec(kind: Kind) -> Record {
     Record {
@@ -272,13 +273,7 @@ fn squash_applies_like_the_layers_in_order() {
         compression: crate::compress::Compression::Gzip { level: 1 },
         ..LayerOptions::default()
     };
-    let l1 = write_layer_file(
-        &a,
-        &full_tree(&a, &crate::cancel::NEVER).unwrap(),
-        &opts,
-        &blobs,
-    )
-    .unwrap();
+    let l1 = write_layer_file(&a, &full_tree(&a, &NEVER).unwrap(), &opts, &blobs).unwrap();
     let l2 = write_layer_file(
         &b,
         &diff_dirs(&a, &b, &DiffOptions::default()).unwrap(),
@@ -305,7 +300,7 @@ fn squash_applies_like_the_layers_in_order() {
                 &root,
                 File::open(l).unwrap(),
                 &ApplyOptions::default(),
-                &crate::cancel::NEVER,
+                &NEVER,
             )
             .unwrap();
         }
@@ -345,26 +340,19 @@ fn squash_applies_like_the_layers_in_order() {
     assert_eq!(snapshot(&sequential), snapshot(&c));
 
     // All three into one.
-    let all = squash_files(&[], &paths, &opts, &blobs, &crate::cancel::NEVER).unwrap();
+    let all = squash_files(&[], &paths, &opts, &blobs, &NEVER).unwrap();
     let out = t.path().join("all");
     apply_all(&out, &[all.path.clone().unwrap()]);
     assert_eq!(snapshot(&out), snapshot(&sequential));
 
     // The last two on top of the first.
-    let top = squash_files(
-        &paths[..1],
-        &paths[1..],
-        &opts,
-        &blobs,
-        &crate::cancel::NEVER,
-    )
-    .unwrap();
+    let top = squash_files(&paths[..1], &paths[1..], &opts, &blobs, &NEVER).unwrap();
     let out = t.path().join("top");
     apply_all(&out, &[paths[0].clone(), top.path.clone().unwrap()]);
     assert_eq!(snapshot(&out), snapshot(&sequential));
 
     // Deterministic: the same squash gives the same bytes.
-    let again = squash_files(&[], &paths, &opts, &blobs, &crate::cancel::NEVER).unwrap();
+    let again = squash_files(&[], &paths, &opts, &blobs, &NEVER).unwrap();
     assert_eq!(again.digest, all.digest);
 }
 
@@ -400,14 +388,14 @@ fn unsorted_layers_squash_correctly() {
     let blobs = t.path().join("blobs");
     fs::create_dir(&blobs).unwrap();
     let opts = LayerOptions::default();
-    let info = squash_files(&[], &[layer], &opts, &blobs, &crate::cancel::NEVER).unwrap();
+    let info = squash_files(&[], &[layer], &opts, &blobs, &NEVER).unwrap();
     let out = t.path().join("out");
     let root = crate::root::Root::open(&out).unwrap();
     crate::apply::apply_layer(
         &root,
         File::open(info.path.unwrap()).unwrap(),
         &crate::apply::ApplyOptions::default(),
-        &crate::cancel::NEVER,
+        &NEVER,
     )
     .unwrap();
     for (name, byte) in [("a", 1u8), ("b", 2), ("c", 3), ("d", 4)] {
@@ -486,13 +474,7 @@ fn squash_takes_members_of_its_sources_and_writes_the_same_bytes() {
         compression: Compression::Gzip { level: 1 },
         ..LayerOptions::default()
     };
-    let l1 = write_layer_file(
-        &a,
-        &full_tree(&a, &crate::cancel::NEVER).unwrap(),
-        &gzip,
-        &blobs,
-    )
-    .unwrap();
+    let l1 = write_layer_file(&a, &full_tree(&a, &NEVER).unwrap(), &gzip, &blobs).unwrap();
     let l2 = write_layer_file(
         &b,
         &diff_dirs(&a, &b, &DiffOptions::default()).unwrap(),
@@ -511,7 +493,7 @@ fn squash_takes_members_of_its_sources_and_writes_the_same_bytes() {
         reuse: Some(Arc::new(MemberIndex::new(1))),
         ..gzip.clone()
     };
-    let p = squash_files(&[], &range, &plain, &out_plain, &crate::cancel::NEVER).unwrap();
+    let p = squash_files(&[], &range, &plain, &out_plain, &NEVER).unwrap();
     let mut index = MemberIndex::new(1);
     for r in &range {
         index.add_blob(r).unwrap();
@@ -521,7 +503,7 @@ fn squash_takes_members_of_its_sources_and_writes_the_same_bytes() {
         reuse: Some(index.clone()),
         ..gzip.clone()
     };
-    let r = squash_files(&[], &range, &with, &out_reuse, &crate::cancel::NEVER).unwrap();
+    let r = squash_files(&[], &range, &with, &out_reuse, &NEVER).unwrap();
     assert_eq!(p.digest, r.digest);
     assert_eq!(p.diff_id, r.diff_id);
     assert!(
@@ -551,13 +533,7 @@ fn two_gzip_layers(t: &Path) -> (Vec<PathBuf>, LayerOptions) {
         compression: Compression::Gzip { level: 1 },
         ..LayerOptions::default()
     };
-    let l1 = write_layer_file(
-        &a,
-        &full_tree(&a, &crate::cancel::NEVER).unwrap(),
-        &gzip,
-        &blobs,
-    )
-    .unwrap();
+    let l1 = write_layer_file(&a, &full_tree(&a, &NEVER).unwrap(), &gzip, &blobs).unwrap();
     let changes = diff_dirs(&a, &b, &DiffOptions::default()).unwrap();
     let l2 = write_layer_file(&b, &changes, &gzip, &blobs).unwrap();
     (vec![l1.path.unwrap(), l2.path.unwrap()], gzip)
@@ -577,7 +553,7 @@ fn indexed_squash_gives_the_same_bytes_and_shrugs_off_wrong_indexes() {
     let (range, opts) = two_gzip_layers(t.path());
     let out = t.path().join("out");
     fs::create_dir(&out).unwrap();
-    let never = &crate::cancel::NEVER;
+    let never = &NEVER;
     let plain = squash_files(&[], &range, &opts, &out, never).unwrap();
     let expected = fs::read(plain.path.as_ref().unwrap()).unwrap();
     let idx: Vec<PathBuf> = ["i/one", "i/two"]
@@ -667,7 +643,7 @@ fn indexed_squash_of_an_unsorted_layer_falls_back_and_stays_right() {
     let blobs = t.path().join("blobs");
     fs::create_dir(&blobs).unwrap();
     let opts = LayerOptions::default();
-    let never = &crate::cancel::NEVER;
+    let never = &NEVER;
     let plain = squash_files(&[], std::slice::from_ref(&layer), &opts, &blobs, never).unwrap();
     let idx = [t.path().join("idx")];
     for _ in 0..2 {
@@ -721,20 +697,13 @@ fn a_written_layer_leaves_the_index_reading_it_gives() {
             index_dir: Some(idx.clone()),
             ..LayerOptions::default()
         };
-        let l1 = write_layer_file(
-            &a,
-            &full_tree(&a, &crate::cancel::NEVER).unwrap(),
-            &opts,
-            &out,
-        )
-        .unwrap();
+        let l1 = write_layer_file(&a, &full_tree(&a, &NEVER).unwrap(), &opts, &out).unwrap();
         let changes = diff_dirs(&a, &b, &DiffOptions::default()).unwrap();
         let l2 = write_layer_file(&b, &changes, &opts, &out).unwrap();
         for info in [l1, l2] {
             let hex = info.digest.strip_prefix("sha256:").unwrap();
             let written = load(&idx.join(hex), 0).expect("an index was written");
-            let (ops, seen) =
-                layer_ops(info.path.as_ref().unwrap(), 0, true, &crate::cancel::NEVER).unwrap();
+            let (ops, seen) = layer_ops(info.path.as_ref().unwrap(), 0, true, &NEVER).unwrap();
             assert_eq!(written.ops, ops, "{compression:?}");
             assert_eq!(written.members, seen.unwrap(), "{compression:?}");
             if matches!(compression, Compression::Gzip { .. }) {
