@@ -101,3 +101,23 @@ def test_gc_while_commits_run_never_removes_what_they_tag(tmp_path: Path) -> Non
     tags = Layout.open(Path(os.environ["LAYERDIFF_HOME"]) / "images").tags()
     assert sorted(tags) == sorted(f"img{n}:{i}" for n in range(3) for i in range(4))
     assert report.images == 12
+
+
+def test_fsck_names_every_image_that_reaches_a_broken_blob(tmp_path: Path) -> None:
+    layout = tmp_path / "L"
+    layerdiff.commit(tree(tmp_path / "base", "base"), image=f"oci:{layout}:base")
+    for name in ("one", "two"):
+        layerdiff.commit(
+            tree(tmp_path / name, name), image=f"oci:{layout}:{name}", base=f"oci:{layout}:base"
+        )
+    shared = layerdiff.inspect(f"oci:{layout}:base")["layers"][0]["digest"]
+    (layout / "blobs" / "sha256" / shared.removeprefix("sha256:")).unlink()
+    proc = run_cli("fsck", f"oci:{layout}")
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        f"{name}: blob {shared} is missing" for name in ("base", "one", "two")
+    ]
+    # Named by itself, an image is told the same.
+    assert [str(p) for p in layerdiff.fsck(f"oci:{layout}:two").problems] == [
+        f"two: blob {shared} is missing"
+    ]

@@ -89,26 +89,41 @@ class _Checker:
     def __init__(self, layout: Layout, report: FsckReport) -> None:
         self.layout = layout
         self.report = report
-        self.checked: dict[str, str | None] = {}  # digest -> diff_id (layers) once checked
+        # digest -> (diff_id of a layer or the digest, size) once read, or what is wrong with it:
+        # each blob is read once, and every image reaching a broken one is told.
+        self.read: dict[str, tuple[str, int] | str] = {}
 
     def problem(self, where: str, what: str) -> None:
-        self.report.problems.append(Problem(where, what))
+        found = Problem(where, what)
+        if found not in self.report.problems:  # an image naming one blob twice is told once
+            self.report.problems.append(found)
 
     def blob(self, where: str, desc: Descriptor, *, layer: bool = False) -> str | None:
         """Check one blob against its descriptor; the diff_id of a layer. None when broken."""
         digest = str(desc.get("digest", ""))
-        if digest in self.checked:
-            return self.checked[digest]
-        self.checked[digest] = None
+        if digest not in self.read:
+            self.read[digest] = self._read(digest, layer=layer)
+        read = self.read[digest]
+        if isinstance(read, str):
+            self.problem(where, read)
+            return None
+        diff_id, size = read
+        if size != desc.get("size"):
+            self.problem(
+                where, f"blob {digest} is {size} bytes, descriptor says {desc.get('size')}"
+            )
+            return None
+        return diff_id
+
+    def _read(self, digest: str, *, layer: bool) -> tuple[str, int] | str:
+        """Read a blob: its diff_id (a layer's) or digest and its size, or what is wrong."""
         try:
             check_digest(digest)
             path = self.layout.blob_path(digest)
         except LayerdiffError as e:
-            self.problem(where, str(e))
-            return None
+            return str(e)
         if not path.is_file():
-            self.problem(where, f"blob {digest} is missing")
-            return None
+            return f"blob {digest} is missing"
         self.report.blobs += 1
         diff_id: str | None = None
         try:
@@ -120,18 +135,10 @@ class _Checker:
             # A blob that does not decompress: say first whether it is the blob it should be.
             found, size = _sha256_file(path)
             if found == digest:
-                self.problem(where, f"layer {digest} cannot be read: {e}")
-                return None
+                return f"layer {digest} cannot be read: {e}"
         if found != digest:
-            self.problem(where, f"blob {digest} has digest {found}")
-            return None
-        if size != desc.get("size"):
-            self.problem(
-                where, f"blob {digest} is {size} bytes, descriptor says {desc.get('size')}"
-            )
-            return None
-        self.checked[digest] = diff_id or digest
-        return diff_id or digest
+            return f"blob {digest} has digest {found}"
+        return diff_id or digest, size
 
     def json_blob(self, where: str, desc: Descriptor) -> dict[str, Any] | None:
         if self.blob(where, desc) is None:
