@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from layerdiff import refs
-from layerdiff.errors import FormatError, ImageNotFoundError
+from layerdiff.errors import FormatError, ImageNotFoundError, LayerdiffError
 from layerdiff.image import (
     DOCKER_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPES,
@@ -62,10 +62,12 @@ class ImageSummary:
     digest: str
     #: The config's ``created`` time, if any.
     created: str | None
-    #: Bytes of all layer blobs plus the config.
-    size: int
-    #: Number of layers.
-    layers: int
+    #: Bytes of all layer blobs plus the config; ``None`` when the image cannot be read.
+    size: int | None
+    #: Number of layers; ``None`` when the image cannot be read.
+    layers: int | None
+    #: Why the image cannot be read (a blob missing or corrupt: ``fsck`` says more), else None.
+    error: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,7 +133,11 @@ def load_image(reference: str | refs.LayoutRef) -> Image:
 
 
 def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
-    """The tagged images of the default store (or of the OCI layout at ``layout``)."""
+    """The tagged images of the default store (or of the OCI layout at ``layout``).
+
+    An image that cannot be read (its manifest or config blob missing or corrupt) is listed
+    too, with what its index entry tells and the reason in ``error``.
+    """
     in_store = layout is None
     path = refs.store_layout_path() if layout is None else layout
     if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "oci-layout"))):
@@ -152,19 +158,43 @@ def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
             ref = refs.LayoutRef(
                 text=f"oci:{lay.path}:{tag}", layout=lay.path, tag=tag, in_store=False
             )
-        image = _load(ref)
-        size = int(image.manifest["config"]["size"]) + sum(int(d["size"]) for d in image.layers)
-        out.append(
-            ImageSummary(
-                name=name,
-                tag=short,
-                digest=image.digest,
-                created=image.config.get("created"),
-                size=size,
-                layers=len(image.layers),
-            )
-        )
+        out.append(_summary(ref, desc, name=name, tag=short))
     return out
+
+
+def _summary(ref: refs.LayoutRef, desc: Descriptor, *, name: str, tag: str) -> ImageSummary:
+    """One line of ``images()``; what the index entry tells when the image cannot be read."""
+    try:
+        image = _load(ref)
+        size = _stored_size(image)
+    except (LayerdiffError, OSError) as e:
+        return ImageSummary(
+            name=name,
+            tag=tag,
+            digest=str(desc.get("digest", "")),
+            created=None,
+            size=None,
+            layers=None,
+            error=str(e),
+        )
+    return ImageSummary(
+        name=name,
+        tag=tag,
+        digest=image.digest,
+        created=image.config.get("created"),
+        size=size,
+        layers=len(image.layers),
+    )
+
+
+def _stored_size(image: Image) -> int:
+    """Bytes of the image's config and layer blobs, as its manifest gives them."""
+    try:
+        return int(image.manifest["config"]["size"]) + sum(int(d["size"]) for d in image.layers)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(
+            f"{image.ref.text}: manifest {image.digest} has a descriptor without a size"
+        ) from e
 
 
 def inspect(reference: str) -> dict[str, Any]:

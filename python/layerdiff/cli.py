@@ -415,12 +415,24 @@ def images(layout: str | None, as_json: bool) -> None:
             raise click.UsageError(f"{layout!r}: expected oci:PATH")
         path = layout[len("oci:") :]
     found = layerdiff.images(path)
+    for i in found:  # like docker, list what can be read and say what cannot
+        if i.error is not None:
+            ref = f"{i.name}:{i.tag}" if path is None else f"oci:{i.name}:{i.tag}"
+            warning = f"{ref} cannot be read ({i.error}); see layerdiff fsck {ref}"
+            click.echo(f"layerdiff: warning: {' '.join(warning.split())}", err=True)
     if as_json:
         _emit_json([asdict(i) for i in found])
         return
     rows = [["REPOSITORY", "TAG", "DIGEST", "CREATED", "LAYERS", "SIZE"]]
     rows += [
-        [i.name, i.tag, i.digest[7:19], i.created or "", str(i.layers), _human_size(i.size)]
+        [
+            i.name,
+            i.tag,
+            i.digest[7:19],
+            i.created or "",
+            "N/A" if i.layers is None else str(i.layers),
+            "N/A" if i.size is None else _human_size(i.size),
+        ]
         for i in found
     ]
     _table(rows)

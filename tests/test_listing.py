@@ -1,0 +1,63 @@
+"""layerdiff images lists every image of a store or layout, also those it cannot read."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import layerdiff
+from tests.conftest import run_cli
+
+
+def tree(root: Path, marker: str) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "marker").write_text(marker)
+    return root
+
+
+def blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+def test_images_lists_the_healthy_and_warns_of_the_broken(tmp_path: Path) -> None:
+    layout = tmp_path / "L"
+    for name in ("one", "two"):
+        layerdiff.commit(tree(tmp_path / name, name), image=f"oci:{layout}:{name}")
+    broken = layerdiff.inspect(f"oci:{layout}:one")["digest"]
+    healthy = layerdiff.inspect(f"oci:{layout}:two")["digest"]
+    blob(layout, broken).unlink()
+
+    proc = run_cli("images", f"oci:{layout}")
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = proc.stdout.splitlines()
+    assert header.split() == ["REPOSITORY", "TAG", "DIGEST", "CREATED", "LAYERS", "SIZE"]
+    cells = {row.split()[1]: row.split() for row in rows}
+    assert cells["one"] == [str(layout), "one", broken[7:19], "N/A", "N/A"]
+    assert cells["two"][:3] == [str(layout), "two", healthy[7:19]]
+    [warning] = proc.stderr.splitlines()
+    assert warning.startswith(f"layerdiff: warning: oci:{layout}:one cannot be read (")
+    assert warning.endswith(f"see layerdiff fsck oci:{layout}:one")
+
+    proc = run_cli("images", "--json", f"oci:{layout}")
+    assert proc.returncode == 0, proc.stderr
+    listed = {i["tag"]: i for i in json.loads(proc.stdout)}
+    assert listed["one"]["digest"] == broken
+    assert listed["one"]["layers"] is None and listed["one"]["size"] is None
+    assert "missing" in listed["one"]["error"]
+    assert listed["two"]["error"] is None and listed["two"]["layers"] == 1
+
+
+def test_images_of_the_store_lists_an_image_whose_config_is_gone(tmp_path: Path) -> None:
+    layerdiff.commit(tree(tmp_path / "a", "a"), image="app:1")
+    layerdiff.commit(tree(tmp_path / "b", "b"), image="app:2")
+    config = layerdiff.inspect("app:1")["manifest"]["config"]["digest"]
+    blob(Path(os.environ["LAYERDIFF_HOME"]) / "images", config).unlink()
+    [one, two] = sorted(layerdiff.images(), key=lambda i: i.tag)
+    assert (one.name, one.tag, one.created, one.layers, one.size) == ("app", "1", None, None, None)
+    assert one.error is not None and config in one.error
+    assert (two.tag, two.layers, two.error) == ("2", 1, None)
+    proc = run_cli("images")
+    assert proc.returncode == 0
+    assert len(proc.stdout.splitlines()) == 3
+    assert proc.stderr.splitlines()[0].endswith("see layerdiff fsck app:1")
