@@ -386,12 +386,12 @@ Examples:
 )
 def rmi(images: tuple[str, ...], no_prune: bool) -> None:
     """Remove image names (like docker rmi), then the blobs no other name reaches."""
-    from layerdiff.catalog import load_image
     from layerdiff.refs import parse_layout_reference
+    from layerdiff.tags import named
 
     refs = [parse_layout_reference(i) for i in images]
-    for ref in refs:  # every name is checked before any goes
-        load_image(ref)
+    for ref in refs:  # every name is checked before any goes; a broken image's name goes too
+        named(ref)
     layouts: dict[str, str | None] = {}
     for ref in refs:
         digest = layerdiff.untag(ref)

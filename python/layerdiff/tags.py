@@ -8,9 +8,9 @@ from layerdiff import refs
 from layerdiff.catalog import load_image
 from layerdiff.errors import ImageNotFoundError
 from layerdiff.fsck import writing
-from layerdiff.layout import REF_NAME, Layout
+from layerdiff.layout import REF_NAME, Descriptor, Layout
 
-__all__ = ["tag", "untag"]
+__all__ = ["named", "tag", "untag"]
 
 
 def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
@@ -33,16 +33,27 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
     return image.digest
 
 
-def untag(image: str | refs.LayoutRef) -> str:
-    """Remove the name ``image`` (``NAME[:TAG]``, or ``oci:PATH:TAG``); return the manifest
-    digest it named. The blobs stay until ``gc`` finds nothing else uses them."""
+def named(image: str | refs.LayoutRef) -> Descriptor:
+    """The index entry the name ``image`` (``NAME[:TAG]``, or ``oci:PATH[:TAG]``) points at,
+    without reading the image, which may be broken; ImageNotFoundError if there is none."""
     ref = refs.parse_layout_reference(image) if isinstance(image, str) else image
-    found = load_image(ref)
+    try:
+        return Layout.open(ref.layout).resolve(ref.tag)
+    except ImageNotFoundError as e:
+        raise ImageNotFoundError(f"image not found: {ref.text} ({e})") from e
+
+
+def untag(image: str | refs.LayoutRef) -> str:
+    """Remove the name ``image`` (``NAME[:TAG]``, or ``oci:PATH:TAG``); return the digest it
+    named. Only the layout's index is read, so the name of an image whose blobs are missing or
+    corrupt goes as well. The blobs stay until ``gc`` finds nothing else uses them."""
+    ref = refs.parse_layout_reference(image) if isinstance(image, str) else image
+    descriptor = named(ref)
     name = ref.tag
     if name is None:  # oci:PATH naming the layout's only image: by the tag it has, if any
-        name = (found.descriptor.get("annotations") or {}).get(REF_NAME)
+        name = (descriptor.get("annotations") or {}).get(REF_NAME)
         if not isinstance(name, str):
             raise ImageNotFoundError(f"{ref.text}: the image has no tag to remove")
-    if not found.layout.remove_tag(name):
+    if not Layout.open(ref.layout).remove_tag(name):
         raise ImageNotFoundError(f"image not found: {ref.text}")
-    return found.digest
+    return str(descriptor["digest"])
