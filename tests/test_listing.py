@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
+
 import layerdiff
+from layerdiff.layout import Layout
 from tests.conftest import run_cli
 
 
@@ -61,3 +66,53 @@ def test_images_of_the_store_lists_an_image_whose_config_is_gone(tmp_path: Path)
     assert proc.returncode == 0
     assert len(proc.stdout.splitlines()) == 3
     assert proc.stderr.splitlines()[0].endswith("see layerdiff fsck app:1")
+
+
+needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+
+
+@needs_skopeo
+def test_images_shows_untagged_images(tmp_path: Path) -> None:
+    """What `skopeo copy oci:A:2 oci:U` writes has no name; it is listed as <none>."""
+    layerdiff.commit(tree(tmp_path / "a", "a"), image=f"oci:{tmp_path / 'A'}:2")
+    copied = subprocess.run(
+        ["skopeo", "copy", f"oci:{tmp_path / 'A'}:2", f"oci:{tmp_path / 'U'}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert copied.returncode == 0, copied.stderr
+    layout = tmp_path / "U"
+    digest = layerdiff.inspect(f"oci:{layout}")["digest"]
+    [image] = layerdiff.images(layout)
+    assert (image.name, image.tag, image.digest, image.layers) == (str(layout), "<none>", digest, 1)
+    proc = run_cli("images", f"oci:{layout}")
+    assert proc.returncode == 0, proc.stderr
+    [_, row] = proc.stdout.splitlines()
+    assert row.split()[:3] == [str(layout), "<none>", digest[7:19]]
+    proc = run_cli("images", "--json", f"oci:{layout}")
+    [entry] = json.loads(proc.stdout)
+    assert entry["tag"] == "<none>" and entry["digest"] == digest
+
+
+def test_images_of_the_store_shows_untagged_images(tmp_path: Path) -> None:
+    layerdiff.commit(tree(tmp_path / "a", "a"), image="app:1")
+    layerdiff.commit(tree(tmp_path / "b", "b"), image="app:2")
+    store = Layout.open(Path(os.environ["LAYERDIFF_HOME"]) / "images")
+    kept = store.resolve("app:1")
+    store.remove_tag("app:1")
+    store.update_index(lambda ms: [{k: v for k, v in kept.items() if k != "annotations"}, *ms])
+    untagged, tagged = layerdiff.images()
+    assert (untagged.name, untagged.tag) == ("<none>", "<none>")
+    assert untagged.digest == kept["digest"] and untagged.layers == 1
+    assert (tagged.name, tagged.tag) == ("app", "2")
+    proc = run_cli("images")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1].split()[:3] == ["<none>", "<none>", kept["digest"][7:19]]
+    # One that cannot be read is listed too, and the warning says which it is.
+    blob(store.path, kept["digest"]).unlink()
+    proc = run_cli("images")
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3
+    [warning] = proc.stderr.splitlines()
+    assert f"untagged image {kept['digest']} cannot be read" in warning
+    assert warning.endswith("see layerdiff fsck")

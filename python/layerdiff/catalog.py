@@ -19,7 +19,19 @@ from layerdiff.image import (
 )
 from layerdiff.layout import REF_NAME, Descriptor, Layout
 
-__all__ = ["HistoryEntry", "Image", "ImageSummary", "history", "images", "inspect", "load_image"]
+__all__ = [
+    "UNTAGGED",
+    "HistoryEntry",
+    "Image",
+    "ImageSummary",
+    "history",
+    "images",
+    "inspect",
+    "load_image",
+]
+
+#: Name and tag ``images()`` gives an untagged image (docker's, also in its JSON output).
+UNTAGGED = "<none>"
 
 _MANIFEST_TYPES = frozenset({MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE})
 
@@ -54,9 +66,9 @@ class Image:
 class ImageSummary:
     """One line of ``images()``."""
 
-    #: Image name (store) or layout path (``oci:``).
+    #: Image name (store) or layout path (``oci:``); ``<none>`` for an untagged store image.
     name: str
-    #: Tag.
+    #: Tag; ``<none>`` for an untagged image.
     tag: str
     #: Manifest digest.
     digest: str
@@ -111,6 +123,11 @@ def _load(ref: refs.LayoutRef) -> Image:
         desc = layout.resolve(ref.tag)
     except ImageNotFoundError as e:
         raise ImageNotFoundError(f"image not found: {ref.text} ({e})") from e
+    return _read(ref, layout, desc)
+
+
+def _read(ref: refs.LayoutRef, layout: Layout, desc: Descriptor) -> Image:
+    """The image an index entry of ``layout`` points at (``ref`` names it in errors)."""
     for _ in range(4):  # index → manifest; nested indexes are rare but legal
         if desc.get("mediaType") not in INDEX_MEDIA_TYPES:
             break
@@ -133,10 +150,12 @@ def load_image(reference: str | refs.LayoutRef) -> Image:
 
 
 def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
-    """The tagged images of the default store (or of the OCI layout at ``layout``).
+    """The images of the default store (or of the OCI layout at ``layout``), in index order.
 
-    An image that cannot be read (its manifest or config blob missing or corrupt) is listed
-    too, with what its index entry tells and the reason in ``error``.
+    An untagged image (an index entry without a ref.name, as ``skopeo copy`` to ``oci:PATH``
+    writes it) has the tag :data:`UNTAGGED`, and in the store that name too, as in
+    ``docker images``. An image that cannot be read (its manifest or config blob missing or
+    corrupt) is listed too, with what its index entry tells and the reason in ``error``.
     """
     in_store = layout is None
     path = refs.store_layout_path() if layout is None else layout
@@ -149,8 +168,10 @@ def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
     for desc in lay.manifests():
         tag = (desc.get("annotations") or {}).get(REF_NAME)
         if not isinstance(tag, str):
-            continue
-        if in_store:
+            name, short = (UNTAGGED if in_store else str(lay.path)), UNTAGGED
+            text = str(desc.get("digest", "")) if in_store else f"oci:{lay.path}"
+            ref = refs.LayoutRef(text=text, layout=lay.path, tag=None, in_store=in_store)
+        elif in_store:
             name, _, short = tag.rpartition(":")
             ref = refs.LayoutRef(text=tag, layout=lay.path, tag=tag, in_store=True)
         else:
@@ -158,14 +179,16 @@ def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
             ref = refs.LayoutRef(
                 text=f"oci:{lay.path}:{tag}", layout=lay.path, tag=tag, in_store=False
             )
-        out.append(_summary(ref, desc, name=name, tag=short))
+        out.append(_summary(ref, lay, desc, name=name, tag=short))
     return out
 
 
-def _summary(ref: refs.LayoutRef, desc: Descriptor, *, name: str, tag: str) -> ImageSummary:
+def _summary(
+    ref: refs.LayoutRef, layout: Layout, desc: Descriptor, *, name: str, tag: str
+) -> ImageSummary:
     """One line of ``images()``; what the index entry tells when the image cannot be read."""
     try:
-        image = _load(ref)
+        image = _read(ref, layout, desc)
         size = _stored_size(image)
     except (LayerdiffError, OSError) as e:
         return ImageSummary(

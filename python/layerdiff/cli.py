@@ -414,12 +414,20 @@ def images(layout: str | None, as_json: bool) -> None:
         if not layout.startswith("oci:"):
             raise click.UsageError(f"{layout!r}: expected oci:PATH")
         path = layout[len("oci:") :]
+    from layerdiff.catalog import UNTAGGED
+
     found = layerdiff.images(path)
     for i in found:  # like docker, list what can be read and say what cannot
-        if i.error is not None:
-            ref = f"{i.name}:{i.tag}" if path is None else f"oci:{i.name}:{i.tag}"
-            warning = f"{ref} cannot be read ({i.error}); see layerdiff fsck {ref}"
-            click.echo(f"layerdiff: warning: {' '.join(warning.split())}", err=True)
+        if i.error is None:
+            continue
+        layout_ref = None if path is None else f"oci:{i.name}"
+        if i.tag != UNTAGGED:
+            what = check = f"{layout_ref or i.name}:{i.tag}"
+        else:  # fsck checks it with the rest of its layout
+            what = f"the untagged image {i.digest}" + (f" of {layout_ref}" if layout_ref else "")
+            check = layout_ref or ""
+        warning = f"{what} cannot be read ({i.error}); see layerdiff fsck {check}"
+        click.echo(f"layerdiff: warning: {' '.join(warning.split())}", err=True)
     if as_json:
         _emit_json([asdict(i) for i in found])
         return
