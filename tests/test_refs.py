@@ -47,7 +47,15 @@ def test_oci_write_tag_defaults_to_latest() -> None:
     [
         ("busybox", "busybox:latest"),
         ("busybox:1.36", "busybox:1.36"),
-        ("library/busybox", "library/busybox:latest"),
+        # Docker Hub names in docker's familiar form, as docker shows and matches them.
+        ("library/busybox", "busybox:latest"),
+        ("docker.io/library/busybox:1.36", "busybox:1.36"),
+        ("docker.io/busybox", "busybox:latest"),
+        ("index.docker.io/library/busybox", "busybox:latest"),
+        ("docker.io/foo/bar:1", "foo/bar:1"),
+        ("docker.io/library/a/b", "library/a/b:latest"),
+        ("quay.io/library/busybox", "quay.io/library/busybox:latest"),
+        ("localhost/busybox", "localhost/busybox:latest"),
         ("my-app/web_server.v2:rc1", "my-app/web_server.v2:rc1"),
         ("localhost:5000/app", "localhost:5000/app:latest"),
         ("localhost:5000/app:v1", "localhost:5000/app:v1"),
@@ -90,6 +98,7 @@ def test_docker(text: str, host: str, repository: str, tag: str | None, digest: 
         ("docker-archive:/tmp/img.tar:app:v1", "/tmp/img.tar", "app", "v1"),
         ("docker-archive:img.tar:app", "img.tar", "app", "latest"),
         ("docker-archive:img.tar:localhost:5000/app:v1", "img.tar", "localhost:5000/app", "v1"),
+        ("docker-archive:img.tar:docker.io/library/app:v1", "img.tar", "app", "v1"),
     ],
 )
 def test_docker_archive(text: str, file: str, name: str | None, tag: str | None) -> None:

@@ -191,9 +191,9 @@ def _chunks(f: IO[bytes]) -> Iterator[bytes]:
 
 def _pick(entries: list[dict[str, Any]], ref: refs.ArchiveRef | None, where: str) -> dict[str, Any]:
     if ref is not None and ref.name is not None:
-        want = f"{ref.name}:{ref.tag}"
+        want = f"{ref.name}:{ref.tag}"  # familiar, as docker matches names
         for e in entries:
-            if want in (e.get("RepoTags") or []):
+            if want in [t.tag for t in _repo_tags(e)]:
                 return e
         raise ImageNotFoundError(f"{where}: no image tagged {want} in the archive")
     if len(entries) != 1:
@@ -202,6 +202,11 @@ def _pick(entries: list[dict[str, Any]], ref: refs.ArchiveRef | None, where: str
             "docker-archive:FILE:NAME:TAG"
         )
     return entries[0]
+
+
+def _repo_tags(entry: dict[str, Any]) -> list[refs.LayoutRef]:
+    """An image's ``RepoTags`` as store names (docker's familiar form, as docker reads them)."""
+    return [refs.parse_store_reference(str(t)) for t in entry.get("RepoTags") or []]
 
 
 def load(
@@ -234,12 +239,11 @@ def load(
         if image is not None:
             targets = [refs.parse_layout_reference(image) if isinstance(image, str) else image]
         else:
-            tags = [str(t) for t in entry.get("RepoTags") or []]
-            if not tags:
+            targets = _repo_tags(entry)
+            if not targets:
                 raise InvalidReferenceError(
                     f"{where}: the image has no tag; name IMAGE to load it as"
                 )
-            targets = [refs.parse_layout_reference(t) for t in tags]
         config = _read_member(tar, str(entry.get("Config")), where)
         try:
             diff_ids = json.loads(config)["rootfs"]["diff_ids"]
@@ -282,7 +286,7 @@ def load(
                         tagged.import_blob(layout, str(d["digest"]))
                 tagged.set_tag(target.write_tag, manifest_desc)
     return LoadResult(
-        images=[t.text for t in targets],
+        images=[t.tag if t.in_store and t.tag is not None else t.text for t in targets],
         manifest_digest=str(manifest_desc["digest"]),
         config_digest=str(config_desc["digest"]),
         layers=[str(d["digest"]) for d in layers],

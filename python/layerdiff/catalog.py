@@ -26,6 +26,7 @@ __all__ = [
     "ImageSummary",
     "history",
     "images",
+    "index_tag",
     "inspect",
     "load_image",
 ]
@@ -120,10 +121,18 @@ def _load(ref: refs.LayoutRef) -> Image:
         raise ImageNotFoundError(f"image not found: {ref.text} (no OCI layout at {ref.layout})")
     layout = Layout.open(ref.layout)
     try:
-        desc = layout.resolve(ref.tag)
+        desc = layout.resolve(index_tag(layout, ref))
     except ImageNotFoundError as e:
         raise ImageNotFoundError(f"image not found: {ref.text} ({e})") from e
     return _read(ref, layout, desc)
+
+
+def index_tag(layout: Layout, ref: refs.LayoutRef) -> str | None:
+    """The tag in ``layout``'s index that ``ref`` names: its own, but for a store name the
+    spelling the index has (:func:`refs.stored_tag`)."""
+    if ref.in_store and ref.tag is not None:
+        return refs.stored_tag(ref.tag, layout.tags())
+    return ref.tag
 
 
 def _read(ref: refs.LayoutRef, layout: Layout, desc: Descriptor) -> Image:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from layerdiff import _core, layercache, refs
+from layerdiff.catalog import index_tag
 from layerdiff.errors import LayerdiffError
 from layerdiff.image import INDEX_MEDIA_TYPES, check_history
 from layerdiff.layout import REF_NAME, Descriptor, Layout, check_digest
@@ -194,7 +195,8 @@ def _layout_and_images(target: str | None) -> tuple[Layout, list[tuple[str, Desc
     layout = Layout.open(ref.layout)
     named = _named(layout)
     if ref.tag is not None:
-        named = [(n, m) for n, m in named if n == ref.tag]
+        tag = index_tag(layout, ref)
+        named = [(n, m) for n, m in named if n == tag]
     return layout, named
 
 

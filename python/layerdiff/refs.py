@@ -19,6 +19,11 @@ The default store is one OCI layout at ``<home>/images`` where home is ``$LAYERD
 ``$XDG_DATA_HOME/layerdiff``, else ``~/.local/share/layerdiff``. A store image's tag in
 ``index.json`` (annotation ``org.opencontainers.image.ref.name``) is ``NAME:TAG``; in an
 ``oci:PATH:TAG`` layout it is just ``TAG``, as skopeo and umoci expect.
+
+Store names are Docker names: as docker does, ``docker.io/library/x``, ``docker.io/x``,
+``index.docker.io/x``, ``library/x`` and ``x`` are one name, kept and shown in docker's familiar
+(shortest) form ``x``, and ``docker.io/team/x`` is ``team/x``. The tags of an ``oci:`` layout are
+free strings and are left as written.
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ __all__ = [
     "ImageRef",
     "LayoutRef",
     "RegistryRef",
+    "familiar_name",
     "parse_layout_reference",
     "parse_reference",
+    "parse_store_reference",
     "store_home",
     "store_layout_path",
+    "stored_tag",
 ]
 
 #: Tag used when a reference names none.
@@ -60,6 +68,8 @@ _DIGEST_RE = re.compile(_DIGEST)
 _NAME_MAX = 255  # docker's NameTotalLengthMax
 
 _DOCKER_HUB = "docker.io"
+_DOCKER_HUB_LEGACY = "index.docker.io"  # docker reads it as docker.io
+_OFFICIAL = "library/"  # Docker Hub's namespace of official images
 # Transports of skopeo we do not speak; named in the error when `NAME:TAG` cannot be meant.
 _OTHER_TRANSPORTS = frozenset(
     {"docker", "oci-archive", "dir", "containers-storage", "docker-daemon", "ostree", "sif"}
@@ -116,7 +126,7 @@ class ArchiveRef:
     text: str
     #: The archive file.
     file: Path
-    #: Image name inside the archive (``None``: the only one).
+    #: Image name inside the archive, in docker's familiar form (``None``: the only one).
     name: str | None
     #: Tag of that name (``latest`` when a name without tag is given).
     tag: str | None
@@ -198,16 +208,45 @@ def _parse_oci(text: str, rest: str) -> LayoutRef:
     return LayoutRef(text=text, layout=Path(path), tag=tag, in_store=False)
 
 
+def _split_domain(name: str) -> tuple[str | None, str]:
+    """docker's splitDockerDomain: (host, path); the first component is a host if it could not
+    be a path component. ``None`` when the name has no host."""
+    first, slash, remainder = name.partition("/")
+    if slash and (any(c in first for c in ".:[") or first == "localhost" or first != first.lower()):
+        return first, remainder
+    return None, name
+
+
+def familiar_name(name: str) -> str:
+    """Docker's familiar form of a valid image name (``reference.FamiliarName``): a Docker Hub
+    name without ``docker.io/`` (or ``index.docker.io/``), and an official image without
+    ``library/``; a name of any other registry is unchanged."""
+    host, path = _split_domain(name)
+    if host not in (None, _DOCKER_HUB, _DOCKER_HUB_LEGACY):
+        return name
+    official = path.removeprefix(_OFFICIAL)
+    return official if official != path and "/" not in official else path
+
+
+def stored_tag(tag: str, tags: list[str]) -> str:
+    """How the store's index spells the store tag ``tag`` (``NAME:TAG``, familiar): itself, or
+    the last of ``tags`` that is the same name spelt in full (as versions before names were
+    made familiar wrote them); ``tag`` when none is."""
+    if tag in tags:
+        return tag
+    for found in reversed(tags):
+        name, colon, short = found.rpartition(":")
+        if colon and "/" not in short and f"{familiar_name(name)}:{short}" == tag:
+            return found
+    return tag
+
+
 def _parse_docker(text: str, rest: str) -> RegistryRef:
     name, tag, digest = _split_name_tag(text, rest)
-    first, slash, remainder = name.partition("/")
-    # docker's splitDockerDomain: the first component is a host if it could not be a path.
-    if slash and (any(c in first for c in ".:[") or first == "localhost" or first != first.lower()):
-        host, repository = first, remainder
-    else:
-        host, repository = _DOCKER_HUB, name
-        if "/" not in repository:
-            repository = f"library/{repository}"
+    found, repository = _split_domain(name)
+    host = found or _DOCKER_HUB
+    if found is None and "/" not in repository:
+        repository = f"{_OFFICIAL}{repository}"
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return RegistryRef(text=text, host=host, repository=repository, tag=tag, digest=digest)
@@ -223,7 +262,7 @@ def _parse_archive(text: str, rest: str) -> ArchiveRef:
     name, tag, digest = _split_name_tag(text, named)
     if digest is not None:
         raise _bad(text, "an archive reference names a tag, not a digest")
-    return ArchiveRef(text=text, file=Path(file), name=name, tag=tag or DEFAULT_TAG)
+    return ArchiveRef(text=text, file=Path(file), name=familiar_name(name), tag=tag or DEFAULT_TAG)
 
 
 def _parse_store(text: str) -> LayoutRef:
@@ -233,7 +272,7 @@ def _parse_store(text: str) -> LayoutRef:
     return LayoutRef(
         text=text,
         layout=store_layout_path(),
-        tag=f"{name}:{tag or DEFAULT_TAG}",
+        tag=f"{familiar_name(name)}:{tag or DEFAULT_TAG}",
         in_store=True,
     )
 
@@ -251,6 +290,12 @@ def parse_reference(text: str) -> ImageRef:
     transport, colon, after = text.partition(":")
     if colon and transport in _OTHER_TRANSPORTS and not _TAG_RE.fullmatch(after):
         raise _bad(text, f"the {transport!r} transport is not supported")
+    return _parse_store(text)
+
+
+def parse_store_reference(text: str) -> LayoutRef:
+    """Parse ``NAME[:TAG]`` as an image of the default store, even where it looks like another
+    transport's reference (a ``docker save`` archive's ``RepoTags`` are such names)."""
     return _parse_store(text)
 
 

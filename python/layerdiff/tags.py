@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from layerdiff import refs
-from layerdiff.catalog import load_image
+from layerdiff.catalog import index_tag, load_image
 from layerdiff.errors import ImageNotFoundError
 from layerdiff.fsck import writing
 from layerdiff.layout import REF_NAME, Descriptor, Layout
@@ -38,7 +38,8 @@ def named(image: str | refs.LayoutRef) -> Descriptor:
     without reading the image, which may be broken; ImageNotFoundError if there is none."""
     ref = refs.parse_layout_reference(image) if isinstance(image, str) else image
     try:
-        return Layout.open(ref.layout).resolve(ref.tag)
+        layout = Layout.open(ref.layout)
+        return layout.resolve(index_tag(layout, ref))
     except ImageNotFoundError as e:
         raise ImageNotFoundError(f"image not found: {ref.text} ({e})") from e
 
@@ -49,11 +50,12 @@ def untag(image: str | refs.LayoutRef) -> str:
     corrupt goes as well. The blobs stay until ``gc`` finds nothing else uses them."""
     ref = refs.parse_layout_reference(image) if isinstance(image, str) else image
     descriptor = named(ref)
-    name = ref.tag
+    layout = Layout.open(ref.layout)
+    name = index_tag(layout, ref)
     if name is None:  # oci:PATH naming the layout's only image: by the tag it has, if any
         name = (descriptor.get("annotations") or {}).get(REF_NAME)
         if not isinstance(name, str):
             raise ImageNotFoundError(f"{ref.text}: the image has no tag to remove")
-    if not Layout.open(ref.layout).remove_tag(name):
+    if not layout.remove_tag(name):
         raise ImageNotFoundError(f"image not found: {ref.text}")
     return str(descriptor["digest"])
