@@ -3,10 +3,13 @@ writes, in the legacy form and in the OCI-layout form docker 25+ writes."""
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -127,3 +130,78 @@ def test_load_refuses_a_layer_that_is_not_its_diff_id(tmp_path: Path) -> None:
     assert layerdiff.images() == [i for i in layerdiff.images() if i.name != "x/y"]
     out = run_cli("load", str(tmp_path / "missing.tar"))
     assert out.returncode != 0 and out.stderr.count("\n") == 1
+
+
+def _archive_of_links(path: Path, links: dict[str, str]) -> Path:
+    """A tar holding symlinks ``name -> target``, and a file ``end`` holding an empty list."""
+    with tarfile.open(path, "w") as tar:
+        for name, target in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+        info = tarfile.TarInfo("end")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"[]"))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("links", "message"),
+    [
+        ({"manifest.json": "manifest.json"}, "links that loop"),
+        ({"manifest.json": "a", "a": "b", "b": "a"}, "links that loop"),
+        ({"manifest.json": "d/../manifest.json"}, "links that loop"),
+        (
+            {"manifest.json": "l0", **{f"l{i}": f"l{i + 1}" for i in range(50)}, "l50": "end"},
+            "more than 40 links",
+        ),
+    ],
+    ids=["self", "cycle", "self-by-another-path", "long-chain"],
+)
+def test_load_refuses_a_symlink_loop_in_the_archive(
+    tmp_path: Path, links: dict[str, str], message: str
+) -> None:
+    archive = _archive_of_links(tmp_path / "loop.tar", links)
+    # In a child process: what this guards against is a load that never returns.
+    proc = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "load", str(archive)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert line == f"layerdiff: error: {archive}: 'manifest.json' is reached through {message}"
+    with pytest.raises(layerdiff.FormatError, match=r"'manifest\.json' is reached through"):
+        layerdiff.load(archive)
+
+
+def test_load_follows_links_to_layers_in_other_directories(tmp_path: Path) -> None:
+    """docker's legacy form links a repeated layer as ../<id>/layer.tar (a symlink, relative
+    to its directory); a tar hardlink names its target from the archive's root."""
+    image = two_layer_image(tmp_path)
+    saved = tmp_path / "saved.tar"
+    layerdiff.save(image, f"docker-archive:{saved}:x/y:1")
+    relinked = tmp_path / "relinked.tar"
+    with tarfile.open(saved) as src, tarfile.open(relinked, "w") as dst:
+        [entry] = json.load(src.extractfile("manifest.json"))  # type: ignore[arg-type]
+        layers = []
+        for i, name in enumerate(entry["Layers"]):
+            info = copy.copy(src.getmember(name))
+            info.name = f"blob{i}/layer.tar"
+            dst.addfile(info, src.extractfile(name))
+            link = tarfile.TarInfo(f"id{i}/layer.tar")
+            if i == 0:
+                link.type, link.linkname = tarfile.SYMTYPE, f"../blob{i}/layer.tar"
+            else:
+                link.type, link.linkname = tarfile.LNKTYPE, f"blob{i}/layer.tar"
+            dst.addfile(link)
+            layers.append(link.name)
+        config = src.getmember(entry["Config"])
+        dst.addfile(config, src.extractfile(config))
+        body = json.dumps([{**entry, "Layers": layers}]).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(body)
+        dst.addfile(info, io.BytesIO(body))
+    assert layerdiff.load(relinked).layers == layerdiff.load(saved).layers

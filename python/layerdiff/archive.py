@@ -42,6 +42,7 @@ from layerdiff.layout import Layout
 __all__ = ["LoadResult", "SaveResult", "load", "save"]
 
 _JSON_MAX = 64 << 20
+_LINK_HOPS = 40  # links followed to reach one member: the kernel's limit for a path (MAXSYMLINKS)
 _LAYER_TYPES = {
     b"\x1f\x8b": "application/vnd.oci.image.layer.v1.tar+gzip",
     b"\x28\xb5\x2f\xfd": "application/vnd.oci.image.layer.v1.tar+zstd",
@@ -170,15 +171,27 @@ def _read_member(tar: tarfile.TarFile, name: str, where: str, limit: int = _JSON
 
 
 def _open_member(tar: tarfile.TarFile, name: str, where: str) -> IO[bytes]:
+    """The file member ``name``, through the links docker's legacy form uses for repeated
+    layers: a symlink's target is relative to its own directory, a hardlink's to the root."""
+    member = name
     try:
-        info = tar.getmember(name)
-        while info.issym() or info.islnk():  # docker's legacy form links repeated layers
-            info = tar.getmember(
-                os.path.normpath(os.path.join(os.path.dirname(name), info.linkname))
-            )
+        info = tar.getmember(member)
+        seen = {info.name}
+        while info.issym() or info.islnk():
+            if len(seen) > _LINK_HOPS:
+                raise FormatError(
+                    f"{where}: {name!r} is reached through more than {_LINK_HOPS} links"
+                )
+            base = os.path.dirname(info.name) if info.issym() else ""
+            member = os.path.normpath(os.path.join(base, info.linkname))
+            info = tar.getmember(member)
+            if info.name in seen:
+                raise FormatError(f"{where}: {name!r} is reached through links that loop")
+            seen.add(info.name)
         f = tar.extractfile(info)
     except KeyError as e:
-        raise FormatError(f"{where}: the archive has no {name!r}") from e
+        missing = "" if member == name else f" ({name!r} links to it)"
+        raise FormatError(f"{where}: the archive has no {member!r}{missing}") from e
     if f is None:
         raise FormatError(f"{where}: {name!r} is not a file")
     return f
@@ -229,8 +242,9 @@ def load(
     except tarfile.TarError as e:
         raise FormatError(f"{where}: not a tar archive ({e})") from e
     with tar:
+        data = _read_member(tar, "manifest.json", where)
         try:
-            entries = json.loads(_read_member(tar, "manifest.json", where))
+            entries = json.loads(data)
         except ValueError as e:
             raise FormatError(f"{where}: manifest.json is not JSON: {e}") from e
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
