@@ -7,11 +7,13 @@ import copy
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,3 +207,55 @@ def test_load_follows_links_to_layers_in_other_directories(tmp_path: Path) -> No
         info.size = len(body)
         dst.addfile(info, io.BytesIO(body))
     assert layerdiff.load(relinked).layers == layerdiff.load(saved).layers
+
+
+def _with_member(saved: Path, out: Path, name: str, change: Any) -> Path:
+    """``saved`` with the JSON member ``name`` (manifest.json: its one entry) changed."""
+    with tarfile.open(saved) as src, tarfile.open(out, "w") as dst:
+        [entry] = json.load(src.extractfile("manifest.json"))  # type: ignore[arg-type]
+        member = entry["Config"] if name == "config" else name
+        for info in src.getmembers():
+            data = src.extractfile(info).read()  # type: ignore[union-attr]
+            if info.name == member:
+                obj = json.loads(data)
+                change(obj[0] if name == "manifest.json" else obj)
+                data = json.dumps(obj).encode()
+                info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    return out
+
+
+def _set(key: str, value: Any) -> Any:
+    return lambda obj: obj.update({key: value})
+
+
+@pytest.mark.parametrize(
+    ("member", "change", "message"),
+    [
+        ("manifest.json", _set("RepoTags", "abc"), "RepoTags is not a list of names"),
+        ("manifest.json", _set("RepoTags", [5]), "RepoTags is not a list of names"),
+        ("manifest.json", _set("RepoTags", ["Not/Valid:1"]), "RepoTags: invalid image"),
+        ("manifest.json", _set("RepoTags", ["oci:/tmp/x:1"]), "RepoTags: invalid image"),
+        ("manifest.json", _set("Config", 5), "Config is not a file name"),
+        ("manifest.json", lambda e: e.pop("Config"), "Config is not a file name"),
+        ("manifest.json", _set("Layers", "ab"), "Layers is not a list of file names"),
+        ("manifest.json", _set("Layers", [{}]), "Layers is not a list of file names"),
+        ("config", _set("rootfs", {"type": "layers", "diff_ids": 5}), "rootfs.diff_ids is not"),
+        ("config", _set("rootfs", {"diff_ids": [5]}), "rootfs.diff_ids: 5: not a sha256"),
+        ("config", _set("rootfs", "layers"), "rootfs.diff_ids is not"),
+        ("config", lambda c: c.pop("rootfs"), "rootfs.diff_ids is not"),
+    ],
+)
+def test_load_refuses_malformed_manifest_fields(
+    tmp_path: Path, member: str, change: Any, message: str
+) -> None:
+    image = two_layer_image(tmp_path)
+    saved = tmp_path / "saved.tar"
+    layerdiff.save(image, f"docker-archive:{saved}:x/y:1")
+    bad = _with_member(saved, tmp_path / "bad.tar", member, change)
+    with pytest.raises(layerdiff.FormatError, match=re.escape(message)) as info:
+        layerdiff.load(bad)
+    assert "\n" not in str(info.value) and str(bad) in str(info.value)
+    assert [i.name for i in layerdiff.images()] == ["base", "app"]  # nothing was tagged
+    proc = run_cli("load", str(bad))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and message in proc.stderr

@@ -37,7 +37,7 @@ from layerdiff.errors import (
 )
 from layerdiff.fsck import writing
 from layerdiff.image import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, build_manifest, canonical_json
-from layerdiff.layout import Layout
+from layerdiff.layout import Layout, check_digest
 
 __all__ = ["LoadResult", "SaveResult", "load", "save"]
 
@@ -202,11 +202,85 @@ def _chunks(f: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _pick(entries: list[dict[str, Any]], ref: refs.ArchiveRef | None, where: str) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class _Entry:
+    """One image of an archive's ``manifest.json``."""
+
+    #: The member holding its config.
+    config: str
+    #: Its ``RepoTags`` as store names (docker's familiar form, as docker reads them).
+    repo_tags: list[refs.LayoutRef]
+    #: The members holding its layers, bottom first.
+    layers: list[str]
+
+
+def _entries(data: bytes, where: str) -> list[_Entry]:
+    """The images ``manifest.json`` lists, each field checked for the type docker writes."""
+    try:
+        found = json.loads(data)
+    except ValueError as e:
+        raise FormatError(f"{where}: manifest.json is not JSON: {e}") from e
+    if not isinstance(found, list) or not all(isinstance(e, dict) for e in found):
+        raise FormatError(f"{where}: manifest.json is not a list of images")
+    return [_entry(e, f"{where}: manifest.json") for e in found]
+
+
+def _entry(obj: dict[str, Any], where: str) -> _Entry:
+    config = obj.get("Config")
+    if not isinstance(config, str) or not config:
+        raise FormatError(f"{where}: Config is not a file name: {_short(config)}")
+    tags = obj.get("RepoTags")
+    if tags is None:  # docker's form of an untagged image
+        tags = []
+    if not _strings(tags):
+        raise FormatError(f"{where}: RepoTags is not a list of names: {_short(tags)}")
+    try:
+        repo_tags = [refs.parse_store_reference(t) for t in tags]
+    except InvalidReferenceError as e:
+        raise FormatError(f"{where}: RepoTags: {e}") from e
+    layers = obj.get("Layers")
+    if layers is None:
+        layers = []
+    if not _strings(layers):
+        raise FormatError(f"{where}: Layers is not a list of file names: {_short(layers)}")
+    return _Entry(config=config, repo_tags=repo_tags, layers=layers)
+
+
+def _diff_ids(config: bytes, where: str) -> list[str]:
+    """The config's ``rootfs.diff_ids``, checked to be sha256 digests."""
+    try:
+        obj = json.loads(config)
+    except ValueError as e:
+        raise FormatError(f"{where}: the image config is not JSON: {e}") from e
+    rootfs = obj.get("rootfs") if isinstance(obj, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise FormatError(
+            f"{where}: the image config's rootfs.diff_ids is not a list: {_short(diff_ids)}"
+        )
+    for diff_id in diff_ids:
+        try:
+            check_digest(diff_id)
+        except FormatError as e:
+            raise FormatError(f"{where}: the image config's rootfs.diff_ids: {e}") from None
+    return diff_ids
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _short(value: object) -> str:
+    """``value`` as JSON, cut to fit in a one-line message."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _pick(entries: list[_Entry], ref: refs.ArchiveRef | None, where: str) -> _Entry:
     if ref is not None and ref.name is not None:
         want = f"{ref.name}:{ref.tag}"  # familiar, as docker matches names
         for e in entries:
-            if want in [t.tag for t in _repo_tags(e)]:
+            if want in [t.tag for t in e.repo_tags]:
                 return e
         raise ImageNotFoundError(f"{where}: no image tagged {want} in the archive")
     if len(entries) != 1:
@@ -215,11 +289,6 @@ def _pick(entries: list[dict[str, Any]], ref: refs.ArchiveRef | None, where: str
             "docker-archive:FILE:NAME:TAG"
         )
     return entries[0]
-
-
-def _repo_tags(entry: dict[str, Any]) -> list[refs.LayoutRef]:
-    """An image's ``RepoTags`` as store names (docker's familiar form, as docker reads them)."""
-    return [refs.parse_store_reference(str(t)) for t in entry.get("RepoTags") or []]
 
 
 def load(
@@ -242,36 +311,26 @@ def load(
     except tarfile.TarError as e:
         raise FormatError(f"{where}: not a tar archive ({e})") from e
     with tar:
-        data = _read_member(tar, "manifest.json", where)
-        try:
-            entries = json.loads(data)
-        except ValueError as e:
-            raise FormatError(f"{where}: manifest.json is not JSON: {e}") from e
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise FormatError(f"{where}: manifest.json is not a list of images")
-        entry = _pick(entries, ref, where)
+        entry = _pick(_entries(_read_member(tar, "manifest.json", where), where), ref, where)
         if image is not None:
             targets = [refs.parse_layout_reference(image) if isinstance(image, str) else image]
         else:
-            targets = _repo_tags(entry)
+            targets = entry.repo_tags
             if not targets:
                 raise InvalidReferenceError(
                     f"{where}: the image has no tag; name IMAGE to load it as"
                 )
-        config = _read_member(tar, str(entry.get("Config")), where)
-        try:
-            diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise FormatError(f"{where}: the image config has no rootfs.diff_ids") from e
-        layer_names = entry.get("Layers") or []
-        if not isinstance(layer_names, list) or len(layer_names) != len(diff_ids):
+        config = _read_member(tar, entry.config, where)
+        diff_ids = _diff_ids(config, f"{where}: {entry.config}")
+        layer_names = entry.layers
+        if len(layer_names) != len(diff_ids):
             raise FormatError(
                 f"{where}: {len(layer_names)} layers but {len(diff_ids)} diff_ids in the config"
             )
         with Layout.create_for_write(targets[0].layout) as layout, writing(layout):
             layers = []
             for name, diff_id in zip(layer_names, diff_ids, strict=True):
-                with _open_member(tar, str(name), where) as f:
+                with _open_member(tar, name, where) as f:
                     head = f.read(4)
                     digest, size = layout.write_blob_stream(
                         _prepend(head, _chunks(f)), where=f"{where}: {name}"
