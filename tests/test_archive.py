@@ -4,6 +4,7 @@ writes, in the legacy form and in the OCI-layout form docker 25+ writes."""
 from __future__ import annotations
 
 import copy
+import errno
 import io
 import json
 import os
@@ -259,3 +260,40 @@ def test_load_refuses_malformed_manifest_fields(
     assert [i.name for i in layerdiff.images()] == ["base", "app"]  # nothing was tagged
     proc = run_cli("load", str(bad))
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and message in proc.stderr
+
+
+def test_load_of_a_missing_file_is_the_packages_os_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.tar"
+    with pytest.raises(layerdiff.LayerdiffOSError) as info:
+        layerdiff.load(missing)
+    assert info.value.errno == errno.ENOENT and info.value.filename == str(missing)
+    with pytest.raises(layerdiff.LayerdiffOSError) as info:
+        layerdiff.load(tmp_path)
+    assert info.value.errno == errno.EISDIR and info.value.filename == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("target", "code"),
+    [
+        ("{tmp}/dir", errno.EISDIR),
+        ("/proc/x.tar", errno.ENOENT),
+        ("{tmp}/file/x.tar", errno.ENOTDIR),
+    ],
+    ids=["a-directory", "proc", "below-a-file"],
+)
+def test_save_where_it_cannot_write_names_the_path_given(
+    tmp_path: Path, target: str, code: int
+) -> None:
+    image = two_layer_image(tmp_path)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("")
+    path = target.format(tmp=tmp_path)
+    with pytest.raises(layerdiff.LayerdiffOSError) as info:
+        layerdiff.save(image, f"docker-archive:{path}")
+    assert (info.value.filename, info.value.errno) == (path, code)
+    proc = run_cli("save", image, f"docker-archive:{path}")
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"layerdiff: error: {path}: ") and ".tmp" not in line
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert list((tmp_path / "dir").iterdir()) == []

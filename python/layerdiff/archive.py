@@ -18,6 +18,7 @@ last, while holding the store's writer lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tarfile
@@ -28,12 +29,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from layerdiff import _core, refs
-from layerdiff.catalog import load_image
+from layerdiff.catalog import Image, load_image
 from layerdiff.errors import (
     DigestMismatchError,
     FormatError,
     ImageNotFoundError,
     InvalidReferenceError,
+    LayerdiffError,
+    LayerdiffOSError,
 )
 from layerdiff.fsck import writing
 from layerdiff.image import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, build_manifest, canonical_json
@@ -111,7 +114,30 @@ def save(image: str | refs.LayoutRef, archive: str | refs.ArchiveRef) -> SaveRes
             f"{local.ref.text}: {len(local.layers)} layers but {len(diff_ids)} diff_ids"
         )
     target = ref.file
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write(local, config, repo_tags, diff_ids, target)
+    except LayerdiffError:
+        raise
+    except OSError as e:  # named by the path asked for, not a temporary file beside it
+        raise LayerdiffOSError(
+            e.errno, f"writing the archive: {e.strerror or e}", str(target)
+        ) from e
+    return SaveResult(
+        file=target, repo_tags=repo_tags, config_digest=config_digest, layers=len(local.layers)
+    )
+
+
+def _write(
+    local: Image, config: bytes, repo_tags: list[str], diff_ids: list[str], target: Path
+) -> None:
+    """Write the archive ``target`` through a temporary file beside it."""
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
+    config_digest = str(local.manifest["config"]["digest"])
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the directory would be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with (
@@ -150,9 +176,6 @@ def save(image: str | refs.LayoutRef, archive: str | refs.ArchiveRef) -> SaveRes
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return SaveResult(
-        file=target, repo_tags=repo_tags, config_digest=config_digest, layers=len(local.layers)
-    )
 
 
 def _bytes(data: bytes) -> IO[bytes]:
@@ -310,6 +333,8 @@ def load(
         tar = tarfile.open(path, mode="r:*")  # noqa: SIM115 (closed by the with below)
     except tarfile.TarError as e:
         raise FormatError(f"{where}: not a tar archive ({e})") from e
+    except OSError as e:
+        raise LayerdiffOSError(e.errno, f"reading the archive: {e.strerror}", where) from e
     with tar:
         entry = _pick(_entries(_read_member(tar, "manifest.json", where), where), ref, where)
         if image is not None:
