@@ -27,6 +27,10 @@ _V1_CONTROLLERS = ("memory", "cpu", "pids", "freezer")
 #: CFS period for ``--cpus`` (the one docker uses).
 _CPU_PERIOD = 100_000
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: Smallest ``--memory`` docker accepts.
+_MEMORY_MIN = 6 << 20
+#: ``--cpus`` range: a 1000 µs quota per 100 ms period (the kernel's smallest) up to 1024 CPUs.
+_CPUS_MIN, _CPUS_MAX = 0.01, 1024
 
 
 class CgroupError(LayerdiffError, OSError):
@@ -38,10 +42,7 @@ def parse_memory(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", text.lower())
     if not m:
         raise InvalidArgumentError(f"invalid memory size {text!r} (expected e.g. 512m or 2g)")
-    value = int(float(m.group(1)) * _UNITS[m.group(2)])
-    if value < 6 << 20:
-        raise InvalidArgumentError(f"memory limit {text!r} is below the minimum of 6m")
-    return value
+    return _check_memory(int(float(m.group(1)) * _UNITS[m.group(2)]), repr(text))
 
 
 def parse_cpus(text: str) -> float:
@@ -50,18 +51,63 @@ def parse_cpus(text: str) -> float:
         value = float(text)
     except ValueError:
         raise InvalidArgumentError(f"invalid number of CPUs {text!r}") from None
-    if not 0.01 <= value <= 1024:
-        raise InvalidArgumentError(f"number of CPUs out of range: {text!r}")
+    return _check_cpus(value, repr(text))
+
+
+def _check_memory(value: int, shown: str) -> int:
+    if value < _MEMORY_MIN:
+        raise InvalidArgumentError(f"memory limit {shown} is below the minimum of 6m")
     return value
+
+
+def _check_cpus(value: float, shown: str) -> float:
+    if not _CPUS_MIN <= value <= _CPUS_MAX:  # NaN too: no comparison with it holds
+        raise InvalidArgumentError(f"number of CPUs out of range: {shown}")
+    return value
+
+
+def _check_pids(value: int, shown: str) -> int:
+    if value < 1:
+        raise InvalidArgumentError(f"process-count limit {shown} is below the minimum of 1")
+    return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of a container; ``None`` means unlimited."""
+    """Resource limits of a container; ``None`` means unlimited.
 
+    Checked as the command line checks ``--memory``, ``--cpus`` and ``--pids-limit``:
+    InvalidArgumentError for a value out of range or of the wrong type.
+    """
+
+    #: Bytes of memory (swap included), at least 6 MiB.
     memory: int | None = None
+    #: CPUs, 0.01 to 1024 (fractions allowed).
     cpus: float | None = None
+    #: Processes, at least 1.
     pids: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.memory is not None:
+            if not _is_int(self.memory):
+                raise InvalidArgumentError(
+                    f"memory limit must be a number of bytes, not {self.memory!r}"
+                )
+            _check_memory(self.memory, repr(self.memory))
+        if self.cpus is not None:
+            if not (_is_int(self.cpus) or isinstance(self.cpus, float)):
+                raise InvalidArgumentError(f"number of CPUs must be a number, not {self.cpus!r}")
+            _check_cpus(self.cpus, repr(self.cpus))
+        if self.pids is not None:
+            if not _is_int(self.pids):
+                raise InvalidArgumentError(
+                    f"process-count limit must be a whole number, not {self.pids!r}"
+                )
+            _check_pids(self.pids, repr(self.pids))
 
     @property
     def any(self) -> bool:
