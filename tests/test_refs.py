@@ -76,6 +76,9 @@ def test_store(text: str, tag: str) -> None:
     ("text", "host", "repository", "tag", "digest"),
     [
         ("docker://busybox", "docker.io", "library/busybox", "latest", None),
+        ("docker://index.docker.io/busybox", "docker.io", "library/busybox", "latest", None),
+        ("docker://index.docker.io/user/app", "docker.io", "user/app", "latest", None),
+        ("docker://docker.io/busybox", "docker.io", "library/busybox", "latest", None),
         ("docker://user/app:v1", "docker.io", "user/app", "v1", None),
         ("docker://localhost:5000/app", "localhost:5000", "app", "latest", None),
         ("docker://quay.io/org/app:v1", "quay.io", "org/app", "v1", None),
@@ -182,3 +185,24 @@ def test_store_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert store_home() == tmp_path / "home" / ".local" / "share" / "layerdiff"
     monkeypatch.delenv("XDG_DATA_HOME")
     assert store_home() == tmp_path / "home" / ".local" / "share" / "layerdiff"
+
+
+@pytest.mark.parametrize(
+    ("source", "stored"),
+    [
+        ("docker://busybox:1", "busybox:1"),
+        ("docker://docker.io/library/busybox:1", "busybox:1"),
+        ("docker://index.docker.io/user/app:v2", "user/app:v2"),
+        ("docker://localhost:5000/app:v1", "localhost:5000/app:v1"),
+        ("docker://quay.io/org/app:v1", "quay.io/org/app:v1"),
+    ],
+)
+def test_pull_stores_under_the_familiar_name(source: str, stored: str) -> None:
+    """The name a pull without a target gives the image, and reports: docker's short form."""
+    from layerdiff.remote import _default_name
+
+    ref = parse_reference(source)
+    assert isinstance(ref, RegistryRef)
+    assert _default_name(ref) == stored
+    local = parse_reference(stored)
+    assert isinstance(local, LayoutRef) and local.tag == stored

@@ -244,8 +244,9 @@ def stored_tag(tag: str, tags: list[str]) -> str:
 def _parse_docker(text: str, rest: str) -> RegistryRef:
     name, tag, digest = _split_name_tag(text, rest)
     found, repository = _split_domain(name)
-    host = found or _DOCKER_HUB
-    if found is None and "/" not in repository:
+    # index.docker.io is Docker Hub's old name: the same registry, as docker takes it.
+    host = _DOCKER_HUB if found in (None, _DOCKER_HUB_LEGACY) else found
+    if host == _DOCKER_HUB and "/" not in repository:
         repository = f"{_OFFICIAL}{repository}"
     if tag is None and digest is None:
         tag = DEFAULT_TAG

@@ -253,7 +253,8 @@ def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> D
 def _default_name(ref: refs.RegistryRef) -> str:
     if ref.tag is None:
         raise InvalidReferenceError(f"{ref.text} names no tag: say which local image to pull it as")
-    return f"{ref.host}/{ref.repository}:{ref.tag}"
+    # Stored under the familiar name (docker.io/library/busybox is busybox), as docker does.
+    return f"{refs.familiar_name(f'{ref.host}/{ref.repository}')}:{ref.tag}"
 
 
 def pull(
