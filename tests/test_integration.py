@@ -362,6 +362,12 @@ def test_tag_and_rmi(rootfs: Path, changed: Path, tmp_path: Path, store_home: Pa
     assert layerdiff.inspect(export)["digest"] == second.manifest_digest
     with pytest.raises(layerdiff.ImageNotFoundError):
         layerdiff.tag("ghost:1", "x:1")
+    # A source whose layer blob is gone: refused before anything is copied into a new layout.
+    layer = Layout.open(tmp_path / "export").blob_path(second.layer.digest)
+    layer.unlink()
+    proc = run_cli("tag", export, f"oci:{tmp_path}/copy:1")
+    assert proc.returncode == 1 and f"{layer}: blob {second.layer.digest}" in proc.stderr
+    assert not (tmp_path / "copy").exists()
 
 
 @pytest.mark.parametrize(

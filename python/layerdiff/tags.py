@@ -24,6 +24,15 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
         str(image.manifest["config"]["digest"]),
         *(str(d["digest"]) for d in image.layers),
     ]
+    if not Layout(dst.layout).same_as(image.layout):
+        # Every blob is checked before any is copied: a broken source leaves nothing behind.
+        for digest in blobs:
+            path = image.layout.blob_path(digest)
+            if not path.is_file():
+                raise ImageNotFoundError(
+                    f"{path}: blob {digest} of {image.ref.text} is missing from its layout "
+                    "(layerdiff fsck lists what is damaged)"
+                )
     with Layout.create_for_write(dst.layout) as layout, writing(layout):
         if not layout.same_as(image.layout):
             for digest in blobs:
