@@ -64,7 +64,7 @@ def test_save_is_read_by_skopeo_and_loads_back(tmp_path: Path) -> None:
     assert sk_config["rootfs"]["diff_ids"] == diff_ids  # skopeo checked each layer against them
 
     loaded = layerdiff.load(archive)
-    assert loaded.images == ["team/app:7"]
+    assert loaded.images == ("team/app:7",)
     assert loaded.config_digest == info["manifest"]["config"]["digest"]
     layerdiff.unpack(image, tmp_path / "a")
     layerdiff.unpack("team/app:7", tmp_path / "b")
@@ -109,8 +109,8 @@ def test_load_oci_layout_form(tmp_path: Path) -> None:
         tar.add(layout / "blobs", "blobs")
         tar.add(tmp_path / "manifest.json", "manifest.json")
     loaded = layerdiff.load(archive)
-    assert loaded.images == ["oci/form:1"]
-    assert loaded.layers == [d["digest"] for d in info["layers"]]  # stored as they were
+    assert loaded.images == ("oci/form:1",)
+    assert loaded.layers == tuple(d["digest"] for d in info["layers"])  # stored as they were
     layerdiff.unpack("oci/form:1", tmp_path / "r")
     assert (tmp_path / "r/srv/data").stat().st_size == 100_000
 
@@ -297,3 +297,14 @@ def test_save_where_it_cannot_write_names_the_path_given(
     assert line.startswith(f"layerdiff: error: {path}: ") and ".tmp" not in line
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert list((tmp_path / "dir").iterdir()) == []
+
+
+def test_results_are_hashable_values(tmp_path: Path) -> None:
+    """Like the other results (LayerInfo, CommitResult…): frozen, with tuples, so hashable."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "f").write_text("x")
+    layerdiff.commit(tree, image="app:1")
+    saved = layerdiff.save("app:1", f"docker-archive:{tmp_path}/a.tar")
+    loaded = layerdiff.load(tmp_path / "a.tar", "copy:1")
+    assert len({saved, saved}) == 1 and len({loaded, loaded}) == 1

@@ -82,7 +82,7 @@ def test_a_loaded_docker_hub_name_is_found_by_its_short_form(tmp_path: Path) -> 
     assert [(i.name, i.tag) for i in layerdiff.images()] == [("foo/bar", "1")]
     # The archive's image is named by either form too.
     for name in ("foo/bar:1", "docker.io/foo/bar:1"):
-        assert layerdiff.load(f"docker-archive:{archive}:{name}").images == ["foo/bar:1"]
+        assert layerdiff.load(f"docker-archive:{archive}:{name}").images == ("foo/bar:1",)
 
 
 def test_docker_hub_names_are_one_name_in_the_store(tmp_path: Path) -> None:
@@ -94,9 +94,9 @@ def test_docker_hub_names_are_one_name_in_the_store(tmp_path: Path) -> None:
         assert layerdiff.inspect(name)["digest"] == digest
     assert layerdiff.inspect("team/app:2")["digest"] == digest
     archive = tmp_path / "app.tar"
-    assert layerdiff.save("docker.io/library/app:1", f"docker-archive:{archive}").repo_tags == [
-        "app:1"
-    ]
+    assert layerdiff.save("docker.io/library/app:1", f"docker-archive:{archive}").repo_tags == (
+        "app:1",
+    )
     proc = run_cli("rmi", "docker.io/library/app:1", "docker.io/team/app:2")
     assert proc.returncode == 0, proc.stderr
     assert layerdiff.images() == []

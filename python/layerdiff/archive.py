@@ -59,7 +59,7 @@ class SaveResult:
     #: The archive file.
     file: Path
     #: Its ``RepoTags`` (empty: the image loads untagged).
-    repo_tags: list[str]
+    repo_tags: tuple[str, ...]
     #: The image's config digest (docker's image ID).
     config_digest: str
     #: Number of layers.
@@ -71,13 +71,13 @@ class LoadResult:
     """What ``load`` imported."""
 
     #: The local images it was tagged as.
-    images: list[str]
+    images: tuple[str, ...]
     #: Digest of the new OCI manifest.
     manifest_digest: str
     #: Digest of the config.
     config_digest: str
     #: Layer digests as stored, bottom first.
-    layers: list[str]
+    layers: tuple[str, ...]
 
 
 def _archive_ref(text: str | refs.ArchiveRef) -> refs.ArchiveRef:
@@ -123,7 +123,10 @@ def save(image: str | refs.LayoutRef, archive: str | refs.ArchiveRef) -> SaveRes
             e.errno, f"writing the archive: {e.strerror or e}", str(target)
         ) from e
     return SaveResult(
-        file=target, repo_tags=repo_tags, config_digest=config_digest, layers=len(local.layers)
+        file=target,
+        repo_tags=tuple(repo_tags),
+        config_digest=config_digest,
+        layers=len(local.layers),
     )
 
 
@@ -384,10 +387,10 @@ def load(
                         tagged.import_blob(layout, str(d["digest"]))
                 tagged.set_tag(target.write_tag, manifest_desc)
     return LoadResult(
-        images=[t.tag if t.in_store and t.tag is not None else t.text for t in targets],
+        images=tuple(t.tag if t.in_store and t.tag is not None else t.text for t in targets),
         manifest_digest=str(manifest_desc["digest"]),
         config_digest=str(config_desc["digest"]),
-        layers=[str(d["digest"]) for d in layers],
+        layers=tuple(str(d["digest"]) for d in layers),
     )
 
 
