@@ -113,6 +113,8 @@ impl<R> Limited<R> {
 /// A directory whose mode and mtime are set after everything else.
 struct DirMeta {
     path: Vec<u8>,
+    /// Where its parent really was when the entry was applied (see [`Applier::real_path`]).
+    real_parent: Vec<u8>,
     mode: u32,
     mtime: Timespec,
 }
@@ -169,11 +171,20 @@ pub fn clean_path(name: &[u8], entry: &str) -> Result<Vec<u8>> {
         return Err(bad(entry, "name contains a NUL byte"));
     }
     let mut out = Vec::with_capacity(name.len());
+    let mut under_whiteout_name = false;
     for comp in name.split(|&b| b == b'/') {
         match comp {
             b"" | b"." => {}
             b".." => return Err(bad(entry, "name contains a '..' component")),
-            c => out = join(&out, c),
+            c => {
+                // A whiteout is a file: as a directory its name reads as a whiteout to one
+                // tool and as a directory to another (commit refuses such a tree too).
+                if under_whiteout_name {
+                    return Err(bad(entry, "a whiteout name (.wh.) is used as a directory"));
+                }
+                under_whiteout_name = c.starts_with(WHITEOUT_PREFIX);
+                out = join(&out, c);
+            }
         }
     }
     Ok(out)
@@ -241,6 +252,7 @@ impl Applier<'_> {
                 drop_stale_xattrs(&fd, meta, name)?;
                 self.dirs.push(DirMeta {
                     path: path.clone(),
+                    real_parent: real_parent.clone(),
                     mode: meta.mode,
                     mtime: timespec(meta.mtime),
                 });
@@ -499,6 +511,11 @@ impl Applier<'_> {
                 Ok(fd) => fd,
                 Err(_) => continue, // replaced or removed later in the layer
             };
+            // A parent that now leads elsewhere (made a symlink later in the layer) is not
+            // where the directory was made: the metadata is not applied through it.
+            if self.real_path(&dfd, parent(&d.path)) != d.real_parent {
+                continue;
+            }
             let fd = match rustix::fs::openat(
                 &dfd,
                 os_path(base_name(&d.path)),

@@ -564,3 +564,76 @@ fn an_entry_replacing_the_directory_of_the_entries_before_it_is_seen() {
     .unwrap();
     assert_eq!(tree(t.path()), vec!["a/", "a/b/", "a/b/z = z"]);
 }
+
+#[test]
+fn directory_metadata_is_never_set_through_a_parent_made_a_symlink_later() {
+    // `a/tmp` is made with mode 0777, then `a` becomes a symlink to the root: the directory
+    // went away with `a`, and the root's own `tmp` must keep its mode.
+    let t = tempfile::tempdir().unwrap();
+    apply(t.path(), &[M::DirMode("tmp", 0o755)]).unwrap();
+    apply(
+        t.path(),
+        &[M::Dir("a"), M::DirMode("a/tmp", 0o777), M::Sym("a", "/")],
+    )
+    .unwrap();
+    let mode = fs::metadata(t.path().join("tmp")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
+    // Through a symlink the lower layer made, a directory entry is applied where it leads.
+    let t = tempfile::tempdir().unwrap();
+    apply(t.path(), &[M::Dir("real"), M::Sym("l", "real")]).unwrap();
+    apply(t.path(), &[M::DirMode("l/sub", 0o700)]).unwrap();
+    let mode = fs::metadata(t.path().join("real/sub")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o700);
+}
+
+#[test]
+fn a_whiteout_name_used_as_a_directory_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    lower(t.path());
+    let err = apply(t.path(), &[M::File(".wh.f/bar", b"x")]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("whiteout name (.wh.) is used as a directory"),
+        "{err}"
+    );
+    assert!(t.path().join("f").exists());
+    assert!(!t.path().join(".wh.f").exists());
+}
+
+#[test]
+fn gnu_sparse_files_in_pax_form_are_refused() {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    let pax = b"22 GNU.sparse.major=1\n22 GNU.sparse.minor=0\n";
+    h.set_size(pax.len() as u64);
+    h.set_path("PaxHeaders/sparse").unwrap();
+    h.set_cksum();
+    b.append(&h, &pax[..]).unwrap();
+    let mut h = header(
+        "GNUSparseFile.0/sparse",
+        tar::EntryType::Regular,
+        512,
+        0o644,
+    );
+    h.set_cksum();
+    b.append(&h, &[0u8; 512][..]).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let err = apply_bytes(t.path(), &b.into_inner().unwrap()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("GNU sparse files are not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zstd_blob_starting_with_a_skippable_frame_is_read() {
+    let tar = layer(&[M::File("f", b"content")]);
+    let mut blob = vec![0x50, 0x2a, 0x4d, 0x18, 8, 0, 0, 0];
+    blob.extend_from_slice(&[7; 8]);
+    blob.extend(zstd::encode_all(&tar[..], 3).unwrap());
+    let t = tempfile::tempdir().unwrap();
+    apply_bytes(t.path(), &blob).unwrap();
+    assert_eq!(tree(t.path()), vec!["f = content"]);
+}

@@ -429,6 +429,12 @@ impl Folder {
                 Op::Link(p, target) => {
                     let (p, target) = (self.resolve(p)?, self.resolve(target)?);
                     let rec = match self.merged.get(&Key(target.clone())) {
+                        Some(r) if matches!(r.kind, Kind::Dir) => {
+                            return Err(Error::Archive {
+                                entry: String::from_utf8_lossy(&p).into_owned(),
+                                reason: "hardlink to a directory".into(),
+                            });
+                        }
                         Some(r) => r.clone(),
                         // Not written in the range: the link stays a link into the lower tree.
                         None => Record {

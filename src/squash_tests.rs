@@ -148,6 +148,23 @@ fn a_hardlink_to_a_lower_file_replaced_in_the_range_is_refused() {
 }
 
 #[test]
+fn a_hardlink_to_a_directory_is_refused_as_apply_refuses_it() {
+    let range = vec![
+        vec![dir("dd"), file("dd/x", 0, 0)],
+        vec![Op::Link(b"hd".to_vec(), b"dd".to_vec())],
+    ];
+    match try_squash(&[], &range) {
+        Err(Error::Archive { entry, reason }) => {
+            assert_eq!(
+                (entry.as_str(), reason.as_str()),
+                ("hd", "hardlink to a directory")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn whiteouts_survive_only_where_they_hide_something_below() {
     let base = vec![vec![dir("a"), file("a/x", 9, 0), file("keep", 9, 1)]];
     // Added then deleted inside the range: nothing left, no whiteout needed.

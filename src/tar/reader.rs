@@ -200,6 +200,12 @@ fn parse_pax(data: &[u8], pending: &mut Pending, entry: &str) -> Result<()> {
                 pending.pax_mtime =
                     Some(parse_time(value).ok_or_else(|| bad(entry, "bad PAX mtime"))?);
             }
+            // GNU tar's PAX sparse forms (0.0, 0.1, 1.0): the entry's data is a sparse map
+            // and fragments, and its name a placeholder; read as a plain file it would come
+            // out wrong, under the wrong name.
+            _ if key.starts_with(b"GNU.sparse.") => {
+                return Err(bad(entry, "GNU sparse files are not supported in layers"));
+            }
             _ => {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     pending.xattrs.retain(|(k, _)| k != name);
