@@ -350,6 +350,10 @@ def test_killed_run_leaves_no_mounts_and_rm_cleans_up(image: str, store_home: Pa
         time.sleep(0.05)
     assert mounts_mentioning(c.path) == []
     assert all(d.exists() for d in groups)  # nobody removed the group yet
+    # The container died with its supervisor: nothing of it runs on, unwatched.
+    while any((d / "cgroup.procs").read_text().strip() for d in groups):
+        assert time.monotonic() < deadline, "the container outlived its supervisor"
+        time.sleep(0.05)
     done = run_cli("rm", "k")
     assert done.returncode == 0, done.stderr
     assert not c.path.exists()
@@ -552,3 +556,31 @@ def test_run_refuses_a_layer_whose_digest_does_not_match(image: str, store_home:
     cache = layercache.cache_root() / "trusted"
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
     assert runtime.containers() == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGQUIT, signal.SIGWINCH])
+def test_signals_to_run_reach_the_container(image: str, store_home: Path, sig: int) -> None:
+    """As docker's sig-proxy: the signal reaches the command, and run returns its exit code."""
+    name = signal.Signals(sig).name.removeprefix("SIG")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerdiff", "run", "--rm", "--name", "s", image, "--", "sh", "-c",
+         f'trap "exit 9" {name}; echo ready; while true; do sleep 0.1; done'],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 9
+
+
+def test_two_starts_of_one_container_run_it_once(image: str, store_home: Path) -> None:
+    created = run_cli("create", "--name", "par", image, "--", "sh", "-c", "sleep 1; echo done")
+    assert created.returncode == 0, created.stderr
+    command = [sys.executable, "-m", "layerdiff", "start", "par"]
+    starts = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = sorted((p.wait(timeout=60), *p.communicate()) for p in starts)
+    (ok, out, _), (refused, _, err) = results
+    assert (ok, out) == (0, "done\n")
+    assert refused == 125 and "container par is already running" in err

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -63,6 +64,8 @@ INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 _INIT_DIRS = ("etc", "dev", "proc", "sys")
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 _STATE_FILE = "container.json"
+#: Held (flock) by the process running the container, for the whole run.
+_RUN_LOCK = ".run.lock"
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HELPER = Path(__file__).with_name("_helper.py")
 #: Exit code of ``run`` when the container could not be set up (as ``docker run``).
@@ -324,18 +327,30 @@ class RunResult:
     container: Container
 
 
+#: Signals to ``run``/``start`` that go on to the container, as docker's sig-proxy passes them.
+_FORWARDED = (
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+
+
 @contextlib.contextmanager
 def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    """While the container runs: SIGTERM and SIGHUP to us go to it; SIGINT is ignored here
-    because a terminal's Ctrl-C reaches the container's processes directly."""
+    """While the container runs: the signals of ``_FORWARDED`` to us go to it (their default
+    action would kill us and leave it unwatched); SIGINT is ignored here because a terminal's
+    Ctrl-C reaches the container's processes directly."""
 
     def forward(sig: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
 
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGHUP, forward)
+    old = {s: signal.getsignal(s) for s in (*_FORWARDED, signal.SIGINT)}
+    for s in _FORWARDED:
+        signal.signal(s, forward)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
@@ -350,6 +365,23 @@ def start(container: Container) -> RunResult:
         raise InvalidArgumentError(
             f"container={container!r}: expected a Container (from create or open_container)"
         )
+    # One run at a time: the lock is held for the whole run and goes with the process, so two
+    # starts never share the upper directory, whatever their timing.
+    lock = os.open(container.path / _RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ContainerError(f"container {container.name} is already running") from None
+        fresh = json.loads((container.path / _STATE_FILE).read_bytes())
+        container.data.clear()
+        container.data.update(fresh)
+        return _start_locked(container)
+    finally:
+        os.close(lock)
+
+
+def _start_locked(container: Container) -> RunResult:
     limits = Limits(**(container.data.get("limits") or {}))
     if container.state == "running":
         raise ContainerError(f"container {container.name} is already running")

@@ -16,7 +16,7 @@ mod rootfs;
 mod signals;
 
 use std::ffi::CString;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 pub use exec::{UserSpec, parse_group, parse_passwd, resolve_user};
@@ -130,13 +130,39 @@ fn start(spec: &ContainerSpec) -> Result<i32, String> {
         return Err(os_fail("creating the container's namespaces (unshare)"));
     }
     let blocked = signals::block_all()?;
+    // Held open by this process for as long as it lives: the container's PID 1 sees from it
+    // whether this process died before PID 1 asked to die with it.
+    let mut alive = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given.
+    if unsafe { libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os_fail("creating a pipe"));
+    }
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (alive_r, alive_w) = unsafe {
+        (
+            OwnedFd::from_raw_fd(alive[0]),
+            OwnedFd::from_raw_fd(alive[1]),
+        )
+    };
     // SAFETY: the helper is single-threaded, so the child may do anything after fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(os_fail("fork"));
     }
     if pid == 0 {
-        // PID 1 of the container: never returns.
+        // PID 1 of the container: never returns. The parent-death signal is not inherited
+        // across fork: without its own, PID 1 (and the whole container) would outlive a
+        // killed supervisor, running on unwatched and reported as exited.
+        drop(alive_w);
+        let orphaned =
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .is_err()
+                || parent_gone(&alive_r);
+        if orphaned {
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(EXIT_SETUP) }
+        }
+        drop(alive_r);
         let code = match rootfs::container_init(spec, &argv, &blocked) {
             Ok(code) => code,
             Err(msg) => {
@@ -147,7 +173,22 @@ fn start(spec: &ContainerSpec) -> Result<i32, String> {
         // SAFETY: leaving the forked child without running the parent's destructors.
         unsafe { libc::_exit(code) }
     }
-    Ok(signals::supervise(pid, false))
+    drop(alive_r);
+    let code = signals::supervise(pid, false);
+    drop(alive_w);
+    Ok(code)
+}
+
+/// True when the other end of `alive` (held by the parent) is closed: the parent is gone.
+fn parent_gone(alive: &OwnedFd) -> bool {
+    let mut fd = libc::pollfd {
+        fd: alive.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll of one valid descriptor, without waiting.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready > 0 && fd.revents & libc::POLLHUP != 0
 }
 
 /// Map the caller to root in a new user namespace.
