@@ -393,3 +393,28 @@ def test_commit_a_container_straight_to_the_registry(
     check = run_cli("run", "--rm", "back:2", "--", "sh", "-c", "cat /version; cat /etc/hostname")
     assert check.returncode == 0, check.stderr
     assert check.stdout.split()[0] == "v2"
+
+
+def test_a_failed_or_interrupted_transfer_stops_the_others_at_their_next_chunk() -> None:
+    """When one blob transfer fails, or Ctrl-C lands, the transfers still running stop at their
+    next chunk (the check the upload and download loops make) instead of running to their end."""
+    from layerdiff import transfer
+    from layerdiff.remote import _parallel
+
+    started: list[int] = []
+
+    def blob(i: int) -> int:
+        started.append(i)
+        if i == 0:
+            time.sleep(0.2)
+            raise RuntimeError("blob 0 failed")
+        while True:  # a transfer that would run forever but for the check
+            transfer._check_stop()
+            time.sleep(0.01)
+
+    begin = time.monotonic()
+    with pytest.raises(RuntimeError, match="blob 0 failed"):
+        _parallel(blob, list(range(6)), jobs=3)
+    assert time.monotonic() - begin < 5
+    assert {0, 1, 2} <= set(started)
+    assert not transfer.stop.is_set()  # ready for the next push or pull

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from layerdiff import refs
+from layerdiff import refs, transfer
 from layerdiff.catalog import load_image
 from layerdiff.errors import (
     DigestMismatchError,
@@ -105,8 +105,17 @@ def open_registry(ref: refs.RegistryRef, *, tls_verify: bool, creds: str | None)
 def _parallel(fn: Callable[[_T], _R], items: Sequence[_T], jobs: int) -> list[_R]:
     if jobs <= 1 or len(items) <= 1:
         return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layerdiff-blob") as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layerdiff-blob")
+    try:
         return list(pool.map(fn, items))
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or failed: the transfers still running stop at their
+        # next chunk, and those not started never start.
+        transfer.stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        transfer.stop.clear()
 
 
 def _quiet(_digest: str, _done: int, _size: int, _status: str | None) -> None:

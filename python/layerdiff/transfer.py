@@ -44,6 +44,21 @@ __all__ = [
 
 
 _CHUNK = 1 << 20  # bytes read and hashed at a time
+
+#: Set while an interrupted push or pull waits for its blob transfers: each stops at its next
+#: chunk instead of running to its end.
+stop = threading.Event()
+
+
+class Stopped(Exception):
+    """A blob transfer given up because :data:`stop` was set."""
+
+
+def _check_stop() -> None:
+    if stop.is_set():
+        raise Stopped("interrupted")
+
+
 _PATCH_CHUNK = 16 << 20  # bytes per PATCH of a streamed layer
 _SOURCES = ".layerdiff.sources.json"
 _SOURCES_KEPT = 8  # repositories remembered per blob
@@ -111,6 +126,7 @@ class _VerifiedFile:
                         f"{self.path}: blob {self.digest} is larger than its descriptor's "
                         f"{self.size} bytes; refusing to push it"
                     )
+                _check_stop()
                 h.update(chunk)
                 self.sent += len(chunk)
                 self.on_blob(self.digest, self.sent, self.size, None)
@@ -285,6 +301,7 @@ def fetch_blob(
             nonlocal done
             with response:
                 for chunk in response.iter_content(_CHUNK):
+                    _check_stop()
                     done += len(chunk)
                     on_blob(digest, done, size, None)
                     yield chunk
