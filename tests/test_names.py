@@ -14,16 +14,7 @@ import pytest
 import layerdiff
 from layerdiff.layout import Layout
 from tests.conftest import run_cli
-
-
-def tree(root: Path, marker: str) -> Path:
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "marker").write_text(marker)
-    return root
-
-
-def blob(layout: Path, digest: str) -> Path:
-    return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+from tests.layouts import blob, tree
 
 
 @pytest.mark.parametrize("lost", ["manifest", "config"])
