@@ -62,3 +62,11 @@ def gnu_tar(root: Path, out: Path, *, compress: str | None = None) -> Path:
         ).stdout
     out.write_bytes(tar)
     return out
+
+
+def skopeo_copy(source: str, destination: str) -> None:
+    """``skopeo copy SOURCE DESTINATION``, failing the test with skopeo's words if it fails."""
+    done = subprocess.run(
+        ["skopeo", "copy", source, destination], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr

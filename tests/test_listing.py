@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import layerdiff
 from layerdiff.layout import Layout
 from tests.conftest import run_cli
 from tests.layouts import blob, tree
+from tests.peers import skopeo_copy
 
 
 def test_images_lists_the_healthy_and_warns_of_the_broken(tmp_path: Path) -> None:
@@ -66,13 +66,7 @@ needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs 
 def test_images_shows_untagged_images(tmp_path: Path) -> None:
     """What `skopeo copy oci:A:2 oci:U` writes has no name; it is listed as <none>."""
     layerdiff.commit(tree(tmp_path / "a", "a"), image=f"oci:{tmp_path / 'A'}:2")
-    copied = subprocess.run(
-        ["skopeo", "copy", f"oci:{tmp_path / 'A'}:2", f"oci:{tmp_path / 'U'}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert copied.returncode == 0, copied.stderr
+    skopeo_copy(f"oci:{tmp_path / 'A'}:2", f"oci:{tmp_path / 'U'}")
     layout = tmp_path / "U"
     digest = layerdiff.inspect(f"oci:{layout}")["digest"]
     [image] = layerdiff.images(layout)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import layerdiff
 from layerdiff.layout import Layout
 from tests.conftest import run_cli
 from tests.layouts import blob, tree
+from tests.peers import skopeo_copy
 
 
 @pytest.mark.parametrize("lost", ["manifest", "config"])
@@ -55,13 +55,7 @@ def test_a_loaded_docker_hub_name_is_found_by_its_short_form(tmp_path: Path) -> 
     """skopeo writes RepoTags fully qualified (docker.io/foo/bar:1); docker says foo/bar:1."""
     layerdiff.commit(tree(tmp_path / "a", "a"), image=f"oci:{tmp_path / 'A'}:2")
     archive = tmp_path / "s.tar"
-    copied = subprocess.run(
-        ["skopeo", "copy", f"oci:{tmp_path / 'A'}:2", f"docker-archive:{archive}:foo/bar:1"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert copied.returncode == 0, copied.stderr
+    skopeo_copy(f"oci:{tmp_path / 'A'}:2", f"docker-archive:{archive}:foo/bar:1")
     proc = run_cli("load", str(archive))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == "foo/bar:1"
