@@ -74,20 +74,23 @@ def test_numbers_out_of_range_and_wrong_types_are_invalid_arguments(
 ) -> None:
     layerdiff.commit(tree, image=f"oci:{tmp_path}/l:v1")
     image = f"oci:{tmp_path}/l:v1"
-    calls: dict[str, Any] = {
-        "max_size=-1": lambda: layerdiff.unpack(image, tmp_path / "o", max_size=-1),
-        "max_size=1180591620717411303424": lambda: layerdiff.apply(
-            tmp_path / "o", [], max_size=2**70
+    calls: list[tuple[str, Any]] = [
+        ("max_size=-1", lambda: layerdiff.unpack(image, tmp_path / "o", max_size=-1)),
+        (
+            "max_size=1180591620717411303424",
+            lambda: layerdiff.apply(tmp_path / "o", [], max_size=2**70),
         ),
-        "root_ids uid": lambda: layerdiff.write_layer(tree, dest=tmp_path, root_ids=(-1, 0)),
-        "layers=0": lambda: layerdiff.squash(image, f"oci:{tmp_path}/l:s", layers=0),
-        "layers=5": lambda: layerdiff.squash(image, f"oci:{tmp_path}/l:s", layers=5),
-        "image=None": lambda: layerdiff.commit(tree, image=cast(Any, None)),
-        "base=5": lambda: layerdiff.commit(tree, image=image, base=cast(Any, 5)),
-        "container='c'": lambda: layerdiff.start(cast(Any, "c")),
-        "dest=''": lambda: layerdiff.write_layer(tree, dest=""),
-    }
-    for what, call in calls.items():
+        ("root_ids uid", lambda: layerdiff.write_layer(tree, dest=tmp_path, root_ids=(-1, 0))),
+        ("layers=0", lambda: layerdiff.squash(image, f"oci:{tmp_path}/l:s", layers=0)),
+        ("layers=5", lambda: layerdiff.squash(image, f"oci:{tmp_path}/l:s", layers=5)),
+        ("image=None", lambda: layerdiff.commit(tree, image=cast(Any, None))),
+        ("base=5", lambda: layerdiff.commit(tree, image=image, base=cast(Any, 5))),
+        ("container='c'", lambda: layerdiff.start(cast(Any, "c"))),
+        ("image=None", lambda: layerdiff.inspect(cast(Any, None))),
+        ("image=7", lambda: layerdiff.history(cast(Any, 7))),
+        ("dest=''", lambda: layerdiff.write_layer(tree, dest="")),
+    ]
+    for what, call in calls:
         with pytest.raises(layerdiff.InvalidArgumentError) as info:
             call()
         assert isinstance(info.value, ValueError)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from layerdiff import refs
-from layerdiff.errors import FormatError, ImageNotFoundError, LayerdiffError
+from layerdiff.errors import FormatError, ImageNotFoundError, InvalidArgumentError, LayerdiffError
 from layerdiff.image import (
     DOCKER_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPES,
@@ -154,6 +154,8 @@ def _read(ref: refs.LayoutRef, layout: Layout, desc: Descriptor) -> Image:
 
 def load_image(reference: str | refs.LayoutRef) -> Image:
     """Read the image a reference names; ImageNotFoundError names the reference if absent."""
+    if not isinstance(reference, (str, refs.LayoutRef)):
+        raise InvalidArgumentError(f"image={reference!r}: expected an image reference (a str)")
     ref = refs.parse_layout_reference(reference) if isinstance(reference, str) else reference
     return _load(ref)
 
