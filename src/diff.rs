@@ -492,27 +492,17 @@ fn check_indexed_links(upper: &Path, entries: &[Entry], lowers: &[PathBuf]) -> R
         return Ok(());
     }
     let lowers = open_lowers(lowers)?;
-    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     for e in entries
         .iter()
         .filter(|e| whiteout::is_overlay_indexed_link(e))
     {
-        let mut names = None;
-        for (fd, root) in &lowers {
-            match walk::open_beneath(fd.as_fd(), &e.path, flags) {
-                Ok(f) => {
-                    let st = rustix::fs::fstat(&f).at(root.join(entry::os_path(&e.path)))?;
-                    names = Some(st.st_nlink);
-                    break;
-                }
-                Err(err)
-                    if matches!(
-                        Errno::from_io_error(&err),
-                        Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP)
-                    ) => {}
-                Err(err) => return Err(err).at(root.join(entry::os_path(&e.path))),
+        let names = match find_in_lowers(&lowers, &e.path)? {
+            Some((f, root)) => {
+                let st = rustix::fs::fstat(&f).at(root.join(entry::os_path(&e.path)))?;
+                Some(st.st_nlink)
             }
-        }
+            None => None,
+        };
         let why = match names {
             Some(1) => continue,
             Some(n) => format!("its lower file has {n} names"),
@@ -541,14 +531,23 @@ fn open_lowers(lowers: &[PathBuf]) -> Result<Vec<(OwnedFd, &Path)>> {
         .collect()
 }
 
-/// True when `rel` exists in one of `lowers`, found without following any symlink: a path
-/// below a symlink in a lower is not there (overlayfs does not merge a symlink with a directory).
+/// True when `rel` exists in one of `lowers` (see [`find_in_lowers`]).
 fn in_lowers(lowers: &[(OwnedFd, &Path)], rel: &[u8]) -> Result<bool> {
+    Ok(find_in_lowers(lowers, rel)?.is_some())
+}
+
+/// `rel` in the first of `lowers` that has it, opened `O_PATH` with the lower's path, found
+/// without following any symlink: a path below a symlink in a lower is not there (overlayfs
+/// does not merge a symlink with a directory).
+fn find_in_lowers<'a>(
+    lowers: &[(OwnedFd, &'a Path)],
+    rel: &[u8],
+) -> Result<Option<(OwnedFd, &'a Path)>> {
     // O_PATH|O_NOFOLLOW opens a final symlink itself; NO_SYMLINKS refuses one anywhere else.
     let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    for (fd, root) in lowers {
+    for &(ref fd, root) in lowers {
         match walk::open_beneath(fd.as_fd(), rel, flags) {
-            Ok(_) => return Ok(true),
+            Ok(found) => return Ok(Some((found, root))),
             Err(e)
                 if matches!(
                     Errno::from_io_error(&e),
@@ -557,7 +556,7 @@ fn in_lowers(lowers: &[(OwnedFd, &Path)], rel: &[u8]) -> Result<bool> {
             Err(e) => return Err(e).at(root.join(entry::os_path(rel))),
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// For each upper entry: its change (kind and opaque flag), or `None` to leave it out.
