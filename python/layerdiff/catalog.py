@@ -6,6 +6,7 @@ Backs the public ``images()``, ``inspect()`` and ``history()``.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,23 @@ def _read(ref: refs.LayoutRef, layout: Layout, desc: Descriptor) -> Image:
         raise FormatError(f"{ref.text}: manifest {desc['digest']} has no config descriptor")
     config = layout.read_json(config_desc)
     return Image(ref=ref, layout=layout, descriptor=desc, manifest=manifest, config=config)
+
+
+def require_blob(layout: Layout, digest: str, *, what: str, size: int | None = None) -> None:
+    """Raise unless blob ``digest`` of ``layout`` is there (a file; of ``size`` bytes when
+    given): ImageNotFoundError or FormatError, naming its path and ``what`` it is."""
+    path = layout.blob_path(digest)
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        found = None
+    damaged = "(layerdiff fsck lists what is damaged)"
+    if found is None or (size is None and not stat.S_ISREG(found.st_mode)):
+        raise ImageNotFoundError(f"{path}: {what} is missing from its layout {damaged}")
+    if size is not None and found.st_size != size:
+        raise FormatError(
+            f"{path}: {what} has {found.st_size} bytes, its manifest says {size} {damaged}"
+        )
 
 
 def load_image(reference: str | refs.LayoutRef) -> Image:

@@ -13,10 +13,8 @@ from typing import Any
 
 from layerdiff import refs
 from layerdiff.blobstatus import BlobStatus, OnBlob
-from layerdiff.catalog import Image, load_image
+from layerdiff.catalog import Image, load_image, require_blob
 from layerdiff.errors import (
-    FormatError,
-    ImageNotFoundError,
     InvalidArgumentError,
     InvalidReferenceError,
 )
@@ -55,19 +53,10 @@ def _check_base(parent: Image) -> None:
     that refers to what is not there)."""
     check_history(parent.config)
     for desc in parent.layers:
-        path = parent.layout.blob_path(desc["digest"])
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise ImageNotFoundError(
-                f"{path}: layer {desc['digest']} of the base image is missing from its layout "
-                "(layerdiff fsck lists what is damaged)"
-            ) from None
-        if size != desc.get("size"):
-            raise FormatError(
-                f"{path}: layer {desc['digest']} of the base image has {size} bytes, its "
-                f"manifest says {desc.get('size')} (layerdiff fsck lists what is damaged)"
-            )
+        digest = desc["digest"]
+        require_blob(
+            parent.layout, digest, what=f"layer {digest} of the base image", size=desc.get("size")
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -178,12 +178,20 @@ def open_container(name: str) -> Container:
     """The container named ``name`` (or at the directory ``name``)."""
     path = _location(name)
     try:
-        data = json.loads((path / _STATE_FILE).read_text())
+        return Container(path=path, data=_read_state(path))
     except FileNotFoundError:
         raise ContainerNotFoundError(f"no such container: {name}") from None
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The ``container.json`` of the container directory ``path`` (FileNotFoundError if none)."""
+    try:
+        data: dict[str, Any] = json.loads((path / _STATE_FILE).read_text())
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError) as e:
         raise ContainerError(f"{path / _STATE_FILE}: unreadable container state: {e}") from None
-    return Container(path=path, data=data)
+    return data
 
 
 def containers() -> list[Container]:
@@ -373,7 +381,7 @@ def start(container: Container) -> RunResult:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ContainerError(f"container {container.name} is already running") from None
-        fresh = json.loads((container.path / _STATE_FILE).read_bytes())
+        fresh = _read_state(container.path)
         container.data.clear()
         container.data.update(fresh)
         return _start_locked(container)

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from layerdiff import refs
-from layerdiff.catalog import index_tag, load_image
+from layerdiff.catalog import index_tag, load_image, require_blob
 from layerdiff.errors import ImageNotFoundError
 from layerdiff.fsck import writing
 from layerdiff.layout import REF_NAME, Descriptor, Layout
@@ -27,12 +27,7 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
     if not Layout(dst.layout).same_as(image.layout):
         # Every blob is checked before any is copied: a broken source leaves nothing behind.
         for digest in blobs:
-            path = image.layout.blob_path(digest)
-            if not path.is_file():
-                raise ImageNotFoundError(
-                    f"{path}: blob {digest} of {image.ref.text} is missing from its layout "
-                    "(layerdiff fsck lists what is damaged)"
-                )
+            require_blob(image.layout, digest, what=f"blob {digest} of {image.ref.text}")
     with Layout.create_for_write(dst.layout) as layout, writing(layout):
         if not layout.same_as(image.layout):
             for digest in blobs:
