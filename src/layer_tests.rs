@@ -482,7 +482,7 @@ fn golden_digests() {
     assert_eq!(gz.diff_id, none.diff_id);
     assert_eq!(
         gz.digest,
-        "sha256:3c04b0e1a663bc61ce6810ddd5fe547e7611c8e38e6266954e06a905ff0fdb9f"
+        "sha256:3a6b405251a485c8d555d6f617c49236b36cba1a66589506142bfeb9b0269c43"
     );
     assert_eq!(
         zst.digest,

@@ -241,6 +241,11 @@ def test_squash_cli(image: tuple[str, Path], tmp_path: Path) -> None:
     # --layers out of range is a one-line error.
     proc = run_cli("squash", ref, new, "--layers", "3")
     assert proc.returncode == 1 and "between 1 and 2" in proc.stderr
+    # Another level: other bytes for the same tar.
+    proc = run_cli("squash", ref, new + "9", "--json", "--compression-level", "9")
+    assert proc.returncode == 0, proc.stderr
+    level9 = json.loads(proc.stdout)
+    assert level9["diff_id"] == out["diff_id"] and level9["digest"] != out["digest"]
 
 
 def test_squash_keeps_layer_indexes_and_gives_the_same_layer_with_or_without(

@@ -268,6 +268,7 @@ def test_pids_limit_and_cpu_quota_apply_to_every_process(image: str, store_home:
     )
     try:
         deadline = time.monotonic() + 20
+        names: list[str] = []
         while True:
             c = (
                 runtime.open_container("lim")
@@ -278,17 +279,19 @@ def test_pids_limit_and_cpu_quota_apply_to_every_process(image: str, store_home:
                 groups = [Path(d) for d in c.data["cgroup"]]
                 cpu = next(d for d in groups if "/cpu/" in str(d))
                 pids = {int(p) for p in (cpu / "cgroup.procs").read_text().split()}
-                if len(pids) >= 5:  # helper, init, sh and two sleeps
+                # helper, init, sh and two sleeps: a forked shell shows as "sh" until it has
+                # exec'd sleep, so wait for the names, not only the count.
+                names = sorted(Path(f"/proc/{p}/comm").read_text().strip() for p in pids)
+                if names.count("sleep") == 2:
                     break
-            assert time.monotonic() < deadline, "container did not start"
+            assert time.monotonic() < deadline, f"container did not start: {names}"
             time.sleep(0.05)
         assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
         assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
         # Every process of the container, and nothing else, is in the group.
         helper = proc.pid  # our CLI: not in the group
         assert helper not in pids
-        names = sorted(Path(f"/proc/{p}/comm").read_text().strip() for p in pids)
-        assert names.count("sleep") == 2 and names.count("sh") == 1 and len(names) == 5
+        assert names.count("sh") == 1 and len(names) == 5, names
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 143

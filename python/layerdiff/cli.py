@@ -19,7 +19,7 @@ from layerdiff.cli_output import emit_json as _emit_json
 from layerdiff.cli_output import fail as _fail
 from layerdiff.cli_output import table as _table
 from layerdiff.errors import ContainerNotFoundError, LayerdiffError
-from layerdiff.layer import COMPRESSIONS, MAX_THREADS
+from layerdiff.layer import COMPRESSION_LEVELS, COMPRESSIONS, MAX_THREADS
 
 if TYPE_CHECKING:
     from layerdiff.layer import Change
@@ -113,6 +113,35 @@ class _BlobProgress:
 
 def _blobs_json(blobs: Sequence[Any]) -> list[dict[str, Any]]:
     return [{"digest": b.digest, "size": b.size, "status": b.status} for b in blobs]
+
+
+def _compression_options(command: _F) -> _F:
+    """--compression and --compression-level, shared by commit and squash."""
+    command = click.option(
+        "--compression-level",
+        type=int,
+        metavar="N",
+        help="Smaller output for more time: gzip 1-12 (libdeflate's scale), zstd 1-19 "
+        "[default: 2].",
+    )(command)
+    return click.option(
+        "--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True
+    )(command)
+
+
+def _check_compression_level(compression: str, level: int | None) -> None:
+    if level is None:
+        return
+    levels = COMPRESSION_LEVELS.get(compression)
+    if levels is None:
+        raise click.BadParameter(
+            f"--compression {compression} takes no level", param_hint="--compression-level"
+        )
+    if level not in levels:
+        raise click.BadParameter(
+            f"{level}: {compression} takes {levels.start} to {levels.stop - 1}",
+            param_hint="--compression-level",
+        )
 
 
 def _registry_options(command: _F) -> _F:
@@ -252,7 +281,7 @@ A CONTAINER is a name from 'layerdiff ps' or a container directory path.
     show_default=True,
     help="Freeze a running container while its changes are read.",
 )
-@click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True)
+@_compression_options
 @click.option(
     "--threads",
     type=click.IntRange(1, MAX_THREADS),
@@ -270,6 +299,7 @@ def commit(
     changes: tuple[str, ...],
     pause: bool,
     compression: str,
+    compression_level: int | None,
     threads: int | None,
     tls_verify: bool,
     creds: str | None,
@@ -281,6 +311,7 @@ def commit(
     IMAGE may be docker://HOST/REPO:TAG: the layer is then streamed to the registry while it
     is written, with no copy on local disk.
     """
+    _check_compression_level(compression, compression_level)
     with _progress(progress) as step, _BlobProgress(progress) as on_blob:
         if upper is None:
             if not 1 <= len(targets) <= 2:
@@ -300,6 +331,7 @@ def commit(
                     changes=changes,
                     pause=pause,
                     compression=compression,
+                    compression_level=compression_level,
                     threads=threads,
                     on_step=step,
                     tls_verify=tls_verify,
@@ -332,6 +364,7 @@ def commit(
                 author=author,
                 changes=changes,
                 compression=compression,
+                compression_level=compression_level,
                 threads=threads,
                 on_step=step,
                 tls_verify=tls_verify,
@@ -560,7 +593,7 @@ Examples:
     "--layers", type=click.IntRange(min=1), help="Squash the last N layers [default: all]."
 )
 @click.option("-m", "--message", help="Comment of the squashed layer's history entry.")
-@click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True)
+@_compression_options
 @click.option(
     "--threads",
     type=click.IntRange(1, MAX_THREADS),
@@ -573,16 +606,19 @@ def squash(
     layers: int | None,
     message: str | None,
     compression: str,
+    compression_level: int | None,
     threads: int | None,
     as_json: bool,
 ) -> None:
     """Write NEW_IMAGE: IMAGE with its last layers merged into one, without extracting them."""
+    _check_compression_level(compression, compression_level)
     result = layerdiff.squash(
         image,
         new_image,
         layers=layers,
         message=message,
         compression=compression,
+        compression_level=compression_level,
         threads=threads,
     )
     if as_json:

@@ -87,6 +87,7 @@ def commit(
     author: str | None = None,
     changes: Sequence[str] = (),
     compression: str = "gzip",
+    compression_level: int | None = None,
     threads: int | None = None,
     source_date_epoch: int | None = None,
     on_step: Callable[[str], None] | None = None,
@@ -110,6 +111,7 @@ def commit(
     ``exclude`` names paths left out of the layer, ``root_ids`` the (uid, gid) recorded as
     root (see :func:`write_layer`); ``run_config`` replaces the base's runtime
     config (``Env``, ``Cmd``…) before ``changes`` apply, as a container's does.
+    ``compression_level`` is that of :func:`write_layer`.
     A failure at any point leaves the target's tags as they were.
 
     To a registry, the layer is uploaded while it is produced (nothing of it is stored
@@ -131,7 +133,7 @@ def commit(
         )
     # Check everything that can be checked before the first byte is written.
     instructions = [parse_change(c) for c in changes]
-    check_options(compression=compression, threads=threads)
+    check_options(compression=compression, threads=threads, compression_level=compression_level)
     epoch = _resolve_epoch(source_date_epoch)
     parent: Image | None = None
     if isinstance(base, Image):
@@ -173,6 +175,7 @@ def commit(
                 overlay=overlay,
                 lowers=lowers,
                 compression=compression,
+                compression_level=compression_level,
                 threads=threads,
                 source_date_epoch=epoch,
                 exclude=exclude,
@@ -199,6 +202,7 @@ def commit(
             overlay=overlay,
             lowers=lowers,
             compression=compression,
+            compression_level=compression_level,
             threads=threads,
             source_date_epoch=epoch,
             exclude=exclude,

@@ -31,6 +31,8 @@ __all__ = [
 
 #: Accepted ``compression`` values.
 COMPRESSIONS = ("gzip", "zstd", "none")
+#: The levels each compression takes (gzip: libdeflate's scale; none takes no level).
+COMPRESSION_LEVELS = {"gzip": range(1, 13), "zstd": range(1, 20)}
 #: Most worker threads a layer writer takes: the core's ``MAX_THREADS`` (zstd's own limit).
 MAX_THREADS = 256
 
@@ -130,12 +132,30 @@ def blobs_dir_for(dest: StrPath) -> Path:
     return path
 
 
-def check_options(*, compression: str, threads: int | None) -> int:
+def check_options(
+    *, compression: str, threads: int | None, compression_level: int | None = None
+) -> int:
     """Validate the options every layer writer takes; return the core's thread count."""
     if compression not in COMPRESSIONS:
         raise InvalidArgumentError(
             f"compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}"
         )
+    if compression_level is not None:
+        levels = COMPRESSION_LEVELS.get(compression)
+        if levels is None:
+            raise InvalidArgumentError(
+                f"compression_level={compression_level!r}: compression {compression!r} "
+                "takes no level"
+            )
+        if (
+            isinstance(compression_level, bool)
+            or not isinstance(compression_level, int)
+            or compression_level not in levels
+        ):
+            raise InvalidArgumentError(
+                f"compression_level={compression_level!r}: {compression} takes "
+                f"{levels.start} to {levels.stop - 1}"
+            )
     if threads is not None and not 1 <= threads <= MAX_THREADS:
         raise InvalidArgumentError(
             f"threads={threads}: expected 1 to {MAX_THREADS} (or None for one per core)"
@@ -188,6 +208,7 @@ def write_layer(
     lowers: Sequence[StrPath] = (),
     content: bool = False,
     compression: str = "gzip",
+    compression_level: int | None = None,
     threads: int | None = None,
     source_date_epoch: int | None = None,
     exclude: Sequence[str] = (),
@@ -202,6 +223,8 @@ def write_layer(
     ``content`` compares file contents in the diff (see :func:`diff`). Paths in ``exclude``
     (relative to the root, e.g. ``etc/hosts``) are left out of the layer; files owned by
     ``root_ids`` (uid, gid) are recorded as owned by root (a rootless container's view).
+    ``compression_level`` (gzip: 1 to 12, libdeflate's scale, default 2; zstd: 1 to 19,
+    default 2) trades time for size; the same level always gives the same bytes.
     """
     from layerdiff import _core, refs
 
@@ -209,7 +232,9 @@ def write_layer(
     exclude = check_sequence("exclude", exclude)
     root_ids = _check_root_ids(root_ids)
     _check_source(lower, overlay, lowers)
-    n_threads = check_options(compression=compression, threads=threads)
+    n_threads = check_options(
+        compression=compression, threads=threads, compression_level=compression_level
+    )
     epoch = _source_date_epoch(source_date_epoch)
     if os.fspath(dest) == "":
         raise InvalidArgumentError("dest='': expected a directory or an OCI layout")
@@ -225,6 +250,7 @@ def write_layer(
             lowers=list(lowers),
             content=content,
             compression=compression,
+            level=compression_level,
             threads=n_threads,
             source_date_epoch=epoch,
             exclude=list(exclude),
@@ -242,6 +268,7 @@ def write_layer_to_fd(
     overlay: bool = False,
     lowers: Sequence[StrPath] = (),
     compression: str = "gzip",
+    compression_level: int | None = None,
     threads: int | None = None,
     source_date_epoch: int | None = None,
     exclude: Sequence[str] = (),
@@ -254,7 +281,9 @@ def write_layer_to_fd(
     exclude = check_sequence("exclude", exclude)
     root_ids = _check_root_ids(root_ids)
     _check_source(lower, overlay, lowers)
-    n_threads = check_options(compression=compression, threads=threads)
+    n_threads = check_options(
+        compression=compression, threads=threads, compression_level=compression_level
+    )
     from layerdiff import _core
 
     info = LayerInfo.from_core(
@@ -265,6 +294,7 @@ def write_layer_to_fd(
             overlay=overlay,
             lowers=list(lowers),
             compression=compression,
+            level=compression_level,
             threads=n_threads,
             source_date_epoch=_source_date_epoch(source_date_epoch),
             exclude=list(exclude),

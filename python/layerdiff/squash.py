@@ -102,13 +102,16 @@ def squash(
     layers: int | None = None,
     message: str | None = None,
     compression: str = "gzip",
+    compression_level: int | None = None,
     threads: int | None = None,
     source_date_epoch: int | None = None,
 ) -> SquashResult:
     """Write ``new_image``: ``image`` with its last ``layers`` layers (default: all) as one."""
     src = load_image(image)
     target = refs.parse_layout_reference(new_image) if isinstance(new_image, str) else new_image
-    n_threads = check_options(compression=compression, threads=threads)
+    n_threads = check_options(
+        compression=compression, threads=threads, compression_level=compression_level
+    )
     total = len(src.layers)
     count = total if layers is None else layers
     if total == 0:
@@ -131,6 +134,7 @@ def squash(
                 blob_paths[total - count :],
                 layout.blobs_dir,
                 compression=compression,
+                level=compression_level,
                 threads=n_threads,
                 source_date_epoch=epoch,
                 indexes=[
