@@ -97,8 +97,14 @@ impl Root {
     }
 
     /// Open the directory at `rel`, creating missing components (mode 0755, owned by the caller)
-    /// the way `mkdir -p` would, each inside the root.
+    /// the way `mkdir -p` would, each inside the root. A component that is a symbolic link to
+    /// nothing yet has its target made the same way (as umoci does), inside the root too.
     pub fn create_dir_all(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        self.create_dir_all_following(rel, 0)
+    }
+
+    /// [`Root::create_dir_all`], `links` symbolic links deep.
+    fn create_dir_all_following(&self, rel: &[u8], links: u32) -> io::Result<OwnedFd> {
         match self.open_dir(rel) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             other => return other,
@@ -106,12 +112,32 @@ impl Root {
         let mut prefix: Vec<u8> = Vec::with_capacity(rel.len());
         let mut dir = self.open_dir(b"")?;
         for comp in rel.split(|&b| b == b'/') {
+            if comp.is_empty() || comp == b"." {
+                continue; // a link target's "a//b" or "./b"
+            }
             prefix = join(&prefix, comp);
             dir = match self.open_dir(&prefix) {
                 Ok(fd) => fd,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     match rustix::fs::mkdirat(&dir, os_path(comp), Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Ok(()) => {}
+                        Err(rustix::io::Errno::EXIST) => {
+                            // Made since, or a symbolic link to a directory that does not exist.
+                            if let Ok(target) = rustix::fs::readlinkat(&dir, os_path(comp), vec![])
+                            {
+                                if links >= MAX_LINKS {
+                                    return Err(rustix::io::Errno::LOOP.into());
+                                }
+                                let target = target.as_bytes();
+                                // Absolute targets start at the root; relative ones beside the
+                                // link, through the same path (whose links the kernel follows).
+                                let made = match target.strip_prefix(b"/") {
+                                    Some(abs) => abs.to_vec(),
+                                    None => join(crate::entry::parent(&prefix), target),
+                                };
+                                self.create_dir_all_following(&made, links + 1)?;
+                            }
+                        }
                         Err(e) => return Err(e.into()),
                     }
                     self.open_dir(&prefix)?
@@ -122,6 +148,9 @@ impl Root {
         Ok(dir)
     }
 }
+
+/// Most symbolic links followed to make one directory (the kernel's own limit on a lookup).
+const MAX_LINKS: u32 = 40;
 
 /// The type of `name` in `dir`, without following it; `None` when absent.
 pub fn type_at(dir: impl AsFd, name: &[u8]) -> io::Result<Option<FileType>> {
@@ -172,4 +201,48 @@ pub fn list_dir(dir: impl AsFd) -> io::Result<Vec<Vec<u8>>> {
         }
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn create_dir_all_makes_what_a_dangling_link_points_to_inside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(&tmp.path().join("r")).unwrap();
+        let r = root.path().to_path_buf();
+        // Absolute, relative, a chain, and one that climbs above the root.
+        symlink("/abs/a", r.join("l1")).unwrap();
+        symlink("rel/b", r.join("l2")).unwrap();
+        symlink("l1", r.join("l3")).unwrap();
+        symlink("../../../../up", r.join("l4")).unwrap();
+        for (path, made) in [
+            (&b"l1/x"[..], "abs/a/x"),
+            (b"l2/y", "rel/b/y"),
+            (b"l3/z", "abs/a/z"),
+            (b"l4/w", "up/w"),
+        ] {
+            root.create_dir_all(path).unwrap();
+            let st = std::fs::symlink_metadata(r.join(made)).unwrap();
+            assert!(st.is_dir(), "{made}");
+        }
+        assert!(!tmp.path().join("up").exists());
+        // A loop is an error, not a recursion without end; a link to a file is not a directory.
+        symlink("loop2", r.join("loop1")).unwrap();
+        symlink("loop1", r.join("loop2")).unwrap();
+        let e = root.create_dir_all(b"loop1/x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        std::fs::write(r.join("file"), b"").unwrap();
+        symlink("file", r.join("to-file")).unwrap();
+        let e = root.create_dir_all(b"to-file/x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+        // 41 links deep is past the limit of 40 a lookup follows.
+        for i in 0..41 {
+            symlink(format!("/c{}", i + 1), r.join(format!("c{i}"))).unwrap();
+        }
+        let e = root.create_dir_all(b"c0/x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+    }
 }

@@ -357,6 +357,18 @@ SYMLINKED_DIRS = {
         [(_entry("lnk", tarfile.SYMTYPE, "real"), b"")],
         [(_entry("lnk/.wh..wh..opq"), b""), (_entry("real/new"), b"n")],
     ],
+    # A write through a symbolic link to a directory nobody made yet makes it (0755, as a
+    # missing parent is made), as umoci does: relative and absolute targets, several levels,
+    # the link in an earlier layer or in the same one.
+    "dangling symlinks": [
+        [(_dir("d"), b"")],
+        [(_entry("d/lnk", tarfile.SYMTYPE, "../new/deeper"), b"")],
+        [
+            (_entry("d/lnk/f"), b"f"),
+            (_entry("same", tarfile.SYMTYPE, "/samedir"), b""),
+            (_entry("same/g"), b"g"),
+        ],
+    ],
 }
 
 
@@ -366,6 +378,16 @@ SYMLINKED_RESULT = {
     "merged usr": {"bin", "usr", "usr/bin", "usr/bin/sh", "usr/bin/tool"},
     "whiteout through a symlink": {"lnk", "real", "real/y"},
     "opaque through a symlink": {"lnk", "real", "real/new"},
+    "dangling symlinks": {
+        "d",
+        "d/lnk",
+        "new",
+        "new/deeper",
+        "new/deeper/f",
+        "same",
+        "samedir",
+        "samedir/g",
+    },
 }
 
 
@@ -385,6 +407,14 @@ def test_squash_follows_symlinked_directories_as_apply_does(
     assert_same_tree(tmp_path / "seq", tmp_path / "sq", mtimes=False)
     files = {str(p.relative_to(tmp_path / "seq")) for p in (tmp_path / "seq").rglob("*")}
     assert files == SYMLINKED_RESULT[case]
+
+
+@pytest.mark.root
+def test_writes_through_dangling_symlinks_unpack_as_umoci_unpacks_them(tmp_path: Path) -> None:
+    ref = _image_of(tmp_path / "img", [_tar(m) for m in SYMLINKED_DIRS["dangling symlinks"]])
+    layerdiff.unpack(ref, tmp_path / "ours")
+    theirs = umoci_unpack(ref.removeprefix("oci:"), tmp_path / "bundle")
+    assert_same_tree(theirs, tmp_path / "ours", mtimes=False)
 
 
 def test_squash_refuses_a_hardlink_whose_lower_target_the_range_replaces(tmp_path: Path) -> None:
