@@ -865,6 +865,19 @@ def _terminate(signum: int, _frame: object) -> None:
     raise _Terminated(signum)
 
 
+#: Commands whose exit code is the container command's: their own failures, bad usage
+#: included, exit 125 as docker's do, so that they cannot be taken for the command's.
+_CONTAINER_EXIT_COMMANDS = frozenset({"run", "start", "create"})
+
+
+def _usage_exit_code(e: click.UsageError) -> int:
+    if e.ctx is not None and e.ctx.command.name in _CONTAINER_EXIT_COMMANDS:
+        from layerdiff.cli_containers import EXIT_SETUP
+
+        return EXIT_SETUP
+    return e.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI, turning every expected failure into one line on stderr.
 
@@ -891,7 +904,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(f"terminated by {signal.Signals(e.args[0]).name}", 128 + e.args[0])
     except click.UsageError as e:
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-        _fail(_one_line(e.format_message(), 10_000) + hint, e.exit_code)
+        _fail(_one_line(e.format_message(), 10_000) + hint, _usage_exit_code(e))
     except click.ClickException as e:
         _fail(_one_line(e.format_message(), 10_000), e.exit_code)
     except (LayerdiffError, OSError, ValueError) as e:

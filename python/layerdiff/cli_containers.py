@@ -16,21 +16,25 @@ if TYPE_CHECKING:
     from layerdiff import runtime
     from layerdiff.cgroups import Limits
 
-#: Exit code when the container cannot be set up (``runtime.EXIT_SETUP``, as docker run).
-_EXIT_SETUP = 125
+#: Exit code when the container cannot be set up or the command line is wrong
+#: (``runtime.EXIT_SETUP``, as docker run, create and start).
+EXIT_SETUP = 125
 
 
 def _limits(memory: str | None, cpus: str | None, pids: int | None) -> Limits:
     from layerdiff.cgroups import Limits, parse_cpus, parse_memory
 
-    try:
-        return Limits(
-            memory=parse_memory(memory) if memory else None,
-            cpus=parse_cpus(cpus) if cpus else None,
-            pids=pids,
-        )
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+    def parsed(value: str | None, parse: Callable[[str], Any], option: str) -> Any:
+        try:
+            return parse(value) if value else None
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint=option) from None
+
+    return Limits(
+        memory=parsed(memory, parse_memory, "--memory"),
+        cpus=parsed(cpus, parse_cpus, "--cpus"),
+        pids=pids,
+    )
 
 
 def _container_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,8 +119,8 @@ Examples:
   layerdiff run --name web -e PORT=80 --memory 256m app:1
   layerdiff run --network none --pids-limit 64 base:1 -- ps
 Options go before '--'; everything after it is the command. Exit code: the command's,
-125 when the container cannot be set up, 126 when the command cannot run, 127 when it is
-not found in the image."""
+125 when the container cannot be set up (or the command line is wrong), 126 when the command
+cannot run, 127 when it is not found in the image."""
     )
     @click.argument("image")
     @click.argument("command", nargs=-1)
@@ -138,7 +142,7 @@ not found in the image."""
                 **opts,
             )
         except LayerdiffError as e:
-            fail(str(e), _EXIT_SETUP)
+            fail(str(e), EXIT_SETUP)
         _finish(result)
 
     @cli.command(
@@ -152,7 +156,10 @@ Examples:
     @_container_options
     def create(image: str, command: tuple[str, ...], **opts: Any) -> None:
         """Create a container from IMAGE (its layers are cached) and print its name."""
-        container = _create(image, command, **opts)
+        try:
+            container = _create(image, command, **opts)
+        except LayerdiffError as e:
+            fail(str(e), EXIT_SETUP)
         click.echo(container.name if "/" not in (opts["name"] or "") else str(container.path))
 
     @cli.command(epilog="Example:\n\n  layerdiff start dev")
@@ -164,7 +171,7 @@ Examples:
         try:
             result = runtime.start(runtime.open_container(name))
         except LayerdiffError as e:
-            fail(str(e), _EXIT_SETUP)
+            fail(str(e), EXIT_SETUP)
         _finish(result)
 
     @cli.command(epilog="Example:\n\n  layerdiff ps --json")
