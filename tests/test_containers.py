@@ -5,8 +5,11 @@ Everything here mounts and makes namespaces, so it needs root (CI runs as root).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -569,9 +572,10 @@ def test_run_refuses_a_layer_whose_digest_does_not_match(image: str, store_home:
     assert runtime.containers() == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGQUIT, signal.SIGWINCH])
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGQUIT, signal.SIGWINCH, signal.SIGINT])
 def test_signals_to_run_reach_the_container(image: str, store_home: Path, sig: int) -> None:
-    """As docker's sig-proxy: the signal reaches the command, and run returns its exit code."""
+    """As docker's sig-proxy: the signal reaches the command, and run returns its exit code.
+    SIGINT too, when a process sends it to run alone (``kill -INT``)."""
     name = signal.Signals(sig).name.removeprefix("SIG")
     proc = subprocess.Popen(
         [sys.executable, "-m", "layerdiff", "run", "--rm", "--name", "s", image, "--", "sh", "-c",
@@ -581,6 +585,56 @@ def test_signals_to_run_reach_the_container(image: str, store_home: Path, sig: i
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == 9
+
+
+def test_ctrl_c_on_a_terminal_reaches_the_command_and_run_waits_for_it(
+    image: str, store_home: Path
+) -> None:
+    """A real terminal's Ctrl-C (``SI_KERNEL``, to the whole foreground process group) reaches
+    the command, whose trap decides; run neither dies of it nor ends the container, and returns
+    the command's exit code. (Whether the command saw it once or twice cannot be told reliably
+    from here: a second SIGINT pending before the trap runs merges with the first.)"""
+    script = (
+        "n=0; trap 'n=$((n+1))' INT; echo ready; i=0; "
+        "while [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; exit $n"
+    )
+    command = [sys.executable, "-m", "layerdiff", "run", "--rm", image, "--", "sh", "-c", script]
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a session of its own, the pty as its controlling terminal
+        try:
+            os.execv(sys.executable, command)
+        finally:
+            os._exit(127)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"ready" not in seen:
+        assert time.monotonic() < deadline, seen
+        if select.select([master], [], [], 1)[0]:
+            seen += os.read(master, 1024)
+    os.write(master, b"\x03")  # Ctrl-C, as typed
+    _, status = os.waitpid(pid, 0)
+    with contextlib.suppress(OSError):
+        os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 1
+
+
+def test_run_from_a_worker_thread(image: str, store_home: Path) -> None:
+    """Signal handlers can only be set in the main thread: from another, run leaves the
+    application's alone instead of failing."""
+    results: list[object] = []
+
+    def work() -> None:
+        try:
+            results.append(layerdiff.run(image, ["sh", "-c", "exit 3"], rm=True).exit_code)
+        except Exception as e:  # reported by the assertion below
+            results.append(e)
+
+    before = signal.getsignal(signal.SIGTERM)
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(timeout=60)
+    assert results == [3]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_two_starts_of_one_container_run_it_once(image: str, store_home: Path) -> None:

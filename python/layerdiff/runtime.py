@@ -24,6 +24,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,23 +347,55 @@ _FORWARDED = (
 )
 
 
+#: ``si_code`` of a signal the kernel sent itself, as a terminal's Ctrl-C is (``SI_KERNEL``).
+_SI_KERNEL = 0x80
+
+
 @contextlib.contextmanager
 def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    """While the container runs: the signals of ``_FORWARDED`` to us go to it (their default
-    action would kill us and leave it unwatched); SIGINT is ignored here because a terminal's
-    Ctrl-C reaches the container's processes directly."""
+    """While the container runs, signals to us go on to it: those of ``_FORWARDED`` (their
+    default action would kill us and leave it unwatched), and SIGINT when a process sent it
+    (``kill -INT``). A terminal's Ctrl-C is not passed on: the terminal sends it to the
+    container's processes itself, and passing it on would deliver it twice.
+
+    Only the main thread handles signals: called from another thread, this does nothing and
+    the application's own handlers stay in place.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def forward(sig: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
 
-    old = {s: signal.getsignal(s) for s in (*_FORWARDED, signal.SIGINT)}
+    old = {s: signal.getsignal(s) for s in _FORWARDED}
     for s in _FORWARDED:
         signal.signal(s, forward)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A handler cannot see who sent a signal; a thread taking SIGINT with sigwaitinfo can. The
+    # signal is blocked in this thread first, so the helper inherits the mask and is the only
+    # one to receive it.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    done = threading.Event()
+
+    def interrupts() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGINT})
+            if done.is_set():
+                return
+            if info.si_code != _SI_KERNEL:
+                forward(signal.SIGINT, None)
+
+    helper = threading.Thread(target=interrupts, name="layerdiff-sigint", daemon=True)
+    helper.start()
     try:
         yield
     finally:
+        done.set()
+        assert helper.ident is not None
+        signal.pthread_kill(helper.ident, signal.SIGINT)
+        helper.join()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         for s, h in old.items():
             signal.signal(s, h)
 
