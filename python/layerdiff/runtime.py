@@ -579,7 +579,8 @@ def commit_container(
     defaults to ``NAME:latest`` in the store; ``docker://…`` streams the layer to a registry
     (``tls_verify``, ``creds``, ``on_blob`` as for :func:`layerdiff.commit`). With ``pause``,
     a running container is frozen while its upper directory is read, so the layer is one
-    consistent moment.
+    consistent moment. ``compression``, ``compression_level`` and ``threads`` are those of
+    :func:`layerdiff.write_layer`.
     """
     container = open_container(name)
     target = image if image is not None else f"{container.name.lower()}:latest"

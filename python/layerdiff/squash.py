@@ -106,7 +106,11 @@ def squash(
     threads: int | None = None,
     source_date_epoch: int | None = None,
 ) -> SquashResult:
-    """Write ``new_image``: ``image`` with its last ``layers`` layers (default: all) as one."""
+    """Write ``new_image``: ``image`` with its last ``layers`` layers (default: all) as one.
+
+    ``compression`` and ``compression_level`` are those of :func:`layerdiff.write_layer`; the
+    squashed layer's bytes are those a commit of the same tar at that level would give.
+    """
     src = load_image(image)
     target = refs.parse_layout_reference(new_image) if isinstance(new_image, str) else new_image
     n_threads = check_options(
