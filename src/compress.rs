@@ -700,6 +700,19 @@ mod tests {
         let mut other = MemberIndex::new(5);
         other.add_blob(&dir.path().join("a")).unwrap();
         assert!(other.is_empty());
+        // Nor are those of another framing version (other rules for what is stored), though
+        // they are valid gzip of the same bytes.
+        let mut older = Vec::new();
+        for member in split_members(&first) {
+            let mut member = member.to_vec();
+            member[16] -= 1;
+            older.extend_from_slice(&member);
+        }
+        assert!(run(Command::new("gzip").arg("-dc"), &older) == body);
+        std::fs::write(dir.path().join("d"), &older).unwrap();
+        let mut index = MemberIndex::new(2);
+        index.add_blob(&dir.path().join("d")).unwrap();
+        assert!(index.is_empty());
     }
 
     #[test]

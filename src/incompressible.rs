@@ -189,6 +189,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_member_framing_version_goes_with_these_thresholds() {
+        // A squash takes a source's member when its tag's version is ours: whoever changes
+        // what is stored or deflated fast changes the bytes, and must raise the version too.
+        assert_eq!(
+            (crate::members::TAG_VERSION, STORE_BELOW, FAST_BELOW),
+            (3, 0.01, 0.02)
+        );
+    }
+
+    #[test]
     fn efforts_deflate_at_store_fast_and_the_level_asked_for() {
         let efforts = [Effort::Store, Effort::Fast, Effort::Full];
         assert_eq!(efforts.map(|e| e.level(6)), [0, 1, 6]);

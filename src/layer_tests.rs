@@ -482,7 +482,7 @@ fn golden_digests() {
     assert_eq!(gz.diff_id, none.diff_id);
     assert_eq!(
         gz.digest,
-        "sha256:3a6b405251a485c8d555d6f617c49236b36cba1a66589506142bfeb9b0269c43"
+        "sha256:f225f1e18b54e78ccac7272f4c02fbaab6224eb5fec6fc98720771b5cf79b93b"
     );
     assert_eq!(
         zst.digest,

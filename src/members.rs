@@ -36,10 +36,12 @@ pub const RECORD: usize = 512;
 /// One record in 1,024 ends a member (past [`MIN_MEMBER`]): about 768 KiB on average.
 const CUT_MASK: u64 = 1023;
 
-/// Framing version in the tag. Version 2: members that deflate would hardly shrink are
-/// deflated at level 1 or stored ([`crate::incompressible`]); version 1 deflated every member
-/// at the level asked for, so its members are not what we would make now.
-const TAG_VERSION: u8 = 2;
+/// Framing version in the tag: what decides a member's bytes besides its level, the input and
+/// libdeflate. Version 3: members estimated to gain under 1 % are stored, under 2 % deflated
+/// at level 1 ([`crate::incompressible`]); version 2 stored them under 0.25 % only, version 1
+/// deflated every member at the level asked for. Members of another version are not what we
+/// would make now, so they are never taken.
+pub(crate) const TAG_VERSION: u8 = 3;
 /// The libdeflate that libdeflate-sys 1.26.1 bundles (pinned by `Cargo.lock`). Another
 /// version may compress differently, so its members are not taken for ours.
 const LIBDEFLATE: (u8, u8) = (1, 26);
