@@ -637,6 +637,50 @@ def test_run_from_a_worker_thread(image: str, store_home: Path) -> None:
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+_API_RUN = """
+import os, signal, sys, threading, time
+import layerdiff
+mode, image = sys.argv[1], sys.argv[2]
+if mode == "thread":  # the application has a thread of its own
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+if mode == "late":  # a SIGINT from a process lands while run is putting things back
+    kill = signal.pthread_kill
+    def late(tid, sig):
+        kill(tid, sig)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+    signal.pthread_kill = late
+mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+command = ["sh", "-c", "echo ready; sleep 1; exit 7"]
+try:
+    code = layerdiff.run(image, command, rm=True).exit_code
+except BaseException as e:
+    code = repr(e)
+restored = signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask and handlers == [
+    signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)
+]
+print(code, restored, flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["thread", "late"])
+def test_api_run_leaves_the_callers_signals_as_they_were(
+    image: str, store_home: Path, mode: str
+) -> None:
+    """With another thread in the caller, SIGINT cannot be told apart and is ignored during
+    the run (as before); one landing as the run ends never reaches the caller as a
+    KeyboardInterrupt; the mask and handlers are put back either way."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _API_RUN, mode, image], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    if mode == "thread":
+        proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert out == "7 True\n"
+
+
 def test_two_starts_of_one_container_run_it_once(image: str, store_home: Path) -> None:
     created = run_cli("create", "--name", "par", image, "--", "sh", "-c", "sleep 1; echo done")
     assert created.returncode == 0, created.stderr

@@ -358,8 +358,11 @@ def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
     (``kill -INT``). A terminal's Ctrl-C is not passed on: the terminal sends it to the
     container's processes itself, and passing it on would deliver it twice.
 
-    Only the main thread handles signals: called from another thread, this does nothing and
-    the application's own handlers stay in place.
+    Telling the two apart needs the signal's ``si_code``, which only ``sigwaitinfo`` gives, and
+    only for a signal every thread blocks. In a process with other threads (an application
+    using the API), SIGINT is ignored for the run instead, as a terminal's Ctrl-C still
+    reaches the container. Only the main thread handles signals: called from another thread,
+    this does nothing and the application's own handlers stay in place.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -369,12 +372,39 @@ def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
 
-    old = {s: signal.getsignal(s) for s in _FORWARDED}
-    for s in _FORWARDED:
-        signal.signal(s, forward)
-    # A handler cannot see who sent a signal; a thread taking SIGINT with sigwaitinfo can. The
-    # signal is blocked in this thread first, so the helper inherits the mask and is the only
-    # one to receive it.
+    old = {s: signal.getsignal(s) for s in (*_FORWARDED, signal.SIGINT)}
+    try:
+        for s in _FORWARDED:
+            signal.signal(s, forward)
+        if _threads() > 1:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            yield
+        else:
+            with _sigint_helper(forward):
+                yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _threads() -> int:
+    """Threads of this process, native ones included (``/proc``), or 2 when it cannot say."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 2
+
+
+@contextlib.contextmanager
+def _sigint_helper(forward: Callable[[int, object], None]) -> Iterator[None]:
+    """A thread taking every SIGINT with ``sigwaitinfo``, passing on those a process sent.
+
+    SIGINT is blocked in this (the only) thread first, so the helper inherits the mask and
+    nothing else receives it. Should one arrive while nobody waits for it any more, its Python
+    handler is a no-op until the mask is restored: a SIGINT meant for the container never
+    becomes a KeyboardInterrupt of the caller's.
+    """
+    signal.signal(signal.SIGINT, lambda _sig, _frame: None)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     done = threading.Event()
 
@@ -387,17 +417,15 @@ def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
                 forward(signal.SIGINT, None)
 
     helper = threading.Thread(target=interrupts, name="layerdiff-sigint", daemon=True)
-    helper.start()
     try:
+        helper.start()
         yield
     finally:
         done.set()
-        assert helper.ident is not None
-        signal.pthread_kill(helper.ident, signal.SIGINT)
-        helper.join()
+        if helper.ident is not None:
+            signal.pthread_kill(helper.ident, signal.SIGINT)
+            helper.join()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def start(container: Container) -> RunResult:
