@@ -681,6 +681,41 @@ def test_api_run_leaves_the_callers_signals_as_they_were(
     assert out == "7 True\n"
 
 
+def _helper(read_fd: int) -> subprocess.Popen[str]:
+    """The container helper as runtime starts it, reading its spec from ``read_fd``."""
+    return subprocess.Popen(
+        [sys.executable, "-S", "-E", str(runtime._HELPER), str(read_fd)],
+        pass_fds=(read_fd,),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_helper_left_without_a_spec_exits_quietly() -> None:
+    """A caller interrupted before it wrote the whole spec: 125, and no traceback."""
+    for spec in (b"", b'{"argv": ["sh"'):
+        r, w = os.pipe()
+        helper = _helper(r)
+        os.close(r)
+        os.write(w, spec)
+        os.close(w)
+        _, err = helper.communicate(timeout=30)
+        assert (helper.returncode, err) == (125, "")
+
+
+def test_helper_interrupted_while_starting_exits_130_quietly() -> None:
+    r, w = os.pipe()
+    helper = _helper(r)
+    os.close(r)
+    try:
+        time.sleep(1)  # it is waiting for the spec
+        helper.send_signal(signal.SIGINT)
+        _, err = helper.communicate(timeout=30)
+    finally:
+        os.close(w)
+    assert (helper.returncode, err) == (130, "")
+
+
 def test_two_starts_of_one_container_run_it_once(image: str, store_home: Path) -> None:
     created = run_cli("create", "--name", "par", image, "--", "sh", "-c", "sleep 1; echo done")
     assert created.returncode == 0, created.stderr

@@ -14,8 +14,13 @@ import sys
 
 
 def main() -> None:
-    with os.fdopen(int(sys.argv[1]), "rb") as f:
-        spec = json.loads(f.read())
+    try:
+        with os.fdopen(int(sys.argv[1]), "rb") as f:
+            spec = json.loads(f.read())
+    except ValueError:
+        # The caller went away (interrupted) before it had handed over the whole spec; it
+        # reports that itself, and there is nothing to start or undo here.
+        os._exit(125)
     error_fd = spec["error_fd"]
     for procs in spec.pop("cgroup_procs"):
         try:
@@ -41,4 +46,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # A Ctrl-C that reached this process before the core took the signals over: the
+        # exit code says so, the caller reports it, and a traceback would only be noise.
+        os._exit(130)
