@@ -644,12 +644,13 @@ mode, image = sys.argv[1], sys.argv[2]
 if mode == "thread":  # the application has a thread of its own
     threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
 if mode == "late":  # a SIGINT from a process lands while run is putting things back
-    kill = signal.pthread_kill
-    def late(tid, sig):
-        kill(tid, sig)
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.1)
-    signal.pthread_kill = late
+    kill = os.kill
+    def late(pid, sig):
+        kill(pid, sig)
+        if sig == signal.SIGINT:
+            time.sleep(0.2)  # the helper thread has taken the first and returned
+            kill(os.getpid(), signal.SIGINT)
+    os.kill = late
 mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
 handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
 command = ["sh", "-c", "echo ready; sleep 1; exit 7"]
@@ -669,8 +670,9 @@ def test_api_run_leaves_the_callers_signals_as_they_were(
     image: str, store_home: Path, mode: str
 ) -> None:
     """With another thread in the caller, SIGINT cannot be told apart and is ignored during
-    the run (as before); one landing as the run ends never reaches the caller as a
-    KeyboardInterrupt; the mask and handlers are put back either way."""
+    the run (as before); one landing as the run ends (here: just after run has stopped its
+    helper thread) never reaches the caller as a KeyboardInterrupt; the mask and handlers
+    are put back either way."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _API_RUN, mode, image], stdout=subprocess.PIPE, text=True
     )

@@ -414,7 +414,8 @@ def _sigint_helper(forward: Callable[[int, object], None]) -> Iterator[None]:
             if done.is_set():
                 return
             if info.si_code != _SI_KERNEL:
-                forward(signal.SIGINT, None)
+                with contextlib.suppress(OSError):  # the thread must live until told to stop
+                    forward(signal.SIGINT, None)
 
     helper = threading.Thread(target=interrupts, name="layerdiff-sigint", daemon=True)
     try:
@@ -422,8 +423,10 @@ def _sigint_helper(forward: Callable[[int, object], None]) -> Iterator[None]:
         yield
     finally:
         done.set()
-        if helper.ident is not None:
-            signal.pthread_kill(helper.ident, signal.SIGINT)
+        if helper.is_alive():
+            # Addressed to the process, not the thread: should the helper have just returned
+            # on a SIGINT of its own, this one waits, blocked, for the no-op handler.
+            os.kill(os.getpid(), signal.SIGINT)
             helper.join()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
