@@ -18,6 +18,7 @@ import pytest
 import requests
 
 import layerdiff
+from layerdiff.blobstatus import OnBlob
 from layerdiff.image import DOCKER_MANIFEST_MEDIA_TYPE, canonical_json, go_arch
 from layerdiff.layout import Layout
 from tests.conftest import run_cli
@@ -402,14 +403,16 @@ def test_a_failed_or_interrupted_transfer_stops_the_others_at_their_next_chunk()
     from layerdiff.remote import _parallel
 
     started: list[int] = []
+    stops: list[threading.Event] = []
 
-    def blob(i: int) -> int:
+    def blob(i: int, stop: threading.Event) -> int:
         started.append(i)
+        stops.append(stop)
         if i == 0:
             time.sleep(0.2)
             raise RuntimeError("blob 0 failed")
         while True:  # a transfer that would run forever but for the check
-            transfer._check_stop()
+            transfer._check_stop(stop)
             time.sleep(0.01)
 
     begin = time.monotonic()
@@ -417,4 +420,60 @@ def test_a_failed_or_interrupted_transfer_stops_the_others_at_their_next_chunk()
         _parallel(blob, list(range(6)), jobs=3)
     assert time.monotonic() - begin < 5
     assert {0, 1, 2} <= set(started)
-    assert not transfer.stop.is_set()  # ready for the next push or pull
+    assert len({id(s) for s in stops}) == 1  # one event for the whole call
+    # The next call has its own event, not the one this failure set.
+    assert _parallel(lambda i, stop: (i, stop.is_set()), [1, 2], jobs=2) == [(1, False), (2, False)]
+
+
+def test_a_failed_pull_does_not_stop_another_running_in_the_same_process(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Transfers stop together only within one push or pull: an application pulling two images
+    in two threads, one of which fails, still gets the other."""
+    for name in ("a", "b"):
+        src = f"oci:{tmp_path / name}:1"
+        layerdiff.commit(
+            tree(tmp_path / f"t{name}", {"big": os.urandom(16 << 20)}),
+            image=src,
+            compression="none",
+        )
+        layerdiff.push(src, registry.ref(f"t10/{name}:1"), tls_verify=False)
+    a_layer = layerdiff.inspect(f"oci:{tmp_path / 'a'}:1")["layers"][0]["digest"]
+    b_image = layerdiff.inspect(f"oci:{tmp_path / 'b'}:1")
+    b_config, b_layer = b_image["manifest"]["config"]["digest"], b_image["layers"][0]["digest"]
+    a_running = threading.Event()
+
+    def slow_a(digest: str, _done: int, _size: int, status: str | None) -> None:
+        if digest == a_layer and status is None:
+            a_running.set()
+            time.sleep(0.05)  # 16 chunks: about 0.8 s in all
+
+    def failing_b(digest: str, _done: int, _size: int, status: str | None) -> None:
+        if digest == b_config and status is not None:
+            raise RuntimeError("b's progress callback failed")
+        if digest == b_layer and status is None:
+            time.sleep(0.5)  # b's own stop waits for this transfer
+
+    outcome: dict[str, object] = {}
+
+    def pull(name: str, on_blob: OnBlob) -> None:
+        try:
+            outcome[name] = layerdiff.pull(
+                registry.ref(f"t10/{name}:1"),
+                f"oci:{tmp_path / ('pulled-' + name)}:1",
+                tls_verify=False,
+                on_blob=on_blob,
+            )
+        except Exception as e:
+            outcome[name] = e
+
+    a = threading.Thread(target=pull, args=("a", slow_a))
+    a.start()
+    assert a_running.wait(30)
+    b = threading.Thread(target=pull, args=("b", failing_b))
+    b.start()
+    a.join(60)
+    b.join(60)
+    assert isinstance(outcome["b"], RuntimeError), outcome["b"]
+    assert isinstance(outcome["a"], layerdiff.PullResult), repr(outcome["a"])
+    assert [s.status for s in outcome["a"].blobs] == ["downloaded", "downloaded"]

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from layerdiff import refs, transfer
+from layerdiff import refs
 from layerdiff.catalog import load_image
 from layerdiff.errors import (
     DigestMismatchError,
@@ -102,20 +103,22 @@ def open_registry(ref: refs.RegistryRef, *, tls_verify: bool, creds: str | None)
     return reg
 
 
-def _parallel(fn: Callable[[_T], _R], items: Sequence[_T], jobs: int) -> list[_R]:
+def _parallel(fn: Callable[[_T, threading.Event], _R], items: Sequence[_T], jobs: int) -> list[_R]:
+    """``fn(item, stop)`` for each item, ``jobs`` at a time. ``stop`` belongs to this call
+    alone, so that other pushes and pulls running in the same process go on when it is set."""
+    stop = threading.Event()
     if jobs <= 1 or len(items) <= 1:
-        return [fn(i) for i in items]
+        return [fn(i, stop) for i in items]
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layerdiff-blob")
     try:
-        return list(pool.map(fn, items))
+        return list(pool.map(lambda item: fn(item, stop), items))
     except BaseException:
         # Interrupted (Ctrl-C, SIGTERM) or failed: the transfers still running stop at their
         # next chunk, and those not started never start.
-        transfer.stop.set()
+        stop.set()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        transfer.stop.clear()
 
 
 def _quiet(_digest: str, _done: int, _size: int, _status: str | None) -> None:
@@ -170,13 +173,14 @@ def push(
     sources = Sources(local.layout)
     with open_registry(dest, tls_verify=tls_verify, creds=creds) as reg:
         statuses = _parallel(
-            lambda d: push_blob(
+            lambda d, stop: push_blob(
                 reg,
                 dest.repository,
                 local.layout,
                 d,
                 mount_from=sources.repositories(reg.host, str(d["digest"])),
                 on_blob=report,
+                stop=stop,
             ),
             blobs,
             jobs,
@@ -307,7 +311,9 @@ def pull(
             raise FormatError(f"{src.text}: manifest {digest} lacks config or layers")
         with Layout.create_for_write(target.layout) as layout, writing(layout):
             statuses = _parallel(
-                lambda d: fetch_blob(reg, src.repository, layout, d, on_blob=report),
+                lambda d, stop: fetch_blob(
+                    reg, src.repository, layout, d, on_blob=report, stop=stop
+                ),
                 [config, *layers],
                 jobs,
             )

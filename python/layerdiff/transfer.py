@@ -45,17 +45,15 @@ __all__ = [
 
 _CHUNK = 1 << 20  # bytes read and hashed at a time
 
-#: Set while an interrupted push or pull waits for its blob transfers: each stops at its next
-#: chunk instead of running to its end.
-stop = threading.Event()
-
 
 class Stopped(Exception):
-    """A blob transfer given up because :data:`stop` was set."""
+    """A blob transfer given up because its ``stop`` event was set."""
 
 
-def _check_stop() -> None:
-    if stop.is_set():
+def _check_stop(stop: threading.Event | None) -> None:
+    """Raise :class:`Stopped` once ``stop`` is set: the push or pull this transfer belongs to
+    was interrupted or failed elsewhere, so the rest of its bytes are not wanted."""
+    if stop is not None and stop.is_set():
         raise Stopped("interrupted")
 
 
@@ -105,8 +103,11 @@ class Sources:
 class _VerifiedFile:
     """A blob file as a request body: sent in 1 MiB chunks, hashed and counted on the way."""
 
-    def __init__(self, path: Path, size: int, digest: str, on_blob: OnBlob) -> None:
+    def __init__(
+        self, path: Path, size: int, digest: str, on_blob: OnBlob, stop: threading.Event | None
+    ) -> None:
         self.path = path
+        self.stop = stop
         self.size = size
         self.digest = digest
         self.on_blob = on_blob
@@ -126,7 +127,7 @@ class _VerifiedFile:
                         f"{self.path}: blob {self.digest} is larger than its descriptor's "
                         f"{self.size} bytes; refusing to push it"
                     )
-                _check_stop()
+                _check_stop(self.stop)
                 h.update(chunk)
                 self.sent += len(chunk)
                 self.on_blob(self.digest, self.sent, self.size, None)
@@ -214,9 +215,11 @@ def push_blob(
     *,
     mount_from: list[str],
     on_blob: OnBlob = _quiet,
+    stop: threading.Event | None = None,
 ) -> BlobStatus:
     """Make the registry's ``repository`` hold the layout's blob ``desc`` (see the module
-    docs); retried whole on connection failures and 5xx."""
+    docs); retried whole on connection failures and 5xx. Once ``stop`` is set the upload
+    ends at its next chunk with :class:`Stopped`."""
     digest, size = str(desc["digest"]), int(desc["size"])
     path = layout.blob_path(digest)
     try:
@@ -237,7 +240,7 @@ def push_blob(
         location = _open_upload(reg, repository, digest, mounts)
         if location is None:
             return "mounted"
-        body = _VerifiedFile(path, size, digest, on_blob)
+        body = _VerifiedFile(path, size, digest, on_blob, stop)
         if size:
             location = _patch(reg, repository, location, body, 0, size)
             body.check()
@@ -278,9 +281,11 @@ def fetch_blob(
     desc: Descriptor,
     *,
     on_blob: OnBlob = _quiet,
+    stop: threading.Event | None = None,
 ) -> BlobStatus:
     """Store the blob ``desc`` of ``repository`` in the layout unless it is there; its size and
-    sha256 are checked while it streams into a temporary file, and a mismatch stores nothing."""
+    sha256 are checked while it streams into a temporary file, and a mismatch stores nothing.
+    Once ``stop`` is set the download ends at its next chunk with :class:`Stopped`."""
     digest, size = str(desc["digest"]), int(desc["size"])
     path = layout.blob_path(digest)
     with contextlib.suppress(FileNotFoundError):
@@ -301,7 +306,7 @@ def fetch_blob(
             nonlocal done
             with response:
                 for chunk in response.iter_content(_CHUNK):
-                    _check_stop()
+                    _check_stop(stop)
                     done += len(chunk)
                     on_blob(digest, done, size, None)
                     yield chunk
