@@ -7,12 +7,15 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -477,3 +480,60 @@ def test_a_failed_pull_does_not_stop_another_running_in_the_same_process(
     assert isinstance(outcome["b"], RuntimeError), outcome["b"]
     assert isinstance(outcome["a"], layerdiff.PullResult), repr(outcome["a"])
     assert [s.status for s in outcome["a"].blobs] == ["downloaded", "downloaded"]
+
+
+class _CountingServer(ThreadingHTTPServer):
+    """An HTTP (or, given a certificate, HTTPS) server that counts the connections it is
+    offered, handshakes that fail included."""
+
+    daemon_threads = True
+    connections = 0
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        self.connections += 1
+        return super().get_request()
+
+
+class _Answer200(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("plain HTTP", "wrong version number"),
+        ("self-signed HTTPS", "certificate verify failed: self-signed certificate"),
+    ],
+)
+def test_a_tls_failure_that_a_retry_cannot_mend_fails_at_once_with_its_reason_and_the_hint(
+    tmp_path: Path, kind: str, reason: str
+) -> None:
+    import ssl
+
+    from tests.registry_server import _make_cert
+
+    server = _CountingServer(("127.0.0.1", 0), _Answer200)
+    if kind != "plain HTTP":
+        key_pem, _, cert = _make_cert(tmp_path)
+        (tmp_path / "key.pem").write_bytes(key_pem)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, tmp_path / "key.pem")
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        out = run_cli("pull", f"docker://{host}/x:1", f"oci:{tmp_path / 'o'}:1")
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.count("\n") == 1, out.stderr
+        assert f"{host}: TLS failed ({reason})" in out.stderr
+        assert "--tls-verify=false" in out.stderr
+        assert "attempts" not in out.stderr
+        assert server.connections == 1  # not retried: the same answer would come again
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -13,6 +13,8 @@ repository there. It does the parts every request shares:
   scope the token lacks or the registry answers 401 ``insufficient_scope``.
 - **Retries**: connection errors and 5xx answers are retried with exponential backoff (requests
   whose body cannot be sent twice are retried whole by their caller through :func:`retrying`).
+  A TLS failure the server would give again (an untrusted certificate, a port that speaks plain
+  HTTP) is not retried: it fails at once with OpenSSL's reason and the ``--tls-verify`` hint.
 - **Errors**: every failure becomes a :class:`~layerdiff.errors.RegistryError` whose message
   names the registry, the request and what it answered (the distribution error code and text).
 """
@@ -145,6 +147,39 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+#: OpenSSL's codes for a TLS failure that the same server gives again on every try: a
+#: certificate that is not trusted (or names another host), or a server that does not speak
+#: TLS on that port at all (a plain-HTTP registry answers a ClientHello with text).
+_TLS_FOR_GOOD = frozenset(
+    {
+        "CERTIFICATE_VERIFY_FAILED",
+        "WRONG_VERSION_NUMBER",
+        "RECORD_LAYER_FAILURE",
+        "HTTP_REQUEST",
+        "UNKNOWN_PROTOCOL",
+        "PACKET_LENGTH_TOO_LONG",
+        "UNSUPPORTED_PROTOCOL",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+    }
+)
+
+
+class _TLSRefused(RegistryUnreachableError):
+    """A TLS failure that retrying cannot mend (see :data:`_TLS_FOR_GOOD`): raised at once."""
+
+
+def _tls_failure(host: str, exc: BaseException) -> RegistryUnreachableError:
+    """The error for a failed TLS handshake with ``host``, naming OpenSSL's reason."""
+    found = re.search(r"\[SSL: ([A-Z0-9_]+)\] (.+?) \(_ssl\.c", str(exc))
+    reason = found.group(2) if found else _reason(exc)
+    code = found.group(1) if found else None
+    cls = _TLSRefused if code in _TLS_FOR_GOOD else RegistryUnreachableError
+    return cls(
+        f"{host}: TLS failed ({reason}); for a registry without TLS or without a trusted "
+        "certificate use --tls-verify=false"
+    )
+
+
 def retrying(what: str, attempt: Callable[[], _T], *, attempts: int = ATTEMPTS) -> _T:
     """Run ``attempt`` until it succeeds; connection failures and 5xx answers are retried with
     exponential backoff, anything else (and the last failure) is raised.
@@ -166,7 +201,9 @@ def _retry(what: str, attempt: Callable[[], _T], attempts: int) -> _T:
         try:
             return attempt()
         except RegistryError as e:
-            retry = isinstance(e, RegistryUnreachableError) or (e.status in _RETRY_STATUS)
+            retry = (
+                isinstance(e, RegistryUnreachableError) and not isinstance(e, _TLSRefused)
+            ) or (e.status in _RETRY_STATUS)
             if not retry or n == attempts:
                 if n > 1 and retry:
                     raise type(e)(
@@ -405,10 +442,7 @@ class Registry:
                 allow_redirects=True,
             )
         except requests.exceptions.SSLError as e:
-            raise RegistryUnreachableError(
-                f"{self.host}: TLS failed ({_reason(e)}); for a registry without a trusted "
-                "certificate use --tls-verify=false"
-            ) from e
+            raise _tls_failure(self.host, e) from e
         except requests.RequestException as e:
             raise RegistryUnreachableError(
                 f"registry {self.host} unreachable: {method} {urllib.parse.urlsplit(url).path}: "
