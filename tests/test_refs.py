@@ -62,6 +62,10 @@ def test_oci_write_tag_defaults_to_latest() -> None:
         ("registry.example.com/team/app:v1", "registry.example.com/team/app:v1"),
         ("a__b", "a__b:latest"),
         ("a---b", "a---b:latest"),
+        # Pinned by digest: docker's NAME@DIGEST, a tag beside it not looked at.
+        ("app@sha256:" + "a" * 64, "app@sha256:" + "a" * 64),
+        ("docker.io/library/app:1@sha256:" + "a" * 64, "app@sha256:" + "a" * 64),
+        ("localhost:5000/app@sha256:" + "a" * 64, "localhost:5000/app@sha256:" + "a" * 64),
     ],
 )
 def test_store(text: str, tag: str) -> None:
@@ -125,7 +129,8 @@ def test_docker_archive(text: str, file: str, name: str | None, tag: str | None)
         "/app",
         "a//b",
         "app@sha256:zz",
-        "app@sha256:" + "a" * 64,  # store images are named by tag
+        "app@sha256:" + "A" * 64,  # the store's digests are lowercase sha256
+        "app@sha512:" + "a" * 128,
         "oci:",
         "oci::v1",
         "oci:/srv/x:bad tag",  # after the last ':' and no '/' after it: a tag, and not valid

@@ -537,3 +537,65 @@ def test_a_tls_failure_that_a_retry_cannot_mend_fails_at_once_with_its_reason_an
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_pull_by_digest_without_a_local_name_as_docker_does(
+    registry: Registry, tmp_path: Path, store_home: Path
+) -> None:
+    """``pull docker://HOST/REPO@DIGEST`` stores the image as ``HOST/REPO@DIGEST``: listed
+    untagged with its digest, usable by that name, and never a name for a new image."""
+    src = f"oci:{tmp_path / 'src'}:1"
+    layerdiff.commit(tree(tmp_path / "t", {"f": b"pinned\n"}), image=src)
+    digest = layerdiff.push(src, registry.ref("t12/app:1"), tls_verify=False).manifest_digest
+    other = "sha256:" + "0" * 64
+    name = f"{registry.host}/t12/app"
+    pinned = f"{name}@{digest}"
+
+    out = run_cli("pull", "--tls-verify=false", "--json", "--progress=none", f"docker://{pinned}")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["image"] == pinned
+    listed = json.loads(run_cli("images", "--json").stdout)
+    assert [(i["name"], i["tag"], i["digest"]) for i in listed] == [(name, "<none>", digest)]
+    assert layerdiff.inspect(pinned)["digest"] == digest
+    assert [h.created_by for h in layerdiff.history(pinned)] == ["layerdiff commit"]
+    # Pulled again: nothing to fetch.
+    again = layerdiff.pull(f"docker://{pinned}", tls_verify=False)
+    assert statuses(again) == ["exists", "exists"]
+
+    # A digest names an image that exists: never a new one, and the store stays as it was.
+    before = (store_home / "images/index.json").read_bytes()
+    for args in (
+        ["commit", "--upper", str(tmp_path / "t"), pinned],
+        ["tag", pinned, f"{name}@{other}"],
+        ["squash", pinned, f"{name}@{digest}"],
+    ):
+        bad = run_cli(*args)
+        assert bad.returncode != 0
+        assert "a digest names an image that exists" in bad.stderr, bad.stderr
+        assert bad.stderr.count("\n") == 1
+    assert (store_home / "images/index.json").read_bytes() == before
+    # Saved, it has no tag to give (docker save of NAME@DIGEST writes none).
+    assert run_cli("save", pinned, f"docker-archive:{tmp_path / 'p.tar'}").returncode == 0
+    import tarfile
+
+    with tarfile.open(tmp_path / "p.tar") as tar:
+        member = tar.extractfile("manifest.json")
+        assert member is not None
+        assert not json.loads(member.read())[0].get("RepoTags")
+    # Another name for it by tag is fine.
+    assert run_cli("tag", pinned, "app:pinned").returncode == 0
+    assert layerdiff.inspect("app:pinned")["digest"] == digest
+
+    # NAME@DIGEST also finds the image pulled by tag, and only with its own digest.
+    assert run_cli("rmi", pinned).returncode == 0
+    layerdiff.pull(registry.ref("t12/app:1"), tls_verify=False)
+    assert layerdiff.inspect(pinned)["image"] == pinned
+    assert layerdiff.inspect(pinned)["digest"] == digest
+    missing = run_cli("inspect", f"{name}@{other}")
+    assert missing.returncode != 0 and "not found" in missing.stderr
+    # A pull by a digest the registry does not have stores nothing.
+    gone = run_cli("pull", "--tls-verify=false", f"docker://{name}@{other}")
+    assert gone.returncode == 1 and gone.stderr.count("\n") == 1
+    assert sorted((i.name, i.tag) for i in layerdiff.images()) == sorted(
+        [("app", "pinned"), (name, "1")]
+    )

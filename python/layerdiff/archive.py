@@ -102,8 +102,8 @@ def save(image: str | refs.LayoutRef, archive: str | refs.ArchiveRef) -> SaveRes
     local = load_image(image)
     if ref.name is not None:
         repo_tags = [f"{ref.name}:{ref.tag}"]
-    elif local.ref.in_store and local.ref.tag is not None:
-        repo_tags = [local.ref.tag]
+    elif local.ref.in_store and local.ref.tag is not None and "@" not in local.ref.tag:
+        repo_tags = [local.ref.tag]  # an image named by digest has no tag to give (as docker)
     else:
         repo_tags = []
     config_digest = str(local.manifest["config"]["digest"])
@@ -348,6 +348,8 @@ def load(
                 raise InvalidReferenceError(
                     f"{where}: the image has no tag; name IMAGE to load it as"
                 )
+        for t in targets:
+            refs.check_writable(t)
         config = _read_member(tar, entry.config, where)
         diff_ids = _diff_ids(config, f"{where}: {entry.config}")
         layer_names = entry.layers

@@ -132,7 +132,20 @@ def index_tag(layout: Layout, ref: refs.LayoutRef) -> str | None:
     """The tag in ``layout``'s index that ``ref`` names: its own, but for a store name the
     spelling the index has (:func:`refs.stored_tag`)."""
     if ref.in_store and ref.tag is not None:
-        return refs.stored_tag(ref.tag, layout.tags())
+        pinned = refs.pinned_digest(ref.tag)
+        tags = layout.tags()
+        if pinned is None or ref.tag in tags:
+            return refs.stored_tag(ref.tag, tags)
+        # NAME@DIGEST also finds an image of that name, tagged otherwise, with that manifest.
+        name = ref.tag.partition("@")[0]
+        for desc in layout.manifests():
+            tag = (desc.get("annotations") or {}).get(REF_NAME)
+            if (
+                isinstance(tag, str)
+                and desc.get("digest") == pinned
+                and refs.familiar_name(refs.store_tag_name(tag)) == name
+            ):
+                return tag
     return ref.tag
 
 
@@ -200,6 +213,9 @@ def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
             name, short = (UNTAGGED if in_store else str(lay.path)), UNTAGGED
             text = str(desc.get("digest", "")) if in_store else f"oci:{lay.path}"
             ref = refs.LayoutRef(text=text, layout=lay.path, tag=None, in_store=in_store)
+        elif in_store and refs.pinned_digest(tag) is not None:
+            name, short = tag.partition("@")[0], UNTAGGED  # pulled by digest, as docker lists it
+            ref = refs.LayoutRef(text=tag, layout=lay.path, tag=tag, in_store=True)
         elif in_store:
             name, _, short = tag.rpartition(":")
             ref = refs.LayoutRef(text=tag, layout=lay.path, tag=tag, in_store=True)

@@ -715,7 +715,8 @@ def pull(
     progress: str,
     as_json: bool,
 ) -> None:
-    """Pull an image from a registry into IMAGE (default: HOST/REPO:TAG in the store).
+    """Pull an image from a registry into IMAGE (default: HOST/REPO:TAG in the store, or
+    HOST/REPO@DIGEST when pulled by digest: listed untagged, used by that name).
 
     Only missing blobs are fetched, each checked (size and sha256) as it streams in.
     """

@@ -131,6 +131,8 @@ def commit(
         raise InvalidReferenceError(
             f"cannot commit into {target.text}: commit to an image, then layerdiff save it"
         )
+    if isinstance(target, refs.LayoutRef):
+        refs.check_writable(target)
     # Check everything that can be checked before the first byte is written.
     instructions = [parse_change(c) for c in changes]
     check_options(compression=compression, threads=threads, compression_level=compression_level)

@@ -25,6 +25,7 @@ from layerdiff.errors import (
     DigestMismatchError,
     FormatError,
     ImageNotFoundError,
+    InvalidReferenceError,
     LayerdiffError,
 )
 
@@ -432,8 +433,15 @@ class Layout:
         return dict(found[-1])
 
     def set_tag(self, tag: str, descriptor: Descriptor) -> None:
-        """Point ``tag`` at ``descriptor``, replacing whatever the tag named before."""
+        """Point ``tag`` at ``descriptor``, replacing whatever the tag named before. A tag
+        written ``NAME@DIGEST`` (a store image pulled by digest) only names that digest."""
         check_digest(descriptor["digest"])
+        _, at, pinned = tag.partition("@")
+        if at and pinned != descriptor["digest"]:
+            raise InvalidReferenceError(
+                f"{tag}: the reference pins {pinned}, but the image's manifest is "
+                f"{descriptor['digest']}"
+            )
         entry = dict(descriptor)
         entry["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: tag}
         self.update_index(lambda ms: [m for m in ms if _tag_of(m) != tag] + [entry])

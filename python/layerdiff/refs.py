@@ -6,6 +6,8 @@ Four forms are understood::
     docker://[HOST[:PORT]/]REPO[:TAG][@DIGEST]   an image in a registry
     docker-archive:FILE[:NAME[:TAG]]     a `docker save` tarball
     NAME[:TAG]                           an image in the default store (tag ``latest`` by default)
+    NAME@sha256:HEX                      the image of that name in the store whose manifest has
+                                         that digest (as docker's ``NAME@DIGEST``)
 
 The transport prefix wins: ``oci:x`` is always the layout at ``x``, never a store image named
 ``oci``.
@@ -24,6 +26,12 @@ Store names are Docker names: as docker does, ``docker.io/library/x``, ``docker.
 ``index.docker.io/x``, ``library/x`` and ``x`` are one name, kept and shown in docker's familiar
 (shortest) form ``x``, and ``docker.io/team/x`` is ``team/x``. The tags of an ``oci:`` layout are
 free strings and are left as written.
+
+``NAME@DIGEST`` names an image that exists: a pull by digest without a local name stores the
+image under that reference (index tag ``NAME@sha256:HEX``, listed untagged as docker does), and
+the reference also finds an image of the same name tagged otherwise whose manifest has the
+digest. A new image (a commit, squash, tag or load) cannot be given such a name; see
+:func:`check_writable`.
 """
 
 from __future__ import annotations
@@ -41,12 +49,15 @@ __all__ = [
     "ImageRef",
     "LayoutRef",
     "RegistryRef",
+    "check_writable",
     "familiar_name",
     "parse_layout_reference",
     "parse_reference",
     "parse_store_reference",
+    "pinned_digest",
     "store_home",
     "store_layout_path",
+    "store_tag_name",
     "stored_tag",
 ]
 
@@ -65,6 +76,7 @@ _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}
 _NAME_RE = re.compile(rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
 _TAG_RE = re.compile(_TAG)
 _DIGEST_RE = re.compile(_DIGEST)
+_STORE_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _NAME_MAX = 255  # docker's NameTotalLengthMax
 
 _DOCKER_HUB = "docker.io"
@@ -269,13 +281,45 @@ def _parse_archive(text: str, rest: str) -> ArchiveRef:
 def _parse_store(text: str) -> LayoutRef:
     name, tag, digest = _split_name_tag(text, text)
     if digest is not None:
-        raise _bad(text, "images in the store are named NAME[:TAG], not by digest")
+        if not _STORE_DIGEST_RE.fullmatch(digest):
+            raise _bad(text, f"{digest!r}: store images are pinned by sha256:<64 lowercase hex>")
+        # As docker does, a tag given beside the digest is not looked at.
+        return LayoutRef(
+            text=text,
+            layout=store_layout_path(),
+            tag=f"{familiar_name(name)}@{digest}",
+            in_store=True,
+        )
     return LayoutRef(
         text=text,
         layout=store_layout_path(),
         tag=f"{familiar_name(name)}:{tag or DEFAULT_TAG}",
         in_store=True,
     )
+
+
+def pinned_digest(store_tag: str) -> str | None:
+    """The digest of a store tag written ``NAME@DIGEST``, else None."""
+    _, at, digest = store_tag.partition("@")
+    return digest if at else None
+
+
+def store_tag_name(store_tag: str) -> str:
+    """The name part of a store tag (``NAME:TAG`` or ``NAME@DIGEST``)."""
+    if "@" in store_tag:
+        return store_tag.partition("@")[0]
+    return store_tag.rpartition(":")[0]
+
+
+def check_writable(ref: LayoutRef) -> LayoutRef:
+    """``ref``, unless it names a store image by digest, which a new image cannot take (its
+    digest is not known before it is written): then InvalidReferenceError."""
+    if ref.in_store and ref.tag is not None and pinned_digest(ref.tag) is not None:
+        raise _bad(
+            ref.text,
+            "a digest names an image that exists; name a new image NAME[:TAG]",
+        )
+    return ref
 
 
 def parse_reference(text: str) -> ImageRef:

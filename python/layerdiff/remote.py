@@ -264,10 +264,12 @@ def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> D
 
 
 def _default_name(ref: refs.RegistryRef) -> str:
-    if ref.tag is None:
-        raise InvalidReferenceError(f"{ref.text} names no tag: say which local image to pull it as")
-    # Stored under the familiar name (docker.io/library/busybox is busybox), as docker does.
-    return f"{refs.familiar_name(f'{ref.host}/{ref.repository}')}:{ref.tag}"
+    # Stored under the familiar name (docker.io/library/busybox is busybox), as docker does;
+    # pulled by digest, under NAME@DIGEST (docker lists it untagged, with its digest).
+    name = refs.familiar_name(f"{ref.host}/{ref.repository}")
+    if ref.digest is not None:
+        return f"{name}@{ref.digest}"
+    return f"{name}:{ref.tag}"
 
 
 def pull(
@@ -281,7 +283,7 @@ def pull(
     on_blob: OnBlob | None = None,
 ) -> PullResult:
     """Pull ``source`` (``docker://HOST/REPO[:TAG][@DIGEST]``) into the local ``image``
-    (default: ``HOST/REPO:TAG`` in the store).
+    (default: ``HOST/REPO:TAG`` in the store, ``HOST/REPO@DIGEST`` for a pull by digest).
 
     Only blobs the layout lacks are fetched; each is verified (size, sha256) while it streams
     and a mismatch is refused with nothing stored. From an index, the ``platform``

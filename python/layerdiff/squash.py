@@ -112,7 +112,9 @@ def squash(
     squashed layer's bytes are those a commit of the same tar at that level would give.
     """
     src = load_image(image)
-    target = refs.parse_layout_reference(new_image) if isinstance(new_image, str) else new_image
+    target = refs.check_writable(
+        refs.parse_layout_reference(new_image) if isinstance(new_image, str) else new_image
+    )
     n_threads = check_options(
         compression=compression, threads=threads, compression_level=compression_level
     )

@@ -18,7 +18,9 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
     another layout, the image's blobs are copied (hard-linked where possible) there first.
     Returns the image's manifest digest."""
     image = load_image(source)
-    dst = refs.parse_layout_reference(target) if isinstance(target, str) else target
+    dst = refs.check_writable(
+        refs.parse_layout_reference(target) if isinstance(target, str) else target
+    )
     blobs = [
         image.digest,
         str(image.manifest["config"]["digest"]),
