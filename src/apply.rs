@@ -553,6 +553,14 @@ impl Applier<'_> {
             return root::remove_all(&dir, base_name(path))
                 .map_err(|e| bad(&what(), e.to_string()));
         }
+        // This layer wrote `path`. Anything but a directory replaced what lay there whole, so
+        // nothing lower is left; and a link is never followed (what it points at is not what
+        // the whiteout names).
+        if root::type_at(&dir, base_name(path)).map_err(|e| bad(&what(), e.to_string()))?
+            != Some(FileType::Directory)
+        {
+            return Ok(());
+        }
         self.hide_children(&real, why)
     }
 

@@ -166,6 +166,36 @@ fn whiteout_order_within_a_layer_never_matters() {
 }
 
 #[test]
+fn a_whiteout_never_reaches_through_the_link_this_layer_put_in_its_place() {
+    // `a` was a directory and is now a link (to `d`, or to the root); the whiteout of the old
+    // `a` hides it alone, never what the new link points at.
+    for (target, order_whiteout_first) in [("/d", true), ("d", false), ("/", true), ("..", false)] {
+        let t = tempfile::tempdir().unwrap();
+        lower(t.path());
+        let wh = M::File(".wh.a", b"");
+        let link = M::Sym("a", target);
+        let members = if order_whiteout_first {
+            vec![wh, link]
+        } else {
+            vec![link, wh]
+        };
+        apply(t.path(), &members).unwrap();
+        assert_eq!(
+            tree(t.path()),
+            vec![
+                format!("a -> {target}"),
+                "d/".to_string(),
+                "d/sub/".to_string(),
+                "d/sub/y = y".to_string(),
+                "d/x = x".to_string(),
+                "f = f".to_string(),
+            ],
+            "a -> {target}"
+        );
+    }
+}
+
+#[test]
 fn opaque_hides_lower_children_at_every_depth_but_keeps_the_layers() {
     let t = tempfile::tempdir().unwrap();
     lower(t.path());
