@@ -24,6 +24,11 @@ use crate::verify::VerifyingReader;
 /// How often a detached call looks for a pending signal (Ctrl-C) in the interpreter.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
+/// Stack of the thread a call works on: address space, touched only as deep as the work goes.
+/// Whiteouts below directories a layer re-creates are hidden by recursion, one frame a level,
+/// and a hostile layer can nest far deeper than a path could name (through symlinks).
+const WORK_STACK: usize = 256 << 20;
+
 /// Run `work` on a scoped thread while this thread, detached from the interpreter, waits for it
 /// and checks for signals. A signal cancels the work through `cancel` and is re-raised.
 fn run_detached<T: Send>(
@@ -33,10 +38,13 @@ fn run_detached<T: Send>(
 ) -> PyResult<T> {
     std::thread::scope(|s| {
         let (tx, mut rx) = mpsc::sync_channel(1);
-        s.spawn(move || {
-            // The receiver outlives the scope's threads, so a failed send cannot happen.
-            let _ = tx.send(work());
-        });
+        std::thread::Builder::new()
+            .stack_size(WORK_STACK)
+            .spawn_scoped(s, move || {
+                // The receiver outlives the scope's threads, so a failed send cannot happen.
+                let _ = tx.send(work());
+            })
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("starting a thread: {e}")))?;
         loop {
             // The receiver is moved in and out because it is `Send` but not `Sync`.
             let (received, back) = py.detach(move || (rx.recv_timeout(SIGNAL_POLL), rx));
