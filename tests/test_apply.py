@@ -193,6 +193,15 @@ def test_bad_streams_are_one_line_errors(tmp_path: Path, blob: bytes) -> None:
     assert f"layer {layer}: " in proc.stderr  # of the two, the bad one
 
 
+def test_a_warning_is_one_line_whatever_the_entry_name_holds(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(_tar([(_entry(".wh..wh.aufs\nlayerdiff: error: forged"), b"")]))
+    proc = run_cli("apply", "--to", str(tmp_path / "out"), str(layer))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("layerdiff: warning:") and "forged" in proc.stderr
+
+
 def test_max_size_stops_a_bomb(tmp_path: Path) -> None:
     data = _tar([(_entry("zeros"), bytes(4 << 20))])
     layer = tmp_path / "bomb.tar.zst"

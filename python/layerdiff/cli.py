@@ -390,7 +390,7 @@ def commit(
         )
         return
     for warning in layer.warnings:
-        click.echo(f"layerdiff: warning: {warning}", err=True)
+        _warn(warning)
     click.echo(result.manifest_digest)
 
 
@@ -459,8 +459,7 @@ def images(layout: str | None, as_json: bool) -> None:
         else:  # fsck checks it with the rest of its layout
             what = f"the untagged image {i.digest}" + (f" of {layout_ref}" if layout_ref else "")
             check = layout_ref or ""
-        warning = f"{what} cannot be read ({i.error}); see layerdiff fsck {check}"
-        click.echo(f"layerdiff: warning: {' '.join(warning.split())}", err=True)
+        _warn(f"{what} cannot be read ({i.error}); see layerdiff fsck {check}")
     if as_json:
         _emit_json([asdict(i) for i in found])
         return
@@ -563,7 +562,13 @@ def _report_apply(obj: dict[str, Any], warnings: Sequence[str], as_json: bool) -
         _emit_json({**obj, "warnings": list(warnings)})
         return
     for warning in warnings:
-        click.echo(f"layerdiff: warning: {warning}", err=True)
+        _warn(warning)
+
+
+def _warn(text: str) -> None:
+    """A warning on stderr, on one line whatever the names in it hold (a newline in an entry
+    name must not make a line of its own)."""
+    click.echo(f"layerdiff: warning: {' '.join(text.split())}", err=True)
 
 
 @cli.command(epilog="Example:\n\n  layerdiff unpack debian:12 ./rootfs")
