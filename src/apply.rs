@@ -234,9 +234,14 @@ impl Applier<'_> {
             }
         };
         let leaf = base.to_vec();
+        // Set when the entry takes the place of a symlink, which the parent's path (cached
+        // below for the next entry) may have been resolved through.
+        let mut replaced_link = false;
         match h.kind {
             EntryKind::Dir => {
-                if root::type_at(&dir, &leaf).map_err(io)? != Some(FileType::Directory) {
+                let found = root::type_at(&dir, &leaf).map_err(io)?;
+                if found != Some(FileType::Directory) {
+                    replaced_link = found == Some(FileType::Symlink);
                     root::remove_all(&dir, &leaf).map_err(io)?;
                     rustix::fs::mkdirat(&dir, os_path(&leaf), Mode::from_raw_mode(0o700))
                         .map_err(|e| io(e.into()))?;
@@ -258,7 +263,7 @@ impl Applier<'_> {
                 });
             }
             EntryKind::File => {
-                let fd = create_replacing(&dir, &leaf, || {
+                let fd = create_replacing(&dir, &leaf, &mut replaced_link, || {
                     rustix::fs::openat(
                         &dir,
                         os_path(&leaf),
@@ -282,7 +287,7 @@ impl Applier<'_> {
             }
             EntryKind::Symlink => {
                 let target = &h.link;
-                create_replacing(&dir, &leaf, || {
+                create_replacing(&dir, &leaf, &mut replaced_link, || {
                     rustix::fs::symlinkat(os_path(target), &dir, os_path(&leaf))
                 })
                 .map_err(io)?;
@@ -309,7 +314,7 @@ impl Applier<'_> {
                     Some(_) => {}
                 }
                 if target != path {
-                    create_replacing(&dir, &leaf, || {
+                    create_replacing(&dir, &leaf, &mut replaced_link, || {
                         rustix::fs::linkat(
                             &tdir,
                             os_path(tname),
@@ -333,6 +338,7 @@ impl Applier<'_> {
                         rustix::fs::makedev(h.dev_major, h.dev_minor),
                     ),
                 };
+                replaced_link = root::type_at(&dir, &leaf).map_err(io)? == Some(FileType::Symlink);
                 root::remove_all(&dir, &leaf).map_err(io)?;
                 match rustix::fs::mknodat(
                     &dir,
@@ -353,7 +359,9 @@ impl Applier<'_> {
             }
         }
         self.mark_created(&join(&real_parent, &leaf));
-        self.parent = Some((parent(&path).to_vec(), dir, real_parent));
+        if !replaced_link {
+            self.parent = Some((parent(&path).to_vec(), dir, real_parent));
+        }
         Ok(())
     }
 
@@ -504,16 +512,25 @@ impl Applier<'_> {
             }
         }
         let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by(|a, b| crate::entry::cmp_paths(&b.path, &a.path));
+        // Deepest first, where they really are; of two entries for one directory, the later
+        // one's metadata last.
+        dirs.sort_by(|a, b| {
+            crate::entry::cmp_paths(
+                &join(&b.real_parent, base_name(&b.path)),
+                &join(&a.real_parent, base_name(&a.path)),
+            )
+        });
         for d in dirs {
             let what = String::from_utf8_lossy(&d.path).into_owned();
-            let dfd = match self.root.open_dir(parent(&d.path)) {
+            // Reached by where its parent really was, not by the entry's name: a link on the
+            // name that a later entry replaced no longer leads there.
+            let dfd = match self.root.open_dir(&d.real_parent) {
                 Ok(fd) => fd,
                 Err(_) => continue, // replaced or removed later in the layer
             };
             // A parent that now leads elsewhere (made a symlink later in the layer) is not
             // where the directory was made: the metadata is not applied through it.
-            if self.real_path(&dfd, parent(&d.path)) != d.real_parent {
+            if self.real_path(&dfd, &d.real_parent) != d.real_parent {
                 continue;
             }
             let fd = match rustix::fs::openat(
@@ -627,13 +644,16 @@ impl Applier<'_> {
 
 /// Make `leaf` in `dir` with `create`; if something is already there (a link included), remove
 /// it and create again. Usually nothing is, so no lookup comes first.
+/// `replaced_link` is set when what was there was a symlink.
 fn create_replacing<T>(
     dir: &OwnedFd,
     leaf: &[u8],
+    replaced_link: &mut bool,
     create: impl Fn() -> rustix::io::Result<T>,
 ) -> io::Result<T> {
     match create() {
         Err(rustix::io::Errno::EXIST) => {
+            *replaced_link |= root::type_at(dir, leaf)? == Some(FileType::Symlink);
             root::remove_all(dir, leaf)?;
             Ok(create()?)
         }

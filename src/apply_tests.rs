@@ -196,6 +196,38 @@ fn a_whiteout_never_reaches_through_the_link_this_layer_put_in_its_place() {
 }
 
 #[test]
+fn an_entry_replacing_the_link_its_parent_was_reached_through_is_seen_by_the_next() {
+    // `l -> .` makes `l/l` name `l` itself: the directory entry replaces the link, so the
+    // next entry's `l/secret` is in that directory, which gets the entry's mode; in one layer
+    // or split in two, as umoci and GNU tar give it.
+    let one = |t: &Path| {
+        apply(
+            t,
+            &[
+                M::Sym("l", "."),
+                M::DirMode("l/l", 0o755),
+                M::File("l/secret", b"s"),
+            ],
+        )
+        .unwrap();
+    };
+    let two = |t: &Path| {
+        apply(t, &[M::Sym("l", "."), M::DirMode("l/l", 0o755)]).unwrap();
+        apply(t, &[M::File("l/secret", b"s")]).unwrap();
+    };
+    for (what, how) in [("one layer", &one as &dyn Fn(&Path)), ("two layers", &two)] {
+        let t = tempfile::tempdir().unwrap();
+        how(t.path());
+        assert_eq!(tree(t.path()), vec!["l/", "l/secret = s"], "{what}");
+        let mode = fs::metadata(t.path().join("l"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755, "{what}");
+    }
+}
+
+#[test]
 fn opaque_hides_lower_children_at_every_depth_but_keeps_the_layers() {
     let t = tempfile::tempdir().unwrap();
     lower(t.path());

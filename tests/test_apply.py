@@ -378,6 +378,13 @@ SYMLINKED_DIRS = {
             (_entry("same/g"), b"g"),
         ],
     ],
+    # `l -> .` makes `l/l` name `l`: the directory entry replaces the link it was reached
+    # through, and what follows goes into that directory (as umoci and GNU tar have it).
+    "a link replaced through itself": [
+        [(_entry("l", tarfile.SYMTYPE, "."), b"")],
+        [(_dir("l/l"), b"")],
+        [(_entry("l/secret"), b"s")],
+    ],
 }
 
 
@@ -397,6 +404,7 @@ SYMLINKED_RESULT = {
         "samedir",
         "samedir/g",
     },
+    "a link replaced through itself": {"l", "l/secret"},
 }
 
 
@@ -419,8 +427,9 @@ def test_squash_follows_symlinked_directories_as_apply_does(
 
 
 @pytest.mark.root
-def test_writes_through_dangling_symlinks_unpack_as_umoci_unpacks_them(tmp_path: Path) -> None:
-    ref = _image_of(tmp_path / "img", [_tar(m) for m in SYMLINKED_DIRS["dangling symlinks"]])
+@pytest.mark.parametrize("case", ["dangling symlinks", "a link replaced through itself"])
+def test_writes_through_symlinks_unpack_as_umoci_unpacks_them(tmp_path: Path, case: str) -> None:
+    ref = _image_of(tmp_path / "img", [_tar(m) for m in SYMLINKED_DIRS[case]])
     layerdiff.unpack(ref, tmp_path / "ours")
     theirs = umoci_unpack(ref.removeprefix("oci:"), tmp_path / "bundle")
     assert_same_tree(theirs, tmp_path / "ours", mtimes=False)
