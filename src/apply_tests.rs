@@ -469,6 +469,42 @@ fn lower_symlinks_are_resolved_inside_the_root() {
 }
 
 #[test]
+fn bytes_after_the_compressed_archive_are_not_read_whatever_their_place() {
+    // gzip and zstd blobs with bytes after their end (zeros, or garbage): the archive within
+    // applies whole, as GNU tar, docker and containerd have it; the layer's one member is
+    // small (inflated whole) or large (streamed), so the trailing bytes fall in a chunk of
+    // their own or share one with the archive's end.
+    for size in [5_000usize, 6 << 20] {
+        let content: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let tar = layer(&[M::File("big", &content), M::File("after", b"z")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&tar[..], 3).unwrap();
+        for (what, blob, tail) in [
+            ("gzip, zeros", &gz, vec![0u8; 512]),
+            ("gzip, garbage", &gz, b"garbage!".repeat(64)),
+            ("zstd, garbage", &zst, b"garbage!".repeat(64)),
+        ] {
+            let t = tempfile::tempdir().unwrap();
+            let mut bytes = blob.clone();
+            bytes.extend_from_slice(&tail);
+            apply_bytes(t.path(), &bytes).unwrap_or_else(|e| panic!("{what}, {size}: {e}"));
+            assert_eq!(
+                fs::read(t.path().join("big")).unwrap(),
+                content,
+                "{what}, {size}"
+            );
+            assert_eq!(
+                fs::read(t.path().join("after")).unwrap(),
+                b"z",
+                "{what}, {size}"
+            );
+        }
+    }
+}
+
+#[test]
 fn broken_streams_are_errors_not_panics() {
     let good = layer(&[M::File("a", &[7u8; 5000]), M::File("b", b"b")]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

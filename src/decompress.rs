@@ -12,7 +12,6 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, mpsc};
 
 use crate::error::{IoContext, Result};
-use crate::tar::reader::read_full;
 
 /// Compressed bytes kept ahead of the decoder: a member must fit in this to be inflated in one
 /// call.
@@ -214,32 +213,47 @@ impl Pump {
         loop {
             // A buffer the reader is done with, else a new one.
             let mut buf = self.back.try_recv().unwrap_or_default();
-            let got = match &mut decoder {
+            let (n, failed) = match &mut decoder {
                 Decoder::Members(m) => m.next_owned(&mut buf),
                 Decoder::Stream(r) => read_chunk(r, &mut buf),
             };
-            match got {
-                Ok(0) => return,
-                Ok(n) => buf.truncate(n),
-                Err(e) => {
-                    let _ = self.tx.send(Err(e));
+            // What was decoded before an error is sent first: the tar may end within it, and
+            // bytes after the end of the archive are not read (as docker's and containerd's
+            // appliers do not), whatever chunk the error falls in.
+            if n > 0 {
+                buf.truncate(n);
+                // A closed channel means the consumer is done: stop quietly.
+                if self.tx.send(Ok(buf)).is_err() {
                     return;
                 }
             }
-            // A closed channel means the consumer is done: stop quietly.
-            if self.tx.send(Ok(buf)).is_err() {
+            if let Some(e) = failed {
+                let _ = self.tx.send(Err(e));
+                return;
+            }
+            if n == 0 {
                 return;
             }
         }
     }
 }
 
-/// Up to [`CHUNK`] bytes of `r` into `buf` (grown to that size if it is smaller): how many.
-fn read_chunk(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<usize> {
+/// Up to [`CHUNK`] bytes of `r` into `buf` (grown to that size if it is smaller): how many,
+/// and the error that cut the chunk short, if one did (the bytes before it are good).
+fn read_chunk(r: &mut impl Read, buf: &mut Vec<u8>) -> (usize, Option<io::Error>) {
     if buf.len() < CHUNK {
         buf.resize(CHUNK, 0);
     }
-    read_full(r, &mut buf[..CHUNK])
+    let mut n = 0;
+    while n < CHUNK {
+        match r.read(&mut buf[n..CHUNK]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (n, Some(e)),
+        }
+    }
+    (n, None)
 }
 
 /// Reads the chunks the decompressing thread sends, and hands the emptied buffers back.
@@ -398,17 +412,20 @@ impl<R: Read> GzipMembers<R> {
     }
 
     /// The next decompressed bytes into `buf`, which may be swapped for the inflated member
-    /// itself (no copy): how many bytes, 0 at the end of the stream.
-    fn next_owned(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+    /// itself (no copy): how many bytes (0 at the end of the stream), and the error that cut
+    /// them short.
+    fn next_owned(&mut self, buf: &mut Vec<u8>) -> (usize, Option<io::Error>) {
         while self.streaming.is_none() && self.out_pos == self.out_len {
-            if !self.next_member()? {
-                return Ok(0);
+            match self.next_member() {
+                Ok(true) => {}
+                Ok(false) => return (0, None),
+                Err(e) => return (0, Some(e)),
             }
             if self.streaming.is_none() && self.out_len > 0 {
                 std::mem::swap(&mut self.out, buf);
                 let n = self.out_len;
                 self.out_len = 0;
-                return Ok(n);
+                return (n, None);
             }
         }
         read_chunk(self, buf)
