@@ -316,8 +316,13 @@ def test_squash_keeps_empty_layer_history(tmp_path: Path) -> None:
     assert "step b && step c" in out["history"][-1]["comment"]
 
 
-def _image_of(layout_dir: Path, layers: list[bytes]) -> str:
-    """An image of the uncompressed layer tars ``layers`` (bottom first), as oci:PATH:v1."""
+def _image_of(
+    layout_dir: Path,
+    layers: list[bytes],
+    media_type: str = "application/vnd.oci.image.layer.v1.tar",
+) -> str:
+    """An image of the layer blobs ``layers`` (bottom first, each of ``media_type``), as
+    oci:PATH:v1."""
     import hashlib
 
     from layerdiff.image import (
@@ -333,13 +338,47 @@ def _image_of(layout_dir: Path, layers: list[bytes]) -> str:
     config = new_config(created="2024-01-01T00:00:00Z")
     descs = []
     for blob in layers:
-        descs.append(layout.put_blob(blob, media_type="application/vnd.oci.image.layer.v1.tar"))
+        descs.append(layout.put_blob(blob, media_type=media_type))
         diff_id = "sha256:" + hashlib.sha256(blob).hexdigest()
         config = add_layer(config, diff_id=diff_id, created="2024-01-01T00:00:00Z", created_by="t")
     config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
     manifest = build_manifest(config=config_desc, layers=descs)
     layout.set_tag("v1", layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE))
     return f"oci:{layout_dir}:v1"
+
+
+@pytest.mark.parametrize(
+    ("media_type", "applied"),
+    [
+        ("application/vnd.oci.image.layer.v1.tar+gzip", True),  # named gzip, read as it is
+        ("application/vnd.docker.image.rootfs.diff.tar.gzip", True),
+        ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", True),
+        ("application/vnd.oci.image.layer.v1.tar+bzip2", False),
+        ("application/vnd.example.not-a-layer", False),
+    ],
+)
+def test_a_layer_of_an_unknown_media_type_is_never_applied(
+    tmp_path: Path, media_type: str, applied: bool
+) -> None:
+    """The layer's media type must name a tar layer (its compression is read from its bytes,
+    as containerd does); unpack, squash, save and run refuse anything else before writing."""
+    ref = _image_of(tmp_path / "img", [_tar([(_entry("f"), b"x")])], media_type)
+    proc = run_cli("unpack", ref, str(tmp_path / "out"))
+    if applied:
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "out" / "f").read_bytes() == b"x"
+        return
+    for args in (
+        ["unpack", ref, str(tmp_path / "out")],
+        ["squash", ref, f"oci:{tmp_path}/img:sq"],
+        ["save", ref, f"docker-archive:{tmp_path}/s.tar"],
+    ):
+        proc = run_cli(*args)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"has media type {media_type!r}, not a tar layer" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "s.tar").exists()
+    assert Layout(tmp_path / "img").tags() == ["v1"]
 
 
 def _dir(name: str) -> tarfile.TarInfo:

@@ -39,7 +39,13 @@ from layerdiff.errors import (
     LayerdiffOSError,
 )
 from layerdiff.fsck import writing
-from layerdiff.image import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, build_manifest, canonical_json
+from layerdiff.image import (
+    CONFIG_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    build_manifest,
+    canonical_json,
+    check_layer_media_type,
+)
 from layerdiff.layout import Layout, check_digest
 
 __all__ = ["LoadResult", "SaveResult", "load", "save"]
@@ -113,6 +119,8 @@ def save(image: str | refs.LayoutRef, archive: str | refs.ArchiveRef) -> SaveRes
         raise FormatError(
             f"{local.ref.text}: {len(local.layers)} layers but {len(diff_ids)} diff_ids"
         )
+    for i, desc in enumerate(local.layers, 1):
+        check_layer_media_type(desc, f"{local.ref.text}: layer {i} of {len(local.layers)}")
     target = ref.file
     try:
         _write(local, config, repo_tags, diff_ids, target)

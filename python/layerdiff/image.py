@@ -27,6 +27,7 @@ __all__ = [
     "build_manifest",
     "canonical_json",
     "check_history",
+    "check_layer_media_type",
     "go_arch",
     "new_config",
     "oci_layer_media_type",
@@ -200,6 +201,27 @@ def add_layer(
     out["created"] = created
     check_history(out)
     return out
+
+
+#: OCI layer media types (the non-distributable ones are deprecated, but images have them).
+_OCI_LAYERS = frozenset(
+    f"application/vnd.oci.image.layer.{kind}v1.tar{compression}"
+    for kind in ("", "nondistributable.")
+    for compression in ("", "+gzip", "+zstd")
+)
+
+
+def check_layer_media_type(desc: Descriptor, where: str) -> None:
+    """Raise FormatError unless the layer ``desc`` has a media type of a tar layer (OCI or
+    Docker; plain, gzip or zstd). Its compression is read from its bytes, as containerd does,
+    but a blob named as something else (bzip2, or no layer at all) is not applied."""
+    media_type = desc.get("mediaType")
+    if media_type is None or media_type in _OCI_LAYERS or media_type in _DOCKER_LAYERS:
+        return
+    raise FormatError(
+        f"{where}: layer {desc.get('digest')} has media type {media_type!r}, "
+        "not a tar layer (tar, tar+gzip or tar+zstd) that can be applied"
+    )
 
 
 def oci_layer_media_type(media_type: str) -> str:
