@@ -47,6 +47,22 @@ impl<R: Read> VerifyingReader<R> {
     }
 }
 
+impl<R> VerifyingReader<R> {
+    /// Whether more bytes came than the descriptor's size.
+    pub fn overran(&self) -> bool {
+        self.inner.hasher.len() > self.expected_size
+    }
+
+    /// The error for a blob longer than its descriptor says (`what` names it).
+    pub fn overrun_error(&self, what: &str) -> Error {
+        Error::DigestMismatch {
+            what: what.to_string(),
+            expected: format!("{} bytes", self.expected_size),
+            found: "more".to_string(),
+        }
+    }
+}
+
 impl<R: Read> Read for VerifyingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;

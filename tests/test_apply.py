@@ -77,6 +77,23 @@ def test_unpack_refuses_a_corrupt_blob(image: tuple[str, Path], tmp_path: Path) 
     assert proc.returncode == 1 and layerdiff.incomplete_marker(target).name in proc.stderr
 
 
+def test_unpack_names_the_layer_whose_blob_is_longer_than_its_descriptor(tmp_path: Path) -> None:
+    first = _tar([(_entry("a"), b"a")])
+    ref = _image_of(tmp_path / "img", [first, _tar([(_entry("b"), b"b" * 5000)])])
+    layout = Layout.open(tmp_path / "img")
+    image = layerdiff.inspect(ref)
+    manifest = dict(image["manifest"])
+    top = manifest["layers"][1]["digest"]
+    manifest["layers"] = [manifest["layers"][0], {**manifest["layers"][1], "size": 1024}]
+    from layerdiff.image import MANIFEST_MEDIA_TYPE, canonical_json
+
+    layout.set_tag("v1", layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE))
+    proc = run_cli("unpack", ref, str(tmp_path / "out"))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert f"layer 2 of 2 ({top})" in proc.stderr, proc.stderr
+    assert "expected 1024 bytes, found more" in proc.stderr
+
+
 def test_unpack_refuses_a_non_empty_target(image: tuple[str, Path], tmp_path: Path) -> None:
     ref, _ = image
     (tmp_path / "full").mkdir()

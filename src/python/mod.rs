@@ -338,7 +338,12 @@ fn apply_layer(
                     None => file.metadata().at(&blob)?.len(),
                 };
                 let mut reader = VerifyingReader::new(file, expected);
-                let stats = apply::apply_layer(&target, &mut reader, &opts, &cancel)?;
+                let stats = match apply::apply_layer(&target, &mut reader, &opts, &cancel) {
+                    Ok(stats) => stats,
+                    // The blob itself is at fault, not the entry being read when it overran.
+                    Err(_) if reader.overran() => return Err(reader.overrun_error(&what)),
+                    Err(e) => return Err(e),
+                };
                 reader.finish(&digest, &what)?;
                 Ok(stats)
             }
