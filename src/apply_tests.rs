@@ -228,6 +228,35 @@ fn an_entry_replacing_the_link_its_parent_was_reached_through_is_seen_by_the_nex
 }
 
 #[test]
+fn a_directory_named_like_a_removed_one_is_known_by_its_name() {
+    // The kernel shows a removed directory's path with " (deleted)" after it; a directory
+    // really named so is still where this layer wrote, and its own whiteout spares that.
+    for dir in ["x (deleted)", "x"] {
+        let t = tempfile::tempdir().unwrap();
+        let new = format!("{dir}/.wh.new");
+        apply(
+            t.path(),
+            &[
+                M::Dir(dir),
+                M::Sym("lx", dir),
+                M::File("lx/new", b"n"),
+                M::File(&new, b""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            tree(t.path()),
+            vec![
+                format!("lx -> {dir}"),
+                format!("{dir}/"),
+                format!("{dir}/new = n")
+            ],
+            "{dir}"
+        );
+    }
+}
+
+#[test]
 fn opaque_hides_lower_children_at_every_depth_but_keeps_the_layers() {
     let t = tempfile::tempdir().unwrap();
     lower(t.path());

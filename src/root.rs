@@ -89,11 +89,17 @@ impl Root {
             .kernel_path
             .get_or_init(|| kernel_path(self.fd.as_fd()))
             .as_ref()?;
-        let dir = kernel_path(dir.as_fd())?;
-        let rel = dir.strip_prefix(root).ok()?;
+        let path = kernel_path(dir.as_fd())?;
+        let rel = path.strip_prefix(root).ok()?;
         let rel = rel.as_os_str().as_bytes();
-        // A directory removed since it was opened reads "… (deleted)": not a name it has.
-        (!rel.ends_with(b" (deleted)")).then(|| rel.to_vec())
+        // A directory removed since it was opened reads "… (deleted)": not a name it has. A
+        // directory may also be named so: only one without links is gone.
+        if rel.ends_with(b" (deleted)")
+            && rustix::fs::fstat(dir.as_fd()).map_or(true, |st| st.st_nlink == 0)
+        {
+            return None;
+        }
+        Some(rel.to_vec())
     }
 
     /// Open the directory at `rel`, creating missing components (mode 0755, owned by the caller)
