@@ -129,6 +129,8 @@ def test_docker_archive(text: str, file: str, name: str | None, tag: str | None)
         "/app",
         "a//b",
         "app@sha256:zz",
+        "docker://quay.io/a@sha256:" + "a" * 40,  # a sha256 has 64 hex digits
+        "docker://quay.io/a@sha256:" + "A" * 64,  # in lower case
         "app@sha256:" + "A" * 64,  # the store's digests are lowercase sha256
         "app@sha512:" + "a" * 128,
         "oci:",

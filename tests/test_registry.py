@@ -599,3 +599,58 @@ def test_pull_by_digest_without_a_local_name_as_docker_does(
     assert sorted((i.name, i.tag) for i in layerdiff.images()) == sorted(
         [("app", "pinned"), (name, "1")]
     )
+
+
+def test_a_blob_listed_twice_is_sent_and_fetched_once(
+    registry: Registry, tmp_path: Path, store_home: Path
+) -> None:
+    import hashlib
+    import tarfile
+
+    from layerdiff.image import (
+        CONFIG_MEDIA_TYPE,
+        MANIFEST_MEDIA_TYPE,
+        add_layer,
+        build_manifest,
+        new_config,
+    )
+
+    layout = Layout.create(tmp_path / "img")
+    f = tmp_path / "f"
+    f.write_bytes(os.urandom(1 << 20))
+    with tarfile.open(tmp_path / "l.tar", "w") as tar:
+        tar.add(f, "f")
+    blob = (tmp_path / "l.tar").read_bytes()
+    desc = layout.put_blob(blob, media_type="application/vnd.oci.image.layer.v1.tar")
+    config = new_config(created="2024-01-01T00:00:00Z")
+    for _ in range(3):
+        diff_id = "sha256:" + hashlib.sha256(blob).hexdigest()
+        config = add_layer(config, diff_id=diff_id, created="2024-01-01T00:00:00Z", created_by="t")
+    config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
+    manifest = build_manifest(config=config_desc, layers=[desc, desc, desc])
+    layout.set_tag("v1", layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE))
+
+    image = f"oci:{tmp_path / 'img'}:v1"
+    out = run_cli("push", "--tls-verify=false", "--json", image, registry.ref("t13/x:1"))
+    assert out.returncode == 0, out.stderr
+    pushed = json.loads(out.stdout)["blobs"]
+    assert [b["status"] for b in pushed] == ["uploaded", "uploaded"]  # config, the layer once
+    pulled = layerdiff.pull(registry.ref("t13/x:1"), tls_verify=False)
+    assert [(b.digest, b.status) for b in pulled.blobs] == [
+        (config_desc["digest"], "downloaded"),
+        (desc["digest"], "downloaded"),
+    ]
+    assert layerdiff.fsck().ok
+
+    # A digest the image does not have is refused before anything is sent; a commit cannot
+    # name its image by digest at all.
+    wrong = "sha256:" + "1" * 64
+    bad = run_cli(
+        "push", "--tls-verify=false", f"oci:{tmp_path / 'img'}:v1", registry.ref(f"t13/y@{wrong}")
+    )
+    assert bad.returncode == 1 and "not the digest the reference names" in bad.stderr
+    bad = run_cli("commit", "--upper", str(tmp_path / "img"), registry.ref(f"t13/z@{wrong}"))
+    assert bad.returncode == 1 and "name it by tag" in bad.stderr
+    repos = next(registry.storage.rglob("repositories"))
+    assert (repos / "t13" / "x").is_dir()
+    assert not (repos / "t13" / "y").exists() and not (repos / "t13" / "z").exists()

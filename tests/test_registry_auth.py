@@ -94,3 +94,30 @@ def test_token_auth_scopes_and_mount(tmp_path: Path) -> None:
         assert json.loads(out.stdout)["Digest"] == first.manifest_digest
         with pytest.raises(layerdiff.RegistryAuthError, match="refused the credentials"):
             layerdiff.pull(reg.ref("t/two:1"), "x:1", tls_verify=False, creds=f"{USER}:nope")
+
+
+@pytest.mark.parametrize(
+    "key", ["https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io"]
+)
+def test_docker_hub_credentials_as_docker_login_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """`docker login` keeps Docker Hub's credentials under https://index.docker.io/v1/; every
+    spelling of Docker Hub finds them, and another registry's do not answer for it."""
+    from layerdiff.registry import Registry, api_host, docker_config_credentials
+
+    auth = base64.b64encode(b"me:pw").decode()
+    other = base64.b64encode(b"else:x").decode()
+    (tmp_path / "config.json").write_text(
+        json.dumps({"auths": {"quay.io": {"auth": other}, key: {"auth": auth}}})
+    )
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    assert docker_config_credentials("docker.io") == ("me", "pw")
+    assert docker_config_credentials("quay.io") == ("else", "x")
+    assert docker_config_credentials("ghcr.io") is None
+    # Docker Hub's API is served by registry-1.docker.io (docker.io serves web pages).
+    assert api_host("docker.io") == "registry-1.docker.io"
+    assert api_host("127.0.0.1:5000") == "127.0.0.1:5000"
+    reg = Registry("docker.io")
+    assert reg.credentials == ("me", "pw")
+    reg.close()

@@ -133,6 +133,11 @@ def commit(
         )
     if isinstance(target, refs.LayoutRef):
         refs.check_writable(target)
+    if isinstance(target, refs.RegistryRef) and target.digest is not None:
+        raise InvalidReferenceError(
+            f"cannot commit to {target.text}: a new image's digest is not known before it is "
+            "written; name it by tag"
+        )
     # Check everything that can be checked before the first byte is written.
     instructions = [parse_change(c) for c in changes]
     check_options(compression=compression, threads=threads, compression_level=compression_level)

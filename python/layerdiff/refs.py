@@ -184,6 +184,9 @@ def _split_name_tag(text: str, rest: str) -> tuple[str, str | None, str | None]:
         rest, digest = rest.split("@", 1)
         if not _DIGEST_RE.fullmatch(digest):
             raise _bad(text, f"{digest!r} is not a digest (expected ALGORITHM:HEX)")
+        if digest.startswith("sha256:") and not _STORE_DIGEST_RE.fullmatch(digest):
+            # As docker's reference parser: a sha256 is 64 lowercase hex digits.
+            raise _bad(text, f"{digest!r} is not a sha256 digest (64 lowercase hex digits)")
     name, tag = rest, None
     colon = rest.rfind(":")
     if colon > rest.rfind("/"):  # a ':' after the last '/' starts the tag, not a port
@@ -282,7 +285,7 @@ def _parse_store(text: str) -> LayoutRef:
     name, tag, digest = _split_name_tag(text, text)
     if digest is not None:
         if not _STORE_DIGEST_RE.fullmatch(digest):
-            raise _bad(text, f"{digest!r}: store images are pinned by sha256:<64 lowercase hex>")
+            raise _bad(text, f"{digest!r}: store images are pinned by a sha256 digest")
         # As docker does, a tag given beside the digest is not looked at.
         return LayoutRef(
             text=text,

@@ -48,6 +48,7 @@ from layerdiff.image import DOCKER_MANIFEST_MEDIA_TYPE, INDEX_MEDIA_TYPES, MANIF
 __all__ = [
     "MANIFEST_ACCEPT",
     "Registry",
+    "api_host",
     "docker_config_credentials",
     "parse_credentials",
     "pull_scope",
@@ -90,6 +91,23 @@ def parse_credentials(text: str) -> tuple[str, str]:
     return user, password
 
 
+#: Docker Hub's names: ``docker login`` keeps its credentials under
+#: ``https://index.docker.io/v1/``, references name it ``docker.io``.
+_DOCKER_HUB_NAMES = {
+    "index.docker.io": "docker.io",
+    "registry-1.docker.io": "docker.io",
+    "docker.io": "docker.io",
+}
+#: Where Docker Hub's registry API answers (``docker.io`` itself serves web pages).
+_DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
+
+
+def api_host(host: str) -> str:
+    """Where the registry ``host`` (as references name it) answers its API: Docker Hub's at
+    ``registry-1.docker.io``, as docker and containerd reach it; any other at itself."""
+    return _DOCKER_HUB_ENDPOINT if host == "docker.io" else host
+
+
 def docker_config_credentials(host: str) -> tuple[str, str] | None:
     """The ``auths`` entry for ``host`` in the docker config file, if any.
 
@@ -106,7 +124,9 @@ def docker_config_credentials(host: str) -> tuple[str, str] | None:
         return None
     for key, entry in auths.items():
         name = urllib.parse.urlsplit(key).netloc if "://" in key else key.split("/")[0]
-        if name != host or not isinstance(entry, dict):
+        if _DOCKER_HUB_NAMES.get(name, name) != _DOCKER_HUB_NAMES.get(host, host):
+            continue
+        if not isinstance(entry, dict):
             continue
         if isinstance(entry.get("auth"), str):
             try:
@@ -279,7 +299,7 @@ class Registry:
         schemes = ["https"] if self.tls_verify else ["https", "http"]
         last: Exception | None = None
         for scheme in schemes:
-            base = f"{scheme}://{self.host}"
+            base = f"{scheme}://{api_host(self.host)}"
             try:
                 url = f"{base}/v2/"
                 response = retrying(

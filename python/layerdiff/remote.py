@@ -61,7 +61,7 @@ class PushResult:
     manifest_digest: str
     #: Its media type.
     media_type: str
-    #: Config and layers, each with ``exists`` | ``mounted`` | ``uploaded``.
+    #: Config and layers (a blob listed twice, once), each ``exists`` | ``mounted`` | ``uploaded``.
     blobs: tuple[BlobStatus, ...]
 
 
@@ -75,7 +75,7 @@ class PullResult:
     manifest_digest: str
     #: Its media type.
     media_type: str
-    #: Config and layers, each with ``exists`` (already stored) | ``downloaded``.
+    #: Config and layers (a blob listed twice, once), each ``exists`` (stored) | ``downloaded``.
     blobs: tuple[BlobStatus, ...]
 
 
@@ -125,6 +125,17 @@ def _quiet(_digest: str, _done: int, _size: int, _status: str | None) -> None:
     pass
 
 
+def _unique(descs: list[Descriptor]) -> list[Descriptor]:
+    """Each blob once, in order of first listing (a manifest may list a layer twice)."""
+    seen: set[str] = set()
+    out = []
+    for d in descs:
+        if str(d["digest"]) not in seen:
+            seen.add(str(d["digest"]))
+            out.append(d)
+    return out
+
+
 def put_manifest(reg: Registry, ref: refs.RegistryRef, data: bytes, media_type: str) -> str:
     """PUT the manifest ``data`` as the tag (or digest) of ``ref``; return its digest."""
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -168,7 +179,13 @@ def push(
     media_type = str(
         local.descriptor.get("mediaType") or local.manifest.get("mediaType") or MANIFEST_MEDIA_TYPE
     )
-    blobs: list[Descriptor] = [local.manifest["config"], *local.layers]
+    if dest.digest is not None and dest.digest != local.digest:
+        # Refused before any blob is sent, not after.
+        raise DigestMismatchError(
+            f"{dest.text}: the image's manifest is {local.digest}, not the digest the "
+            "reference names"
+        )
+    blobs = _unique([local.manifest["config"], *local.layers])
     report = on_blob or _quiet
     sources = Sources(local.layout)
     with open_registry(dest, tls_verify=tls_verify, creds=creds) as reg:
@@ -316,7 +333,7 @@ def pull(
                 lambda d, stop: fetch_blob(
                     reg, src.repository, layout, d, on_blob=report, stop=stop
                 ),
-                [config, *layers],
+                _unique([config, *layers]),
                 jobs,
             )
             desc = layout.put_blob(data, media_type=media_type)
