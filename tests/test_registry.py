@@ -654,3 +654,52 @@ def test_a_blob_listed_twice_is_sent_and_fetched_once(
     repos = next(registry.storage.rglob("repositories"))
     assert (repos / "t13" / "x").is_dir()
     assert not (repos / "t13" / "y").exists() and not (repos / "t13" / "z").exists()
+
+
+class _Flooding(BaseHTTPRequestHandler):
+    """A registry that answers a manifest GET with ``status`` and a body that does not end
+    (up to 512 MiB), counting what it managed to send."""
+
+    status = 200
+    sent = 0
+
+    def do_GET(self) -> None:
+        if self.path == "/v2/":
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(type(self).status)
+        self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        self.end_headers()
+        chunk = b" " * (1 << 20)
+        try:
+            for _ in range(512):
+                self.wfile.write(chunk)
+                type(self).sent += len(chunk)
+        except OSError:
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_an_endless_answer_is_refused_without_being_read_whole(tmp_path: Path, status: int) -> None:
+    class Handler(_Flooding):
+        pass
+
+    Handler.status = status
+    handler = Handler
+    server = _CountingServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        out = run_cli("pull", "--tls-verify=false", f"docker://{host}/x:1", f"oci:{tmp_path}/o:1")
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert f"answered {status} with more than {4 << 20} bytes" in out.stderr
+        time.sleep(0.2)
+        assert handler.sent < 64 << 20  # what the socket buffers took, not the 512 MiB
+    finally:
+        server.shutdown()
+        server.server_close()

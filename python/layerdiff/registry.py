@@ -200,6 +200,34 @@ def _tls_failure(host: str, exc: BaseException) -> RegistryUnreachableError:
     )
 
 
+#: The most of an answer that is not a blob (a manifest, an error, a token) that is read: a
+#: registry that sends more is refused without its answer being read whole (distribution's
+#: own limit on a manifest is 4 MiB).
+BODY_MAX = 4 << 20
+
+
+def _read_body(response: requests.Response, what: str) -> None:
+    """Read the body of ``response`` (sent with ``stream=True``) into it, as ``stream=False``
+    would, but no more than :data:`BODY_MAX` bytes of it (decompressed): RegistryError beyond."""
+    try:
+        data = response.raw.read(BODY_MAX + 1, decode_content=True)
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        response.close()
+        raise requests.exceptions.ConnectionError(e) from e
+    if len(data) > BODY_MAX:
+        response.close()
+        raise RegistryError(
+            f"{what}: answered {response.status_code} with more than {BODY_MAX} bytes; "
+            "refused unread",
+            status=response.status_code,
+        )
+    # Where requests keeps a body it has read: `content` and `json()` give it, and the
+    # connection goes back to the pool (the body is read to its end).
+    response._content = data
+    response._content_consumed = True
+    response.close()
+
+
 def retrying(what: str, attempt: Callable[[], _T], *, attempts: int = ATTEMPTS) -> _T:
     """Run ``attempt`` until it succeeds; connection failures and 5xx answers are retried with
     exponential backoff, anything else (and the last failure) is raised.
@@ -420,7 +448,8 @@ class Registry:
         url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(query)}"
         auth = self.credentials
         try:
-            response = self.session.get(url, auth=auth, timeout=_TIMEOUT)
+            response = self.session.get(url, auth=auth, timeout=_TIMEOUT, stream=True)
+            _read_body(response, f"token server {realm}")
         except requests.RequestException as e:
             raise RegistryUnreachableError(f"token server {realm} unreachable: {_reason(e)}") from e
         if response.status_code in (401, 403):
@@ -452,15 +481,18 @@ class Registry:
         stream: bool,
     ) -> requests.Response:
         try:
-            return self.session.request(
+            response = self.session.request(
                 method,
                 url,
                 headers=dict(headers),
                 data=data,
-                stream=stream,
+                stream=True,
                 timeout=_TIMEOUT,
                 allow_redirects=True,
             )
+            if not stream:
+                _read_body(response, f"{self.host}: {method} {urllib.parse.urlsplit(url).path}")
+            return response
         except requests.exceptions.SSLError as e:
             raise _tls_failure(self.host, e) from e
         except requests.RequestException as e:
