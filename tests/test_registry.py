@@ -703,3 +703,88 @@ def test_an_endless_answer_is_refused_without_being_read_whole(tmp_path: Path, s
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_interrupted_pull_does_not_wait_for_a_registry_that_stopped_answering(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C during a pull whose layer GET the registry never answers: the pull ends within
+    a few seconds with 130, and nothing is asked again."""
+    import hashlib
+
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    layer_digest = "sha256:" + "2" * 64
+    manifest = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest,
+                    "size": 1 << 20,
+                }
+            ],
+        }
+    )
+    asked: list[str] = []
+    layer_asked = threading.Event()
+    release = threading.Event()
+
+    class Stalling(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            if self.path.endswith(layer_digest):
+                layer_asked.set()
+                release.wait(60)  # a registry that stopped answering
+                return
+            body = {
+                "/v2/": b"",
+                "/v2/x/manifests/1": manifest,
+                f"/v2/x/blobs/{config_digest}": config,
+            }.get(self.path)
+            self.send_response(404 if body is None else 200)
+            self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = _CountingServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        pull = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "layerdiff",
+                "pull",
+                "--tls-verify=false",
+                "--progress=none",
+                f"docker://{host}/x:1",
+                f"oci:{tmp_path}/o:1",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert layer_asked.wait(60)
+        begin = time.monotonic()
+        pull.send_signal(signal.SIGINT)
+        _, err = pull.communicate(timeout=60)
+        elapsed = time.monotonic() - begin
+        assert pull.returncode == 130, err
+        assert elapsed < 10, elapsed  # not the 60 s the registry would take
+        assert asked.count(f"/v2/x/blobs/{layer_digest}") == 1  # not asked again
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

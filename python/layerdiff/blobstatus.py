@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["BlobStatus", "OnBlob"]
+__all__ = ["WORKER_PREFIX", "BlobStatus", "OnBlob"]
+
+#: Name prefix of the threads a push or pull moves blobs on.
+WORKER_PREFIX = "layerdiff-blob"
 
 #: Progress callback: ``(digest, bytes done, size, status)``; ``status`` is None while the blob
 #: is moving, then ``exists``, ``mounted``, ``uploaded`` (push) or ``downloaded`` (pull).

@@ -925,6 +925,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _waited_for(thread: threading.Thread) -> bool:
+    """Whether exiting should wait for ``thread``: any other than this one, a daemon, or a blob
+    transfer an interrupted or failed push or pull left behind (it is not wanted any more,
+    and what it leaves is a temporary file, which gc removes)."""
+    from layerdiff.blobstatus import WORKER_PREFIX
+
+    return not (
+        thread is threading.current_thread()
+        or thread.daemon
+        or thread.name.startswith(WORKER_PREFIX)
+    )
+
+
 def entry() -> NoReturn:
     """The ``layerdiff`` command: :func:`main`, then exit without tearing the interpreter down.
 
@@ -937,7 +950,7 @@ def entry() -> NoReturn:
         code: object = 0
     except SystemExit as e:
         code = e.code
-    if threading.active_count() > 1:
+    if any(_waited_for(t) for t in threading.enumerate()):
         raise SystemExit(code)
     if code is None:
         code = 0

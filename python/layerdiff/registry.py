@@ -228,9 +228,17 @@ def _read_body(response: requests.Response, what: str) -> None:
     response.close()
 
 
-def retrying(what: str, attempt: Callable[[], _T], *, attempts: int = ATTEMPTS) -> _T:
+def retrying(
+    what: str,
+    attempt: Callable[[], _T],
+    *,
+    attempts: int = ATTEMPTS,
+    stop: threading.Event | None = None,
+) -> _T:
     """Run ``attempt`` until it succeeds; connection failures and 5xx answers are retried with
-    exponential backoff, anything else (and the last failure) is raised.
+    exponential backoff, anything else (and the last failure) is raised. Once ``stop`` is set
+    (the push or pull was interrupted or failed elsewhere), the failure is raised instead of
+    being tried again.
 
     Nested calls (a request inside a blob transfer that is retried whole) run once: only the
     outermost level retries, so waits do not multiply."""
@@ -238,12 +246,12 @@ def retrying(what: str, attempt: Callable[[], _T], *, attempts: int = ATTEMPTS) 
         return attempt()
     _nesting.depth = 1
     try:
-        return _retry(what, attempt, attempts)
+        return _retry(what, attempt, attempts, stop)
     finally:
         _nesting.depth = 0
 
 
-def _retry(what: str, attempt: Callable[[], _T], attempts: int) -> _T:
+def _retry(what: str, attempt: Callable[[], _T], attempts: int, stop: threading.Event | None) -> _T:
     delay = BACKOFF
     for n in range(1, attempts + 1):
         try:
@@ -258,7 +266,10 @@ def _retry(what: str, attempt: Callable[[], _T], attempts: int) -> _T:
                         f"{e} (after {attempts} attempts at {what})", status=e.status, code=e.code
                     ) from e
                 raise
-        time.sleep(delay)
+            if stop is not None and stop.wait(delay):
+                raise  # stopped while waiting: not tried again
+        if stop is None:
+            time.sleep(delay)
         delay *= 2
     raise AssertionError("unreachable")
 

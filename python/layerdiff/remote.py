@@ -13,6 +13,7 @@ only unreferenced blobs and temporary files (``gc`` removes them).
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import threading
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from layerdiff import refs
+from layerdiff.blobstatus import WORKER_PREFIX
 from layerdiff.catalog import load_image
 from layerdiff.errors import (
     DigestMismatchError,
@@ -46,6 +48,8 @@ __all__ = ["PullResult", "PushResult", "open_registry", "pull", "push", "put_man
 
 #: Blobs moved at once.
 DEFAULT_JOBS = 4
+#: Seconds an interrupted or failed push or pull waits for its other transfers to stop.
+_STOP_GRACE = 2.0
 _MANIFEST_MAX = 4 << 20  # distribution's own limit on a manifest
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -109,16 +113,21 @@ def _parallel(fn: Callable[[_T, threading.Event], _R], items: Sequence[_T], jobs
     stop = threading.Event()
     if jobs <= 1 or len(items) <= 1:
         return [fn(i, stop) for i in items]
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layerdiff-blob")
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=WORKER_PREFIX)
+    futures = [pool.submit(fn, item, stop) for item in items]
     try:
-        return list(pool.map(lambda item: fn(item, stop), items))
+        results = [f.result() for f in futures]
     except BaseException:
         # Interrupted (Ctrl-C, SIGTERM) or failed: the transfers still running stop at their
-        # next chunk, and those not started never start.
+        # next chunk or retry, and those not started never start. One stalled in a request
+        # (a registry that stopped answering) is not waited for past the grace: its thread is
+        # left to end, its temporary file to gc.
         stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        concurrent.futures.wait(futures, timeout=_STOP_GRACE)
         raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=True)
+    return results
 
 
 def _quiet(_digest: str, _done: int, _size: int, _status: str | None) -> None:

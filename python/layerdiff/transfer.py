@@ -234,6 +234,7 @@ def push_blob(
         )
 
     def attempt() -> str:
+        _check_stop(stop)
         if _blob_exists(reg, repository, digest, size):
             return "exists"
         mounts = [r for r in mount_from if r != repository]
@@ -250,7 +251,7 @@ def push_blob(
         _close_upload(reg, repository, location, digest)
         return "uploaded"
 
-    status = retrying(f"pushing blob {digest}", attempt)
+    status = retrying(f"pushing blob {digest}", attempt, stop=stop)
     on_blob(digest, size, size, status)
     return BlobStatus(digest, size, status)
 
@@ -294,6 +295,7 @@ def fetch_blob(
             return BlobStatus(digest, size, "exists")
 
     def attempt() -> None:
+        _check_stop(stop)
         response = reg.request(
             "GET",
             f"/v2/{repository}/blobs/{digest}",
@@ -325,7 +327,7 @@ def fetch_blob(
         except DigestMismatchError as e:
             raise DigestMismatchError(f"{e}; the registry sent wrong bytes, nothing stored") from e
 
-    retrying(f"pulling blob {digest}", attempt)
+    retrying(f"pulling blob {digest}", attempt, stop=stop)
     on_blob(digest, size, size, "downloaded")
     return BlobStatus(digest, size, "downloaded")
 
