@@ -45,6 +45,7 @@ class TokenServer:
     cert_der: bytes
     anonymous_pull: bool = False
     issued: list[list[str]] = field(default_factory=list)  # the scopes of each token
+    denied: set[str] = field(default_factory=set)  # repositories nobody may reach any more
 
     def token(self, scopes: list[str], user: str | None) -> str:
         from cryptography.hazmat.primitives import hashes, serialization
@@ -56,6 +57,8 @@ class TokenServer:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
             allowed = actions.split(",") if user else [a for a in actions.split(",") if a == "pull"]
+            if name in self.denied:
+                allowed = []
             access.append({"type": kind, "name": name, "actions": allowed})
         now = int(time.time())
         claims = {

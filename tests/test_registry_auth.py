@@ -96,6 +96,24 @@ def test_token_auth_scopes_and_mount(tmp_path: Path) -> None:
             layerdiff.pull(reg.ref("t/two:1"), "x:1", tls_verify=False, creds=f"{USER}:nope")
 
 
+def test_a_mount_the_registry_refuses_falls_back_to_an_upload(tmp_path: Path) -> None:
+    """The store remembers t/one holds the blobs; when pull on t/one is no longer granted, the
+    push to t/two uploads them, as docker and skopeo do, instead of failing."""
+    image = small_image(tmp_path, "revoked")
+    with running_registry(tmp_path / "reg", "token") as reg:
+        assert reg.token is not None
+        layerdiff.push(image, reg.ref("t/one:1"), tls_verify=False, creds=CREDS)
+        reg.token.denied.add("t/one")
+        second = layerdiff.push(image, reg.ref("t/two:1"), tls_verify=False, creds=CREDS)
+        assert [b.status for b in second.blobs] == ["uploaded", "uploaded"]
+        again = run_cli("push", "--tls-verify=false", "--creds", CREDS, image, reg.ref("t/three:1"))
+        assert again.returncode == 0, again.stderr
+        pulled = layerdiff.pull(
+            reg.ref("t/two:1"), f"oci:{tmp_path / 'p'}:1", tls_verify=False, creds=CREDS
+        )
+        assert pulled.manifest_digest == second.manifest_digest
+
+
 @pytest.mark.parametrize(
     "key", ["https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io"]
 )

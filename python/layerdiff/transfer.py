@@ -3,7 +3,8 @@
 Push sends each blob at most once. ``HEAD`` first: a blob the repository has is skipped
 ("exists"). Else, when the layout remembers the blob in another repository of the same registry
 (:class:`Sources`), a cross-repository mount is asked for ("mounted"); a registry that cannot
-mount answers 202 with a fresh upload session, which is then used. Else the blob is uploaded
+mount answers 202 with a fresh upload session, which is then used, and one that refuses the
+mount (no pull on the source any more: 401 or 403) gets a plain upload. Else the blob is uploaded
 ("uploaded"): ``POST`` opens a session, ``PATCH`` sends the bytes (``Content-Range``, as
 distribution 2.8 ignores a body on the ``POST``), and ``PUT`` with ``digest`` added to the
 session's absolute ``Location`` closes it. A local blob is hashed while it is sent and refused
@@ -28,7 +29,12 @@ from typing import Any
 import requests
 
 from layerdiff.blobstatus import BlobStatus, OnBlob
-from layerdiff.errors import DigestMismatchError, RegistryError, RegistryUnreachableError
+from layerdiff.errors import (
+    DigestMismatchError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnreachableError,
+)
 from layerdiff.layout import Descriptor, Layout, write_atomic
 from layerdiff.registry import Registry, pull_scope, push_scope, retrying, with_query
 
@@ -157,17 +163,22 @@ def _open_upload(reg: Registry, repository: str, digest: str, mount_from: list[s
     """Start an upload; None when a mount did it all, else the session's absolute URL."""
     path = f"/v2/{repository}/blobs/uploads/"
     scopes = [push_scope(repository)]
+    response = None
     if mount_from:
         source = mount_from[0]
-        response = reg.request(
-            "POST",
-            with_query(path, mount=digest, **{"from": source}),
-            scopes=[*scopes, pull_scope(source)],
-            expect=(201, 202),
-        )
-        if response.status_code == 201:
+        try:
+            response = reg.request(
+                "POST",
+                with_query(path, mount=digest, **{"from": source}),
+                scopes=[*scopes, pull_scope(source)],
+                expect=(201, 202),
+            )
+        except RegistryAuthError:
+            # Not (or no longer) allowed to read the source: upload, as docker and skopeo do.
+            response = None
+        if response is not None and response.status_code == 201:
             return None
-    else:
+    if response is None:
         response = reg.request("POST", path, scopes=scopes, expect=(202,))
     location = response.headers.get("Location")
     if not location:
