@@ -168,6 +168,38 @@ def test_pull_index_picks_the_platform(registry: Registry, tmp_path: Path) -> No
         layerdiff.pull(registry.ref("t3/multi:1"), "x:1", platform="linux/mips", tls_verify=False)
 
 
+@pytest.mark.parametrize(
+    ("index", "want", "picked"),
+    [
+        # As docker and containerd: arm alone is arm/v7, arm64 is arm64/v8 with or without it.
+        (["amd64", "arm64", "arm/v6", "arm/v7"], "linux/arm", "arm/v7"),
+        (["amd64", "arm64", "arm/v6", "arm/v7"], "linux/arm/v6", "arm/v6"),
+        (["amd64", "arm64/v8", "arm/v7"], "linux/arm64", "arm64/v8"),
+        (["amd64", "arm64", "arm/v7"], "linux/arm64/v8", "arm64"),
+        # An arm/v7 machine runs an arm/v6 image when there is no v7 one, not the reverse.
+        (["arm/v5", "arm/v6"], "linux/arm/v7", "arm/v6"),
+        (["arm/v7"], "linux/arm/v6", None),
+        (["amd64/v2", "amd64"], "linux/amd64", "amd64/v2"),
+    ],
+)
+def test_the_platform_is_picked_as_docker_picks_it(
+    index: list[str], want: str, picked: str | None
+) -> None:
+    from layerdiff.remote import _pick_platform
+
+    manifests = []
+    for i, platform in enumerate(index):
+        arch, _, variant = platform.partition("/")
+        p = {"os": "linux", "architecture": arch, **({"variant": variant} if variant else {})}
+        manifests.append({"digest": f"sha256:{i:064d}", "platform": p})
+    if picked is None:
+        with pytest.raises(layerdiff.ImageNotFoundError, match=f"no {want} image"):
+            _pick_platform({"manifests": manifests}, want, "x")
+        return
+    chosen = _pick_platform({"manifests": manifests}, want, "x")
+    assert chosen == manifests[index.index(picked)]
+
+
 def test_corrupt_blob_in_registry_is_refused(
     registry: Registry, tmp_path: Path, store_home: Path
 ) -> None:

@@ -260,7 +260,7 @@ def _get_manifest(reg: Registry, ref: refs.RegistryRef, reference: str) -> tuple
 def parse_platform(text: str | None) -> tuple[str, str, str | None]:
     """``OS/ARCH[/VARIANT]`` → (os, arch, variant); None means this machine's."""
     if text is None:
-        return "linux", go_arch()[0], None
+        return "linux", *go_arch()
     parts = text.split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise InvalidArgumentError(
@@ -269,17 +269,40 @@ def parse_platform(text: str | None) -> tuple[str, str, str | None]:
     return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
+#: The variants an ARM machine runs, best first, as containerd ranks them: an arm/v7 machine
+#: takes an arm/v6 image when there is no v7 one; ``arm`` alone means v7, ``arm64`` v8.
+_ARM_VARIANTS = {
+    "arm": {"v8": ["v8", "v7", "v6", "v5"], "v7": ["v7", "v6", "v5"], "v6": ["v6", "v5"]},
+    "arm64": {"v8": ["v8", None]},
+}
+_ARM_DEFAULT = {"arm": "v7", "arm64": "v8"}
+
+
+def _variants(arch: str, variant: str | None) -> list[str | None] | None:
+    """The variants of ``arch`` that suit ``variant``, best first; None: any will do."""
+    if arch in _ARM_VARIANTS:
+        variant = variant or _ARM_DEFAULT[arch]
+        return list(_ARM_VARIANTS[arch].get(variant, [variant]))
+    return None if variant is None else [variant]
+
+
 def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> Descriptor:
     want_os, want_arch, want_variant = parse_platform(platform)
     entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
+    suits = _variants(want_arch, want_variant)
+    best: tuple[int, Descriptor] | None = None
     for m in entries:
         p = m.get("platform") or {}
-        if (
-            p.get("os") == want_os
-            and p.get("architecture") == want_arch
-            and (want_variant is None or p.get("variant") == want_variant)
-        ):
-            return m
+        if p.get("os") != want_os or p.get("architecture") != want_arch:
+            continue
+        variant = p.get("variant")
+        if want_arch == "arm64" and variant == "v8":
+            variant = None  # arm64 and arm64/v8 are one platform
+        rank = 0 if suits is None else (suits.index(variant) if variant in suits else -1)
+        if rank >= 0 and (best is None or rank < best[0]):
+            best = (rank, m)
+    if best is not None:
+        return best[1]
     found = ", ".join(
         "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
         for m in entries
