@@ -271,7 +271,7 @@ def parse_platform(text: str | None) -> tuple[str, str, str | None]:
 
 #: The variants an ARM machine runs, best first, as containerd ranks them: an arm/v7 machine
 #: takes an arm/v6 image when there is no v7 one; ``arm`` alone means v7, ``arm64`` v8.
-_ARM_VARIANTS = {
+_ARM_VARIANTS: dict[str, dict[str, list[str | None]]] = {
     "arm": {"v8": ["v8", "v7", "v6", "v5"], "v7": ["v7", "v6", "v5"], "v6": ["v6", "v5"]},
     "arm64": {"v8": ["v8", None]},
 }
