@@ -820,3 +820,78 @@ def test_an_interrupted_pull_does_not_wait_for_a_registry_that_stopped_answering
         release.set()
         server.shutdown()
         server.server_close()
+
+
+def test_an_interrupted_commit_to_a_registry_sends_no_more_of_the_layer(tmp_path: Path) -> None:
+    """Ctrl-C while a commit streams its layer to a slow registry: the chunks still queued
+    are not sent, and the command ends within a few seconds."""
+    patches: list[str] = []
+    first_patch = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self._answer(200 if self.path == "/v2/" else 404)
+
+        def do_HEAD(self) -> None:
+            self._answer(404)
+
+        def do_POST(self) -> None:
+            self._answer(202, {"Location": "/v2/x/blobs/uploads/u1"})
+
+        def do_PATCH(self) -> None:
+            patches.append(self.path)
+            first_patch.set()
+            left = int(self.headers["Content-Length"])
+            while left:  # 2 MB/s
+                got = self.rfile.read(min(left, 256 << 10))
+                if not got:
+                    return
+                left -= len(got)
+                time.sleep(0.125)
+            self._answer(202, {"Location": "/v2/x/blobs/uploads/u1"})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = _CountingServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    upper = tree(tmp_path / "t", {"big": os.urandom(96 << 20)})
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        commit = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "layerdiff",
+                "commit",
+                "--tls-verify=false",
+                "--compression",
+                "none",
+                "--upper",
+                str(upper),
+                f"docker://{host}/x:1",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert first_patch.wait(60)
+        begin = time.monotonic()
+        commit.send_signal(signal.SIGINT)
+        _, err = commit.communicate(timeout=120)
+        elapsed = time.monotonic() - begin
+        assert commit.returncode == 130, err
+        assert elapsed < 8, elapsed  # each 16 MiB chunk takes 8 s at this speed
+        time.sleep(1)
+        assert len(patches) <= 2, patches  # the chunk in flight, at most one more
+    finally:
+        server.shutdown()
+        server.server_close()

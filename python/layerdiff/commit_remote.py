@@ -66,13 +66,12 @@ def commit_to_registry(
         on_step(f"streaming the layer to {target.host}/{target.repository}")
         stream = LayerStream(reg, target.repository, report)
         try:
-            try:
-                layer = write(stream.fd)
-            finally:
-                stream.end_of_layer()
+            layer = write(stream.fd)
         except BaseException:
+            stream.abort()  # the chunks still queued are not sent
             stream.raise_error()  # the upload's failure is why the writer stopped
             raise
+        stream.end_of_layer()
         statuses.append(stream.close(layer.digest, layer.size))
 
         on_step("pushing config and manifest")

@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def _check_stop(stop: threading.Event | None) -> None:
 
 
 _PATCH_CHUNK = 16 << 20  # bytes per PATCH of a streamed layer
+_ABORT_GRACE = 2.0  # seconds an abandoned layer upload is waited for
 _SOURCES = ".layerdiff.sources.json"
 _SOURCES_KEPT = 8  # repositories remembered per blob
 
@@ -368,6 +370,7 @@ class LayerStream:
         self._reader = os.fdopen(read_fd, "rb", buffering=0)
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
+        self._aborted = threading.Event()
         self.sent = 0
         self._pump = threading.Thread(target=self._read_pipe, name="layerdiff-pipe", daemon=True)
         self._upload = threading.Thread(target=self._send, name="layerdiff-upload", daemon=True)
@@ -376,7 +379,7 @@ class LayerStream:
 
     def _read_pipe(self) -> None:
         try:
-            while self._error is None:
+            while self._error is None and not self._aborted.is_set():
                 buf = bytearray()
                 while len(buf) < _PATCH_CHUNK:
                     piece = self._reader.read(_PATCH_CHUNK - len(buf))
@@ -396,7 +399,7 @@ class LayerStream:
     def _send(self) -> None:
         try:
             while (chunk := self._chunks.get()) is not None:
-                if self._error is not None:
+                if self._error is not None or self._aborted.is_set():
                     continue  # drain so the pump never blocks
                 self.location = _patch(
                     self.reg, self.repository, self.location, chunk, self.sent, len(chunk)
@@ -415,6 +418,17 @@ class LayerStream:
             os.close(self.fd)
         self._pump.join()
         self._upload.join()
+
+    def abort(self) -> None:
+        """The layer will not be finished (interrupted, or its writer failed): send nothing
+        more, and wait at most a moment for a chunk being sent (a registry may have stopped
+        answering; the threads are daemons and end with the request)."""
+        self._aborted.set()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        deadline = time.monotonic() + _ABORT_GRACE
+        for thread in (self._pump, self._upload):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def raise_error(self) -> None:
         """Raise the upload's failure, if it had one (it is the cause of a writer's EPIPE)."""
