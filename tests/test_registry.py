@@ -895,3 +895,104 @@ def test_an_interrupted_commit_to_a_registry_sends_no_more_of_the_layer(tmp_path
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_commit_to_a_registry_rides_out_a_503_on_a_chunk_and_on_the_closing_put(
+    tmp_path: Path,
+) -> None:
+    """A registry answering 503 once to the layer's PATCH and once to its closing PUT: the
+    commit asks where the upload stands, sends the chunk again, and succeeds, as push does."""
+    import hashlib
+
+    stored: dict[str, bytes] = {}
+    uploads: dict[str, bytearray] = {}
+    log: list[str] = []
+    failed: set[str] = set()
+
+    class Flaky(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def _fail_once(self, what: str) -> bool:
+            if what in failed:
+                return False
+            failed.add(what)
+            self._answer(503)
+            return True
+
+        def do_GET(self) -> None:
+            log.append(f"GET {self.path}")
+            if self.path == "/v2/":
+                return self._answer(200)
+            upload = self.path.rpartition("/")[2]
+            if upload in uploads:
+                held = len(uploads[upload])
+                return self._answer(204, {"Range": f"0-{max(held - 1, 0)}"})
+            self._answer(404)
+
+        def do_HEAD(self) -> None:
+            digest = self.path.rpartition("/")[2]
+            if digest in stored:
+                return self._answer(200, {"Docker-Content-Digest": digest})
+            self._answer(404)
+
+        def do_POST(self) -> None:
+            name = f"u{len(uploads)}"
+            uploads[name] = bytearray()
+            self._answer(202, {"Location": f"/v2/x/blobs/uploads/{name}"})
+
+        def do_PATCH(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            log.append("PATCH")
+            if self._fail_once("PATCH"):
+                return
+            name = self.path.rpartition("/")[2]
+            uploads[name] += body
+            self._answer(202, {"Location": self.path, "Range": f"0-{len(uploads[name]) - 1}"})
+
+        def do_PUT(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            path, _, query = self.path.partition("?")
+            if "/manifests/" in path:
+                digest = "sha256:" + hashlib.sha256(body).hexdigest()
+                stored[digest] = body
+                return self._answer(201, {"Docker-Content-Digest": digest})
+            log.append("PUT")
+            if self._fail_once("PUT"):
+                return
+            digest = query.partition("digest=")[2].replace("%3A", ":")
+            data = bytes(uploads.pop(path.rpartition("/")[2]) + body)
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+            stored[digest] = data
+            self._answer(201, {"Docker-Content-Digest": digest})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = _CountingServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    upper = tree(tmp_path / "t", {"f": os.urandom(3 << 20), "g": b"g"})
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        out = run_cli(
+            "commit", "--tls-verify=false", "--json", "--upper", str(upper), f"docker://{host}/x:1"
+        )
+        assert out.returncode == 0, out.stderr
+        layer = json.loads(out.stdout)
+        assert layer["digest"] in stored
+        # The same layer as a local commit of the tree.
+        local = layerdiff.commit(upper, image=f"oci:{tmp_path / 'local'}:1")
+        assert layer["digest"] == local.layer.digest
+        assert log.count("PATCH") >= 2 and any(
+            e.startswith("GET /v2/x/blobs/uploads/") for e in log
+        )
+    finally:
+        server.shutdown()
+        server.server_close()

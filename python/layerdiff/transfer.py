@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -204,6 +205,17 @@ def _patch(reg: Registry, repository: str, location: str, body: Any, start: int,
         replayable=False,
     )
     return reg.absolute(response.headers.get("Location", location))
+
+
+def _upload_offset(reg: Registry, repository: str, location: str, sent: int) -> int:
+    """How many bytes the upload session at ``location`` holds (its ``Range``, ``0-LAST``);
+    ``sent`` counted so far decides the one ambiguous answer, ``0-0`` (none or one byte)."""
+    response = reg.request("GET", location, scopes=[push_scope(repository)], expect=(204,))
+    found = re.fullmatch(r"(?:bytes=)?0-(\d+)", response.headers.get("Range", "0-0").strip())
+    if found is None:
+        raise RegistryError(f"{reg.host}: upload status without a Range", status=204)
+    last = int(found.group(1))
+    return 0 if last == 0 and sent == 0 else last + 1
 
 
 def _close_upload(reg: Registry, repository: str, location: str, digest: str) -> None:
@@ -401,15 +413,34 @@ class LayerStream:
             while (chunk := self._chunks.get()) is not None:
                 if self._error is not None or self._aborted.is_set():
                     continue  # drain so the pump never blocks
-                self.location = _patch(
-                    self.reg, self.repository, self.location, chunk, self.sent, len(chunk)
-                )
+                self._send_chunk(chunk)
                 self.sent += len(chunk)
                 self.on_blob("layer", self.sent, 0, None)
         except BaseException as e:
             self._error = self._error or e  # the pump stops reading after its current chunk
             while self._chunks.get() is not None:
                 pass
+
+    def _send_chunk(self, chunk: bytes) -> None:
+        """PATCH ``chunk`` at :attr:`sent`; a failure that retrying can mend is retried (the
+        chunk is in memory) once the session says it holds no byte of the failed attempt."""
+        tries = 0
+
+        def attempt() -> str:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                held = _upload_offset(self.reg, self.repository, self.location, self.sent)
+                if held != self.sent:
+                    raise RegistryError(
+                        f"{self.reg.host}: the upload kept {held - self.sent} bytes of a failed "
+                        "chunk; it cannot go on (commit again)"
+                    )
+            return _patch(self.reg, self.repository, self.location, chunk, self.sent, len(chunk))
+
+        self.location = retrying(
+            f"sending the layer to {self.repository}", attempt, stop=self._aborted
+        )
 
     def end_of_layer(self) -> None:
         """Close the write end (the pipe's reader then sees the end) and wait for the last
@@ -440,6 +471,16 @@ class LayerStream:
         self.raise_error()
         if self.sent != size:
             raise RegistryError(f"{self.reg.host}: sent {self.sent} bytes of a {size}-byte layer")
-        _close_upload(self.reg, self.repository, self.location, digest)
+        tries = 0
+
+        def attempt() -> None:
+            nonlocal tries
+            tries += 1
+            # A PUT whose answer was lost may have stored the blob: then it is there.
+            if tries > 1 and _blob_exists(self.reg, self.repository, digest, size):
+                return
+            _close_upload(self.reg, self.repository, self.location, digest)
+
+        retrying(f"finishing the layer upload to {self.repository}", attempt)
         self.on_blob(digest, size, size, "uploaded")
         return BlobStatus(digest, size, "uploaded")
