@@ -398,7 +398,10 @@ impl<R: Read> TarReader<R> {
             .or(p.gnu_link)
             .unwrap_or_else(|| cstr(&block[157..257]).to_vec());
         let kind = match typeflag {
-            b'0' | 0 | b'7' if path.ends_with(b"/") => EntryKind::Dir,
+            // Only the old-style regular type (NUL) is a directory by a trailing '/', as Go's
+            // archive/tar (docker, containerd, umoci) and Python's tarfile read it: a '0' entry
+            // so named keeps its content, which is never read as headers of entries of its own.
+            0 if path.ends_with(b"/") => EntryKind::Dir,
             b'0' | 0 | b'7' => EntryKind::File,
             b'1' => EntryKind::Hardlink,
             b'2' => EntryKind::Symlink,

@@ -252,6 +252,29 @@ fn pax_then_gnu_then_ustar_decide_names_and_sizes() {
 }
 
 #[test]
+fn a_trailing_slash_makes_a_directory_of_the_old_regular_type_only() {
+    // A '0' entry named "d/" whose content is a header: a file with that content, as Go and
+    // Python read it; its content never yields an entry ("hidden") of its own.
+    let mut a = Vec::new();
+    let inner = block(b"hidden", b'0', 0);
+    member(&mut a, block(b"d/", b'0', BLOCK as u64), &inner);
+    member(&mut a, block(b"e/", 0, 0), b"");
+    member(&mut a, block(b"f/", b'5', 0), b"");
+    a.extend_from_slice(&[0u8; 2 * BLOCK]);
+    let got = all(&a).unwrap();
+    let kinds: Vec<(&[u8], EntryKind)> = got.iter().map(|(h, _)| (&h.path[..], h.kind)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (&b"d/"[..], EntryKind::File),
+            (&b"e/"[..], EntryKind::Dir),
+            (&b"f/"[..], EntryKind::Dir)
+        ]
+    );
+    assert_eq!(got[0].1, inner.to_vec());
+}
+
+#[test]
 fn oversized_extended_headers_and_dangling_extensions_are_refused() {
     let mut a = Vec::new();
     member(&mut a, block(b"big", b'x', MAX_META + 1), b"");
