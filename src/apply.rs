@@ -500,8 +500,8 @@ impl Applier<'_> {
     /// so later changes inside do not disturb them).
     fn finish(&mut self) -> Result<()> {
         for path in std::mem::take(&mut self.hidden) {
-            self.hide(&path, &path)?;
-            if self.opts.overlay && !self.created.contains(&path) {
+            let written_here = self.hide(&path, &path)?;
+            if self.opts.overlay && !written_here {
                 self.overlay_whiteout(&path)?;
             }
         }
@@ -555,20 +555,21 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Remove what lies at `path` from lower layers, keeping whatever this layer wrote there.
-    fn hide(&self, path: &[u8], why: &[u8]) -> Result<()> {
+    /// Remove what lies at `path` from lower layers, keeping whatever this layer wrote there;
+    /// true when this layer wrote `path` (reached through links or not).
+    fn hide(&self, path: &[u8], why: &[u8]) -> Result<bool> {
         let what = || String::from_utf8_lossy(why).into_owned();
         let dir = match self.root.open_dir(parent(path)) {
             Ok(fd) => fd,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(bad(&what(), e.to_string())),
         };
         let real = join(&self.real_path(&dir, parent(path)), base_name(path));
         if !self.created.contains(&real) {
-            return root::remove_all(&dir, base_name(path))
-                .map_err(|e| bad(&what(), e.to_string()));
+            root::remove_all(&dir, base_name(path)).map_err(|e| bad(&what(), e.to_string()))?;
+            return Ok(false);
         }
         // This layer wrote `path`. Anything but a directory replaced what lay there whole, so
         // nothing lower is left; and a link is never followed (what it points at is not what
@@ -576,9 +577,10 @@ impl Applier<'_> {
         if root::type_at(&dir, base_name(path)).map_err(|e| bad(&what(), e.to_string()))?
             != Some(FileType::Directory)
         {
-            return Ok(());
+            return Ok(true);
         }
-        self.hide_children(&real, why)
+        self.hide_children(&real, why)?;
+        Ok(true)
     }
 
     fn hide_children(&self, dir: &[u8], why: &[u8]) -> Result<()> {

@@ -642,6 +642,35 @@ fn overlay_form_writes_char_device_whiteouts_and_opaque_xattrs() {
     assert_eq!(&buf[..n], b"y");
 }
 
+#[test]
+fn overlay_form_spares_what_its_layer_wrote_through_a_link_as_a_flat_apply_does() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root for mknod");
+        return;
+    }
+    let members = [
+        M::Dir("d"),
+        M::File("d/x", b"x"),
+        M::Sym("l", "d"),
+        M::File("l/.wh.x", b""),
+    ];
+    for overlay in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::open(t.path()).unwrap();
+        let opts = ApplyOptions {
+            overlay,
+            ..ApplyOptions::default()
+        };
+        apply_layer(&r, &layer(&members)[..], &opts, &crate::cancel::NEVER)
+            .unwrap_or_else(|e| panic!("overlay {overlay}: {e}"));
+        assert_eq!(
+            tree(t.path()),
+            vec!["d/", "d/x = x", "l -> d"],
+            "overlay {overlay}"
+        );
+    }
+}
+
 /// Entries of one directory share its open descriptor; an entry that replaces that directory
 /// (or one above it) must not leave later entries writing into the replaced one.
 #[test]
