@@ -155,9 +155,16 @@ pub fn apply_layer<R: Read + Send>(
 }
 
 fn bad(entry: &str, reason: impl Into<String>) -> Error {
+    let mut reason = reason.into();
+    // The OS's message says it all: "No such file or directory", not "... (os error 2)".
+    if let Some(at) = reason.rfind(" (os error ")
+        && reason.ends_with(')')
+    {
+        reason.truncate(at);
+    }
     Error::Archive {
         entry: entry.to_string(),
-        reason: reason.into(),
+        reason,
     }
 }
 
@@ -221,10 +228,7 @@ impl Applier<'_> {
             return Ok(());
         }
         let meta = h;
-        let io = |e: io::Error| Error::Archive {
-            entry: name.to_string(),
-            reason: e.to_string(),
-        };
+        let io = |e: io::Error| bad(name, e.to_string());
         let (dir, real_parent) = match self.parent.take() {
             Some((p, fd, real)) if p == parent(&path) => (fd, real),
             _ => {
@@ -298,7 +302,12 @@ impl Applier<'_> {
                 if target.is_empty() {
                     return Err(bad(name, "hardlink to the root directory"));
                 }
-                let tdir = self.root.open_dir(parent(&target)).map_err(io)?;
+                let tdir = self.root.open_dir(parent(&target)).map_err(|e| {
+                    bad(
+                        name,
+                        format!("hardlink target {}: {e}", String::from_utf8_lossy(&target)),
+                    )
+                })?;
                 let tname = base_name(&target);
                 match root::type_at(&tdir, tname).map_err(io)? {
                     None => {

@@ -489,6 +489,22 @@ fn dot_dot_names_are_an_error_naming_the_entry() {
 }
 
 #[test]
+fn os_errors_read_as_the_os_says_them_and_a_hardlink_names_its_target() {
+    let t = tempfile::tempdir().unwrap();
+    let err = apply(t.path(), &[M::Link("h", "no/such")])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "h: hardlink target no/such: No such file or directory");
+    let err = apply(t.path(), &[M::File("f", b"f"), M::File("f/g", b"g")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("f/g: ") && !err.contains("os error"),
+        "{err}"
+    );
+}
+
+#[test]
 fn lower_symlinks_are_resolved_inside_the_root() {
     let a = arena();
     apply(&a.root, &[M::Sym("etc", "/real-etc"), M::Dir("real-etc")]).unwrap();
