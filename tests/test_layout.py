@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+import layerdiff
 from layerdiff.errors import DigestMismatchError, FormatError, ImageNotFoundError
 from layerdiff.layout import INDEX_MEDIA_TYPE, REF_NAME, Layout
+from tests.conftest import run_cli
 
 
 def _digest(data: bytes) -> str:
@@ -199,3 +201,16 @@ def test_create_accepts_a_layout_another_process_just_finished(tmp_path: Path) -
     (layout.path / "oci-layout").unlink()
     with pytest.raises(FormatError, match="not an OCI image layout"):
         layout._refuse_foreign()
+
+
+def test_rmi_of_a_name_by_digest_removes_that_name_only(store_home: Path, tmp_path: Path) -> None:
+    """`rmi NAME@DIGEST` never takes a tag that happens to hold the digest: docker's tags go
+    by their own names."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "f").write_text("f")
+    digest = layerdiff.commit(tmp_path / "t", image="app:1").manifest_digest
+    assert run_cli("tag", "app:1", "app:2").returncode == 0
+    out = run_cli("rmi", f"app@{digest}")
+    assert out.returncode == 1 and "not found" in out.stderr, out.stderr
+    assert sorted(i.tag for i in layerdiff.images()) == ["1", "2"]
+    assert layerdiff.inspect(f"app@{digest}")["digest"] == digest  # found for reading

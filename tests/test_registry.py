@@ -24,6 +24,7 @@ import layerdiff
 from layerdiff.blobstatus import OnBlob
 from layerdiff.image import DOCKER_MANIFEST_MEDIA_TYPE, canonical_json, go_arch
 from layerdiff.layout import Layout
+from layerdiff.refs import store_layout_path
 from tests.conftest import run_cli
 from tests.registry_server import Registry, running_registry
 
@@ -167,6 +168,37 @@ def test_pull_index_picks_the_platform(registry: Registry, tmp_path: Path) -> No
     with pytest.raises(layerdiff.ImageNotFoundError, match="no linux/mips"):
         layerdiff.pull(registry.ref("t3/multi:1"), "x:1", platform="linux/mips", tls_verify=False)
 
+    # Pinned by the index's digest, as `docker pull busybox@sha256:…` usually is: kept under
+    # that name, which also finds the image pulled by tag above.
+    head = requests.head(
+        f"http://{registry.host}/v2/t3/multi/manifests/1",
+        headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+        timeout=10,
+    )
+    index_digest = head.headers["Docker-Content-Digest"]
+    pinned = f"{registry.host}/t3/multi@{index_digest}"
+    out = run_cli("pull", "--tls-verify=false", "--progress=none", f"docker://{pinned}")
+    assert out.returncode == 0, out.stderr
+    assert layerdiff.inspect(pinned)["digest"] == mine.manifest_digest
+    assert layerdiff.inspect(pinned)["architecture"] == native
+    # A name pinning another digest is refused before anything is fetched.
+    # With the store emptied, a refused pull leaves it empty.
+    for i in layerdiff.images():
+        assert run_cli("rmi", f"{i.name}:{i.tag}" if i.tag != "<none>" else pinned).returncode == 0
+    layerdiff.gc()
+    store = Layout.open(store_layout_path())
+    assert not list(store.blobs_dir.iterdir())
+    bad = run_cli(
+        "pull",
+        "--tls-verify=false",
+        "--platform",
+        f"linux/{other}",
+        registry.ref("t3/multi:1"),
+        f"multi@sha256:{'0' * 64}",
+    )
+    assert bad.returncode == 1 and f"not sha256:{'0' * 64}" in bad.stderr, bad.stderr
+    assert not list(store.blobs_dir.iterdir())
+
 
 @pytest.mark.parametrize(
     ("index", "want", "picked"),
@@ -180,6 +212,9 @@ def test_pull_index_picks_the_platform(registry: Registry, tmp_path: Path) -> No
         (["arm/v5", "arm/v6"], "linux/arm/v7", "arm/v6"),
         (["arm/v7"], "linux/arm/v6", None),
         (["amd64/v2", "amd64"], "linux/amd64", "amd64/v2"),
+        # An arm entry without a variant is arm/v7, as containerd reads it.
+        (["amd64", "arm"], "linux/arm", "arm"),
+        (["arm/v6", "arm"], "linux/arm/v7", "arm"),
     ],
 )
 def test_the_platform_is_picked_as_docker_picks_it(
@@ -456,6 +491,21 @@ def test_a_failed_or_interrupted_transfer_stops_the_others_at_their_next_chunk()
     assert time.monotonic() - begin < 5
     assert {0, 1, 2} <= set(started)
     assert len({id(s) for s in stops}) == 1  # one event for the whole call
+
+    # A failure later in the list stops the transfers before it as soon as it happens.
+    def late(i: int, stop: threading.Event) -> int:
+        if i == 2:
+            raise RuntimeError("blob 2 failed")
+        while not stop.wait(0.01):  # would run for a minute but for the stop
+            if time.monotonic() - begin > 60:
+                return i
+        transfer._check_stop(stop)
+        return i
+
+    begin = time.monotonic()
+    with pytest.raises(RuntimeError, match="blob 2 failed"):
+        _parallel(late, [0, 1, 2], jobs=3)
+    assert time.monotonic() - begin < 5
     # The next call has its own event, not the one this failure set.
     assert _parallel(lambda i, stop: (i, stop.is_set()), [1, 2], jobs=2) == [(1, False), (2, False)]
 
@@ -689,11 +739,12 @@ def test_a_blob_listed_twice_is_sent_and_fetched_once(
 
 
 class _Flooding(BaseHTTPRequestHandler):
-    """A registry that answers a manifest GET with ``status`` and a body that does not end
-    (up to 512 MiB), counting what it managed to send."""
+    """A registry that answers a manifest GET (or, with ``blob``, a blob GET) with ``status``
+    and a body that does not end (up to 512 MiB), counting what it managed to send."""
 
     status = 200
     sent = 0
+    blob = False
 
     def do_GET(self) -> None:
         if self.path == "/v2/":
@@ -701,7 +752,28 @@ class _Flooding(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if type(self).blob and "/manifests/" in self.path:
+            body = canonical_json(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {
+                        "mediaType": "application/vnd.oci.image.config.v1+json",
+                        "digest": "sha256:" + "3" * 64,
+                        "size": 10,
+                    },
+                    "layers": [],
+                }
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.send_response(type(self).status)
+        if type(self).status in (301, 302, 307):
+            self.send_header("Location", "/v2/x/manifests/elsewhere")
         self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
         self.end_headers()
         chunk = b" " * (1 << 20)
@@ -716,12 +788,20 @@ class _Flooding(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("status", [200, 404])
-def test_an_endless_answer_is_refused_without_being_read_whole(tmp_path: Path, status: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "blob"), [(200, False), (404, False), (302, False), (404, True), (500, True)]
+)
+def test_an_endless_answer_is_refused_without_being_read_whole(
+    tmp_path: Path, status: int, blob: bool
+) -> None:
+    """A manifest, an error, a redirect or a blob's error answer that does not end: refused
+    (or reported) having read little of it."""
+
     class Handler(_Flooding):
         pass
 
     Handler.status = status
+    Handler.blob = blob
     handler = Handler
     server = _CountingServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -729,7 +809,8 @@ def test_an_endless_answer_is_refused_without_being_read_whole(tmp_path: Path, s
         host = f"127.0.0.1:{server.server_address[1]}"
         out = run_cli("pull", "--tls-verify=false", f"docker://{host}/x:1", f"oci:{tmp_path}/o:1")
         assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
-        assert f"answered {status} with more than {4 << 20} bytes" in out.stderr
+        if not blob and status != 302:
+            assert f"answered {status} with more than {4 << 20} bytes" in out.stderr
         time.sleep(0.2)
         assert handler.sent < 64 << 20  # what the socket buffers took, not the 512 MiB
     finally:

@@ -18,7 +18,7 @@ from layerdiff.image import (
     MANIFEST_MEDIA_TYPE,
     go_arch,
 )
-from layerdiff.layout import REF_NAME, Descriptor, Layout
+from layerdiff.layout import INDEX_DIGEST, REF_NAME, Descriptor, Layout
 
 __all__ = [
     "UNTAGGED",
@@ -142,7 +142,8 @@ def index_tag(layout: Layout, ref: refs.LayoutRef) -> str | None:
             tag = (desc.get("annotations") or {}).get(REF_NAME)
             if (
                 isinstance(tag, str)
-                and desc.get("digest") == pinned
+                and pinned
+                in (desc.get("digest"), (desc.get("annotations") or {}).get(INDEX_DIGEST))
                 and refs.familiar_name(refs.store_tag_name(tag)) == name
             ):
                 return tag

@@ -30,6 +30,7 @@ from layerdiff.errors import (
 )
 
 __all__ = [
+    "INDEX_DIGEST",
     "INDEX_MEDIA_TYPE",
     "REF_NAME",
     "Descriptor",
@@ -37,6 +38,10 @@ __all__ = [
     "check_digest",
     "write_atomic",
 ]
+
+#: Annotation of a manifest that was picked, for this machine's platform, from a
+#: multi-platform index: the index's digest, which names the image as well (``NAME@DIGEST``).
+INDEX_DIGEST = "dev.layerdiff.index.digest"
 
 #: Media type of ``index.json`` (an OCI image index).
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -437,7 +442,8 @@ class Layout:
         written ``NAME@DIGEST`` (a store image pulled by digest) only names that digest."""
         check_digest(descriptor["digest"])
         _, at, pinned = tag.partition("@")
-        if at and pinned != descriptor["digest"]:
+        picked_from = (descriptor.get("annotations") or {}).get(INDEX_DIGEST)
+        if at and pinned not in (descriptor["digest"], picked_from):
             raise InvalidReferenceError(
                 f"{tag}: the reference pins {pinned}, but the image's manifest is "
                 f"{descriptor['digest']}"

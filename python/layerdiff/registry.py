@@ -204,6 +204,11 @@ def _tls_failure(host: str, exc: BaseException) -> RegistryUnreachableError:
 #: registry that sends more is refused without its answer being read whole (distribution's
 #: own limit on a manifest is 4 MiB).
 BODY_MAX = 4 << 20
+#: The most of an error answer to a streamed request (a blob's) read for its error text.
+_ERROR_BODY_MAX = 64 << 10
+#: Redirects followed for one request (requests' own limit is 30).
+_MAX_REDIRECTS = 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def _read_body(response: requests.Response, what: str) -> None:
@@ -226,6 +231,16 @@ def _read_body(response: requests.Response, what: str) -> None:
     response._content = data
     response._content_consumed = True
     response.close()
+
+
+def _unread_redirect(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+    """A redirect's body is never read: requests reads it whole even when it does not follow
+    it (to prepare ``Response.next``), so the connection is closed and the body taken as
+    empty first."""
+    if response.is_redirect:
+        response.raw.close()
+        response._content = b""
+        response._content_consumed = True
 
 
 def retrying(
@@ -459,7 +474,14 @@ class Registry:
         url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(query)}"
         auth = self.credentials
         try:
-            response = self.session.get(url, auth=auth, timeout=_TIMEOUT, stream=True)
+            response = self.session.get(
+                url,
+                auth=auth,
+                timeout=_TIMEOUT,
+                stream=True,
+                allow_redirects=False,
+                hooks={"response": _unread_redirect},
+            )
             _read_body(response, f"token server {realm}")
         except requests.RequestException as e:
             raise RegistryUnreachableError(f"token server {realm} unreachable: {_reason(e)}") from e
@@ -483,6 +505,37 @@ class Registry:
             )
         return token
 
+    def _follow(
+        self, method: str, url: str, headers: dict[str, str], data: Any
+    ) -> requests.Response:
+        """Send, following the redirects of a GET or HEAD (a blob may be served elsewhere)
+        without reading their bodies, which requests would read whole; the Authorization
+        header is not sent on to another host (a storage service's signed URL needs none)."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = self.session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                stream=True,
+                timeout=_TIMEOUT,
+                allow_redirects=False,
+                hooks={"response": _unread_redirect},
+            )
+            location = response.headers.get("Location")
+            if (
+                response.status_code not in _REDIRECTS
+                or method not in ("GET", "HEAD")
+                or not location
+            ):
+                return response
+            response.close()
+            target = urllib.parse.urljoin(url, location)
+            if urllib.parse.urlsplit(target).netloc != urllib.parse.urlsplit(url).netloc:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = target
+        raise RegistryError(f"{self.host}: {method} {url}: more than {_MAX_REDIRECTS} redirects")
+
     def _send(
         self,
         method: str,
@@ -492,15 +545,7 @@ class Registry:
         stream: bool,
     ) -> requests.Response:
         try:
-            response = self.session.request(
-                method,
-                url,
-                headers=dict(headers),
-                data=data,
-                stream=True,
-                timeout=_TIMEOUT,
-                allow_redirects=True,
-            )
+            response = self._follow(method, url, dict(headers), data)
             if not stream:
                 _read_body(response, f"{self.host}: {method} {urllib.parse.urlsplit(url).path}")
             return response
@@ -517,11 +562,17 @@ class Registry:
         code: str | None = None
         detail = ""
         try:
-            errors = response.json().get("errors") or []
+            # A streamed answer (a blob's) is read no further than an error text needs.
+            body = (
+                response.content
+                if response._content_consumed
+                else response.raw.read(_ERROR_BODY_MAX, decode_content=True)
+            )
+            errors = json.loads(body).get("errors") or []
             if errors and isinstance(errors[0], dict):
                 code = errors[0].get("code")
                 detail = str(errors[0].get("message") or "")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, OSError, urllib3.exceptions.HTTPError):
             detail = ""
         finally:
             response.close()

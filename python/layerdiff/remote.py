@@ -40,7 +40,7 @@ from layerdiff.image import (
     MANIFEST_MEDIA_TYPE,
     go_arch,
 )
-from layerdiff.layout import Descriptor, Layout
+from layerdiff.layout import INDEX_DIGEST, Descriptor, Layout
 from layerdiff.registry import MANIFEST_ACCEPT, Registry, parse_credentials, pull_scope, push_scope
 from layerdiff.transfer import BlobStatus, OnBlob, Sources, fetch_blob, push_blob
 
@@ -116,6 +116,11 @@ def _parallel(fn: Callable[[_T, threading.Event], _R], items: Sequence[_T], jobs
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=WORKER_PREFIX)
     futures = [pool.submit(fn, item, stop) for item in items]
     try:
+        # The first failure, whichever transfer it is, stops the rest at once.
+        done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        for f in futures:
+            if f in done and f.exception() is not None:
+                f.result()
         results = [f.result() for f in futures]
     except BaseException:
         # Interrupted (Ctrl-C, SIGTERM) or failed: the transfers still running stop at their
@@ -298,6 +303,8 @@ def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> D
         variant = p.get("variant")
         if want_arch == "arm64" and variant == "v8":
             variant = None  # arm64 and arm64/v8 are one platform
+        if want_arch == "arm" and variant is None:
+            variant = "v7"  # as containerd reads an arm entry without a variant
         rank = 0 if suits is None else (suits.index(variant) if variant in suits else -1)
         if rank >= 0 and (best is None or rank < best[0]):
             best = (rank, m)
@@ -348,11 +355,20 @@ def pull(
     report = on_blob or _quiet
     with open_registry(src, tls_verify=tls_verify, creds=creds) as reg:
         data, media_type, digest = _get_manifest(reg, src, src.digest or str(src.tag))
+        index_digest = digest if media_type in INDEX_MEDIA_TYPES else None
         for _ in range(2):  # an index names manifests; nested indexes are not followed further
             if media_type not in INDEX_MEDIA_TYPES:
                 break
             chosen = _pick_platform(json.loads(data), platform, src.text)
             data, media_type, digest = _get_manifest(reg, src, str(chosen["digest"]))
+        pinned = refs.pinned_digest(target.tag) if target.in_store and target.tag else None
+        if pinned is not None and pinned not in (digest, index_digest):
+            # Refused before a blob is fetched.
+            raise DigestMismatchError(
+                f"{target.text}: {src.text} is manifest {digest}"
+                + (f" of index {index_digest}" if index_digest else "")
+                + f", not {pinned}"
+            )
         if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
             raise FormatError(f"{src.text}: unsupported manifest media type {media_type!r}")
         manifest = json.loads(data)
@@ -369,6 +385,8 @@ def pull(
                 jobs,
             )
             desc = layout.put_blob(data, media_type=media_type)
+            if index_digest is not None:  # so NAME@<index digest> names it, as docker has it
+                desc["annotations"] = {INDEX_DIGEST: index_digest}
             layout.set_tag(target.write_tag, desc)
     Sources(layout).remember(src.host, src.repository, [s.digest for s in statuses])
     return PullResult(

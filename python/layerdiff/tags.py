@@ -55,9 +55,14 @@ def untag(image: str | refs.LayoutRef) -> str:
     named. Only the layout's index is read, so the name of an image whose blobs are missing or
     corrupt goes as well. The blobs stay until ``gc`` finds nothing else uses them."""
     ref = refs.parse_layout_reference(image) if isinstance(image, str) else image
-    descriptor = named(ref)
     layout = Layout.open(ref.layout)
-    name = index_tag(layout, ref)
+    pinned = ref.in_store and ref.tag is not None and refs.pinned_digest(ref.tag) is not None
+    # A name by digest removes that name only, never a tag that happens to hold the digest.
+    name = ref.tag if pinned else index_tag(layout, ref)
+    try:
+        descriptor = layout.resolve(name)
+    except ImageNotFoundError as e:
+        raise ImageNotFoundError(f"image not found: {ref.text} ({e})") from e
     if name is None:  # oci:PATH naming the layout's only image: by the tag it has, if any
         name = (descriptor.get("annotations") or {}).get(REF_NAME)
         if not isinstance(name, str):
