@@ -253,9 +253,12 @@ def test_corrupt_blob_in_registry_is_refused(
     with pytest.raises(layerdiff.DigestMismatchError, match="wrong bytes") as e:
         layerdiff.pull(registry.ref("t4/corrupt:1"), "corrupt:1", tls_verify=False)
     assert layer in str(e.value)
-    store = Layout.open(store_home / "images")
-    assert not store.has_blob(layer)
-    assert store.tags() == []
+    # The failure stops the config's transfer too; a store made for the pull and left empty is
+    # removed again.
+    if (store_home / "images" / "oci-layout").exists():
+        store = Layout.open(store_home / "images")
+        assert not store.has_blob(layer)
+        assert store.tags() == []
     assert layerdiff.fsck().ok
     # The CLI says it in one line.
     cli = run_cli(
