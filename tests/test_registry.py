@@ -3,11 +3,13 @@ the independent client that checks what we pushed and pushes what we pull."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -579,6 +581,36 @@ class _CountingServer(ThreadingHTTPServer):
         return super().get_request()
 
 
+@contextlib.contextmanager
+def _serving(
+    handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[_CountingServer, str]]:
+    """A server of ``handler`` on a free port of 127.0.0.1 (over TLS with ``tls``), and its
+    HOST:PORT; stopped on leaving."""
+    server = _CountingServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server, f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _interrupted(args: list[str], ready: threading.Event) -> tuple[int, str, float]:
+    """Run the command ``args``, send it SIGINT once ``ready`` is set; its exit code, its
+    stderr, and the seconds from the signal to its end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerdiff", *args], stderr=subprocess.PIPE, text=True
+    )
+    assert ready.wait(60)
+    begin = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, time.monotonic() - begin
+
+
 class _Answer200(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200)
@@ -598,20 +630,15 @@ class _Answer200(BaseHTTPRequestHandler):
 def test_a_tls_failure_that_a_retry_cannot_mend_fails_at_once_with_its_reason_and_the_hint(
     tmp_path: Path, kind: str, reason: str
 ) -> None:
-    import ssl
-
     from tests.registry_server import _make_cert
 
-    server = _CountingServer(("127.0.0.1", 0), _Answer200)
+    ctx = None
     if kind != "plain HTTP":
         key_pem, _, cert = _make_cert(tmp_path)
         (tmp_path / "key.pem").write_bytes(key_pem)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, tmp_path / "key.pem")
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        host = f"127.0.0.1:{server.server_address[1]}"
+    with _serving(_Answer200, ctx) as (server, host):
         out = run_cli("pull", f"docker://{host}/x:1", f"oci:{tmp_path / 'o'}:1")
         assert out.returncode == 1, out.stderr
         assert out.stderr.count("\n") == 1, out.stderr
@@ -619,9 +646,6 @@ def test_a_tls_failure_that_a_retry_cannot_mend_fails_at_once_with_its_reason_an
         assert "--tls-verify=false" in out.stderr
         assert "attempts" not in out.stderr
         assert server.connections == 1  # not retried: the same answer would come again
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_pull_by_digest_without_a_local_name_as_docker_does(
@@ -805,20 +829,13 @@ def test_an_endless_answer_is_refused_without_being_read_whole(
 
     Handler.status = status
     Handler.blob = blob
-    handler = Handler
-    server = _CountingServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        host = f"127.0.0.1:{server.server_address[1]}"
+    with _serving(Handler) as (_, host):
         out = run_cli("pull", "--tls-verify=false", f"docker://{host}/x:1", f"oci:{tmp_path}/o:1")
         assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
         if not blob and status != 302:
             assert f"answered {status} with more than {4 << 20} bytes" in out.stderr
         time.sleep(0.2)
-        assert handler.sent < 64 << 20  # what the socket buffers took, not the 512 MiB
-    finally:
-        server.shutdown()
-        server.server_close()
+        assert Handler.sent < 64 << 20  # what the socket buffers took, not the 512 MiB
 
 
 def test_an_interrupted_pull_does_not_wait_for_a_registry_that_stopped_answering(
@@ -874,36 +891,23 @@ def test_an_interrupted_pull_does_not_wait_for_a_registry_that_stopped_answering
         def log_message(self, *args: object) -> None:
             pass
 
-    server = _CountingServer(("127.0.0.1", 0), Stalling)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        host = f"127.0.0.1:{server.server_address[1]}"
-        pull = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "layerdiff",
-                "pull",
-                "--tls-verify=false",
-                "--progress=none",
-                f"docker://{host}/x:1",
-                f"oci:{tmp_path}/o:1",
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert layer_asked.wait(60)
-        begin = time.monotonic()
-        pull.send_signal(signal.SIGINT)
-        _, err = pull.communicate(timeout=60)
-        elapsed = time.monotonic() - begin
-        assert pull.returncode == 130, err
+    with _serving(Stalling) as (_, host):
+        try:
+            code, err, elapsed = _interrupted(
+                [
+                    "pull",
+                    "--tls-verify=false",
+                    "--progress=none",
+                    f"docker://{host}/x:1",
+                    f"oci:{tmp_path}/o:1",
+                ],
+                layer_asked,
+            )
+        finally:
+            release.set()
+        assert code == 130, err
         assert elapsed < 10, elapsed  # not the 60 s the registry would take
         assert asked.count(f"/v2/x/blobs/{layer_digest}") == 1  # not asked again
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
 
 
 def test_an_interrupted_commit_to_a_registry_sends_no_more_of_the_layer(tmp_path: Path) -> None:
@@ -946,16 +950,10 @@ def test_an_interrupted_commit_to_a_registry_sends_no_more_of_the_layer(tmp_path
         def log_message(self, *args: object) -> None:
             pass
 
-    server = _CountingServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     upper = tree(tmp_path / "t", {"big": os.urandom(96 << 20)})
-    try:
-        host = f"127.0.0.1:{server.server_address[1]}"
-        commit = subprocess.Popen(
+    with _serving(Slow) as (_, host):
+        code, err, elapsed = _interrupted(
             [
-                sys.executable,
-                "-m",
-                "layerdiff",
                 "commit",
                 "--tls-verify=false",
                 "--compression",
@@ -964,21 +962,12 @@ def test_an_interrupted_commit_to_a_registry_sends_no_more_of_the_layer(tmp_path
                 str(upper),
                 f"docker://{host}/x:1",
             ],
-            stderr=subprocess.PIPE,
-            text=True,
+            first_patch,
         )
-        assert first_patch.wait(60)
-        begin = time.monotonic()
-        commit.send_signal(signal.SIGINT)
-        _, err = commit.communicate(timeout=120)
-        elapsed = time.monotonic() - begin
-        assert commit.returncode == 130, err
+        assert code == 130, err
         assert elapsed < 8, elapsed  # each 16 MiB chunk takes 8 s at this speed
         time.sleep(1)
         assert len(patches) <= 2, patches  # the chunk in flight, at most one more
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_commit_to_a_registry_rides_out_a_503_on_a_chunk_and_on_the_closing_put(
@@ -1060,11 +1049,8 @@ def test_commit_to_a_registry_rides_out_a_503_on_a_chunk_and_on_the_closing_put(
         def log_message(self, *args: object) -> None:
             pass
 
-    server = _CountingServer(("127.0.0.1", 0), Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     upper = tree(tmp_path / "t", {"f": os.urandom(3 << 20), "g": b"g"})
-    try:
-        host = f"127.0.0.1:{server.server_address[1]}"
+    with _serving(Flaky) as (_, host):
         out = run_cli(
             "commit", "--tls-verify=false", "--json", "--upper", str(upper), f"docker://{host}/x:1"
         )
@@ -1077,6 +1063,3 @@ def test_commit_to_a_registry_rides_out_a_503_on_a_chunk_and_on_the_closing_put(
         assert log.count("PATCH") >= 2 and any(
             e.startswith("GET /v2/x/blobs/uploads/") for e in log
         )
-    finally:
-        server.shutdown()
-        server.server_close()
