@@ -611,6 +611,22 @@ def _interrupted(args: list[str], ready: threading.Event) -> tuple[int, str, flo
     return proc.returncode, err, time.monotonic() - begin
 
 
+class _Registry(BaseHTTPRequestHandler):
+    """A base for fake registries: HTTP/1.1, answers without a body, no log."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 class _Answer200(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200)
@@ -916,16 +932,7 @@ def test_an_interrupted_commit_to_a_registry_sends_no_more_of_the_layer(tmp_path
     patches: list[str] = []
     first_patch = threading.Event()
 
-    class Slow(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
+    class Slow(_Registry):
         def do_GET(self) -> None:
             self._answer(200 if self.path == "/v2/" else 404)
 
@@ -946,9 +953,6 @@ def test_an_interrupted_commit_to_a_registry_sends_no_more_of_the_layer(tmp_path
                 left -= len(got)
                 time.sleep(0.125)
             self._answer(202, {"Location": "/v2/x/blobs/uploads/u1"})
-
-        def log_message(self, *args: object) -> None:
-            pass
 
     upper = tree(tmp_path / "t", {"big": os.urandom(96 << 20)})
     with _serving(Slow) as (_, host):
@@ -982,16 +986,7 @@ def test_commit_to_a_registry_rides_out_a_503_on_a_chunk_and_on_the_closing_put(
     log: list[str] = []
     failed: set[str] = set()
 
-    class Flaky(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
+    class Flaky(_Registry):
         def _fail_once(self, what: str) -> bool:
             if what in failed:
                 return False
@@ -1045,9 +1040,6 @@ def test_commit_to_a_registry_rides_out_a_503_on_a_chunk_and_on_the_closing_put(
             assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
             stored[digest] = data
             self._answer(201, {"Docker-Content-Digest": digest})
-
-        def log_message(self, *args: object) -> None:
-            pass
 
     upper = tree(tmp_path / "t", {"f": os.urandom(3 << 20), "g": b"g"})
     with _serving(Flaky) as (_, host):
