@@ -1055,3 +1055,32 @@ def test_commit_to_a_registry_rides_out_a_503_on_a_chunk_and_on_the_closing_put(
         assert log.count("PATCH") >= 2 and any(
             e.startswith("GET /v2/x/blobs/uploads/") for e in log
         )
+
+
+def test_a_streamed_layer_has_one_progress_bar_which_ends_under_its_digest() -> None:
+    """On a terminal, the bar of a layer streamed to a registry (known as "layer" until its
+    digest is) becomes the digest's bar when it is done, rather than staying unfinished."""
+    from layerdiff.blobstatus import STREAMED_LAYER
+    from layerdiff.cli import _BlobProgress
+
+    class Bars:
+        def __init__(self) -> None:
+            self.tasks: dict[int, dict[str, object]] = {}
+
+        def add_task(self, description: str, total: int | None) -> int:
+            self.tasks[len(self.tasks)] = {"description": description, "total": total}
+            return len(self.tasks) - 1
+
+        def update(self, task: int, **fields: object) -> None:
+            self.tasks[task].update(fields)
+
+    progress = _BlobProgress("none")
+    bars = progress.bars = Bars()
+    digest = "sha256:" + "ab" * 32
+    progress(STREAMED_LAYER, 1 << 20, 0, None)
+    progress(STREAMED_LAYER, 2 << 20, 0, None)
+    progress(digest, 3 << 20, 3 << 20, "uploaded")
+    progress("sha256:" + "cd" * 32, 10, 10, "uploaded")  # the config: a bar of its own
+    assert len(bars.tasks) == 2
+    assert bars.tasks[0]["description"] == f"{'ab' * 6} uploaded"
+    assert bars.tasks[0]["completed"] == bars.tasks[0]["total"] == 3 << 20

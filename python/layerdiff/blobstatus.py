@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["WORKER_PREFIX", "BlobStatus", "OnBlob"]
+__all__ = ["STREAMED_LAYER", "WORKER_PREFIX", "BlobStatus", "OnBlob"]
 
 #: Name prefix of the threads a push or pull moves blobs on.
 WORKER_PREFIX = "layerdiff-blob"
+
+#: What a layer streamed to a registry is reported as until its digest is known, at its end.
+STREAMED_LAYER = "layer"
 
 #: Progress callback: ``(digest, bytes done, size, status)``; ``status`` is None while the blob
 #: is moving, then ``exists``, ``mounted``, ``uploaded`` (push) or ``downloaded`` (pull).

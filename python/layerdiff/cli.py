@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 import layerdiff
+from layerdiff.blobstatus import STREAMED_LAYER
 from layerdiff.cli_containers import register as register_containers
 from layerdiff.cli_output import emit_json as _emit_json
 from layerdiff.cli_output import fail as _fail
@@ -102,6 +103,9 @@ class _BlobProgress:
         if self.bars is not None:
             with self.lock:
                 task = self.tasks.get(digest)
+                if task is None and status is not None and STREAMED_LAYER in self.tasks:
+                    # The streamed layer's bar, now that its digest is known: one bar, not two.
+                    task = self.tasks[digest] = self.tasks.pop(STREAMED_LAYER)
                 if task is None:
                     task = self.tasks[digest] = self.bars.add_task(short, total=size or None)
                 description = f"{short} {status}" if status else short

@@ -30,7 +30,7 @@ from typing import Any
 
 import requests
 
-from layerdiff.blobstatus import BlobStatus, OnBlob
+from layerdiff.blobstatus import STREAMED_LAYER, BlobStatus, OnBlob
 from layerdiff.errors import (
     DigestMismatchError,
     RegistryAuthError,
@@ -415,7 +415,7 @@ class LayerStream:
                     continue  # drain so the pump never blocks
                 self._send_chunk(chunk)
                 self.sent += len(chunk)
-                self.on_blob("layer", self.sent, 0, None)
+                self.on_blob(STREAMED_LAYER, self.sent, 0, None)
         except BaseException as e:
             self._error = self._error or e  # the pump stops reading after its current chunk
             while self._chunks.get() is not None:
