@@ -113,8 +113,9 @@ impl<R> Limited<R> {
 /// A directory whose mode and mtime are set after everything else.
 struct DirMeta {
     path: Vec<u8>,
-    /// Where its parent really was when the entry was applied (see [`Applier::real_path`]).
-    real_parent: Vec<u8>,
+    /// Where it really was when the entry was applied: its parent's real path (see
+    /// [`Applier::real_path`]) and its name.
+    real: Vec<u8>,
     mode: u32,
     mtime: Timespec,
 }
@@ -238,6 +239,7 @@ impl Applier<'_> {
             }
         };
         let leaf = base.to_vec();
+        let real = join(&real_parent, &leaf);
         // Set when the entry takes the place of a symlink, which the parent's path (cached
         // below for the next entry) may have been resolved through.
         let mut replaced_link = false;
@@ -261,7 +263,7 @@ impl Applier<'_> {
                 drop_stale_xattrs(&fd, meta, name)?;
                 self.dirs.push(DirMeta {
                     path: path.clone(),
-                    real_parent: real_parent.clone(),
+                    real: real.clone(),
                     mode: meta.mode,
                     mtime: timespec(meta.mtime),
                 });
@@ -367,7 +369,7 @@ impl Applier<'_> {
                 }
             }
         }
-        self.mark_created(&join(&real_parent, &leaf));
+        self.mark_created(&real);
         if !replaced_link {
             self.parent = Some((parent(&path).to_vec(), dir, real_parent));
         }
@@ -523,28 +525,24 @@ impl Applier<'_> {
         let mut dirs = std::mem::take(&mut self.dirs);
         // Deepest first, where they really are; of two entries for one directory, the later
         // one's metadata last.
-        dirs.sort_by(|a, b| {
-            crate::entry::cmp_paths(
-                &join(&b.real_parent, base_name(&b.path)),
-                &join(&a.real_parent, base_name(&a.path)),
-            )
-        });
+        dirs.sort_by(|a, b| crate::entry::cmp_paths(&b.real, &a.real));
         for d in dirs {
             let what = String::from_utf8_lossy(&d.path).into_owned();
             // Reached by where its parent really was, not by the entry's name: a link on the
             // name that a later entry replaced no longer leads there.
-            let dfd = match self.root.open_dir(&d.real_parent) {
+            let real_parent = parent(&d.real);
+            let dfd = match self.root.open_dir(real_parent) {
                 Ok(fd) => fd,
                 Err(_) => continue, // replaced or removed later in the layer
             };
             // A parent that now leads elsewhere (made a symlink later in the layer) is not
             // where the directory was made: the metadata is not applied through it.
-            if self.real_path(&dfd, &d.real_parent) != d.real_parent {
+            if self.real_path(&dfd, real_parent) != real_parent {
                 continue;
             }
             let fd = match rustix::fs::openat(
                 &dfd,
-                os_path(base_name(&d.path)),
+                os_path(base_name(&d.real)),
                 OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
                 Mode::empty(),
             ) {

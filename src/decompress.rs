@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, mpsc};
 
 use crate::error::{IoContext, Result};
+use crate::tar::reader::read_until_error;
 
 /// Compressed bytes kept ahead of the decoder: a member must fit in this to be inflated in one
 /// call.
@@ -244,16 +245,7 @@ fn read_chunk(r: &mut impl Read, buf: &mut Vec<u8>) -> (usize, Option<io::Error>
     if buf.len() < CHUNK {
         buf.resize(CHUNK, 0);
     }
-    let mut n = 0;
-    while n < CHUNK {
-        match r.read(&mut buf[n..CHUNK]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (n, Some(e)),
-        }
-    }
-    (n, None)
+    read_until_error(r, &mut buf[..CHUNK])
 }
 
 /// Reads the chunks the decompressing thread sends, and hands the emptied buffers back.

@@ -66,7 +66,7 @@ impl<R> VerifyingReader<R> {
 impl<R: Read> Read for VerifyingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if self.inner.hasher.len() > self.expected_size {
+        if self.overran() {
             return Err(io::Error::other(format!(
                 "blob is larger than its descriptor's {} bytes",
                 self.expected_size
