@@ -125,12 +125,11 @@ def unpack(
     # Imported on use: `apply` of blobs has no image to load, and the command line starts
     # faster without the image modules.
     from layerdiff.catalog import load_image
-    from layerdiff.image import check_layer_media_type
+    from layerdiff.image import check_layer_media_types
 
     check_int("max_size", max_size, 1, 2**64 - 1)
     img = load_image(image)
-    for i, desc in enumerate(img.layers, 1):  # all before anything is written
-        check_layer_media_type(desc, f"{img.ref.text}: layer {i} of {len(img.layers)}")
+    check_layer_media_types(img.layers, img.ref.text)  # all before anything is written
     target = Path(root)
     marker = incomplete_marker(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):

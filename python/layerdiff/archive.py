@@ -44,7 +44,7 @@ from layerdiff.image import (
     MANIFEST_MEDIA_TYPE,
     build_manifest,
     canonical_json,
-    check_layer_media_type,
+    check_layer_media_types,
 )
 from layerdiff.layout import Layout, check_digest
 
@@ -108,7 +108,7 @@ def save(image: str | refs.LayoutRef, archive: str | refs.ArchiveRef) -> SaveRes
     local = load_image(image)
     if ref.name is not None:
         repo_tags = [f"{ref.name}:{ref.tag}"]
-    elif local.ref.in_store and local.ref.tag is not None and "@" not in local.ref.tag:
+    elif local.ref.in_store and local.ref.tag is not None and local.ref.pinned is None:
         repo_tags = [local.ref.tag]  # an image named by digest has no tag to give (as docker)
     else:
         repo_tags = []
@@ -119,8 +119,7 @@ def save(image: str | refs.LayoutRef, archive: str | refs.ArchiveRef) -> SaveRes
         raise FormatError(
             f"{local.ref.text}: {len(local.layers)} layers but {len(diff_ids)} diff_ids"
         )
-    for i, desc in enumerate(local.layers, 1):
-        check_layer_media_type(desc, f"{local.ref.text}: layer {i} of {len(local.layers)}")
+    check_layer_media_types(local.layers, local.ref.text)
     target = ref.file
     try:
         _write(local, config, repo_tags, diff_ids, target)

@@ -132,12 +132,12 @@ def index_tag(layout: Layout, ref: refs.LayoutRef) -> str | None:
     """The tag in ``layout``'s index that ``ref`` names: its own, but for a store name the
     spelling the index has (:func:`refs.stored_tag`)."""
     if ref.in_store and ref.tag is not None:
-        pinned = refs.pinned_digest(ref.tag)
+        pinned = ref.pinned
         tags = layout.tags()
         if pinned is None or ref.tag in tags:
             return refs.stored_tag(ref.tag, tags)
         # NAME@DIGEST also finds an image of that name, tagged otherwise, with that manifest.
-        name = ref.tag.partition("@")[0]
+        name = refs.store_tag_name(ref.tag)
         for desc in layout.manifests():
             tag = (desc.get("annotations") or {}).get(REF_NAME)
             if (
@@ -215,7 +215,7 @@ def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
             text = str(desc.get("digest", "")) if in_store else f"oci:{lay.path}"
             ref = refs.LayoutRef(text=text, layout=lay.path, tag=None, in_store=in_store)
         elif in_store and refs.pinned_digest(tag) is not None:
-            name, short = tag.partition("@")[0], UNTAGGED  # pulled by digest, as docker lists it
+            name, short = refs.store_tag_name(tag), UNTAGGED  # pulled by digest, as docker lists it
             ref = refs.LayoutRef(text=tag, layout=lay.path, tag=tag, in_store=True)
         elif in_store:
             name, _, short = tag.rpartition(":")

@@ -27,7 +27,7 @@ __all__ = [
     "build_manifest",
     "canonical_json",
     "check_history",
-    "check_layer_media_type",
+    "check_layer_media_types",
     "go_arch",
     "new_config",
     "oci_layer_media_type",
@@ -211,17 +211,19 @@ _OCI_LAYERS = frozenset(
 )
 
 
-def check_layer_media_type(desc: Descriptor, where: str) -> None:
-    """Raise FormatError unless the layer ``desc`` has a media type of a tar layer (OCI or
-    Docker; plain, gzip or zstd). Its compression is read from its bytes, as containerd does,
-    but a blob named as something else (bzip2, or no layer at all) is not applied."""
-    media_type = desc.get("mediaType")
-    if media_type is None or media_type in _OCI_LAYERS or media_type in _DOCKER_LAYERS:
-        return
-    raise FormatError(
-        f"{where}: layer {desc.get('digest')} has media type {media_type!r}, "
-        "not a tar layer (tar, tar+gzip or tar+zstd) that can be applied"
-    )
+def check_layer_media_types(layers: list[Descriptor], where: str, *, first: int = 0) -> None:
+    """Raise FormatError unless each of ``layers`` from index ``first`` on has a media type of
+    a tar layer (OCI or Docker; plain, gzip or zstd); ``where`` names the image. A layer's
+    compression is read from its bytes, as containerd does, but a blob named as something else
+    (bzip2, or no layer at all) is not applied."""
+    for i, desc in enumerate(layers[first:], first + 1):
+        media_type = desc.get("mediaType")
+        if media_type is None or media_type in _OCI_LAYERS or media_type in _DOCKER_LAYERS:
+            continue
+        raise FormatError(
+            f"{where}: layer {i} of {len(layers)}: layer {desc.get('digest')} has media type "
+            f"{media_type!r}, not a tar layer (tar, tar+gzip or tar+zstd) that can be applied"
+        )
 
 
 def oci_layer_media_type(media_type: str) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from layerdiff import _core, refs
 from layerdiff.catalog import Image
 from layerdiff.errors import FormatError, InvalidArgumentError
-from layerdiff.image import check_layer_media_type
+from layerdiff.image import check_layer_media_types
 from layerdiff.layout import check_digest
 
 __all__ = [
@@ -147,8 +147,7 @@ def ensure_layers(image: Image, *, form: str) -> list[Path]:
             f"{image.ref.text}: config lists {len(diff_ids)} diff_ids for "
             f"{len(image.layers)} layers"
         )
-    for i, desc in enumerate(image.layers, 1):  # all before any is unpacked
-        check_layer_media_type(desc, f"{image.ref.text}: layer {i} of {len(image.layers)}")
+    check_layer_media_types(image.layers, image.ref.text)  # all before any is unpacked
     dirs = []
     for desc, diff_id in zip(image.layers, diff_ids, strict=True):
         final = layer_dir(diff_id, form=form)

@@ -28,6 +28,7 @@ from layerdiff.errors import (
     InvalidReferenceError,
     LayerdiffError,
 )
+from layerdiff.refs import pinned_digest
 
 __all__ = [
     "INDEX_DIGEST",
@@ -441,9 +442,9 @@ class Layout:
         """Point ``tag`` at ``descriptor``, replacing whatever the tag named before. A tag
         written ``NAME@DIGEST`` (a store image pulled by digest) only names that digest."""
         check_digest(descriptor["digest"])
-        _, at, pinned = tag.partition("@")
+        pinned = pinned_digest(tag)
         picked_from = (descriptor.get("annotations") or {}).get(INDEX_DIGEST)
-        if at and pinned not in (descriptor["digest"], picked_from):
+        if pinned is not None and pinned not in (descriptor["digest"], picked_from):
             raise InvalidReferenceError(
                 f"{tag}: the reference pins {pinned}, but the image's manifest is "
                 f"{descriptor['digest']}"

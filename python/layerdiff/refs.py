@@ -107,6 +107,11 @@ class LayoutRef:
         """The tag an image written to this reference gets."""
         return self.tag if self.tag is not None else DEFAULT_TAG
 
+    @property
+    def pinned(self) -> str | None:
+        """The digest a store name ``NAME@DIGEST`` pins, else None."""
+        return pinned_digest(self.tag) if self.in_store and self.tag is not None else None
+
     def __str__(self) -> str:
         return self.text
 
@@ -317,7 +322,7 @@ def store_tag_name(store_tag: str) -> str:
 def check_writable(ref: LayoutRef) -> LayoutRef:
     """``ref``, unless it names a store image by digest, which a new image cannot take (its
     digest is not known before it is written): then InvalidReferenceError."""
-    if ref.in_store and ref.tag is not None and pinned_digest(ref.tag) is not None:
+    if ref.pinned is not None:
         raise _bad(
             ref.text,
             "a digest names an image that exists; name a new image NAME[:TAG]",

@@ -281,10 +281,10 @@ def _retry(what: str, attempt: Callable[[], _T], attempts: int, stop: threading.
                         f"{e} (after {attempts} attempts at {what})", status=e.status, code=e.code
                     ) from e
                 raise
-            if stop is not None and stop.wait(delay):
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
                 raise  # stopped while waiting: not tried again
-        if stop is None:
-            time.sleep(delay)
         delay *= 2
     raise AssertionError("unreachable")
 

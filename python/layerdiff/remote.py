@@ -41,7 +41,14 @@ from layerdiff.image import (
     go_arch,
 )
 from layerdiff.layout import INDEX_DIGEST, Descriptor, Layout
-from layerdiff.registry import MANIFEST_ACCEPT, Registry, parse_credentials, pull_scope, push_scope
+from layerdiff.registry import (
+    BODY_MAX,
+    MANIFEST_ACCEPT,
+    Registry,
+    parse_credentials,
+    pull_scope,
+    push_scope,
+)
 from layerdiff.transfer import BlobStatus, OnBlob, Sources, fetch_blob, push_blob
 
 __all__ = ["PullResult", "PushResult", "open_registry", "pull", "push", "put_manifest"]
@@ -50,7 +57,7 @@ __all__ = ["PullResult", "PushResult", "open_registry", "pull", "push", "put_man
 DEFAULT_JOBS = 4
 #: Seconds an interrupted or failed push or pull waits for its other transfers to stop.
 _STOP_GRACE = 2.0
-_MANIFEST_MAX = 4 << 20  # distribution's own limit on a manifest
+_MANIFEST_MAX = BODY_MAX  # distribution's own limit on a manifest, as on every such answer
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -361,7 +368,7 @@ def pull(
                 break
             chosen = _pick_platform(json.loads(data), platform, src.text)
             data, media_type, digest = _get_manifest(reg, src, str(chosen["digest"]))
-        pinned = refs.pinned_digest(target.tag) if target.in_store and target.tag else None
+        pinned = target.pinned
         if pinned is not None and pinned not in (digest, index_digest):
             # Refused before a blob is fetched.
             raise DigestMismatchError(

@@ -28,7 +28,7 @@ from layerdiff.image import (
     build_manifest,
     canonical_json,
     check_history,
-    check_layer_media_type,
+    check_layer_media_types,
     rfc3339,
 )
 from layerdiff.image import source_date_epoch as _resolve_epoch
@@ -126,8 +126,7 @@ def squash(
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= total:
         raise InvalidArgumentError(f"layers={count!r}: must be between 1 and {total} for {src.ref}")
     check_history(src.config)
-    for i, desc in enumerate(src.layers[total - count :], total - count + 1):
-        check_layer_media_type(desc, f"{src.ref.text}: layer {i} of {total}")
+    check_layer_media_types(src.layers, src.ref.text, first=total - count)
     epoch = _resolve_epoch(source_date_epoch)
 
     with Layout.create_for_write(target.layout) as layout, writing(layout):

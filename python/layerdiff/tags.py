@@ -56,9 +56,8 @@ def untag(image: str | refs.LayoutRef) -> str:
     corrupt goes as well. The blobs stay until ``gc`` finds nothing else uses them."""
     ref = refs.parse_layout_reference(image) if isinstance(image, str) else image
     layout = Layout.open(ref.layout)
-    pinned = ref.in_store and ref.tag is not None and refs.pinned_digest(ref.tag) is not None
     # A name by digest removes that name only, never a tag that happens to hold the digest.
-    name = ref.tag if pinned else index_tag(layout, ref)
+    name = ref.tag if ref.pinned is not None else index_tag(layout, ref)
     try:
         descriptor = layout.resolve(name)
     except ImageNotFoundError as e:
