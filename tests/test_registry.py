@@ -282,6 +282,29 @@ def test_push_refuses_a_local_blob_that_does_not_match(registry: Registry, tmp_p
     head = requests.head(f"http://{registry.host}/v2/t5/bad/blobs/{result.layer.digest}", timeout=5)
     assert head.status_code == 404
     assert skopeo("inspect", "--tls-verify=false", registry.ref("t5/bad:1")).returncode != 0
+    # The upload session that carried the bytes was cancelled, not left for the purge.
+    assert open_uploads(registry, "t5/bad") == []
+
+
+def open_uploads(registry: Registry, repository: str) -> list[str]:
+    """The upload sessions ``registry`` holds for ``repository``: those of its storage's
+    ``_uploads`` with a start time (a cancelled one loses it and its data; distribution leaves
+    the directory, with a hash state, to its purge)."""
+    uploads = registry.storage / "docker/registry/v2/repositories" / repository / "_uploads"
+    return sorted(p.parent.name for p in uploads.glob("*/startedat"))
+
+
+def test_a_commit_to_a_registry_that_fails_cancels_its_upload_session(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The layer's upload session is opened before the layer is written; a layer that fails
+    (here: a name the layer format reserves) leaves no session behind in the registry."""
+    upper = tree(tmp_path / "t", {"big": os.urandom(1 << 20), "z/.wh.reserved": b"x"})
+    out = run_cli("commit", "--tls-verify=false", "--upper", str(upper), registry.ref("t14/x:1"))
+    assert out.returncode == 1 and ".wh.reserved" in out.stderr, out.stderr
+    repos = registry.storage / "docker/registry/v2/repositories"
+    assert any((repos / "t14/x/_uploads").iterdir())  # the session was opened
+    assert open_uploads(registry, "t14/x") == []
 
 
 def test_cli_push_pull_json_and_plain_progress(registry: Registry, tmp_path: Path) -> None:

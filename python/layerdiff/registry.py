@@ -358,7 +358,7 @@ class Registry:
                 url = f"{base}/v2/"
                 response = retrying(
                     url,
-                    functools.partial(self._send, "GET", url, {}, None, False),
+                    functools.partial(self._send, "GET", url, {}, None, False, _TIMEOUT),
                     attempts=1 if scheme == "https" and len(schemes) > 1 else ATTEMPTS,
                 )
             except RegistryUnreachableError as e:
@@ -385,13 +385,15 @@ class Registry:
         stream: bool = False,
         expect: Iterable[int] = (200,),
         replayable: bool = True,
+        timeout: tuple[float, float] = _TIMEOUT,
     ) -> requests.Response:
         """Send a request with auth; return the response if its status is in ``expect``.
 
         ``path_or_url`` is an API path (``/v2/…``) or an absolute URL (a ``Location``).
         ``scopes`` are the token scopes it needs. Connection failures and 5xx are retried when
         ``replayable`` (the body, if any, can be sent again); a 401 is answered once by
-        (re)authenticating. Other statuses raise RegistryError.
+        (re)authenticating. Other statuses raise RegistryError. ``timeout`` is (connect, read)
+        in seconds.
         """
         url = path_or_url if "://" in path_or_url else self.url(path_or_url)
         wanted = set(scopes)
@@ -399,7 +401,7 @@ class Registry:
         what = f"{method} {urllib.parse.urlsplit(url).path}"
 
         def attempt() -> requests.Response:
-            response = self._authorized_send(method, url, headers, data, stream, wanted)
+            response = self._authorized_send(method, url, headers, data, stream, wanted, timeout)
             if response.status_code in expected:
                 return response
             raise self._error(response, what)
@@ -416,10 +418,11 @@ class Registry:
         data: Any,
         stream: bool,
         scopes: set[str],
+        timeout: tuple[float, float],
     ) -> requests.Response:
         _ = self.base  # the ping learns the scheme and the auth challenge
         auth = self._auth_for(scopes)
-        response = self._send(method, url, {**(headers or {}), **auth}, data, stream)
+        response = self._send(method, url, {**(headers or {}), **auth}, data, stream, timeout)
         if response.status_code != 401:
             return response
         challenge = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
@@ -434,7 +437,7 @@ class Registry:
         if hasattr(data, "seek"):
             data.seek(0)
         auth = self._auth_for(scopes, fresh=True)
-        return self._send(method, url, {**(headers or {}), **auth}, data, stream)
+        return self._send(method, url, {**(headers or {}), **auth}, data, stream, timeout)
 
     def _auth_for(self, scopes: set[str], *, fresh: bool = False) -> dict[str, str]:
         """The Authorization header for a request needing ``scopes`` (none: anonymous)."""
@@ -506,7 +509,12 @@ class Registry:
         return token
 
     def _follow(
-        self, method: str, url: str, headers: dict[str, str], data: Any
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        data: Any,
+        timeout: tuple[float, float],
     ) -> requests.Response:
         """Send, following the redirects of a GET or HEAD (a blob may be served elsewhere)
         without reading their bodies, which requests would read whole; the Authorization
@@ -518,7 +526,7 @@ class Registry:
                 headers=headers,
                 data=data,
                 stream=True,
-                timeout=_TIMEOUT,
+                timeout=timeout,
                 allow_redirects=False,
                 hooks={"response": _unread_redirect},
             )
@@ -543,9 +551,10 @@ class Registry:
         headers: Mapping[str, str],
         data: Any,
         stream: bool,
+        timeout: tuple[float, float],
     ) -> requests.Response:
         try:
-            response = self._follow(method, url, dict(headers), data)
+            response = self._follow(method, url, dict(headers), data, timeout)
             if not stream:
                 _read_body(response, f"{self.host}: {method} {urllib.parse.urlsplit(url).path}")
             return response

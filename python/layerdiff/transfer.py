@@ -8,7 +8,9 @@ mount (no pull on the source any more: 401 or 403) gets a plain upload. Else the
 ("uploaded"): ``POST`` opens a session, ``PATCH`` sends the bytes (``Content-Range``, as
 distribution 2.8 ignores a body on the ``POST``), and ``PUT`` with ``digest`` added to the
 session's absolute ``Location`` closes it. A local blob is hashed while it is sent and refused
-(before the closing ``PUT``) when it does not match its digest.
+(before the closing ``PUT``) when it does not match its digest. A session that will not be
+closed (the blob failed, the push was stopped) is cancelled with ``DELETE``, as docker does, so
+its bytes are not kept until the registry's purge.
 
 Pull stores each missing blob through a temporary file in the layout, checking its size and
 sha256 while it streams, and refuses a mismatch with nothing stored.
@@ -67,6 +69,7 @@ def _check_stop(stop: threading.Event | None) -> None:
 
 _PATCH_CHUNK = 16 << 20  # bytes per PATCH of a streamed layer
 _ABORT_GRACE = 2.0  # seconds an abandoned layer upload is waited for
+_CANCEL_TIMEOUT = (2.0, 2.0)  # (connect, read) seconds for cancelling an upload session
 _SOURCES = ".layerdiff.sources.json"
 _SOURCES_KEPT = 8  # repositories remembered per blob
 
@@ -218,6 +221,20 @@ def _upload_offset(reg: Registry, repository: str, location: str, sent: int) -> 
     return 0 if last == 0 and sent == 0 else last + 1
 
 
+def _cancel_upload(reg: Registry, repository: str, location: str) -> None:
+    """Cancel the upload session at ``location`` (``DELETE``). Best effort: one try with a
+    short timeout, and a failure is ignored (the registry purges stale sessions anyway)."""
+    with contextlib.suppress(RegistryError):
+        reg.request(
+            "DELETE",
+            location,
+            scopes=[push_scope(repository)],
+            expect=(200, 202, 204, 404),
+            replayable=False,
+            timeout=_CANCEL_TIMEOUT,
+        )
+
+
 def _close_upload(reg: Registry, repository: str, location: str, digest: str) -> None:
     response = reg.request(
         "PUT",
@@ -266,14 +283,18 @@ def push_blob(
         location = _open_upload(reg, repository, digest, mounts)
         if location is None:
             return "mounted"
-        body = _VerifiedFile(path, size, digest, on_blob, stop)
-        if size:
-            location = _patch(reg, repository, location, body, 0, size)
-            body.check()
-        elif digest != "sha256:" + hashlib.sha256(b"").hexdigest():
-            body.found = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-            body.check()
-        _close_upload(reg, repository, location, digest)
+        try:
+            body = _VerifiedFile(path, size, digest, on_blob, stop)
+            if size:
+                location = _patch(reg, repository, location, body, 0, size)
+                body.check()
+            elif digest != "sha256:" + hashlib.sha256(b"").hexdigest():
+                body.found = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+                body.check()
+            _close_upload(reg, repository, location, digest)
+        except BaseException:
+            _cancel_upload(reg, repository, location)
+            raise
         return "uploaded"
 
     status = retrying(f"pushing blob {digest}", attempt, stop=stop)
@@ -290,9 +311,13 @@ def push_bytes(reg: Registry, repository: str, data: bytes, on_blob: OnBlob = _q
             return "exists"
         location = _open_upload(reg, repository, digest, [])
         assert location is not None
-        if data:
-            location = _patch(reg, repository, location, data, 0, len(data))
-        _close_upload(reg, repository, location, digest)
+        try:
+            if data:
+                location = _patch(reg, repository, location, data, 0, len(data))
+            _close_upload(reg, repository, location, digest)
+        except BaseException:
+            _cancel_upload(reg, repository, location)
+            raise
         return "uploaded"
 
     status = retrying(f"pushing blob {digest}", attempt)
@@ -420,6 +445,8 @@ class LayerStream:
             self._error = self._error or e  # the pump stops reading after its current chunk
             while self._chunks.get() is not None:
                 pass
+        if self._error is not None or self._aborted.is_set():
+            _cancel_upload(self.reg, self.repository, self.location)
 
     def _send_chunk(self, chunk: bytes) -> None:
         """PATCH ``chunk`` at :attr:`sent`; a failure that retrying can mend is retried (the
@@ -467,10 +494,9 @@ class LayerStream:
             raise self._error
 
     def close(self, digest: str, size: int) -> BlobStatus:
-        """Finish the upload as blob ``digest`` of ``size`` bytes (after leaving the context)."""
+        """Finish the upload as blob ``digest`` of ``size`` bytes (after leaving the context);
+        an upload that cannot be finished is cancelled."""
         self.raise_error()
-        if self.sent != size:
-            raise RegistryError(f"{self.reg.host}: sent {self.sent} bytes of a {size}-byte layer")
         tries = 0
 
         def attempt() -> None:
@@ -481,6 +507,14 @@ class LayerStream:
                 return
             _close_upload(self.reg, self.repository, self.location, digest)
 
-        retrying(f"finishing the layer upload to {self.repository}", attempt)
+        try:
+            if self.sent != size:
+                raise RegistryError(
+                    f"{self.reg.host}: sent {self.sent} bytes of a {size}-byte layer"
+                )
+            retrying(f"finishing the layer upload to {self.repository}", attempt)
+        except BaseException:
+            _cancel_upload(self.reg, self.repository, self.location)
+            raise
         self.on_blob(digest, size, size, "uploaded")
         return BlobStatus(digest, size, "uploaded")
