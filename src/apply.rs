@@ -8,9 +8,9 @@
 //!
 //! Every path is resolved inside the target with [`Root`]; the last component is never followed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, Read, Seek};
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
@@ -21,7 +21,10 @@ use crate::entry::{Timestamp, base_name, join, os_path, parent};
 use crate::error::{Error, Result};
 use crate::root::{self, Root};
 use crate::tar::reader::{EntryKind, Header, TarReader};
-use crate::whiteout::{LayerName, WHITEOUT_PREFIX, classify_layer_name, is_overlay_xattr};
+use crate::whiteout::{
+    AUFS_LINK_DIR, LayerName, WHITEOUT_PREFIX, aufs_link_source, classify_layer_name,
+    is_overlay_xattr,
+};
 
 /// Default limit on the uncompressed bytes of one layer: generous, but a decompression bomb
 /// stops long before it fills a disk.
@@ -143,6 +146,7 @@ pub fn apply_layer<R: Read + Send>(
             dirs: Vec::new(),
             stats: ApplyStats::default(),
             parent: None,
+            aufs: HashMap::new(),
         };
         while let Some(header) = reader.next_header()? {
             cancel.check()?;
@@ -214,11 +218,46 @@ struct Applier<'a> {
     /// own parent here, so an entry that replaces a directory (its own parent lies above that
     /// directory) never leaves the replaced one behind; whiteouts act only at the end.
     parent: Option<(Vec<u8>, OwnedFd, Vec<u8>)>,
+    /// The regular files of the layer's aufs link directory, by name, for the hardlinks that
+    /// point at them.
+    aufs: HashMap<Vec<u8>, AufsFile>,
+}
+
+/// A regular file of a layer's aufs link directory.
+struct AufsFile {
+    /// Its content, in an unnamed file in the target.
+    content: File,
+    meta: Header,
+    /// Once a hardlink to it was made: that file, and the paths it was given.
+    made: Option<(File, Vec<Vec<u8>>)>,
+}
+
+/// The (device, inode) of the regular file at `path` below the root, if there is one.
+fn file_id(root: &Root, path: &[u8]) -> Option<(u64, u64)> {
+    let dir = root.open_dir(parent(path)).ok()?;
+    let st = rustix::fs::statat(&dir, os_path(base_name(path)), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some((st.st_dev, st.st_ino))
 }
 
 impl Applier<'_> {
     fn entry<R: BufRead>(&mut self, h: &Header, content: &mut TarReader<R>) -> Result<()> {
         let name = &h.display();
+        if let Some(source) = aufs_link_source(&h.path) {
+            // Kept aside for the hardlinks to it; anything else there means nothing.
+            if h.kind == EntryKind::File {
+                let mut file =
+                    unnamed_file(self.root.fd()).map_err(|e| bad(name, e.to_string()))?;
+                copy_content(content, &mut file)
+                    .map_err(|e| bad(name, format!("reading content: {e}")))?;
+                let kept = AufsFile {
+                    content: file,
+                    meta: h.clone(),
+                    made: None,
+                };
+                self.aufs.insert(source.to_vec(), kept);
+            }
+            return Ok(());
+        }
         let path = clean_path(&h.path, name)?;
         let base = base_name(&path);
         if base.starts_with(WHITEOUT_PREFIX) {
@@ -269,27 +308,63 @@ impl Applier<'_> {
                 });
             }
             EntryKind::File => {
-                let fd = create_replacing(&dir, &leaf, &mut replaced_link, || {
-                    rustix::fs::openat(
-                        &dir,
-                        os_path(&leaf),
-                        OFlags::CREATE
-                            | OFlags::EXCL
-                            | OFlags::WRONLY
-                            | OFlags::NOFOLLOW
-                            | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
-                    )
-                })
-                .map_err(io)?;
-                let mut file = File::from(fd);
+                let mut file = create_file(&dir, &leaf, &mut replaced_link).map_err(io)?;
                 copy_content(content, &mut file)
                     .map_err(|e| bad(name, format!("reading content: {e}")))?;
-                self.owner_and_xattrs_fd(&file, meta, name)?;
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
-                    .map_err(|e| io(e.into()))?;
-                rustix::fs::futimens(&file, &times(timespec(meta.mtime)))
-                    .map_err(|e| io(e.into()))?;
+                self.file_meta(&file, meta, name)?;
+            }
+            EntryKind::Hardlink if aufs_link_source(&h.link).is_some() => {
+                let source = aufs_link_source(&h.link).unwrap_or_default();
+                let Some(kept) = self.aufs.get_mut(source) else {
+                    return Err(bad(
+                        name,
+                        format!(
+                            "hardlink target {} is not in the layer before it",
+                            String::from_utf8_lossy(&h.link)
+                        ),
+                    ));
+                };
+                // The first hardlink makes the file, with the kept file's content and header;
+                // the others are hardlinks to it while one of its paths still holds it: one
+                // file, as in the aufs branch. The file is held open, so that its inode number
+                // is not given to another while it is compared.
+                let held = kept.made.as_ref().and_then(|(file, paths)| {
+                    let st = rustix::fs::fstat(file).ok()?;
+                    let id = (st.st_dev, st.st_ino);
+                    paths
+                        .iter()
+                        .find(|p| file_id(self.root, p) == Some(id))
+                        .cloned()
+                });
+                match held {
+                    Some(first) if first == path => {}
+                    Some(first) => {
+                        let tdir = self.root.open_dir(parent(&first)).map_err(io)?;
+                        create_replacing(&dir, &leaf, &mut replaced_link, || {
+                            rustix::fs::linkat(
+                                &tdir,
+                                os_path(base_name(&first)),
+                                &dir,
+                                os_path(&leaf),
+                                AtFlags::empty(),
+                            )
+                        })
+                        .map_err(io)?;
+                        if let Some((_, paths)) = &mut kept.made {
+                            paths.push(path.clone());
+                        }
+                    }
+                    None => {
+                        let mut file = create_file(&dir, &leaf, &mut replaced_link).map_err(io)?;
+                        kept.content.rewind().map_err(io)?;
+                        io::copy(&mut kept.content, &mut file).map_err(io)?;
+                        let meta = kept.meta.clone();
+                        self.file_meta(&file, &meta, name)?;
+                        if let Some(kept) = self.aufs.get_mut(source) {
+                            kept.made = Some((file, vec![path.clone()]));
+                        }
+                    }
+                }
             }
             EntryKind::Symlink => {
                 let target = &h.link;
@@ -397,6 +472,8 @@ impl Applier<'_> {
         match classify_layer_name(base_name(path)) {
             LayerName::Opaque => self.opaque.push(dir.to_vec()),
             LayerName::Whiteout(target) => self.hidden.push(join(dir, target)),
+            // The link directory's files are used (see `entry`); the directory is not made.
+            LayerName::AufsMeta if path == AUFS_LINK_DIR => {}
             LayerName::AufsMeta => {
                 self.stats
                     .warnings
@@ -407,6 +484,14 @@ impl Applier<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Owner, xattrs, mode and mtime of a regular file just written.
+    fn file_meta(&mut self, file: &File, meta: &Header, name: &str) -> Result<()> {
+        let io = |e: rustix::io::Errno| bad(name, io::Error::from(e).to_string());
+        self.owner_and_xattrs_fd(file, meta, name)?;
+        rustix::fs::fchmod(file, Mode::from_raw_mode(meta.mode)).map_err(io)?;
+        rustix::fs::futimens(file, &times(timespec(meta.mtime))).map_err(io)
     }
 
     fn owner_and_xattrs_fd(&mut self, fd: impl AsFd, meta: &Header, name: &str) -> Result<()> {
@@ -668,6 +753,53 @@ fn create_replacing<T>(
         }
         other => Ok(other?),
     }
+}
+
+/// Make the regular file `leaf` in `dir`, replacing what is there (see [`create_replacing`]),
+/// open for writing.
+fn create_file(dir: &OwnedFd, leaf: &[u8], replaced_link: &mut bool) -> io::Result<File> {
+    let fd = create_replacing(dir, leaf, replaced_link, || {
+        rustix::fs::openat(
+            dir,
+            os_path(leaf),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+    })?;
+    Ok(File::from(fd))
+}
+
+/// A file without a name in the directory `dir` (on its file system), for content kept only
+/// while the layer is applied: `O_TMPFILE`, or where the file system has none, a file created
+/// and unlinked at once.
+fn unnamed_file(dir: impl AsFd) -> io::Result<File> {
+    let dir = dir.as_fd();
+    let mode = Mode::from_raw_mode(0o600);
+    match rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        mode,
+    ) {
+        Ok(fd) => return Ok(File::from(fd)),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
+        }
+        Err(e) => return Err(e.into()),
+    }
+    for n in 0u32.. {
+        let name = format!(".layerdiff-kept-{}-{n}", std::process::id());
+        let flags =
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(dir, name.as_str(), flags, mode) {
+            Ok(fd) => {
+                rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty())?;
+                return Ok(File::from(fd));
+            }
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("a free name is found before the counter wraps")
 }
 
 /// Write the rest of the current entry's content into `to`, straight from the stream's

@@ -323,6 +323,88 @@ fn replacing_a_hardlinked_file_keeps_the_other_link() {
     assert_eq!(fs::read(t.path().join("b")).unwrap(), b"old");
 }
 
+fn md_of(root: &Path, p: &str) -> fs::Metadata {
+    fs::symlink_metadata(root.join(p)).unwrap()
+}
+
+#[test]
+fn aufs_hardlinks_are_one_file_made_from_the_link_directory() {
+    let t = tempfile::tempdir().unwrap();
+    lower(t.path());
+    let stats = apply(
+        t.path(),
+        &[
+            M::DirMode(".wh..wh.plnk", 0o700),
+            M::FileMode(".wh..wh.plnk/1234.5678", b"kept", 0o751),
+            M::Sym(".wh..wh.plnk/ignored", "x"),
+            M::Link("a/one", ".wh..wh.plnk/1234.5678"),
+            M::Link("a/two", "/.wh..wh.plnk/1234.5678"),
+            M::Link("three", "a/one"),
+        ],
+    )
+    .unwrap();
+    assert!(stats.warnings.is_empty(), "{:?}", stats.warnings);
+    assert_eq!(
+        tree(t.path()),
+        [
+            "a/",
+            "a/old = old",
+            "a/one = kept",
+            "a/two = kept",
+            "d/",
+            "d/sub/",
+            "d/sub/y = y",
+            "d/x = x",
+            "f = f",
+            "three = kept",
+        ]
+    );
+    let md = |p: &str| fs::metadata(t.path().join(p)).unwrap();
+    assert_eq!(md("a/one").mode() & 0o7777, 0o751);
+    assert_eq!(md("a/one").mtime(), 1_000_000);
+    // One file, as in the aufs branch.
+    assert_eq!(md("a/one").ino(), md("a/two").ino());
+    assert_eq!(md("a/one").ino(), md("three").ino());
+    assert_eq!(md("a/one").nlink(), 3);
+
+    // A hardlink whose first path was replaced meanwhile makes the file again.
+    let t = tempfile::tempdir().unwrap();
+    apply(
+        t.path(),
+        &[
+            M::File(".wh..wh.plnk/9", b"kept"),
+            M::Link("one", ".wh..wh.plnk/9"),
+            M::File("one", b"other"),
+            M::Link("two", ".wh..wh.plnk/9"),
+            M::Link("three", ".wh..wh.plnk/9"),
+            M::Link("three", ".wh..wh.plnk/9"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        tree(t.path()),
+        ["one = other", "three = kept", "two = kept"]
+    );
+    assert_eq!(md_of(t.path(), "two").ino(), md_of(t.path(), "three").ino());
+    assert_eq!(md_of(t.path(), "two").nlink(), 2);
+
+    let err = apply(t.path(), &[M::Link("x", ".wh..wh.plnk/elsewhere")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("x: hardlink target .wh..wh.plnk/elsewhere is not in the layer before it"),
+        "{err}"
+    );
+    // Deeper than the link directory's own files, a .wh. directory is refused as before.
+    let err = apply(t.path(), &[M::File(".wh..wh.plnk/d/f", b"")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("a whiteout name (.wh.) is used as a directory"),
+        "{err}"
+    );
+}
+
 #[test]
 fn hardlink_survives_whiteout_of_its_target() {
     let t = tempfile::tempdir().unwrap();

@@ -28,7 +28,7 @@ use crate::members::{MemberIndex, Taken};
 use crate::squash_index::{self, LayerIndex};
 use crate::tar::reader::{EntryKind, Header, TarReader};
 use crate::tar::writer::{Meta, TarWriter};
-use crate::whiteout::{LayerName, classify_layer_name};
+use crate::whiteout::{LayerName, aufs_link_source, classify_layer_name};
 
 /// A path key ordered component by component ([`cmp_paths`]), so a subtree is one range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,7 +533,40 @@ impl Folder {
 fn read_ops_from(stream: &mut dyn Read, layer: usize) -> Result<Vec<Op>> {
     let mut reader = TarReader::new(stream);
     let mut ops = Vec::new();
+    // The regular files of the aufs link directory, for the hardlinks to them: one file, the
+    // record's identity, as apply makes it (see `aufs_link_source`).
+    let mut aufs: HashMap<Vec<u8>, Record> = HashMap::new();
     while let Some(h) = reader.next_header()? {
+        if let Some(source) = aufs_link_source(&h.path) {
+            if h.kind == EntryKind::File {
+                let kind = file_kind(&h, layer);
+                aufs.insert(source.to_vec(), record(h, kind));
+            }
+            continue;
+        }
+        if h.kind == EntryKind::Hardlink
+            && let Some(source) = aufs_link_source(&h.link)
+        {
+            let Some(kept) = aufs.get(source) else {
+                return Err(Error::Archive {
+                    entry: h.display(),
+                    reason: format!(
+                        "hardlink target {} is not in the layer before it",
+                        String::from_utf8_lossy(&h.link)
+                    ),
+                });
+            };
+            // The entry's own name follows the rules of any other (a whiteout name stays one).
+            let as_file = Header {
+                kind: EntryKind::File,
+                ..h
+            };
+            ops.extend(header_op(as_file, layer)?.map(|op| match op {
+                Op::Put(path, _) => Op::Put(path, kept.clone()),
+                other => other,
+            }));
+            continue;
+        }
         ops.extend(header_op(h, layer)?);
     }
     Ok(ops)
@@ -562,11 +595,7 @@ pub(crate) fn header_op(h: Header, layer: usize) -> Result<Option<Op>> {
     }
     let kind = match h.kind {
         EntryKind::Dir => Kind::Dir,
-        EntryKind::File => Kind::File {
-            layer,
-            offset: h.data_offset,
-            size: h.size,
-        },
+        EntryKind::File => file_kind(&h, layer),
         EntryKind::Symlink => Kind::Symlink(h.link.clone()),
         EntryKind::Fifo => Kind::Fifo,
         EntryKind::CharDevice => Kind::Char(h.dev_major, h.dev_minor),
@@ -576,17 +605,28 @@ pub(crate) fn header_op(h: Header, layer: usize) -> Result<Option<Op>> {
             return Ok(Some(Op::Link(path, target)));
         }
     };
-    Ok(Some(Op::Put(
-        path,
-        Record {
-            kind,
-            mode: h.mode,
-            uid: h.uid,
-            gid: h.gid,
-            mtime: (h.mtime.sec, h.mtime.nsec),
-            xattrs: h.xattrs,
-        },
-    )))
+    Ok(Some(Op::Put(path, record(h, kind))))
+}
+
+/// The content reference of the regular file `h` of layer `layer`.
+fn file_kind(h: &Header, layer: usize) -> Kind {
+    Kind::File {
+        layer,
+        offset: h.data_offset,
+        size: h.size,
+    }
+}
+
+/// The record of the entry `h`, as `kind`.
+fn record(h: Header, kind: Kind) -> Record {
+    Record {
+        kind,
+        mode: h.mode,
+        uid: h.uid,
+        gid: h.gid,
+        mtime: (h.mtime.sec, h.mtime.nsec),
+        xattrs: h.xattrs,
+    }
 }
 
 /// A layer's operations, and the gzip members seen while it was read (when asked for).

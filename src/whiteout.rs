@@ -110,6 +110,28 @@ pub fn classify_layer_name(name: &[u8]) -> LayerName<'_> {
     }
 }
 
+/// The directory at a layer's root where aufs keeps the files that hardlinks of the layer
+/// point at (aufs "pseudo-links": a hardlinked file copied up keeps its inode there).
+pub const AUFS_LINK_DIR: &[u8] = b".wh..wh.plnk";
+
+/// For an entry name `.wh..wh.plnk/NAME` (leading `/` and `.` components allowed): `NAME`.
+///
+/// Layers made by docker on aufs hold such files, and hardlinks to them elsewhere in the layer:
+/// in the container those paths were one file, kept there. Apply and squash make that file at
+/// the first hardlink's path, with the kept file's content and header, and the other hardlinks
+/// links to it (docker makes each a copy; containerd and umoci refuse the layer); the directory
+/// itself is never made. Only a direct child counts: aufs keeps the directory flat, and
+/// anything deeper is an error as any other `.wh.` name used as a directory is.
+pub fn aufs_link_source(name: &[u8]) -> Option<&[u8]> {
+    let mut comps = name
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".");
+    let (dir, leaf) = (comps.next()?, comps.next()?);
+    let valid =
+        dir == AUFS_LINK_DIR && comps.next().is_none() && leaf != b".." && !leaf.contains(&0);
+    valid.then_some(leaf)
+}
+
 /// True for an xattr that belongs to overlayfs itself (`trusted.overlay.*`, `user.overlay.*`).
 ///
 /// These describe how an upper directory relates to its lowers; they never enter a layer and
@@ -439,6 +461,30 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(
                 classify_layer_name(name),
+                *want,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+
+    #[test]
+    fn aufs_link_sources_are_the_direct_children_of_the_root_plnk_directory() {
+        let cases: &[(&[u8], Option<&[u8]>)] = &[
+            (b".wh..wh.plnk/1234.5678", Some(b"1234.5678")),
+            (b"./.wh..wh.plnk/x", Some(b"x")),
+            (b"/.wh..wh.plnk//x", Some(b"x")),
+            (b".wh..wh.plnk", None),
+            (b".wh..wh.plnk/", None),
+            (b".wh..wh.plnk/a/b", None),
+            (b".wh..wh.plnk/..", None),
+            (b"d/.wh..wh.plnk/x", None),
+            (b".wh..wh.aufs/x", None),
+            (b"x", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(
+                aufs_link_source(name),
                 *want,
                 "{}",
                 String::from_utf8_lossy(name)

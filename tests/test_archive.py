@@ -308,3 +308,87 @@ def test_results_are_hashable_values(tmp_path: Path) -> None:
     saved = layerdiff.save("app:1", f"docker-archive:{tmp_path}/a.tar")
     loaded = layerdiff.load(tmp_path / "a.tar", "copy:1")
     assert len({saved, saved}) == 1 and len({loaded, loaded}) == 1
+
+
+def _layer_tar(members: list[tuple[str, bytes | str | None, int]]) -> bytes:
+    """A layer: (name, content, mode) — bytes for a file, str for a hardlink's target, None
+    for a directory."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content, mode in members:
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = mode, 1_500_000_000
+            if content is None:
+                info.type = tarfile.DIRTYPE
+            elif isinstance(content, str):
+                info.type, info.linkname = tarfile.LNKTYPE, content
+            else:
+                info.size = len(content)
+            tar.addfile(info, io.BytesIO(content) if isinstance(content, bytes) else None)
+    return buf.getvalue()
+
+
+def test_an_aufs_image_loads_unpacks_and_squashes(tmp_path: Path) -> None:
+    """An image docker made on aufs: a layer's hardlinks point into `.wh..wh.plnk/`, where
+    aufs kept their file. They become one file with that file's content and header, as they
+    were in the container; the link directory is never made; squash gives the same tree."""
+    import hashlib
+
+    base = _layer_tar([("usr", None, 0o755), ("usr/old", b"old", 0o644)])
+    aufs = _layer_tar(
+        [
+            (".wh..wh.plnk", None, 0o700),
+            (".wh..wh.plnk/262.1418", b"#!/bin/sh\necho hi\n", 0o755),
+            ("usr/bin", None, 0o755),
+            ("usr/bin/a", ".wh..wh.plnk/262.1418", 0o755),
+            ("usr/bin/b", ".wh..wh.plnk/262.1418", 0o755),
+            (".wh..wh.aufs", b"", 0o600),
+        ]
+    )
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in (base, aufs)],
+        },
+        "history": [{"created_by": "base"}, {"created_by": "aufs"}],
+    }
+    archive = tmp_path / "aufs.tar"
+    with tarfile.open(archive, "w") as tar:
+        files = {
+            "config.json": json.dumps(config).encode(),
+            "base/layer.tar": base,
+            "aufs/layer.tar": aufs,
+            "manifest.json": json.dumps(
+                [
+                    {
+                        "Config": "config.json",
+                        "RepoTags": ["old/aufs:1"],
+                        "Layers": ["base/layer.tar", "aufs/layer.tar"],
+                    }
+                ]
+            ).encode(),
+        }
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert layerdiff.load(archive).images == ("old/aufs:1",)
+
+    out = run_cli("unpack", "old/aufs:1", str(tmp_path / "r"))
+    assert out.returncode == 0, out.stderr
+    root = tmp_path / "r"
+    assert sorted(p.name for p in root.iterdir()) == ["usr"]
+    a, b = root / "usr/bin/a", root / "usr/bin/b"
+    assert a.read_bytes() == b.read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert a.stat().st_mode & 0o7777 == 0o755 and a.stat().st_mtime == 1_500_000_000
+    assert a.stat().st_ino == b.stat().st_ino and a.stat().st_nlink == 2
+    # The rest of aufs' metadata is ignored, with a warning.
+    assert out.stderr.count("\n") == 1 and ".wh..wh.aufs: aufs metadata entry ignored" in out.stderr
+
+    squashed = layerdiff.squash("old/aufs:1", "old/aufs:squashed")
+    assert squashed.layer.size > 0
+    layerdiff.unpack("old/aufs:squashed", tmp_path / "s")
+    assert_same_tree(root, tmp_path / "s")
