@@ -40,10 +40,9 @@ def test_commits_killed_at_random_points_leave_a_consistent_store(tmp_path: Path
     tree = make_tree(tmp_path / "tree", 1, files=24, size=1_000_000)
     layerdiff.commit(tree, image="base:1", compression="none")
     expected = layerdiff.inspect("base:1")["digest"]
-    rng = random.Random(7)
-    killed = 0
-    for attempt in range(15):
-        proc = subprocess.Popen(
+
+    def start(tag: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -55,12 +54,21 @@ def test_commits_killed_at_random_points_leave_a_consistent_store(tmp_path: Path
                 "base:1",
                 "--upper",
                 str(tree),
-                f"victim:{attempt}",
+                f"victim:{tag}",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.05, 1.2))
+
+    # The kills fall anywhere in a whole commit's time, however fast this machine is.
+    begin = time.monotonic()
+    assert start("whole").wait() == 0
+    whole = time.monotonic() - begin
+    rng = random.Random(7)
+    killed = 0
+    for attempt in range(15):
+        proc = start(str(attempt))
+        time.sleep(rng.uniform(0.05, 0.95) * whole)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
