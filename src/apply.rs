@@ -223,20 +223,40 @@ struct Applier<'a> {
     aufs: HashMap<Vec<u8>, AufsFile>,
 }
 
-/// A regular file of a layer's aufs link directory.
+/// A regular file of a layer's aufs link directory: the file its hardlinks become (content and
+/// header set), and the header to make it again.
 struct AufsFile {
-    /// Its content, in an unnamed file in the target.
-    content: File,
+    /// An unnamed file in the target at first; once it can no longer be linked (every link to
+    /// it replaced, or the file system cannot link an unnamed file), the file a hardlink was
+    /// made as instead.
+    file: File,
     meta: Header,
-    /// Once a hardlink to it was made: that file, and the paths it was given.
-    made: Option<(File, Vec<Vec<u8>>)>,
 }
 
-/// The (device, inode) of the regular file at `path` below the root, if there is one.
-fn file_id(root: &Root, path: &[u8]) -> Option<(u64, u64)> {
-    let dir = root.open_dir(parent(path)).ok()?;
-    let st = rustix::fs::statat(&dir, os_path(base_name(path)), AtFlags::SYMLINK_NOFOLLOW).ok()?;
-    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some((st.st_dev, st.st_ino))
+/// The (device, inode) of the entry `name` in `dir`, if there is one.
+fn id_at(dir: impl AsFd, name: &[u8]) -> Option<(u64, u64)> {
+    let st = rustix::fs::statat(dir, os_path(name), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    Some((st.st_dev, st.st_ino))
+}
+
+/// Give the open `file` the name `leaf` in `dir` (a hardlink made from a descriptor):
+/// `AT_EMPTY_PATH` where permitted, else through `/proc/self/fd`. `NOENT` when the file cannot
+/// be linked (no link left to it and not an `O_TMPFILE` file, or neither way is open).
+fn link_open_file(file: &File, dir: &OwnedFd, leaf: &[u8]) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    match rustix::fs::linkat(file, "", dir, os_path(leaf), AtFlags::EMPTY_PATH) {
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
+            let by_proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                by_proc.as_str(),
+                dir,
+                os_path(leaf),
+                AtFlags::SYMLINK_FOLLOW,
+            )
+        }
+        other => other,
+    }
 }
 
 impl Applier<'_> {
@@ -249,10 +269,10 @@ impl Applier<'_> {
                     unnamed_file(self.root.fd()).map_err(|e| bad(name, e.to_string()))?;
                 copy_content(content, &mut file)
                     .map_err(|e| bad(name, format!("reading content: {e}")))?;
+                self.file_meta(&file, h, name)?;
                 let kept = AufsFile {
-                    content: file,
+                    file,
                     meta: h.clone(),
-                    made: None,
                 };
                 self.aufs.insert(source.to_vec(), kept);
             }
@@ -308,14 +328,14 @@ impl Applier<'_> {
                 });
             }
             EntryKind::File => {
-                let mut file = create_file(&dir, &leaf, &mut replaced_link).map_err(io)?;
+                let mut file = create_file(&dir, &leaf, &mut replaced_link, false).map_err(io)?;
                 copy_content(content, &mut file)
                     .map_err(|e| bad(name, format!("reading content: {e}")))?;
                 self.file_meta(&file, meta, name)?;
             }
             EntryKind::Hardlink if aufs_link_source(&h.link).is_some() => {
                 let source = aufs_link_source(&h.link).unwrap_or_default();
-                let Some(kept) = self.aufs.get_mut(source) else {
+                let Some(kept) = self.aufs.get(source) else {
                     return Err(bad(
                         name,
                         format!(
@@ -324,45 +344,27 @@ impl Applier<'_> {
                         ),
                     ));
                 };
-                // The first hardlink makes the file, with the kept file's content and header;
-                // the others are hardlinks to it while one of its paths still holds it: one
-                // file, as in the aufs branch. The file is held open, so that its inode number
-                // is not given to another while it is compared.
-                let held = kept.made.as_ref().and_then(|(file, paths)| {
-                    let st = rustix::fs::fstat(file).ok()?;
-                    let id = (st.st_dev, st.st_ino);
-                    paths
-                        .iter()
-                        .find(|p| file_id(self.root, p) == Some(id))
-                        .cloned()
-                });
-                match held {
-                    Some(first) if first == path => {}
-                    Some(first) => {
-                        let tdir = self.root.open_dir(parent(&first)).map_err(io)?;
-                        create_replacing(&dir, &leaf, &mut replaced_link, || {
-                            rustix::fs::linkat(
-                                &tdir,
-                                os_path(base_name(&first)),
-                                &dir,
-                                os_path(&leaf),
-                                AtFlags::empty(),
-                            )
-                        })
-                        .map_err(io)?;
-                        if let Some((_, paths)) = &mut kept.made {
-                            paths.push(path.clone());
+                // Every hardlink to it is a link to the one file, as in the aufs branch (its
+                // inode is held open, so its number is never another file's meanwhile).
+                let st = rustix::fs::fstat(&kept.file).map_err(|e| io(e.into()))?;
+                if id_at(&dir, &leaf) != Some((st.st_dev, st.st_ino)) {
+                    let linked = create_replacing(&dir, &leaf, &mut replaced_link, || {
+                        link_open_file(&kept.file, &dir, &leaf)
+                    });
+                    match linked {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            let mut file =
+                                create_file(&dir, &leaf, &mut replaced_link, true).map_err(io)?;
+                            (&kept.file).rewind().map_err(io)?;
+                            io::copy(&mut &kept.file, &mut file).map_err(io)?;
+                            let meta = kept.meta.clone();
+                            self.file_meta(&file, &meta, name)?;
+                            if let Some(kept) = self.aufs.get_mut(source) {
+                                kept.file = file;
+                            }
                         }
-                    }
-                    None => {
-                        let mut file = create_file(&dir, &leaf, &mut replaced_link).map_err(io)?;
-                        kept.content.rewind().map_err(io)?;
-                        io::copy(&mut kept.content, &mut file).map_err(io)?;
-                        let meta = kept.meta.clone();
-                        self.file_meta(&file, &meta, name)?;
-                        if let Some(kept) = self.aufs.get_mut(source) {
-                            kept.made = Some((file, vec![path.clone()]));
-                        }
+                        Err(e) => return Err(io(e)),
                     }
                 }
             }
@@ -399,7 +401,9 @@ impl Applier<'_> {
                     Some(FileType::Directory) => return Err(bad(name, "hardlink to a directory")),
                     Some(_) => {}
                 }
-                if target != path {
+                // The entry may name its target by another path (through a symlink): then
+                // it is there already.
+                if target != path && id_at(&dir, &leaf) != id_at(&tdir, tname) {
                     create_replacing(&dir, &leaf, &mut replaced_link, || {
                         rustix::fs::linkat(
                             &tdir,
@@ -756,13 +760,19 @@ fn create_replacing<T>(
 }
 
 /// Make the regular file `leaf` in `dir`, replacing what is there (see [`create_replacing`]),
-/// open for writing.
-fn create_file(dir: &OwnedFd, leaf: &[u8], replaced_link: &mut bool) -> io::Result<File> {
+/// open for writing (and reading, with `read`).
+fn create_file(
+    dir: &OwnedFd,
+    leaf: &[u8],
+    replaced_link: &mut bool,
+    read: bool,
+) -> io::Result<File> {
+    let access = if read { OFlags::RDWR } else { OFlags::WRONLY };
     let fd = create_replacing(dir, leaf, replaced_link, || {
         rustix::fs::openat(
             dir,
             os_path(leaf),
-            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::CREATE | OFlags::EXCL | access | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
     })?;

@@ -533,21 +533,36 @@ impl Folder {
 fn read_ops_from(stream: &mut dyn Read, layer: usize) -> Result<Vec<Op>> {
     let mut reader = TarReader::new(stream);
     let mut ops = Vec::new();
-    // The regular files of the aufs link directory, for the hardlinks to them: one file, the
-    // record's identity, as apply makes it (see `aufs_link_source`).
-    let mut aufs: HashMap<Vec<u8>, Record> = HashMap::new();
+    let mut header_ops = HeaderOps::default();
     while let Some(h) = reader.next_header()? {
+        ops.extend(header_ops.op(h, layer)?);
+    }
+    Ok(ops)
+}
+
+/// The operations of one layer's headers, read in order: [`header_op`], and the hardlinks into
+/// the aufs link directory made the records of the files kept there (see `aufs_link_source`):
+/// one file, the record's identity, as apply makes it.
+#[derive(Default)]
+struct HeaderOps {
+    /// The regular files of the aufs link directory so far, by name.
+    aufs: HashMap<Vec<u8>, Record>,
+}
+
+impl HeaderOps {
+    /// The operation of the next header of the layer, if any.
+    fn op(&mut self, h: Header, layer: usize) -> Result<Option<Op>> {
         if let Some(source) = aufs_link_source(&h.path) {
             if h.kind == EntryKind::File {
                 let kind = file_kind(&h, layer);
-                aufs.insert(source.to_vec(), record(h, kind));
+                self.aufs.insert(source.to_vec(), record(h, kind));
             }
-            continue;
+            return Ok(None);
         }
         if h.kind == EntryKind::Hardlink
             && let Some(source) = aufs_link_source(&h.link)
         {
-            let Some(kept) = aufs.get(source) else {
+            let Some(kept) = self.aufs.get(source) else {
                 return Err(Error::Archive {
                     entry: h.display(),
                     reason: format!(
@@ -561,15 +576,13 @@ fn read_ops_from(stream: &mut dyn Read, layer: usize) -> Result<Vec<Op>> {
                 kind: EntryKind::File,
                 ..h
             };
-            ops.extend(header_op(as_file, layer)?.map(|op| match op {
+            return Ok(header_op(as_file, layer)?.map(|op| match op {
                 Op::Put(path, _) => Op::Put(path, kept.clone()),
                 other => other,
             }));
-            continue;
         }
-        ops.extend(header_op(h, layer)?);
+        header_op(h, layer)
     }
-    Ok(ops)
 }
 
 /// The operation one tar header stands for, if any (the root and aufs metadata stand for none).
@@ -939,6 +952,8 @@ struct Checked {
     members: Vec<MemberSeen>,
     next: usize,
     layer: usize,
+    /// The layer's headers read as pass 1 reads them, to compare with the index.
+    ops: HeaderOps,
     seen: SeenMembers,
     index: PathBuf,
     /// The layer's number in the member index, if it lent members to it.
@@ -959,7 +974,7 @@ impl Checked {
             Err(_) => return Err(self.stale()),
         };
         let file = (h.kind == EntryKind::File).then_some(h.data_offset);
-        if let Some(op) = header_op(h, self.layer).map_err(|_| self.stale())? {
+        if let Some(op) = self.ops.op(h, self.layer).map_err(|_| self.stale())? {
             if self.expected.get(self.next) != Some(&op) {
                 return Err(self.stale());
             }
@@ -1041,6 +1056,7 @@ impl Sources<'_> {
                     members: c.members,
                     next: 0,
                     layer,
+                    ops: HeaderOps::default(),
                     seen,
                     index: c.index,
                     blob: c.blob,

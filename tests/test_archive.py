@@ -310,9 +310,13 @@ def test_results_are_hashable_values(tmp_path: Path) -> None:
     assert len({saved, saved}) == 1 and len({loaded, loaded}) == 1
 
 
+_Member = tuple[str, "bytes | str | None", int]
+_PLNK = ".wh..wh.plnk"
+
+
 def _layer_tar(members: list[tuple[str, bytes | str | None, int]]) -> bytes:
     """A layer: (name, content, mode) — bytes for a file, str for a hardlink's target, None
-    for a directory."""
+    for a directory, and ("->", target) spelt "->target" for a symlink."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, content, mode in members:
@@ -320,6 +324,8 @@ def _layer_tar(members: list[tuple[str, bytes | str | None, int]]) -> bytes:
             info.mode, info.mtime = mode, 1_500_000_000
             if content is None:
                 info.type = tarfile.DIRTYPE
+            elif isinstance(content, str) and content.startswith("->"):
+                info.type, info.linkname = tarfile.SYMTYPE, content[2:]
             elif isinstance(content, str):
                 info.type, info.linkname = tarfile.LNKTYPE, content
             else:
@@ -328,54 +334,51 @@ def _layer_tar(members: list[tuple[str, bytes | str | None, int]]) -> bytes:
     return buf.getvalue()
 
 
-def test_an_aufs_image_loads_unpacks_and_squashes(tmp_path: Path) -> None:
-    """An image docker made on aufs: a layer's hardlinks point into `.wh..wh.plnk/`, where
-    aufs kept their file. They become one file with that file's content and header, as they
-    were in the container; the link directory is never made; squash gives the same tree."""
+def _load_legacy(tmp_path: Path, name: str, layers: list[bytes]) -> None:
+    """Load the docker-archive (legacy form) of an image of ``layers`` as ``name``."""
     import hashlib
 
-    base = _layer_tar([("usr", None, 0o755), ("usr/old", b"old", 0o644)])
-    aufs = _layer_tar(
-        [
-            (".wh..wh.plnk", None, 0o700),
-            (".wh..wh.plnk/262.1418", b"#!/bin/sh\necho hi\n", 0o755),
-            ("usr/bin", None, 0o755),
-            ("usr/bin/a", ".wh..wh.plnk/262.1418", 0o755),
-            ("usr/bin/b", ".wh..wh.plnk/262.1418", 0o755),
-            (".wh..wh.aufs", b"", 0o600),
-        ]
-    )
     config = {
         "architecture": "amd64",
         "os": "linux",
         "config": {},
         "rootfs": {
             "type": "layers",
-            "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in (base, aufs)],
+            "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in layers],
         },
-        "history": [{"created_by": "base"}, {"created_by": "aufs"}],
+        "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
     }
-    archive = tmp_path / "aufs.tar"
+    files = {f"{i}/layer.tar": t for i, t in enumerate(layers)}
+    manifest = [{"Config": "config.json", "RepoTags": [name], "Layers": list(files)}]
+    files |= {
+        "config.json": json.dumps(config).encode(),
+        "manifest.json": json.dumps(manifest).encode(),
+    }
+    archive = tmp_path / "archive.tar"
     with tarfile.open(archive, "w") as tar:
-        files = {
-            "config.json": json.dumps(config).encode(),
-            "base/layer.tar": base,
-            "aufs/layer.tar": aufs,
-            "manifest.json": json.dumps(
-                [
-                    {
-                        "Config": "config.json",
-                        "RepoTags": ["old/aufs:1"],
-                        "Layers": ["base/layer.tar", "aufs/layer.tar"],
-                    }
-                ]
-            ).encode(),
-        }
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
+        for member, data in files.items():
+            info = tarfile.TarInfo(member)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    assert layerdiff.load(archive).images == ("old/aufs:1",)
+    assert layerdiff.load(archive).images == (name,)
+
+
+def test_an_aufs_image_loads_unpacks_and_squashes(tmp_path: Path) -> None:
+    """An image docker made on aufs: a layer's hardlinks point into `.wh..wh.plnk/`, where
+    aufs kept their file. They become one file with that file's content and header, as they
+    were in the container; the link directory is never made; squash gives the same tree."""
+    base = _layer_tar([("usr", None, 0o755), ("usr/old", b"old", 0o644)])
+    aufs = _layer_tar(
+        [
+            (_PLNK, None, 0o700),
+            (f"{_PLNK}/262.1418", b"#!/bin/sh\necho hi\n", 0o755),
+            ("usr/bin", None, 0o755),
+            ("usr/bin/a", f"{_PLNK}/262.1418", 0o755),
+            ("usr/bin/b", f"{_PLNK}/262.1418", 0o755),
+            (".wh..wh.aufs", b"", 0o600),
+        ]
+    )
+    _load_legacy(tmp_path, "old/aufs:1", [base, aufs])
 
     out = run_cli("unpack", "old/aufs:1", str(tmp_path / "r"))
     assert out.returncode == 0, out.stderr
@@ -392,3 +395,68 @@ def test_an_aufs_image_loads_unpacks_and_squashes(tmp_path: Path) -> None:
     assert squashed.layer.size > 0
     layerdiff.unpack("old/aufs:squashed", tmp_path / "s")
     assert_same_tree(root, tmp_path / "s")
+    # The second squash reads the layers' indexes and finds them right: none is made again.
+    index_dir = Path(os.environ["LAYERDIFF_HOME"]) / "layer-index/sha256"
+    sources = [
+        d["digest"].removeprefix("sha256:") for d in layerdiff.inspect("old/aufs:1")["layers"]
+    ]
+
+    def indexes() -> list[int]:
+        return [(index_dir / d).stat().st_ino for d in sources]
+
+    before = indexes()
+    layerdiff.squash("old/aufs:1", "old/aufs:again")
+    assert indexes() == before
+
+
+_KEPT = (f"{_PLNK}/1", b"kept", 0o644)
+
+
+@pytest.mark.parametrize(
+    ("lower", "aufs"),
+    [
+        # An ordinary hardlink to the made file, which is then replaced: the file lives on
+        # under the ordinary link, and the next aufs hardlink joins it.
+        (
+            [],
+            [
+                _KEPT,
+                ("a", f"{_PLNK}/1", 0),
+                ("b", "a", 0),
+                ("a", b"other", 0o644),
+                ("c", f"{_PLNK}/1", 0),
+            ],
+        ),
+        # The same file reached through a symlinked parent, then by its own path.
+        (
+            [("e", None, 0o755), ("d", "->e", 0o777)],
+            [_KEPT, ("d/x", f"{_PLNK}/1", 0), ("e/x", f"{_PLNK}/1", 0)],
+        ),
+        # The symlinked parent is replaced by a directory between two hardlinks.
+        (
+            [("e", None, 0o755), ("d", "->e", 0o777)],
+            [_KEPT, ("d/x", f"{_PLNK}/1", 0), ("d", None, 0o755), ("d/x", f"{_PLNK}/1", 0)],
+        ),
+        # Every link to the made file replaced: the next hardlink makes it again.
+        (
+            [],
+            [
+                _KEPT,
+                ("a", f"{_PLNK}/1", 0),
+                ("a", b"other", 0o644),
+                ("b", f"{_PLNK}/1", 0),
+                ("c", f"{_PLNK}/1", 0),
+            ],
+        ),
+        # An ordinary hardlink naming its own target through a symlinked parent.
+        ([("e", None, 0o755), ("d", "->e", 0o777)], [("e/x", b"x", 0o644), ("d/x", "e/x", 0)]),
+    ],
+)
+def test_aufs_hardlinks_apply_as_they_squash(
+    tmp_path: Path, lower: list[_Member], aufs: list[_Member]
+) -> None:
+    _load_legacy(tmp_path, "old/aufs:1", [_layer_tar(lower), _layer_tar(aufs)])
+    layerdiff.unpack("old/aufs:1", tmp_path / "r")
+    layerdiff.squash("old/aufs:1", "old/aufs:squashed")
+    layerdiff.unpack("old/aufs:squashed", tmp_path / "s")
+    assert_same_tree(tmp_path / "r", tmp_path / "s")
