@@ -364,7 +364,23 @@ impl Folder {
         }
     }
 
-    fn put(&mut self, p: &[u8], rec: Record, created: &mut HashSet<Vec<u8>>) {
+    /// Put `rec` at `p`. A parent there that is not a directory is an error, as apply finds it
+    /// (`ENOTDIR`): the symbolic links among the parents are already followed.
+    fn put(&mut self, p: &[u8], rec: Record, created: &mut HashSet<Vec<u8>>) -> Result<()> {
+        let mut q = parent(p);
+        while !q.is_empty() {
+            let dir = match self.merged.get(&Key(q.to_vec())) {
+                Some(r) => r.kind == Kind::Dir,
+                None => !self.lower_visible(q) || self.lower.is_dir(q) == Some(true),
+            };
+            if !dir {
+                return Err(Error::Archive {
+                    entry: String::from_utf8_lossy(p).into_owned(),
+                    reason: "Not a directory".into(),
+                });
+            }
+            q = parent(q);
+        }
         let key = Key(p.to_vec());
         let existing_dir = match self.merged.get(&key) {
             Some(r) => r.kind == Kind::Dir,
@@ -393,6 +409,7 @@ impl Folder {
             }
             q = parent(q);
         }
+        Ok(())
     }
 
     /// The target of the symbolic link at `p` in the tree so far (range over lower), if any.
@@ -424,7 +441,7 @@ impl Folder {
                     if let Kind::Symlink(_) = rec.kind {
                         self.links.0.insert(p.clone());
                     }
-                    self.put(&p, rec.clone(), &mut created);
+                    self.put(&p, rec.clone(), &mut created)?;
                 }
                 Op::Link(p, target) => {
                     let (p, target) = (self.resolve(p)?, self.resolve(target)?);
@@ -442,7 +459,7 @@ impl Folder {
                             ..implied_dir()
                         },
                     };
-                    self.put(&p, rec, &mut created);
+                    self.put(&p, rec, &mut created)?;
                 }
                 _ => {}
             }

@@ -129,6 +129,45 @@ fn paths_through_symlinked_directories_go_where_apply_puts_them() {
 }
 
 #[test]
+fn a_path_below_a_file_is_refused_as_apply_refuses_it() {
+    let below_file = |r: Result<Squashed>| match r {
+        Err(Error::Archive { entry, reason }) => {
+            assert_eq!(
+                (entry.as_str(), reason.as_str()),
+                ("a/b", "Not a directory")
+            );
+        }
+        other => panic!("{other:?}"),
+    };
+    // The file in the same layer, in an earlier one of the range, or below the range.
+    below_file(try_squash(&[], &[vec![file("a", 0, 0), file("a/b", 0, 1)]]));
+    below_file(try_squash(
+        &[],
+        &[vec![file("a", 0, 0)], vec![file("a/b", 1, 0)]],
+    ));
+    below_file(try_squash(
+        &[vec![file("a", 9, 0)]],
+        &[vec![file("a/b", 0, 0)]],
+    ));
+    // A whiteout of the file acts at the end of its layer: the path is refused in it, and
+    // fine in the next one.
+    below_file(try_squash(
+        &[vec![file("a", 9, 0)]],
+        &[vec![wh("a"), file("a/b", 0, 0)]],
+    ));
+    let s = squash(
+        &[vec![file("a", 9, 0)]],
+        &[vec![wh("a")], vec![file("a/b", 1, 0)]],
+    );
+    assert_eq!(paths(&s).0, ["a", "a/b"]);
+    // A directory put in place of the file first is a directory.
+    squash(
+        &[vec![file("a", 9, 0)]],
+        &[vec![dir("a"), file("a/b", 0, 0)]],
+    );
+}
+
+#[test]
 fn a_hardlink_to_a_lower_file_replaced_in_the_range_is_refused() {
     let lower = vec![vec![file("a", 9, 0)]];
     let link = vec![Op::Link(b"b".to_vec(), b"a".to_vec())];

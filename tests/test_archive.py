@@ -460,3 +460,14 @@ def test_aufs_hardlinks_apply_as_they_squash(
     layerdiff.squash("old/aufs:1", "old/aufs:squashed")
     layerdiff.unpack("old/aufs:squashed", tmp_path / "s")
     assert_same_tree(tmp_path / "r", tmp_path / "s")
+
+
+def test_squash_refuses_a_path_below_a_file_as_unpack_does(tmp_path: Path) -> None:
+    """A layer putting `a/b` below its own file `a`: unpack fails (as docker's apply does), and
+    squash refuses it too instead of writing a layer nothing can apply."""
+    _load_legacy(tmp_path, "odd/below:1", [_layer_tar([("a", b"A", 0o644), ("a/b", b"B", 0o644)])])
+    unpack = run_cli("unpack", "odd/below:1", str(tmp_path / "r"))
+    squash = run_cli("squash", "odd/below:1", "odd/below:squashed")
+    assert unpack.returncode == squash.returncode == 1, (unpack.stderr, squash.stderr)
+    assert "a/b: Not a directory" in unpack.stderr and "a/b: Not a directory" in squash.stderr
+    assert run_cli("inspect", "odd/below:squashed").returncode != 0
