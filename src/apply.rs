@@ -233,6 +233,26 @@ struct AufsFile {
     meta: Header,
 }
 
+/// Raise the soft limit on open files to the hard limit, once per process: each file of a
+/// layer's aufs link directory is held open while the layer is applied, and such a layer may
+/// hold more of them than the usual soft limit of 1024 allows (Go programs, docker and
+/// containerd among them, raise the limit so at start).
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current != limit.maximum {
+            let raised = rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            };
+            // Best effort: at the old limit, a layer with many such files fails with EMFILE.
+            let _ = setrlimit(Resource::Nofile, raised);
+        }
+    });
+}
+
 /// The (device, inode) of the entry `name` in `dir`, if there is one.
 fn id_at(dir: impl AsFd, name: &[u8]) -> Option<(u64, u64)> {
     let st = rustix::fs::statat(dir, os_path(name), AtFlags::SYMLINK_NOFOLLOW).ok()?;
@@ -265,6 +285,7 @@ impl Applier<'_> {
         if let Some(source) = aufs_link_source(&h.path) {
             // Kept aside for the hardlinks to it; anything else there means nothing.
             if h.kind == EntryKind::File {
+                raise_open_file_limit();
                 let mut file =
                     unnamed_file(self.root.fd()).map_err(|e| bad(name, e.to_string()))?;
                 copy_content(content, &mut file)

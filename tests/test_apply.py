@@ -507,3 +507,33 @@ def test_squash_refuses_a_hardlink_whose_lower_target_the_range_replaces(tmp_pat
     layerdiff.unpack(f"oci:{tmp_path}/img:all", tmp_path / "all")
     assert (tmp_path / "all" / "b").read_bytes() == b"A"
     assert (tmp_path / "all" / "a").read_bytes() == b"B"
+
+
+def test_an_aufs_layer_with_more_link_files_than_the_soft_open_file_limit_applies(
+    tmp_path: Path,
+) -> None:
+    """Each file of the aufs link directory is held open while the layer applies; more of
+    them than the soft limit on open files allows still apply (the limit is raised to the hard
+    one, as Go programs do)."""
+    import resource
+    import sys
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip("the hard limit on open files is too low to test this")
+    n = 400
+    members = [(_entry(f".wh..wh.plnk/{i}.1"), f"{i}".encode()) for i in range(n)]
+    members += [(_entry(f"f{i}", tarfile.LNKTYPE, f".wh..wh.plnk/{i}.1"), b"") for i in range(n)]
+    layer = tmp_path / "aufs.tar"
+    layer.write_bytes(_tar(members))
+    (tmp_path / "t").mkdir()
+    out = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "apply", "--to", str(tmp_path / "t"), str(layer)],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted(f"f{i}" for i in range(n))
+    assert (tmp_path / "t/f399").read_bytes() == b"399"
