@@ -721,6 +721,46 @@ pub fn squash_files_indexed(
     }
 }
 
+/// Whether the contents the operations `ops` of range layer `layer` refer to lie in the layer
+/// in path order, as the squashed layer is written: only then is the layer read forward, its
+/// headers checked against an index as it streams. A file whose content another path already
+/// took is a hardlink to it, read once. A layer whose files are not sorted, or whose aufs link
+/// files are taken at other paths, is read without an index (once, its contents spooled when
+/// asked for out of order) rather than found stale at every squash.
+fn contents_in_path_order(ops: &[Op], layer: usize) -> bool {
+    // What each path holds at the end of the layer: its last entry.
+    let mut last_entry: HashMap<&[u8], Option<u64>> = HashMap::new();
+    for op in ops {
+        let (p, offset) = match op {
+            Op::Put(p, r) => match r.kind {
+                Kind::File {
+                    layer: l, offset, ..
+                } if l == layer => (p, Some(offset)),
+                _ => (p, None),
+            },
+            Op::Link(p, _) => (p, None),
+            Op::Whiteout(_) | Op::Opaque(_) => continue,
+        };
+        last_entry.insert(p.as_slice(), offset);
+    }
+    let mut files: Vec<(&[u8], u64)> = last_entry
+        .into_iter()
+        .filter_map(|(p, offset)| Some((p, offset?)))
+        .collect();
+    files.sort_by(|a, b| cmp_paths(a.0, b.0));
+    let mut taken = HashSet::new();
+    let mut last = None;
+    for (_, offset) in files {
+        if taken.insert(offset) {
+            if last.is_some_and(|l| offset < l) {
+                return false;
+            }
+            last = Some(offset);
+        }
+    }
+    true
+}
+
 /// A source layer read from its index in pass 1, to be checked in pass 2.
 struct Claimed {
     /// The operations the index gave, checked against the layer's headers.
@@ -799,8 +839,13 @@ fn squash_once(
                         ops,
                         members: seen.clone().unwrap_or_default(),
                     };
-                    // A cache: failing to write it only costs the next squash time.
-                    let _ = squash_index::store(&files[i], &written);
+                    // A cache: failing to write it only costs the next squash time. An index
+                    // that could not be checked while its layer streams is not kept.
+                    if contents_in_path_order(&written.ops, i) {
+                        let _ = squash_index::store(&files[i], &written);
+                    } else {
+                        let _ = std::fs::remove_file(&files[i]);
+                    }
                     (written.ops, seen, false)
                 } else {
                     (ops, seen, false)

@@ -713,7 +713,49 @@ fn indexed_squash_of_an_unsorted_layer_falls_back_and_stays_right() {
         )
         .unwrap();
         assert_eq!(info.digest, plain.digest);
+        // Its contents are not in path order: no index is kept for it, to be found stale.
+        assert!(!idx[0].exists());
     }
+}
+
+#[test]
+fn contents_are_in_path_order_when_pass_2_reads_the_layer_forward() {
+    let ops = |files: &[(&str, u64)]| -> Vec<Op> {
+        files.iter().map(|&(p, off)| file(p, 0, off)).collect()
+    };
+    assert!(contents_in_path_order(
+        &ops(&[("a", 1), ("b", 2), ("c/d", 3)]),
+        0
+    ));
+    assert!(!contents_in_path_order(
+        &ops(&[("c", 1), ("b", 2), ("a", 3)]),
+        0
+    ));
+    // The same content at two paths: the second is a hardlink to the first, read once.
+    assert!(contents_in_path_order(
+        &ops(&[("a", 1), ("x", 1), ("b", 2)]),
+        0
+    ));
+    // Taken first at a path after one whose content lies later: read out of order.
+    assert!(!contents_in_path_order(&ops(&[("z", 1), ("b", 2)]), 0));
+    // Only what a path holds at the end of the layer is read.
+    assert!(!contents_in_path_order(
+        &ops(&[("a", 2), ("a", 3), ("b", 1)]),
+        0
+    ));
+    assert!(!contents_in_path_order(
+        &ops(&[("a", 1), ("b", 2), ("b", 3), ("a", 4)]),
+        0
+    ));
+    assert!(contents_in_path_order(
+        &ops(&[("b", 1), ("a", 2), ("b", 3)]),
+        0
+    ));
+    // Other layers' contents and other kinds do not count.
+    let mut mixed = ops(&[("a", 1), ("b", 2)]);
+    mixed.push(file("0", 1, 9));
+    mixed.push(dir("c"));
+    assert!(contents_in_path_order(&mixed, 0));
 }
 
 /// The index a layer's writer leaves is the one squash would make by reading the layer, for

@@ -460,6 +460,19 @@ def test_aufs_hardlinks_apply_as_they_squash(
     layerdiff.squash("old/aufs:1", "old/aufs:squashed")
     layerdiff.unpack("old/aufs:squashed", tmp_path / "s")
     assert_same_tree(tmp_path / "r", tmp_path / "s")
+    # A second squash finds the indexes the first kept right (a layer whose contents are
+    # taken out of path order gets none): none is made again.
+    index_dir = Path(os.environ["LAYERDIFF_HOME"]) / "layer-index/sha256"
+    sources = [
+        d["digest"].removeprefix("sha256:") for d in layerdiff.inspect("old/aufs:1")["layers"]
+    ]
+
+    def indexes() -> dict[str, int]:
+        return {d: (index_dir / d).stat().st_ino for d in sources if (index_dir / d).exists()}
+
+    before = indexes()
+    layerdiff.squash("old/aufs:1", "old/aufs:again")
+    assert indexes() == before
 
 
 def test_squash_refuses_a_path_below_a_file_as_unpack_does(tmp_path: Path) -> None:
