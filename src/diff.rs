@@ -107,7 +107,7 @@ pub fn diff_dirs(lower: &Path, upper: &Path, opts: &DiffOptions) -> Result<Vec<C
         fd: upper_fd.as_fd(),
         path: upper,
     };
-    diff_trees(lower, upper, opts)
+    diff_trees(lower, upper, opts, &HashSet::new())
 }
 
 /// Changes recorded by an overlayfs upper directory, in [`crate::entry::cmp_paths`] order.
@@ -166,10 +166,11 @@ pub fn diff_overlay_view(
     opts: &DiffOptions,
 ) -> Result<OverlayDiff> {
     let upper_fd = walk::open_root(upper)?;
-    let entries = walk::walk_fd(upper_fd.as_fd(), upper, opts.cancel())?;
+    let mut entries = walk::walk_fd(upper_fd.as_fd(), upper, opts.cancel())?;
+    whiteout::keep_one_overlay_namespace(&mut entries);
     check_indexed_links(upper, &entries, lowers)?;
     if let Some(moved) = entries.iter().find(|e| needs_merged_view(e)) {
-        let (changes, merged) = diff_through_merged_view(upper, lowers, moved, opts)?;
+        let (changes, merged) = diff_through_merged_view(upper, lowers, &entries, moved, opts)?;
         return Ok(OverlayDiff {
             changes,
             view: Some(merged),
@@ -232,7 +233,14 @@ struct Merge {
     deleted: Vec<usize>,
 }
 
-fn diff_trees(lower: Tree<'_>, upper: Tree<'_>, opts: &DiffOptions) -> Result<Vec<Change>> {
+/// `written` are paths of regular files known to have been written in `upper` whatever their
+/// metadata says: their content decides (with `opts.content`; else they are changed).
+fn diff_trees(
+    lower: Tree<'_>,
+    upper: Tree<'_>,
+    opts: &DiffOptions,
+    written: &HashSet<&[u8]>,
+) -> Result<Vec<Change>> {
     let cancel = opts.cancel();
     let (l, u) = rayon::join(
         || walk_for_diff(lower, cancel),
@@ -240,6 +248,11 @@ fn diff_trees(lower: Tree<'_>, upper: Tree<'_>, opts: &DiffOptions) -> Result<Ve
     );
     let (l, u) = (l?, u?);
     let mut merge = merge(&l, &u);
+    for ((state, _), e) in merge.upper.iter_mut().zip(&u) {
+        if *state == State::Same && e.kind == Kind::File && written.contains(e.path.as_slice()) {
+            *state = State::MtimeOnly;
+        }
+    }
     if opts.content {
         settle_by_content(&mut merge, &l, &u, (lower, upper), cancel)?;
     } else {
@@ -496,18 +509,21 @@ fn check_indexed_links(upper: &Path, entries: &[Entry], lowers: &[PathBuf]) -> R
         .iter()
         .filter(|e| whiteout::is_overlay_indexed_link(e))
     {
-        let names = match find_in_lowers(&lowers, &e.path)? {
-            Some((f, root)) => {
-                let st = rustix::fs::fstat(&f).at(root.join(entry::os_path(&e.path)))?;
-                Some(st.st_nlink)
-            }
-            None => None,
-        };
-        let why = match names {
-            Some(1) => continue,
-            Some(n) => format!("its lower file has {n} names"),
+        // Only the lower file it was copied up from tells: the one at its path may be another
+        // (it was renamed, maybe over that one).
+        let why = match find_in_lowers(&lowers, &e.path)? {
             None if lowers.is_empty() => "give its lower directories to check it".to_string(),
-            None => continue,
+            None => "it was renamed: its lower file is not at its path".to_string(),
+            Some((f, _)) if !is_origin(&f, e) => {
+                "it was renamed: the lower file at its path is another".to_string()
+            }
+            Some((f, root)) => match rustix::fs::fstat(&f)
+                .at(root.join(entry::os_path(&e.path)))?
+                .st_nlink
+            {
+                1 => continue,
+                n => format!("its lower file has {n} names"),
+            },
         };
         return Err(Error::Overlay {
             path: upper.join(entry::os_path(&e.path)),
@@ -521,6 +537,41 @@ fn check_indexed_links(upper: &Path, entries: &[Entry], lowers: &[PathBuf]) -> R
         });
     }
     Ok(())
+}
+
+/// True when `file` (open `O_PATH`) is the lower file the upper entry `e` was copied up from:
+/// its file handle is the one `e`'s `overlay.origin` records.
+fn is_origin(file: &OwnedFd, e: &Entry) -> bool {
+    use std::os::fd::AsRawFd;
+    let Some((kind, handle)) = whiteout::overlay_origin(e) else {
+        return false;
+    };
+    /// `struct file_handle` with room for the largest handle (`MAX_HANDLE_SZ`).
+    #[repr(C)]
+    struct FileHandle {
+        bytes: u32,
+        kind: i32,
+        data: [u8; 128],
+    }
+    let mut fh = FileHandle {
+        bytes: 128,
+        kind: 0,
+        data: [0; 128],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `fh` is a `struct file_handle` whose `handle_bytes` is the room after its header,
+    // and the path is a NUL-terminated empty string naming `file` itself (AT_EMPTY_PATH).
+    let rc = unsafe {
+        libc::name_to_handle_at(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            (&raw mut fh).cast::<libc::file_handle>(),
+            &raw mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    let len = usize::try_from(fh.bytes).unwrap_or(usize::MAX);
+    rc == 0 && fh.kind == i32::from(kind) && fh.data.get(..len) == Some(handle)
 }
 
 /// Open each lower directory (top first) for lookups.
@@ -574,7 +625,9 @@ fn classify_upper(
     let opaque = dirs_where(whiteout::is_overlay_opaque);
     let existed = |e: &Entry| -> Result<bool> {
         if lowers.is_empty() {
-            Ok(e.kind == Kind::Dir)
+            // Without the lowers, a socket (never stored) is taken to replace something: its
+            // whiteout hides that, and is harmless where there was nothing.
+            Ok(matches!(e.kind, Kind::Dir | Kind::Socket))
         } else {
             in_lowers(lowers, &e.path)
         }
@@ -609,11 +662,14 @@ fn below_any(path: &[u8], dirs: &HashSet<&[u8]>) -> bool {
 }
 
 /// The [`diff_overlay`] fallback for a redirect or metacopy upper: diff the lowers against the
-/// merged tree the kernel builds, which is returned with the changes. `moved` is the first
-/// entry that required it.
+/// merged tree the kernel builds, which is returned with the changes. `entries` are the upper
+/// dir's, `moved` the first of them that required it. A file the upper dir holds whole was
+/// written (or copied up) in the merged tree: equal metadata does not prove it unchanged
+/// (`cp -p`, `tar x` and `rsync -t` restore the mtime), so its content decides.
 fn diff_through_merged_view(
     upper: &Path,
     lowers: &[PathBuf],
+    entries: &[Entry],
     moved: &Entry,
     opts: &DiffOptions,
 ) -> Result<(Vec<Change>, OwnedFd)> {
@@ -663,7 +719,16 @@ fn diff_through_merged_view(
         fd: merged.as_fd(),
         path: upper,
     };
-    let changes = diff_trees(lower, merged_tree, opts)?;
+    let written: HashSet<&[u8]> = entries
+        .iter()
+        .filter(|e| {
+            e.kind == Kind::File
+                && !whiteout::is_overlay_metacopy(e)
+                && !whiteout::is_overlay_whiteout(e)
+        })
+        .map(|e| e.path.as_slice())
+        .collect();
+    let changes = diff_trees(lower, merged_tree, opts, &written)?;
     Ok((changes, merged))
 }
 

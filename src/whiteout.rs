@@ -168,6 +168,18 @@ pub fn overlay_xattr_is_user(entry: &Entry, key: &[u8]) -> bool {
     !has(OVERLAY_XATTR_PREFIXES[0]) && has(OVERLAY_XATTR_PREFIXES[1])
 }
 
+/// The file handle an upper entry was copied up from (its `overlay.origin` xattr): the handle
+/// type and bytes, as `name_to_handle_at` gives them for that lower file.
+///
+/// The xattr holds overlayfs' `struct ovl_fb`: version 0, magic `0xfb`, its own length, flags,
+/// the handle type, the lower file system's UUID (16 bytes), then the handle.
+pub fn overlay_origin(entry: &Entry) -> Option<(u8, &[u8])> {
+    let fb = overlay_xattr(&entry.xattrs, b"origin")?;
+    const HEADER: usize = 5 + 16;
+    let valid = fb.len() > HEADER && fb[0] == 0 && fb[1] == 0xfb && usize::from(fb[2]) == fb.len();
+    valid.then(|| (fb[4], &fb[HEADER..]))
+}
+
 /// True when overlayfs indexed the entry as a hard link (`index=on`, or `nfs_export`): it keeps
 /// an `overlay.nlink` xattr on an upper file that is one name of a lower inode with several.
 ///
@@ -229,6 +241,27 @@ pub fn overlay_redirect(entry: &Entry) -> Option<&[u8]> {
 /// a typo.)
 pub fn is_overlay_metacopy(entry: &Entry) -> bool {
     entry.kind == Kind::File && overlay_xattr(&entry.xattrs, b"metacopy").is_some()
+}
+
+/// An overlay mount writes its xattrs in one namespace: `trusted.overlay.*`, or with
+/// `userxattr` (unprivileged) `user.overlay.*`. Once an upper directory shows a
+/// `trusted.overlay.*` xattr anywhere (a copied-up file's `origin`, the root's `uuid`, an
+/// `opaque` directory…), its `user.overlay.*` xattrs are the tree's own (a rootless store kept
+/// inside the image, say), not markers: they are dropped here so that nothing reads them as
+/// whiteouts, opaque directories, redirects or metacopy files. (By name they are overlayfs'
+/// own, so no layer holds them either way.)
+pub fn keep_one_overlay_namespace(entries: &mut [Entry]) {
+    let trusted = OVERLAY_XATTR_PREFIXES[0];
+    if !entries
+        .iter()
+        .any(|e| e.xattrs.iter().any(|(k, _)| k.starts_with(trusted)))
+    {
+        return;
+    }
+    let user = OVERLAY_XATTR_PREFIXES[1];
+    for e in entries {
+        e.xattrs.retain(|(k, _)| !k.starts_with(user));
+    }
 }
 
 /// Remove overlayfs' own xattrs from an entry (after the decisions that need them are made).
@@ -466,6 +499,42 @@ mod tests {
                 String::from_utf8_lossy(name)
             );
         }
+    }
+
+    #[test]
+    fn the_origin_handle_is_read_from_overlays_struct_ovl_fb() {
+        let with_origin = |value: Vec<u8>| {
+            let mut e = entry(Kind::File, &[]);
+            e.xattrs = vec![(b"trusted.overlay.origin".to_vec(), value)];
+            e
+        };
+        let fb = |len: u8, magic: u8| {
+            let mut v = vec![0, magic, len, 0, 0x81];
+            v.extend([7; 16]); // the file system's UUID
+            v.extend([1, 2, 3, 4, 5, 6, 7, 8]); // the handle
+            v
+        };
+        assert_eq!(
+            overlay_origin(&with_origin(fb(29, 0xfb))),
+            Some((0x81, &[1, 2, 3, 4, 5, 6, 7, 8][..]))
+        );
+        assert_eq!(overlay_origin(&with_origin(fb(28, 0xfb))), None); // length
+        assert_eq!(overlay_origin(&with_origin(fb(29, 0xfa))), None); // magic
+        assert_eq!(overlay_origin(&with_origin(vec![0, 0xfb, 3])), None); // no handle
+        assert_eq!(overlay_origin(&entry(Kind::File, &[])), None);
+    }
+
+    #[test]
+    fn user_overlay_xattrs_are_data_where_the_overlay_wrote_trusted_ones() {
+        let opaque = || entry(Kind::Dir, &[("user.overlay.opaque", "y")]);
+        let mut rootless = vec![opaque()];
+        keep_one_overlay_namespace(&mut rootless);
+        assert!(is_overlay_opaque(&rootless[0]));
+        let origin = entry(Kind::File, &[("trusted.overlay.origin", "x")]);
+        let mut rootful = vec![opaque(), origin];
+        keep_one_overlay_namespace(&mut rootful);
+        assert!(!is_overlay_opaque(&rootful[0]));
+        assert_eq!(rootful[1].xattrs.len(), 1);
     }
 
     #[test]

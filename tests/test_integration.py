@@ -487,7 +487,7 @@ def test_cli_commit_warns_about_what_others_lose(tmp_path: Path) -> None:
     assert [f"layerdiff: warning: {w}" for w in warnings] == plain.stderr.splitlines()
 
 
-@pytest.mark.parametrize("mode", ["two-tree", "overlay"])
+@pytest.mark.parametrize("mode", ["two-tree", "overlay", "overlay without its lower"])
 def test_commit_of_changes_warns_about_sockets_and_whites_out_what_they_replaced(
     tmp_path: Path, mode: str
 ) -> None:
@@ -508,15 +508,19 @@ def test_commit_of_changes_warns_about_sockets_and_whites_out_what_they_replaced
         diff_args = [str(lower), str(upper)]
     else:
         upper.mkdir()
-        args = ["--overlay", "--upper", str(upper), "--lower", str(lower)]
-        diff_args = ["--overlay", str(upper), "--lower", str(lower)]
+        lowers = ["--lower", str(lower)] if mode == "overlay" else []
+        args = ["--overlay", "--upper", str(upper), *lowers]
+        diff_args = ["--overlay", str(upper), *lowers]
     with socket.socket(socket.AF_UNIX) as a, socket.socket(socket.AF_UNIX) as b:
         a.bind(str(upper / "f"))
         b.bind(str(upper / "new.sock"))
         diff = run_cli("diff", *diff_args)
         proc = run_cli("commit", *args, "--from", f"{layout}:base", f"{layout}:next")
     assert diff.returncode == 0, diff.stderr
-    assert diff.stdout.splitlines() == ["C /f", "A /new.sock"]
+    # Without the lower dirs, whether a socket replaced something is unknown: it is taken to
+    # (its whiteout is harmless where there was nothing).
+    new_sock = "C /new.sock" if mode == "overlay without its lower" else "A /new.sock"
+    assert diff.stdout.splitlines() == ["C /f", new_sock]
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stderr.splitlines() if "warning" in line] == [
         "layerdiff: warning: f: socket not stored in the layer",
@@ -716,6 +720,12 @@ def test_overlay_commit_of_redirect_and_metacopy_upper(rootfs: Path, tmp_path: P
     try:
         os.rename(merged / "bin", merged / "sbin")
         os.chmod(merged / "etc" / "os-release", 0o600)
+        # Rewritten with its size and mtime kept (as cp -p, tar and rsync -t leave a file):
+        # metadata alone says nothing changed, but the upper dir holds it whole.
+        hostname = merged / "etc" / "hostname"
+        before = hostname.stat()
+        hostname.write_text("xyz\n")
+        os.utime(hostname, ns=(before.st_atime_ns, before.st_mtime_ns))
         expected = tmp_path / "expected"
         subprocess.run(["cp", "-a", str(merged), str(expected)], check=True)
     finally:
@@ -744,3 +754,89 @@ def test_overlay_commit_of_redirect_and_metacopy_upper(rootfs: Path, tmp_path: P
     )  # fmt: skip
     assert proc.returncode == 1 and "redirect" in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.root
+def test_overlay_index_renamed_hard_link_is_refused_and_an_indexed_single_name_file_is_fine(
+    tmp_path: Path,
+) -> None:
+    """With index=on a write to one name of a lower hard-link set changes all of them, which
+    the upper dir does not record: refused, also when the name written was renamed (its path
+    in the lower then holds nothing, or another file). With nfs_export every copied-up file is
+    indexed: one whose lower file (found by its overlay.origin) has one name is committed."""
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "a").write_text("orig\n")
+    os.link(lower / "a", lower / "b")
+    (lower / "other").write_text("other\n")
+    (lower / "single").write_text("one\n")
+    layout = f"oci:{tmp_path}/l"
+    assert run_cli("commit", "--upper", str(lower), f"{layout}:base").returncode == 0
+    for case, new_name in [("renamed", "c"), ("renamed over another", "other")]:
+        work = tmp_path / case
+        work.mkdir()
+        upper, merged = mount_overlay(work, lower, "index=on")
+        try:
+            os.rename(merged / "a", merged / new_name)
+            with open(merged / new_name, "a") as f:
+                f.write("modified\n")
+            assert (merged / "b").read_text() == "orig\nmodified\n"
+        finally:
+            subprocess.run(["umount", str(merged)], check=True)
+        proc = run_cli(
+            "commit", "--overlay", "--upper", str(upper), "--lower", str(lower),
+            "--from", f"{layout}:base", f"{layout}:{new_name}",
+        )  # fmt: skip
+        assert proc.returncode == 1, (case, proc.stderr)
+        assert "index=on" in proc.stderr and "it was renamed" in proc.stderr, proc.stderr
+    work = tmp_path / "single"
+    work.mkdir()
+    upper, merged = mount_overlay(work, lower, "index=on,nfs_export=on")
+    try:
+        with open(merged / "single", "a") as f:
+            f.write("more\n")
+        expected = tmp_path / "expected"
+        subprocess.run(["cp", "-a", str(merged), str(expected)], check=True)
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    assert "trusted.overlay.nlink" in os.listxattr(upper / "single")
+    proc = run_cli(
+        "commit", "--overlay", "--upper", str(upper), "--lower", str(lower),
+        "--from", f"{layout}:base", f"{layout}:single",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    assert run_cli("unpack", f"{layout}:single", str(out)).returncode == 0
+    assert_same_tree(expected, out)
+
+
+@pytest.mark.root
+def test_user_overlay_xattrs_in_an_upper_written_with_trusted_ones_are_not_markers(
+    tmp_path: Path,
+) -> None:
+    """In an overlay that writes trusted.overlay.* xattrs, user.overlay.* ones are the tree's
+    own (a rootless store kept in the image): not an opaque directory, not a whiteout."""
+    lower = tmp_path / "lower"
+    (lower / "store").mkdir(parents=True)
+    (lower / "store" / "lowerfile").write_text("keep\n")
+    layout = f"oci:{tmp_path}/l"
+    assert run_cli("commit", "--upper", str(lower), f"{layout}:base").returncode == 0
+    upper, merged = mount_overlay(tmp_path, lower)
+    try:
+        os.setxattr(merged / "store", "user.overlay.opaque", b"y")
+        (merged / "empty").touch()
+        os.setxattr(merged / "empty", "user.overlay.whiteout", b"")
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    proc = run_cli(
+        "commit", "--overlay", "--upper", str(upper), "--lower", str(lower),
+        "--from", f"{layout}:base", f"{layout}:next",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    assert run_cli("unpack", f"{layout}:next", str(out)).returncode == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "empty",
+        "store",
+        "store/lowerfile",
+    ]
