@@ -102,7 +102,8 @@ impl Root {
         Some(rel.to_vec())
     }
 
-    /// Open the directory at `rel`, creating missing components (mode 0755, owned by the caller)
+    /// Open the directory at `rel`, creating missing components (mode 0755 whatever the umask,
+    /// owned by the caller)
     /// the way `mkdir -p` would, each inside the root. A component that is a symbolic link to
     /// nothing yet has its target made the same way (as umoci does), inside the root too.
     pub fn create_dir_all(&self, rel: &[u8]) -> io::Result<OwnedFd> {
@@ -125,8 +126,9 @@ impl Root {
             dir = match self.open_dir(&prefix) {
                 Ok(fd) => fd,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    let mut made = false;
                     match rustix::fs::mkdirat(&dir, os_path(comp), Mode::from_raw_mode(0o755)) {
-                        Ok(()) => {}
+                        Ok(()) => made = true,
                         Err(rustix::io::Errno::EXIST) => {
                             // Made since, or a symbolic link to a directory that does not exist.
                             if let Ok(target) = rustix::fs::readlinkat(&dir, os_path(comp), vec![])
@@ -146,7 +148,13 @@ impl Root {
                         }
                         Err(e) => return Err(e.into()),
                     }
-                    self.open_dir(&prefix)?
+                    let fd = self.open_dir(&prefix)?;
+                    if made {
+                        // 0755 whatever the umask: the same tree for every caller, as squash
+                        // writes such a directory.
+                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
+                    }
+                    fd
                 }
                 Err(e) => return Err(e),
             };

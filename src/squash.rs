@@ -211,6 +211,21 @@ fn resolve_parents(path: &[u8], link: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Resu
     Ok(done)
 }
 
+/// Record `p` and its parents as written by the layer (what its whiteouts spare).
+fn mark_written(created: &mut HashSet<Vec<u8>>, p: &[u8]) {
+    let mut q = p;
+    while !q.is_empty() && created.insert(q.to_vec()) {
+        q = parent(q);
+    }
+}
+
+/// A layer's whiteouts, then its opaque markers, each in layer order: the order apply carries
+/// them out in at the end of the layer.
+fn whiteouts_then_opaques(ops: &[Op]) -> impl Iterator<Item = &Op> {
+    let whiteouts = ops.iter().filter(|op| matches!(op, Op::Whiteout(_)));
+    whiteouts.chain(ops.iter().filter(|op| matches!(op, Op::Opaque(_))))
+}
+
 fn subtree<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
     let start = Key(path.to_vec());
     map.range(start..)
@@ -244,7 +259,14 @@ impl LowerTree {
                         _ => LowerNode::Other,
                     },
                 ),
-                Op::Link(p, _) => (p, LowerNode::Other),
+                Op::Link(p, target) => {
+                    // A hardlink to a symbolic link is one too: paths through it follow it.
+                    let target = self.1.resolve(target, |q| self.symlink(q))?;
+                    match self.0.get(&Key(target)) {
+                        Some(LowerNode::Symlink(t)) => (p, LowerNode::Symlink(t.clone())),
+                        _ => (p, LowerNode::Other),
+                    }
+                }
                 _ => continue,
             };
             let p = self.1.resolve(p, |q| self.symlink(q))?;
@@ -260,7 +282,8 @@ impl LowerTree {
             self.0.insert(key, node);
             mark_with_parents(&mut self.0, &mut created, &p);
         }
-        for op in ops {
+        // As apply carries them out: every whiteout of the layer, then every opaque marker.
+        for op in whiteouts_then_opaques(ops) {
             let doomed = match op {
                 Op::Whiteout(p) => subtree(&self.0, &self.1.resolve(p, |q| self.symlink(q))?),
                 Op::Opaque(d) => {
@@ -415,11 +438,7 @@ impl Folder {
     /// The target of the symbolic link at `p` in the tree so far (range over lower), if any.
     fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
         match self.merged.get(&Key(p.to_vec())) {
-            Some(Record {
-                kind: Kind::Symlink(t),
-                ..
-            }) => Some(t.clone()),
-            Some(_) => None,
+            Some(rec) => self.record_symlink(rec),
             None if self.lower_visible(p) => self.lower.symlink(p),
             None => None,
         }
@@ -445,55 +464,109 @@ impl Folder {
                 }
                 Op::Link(p, target) => {
                     let (p, target) = (self.resolve(p)?, self.resolve(target)?);
+                    let refused = |reason: String| Error::Archive {
+                        entry: String::from_utf8_lossy(&p).into_owned(),
+                        reason,
+                    };
                     let rec = match self.merged.get(&Key(target.clone())) {
                         Some(r) if matches!(r.kind, Kind::Dir) => {
-                            return Err(Error::Archive {
-                                entry: String::from_utf8_lossy(&p).into_owned(),
-                                reason: "hardlink to a directory".into(),
-                            });
+                            return Err(refused("hardlink to a directory".into()));
+                        }
+                        Some(_) if p == target => {
+                            mark_written(&mut created, &p); // a link to itself: as it is
+                            continue;
                         }
                         Some(r) => r.clone(),
+                        None if !self.lower_visible(&target) => {
+                            return Err(refused(format!(
+                                "hardlink target {} does not exist",
+                                String::from_utf8_lossy(&target)
+                            )));
+                        }
+                        None if self.lower.is_dir(&target) == Some(true) => {
+                            return Err(refused("hardlink to a directory".into()));
+                        }
+                        None if p == target => {
+                            mark_written(&mut created, &p);
+                            continue;
+                        }
                         // Not written in the range: the link stays a link into the lower tree.
                         None => Record {
                             kind: Kind::LinkToLower(target),
                             ..implied_dir()
                         },
                     };
+                    // A hardlink to a symbolic link is one too: paths through it follow it.
+                    if self.record_symlink(&rec).is_some() {
+                        self.links.0.insert(p.clone());
+                    }
                     self.put(&p, rec, &mut created)?;
                 }
                 _ => {}
             }
         }
-        for op in ops {
+        // As apply carries them out: every whiteout of the layer, then every opaque marker.
+        for op in whiteouts_then_opaques(ops) {
             match op {
                 Op::Whiteout(p) => {
                     let p = self.resolve(p)?;
-                    for k in subtree(&self.merged, &p) {
-                        if !created.contains(&k.0) {
-                            self.merged.remove(&k);
-                        }
-                    }
-                    self.kill(&p);
+                    self.hide(&p, &created);
                 }
                 Op::Opaque(d) => {
                     let d = self.links.resolve_dir(d, |q| self.symlink(q))?;
-                    for k in children_only(&self.merged, &d) {
-                        if !created.contains(&k.0) {
-                            self.merged.remove(&k);
-                        }
-                    }
-                    let lower_children: Vec<Key> = children_only(&self.lower.0, &d)
-                        .into_iter()
-                        .filter(|k| parent(&k.0) == d.as_slice())
-                        .collect();
-                    for k in lower_children {
-                        self.kill(&k.0);
-                    }
+                    self.hide_children(&d, &created);
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Hide `p` as a whiteout of the layer that wrote `created` does: what the layer did not
+    /// write goes whole; where it wrote `p` (or below it), only what lies below and is not its
+    /// own goes, and only inside a directory (a link is never followed).
+    fn hide(&mut self, p: &[u8], created: &HashSet<Vec<u8>>) {
+        if !created.contains(p) {
+            for k in subtree(&self.merged, p) {
+                self.merged.remove(&k);
+            }
+            self.kill(p);
+            return;
+        }
+        let dir = match self.merged.get(&Key(p.to_vec())) {
+            Some(r) => r.kind == Kind::Dir,
+            None => self.lower_visible(p) && self.lower.is_dir(p) == Some(true),
+        };
+        if dir {
+            self.hide_children(p, created);
+        }
+    }
+
+    /// Hide the children of the directory `d` that the layer did not write (see [`Self::hide`]).
+    fn hide_children(&mut self, d: &[u8], created: &HashSet<Vec<u8>>) {
+        let mut children: Vec<Vec<u8>> = children_only(&self.merged, d)
+            .into_iter()
+            .chain(children_only(&self.lower.0, d))
+            .map(|k| k.0)
+            .filter(|k| parent(k) == d)
+            .collect();
+        children.sort();
+        children.dedup();
+        for child in children {
+            if self.merged.contains_key(&Key(child.clone())) || self.lower_visible(&child) {
+                self.hide(&child, created);
+            }
+        }
+    }
+
+    /// The target of `rec` as a symbolic link: its own, or for a hardlink into the lower tree
+    /// the lower link's.
+    fn record_symlink(&self, rec: &Record) -> Option<Vec<u8>> {
+        match &rec.kind {
+            Kind::Symlink(t) => Some(t.clone()),
+            Kind::LinkToLower(t) => self.lower.symlink(t),
+            _ => None,
+        }
     }
 
     /// The squashed layer: records plus the whiteouts and opaque markers still needed.
