@@ -144,23 +144,90 @@ impl Links {
                 .any(|(i, &b)| b == b'/' && self.0.contains(&p[..i]))
     }
 
-    /// `p` with the symbolic links among its parents followed ([`resolve_parents`]), `link`
-    /// giving the target of the one at a path; as it is when none of its parents ever was one.
-    fn resolve(&self, p: &[u8], link: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<Vec<u8>> {
+    /// `p` with the symbolic links among its parents followed ([`resolve_parents`]), `tree`
+    /// telling what is at a path; as it is when none of its parents ever was one.
+    fn resolve(&self, p: &[u8], tree: &impl PathKinds) -> Result<Resolved> {
         if !self.below_one(p) {
-            return Ok(p.to_vec());
+            return Ok(Resolved {
+                path: p.to_vec(),
+                ..Resolved::default()
+            });
         }
-        resolve_parents(p, link)
+        resolve_parents(p, tree)
     }
 
     /// The directory `d` with every symbolic link on its path followed, itself included: where
     /// an opaque marker `d/.wh..wh..opq` takes effect.
-    fn resolve_dir(&self, d: &[u8], link: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<Vec<u8>> {
+    fn resolve_dir(&self, d: &[u8], tree: &impl PathKinds) -> Result<Resolved> {
         if d.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Resolved::default());
         }
-        let marker = self.resolve(&join(d, b".wh..wh..opq"), link)?;
-        Ok(parent(&marker).to_vec())
+        let mut marker = self.resolve(&join(d, b".wh..wh..opq"), tree)?;
+        marker.path.truncate(parent(&marker.path).len());
+        Ok(marker)
+    }
+}
+
+/// What a tree holds at a path, as [`resolve_parents`] needs to know it.
+trait PathKinds {
+    /// The target of the symbolic link at `p`, if one is there.
+    fn symlink(&self, p: &[u8]) -> Option<Vec<u8>>;
+    /// Whether `p` is a directory; `None` when nothing is there.
+    fn is_dir(&self, p: &[u8]) -> Option<bool>;
+}
+
+impl PathKinds for BTreeMap<Key, LowerNode> {
+    fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
+        match self.get(&Key(p.to_vec())) {
+            Some(LowerNode::Symlink(t)) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    fn is_dir(&self, p: &[u8]) -> Option<bool> {
+        self.get(&Key(p.to_vec())).map(|n| *n == LowerNode::Dir)
+    }
+}
+
+impl PathKinds for Folder {
+    fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
+        Folder::symlink(self, p)
+    }
+
+    fn is_dir(&self, p: &[u8]) -> Option<bool> {
+        match self.merged.get(&Key(p.to_vec())) {
+            Some(r) => Some(r.kind == Kind::Dir),
+            None if self.lower_visible(p) => self.lower.is_dir(p),
+            None => None,
+        }
+    }
+}
+
+/// The error of an entry whose path walks through something that is not a directory.
+fn not_a_directory(p: &[u8]) -> Error {
+    Error::Archive {
+        entry: String::from_utf8_lossy(p).into_owned(),
+        reason: "Not a directory".into(),
+    }
+}
+
+/// A path with the symbolic links among its parents followed, and what the walk met on the
+/// way besides: `..` in a link's target steps back out of a directory, which must be there, as
+/// the kernel's lookup has it.
+#[derive(Debug, Default)]
+struct Resolved {
+    path: Vec<u8>,
+    /// Directories `..` stepped out of that do not exist: apply makes them for an entry, and a
+    /// whiteout through them finds nothing.
+    missing: Vec<Vec<u8>>,
+    /// `..` stepped out of something that is not a directory: `ENOTDIR`.
+    through_file: bool,
+}
+
+impl Resolved {
+    /// Whether a lookup (not making anything) reaches the path.
+    fn reachable(&self) -> bool {
+        self.missing.is_empty() && !self.through_file
     }
 }
 
@@ -171,26 +238,35 @@ const MAX_SYMLINK_HOPS: usize = 40;
 /// it (`openat2` with `RESOLVE_IN_ROOT`): an absolute target starts at the root and `..` stops
 /// there. The last component is not followed. `link` gives the target of the symbolic link at
 /// a resolved path, if there is one there.
-fn resolve_parents(path: &[u8], link: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Result<Vec<u8>> {
+fn resolve_parents(path: &[u8], tree: &impl PathKinds) -> Result<Resolved> {
     let split =
         |p: &[u8]| -> Vec<Vec<u8>> { p.split(|&b| b == b'/').map(<[u8]>::to_vec).collect() };
     let mut todo: std::collections::VecDeque<Vec<u8>> = split(path).into();
+    let mut out = Resolved::default();
     let mut done: Vec<u8> = Vec::new();
     let mut hops = 0;
     while let Some(c) = todo.pop_front() {
         if todo.is_empty() {
-            return Ok(join(&done, &c));
+            out.path = join(&done, &c);
+            return Ok(out);
         }
         match c.as_slice() {
             b"" | b"." => continue,
             b".." => {
+                if !done.is_empty() {
+                    match tree.is_dir(&done) {
+                        Some(true) => {}
+                        Some(false) => out.through_file = true,
+                        None => out.missing.push(done.clone()),
+                    }
+                }
                 done.truncate(parent(&done).len());
                 continue;
             }
             _ => {}
         }
         let next = join(&done, &c);
-        let Some(target) = link(&next) else {
+        let Some(target) = tree.symlink(&next) else {
             done = next;
             continue;
         };
@@ -208,7 +284,8 @@ fn resolve_parents(path: &[u8], link: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Resu
             todo.push_front(comp);
         }
     }
-    Ok(done)
+    out.path = done;
+    Ok(out)
 }
 
 /// Record `p` and its parents as written by the layer (what its whiteouts spare).
@@ -261,7 +338,7 @@ impl LowerTree {
                 ),
                 Op::Link(p, target) => {
                     // A hardlink to a symbolic link is one too: paths through it follow it.
-                    let target = self.1.resolve(target, |q| self.symlink(q))?;
+                    let target = self.1.resolve(target, &self.0)?.path;
                     match self.0.get(&Key(target)) {
                         Some(LowerNode::Symlink(t)) => (p, LowerNode::Symlink(t.clone())),
                         _ => (p, LowerNode::Other),
@@ -269,7 +346,19 @@ impl LowerTree {
                 }
                 _ => continue,
             };
-            let p = self.1.resolve(p, |q| self.symlink(q))?;
+            let resolved = self.1.resolve(p, &self.0)?;
+            if resolved.through_file {
+                return Err(not_a_directory(p));
+            }
+            for dir in &resolved.missing {
+                let std::collections::btree_map::Entry::Vacant(e) = self.0.entry(Key(dir.clone()))
+                else {
+                    continue;
+                };
+                e.insert(LowerNode::Dir);
+                mark_with_parents(&mut self.0, &mut created, dir);
+            }
+            let p = resolved.path;
             if let LowerNode::Symlink(_) = node {
                 self.1.0.insert(p.clone());
             }
@@ -284,12 +373,18 @@ impl LowerTree {
         }
         // As apply carries them out: every whiteout of the layer, then every opaque marker.
         for op in whiteouts_then_opaques(ops) {
-            let doomed = match op {
-                Op::Whiteout(p) => subtree(&self.0, &self.1.resolve(p, |q| self.symlink(q))?),
-                Op::Opaque(d) => {
-                    children_only(&self.0, &self.1.resolve_dir(d, |q| self.symlink(q))?)
-                }
+            let (resolved, all) = match op {
+                Op::Whiteout(p) => (self.1.resolve(p, &self.0)?, true),
+                Op::Opaque(d) => (self.1.resolve_dir(d, &self.0)?, false),
                 _ => continue,
+            };
+            if !resolved.reachable() {
+                continue; // the lookup fails: nothing is hidden
+            }
+            let doomed = if all {
+                subtree(&self.0, &resolved.path)
+            } else {
+                children_only(&self.0, &resolved.path)
             };
             for k in doomed {
                 if !created.contains(&k.0) {
@@ -301,14 +396,11 @@ impl LowerTree {
     }
 
     fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
-        match self.0.get(&Key(p.to_vec())) {
-            Some(LowerNode::Symlink(t)) => Some(t.clone()),
-            _ => None,
-        }
+        self.0.symlink(p)
     }
 
     fn is_dir(&self, p: &[u8]) -> Option<bool> {
-        self.0.get(&Key(p.to_vec())).map(|n| *n == LowerNode::Dir)
+        PathKinds::is_dir(&self.0, p)
     }
 
     fn has_children(&self, p: &[u8]) -> bool {
@@ -445,8 +537,23 @@ impl Folder {
     }
 
     /// `p` with the symbolic links among its parents followed, as apply would find it now.
-    fn resolve(&self, p: &[u8]) -> Result<Vec<u8>> {
-        self.links.resolve(p, |q| self.symlink(q))
+    fn resolve(&self, p: &[u8]) -> Result<Resolved> {
+        self.links.resolve(p, self)
+    }
+
+    /// Where an entry at `p` goes, as apply makes it: the directories its way steps out of with
+    /// `..` that are not there are made, and one that is not a directory is an error.
+    fn resolve_for_entry(&mut self, p: &[u8], created: &mut HashSet<Vec<u8>>) -> Result<Vec<u8>> {
+        let resolved = self.resolve(p)?;
+        if resolved.through_file {
+            return Err(not_a_directory(p));
+        }
+        for dir in resolved.missing {
+            if !self.merged.contains_key(&Key(dir.clone())) && !self.lower_visible(&dir) {
+                self.put(&dir, implied_dir(), created)?;
+            }
+        }
+        Ok(resolved.path)
     }
 
     /// Fold one layer of the range. Paths go where apply would put them: through the symbolic
@@ -456,17 +563,32 @@ impl Folder {
         for op in ops {
             match op {
                 Op::Put(p, rec) => {
-                    let p = self.resolve(p)?;
+                    let p = self.resolve_for_entry(p, &mut created)?;
                     if let Kind::Symlink(_) = rec.kind {
                         self.links.0.insert(p.clone());
                     }
                     self.put(&p, rec.clone(), &mut created)?;
                 }
                 Op::Link(p, target) => {
-                    let (p, target) = (self.resolve(p)?, self.resolve(target)?);
+                    let p = self.resolve_for_entry(p, &mut created)?;
                     let refused = |reason: String| Error::Archive {
                         entry: String::from_utf8_lossy(&p).into_owned(),
                         reason,
+                    };
+                    let target = match self.resolve(target)? {
+                        t if t.through_file => {
+                            return Err(refused(format!(
+                                "hardlink target {}: Not a directory",
+                                String::from_utf8_lossy(target)
+                            )));
+                        }
+                        t if !t.missing.is_empty() => {
+                            return Err(refused(format!(
+                                "hardlink target {}: No such file or directory",
+                                String::from_utf8_lossy(target)
+                            )));
+                        }
+                        t => t.path,
                     };
                     let rec = match self.merged.get(&Key(target.clone())) {
                         Some(r) if matches!(r.kind, Kind::Dir) => {
@@ -510,11 +632,15 @@ impl Folder {
             match op {
                 Op::Whiteout(p) => {
                     let p = self.resolve(p)?;
-                    self.hide(&p, &created);
+                    if p.reachable() {
+                        self.hide(&p.path, &created);
+                    }
                 }
                 Op::Opaque(d) => {
-                    let d = self.links.resolve_dir(d, |q| self.symlink(q))?;
-                    self.hide_children(&d, &created);
+                    let d = self.links.resolve_dir(d, self)?;
+                    if d.reachable() {
+                        self.hide_children(&d.path, &created);
+                    }
                 }
                 _ => {}
             }

@@ -81,17 +81,62 @@ fn resolving_parents_follows_symlinks_inside_the_root() {
         (b"loop", b"loop"),
     ]
     .into();
-    let resolve = |p: &str| {
-        resolve_parents(p.as_bytes(), |q| links.get(q).map(|t| t.to_vec()))
-            .map(|r| String::from_utf8(r).unwrap())
-    };
-    assert_eq!(resolve("bin/tool").unwrap(), "usr/bin/tool");
-    assert_eq!(resolve("bin").unwrap(), "bin"); // the last component is not followed
-    assert_eq!(resolve("abs/x").unwrap(), "usr/lib/x");
-    assert_eq!(resolve("up/etc/passwd").unwrap(), "etc/passwd"); // `..` stops at the root
-    assert_eq!(resolve("bin/sib/x").unwrap(), "usr/lib/x"); // a chain
-    assert_eq!(resolve("a/b/c").unwrap(), "a/b/c");
+    /// The links above; every other path a directory, but `file` a file and `gone` absent.
+    struct Tree<'a>(HashMap<&'a [u8], &'a [u8]>);
+    impl PathKinds for Tree<'_> {
+        fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
+            self.0.get(p).map(|t| t.to_vec())
+        }
+        fn is_dir(&self, p: &[u8]) -> Option<bool> {
+            match p {
+                b"file" => Some(false),
+                b"gone" => None,
+                _ => Some(true),
+            }
+        }
+    }
+    let tree = Tree(links);
+    let resolve = |p: &str| resolve_parents(p.as_bytes(), &tree);
+    let path = |p: &str| String::from_utf8(resolve(p).unwrap().path).unwrap();
+    assert_eq!(path("bin/tool"), "usr/bin/tool");
+    assert_eq!(path("bin"), "bin"); // the last component is not followed
+    assert_eq!(path("abs/x"), "usr/lib/x");
+    assert_eq!(path("up/etc/passwd"), "etc/passwd"); // `..` stops at the root
+    assert_eq!(path("bin/sib/x"), "usr/lib/x"); // a chain
+    assert_eq!(path("a/b/c"), "a/b/c");
+    assert!(resolve("bin/sib/x").unwrap().reachable());
     assert!(matches!(resolve("loop/x"), Err(Error::Archive { .. })));
+}
+
+#[test]
+fn dot_dot_in_a_link_target_steps_out_of_a_directory_that_must_be_there() {
+    let links: HashMap<&[u8], &[u8]> = [
+        (&b"via-file"[..], &b"file/../y"[..]),
+        (b"via-gone", b"gone/../y"),
+        (b"via-dir", b"d/../y"),
+    ]
+    .into();
+    struct Tree<'a>(HashMap<&'a [u8], &'a [u8]>);
+    impl PathKinds for Tree<'_> {
+        fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
+            self.0.get(p).map(|t| t.to_vec())
+        }
+        fn is_dir(&self, p: &[u8]) -> Option<bool> {
+            match p {
+                b"file" => Some(false),
+                b"d" => Some(true),
+                _ => None,
+            }
+        }
+    }
+    let tree = Tree(links);
+    let through_file = resolve_parents(b"via-file/x", &tree).unwrap();
+    assert!(through_file.through_file && !through_file.reachable());
+    let through_gone = resolve_parents(b"via-gone/x", &tree).unwrap();
+    assert_eq!(through_gone.missing, [b"gone".to_vec()]);
+    assert_eq!(through_gone.path, b"y/x");
+    let through_dir = resolve_parents(b"via-dir/x", &tree).unwrap();
+    assert!(through_dir.reachable() && through_dir.path == b"y/x");
 }
 
 #[test]

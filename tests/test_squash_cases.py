@@ -121,6 +121,25 @@ CASES = {
         [S("s", "d"), H("h", "s")],
         [F("h/x", b"2")],
     ],
+    # `..` in a link's target steps out of a directory, which must be there (as the kernel
+    # walks it): apply makes a missing one for an entry, and a whiteout through it hides
+    # nothing, as one through a file does.
+    "entry through a link stepping out of a missing directory": [
+        [S("l", "x/../y")],
+        [F("l/f", b"1")],
+    ],
+    "whiteout through a link stepping out of a file": [
+        [F("f", b"1"), D("y"), F("y/x", b"2"), S("l", "f/../y")],
+        [WH("l/x")],
+    ],
+    "whiteout through a link stepping out of a missing directory": [
+        [D("y"), F("y/x", b"2"), S("l", "nonexist/../y")],
+        [WH("l/x")],
+    ],
+    "entry through a link stepping out of a file": [
+        [F("f", b"1"), D("y"), S("l", "f/../y")],
+        [F("l/z", b"3")],
+    ],
     # Hardlinks apply refuses, squash refuses; one to itself is left as it is.
     "hardlink to itself": [[F("t", b"1")], [H("t", "t")]],
     "hardlink to itself, then its whiteout in the same layer": [
