@@ -590,6 +590,13 @@ impl Folder {
                         }
                         t => t.path,
                     };
+                    if target.len() > p.len() && target.starts_with(&p) && target[p.len()] == b'/' {
+                        // Made in place of what holds its target, which goes first.
+                        return Err(refused(format!(
+                            "hardlink target {}: No such file or directory",
+                            String::from_utf8_lossy(&target)
+                        )));
+                    }
                     let rec = match self.merged.get(&Key(target.clone())) {
                         Some(r) if matches!(r.kind, Kind::Dir) => {
                             return Err(refused("hardlink to a directory".into()));

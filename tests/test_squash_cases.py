@@ -147,6 +147,10 @@ CASES = {
         [H("t", "t"), WH("t")],
     ],
     "hardlink to a lower directory": [[D("d")], [H("h", "d")]],
+    "hardlink in place of the directory holding its target": [
+        [F("b/c", b"2")],
+        [H("b", "b/c")],
+    ],
     "hardlink to nothing": [[D("c"), H("c/h", "missing")], [F("c", b"1")]],
 }
 
