@@ -137,6 +137,28 @@ def test_cli_diff_content_and_names_that_are_not_utf8(rootfs: Path, tmp_path: Pa
     assert "\\udce9" in out and out.isascii()
 
 
+def test_cli_diff_prints_one_line_per_change_whatever_the_names(tmp_path: Path) -> None:
+    """A newline in a name cannot forge a line: a backslash and control characters are
+    escaped as in C; --json gives the names exactly."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    lower.mkdir()
+    upper.mkdir()
+    (upper / "x\nD passwd").write_text("x")
+    (upper / "back\\slash\ttab\x01").write_text("y")
+    proc = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "diff", str(lower), str(upper)],
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        b"A /back\\\\slash\\ttab\\x01",
+        b"A /x\\nD passwd",
+    ]
+    out = json.loads(run_cli("diff", "--json", str(lower), str(upper)).stdout)
+    assert [c["path"] for c in out] == ["/back\\slash\ttab\x01", "/x\nD passwd"]
+
+
 def test_package_ships_type_information() -> None:
     """PEP 561: the installed package says it is typed and carries the core's stubs."""
     import importlib.resources
@@ -840,3 +862,29 @@ def test_user_overlay_xattrs_in_an_upper_written_with_trusted_ones_are_not_marke
         "store",
         "store/lowerfile",
     ]
+
+
+@pytest.mark.root
+def test_a_file_whose_xattrs_no_tar_reader_takes_is_refused_by_name(
+    tmp_path: Path, store_home: Path
+) -> None:
+    """More than 1 MiB of xattrs on one file (tmpfs allows it) would make a PAX header that
+    Go's archive/tar (docker, containerd, umoci) and our own reader refuse: the commit stops
+    with one line naming the file, and nothing is stored."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tree)], check=False)
+    if mount.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (tree / "big").write_text("x")
+        for i in range(16):
+            os.setxattr(tree / "big", f"trusted.x{i:02}", b"v" * 65536)
+        proc = run_cli("commit", "--progress", "none", "--upper", str(tree), "xattrs:1")
+    finally:
+        subprocess.run(["umount", str(tree)], check=True)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "big: its metadata (xattrs) take" in proc.stderr
+    assert "more than the 1048576 bytes tar readers accept" in proc.stderr
+    assert layerdiff.images() == []

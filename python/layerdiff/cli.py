@@ -32,13 +32,33 @@ _IMAGE_HELP = (
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+#: How ``diff`` prints a backslash and the control characters in a path (C's escapes).
+_ESCAPES = {
+    **{b: f"\\x{b:02x}".encode() for b in (*range(0x20), 0x7F)},
+    0x5C: b"\\\\",
+    0x09: b"\\t",
+    0x0A: b"\\n",
+    0x0D: b"\\r",
+}
+
+
+def _escaped_path(path: bytes) -> bytes:
+    """``path`` on one line, unambiguously: a backslash and control characters escaped."""
+    if not any(b in _ESCAPES for b in path):
+        return path
+    return b"".join(_ESCAPES.get(b, bytes((b,))) for b in path)
+
+
 def _print_changes(changes: Sequence[Change], as_json: bool) -> None:
     if as_json:
         _emit_json([{"kind": c.kind, "path": c.path} for c in changes])
         return
     out = click.get_binary_stream("stdout")
-    # Bytes, not text: a path that is not UTF-8 is printed as the file system spells it.
-    out.write(b"".join(c.kind.encode() + b" " + c.path_bytes + b"\n" for c in changes))
+    # Bytes, not text: a path that is not UTF-8 is printed as the file system spells it, but
+    # one change per line (a newline in a name cannot make a line of its own).
+    out.write(
+        b"".join(c.kind.encode() + b" " + _escaped_path(c.path_bytes) + b"\n" for c in changes)
+    )
     out.flush()
 
 
@@ -225,7 +245,10 @@ Examples:
 def diff(
     trees: tuple[str, ...], overlay: bool, lowers: tuple[str, ...], content: bool, as_json: bool
 ) -> None:
-    """Print the changes from LOWER to UPPER, one per line: A|C|D /path (like docker diff)."""
+    """Print the changes from LOWER to UPPER, one per line: A|C|D /path (like docker diff).
+
+    A backslash or a control character in a path is escaped as in C (\\\\, \\n, \\t,
+    \\r, \\xNN), so each change is one line; --json gives paths exactly."""
     if overlay:
         if len(trees) != 1:
             raise click.UsageError("diff --overlay takes one directory: UPPER")

@@ -620,6 +620,16 @@ fn encode(
         pax_record(pax, &key, value);
     }
 
+    if pax.len() as u64 > crate::tar::reader::MAX_META {
+        // Go's archive/tar (docker, containerd, umoci) reads no larger PAX header, nor do we.
+        return Err(Error::InvalidArgument(format!(
+            "{}: its metadata (xattrs) take {} bytes of PAX records, more than the {} bytes \
+             tar readers accept",
+            os_path(meta.path).display(),
+            pax.len(),
+            crate::tar::reader::MAX_META
+        )));
+    }
     if !pax.is_empty() {
         let mut x = [0u8; BLOCK];
         put_bytes(&mut x, NAME, PAX_HEADER_NAME);

@@ -191,6 +191,39 @@ fn bad_paths_are_refused() {
 }
 
 #[test]
+fn a_pax_header_no_reader_takes_is_refused() {
+    // 16 xattrs of 64 KiB: just over the 1 MiB of PAX records that tar readers accept.
+    let xattrs: Vec<(Vec<u8>, Vec<u8>)> = (0..16)
+        .map(|i| (format!("trusted.x{i:02}").into_bytes(), vec![b'v'; 65536]))
+        .collect();
+    let m = Meta {
+        xattrs: &xattrs,
+        ..meta(b"big")
+    };
+    let mut tar = TarWriter::new(Vec::new());
+    match tar.append_dir(&m) {
+        Err(Error::InvalidArgument(msg)) => assert!(
+            msg.starts_with("big: its metadata (xattrs) take 10")
+                && msg.ends_with("more than the 1048576 bytes tar readers accept"),
+            "{msg}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // At the limit, it is written, and our reader takes it back.
+    let fits: Vec<(Vec<u8>, Vec<u8>)> = xattrs[..15].to_vec();
+    let m = Meta {
+        xattrs: &fits,
+        ..meta(b"big")
+    };
+    let mut tar = TarWriter::new(Vec::new());
+    tar.append_dir(&m).unwrap();
+    let bytes = tar.finish().unwrap();
+    let mut reader = crate::tar::reader::TarReader::new(&bytes[..]);
+    let h = reader.next_header().unwrap().unwrap();
+    assert_eq!(h.xattrs.len(), 15);
+}
+
+#[test]
 fn markers_have_fixed_metadata_and_mtime_is_clamped() {
     let mut tar = TarWriter::new(Vec::new()).with_source_date_epoch(Some(1_000));
     tar.append_whiteout(b"dir", b"gone").unwrap();
