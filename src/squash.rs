@@ -146,14 +146,14 @@ impl Links {
 
     /// `p` with the symbolic links among its parents followed ([`resolve_parents`]), `tree`
     /// telling what is at a path; as it is when none of its parents ever was one.
-    fn resolve(&self, p: &[u8], tree: &impl PathKinds) -> Result<Resolved> {
+    fn resolve(&self, p: &[u8], tree: &impl PathKinds, walk: Walk) -> Result<Resolved> {
         if !self.below_one(p) {
             return Ok(Resolved {
                 path: p.to_vec(),
                 ..Resolved::default()
             });
         }
-        resolve_parents(p, tree)
+        resolve_parents(p, tree, walk)
     }
 
     /// The directory `d` with every symbolic link on its path followed, itself included: where
@@ -162,10 +162,20 @@ impl Links {
         if d.is_empty() {
             return Ok(Resolved::default());
         }
-        let mut marker = self.resolve(&join(d, b".wh..wh..opq"), tree)?;
+        let mut marker = self.resolve(&join(d, b".wh..wh..opq"), tree, Walk::Lookup)?;
         marker.path.truncate(parent(&marker.path).len());
         Ok(marker)
     }
+}
+
+/// How a path is walked: to find what is there, or to make an entry there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// A whiteout's, an opaque marker's or a hardlink target's: the walk stops at the first
+    /// directory on the way that is not there (or is not a directory), as the kernel's does.
+    Lookup,
+    /// An entry's: apply makes the directories on the way that are not there.
+    Make,
 }
 
 /// What a tree holds at a path, as [`resolve_parents`] needs to know it.
@@ -238,7 +248,7 @@ const MAX_SYMLINK_HOPS: usize = 40;
 /// it (`openat2` with `RESOLVE_IN_ROOT`): an absolute target starts at the root and `..` stops
 /// there. The last component is not followed. `link` gives the target of the symbolic link at
 /// a resolved path, if there is one there.
-fn resolve_parents(path: &[u8], tree: &impl PathKinds) -> Result<Resolved> {
+fn resolve_parents(path: &[u8], tree: &impl PathKinds, walk: Walk) -> Result<Resolved> {
     let split =
         |p: &[u8]| -> Vec<Vec<u8>> { p.split(|&b| b == b'/').map(<[u8]>::to_vec).collect() };
     let mut todo: std::collections::VecDeque<Vec<u8>> = split(path).into();
@@ -259,6 +269,9 @@ fn resolve_parents(path: &[u8], tree: &impl PathKinds) -> Result<Resolved> {
                         Some(false) => out.through_file = true,
                         None => out.missing.push(done.clone()),
                     }
+                    if walk == Walk::Lookup && !out.reachable() {
+                        return Ok(out);
+                    }
                 }
                 done.truncate(parent(&done).len());
                 continue;
@@ -267,6 +280,13 @@ fn resolve_parents(path: &[u8], tree: &impl PathKinds) -> Result<Resolved> {
         }
         let next = join(&done, &c);
         let Some(target) = tree.symlink(&next) else {
+            if walk == Walk::Lookup && tree.is_dir(&next) != Some(true) {
+                match tree.is_dir(&next) {
+                    Some(_) => out.through_file = true,
+                    None => out.missing.push(next),
+                }
+                return Ok(out);
+            }
             done = next;
             continue;
         };
@@ -338,7 +358,7 @@ impl LowerTree {
                 ),
                 Op::Link(p, target) => {
                     // A hardlink to a symbolic link is one too: paths through it follow it.
-                    let target = self.1.resolve(target, &self.0)?.path;
+                    let target = self.1.resolve(target, &self.0, Walk::Lookup)?.path;
                     match self.0.get(&Key(target)) {
                         Some(LowerNode::Symlink(t)) => (p, LowerNode::Symlink(t.clone())),
                         _ => (p, LowerNode::Other),
@@ -346,7 +366,7 @@ impl LowerTree {
                 }
                 _ => continue,
             };
-            let resolved = self.1.resolve(p, &self.0)?;
+            let resolved = self.1.resolve(p, &self.0, Walk::Make)?;
             if resolved.through_file {
                 return Err(not_a_directory(p));
             }
@@ -374,7 +394,7 @@ impl LowerTree {
         // As apply carries them out: every whiteout of the layer, then every opaque marker.
         for op in whiteouts_then_opaques(ops) {
             let (resolved, all) = match op {
-                Op::Whiteout(p) => (self.1.resolve(p, &self.0)?, true),
+                Op::Whiteout(p) => (self.1.resolve(p, &self.0, Walk::Lookup)?, true),
                 Op::Opaque(d) => (self.1.resolve_dir(d, &self.0)?, false),
                 _ => continue,
             };
@@ -537,14 +557,14 @@ impl Folder {
     }
 
     /// `p` with the symbolic links among its parents followed, as apply would find it now.
-    fn resolve(&self, p: &[u8]) -> Result<Resolved> {
-        self.links.resolve(p, self)
+    fn resolve(&self, p: &[u8], walk: Walk) -> Result<Resolved> {
+        self.links.resolve(p, self, walk)
     }
 
     /// Where an entry at `p` goes, as apply makes it: the directories its way steps out of with
     /// `..` that are not there are made, and one that is not a directory is an error.
     fn resolve_for_entry(&mut self, p: &[u8], created: &mut HashSet<Vec<u8>>) -> Result<Vec<u8>> {
-        let resolved = self.resolve(p)?;
+        let resolved = self.resolve(p, Walk::Make)?;
         if resolved.through_file {
             return Err(not_a_directory(p));
         }
@@ -575,7 +595,7 @@ impl Folder {
                         entry: String::from_utf8_lossy(&p).into_owned(),
                         reason,
                     };
-                    let target = match self.resolve(target)? {
+                    let target = match self.resolve(target, Walk::Lookup)? {
                         t if t.through_file => {
                             return Err(refused(format!(
                                 "hardlink target {}: Not a directory",
@@ -638,7 +658,7 @@ impl Folder {
         for op in whiteouts_then_opaques(ops) {
             match op {
                 Op::Whiteout(p) => {
-                    let p = self.resolve(p)?;
+                    let p = self.resolve(p, Walk::Lookup)?;
                     if p.reachable() {
                         self.hide(&p.path, &created);
                     }

@@ -96,7 +96,7 @@ fn resolving_parents_follows_symlinks_inside_the_root() {
         }
     }
     let tree = Tree(links);
-    let resolve = |p: &str| resolve_parents(p.as_bytes(), &tree);
+    let resolve = |p: &str| resolve_parents(p.as_bytes(), &tree, Walk::Make);
     let path = |p: &str| String::from_utf8(resolve(p).unwrap().path).unwrap();
     assert_eq!(path("bin/tool"), "usr/bin/tool");
     assert_eq!(path("bin"), "bin"); // the last component is not followed
@@ -130,13 +130,19 @@ fn dot_dot_in_a_link_target_steps_out_of_a_directory_that_must_be_there() {
         }
     }
     let tree = Tree(links);
-    let through_file = resolve_parents(b"via-file/x", &tree).unwrap();
+    let through_file = resolve_parents(b"via-file/x", &tree, Walk::Make).unwrap();
     assert!(through_file.through_file && !through_file.reachable());
-    let through_gone = resolve_parents(b"via-gone/x", &tree).unwrap();
+    let through_gone = resolve_parents(b"via-gone/x", &tree, Walk::Make).unwrap();
     assert_eq!(through_gone.missing, [b"gone".to_vec()]);
     assert_eq!(through_gone.path, b"y/x");
-    let through_dir = resolve_parents(b"via-dir/x", &tree).unwrap();
+    let through_dir = resolve_parents(b"via-dir/x", &tree, Walk::Make).unwrap();
     assert!(through_dir.reachable() && through_dir.path == b"y/x");
+    // A lookup stops at the first directory on the way that is not there, before any loop.
+    let looping: HashMap<&[u8], &[u8]> = [(&b"a/c"[..], &b"b/../c"[..])].into();
+    let tree = Tree(looping);
+    assert!(resolve_parents(b"a/c/x", &tree, Walk::Make).is_err());
+    let lookup = resolve_parents(b"a/c/x", &tree, Walk::Lookup).unwrap();
+    assert!(!lookup.reachable());
 }
 
 #[test]

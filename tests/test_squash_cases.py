@@ -140,6 +140,10 @@ CASES = {
         [F("f", b"1"), D("y"), S("l", "f/../y")],
         [F("l/z", b"3")],
     ],
+    "opaque marker through a looping link that starts in a missing directory": [
+        [OPQ("a/c"), S("a/c", "b/../c"), WH("a/c")],
+        [D("a/c"), F("a/c", b"3")],
+    ],
     # Hardlinks apply refuses, squash refuses; one to itself is left as it is.
     "hardlink to itself": [[F("t", b"1")], [H("t", "t")]],
     "hardlink to itself, then its whiteout in the same layer": [
