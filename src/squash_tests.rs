@@ -71,6 +71,19 @@ fn symlink(p: &str, target: &str) -> Op {
     )
 }
 
+/// A tree for [`resolve_parents`]: symbolic links, and whether each other path is a directory
+/// (`None`: nothing there).
+struct Tree<'a>(HashMap<&'a [u8], &'a [u8]>, fn(&[u8]) -> Option<bool>);
+
+impl PathKinds for Tree<'_> {
+    fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
+        self.0.get(p).map(|t| t.to_vec())
+    }
+    fn is_dir(&self, p: &[u8]) -> Option<bool> {
+        (self.1)(p)
+    }
+}
+
 #[test]
 fn resolving_parents_follows_symlinks_inside_the_root() {
     let links: HashMap<&[u8], &[u8]> = [
@@ -81,21 +94,8 @@ fn resolving_parents_follows_symlinks_inside_the_root() {
         (b"loop", b"loop"),
     ]
     .into();
-    /// The links above; every other path a directory, but `file` a file and `gone` absent.
-    struct Tree<'a>(HashMap<&'a [u8], &'a [u8]>);
-    impl PathKinds for Tree<'_> {
-        fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
-            self.0.get(p).map(|t| t.to_vec())
-        }
-        fn is_dir(&self, p: &[u8]) -> Option<bool> {
-            match p {
-                b"file" => Some(false),
-                b"gone" => None,
-                _ => Some(true),
-            }
-        }
-    }
-    let tree = Tree(links);
+    // Every other path a directory.
+    let tree = Tree(links, |_| Some(true));
     let resolve = |p: &str| resolve_parents(p.as_bytes(), &tree, Walk::Make);
     let path = |p: &str| String::from_utf8(resolve(p).unwrap().path).unwrap();
     assert_eq!(path("bin/tool"), "usr/bin/tool");
@@ -116,20 +116,12 @@ fn dot_dot_in_a_link_target_steps_out_of_a_directory_that_must_be_there() {
         (b"via-dir", b"d/../y"),
     ]
     .into();
-    struct Tree<'a>(HashMap<&'a [u8], &'a [u8]>);
-    impl PathKinds for Tree<'_> {
-        fn symlink(&self, p: &[u8]) -> Option<Vec<u8>> {
-            self.0.get(p).map(|t| t.to_vec())
-        }
-        fn is_dir(&self, p: &[u8]) -> Option<bool> {
-            match p {
-                b"file" => Some(false),
-                b"d" => Some(true),
-                _ => None,
-            }
-        }
-    }
-    let tree = Tree(links);
+    let kinds = |p: &[u8]| match p {
+        b"file" => Some(false),
+        b"d" => Some(true),
+        _ => None,
+    };
+    let tree = Tree(links, kinds);
     let through_file = resolve_parents(b"via-file/x", &tree, Walk::Make).unwrap();
     assert!(through_file.through_file && !through_file.reachable());
     let through_gone = resolve_parents(b"via-gone/x", &tree, Walk::Make).unwrap();
@@ -139,7 +131,7 @@ fn dot_dot_in_a_link_target_steps_out_of_a_directory_that_must_be_there() {
     assert!(through_dir.reachable() && through_dir.path == b"y/x");
     // A lookup stops at the first directory on the way that is not there, before any loop.
     let looping: HashMap<&[u8], &[u8]> = [(&b"a/c"[..], &b"b/../c"[..])].into();
-    let tree = Tree(looping);
+    let tree = Tree(looping, kinds);
     assert!(resolve_parents(b"a/c/x", &tree, Walk::Make).is_err());
     let lookup = resolve_parents(b"a/c/x", &tree, Walk::Lookup).unwrap();
     assert!(!lookup.reachable());

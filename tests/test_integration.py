@@ -822,14 +822,20 @@ def test_overlay_index_renamed_hard_link_is_refused_and_an_indexed_single_name_f
     finally:
         subprocess.run(["umount", str(merged)], check=True)
     assert "trusted.overlay.nlink" in os.listxattr(upper / "single")
+    out = commit_overlay_and_unpack(upper, lower, layout, tmp_path / "out")
+    assert_same_tree(expected, out)
+
+
+def commit_overlay_and_unpack(upper: Path, lower: Path, layout: str, out: Path) -> Path:
+    """Commit the overlay upper dir ``upper`` (over ``lower``) onto ``layout:base`` through
+    the CLI, and unpack the new image to ``out``."""
     proc = run_cli(
         "commit", "--overlay", "--upper", str(upper), "--lower", str(lower),
-        "--from", f"{layout}:base", f"{layout}:single",
+        "--from", f"{layout}:base", f"{layout}:next",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    out = tmp_path / "out"
-    assert run_cli("unpack", f"{layout}:single", str(out)).returncode == 0
-    assert_same_tree(expected, out)
+    assert run_cli("unpack", f"{layout}:next", str(out)).returncode == 0
+    return out
 
 
 @pytest.mark.root
@@ -850,13 +856,7 @@ def test_user_overlay_xattrs_in_an_upper_written_with_trusted_ones_are_not_marke
         os.setxattr(merged / "empty", "user.overlay.whiteout", b"")
     finally:
         subprocess.run(["umount", str(merged)], check=True)
-    proc = run_cli(
-        "commit", "--overlay", "--upper", str(upper), "--lower", str(lower),
-        "--from", f"{layout}:base", f"{layout}:next",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    out = tmp_path / "out"
-    assert run_cli("unpack", f"{layout}:next", str(out)).returncode == 0
+    out = commit_overlay_and_unpack(upper, lower, layout, tmp_path / "out")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
         "empty",
         "store",
