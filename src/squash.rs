@@ -280,12 +280,15 @@ fn resolve_parents(path: &[u8], tree: &impl PathKinds, walk: Walk) -> Result<Res
         }
         let next = join(&done, &c);
         let Some(target) = tree.symlink(&next) else {
-            if walk == Walk::Lookup && tree.is_dir(&next) != Some(true) {
+            if walk == Walk::Lookup {
                 match tree.is_dir(&next) {
-                    Some(_) => out.through_file = true,
-                    None => out.missing.push(next),
+                    Some(true) => {}
+                    Some(false) => out.through_file = true,
+                    None => out.missing.push(next.clone()),
                 }
-                return Ok(out);
+                if !out.reachable() {
+                    return Ok(out);
+                }
             }
             done = next;
             continue;
@@ -504,15 +507,8 @@ impl Folder {
     fn put(&mut self, p: &[u8], rec: Record, created: &mut HashSet<Vec<u8>>) -> Result<()> {
         let mut q = parent(p);
         while !q.is_empty() {
-            let dir = match self.merged.get(&Key(q.to_vec())) {
-                Some(r) => r.kind == Kind::Dir,
-                None => !self.lower_visible(q) || self.lower.is_dir(q) == Some(true),
-            };
-            if !dir {
-                return Err(Error::Archive {
-                    entry: String::from_utf8_lossy(p).into_owned(),
-                    reason: "Not a directory".into(),
-                });
+            if self.is_dir(q) == Some(false) {
+                return Err(not_a_directory(p));
             }
             q = parent(q);
         }
@@ -569,7 +565,7 @@ impl Folder {
             return Err(not_a_directory(p));
         }
         for dir in resolved.missing {
-            if !self.merged.contains_key(&Key(dir.clone())) && !self.lower_visible(&dir) {
+            if self.is_dir(&dir).is_none() {
                 self.put(&dir, implied_dir(), created)?;
             }
         }
@@ -617,28 +613,22 @@ impl Folder {
                             String::from_utf8_lossy(&target)
                         )));
                     }
-                    let rec = match self.merged.get(&Key(target.clone())) {
-                        Some(r) if matches!(r.kind, Kind::Dir) => {
-                            return Err(refused("hardlink to a directory".into()));
-                        }
-                        Some(_) if p == target => {
-                            mark_written(&mut created, &p); // a link to itself: as it is
-                            continue;
-                        }
-                        Some(r) => r.clone(),
-                        None if !self.lower_visible(&target) => {
+                    match self.is_dir(&target) {
+                        None => {
                             return Err(refused(format!(
                                 "hardlink target {} does not exist",
                                 String::from_utf8_lossy(&target)
                             )));
                         }
-                        None if self.lower.is_dir(&target) == Some(true) => {
-                            return Err(refused("hardlink to a directory".into()));
-                        }
-                        None if p == target => {
-                            mark_written(&mut created, &p);
-                            continue;
-                        }
+                        Some(true) => return Err(refused("hardlink to a directory".into())),
+                        Some(false) => {}
+                    }
+                    if p == target {
+                        mark_written(&mut created, &p); // a link to itself: as it is
+                        continue;
+                    }
+                    let rec = match self.merged.get(&Key(target.clone())) {
+                        Some(r) => r.clone(),
                         // Not written in the range: the link stays a link into the lower tree.
                         None => Record {
                             kind: Kind::LinkToLower(target),
@@ -686,11 +676,7 @@ impl Folder {
             self.kill(p);
             return;
         }
-        let dir = match self.merged.get(&Key(p.to_vec())) {
-            Some(r) => r.kind == Kind::Dir,
-            None => self.lower_visible(p) && self.lower.is_dir(p) == Some(true),
-        };
-        if dir {
+        if self.is_dir(p) == Some(true) {
             self.hide_children(p, created);
         }
     }
@@ -706,7 +692,7 @@ impl Folder {
         children.sort();
         children.dedup();
         for child in children {
-            if self.merged.contains_key(&Key(child.clone())) || self.lower_visible(&child) {
+            if self.is_dir(&child).is_some() {
                 self.hide(&child, created);
             }
         }
