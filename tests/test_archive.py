@@ -21,6 +21,7 @@ import pytest
 import layerdiff
 from layerdiff.layout import Layout
 from tests.conftest import run_cli
+from tests.stacks import MTIME, PLNK, D, Entry, F, H, S, layer_tar, load_layers
 from tests.treecmp import assert_same_tree
 
 needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
@@ -310,75 +311,22 @@ def test_results_are_hashable_values(tmp_path: Path) -> None:
     assert len({saved, saved}) == 1 and len({loaded, loaded}) == 1
 
 
-_Member = tuple[str, "bytes | str | None", int]
-_PLNK = ".wh..wh.plnk"
-
-
-def _layer_tar(members: list[tuple[str, bytes | str | None, int]]) -> bytes:
-    """A layer: (name, content, mode) — bytes for a file, str for a hardlink's target, None
-    for a directory, and ("->", target) spelt "->target" for a symlink."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content, mode in members:
-            info = tarfile.TarInfo(name)
-            info.mode, info.mtime = mode, 1_500_000_000
-            if content is None:
-                info.type = tarfile.DIRTYPE
-            elif isinstance(content, str) and content.startswith("->"):
-                info.type, info.linkname = tarfile.SYMTYPE, content[2:]
-            elif isinstance(content, str):
-                info.type, info.linkname = tarfile.LNKTYPE, content
-            else:
-                info.size = len(content)
-            tar.addfile(info, io.BytesIO(content) if isinstance(content, bytes) else None)
-    return buf.getvalue()
-
-
-def _load_legacy(tmp_path: Path, name: str, layers: list[bytes]) -> None:
-    """Load the docker-archive (legacy form) of an image of ``layers`` as ``name``."""
-    import hashlib
-
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {},
-        "rootfs": {
-            "type": "layers",
-            "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in layers],
-        },
-        "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
-    }
-    files = {f"{i}/layer.tar": t for i, t in enumerate(layers)}
-    manifest = [{"Config": "config.json", "RepoTags": [name], "Layers": list(files)}]
-    files |= {
-        "config.json": json.dumps(config).encode(),
-        "manifest.json": json.dumps(manifest).encode(),
-    }
-    archive = tmp_path / "archive.tar"
-    with tarfile.open(archive, "w") as tar:
-        for member, data in files.items():
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    assert layerdiff.load(archive).images == (name,)
-
-
 def test_an_aufs_image_loads_unpacks_and_squashes(tmp_path: Path) -> None:
     """An image docker made on aufs: a layer's hardlinks point into `.wh..wh.plnk/`, where
     aufs kept their file. They become one file with that file's content and header, as they
     were in the container; the link directory is never made; squash gives the same tree."""
-    base = _layer_tar([("usr", None, 0o755), ("usr/old", b"old", 0o644)])
-    aufs = _layer_tar(
+    base = layer_tar([D("usr"), F("usr/old", b"old")])
+    aufs = layer_tar(
         [
-            (_PLNK, None, 0o700),
-            (f"{_PLNK}/262.1418", b"#!/bin/sh\necho hi\n", 0o755),
-            ("usr/bin", None, 0o755),
-            ("usr/bin/a", f"{_PLNK}/262.1418", 0o755),
-            ("usr/bin/b", f"{_PLNK}/262.1418", 0o755),
-            (".wh..wh.aufs", b"", 0o600),
+            D(PLNK, mode=0o700),
+            F(f"{PLNK}/262.1418", b"#!/bin/sh\necho hi\n", mode=0o755),
+            D("usr/bin"),
+            H("usr/bin/a", f"{PLNK}/262.1418"),
+            H("usr/bin/b", f"{PLNK}/262.1418"),
+            F(".wh..wh.aufs", b"", mode=0o600),
         ]
     )
-    _load_legacy(tmp_path, "old/aufs:1", [base, aufs])
+    load_layers(tmp_path, "old/aufs:1", [base, aufs])
 
     out = run_cli("unpack", "old/aufs:1", str(tmp_path / "r"))
     assert out.returncode == 0, out.stderr
@@ -386,7 +334,7 @@ def test_an_aufs_image_loads_unpacks_and_squashes(tmp_path: Path) -> None:
     assert sorted(p.name for p in root.iterdir()) == ["usr"]
     a, b = root / "usr/bin/a", root / "usr/bin/b"
     assert a.read_bytes() == b.read_bytes() == b"#!/bin/sh\necho hi\n"
-    assert a.stat().st_mode & 0o7777 == 0o755 and a.stat().st_mtime == 1_500_000_000
+    assert a.stat().st_mode & 0o7777 == 0o755 and a.stat().st_mtime == MTIME
     assert a.stat().st_ino == b.stat().st_ino and a.stat().st_nlink == 2
     # The rest of aufs' metadata is ignored, with a warning.
     assert out.stderr.count("\n") == 1 and ".wh..wh.aufs: aufs metadata entry ignored" in out.stderr
@@ -409,7 +357,7 @@ def test_an_aufs_image_loads_unpacks_and_squashes(tmp_path: Path) -> None:
     assert indexes() == before
 
 
-_KEPT = (f"{_PLNK}/1", b"kept", 0o644)
+_KEPT = F(f"{PLNK}/1", b"kept")
 
 
 @pytest.mark.parametrize(
@@ -419,43 +367,37 @@ _KEPT = (f"{_PLNK}/1", b"kept", 0o644)
         # under the ordinary link, and the next aufs hardlink joins it.
         (
             [],
-            [
-                _KEPT,
-                ("a", f"{_PLNK}/1", 0),
-                ("b", "a", 0),
-                ("a", b"other", 0o644),
-                ("c", f"{_PLNK}/1", 0),
-            ],
+            [_KEPT, H("a", f"{PLNK}/1"), H("b", "a"), F("a", b"other"), H("c", f"{PLNK}/1")],
         ),
         # The same file reached through a symlinked parent, then by its own path.
         (
-            [("e", None, 0o755), ("d", "->e", 0o777)],
-            [_KEPT, ("d/x", f"{_PLNK}/1", 0), ("e/x", f"{_PLNK}/1", 0)],
+            [D("e"), S("d", "e")],
+            [_KEPT, H("d/x", f"{PLNK}/1"), H("e/x", f"{PLNK}/1")],
         ),
         # The symlinked parent is replaced by a directory between two hardlinks.
         (
-            [("e", None, 0o755), ("d", "->e", 0o777)],
-            [_KEPT, ("d/x", f"{_PLNK}/1", 0), ("d", None, 0o755), ("d/x", f"{_PLNK}/1", 0)],
+            [D("e"), S("d", "e")],
+            [_KEPT, H("d/x", f"{PLNK}/1"), D("d"), H("d/x", f"{PLNK}/1")],
         ),
         # Every link to the made file replaced: the next hardlink makes it again.
         (
             [],
             [
                 _KEPT,
-                ("a", f"{_PLNK}/1", 0),
-                ("a", b"other", 0o644),
-                ("b", f"{_PLNK}/1", 0),
-                ("c", f"{_PLNK}/1", 0),
+                H("a", f"{PLNK}/1"),
+                F("a", b"other"),
+                H("b", f"{PLNK}/1"),
+                H("c", f"{PLNK}/1"),
             ],
         ),
         # An ordinary hardlink naming its own target through a symlinked parent.
-        ([("e", None, 0o755), ("d", "->e", 0o777)], [("e/x", b"x", 0o644), ("d/x", "e/x", 0)]),
+        ([D("e"), S("d", "e")], [F("e/x", b"x"), H("d/x", "e/x")]),
     ],
 )
 def test_aufs_hardlinks_apply_as_they_squash(
-    tmp_path: Path, lower: list[_Member], aufs: list[_Member]
+    tmp_path: Path, lower: list[Entry], aufs: list[Entry]
 ) -> None:
-    _load_legacy(tmp_path, "old/aufs:1", [_layer_tar(lower), _layer_tar(aufs)])
+    load_layers(tmp_path, "old/aufs:1", [layer_tar(lower), layer_tar(aufs)])
     layerdiff.unpack("old/aufs:1", tmp_path / "r")
     layerdiff.squash("old/aufs:1", "old/aufs:squashed")
     layerdiff.unpack("old/aufs:squashed", tmp_path / "s")
@@ -478,7 +420,7 @@ def test_aufs_hardlinks_apply_as_they_squash(
 def test_squash_refuses_a_path_below_a_file_as_unpack_does(tmp_path: Path) -> None:
     """A layer putting `a/b` below its own file `a`: unpack fails (as docker's apply does), and
     squash refuses it too instead of writing a layer nothing can apply."""
-    _load_legacy(tmp_path, "odd/below:1", [_layer_tar([("a", b"A", 0o644), ("a/b", b"B", 0o644)])])
+    load_layers(tmp_path, "odd/below:1", [layer_tar([F("a", b"A"), F("a/b", b"B")])])
     unpack = run_cli("unpack", "odd/below:1", str(tmp_path / "r"))
     squash = run_cli("squash", "odd/below:1", "odd/below:squashed")
     assert unpack.returncode == squash.returncode == 1, (unpack.stderr, squash.stderr)

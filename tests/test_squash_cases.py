@@ -6,69 +6,14 @@ unpacked, and compared with the unpacked image."""
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import layerdiff
-from tests.test_archive import _load_legacy
+from tests.stacks import OPQ, WH, D, F, H, S, layer_tar, load_layers
 from tests.treecmp import differences
-
-_T = 1_600_000_000
-
-
-def _entry(name: str, kind: str = "file", data: bytes = b"x", **kw: Any) -> tuple[Any, ...]:
-    return (name, kind, data, kw)
-
-
-def F(name: str, data: bytes = b"x", **kw: Any) -> tuple[Any, ...]:
-    return _entry(name, "file", data, **kw)
-
-
-def D(name: str, **kw: Any) -> tuple[Any, ...]:
-    return _entry(name, "dir", b"", **kw)
-
-
-def S(name: str, target: str) -> tuple[Any, ...]:
-    return _entry(name, "symlink", b"", link=target)
-
-
-def H(name: str, target: str) -> tuple[Any, ...]:
-    return _entry(name, "hardlink", b"", link=target)
-
-
-def WH(path: str) -> tuple[Any, ...]:
-    parent, _, base = path.rpartition("/")
-    return F(f"{parent}/.wh.{base}" if parent else f".wh.{base}", b"")
-
-
-def OPQ(d: str) -> tuple[Any, ...]:
-    return F(f"{d}/.wh..wh..opq" if d else ".wh..wh..opq", b"")
-
-
-def _tar(entries: list[tuple[Any, ...]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, kind, data, kw in entries:
-            info = tarfile.TarInfo(name)
-            info.mtime = _T
-            info.mode = kw.get("mode", 0o755 if kind == "dir" else 0o644)
-            info.type = {
-                "file": tarfile.REGTYPE,
-                "dir": tarfile.DIRTYPE,
-                "symlink": tarfile.SYMTYPE,
-                "hardlink": tarfile.LNKTYPE,
-            }[kind]
-            info.linkname = kw.get("link", "")
-            info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in kw.get("xattrs", {}).items()}
-            info.size = len(data) if kind == "file" else 0
-            tar.addfile(info, io.BytesIO(data) if kind == "file" else None)
-    return buf.getvalue()
-
 
 CASES = {
     # A layer whites out a lower directory it also writes into: the directory stays, with its
@@ -162,7 +107,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_squash_gives_what_the_layers_applied_in_order_give(tmp_path: Path, name: str) -> None:
     layers = CASES[name]
-    _load_legacy(tmp_path, "case/x:1", [_tar(layer) for layer in layers])
+    load_layers(tmp_path, "case/x:1", [layer_tar(layer) for layer in layers])
     try:
         layerdiff.unpack("case/x:1", tmp_path / "applied")
         applied: BaseException | None = None
@@ -184,7 +129,9 @@ def test_squash_gives_what_the_layers_applied_in_order_give(tmp_path: Path, name
 def test_implied_directories_are_0755_whatever_the_umask(tmp_path: Path) -> None:
     """A directory a layer implies (its entries name it, it has none) is made 0755, as squash
     writes it: the tree does not depend on the caller's umask."""
-    _load_legacy(tmp_path, "case/umask:1", [_tar([F("a/b/c", b"1")]), _tar([F("x/y", b"2")])])
+    load_layers(
+        tmp_path, "case/umask:1", [layer_tar([F("a/b/c", b"1")]), layer_tar([F("x/y", b"2")])]
+    )
     old = os.umask(0o077)
     try:
         layerdiff.unpack("case/umask:1", tmp_path / "applied")
