@@ -619,6 +619,7 @@ fn cancel_is_seen_inside_a_big_file_and_leaves_no_blob() {
             &changes,
             &opts(Compression::Gzip { level: 1 }, 1),
             blob,
+            0,
             tmp,
         )?;
         cancel.cancel();
@@ -809,4 +810,64 @@ fn bench_tree() {
             );
         }
     }
+}
+
+fn blob_file(file: File) -> BlobFile {
+    BlobFile::new(EarlyWriteback {
+        file,
+        written: 0,
+        started: 0,
+        synced: 0,
+        syncer: None,
+    })
+    .unwrap()
+}
+
+#[test]
+fn blob_file_writes_every_byte_in_order_across_its_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blob");
+    let mut blob = blob_file(File::create(&path).unwrap());
+    let mut expected = Vec::new();
+    // Sizes below, at and above a buffer, so writes straddle every boundary.
+    for (i, len) in [
+        1,
+        511,
+        BLOB_BUFFER - 3,
+        7,
+        BLOB_BUFFER,
+        3 * BLOB_BUFFER + 5,
+        0,
+        9,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data: Vec<u8> = (0..len).map(|j| (i * 31 + j % 251) as u8).collect();
+        blob.write_all(&data).unwrap();
+        expected.extend_from_slice(&data);
+        if i == 3 {
+            blob.flush().unwrap();
+        }
+    }
+    blob.sync().unwrap();
+    assert!(std::fs::read(&path).unwrap() == expected);
+}
+
+#[test]
+fn a_write_error_on_the_blob_writer_thread_reaches_the_writer() {
+    let full = File::options().write(true).open("/dev/full").unwrap();
+    let mut blob = blob_file(full);
+    let data = vec![7u8; BLOB_BUFFER + 1];
+    let err = (0..2 * BLOB_QUEUE + 4)
+        .find_map(|_| blob.write_all(&data).err())
+        .unwrap_or_else(|| blob.sync().unwrap_err());
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+
+    // Also when the error comes with the last bytes, at sync.
+    let full = File::options().write(true).open("/dev/full").unwrap();
+    let mut blob = blob_file(full);
+    blob.write_all(b"tail").unwrap();
+    let err = blob.sync().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
 }

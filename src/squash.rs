@@ -1085,7 +1085,7 @@ fn squash_once(
     }
     let opts = &opts;
     write_blob_file(blobs_dir, cancel, |blob, tmp| {
-        let mut out = Pipeline::new(blob, opts, resolve_threads(opts.threads), tmp)?;
+        let mut out = Pipeline::new(blob, opts, resolve_threads(opts.threads), 0, tmp)?;
         let mut sources = Sources {
             range,
             claimed: &mut claimed,
