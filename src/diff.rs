@@ -398,7 +398,7 @@ fn hash_file(tree: Tree<'_>, e: &Entry, cancel: &Cancel) -> Result<blake3::Hash>
 /// Bytes read per step while hashing a file.
 const HASH_CHUNK: usize = 256 << 10;
 
-/// The (dev, ino) of every hardlinked regular file, with its members (indices, in path order).
+/// The (dev, ino) of every hardlinked entry, with its members (indices, in path order).
 fn link_sets(entries: &[Entry]) -> HashMap<(u64, u64), Vec<usize>> {
     let mut sets: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
     for (i, e) in entries
@@ -431,14 +431,14 @@ fn linked_paths<'a>(
 /// changed member or whose membership differs from the lower's.
 fn mark_hardlink_sets(m: &mut Merge, l: &[Entry], u: &[Entry]) {
     let (lower_sets, upper_sets) = (link_sets(l), link_sets(u));
-    // Sets to look at: every upper set, plus files linked in the lower but not in the upper
+    // Sets to look at: every upper set, plus entries linked in the lower but not in the upper
     // (their membership changed too).
     let mut groups: Vec<Vec<usize>> = upper_sets.values().cloned().collect();
     groups.extend(
         (0..u.len())
             .filter(|&j| {
                 let lower_linked = m.upper[j].1.is_some_and(|i| l[i].is_hardlinked());
-                u[j].kind == Kind::File && !u[j].is_hardlinked() && lower_linked
+                u[j].kind != Kind::Dir && !u[j].is_hardlinked() && lower_linked
             })
             .map(|j| vec![j]),
     );

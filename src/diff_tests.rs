@@ -342,6 +342,26 @@ fn hardlink_structure_is_compared() {
         |r| chmod(&r.join("q"), 0o600),
     );
     assert_eq!(diff(l.path(), u.path()), ["C p", "C q"]);
+    // Symlinks have hardlink structure too.
+    let symlinks = |r: &Path| {
+        std::os::unix::fs::symlink("p", r.join("s")).unwrap();
+        std::os::unix::fs::symlink("p", r.join("t")).unwrap();
+    };
+    let link_symlinks = |r: &Path| {
+        std::fs::remove_file(r.join("t")).unwrap();
+        std::fs::hard_link(r.join("s"), r.join("t")).unwrap();
+    };
+    let (l, u) = pair(symlinks, link_symlinks);
+    assert_eq!(diff(l.path(), u.path()), ["C s", "C t"]);
+    assert_eq!(diff(u.path(), l.path()), ["C s", "C t"]);
+    let (l, u) = pair(
+        |r: &Path| {
+            symlinks(r);
+            link_symlinks(r)
+        },
+        |_| {},
+    );
+    assert_eq!(diff(l.path(), u.path()), Vec::<String>::new());
 }
 
 #[test]

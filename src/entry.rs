@@ -71,9 +71,11 @@ impl Entry {
         base_name(&self.path)
     }
 
-    /// True for a regular file with more than one link (a member of a hardlink set).
+    /// True for a member of a hardlink set: anything but a directory or a socket (which no
+    /// layer holds) with more than one link. Symlinks, FIFOs and devices can be hardlinked
+    /// too, and a layer links them as docker's does.
     pub fn is_hardlinked(&self) -> bool {
-        self.kind == Kind::File && self.nlink > 1
+        !matches!(self.kind, Kind::Dir | Kind::Socket) && self.nlink > 1
     }
 }
 

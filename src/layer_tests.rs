@@ -224,6 +224,26 @@ fn hardlinks_point_at_the_first_path_and_sockets_are_left_out() {
     assert_eq!(planned(&changes), ["a", "a/x", "z => a/x"]);
     let (_, warnings) = plan(Path::new("/up"), &changes).unwrap();
     assert_eq!(warnings, ["s: socket not stored in the layer"]);
+    // Symlinks, FIFOs and devices are linked the same way; directories never are.
+    let linked = |path: &[u8], kind, ino| {
+        let mut e = entry(path, kind);
+        e.nlink = 2;
+        e.ino = ino;
+        added(e)
+    };
+    let changes = sorted(vec![
+        linked(b"c1", Kind::CharDevice, 1),
+        linked(b"c2", Kind::CharDevice, 1),
+        linked(b"d1", Kind::Dir, 2),
+        linked(b"f1", Kind::Fifo, 3),
+        linked(b"f2", Kind::Fifo, 3),
+        linked(b"l1", Kind::Symlink, 4),
+        linked(b"l2", Kind::Symlink, 4),
+    ]);
+    assert_eq!(
+        planned(&changes),
+        ["c1", "c2 => c1", "d1", "f1", "f2 => f1", "l1", "l2 => l1"]
+    );
     // A socket in place of what the lower had: that is whited out, before its siblings.
     let mut replaced = added(entry(b"a/r", Kind::Socket));
     replaced.kind = ChangeKind::Modified;

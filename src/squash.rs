@@ -88,6 +88,10 @@ pub struct Record {
     pub mtime: (i64, u32),
     /// Extended attributes.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The hardlink set of a symlink, FIFO or device that a layer of the range linked: the
+    /// records of one set are one inode, written once and linked at its other paths. (A
+    /// regular file's identity is its content.) Given by the fold, never read from a layer.
+    pub link_set: Option<u64>,
 }
 
 /// One member of a layer as the fold sees it.
@@ -455,6 +459,8 @@ pub struct Folder {
     killed: HashSet<Vec<u8>>,
     /// Where symbolic links were put, below the range (taken from the lower tree) and in it.
     links: Links,
+    /// Hardlink sets of records other than files made so far ([`Record::link_set`]).
+    link_sets: u64,
 }
 
 /// Metadata of a directory the layer implied but did not hold (apply makes it 0755, root).
@@ -466,6 +472,7 @@ fn implied_dir() -> Record {
         gid: 0,
         mtime: (0, 0),
         xattrs: Vec::new(),
+        link_set: None,
     }
 }
 
@@ -627,8 +634,20 @@ impl Folder {
                         mark_written(&mut created, &p); // a link to itself: as it is
                         continue;
                     }
-                    let rec = match self.merged.get(&Key(target.clone())) {
-                        Some(r) => r.clone(),
+                    let rec = match self.merged.get_mut(&Key(target.clone())) {
+                        Some(r) => {
+                            // A file is identified by its content, a link into the lower
+                            // tree by its target; anything else by the set it now starts.
+                            let other = matches!(
+                                r.kind,
+                                Kind::Symlink(_) | Kind::Fifo | Kind::Char(..) | Kind::Block(..)
+                            );
+                            if other && r.link_set.is_none() {
+                                r.link_set = Some(self.link_sets);
+                                self.link_sets += 1;
+                            }
+                            r.clone()
+                        }
                         // Not written in the range: the link stays a link into the lower tree.
                         None => Record {
                             kind: Kind::LinkToLower(target),
@@ -868,6 +887,7 @@ fn record(h: Header, kind: Kind) -> Record {
         gid: h.gid,
         mtime: (h.mtime.sec, h.mtime.nsec),
         xattrs: h.xattrs,
+        link_set: None,
     }
 }
 
@@ -1419,8 +1439,10 @@ fn write_squashed<W: Write>(
         .chain(squashed.whiteouts.iter().map(|p| Item::Whiteout(p)))
         .collect();
     items.sort_by_cached_key(order_key);
-    // The first path written for each content identity; later ones become hardlinks to it.
+    // The first path written for each content identity, and of each other hardlink set; later
+    // ones become hardlinks to it.
     let mut first: HashMap<(usize, u64), &[u8]> = HashMap::new();
+    let mut first_of_set: HashMap<u64, &[u8]> = HashMap::new();
     for item in items {
         cancel.check()?;
         let (path, rec) = match item {
@@ -1445,6 +1467,17 @@ fn write_squashed<W: Write>(
             },
             xattrs: &rec.xattrs,
         };
+        if let Some(set) = rec.link_set {
+            match first_of_set.get(&set) {
+                Some(target) => {
+                    tar.append_hardlink(&meta, target)?;
+                    continue;
+                }
+                None => {
+                    first_of_set.insert(set, path);
+                }
+            }
+        }
         match &rec.kind {
             Kind::Dir => tar.append_dir(&meta)?,
             Kind::File {

@@ -146,6 +146,7 @@ impl Dec<'_> {
             gid,
             mtime,
             xattrs,
+            link_set: None,
         })
     }
     fn op(&mut self) -> Option<Op> {
@@ -338,6 +339,7 @@ mod tests {
             gid: 42,
             mtime: (-5, 999_999_999),
             xattrs: vec![(b"user.a".to_vec(), vec![0, 255, 1])],
+            link_set: None,
         };
         LayerIndex {
             ops: vec![

@@ -11,6 +11,7 @@ fn rec(kind: Kind) -> Record {
         gid: 0,
         mtime: (1, 0),
         xattrs: Vec::new(),
+        link_set: None,
     }
 }
 fn file(p: &str, layer: usize, ordinal: u64) -> Op {
@@ -346,6 +347,18 @@ fn squash_applies_like_the_layers_in_order() {
     fs::hard_link(a.join("big"), a.join("big-link")).unwrap();
     fs::create_dir_all(a.join("d")).unwrap();
     fs::write(a.join("d/old"), b"old").unwrap();
+    // Hardlinked symlinks and FIFOs: one inode each, as for files.
+    std::os::unix::fs::symlink("etc/keep", a.join("sl")).unwrap();
+    fs::hard_link(a.join("sl"), a.join("sl2")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        a.join("pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    fs::hard_link(a.join("pipe"), a.join("pipe2")).unwrap();
     let copy = |from: &Path, to: &Path| {
         assert!(
             std::process::Command::new("cp")
@@ -363,7 +376,12 @@ fn squash_applies_like_the_layers_in_order() {
     fs::remove_dir_all(b.join("d")).unwrap();
     fs::create_dir(b.join("d")).unwrap();
     fs::write(b.join("d/fresh"), b"fresh").unwrap();
+    std::os::unix::fs::symlink("new", b.join("b-sl")).unwrap();
+    fs::hard_link(b.join("b-sl"), b.join("b-sl2")).unwrap();
     copy(&b, &c);
+    // One name of a linked symlink made anew: the set breaks.
+    fs::remove_file(c.join("sl")).unwrap();
+    std::os::unix::fs::symlink("etc/other", c.join("sl")).unwrap();
     fs::remove_file(c.join("new")).unwrap();
     fs::write(c.join("big"), b"rewritten").unwrap();
     std::os::unix::fs::symlink("etc/keep", c.join("link")).unwrap();
@@ -437,6 +455,14 @@ fn squash_applies_like_the_layers_in_order() {
     let sequential = t.path().join("seq");
     apply_all(&sequential, &paths);
     assert_eq!(snapshot(&sequential), snapshot(&c));
+    let nlink = |p: &str| {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(sequential.join(p)).unwrap().nlink()
+    };
+    assert_eq!(
+        ["sl", "sl2", "pipe", "pipe2", "b-sl", "b-sl2"].map(nlink),
+        [1, 1, 2, 2, 2, 2]
+    );
 
     // All three into one.
     let all = squash_files(&[], &paths, &opts, &blobs, &NEVER).unwrap();

@@ -200,8 +200,8 @@ pub fn is_overlay_indexed_link(entry: &Entry) -> bool {
 /// file's xattrs: a lookup takes such a file for a whiteout in any directory (a listing of an
 /// unmarked one shows the name, but nothing can open or stat it), so it is a whiteout here
 /// too, marked or not. Overlayfs may hard-link all its 0/0 whiteouts to one
-/// inode; that does not matter here, as a whiteout is never a hardlink-set member
-/// ([`Entry::is_hardlinked`] is for regular files and whiteouts are emitted without an entry).
+/// inode; that does not matter here, as a whiteout is never a hardlink-set member (whiteouts
+/// are emitted without an entry).
 pub fn is_overlay_whiteout(entry: &Entry) -> bool {
     match entry.kind {
         Kind::CharDevice => entry.rdev_major == 0 && entry.rdev_minor == 0,

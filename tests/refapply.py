@@ -110,7 +110,8 @@ def apply_layer(layer: str | os.PathLike[str], root: str | os.PathLike[str]) -> 
             elif m.issym():
                 os.symlink(m.linkname, path)
             elif m.islnk():
-                os.link(base / _clean(m.linkname), path)
+                # The target itself, also when it is a symlink (link(2), not following it).
+                os.link(base / _clean(m.linkname), path, follow_symlinks=False)
                 continue  # the link shares its target's inode and metadata
             elif m.isfifo():
                 os.mkfifo(path)

@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -690,6 +692,48 @@ def test_umoci_unpack(rootfs: Path, changed: Path, tmp_path: Path, compression: 
         compression=compression,
     )
     assert_same_tree(changed, umoci_unpack(f"{layout}:app", tmp_path / "b2"))
+
+
+def test_hardlinked_symlinks_fifos_and_devices_stay_linked(tmp_path: Path) -> None:
+    """As docker's layers do: the later names of a linked symlink, FIFO or device are hardlinks
+    to the first, and every applier (GNU tar, tarfile, umoci, ours) makes one inode again."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f").write_text("x")
+    os.symlink("f", root / "sl")
+    os.link(root / "sl", root / "sl2", follow_symlinks=False)
+    os.mkfifo(root / "p")
+    os.link(root / "p", root / "p2")
+    os.mknod(root / "c", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.link(root / "c", root / "c2")
+    layout = tmp_path / "layout"
+    proc = run_cli("commit", "--upper", str(root), f"oci:{layout}:one", "--json")
+    assert proc.returncode == 0, proc.stderr
+    blob = layout / "blobs" / "sha256" / json.loads(proc.stdout)["digest"].removeprefix("sha256:")
+    with tarfile.open(blob) as tar:
+        links = {m.name: m.linkname for m in tar if m.islnk()}
+    assert links == {"c2": "c", "p2": "p", "sl2": "sl"}
+    assert_same_tree(root, umoci_unpack(f"{layout}:one", tmp_path / "bundle"))
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(["tar", "-xzf", str(blob), "-C", str(gnu)], check=True)
+    assert_same_tree(root, gnu)
+    assert (gnu / "sl2").is_symlink() and os.lstat(gnu / "sl2").st_nlink == 2
+
+    # A second layer breaks one set and links a fresh name into another; the squash of both
+    # is the tree the two make in order.
+    changed = tmp_path / "changed"
+    subprocess.run(["cp", "-a", str(root), str(changed)], check=True)
+    os.unlink(changed / "sl")
+    os.symlink("f", changed / "sl")
+    os.link(changed / "p", changed / "p3")
+    layerdiff.commit(changed, image=f"oci:{layout}:two", lower=root, base=f"oci:{layout}:one")
+    proc = run_cli("squash", f"oci:{layout}:two", f"oci:{layout}:flat")
+    assert proc.returncode == 0, proc.stderr
+    for ref in ("two", "flat"):
+        layerdiff.unpack(f"oci:{layout}:{ref}", tmp_path / ref)
+        assert_same_tree(changed, tmp_path / ref)
+    assert os.lstat(tmp_path / "flat" / "p3").st_nlink == 3
 
 
 # -- real overlay mounts -------------------------------------------------------------------------

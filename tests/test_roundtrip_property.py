@@ -138,9 +138,11 @@ def apply_op(root: Path, op: tuple[Any, ...], clock: Clock) -> None:
             os.symlink(op[2], path)
             clock.stamp(path)
         elif kind == "hardlink" and not exists:
+            # Anything but a directory can be hardlinked: files, symlinks (the link itself,
+            # not its target), FIFOs.
             source = root / op[2]
-            if source.is_file() and not source.is_symlink():
-                os.link(source, path)
+            if os.path.lexists(source) and not stat.S_ISDIR(os.lstat(source).st_mode):
+                os.link(source, path, follow_symlinks=False)
         elif kind == "fifo" and not exists:
             os.mkfifo(path)
             clock.stamp(path)

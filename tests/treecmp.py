@@ -71,10 +71,10 @@ def snapshot(root: str | os.PathLike[str], *, mtimes: bool = True) -> dict[str, 
         if kind != stat.S_IFLNK:  # a symlink's mode is always 0777 and not carried
             attrs["mode"] = oct(stat.S_IMODE(st.st_mode))
             attrs["xattrs"] = xattrs(path)
+        if kind not in (stat.S_IFDIR, stat.S_IFSOCK) and st.st_nlink > 1:
+            inodes[(st.st_dev, st.st_ino)].append(rel)
         if kind == stat.S_IFREG:
             attrs["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-            if st.st_nlink > 1:
-                inodes[(st.st_dev, st.st_ino)].append(rel)
         elif kind == stat.S_IFLNK:
             attrs["target"] = os.readlink(path)
         elif kind in (stat.S_IFCHR, stat.S_IFBLK):
