@@ -949,6 +949,82 @@ def test_an_interrupted_pull_does_not_wait_for_a_registry_that_stopped_answering
         assert asked.count(f"/v2/x/blobs/{layer_digest}") == 1  # not asked again
 
 
+def test_an_interrupted_api_pull_lets_the_interpreter_exit_without_waiting_for_the_registry(
+    tmp_path: Path,
+) -> None:
+    """KeyboardInterrupt in a program pulling with the API while the registry has stopped
+    answering its layer GETs: the program ends at once, not when the transfer threads it
+    abandoned time out (Python waits for non-daemon threads at exit)."""
+    import hashlib
+
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    layers = ["sha256:" + c * 64 for c in "23"]
+    manifest = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": 9}
+                for d in layers
+            ],
+        }
+    )
+    both_asked = threading.Barrier(3)
+    release = threading.Event()
+
+    class Stalling(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if any(self.path.endswith(d) for d in layers):
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    both_asked.wait(60)
+                release.wait(60)  # a registry that stopped answering
+                return
+            body = {
+                "/v2/": b"",
+                "/v2/x/manifests/1": manifest,
+                f"/v2/x/blobs/{config_digest}": config,
+            }.get(self.path)
+            self.send_response(404 if body is None else 200)
+            self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with _serving(Stalling) as (_, host):
+        program = (
+            "import layerdiff\n"
+            "try:\n"
+            f"    layerdiff.pull('docker://{host}/x:1', 'oci:{tmp_path}/o:1', tls_verify=False)\n"
+            "except KeyboardInterrupt:\n"
+            "    print('interrupted', flush=True)\n"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            both_asked.wait(60)
+            begin = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+            elapsed = time.monotonic() - begin
+        finally:
+            release.set()
+            if proc.poll() is None:
+                proc.kill()
+        assert out == b"interrupted\n", err
+        assert proc.returncode == 0, err
+        assert elapsed < 10, elapsed  # not the 60 s the registry would take
+
+
 def test_an_interrupted_commit_to_a_registry_sends_no_more_of_the_layer(tmp_path: Path) -> None:
     """Ctrl-C while a commit streams its layer to a slow registry: the chunks still queued
     are not sent, and the command ends within a few seconds."""

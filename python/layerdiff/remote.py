@@ -16,9 +16,9 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -120,26 +120,46 @@ def _parallel(fn: Callable[[_T, threading.Event], _R], items: Sequence[_T], jobs
     stop = threading.Event()
     if jobs <= 1 or len(items) <= 1:
         return [fn(i, stop) for i in items]
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=WORKER_PREFIX)
-    futures = [pool.submit(fn, item, stop) for item in items]
+    futures: list[concurrent.futures.Future[_R]] = [concurrent.futures.Future() for _ in items]
+    work: queue.SimpleQueue[tuple[_T, concurrent.futures.Future[_R]]] = queue.SimpleQueue()
+    for pair in zip(items, futures, strict=True):
+        work.put(pair)
+
+    def worker() -> None:
+        while True:
+            try:
+                item, future = work.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled before it started
+            try:
+                future.set_result(fn(item, stop))
+            except BaseException as e:  # handed to the caller through the future
+                future.set_exception(e)
+
+    # Daemon threads, not a ThreadPoolExecutor's: the interpreter waits for those at exit, so
+    # a transfer abandoned in a request that a registry never answers would hold up the exit
+    # of the program that gave up on it until the request timed out.
+    for n in range(min(jobs, len(items))):
+        threading.Thread(target=worker, name=f"{WORKER_PREFIX}_{n}", daemon=True).start()
     try:
         # The first failure, whichever transfer it is, stops the rest at once.
         done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
         for f in futures:
             if f in done and f.exception() is not None:
                 f.result()
-        results = [f.result() for f in futures]
+        return [f.result() for f in futures]
     except BaseException:
         # Interrupted (Ctrl-C, SIGTERM) or failed: the transfers still running stop at their
         # next chunk or retry, and those not started never start. One stalled in a request
         # (a registry that stopped answering) is not waited for past the grace: its thread is
         # left to end, its temporary file to gc.
         stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+        for f in futures:
+            f.cancel()
         concurrent.futures.wait(futures, timeout=_STOP_GRACE)
         raise
-    pool.shutdown(wait=True)
-    return results
 
 
 def _quiet(_digest: str, _done: int, _size: int, _status: str | None) -> None:
