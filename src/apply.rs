@@ -147,6 +147,7 @@ pub fn apply_layer<R: Read + Send>(
             stats: ApplyStats::default(),
             parent: None,
             aufs: HashMap::new(),
+            skipped_devices: HashSet::new(),
         };
         while let Some(header) = reader.next_header()? {
             cancel.check()?;
@@ -221,6 +222,9 @@ struct Applier<'a> {
     /// The regular files of the layer's aufs link directory, by name, for the hardlinks that
     /// point at them.
     aufs: HashMap<Vec<u8>, AufsFile>,
+    /// Device nodes of this layer that could not be made (no privilege), by path: the
+    /// hardlinks to them are skipped with them.
+    skipped_devices: HashSet<Vec<u8>>,
 }
 
 /// A regular file of a layer's aufs link directory: the file its hardlinks become (content and
@@ -410,6 +414,13 @@ impl Applier<'_> {
                 })?;
                 let tname = base_name(&target);
                 match root::type_at(&tdir, tname).map_err(io)? {
+                    None if self.skipped_devices.contains(&target) => {
+                        self.stats.warnings.push(format!(
+                            "{name}: hardlink to device node {} skipped (not permitted)",
+                            String::from_utf8_lossy(&target)
+                        ));
+                        return Ok(());
+                    }
                     None => {
                         return Err(bad(
                             name,
@@ -463,6 +474,7 @@ impl Applier<'_> {
                         self.stats
                             .warnings
                             .push(format!("{name}: device node skipped (not permitted)"));
+                        self.skipped_devices.insert(path);
                         return Ok(());
                     }
                     Err(e) => return Err(io(e.into())),

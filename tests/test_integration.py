@@ -736,6 +736,33 @@ def test_hardlinked_symlinks_fifos_and_devices_stay_linked(tmp_path: Path) -> No
     assert os.lstat(tmp_path / "flat" / "p3").st_nlink == 3
 
 
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_without_the_right_to_make_devices_a_linked_device_is_skipped_with_its_links(
+    tmp_path: Path,
+) -> None:
+    """Unpacking where mknod is refused (no CAP_MKNOD, as rootless): each device node is
+    skipped with a warning, and so are the hardlinks to it; the rest is unpacked."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f").write_text("x")
+    os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.link(root / "null", root / "null2")
+    layout = tmp_path / "layout"
+    layerdiff.commit(root, image=f"oci:{layout}:dev")
+    out = tmp_path / "out"
+    unpack = [sys.executable, "-m", "layerdiff", "unpack", f"oci:{layout}:dev", str(out)]
+    proc = subprocess.run(
+        ["setpriv", "--bounding-set=-mknod", *unpack],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "null: device node skipped (not permitted)" in proc.stderr
+    assert "null2: hardlink to device node null skipped (not permitted)" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["f"]
+
+
 # -- real overlay mounts -------------------------------------------------------------------------
 
 
