@@ -792,6 +792,53 @@ pub fn full_tree(upper: &Path, cancel: &Cancel) -> Result<Vec<Change>> {
         .collect())
 }
 
+/// `changes` with every directory above a change that is not a change itself, as
+/// [`ChangeKind::Modified`] with its entry read from `tree` (the diff's upper tree, found at
+/// `tree_path`).
+///
+/// A layer holds these directories, as docker's do: whatever applies a layer into a directory
+/// of its own (an overlayfs layer, as docker, containerd and our layer cache keep them) would
+/// otherwise make them up, and their made-up mode and owner would hide the lower ones' in the
+/// merged tree (`/tmp`'s 1777 turned 0755 by a file changed in it).
+pub fn with_parent_dirs(
+    tree: BorrowedFd<'_>,
+    tree_path: &Path,
+    changes: Vec<Change>,
+) -> Result<Vec<Change>> {
+    let missing: Vec<Vec<u8>> = {
+        let listed: HashSet<&[u8]> = changes.iter().map(|c| c.path.as_slice()).collect();
+        let mut missing: HashSet<&[u8]> = HashSet::new();
+        for c in &changes {
+            let mut p = entry::parent(&c.path);
+            while !p.is_empty() && !listed.contains(p) && missing.insert(p) {
+                p = entry::parent(p);
+            }
+        }
+        missing.into_iter().map(<[u8]>::to_vec).collect()
+    };
+    if missing.is_empty() {
+        return Ok(changes);
+    }
+    let mut all = changes;
+    for p in missing {
+        let full = || tree_path.join(entry::os_path(&p));
+        let Some(entry) = walk::entry_at(tree, &p).at(full())? else {
+            return Err(Error::io(
+                full(),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "vanished during the diff"),
+            ));
+        };
+        all.push(Change {
+            kind: ChangeKind::Modified,
+            path: p,
+            entry: Some(entry),
+            opaque: false,
+        });
+    }
+    all.sort_by(|a, b| cmp_paths(&a.path, &b.path));
+    Ok(all)
+}
+
 /// `changes` without those at the paths `exclude` names (with or without a leading `/`): the
 /// files a container runtime manages, which never belong in a commit.
 pub fn without_paths(changes: Vec<Change>, exclude: &[String]) -> Vec<Change> {

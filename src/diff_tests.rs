@@ -927,3 +927,42 @@ fn root_owner_maps_only_the_given_ids() {
         .collect();
     assert_eq!(owners, [(0, 0), (0, 7), (5, 0)]);
 }
+
+#[test]
+fn a_layer_gets_the_unchanged_directories_above_its_changes() {
+    let (l, u) = pair(
+        |r: &Path| {
+            write(&r.join("tmp/deep/f"), b"1");
+            write(&r.join("tmp/gone"), b"g");
+            write(&r.join("other/x"), b"x");
+            chmod(&r.join("tmp"), 0o1777);
+        },
+        |r| {
+            write(&r.join("tmp/deep/f"), b"22");
+            std::fs::remove_file(r.join("tmp/gone")).unwrap();
+        },
+    );
+    // The diff lists what changed; removing tmp/gone changed tmp's mtime, not tmp/deep's.
+    let changes = diff_dirs(l.path(), u.path(), &DiffOptions::default()).unwrap();
+    std::os::unix::fs::chown(u.path().join("tmp/deep"), Some(7), Some(8)).unwrap();
+    let changes: Vec<Change> = changes.into_iter().filter(|c| c.path != b"tmp").collect();
+    assert_eq!(summary(&changes), ["C tmp/deep/f", "D tmp/gone"]);
+    let root = walk::open_root(u.path()).unwrap();
+    let full = with_parent_dirs(root.as_fd(), u.path(), changes).unwrap();
+    assert_eq!(
+        summary(&full),
+        ["C tmp", "C tmp/deep", "C tmp/deep/f", "D tmp/gone"]
+    );
+    let entry = |p: &[u8]| {
+        let c = full.iter().find(|c| c.path == p).unwrap();
+        c.entry.clone().unwrap()
+    };
+    assert_eq!(
+        (entry(b"tmp").kind, entry(b"tmp").mode),
+        (Kind::Dir, 0o1777)
+    );
+    assert_eq!((entry(b"tmp/deep").uid, entry(b"tmp/deep").gid), (7, 8));
+    // Nothing to add: the same list back.
+    let again = with_parent_dirs(root.as_fd(), u.path(), full.clone()).unwrap();
+    assert_eq!(summary(&again), summary(&full));
+}

@@ -249,6 +249,27 @@ fn read_dir(walk: &Walk<'_>, fd: OwnedFd, rel: &[u8]) -> Result<(Dir, Vec<Entry>
     Ok((dir, found.into_iter().flatten().collect()))
 }
 
+/// Everything about the entry at `path` (relative, plain) below the directory `root`, reached
+/// without following any symlink; `None` if it is not there.
+pub(crate) fn entry_at(root: BorrowedFd<'_>, path: &[u8]) -> io::Result<Option<Entry>> {
+    let dir = entry::parent(path);
+    let opened;
+    let dir_fd = if dir.is_empty() {
+        root
+    } else {
+        match open_beneath(root, dir, DIR_FLAGS) {
+            Ok(fd) => {
+                opened = fd;
+                opened.as_fd()
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    };
+    let name = CString::new(entry::base_name(path)).map_err(|_| Errno::INVAL)?;
+    read_entry(dir_fd, &name, path.to_vec())
+}
+
 /// Everything about one entry of the directory `dir_fd`; `None` if it vanished (ENOENT).
 fn read_entry(
     dir_fd: BorrowedFd<'_>,

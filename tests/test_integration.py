@@ -784,6 +784,62 @@ def mount_overlay(tmp_path: Path, lower: Path, options: str = "") -> tuple[Path,
 
 
 @pytest.mark.root
+def test_layers_applied_each_in_its_own_overlay_layer_keep_the_directories_above_a_change(
+    tmp_path: Path,
+) -> None:
+    """A commit whose changes sit in directories it did not change (a file edited in place,
+    the directory's mtime kept): applied as overlayfs layers, each into a directory of its own
+    as docker, containerd and the layer cache do, the merged tree keeps those directories' mode
+    and owner, because the layer holds them."""
+    base = tmp_path / "base"
+    (base / "tmp").mkdir(parents=True)
+    (base / "tmp" / "f").write_text("1")
+    os.chmod(base / "tmp", 0o1777)
+    (base / "home" / "u").mkdir(parents=True)
+    (base / "home" / "u" / ".profile").write_text("a")
+    (base / "home" / "u" / "old").write_text("o")
+    os.chown(base / "home" / "u", 1000, 1000)
+    os.chmod(base / "home" / "u", 0o700)
+    changed = tmp_path / "changed"
+    subprocess.run(["cp", "-a", str(base), str(changed)], check=True)
+    for path in (changed / "tmp", changed / "home" / "u"):
+        st = os.stat(path)
+        with open(path / ("f" if path.name == "tmp" else ".profile"), "a") as f:
+            f.write("more")
+        if path.name == "u":
+            (path / "old").unlink()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [str(c) for c in layerdiff.diff(base, changed)] == [
+        "C /home/u/.profile",
+        "D /home/u/old",
+        "C /tmp/f",
+    ]
+    layout = tmp_path / "layout"
+    layerdiff.commit(base, image=f"oci:{layout}:base")
+    layerdiff.commit(changed, image=f"oci:{layout}:new", lower=base, base=f"oci:{layout}:base")
+    layers = layerdiff.inspect(f"oci:{layout}:new")["manifest"]["layers"]
+    dirs = []
+    for i, desc in enumerate(layers):
+        blob = layout / "blobs" / "sha256" / desc["digest"].removeprefix("sha256:")
+        dirs.append(tmp_path / f"layer{i}")
+        layerdiff.apply(dirs[-1], [blob], overlay=True)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    lowerdir = ":".join(str(d) for d in reversed(dirs))
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lowerdir}", str(merged)],
+        check=True,
+    )
+    try:
+        assert_same_tree(changed, merged, mtimes=False)
+        assert oct(os.stat(merged / "tmp").st_mode) == oct(0o41777)
+        st = os.stat(merged / "home" / "u")
+        assert (st.st_uid, oct(st.st_mode)) == (1000, oct(0o40700))
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+
+
+@pytest.mark.root
 def test_overlay_upper_commit(rootfs: Path, tmp_path: Path) -> None:
     upper, merged = mount_overlay(tmp_path, rootfs)
     try:

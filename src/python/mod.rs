@@ -209,9 +209,18 @@ impl LayerSource {
         };
         let (changes, view) = if self.overlay {
             let d = core_diff::diff_overlay_view(&self.upper, &self.lowers, &dopts)?;
-            (d.changes, d.view)
+            // An upper directory holds the parents of all it holds; the merged view does not
+            // list those unchanged.
+            let changes = match &d.view {
+                Some(view) => core_diff::with_parent_dirs(view.as_fd(), &self.upper, d.changes)?,
+                None => d.changes,
+            };
+            (changes, d.view)
         } else if let Some(lower) = &self.lower {
-            (core_diff::diff_dirs(lower, &self.upper, &dopts)?, None)
+            let changes = core_diff::diff_dirs(lower, &self.upper, &dopts)?;
+            let upper = crate::walk::open_root(&self.upper)?;
+            let changes = core_diff::with_parent_dirs(upper.as_fd(), &self.upper, changes)?;
+            (changes, None)
         } else {
             (core_diff::full_tree(&self.upper, cancel)?, None)
         };
