@@ -351,12 +351,19 @@ mod xattrat {
     pub(super) const LIST: libc::c_long = 465;
 }
 
-/// Whether the `*xattrat` calls work here, asked once of the directory `dir_fd`.
+/// Whether the `*xattrat` calls work here, asked of the directory `dir_fd`: both of them, as a
+/// seccomp filter may know one and not the other.
 fn xattrat_available(dir_fd: BorrowedFd<'_>) -> bool {
     if !NO_XATTRAT.load(Ordering::Relaxed) {
-        match list_xattrat(dir_fd, c".", &mut []) {
-            Err(Errno::NOSYS | Errno::PERM) => NO_XATTRAT.store(true, Ordering::Relaxed),
-            _ => return true,
+        let list = list_xattrat(dir_fd, c".", &mut []);
+        let get = get_xattrat(dir_fd, c".", c"user.layerdiff.probe", &mut []);
+        if [list, get]
+            .iter()
+            .any(|r| matches!(r, Err(Errno::NOSYS | Errno::PERM)))
+        {
+            NO_XATTRAT.store(true, Ordering::Relaxed);
+        } else {
+            return true;
         }
     }
     false
@@ -377,7 +384,14 @@ fn entry_xattrs(dir_fd: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Xattr
             |n, buf| get_xattrat(dir_fd, name, n, buf),
         );
         match xattrs {
-            Err(Errno::NOSYS | Errno::PERM) => NO_XATTRAT.store(true, Ordering::Relaxed),
+            Err(Errno::NOSYS | Errno::PERM) => {
+                NO_XATTRAT.store(true, Ordering::Relaxed);
+                // Refused after the walk's probe passed: /proc was not checked then, and
+                // without it every entry would look vanished (ENOENT).
+                if rustix::fs::statat(CWD, "/proc/self/fd", AtFlags::empty()).is_err() {
+                    return Err(Errno::NOSYS);
+                }
+            }
             other => return other,
         }
     }

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import platform
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -761,6 +766,71 @@ def test_without_the_right_to_make_devices_a_linked_device_is_skipped_with_its_l
     assert "null: device node skipped (not permitted)" in proc.stderr
     assert "null2: hardlink to device node null skipped (not permitted)" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["f"]
+
+
+def _deny_xattrat(err: int, *, only_get: bool = False) -> Callable[[], None]:
+    """A ``preexec_fn`` installing a seccomp filter (x86_64) under which ``getxattrat`` (464)
+    and, unless ``only_get``, ``listxattrat`` (465) fail with ``err``: as on a kernel before
+    6.13 (ENOSYS) or in a container whose profile predates them (docker's: EPERM)."""
+
+    def install() -> None:
+        def op(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+            return struct.pack("=HBBI", code, jt, jf, k)
+
+        ld, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_RET|K
+        allow, fail = 0x7FFF0000, 0x00050000 | err  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
+        prog = b"".join(
+            [
+                op(ld, 4),  # seccomp_data.arch
+                op(jeq, 0xC000003E, 1, 0),  # AUDIT_ARCH_X86_64
+                op(ret, allow),
+                op(ld, 0),  # seccomp_data.nr
+                op(jeq, 464, 2, 0),
+                op(jeq, 0xFFFFFFFF if only_get else 465, 1, 0),
+                op(ret, allow),
+                op(ret, fail),
+            ]
+        )
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(prog)
+        fprog = struct.pack("=HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
+        if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0):
+            raise OSError(ctypes.get_errno(), "seccomp")  # PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP
+
+    return install
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the seccomp filter is x86_64's")
+@pytest.mark.root
+def test_xattrs_are_read_where_listxattrat_and_getxattrat_are_refused(tmp_path: Path) -> None:
+    """Where the kernel or a seccomp profile refuses the ``*xattrat`` calls the walk uses, it
+    reads xattrs the older way: the same layer, byte for byte."""
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "f").write_text("x")
+    os.setxattr(root / "d", "user.dir", b"1")
+    os.setxattr(root / "d" / "f", "user.big", b"v" * 3000)
+    os.symlink("f", root / "d" / "link")
+    os.setxattr(root / "d" / "link", "trusted.mark", b"on-link", follow_symlinks=False)
+
+    def commit(tag: str, preexec: Callable[[], None] | None = None) -> str:
+        target = f"oci:{tmp_path / 'layout'}:{tag}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "layerdiff", "commit", "--json", "--upper", str(root), target],
+            capture_output=True,
+            text=True,
+            check=False,
+            preexec_fn=preexec,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return str(json.loads(proc.stdout)["digest"])
+
+    reference = commit("plain")
+    blob = tmp_path / "layout" / "blobs" / "sha256" / reference.removeprefix("sha256:")
+    with tarfile.open(blob) as tar:
+        assert tar.getmember("d/link").pax_headers["SCHILY.xattr.trusted.mark"] == "on-link"
+    for err, only_get in ((errno.EPERM, False), (errno.ENOSYS, False), (errno.EPERM, True)):
+        assert commit(f"{err}-{only_get}", _deny_xattrat(err, only_get=only_get)) == reference
 
 
 # -- real overlay mounts -------------------------------------------------------------------------
