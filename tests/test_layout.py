@@ -214,3 +214,25 @@ def test_rmi_of_a_name_by_digest_removes_that_name_only(store_home: Path, tmp_pa
     assert out.returncode == 1 and "not found" in out.stderr, out.stderr
     assert sorted(i.tag for i in layerdiff.images()) == ["1", "2"]
     assert layerdiff.inspect(f"app@{digest}")["digest"] == digest  # found for reading
+
+
+@pytest.mark.root
+def test_a_blob_that_does_not_fit_names_its_file_and_leaves_nothing(tmp_path: Path) -> None:
+    """A write or fsync error such as ENOSPC carries no file name of its own: the error names
+    the file, and no temporary file is left."""
+    import errno
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        layout = Layout.create(small / "layout")
+        data = os.urandom(256 << 10)
+        with pytest.raises(OSError) as raised:
+            layout.put_blob(data, media_type="application/octet-stream")
+        assert raised.value.errno == errno.ENOSPC
+        assert raised.value.filename == str(layout.blob_path(_digest(data)))
+        assert os.listdir(layout.path / "blobs" / "sha256") == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
