@@ -764,19 +764,27 @@ pub struct BlobFile {
     full: Option<mpsc::SyncSender<Vec<u8>>>,
     /// Buffers the writer thread has written, for reuse.
     empty: mpsc::Receiver<Vec<u8>>,
+    /// Buffers made so far: at most [`BLOB_BUFFERS`], then the writer waits for one back.
+    made: usize,
     /// The writer thread: gives the file back, or the first write error it met.
     thread: Option<std::thread::JoinHandle<io::Result<EarlyWriteback>>>,
 }
 
-/// Size of a [`BlobFile`] buffer.
-const BLOB_BUFFER: usize = 1 << 20;
-/// Full buffers a [`BlobFile`] may have queued for its writer thread.
-const BLOB_QUEUE: usize = 4;
+/// Size of a [`BlobFile`] buffer, and of its writes. Measured on the Debian rootfs: with 1 MiB
+/// writes the first squashes after a few commits spent several times longer copying into the
+/// page cache (0.6 s against 0.44 s, reproducibly, for no reason found); 256 KiB writes made an
+/// uncompressed commit 5 % slower; 512 KiB has neither cost.
+const BLOB_BUFFER: usize = 512 << 10;
+/// Buffers of a [`BlobFile`]: one being filled, the others queued or being written. They are
+/// made as needed, then used over and over.
+const BLOB_BUFFERS: usize = 6;
 
 impl BlobFile {
     fn new(file: EarlyWriteback) -> io::Result<Self> {
-        let (full, to_write) = mpsc::sync_channel::<Vec<u8>>(BLOB_QUEUE);
-        let (written, empty) = mpsc::sync_channel::<Vec<u8>>(BLOB_QUEUE + 1);
+        // Both hold every buffer there can be: sending never blocks, only waiting for an
+        // empty buffer does.
+        let (full, to_write) = mpsc::sync_channel::<Vec<u8>>(BLOB_BUFFERS);
+        let (written, empty) = mpsc::sync_channel::<Vec<u8>>(BLOB_BUFFERS);
         let thread = std::thread::Builder::new()
             .name("layerdiff-write".into())
             .spawn(move || {
@@ -784,8 +792,8 @@ impl BlobFile {
                 for mut buf in to_write {
                     file.write_all(&buf)?;
                     buf.clear();
-                    // Full: the producer has buffers enough; this one is dropped.
-                    let _ = written.try_send(buf);
+                    // Fails only once the writer is gone.
+                    let _ = written.send(buf);
                 }
                 Ok(file)
             })?;
@@ -793,6 +801,7 @@ impl BlobFile {
             buf: Vec::with_capacity(BLOB_BUFFER),
             full: Some(full),
             empty,
+            made: 1,
             thread: Some(thread),
         })
     }
@@ -802,14 +811,22 @@ impl BlobFile {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let next = self
-            .empty
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BLOB_BUFFER));
-        let buf = std::mem::replace(&mut self.buf, next);
+        let buf = std::mem::take(&mut self.buf);
         let sent = self.full.as_ref().is_some_and(|tx| tx.send(buf).is_ok());
         if sent {
-            return Ok(());
+            let next = match self.empty.try_recv() {
+                Ok(b) => Some(b),
+                Err(_) if self.made < BLOB_BUFFERS => {
+                    self.made += 1;
+                    Some(Vec::with_capacity(BLOB_BUFFER))
+                }
+                // All in use: wait for the writer thread to give one back.
+                Err(_) => self.empty.recv().ok(),
+            };
+            if let Some(next) = next {
+                self.buf = next;
+                return Ok(());
+            }
         }
         // The thread only hangs up after an error.
         match self.stop() {

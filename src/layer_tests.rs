@@ -879,7 +879,7 @@ fn a_write_error_on_the_blob_writer_thread_reaches_the_writer() {
     let full = File::options().write(true).open("/dev/full").unwrap();
     let mut blob = blob_file(full);
     let data = vec![7u8; BLOB_BUFFER + 1];
-    let err = (0..2 * BLOB_QUEUE + 4)
+    let err = (0..2 * BLOB_BUFFERS + 4)
         .find_map(|_| blob.write_all(&data).err())
         .unwrap_or_else(|| blob.sync().unwrap_err());
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
