@@ -823,9 +823,10 @@ pub fn with_parent_dirs(
     for p in missing {
         let full = || tree_path.join(entry::os_path(&p));
         let Some(entry) = walk::entry_at(tree, &p).at(full())? else {
+            // Vanished since the diff.
             return Err(Error::io(
                 full(),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "vanished during the diff"),
+                std::io::Error::from_raw_os_error(libc::ENOENT),
             ));
         };
         all.push(Change {

@@ -17,6 +17,7 @@ import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -907,6 +908,33 @@ def test_layers_applied_each_in_its_own_overlay_layer_keep_the_directories_above
         assert (st.st_uid, oct(st.st_mode)) == (1000, oct(0o40700))
     finally:
         subprocess.run(["umount", str(merged)], check=True)
+
+
+def test_a_layer_holds_the_parents_of_the_changes_it_keeps_and_no_excluded_path(
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "base"
+    (base / "etc" / "sub").mkdir(parents=True)
+    for name in ("etc/hostname", "etc/sub/conf", "etc/keep"):
+        (base / name).write_text("1")
+    os.chmod(base / "etc", 0o750)
+    changed = tmp_path / "changed"
+    subprocess.run(["cp", "-a", str(base), str(changed)], check=True)
+    for name in ("etc/hostname", "etc/sub/conf"):
+        st = os.stat((changed / name).parent)
+        (changed / name).write_text("22")
+        os.utime((changed / name).parent, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def members(**kwargs: Any) -> list[str]:
+        dest = tmp_path / f"blobs{len(list(tmp_path.glob('blobs*')))}"
+        info = layerdiff.write_layer(changed, dest=dest, lower=base, compression="none", **kwargs)
+        with tarfile.open(info.path) as tar:
+            return [m.name for m in tar]
+
+    assert members() == ["etc", "etc/hostname", "etc/sub", "etc/sub/conf"]
+    assert members(exclude=["/etc/hostname"]) == ["etc", "etc/sub", "etc/sub/conf"]
+    assert members(exclude=["/etc/hostname", "/etc/sub/conf"]) == []
+    assert members(exclude=["/etc"]) == ["etc/hostname", "etc/sub", "etc/sub/conf"]
 
 
 @pytest.mark.root

@@ -206,8 +206,14 @@ def existing_paths(root: Path) -> list[str]:
 
 
 @contextmanager
-def trees(build: list[tuple[Any, ...]], data: st.DataObject, n_changes: int) -> Iterator[Path]:
-    """A temp dir holding ``lower`` built by ``build`` and ``upper`` = lower + random changes."""
+def trees(
+    build: list[tuple[Any, ...]],
+    data: st.DataObject,
+    n_changes: int,
+    dir_mode: int | None = None,
+) -> Iterator[Path]:
+    """A temp dir holding ``lower`` built by ``build`` and ``upper`` = lower + random changes;
+    with ``dir_mode``, every directory of lower gets that mode (and owner 1000) first."""
     with tempfile.TemporaryDirectory(prefix="layerdiff-prop-") as tmp:
         base = Path(tmp)
         lower, upper = base / "lower", base / "upper"
@@ -215,6 +221,11 @@ def trees(build: list[tuple[Any, ...]], data: st.DataObject, n_changes: int) -> 
         clock = Clock(1_600_000_000_000_000_000)
         for op in build:
             apply_op(lower, op, clock)
+        if dir_mode is not None:
+            for d in [lower, *(p for p in lower.rglob("*") if p.is_dir() and not p.is_symlink())]:
+                os.chmod(d, dir_mode)
+                if IS_ROOT:
+                    os.chown(d, 1000, 1000)
         copy_tree(lower, upper)
         clock = Clock(1_700_000_000_000_000_000)
         for _ in range(n_changes):
@@ -284,3 +295,50 @@ def test_umoci_unpack_of_committed_image_gives_upper(
         )
         assert proc.returncode == 0, proc.stderr
         assert_same_tree(upper, bundle / "rootfs")
+
+
+@pytest.mark.root
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    build=st.lists(build_ops, min_size=4, max_size=20),
+    data=st.data(),
+    n_changes=st.integers(1, 12),
+    dir_mode=st.sampled_from([0o755, 0o750, 0o1777, 0o2775]),
+)
+def test_layers_applied_as_overlay_layers_give_upper(
+    build: list[tuple[Any, ...]], data: st.DataObject, n_changes: int, dir_mode: int
+) -> None:
+    """The lower's layer and the diff's, each applied in overlay form into a directory of its
+    own (as docker, containerd and the layer cache keep layers), mounted as overlayfs lower
+    layers: the merged tree is the upper one, directories above in-place changes included
+    (their mode and owner, which a made-up directory would hide, are mostly not the default)."""
+    with trees(build, data, n_changes, dir_mode) as base:
+        lower, upper = base / "lower", base / "upper"
+        blobs = base / "blobs"
+        layers = [
+            layerdiff.write_layer(lower, dest=blobs, compression="none"),
+            layerdiff.write_layer(upper, dest=blobs, lower=lower, compression="none"),
+        ]
+        dirs = []
+        for i, layer in enumerate(layers):
+            dirs.append(base / f"layer{i}")
+            layerdiff.apply(dirs[-1], [layer.path], overlay=True)
+        merged = base / "merged"
+        merged.mkdir()
+        lowerdir = ":".join(str(d) for d in reversed(dirs))
+        mount = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lowerdir}", str(merged)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if mount.returncode != 0:
+            pytest.skip(f"cannot mount overlayfs here: {mount.stderr.strip()}")
+        try:
+            assert_same_tree(upper, merged)
+        finally:
+            subprocess.run(["umount", str(merged)], check=True)

@@ -207,24 +207,35 @@ impl LayerSource {
             content: self.content,
             cancel: Some(cancel.clone()),
         };
-        let (changes, view) = if self.overlay {
+        // Whether the unchanged directories above the changes are to be added: an upper
+        // directory holds the parents of all it holds, a whole tree every directory.
+        let (changes, view, add_parents) = if self.overlay {
             let d = core_diff::diff_overlay_view(&self.upper, &self.lowers, &dopts)?;
-            // An upper directory holds the parents of all it holds; the merged view does not
-            // list those unchanged.
-            let changes = match &d.view {
-                Some(view) => core_diff::with_parent_dirs(view.as_fd(), &self.upper, d.changes)?,
-                None => d.changes,
-            };
-            (changes, d.view)
+            let merged = d.view.is_some();
+            (d.changes, d.view, merged)
         } else if let Some(lower) = &self.lower {
-            let changes = core_diff::diff_dirs(lower, &self.upper, &dopts)?;
-            let upper = crate::walk::open_root(&self.upper)?;
-            let changes = core_diff::with_parent_dirs(upper.as_fd(), &self.upper, changes)?;
-            (changes, None)
+            (
+                core_diff::diff_dirs(lower, &self.upper, &dopts)?,
+                None,
+                true,
+            )
         } else {
-            (core_diff::full_tree(&self.upper, cancel)?, None)
+            (core_diff::full_tree(&self.upper, cancel)?, None, false)
         };
-        let changes = core_diff::without_paths(changes, &self.exclude);
+        let mut changes = core_diff::without_paths(changes, &self.exclude);
+        if add_parents {
+            // The parents of the changes kept; an excluded path stays out, also as a parent.
+            let opened;
+            let tree = match &view {
+                Some(merged) => merged.as_fd(),
+                None => {
+                    opened = crate::walk::open_root(&self.upper)?;
+                    opened.as_fd()
+                }
+            };
+            changes = core_diff::with_parent_dirs(tree, &self.upper, changes)?;
+            changes = core_diff::without_paths(changes, &self.exclude);
+        }
         Ok((core_diff::with_root_owner(changes, self.root_ids), view))
     }
 
