@@ -587,27 +587,64 @@ fn in_lowers(lowers: &[(OwnedFd, &Path)], rel: &[u8]) -> Result<bool> {
     Ok(find_in_lowers(lowers, rel)?.is_some())
 }
 
-/// `rel` in the first of `lowers` that has it, opened `O_PATH` with the lower's path, found
-/// without following any symlink: a path below a symlink in a lower is not there (overlayfs
-/// does not merge a symlink with a directory).
+/// `rel` in the stack of `lowers` (top first) as overlayfs merges them, opened `O_PATH` with
+/// the lower's path; found without following any symlink. A lower layer's whiteout at `rel`,
+/// or a whiteout or anything but a directory at one of its parents, hides `rel` in the layers
+/// below (overlayfs does not merge a symlink with a directory); an opaque directory above it
+/// hides them too.
 fn find_in_lowers<'a>(
     lowers: &[(OwnedFd, &'a Path)],
     rel: &[u8],
 ) -> Result<Option<(OwnedFd, &'a Path)>> {
-    // O_PATH|O_NOFOLLOW opens a final symlink itself; NO_SYMLINKS refuses one anywhere else.
+    // O_PATH|O_NOFOLLOW opens a final symlink itself.
     let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     for &(ref fd, root) in lowers {
-        match walk::open_beneath(fd.as_fd(), rel, flags) {
-            Ok(found) => return Ok(Some((found, root))),
-            Err(e)
-                if matches!(
-                    Errno::from_io_error(&e),
-                    Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP)
-                ) => {}
-            Err(e) => return Err(e).at(root.join(entry::os_path(rel))),
+        match in_lower(fd.as_fd(), rel).at(root.join(entry::os_path(rel)))? {
+            InLower::Found => {
+                let found =
+                    walk::open_beneath(fd.as_fd(), rel, flags).at(root.join(entry::os_path(rel)))?;
+                return Ok(Some((found, root)));
+            }
+            InLower::Hidden => return Ok(None),
+            InLower::Absent { below_opaque: true } => return Ok(None),
+            InLower::Absent {
+                below_opaque: false,
+            } => {}
         }
     }
     Ok(None)
+}
+
+/// What one overlayfs lower layer has at a path.
+enum InLower {
+    /// The path itself.
+    Found,
+    /// A whiteout of it or of a parent, or a parent that is not a directory: the layers
+    /// below do not show it.
+    Hidden,
+    /// Nothing; the layers below show theirs unless a parent here is opaque.
+    Absent { below_opaque: bool },
+}
+
+fn in_lower(lower: BorrowedFd<'_>, rel: &[u8]) -> std::io::Result<InLower> {
+    let mut below_opaque = false;
+    let ends = rel
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'/')
+        .map(|(i, _)| i)
+        .chain([rel.len()]);
+    for end in ends {
+        let last = end == rel.len();
+        match walk::entry_at(lower, &rel[..end])? {
+            None => return Ok(InLower::Absent { below_opaque }),
+            Some(e) if whiteout::is_overlay_whiteout(&e) => return Ok(InLower::Hidden),
+            Some(_) if last => return Ok(InLower::Found),
+            Some(e) if e.kind != Kind::Dir => return Ok(InLower::Hidden),
+            Some(e) => below_opaque |= whiteout::is_overlay_opaque(&e),
+        }
+    }
+    unreachable!("the last component returns")
 }
 
 /// For each upper entry: its change (kind and opaque flag), or `None` to leave it out.

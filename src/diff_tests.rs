@@ -966,3 +966,49 @@ fn a_layer_gets_the_unchanged_directories_above_its_changes() {
     let again = with_parent_dirs(root.as_fd(), u.path(), full.clone()).unwrap();
     assert_eq!(summary(&again), summary(&full));
 }
+
+#[test]
+fn whiteouts_opaque_directories_and_files_in_a_lower_layer_hide_the_layers_below_it() {
+    if !is_root("whiteouts_opaque_directories_and_files_in_a_lower_layer_hide_the_layers_below_it")
+    {
+        return;
+    }
+    let (top, bottom, u) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (top, bottom) = (top.path(), bottom.path());
+    for f in ["gone", "od/x", "d/y", "kept", "in/deep"] {
+        write(&bottom.join(f), b"1");
+    }
+    // The top lower layer, in overlay form: a whiteout, an opaque directory, a file over a
+    // directory, and a directory of the bottom layer merged with its own.
+    mknod_whiteout(&top.join("gone"));
+    std::fs::create_dir(top.join("od")).unwrap();
+    assert!(set_xattr(&top.join("od"), "trusted.overlay.opaque", b"y"));
+    write(&top.join("d"), b"file");
+    write(&top.join("in/other"), b"2");
+    for f in ["gone", "od/x", "d/y", "kept", "in/deep", "in/other", "new"] {
+        std::fs::create_dir_all(u.path().join(f).parent().unwrap()).unwrap();
+        write(&u.path().join(f), b"up");
+    }
+    let changes = overlay_diff(u.path(), &[top, bottom]).unwrap();
+    let files: Vec<String> = summary(&changes)
+        .into_iter()
+        .filter(|c| !matches!(&c[2..], "od" | "in"))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "C d", // a file in the top layer
+            "A d/y",
+            "A gone",
+            "C in/deep",
+            "C in/other",
+            "C kept",
+            "A new",
+            "A od/x"
+        ]
+    );
+}
