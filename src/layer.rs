@@ -764,7 +764,8 @@ pub struct BlobFile {
     full: Option<mpsc::SyncSender<Vec<u8>>>,
     /// Buffers the writer thread has written, for reuse.
     empty: mpsc::Receiver<Vec<u8>>,
-    /// Buffers made so far: at most [`BLOB_BUFFERS`], then the writer waits for one back.
+    /// Buffers made so far: at most [`BLOB_BUFFERS`], then `send` waits for the thread to give
+    /// one back.
     made: usize,
     /// The writer thread: gives the file back, or the first write error it met.
     thread: Option<std::thread::JoinHandle<io::Result<EarlyWriteback>>>,
