@@ -176,7 +176,7 @@ pub fn diff_overlay_view(
             view: Some(merged),
         });
     }
-    let lowers = open_lowers(lowers)?;
+    let lowers = Lowers::open(lowers)?;
     let decisions = classify_upper(&entries, &lowers)?;
     let mut changes = Vec::new();
     for (mut e, decision) in entries.into_iter().zip(decisions) {
@@ -504,14 +504,14 @@ fn check_indexed_links(upper: &Path, entries: &[Entry], lowers: &[PathBuf]) -> R
     if !entries.iter().any(whiteout::is_overlay_indexed_link) {
         return Ok(());
     }
-    let lowers = open_lowers(lowers)?;
+    let lowers = Lowers::open(lowers)?;
     for e in entries
         .iter()
         .filter(|e| whiteout::is_overlay_indexed_link(e))
     {
         // Only the lower file it was copied up from tells: the one at its path may be another
         // (it was renamed, maybe over that one).
-        let why = match find_in_lowers(&lowers, &e.path)? {
+        let why = match lowers.find(&e.path)? {
             None if lowers.is_empty() => "give its lower directories to check it".to_string(),
             None => "it was renamed: its lower file is not at its path".to_string(),
             Some((f, _)) if !is_origin(&f, e) => {
@@ -574,51 +574,29 @@ fn is_origin(file: &OwnedFd, e: &Entry) -> bool {
     rc == 0 && fh.kind == i32::from(kind) && fh.data.get(..len) == Some(handle)
 }
 
-/// Open each lower directory (top first) for lookups.
-fn open_lowers(lowers: &[PathBuf]) -> Result<Vec<(OwnedFd, &Path)>> {
-    lowers
-        .iter()
-        .map(|p| Ok((walk::open_root(p)?, p.as_path())))
-        .collect()
+/// The lower directories of an overlay (top first), opened for lookups, with what each holds
+/// at the directories looked up so far: the entries of an upper directory share most of
+/// their parents.
+struct Lowers<'a> {
+    layers: Vec<(OwnedFd, &'a Path)>,
+    dirs: std::sync::Mutex<HashMap<(usize, Vec<u8>), AtDir>>,
 }
 
-/// True when `rel` exists in one of `lowers` (see [`find_in_lowers`]).
-fn in_lowers(lowers: &[(OwnedFd, &Path)], rel: &[u8]) -> Result<bool> {
-    Ok(find_in_lowers(lowers, rel)?.is_some())
+/// What one lower layer holds at a parent of a path looked up.
+#[derive(Clone, Copy)]
+enum AtDir {
+    /// Nothing: its layers below show theirs (unless a directory above is opaque).
+    Absent,
+    /// A whiteout, or anything but a directory: the layers below show nothing there.
+    Hidden,
+    /// A directory, opaque (hiding the layers below) or merged with them.
+    Dir { opaque: bool },
 }
 
-/// `rel` in the stack of `lowers` (top first) as overlayfs merges them, opened `O_PATH` with
-/// the lower's path; found without following any symlink. A lower layer's whiteout at `rel`,
-/// or a whiteout or anything but a directory at one of its parents, hides `rel` in the layers
-/// below (overlayfs does not merge a symlink with a directory); an opaque directory above it
-/// hides them too.
-fn find_in_lowers<'a>(
-    lowers: &[(OwnedFd, &'a Path)],
-    rel: &[u8],
-) -> Result<Option<(OwnedFd, &'a Path)>> {
-    // O_PATH|O_NOFOLLOW opens a final symlink itself.
-    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    for &(ref fd, root) in lowers {
-        match in_lower(fd.as_fd(), rel).at(root.join(entry::os_path(rel)))? {
-            InLower::Found => {
-                let found =
-                    walk::open_beneath(fd.as_fd(), rel, flags).at(root.join(entry::os_path(rel)))?;
-                return Ok(Some((found, root)));
-            }
-            InLower::Hidden => return Ok(None),
-            InLower::Absent { below_opaque: true } => return Ok(None),
-            InLower::Absent {
-                below_opaque: false,
-            } => {}
-        }
-    }
-    Ok(None)
-}
-
-/// What one overlayfs lower layer has at a path.
+/// What one lower layer has at a path.
 enum InLower {
-    /// The path itself.
-    Found,
+    /// The path itself, opened `O_PATH`.
+    Found(OwnedFd),
     /// A whiteout of it or of a parent, or a parent that is not a directory: the layers
     /// below do not show it.
     Hidden,
@@ -626,31 +604,115 @@ enum InLower {
     Absent { below_opaque: bool },
 }
 
-fn in_lower(lower: BorrowedFd<'_>, rel: &[u8]) -> std::io::Result<InLower> {
-    let mut below_opaque = false;
-    let ends = rel
-        .iter()
-        .enumerate()
-        .filter(|&(_, &b)| b == b'/')
-        .map(|(i, _)| i)
-        .chain([rel.len()]);
-    for end in ends {
-        let last = end == rel.len();
-        match walk::entry_at(lower, &rel[..end])? {
-            None => return Ok(InLower::Absent { below_opaque }),
-            Some(e) if whiteout::is_overlay_whiteout(&e) => return Ok(InLower::Hidden),
-            Some(_) if last => return Ok(InLower::Found),
-            Some(e) if e.kind != Kind::Dir => return Ok(InLower::Hidden),
-            Some(e) => below_opaque |= whiteout::is_overlay_opaque(&e),
-        }
+impl<'a> Lowers<'a> {
+    /// Open each lower directory (top first).
+    fn open(lowers: &'a [PathBuf]) -> Result<Self> {
+        let layers = lowers
+            .iter()
+            .map(|p| Ok((walk::open_root(p)?, p.as_path())))
+            .collect::<Result<_>>()?;
+        Ok(Lowers {
+            layers,
+            dirs: Default::default(),
+        })
     }
-    unreachable!("the last component returns")
+
+    fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// True when `rel` exists in the lowers (see [`Self::find`]).
+    fn contains(&self, rel: &[u8]) -> Result<bool> {
+        Ok(self.find(rel)?.is_some())
+    }
+
+    /// `rel` in the stack of lowers as overlayfs merges them, opened `O_PATH` with the
+    /// lower's path; found without following any symlink. A lower layer's whiteout at `rel`,
+    /// or a whiteout or anything but a directory at one of its parents, hides `rel` in the
+    /// layers below (overlayfs does not merge a symlink with a directory); an opaque directory
+    /// above it hides them too.
+    fn find(&self, rel: &[u8]) -> Result<Option<(OwnedFd, &'a Path)>> {
+        for (i, &(ref fd, root)) in self.layers.iter().enumerate() {
+            let at = || root.join(entry::os_path(rel));
+            match self.in_layer(i, fd.as_fd(), rel).at(at())? {
+                InLower::Found(found) => return Ok(Some((found, root))),
+                InLower::Hidden | InLower::Absent { below_opaque: true } => return Ok(None),
+                InLower::Absent {
+                    below_opaque: false,
+                } => {}
+            }
+        }
+        Ok(None)
+    }
+
+    fn in_layer(&self, i: usize, lower: BorrowedFd<'_>, rel: &[u8]) -> std::io::Result<InLower> {
+        let mut below_opaque = false;
+        let parents = rel
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'/')
+            .map(|(end, _)| &rel[..end]);
+        for dir in parents {
+            match self.at_dir(i, lower, dir)? {
+                AtDir::Absent => return Ok(InLower::Absent { below_opaque }),
+                AtDir::Hidden => return Ok(InLower::Hidden),
+                AtDir::Dir { opaque } => below_opaque |= opaque,
+            }
+        }
+        // Every parent is a directory here: the path is there or not.
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let found = match walk::open_beneath(lower, rel, flags) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(InLower::Absent { below_opaque });
+            }
+            Err(e) => return Err(e),
+        };
+        let st = rustix::fs::fstat(&found)?;
+        let may_be_whiteout = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::CharacterDevice => st.st_rdev == 0,
+            rustix::fs::FileType::RegularFile => st.st_size == 0, // by its xattr
+            _ => false,
+        };
+        if may_be_whiteout
+            && walk::entry_at(lower, rel)?.is_some_and(|e| whiteout::is_overlay_whiteout(&e))
+        {
+            return Ok(InLower::Hidden);
+        }
+        Ok(InLower::Found(found))
+    }
+
+    /// What lower `i` (open as `lower`) holds at the directory path `dir`, looked up once.
+    fn at_dir(&self, i: usize, lower: BorrowedFd<'_>, dir: &[u8]) -> std::io::Result<AtDir> {
+        let key = (i, dir.to_vec());
+        let known = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(known) = known {
+            return Ok(known);
+        }
+        let at = match walk::entry_at(lower, dir)? {
+            None => AtDir::Absent,
+            Some(e) if whiteout::is_overlay_whiteout(&e) || e.kind != Kind::Dir => AtDir::Hidden,
+            Some(e) => AtDir::Dir {
+                opaque: whiteout::is_overlay_opaque(&e),
+            },
+        };
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, at);
+        Ok(at)
+    }
 }
 
 /// For each upper entry: its change (kind and opaque flag), or `None` to leave it out.
 fn classify_upper(
     entries: &[Entry],
-    lowers: &[(OwnedFd, &Path)],
+    lowers: &Lowers<'_>,
 ) -> Result<Vec<Option<(ChangeKind, bool)>>> {
     let dirs_where = |pred: fn(&Entry) -> bool| -> HashSet<&[u8]> {
         entries
@@ -666,7 +728,7 @@ fn classify_upper(
             // whiteout hides that, and is harmless where there was nothing.
             Ok(matches!(e.kind, Kind::Dir | Kind::Socket))
         } else {
-            in_lowers(lowers, &e.path)
+            lowers.contains(&e.path)
         }
     };
     entries
