@@ -833,6 +833,23 @@ def test_xattrs_are_read_where_listxattrat_and_getxattrat_are_refused(tmp_path: 
     for err, only_get in ((errno.EPERM, False), (errno.ENOSYS, False), (errno.EPERM, True)):
         assert commit(f"{err}-{only_get}", _deny_xattrat(err, only_get=only_get)) == reference
 
+    # Without /proc as well, the older way is not there either: a one-line error, not a layer
+    # whose entries all looked vanished.
+    if shutil.which("unshare") is None:
+        return
+    target = f"oci:{tmp_path / 'layout'}:noproc"
+    commit_cmd = [sys.executable, "-m", "layerdiff", "commit", "--upper", str(root), target]
+    script = 'umount -l /proc && exec "$@"'
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *commit_cmd],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=_deny_xattrat(errno.EPERM, only_get=True),
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.endswith("\nlayerdiff: error: /proc/self/fd: No such file or directory\n")
+
 
 # -- real overlay mounts -------------------------------------------------------------------------
 
