@@ -1425,6 +1425,16 @@ fn spool(path: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// What makes records of the squashed layer one inode, written once and linked at its other
+/// paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Inode {
+    /// A regular file: its content, in its source layer at this offset.
+    Content(usize, u64),
+    /// Anything else a layer of the range linked ([`Record::link_set`]).
+    Set(u64),
+}
+
 fn write_squashed<W: Write>(
     tar: &mut TarWriter<W>,
     squashed: &Squashed,
@@ -1439,10 +1449,8 @@ fn write_squashed<W: Write>(
         .chain(squashed.whiteouts.iter().map(|p| Item::Whiteout(p)))
         .collect();
     items.sort_by_cached_key(order_key);
-    // The first path written for each content identity, and of each other hardlink set; later
-    // ones become hardlinks to it.
-    let mut first: HashMap<(usize, u64), &[u8]> = HashMap::new();
-    let mut first_of_set: HashMap<u64, &[u8]> = HashMap::new();
+    // The first path written of each inode; later ones become hardlinks to it.
+    let mut first: HashMap<Inode, &[u8]> = HashMap::new();
     for item in items {
         cancel.check()?;
         let (path, rec) = match item {
@@ -1467,16 +1475,16 @@ fn write_squashed<W: Write>(
             },
             xattrs: &rec.xattrs,
         };
-        if let Some(set) = rec.link_set {
-            match first_of_set.get(&set) {
-                Some(target) => {
-                    tar.append_hardlink(&meta, target)?;
-                    continue;
-                }
-                None => {
-                    first_of_set.insert(set, path);
-                }
+        let inode = match rec.kind {
+            Kind::File { layer, offset, .. } => Some(Inode::Content(layer, offset)),
+            _ => rec.link_set.map(Inode::Set),
+        };
+        if let Some(inode) = inode {
+            if let Some(target) = first.get(&inode) {
+                tar.append_hardlink(&meta, target)?;
+                continue;
             }
+            first.insert(inode, path);
         }
         match &rec.kind {
             Kind::Dir => tar.append_dir(&meta)?,
@@ -1484,14 +1492,10 @@ fn write_squashed<W: Write>(
                 layer,
                 offset,
                 size,
-            } => match first.get(&(*layer, *offset)) {
-                Some(target) => tar.append_hardlink(&meta, target)?,
-                None => {
-                    first.insert((*layer, *offset), path);
-                    let content = sources.content(*layer, *offset)?;
-                    tar.append_file(&meta, *size, content.take(*size))?;
-                }
-            },
+            } => {
+                let content = sources.content(*layer, *offset)?;
+                tar.append_file(&meta, *size, content.take(*size))?;
+            }
             Kind::LinkToLower(target) => tar.append_hardlink(&meta, target)?,
             Kind::Symlink(target) => tar.append_symlink(&meta, target)?,
             Kind::Fifo => tar.append_fifo(&meta)?,
