@@ -781,7 +781,15 @@ const BLOB_BUFFER: usize = 512 << 10;
 const BLOB_BUFFERS: usize = 6;
 
 impl BlobFile {
-    fn new(file: EarlyWriteback) -> io::Result<Self> {
+    /// Write `file` from a new writer thread.
+    fn new(file: File) -> io::Result<Self> {
+        let mut file = EarlyWriteback {
+            file,
+            written: 0,
+            started: 0,
+            synced: 0,
+            syncer: None,
+        };
         // Both hold every buffer there can be: sending never blocks, only waiting for an
         // empty buffer does.
         let (full, to_write) = mpsc::sync_channel::<Vec<u8>>(BLOB_BUFFERS);
@@ -789,7 +797,6 @@ impl BlobFile {
         let thread = std::thread::Builder::new()
             .name("layerdiff-write".into())
             .spawn(move || {
-                let mut file = file;
                 for mut buf in to_write {
                     file.write_all(&buf)?;
                     buf.clear();
@@ -892,14 +899,7 @@ pub fn write_blob_file(
 ) -> Result<LayerInfo> {
     let (tmp_path, file) = create_temp(blobs_dir)?;
     let res = (|| {
-        let blob = BlobFile::new(EarlyWriteback {
-            file,
-            written: 0,
-            started: 0,
-            synced: 0,
-            syncer: None,
-        })
-        .at(&tmp_path)?;
+        let blob = BlobFile::new(file).at(&tmp_path)?;
         let (mut info, blob) = produce(blob, &tmp_path)?;
         blob.sync().at(&tmp_path)?;
         cancel.check()?;

@@ -833,14 +833,7 @@ fn bench_tree() {
 }
 
 fn blob_file(file: File) -> BlobFile {
-    BlobFile::new(EarlyWriteback {
-        file,
-        written: 0,
-        started: 0,
-        synced: 0,
-        syncer: None,
-    })
-    .unwrap()
+    BlobFile::new(file).unwrap()
 }
 
 #[test]
