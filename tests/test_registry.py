@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -877,16 +877,20 @@ def test_an_endless_answer_is_refused_without_being_read_whole(
         assert Handler.sent < 64 << 20  # what the socket buffers took, not the 512 MiB
 
 
-def test_an_interrupted_pull_does_not_wait_for_a_registry_that_stopped_answering(
-    tmp_path: Path,
-) -> None:
-    """Ctrl-C during a pull whose layer GET the registry never answers: the pull ends within
-    a few seconds with 130, and nothing is asked again."""
+def _stalling_registry(
+    layers: list[str],
+    layer_size: int,
+    on_layer: Callable[[], None],
+    release: threading.Event,
+    asked: list[str],
+) -> type[BaseHTTPRequestHandler]:
+    """A registry holding the image ``x:1`` (a config and ``layers``, each ``layer_size`` bytes
+    by its manifest) that stopped answering: a GET of a layer calls ``on_layer``, then waits for
+    ``release`` and ends without an answer. Every path asked is appended to ``asked``."""
     import hashlib
 
     config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    layer_digest = "sha256:" + "2" * 64
     manifest = canonical_json(
         {
             "schemaVersion": 2,
@@ -899,21 +903,19 @@ def test_an_interrupted_pull_does_not_wait_for_a_registry_that_stopped_answering
             "layers": [
                 {
                     "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": layer_digest,
-                    "size": 1 << 20,
+                    "digest": d,
+                    "size": layer_size,
                 }
+                for d in layers
             ],
         }
     )
-    asked: list[str] = []
-    layer_asked = threading.Event()
-    release = threading.Event()
 
     class Stalling(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             asked.append(self.path)
-            if self.path.endswith(layer_digest):
-                layer_asked.set()
+            if any(self.path.endswith(d) for d in layers):
+                on_layer()
                 release.wait(60)  # a registry that stopped answering
                 return
             body = {
@@ -930,7 +932,20 @@ def test_an_interrupted_pull_does_not_wait_for_a_registry_that_stopped_answering
         def log_message(self, *args: object) -> None:
             pass
 
-    with _serving(Stalling) as (_, host):
+    return Stalling
+
+
+def test_an_interrupted_pull_does_not_wait_for_a_registry_that_stopped_answering(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C during a pull whose layer GET the registry never answers: the pull ends within
+    a few seconds with 130, and nothing is asked again."""
+    layer_digest = "sha256:" + "2" * 64
+    asked: list[str] = []
+    layer_asked = threading.Event()
+    release = threading.Event()
+    handler = _stalling_registry([layer_digest], 1 << 20, layer_asked.set, release, asked)
+    with _serving(handler) as (_, host):
         try:
             code, err, elapsed = _interrupted(
                 [
@@ -955,51 +970,15 @@ def test_an_interrupted_api_pull_lets_the_interpreter_exit_without_waiting_for_t
     """KeyboardInterrupt in a program pulling with the API while the registry has stopped
     answering its layer GETs: the program ends at once, not when the transfer threads it
     abandoned time out (Python waits for non-daemon threads at exit)."""
-    import hashlib
-
-    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
-    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    layers = ["sha256:" + c * 64 for c in "23"]
-    manifest = canonical_json(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": len(config),
-            },
-            "layers": [
-                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": 9}
-                for d in layers
-            ],
-        }
-    )
     both_asked = threading.Barrier(3)
     release = threading.Event()
 
-    class Stalling(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if any(self.path.endswith(d) for d in layers):
-                with contextlib.suppress(threading.BrokenBarrierError):
-                    both_asked.wait(60)
-                release.wait(60)  # a registry that stopped answering
-                return
-            body = {
-                "/v2/": b"",
-                "/v2/x/manifests/1": manifest,
-                f"/v2/x/blobs/{config_digest}": config,
-            }.get(self.path)
-            self.send_response(404 if body is None else 200)
-            self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
+    def on_layer() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_asked.wait(60)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    with _serving(Stalling) as (_, host):
+    layers = ["sha256:" + c * 64 for c in "23"]
+    with _serving(_stalling_registry(layers, 9, on_layer, release, [])) as (_, host):
         program = (
             "import layerdiff\n"
             "try:\n"
