@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import layerdiff
+from tests.overlays import lowers_mounted
 
 PATHS = ["/".join(p) for n in (1, 2, 3) for p in itertools.product("ab", repeat=n)]
 
@@ -72,22 +72,9 @@ def test_changed_means_the_lower_directories_show_the_path(
                     path.write_text("u")
             except (FileExistsError, NotADirectoryError):
                 continue
-        merged = base / "merged"
-        merged.mkdir()
-        opts = "lowerdir=" + ":".join(str(d) for d in dirs)
-        mount = subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if mount.returncode != 0:
-            pytest.skip(f"cannot mount overlayfs here: {mount.stderr.strip()}")
-        try:
+        with lowers_mounted(dirs, base / "merged") as merged:
             changes = layerdiff.diff_overlay(up, lowers=dirs)
             seen = {c.path.lstrip("/"): c.kind for c in changes if c.kind in ("A", "C")}
             shown = {rel: os.path.lexists(merged / rel) for rel in seen}
-        finally:
-            subprocess.run(["umount", str(merged)], check=True)
         expected = {rel: ("C" if shown[rel] else "A") for rel in seen}
         assert seen == expected

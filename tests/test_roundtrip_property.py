@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import layerdiff
+from tests.overlays import lowers_mounted
 from tests.refapply import apply_layer
 from tests.treecmp import assert_same_tree
 
@@ -327,18 +328,5 @@ def test_layers_applied_as_overlay_layers_give_upper(
         for i, layer in enumerate(layers):
             dirs.append(base / f"layer{i}")
             layerdiff.apply(dirs[-1], [layer.path], overlay=True)
-        merged = base / "merged"
-        merged.mkdir()
-        lowerdir = ":".join(str(d) for d in reversed(dirs))
-        mount = subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lowerdir}", str(merged)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if mount.returncode != 0:
-            pytest.skip(f"cannot mount overlayfs here: {mount.stderr.strip()}")
-        try:
+        with lowers_mounted(dirs[::-1], base / "merged") as merged:
             assert_same_tree(upper, merged)
-        finally:
-            subprocess.run(["umount", str(merged)], check=True)
