@@ -696,7 +696,8 @@ impl<'a> Lowers<'a> {
         }
         let at = match walk::entry_at(lower, dir)? {
             None => AtDir::Absent,
-            Some(e) if whiteout::is_overlay_whiteout(&e) || e.kind != Kind::Dir => AtDir::Hidden,
+            // A whiteout too: it is never a directory.
+            Some(e) if e.kind != Kind::Dir => AtDir::Hidden,
             Some(e) => AtDir::Dir {
                 opaque: whiteout::is_overlay_opaque(&e),
             },
