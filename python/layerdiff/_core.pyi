@@ -14,6 +14,7 @@ __all__ = [
     "diff",
     "diff_overlay",
     "run_container",
+    "sha256",
     "squash_layers",
     "write_layer",
     "write_layer_to_fd",
@@ -93,6 +94,9 @@ def squash_layers(
 
 def blob_digests(path: _Path) -> tuple[str, int, str, int]:
     """(digest, size, diff_id, tar_size) of a blob file and of its decompressed stream."""
+
+def sha256(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data`` (a small blob: a config, a manifest)."""
 
 def run_container(
     *,

@@ -38,7 +38,6 @@ from layerdiff.errors import (
     LayerdiffError,
     LayerdiffOSError,
 )
-from layerdiff.fsck import writing
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -46,7 +45,7 @@ from layerdiff.image import (
     canonical_json,
     check_layer_media_types,
 )
-from layerdiff.layout import Layout, check_digest
+from layerdiff.layout import Layout, check_digest, writing
 
 __all__ = ["LoadResult", "SaveResult", "load", "save"]
 

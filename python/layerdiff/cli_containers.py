@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -203,6 +202,8 @@ Examples:
                 ]
             )
             return
+        import shlex  # for ps only
+
         rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]]
         for c in found:
             status = c.state

@@ -7,6 +7,7 @@ in one atomic update of ``index.json``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,6 @@ from layerdiff.errors import (
     InvalidArgumentError,
     InvalidReferenceError,
 )
-from layerdiff.fsck import writing
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -30,7 +30,6 @@ from layerdiff.image import (
     rfc3339,
 )
 from layerdiff.image import source_date_epoch as _resolve_epoch
-from layerdiff.instructions import apply_changes, parse_change
 from layerdiff.layer import (
     LayerInfo,
     StrPath,
@@ -39,7 +38,7 @@ from layerdiff.layer import (
     write_layer,
     write_layer_to_fd,
 )
-from layerdiff.layout import Layout
+from layerdiff.layout import Layout, writing
 
 __all__ = ["CREATED_BY", "CommitResult", "commit"]
 
@@ -139,7 +138,7 @@ def commit(
             "written; name it by tag"
         )
     # Check everything that can be checked before the first byte is written.
-    instructions = [parse_change(c) for c in changes]
+    with_changes = _parse_changes(changes)
     check_options(compression=compression, threads=threads, compression_level=compression_level)
     epoch = _resolve_epoch(source_date_epoch)
     parent: Image | None = None
@@ -154,7 +153,7 @@ def commit(
     runtime = run_config if run_config is not None else (base_config.get("config") or {})
     # Applied now, not once the layer is written: a change that its variables make invalid
     # (``EXPOSE $PORT``) stops the commit before anything is written.
-    runtime = apply_changes(runtime, instructions)
+    runtime = with_changes(runtime)
 
     def make_config(layer: LayerInfo) -> dict[str, Any]:
         config = {**base_config, "config": runtime}
@@ -231,3 +230,14 @@ def commit(
         config_digest=config_desc["digest"],
         image=target.text,
     )
+
+
+def _parse_changes(changes: Sequence[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Parse ``changes`` now; the function returned applies them to a copy of a config's
+    ``config`` section."""
+    if not changes:
+        return copy.deepcopy
+    from layerdiff.instructions import apply_changes, parse_change  # only for changes
+
+    parsed = [parse_change(c) for c in changes]
+    return lambda config: apply_changes(config, parsed)

@@ -14,7 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,29 +23,11 @@ from layerdiff import _core, layercache, refs
 from layerdiff.catalog import index_tag
 from layerdiff.errors import LayerdiffError
 from layerdiff.image import INDEX_MEDIA_TYPES, check_history
-from layerdiff.layout import REF_NAME, Descriptor, Layout, check_digest
+from layerdiff.layout import REF_NAME, Descriptor, Layout, check_digest, gc_lock
 
-__all__ = ["FsckReport", "GcReport", "Problem", "fsck", "gc", "writing"]
+__all__ = ["FsckReport", "GcReport", "Problem", "fsck", "gc"]
 
-_GC_LOCK = ".layerdiff.gc.lock"
 _TEMP_PREFIXES = (".tmp-", ".index.json.", ".oci-layout.")
-
-
-@contextlib.contextmanager
-def _gc_lock(layout: Layout, mode: int) -> Iterator[None]:
-    fd = os.open(layout.path / _GC_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, mode)
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def writing(layout: Layout) -> Iterator[None]:
-    """Held (shared) by a command from its first blob write to its tag: gc waits for it."""
-    with _gc_lock(layout, fcntl.LOCK_SH):
-        yield
 
 
 @dataclass(frozen=True)
@@ -288,7 +270,7 @@ def gc(target: str | None = None) -> GcReport:
     )
     removed = temporary = freed = layers = 0
     diff_ids: set[str] = set()
-    with _gc_lock(layout, fcntl.LOCK_EX):
+    with gc_lock(layout, fcntl.LOCK_EX):
         in_use: list[Descriptor] = []
         if target is None:
             in_use, diff_ids = _container_roots(layout)

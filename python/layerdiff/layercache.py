@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import stat
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,7 +107,7 @@ def _vanished_is_fine(
 
 
 def _unpack(image: Image, desc: dict[str, object], diff_id: str, final: Path, form: str) -> None:
-    tmp = final.with_name(f"{_TEMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
+    tmp = final.with_name(f"{_TEMP_PREFIX}{final.name}.{os.urandom(4).hex()}")
     tree = tmp / "diff"
     tree.mkdir(parents=True)
     try:

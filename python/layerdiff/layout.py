@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from layerdiff import _core
 from layerdiff.errors import (
     DigestMismatchError,
     FormatError,
@@ -37,7 +37,9 @@ __all__ = [
     "Descriptor",
     "Layout",
     "check_digest",
+    "gc_lock",
     "write_atomic",
+    "writing",
 ]
 
 #: Annotation of a manifest that was picked, for this machine's platform, from a
@@ -55,6 +57,7 @@ _LAYOUT_FILE = "oci-layout"
 _LAYOUT_VERSION = "1.0.0"
 _INDEX_FILE = "index.json"
 _LOCK_FILE = ".layerdiff.lock"  # extra files are allowed in a layout; tools ignore them
+_GC_LOCK = ".layerdiff.gc.lock"
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _JSON_MAX = 64 << 20  # index.json larger than this is not something we wrote or want to parse
 
@@ -242,7 +245,7 @@ class Layout:
         annotations: dict[str, str] | None = None,
     ) -> Descriptor:
         """Store ``data`` (skipped when already present) and return its descriptor."""
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = _core.sha256(data)
         path = self.blob_path(digest)
         if not (path.is_file() and path.stat().st_size == len(data)):
             self.blobs_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +265,7 @@ class Layout:
             raise ImageNotFoundError(f"{path}: blob {digest} is missing from the layout") from e
         if len(data) > limit:
             raise FormatError(f"{path}: blob larger than {limit} bytes")
-        found = "sha256:" + hashlib.sha256(data).hexdigest()
+        found = _core.sha256(data)
         if found != digest:
             raise DigestMismatchError(f"{path}: digest mismatch (expected {digest}, found {found})")
         return data
@@ -299,6 +302,8 @@ class Layout:
         """
         if digest is not None:
             check_digest(digest)
+        import hashlib  # a stream of any size: OpenSSL's, loaded only for it
+
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.blobs_dir, prefix=".tmp-blob-", suffix=".tmp")
         try:
@@ -476,3 +481,21 @@ def _tag_of(desc: Descriptor) -> str | None:
         if isinstance(tag, str):
             return tag
     return None
+
+
+@contextlib.contextmanager
+def gc_lock(layout: Layout, mode: int) -> Iterator[None]:
+    """The layout's collector lock, held in ``mode`` (``fcntl.LOCK_SH`` or ``LOCK_EX``)."""
+    fd = os.open(layout.path / _GC_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def writing(layout: Layout) -> Iterator[None]:
+    """Held (shared) by a command from its first blob write to its tag: gc waits for it."""
+    with gc_lock(layout, fcntl.LOCK_SH):
+        yield

@@ -33,14 +33,13 @@ from layerdiff.errors import (
     InvalidReferenceError,
     RegistryError,
 )
-from layerdiff.fsck import writing
 from layerdiff.image import (
     DOCKER_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
     go_arch,
 )
-from layerdiff.layout import INDEX_DIGEST, Descriptor, Layout
+from layerdiff.layout import INDEX_DIGEST, Descriptor, Layout, writing
 from layerdiff.registry import (
     BODY_MAX,
     MANIFEST_ACCEPT,

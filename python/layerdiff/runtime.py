@@ -41,10 +41,9 @@ from layerdiff.errors import (
     InvalidArgumentError,
     LayerdiffOSError,
 )
-from layerdiff.fsck import writing
 from layerdiff.image import rfc3339
 from layerdiff.layer import check_sequence
-from layerdiff.layout import Layout
+from layerdiff.layout import Layout, writing
 
 __all__ = [
     "INIT_FILES",

@@ -21,7 +21,6 @@ from typing import Any
 from layerdiff import _core, refs
 from layerdiff.catalog import load_image
 from layerdiff.errors import FormatError, InvalidArgumentError
-from layerdiff.fsck import writing
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -33,7 +32,7 @@ from layerdiff.image import (
 )
 from layerdiff.image import source_date_epoch as _resolve_epoch
 from layerdiff.layer import LayerInfo, check_options
-from layerdiff.layout import Layout
+from layerdiff.layout import Layout, writing
 
 __all__ = ["CREATED_BY", "SquashResult", "squash", "squash_config"]
 

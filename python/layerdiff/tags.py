@@ -7,8 +7,7 @@ from __future__ import annotations
 from layerdiff import refs
 from layerdiff.catalog import index_tag, load_image, require_blob
 from layerdiff.errors import ImageNotFoundError
-from layerdiff.fsck import writing
-from layerdiff.layout import REF_NAME, Descriptor, Layout
+from layerdiff.layout import REF_NAME, Descriptor, Layout, writing
 
 __all__ = ["named", "tag", "untag"]
 

@@ -426,6 +426,13 @@ fn blob_digests(py: Python<'_>, path: PathBuf) -> PyResult<(String, u64, String,
     Ok((d.digest, d.size, d.diff_id, d.tar_size))
 }
 
+/// `sha256:<hex>` of `data`: the digest of a small blob (a config, a manifest), without loading
+/// a second sha256 implementation into the process.
+#[pyfunction]
+fn sha256(data: &[u8]) -> String {
+    crate::digest::sha256_digest(data)
+}
+
 /// Decompress the layer blob at `blob` into the new file `dest`, hashing both streams.
 #[pyfunction]
 fn decompress_blob(
@@ -455,6 +462,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apply_layer, m)?)?;
     m.add_function(wrap_pyfunction!(squash_layers, m)?)?;
     m.add_function(wrap_pyfunction!(blob_digests, m)?)?;
+    m.add_function(wrap_pyfunction!(sha256, m)?)?;
     m.add_function(wrap_pyfunction!(container::run_container, m)?)?;
     m.add_function(wrap_pyfunction!(decompress_blob, m)?)?;
     m.add_function(wrap_pyfunction!(write_layer_to_fd, m)?)?;
