@@ -6,14 +6,17 @@ Everything here mounts and makes namespaces, so it needs root (CI runs as root).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pty
 import select
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -616,6 +619,66 @@ def test_ctrl_c_on_a_terminal_reaches_the_command_and_run_waits_for_it(
     with contextlib.suppress(OSError):
         os.close(master)
     assert os.waitstatus_to_exitcode(status) == 1
+
+
+_COUNT_SIGNALS = """
+import signal, sys
+sigs = {int(sys.argv[1])}
+signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+print("ready", flush=True)
+n = 0
+while signal.sigtimedwait(sigs, 2) is not None:
+    n += 1
+    print(f"got {n}", flush=True)
+sys.exit(n)
+"""
+
+_FORWARD_TO_COUNTER = """
+import signal, subprocess, sys
+from layerdiff import runtime
+counter = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+with runtime._forwarding(counter):
+    sys.exit(counter.wait())
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGWINCH])
+def test_a_terminals_signal_reaches_the_container_once(sig: int) -> None:
+    """Ctrl-\\ and a window resize go from the terminal to its whole foreground process group,
+    the container's processes included: run does not pass them on a second time. The command
+    stands in for the container's: a process run started, in run's process group, counting
+    each signal as it arrives. A copy passed on while the first is still pending merges with
+    it, so the signal is sent several times."""
+    command = [sys.executable, "-c", _FORWARD_TO_COUNTER, _COUNT_SIGNALS, str(int(sig))]
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a session of its own, the pty as its controlling terminal
+        try:
+            os.execv(sys.executable, command)
+        finally:
+            os._exit(127)
+    seen = b""
+
+    def wait_for(text: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 30
+        while text not in seen:
+            assert time.monotonic() < deadline, seen
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 1024)
+
+    wait_for(b"ready")
+    sends = 5
+    for k in range(1, sends + 1):
+        if sig == signal.SIGQUIT:
+            os.write(master, b"\x1c")  # Ctrl-\, as typed
+        else:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80 + k, 0, 0))
+        wait_for(b"got %d" % k)
+        time.sleep(0.1)  # time for a copy passed on to arrive
+    _, status = os.waitpid(pid, 0)
+    with contextlib.suppress(OSError):
+        os.close(master)
+    assert os.waitstatus_to_exitcode(status) == sends, seen
 
 
 def test_run_from_a_worker_thread(image: str, store_home: Path) -> None:

@@ -343,25 +343,31 @@ _FORWARDED = (
     signal.SIGUSR1,
     signal.SIGUSR2,
     signal.SIGWINCH,
+    signal.SIGINT,
 )
 
+#: Of those, the ones a terminal sends to its whole foreground process group: Ctrl-C, Ctrl-\,
+#: a resize, a hang-up. The container's processes are in that group and have them already.
+_FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH, signal.SIGHUP})
 
-#: ``si_code`` of a signal the kernel sent itself, as a terminal's Ctrl-C is (``SI_KERNEL``).
+#: ``si_code`` of a signal the kernel sent itself, as a terminal's are (``SI_KERNEL``).
 _SI_KERNEL = 0x80
 
 
 @contextlib.contextmanager
 def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    """While the container runs, signals to us go on to it: those of ``_FORWARDED`` (their
-    default action would kill us and leave it unwatched), and SIGINT when a process sent it
-    (``kill -INT``). A terminal's Ctrl-C is not passed on: the terminal sends it to the
-    container's processes itself, and passing it on would deliver it twice.
+    """While the container runs, signals to us go on to it: those of ``_FORWARDED`` (the
+    default action of most would kill us and leave it unwatched). Those a terminal sent
+    (``_FROM_TERMINAL``, from the kernel) are not passed on: the terminal sent them to the
+    container's processes itself, and passing them on would deliver them twice. A process's
+    ``kill -INT`` or ``kill -QUIT`` to run is passed on.
 
     Telling the two apart needs the signal's ``si_code``, which only ``sigwaitinfo`` gives, and
     only for a signal every thread blocks. In a process with other threads (an application
     using the API), SIGINT is ignored for the run instead, as a terminal's Ctrl-C still
-    reaches the container. Only the main thread handles signals: called from another thread,
-    this does nothing and the application's own handlers stay in place.
+    reaches the container, and the others are passed on. Only the main thread handles signals:
+    called from another thread, this does nothing and the application's own handlers stay in
+    place.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -371,15 +377,17 @@ def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
 
-    old = {s: signal.getsignal(s) for s in (*_FORWARDED, signal.SIGINT)}
+    old = {s: signal.getsignal(s) for s in _FORWARDED}
     try:
-        for s in _FORWARDED:
-            signal.signal(s, forward)
         if _threads() > 1:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for s in _FORWARDED:
+                signal.signal(s, signal.SIG_IGN if s == signal.SIGINT else forward)
             yield
         else:
-            with _sigint_helper(forward):
+            for s in _FORWARDED:
+                if s not in _FROM_TERMINAL:
+                    signal.signal(s, forward)
+            with _terminal_signals(forward):
                 yield
     finally:
         for s, h in old.items():
@@ -395,28 +403,30 @@ def _threads() -> int:
 
 
 @contextlib.contextmanager
-def _sigint_helper(forward: Callable[[int, object], None]) -> Iterator[None]:
-    """A thread taking every SIGINT with ``sigwaitinfo``, passing on those a process sent.
+def _terminal_signals(forward: Callable[[int, object], None]) -> Iterator[None]:
+    """A thread taking every signal of ``_FROM_TERMINAL`` with ``sigwaitinfo``, passing on
+    those a process sent.
 
-    SIGINT is blocked in this (the only) thread first, so the helper inherits the mask and
-    nothing else receives it. Should one arrive while nobody waits for it any more, its Python
-    handler is a no-op until the mask is restored: a SIGINT meant for the container never
-    becomes a KeyboardInterrupt of the caller's.
+    They are blocked in this (the only) thread first, so the helper inherits the mask and
+    nothing else receives them. Should one arrive while nobody waits for it any more, its
+    Python handler is a no-op until the mask is restored: a SIGINT meant for the container
+    never becomes a KeyboardInterrupt of the caller's.
     """
-    signal.signal(signal.SIGINT, lambda _sig, _frame: None)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    for s in _FROM_TERMINAL:
+        signal.signal(s, lambda _sig, _frame: None)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FROM_TERMINAL)
     done = threading.Event()
 
-    def interrupts() -> None:
+    def receive() -> None:
         while True:
-            info = signal.sigwaitinfo({signal.SIGINT})
+            info = signal.sigwaitinfo(_FROM_TERMINAL)
             if done.is_set():
                 return
             if info.si_code != _SI_KERNEL:
                 with contextlib.suppress(OSError):  # the thread must live until told to stop
-                    forward(signal.SIGINT, None)
+                    forward(info.si_signo, None)
 
-    helper = threading.Thread(target=interrupts, name="layerdiff-sigint", daemon=True)
+    helper = threading.Thread(target=receive, name="layerdiff-signals", daemon=True)
     try:
         helper.start()
         yield
@@ -424,8 +434,8 @@ def _sigint_helper(forward: Callable[[int, object], None]) -> Iterator[None]:
         done.set()
         if helper.is_alive():
             # Addressed to the process, not the thread: should the helper have just returned
-            # on a SIGINT of its own, this one waits, blocked, for the no-op handler.
-            os.kill(os.getpid(), signal.SIGINT)
+            # on a signal of its own, this one waits, blocked, for the no-op handler.
+            os.kill(os.getpid(), signal.SIGWINCH)
             helper.join()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
