@@ -590,6 +590,33 @@ def test_signals_to_run_reach_the_container(image: str, store_home: Path, sig: i
     assert proc.wait(timeout=30) == 9
 
 
+class _Terminal:
+    """A command in a session of its own, with a pty as its controlling terminal."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.pid, self.master = pty.fork()
+        if self.pid == 0:
+            try:
+                os.execv(command[0], command)
+            finally:
+                os._exit(127)
+        self.seen = b""
+
+    def wait_for(self, text: bytes) -> None:
+        """Read the terminal until ``text`` was written to it."""
+        deadline = time.monotonic() + 30
+        while text not in self.seen:
+            assert time.monotonic() < deadline, self.seen
+            if select.select([self.master], [], [], 1)[0]:
+                self.seen += os.read(self.master, 1024)
+
+    def exit_code(self) -> int:
+        _, status = os.waitpid(self.pid, 0)
+        with contextlib.suppress(OSError):
+            os.close(self.master)
+        return os.waitstatus_to_exitcode(status)
+
+
 def test_ctrl_c_on_a_terminal_reaches_the_command_and_run_waits_for_it(
     image: str, store_home: Path
 ) -> None:
@@ -602,23 +629,10 @@ def test_ctrl_c_on_a_terminal_reaches_the_command_and_run_waits_for_it(
         "while [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; exit $n"
     )
     command = [sys.executable, "-m", "layerdiff", "run", "--rm", image, "--", "sh", "-c", script]
-    pid, master = pty.fork()
-    if pid == 0:  # the child: a session of its own, the pty as its controlling terminal
-        try:
-            os.execv(sys.executable, command)
-        finally:
-            os._exit(127)
-    seen = b""
-    deadline = time.monotonic() + 30
-    while b"ready" not in seen:
-        assert time.monotonic() < deadline, seen
-        if select.select([master], [], [], 1)[0]:
-            seen += os.read(master, 1024)
-    os.write(master, b"\x03")  # Ctrl-C, as typed
-    _, status = os.waitpid(pid, 0)
-    with contextlib.suppress(OSError):
-        os.close(master)
-    assert os.waitstatus_to_exitcode(status) == 1
+    terminal = _Terminal(command)
+    terminal.wait_for(b"ready")
+    os.write(terminal.master, b"\x03")  # Ctrl-C, as typed
+    assert terminal.exit_code() == 1
 
 
 _COUNT_SIGNALS = """
@@ -649,36 +663,18 @@ def test_a_terminals_signal_reaches_the_container_once(sig: int) -> None:
     stands in for the container's: a process run started, in run's process group, counting
     each signal as it arrives. A copy passed on while the first is still pending merges with
     it, so the signal is sent several times."""
-    command = [sys.executable, "-c", _FORWARD_TO_COUNTER, _COUNT_SIGNALS, str(int(sig))]
-    pid, master = pty.fork()
-    if pid == 0:  # the child: a session of its own, the pty as its controlling terminal
-        try:
-            os.execv(sys.executable, command)
-        finally:
-            os._exit(127)
-    seen = b""
-
-    def wait_for(text: bytes) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + 30
-        while text not in seen:
-            assert time.monotonic() < deadline, seen
-            if select.select([master], [], [], 1)[0]:
-                seen += os.read(master, 1024)
-
-    wait_for(b"ready")
+    terminal = _Terminal([sys.executable, "-c", _FORWARD_TO_COUNTER, _COUNT_SIGNALS, str(int(sig))])
+    terminal.wait_for(b"ready")
     sends = 5
     for k in range(1, sends + 1):
         if sig == signal.SIGQUIT:
-            os.write(master, b"\x1c")  # Ctrl-\, as typed
+            os.write(terminal.master, b"\x1c")  # Ctrl-\, as typed
         else:
-            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80 + k, 0, 0))
-        wait_for(b"got %d" % k)
+            winsize = struct.pack("HHHH", 40, 80 + k, 0, 0)
+            fcntl.ioctl(terminal.master, termios.TIOCSWINSZ, winsize)
+        terminal.wait_for(b"got %d" % k)
         time.sleep(0.1)  # time for a copy passed on to arrive
-    _, status = os.waitpid(pid, 0)
-    with contextlib.suppress(OSError):
-        os.close(master)
-    assert os.waitstatus_to_exitcode(status) == sends, seen
+    assert terminal.exit_code() == sends, terminal.seen
 
 
 def test_run_from_a_worker_thread(image: str, store_home: Path) -> None:
