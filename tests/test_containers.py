@@ -455,6 +455,18 @@ def test_create_start_ps_rm_and_a_container_directory(
     assert not where.exists() and runtime.containers() == []
 
 
+def test_every_word_after_the_image_is_the_commands(image: str, store_home: Path) -> None:
+    """As docker run parses: after IMAGE, words that look like run's own options (-e, -u,
+    --rm, --help) are the command's; a '--' there only separates."""
+    done = run_cli("run", "--rm", image, "printf", "%s|", "-e", "A=1", "-u", "1000", "--rm", "-h")
+    assert (done.returncode, done.stdout) == (0, "-e|A=1|-u|1000|--rm|-h|"), done.stderr
+    done = run_cli("run", "--rm", image, "--", "sh", "-c", "echo $0", "--name")
+    assert (done.returncode, done.stdout) == (0, "--name\n"), done.stderr
+    created = run_cli("create", "--name", "c", image, "ls", "--rm")
+    assert created.returncode == 0, created.stderr
+    assert runtime.open_container("c").command == ["ls", "--rm"]
+
+
 def test_bad_input_gives_one_line(image: str, store_home: Path) -> None:
     cases = [
         (["run", "--rm", "no-such-image:1", "--", "true"], 125, "image not found"),

@@ -95,6 +95,16 @@ def _create(
     )
 
 
+#: As docker run parses: once IMAGE is read, every word after it is the command's, even one
+#: that looks like an option of ours (``run img id -u 1000``, ``run img ls --rm``).
+_COMMAND_AFTER_IMAGE = {"allow_interspersed_args": False}
+
+
+def _command(words: tuple[str, ...]) -> tuple[str, ...]:
+    """The command given after IMAGE, without the ``--`` that may separate it."""
+    return words[1:] if words[:1] == ("--",) else words
+
+
 def _entrypoint(value: str | None) -> list[str] | None:
     """The Entrypoint ``--entrypoint`` asks for: none given keeps the image's, ``""`` clears it."""
     if value is None:
@@ -117,9 +127,10 @@ Examples:
   layerdiff run --rm base:1 -- sh -c 'echo hello'
   layerdiff run --name web -e PORT=80 --memory 256m app:1
   layerdiff run --network none --pids-limit 64 base:1 -- ps
-Options go before '--'; everything after it is the command. Exit code: the command's,
-125 when the container cannot be set up (or the command line is wrong), 126 when the command
-cannot run, 127 when it is not found in the image."""
+Options go before IMAGE; everything after it is the command (a '--' after IMAGE is
+optional). Exit code: the command's, 125 when the container cannot be set up (or the command
+line is wrong), 126 when the command cannot run, 127 when it is not found in the image.""",
+        context_settings=_COMMAND_AFTER_IMAGE,
     )
     @click.argument("image")
     @click.argument("command", nargs=-1)
@@ -131,6 +142,7 @@ cannot run, 127 when it is not found in the image."""
 
         limits = _limits(opts.pop("memory"), opts.pop("cpus"), opts.pop("pids_limit"))
         entrypoint = opts.pop("entrypoint")
+        command = _command(command)
         try:
             result = runtime.run(
                 image,
@@ -148,7 +160,10 @@ cannot run, 127 when it is not found in the image."""
         epilog="""\b
 Examples:
   layerdiff create --name dev base:1 -- sh -c 'apk add curl'
-  layerdiff create --name /srv/containers/dev base:1"""
+  layerdiff create --name /srv/containers/dev base:1
+Options go before IMAGE; everything after it is the command (a '--' after IMAGE is
+optional).""",
+        context_settings=_COMMAND_AFTER_IMAGE,
     )
     @click.argument("image")
     @click.argument("command", nargs=-1)
@@ -156,7 +171,7 @@ Examples:
     def create(image: str, command: tuple[str, ...], **opts: Any) -> None:
         """Create a container from IMAGE (its layers are cached) and print its name."""
         try:
-            container = _create(image, command, **opts)
+            container = _create(image, _command(command), **opts)
         except LayerdiffError as e:
             fail(str(e), EXIT_SETUP)
         click.echo(container.name if "/" not in (opts["name"] or "") else str(container.path))
