@@ -181,6 +181,22 @@ def test_import_blob(tmp_path: Path) -> None:
     dst.import_blob(src, desc["digest"])
     assert dst.read_blob(desc["digest"]) == b"layer"
     dst.import_blob(src, desc["digest"])  # already there: fine
+    # A copy of its own: the layouts may have different owners, and one's blob changed (or
+    # corrupted) must not change the other's.
+    copied, original = dst.blob_path(desc["digest"]), src.blob_path(desc["digest"])
+    assert not os.path.samefile(copied, original)
+
+
+def test_import_blob_checks_the_digest(tmp_path: Path) -> None:
+    src = Layout.create(tmp_path / "src")
+    dst = Layout.create(tmp_path / "dst")
+    desc = src.put_blob(b"layer", media_type="m")
+    src.blob_path(desc["digest"]).write_bytes(b"LAYER")
+    with pytest.raises(DigestMismatchError, match="digest mismatch"):
+        dst.import_blob(src, desc["digest"])
+    assert os.listdir(dst.blobs_dir) == []
+    with pytest.raises(ImageNotFoundError, match="missing"):
+        dst.import_blob(src, "sha256:" + "0" * 64)
 
 
 def test_create_refuses_a_foreign_directory(tmp_path: Path) -> None:

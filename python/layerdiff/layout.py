@@ -9,12 +9,10 @@ inside the layout, so commits running in parallel never lose each other's tags.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -339,32 +337,19 @@ class Layout:
         return found, n
 
     def import_blob(self, source: Layout, digest: str) -> None:
-        """Make blob ``digest`` of layout ``source`` present here: hardlink, else copy."""
-        target = self.blob_path(digest)
-        if target.is_file():
+        """Make blob ``digest`` of layout ``source`` present here: a copy of its own, checked
+        against the digest on the way. Never a hard link: the two layouts may belong to
+        different users, and a change to one's blob must not reach the other's."""
+        if self.blob_path(digest).is_file():
             return
         src = source.blob_path(digest)
-        self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            try:
-                os.link(src, target)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
-                    raise
-            fd, tmp = tempfile.mkstemp(dir=self.blobs_dir, prefix=".import.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-                    shutil.copyfileobj(inp, out, 1 << 20)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            _fsync_dir(self.blobs_dir)
+        try:
+            f = src.open("rb")
+        except FileNotFoundError as e:
+            raise ImageNotFoundError(f"{src}: blob {digest} is missing from the layout") from e
+        with f:
+            chunks = iter(lambda: f.read(1 << 20), b"")
+            self.write_blob_stream(chunks, digest=digest, where=str(src))
 
     # -- index.json ------------------------------------------------------------------------------
 

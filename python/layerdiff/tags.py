@@ -14,7 +14,7 @@ __all__ = ["named", "tag", "untag"]
 
 def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
     """Name the image ``source`` names ``target`` as well, replacing what ``target`` named; in
-    another layout, the image's blobs are copied (hard-linked where possible) there first.
+    another layout, the image's blobs are copied there first.
     Returns the image's manifest digest."""
     image = load_image(source)
     dst = refs.check_writable(
