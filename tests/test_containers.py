@@ -467,6 +467,38 @@ def test_every_word_after_the_image_is_the_commands(image: str, store_home: Path
     assert runtime.open_container("c").command == ["ls", "--rm"]
 
 
+def test_the_container_cannot_reach_host_devices_or_kernel_settings(
+    image: str, store_home: Path
+) -> None:
+    """As docker's default spec confines root in a container: only the standard device nodes
+    open (a node made with mknod, in the root or in /dev, does not); /proc/sys and
+    /proc/sysrq-trigger are read-only; what tells of the host's kernel is hidden."""
+    script = """
+        mknod /tmp/tty1 c 4 1 && ! head -c 0 /tmp/tty1 && echo char-refused
+        mknod /dev/loop0 b 7 0 && ! head -c 0 /dev/loop0 && echo block-refused
+        ! echo /tmp/layerdiff-core > /proc/sys/kernel/core_pattern && echo sysctl-refused
+        ! echo h > /proc/sysrq-trigger && echo sysrq-refused
+        [ "$(cat /proc/timer_list)" = "" ] && [ "$(ls /sys/firmware)" = "" ] && echo masked
+        echo x > /dev/null && [ "$(head -c 3 /dev/zero | wc -c)" = 3 ] && echo devices-work
+    """
+    core_pattern = Path("/proc/sys/kernel/core_pattern").read_text()
+    done = run_cli("run", "--rm", image, "sh", "-c", script)
+    assert done.stdout.split() == [
+        "char-refused", "block-refused", "sysctl-refused", "sysrq-refused", "masked",
+        "devices-work",
+    ], done.stderr  # fmt: skip
+    assert Path("/proc/sys/kernel/core_pattern").read_text() == core_pattern
+
+
+def test_the_commands_umask_is_dockers_whatever_the_callers(image: str, store_home: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        done = run_cli("run", "--rm", image, "sh", "-c", "umask; touch /f; stat -c %a /f")
+    finally:
+        os.umask(old)
+    assert done.stdout.split() == ["0022", "644"], done.stderr
+
+
 def test_bad_input_gives_one_line(image: str, store_home: Path) -> None:
     cases = [
         (["run", "--rm", "no-such-image:1", "--", "true"], 125, "image not found"),

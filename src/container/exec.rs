@@ -194,6 +194,8 @@ pub fn exec_command(spec: &ContainerSpec, argv: &[CString]) -> i32 {
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or(DEFAULT_PATH)
             .to_string();
+        // docker's: what the command creates does not depend on the caller's shell.
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
         enter_workdir(&spec.cwd)?;
         rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
         drop_capabilities()?;

@@ -10,8 +10,37 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use super::{ContainerSpec, exec, os_fail, signals};
 
 /// Device nodes a container gets, bound from the host's (which works with and without a user
-/// namespace, where `mknod` would not).
+/// namespace, where `mknod` would not). They are the only ones it can open: the root and `/dev`
+/// are mounted `nodev`, so a node the image holds or the container makes (`mknod`) opens
+/// nothing, where docker's device cgroup allows these alone.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Parts of `/proc` and `/sys` that tell of the host or change it, hidden as docker's
+/// default spec hides them: a file under `/dev/null`, a directory under an empty read-only
+/// tmpfs.
+const MASKED: [&str; 11] = [
+    "proc/asound",
+    "proc/acpi",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// Parts of `/proc` that change the host's kernel (`/proc/sys/kernel/core_pattern`,
+/// `/proc/sysrq-trigger`), read-only as in docker's default spec.
+const READ_ONLY: [&str; 5] = [
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
 
 fn mount_err(what: &str, target: &str, e: rustix::io::Errno) -> String {
     format!("mounting {what} on {target}: {}", std::io::Error::from(e))
@@ -73,7 +102,7 @@ fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
         "overlay",
         &spec.rootfs,
         "overlay",
-        MountFlags::empty(),
+        MountFlags::NODEV,
         data.as_c_str(),
     )
     .map_err(|e| {
@@ -96,7 +125,7 @@ fn mount_dev(root: &OwnedFd, rootfs: &Path) -> Result<(), String> {
         "tmpfs",
         fd_path(&dev),
         "tmpfs",
-        nosuid,
+        nosuid | MountFlags::NODEV,
         c"mode=755,size=65536k",
     )
     .map_err(|e| mount_err("tmpfs", "/dev", e))?;
@@ -161,6 +190,44 @@ fn mount_sys(root: &OwnedFd, rootfs: &Path) -> Result<(), String> {
         .map_err(|e| mount_err("/sys (read-only)", "/sys", e))
 }
 
+/// Hide [`MASKED`] and make [`READ_ONLY`] read-only, below `/proc` and `/sys` as just mounted
+/// in `rootfs` (kernel file systems: no symlinks on these paths). What this kernel lacks is
+/// skipped.
+fn restrict_kernel_files(rootfs: &Path) -> Result<(), String> {
+    let fixed = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    for rel in MASKED {
+        let target = rootfs.join(rel);
+        let Ok(meta) = std::fs::symlink_metadata(&target) else {
+            continue;
+        };
+        let masked = if meta.is_dir() {
+            rustix::mount::mount(
+                "tmpfs",
+                &target,
+                "tmpfs",
+                fixed | MountFlags::RDONLY,
+                c"size=0",
+            )
+        } else {
+            rustix::mount::mount_bind("/dev/null", &target)
+        };
+        masked.map_err(|e| mount_err("a mask", &format!("/{rel}"), e))?;
+    }
+    for rel in READ_ONLY {
+        let target = rootfs.join(rel);
+        if std::fs::symlink_metadata(&target).is_err() {
+            continue;
+        }
+        rustix::mount::mount_bind(&target, &target)
+            .and_then(|()| {
+                let flags = MountFlags::BIND | MountFlags::RDONLY | fixed;
+                rustix::mount::mount_remount(&target, flags, c"")
+            })
+            .map_err(|e| mount_err("read-only", &format!("/{rel}"), e))?;
+    }
+    Ok(())
+}
+
 /// Bring the loopback interface of a new network namespace up.
 fn loopback_up() -> Result<(), String> {
     // SAFETY: plain socket and ioctl calls on a zeroed `ifreq` naming "lo"; the descriptor is
@@ -216,6 +283,7 @@ fn setup_root(spec: &ContainerSpec) -> Result<(), String> {
     mount_dev(&root, &spec.rootfs)?;
     mount_sys(&root, &spec.rootfs)?;
     drop(root);
+    restrict_kernel_files(&spec.rootfs)?;
     // Switch the root: the old one is stacked under the new and detached at once.
     rustix::process::chdir(&spec.rootfs).map_err(|e| format!("entering the root: {e}"))?;
     rustix::process::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
