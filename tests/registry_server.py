@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import urllib3
 
 REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 USER, PASSWORD = "tester", "s3cret:pw"
@@ -169,6 +172,7 @@ class Registry:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     token: TokenServer | None = None
+    scheme: str = "http"
 
     @property
     def host(self) -> str:
@@ -190,7 +194,11 @@ class Registry:
             if self.process.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {self.log.read_text()[-2000:]}")
             with contextlib.suppress(requests.RequestException):
-                if requests.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
+                url = f"{self.scheme}://{self.host}/v2/"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                    answer = requests.get(url, timeout=1, verify=False)
+                if answer.status_code in (200, 401):
                     return
             time.sleep(0.05)
         raise RuntimeError(f"docker-registry did not answer: {self.log.read_text()[-2000:]}")
@@ -228,9 +236,47 @@ def _write_config(directory: Path, port: int, auth: str) -> Path:
     return config
 
 
+def _make_server_cert(directory: Path) -> str:
+    """A self-signed certificate for 127.0.0.1, and its key: the registry's ``http.tls``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return (
+        f"  tls:\n    certificate: {directory / 'server.pem'}\n    key: {directory / 'server.key'}"
+    )
+
+
 @contextlib.contextmanager
 def running_registry(directory: Path, kind: str = "none") -> Iterator[Registry]:
-    """A registry with auth ``none``, ``basic`` (htpasswd) or ``token``."""
+    """A registry with auth ``none``, ``basic`` (htpasswd) or ``token``; or ``tls``: no auth,
+    over https with a self-signed certificate."""
     if not os.path.exists(REGISTRY):
         pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
     directory.mkdir(parents=True, exist_ok=True)
@@ -254,6 +300,8 @@ def running_registry(directory: Path, kind: str = "none") -> Iterator[Registry]:
                 "    issuer: layerdiff-test-issuer\n"
                 f"    rootcertbundle: {directory / 'token-cert.pem'}"
             )
+        elif kind == "tls":
+            auth = _make_server_cert(directory)
         config = _write_config(directory, port, auth)
         reg = Registry(
             port=port,
@@ -261,6 +309,7 @@ def running_registry(directory: Path, kind: str = "none") -> Iterator[Registry]:
             config=config,
             log=directory / "registry.log",
             token=token,
+            scheme="https" if kind == "tls" else "http",
         )
         reg.start()
         try:

@@ -139,3 +139,27 @@ def test_docker_hub_credentials_as_docker_login_keeps_them(
     reg = Registry("docker.io")
     assert reg.credentials == ("me", "pw")
     reg.close()
+
+
+def test_tls_verify_false_is_kept_whatever_the_ca_bundle_variables_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry over https with a self-signed certificate: refused by default, with the hint;
+    taken with --tls-verify=false, also when REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE name a CA
+    bundle (requests lets those override a session's ``verify=False``)."""
+    image = small_image(tmp_path, "tls")
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    variables = {"REQUESTS_CA_BUNDLE": bundle, "CURL_CA_BUNDLE": bundle}
+    with running_registry(tmp_path / "reg", "tls") as reg:
+        refused = run_cli("push", "--progress=none", image, reg.ref("s/img:1"), env=variables)
+        assert refused.returncode == 1
+        assert "certificate" in refused.stderr and "--tls-verify=false" in refused.stderr
+        pushed = run_cli(
+            "push", "--progress=none", "--tls-verify=false", image, reg.ref("s/img:1"),
+            env=variables,
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        pulled = layerdiff.pull(reg.ref("s/img:1"), "back:1", tls_verify=False)
+        assert pulled.manifest_digest == layerdiff.inspect(image)["digest"]

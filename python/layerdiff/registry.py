@@ -480,6 +480,7 @@ class Registry:
             response = self.session.get(
                 url,
                 auth=auth,
+                verify=self.tls_verify,
                 timeout=_TIMEOUT,
                 stream=True,
                 allow_redirects=False,
@@ -525,6 +526,9 @@ class Registry:
                 url,
                 headers=headers,
                 data=data,
+                # On each request: requests lets REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE
+                # override the session's ``verify=False``.
+                verify=self.tls_verify,
                 stream=True,
                 timeout=timeout,
                 allow_redirects=False,
