@@ -499,6 +499,27 @@ def test_the_commands_umask_is_dockers_whatever_the_callers(image: str, store_ho
     assert done.stdout.split() == ["0022", "644"], done.stderr
 
 
+def test_the_images_etc_keeps_its_attributes_in_the_container_and_its_commit(
+    image: str, store_home: Path, tmp_path: Path
+) -> None:
+    """The init layer's /etc (a mount point for /etc/hosts and the like) stands over the
+    image's: it takes the image's mode, owner and mtime, so the container sees them and a
+    commit of a write below /etc records them, not 0755 root."""
+    rootfs = busybox_rootfs(tmp_path / "rootfs")
+    os.chown(rootfs / "etc", 1000, 1000)
+    os.chmod(rootfs / "etc", 0o750)
+    os.utime(rootfs / "etc", (1_600_000_000, 1_600_000_000))
+    layerdiff.commit(rootfs, image="etc:1")
+    done = run_cli("run", "--name", "e", "etc:1", "sh", "-c", "stat -c '%a %u %g %Y' /etc")
+    assert done.stdout.split() == ["750", "1000", "1000", "1600000000"], done.stderr
+    done = run_cli("run", "--name", "w", "etc:1", "sh", "-c", "echo x > /etc/newconf")
+    assert done.returncode == 0, done.stderr
+    assert run_cli("commit", "--progress", "none", "w", "etc:2").returncode == 0
+    etc = layer_members("etc:2")["etc"]
+    assert (etc.mode, etc.uid, etc.gid) == (0o750, 1000, 1000)
+    assert layer_members("etc:2")["etc/newconf"].isfile()
+
+
 def test_bad_input_gives_one_line(image: str, store_home: Path) -> None:
     cases = [
         (["run", "--rm", "no-such-image:1", "--", "true"], 125, "image not found"),

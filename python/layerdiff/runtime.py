@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -218,12 +219,23 @@ def _merge_env(env: list[str], extra: Sequence[str]) -> list[str]:
     return out
 
 
-def _init_files(path: Path, hostname: str, network: str) -> None:
+def _init_files(path: Path, hostname: str, network: str, layer_dirs: Sequence[Path]) -> None:
+    """The init layer (the top lower layer: mount points for the init files, ``/dev``,
+    ``/proc`` and ``/sys``) and the init files' contents. Its directories take the attributes
+    of the image's, which they stand over: else a container would see, and a commit of one
+    that writes there would record, 0755 root where the image has, say, an ``/etc`` of 0750."""
     init = path / "init"
     for d in _INIT_DIRS:
         (init / d).mkdir(parents=True, exist_ok=True)
     for rel in INIT_FILES:
         (init / rel).write_bytes(b"")
+    for d in _INIT_DIRS:
+        found = _image_dir(layer_dirs, d)
+        if found is not None:
+            with contextlib.suppress(PermissionError):  # not root: our own ids only
+                os.chown(init / d, found.st_uid, found.st_gid)
+            os.chmod(init / d, stat.S_IMODE(found.st_mode))
+            os.utime(init / d, ns=(found.st_atime_ns, found.st_mtime_ns))
     hosts = (
         f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
     )
@@ -234,6 +246,19 @@ def _init_files(path: Path, hostname: str, network: str) -> None:
         with contextlib.suppress(OSError):
             resolv = Path("/etc/resolv.conf").read_text()
     (path / "resolv.conf").write_text(resolv)
+
+
+def _image_dir(layer_dirs: Sequence[Path], name: str) -> os.stat_result | None:
+    """The image's directory ``/name`` (a name in its root), as overlayfs shows it: the
+    topmost of the cached layers (bottom first) that holds the name decides; ``None`` when
+    none does or it is not a directory there (a whiteout, a symlink)."""
+    for d in reversed(layer_dirs):
+        try:
+            found = os.lstat(d / name)
+        except FileNotFoundError:
+            continue
+        return found if stat.S_ISDIR(found.st_mode) else None
+    return None
 
 
 def create(
@@ -293,10 +318,13 @@ def create(
     try:
         store = Layout.create(refs.store_layout_path())
         with writing(store):  # gc keeps the layers of containers it can see
-            layercache.ensure_layers(img, form="user" if rootless else "trusted")
+            form = "user" if rootless else "trusted"
+            layercache.ensure_layers(img, form=form)
             for d in ("upper", "work", "rootfs"):
                 (path / d).mkdir()
-            _init_files(path, hostname, network)
+            diff_ids = img.config["rootfs"]["diff_ids"]
+            layer_dirs = [layercache.layer_dir(d, form=form) / "diff" for d in diff_ids]
+            _init_files(path, hostname, network, layer_dirs)
             container = Container(
                 path=path,
                 data={
