@@ -520,6 +520,26 @@ def test_the_images_etc_keeps_its_attributes_in_the_container_and_its_commit(
     assert layer_members("etc:2")["etc/newconf"].isfile()
 
 
+def test_hostname_set_with_e_wins(image: str, store_home: Path) -> None:
+    done = sh(image, 'echo "$HOSTNAME"; env | grep -c ^HOSTNAME=', "-e", "HOSTNAME=custom")
+    assert done.stdout.split() == ["custom", "1"], done.stderr
+
+
+def test_run_rm_of_a_container_rm_f_removed_gives_the_commands_exit_code(
+    image: str, store_home: Path
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerdiff", "run", "--rm", "--name", "gone", image, "--", "sh",
+         "-c", "echo ready; exec sleep 100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    assert run_cli("rm", "-f", "gone").returncode == 0
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 137, err
+    assert runtime.containers() == []
+
+
 def test_bad_input_gives_one_line(image: str, store_home: Path) -> None:
     cases = [
         (["run", "--rm", "no-such-image:1", "--", "true"], 125, "image not found"),
@@ -640,7 +660,9 @@ def test_run_refuses_a_layer_whose_digest_does_not_match(image: str, store_home:
     assert runtime.containers() == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGQUIT, signal.SIGWINCH, signal.SIGINT])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGUSR1, signal.SIGQUIT, signal.SIGWINCH, signal.SIGINT, signal.SIGALRM]
+)
 def test_signals_to_run_reach_the_container(image: str, store_home: Path, sig: int) -> None:
     """As docker's sig-proxy: the signal reaches the command, and run returns its exit code.
     SIGINT too, when a process sends it to run alone (``kill -INT``)."""

@@ -365,6 +365,10 @@ class RunResult:
 
 #: Signals to ``run``/``start`` that go on to the container, as docker's sig-proxy passes them.
 _FORWARDED = (
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGPWR,
     signal.SIGTERM,
     signal.SIGHUP,
     signal.SIGQUIT,
@@ -468,6 +472,13 @@ def _terminal_signals(forward: Callable[[int, object], None]) -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
+def _with_hostname(env: list[str], hostname: str) -> list[str]:
+    """``env`` with ``HOSTNAME``, as docker sets it, unless the image or ``-e`` set it."""
+    if any(e.split("=", 1)[0] == "HOSTNAME" for e in env):
+        return list(env)
+    return [*env, f"HOSTNAME={hostname}"]
+
+
 def start(container: Container) -> RunResult:
     """Run the container's command, wait for it, and return how it ended."""
     if not isinstance(container, Container):
@@ -511,7 +522,7 @@ def _start_locked(container: Container) -> RunResult:
     layers_dir = layercache.cache_root()
     spec = {
         "argv": argv,
-        "env": [*(config.get("Env") or []), f"HOSTNAME={container.data['hostname']}"],
+        "env": _with_hostname(config.get("Env") or [], str(container.data["hostname"])),
         "cwd": str(config.get("WorkingDir") or "/"),
         "user": str(config.get("User") or ""),
         "hostname": str(container.data["hostname"]),
@@ -606,7 +617,9 @@ def run(
         return start(container)
     finally:
         if rm:
-            remove(str(container.path), force=True)
+            # Gone already when `rm -f` removed it while it ran: the run's result stands.
+            with contextlib.suppress(ContainerNotFoundError):
+                remove(str(container.path), force=True)
 
 
 def remove(name: str, *, force: bool = False) -> None:
