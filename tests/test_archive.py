@@ -279,8 +279,9 @@ def test_load_of_a_missing_file_is_the_packages_os_error(tmp_path: Path) -> None
         ("{tmp}/dir", errno.EISDIR),
         ("/proc/x.tar", errno.ENOENT),
         ("{tmp}/file/x.tar", errno.ENOTDIR),
+        ("{tmp}/no-such-dir/x.tar", errno.ENOENT),
     ],
-    ids=["a-directory", "proc", "below-a-file"],
+    ids=["a-directory", "proc", "below-a-file", "in-a-missing-directory"],
 )
 def test_save_where_it_cannot_write_names_the_path_given(
     tmp_path: Path, target: str, code: int
@@ -426,3 +427,56 @@ def test_squash_refuses_a_path_below_a_file_as_unpack_does(tmp_path: Path) -> No
     assert unpack.returncode == squash.returncode == 1, (unpack.stderr, squash.stderr)
     assert "a/b: Not a directory" in unpack.stderr and "a/b: Not a directory" in squash.stderr
     assert run_cli("inspect", "odd/below:squashed").returncode != 0
+
+
+def test_load_of_a_truncated_or_corrupt_archive_is_a_format_error(tmp_path: Path) -> None:
+    image = two_layer_image(tmp_path)
+    archive = tmp_path / "app.tar"
+    layerdiff.save(image, f"docker-archive:{archive}")
+    data = archive.read_bytes()
+    import gzip
+
+    cases = {
+        "cut.tar": data[:1000],
+        "cut-in-a-layer.tar": data[: len(data) // 2],
+        "cut.tar.gz": gzip.compress(data)[:500],
+        "not-a-tar": b"hello\n" * 100,
+    }
+    for name, body in cases.items():
+        (tmp_path / name).write_bytes(body)
+        with pytest.raises(layerdiff.FormatError):
+            layerdiff.load(tmp_path / name, "x:1")
+        done = run_cli("load", str(tmp_path / name), "x:1")
+        assert done.returncode == 1, (name, done.stderr)
+        [line] = done.stderr.splitlines()
+        assert "internal error" not in line and "ReadError" not in line, line
+    assert [i.tag for i in layerdiff.images() if i.name == "x"] == []
+    assert layerdiff.fsck().ok
+
+
+def test_load_reads_names_with_a_dot_slash_and_files_given_twice(tmp_path: Path) -> None:
+    """``tar -C dir -cf x.tar .`` names every member ``./…``, and a manifest may name them so;
+    GNU tar stores a file given twice as a hardlink to its own name. docker and skopeo read
+    both."""
+    image = two_layer_image(tmp_path)
+    layerdiff.save(image, f"docker-archive:{tmp_path / 'app.tar'}:app:1")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with tarfile.open(tmp_path / "app.tar") as tar:
+        tar.extractall(tree, filter="data")
+    manifest = json.loads((tree / "manifest.json").read_text())
+    manifest[0]["Config"] = "./" + manifest[0]["Config"]
+    manifest[0]["Layers"] = ["./" + name for name in manifest[0]["Layers"]]
+    (tree / "manifest.json").write_text(json.dumps(manifest))
+    dotted = tmp_path / "dotted.tar"
+    subprocess.run(["tar", "-C", str(tree), "-cf", str(dotted), "."], check=True)
+    config = layerdiff.inspect(image)["manifest"]["config"]["digest"]
+    assert layerdiff.load(dotted, "dotted:1").config_digest == config
+    twice = tmp_path / "twice.tar"
+    members = sorted(os.listdir(tree))
+    subprocess.run(
+        ["tar", "-C", str(tree), "-cf", str(twice), *members, "manifest.json"], check=True
+    )
+    with tarfile.open(twice) as tar:
+        assert [m.islnk() for m in tar.getmembers() if m.name == "manifest.json"] == [False, True]
+    assert layerdiff.load(twice, "twice:1").config_digest == config

@@ -23,6 +23,7 @@ import json
 import os
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,10 +144,8 @@ def _write(
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
     config_digest = str(local.manifest["config"]["digest"])
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # a file where the directory would be
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
+    # The directory must exist, as for docker save -o and skopeo: a mistyped path is an
+    # error, not a new directory tree.
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with (
@@ -207,7 +206,7 @@ def _open_member(tar: tarfile.TarFile, name: str, where: str) -> IO[bytes]:
     layers: a symlink's target is relative to its own directory, a hardlink's to the root."""
     member = name
     try:
-        info = tar.getmember(member)
+        info = _find(tar, member)
         seen = {info.name}
         while info.issym() or info.islnk():
             if len(seen) > _LINK_HOPS:
@@ -216,7 +215,7 @@ def _open_member(tar: tarfile.TarFile, name: str, where: str) -> IO[bytes]:
                 )
             base = os.path.dirname(info.name) if info.issym() else ""
             member = os.path.normpath(os.path.join(base, info.linkname))
-            info = tar.getmember(member)
+            info = _find(tar, member)
             if info.name in seen:
                 raise FormatError(f"{where}: {name!r} is reached through links that loop")
             seen.add(info.name)
@@ -227,6 +226,25 @@ def _open_member(tar: tarfile.TarFile, name: str, where: str) -> IO[bytes]:
     if f is None:
         raise FormatError(f"{where}: {name!r} is not a file")
     return f
+
+
+def _find(tar: tarfile.TarFile, name: str) -> tarfile.TarInfo:
+    """The member named ``name``, ``./`` prefixes aside (``tar -C dir -cf x.tar .`` writes
+    them, and a manifest may name its files so). Of several, the last, as tar extracts them,
+    but never a hardlink to its own name: GNU tar stores a file given twice so, and means the
+    copy before it."""
+    want = _normalized(name)
+    found = None
+    for m in tar.getmembers():
+        if _normalized(m.name) == want and not (m.islnk() and _normalized(m.linkname) == want):
+            found = m
+    if found is None:
+        raise KeyError(name)
+    return found
+
+
+def _normalized(name: str) -> str:
+    return os.path.normpath("/" + name).lstrip("/")
 
 
 def _chunks(f: IO[bytes]) -> Iterator[bytes]:
@@ -341,59 +359,68 @@ def load(
     try:
         tar = tarfile.open(path, mode="r:*")  # noqa: SIM115 (closed by the with below)
     except tarfile.TarError as e:
-        raise FormatError(f"{where}: not a tar archive ({e})") from e
+        raise FormatError(f"{where}: not a tar archive, plain or compressed") from e
     except OSError as e:
         raise LayerdiffOSError(e.errno, f"reading the archive: {e.strerror}", where) from e
-    with tar:
-        entry = _pick(_entries(_read_member(tar, "manifest.json", where), where), ref, where)
-        if image is not None:
-            targets = [refs.parse_layout_reference(image) if isinstance(image, str) else image]
-        else:
-            targets = entry.repo_tags
-            if not targets:
-                raise InvalidReferenceError(
-                    f"{where}: the image has no tag; name IMAGE to load it as"
+    try:
+        with tar:
+            return _load(tar, ref, image, where)
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        reason = str(e) or type(e).__name__
+        raise FormatError(f"{where}: a truncated or corrupt archive ({reason})") from e
+
+
+def _load(
+    tar: tarfile.TarFile,
+    ref: refs.ArchiveRef | None,
+    image: str | refs.LayoutRef | None,
+    where: str,
+) -> LoadResult:
+    entry = _pick(_entries(_read_member(tar, "manifest.json", where), where), ref, where)
+    if image is not None:
+        targets = [refs.parse_layout_reference(image) if isinstance(image, str) else image]
+    else:
+        targets = entry.repo_tags
+        if not targets:
+            raise InvalidReferenceError(f"{where}: the image has no tag; name IMAGE to load it as")
+    for t in targets:
+        refs.check_writable(t)
+    config = _read_member(tar, entry.config, where)
+    diff_ids = _diff_ids(config, f"{where}: {entry.config}")
+    layer_names = entry.layers
+    if len(layer_names) != len(diff_ids):
+        raise FormatError(
+            f"{where}: {len(layer_names)} layers but {len(diff_ids)} diff_ids in the config"
+        )
+    with Layout.create_for_write(targets[0].layout) as layout, writing(layout):
+        layers = []
+        for name, diff_id in zip(layer_names, diff_ids, strict=True):
+            with _open_member(tar, name, where) as f:
+                head = f.read(4)
+                digest, size = layout.write_blob_stream(
+                    _prepend(head, _chunks(f)), where=f"{where}: {name}"
                 )
-        for t in targets:
-            refs.check_writable(t)
-        config = _read_member(tar, entry.config, where)
-        diff_ids = _diff_ids(config, f"{where}: {entry.config}")
-        layer_names = entry.layers
-        if len(layer_names) != len(diff_ids):
-            raise FormatError(
-                f"{where}: {len(layer_names)} layers but {len(diff_ids)} diff_ids in the config"
+            media_type = next(
+                (t for magic, t in _LAYER_TYPES.items() if head.startswith(magic)),
+                "application/vnd.oci.image.layer.v1.tar",
             )
-        with Layout.create_for_write(targets[0].layout) as layout, writing(layout):
-            layers = []
-            for name, diff_id in zip(layer_names, diff_ids, strict=True):
-                with _open_member(tar, name, where) as f:
-                    head = f.read(4)
-                    digest, size = layout.write_blob_stream(
-                        _prepend(head, _chunks(f)), where=f"{where}: {name}"
-                    )
-                media_type = next(
-                    (t for magic, t in _LAYER_TYPES.items() if head.startswith(magic)),
-                    "application/vnd.oci.image.layer.v1.tar",
+            found = digest
+            if media_type != "application/vnd.oci.image.layer.v1.tar":
+                found = _core.blob_digests(layout.blob_path(digest))[2]
+            if found != diff_id:
+                raise DigestMismatchError(
+                    f"{where}: layer {name} has diff_id {found}, the config says {diff_id}"
                 )
-                found = digest
-                if media_type != "application/vnd.oci.image.layer.v1.tar":
-                    found = _core.blob_digests(layout.blob_path(digest))[2]
-                if found != diff_id:
-                    raise DigestMismatchError(
-                        f"{where}: layer {name} has diff_id {found}, the config says {diff_id}"
-                    )
-                layers.append({"mediaType": media_type, "digest": digest, "size": size})
-            config_desc = layout.put_blob(config, media_type=CONFIG_MEDIA_TYPE)
-            manifest = build_manifest(config=config_desc, layers=layers)
-            manifest_desc = layout.put_blob(
-                canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE
-            )
-            for target in targets:
-                tagged = layout if target.layout == layout.path else Layout.create(target.layout)
-                if tagged is not layout:
-                    for d in [config_desc, manifest_desc, *layers]:
-                        tagged.import_blob(layout, str(d["digest"]))
-                tagged.set_tag(target.write_tag, manifest_desc)
+            layers.append({"mediaType": media_type, "digest": digest, "size": size})
+        config_desc = layout.put_blob(config, media_type=CONFIG_MEDIA_TYPE)
+        manifest = build_manifest(config=config_desc, layers=layers)
+        manifest_desc = layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE)
+        for target in targets:
+            tagged = layout if target.layout == layout.path else Layout.create(target.layout)
+            if tagged is not layout:
+                for d in [config_desc, manifest_desc, *layers]:
+                    tagged.import_blob(layout, str(d["digest"]))
+            tagged.set_tag(target.write_tag, manifest_desc)
     return LoadResult(
         images=tuple(t.tag if t.in_store and t.tag is not None else t.text for t in targets),
         manifest_digest=str(manifest_desc["digest"]),
