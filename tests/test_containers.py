@@ -442,7 +442,7 @@ def test_create_start_ps_rm_and_a_container_directory(
     in_use = run_cli("create", "--name", "web", image)
     assert in_use.returncode == 125 and "in use" in in_use.stderr
 
-    ps = json.loads(run_cli("ps", "--json").stdout)
+    ps = json.loads(run_cli("ps", "-a", "--json").stdout)
     assert [(c["name"], c["state"]) for c in ps] == [("web", "created")]
 
     started = run_cli("start", str(where))
@@ -538,6 +538,18 @@ def test_run_rm_of_a_container_rm_f_removed_gives_the_commands_exit_code(
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 137, err
     assert runtime.containers() == []
+
+
+def test_a_relative_layerdiff_home_runs_containers(image: str, tmp_path: Path) -> None:
+    """Made absolute at once: the container's helper changes directory before it mounts the
+    store's paths."""
+    env = {**os.environ, "LAYERDIFF_HOME": "rel"}
+    done = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "run", "--rm", image, "sh", "-c", "echo ok"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
+    assert (tmp_path / "rel" / "images" / "index.json").is_file()
 
 
 def test_bad_input_gives_one_line(image: str, store_home: Path) -> None:

@@ -121,3 +121,38 @@ def test_fsck_names_every_image_that_reaches_a_broken_blob(tmp_path: Path) -> No
     assert [str(p) for p in layerdiff.fsck(f"oci:{layout}:two").problems] == [
         f"two: blob {shared} is missing"
     ]
+
+
+def test_gc_takes_a_whole_layout_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``oci:`` names no layout (it was the current directory), and ``oci:PATH:TAG`` one image:
+    gc refuses both and removes nothing."""
+    (tmp_path / "t").mkdir()
+    layerdiff.commit(tmp_path / "t", image=f"oci:{tmp_path / 'l'}:1")
+    monkeypatch.chdir(tmp_path / "l")
+    blobs = sorted(os.listdir("blobs/sha256"))
+    (tmp_path / "l" / "blobs/sha256" / ("0" * 64)).write_bytes(b"unreachable")
+    for target in ("oci:", f"oci:{tmp_path / 'l'}:1"):
+        with pytest.raises(layerdiff.InvalidReferenceError):
+            layerdiff.gc(target)
+        done = run_cli("gc", target)
+        assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert len(os.listdir("blobs/sha256")) == len(blobs) + 1
+    assert layerdiff.gc(f"oci:{tmp_path / 'l'}").blobs == 1
+
+
+def test_rmi_of_a_name_given_twice_removes_it_once(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    layerdiff.commit(tmp_path / "t", image="twice")
+    done = run_cli("rmi", "twice", "twice:latest", "twice")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("untagged") == 1 and "removed" in done.stdout
+    assert layerdiff.images() == []
+
+
+def test_layerdiff_alone_prints_its_help(tmp_path: Path) -> None:
+    done = run_cli()
+    assert done.returncode == 2
+    assert (
+        done.stderr.startswith("Usage: layerdiff [OPTIONS] COMMAND") and "Commands:" in done.stderr
+    )
+    assert len(done.stderr.splitlines()) > 10

@@ -446,14 +446,18 @@ Examples:
 )
 def rmi(images: tuple[str, ...], no_prune: bool) -> None:
     """Remove image names (like docker rmi), then the blobs no other name reaches."""
+    from layerdiff.layout import REF_NAME
     from layerdiff.refs import parse_layout_reference
     from layerdiff.tags import named
 
-    refs = [parse_layout_reference(i) for i in images]
-    for ref in refs:  # every name is checked before any goes; a broken image's name goes too
-        named(ref)
+    # Every name is checked before any goes (a broken image's name goes too); a name given
+    # twice, in any spelling (t, t:latest), goes once.
+    refs = {}
+    for ref in map(parse_layout_reference, images):
+        entry = named(ref)
+        refs[(str(ref.layout), (entry.get("annotations") or {}).get(REF_NAME))] = ref
     layouts: dict[str, str | None] = {}
-    for ref in refs:
+    for ref in refs.values():
         digest = layerdiff.untag(ref)
         click.echo(f"untagged {ref.text} ({digest})")
         layouts[str(ref.layout)] = None if ref.in_store else f"oci:{ref.layout}"
@@ -935,6 +939,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail("interrupted", 130)
     except _Terminated as e:
         _fail(f"terminated by {signal.Signals(e.args[0]).name}", 128 + e.args[0])
+    except click.exceptions.NoArgsIsHelpError as e:  # `layerdiff` alone: the help, as is
+        click.echo(e.format_message(), err=True)
+        sys.exit(e.exit_code)
     except click.UsageError as e:
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
         _fail(_one_line(e.format_message(), 10_000) + hint, _usage_exit_code(e))

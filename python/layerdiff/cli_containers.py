@@ -191,7 +191,10 @@ optional).""",
     @cli.command(epilog="Example:\n\n  layerdiff ps --json")
     @click.option("-q", "--quiet", is_flag=True, help="Print names only.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
-    def ps(quiet: bool, as_json: bool) -> None:
+    @click.option(
+        "-a", "--all", "all_", is_flag=True, help="Accepted for docker's sake: all are listed."
+    )
+    def ps(quiet: bool, as_json: bool, all_: bool) -> None:
         """List the containers of the store, with their state (like docker ps -a)."""
         from layerdiff import runtime
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from layerdiff import _core, layercache, refs
 from layerdiff.catalog import index_tag
-from layerdiff.errors import LayerdiffError
+from layerdiff.errors import InvalidReferenceError, LayerdiffError
 from layerdiff.image import INDEX_MEDIA_TYPES, check_history
 from layerdiff.layout import REF_NAME, Descriptor, Layout, check_digest, gc_lock
 
@@ -260,14 +260,18 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> set[str]:
     return seen
 
 
+def _gc_layout(target: str) -> Layout:
+    """The layout ``oci:PATH`` names: gc works on whole layouts, never on one image."""
+    ref = refs.parse_layout_reference(target) if target.startswith("oci:") else None
+    if ref is None or ref.tag is not None:
+        raise InvalidReferenceError(f"{target}: gc takes a layout, oci:PATH (no tag)")
+    return Layout.open(ref.layout)
+
+
 def gc(target: str | None = None) -> GcReport:
     """Remove unreachable blobs and stale temporary files from the default store (or an
     ``oci:PATH`` layout). Waits for commands that are writing into it."""
-    layout = (
-        Layout.create(refs.store_layout_path())
-        if target is None
-        else Layout.open(target.removeprefix("oci:"))
-    )
+    layout = Layout.create(refs.store_layout_path()) if target is None else _gc_layout(target)
     removed = temporary = freed = layers = 0
     diff_ids: set[str] = set()
     with gc_lock(layout, fcntl.LOCK_EX):

@@ -160,7 +160,8 @@ def store_home() -> Path:
     """The directory of layerdiff's own data (see the module docs)."""
     home = os.environ.get("LAYERDIFF_HOME")
     if home:
-        return Path(home)
+        # Absolute: a container's helper changes directory before it mounts the store's paths.
+        return Path(os.path.abspath(home))
     xdg = os.environ.get("XDG_DATA_HOME")
     if xdg and os.path.isabs(xdg):  # the XDG spec says to ignore relative values
         return Path(xdg) / "layerdiff"
