@@ -4,6 +4,8 @@ the independent client that checks what we pushed and pushes what we pull."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -12,8 +14,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -1162,3 +1166,91 @@ def test_a_streamed_layer_has_one_progress_bar_which_ends_under_its_digest() -> 
     assert len(bars.tasks) == 2
     assert bars.tasks[0]["description"] == f"{'ab' * 6} uploaded"
     assert bars.tasks[0]["completed"] == bars.tasks[0]["total"] == 3 << 20
+
+
+def _put_raw(registry: Registry, repo: str, manifest: dict[str, Any], blobs: list[bytes]) -> str:
+    """Upload ``blobs`` and ``manifest`` as they are, with no client checking them; the
+    reference to pull."""
+    base = f"http://{registry.host}/v2/{repo}"
+    for data in blobs:
+        started = requests.post(f"{base}/blobs/uploads/", timeout=10)
+        location = urllib.parse.urljoin(base, started.headers["Location"])
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        sep = "&" if "?" in location else "?"
+        done = requests.put(f"{location}{sep}digest={digest}", data=data, timeout=10)
+        assert done.status_code == 201, done.text
+    body = canonical_json(manifest)
+    put = requests.put(
+        f"{base}/manifests/1",
+        data=body,
+        headers={"Content-Type": str(manifest["mediaType"])},
+        timeout=10,
+    )
+    assert put.status_code == 201, put.text
+    return registry.ref(f"{repo}:1")
+
+
+def _descriptor(media_type: str, data: bytes) -> dict[str, Any]:
+    return {
+        "mediaType": media_type,
+        "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
+
+
+def test_pull_refuses_what_is_not_a_consistent_image_and_tags_nothing(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """An artifact (a chart, a signature), a manifest whose layers are not its config's
+    diff_ids, an image for another platform than the one asked for: refused with one line,
+    nothing tagged, the store sound (as docker and containerd refuse them)."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        info = tarfile.TarInfo("f")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    tar_bytes = layer.getvalue()
+    diff_id = "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
+    arch = go_arch()[0]
+    config = canonical_json(
+        {"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
+    )
+    tar_layer = _descriptor("application/vnd.oci.image.layer.v1.tar", tar_bytes)
+    oci = "application/vnd.oci.image.manifest.v1+json"
+    chart = b'{"name":"chart"}'
+    cases = {
+        "an artifact": (
+            {"schemaVersion": 2, "mediaType": oci,
+             "config": _descriptor("application/vnd.cncf.helm.config.v1+json", chart),
+             "layers": [_descriptor("application/vnd.cncf.helm.chart.content.v1.tar+gzip", b"x")]},
+            [chart, b"x"], None, "not a container image",
+        ),
+        "fewer layers than diff_ids": (
+            {"schemaVersion": 2, "mediaType": oci,
+             "config": _descriptor("application/vnd.oci.image.config.v1+json", config),
+             "layers": []},
+            [config], None, "0 layers, its config 1 diff_ids",
+        ),
+        "another platform": (
+            {"schemaVersion": 2, "mediaType": oci,
+             "config": _descriptor("application/vnd.oci.image.config.v1+json", config),
+             "layers": [tar_layer]},
+            [config, tar_bytes], "linux/mips", "not linux/mips",
+        ),
+    }  # fmt: skip
+    for i, (name, (manifest, blobs, platform, message)) in enumerate(cases.items()):
+        ref = _put_raw(registry, f"bad/c{i}", manifest, blobs)
+        args = ["pull", "--progress=none", "--tls-verify=false", ref, f"bad:{i}"]
+        if platform:
+            args[1:1] = ["--platform", platform]
+        done = run_cli(*args)
+        assert done.returncode == 1, (name, done.stderr)
+        [line] = done.stderr.splitlines()
+        assert message in line, (name, line)
+    assert layerdiff.images() == []
+    assert layerdiff.fsck().ok
+    # The same image pulled for its own platform is fine.
+    manifest, blobs, _, _ = cases["another platform"]
+    ok = _put_raw(registry, "bad/ok", manifest, blobs)
+    pulled = layerdiff.pull(ok, "good:1", platform=f"linux/{arch}", tls_verify=False)
+    assert layerdiff.inspect("good:1")["digest"] == pulled.manifest_digest

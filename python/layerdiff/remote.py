@@ -34,12 +34,16 @@ from layerdiff.errors import (
     RegistryError,
 )
 from layerdiff.image import (
+    CONFIG_MEDIA_TYPE,
+    DOCKER_CONFIG_MEDIA_TYPE,
     DOCKER_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
+    check_history,
+    check_layer_media_types,
     go_arch,
 )
-from layerdiff.layout import INDEX_DIGEST, Descriptor, Layout, writing
+from layerdiff.layout import INDEX_DIGEST, Descriptor, Layout, check_digest, writing
 from layerdiff.registry import (
     BODY_MAX,
     MANIFEST_ACCEPT,
@@ -317,21 +321,77 @@ def _variants(arch: str, variant: str | None) -> list[str | None] | None:
     return None if variant is None else [variant]
 
 
+def _rank(p: dict[str, Any], want_os: str, want_arch: str, suits: list[str | None] | None) -> int:
+    """How well platform ``p`` (``os``, ``architecture``, ``variant``) suits the one wanted:
+    0 best, -1 not at all."""
+    if p.get("os") != want_os or p.get("architecture") != want_arch:
+        return -1
+    variant = p.get("variant")
+    if want_arch == "arm64" and variant == "v8":
+        variant = None  # arm64 and arm64/v8 are one platform
+    if want_arch == "arm" and variant is None:
+        variant = "v7"  # as containerd reads an arm entry without a variant
+    return 0 if suits is None else (suits.index(variant) if variant in suits else -1)
+
+
+def _check_manifest(manifest: dict[str, Any], where: str) -> tuple[Descriptor, list[Descriptor]]:
+    """The config and layers of an image manifest, checked before anything is fetched: every
+    descriptor a sha256 digest and a size, a container image's config (not an artifact's: a
+    signature, a chart), layers that are tars."""
+    config = manifest.get("config")
+    layers = manifest.get("layers")
+    if not isinstance(config, dict) or not isinstance(layers, list):
+        raise FormatError(f"{where}: the manifest lacks config or layers")
+    for d in [config, *layers]:
+        size = d.get("size") if isinstance(d, dict) else None
+        if not isinstance(d, dict) or type(size) is not int or size < 0:
+            raise FormatError(f"{where}: a descriptor of the manifest lacks a size: {d!r}")
+        try:
+            check_digest(d.get("digest"))  # type: ignore[arg-type]
+        except FormatError as e:
+            raise FormatError(f"{where}: a descriptor of the manifest: {e}") from None
+    if config.get("mediaType") not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE):
+        raise FormatError(
+            f"{where}: not a container image: its config is {config.get('mediaType')!r} "
+            "(an artifact, such as a signature or a chart?)"
+        )
+    check_layer_media_types(layers, where)
+    return config, layers
+
+
+def _check_config(
+    layout: Layout, config: Descriptor, layers: list[Descriptor], platform: str | None, where: str
+) -> None:
+    """The image config (fetched, not yet tagged) agrees with its manifest, and with the
+    platform asked for when the image came without an index to choose from."""
+    body = layout.read_json(config)
+    try:
+        check_history(body)
+    except FormatError as e:
+        raise FormatError(f"{where}: {e}") from None
+    diff_ids = body["rootfs"]["diff_ids"]
+    if len(diff_ids) != len(layers):
+        raise FormatError(
+            f"{where}: the manifest has {len(layers)} layers, its config {len(diff_ids)} diff_ids"
+        )
+    if platform is not None:
+        want_os, want_arch, want_variant = parse_platform(platform)
+        if _rank(body, want_os, want_arch, _variants(want_arch, want_variant)) < 0:
+            found = "/".join(
+                str(x) for x in (body.get("os"), body.get("architecture"), body.get("variant")) if x
+            )
+            raise ImageNotFoundError(
+                f"{where}: the image is for {found or 'an unknown platform'}, not {platform}"
+            )
+
+
 def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> Descriptor:
     want_os, want_arch, want_variant = parse_platform(platform)
     entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
     suits = _variants(want_arch, want_variant)
     best: tuple[int, Descriptor] | None = None
     for m in entries:
-        p = m.get("platform") or {}
-        if p.get("os") != want_os or p.get("architecture") != want_arch:
-            continue
-        variant = p.get("variant")
-        if want_arch == "arm64" and variant == "v8":
-            variant = None  # arm64 and arm64/v8 are one platform
-        if want_arch == "arm" and variant is None:
-            variant = "v7"  # as containerd reads an arm entry without a variant
-        rank = 0 if suits is None else (suits.index(variant) if variant in suits else -1)
+        rank = _rank(m.get("platform") or {}, want_os, want_arch, suits)
         if rank >= 0 and (best is None or rank < best[0]):
             best = (rank, m)
     if best is not None:
@@ -386,7 +446,9 @@ def pull(
             if media_type not in INDEX_MEDIA_TYPES:
                 break
             chosen = _pick_platform(json.loads(data), platform, src.text)
-            data, media_type, digest = _get_manifest(reg, src, str(chosen["digest"]))
+            if not isinstance(chosen.get("digest"), str):
+                raise FormatError(f"{src.text}: the index's entry lacks a digest: {chosen!r}")
+            data, media_type, digest = _get_manifest(reg, src, chosen["digest"])
         pinned = target.pinned
         if pinned is not None and pinned not in (digest, index_digest):
             # Refused before a blob is fetched.
@@ -398,10 +460,7 @@ def pull(
         if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
             raise FormatError(f"{src.text}: unsupported manifest media type {media_type!r}")
         manifest = json.loads(data)
-        config = manifest.get("config")
-        layers = manifest.get("layers")
-        if not isinstance(config, dict) or not isinstance(layers, list):
-            raise FormatError(f"{src.text}: manifest {digest} lacks config or layers")
+        config, layers = _check_manifest(manifest, f"{src.text} (manifest {digest})")
         with Layout.create_for_write(target.layout) as layout, writing(layout):
             statuses = _parallel(
                 lambda d, stop: fetch_blob(
@@ -410,6 +469,9 @@ def pull(
                 _unique([config, *layers]),
                 jobs,
             )
+            # An image chosen from an index is the platform's already.
+            wanted = platform if index_digest is None else None
+            _check_config(layout, config, layers, wanted, src.text)
             desc = layout.put_blob(data, media_type=media_type)
             if index_digest is not None:  # so NAME@<index digest> names it, as docker has it
                 desc["annotations"] = {INDEX_DIGEST: index_digest}
