@@ -285,8 +285,8 @@ def test_pids_limit_and_cpu_quota_apply_to_every_process(image: str, store_home:
                 groups = [Path(d) for d in c.data["cgroup"]]
                 cpu = next(d for d in groups if "/cpu/" in str(d))
                 pids = {int(p) for p in (cpu / "cgroup.procs").read_text().split()}
-                # helper, init, sh and two sleeps: a forked shell shows as "sh" until it has
-                # exec'd sleep, so wait for the names, not only the count.
+                # sh and two sleeps: a forked shell shows as "sh" until it has exec'd sleep,
+                # so wait for the names, not only the count.
                 names = sorted(Path(f"/proc/{p}/comm").read_text().strip() for p in pids)
                 if names.count("sleep") == 2:
                     break
@@ -294,14 +294,33 @@ def test_pids_limit_and_cpu_quota_apply_to_every_process(image: str, store_home:
             time.sleep(0.05)
         assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
         assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
-        # Every process of the container, and nothing else, is in the group.
-        helper = proc.pid  # our CLI: not in the group
-        assert helper not in pids
-        assert names.count("sh") == 1 and len(names) == 5, names
+        # Every process of the command, and nothing else, is in the group: not our CLI, nor
+        # the runtime's helper and the container's init (a memory limit's OOM killer would
+        # pick them, the largest, and end the container; a process limit would count them).
+        assert proc.pid not in pids
+        assert names == ["sh", "sleep", "sleep"], names
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 143
     assert all(not d.exists() for d in groups)  # the group is removed after exit
+
+
+def test_the_oom_killer_ends_a_process_of_the_command_not_the_container(
+    image: str, store_home: Path
+) -> None:
+    """Under a memory limit, the kernel kills the largest process of the group: one of the
+    command's workers, never the runtime's helper or init, whose death would end it all."""
+    script = (
+        'for i in $(seq 1 14); do sh -c "x=\\$(head -c 2000000 /dev/zero | tr \\"\\\\0\\" a);'
+        ' sleep 4" & done; wait; echo survived'
+    )
+    done = sh(image, script, "--memory", "32m")
+    assert (done.returncode, done.stdout) == (0, "survived\n"), done.stderr
+
+
+def test_a_pids_limit_counts_the_commands_processes(image: str, store_home: Path) -> None:
+    done = sh(image, "sleep 0.2 & sleep 0.2 & wait; echo ok", "--pids-limit", "3")
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
 
 
 def test_ctrl_c_stops_the_container(image: str, store_home: Path) -> None:

@@ -115,6 +115,7 @@ def run_container(
     new_network: bool = False,
     error_fd: int = 2,
     parent_pid: int = 0,
+    cgroup_fds: list[int] = ...,
 ) -> int:
     """Run a container (namespaces, overlay root, init) in this single-threaded process and
     return its exit code."""

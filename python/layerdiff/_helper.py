@@ -22,10 +22,12 @@ def main() -> None:
         # reports that itself, and there is nothing to start or undo here.
         os._exit(125)
     error_fd = spec["error_fd"]
+    # Opened here, joined by the command alone as it starts: the helper and the container's
+    # init stay out of the limits and counts (the command's setup error reports a failure).
+    spec["cgroup_fds"] = []
     for procs in spec.pop("cgroup_procs"):
         try:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
+            spec["cgroup_fds"].append(os.open(procs, os.O_WRONLY | os.O_CLOEXEC))
         except OSError as e:
             os.write(error_fd, f"joining the control group {procs}: {e.strerror}\n".encode())
             os._exit(125)

@@ -4,6 +4,7 @@
 //! root switch), never the host's. The parsing is pure and tested on its own.
 
 use std::ffi::CString;
+use std::os::fd::RawFd;
 
 use super::{ContainerSpec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, report};
 
@@ -175,8 +176,21 @@ fn enter_workdir(cwd: &str) -> Result<(), String> {
 }
 
 /// Set up and exec the container's command. Returns only on failure, with the exit code.
+/// Move this process into the control groups whose `cgroup.procs` files `fds` hold open
+/// ("0" names the writer). The descriptors close on exec.
+fn join_cgroups(fds: &[RawFd]) -> Result<(), String> {
+    for &fd in fds {
+        // SAFETY: a write of a byte string we own to a descriptor the spec handed over.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(super::os_fail("joining the container's control group"));
+        }
+    }
+    Ok(())
+}
+
 pub fn exec_command(spec: &ContainerSpec, argv: &[CString]) -> i32 {
     let prepared = (|| -> Result<(Vec<CString>, String), String> {
+        join_cgroups(&spec.cgroup_fds)?;
         let user = resolve_user(
             &spec.user,
             &read_or_empty("/etc/passwd"),

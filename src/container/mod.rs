@@ -62,6 +62,10 @@ pub struct ContainerSpec {
     pub error_fd: RawFd,
     /// The process the helper must not outlive (the caller); `0` for none.
     pub parent_pid: i32,
+    /// `cgroup.procs` files of the container's control groups, open for writing: the command
+    /// joins them before it starts, so its processes are limited and counted there, and the
+    /// helper and init are not (they are not the container's processes to docker either).
+    pub cgroup_fds: Vec<RawFd>,
 }
 
 /// Report `msg` on the error channel.
