@@ -26,6 +26,11 @@ def big_tree(root: Path) -> Path:
     return root
 
 
+def _default_signals() -> None:
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     ("sig", "code", "message"),
     [
@@ -60,6 +65,8 @@ def test_a_signal_stops_a_commit_and_leaves_the_store_as_it_was(
         ],
         stderr=subprocess.PIPE,
         text=True,
+        # As a terminal starts it: run under nohup, the tests' SIGHUP would be ignored.
+        preexec_fn=_default_signals,
     )
     # Interrupt once the layer is being written (its temporary blob exists), not after a fixed
     # delay that a fast machine may outrun.
