@@ -6,6 +6,7 @@ Everything here mounts and makes namespaces, so it needs root (CI runs as root).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -29,6 +30,7 @@ from layerdiff import layercache, runtime
 from layerdiff.catalog import load_image
 from layerdiff.errors import ContainerError, ContainerNotFoundError
 from layerdiff.layout import Layout
+from tests import seccomp
 from tests.conftest import run_cli
 from tests.containers import busybox_rootfs
 
@@ -569,6 +571,36 @@ def test_a_relative_layerdiff_home_runs_containers(image: str, tmp_path: Path) -
     )  # fmt: skip
     assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
     assert (tmp_path / "rel" / "images" / "index.json").is_file()
+
+
+def test_an_image_of_many_layers_runs(image: str, store_home: Path, tmp_path: Path) -> None:
+    """Docker runs images of up to 127 layers; their overlay options do not fit the one page
+    a mount(2) takes, so the layers are given one by one (Linux 6.8's ``lowerdir+``)."""
+    current = image
+    for i in range(70):
+        layer = tmp_path / f"l{i}"
+        (layer / "layers").mkdir(parents=True)
+        (layer / "layers" / str(i)).write_text(f"{i}\n")
+        current = f"many:{i}"
+        layerdiff.commit(layer, base=image if i == 0 else f"many:{i - 1}", image=current)
+    assert len(layerdiff.inspect(current)["config"]["rootfs"]["diff_ids"]) == 71
+    done = sh(current, "ls /layers | wc -l; cat /layers/0 /layers/69")
+    assert done.stdout.split() == ["70", "0", "69"], done.stderr
+
+    # Where the kernel lacks fsopen (or a profile refuses it), one mount(2) takes them all
+    # while they fit, and says why it cannot when they do not.
+    def run_without_fsopen(img: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "layerdiff", "run", "--rm", img, "sh", "-c", "ls /layers"],
+            capture_output=True, text=True, check=False, timeout=120,
+            preexec_fn=seccomp.deny([430], errno.ENOSYS),  # fsopen
+        )  # fmt: skip
+
+    few = run_without_fsopen("many:9")
+    assert (few.returncode, few.stdout.split()) == (0, [str(i) for i in range(10)]), few.stderr
+    refused = run_without_fsopen(current)
+    assert refused.returncode == 125
+    assert "the image has 71 layers: too many for one overlayfs mount" in refused.stderr
 
 
 def test_bad_input_gives_one_line(image: str, store_home: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -11,7 +10,6 @@ import platform
 import re
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 import tarfile
@@ -24,6 +22,7 @@ import pytest
 import layerdiff
 from layerdiff.image import canonical_json
 from layerdiff.layout import Layout
+from tests import seccomp
 from tests.conftest import run_cli
 from tests.refapply import apply_layer
 from tests.treecmp import assert_same_tree
@@ -770,35 +769,9 @@ def test_without_the_right_to_make_devices_a_linked_device_is_skipped_with_its_l
 
 
 def _deny_xattrat(err: int, *, only_get: bool = False) -> Callable[[], None]:
-    """A ``preexec_fn`` installing a seccomp filter (x86_64) under which ``getxattrat`` (464)
-    and, unless ``only_get``, ``listxattrat`` (465) fail with ``err``: as on a kernel before
-    6.13 (ENOSYS) or in a container whose profile predates them (docker's: EPERM)."""
-
-    def install() -> None:
-        def op(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
-            return struct.pack("=HBBI", code, jt, jf, k)
-
-        ld, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_RET|K
-        allow, fail = 0x7FFF0000, 0x00050000 | err  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
-        prog = b"".join(
-            [
-                op(ld, 4),  # seccomp_data.arch
-                op(jeq, 0xC000003E, 1, 0),  # AUDIT_ARCH_X86_64
-                op(ret, allow),
-                op(ld, 0),  # seccomp_data.nr
-                op(jeq, 464, 2, 0),
-                op(jeq, 0xFFFFFFFF if only_get else 465, 1, 0),
-                op(ret, allow),
-                op(ret, fail),
-            ]
-        )
-        libc = ctypes.CDLL(None, use_errno=True)
-        buf = ctypes.create_string_buffer(prog)
-        fprog = struct.pack("=HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
-        if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0):
-            raise OSError(ctypes.get_errno(), "seccomp")  # PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP
-
-    return install
+    """A ``preexec_fn`` under which ``getxattrat`` (464) and, unless ``only_get``,
+    ``listxattrat`` (465) fail with ``err``."""
+    return seccomp.deny([464] if only_get else [464, 465], err)
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the seccomp filter is x86_64's")

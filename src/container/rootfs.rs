@@ -68,7 +68,93 @@ fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
+/// Overlay options beside the layers: without redirect_dir and metacopy, the upper dir
+/// describes its changes by itself (a renamed directory is copied up whole), which is what a
+/// commit reads. Without the inode index too, whatever the kernel's default: with it, writing
+/// one name of a lower hard-link set changes the other names in place of copying them up.
+fn overlay_options(rootless: bool) -> &'static [(&'static str, Option<&'static str>)] {
+    if rootless {
+        &[("userxattr", None), ("index", Some("off"))]
+    } else {
+        &[
+            ("redirect_dir", Some("off")),
+            ("metacopy", Some("off")),
+            ("index", Some("off")),
+        ]
+    }
+}
+
+fn overlay_error(rootfs: &Path, e: rustix::io::Errno) -> String {
+    let hint = if e == rustix::io::Errno::NODEV {
+        " (this kernel has no overlayfs)"
+    } else {
+        ""
+    };
+    format!(
+        "{}{hint}",
+        mount_err("overlayfs", &rootfs.display().to_string(), e)
+    )
+}
+
+/// Mount the container's root: overlayfs over the layers, `nodev` (see [`DEVICES`]). Lower
+/// dirs are named relative to the layer cache, the working directory from here on.
 fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
+    rustix::process::chdir(&spec.layers_dir)
+        .map_err(|e| format!("entering {}: {e}", spec.layers_dir.display()))?;
+    match mount_overlay_by_parts(spec) {
+        Ok(()) => Ok(()),
+        // Before Linux 6.8 (no "lowerdir+"), 5.2 (no fsopen), or refused by a seccomp profile.
+        Err(Some(e)) if e != rustix::io::Errno::NOSYS && e != rustix::io::Errno::PERM => {
+            Err(overlay_error(&spec.rootfs, e))
+        }
+        Err(_) => mount_overlay_at_once(spec),
+    }
+}
+
+/// Through the file-system context API, one layer at a time (`lowerdir+`, Linux 6.8): as
+/// many layers as overlayfs stacks (500), whatever their paths. `Err(None)`: this kernel
+/// lacks the API, try [`mount_overlay_at_once`]; `Err(Some)`: the mount failed.
+fn mount_overlay_by_parts(spec: &ContainerSpec) -> Result<(), Option<rustix::io::Errno>> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+        fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    };
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| {
+        (e != rustix::io::Errno::NOSYS && e != rustix::io::Errno::PERM).then_some(e)
+    })?;
+    for (i, lower) in spec.lowers.iter().enumerate() {
+        // An old kernel refuses the key itself, on the first layer.
+        fsconfig_set_string(&fs, "lowerdir+", lower.as_str())
+            .map_err(|e| (i > 0 || e != rustix::io::Errno::INVAL).then_some(e))?;
+    }
+    fsconfig_set_string(&fs, "upperdir", &spec.upper).map_err(Some)?;
+    fsconfig_set_string(&fs, "workdir", &spec.work).map_err(Some)?;
+    for &(key, value) in overlay_options(spec.rootless) {
+        match value {
+            Some(v) => fsconfig_set_string(&fs, key, v),
+            None => fsconfig_set_flag(&fs, key),
+        }
+        .map_err(Some)?;
+    }
+    fsconfig_create(&fs).map_err(Some)?;
+    let mnt = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(Some)?;
+    move_mount(
+        &mnt,
+        "",
+        rustix::fs::CWD,
+        &spec.rootfs,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(Some)
+}
+
+/// Through one `mount(2)`, whose options must fit in a page: some 48 layers.
+fn mount_overlay_at_once(spec: &ContainerSpec) -> Result<(), String> {
     for part in spec.lowers.iter().map(String::as_str).chain([
         spec.upper.to_str().unwrap_or(","),
         spec.work.to_str().unwrap_or(","),
@@ -85,19 +171,20 @@ fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
         spec.upper.display(),
         spec.work.display()
     );
-    // Without redirect_dir and metacopy, the upper dir describes its changes by itself (a
-    // renamed directory is copied up whole), which is what a commit reads. Without the inode
-    // index too, whatever the kernel's default: with it, writing one name of a lower hard-link
-    // set changes the other names in place of copying them up.
-    if spec.rootless {
-        data.push_str(",userxattr,index=off");
-    } else {
-        data.push_str(",redirect_dir=off,metacopy=off,index=off");
+    for (key, value) in overlay_options(spec.rootless) {
+        match value {
+            Some(v) => data.push_str(&format!(",{key}={v}")),
+            None => data.push_str(&format!(",{key}")),
+        }
+    }
+    if data.len() >= 4096 {
+        return Err(format!(
+            "the image has {} layers: too many for one overlayfs mount on this kernel \
+             (Linux 6.8 mounts up to 500)",
+            spec.lowers.len() - 1
+        ));
     }
     let data = CString::new(data).map_err(|_| "overlay options contain a NUL byte".to_string())?;
-    // Lower dirs are named relative to the layer cache: the options must fit in one page.
-    rustix::process::chdir(&spec.layers_dir)
-        .map_err(|e| format!("entering {}: {e}", spec.layers_dir.display()))?;
     rustix::mount::mount(
         "overlay",
         &spec.rootfs,
@@ -105,17 +192,7 @@ fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
         MountFlags::NODEV,
         data.as_c_str(),
     )
-    .map_err(|e| {
-        let hint = if e == rustix::io::Errno::NODEV {
-            " (this kernel has no overlayfs)"
-        } else {
-            ""
-        };
-        format!(
-            "{}{hint}",
-            mount_err("overlayfs", &spec.rootfs.display().to_string(), e)
-        )
-    })
+    .map_err(|e| overlay_error(&spec.rootfs, e))
 }
 
 fn mount_dev(root: &OwnedFd, rootfs: &Path) -> Result<(), String> {
