@@ -603,6 +603,35 @@ def test_an_image_of_many_layers_runs(image: str, store_home: Path, tmp_path: Pa
     assert "the image has 71 layers: too many for one overlayfs mount" in refused.stderr
 
 
+def test_a_container_whose_state_is_lost_is_reported_and_rm_f_removes_it(
+    image: str, store_home: Path
+) -> None:
+    """A corrupt container.json, or none (a create killed while it unpacked): fsck names the
+    container, rm says what to do, rm -f removes it (not while a create or run holds it), and
+    the name is free again."""
+    assert run_cli("create", "--name", "c4", image, "true").returncode == 0
+    (store_home / "containers/c4/container.json").write_text("{")
+    ghost = store_home / "containers/ghost"
+    (ghost / "upper").mkdir(parents=True)
+    (ghost / ".run.lock").touch()
+    report = run_cli("fsck")
+    assert report.returncode == 1
+    assert "container c4: " in report.stdout and "container ghost: " in report.stdout
+    for name in ("c4", "ghost"):
+        refused = run_cli("rm", name)
+        assert refused.returncode == 1 and "rm -f removes" in refused.stderr, refused.stderr
+    with open(ghost / ".run.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = run_cli("rm", "-f", "ghost")
+        assert busy.returncode == 1 and "being created or run" in busy.stderr, busy.stderr
+    for name in ("c4", "ghost"):
+        removed = run_cli("rm", "-f", name)
+        assert removed.returncode == 0, removed.stderr
+    assert sorted(os.listdir(store_home / "containers")) == []
+    assert run_cli("create", "--name", "c4", image, "true").returncode == 0
+    assert run_cli("fsck").returncode == 0
+
+
 def test_bad_input_gives_one_line(image: str, store_home: Path) -> None:
     cases = [
         (["run", "--rm", "no-such-image:1", "--", "true"], 125, "image not found"),

@@ -208,6 +208,8 @@ def _check_containers(report: FsckReport) -> None:
     """The layer cache and what the containers of the store need from it and from images."""
     from layerdiff import runtime
 
+    for name, why in runtime.broken_containers():
+        report.problems.append(Problem(f"container {name}", f"{why} (rm -f removes it)"))
     used: dict[str, list[str]] = {}
     for c in runtime.containers():
         used[c.name] = [str(d) for d in c.layer_dirs()]

@@ -205,6 +205,37 @@ def containers() -> list[Container]:
     return sorted(found, key=lambda c: (str(c.data.get("created", "")), c.name))
 
 
+def broken_containers() -> list[tuple[str, str]]:
+    """Store containers that cannot be opened, and why: an unreadable ``container.json``, or
+    none, left by a create that was killed (one being created now is not listed)."""
+    root = containers_root()
+    found = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if not entry.is_dir():
+            continue
+        try:
+            open_container(entry.name)
+        except ContainerError as e:
+            if not _busy(entry):
+                found.append((entry.name, str(e)))
+    return found
+
+
+def _busy(path: Path) -> bool:
+    """True while a create or run holds the container's lock."""
+    try:
+        fd = os.open(path / _RUN_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def _merge_env(env: list[str], extra: Sequence[str]) -> list[str]:
     out = list(env)
     for item in extra:
@@ -317,7 +348,9 @@ def create(
         ) from None
     try:
         store = Layout.create(refs.store_layout_path())
-        with writing(store):  # gc keeps the layers of containers it can see
+        # The run lock, held while the container is made: `rm -f` leaves it be until then, and
+        # removes what a killed create left (a directory without container.json).
+        with _held(path / _RUN_LOCK), writing(store):  # gc keeps what containers it sees use
             form = "user" if rootless else "trusted"
             layercache.ensure_layers(img, form=form)
             for d in ("upper", "work", "rootfs"):
@@ -622,9 +655,40 @@ def run(
                 remove(str(container.path), force=True)
 
 
+@contextlib.contextmanager
+def _held(lock_path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path`` (created), for the block."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_broken(path: Path, name: str) -> None:
+    """Remove the store container at ``path`` whose state cannot be read, or was never written
+    (its create was killed): unless a create or run holds its lock. Nothing is known of its
+    control groups."""
+    if _busy(path):
+        raise ContainerError(f"container {name} is being created or run")
+    layercache.remove_tree(path)
+
+
 def remove(name: str, *, force: bool = False) -> None:
-    """Remove a container (``force``: also a running one, which is killed first)."""
-    container = open_container(name)
+    """Remove a container (``force``: also a running one, which is killed first; and one
+    whose state is unreadable, or was never written by a create that was killed)."""
+    try:
+        container = open_container(name)
+    except ContainerError as e:  # ContainerNotFoundError included
+        # A directory given by path is left to its owner: it may be anything.
+        path = _location(name)
+        if path.parent != containers_root() or not path.is_dir():
+            raise
+        if not force:
+            raise ContainerError(f"{e} (rm -f removes what is left of it)") from None
+        _remove_broken(path, name)
+        return
     if container.state == "running":
         if not force:
             raise ContainerError(f"container {container.name} is running (use --force)")
