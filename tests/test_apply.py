@@ -190,7 +190,8 @@ def test_hostile_layers_touch_nothing_outside(tmp_path: Path, case: str) -> None
         before_stat.st_mode,
         before_stat.st_uid,
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.tar", "outside", "root"]
+    # Nothing beside the target: a failed apply removes the directory it made, if empty.
+    assert {p.name for p in tmp_path.iterdir()} - {"root"} == {"layer.tar", "outside"}
 
 
 @pytest.mark.parametrize(
@@ -537,3 +538,30 @@ def test_an_aufs_layer_with_more_link_files_than_the_soft_open_file_limit_applie
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted(f"f{i}" for i in range(n))
     assert (tmp_path / "t/f399").read_bytes() == b"399"
+
+
+def test_targets_and_blobs_that_name_nothing_to_use_are_refused_in_one_line(
+    image: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, _ = image
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "not-a-tar").write_text("hello, not a tar\n")
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        (["unpack", ref, ""], "the target directory is an empty string"),
+        (["unpack", ref, "/"], "the target directory is / itself"),
+        (["apply", "--to", "", "not-a-tar"], "the target directory is an empty string"),
+        (["apply", "--to", "new", "/dev/null"], "/dev/null: not a regular file"),
+        (["apply", "--to", "new", "not-a-tar"], "archive is truncated"),
+        (["tag", ref, f"oci:{tmp_path / 'a-file'}"], "a-file: Not a directory"),
+    ]
+    for args, message in cases:
+        done = run_cli(*args)
+        assert done.returncode == 1, (args, done.stderr)
+        [line] = done.stderr.splitlines()
+        assert message in line, (args, line)
+    # A failed apply into a directory it made leaves none behind.
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(layerdiff.LayerdiffOSError, match="no such layer blob"):
+        layerdiff.apply(tmp_path / "new", tmp_path / "missing")
+    assert not (tmp_path / "new").exists()

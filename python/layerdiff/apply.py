@@ -9,13 +9,14 @@ every layer is in, so a failed or interrupted unpack is never taken for the imag
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from layerdiff import _core, refs
-from layerdiff.errors import FormatError, LayerdiffOSError
+from layerdiff.errors import FormatError, InvalidArgumentError, LayerdiffOSError
 from layerdiff.layer import StrPath, check_int
 
 __all__ = [
@@ -86,21 +87,40 @@ def apply(
     if isinstance(layers, (str, os.PathLike)):
         layers = [layers]  # one blob: a str is a Sequence too, of characters
     check_int("max_size", max_size, 1, 2**64 - 1)
+    _check_target(root)
     chown = _privileged() if chown is None else chown
     userxattr = (not _privileged()) if userxattr is None else userxattr
     entries = total = 0
     warnings: list[str] = []
-    for blob in layers:
-        if not os.path.isfile(blob):
-            raise LayerdiffOSError(2, "no such layer blob", os.fspath(blob))
-        with _naming(f"layer {os.fspath(blob)}"):
-            n, size, warn = _core.apply_layer(
-                root, blob, chown=chown, overlay=overlay, userxattr=userxattr, max_size=max_size
-            )
-        entries += n
-        total += size
-        warnings.extend(warn)
+    made = not os.path.lexists(root)
+    try:
+        for blob in layers:
+            if not os.path.exists(blob):
+                raise LayerdiffOSError(errno.ENOENT, "no such layer blob", os.fspath(blob))
+            if not os.path.isfile(blob):
+                raise LayerdiffOSError(errno.EINVAL, "not a regular file", os.fspath(blob))
+            with _naming(f"layer {os.fspath(blob)}"):
+                n, size, warn = _core.apply_layer(
+                    root, blob, chown=chown, overlay=overlay, userxattr=userxattr, max_size=max_size
+                )
+            entries += n
+            total += size
+            warnings.extend(warn)
+    except BaseException:
+        if made:  # a failure leaves no new empty directory behind
+            with contextlib.suppress(OSError):
+                os.rmdir(root)
+        raise
     return ApplyResult(layers=len(layers), entries=entries, bytes=total, warnings=tuple(warnings))
+
+
+def _check_target(root: StrPath) -> None:
+    """Refuse a target that names no directory to write into: ``""`` (not the current
+    directory), or ``/``."""
+    if os.fspath(root) in ("", b""):
+        raise InvalidArgumentError("the target directory is an empty string")
+    if os.path.abspath(root) == "/":
+        raise InvalidArgumentError("the target directory is / itself: give a directory below it")
 
 
 def incomplete_marker(root: StrPath) -> Path:
@@ -128,6 +148,7 @@ def unpack(
     from layerdiff.image import check_layer_media_types
 
     check_int("max_size", max_size, 1, 2**64 - 1)
+    _check_target(root)
     img = load_image(image)
     check_layer_media_types(img.layers, img.ref.text)  # all before anything is written
     target = Path(root)

@@ -9,6 +9,7 @@ inside the layout, so commits running in parallel never lose each other's tags.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -143,7 +144,12 @@ class Layout:
             if not layout.blobs_dir.is_dir():  # a layout another tool wrote without blobs yet
                 layout.blobs_dir.mkdir(parents=True, exist_ok=True)
             return layout
-        layout.path.mkdir(parents=True, exist_ok=True)
+        try:
+            layout.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file where the layout would be
+            raise NotADirectoryError(
+                errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(layout.path)
+            ) from None
         layout._refuse_foreign()  # before the lock file is made: leave a foreign dir untouched
         with layout._locked():
             if marker.exists():
