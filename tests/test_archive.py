@@ -480,3 +480,33 @@ def test_load_reads_names_with_a_dot_slash_and_files_given_twice(tmp_path: Path)
     with tarfile.open(twice) as tar:
         assert [m.islnk() for m in tar.getmembers() if m.name == "manifest.json"] == [False, True]
     assert layerdiff.load(twice, "twice:1").config_digest == config
+
+
+def test_load_of_an_archive_of_several_images_loads_them_all(tmp_path: Path) -> None:
+    """What ``docker save a b`` writes: load takes every image, each as its tags, as docker
+    load does; docker-archive:FILE:NAME:TAG picks one, from the command line too."""
+    image = two_layer_image(tmp_path)
+    layerdiff.save("base:1", f"docker-archive:{tmp_path / 'a.tar'}:team/base:1")
+    layerdiff.save(image, f"docker-archive:{tmp_path / 'b.tar'}:team/app:1")
+    both = tmp_path / "both"
+    both.mkdir()
+    entries = []
+    for name in ("a.tar", "b.tar"):
+        with tarfile.open(tmp_path / name) as tar:
+            tar.extractall(both, filter="data")
+        entries += json.loads((both / "manifest.json").read_text())
+    (both / "manifest.json").write_text(json.dumps(entries))
+    archive = tmp_path / "both.tar"
+    subprocess.run(["tar", "-C", str(both), "-cf", str(archive), "."], check=True)
+
+    one = run_cli("load", f"docker-archive:{archive}:team/app:1", "picked:1")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.split()[0] == "picked:1"
+    done = run_cli("load", "--json", str(archive))
+    assert done.returncode == 0, done.stderr
+    assert [r["images"] for r in json.loads(done.stdout)] == [["team/base:1"], ["team/app:1"]]
+    names = {f"{i.name}:{i.tag}" for i in layerdiff.images()}
+    assert {"team/base:1", "team/app:1", "picked:1"} <= names
+    with pytest.raises(layerdiff.ImageNotFoundError, match="holds 2 images"):
+        layerdiff.load(archive)
+    assert layerdiff.fsck().ok

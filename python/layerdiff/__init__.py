@@ -61,7 +61,7 @@ if TYPE_CHECKING:
         incomplete_marker,
         unpack,
     )
-    from layerdiff.archive import LoadResult, SaveResult, load, save
+    from layerdiff.archive import LoadResult, SaveResult, load, load_all, save
     from layerdiff.blobstatus import BlobStatus
     from layerdiff.catalog import HistoryEntry, ImageSummary, history, images, inspect
     from layerdiff.cgroups import Limits
@@ -90,7 +90,7 @@ _LAZY = {
         ["DEFAULT_MAX_SIZE", "ApplyResult", "UnpackResult", "apply", "incomplete_marker", "unpack"],
         "layerdiff.apply",
     ),
-    **dict.fromkeys(["LoadResult", "SaveResult", "load", "save"], "layerdiff.archive"),
+    **dict.fromkeys(["LoadResult", "SaveResult", "load", "load_all", "save"], "layerdiff.archive"),
     **dict.fromkeys(
         ["HistoryEntry", "ImageSummary", "history", "images", "inspect"], "layerdiff.catalog"
     ),
@@ -223,6 +223,7 @@ __all__ = [
     "incomplete_marker",
     "inspect",
     "load",
+    "load_all",
     "pull",
     "push",
     "remove",

@@ -24,10 +24,10 @@ import os
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from layerdiff import _core, refs
 from layerdiff.catalog import Image, load_image
@@ -48,7 +48,7 @@ from layerdiff.image import (
 )
 from layerdiff.layout import Layout, check_digest, writing
 
-__all__ = ["LoadResult", "SaveResult", "load", "save"]
+__all__ = ["LoadResult", "SaveResult", "load", "load_all", "save"]
 
 _JSON_MAX = 64 << 20
 _LINK_HOPS = 40  # links followed to reach one member: the kernel's limit for a path (MAXSYMLINKS)
@@ -346,7 +346,31 @@ def load(
     image: str | refs.LayoutRef | None = None,
 ) -> LoadResult:
     """Import a ``docker save`` tarball (a path, or ``docker-archive:FILE[:NAME:TAG]``) as
-    ``image`` (default: each of its ``RepoTags`` in the store)."""
+    ``image`` (default: each of its ``RepoTags`` in the store). An archive of several images
+    (``docker save a b``) needs one named (``docker-archive:FILE:NAME:TAG``); see
+    :func:`load_all` for all of them."""
+    return _opened(archive, lambda tar, ref, where: _load(tar, ref, image, where))
+
+
+def load_all(archive: str | os.PathLike[str]) -> tuple[LoadResult, ...]:
+    """Import every image of a ``docker save`` tarball, each as its ``RepoTags`` in the store,
+    as ``docker load`` does."""
+
+    def every(tar: tarfile.TarFile, _ref: object, where: str) -> tuple[LoadResult, ...]:
+        entries = _entries(_read_member(tar, "manifest.json", where), where)
+        return tuple(_load_entry(tar, entry, None, where) for entry in entries)
+
+    return _opened(archive, every)
+
+
+_T = TypeVar("_T")
+
+
+def _opened(
+    archive: str | os.PathLike[str] | refs.ArchiveRef,
+    work: Callable[[tarfile.TarFile, refs.ArchiveRef | None, str], _T],
+) -> _T:
+    """``work`` done on the archive opened, a broken one reported as a FormatError."""
     ref: refs.ArchiveRef | None = None
     if isinstance(archive, refs.ArchiveRef):
         ref, path = archive, archive.file
@@ -364,7 +388,7 @@ def load(
         raise LayerdiffOSError(e.errno, f"reading the archive: {e.strerror}", where) from e
     try:
         with tar:
-            return _load(tar, ref, image, where)
+            return work(tar, ref, where)
     except (tarfile.TarError, EOFError, zlib.error) as e:
         reason = str(e) or type(e).__name__
         raise FormatError(f"{where}: a truncated or corrupt archive ({reason})") from e
@@ -377,6 +401,12 @@ def _load(
     where: str,
 ) -> LoadResult:
     entry = _pick(_entries(_read_member(tar, "manifest.json", where), where), ref, where)
+    return _load_entry(tar, entry, image, where)
+
+
+def _load_entry(
+    tar: tarfile.TarFile, entry: _Entry, image: str | refs.LayoutRef | None, where: str
+) -> LoadResult:
     if image is not None:
         targets = [refs.parse_layout_reference(image) if isinstance(image, str) else image]
     else:

@@ -803,19 +803,35 @@ def save(image: str, archive: str, as_json: bool) -> None:
 Examples:
   docker save -o app.tar app:1 && layerdiff load app.tar
   layerdiff load app.tar oci:out:app
+  docker save -o both.tar app:1 db:2 && layerdiff load both.tar
+  layerdiff load docker-archive:both.tar:db:2 db:copy
 """
 )
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", metavar="FILE|docker-archive:FILE[:NAME:TAG]")
 @click.argument("image", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (an array for several)."
+)
 def load(file: str, image: str | None, as_json: bool) -> None:
-    """Import a docker save tarball (legacy or OCI-layout form) as IMAGE (default: its tags)."""
-    result = layerdiff.load(file, image)
-    if as_json:
-        _emit_json(asdict(result))
-        return
-    for name in result.images:
-        click.echo(f"{name} {result.manifest_digest}")
+    """Import a docker save tarball (legacy or OCI-layout form) as IMAGE (default: its tags).
+
+    An archive of several images loads them all, each as its tags, as docker load does; name
+    one (docker-archive:FILE:NAME:TAG) to load it alone or as IMAGE.
+    """
+    named = file.startswith("docker-archive:")
+    if image is None and not named:
+        results = layerdiff.load_all(file)
+        if as_json:
+            _emit_json(asdict(results[0]) if len(results) == 1 else [asdict(r) for r in results])
+            return
+    else:
+        results = (layerdiff.load(file, image),)
+        if as_json:
+            _emit_json(asdict(results[0]))
+            return
+    for result in results:
+        for name in result.images:
+            click.echo(f"{name} {result.manifest_digest}")
 
 
 @cli.command(
