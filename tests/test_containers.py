@@ -646,6 +646,8 @@ def test_bad_input_gives_one_line(image: str, store_home: Path) -> None:
         (["start"], 125, "Missing argument 'CONTAINER'"),
         (["commit", "--bogus"], 2, "No such option '--bogus'"),
         (["run", "--rm", "-w", "rel", image, "--", "true"], 125, "'rel' is not absolute"),
+        (["create", "--hostname", "bad host", image], 125, "invalid hostname 'bad host'"),
+        (["create", "--hostname", "h" * 65, image], 125, "invalid hostname"),
         (["commit", "ghost", "x:1"], 1, "no such container: ghost"),
         (["rm", "ghost"], 1, "no such container: ghost"),
         (["start", "ghost"], 125, "no such container: ghost"),

@@ -64,6 +64,8 @@ INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 #: Directories the init layer provides as mount points.
 _INIT_DIRS = ("etc", "dev", "proc", "sys")
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+#: What sethostname takes (64 bytes) and a resolver can look up: no spaces, slashes or the like.
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _STATE_FILE = "container.json"
 #: Held (flock) by the process running the container, for the whole run.
 _RUN_LOCK = ".run.lock"
@@ -337,6 +339,10 @@ def create(
     if user is not None:
         config["User"] = user
     hostname = hostname or cid[:12]
+    if not _HOSTNAME_RE.fullmatch(hostname):
+        raise ContainerError(
+            f"invalid hostname {hostname!r}: up to 64 letters, digits, '-', '_' and '.'"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir()  # claims the name: a second create of it fails here
