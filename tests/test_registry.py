@@ -1010,11 +1010,17 @@ def test_an_interrupted_api_pull_lets_the_interpreter_exit_without_waiting_for_t
 
 def test_an_interrupted_commit_to_a_registry_sends_no_more_of_the_layer(tmp_path: Path) -> None:
     """Ctrl-C while a commit streams its layer to a slow registry: the chunks still queued
-    are not sent, and the command ends within a few seconds."""
+    are not sent, the upload session is cancelled, and the command ends within a few
+    seconds."""
     patches: list[str] = []
+    deletes: list[str] = []
     first_patch = threading.Event()
 
     class Slow(_Registry):
+        def do_DELETE(self) -> None:
+            deletes.append(self.path)
+            self._answer(204)
+
         def do_GET(self) -> None:
             self._answer(200 if self.path == "/v2/" else 404)
 
@@ -1054,6 +1060,7 @@ def test_an_interrupted_commit_to_a_registry_sends_no_more_of_the_layer(tmp_path
         assert elapsed < 8, elapsed  # each 16 MiB chunk takes 8 s at this speed
         time.sleep(1)
         assert len(patches) <= 2, patches  # the chunk in flight, at most one more
+        assert deletes == ["/v2/x/blobs/uploads/u1"]
 
 
 def test_commit_to_a_registry_rides_out_a_503_on_a_chunk_and_on_the_closing_put(

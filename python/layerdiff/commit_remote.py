@@ -66,13 +66,19 @@ def commit_to_registry(
         on_step(f"streaming the layer to {target.host}/{target.repository}")
         stream = LayerStream(reg, target.repository, report)
         try:
-            layer = write(stream.fd)
+            try:
+                layer = write(stream.fd)
+            except BaseException:
+                stream.abort()  # the chunks still queued are not sent
+                stream.raise_error()  # the upload's failure is why the writer stopped
+                raise
+            stream.end_of_layer()
+            statuses.append(stream.close(layer.digest, layer.size))
         except BaseException:
-            stream.abort()  # the chunks still queued are not sent
-            stream.raise_error()  # the upload's failure is why the writer stopped
+            # Interrupted or failed, also while the last chunks went: the registry's session
+            # is cancelled, as docker cancels it, not left to hold what was sent.
+            stream.cancel()
             raise
-        stream.end_of_layer()
-        statuses.append(stream.close(layer.digest, layer.size))
 
         on_step("pushing config and manifest")
         config_bytes = canonical_json(make_config(layer))

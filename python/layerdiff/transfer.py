@@ -408,6 +408,7 @@ class LayerStream:
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._aborted = threading.Event()
+        self._closed = False  # finished or cancelled: no DELETE is due
         self.sent = 0
         self._pump = threading.Thread(target=self._read_pipe, name="layerdiff-pipe", daemon=True)
         self._upload = threading.Thread(target=self._send, name="layerdiff-upload", daemon=True)
@@ -488,6 +489,14 @@ class LayerStream:
         for thread in (self._pump, self._upload):
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    def cancel(self) -> None:
+        """Give the upload up: :meth:`abort`, then cancel the session (``DELETE``, best effort)
+        unless :meth:`close` finished or cancelled it already."""
+        self.abort()
+        if not self._closed:
+            self._closed = True
+            _cancel_upload(self.reg, self.repository, self.location)
+
     def raise_error(self) -> None:
         """Raise the upload's failure, if it had one (it is the cause of a writer's EPIPE)."""
         if self._error is not None:
@@ -514,7 +523,9 @@ class LayerStream:
                 )
             retrying(f"finishing the layer upload to {self.repository}", attempt)
         except BaseException:
+            self._closed = True
             _cancel_upload(self.reg, self.repository, self.location)
             raise
+        self._closed = True
         self.on_blob(digest, size, size, "uploaded")
         return BlobStatus(digest, size, "uploaded")
