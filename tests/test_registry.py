@@ -1261,3 +1261,17 @@ def test_pull_refuses_what_is_not_a_consistent_image_and_tags_nothing(
     ok = _put_raw(registry, "bad/ok", manifest, blobs)
     pulled = layerdiff.pull(ok, "good:1", platform=f"linux/{arch}", tls_verify=False)
     assert layerdiff.inspect("good:1")["digest"] == pulled.manifest_digest
+
+
+def test_a_401_that_names_no_way_to_authenticate_says_so(tmp_path: Path) -> None:
+    class Refusing(_Registry):
+        def do_GET(self) -> None:
+            self._answer(401)
+
+        do_HEAD = do_GET
+
+    with _serving(Refusing) as (_, host):
+        done = run_cli("pull", "--progress=none", "--tls-verify=false", f"docker://{host}/x:1")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert "refused access (401) and named no way to authenticate" in line, line

@@ -456,6 +456,12 @@ class Registry:
                     return {}
                 token = base64.b64encode(":".join(self.credentials).encode()).decode()
                 return {"Authorization": f"Basic {token}"}
+            if not scheme:
+                raise RegistryAuthError(
+                    f"{self.host}: the registry refused access (401) and named no way to "
+                    "authenticate (no WWW-Authenticate)",
+                    status=401,
+                )
             if scheme != "bearer":
                 raise RegistryAuthError(
                     f"{self.host}: unsupported authentication scheme {scheme!r}", status=401
