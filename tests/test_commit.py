@@ -6,9 +6,11 @@ same paths run against the real core in test_integration.py.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -241,6 +243,26 @@ def test_cli_commit_plain_progress(rootfs: Path, capsys: pytest.CaptureFixture[s
     assert code == 0
     assert out.strip() == layerdiff.inspect("app")["digest"]
     assert "layerdiff: writing layer" in err
+
+
+def test_cli_commit_on_a_terminal_draws_one_live_display(rootfs: Path, tmp_path: Path) -> None:
+    """Its steps and its blobs share one display: two at once redraw over each other."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        argv = [sys.executable, "-m", "layerdiff", "commit", "--upper", str(rootfs), "app:tty"]
+        try:
+            os.execv(sys.executable, argv)
+        finally:
+            os._exit(127)
+    out = b""
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(fd, 4096):
+            out += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    assert out.count(b"\x1b[?25l") == 1, out  # a live display hides the cursor as it starts
+    assert out.rstrip().endswith(layerdiff.inspect("app:tty")["digest"].encode())
 
 
 def test_cli_images_inspect_history(rootfs: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1150,7 +1150,7 @@ def test_a_streamed_layer_has_one_progress_bar_which_ends_under_its_digest() -> 
     """On a terminal, the bar of a layer streamed to a registry (known as "layer" until its
     digest is) becomes the digest's bar when it is done, rather than staying unfinished."""
     from layerdiff.blobstatus import STREAMED_LAYER
-    from layerdiff.cli import _BlobProgress
+    from layerdiff.cli import _Progress
 
     class Bars:
         def __init__(self) -> None:
@@ -1163,7 +1163,7 @@ def test_a_streamed_layer_has_one_progress_bar_which_ends_under_its_digest() -> 
         def update(self, task: int, **fields: object) -> None:
             self.tasks[task].update(fields)
 
-    progress = _BlobProgress("none")
+    progress = _Progress("live")
     bars = progress.bars = Bars()
     digest = "sha256:" + "ab" * 32
     progress(STREAMED_LAYER, 1 << 20, 0, None)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -71,65 +70,92 @@ def _human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-@contextlib.contextmanager
-def _progress(mode: str) -> Iterator[Callable[[str], None]]:
-    """A step reporter on stderr: spinner on a terminal, plain lines otherwise, or nothing."""
-    if mode == "none":
-        yield lambda _msg: None
-        return
-    if mode == "auto" and sys.stderr.isatty():
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        with console.status("committing") as status:
-            yield lambda msg: status.update(msg)
-        return
-    yield lambda msg: click.echo(f"layerdiff: {msg}", err=True)
-
-
-class _BlobProgress:
-    """Blob progress on stderr: a bar per blob on a terminal, one plain line per finished blob
-    otherwise (CI logs), or nothing."""
+class _Progress:
+    """Progress on stderr: on a terminal one live display, a spinner row for the current
+    step (:meth:`step`) above a bar per blob (called as an ``on_blob``); plain lines otherwise
+    (CI logs), a step each and a finished blob each; or nothing. The display starts with the
+    first step or blob: a command that reports neither draws nothing."""
 
     def __init__(self, mode: str) -> None:
+        if mode == "auto":
+            mode = "live" if sys.stderr.isatty() else "plain"
         self.mode = mode
         self.lock = threading.Lock()
         self.bars: Any = None
+        self.step_task: Any = None
         self.tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> _BlobProgress:
-        if self.mode == "auto" and sys.stderr.isatty():
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            if self.bars is not None:
+                if self.step_task is not None:
+                    self.bars.remove_task(self.step_task)
+                self.bars.__exit__(None, None, None)
+                self.bars = None
+
+    def _live(self) -> Any:
+        if self.bars is None:
             from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                ProgressColumn,
+                SpinnerColumn,
+                Task,
+                TextColumn,
+            )
+            from rich.text import Text
+
+            class Only(ProgressColumn):
+                """``column`` on the rows of blobs (``step=False``) or of the step."""
+
+                def __init__(self, column: ProgressColumn, *, step: bool) -> None:
+                    super().__init__()
+                    self.column, self.on_step = column, step
+
+                def render(self, task: Task) -> Any:
+                    if bool(task.fields.get("step")) != self.on_step:
+                        return Text("")
+                    return self.column.render(task)
 
             self.bars = Progress(
+                Only(SpinnerColumn(), step=True),
                 TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
+                Only(BarColumn(), step=False),
+                Only(DownloadColumn(), step=False),
                 console=Console(stderr=True),
                 transient=False,
             )
             self.bars.__enter__()
-        elif self.mode == "auto":
-            self.mode = "plain"
-        return self
+        return self.bars
 
-    def __exit__(self, *exc: object) -> None:
-        if self.bars is not None:
-            self.bars.__exit__(None, None, None)
+    def step(self, msg: str) -> None:
+        if self.mode == "live":
+            with self.lock:
+                bars = self._live()
+                if self.step_task is None:
+                    self.step_task = bars.add_task(msg, total=None, step=True)
+                bars.update(self.step_task, description=msg)
+        elif self.mode == "plain":
+            click.echo(f"layerdiff: {msg}", err=True)
 
     def __call__(self, digest: str, done: int, size: int, status: str | None) -> None:
         short = digest.removeprefix("sha256:")[:12]
-        if self.bars is not None:
+        if self.mode == "live":
             with self.lock:
+                bars = self._live()
                 task = self.tasks.get(digest)
                 if task is None and status is not None and STREAMED_LAYER in self.tasks:
                     # The streamed layer's bar, now that its digest is known: one bar, not two.
                     task = self.tasks[digest] = self.tasks.pop(STREAMED_LAYER)
                 if task is None:
-                    task = self.tasks[digest] = self.bars.add_task(short, total=size or None)
+                    task = self.tasks[digest] = bars.add_task(short, total=size or None)
                 description = f"{short} {status}" if status else short
-                self.bars.update(task, completed=done, total=size or None, description=description)
+                bars.update(task, completed=done, total=size or None, description=description)
         elif self.mode == "plain" and status is not None:
             with self.lock:
                 click.echo(f"layerdiff: {short} {status} ({_human_size(size)})", err=True)
@@ -339,7 +365,8 @@ def commit(
     is written, with no copy on local disk.
     """
     _check_compression_level(compression, compression_level)
-    with _progress(progress) as step, _BlobProgress(progress) as on_blob:
+    with _Progress(progress) as shown:
+        step, on_blob = shown.step, shown
         if upper is None:
             if not 1 <= len(targets) <= 2:
                 raise click.UsageError("give CONTAINER [IMAGE], or --upper DIR IMAGE")
@@ -701,7 +728,7 @@ def push(
     A blob the repository has is skipped (exists), one known in another repository of the
     registry is mounted, others are uploaded; then the manifest is put.
     """
-    with _BlobProgress(progress) as on_blob:
+    with _Progress(progress) as on_blob:
         result = layerdiff.push(
             image, destination, tls_verify=tls_verify, creds=creds, jobs=jobs, on_blob=on_blob
         )
@@ -756,7 +783,7 @@ def pull(
 
     Only missing blobs are fetched, each checked (size and sha256) as it streams in.
     """
-    with _BlobProgress(progress) as on_blob:
+    with _Progress(progress) as on_blob:
         result = layerdiff.pull(
             source,
             image,
