@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import layerdiff
+from layerdiff.catalog import load_image
 from layerdiff.cli import main
 from layerdiff.errors import ImageNotFoundError, InvalidChangeError, InvalidReferenceError
 from layerdiff.image import canonical_json
@@ -243,6 +244,30 @@ def test_cli_commit_plain_progress(rootfs: Path, capsys: pytest.CaptureFixture[s
     assert code == 0
     assert out.strip() == layerdiff.inspect("app")["digest"]
     assert "layerdiff: writing layer" in err
+
+
+def test_unpack_squash_and_apply_report_their_steps(rootfs: Path, tmp_path: Path) -> None:
+    """--progress, common to the commands that take time: plain lines in a log, none with
+    --progress none (and the one JSON object on stdout either way)."""
+    assert run_cli("commit", "--upper", str(rootfs), "--progress", "none", "app:s").returncode == 0
+    done = run_cli("squash", "--progress", "plain", "app:s", "app:squashed")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "layerdiff: merging 1 layer into one",
+        "layerdiff: writing config and manifest",
+        "layerdiff: tagging app:squashed",
+    ]
+    done = run_cli("unpack", "--progress", "plain", "--json", "app:s", str(tmp_path / "u"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["layers"] == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith("layerdiff: layer 1 of 1 (")
+    img = load_image("app:s")
+    blob = img.layout.blob_path(img.layers[0]["digest"])
+    done = run_cli("apply", "--progress", "plain", "--to", str(tmp_path / "a"), str(blob))
+    assert (done.returncode, done.stderr) == (0, f"layerdiff: layer 1 of 1 ({blob})\n")
+    done = run_cli("squash", "--progress", "none", "app:s", "app:quiet")
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 def test_cli_commit_on_a_terminal_draws_one_live_display(rootfs: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,13 +76,15 @@ def apply(
     overlay: bool = False,
     userxattr: bool | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
+    on_step: Callable[[str], None] | None = None,
 ) -> ApplyResult:
     """Apply layer blobs (tar, tar+gzip, tar+zstd: detected) in order onto the directory ``root``
     (``layers``: their paths, or the path of one).
 
     ``chown`` sets the owners the layer records (default: when running as root). ``overlay``
     writes overlayfs upper-dir form (whiteouts as 0/0 character devices, opaque directories as
-    an xattr: ``user.overlay.opaque`` when ``userxattr``, default when not root).
+    an xattr: ``user.overlay.opaque`` when ``userxattr``, default when not root). ``on_step``
+    is called with a short message as each blob starts (for progress output).
     """
     if isinstance(layers, (str, os.PathLike)):
         layers = [layers]  # one blob: a str is a Sequence too, of characters
@@ -94,7 +96,9 @@ def apply(
     warnings: list[str] = []
     made = not os.path.lexists(root)
     try:
-        for blob in layers:
+        for i, blob in enumerate(layers, 1):
+            if on_step is not None:
+                on_step(f"layer {i} of {len(layers)} ({os.fspath(blob)})")
             if not os.path.exists(blob):
                 raise LayerdiffOSError(errno.ENOENT, "no such layer blob", os.fspath(blob))
             if not os.path.isfile(blob):
@@ -136,11 +140,13 @@ def unpack(
     *,
     chown: bool | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
+    on_step: Callable[[str], None] | None = None,
 ) -> UnpackResult:
     """Apply every layer of ``image`` onto the new or empty directory ``root``.
 
     Each blob is checked against its descriptor (size and sha256) while it is read; a mismatch
-    is an error. Until every layer is in, ``incomplete_marker(root)`` exists.
+    is an error. Until every layer is in, ``incomplete_marker(root)`` exists. ``on_step`` is
+    called with a short message as each layer starts (for progress output).
     """
     # Imported on use: `apply` of blobs has no image to load, and the command line starts
     # faster without the image modules.
@@ -165,6 +171,8 @@ def unpack(
     warnings: list[str] = []
     for i, desc in enumerate(img.layers, 1):
         blob = img.layout.blob_path(desc["digest"])
+        if on_step is not None:
+            on_step(f"layer {i} of {len(img.layers)} ({str(desc['digest'])[7:19]})")
         with _naming(f"layer {i} of {len(img.layers)} ({desc['digest']})"):
             n, size, warn = _core.apply_layer(
                 target,

@@ -76,9 +76,10 @@ class _Progress:
     (CI logs), a step each and a finished blob each; or nothing. The display starts with the
     first step or blob: a command that reports neither draws nothing."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, *, piped: str = "plain") -> None:
+        """``piped``: what ``auto`` means when stderr is not a terminal."""
         if mode == "auto":
-            mode = "live" if sys.stderr.isatty() else "plain"
+            mode = "live" if sys.stderr.isatty() else piped
         self.mode = mode
         self.lock = threading.Lock()
         self.bars: Any = None
@@ -176,6 +177,19 @@ def _compression_options(command: _F) -> _F:
     )(command)
     return click.option(
         "--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True
+    )(command)
+
+
+def _progress_option(command: _F) -> _F:
+    """--progress, for the commands of plumbing that report steps: quiet in a pipe unless
+    asked (a script's stderr holds the one line of an error, nothing else)."""
+    return click.option(
+        "--progress",
+        type=click.Choice(["auto", "plain", "none"]),
+        default="auto",
+        show_default=True,
+        help="Progress on stderr: a live display on a terminal (auto; nothing in a pipe), "
+        "plain lines, or nothing.",
     )(command)
 
 
@@ -598,6 +612,7 @@ Examples:
     help="Write overlayfs upper-dir form (whiteouts as 0/0 devices, opaque dirs as xattrs).",
 )
 @_apply_options
+@_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def apply(
     layers: tuple[str, ...],
@@ -605,13 +620,17 @@ def apply(
     overlay: bool,
     chown: bool | None,
     max_size: int,
+    progress: str,
     as_json: bool,
 ) -> None:
     """Apply layer blobs (tar, tar.gz, tar.zst: detected) in order onto a directory.
 
     Nothing outside the directory is ever touched, whatever the layers hold.
     """
-    result = layerdiff.apply(root, layers, chown=chown, overlay=overlay, max_size=max_size)
+    with _Progress(progress, piped="none") as shown:
+        result = layerdiff.apply(
+            root, layers, chown=chown, overlay=overlay, max_size=max_size, on_step=shown.step
+        )
     _report_apply(asdict(result), result.warnings, as_json)
 
 
@@ -633,13 +652,19 @@ def _warn(text: str) -> None:
 @click.argument("image")
 @click.argument("directory", type=click.Path(file_okay=False))
 @_apply_options
+@_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def unpack(image: str, directory: str, chown: bool | None, max_size: int, as_json: bool) -> None:
+def unpack(
+    image: str, directory: str, chown: bool | None, max_size: int, progress: str, as_json: bool
+) -> None:
     """Unpack every layer of IMAGE into DIRECTORY (new or empty), verifying each blob.
 
     Until it has finished, a marker file .NAME.incomplete stands beside DIRECTORY.
     """
-    result = layerdiff.unpack(image, directory, chown=chown, max_size=max_size)
+    with _Progress(progress, piped="none") as shown:
+        result = layerdiff.unpack(
+            image, directory, chown=chown, max_size=max_size, on_step=shown.step
+        )
     _report_apply(asdict(result), result.warnings, as_json)
 
 
@@ -662,6 +687,7 @@ Examples:
     type=click.IntRange(1, MAX_THREADS),
     help="Worker threads; never changes the output [default: all cores].",
 )
+@_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def squash(
     image: str,
@@ -671,19 +697,22 @@ def squash(
     compression: str,
     compression_level: int | None,
     threads: int | None,
+    progress: str,
     as_json: bool,
 ) -> None:
     """Write NEW_IMAGE: IMAGE with its last layers merged into one, without extracting them."""
     _check_compression_level(compression, compression_level)
-    result = layerdiff.squash(
-        image,
-        new_image,
-        layers=layers,
-        message=message,
-        compression=compression,
-        compression_level=compression_level,
-        threads=threads,
-    )
+    with _Progress(progress, piped="none") as shown:
+        result = layerdiff.squash(
+            image,
+            new_image,
+            layers=layers,
+            message=message,
+            compression=compression,
+            compression_level=compression_level,
+            threads=threads,
+            on_step=shown.step,
+        )
     if as_json:
         _emit_json(
             {

@@ -15,6 +15,7 @@ changes) are kept, in their order, before it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,12 +106,15 @@ def squash(
     compression_level: int | None = None,
     threads: int | None = None,
     source_date_epoch: int | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> SquashResult:
     """Write ``new_image``: ``image`` with its last ``layers`` layers (default: all) as one.
 
     ``compression`` and ``compression_level`` are those of :func:`layerdiff.write_layer`; the
     squashed layer's bytes are those a commit of the same tar at that level would give.
+    ``on_step`` is called with a short message as each step starts (for progress output).
     """
+    step = on_step or (lambda _msg: None)
     src = load_image(image)
     target = refs.check_writable(
         refs.parse_layout_reference(new_image) if isinstance(new_image, str) else new_image
@@ -131,8 +135,10 @@ def squash(
     with Layout.create_for_write(target.layout) as layout, writing(layout):
         kept = src.layers[: total - count]
         if not layout.same_as(src.layout):
+            step(f"copying the {len(kept)} layers kept")
             for desc in kept:
                 layout.import_blob(src.layout, desc["digest"])
+        step(f"merging {count} layer{'s' if count != 1 else ''} into one")
         blob_paths = [src.layout.blob_path(d["digest"]) for d in src.layers]
         indexes = refs.layer_index_dir()
         layer = LayerInfo.from_core(
@@ -151,6 +157,7 @@ def squash(
                 index_dir=indexes,
             )
         )
+        step("writing config and manifest")
         config = squash_config(
             src.config, count=count, diff_id=layer.diff_id, created=rfc3339(epoch), comment=message
         )
@@ -158,6 +165,7 @@ def squash(
         layer_desc = {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
         manifest = build_manifest(config=config_desc, layers=[*kept, layer_desc])
         manifest_desc = layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE)
+        step(f"tagging {target.text}")
         layout.set_tag(target.write_tag, manifest_desc)
     return SquashResult(
         layer=layer,
