@@ -156,3 +156,10 @@ def test_layerdiff_alone_prints_its_help(tmp_path: Path) -> None:
         done.stderr.startswith("Usage: layerdiff [OPTIONS] COMMAND") and "Commands:" in done.stderr
     )
     assert len(done.stderr.splitlines()) > 10
+
+
+def test_fsck_of_a_store_never_used_makes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "never-used"
+    done = run_cli("fsck", env={"LAYERDIFF_HOME": str(home)})
+    assert done.returncode == 0, done.stderr
+    assert not home.exists()

@@ -171,7 +171,10 @@ def _layout_and_images(target: str | None) -> tuple[Layout, list[tuple[str, Desc
     """The layout, and the (name, descriptor) of each image to check: all of them for the store
     or an untagged ``oci:PATH``, else the one named."""
     if target is None:
-        layout = Layout.create(refs.store_layout_path())
+        layout = Layout(refs.store_layout_path())
+        if not layout.path.exists():  # a store never used: nothing to check, nothing made
+            return layout, []
+        layout = Layout.create(layout.path)
         return layout, _named(layout)
     ref = refs.parse_layout_reference(target)
     layout = Layout.open(ref.layout)
