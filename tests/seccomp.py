@@ -8,9 +8,13 @@ import ctypes
 import struct
 from collections.abc import Callable, Sequence
 
+#: A system call to refuse: its x86_64 number, or (number, argument index, value) to refuse
+#: it only when that argument (its low 32 bits) has that value.
+Rule = int | tuple[int, int, int]
 
-def deny(syscalls: Sequence[int], err: int) -> Callable[[], None]:
-    """A ``preexec_fn`` under which each of ``syscalls`` (x86_64 numbers) fails with ``err``."""
+
+def deny(rules: Sequence[Rule], err: int) -> Callable[[], None]:
+    """A ``preexec_fn`` under which each of ``rules`` fails with ``err``."""
 
     def install() -> None:
         def op(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
@@ -18,7 +22,19 @@ def deny(syscalls: Sequence[int], err: int) -> Callable[[], None]:
 
         ld, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_RET|K
         allow, fail = 0x7FFF0000, 0x00050000 | err  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
-        checks = [op(jeq, nr, len(syscalls) - i, 0) for i, nr in enumerate(syscalls)]
+        checks: list[bytes] = []
+        for rule in rules:
+            if not isinstance(rule, tuple):
+                checks += [op(jeq, rule, 0, 1), op(ret, fail)]
+            else:  # seccomp_data.args[arg] at 16 + 8 * arg (low half, little-endian)
+                nr, arg, value = rule
+                checks += [
+                    op(jeq, nr, 0, 3),
+                    op(ld, 16 + 8 * arg),
+                    op(jeq, value, 0, 1),
+                    op(ret, fail),
+                    op(ld, 0),  # seccomp_data.nr again, for the rules after this one
+                ]
         prog = b"".join(
             [
                 op(ld, 4),  # seccomp_data.arch
@@ -27,7 +43,6 @@ def deny(syscalls: Sequence[int], err: int) -> Callable[[], None]:
                 op(ld, 0),  # seccomp_data.nr
                 *checks,
                 op(ret, allow),
-                op(ret, fail),
             ]
         )
         libc = ctypes.CDLL(None, use_errno=True)

@@ -113,7 +113,8 @@ fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
 
 /// Through the file-system context API, one layer at a time (`lowerdir+`, Linux 6.8): as
 /// many layers as overlayfs stacks (500), whatever their paths. `Err(None)`: this kernel
-/// lacks the API, try [`mount_overlay_at_once`]; `Err(Some)`: the mount failed.
+/// lacks the API or the key, try [`mount_overlay_at_once`] (which reports a real EINVAL
+/// itself); `Err(Some)`: the mount failed.
 fn mount_overlay_by_parts(spec: &ContainerSpec) -> Result<(), Option<rustix::io::Errno>> {
     use rustix::mount::{
         FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
@@ -136,7 +137,9 @@ fn mount_overlay_by_parts(spec: &ContainerSpec) -> Result<(), Option<rustix::io:
         }
         .map_err(Some)?;
     }
-    fsconfig_create(&fs).map_err(Some)?;
+    // Before Linux 6.5 overlayfs took its options through the legacy parser, which accepts
+    // any key and fails only here: EINVAL is then a "lowerdir+" it does not know.
+    fsconfig_create(&fs).map_err(|e| (e != rustix::io::Errno::INVAL).then_some(e))?;
     let mnt = fsmount(
         &fs,
         FsMountFlags::FSMOUNT_CLOEXEC,
