@@ -20,7 +20,7 @@ import tarfile
 import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -587,20 +587,26 @@ def test_an_image_of_many_layers_runs(image: str, store_home: Path, tmp_path: Pa
     done = sh(current, "ls /layers | wc -l; cat /layers/0 /layers/69")
     assert done.stdout.split() == ["70", "0", "69"], done.stderr
 
-    # Where the kernel lacks fsopen (or a profile refuses it), one mount(2) takes them all
-    # while they fit, and says why it cannot when they do not.
-    def run_without_fsopen(img: str) -> subprocess.CompletedProcess[str]:
+    # Where the kernel lacks fsopen (or a profile refuses it), or takes "lowerdir+" through
+    # its legacy parser (before 6.5: the key fails only at FSCONFIG_CMD_CREATE, with EINVAL),
+    # one mount(2) takes them all while they fit, and says why it cannot when they do not.
+    def run_under(
+        img: str, rules: Sequence[seccomp.Rule], err: int
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "layerdiff", "run", "--rm", img, "sh", "-c", "ls /layers"],
             capture_output=True, text=True, check=False, timeout=120,
-            preexec_fn=seccomp.deny([430], errno.ENOSYS),  # fsopen
+            preexec_fn=seccomp.deny(rules, err),
         )  # fmt: skip
 
-    few = run_without_fsopen("many:9")
-    assert (few.returncode, few.stdout.split()) == (0, [str(i) for i in range(10)]), few.stderr
-    refused = run_without_fsopen(current)
-    assert refused.returncode == 125
-    assert "the image has 71 layers: too many for one overlayfs mount" in refused.stderr
+    no_fsopen: list[seccomp.Rule] = [430]
+    old_parser: list[seccomp.Rule] = [(431, 1, 6)]  # fsconfig(FSCONFIG_CMD_CREATE)
+    for rules, err in ((no_fsopen, errno.ENOSYS), (old_parser, errno.EINVAL)):
+        few = run_under("many:9", rules, err)
+        assert (few.returncode, few.stdout.split()) == (0, [str(i) for i in range(10)]), few.stderr
+        refused = run_under(current, rules, err)
+        assert refused.returncode == 125
+        assert "the image has 71 layers: too many for one overlayfs mount" in refused.stderr
 
 
 def test_a_container_whose_state_is_lost_is_reported_and_rm_f_removes_it(
@@ -629,6 +635,14 @@ def test_a_container_whose_state_is_lost_is_reported_and_rm_f_removes_it(
         assert removed.returncode == 0, removed.stderr
     assert sorted(os.listdir(store_home / "containers")) == []
     assert run_cli("create", "--name", "c4", image, "true").returncode == 0
+    assert run_cli("fsck").returncode == 0
+    # State that is JSON but no object is unreadable too; a directory whose name no container
+    # could have (given by path, lost+found) is not one of ours, and fsck leaves it be.
+    (store_home / "containers/c4/container.json").write_text("[1, 2]")
+    assert "not an object" in run_cli("rm", "c4").stderr
+    assert run_cli("rm", "-f", "c4").returncode == 0
+    assert run_cli("create", "--name", str(store_home / "containers/.hid"), image).returncode == 0
+    (store_home / "containers/lost+found").mkdir()
     assert run_cli("fsck").returncode == 0
 
 
@@ -856,6 +870,51 @@ def test_a_terminals_signal_reaches_the_container_once(sig: int) -> None:
         terminal.wait_for(b"got %d" % k)
         time.sleep(0.1)  # time for a copy passed on to arrive
     assert terminal.exit_code() == sends, terminal.seen
+
+
+def test_a_hang_up_of_runs_terminal_reaches_the_container(image: str, store_home: Path) -> None:
+    """When the terminal goes away (an ssh session, a tmux window closed), the kernel sends
+    SIGHUP to the session's leader alone, which run may be: run passes it on."""
+    script = (
+        "trap 'exit 5' HUP; echo ready; i=0; "
+        "while [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; exit 3"
+    )
+    terminal = _Terminal(
+        [sys.executable, "-m", "layerdiff", "run", "--rm", image, "sh", "-c", script]
+    )
+    terminal.wait_for(b"ready")
+    os.close(terminal.master)  # the terminal hangs up
+    assert terminal.exit_code() == 5
+
+
+_ALARM_IN_THE_CALLER = """
+import signal, sys
+import layerdiff
+
+class Timeout(Exception):
+    pass
+
+def on_alarm(_sig, _frame):
+    raise Timeout
+
+signal.signal(signal.SIGALRM, on_alarm)
+signal.alarm(1)
+try:
+    layerdiff.run(sys.argv[1], ["sleep", "20"], rm=True)
+except Timeout:
+    print("the caller's timeout")
+"""
+
+
+def test_a_callers_own_alarm_stays_the_callers(image: str, store_home: Path) -> None:
+    """An application timing out with alarm() keeps its SIGALRM: only a signal the caller
+    leaves at its default action is passed on to the container."""
+    done = subprocess.run(
+        [sys.executable, "-c", _ALARM_IN_THE_CALLER, image],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.stdout == "the caller's timeout\n", done.stderr
+    assert runtime.containers() == []
 
 
 def test_run_from_a_worker_thread(image: str, store_home: Path) -> None:

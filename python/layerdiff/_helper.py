@@ -1,7 +1,8 @@
 """The fresh, single-threaded process that starts a container (see :mod:`layerdiff.runtime`).
 
-It joins the container's control groups first, so that every process of the container is in
-them, then hands over to the core, which makes the namespaces and forks the container's PID 1.
+It opens the container's control groups' ``cgroup.procs`` files (the command joins them as it
+starts), then hands over to the core, which makes the namespaces and forks the container's
+PID 1.
 It runs as a script without ``site`` (start-up time is part of every container start), and
 imports nothing but the core. Its argument is a descriptor to read the run specification
 (JSON) from — not the command line, which the container's ``ps`` shows as its PID 1; it exits

@@ -3,8 +3,9 @@
 Both hierarchies are spoken: cgroup v2 (one unified tree) and v1 (one tree per controller;
 ``memory``, ``cpu``, ``pids`` and ``freezer`` are used). A container's group is created as a
 child of the caller's own group in each tree, so it works wherever the caller may create
-groups (root, or a delegated subtree). The helper process joins the group before it makes the
-container's namespaces, so every process of the container is in it.
+groups (root, or a delegated subtree). The container's command joins the group as it
+starts (through descriptors its helper opened), so every process of the command is in it and
+the runtime's helper and init are not.
 """
 
 from __future__ import annotations

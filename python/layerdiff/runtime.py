@@ -194,6 +194,8 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise
     except (OSError, ValueError) as e:
         raise ContainerError(f"{path / _STATE_FILE}: unreadable container state: {e}") from None
+    if not isinstance(data, dict):
+        raise ContainerError(f"{path / _STATE_FILE}: unreadable container state: not an object")
     return data
 
 
@@ -213,7 +215,9 @@ def broken_containers() -> list[tuple[str, str]]:
     root = containers_root()
     found = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
-        if not entry.is_dir():
+        # A name no container could have is not one of ours (lost+found, a directory a
+        # container was given by path).
+        if not entry.is_dir() or not _NAME_RE.fullmatch(entry.name):
             continue
         try:
             open_container(entry.name)
@@ -418,8 +422,13 @@ _FORWARDED = (
 )
 
 #: Of those, the ones a terminal sends to its whole foreground process group: Ctrl-C, Ctrl-\,
-#: a resize, a hang-up. The container's processes are in that group and have them already.
-_FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH, signal.SIGHUP})
+#: a resize. The container's processes are in that group and have them already. (A hang-up
+#: goes to the session leader alone, which run may be: it is passed on.)
+_FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH})
+
+#: Of those, the ones an application may use itself (timers, profilers): passed on only when
+#: the caller leaves them at their default action (as the command line does).
+_IF_UNUSED = frozenset({signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGPWR})
 
 #: ``si_code`` of a signal the kernel sent itself, as a terminal's are (``SI_KERNEL``).
 _SI_KERNEL = 0x80
@@ -449,13 +458,14 @@ def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
             proc.send_signal(sig)
 
     old = {s: signal.getsignal(s) for s in _FORWARDED}
+    passed = [s for s in _FORWARDED if s not in _IF_UNUSED or old[s] == signal.SIG_DFL]
     try:
         if _threads() > 1:
-            for s in _FORWARDED:
+            for s in passed:
                 signal.signal(s, signal.SIG_IGN if s == signal.SIGINT else forward)
             yield
         else:
-            for s in _FORWARDED:
+            for s in passed:
                 if s not in _FROM_TERMINAL:
                     signal.signal(s, forward)
             with _terminal_signals(forward):
