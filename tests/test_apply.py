@@ -547,9 +547,13 @@ def test_targets_and_blobs_that_name_nothing_to_use_are_refused_in_one_line(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "not-a-tar").write_text("hello, not a tar\n")
     (tmp_path / "a-file").write_text("")
+    (tmp_path / "to-root").symlink_to("/")
     cases = [
         (["unpack", ref, ""], "the target directory is an empty string"),
         (["unpack", ref, "/"], "the target directory is / itself"),
+        (["unpack", ref, "//"], "the target directory is / itself"),
+        (["apply", "--to", "//", "not-a-tar"], "the target directory is / itself"),
+        (["apply", "--to", "to-root", "not-a-tar"], "the target directory is / itself"),
         (["apply", "--to", "", "not-a-tar"], "the target directory is an empty string"),
         (["apply", "--to", "new", "/dev/null"], "/dev/null: not a regular file"),
         (["apply", "--to", "new", "not-a-tar"], "archive is truncated"),
@@ -562,6 +566,7 @@ def test_targets_and_blobs_that_name_nothing_to_use_are_refused_in_one_line(
         assert message in line, (args, line)
     # A failed apply into a directory it made leaves none behind.
     assert not (tmp_path / "new").exists()
+    (tmp_path / "to-root").unlink()
     with pytest.raises(layerdiff.LayerdiffOSError, match="no such layer blob"):
         layerdiff.apply(tmp_path / "new", tmp_path / "missing")
     assert not (tmp_path / "new").exists()

@@ -123,7 +123,7 @@ def _check_target(root: StrPath) -> None:
     directory), or ``/``."""
     if os.fspath(root) in ("", b""):
         raise InvalidArgumentError("the target directory is an empty string")
-    if os.path.abspath(root) == "/":
+    if os.path.realpath(os.fsdecode(root)) == "/":  # also //, or a symlink to /
         raise InvalidArgumentError("the target directory is / itself: give a directory below it")
 
 
