@@ -893,7 +893,10 @@ def _stalling_registry(
     ``release`` and ends without an answer. Every path asked is appended to ``asked``."""
     import hashlib
 
-    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    diff_ids = ["sha256:" + hashlib.sha256(d.encode()).hexdigest() for d in layers]
+    config = canonical_json(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    )
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     manifest = canonical_json(
         {
@@ -1256,6 +1259,9 @@ def test_pull_refuses_what_is_not_a_consistent_image_and_tags_nothing(
         assert message in line, (name, line)
     assert layerdiff.images() == []
     assert layerdiff.fsck().ok
+    # The platform and the config are checked before a layer is fetched.
+    stored = store_layout_path() / "blobs" / "sha256"
+    assert not (stored / str(tar_layer["digest"]).removeprefix("sha256:")).exists()
     # The same image pulled for its own platform is fine.
     manifest, blobs, _, _ = cases["another platform"]
     ok = _put_raw(registry, "bad/ok", manifest, blobs)

@@ -462,16 +462,20 @@ def pull(
         manifest = json.loads(data)
         config, layers = _check_manifest(manifest, f"{src.text} (manifest {digest})")
         with Layout.create_for_write(target.layout) as layout, writing(layout):
-            statuses = _parallel(
+            # The config first, and checked, before a layer is fetched: an image for another
+            # platform, or whose config disagrees with its manifest, costs no download. (One
+            # chosen from an index is the platform's already.)
+            config_status = fetch_blob(reg, src.repository, layout, config, on_blob=report)
+            wanted = platform if index_digest is None else None
+            _check_config(layout, config, layers, wanted, src.text)
+            layer_statuses = _parallel(
                 lambda d, stop: fetch_blob(
                     reg, src.repository, layout, d, on_blob=report, stop=stop
                 ),
-                _unique([config, *layers]),
+                [d for d in _unique(layers) if d["digest"] != config["digest"]],
                 jobs,
             )
-            # An image chosen from an index is the platform's already.
-            wanted = platform if index_digest is None else None
-            _check_config(layout, config, layers, wanted, src.text)
+            statuses = [config_status, *layer_statuses]
             desc = layout.put_blob(data, media_type=media_type)
             if index_digest is not None:  # so NAME@<index digest> names it, as docker has it
                 desc["annotations"] = {INDEX_DIGEST: index_digest}
