@@ -483,8 +483,9 @@ def test_load_reads_names_with_a_dot_slash_and_files_given_twice(tmp_path: Path)
 
 
 def test_load_of_an_archive_of_several_images_loads_them_all(tmp_path: Path) -> None:
-    """What ``docker save a b`` writes: load takes every image, each as its tags, as docker
-    load does; docker-archive:FILE:NAME:TAG picks one, from the command line too."""
+    """What ``docker save a b`` writes: load takes every image, each as its tags (an image
+    without one, as ``docker save IMAGE-ID`` writes it, untagged), as docker load does;
+    docker-archive:FILE:NAME:TAG picks one, from the command line too."""
     image = two_layer_image(tmp_path)
     layerdiff.save("base:1", f"docker-archive:{tmp_path / 'a.tar'}:team/base:1")
     layerdiff.save(image, f"docker-archive:{tmp_path / 'b.tar'}:team/app:1")
@@ -495,6 +496,7 @@ def test_load_of_an_archive_of_several_images_loads_them_all(tmp_path: Path) -> 
         with tarfile.open(tmp_path / name) as tar:
             tar.extractall(both, filter="data")
         entries += json.loads((both / "manifest.json").read_text())
+    entries.append({**entries[0], "RepoTags": None})  # base again, by its ID
     (both / "manifest.json").write_text(json.dumps(entries))
     archive = tmp_path / "both.tar"
     subprocess.run(["tar", "-C", str(both), "-cf", str(archive), "."], check=True)
@@ -504,9 +506,12 @@ def test_load_of_an_archive_of_several_images_loads_them_all(tmp_path: Path) -> 
     assert one.stdout.split()[0] == "picked:1"
     done = run_cli("load", "--json", str(archive))
     assert done.returncode == 0, done.stderr
-    assert [r["images"] for r in json.loads(done.stdout)] == [["team/base:1"], ["team/app:1"]]
+    loaded = json.loads(done.stdout)
+    assert [r["images"] for r in loaded] == [["team/base:1"], ["team/app:1"], []]
     names = {f"{i.name}:{i.tag}" for i in layerdiff.images()}
-    assert {"team/base:1", "team/app:1", "picked:1"} <= names
-    with pytest.raises(layerdiff.ImageNotFoundError, match="holds 2 images"):
+    assert {"team/base:1", "team/app:1", "picked:1", "<none>:<none>"} <= names
+    untagged = [i for i in layerdiff.images() if i.tag == "<none>"]
+    assert [i.digest for i in untagged] == [loaded[2]["manifest_digest"]]
+    with pytest.raises(layerdiff.ImageNotFoundError, match="holds 3 images"):
         layerdiff.load(archive)
     assert layerdiff.fsck().ok

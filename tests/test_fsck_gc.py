@@ -138,15 +138,30 @@ def test_gc_takes_a_whole_layout_only(tmp_path: Path, monkeypatch: pytest.Monkey
         assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
     assert len(os.listdir("blobs/sha256")) == len(blobs) + 1
     assert layerdiff.gc(f"oci:{tmp_path / 'l'}").blobs == 1
+    (tmp_path / "l" / "blobs/sha256" / ("1" * 64)).write_bytes(b"unreachable")
+    assert layerdiff.gc(str(tmp_path / "l")).blobs == 1  # the API takes a plain path too
 
 
-def test_rmi_of_a_name_given_twice_removes_it_once(tmp_path: Path) -> None:
+def test_rmi_of_a_name_given_twice_removes_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "t").mkdir()
     layerdiff.commit(tmp_path / "t", image="twice")
     done = run_cli("rmi", "twice", "twice:latest", "twice")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("untagged") == 1 and "removed" in done.stdout
     assert layerdiff.images() == []
+    monkeypatch.chdir(tmp_path)
+    layerdiff.commit(tmp_path / "t", image="oci:lay:x")
+    done = run_cli("rmi", "oci:lay:x", f"oci:{tmp_path / 'lay'}:x")
+    assert done.returncode == 0 and done.stdout.count("untagged") == 1, done.stderr
+    # NAME@DIGEST finds an image by its digest but is not one of its names: refused before
+    # any name goes.
+    layerdiff.commit(tmp_path / "t", image="zz:1")
+    digest = layerdiff.inspect("zz:1")["digest"]
+    done = run_cli("rmi", "zz:1", f"zz@{digest}")
+    assert done.returncode == 1 and "image not found" in done.stderr
+    assert [i.name for i in layerdiff.images()] == ["zz"]
 
 
 def test_layerdiff_alone_prints_its_help(tmp_path: Path) -> None:

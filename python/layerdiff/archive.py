@@ -76,7 +76,7 @@ class SaveResult:
 class LoadResult:
     """What ``load`` imported."""
 
-    #: The local images it was tagged as.
+    #: The local images it was tagged as (none: loaded untagged into the store).
     images: tuple[str, ...]
     #: Digest of the new OCI manifest.
     manifest_digest: str
@@ -410,9 +410,7 @@ def _load_entry(
     if image is not None:
         targets = [refs.parse_layout_reference(image) if isinstance(image, str) else image]
     else:
-        targets = entry.repo_tags
-        if not targets:
-            raise InvalidReferenceError(f"{where}: the image has no tag; name IMAGE to load it as")
+        targets = entry.repo_tags  # none: the image loads untagged into the store, as in docker
     for t in targets:
         refs.check_writable(t)
     config = _read_member(tar, entry.config, where)
@@ -422,7 +420,8 @@ def _load_entry(
         raise FormatError(
             f"{where}: {len(layer_names)} layers but {len(diff_ids)} diff_ids in the config"
         )
-    with Layout.create_for_write(targets[0].layout) as layout, writing(layout):
+    first = targets[0].layout if targets else refs.store_layout_path()
+    with Layout.create_for_write(first) as layout, writing(layout):
         layers = []
         for name, diff_id in zip(layer_names, diff_ids, strict=True):
             with _open_member(tar, name, where) as f:
@@ -451,6 +450,8 @@ def _load_entry(
                 for d in [config_desc, manifest_desc, *layers]:
                     tagged.import_blob(layout, str(d["digest"]))
             tagged.set_tag(target.write_tag, manifest_desc)
+        if not targets:
+            layout.add_untagged(manifest_desc)
     return LoadResult(
         images=tuple(t.tag if t.in_store and t.tag is not None else t.text for t in targets),
         manifest_digest=str(manifest_desc["digest"]),

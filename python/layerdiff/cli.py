@@ -487,21 +487,19 @@ Examples:
 )
 def rmi(images: tuple[str, ...], no_prune: bool) -> None:
     """Remove image names (like docker rmi), then the blobs no other name reaches."""
-    from layerdiff.layout import REF_NAME
-    from layerdiff.refs import parse_layout_reference
-    from layerdiff.tags import named
+    from layerdiff.refs import LayoutRef, parse_layout_reference
+    from layerdiff.tags import tag_to_remove
 
     # Every name is checked before any goes (a broken image's name goes too); a name given
-    # twice, in any spelling (t, t:latest), goes once.
-    refs = {}
+    # twice, in any spelling (t, t:latest, a relative or absolute oci: path), goes once.
+    refs: dict[tuple[object, str], LayoutRef] = {}
     for ref in map(parse_layout_reference, images):
-        entry = named(ref)
-        refs[(str(ref.layout), (entry.get("annotations") or {}).get(REF_NAME))] = ref
+        refs.setdefault(tag_to_remove(ref), ref)
     layouts: dict[str, str | None] = {}
-    for ref in refs.values():
+    for (layout, _), ref in refs.items():
         digest = layerdiff.untag(ref)
         click.echo(f"untagged {ref.text} ({digest})")
-        layouts[str(ref.layout)] = None if ref.in_store else f"oci:{ref.layout}"
+        layouts[str(layout)] = None if ref.in_store else f"oci:{layout}"
     if no_prune:
         return
     for target in layouts.values():
@@ -886,7 +884,7 @@ def load(file: str, image: str | None, as_json: bool) -> None:
             _emit_json(asdict(results[0]))
             return
     for result in results:
-        for name in result.images:
+        for name in result.images or ("<none>",):  # untagged, as docker images shows it
             click.echo(f"{name} {result.manifest_digest}")
 
 

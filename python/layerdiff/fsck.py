@@ -266,9 +266,12 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> set[str]:
 
 
 def _gc_layout(target: str) -> Layout:
-    """The layout ``oci:PATH`` names: gc works on whole layouts, never on one image."""
-    ref = refs.parse_layout_reference(target) if target.startswith("oci:") else None
-    if ref is None or ref.tag is not None:
+    """The layout ``oci:PATH`` (or a plain path) names: gc works on whole layouts, never on
+    one image."""
+    if not target.startswith("oci:"):
+        return Layout.open(target)
+    ref = refs.parse_layout_reference(target)
+    if ref.tag is not None:
         raise InvalidReferenceError(f"{target}: gc takes a layout, oci:PATH (no tag)")
     return Layout.open(ref.layout)
 

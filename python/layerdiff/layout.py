@@ -451,6 +451,18 @@ class Layout:
         entry["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: tag}
         self.update_index(lambda ms: [m for m in ms if _tag_of(m) != tag] + [entry])
 
+    def add_untagged(self, descriptor: Descriptor) -> None:
+        """List ``descriptor`` in the index without a tag (``docker load`` of an untagged
+        image), unless an untagged entry of that digest is there already."""
+        check_digest(descriptor["digest"])
+        entry = {k: v for k, v in descriptor.items() if k != "annotations"}
+
+        def change(ms: list[Descriptor]) -> list[Descriptor]:
+            known = any(m.get("digest") == entry["digest"] and _tag_of(m) is None for m in ms)
+            return ms if known else [*ms, entry]
+
+        self.update_index(change)
+
     def remove_tag(self, tag: str) -> bool:
         """Remove ``tag`` from the index; return whether it was there. Blobs stay (gc's job)."""
         removed = False

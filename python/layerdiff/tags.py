@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from layerdiff import refs
 from layerdiff.catalog import index_tag, load_image, require_blob
 from layerdiff.errors import ImageNotFoundError
 from layerdiff.layout import REF_NAME, Descriptor, Layout, writing
 
-__all__ = ["named", "tag", "untag"]
+__all__ = ["named", "tag", "tag_to_remove", "untag"]
 
 
 def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
@@ -54,6 +57,21 @@ def untag(image: str | refs.LayoutRef) -> str:
     named. Only the layout's index is read, so the name of an image whose blobs are missing or
     corrupt goes as well. The blobs stay until ``gc`` finds nothing else uses them."""
     ref = refs.parse_layout_reference(image) if isinstance(image, str) else image
+    layout, name, descriptor = _tag_to_remove(ref)
+    if not layout.remove_tag(name):
+        raise ImageNotFoundError(f"image not found: {ref.text}")
+    return str(descriptor["digest"])
+
+
+def tag_to_remove(image: str | refs.LayoutRef) -> tuple[Path, str]:
+    """The layout (its real path) and the tag :func:`untag` would remove for ``image``;
+    ImageNotFoundError when it would find none. Nothing is changed."""
+    ref = refs.parse_layout_reference(image) if isinstance(image, str) else image
+    layout, name, _ = _tag_to_remove(ref)
+    return Path(os.path.realpath(layout.path)), name
+
+
+def _tag_to_remove(ref: refs.LayoutRef) -> tuple[Layout, str, Descriptor]:
     layout = Layout.open(ref.layout)
     # A name by digest removes that name only, never a tag that happens to hold the digest.
     name = ref.tag if ref.pinned is not None else index_tag(layout, ref)
@@ -65,6 +83,6 @@ def untag(image: str | refs.LayoutRef) -> str:
         name = (descriptor.get("annotations") or {}).get(REF_NAME)
         if not isinstance(name, str):
             raise ImageNotFoundError(f"{ref.text}: the image has no tag to remove")
-    if not layout.remove_tag(name):
-        raise ImageNotFoundError(f"image not found: {ref.text}")
-    return str(descriptor["digest"])
+    if name not in layout.tags():  # NAME@DIGEST finds a tagged image, but is no name of it
+        raise ImageNotFoundError(f"image not found: {ref.text} (no such name)")
+    return layout, name, descriptor
