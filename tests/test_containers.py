@@ -511,6 +511,16 @@ def test_the_container_cannot_reach_host_devices_or_kernel_settings(
     assert Path("/proc/sys/kernel/core_pattern").read_text() == core_pattern
 
 
+@pytest.mark.parametrize("user", ["0", "1000"])
+def test_the_command_cannot_make_namespaces(image: str, store_home: Path, user: str) -> None:
+    """As docker's seccomp profile has it: no user namespace (which would give the command
+    every capability in it), nor any other; forks and the rest work."""
+    script = "unshare -r true; echo $?; unshare -m true; echo $?; sh -c 'echo forked' & wait"
+    done = sh(image, script, "-u", user)
+    assert done.stdout.split() == ["1", "1", "forked"], done.stderr
+    assert done.stderr.count("Operation not permitted") == 2, done.stderr
+
+
 def test_the_commands_umask_is_dockers_whatever_the_callers(image: str, store_home: Path) -> None:
     old = os.umask(0o077)
     try:

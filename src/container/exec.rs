@@ -218,6 +218,7 @@ pub fn exec_command(spec: &ContainerSpec, argv: &[CString]) -> i32 {
             .iter()
             .map(|e| super::cstr(e, "environment variable"))
             .collect::<Result<Vec<_>, _>>()?;
+        super::seccomp::confine()?;
         Ok((env, path))
     })();
     let (env, path) = match prepared {

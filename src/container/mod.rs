@@ -13,6 +13,7 @@
 
 mod exec;
 mod rootfs;
+mod seccomp;
 mod signals;
 
 use std::ffi::CString;
