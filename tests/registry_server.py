@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -88,14 +89,15 @@ class TokenServer:
         return signing_input.decode() + "." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
 
 
-def _make_cert(directory: Path) -> tuple[bytes, bytes, Path]:
+def _self_signed(common_name: str, extension: Any) -> tuple[Any, Any]:
+    """A new EC key and a certificate it signs for itself, valid a day either side of now."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "layerdiff test token signer")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -105,8 +107,18 @@ def _make_cert(directory: Path) -> tuple[bytes, bytes, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(extension, critical=isinstance(extension, x509.BasicConstraints))
         .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _make_cert(directory: Path) -> tuple[bytes, bytes, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key, cert = _self_signed(
+        "layerdiff test token signer", x509.BasicConstraints(ca=True, path_length=None)
     )
     bundle = directory / "token-cert.pem"
     bundle.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -239,27 +251,10 @@ def _write_config(directory: Path, port: int, auth: str) -> Path:
 def _make_server_cert(directory: Path) -> str:
     """A self-signed certificate for 127.0.0.1, and its key: the registry's ``http.tls``."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import serialization
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    key, cert = _self_signed("127.0.0.1", san)
     (directory / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (directory / "server.key").write_bytes(
         key.private_bytes(

@@ -60,8 +60,9 @@ def layer_dir(diff_id: str, *, form: str) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def locked(path: Path, mode: int = 0o644) -> Iterator[None]:
+    """An exclusive ``flock`` on the file ``path`` (created with ``mode``), for the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -152,7 +153,7 @@ def ensure_layers(image: Image, *, form: str) -> list[Path]:
         final = layer_dir(diff_id, form=form)
         if not final.is_dir():
             final.parent.mkdir(parents=True, exist_ok=True)
-            with _locked(final.with_name(f".{final.name}.lock")):
+            with locked(final.with_name(f".{final.name}.lock")):
                 if not final.is_dir():  # another run may have unpacked it while we waited
                     _unpack(image, desc, diff_id, final, form)
         dirs.append(final / "diff")

@@ -359,8 +359,9 @@ def create(
     try:
         store = Layout.create(refs.store_layout_path())
         # The run lock, held while the container is made: `rm -f` leaves it be until then, and
-        # removes what a killed create left (a directory without container.json).
-        with _held(path / _RUN_LOCK), writing(store):  # gc keeps what containers it sees use
+        # removes what a killed create left (a directory without container.json). While it
+        # writes, gc waits, and then keeps the layers of the containers it can see.
+        with layercache.locked(path / _RUN_LOCK, 0o600), writing(store):
             form = "user" if rootless else "trusted"
             layercache.ensure_layers(img, form=form)
             for d in ("upper", "work", "rootfs"):
@@ -669,17 +670,6 @@ def run(
             # Gone already when `rm -f` removed it while it ran: the run's result stands.
             with contextlib.suppress(ContainerNotFoundError):
                 remove(str(container.path), force=True)
-
-
-@contextlib.contextmanager
-def _held(lock_path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``lock_path`` (created), for the block."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _remove_broken(path: Path, name: str) -> None:
