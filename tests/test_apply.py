@@ -44,6 +44,7 @@ def test_unpack_gives_the_image_tree(image: tuple[str, Path], tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["layers"] == 2 and result["entries"] > 5
+    assert result["manifest"] == result["manifest_digest"] == layerdiff.inspect(ref)["digest"]
     assert_same_tree(upper, tmp_path / "out")
     assert not layerdiff.incomplete_marker(tmp_path / "out").exists()
 

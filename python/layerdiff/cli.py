@@ -663,7 +663,8 @@ def unpack(
         result = layerdiff.unpack(
             image, directory, chown=chown, max_size=max_size, on_step=shown.step
         )
-    _report_apply(asdict(result), result.warnings, as_json)
+    # "manifest" as commit, squash and push name it; "manifest_digest" as the API does.
+    _report_apply({**asdict(result), "manifest": result.manifest_digest}, result.warnings, as_json)
 
 
 @cli.command(
