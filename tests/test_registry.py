@@ -1281,3 +1281,42 @@ def test_a_401_that_names_no_way_to_authenticate_says_so(tmp_path: Path) -> None
     assert done.returncode == 1
     [line] = done.stderr.splitlines()
     assert "refused access (401) and named no way to authenticate" in line, line
+
+
+def test_a_chunk_whose_answer_is_lost_ends_the_streamed_commit_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    """distribution gives an upload a new address with each chunk it takes. When the answer to
+    a chunk is lost, the old address no longer finds the upload: the commit says so, and that
+    it cannot go on, rather than quoting the registry's 404 for the status request."""
+    answered: list[str] = []
+
+    class Forgetful(_Registry):
+        def do_GET(self) -> None:
+            answered.append(f"GET {self.path}")
+            self._answer(200 if self.path == "/v2/" else 404)
+
+        def do_HEAD(self) -> None:
+            self._answer(404)
+
+        def do_POST(self) -> None:
+            self._answer(202, {"Location": "/v2/x/blobs/uploads/u1?_state=first"})
+
+        def do_PATCH(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answered.append("PATCH")
+            self.close_connection = True  # taken, and the answer lost on the way
+
+        def do_DELETE(self) -> None:
+            self._answer(404)
+
+    upper = tree(tmp_path / "t", {"f": os.urandom(1 << 20)})
+    with _serving(Forgetful) as (_, host):
+        done = run_cli(
+            "commit", "--tls-verify=false", "--progress=none", "--compression", "none",
+            "--upper", str(upper), f"docker://{host}/x:1",
+        )  # fmt: skip
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert "the answer to a chunk was lost" in line and "commit again" in line, line
+    assert answered.count("PATCH") == 1, answered

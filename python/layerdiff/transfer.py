@@ -458,7 +458,19 @@ class LayerStream:
             nonlocal tries
             tries += 1
             if tries > 1:
-                held = _upload_offset(self.reg, self.repository, self.location, self.sent)
+                try:
+                    held = _upload_offset(self.reg, self.repository, self.location, self.sent)
+                except RegistryError as e:
+                    if e.status != 404:
+                        raise
+                    # The address a registry gives changes with each chunk it takes: it took
+                    # the one whose answer was lost, and the new address went with the answer.
+                    raise RegistryError(
+                        f"{self.reg.host}: the answer to a chunk was lost, and the upload is "
+                        "no longer found at its last address (the registry may have taken the "
+                        "chunk); it cannot go on (commit again)",
+                        status=404,
+                    ) from e
                 if held != self.sent:
                     raise RegistryError(
                         f"{self.reg.host}: the upload kept {held - self.sent} bytes of a failed "
