@@ -10,6 +10,7 @@ import errno
 import fcntl
 import json
 import os
+import platform
 import pty
 import select
 import signal
@@ -519,6 +520,47 @@ def test_the_command_cannot_make_namespaces(image: str, store_home: Path, user: 
     done = sh(image, script, "-u", user)
     assert done.stdout.split() == ["1", "1", "forked"], done.stderr
     assert done.stderr.count("Operation not permitted") == 2, done.stderr
+
+
+_I386_PROGRAM = """
+.globl _start
+_start:
+    mov $4, %eax            # write(1, hello, 6)
+    mov $1, %ebx
+    mov $hello, %ecx
+    mov $6, %edx
+    int $0x80
+    mov $310, %eax          # unshare(CLONE_NEWUSER)
+    mov $0x10000000, %ebx
+    int $0x80
+    mov %eax, %ebx          # exit(-result): the errno, or 0
+    neg %ebx
+    mov $1, %eax
+    int $0x80
+hello:
+    .ascii "hello\\n"
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="an i386 program on an x86-64 host")
+def test_a_32_bit_program_runs_and_is_filtered_as_a_64_bit_one(
+    image: str, store_home: Path, tmp_path: Path
+) -> None:
+    """docker runs i386 programs in x86-64 containers: the seccomp filter knows their numbers,
+    refusing the same calls (here a user namespace), and does not kill them."""
+    source = tmp_path / "p.s"
+    source.write_text(_I386_PROGRAM)
+    tree = tmp_path / "t"
+    (tree / "bin").mkdir(parents=True)
+    built = subprocess.run(
+        f"as --32 -o {tmp_path}/p.o {source} && ld -m elf_i386 -o {tree}/bin/i386 {tmp_path}/p.o",
+        shell=True, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if built.returncode != 0:
+        pytest.skip(f"cannot build an i386 program here: {built.stderr.strip()}")
+    layerdiff.commit(tree, base=image, image="i386:1")
+    done = run_cli("run", "--rm", "i386:1", "/bin/i386")
+    assert (done.returncode, done.stdout) == (errno.EPERM, "hello\n"), done.stderr
 
 
 def test_the_commands_umask_is_dockers_whatever_the_callers(image: str, store_home: Path) -> None:
