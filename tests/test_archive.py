@@ -496,8 +496,16 @@ def test_load_of_an_archive_of_several_images_loads_them_all(tmp_path: Path) -> 
         with tarfile.open(tmp_path / name) as tar:
             tar.extractall(both, filter="data")
         entries += json.loads((both / "manifest.json").read_text())
-    entries.append({**entries[0], "RepoTags": None})  # base again, by its ID
+    entries.append({**entries[1], "RepoTags": None})  # app again, by its ID
     (both / "manifest.json").write_text(json.dumps(entries))
+    untagged_only = tmp_path / "untagged"
+    untagged_only.mkdir()
+    with tarfile.open(tmp_path / "b.tar") as tar:
+        tar.extractall(untagged_only, filter="data")
+    [app_entry] = json.loads((untagged_only / "manifest.json").read_text())
+    (untagged_only / "manifest.json").write_text(json.dumps([{**app_entry, "RepoTags": None}]))
+    lone = tmp_path / "lone.tar"
+    subprocess.run(["tar", "-C", str(untagged_only), "-cf", str(lone), "."], check=True)
     archive = tmp_path / "both.tar"
     subprocess.run(["tar", "-C", str(both), "-cf", str(archive), "."], check=True)
 
@@ -509,9 +517,23 @@ def test_load_of_an_archive_of_several_images_loads_them_all(tmp_path: Path) -> 
     loaded = json.loads(done.stdout)
     assert [r["images"] for r in loaded] == [["team/base:1"], ["team/app:1"], []]
     names = {f"{i.name}:{i.tag}" for i in layerdiff.images()}
-    assert {"team/base:1", "team/app:1", "picked:1", "<none>:<none>"} <= names
-    untagged = [i for i in layerdiff.images() if i.tag == "<none>"]
-    assert [i.digest for i in untagged] == [loaded[2]["manifest_digest"]]
+    assert {"team/base:1", "team/app:1", "picked:1"} <= names
+    # Loaded by its ID where a name holds it already, it is not listed a second time.
+    assert [i for i in layerdiff.images() if i.tag == "<none>"] == []
     with pytest.raises(layerdiff.ImageNotFoundError, match="holds 3 images"):
         layerdiff.load(archive)
+    for name in ("team/app:1", "picked:1"):
+        assert run_cli("rmi", "--no-prune", name).returncode == 0
+    done = run_cli("load", str(lone))
+    assert (done.returncode, done.stdout.split()[0]) == (0, "<none>"), done.stderr
+    untagged = [i for i in layerdiff.images() if i.tag == "<none>"]
+    assert [i.digest for i in untagged] == [loaded[2]["manifest_digest"]]
+    assert layerdiff.fsck().ok
+    # rmi takes an untagged image by its digest, as images shows it (docker's image ID).
+    short = untagged[0].digest.removeprefix("sha256:")[:12]
+    done = run_cli("rmi", short)
+    assert done.returncode == 0, done.stderr
+    assert f"deleted the untagged image {untagged[0].digest}" in done.stdout
+    assert [i for i in layerdiff.images() if i.tag == "<none>"] == []
+    assert run_cli("rmi", short).returncode == 1  # gone
     assert layerdiff.fsck().ok

@@ -486,20 +486,35 @@ Examples:
     "--no-prune", is_flag=True, help="Only remove the names; leave the blobs for a later gc."
 )
 def rmi(images: tuple[str, ...], no_prune: bool) -> None:
-    """Remove image names (like docker rmi), then the blobs no other name reaches."""
+    """Remove image names (like docker rmi), then the blobs no other name reaches. An untagged
+    image goes by its digest, as images shows it (12 hex digits or more)."""
+    from layerdiff.errors import ImageNotFoundError, InvalidReferenceError
     from layerdiff.refs import LayoutRef, parse_layout_reference
-    from layerdiff.tags import tag_to_remove
+    from layerdiff.tags import remove_untagged, tag_to_remove, untagged_image
 
     # Every name is checked before any goes (a broken image's name goes too); a name given
-    # twice, in any spelling (t, t:latest, a relative or absolute oci: path), goes once.
+    # twice, in any spelling (t, t:latest, a relative or absolute oci: path), goes once. An
+    # untagged image of the store goes by its digest, as `images` shows it.
     refs: dict[tuple[object, str], LayoutRef] = {}
-    for ref in map(parse_layout_reference, images):
-        refs.setdefault(tag_to_remove(ref), ref)
+    untagged: dict[tuple[object, str], str] = {}
+    for text in images:
+        try:
+            ref = parse_layout_reference(text)
+            refs.setdefault(tag_to_remove(ref), ref)
+        except (ImageNotFoundError, InvalidReferenceError):
+            found = untagged_image(text)
+            if found is None:
+                raise
+            untagged.setdefault(found, text)
     layouts: dict[str, str | None] = {}
     for (layout, _), ref in refs.items():
         digest = layerdiff.untag(ref)
         click.echo(f"untagged {ref.text} ({digest})")
         layouts[str(layout)] = None if ref.in_store else f"oci:{layout}"
+    for (layout, digest), _ in untagged.items():
+        remove_untagged(str(layout), digest)
+        click.echo(f"deleted the untagged image {digest}")
+        layouts[str(layout)] = None
     if no_prune:
         return
     for target in layouts.values():

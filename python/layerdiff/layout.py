@@ -453,12 +453,12 @@ class Layout:
 
     def add_untagged(self, descriptor: Descriptor) -> None:
         """List ``descriptor`` in the index without a tag (``docker load`` of an untagged
-        image), unless an untagged entry of that digest is there already."""
+        image), unless the index lists its digest already, tagged or not."""
         check_digest(descriptor["digest"])
         entry = {k: v for k, v in descriptor.items() if k != "annotations"}
 
         def change(ms: list[Descriptor]) -> list[Descriptor]:
-            known = any(m.get("digest") == entry["digest"] and _tag_of(m) is None for m in ms)
+            known = any(m.get("digest") == entry["digest"] for m in ms)
             return ms if known else [*ms, entry]
 
         self.update_index(change)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from layerdiff import refs
@@ -12,7 +13,7 @@ from layerdiff.catalog import index_tag, load_image, require_blob
 from layerdiff.errors import ImageNotFoundError
 from layerdiff.layout import REF_NAME, Descriptor, Layout, writing
 
-__all__ = ["named", "tag", "tag_to_remove", "untag"]
+__all__ = ["named", "remove_untagged", "tag", "tag_to_remove", "untag", "untagged_image"]
 
 
 def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
@@ -86,3 +87,38 @@ def _tag_to_remove(ref: refs.LayoutRef) -> tuple[Layout, str, Descriptor]:
     if name not in layout.tags():  # NAME@DIGEST finds a tagged image, but is no name of it
         raise ImageNotFoundError(f"image not found: {ref.text} (no such name)")
     return layout, name, descriptor
+
+
+_IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
+
+
+def untagged_image(text: str) -> tuple[Path, str] | None:
+    """The store's untagged image that ``text`` names by its digest, as ``images`` shows it
+    (12 hex digits or more, ``sha256:`` optional): (the store's real path, the digest). None
+    when ``text`` is no such prefix or names nothing untagged; ImageNotFoundError when it
+    names several."""
+    found = _IMAGE_ID.fullmatch(text)
+    path = refs.store_layout_path()
+    if found is None or not (path / "index.json").is_file():
+        return None
+    prefix = "sha256:" + found.group(1)
+    matches = {
+        str(m["digest"])
+        for m in Layout.open(path).manifests()
+        if _untagged(m) and str(m.get("digest", "")).startswith(prefix)
+    }
+    if len(matches) > 1:
+        raise ImageNotFoundError(f"{text}: names {len(matches)} untagged images; give more of it")
+    return (Path(os.path.realpath(path)), matches.pop()) if matches else None
+
+
+def remove_untagged(layout: str | os.PathLike[str], digest: str) -> None:
+    """Drop the untagged entries of ``digest`` from the layout's index (its blobs stay until
+    ``gc``)."""
+    Layout.open(layout).update_index(
+        lambda ms: [m for m in ms if not (_untagged(m) and m.get("digest") == digest)]
+    )
+
+
+def _untagged(desc: Descriptor) -> bool:
+    return REF_NAME not in (desc.get("annotations") or {})
