@@ -103,30 +103,48 @@ fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
         .map_err(|e| format!("entering {}: {e}", spec.layers_dir.display()))?;
     match mount_overlay_by_parts(spec) {
         Ok(()) => Ok(()),
-        // Before Linux 6.8 (no "lowerdir+"), 5.2 (no fsopen), or refused by a seccomp profile.
-        Err(Some(e)) if e != rustix::io::Errno::NOSYS && e != rustix::io::Errno::PERM => {
-            Err(overlay_error(&spec.rootfs, e))
-        }
-        Err(_) => mount_overlay_at_once(spec),
+        Err(None) => mount_overlay_at_once(spec),
+        Err(Some(e)) => Err(overlay_error(&spec.rootfs, e)),
     }
 }
 
-/// Through the file-system context API, one layer at a time (`lowerdir+`, Linux 6.8): as
-/// many layers as overlayfs stacks (500), whatever their paths. `Err(None)`: this kernel
-/// lacks the API or the key, try [`mount_overlay_at_once`] (which reports a real EINVAL
-/// itself); `Err(Some)`: the mount failed.
+/// Whether overlayfs takes its options one by one, `lowerdir+` included (Linux 6.8), through
+/// the file-system context API. Not before 5.2 (no `fsopen`), nor under a profile that
+/// refuses it; not before 6.5 either, where overlayfs still took its options through the
+/// legacy parser, which accepts any key (and fails only at the end): a key no kernel knows
+/// tells it.
+fn overlay_by_parts() -> Result<bool, rustix::io::Errno> {
+    use rustix::io::Errno;
+    use rustix::mount::{FsOpenFlags, fsconfig_set_string, fsopen};
+    let fs = match fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
+        Ok(fs) => fs,
+        Err(Errno::NOSYS | Errno::PERM) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if fsconfig_set_string(&fs, "layerdiff-probe", "1").is_ok() {
+        return Ok(false); // the legacy parser
+    }
+    // Before 6.8 the key itself is unknown.
+    match fsconfig_set_string(&fs, "lowerdir+", ".") {
+        Err(Errno::INVAL) => Ok(false),
+        _ => Ok(true),
+    }
+}
+
+/// Through the file-system context API, one layer at a time (`lowerdir+`): as many layers as
+/// overlayfs stacks (500), whatever their paths. `Err(None)`: this kernel cannot, try
+/// [`mount_overlay_at_once`]; `Err(Some)`: the mount failed.
 fn mount_overlay_by_parts(spec: &ContainerSpec) -> Result<(), Option<rustix::io::Errno>> {
     use rustix::mount::{
         FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
         fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
     };
-    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| {
-        (e != rustix::io::Errno::NOSYS && e != rustix::io::Errno::PERM).then_some(e)
-    })?;
-    for (i, lower) in spec.lowers.iter().enumerate() {
-        // An old kernel refuses the key itself, on the first layer.
-        fsconfig_set_string(&fs, "lowerdir+", lower.as_str())
-            .map_err(|e| (i > 0 || e != rustix::io::Errno::INVAL).then_some(e))?;
+    if !overlay_by_parts().map_err(Some)? {
+        return Err(None);
+    }
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(Some)?;
+    for lower in &spec.lowers {
+        fsconfig_set_string(&fs, "lowerdir+", lower.as_str()).map_err(Some)?;
     }
     fsconfig_set_string(&fs, "upperdir", &spec.upper).map_err(Some)?;
     fsconfig_set_string(&fs, "workdir", &spec.work).map_err(Some)?;
@@ -137,9 +155,7 @@ fn mount_overlay_by_parts(spec: &ContainerSpec) -> Result<(), Option<rustix::io:
         }
         .map_err(Some)?;
     }
-    // Before Linux 6.5 overlayfs took its options through the legacy parser, which accepts
-    // any key and fails only here: EINVAL is then a "lowerdir+" it does not know.
-    fsconfig_create(&fs).map_err(|e| (e != rustix::io::Errno::INVAL).then_some(e))?;
+    fsconfig_create(&fs).map_err(Some)?;
     let mnt = fsmount(
         &fs,
         FsMountFlags::FSMOUNT_CLOEXEC,
