@@ -84,8 +84,6 @@ def _tag_to_remove(ref: refs.LayoutRef) -> tuple[Layout, str, Descriptor]:
         name = (descriptor.get("annotations") or {}).get(REF_NAME)
         if not isinstance(name, str):
             raise ImageNotFoundError(f"{ref.text}: the image has no tag to remove")
-    if name not in layout.tags():  # NAME@DIGEST finds a tagged image, but is no name of it
-        raise ImageNotFoundError(f"image not found: {ref.text} (no such name)")
     return layout, name, descriptor
 
 
