@@ -888,17 +888,13 @@ def load(file: str, image: str | None, as_json: bool) -> None:
     An archive of several images loads them all, each as its tags, as docker load does; name
     one (docker-archive:FILE:NAME:TAG) to load it alone or as IMAGE.
     """
-    named = file.startswith("docker-archive:")
-    if image is None and not named:
+    if image is None and not file.startswith("docker-archive:"):
         results = layerdiff.load_all(file)
-        if as_json:
-            _emit_json(asdict(results[0]) if len(results) == 1 else [asdict(r) for r in results])
-            return
     else:
         results = (layerdiff.load(file, image),)
-        if as_json:
-            _emit_json(asdict(results[0]))
-            return
+    if as_json:
+        _emit_json(asdict(results[0]) if len(results) == 1 else [asdict(r) for r in results])
+        return
     for result in results:
         for name in result.images or ("<none>",):  # untagged, as docker images shows it
             click.echo(f"{name} {result.manifest_digest}")
