@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 
 
-@contextmanager
-def lowers_mounted(lowers: Sequence[Path], merged: Path) -> Iterator[Path]:
-    """``lowers`` (top first) mounted read-only at ``merged``, made here, and unmounted after;
-    the test is skipped where overlayfs cannot be mounted."""
-    merged.mkdir()
-    opts = "lowerdir=" + ":".join(str(d) for d in lowers)
+def mount_or_skip(opts: str, merged: Path) -> None:
+    """Mount overlayfs with ``opts`` at ``merged``; skip the test where it cannot be."""
     mount = subprocess.run(
         ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
         capture_output=True,
@@ -23,7 +19,15 @@ def lowers_mounted(lowers: Sequence[Path], merged: Path) -> Iterator[Path]:
         check=False,
     )
     if mount.returncode != 0:
-        pytest.skip(f"cannot mount overlayfs here: {mount.stderr.strip()}")
+        pytest.skip(f"cannot mount overlayfs here ({opts}): {mount.stderr.strip()}")
+
+
+@contextmanager
+def lowers_mounted(lowers: Sequence[Path], merged: Path) -> Iterator[Path]:
+    """``lowers`` (top first) mounted read-only at ``merged``, made here, and unmounted after;
+    the test is skipped where overlayfs cannot be mounted."""
+    merged.mkdir()
+    mount_or_skip("lowerdir=" + ":".join(str(d) for d in lowers), merged)
     try:
         yield merged
     finally:

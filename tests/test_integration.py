@@ -24,6 +24,7 @@ from layerdiff.image import canonical_json
 from layerdiff.layout import Layout
 from tests import seccomp
 from tests.conftest import run_cli
+from tests.overlays import mount_or_skip
 from tests.refapply import apply_layer
 from tests.treecmp import assert_same_tree
 
@@ -833,14 +834,7 @@ def mount_overlay(tmp_path: Path, lower: Path, options: str = "") -> tuple[Path,
     for d in (upper, work, merged):
         d.mkdir()
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}" + (f",{options}" if options else "")
-    mount = subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount overlayfs here ({opts}): {mount.stderr.strip()}")
+    mount_or_skip(opts, merged)
     return upper, merged
 
 
