@@ -19,6 +19,7 @@ use crate::cancel::Cancel;
 use crate::decompress::with_decompressed;
 use crate::entry::{Timestamp, base_name, join, os_path, parent};
 use crate::error::{Error, Result};
+use crate::lower::{self, Lowers};
 use crate::root::{self, Root};
 use crate::tar::reader::{EntryKind, Header, TarReader};
 use crate::whiteout::{
@@ -46,6 +47,12 @@ pub struct ApplyOptions {
     pub userxattr: bool,
     /// Limit on the uncompressed size of the layer stream.
     pub max_size: u64,
+    /// In overlay form, the directories of the layers below this one (top first), in the
+    /// same form: what the layer passes through that only they hold is copied up (see
+    /// [`crate::lower`]), so that the merged tree is the layers applied in order. Whiteouts
+    /// and opaque markers are then written only where they hide something below. `None`:
+    /// the layer is applied by itself, its parents made up where it has no entry for them.
+    pub lowers: Option<Vec<std::path::PathBuf>>,
 }
 
 impl Default for ApplyOptions {
@@ -55,6 +62,7 @@ impl Default for ApplyOptions {
             overlay: false,
             userxattr: false,
             max_size: DEFAULT_MAX_SIZE,
+            lowers: None,
         }
     }
 }
@@ -137,9 +145,14 @@ pub fn apply_layer<R: Read + Send>(
             limit: opts.max_size,
         };
         let mut reader = TarReader::new(stream);
+        let lowers = match (&opts.lowers, opts.overlay) {
+            (Some(dirs), true) => Some(Lowers::open(dirs, opts.userxattr)?),
+            _ => None,
+        };
         let mut state = Applier {
             root,
             opts,
+            lowers,
             created: HashSet::new(),
             hidden: Vec::new(),
             opaque: Vec::new(),
@@ -206,6 +219,8 @@ pub fn clean_path(name: &[u8], entry: &str) -> Result<Vec<u8>> {
 struct Applier<'a> {
     root: &'a Root,
     opts: &'a ApplyOptions,
+    /// The layers below, when applied over them in overlay form.
+    lowers: Option<Lowers>,
     /// Paths this layer wrote, and every ancestor of them: what whiteouts must not remove.
     created: HashSet<Vec<u8>>,
     /// Paths hidden by whiteouts, carried out at the end.
@@ -317,7 +332,7 @@ impl Applier<'_> {
         let (dir, real_parent) = match self.parent.take() {
             Some((p, fd, real)) if p == parent(&path) => (fd, real),
             _ => {
-                let fd = self.root.create_dir_all(parent(&path)).map_err(io)?;
+                let fd = self.dir_for_entry(parent(&path)).map_err(io)?;
                 let real = self.real_path(&fd, parent(&path));
                 (fd, real)
             }
@@ -343,6 +358,11 @@ impl Applier<'_> {
                     Mode::empty(),
                 )
                 .map_err(|e| io(e.into()))?;
+                if self.opts.overlay && found.is_some_and(|t| t != FileType::Directory) {
+                    // What this layer wrote here before replaced whatever lay below: in
+                    // overlay form the new directory must not merge with a lower one.
+                    self.set_opaque(&fd, name)?;
+                }
                 self.owner_and_xattrs_fd(&fd, meta, name)?;
                 drop_stale_xattrs(&fd, meta, name)?;
                 self.dirs.push(DirMeta {
@@ -406,14 +426,30 @@ impl Applier<'_> {
                 if target.is_empty() {
                     return Err(bad(name, "hardlink to the root directory"));
                 }
-                let tdir = self.root.open_dir(parent(&target)).map_err(|e| {
-                    bad(
-                        name,
-                        format!("hardlink target {}: {e}", String::from_utf8_lossy(&target)),
-                    )
-                })?;
+                let tdir = self
+                    .merged_path(parent(&target))
+                    .and_then(|p| {
+                        let dir = self.root.open_dir(&p)?;
+                        self.copy_up_link_target(&dir, &p, base_name(&target))?;
+                        Ok(dir)
+                    })
+                    .map_err(|e| {
+                        bad(
+                            name,
+                            format!("hardlink target {}: {e}", String::from_utf8_lossy(&target)),
+                        )
+                    })?;
                 let tname = base_name(&target);
-                match root::type_at(&tdir, tname).map_err(io)? {
+                let mut found = root::type_at(&tdir, tname).map_err(io)?;
+                if let (None, Some(lowers)) = (found, &self.lowers) {
+                    // Not copied up: a directory, or nothing.
+                    let real = join(&self.real_path(&tdir, parent(&target)), tname);
+                    found = self
+                        .lower_lookup(lowers, &real)
+                        .map_err(io)?
+                        .map(|f| f.kind());
+                }
+                match found {
                     None if self.skipped_devices.contains(&target) => {
                         self.stats.warnings.push(format!(
                             "{name}: hardlink to device node {} skipped (not permitted)",
@@ -632,14 +668,30 @@ impl Applier<'_> {
     /// Carry out whiteouts and opaque markers, then directory modes and mtimes (deepest first,
     /// so later changes inside do not disturb them).
     fn finish(&mut self) -> Result<()> {
-        for path in std::mem::take(&mut self.hidden) {
-            let written_here = self.hide(&path, &path)?;
+        for name in std::mem::take(&mut self.hidden) {
+            // Over lower layers, the whiteout acts where its parent leads in the merged tree.
+            let path = match self.merged_path(parent(&name)) {
+                Ok(dir) => join(&dir, base_name(&name)),
+                // Through a file: nothing there to hide, as on one directory.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                Err(e) => return Err(bad(&String::from_utf8_lossy(&name), e.to_string())),
+            };
+            let written_here = self.hide(&path, &name)?;
             if self.opts.overlay && !written_here {
                 self.overlay_whiteout(&path)?;
+            } else if self.opts.overlay {
+                // A directory this layer writes into and whites out keeps only what the
+                // layer wrote in it: in overlay form, an opaque directory.
+                self.overlay_opaque_if_dir(&path)?;
             }
         }
-        for dir in std::mem::take(&mut self.opaque) {
-            self.hide_children(&dir, &dir)?;
+        for name in std::mem::take(&mut self.opaque) {
+            let dir = match self.merged_path(&name) {
+                Ok(dir) => dir,
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                Err(e) => return Err(bad(&String::from_utf8_lossy(&name), e.to_string())),
+            };
+            self.hide_children(&dir, &name)?;
             if self.opts.overlay {
                 self.overlay_opaque(&dir)?;
             }
@@ -736,40 +788,297 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// The directory an entry at `rel/…` goes into, made where missing. Over known lower
+    /// layers, it is where `rel` leads in the merged tree ([`Self::merged_path`]).
+    fn dir_for_entry(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        if self.lowers.is_some() {
+            match self.root.open_dir(rel) {
+                // Everything on the way is in this layer: the merged tree resolves it alike.
+                Ok(fd) => return Ok(fd),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    return self.root.create_dir_all(&self.merged_path(rel)?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.root.create_dir_all(rel)
+    }
+
+    /// The directory at `rel` if there is one, `None` when it is missing or not a directory.
+    fn existing_dir(&self, rel: &[u8], what: &str) -> Result<Option<OwnedFd>> {
+        match self.root.open_dir(rel) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
+            Err(e) => Err(bad(what, e.to_string())),
+        }
+    }
+
+    /// Over known lower layers: where `rel` leads in the merged tree, every symbolic link on
+    /// the way followed (the last component's too), whether this layer or a lower one holds
+    /// it; the directories on the way that only lower layers hold are copied up, so the path
+    /// can be opened in this layer's directory. Links are never copied up: as with overlayfs,
+    /// passing through one leaves it where it is (a hardlink to it stays one). From the first
+    /// component that the merged tree does not hold, the rest of `rel` is left as it is, to be
+    /// made as [`Root::create_dir_all`] makes it. Without lower layers: `rel` itself.
+    fn merged_path(&self, rel: &[u8]) -> io::Result<Vec<u8>> {
+        let Some(lowers) = &self.lowers else {
+            return Ok(rel.to_vec());
+        };
+        let mut todo: std::collections::VecDeque<Vec<u8>> =
+            rel.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+        let mut cur: Vec<u8> = Vec::new();
+        let mut links = 0;
+        while let Some(comp) = todo.pop_front() {
+            match comp.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    cur = parent(&cur).to_vec();
+                    continue;
+                }
+                _ => {}
+            }
+            let dir = self.root.open_dir(&cur)?;
+            let path = join(&cur, &comp);
+            let (kind, target) = match root::type_at(&dir, &comp)? {
+                Some(FileType::Symlink) => (
+                    FileType::Symlink,
+                    Some(rustix::fs::readlinkat(&dir, os_path(&comp), Vec::new())?),
+                ),
+                Some(kind) => (kind, None),
+                None => match self.lower_lookup(lowers, &path)? {
+                    Some(found) if found.kind() == FileType::Directory => {
+                        lower::copy_up(&found, &comp, &dir, self.opts.chown)?;
+                        (FileType::Directory, None)
+                    }
+                    Some(found) if found.kind() == FileType::Symlink => (
+                        FileType::Symlink,
+                        Some(rustix::fs::readlinkat(
+                            &found.parent,
+                            os_path(&comp),
+                            Vec::new(),
+                        )?),
+                    ),
+                    Some(found) => (found.kind(), None),
+                    None => {
+                        // Nothing here: the rest is made, as it would be on one directory.
+                        let mut out = path;
+                        for c in todo {
+                            out = join(&out, &c);
+                        }
+                        return Ok(out);
+                    }
+                },
+            };
+            match (kind, target) {
+                (FileType::Directory, _) => cur = path,
+                (FileType::Symlink, Some(target)) => {
+                    links += 1;
+                    if links > root::MAX_LINKS {
+                        return Err(rustix::io::Errno::LOOP.into());
+                    }
+                    let target = target.as_bytes();
+                    if target.starts_with(b"/") {
+                        cur.clear();
+                    }
+                    for c in target.split(|&b| b == b'/').rev() {
+                        todo.push_front(c.to_vec());
+                    }
+                }
+                // Every caller needs a directory here.
+                _ => return Err(rustix::io::Errno::NOTDIR.into()),
+            }
+        }
+        Ok(cur)
+    }
+
+    /// What the lower layers show at the real path `real` through this layer's directory:
+    /// nothing below a directory this layer made opaque, or below anything else it holds
+    /// on the way that is not a directory.
+    fn lower_lookup(&self, lowers: &Lowers, real: &[u8]) -> io::Result<Option<lower::Found>> {
+        let mut dir = self.root.open_dir(b"")?;
+        for comp in parent(real).split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            match root::type_at(&dir, comp)? {
+                None => break, // this layer holds nothing further down
+                Some(FileType::Directory) => {}
+                Some(_) => return Ok(None),
+            }
+            dir = rustix::fs::openat(
+                &dir,
+                os_path(comp),
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            if lowers.is_opaque_dir(&dir) {
+                return Ok(None);
+            }
+        }
+        lowers.lookup(real)
+    }
+
+    /// Over known lower layers: the entry `name` of the directory `dir` (at `rel`), a
+    /// hardlink's target, is copied up if only they hold it, as overlayfs does before it
+    /// links.
+    fn copy_up_link_target(&self, dir: &OwnedFd, rel: &[u8], name: &[u8]) -> io::Result<()> {
+        let Some(lowers) = &self.lowers else {
+            return Ok(());
+        };
+        if root::type_at(dir, name)?.is_some() {
+            return Ok(());
+        }
+        let real = join(&self.real_path(dir, rel), name);
+        let found = match self.lower_lookup(lowers, &real)? {
+            Some(found) if found.kind() != FileType::Directory => found,
+            _ => return Ok(()),
+        };
+        lower::copy_up(&found, name, dir, self.opts.chown)?;
+        // The file's other names that the merged tree shows go along, linked to the copy, so
+        // that it stays one file (overlayfs without its inode index breaks such links).
+        let id = (found.stat.st_dev, found.stat.st_ino);
+        for other in lowers.other_links(&found, &real)? {
+            match self.lower_lookup(lowers, &other)? {
+                Some(f) if (f.stat.st_dev, f.stat.st_ino) == id => {}
+                _ => continue, // hidden or replaced above its layer
+            }
+            match self.merged_path(parent(&other)) {
+                Ok(p) if p == parent(&other) => {}
+                _ => continue, // reached through a link now, or not at all
+            }
+            let odir = self.root.open_dir(parent(&other))?;
+            if root::type_at(&odir, base_name(&other))?.is_none() {
+                rustix::fs::linkat(
+                    dir,
+                    os_path(name),
+                    &odir,
+                    os_path(base_name(&other)),
+                    AtFlags::empty(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     fn overlay_whiteout(&self, path: &[u8]) -> Result<()> {
         let what = String::from_utf8_lossy(path).into_owned();
-        let dir = self
-            .root
-            .create_dir_all(parent(path))
-            .map_err(|e| bad(&what, e.to_string()))?;
+        let dir = match &self.lowers {
+            Some(lowers) => {
+                // Only where the merged tree below holds something to hide.
+                let Some(dir) = self.existing_dir(parent(path), &what)? else {
+                    return Ok(());
+                };
+                let real = join(&self.real_path(&dir, parent(path)), base_name(path));
+                if self
+                    .lower_lookup(lowers, &real)
+                    .map_err(|e| bad(&what, e.to_string()))?
+                    .is_none()
+                {
+                    return Ok(());
+                }
+                dir
+            }
+            None => self
+                .root
+                .create_dir_all(parent(path))
+                .map_err(|e| bad(&what, e.to_string()))?,
+        };
+        self.make_whiteout(&dir, base_name(path), &what)
+    }
+
+    /// An overlayfs whiteout (a 0/0 character device) named `name` in `dir`.
+    fn make_whiteout(&self, dir: &OwnedFd, name: &[u8], what: &str) -> Result<()> {
         rustix::fs::mknodat(
-            &dir,
-            os_path(base_name(path)),
+            dir,
+            os_path(name),
             FileType::CharacterDevice,
             Mode::empty(),
             rustix::fs::makedev(0, 0),
         )
         .map_err(|e| {
             bad(
-                &what,
+                what,
                 format!("making overlay whiteout: {}", io::Error::from(e)),
             )
         })
     }
 
+    /// Make `path` opaque if it is a directory (never following it when it is a link).
+    fn overlay_opaque_if_dir(&self, path: &[u8]) -> Result<()> {
+        let what = String::from_utf8_lossy(path).into_owned();
+        let Some(dir) = self.existing_dir(parent(path), &what)? else {
+            return Ok(());
+        };
+        match root::type_at(&dir, base_name(path)) {
+            Ok(Some(FileType::Directory)) => {
+                let fd = rustix::fs::openat(
+                    &dir,
+                    os_path(base_name(path)),
+                    OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| bad(&what, io::Error::from(e).to_string()))?;
+                self.set_opaque(&fd, &what)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(bad(&what, e.to_string())),
+        }
+    }
+
     fn overlay_opaque(&self, dir: &[u8]) -> Result<()> {
         let what = String::from_utf8_lossy(dir).into_owned();
-        let fd = self
-            .root
-            .create_dir_all(dir)
-            .map_err(|e| bad(&what, e.to_string()))?;
+        let fd = if self.lowers.is_some() {
+            // A directory the merged tree does not hold has nothing to hide.
+            match self.existing_dir(dir, &what)? {
+                Some(fd) => fd,
+                None => return Ok(()),
+            }
+        } else {
+            self.root
+                .create_dir_all(dir)
+                .map_err(|e| bad(&what, e.to_string()))?
+        };
+        if self.real_path(&fd, dir).is_empty() {
+            self.overlay_opaque_root(&fd, &what)?;
+        }
+        self.set_opaque(&fd, &what)
+    }
+
+    /// overlayfs reads no opaque xattr on a layer's root directory: the directories at the
+    /// top of this layer are made opaque instead, and over known lower layers, what they
+    /// hold at the top that this layer does not is whited out.
+    fn overlay_opaque_root(&self, root: &OwnedFd, what: &str) -> Result<()> {
+        let fail = |e: io::Error| bad(what, e.to_string());
+        for name in root::list_dir(root).map_err(fail)? {
+            if root::type_at(root, &name).map_err(fail)? == Some(FileType::Directory) {
+                let fd = rustix::fs::openat(
+                    root,
+                    os_path(&name),
+                    OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| fail(e.into()))?;
+                self.set_opaque(&fd, what)?;
+            }
+        }
+        let Some(lowers) = &self.lowers else {
+            return Ok(());
+        };
+        for name in lowers.root_names().map_err(fail)? {
+            if root::type_at(root, &name).map_err(fail)?.is_none()
+                && self.lower_lookup(lowers, &name).map_err(fail)?.is_some()
+            {
+                self.make_whiteout(root, &name, what)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_opaque(&self, fd: &OwnedFd, what: &str) -> Result<()> {
         let key = if self.opts.userxattr {
             "user.overlay.opaque"
         } else {
             "trusted.overlay.opaque"
         };
-        rustix::fs::fsetxattr(&fd, key, b"y", XattrFlags::empty())
-            .map_err(|e| bad(&what, format!("setting {key}: {}", io::Error::from(e))))
+        rustix::fs::fsetxattr(fd, key, b"y", XattrFlags::empty())
+            .map_err(|e| bad(what, format!("setting {key}: {}", io::Error::from(e))))
     }
 }
 

@@ -891,3 +891,123 @@ fn zstd_blob_starting_with_a_skippable_frame_is_read() {
     apply_bytes(t.path(), &blob).unwrap();
     assert_eq!(tree(t.path()), vec!["f = content"]);
 }
+
+/// Each of `layers` applied in overlay form into a directory of its own under `base`, over
+/// the ones before it: their directories, bottom first.
+fn stacked(base: &Path, layers: &[&[M<'_>]]) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    for (i, members) in layers.iter().enumerate() {
+        let dir = base.join(format!("layer{i}"));
+        let r = Root::open(&dir).unwrap();
+        let opts = ApplyOptions {
+            overlay: true,
+            lowers: Some(dirs.iter().rev().cloned().collect()),
+            ..ApplyOptions::default()
+        };
+        apply_layer(&r, &layer(members)[..], &opts, &crate::cancel::NEVER).unwrap();
+        dirs.push(dir);
+    }
+    dirs
+}
+
+#[test]
+fn over_its_lowers_an_entry_goes_through_their_links_and_copies_up_their_dirs() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root for chown, mknod and trusted xattrs");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dirs = stacked(
+        t.path(),
+        &[
+            &[
+                M::DirMode("usr", 0o750),
+                M::DirMode("usr/lib", 0o711),
+                M::File("usr/lib/a", b"a"),
+                M::Sym("lib", "usr/lib"),
+                M::Sym("dangling", "nowhere/x"),
+            ],
+            &[
+                M::File("lib/b", b"b"),
+                // A whiteout through the link hides the lower file where the link leads; one
+                // through a link to nothing, or of nothing, makes nothing.
+                M::File("lib/.wh.a", b""),
+                M::File("dangling/.wh.z", b""),
+                M::File(".wh.none", b""),
+            ],
+        ],
+    );
+    // The link is not copied up (it stays one, below); the directories it leads through are,
+    // with their modes.
+    let names = |p: &str| {
+        let mut v: Vec<String> = fs::read_dir(dirs[1].join(p))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(""), ["usr"]);
+    assert_eq!(names("usr"), ["lib"]);
+    assert_eq!(names("usr/lib"), ["a", "b"]);
+    assert_eq!(fs::read(dirs[1].join("usr/lib/b")).unwrap(), b"b");
+    let md = |p: &str| fs::symlink_metadata(dirs[1].join(p)).unwrap();
+    assert_eq!(md("usr").mode() & 0o7777, 0o750);
+    assert_eq!(md("usr/lib").mode() & 0o7777, 0o711);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(md("usr/lib/a").file_type().is_char_device() && md("usr/lib/a").rdev() == 0);
+}
+
+#[test]
+fn over_its_lowers_a_hardlink_copies_up_its_target_with_its_other_names() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root for chown and mknod");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dirs = stacked(
+        t.path(),
+        &[
+            &[
+                M::Dir("bin"),
+                M::FileMode("bin/busybox", b"bb", 0o4755),
+                M::Link("bin/sh", "bin/busybox"),
+            ],
+            &[M::Link("bin/ash", "bin/busybox")],
+        ],
+    );
+    assert_eq!(
+        tree(&dirs[1]),
+        ["bin/", "bin/ash = bb", "bin/busybox = bb", "bin/sh = bb"]
+    );
+    let md = |p: &str| fs::symlink_metadata(dirs[1].join(p)).unwrap();
+    assert_eq!(md("bin/busybox").nlink(), 3);
+    assert_eq!(md("bin/ash").ino(), md("bin/sh").ino());
+    assert_eq!(md("bin/busybox").mode() & 0o7777, 0o4755);
+    assert_eq!(md("bin/busybox").mtime(), 1_000_000);
+}
+
+#[test]
+fn over_its_lowers_an_opaque_directory_hides_them_below_it() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root for trusted xattrs");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dirs = stacked(
+        t.path(),
+        &[
+            &[M::Dir("a"), M::Dir("a/c"), M::File("a/c/d", b"d")],
+            // a/c is not copied up under the opaque a; nor is anything an entry of the layer
+            // reaches below a directory it replaced.
+            &[
+                M::File("a/.wh..wh..opq", b""),
+                M::File("a/c/.wh..wh..opq", b""),
+            ],
+        ],
+    );
+    assert_eq!(tree(&dirs[1]), ["a/"]);
+    let mut buf = [0u8; 2];
+    let n = rustix::fs::getxattr(dirs[1].join("a"), "trusted.overlay.opaque", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"y");
+}

@@ -17,6 +17,7 @@ pub mod entry;
 pub mod error;
 pub mod incompressible;
 pub mod layer;
+pub mod lower;
 pub mod members;
 pub mod root;
 pub mod squash;

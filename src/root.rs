@@ -164,7 +164,7 @@ impl Root {
 }
 
 /// Most symbolic links followed to make one directory (the kernel's own limit on a lookup).
-const MAX_LINKS: u32 = 40;
+pub(crate) const MAX_LINKS: u32 = 40;
 
 /// The type of `name` in `dir`, without following it; `None` when absent.
 pub fn type_at(dir: impl AsFd, name: &[u8]) -> io::Result<Option<FileType>> {

@@ -34,6 +34,7 @@ from layerdiff.layout import Layout
 from tests import seccomp
 from tests.conftest import run_cli
 from tests.containers import busybox_rootfs
+from tests.stacks import F, H, layer_tar, load_layers
 
 pytestmark = pytest.mark.root
 
@@ -750,6 +751,33 @@ def test_parallel_runs_share_the_layer_cache(image: str, store_home: Path) -> No
     assert cached[0].stat().st_ino == inode  # warm: used, not unpacked again
 
 
+def test_a_layer_reaching_into_an_earlier_one_runs_as_unpacked(
+    store_home: Path, tmp_path: Path
+) -> None:
+    """A layer made by tar over a merged-/usr base writes lib/b, through the base's /lib link,
+    and hard-links a file of the base: `run` shows what `unpack` gives (the layer cache
+    applies it over the layers below), not a /lib directory holding b alone."""
+    root = busybox_rootfs(tmp_path / "rootfs")
+    (root / "usr" / "lib").mkdir(parents=True)
+    (root / "usr" / "lib" / "a").write_text("a\n")
+    (root / "lib").symlink_to("usr/lib")
+    base = layerdiff.write_layer(root, dest=tmp_path / "blobs", compression="none")
+    top = layer_tar([F("lib/b", b"b\n"), H("bin/sh2", "bin/busybox")])
+    load_layers(tmp_path, "reaching:1", [base.path.read_bytes(), top])
+    script = (
+        "readlink /lib; ls /lib; cat /usr/lib/b; "
+        "[ /bin/sh2 -ef /bin/busybox ] && echo linked; stat -c %h /bin/busybox"
+    )
+    done = sh("reaching:1", script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["usr/lib", "a", "b", "b", "linked", "2"]
+    unpacked = tmp_path / "unpacked"
+    layerdiff.unpack("reaching:1", unpacked)
+    assert os.readlink(unpacked / "lib") == "usr/lib"
+    assert sorted(os.listdir(unpacked / "usr/lib")) == ["a", "b"]
+    assert os.path.samefile(unpacked / "bin/sh2", unpacked / "bin/busybox")
+
+
 def test_python_api_run(image: str, store_home: Path) -> None:
     result = runtime.run(image, ["sh", "-c", "exit 3"], name="api")
     assert result.exit_code == 3 and result.error is None
@@ -783,7 +811,7 @@ def test_gc_keeps_what_containers_use_and_removes_the_rest(image: str, store_hom
     runtime.remove("keeper")
     report = layerdiff.gc()
     left = sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
-    kept = load_image("kept:1").config["rootfs"]["diff_ids"]
+    kept = layercache.chain_ids(load_image("kept:1").config["rootfs"]["diff_ids"])
     assert left == sorted({d.removeprefix("sha256:") for d in kept} & set(left))
     assert report.layers >= 1
     assert layerdiff.fsck().ok
@@ -795,7 +823,7 @@ def test_fsck_checks_the_layer_cache_and_containers(image: str, store_home: Path
     layer = c.layer_dirs()[0].parent
     (layer / "layer.json").write_text('{"diff_id": "sha256:' + "0" * 64 + '"}')
     report = layerdiff.fsck()
-    wrong = f"holds diff_id sha256:{'0' * 64}, not {layer.name}"
+    wrong = f"holds layer sha256:{'0' * 64}, not {layer.name}"
     assert [p.what for p in report.problems] == [wrong]
     layercache.remove_tree(layer)
     done = run_cli("fsck")

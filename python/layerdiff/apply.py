@@ -76,6 +76,7 @@ def apply(
     overlay: bool = False,
     userxattr: bool | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
+    lowers: Sequence[StrPath] | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> ApplyResult:
     """Apply layer blobs (tar, tar+gzip, tar+zstd: detected) in order onto the directory ``root``
@@ -85,11 +86,29 @@ def apply(
     writes overlayfs upper-dir form (whiteouts as 0/0 character devices, opaque directories as
     an xattr: ``user.overlay.opaque`` when ``userxattr``, default when not root). ``on_step``
     is called with a short message as each blob starts (for progress output).
+
+    ``lowers`` (with ``overlay``): the directories of the layers below, top first, in the same
+    form. What the layers pass through that only those hold (a symbolic link of theirs, the
+    target of a hardlink, a parent directory) is copied up, as overlayfs copies up on a write,
+    and whiteouts are made only where they hide something: mounted over ``lowers``, ``root``
+    then shows what applying every layer in order onto one directory gives. Without them a
+    layer is applied by itself, as docker's overlay2 stores it: an entry through an earlier
+    layer's symbolic link makes a directory in the link's place.
     """
     if isinstance(layers, (str, os.PathLike)):
         layers = [layers]  # one blob: a str is a Sequence too, of characters
     check_int("max_size", max_size, 1, 2**64 - 1)
     _check_target(root)
+    if lowers is not None:
+        if isinstance(lowers, (str, os.PathLike)):
+            raise InvalidArgumentError("lowers is a sequence of directories, not one path")
+        if not overlay:
+            raise InvalidArgumentError("lower directories are only for overlay form (overlay=True)")
+        for d in lowers:
+            if not os.path.isdir(d):
+                raise LayerdiffOSError(
+                    errno.ENOTDIR, "lower layer is not a directory", os.fspath(d)
+                )
     chown = _privileged() if chown is None else chown
     userxattr = (not _privileged()) if userxattr is None else userxattr
     entries = total = 0
@@ -105,7 +124,13 @@ def apply(
                 raise LayerdiffOSError(errno.EINVAL, "not a regular file", os.fspath(blob))
             with _naming(f"layer {os.fspath(blob)}"):
                 n, size, warn = _core.apply_layer(
-                    root, blob, chown=chown, overlay=overlay, userxattr=userxattr, max_size=max_size
+                    root,
+                    blob,
+                    chown=chown,
+                    overlay=overlay,
+                    userxattr=userxattr,
+                    max_size=max_size,
+                    lowers=None if lowers is None else list(lowers),
                 )
             entries += n
             total += size

@@ -612,7 +612,7 @@ def _apply_options(command: _F) -> _F:
     epilog="""\b
 Examples:
   layerdiff apply --to rootfs layer1.tar.gz layer2.tar.zst
-  layerdiff apply --overlay --to /var/cache/layers/L2 layer2.tar.gz
+  layerdiff apply --overlay --to /var/cache/layers/L2 --lower /var/cache/layers/L1 layer2.tar.gz
 """
 )
 @click.argument("layers", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
@@ -624,6 +624,15 @@ Examples:
     is_flag=True,
     help="Write overlayfs upper-dir form (whiteouts as 0/0 devices, opaque dirs as xattrs).",
 )
+@click.option(
+    "--lower",
+    "lowers",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="With --overlay: a directory of the layers below, in the same form, top first "
+    "(repeatable). What the layers reach through them is copied up, so that the overlay "
+    "mount of them all shows the layers applied in order.",
+)
 @_apply_options
 @_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -631,6 +640,7 @@ def apply(
     layers: tuple[str, ...],
     root: str,
     overlay: bool,
+    lowers: tuple[str, ...],
     chown: bool | None,
     max_size: int,
     progress: str,
@@ -642,7 +652,13 @@ def apply(
     """
     with _Progress(progress, piped="none") as shown:
         result = layerdiff.apply(
-            root, layers, chown=chown, overlay=overlay, max_size=max_size, on_step=shown.step
+            root,
+            layers,
+            chown=chown,
+            overlay=overlay,
+            lowers=list(lowers) if lowers else None,
+            max_size=max_size,
+            on_step=shown.step,
         )
     _report_apply(asdict(result), result.warnings, as_json)
 

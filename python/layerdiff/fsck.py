@@ -226,17 +226,18 @@ def _check_containers(report: FsckReport) -> None:
 
 def _container_roots(layout: Layout) -> tuple[list[Descriptor], set[str]]:
     """What the containers of the store keep alive: the manifests of their images in
-    ``layout`` and the diff_ids of their cached layers."""
+    ``layout`` and the keys of their cached layers."""
     from layerdiff import runtime
 
     manifests: list[Descriptor] = []
-    diff_ids: set[str] = set()
+    keys: set[str] = set()
     for c in runtime.containers():
-        diff_ids.update(c.data.get("layers") or [])
+        with contextlib.suppress(KeyError, TypeError):
+            keys.update(c.layer_keys())
         with contextlib.suppress(OSError, KeyError):
             if os.path.samefile(c.data["image_layout"], layout.path):
                 manifests.append(dict(c.data["image_descriptor"]))
-    return manifests, diff_ids
+    return manifests, keys
 
 
 def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> set[str]:
@@ -281,11 +282,11 @@ def gc(target: str | None = None) -> GcReport:
     ``oci:PATH`` layout). Waits for commands that are writing into it."""
     layout = Layout.create(refs.store_layout_path()) if target is None else _gc_layout(target)
     removed = temporary = freed = layers = 0
-    diff_ids: set[str] = set()
+    cache_keys: set[str] = set()
     with gc_lock(layout, fcntl.LOCK_EX):
         in_use: list[Descriptor] = []
         if target is None:
-            in_use, diff_ids = _container_roots(layout)
+            in_use, cache_keys = _container_roots(layout)
         keep = _reachable(layout, in_use)
         for path in list(layout.blobs_dir.iterdir()):
             if path.name.startswith("."):
@@ -304,8 +305,10 @@ def gc(target: str | None = None) -> GcReport:
                 with contextlib.suppress(LayerdiffError, OSError, KeyError, TypeError):
                     manifest = layout.read_json(desc)
                     config = layout.read_json(manifest["config"])
-                    diff_ids.update(config.get("rootfs", {}).get("diff_ids", []))
-            layers, stale, cache_freed = layercache.collect(diff_ids)
+                    cache_keys.update(
+                        layercache.chain_ids(list(config.get("rootfs", {}).get("diff_ids", [])))
+                    )
+            layers, stale, cache_freed = layercache.collect(cache_keys)
             temporary += stale
             freed += cache_freed
             freed += _collect_indexes(layout)

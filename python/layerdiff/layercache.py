@@ -1,10 +1,17 @@
-"""The layer cache: each image layer unpacked once, by ``diff_id``, in overlayfs form.
+"""The layer cache: each image layer unpacked once, in overlayfs form, by its chain ID.
 
 Containers use the cached layers directly as overlay lower directories, read-only and shared,
 so a layer takes its space once however many containers run on it. A layer is unpacked into a
 temporary directory and renamed into place when complete, under a per-layer lock: parallel
 runs of one image wait for each other instead of unpacking twice, and nobody ever sees a
 half-unpacked layer.
+
+A layer is unpacked over the cached layers below it (see ``_core.apply_layer``'s ``lowers``):
+what it writes through a symbolic link of an earlier layer, or hard-links to from one, is
+copied up, so that the mounted stack shows the tree that applying the layers in order gives.
+Its directory therefore depends on the layers below as well, and is keyed as containerd keys
+its snapshots: by the chain ID (OCI image spec, config.md), which names the layer and
+everything under it. The bottom layer's chain ID is its diff_id.
 
 Two forms exist, as overlayfs reads opaque directories from different xattrs: ``trusted``
 (``trusted.overlay.opaque``, mounted by root) and ``user`` (``user.overlay.opaque``, for
@@ -33,6 +40,7 @@ __all__ = [
     "FORMS",
     "cache_root",
     "cached",
+    "chain_ids",
     "check",
     "collect",
     "ensure_layers",
@@ -52,11 +60,24 @@ def cache_root() -> Path:
     return refs.store_home() / "layers"
 
 
-def layer_dir(diff_id: str, *, form: str) -> Path:
-    """Where the layer ``diff_id`` is (or would be) cached; its tree is the ``diff`` inside."""
+def layer_dir(chain_id: str, *, form: str) -> Path:
+    """Where the layer of chain ID ``chain_id`` is (or would be) cached; its tree is the
+    ``diff`` inside."""
     if form not in FORMS:
         raise InvalidArgumentError(f"unknown layer cache form {form!r}")
-    return cache_root() / form / check_digest(diff_id)
+    return cache_root() / form / check_digest(chain_id)
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """The chain ID of each layer of a stack, bottom first: the first layer's diff_id, then
+    ``sha256(chain below + " " + diff_id)``."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        if not out:
+            out.append(diff_id)
+        else:
+            out.append(_core.sha256(f"{out[-1]} {diff_id}".encode()))
+    return out
 
 
 @contextlib.contextmanager
@@ -107,7 +128,14 @@ def _vanished_is_fine(
         raise exc_info[1]
 
 
-def _unpack(image: Image, desc: dict[str, object], diff_id: str, final: Path, form: str) -> None:
+def _unpack(
+    image: Image,
+    desc: dict[str, object],
+    diff_id: str,
+    final: Path,
+    form: str,
+    lowers: list[Path],
+) -> None:
     tmp = final.with_name(f"{_TEMP_PREFIX}{final.name}.{os.urandom(4).hex()}")
     tree = tmp / "diff"
     tree.mkdir(parents=True)
@@ -121,8 +149,15 @@ def _unpack(image: Image, desc: dict[str, object], diff_id: str, final: Path, fo
             chown=os.geteuid() == 0,
             overlay=True,
             userxattr=form == "user",
+            lowers=list(reversed(lowers)),
         )
-        info = {"diff_id": diff_id, "digest": desc["digest"], "entries": entries, "bytes": size}
+        info = {
+            "chain_id": f"sha256:{final.name}",
+            "diff_id": diff_id,
+            "digest": desc["digest"],
+            "entries": entries,
+            "bytes": size,
+        }
         (tmp / _INFO).write_text(json.dumps(info, sort_keys=True) + "\n")
         os.rename(tmp, final)
     except BaseException:
@@ -148,14 +183,14 @@ def ensure_layers(image: Image, *, form: str) -> list[Path]:
             f"{len(image.layers)} layers"
         )
     check_layer_media_types(image.layers, image.ref.text)  # all before any is unpacked
-    dirs = []
-    for desc, diff_id in zip(image.layers, diff_ids, strict=True):
-        final = layer_dir(diff_id, form=form)
+    dirs: list[Path] = []
+    for desc, diff_id, chain_id in zip(image.layers, diff_ids, chain_ids(diff_ids), strict=True):
+        final = layer_dir(chain_id, form=form)
         if not final.is_dir():
             final.parent.mkdir(parents=True, exist_ok=True)
             with locked(final.with_name(f".{final.name}.lock")):
                 if not final.is_dir():  # another run may have unpacked it while we waited
-                    _unpack(image, desc, diff_id, final, form)
+                    _unpack(image, desc, diff_id, final, form, dirs)
         dirs.append(final / "diff")
     return dirs
 
@@ -185,8 +220,10 @@ def check(used: dict[str, list[str]]) -> list[tuple[str, str]]:
         except (OSError, ValueError) as e:
             problems.append((where, f"unreadable {_INFO}: {e}"))
             continue
-        if info.get("diff_id") != f"sha256:{path.name}":
-            problems.append((where, f"holds diff_id {info.get('diff_id')}, not {path.name}"))
+        # Layers cached before chain IDs keyed them by diff_id.
+        key = info.get("chain_id", info.get("diff_id"))
+        if key != f"sha256:{path.name}":
+            problems.append((where, f"holds layer {key}, not {path.name}"))
         if not (path / "diff").is_dir():
             problems.append((where, "has no diff directory"))
     for name, dirs in used.items():
@@ -197,7 +234,7 @@ def check(used: dict[str, list[str]]) -> list[tuple[str, str]]:
 
 
 def collect(keep: set[str]) -> tuple[int, int, int]:
-    """Remove cached layers whose diff_id is not in ``keep``, interrupted unpacks and stale
+    """Remove cached layers whose key (chain ID) is not in ``keep``, interrupted unpacks and stale
     locks; return (layers removed, temporary directories removed, bytes freed). The caller
     holds the store's gc lock, which every unpack runs under (shared)."""
     removed = temporary = freed = 0

@@ -163,10 +163,15 @@ class Container:
         )
         return Image(ref=ref, layout=layout, descriptor=desc, manifest=manifest, config=config)
 
+    def layer_keys(self) -> list[str]:
+        """The layer cache's keys of the container's layers, bottom first: their chain IDs
+        (their diff_ids for a container made before the cache took chain IDs)."""
+        return list(self.data.get("layer_keys") or self.data["layers"])
+
     def layer_dirs(self) -> list[Path]:
         """The cached layer trees, bottom first."""
         form = "user" if self.data.get("rootless") else "trusted"
-        return [layercache.layer_dir(d, form=form) / "diff" for d in self.data["layers"]]
+        return [layercache.layer_dir(k, form=form) / "diff" for k in self.layer_keys()]
 
     def save(self) -> None:
         """Write ``container.json`` atomically (not synced: a state lost in a crash is seen
@@ -363,11 +368,10 @@ def create(
         # writes, gc waits, and then keeps the layers of the containers it can see.
         with layercache.locked(path / _RUN_LOCK, 0o600), writing(store):
             form = "user" if rootless else "trusted"
-            layercache.ensure_layers(img, form=form)
+            layer_dirs = layercache.ensure_layers(img, form=form)
             for d in ("upper", "work", "rootfs"):
                 (path / d).mkdir()
-            diff_ids = img.config["rootfs"]["diff_ids"]
-            layer_dirs = [layercache.layer_dir(d, form=form) / "diff" for d in diff_ids]
+            diff_ids = list(img.config["rootfs"]["diff_ids"])
             _init_files(path, hostname, network, layer_dirs)
             container = Container(
                 path=path,
@@ -378,7 +382,8 @@ def create(
                     "image": img.ref.text,
                     "image_layout": str(img.layout.path),
                     "image_descriptor": dict(img.descriptor),
-                    "layers": list(img.config["rootfs"]["diff_ids"]),
+                    "layers": diff_ids,
+                    "layer_keys": layercache.chain_ids(diff_ids),
                     "rootless": rootless,
                     "config": config,
                     "hostname": hostname,

@@ -323,10 +323,12 @@ fn write_layer_to_fd(
 
 /// Apply one layer blob (tar, gzip or zstd) onto the directory `root`. With `digest` (and
 /// `size`), the blob is verified while it is read; a mismatch is an error after the apply.
+/// With `overlay` and `lowers` (the layer directories below, top first), what the layer
+/// passes through that only they hold is copied up (see `ApplyOptions::lowers`).
 #[pyfunction]
 #[pyo3(signature = (
     root, blob, *, digest = None, size = None, chown = true, overlay = false, userxattr = false,
-    max_size = crate::apply::DEFAULT_MAX_SIZE
+    max_size = crate::apply::DEFAULT_MAX_SIZE, lowers = None
 ))]
 #[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
 fn apply_layer(
@@ -339,12 +341,14 @@ fn apply_layer(
     overlay: bool,
     userxattr: bool,
     max_size: u64,
+    lowers: Option<Vec<PathBuf>>,
 ) -> PyResult<(u64, u64, Vec<String>)> {
     let opts = ApplyOptions {
         chown,
         overlay,
         userxattr,
         max_size,
+        lowers,
     };
     let cancel = Cancel::new();
     let stats = run_detached(py, &cancel, || {
