@@ -101,3 +101,31 @@ def test_images_of_the_store_shows_untagged_images(tmp_path: Path) -> None:
     [warning] = proc.stderr.splitlines()
     assert f"untagged image {kept['digest']} cannot be read" in warning
     assert warning.endswith("see layerdiff fsck")
+
+
+def test_an_image_id_names_a_store_image_where_no_name_does(tmp_path: Path) -> None:
+    """As docker takes an image ID (the digest ``images`` shows, 12 hex digits or more,
+    ``sha256:`` optional) where an image name is expected: untagged images too."""
+    layerdiff.commit(tree(tmp_path / "a", "a"), image="app:1")
+    store = Layout.open(Path(os.environ["LAYERDIFF_HOME"]) / "images")
+    kept = store.resolve("app:1")
+    store.remove_tag("app:1")
+    store.update_index(lambda ms: [{k: v for k, v in kept.items() if k != "annotations"}, *ms])
+    digest = kept["digest"]
+    for text in (digest[7:19], digest, digest[7:]):
+        assert layerdiff.inspect(text)["digest"] == digest
+        done = run_cli("history", text)
+        assert done.returncode == 0 and "layerdiff commit" in done.stdout, done.stderr
+    # tag names it again; unpack and squash take it as any image.
+    done = run_cli("tag", digest[7:19], "named:1")
+    assert done.returncode == 0, done.stderr
+    assert layerdiff.inspect("named:1")["digest"] == digest
+    layerdiff.unpack(digest[7:19], tmp_path / "out")
+    assert (tmp_path / "out" / "etc" / "marker").read_text() == "a"
+    # Too short, or nothing of that digest: not found, as before.
+    for text in (digest[7:18], "0" * 12):
+        done = run_cli("inspect", text)
+        assert done.returncode == 1 and "image not found" in done.stderr
+    # A name wins over an image ID that reads the same.
+    layerdiff.commit(tree(tmp_path / "b", "b"), image=f"{digest[7:19]}:latest")
+    assert layerdiff.inspect(digest[7:19])["digest"] != digest

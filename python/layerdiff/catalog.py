@@ -6,6 +6,7 @@ Backs the public ``images()``, ``inspect()`` and ``history()``.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Any
@@ -124,8 +125,38 @@ def _load(ref: refs.LayoutRef) -> Image:
     try:
         desc = layout.resolve(index_tag(layout, ref))
     except ImageNotFoundError as e:
-        raise ImageNotFoundError(f"image not found: {ref.text} ({e})") from e
+        by_id = _by_image_id(layout, ref)
+        if by_id is None:
+            raise ImageNotFoundError(f"image not found: {ref.text} ({e})") from e
+        ref, desc = by_id
     return _read(ref, layout, desc)
+
+
+_IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
+
+
+def _by_image_id(layout: Layout, ref: refs.LayoutRef) -> tuple[refs.LayoutRef, Descriptor] | None:
+    """The store image that ``ref``, no name of the store, names by its digest as ``images``
+    shows it (12 hex digits or more, ``sha256:`` optional), as docker takes an image ID where
+    no name matches. ImageNotFoundError when the prefix fits several images."""
+    found = _IMAGE_ID.fullmatch(ref.text) if ref.in_store else None
+    if found is None:
+        return None
+    prefix = "sha256:" + found.group(1)
+    matches = {
+        str(m["digest"]): m
+        for m in layout.manifests()
+        if str(m.get("digest", "")).startswith(prefix)
+    }
+    if len(matches) > 1:
+        raise ImageNotFoundError(
+            f"{ref.text}: names {len(matches)} images by digest; give more of it"
+        )
+    if not matches:
+        return None
+    digest, desc = matches.popitem()
+    by_digest = refs.LayoutRef(text=digest, layout=layout.path, tag=None, in_store=True)
+    return by_digest, desc
 
 
 def index_tag(layout: Layout, ref: refs.LayoutRef) -> str | None:

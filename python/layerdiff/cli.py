@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from layerdiff.layer import Change
 
 _IMAGE_HELP = (
-    "Images: oci:PATH[:TAG] (an OCI layout), NAME[:TAG] (the default store), "
-    "docker://HOST/REPO[:TAG] (a registry: push, pull, commit)."
+    "Images: oci:PATH[:TAG] (an OCI layout), NAME[:TAG] (the default store; or an image ID, "
+    "the digest `images` shows), docker://HOST/REPO[:TAG] (a registry: push, pull, commit)."
 )
 _F = TypeVar("_F", bound=Callable[..., Any])
 
