@@ -153,6 +153,7 @@ pub fn apply_layer<R: Read + Send>(
             root,
             opts,
             lowers,
+            copied_dirs: std::cell::RefCell::new(Vec::new()),
             created: HashSet::new(),
             hidden: Vec::new(),
             opaque: Vec::new(),
@@ -221,6 +222,8 @@ struct Applier<'a> {
     opts: &'a ApplyOptions,
     /// The layers below, when applied over them in overlay form.
     lowers: Option<Lowers>,
+    /// The directories copied up from them, whose mode and mtime are set at the end.
+    copied_dirs: std::cell::RefCell<Vec<DirMeta>>,
     /// Paths this layer wrote, and every ancestor of them: what whiteouts must not remove.
     created: HashSet<Vec<u8>>,
     /// Paths hidden by whiteouts, carried out at the end.
@@ -427,7 +430,7 @@ impl Applier<'_> {
                     return Err(bad(name, "hardlink to the root directory"));
                 }
                 let tdir = self
-                    .merged_path(parent(&target))
+                    .merged_path(parent(&target), false)
                     .and_then(|p| {
                         let dir = self.root.open_dir(&p)?;
                         self.copy_up_link_target(&dir, &p, base_name(&target))?;
@@ -670,10 +673,12 @@ impl Applier<'_> {
     fn finish(&mut self) -> Result<()> {
         for name in std::mem::take(&mut self.hidden) {
             // Over lower layers, the whiteout acts where its parent leads in the merged tree.
-            let path = match self.merged_path(parent(&name)) {
+            let path = match self.merged_path(parent(&name), false) {
                 Ok(dir) => join(&dir, base_name(&name)),
-                // Through a file: nothing there to hide, as on one directory.
-                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                // Through a file, or nothing: nothing there to hide, as on one directory.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENOENT)) => {
+                    continue;
+                }
                 Err(e) => return Err(bad(&String::from_utf8_lossy(&name), e.to_string())),
             };
             let written_here = self.hide(&path, &name)?;
@@ -686,9 +691,11 @@ impl Applier<'_> {
             }
         }
         for name in std::mem::take(&mut self.opaque) {
-            let dir = match self.merged_path(&name) {
+            let dir = match self.merged_path(&name, false) {
                 Ok(dir) => dir,
-                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENOENT)) => {
+                    continue;
+                }
                 Err(e) => return Err(bad(&String::from_utf8_lossy(&name), e.to_string())),
             };
             self.hide_children(&dir, &name)?;
@@ -696,7 +703,10 @@ impl Applier<'_> {
                 self.overlay_opaque(&dir)?;
             }
         }
-        let mut dirs = std::mem::take(&mut self.dirs);
+        // Copied-up directories first: an entry of the layer for one of them comes after, and
+        // its metadata is applied last.
+        let mut dirs = self.copied_dirs.take();
+        dirs.append(&mut self.dirs);
         // Deepest first, where they really are; of two entries for one directory, the later
         // one's metadata last.
         dirs.sort_by(|a, b| crate::entry::cmp_paths(&b.real, &a.real));
@@ -788,15 +798,15 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// The directory an entry at `rel/…` goes into, made where missing. Over known lower
-    /// layers, it is where `rel` leads in the merged tree ([`Self::merged_path`]).
+    /// The directory an entry at `rel/…` goes into, made where missing. In overlay form, it is
+    /// where `rel` leads in the merged tree ([`Self::merged_path`]).
     fn dir_for_entry(&self, rel: &[u8]) -> io::Result<OwnedFd> {
-        if self.lowers.is_some() {
+        if self.opts.overlay {
             match self.root.open_dir(rel) {
                 // Everything on the way is in this layer: the merged tree resolves it alike.
                 Ok(fd) => return Ok(fd),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    return self.root.create_dir_all(&self.merged_path(rel)?);
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    return self.root.open_dir(&self.merged_path(rel, true)?);
                 }
                 Err(e) => return Err(e),
             }
@@ -813,17 +823,20 @@ impl Applier<'_> {
         }
     }
 
-    /// Over known lower layers: where `rel` leads in the merged tree, every symbolic link on
-    /// the way followed (the last component's too), whether this layer or a lower one holds
-    /// it; the directories on the way that only lower layers hold are copied up, so the path
-    /// can be opened in this layer's directory. Links are never copied up: as with overlayfs,
-    /// passing through one leaves it where it is (a hardlink to it stays one). From the first
-    /// component that the merged tree does not hold, the rest of `rel` is left as it is, to be
-    /// made as [`Root::create_dir_all`] makes it. Without lower layers: `rel` itself.
-    fn merged_path(&self, rel: &[u8]) -> io::Result<Vec<u8>> {
-        let Some(lowers) = &self.lowers else {
+    /// In overlay form over known lower layers: where `rel` leads in the merged tree, every
+    /// symbolic link on the way followed (the last component's too), whether this layer or a
+    /// lower one holds it; the directories on the way that only lower layers hold are copied
+    /// up, so the path can be opened in this layer's directory. Links are never copied up: as
+    /// with overlayfs, passing through one leaves it where it is (a hardlink to it stays one).
+    ///
+    /// With `make`, what the merged tree does not hold is made on the way (0755, as
+    /// [`Root::create_dir_all`] makes it), and a whiteout of this layer in the way becomes an
+    /// opaque directory; without, such a path is `ENOENT`. Without lower layers, `make` works
+    /// the same in this layer's directory alone, and otherwise `rel` is given back as it is.
+    fn merged_path(&self, rel: &[u8], make: bool) -> io::Result<Vec<u8>> {
+        if self.lowers.is_none() && !make {
             return Ok(rel.to_vec());
-        };
+        }
         let mut todo: std::collections::VecDeque<Vec<u8>> =
             rel.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
         let mut cur: Vec<u8> = Vec::new();
@@ -839,35 +852,49 @@ impl Applier<'_> {
             }
             let dir = self.root.open_dir(&cur)?;
             let path = join(&cur, &comp);
-            let (kind, target) = match root::type_at(&dir, &comp)? {
-                Some(FileType::Symlink) => (
+            let here = rustix::fs::statat(&dir, os_path(&comp), AtFlags::SYMLINK_NOFOLLOW);
+            let (kind, target) = match here {
+                Ok(st) if make && lower::is_whiteout(&st) => {
+                    // Something below is hidden here: a directory made in its place must
+                    // not show it again.
+                    rustix::fs::unlinkat(&dir, os_path(&comp), AtFlags::empty())?;
+                    let fd = self.make_dir(&dir, &comp)?;
+                    self.set_opaque(&fd, &String::from_utf8_lossy(&path))
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                    (FileType::Directory, None)
+                }
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => (
                     FileType::Symlink,
                     Some(rustix::fs::readlinkat(&dir, os_path(&comp), Vec::new())?),
                 ),
-                Some(kind) => (kind, None),
-                None => match self.lower_lookup(lowers, &path)? {
-                    Some(found) if found.kind() == FileType::Directory => {
-                        lower::copy_up(&found, &comp, &dir, self.opts.chown)?;
-                        (FileType::Directory, None)
-                    }
-                    Some(found) if found.kind() == FileType::Symlink => (
-                        FileType::Symlink,
-                        Some(rustix::fs::readlinkat(
-                            &found.parent,
-                            os_path(&comp),
-                            Vec::new(),
-                        )?),
-                    ),
-                    Some(found) => (found.kind(), None),
-                    None => {
-                        // Nothing here: the rest is made, as it would be on one directory.
-                        let mut out = path;
-                        for c in todo {
-                            out = join(&out, &c);
+                Ok(st) => (FileType::from_raw_mode(st.st_mode), None),
+                Err(rustix::io::Errno::NOENT) => {
+                    let found = match &self.lowers {
+                        Some(lowers) => self.lower_lookup(lowers, &path)?,
+                        None => None,
+                    };
+                    match found {
+                        Some(found) if found.kind() == FileType::Directory => {
+                            self.copy_up_dir(&found, &comp, &dir, &path)?;
+                            (FileType::Directory, None)
                         }
-                        return Ok(out);
+                        Some(found) if found.kind() == FileType::Symlink => (
+                            FileType::Symlink,
+                            Some(rustix::fs::readlinkat(
+                                &found.parent,
+                                os_path(&comp),
+                                Vec::new(),
+                            )?),
+                        ),
+                        Some(found) => (found.kind(), None),
+                        None if make => {
+                            self.make_dir(&dir, &comp)?;
+                            (FileType::Directory, None)
+                        }
+                        None => return Err(rustix::io::Errno::NOENT.into()),
                     }
-                },
+                }
+                Err(e) => return Err(e.into()),
             };
             match (kind, target) {
                 (FileType::Directory, _) => cur = path,
@@ -889,6 +916,50 @@ impl Applier<'_> {
             }
         }
         Ok(cur)
+    }
+
+    /// A directory `name` made in `dir` as [`Root::create_dir_all`] makes one: 0755 whatever
+    /// the umask, owned by the caller.
+    fn make_dir(&self, dir: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
+        rustix::fs::mkdirat(dir, os_path(name), Mode::from_raw_mode(0o755))?;
+        let fd = rustix::fs::openat(
+            dir,
+            os_path(name),
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
+        Ok(fd)
+    }
+
+    /// Copy up the lower directory `found` as `name` in `dir` (at `path`): writable by its
+    /// owner while the layer is applied, its own mode and mtime set at the end with the
+    /// other directories' (a read-only lower directory stays writable for a caller without
+    /// privilege until then).
+    fn copy_up_dir(
+        &self,
+        found: &lower::Found,
+        name: &[u8],
+        dir: &OwnedFd,
+        path: &[u8],
+    ) -> io::Result<()> {
+        lower::copy_up(found, name, dir, self.opts.chown)?;
+        rustix::fs::chmodat(
+            dir,
+            os_path(name),
+            Mode::from_raw_mode(0o700),
+            AtFlags::empty(),
+        )?;
+        self.copied_dirs.borrow_mut().push(DirMeta {
+            path: path.to_vec(),
+            real: path.to_vec(),
+            mode: found.stat.st_mode & 0o7777,
+            mtime: Timespec {
+                tv_sec: found.stat.st_mtime,
+                tv_nsec: found.stat.st_mtime_nsec as _,
+            },
+        });
+        Ok(())
     }
 
     /// What the lower layers show at the real path `real` through this layer's directory:
@@ -939,7 +1010,7 @@ impl Applier<'_> {
                 Some(f) if (f.stat.st_dev, f.stat.st_ino) == id => {}
                 _ => continue, // hidden or replaced above its layer
             }
-            match self.merged_path(parent(&other)) {
+            match self.merged_path(parent(&other), false) {
                 Ok(p) if p == parent(&other) => {}
                 _ => continue, // reached through a link now, or not at all
             }

@@ -61,7 +61,7 @@ const PATH_FLAGS: OFlags = OFlags::PATH
     .union(OFlags::CLOEXEC);
 
 /// A 0/0 character device: an overlayfs whiteout.
-fn is_whiteout(st: &Stat) -> bool {
+pub fn is_whiteout(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
 }
 
@@ -270,12 +270,23 @@ pub fn copy_up(found: &Found, name: &[u8], dir: impl AsFd, chown: bool) -> io::R
             rustix::fs::symlinkat(target.as_c_str(), dir, leaf)?;
         }
         FileType::RegularFile => {
-            let from = rustix::fs::openat(
+            let from = match rustix::fs::openat(
                 &found.parent,
                 leaf,
                 OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
-            )?;
+            ) {
+                Ok(fd) => fd,
+                // A caller without privilege cannot read a file it made unreadable (mode 000),
+                // but may link it, as the layer below made it: the copy is then that file,
+                // the same inode, owner, mode and all (never written through: every entry of
+                // a layer makes a file anew).
+                Err(rustix::io::Errno::ACCESS) if !chown => {
+                    rustix::fs::linkat(&found.parent, leaf, dir, leaf, AtFlags::empty())?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
             let to = rustix::fs::openat(
                 dir,
                 leaf,
@@ -320,30 +331,45 @@ pub fn copy_up(found: &Found, name: &[u8], dir: impl AsFd, chown: bool) -> io::R
     Ok(())
 }
 
-/// Every file with more than one link in the tree `root`, by (device, inode).
+/// Every file with more than one link in the tree `root`, by (device, inode). Directories are
+/// opened one at a time, by path, never through a symbolic link; one that cannot be read
+/// (a caller without privilege) is left out: only its files' links are not kept together.
 fn link_groups(root: &OwnedFd) -> io::Result<LinkGroups> {
+    use rustix::fs::ResolveFlags;
     let mut groups = LinkGroups::new();
-    let mut todo = vec![(
-        rustix::fs::openat(
-            root,
-            ".",
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?,
-        Vec::new(),
-    )];
-    while let Some((dir, rel)) = todo.pop() {
-        for name in crate::root::list_dir(&dir)? {
+    let mut todo: Vec<Vec<u8>> = vec![Vec::new()];
+    while let Some(rel) = todo.pop() {
+        let opened = if rel.is_empty() {
+            rustix::fs::openat(
+                root,
+                ".",
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        } else {
+            rustix::fs::openat2(
+                root,
+                os_path(&rel),
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+            )
+        };
+        let dir = match opened {
+            Ok(dir) => dir,
+            Err(rustix::io::Errno::ACCESS) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let names = match crate::root::list_dir(&dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
+            Err(e) => return Err(e),
+        };
+        for name in names {
             let st = rustix::fs::statat(&dir, os_path(&name), AtFlags::SYMLINK_NOFOLLOW)?;
             let path = crate::entry::join(&rel, &name);
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                let fd = rustix::fs::openat(
-                    &dir,
-                    os_path(&name),
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                todo.push((fd, path));
+                todo.push(path);
             } else if st.st_nlink > 1 {
                 groups.entry((st.st_dev, st.st_ino)).or_default().push(path);
             }

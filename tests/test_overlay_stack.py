@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,14 @@ CASES: dict[str, list[list[Entry]]] = {
         [D("real"), F("real/x"), S("l1", "l2")],
         [S("l2", "real")],
         [F("l1/y", b"y")],
+    ],
+    "entry through a lower link stepping back out of a missing directory": [
+        [D("usr", mode=0o750), D("usr/lib", mode=0o711), S("l", "nothing/../usr/lib")],
+        [F("l/x")],
+    ],
+    "entry through a lower link stepping back out of a missing directory to a link": [
+        [D("usr"), D("usr/lib"), S("lib2", "usr/lib"), S("l", "nothing/../lib2")],
+        [F("l/x")],
     ],
     "entry through a lower link to nothing": [
         [S("lib", "usr/lib")],
@@ -174,6 +183,47 @@ def test_without_lowers_an_entry_through_an_earlier_link_hides_it(tmp_path: Path
     with lowers_mounted(dirs[::-1], tmp_path / "merged") as merged:
         assert (merged / "lib").is_dir() and not (merged / "lib").is_symlink()
         assert sorted(os.listdir(merged / "lib")) == ["b"]
+
+
+def test_later_blobs_of_one_overlay_apply_write_below_an_earlier_ones_whiteout(
+    tmp_path: Path,
+) -> None:
+    """Several blobs applied in overlay form into one directory: an entry below a path an
+    earlier blob whited out makes an opaque directory in the whiteout's place."""
+    layers = [[D("x"), F("x/a")], [WH("x")], [F("x/b")]]
+    blobs = _blobs(tmp_path, layers)
+    expected = _in_order(tmp_path, blobs)
+    assert isinstance(expected, Path)
+    base, top = tmp_path / "base", tmp_path / "top"
+    layerdiff.apply(base, blobs[0], overlay=True, lowers=[])
+    layerdiff.apply(top, blobs[1:], overlay=True, lowers=[base])
+    with lowers_mounted([top, base], tmp_path / "merged") as merged:
+        assert differences(expected, merged) == []
+
+
+def test_hardlink_groups_of_a_wide_lower_layer_under_a_low_open_file_limit(
+    tmp_path: Path,
+) -> None:
+    """Copying up a hardlinked file reads its layer's link groups one directory at a time:
+    a lower layer with more directories side by side than the open-file limit is fine."""
+    wide = [D("m"), *(D(f"m/d{i}") for i in range(300)), F("f", b"1"), H("g", "f")]
+    blobs = _blobs(tmp_path, [wide, [H("h", "f")]])
+    base = tmp_path / "base"
+    layerdiff.apply(base, blobs[0], overlay=True, lowers=[])
+    script = (
+        "import resource, sys, layerdiff\n"
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))\n"
+        "layerdiff.apply(sys.argv[1], sys.argv[2], overlay=True, lowers=[sys.argv[3]])\n"
+    )
+    top = tmp_path / "top"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(top), str(blobs[1]), str(base)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert os.path.samefile(top / "f", top / "g") and os.path.samefile(top / "f", top / "h")
 
 
 def test_cli_apply_overlay_with_lowers(tmp_path: Path) -> None:

@@ -118,3 +118,59 @@ def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
         assert (members["root/f"].uid, members["root/f"].gid) == (0, 0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+STACKED = r"""
+import os, sys
+from pathlib import Path
+import layerdiff
+
+w = Path(sys.argv[1])
+opts = dict(overlay=True, chown=False, userxattr=True)
+layerdiff.apply(w / "s0", w / "l0.tar", lowers=[], **opts)
+layerdiff.apply(w / "s1", w / "l1.tar", lowers=[w / "s0"], **opts)
+print(oct(os.stat(w / "s1/usr/bin").st_mode & 0o777), (w / "s1/usr/bin/new").read_text(),
+      os.path.samefile(w / "s1/etc/shadow", w / "s1/etc/shadow.hl"),
+      os.listxattr(w / "s1/usr/bin"))
+"""
+
+
+def test_rootless_layers_over_read_only_and_unreadable_lower_files() -> None:
+    """The user form of the layer cache, as a rootless `run` makes it: a layer adding a file
+    to a read-only (0555) lower directory, and hard-linking an unreadable (000) lower file,
+    both applied over the layer below without privilege."""
+    from tests.stacks import D, F, H, layer_tar
+
+    python = _interpreter()
+    work = Path(tempfile.mkdtemp(prefix="layerdiff-rootless-"))
+    try:
+        (work / "l0.tar").write_bytes(
+            layer_tar(
+                [
+                    D("usr"),
+                    D("usr/bin", mode=0o555),
+                    F("usr/bin/ls", mode=0o755),
+                    D("etc"),
+                    F("etc/shadow", b"s", mode=0o000),
+                ]
+            )
+        )
+        (work / "l1.tar").write_bytes(
+            layer_tar([F("usr/bin/new", b"n"), H("etc/shadow.hl", "etc/shadow")])
+        )
+        for path in [work, *work.rglob("*")]:
+            os.lchown(path, NOBODY, NOBODY)
+        done = subprocess.run(
+            [python, "-c", STACKED, str(work)],
+            env={"PYTHONPATH": str(REPO_PYTHON), "PATH": "/usr/bin:/bin"},
+            preexec_fn=_as_nobody,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["0o555", "n", "True", "[]"]
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwX", str(work)], check=False)
+        shutil.rmtree(work)

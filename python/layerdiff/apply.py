@@ -102,6 +102,7 @@ def apply(
     if lowers is not None:
         if isinstance(lowers, (str, os.PathLike)):
             raise InvalidArgumentError("lowers is a sequence of directories, not one path")
+        lowers = list(lowers)
         if not overlay:
             raise InvalidArgumentError("lower directories are only for overlay form (overlay=True)")
         for d in lowers:
@@ -130,7 +131,7 @@ def apply(
                     overlay=overlay,
                     userxattr=userxattr,
                     max_size=max_size,
-                    lowers=None if lowers is None else list(lowers),
+                    lowers=lowers,
                 )
             entries += n
             total += size
