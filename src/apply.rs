@@ -129,6 +129,35 @@ struct DirMeta {
     real: Vec<u8>,
     mode: u32,
     mtime: Timespec,
+    /// For a directory copied up from a lower layer, its [`dir_identity`]: a directory made
+    /// later at the same path, once the layer removed that one, is not given its metadata.
+    copied: Option<DirIdentity>,
+}
+
+/// A directory's device, inode and birth time (where the file system keeps one): an inode
+/// number freed by a removal is given to the next directory made.
+type DirIdentity = (u64, u64, i64, u32);
+
+fn dir_identity(dir: impl AsFd, name: &[u8]) -> io::Result<DirIdentity> {
+    use rustix::fs::{StatxFlags, statx};
+    let flags = if name.is_empty() {
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    let st = statx(
+        dir,
+        os_path(name),
+        flags,
+        StatxFlags::INO | StatxFlags::BTIME,
+    )?;
+    let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
+    let (sec, nsec) = if st.stx_mask & StatxFlags::BTIME.bits() != 0 {
+        (st.stx_btime.tv_sec, st.stx_btime.tv_nsec)
+    } else {
+        (0, 0)
+    };
+    Ok((dev, st.stx_ino, sec, nsec))
 }
 
 /// Apply the layer read from `blob` (compressed or not) onto `root`.
@@ -373,6 +402,7 @@ impl Applier<'_> {
                     real: real.clone(),
                     mode: meta.mode,
                     mtime: timespec(meta.mtime),
+                    copied: None,
                 });
             }
             EntryKind::File => {
@@ -738,6 +768,12 @@ impl Applier<'_> {
                 ) => continue,
                 Err(e) => return Err(bad(&what, io::Error::from(e).to_string())),
             };
+            if let Some(id) = d.copied {
+                let now = dir_identity(&fd, b"").map_err(|e| bad(&what, e.to_string()))?;
+                if now != id {
+                    continue;
+                }
+            }
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(d.mode))
                 .map_err(|e| bad(&what, io::Error::from(e).to_string()))?;
             rustix::fs::futimens(&fd, &times(d.mtime))
@@ -806,7 +842,20 @@ impl Applier<'_> {
                 // Everything on the way is in this layer: the merged tree resolves it alike.
                 Ok(fd) => return Ok(fd),
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                    return self.root.open_dir(&self.merged_path(rel, true)?);
+                    let made = self
+                        .merged_path(rel, true)
+                        .and_then(|merged| self.root.open_dir(&merged));
+                    return match made {
+                        // Followed links may make a longer path than the one they stand for:
+                        // by itself, the layer's directory resolves it as a plain apply does.
+                        Err(e)
+                            if e.raw_os_error() == Some(libc::ENAMETOOLONG)
+                                && self.lowers.is_none() =>
+                        {
+                            self.root.create_dir_all(rel)
+                        }
+                        other => other,
+                    };
                 }
                 Err(e) => return Err(e),
             }
@@ -944,20 +993,23 @@ impl Applier<'_> {
         path: &[u8],
     ) -> io::Result<()> {
         lower::copy_up(found, name, dir, self.opts.chown)?;
-        rustix::fs::chmodat(
-            dir,
-            os_path(name),
-            Mode::from_raw_mode(0o700),
-            AtFlags::empty(),
-        )?;
+        let mode = found.stat.st_mode & 0o7777;
+        if mode & 0o700 == 0o700 || rustix::process::geteuid().is_root() {
+            return Ok(()); // writable as it is
+        }
+        // Only then: a chmod by its owner may clear setgid, which directories made inside it
+        // would no longer inherit.
+        let writable = Mode::from_raw_mode(mode | 0o700);
+        rustix::fs::chmodat(dir, os_path(name), writable, AtFlags::empty())?;
         self.copied_dirs.borrow_mut().push(DirMeta {
             path: path.to_vec(),
             real: path.to_vec(),
-            mode: found.stat.st_mode & 0o7777,
+            mode,
             mtime: Timespec {
                 tv_sec: found.stat.st_mtime,
                 tv_nsec: found.stat.st_mtime_nsec as _,
             },
+            copied: Some(dir_identity(dir, name)?),
         });
         Ok(())
     }
@@ -1102,9 +1154,12 @@ impl Applier<'_> {
                 None => return Ok(()),
             }
         } else {
-            self.root
-                .create_dir_all(dir)
-                .map_err(|e| bad(&what, e.to_string()))?
+            match self.root.create_dir_all(dir) {
+                Ok(fd) => fd,
+                // This layer made it something else, which hides whatever lies below anyway.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(()),
+                Err(e) => return Err(bad(&what, e.to_string())),
+            }
         };
         if self.real_path(&fd, dir).is_empty() {
             self.overlay_opaque_root(&fd, &what)?;

@@ -42,7 +42,8 @@ pub struct Lowers {
 pub struct Found {
     /// The index of the layer that holds it.
     pub layer: usize,
-    /// The directory in that layer that holds the entry.
+    /// The directory in that layer that holds the entry, open `O_PATH` (enough for the `*at`
+    /// calls, and for a directory its owner cannot read).
     pub parent: OwnedFd,
     /// The entry's status (not followed).
     pub stat: Stat,
@@ -190,16 +191,9 @@ impl Lowers {
             match rustix::fs::statat(&dir, os_path(last), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if is_whiteout(&st) => return Ok(None),
                 Ok(stat) => {
-                    // `dir` was opened O_PATH: reopen it for the *at calls that need more.
-                    let parent = rustix::fs::openat(
-                        &dir,
-                        ".",
-                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )?;
                     return Ok(Some(Found {
                         layer,
-                        parent,
+                        parent: dir,
                         stat,
                     }));
                 }
@@ -218,7 +212,9 @@ fn xattrs_of(path: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         match rustix::fs::llistxattr(os_path(path), &mut names) {
             Ok(n) => break n,
             Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            // No xattrs to read there, or none this caller may read (a directory its owner
+            // made unreadable): nothing is copied of them.
+            Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::ACCESS) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         }
     };
@@ -232,7 +228,7 @@ fn xattrs_of(path: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
             match rustix::fs::lgetxattr(os_path(path), os_path(key), &mut value) {
                 Ok(len) => break Some(len),
                 Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
-                Err(rustix::io::Errno::NODATA) => break None,
+                Err(rustix::io::Errno::NODATA | rustix::io::Errno::ACCESS) => break None,
                 Err(e) => return Err(e.into()),
             }
         };

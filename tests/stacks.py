@@ -25,12 +25,12 @@ def _entry(name: str, kind: str, data: bytes, **kw: Any) -> Entry:
 
 
 def F(name: str, data: bytes = b"x", **kw: Any) -> Entry:
-    """A regular file (``mode``, ``xattrs`` as keywords)."""
+    """A regular file (``mode``, ``uid``, ``gid``, ``xattrs`` as keywords)."""
     return _entry(name, "file", data, **kw)
 
 
 def D(name: str, **kw: Any) -> Entry:
-    """A directory (``mode``, ``xattrs`` as keywords)."""
+    """A directory (``mode``, ``uid``, ``gid``, ``xattrs`` as keywords)."""
     return _entry(name, "dir", b"", **kw)
 
 
@@ -63,6 +63,7 @@ def layer_tar(entries: list[Entry]) -> bytes:
             info = tarfile.TarInfo(name)
             info.mtime = MTIME
             info.mode = kw.get("mode", 0o755 if kind == "dir" else 0o644)
+            info.uid, info.gid = kw.get("uid", 0), kw.get("gid", 0)
             info.type = {
                 "file": tarfile.REGTYPE,
                 "dir": tarfile.DIRTYPE,

@@ -61,6 +61,18 @@ CASES: dict[str, list[list[Entry]]] = {
         [D("home", mode=0o755), D("home/u", mode=0o700, xattrs={"user.k": "v"}), F("home/u/a")],
         [F("home/u/b", b"b")],
     ],
+    "a directory made below a lower setgid directory takes its group": [
+        [D("d", mode=0o2775, gid=50)],
+        [F("d/sub/x")],
+    ],
+    "a copied-up directory the layer removes and makes again": [
+        [D("d"), D("d/s", mode=0o711), F("d/s/a")],
+        [F("d/s/x"), F("d", b"f"), D("d"), F("d/s/y")],
+    ],
+    "opaque marker of what the layer made a file": [
+        [D("a"), F("a/x")],
+        [F("a"), OPQ("a")],
+    ],
     "hardlink to a lower file": [
         [D("bin"), F("bin/busybox", b"bb", mode=0o755)],
         [H("bin/sh", "bin/busybox")],
@@ -224,6 +236,14 @@ def test_hardlink_groups_of_a_wide_lower_layer_under_a_low_open_file_limit(
     )
     assert done.returncode == 0, done.stderr
     assert os.path.samefile(top / "f", top / "g") and os.path.samefile(top / "f", top / "h")
+
+
+def test_without_lowers_an_opaque_marker_of_what_the_layer_made_a_file(tmp_path: Path) -> None:
+    """The file hides whatever lies below it anyway: nothing to mark, as a plain apply has
+    nothing to clear."""
+    [blob] = _blobs(tmp_path, [[F("a"), OPQ("a")]])
+    layerdiff.apply(tmp_path / "d", blob, overlay=True)
+    assert (tmp_path / "d" / "a").read_bytes() == b"x"  # F's default content
 
 
 def test_cli_apply_overlay_with_lowers(tmp_path: Path) -> None:
