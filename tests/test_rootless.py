@@ -49,6 +49,26 @@ def _as_nobody() -> None:
     os.setuid(NOBODY)
 
 
+def _run_as_nobody(
+    python: str,
+    script: str,
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``script`` run by ``python`` as nobody, with the repository's package."""
+    return subprocess.run(
+        [python, "-c", script, *args],
+        env={"PYTHONPATH": str(REPO_PYTHON), "PATH": "/usr/bin:/bin", **(env or {})},
+        cwd=cwd,
+        preexec_fn=_as_nobody,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
 def _interpreter() -> str:
     """An interpreter ``nobody`` may run (ours may live under root's home)."""
     for candidate in (sys.executable, "/usr/bin/python3"):
@@ -83,20 +103,12 @@ def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
         (work / "home").mkdir()
         for path in [work, *work.rglob("*")]:
             os.lchown(path, NOBODY, NOBODY)
-        done = subprocess.run(
-            [python, "-c", SCRIPT, str(work / "rootfs")],
-            env={
-                "PYTHONPATH": str(REPO_PYTHON),
-                "PATH": "/usr/bin:/bin",
-                "LAYERDIFF_HOME": str(work / "home"),
-                "HOME": str(work),
-            },
+        done = _run_as_nobody(
+            python,
+            SCRIPT,
+            str(work / "rootfs"),
             cwd=work,
-            preexec_fn=_as_nobody,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
+            env={"LAYERDIFF_HOME": str(work / "home"), "HOME": str(work)},
         )
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
@@ -167,15 +179,7 @@ def test_rootless_layers_over_read_only_and_unreadable_lower_files() -> None:
         )
         for path in [work, *work.rglob("*")]:
             os.lchown(path, NOBODY, NOBODY)
-        done = subprocess.run(
-            [python, "-c", STACKED, str(work)],
-            env={"PYTHONPATH": str(REPO_PYTHON), "PATH": "/usr/bin:/bin"},
-            preexec_fn=_as_nobody,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
+        done = _run_as_nobody(python, STACKED, str(work))
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["0o555", "n", "True", "0o755"]
     finally:
