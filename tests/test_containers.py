@@ -778,6 +778,22 @@ def test_a_layer_reaching_into_an_earlier_one_runs_as_unpacked(
     assert os.path.samefile(unpacked / "bin/sh2", unpacked / "bin/busybox")
 
 
+def test_run_and_create_take_an_image_id(image: str, store_home: Path) -> None:
+    """As docker run takes an image ID: the digest `images` shows, for an untagged image
+    too."""
+    layerdiff.tag(image, "byid:1")
+    digest = layerdiff.inspect("byid:1")["digest"]
+    store = Layout.open(store_home / "images")
+    kept = store.resolve("byid:1")
+    store.remove_tag("byid:1")
+    store.update_index(lambda ms: [{k: v for k, v in kept.items() if k != "annotations"}, *ms])
+    done = sh(digest[7:19], "echo ran")
+    assert (done.returncode, done.stdout) == (0, "ran\n"), done.stderr
+    runtime.create(digest, name="byid")
+    assert runtime.open_container("byid").data["image"] == digest
+    runtime.remove("byid")
+
+
 def test_python_api_run(image: str, store_home: Path) -> None:
     result = runtime.run(image, ["sh", "-c", "exit 3"], name="api")
     assert result.exit_code == 3 and result.error is None
