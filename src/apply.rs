@@ -175,7 +175,7 @@ pub fn apply_layer<R: Read + Send>(
         };
         let mut reader = TarReader::new(stream);
         let lowers = match (&opts.lowers, opts.overlay) {
-            (Some(dirs), true) => Some(Lowers::open(dirs, opts.userxattr)?),
+            (Some(dirs), true) => Some(Lowers::open(dirs)?),
             _ => None,
         };
         let mut state = Applier {
@@ -250,7 +250,7 @@ struct Applier<'a> {
     root: &'a Root,
     opts: &'a ApplyOptions,
     /// The layers below, when applied over them in overlay form.
-    lowers: Option<Lowers>,
+    lowers: Option<Lowers<'a>>,
     /// The directories copied up from them, whose mode and mtime are set at the end.
     copied_dirs: std::cell::RefCell<Vec<DirMeta>>,
     /// Paths this layer wrote, and every ancestor of them: what whiteouts must not remove.
@@ -1031,11 +1031,17 @@ impl Applier<'_> {
                 OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
                 Mode::empty(),
             )?;
-            if lowers.is_opaque_dir(&dir) {
+            let mut value = [0u8; 2];
+            if matches!(rustix::fs::fgetxattr(&dir, self.opaque_key(), &mut value), Ok(1) if value[0] == b'y')
+            {
                 return Ok(None);
             }
         }
-        lowers.lookup(real)
+        lowers.found(real).map_err(|e| match e {
+            // The path in the layer named, the error's kind kept.
+            Error::Io { ref source, .. } => io::Error::new(source.kind(), e.to_string()),
+            other => io::Error::other(other.to_string()),
+        })
     }
 
     /// Over known lower layers: the entry `name` of the directory `dir` (at `rel`), a
@@ -1197,12 +1203,17 @@ impl Applier<'_> {
         Ok(())
     }
 
-    fn set_opaque(&self, fd: &OwnedFd, what: &str) -> Result<()> {
-        let key = if self.opts.userxattr {
+    /// The xattr that marks an opaque directory in this form.
+    fn opaque_key(&self) -> &'static str {
+        if self.opts.userxattr {
             "user.overlay.opaque"
         } else {
             "trusted.overlay.opaque"
-        };
+        }
+    }
+
+    fn set_opaque(&self, fd: &OwnedFd, what: &str) -> Result<()> {
+        let key = self.opaque_key();
         rustix::fs::fsetxattr(fd, key, b"y", XattrFlags::empty())
             .map_err(|e| bad(what, format!("setting {key}: {}", io::Error::from(e))))
     }

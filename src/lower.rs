@@ -1,5 +1,6 @@
-//! The layers below one being applied in overlayfs form: what their merged tree holds at a
-//! path, found the way overlayfs finds it.
+//! The lower layers of an overlay: what their merged tree holds at a path, found the way
+//! overlayfs finds it. The overlay-upper diff asks it what an upper entry replaced; an apply
+//! in overlay form over lower layers asks it what to copy up.
 //!
 //! A layer applied by itself in overlay form (whiteouts as 0/0 character devices, opaque
 //! directories as an xattr) cannot see the layers below it. A layer that writes through a
@@ -13,115 +14,197 @@
 //! and everything below; a directory merges with the directories below it at the same path,
 //! down to the first opaque one; anything else under a directory is hidden by it.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
-use crate::entry::os_path;
+use crate::entry::{self, Kind, os_path};
 use crate::error::{IoContext, Result};
+use crate::{walk, whiteout};
 
 /// The paths of each file with more than one link in a layer directory, by (device, inode).
 type LinkGroups = HashMap<(u64, u64), Vec<Vec<u8>>>;
 
-/// The lower directories of a layer, top first, each open.
-#[derive(Debug)]
-pub struct Lowers {
-    dirs: Vec<OwnedFd>,
-    /// The xattr that marks an opaque directory in them.
-    opaque_key: &'static str,
+/// The lower directories of an overlay (top first), opened for lookups, with what each holds
+/// at the directories looked up so far: the entries of an upper directory share most of
+/// their parents.
+pub(crate) struct Lowers<'a> {
+    layers: Vec<(OwnedFd, &'a Path)>,
+    dirs: Mutex<HashMap<(usize, Vec<u8>), AtDir>>,
     /// The hardlink groups of the layers whose files were copied up, by layer, read once.
-    links: RefCell<HashMap<usize, LinkGroups>>,
+    links: Mutex<HashMap<usize, LinkGroups>>,
 }
 
-/// What the merged lower tree holds at a path: the layer (index in [`Lowers`]) whose entry is
-/// seen, its parent directory there, and the entry's status.
-pub struct Found {
-    /// The index of the layer that holds it.
-    pub layer: usize,
-    /// The directory in that layer that holds the entry, open `O_PATH` (enough for the `*at`
-    /// calls, and for a directory its owner cannot read).
-    pub parent: OwnedFd,
-    /// The entry's status (not followed).
-    pub stat: Stat,
+/// What one lower layer holds at a parent of a path looked up.
+#[derive(Clone, Copy)]
+enum AtDir {
+    /// Nothing: its layers below show theirs (unless a directory above is opaque).
+    Absent,
+    /// A whiteout, or anything but a directory: the layers below show nothing there.
+    Hidden,
+    /// A directory, opaque (hiding the layers below) or merged with them.
+    Dir { opaque: bool },
 }
 
-impl Found {
-    /// The entry's type.
-    pub fn kind(&self) -> FileType {
-        FileType::from_raw_mode(self.stat.st_mode)
-    }
+/// What one lower layer has at a path.
+enum InLower {
+    /// The path itself, opened `O_PATH`.
+    Found(OwnedFd),
+    /// A whiteout of it or of a parent, or a parent that is not a directory: the layers
+    /// below do not show it.
+    Hidden,
+    /// Nothing; the layers below show theirs unless a parent here is opaque.
+    Absent { below_opaque: bool },
 }
 
-const PATH_FLAGS: OFlags = OFlags::PATH
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
-
-/// A 0/0 character device: an overlayfs whiteout.
-pub fn is_whiteout(st: &Stat) -> bool {
-    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
-}
-
-impl Lowers {
-    /// Open the directories `dirs` (top first); opaque directories in them carry
-    /// `user.overlay.opaque` when `userxattr`, else `trusted.overlay.opaque`.
-    pub fn open(dirs: &[PathBuf], userxattr: bool) -> Result<Lowers> {
-        let dirs = dirs
+impl<'a> Lowers<'a> {
+    /// Open each lower directory (top first).
+    pub(crate) fn open(lowers: &'a [PathBuf]) -> Result<Self> {
+        let layers = lowers
             .iter()
-            .map(|d| {
-                rustix::fs::open(
-                    d,
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .at(d)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let opaque_key = if userxattr {
-            "user.overlay.opaque"
-        } else {
-            "trusted.overlay.opaque"
-        };
+            .map(|p| Ok((walk::open_root(p)?, p.as_path())))
+            .collect::<Result<_>>()?;
         Ok(Lowers {
-            dirs,
-            opaque_key,
-            links: RefCell::new(HashMap::new()),
+            layers,
+            dirs: Default::default(),
+            links: Default::default(),
         })
     }
 
-    fn is_opaque(&self, parent: impl AsFd, name: &[u8]) -> bool {
-        let Ok(fd) = rustix::fs::openat(
-            parent,
-            os_path(name),
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            return false;
-        };
-        self.is_opaque_dir(&fd)
+    pub(crate) fn is_empty(&self) -> bool {
+        self.layers.is_empty()
     }
 
-    /// Whether the open directory `fd` is marked opaque, in these layers' form.
-    pub fn is_opaque_dir(&self, fd: impl AsFd) -> bool {
-        let mut value = [0u8; 2];
-        matches!(rustix::fs::fgetxattr(fd, self.opaque_key, &mut value), Ok(1) if value[0] == b'y')
+    /// True when `rel` exists in the lowers (see [`Self::find`]).
+    pub(crate) fn contains(&self, rel: &[u8]) -> Result<bool> {
+        Ok(self.find(rel)?.is_some())
+    }
+
+    /// `rel` in the stack of lowers as overlayfs merges them, opened `O_PATH` with the
+    /// lower's path; found without following any symlink. A lower layer's whiteout at `rel`,
+    /// or a whiteout or anything but a directory at one of its parents, hides `rel` in the
+    /// layers below (overlayfs does not merge a symlink with a directory); an opaque directory
+    /// above it hides them too.
+    pub(crate) fn find(&self, rel: &[u8]) -> Result<Option<(OwnedFd, &'a Path)>> {
+        Ok(self
+            .search(rel)?
+            .map(|(i, found)| (found, self.layers[i].1)))
+    }
+
+    /// [`Self::find`], with the index of the layer that holds `rel`.
+    fn search(&self, rel: &[u8]) -> Result<Option<(usize, OwnedFd)>> {
+        for (i, &(ref fd, root)) in self.layers.iter().enumerate() {
+            let at = || root.join(entry::os_path(rel));
+            match self.in_layer(i, fd.as_fd(), rel).at(at())? {
+                InLower::Found(found) => return Ok(Some((i, found))),
+                InLower::Hidden | InLower::Absent { below_opaque: true } => return Ok(None),
+                InLower::Absent {
+                    below_opaque: false,
+                } => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Self::find`] for a copy-up: the layer, the directory holding `rel` there and what
+    /// `rel` is. `rel` is a path of the merged tree without a symbolic link on the way.
+    pub(crate) fn found(&self, rel: &[u8]) -> Result<Option<Found>> {
+        let Some((layer, found)) = self.search(rel)? else {
+            return Ok(None);
+        };
+        let (fd, root) = &self.layers[layer];
+        let at = || root.join(entry::os_path(rel));
+        let stat = rustix::fs::fstat(&found).at(at())?;
+        let parent = match entry::parent(rel) {
+            b"" => rustix::fs::openat(fd, ".", PATH_FLAGS, Mode::empty()).at(at())?,
+            dir => walk::open_beneath(fd.as_fd(), dir, PATH_FLAGS).at(at())?,
+        };
+        Ok(Some(Found {
+            layer,
+            parent,
+            stat,
+        }))
+    }
+
+    fn in_layer(&self, i: usize, lower: BorrowedFd<'_>, rel: &[u8]) -> std::io::Result<InLower> {
+        let mut below_opaque = false;
+        let parents = rel
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'/')
+            .map(|(end, _)| &rel[..end]);
+        for dir in parents {
+            match self.at_dir(i, lower, dir)? {
+                AtDir::Absent => return Ok(InLower::Absent { below_opaque }),
+                AtDir::Hidden => return Ok(InLower::Hidden),
+                AtDir::Dir { opaque } => below_opaque |= opaque,
+            }
+        }
+        // Every parent is a directory here: the path is there or not.
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let found = match walk::open_beneath(lower, rel, flags) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(InLower::Absent { below_opaque });
+            }
+            Err(e) => return Err(e),
+        };
+        let st = rustix::fs::fstat(&found)?;
+        let may_be_whiteout = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::CharacterDevice => st.st_rdev == 0,
+            rustix::fs::FileType::RegularFile => st.st_size == 0, // by its xattr
+            _ => false,
+        };
+        if may_be_whiteout
+            && walk::entry_at(lower, rel)?.is_some_and(|e| whiteout::is_overlay_whiteout(&e))
+        {
+            return Ok(InLower::Hidden);
+        }
+        Ok(InLower::Found(found))
+    }
+
+    /// What lower `i` (open as `lower`) holds at the directory path `dir`, looked up once.
+    fn at_dir(&self, i: usize, lower: BorrowedFd<'_>, dir: &[u8]) -> std::io::Result<AtDir> {
+        let key = (i, dir.to_vec());
+        let known = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(known) = known {
+            return Ok(known);
+        }
+        let at = match walk::entry_at(lower, dir)? {
+            None => AtDir::Absent,
+            // A whiteout too: it is never a directory.
+            Some(e) if e.kind != Kind::Dir => AtDir::Hidden,
+            Some(e) => AtDir::Dir {
+                opaque: whiteout::is_overlay_opaque(&e),
+            },
+        };
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, at);
+        Ok(at)
     }
 
     /// The other paths of the file `found` (at `path`) in its layer, when it has more than
     /// one link there.
-    pub fn other_links(&self, found: &Found, path: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    pub(crate) fn other_links(&self, found: &Found, path: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         if found.stat.st_nlink < 2 {
             return Ok(Vec::new());
         }
-        let mut links = self.links.borrow_mut();
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let groups = match links.entry(found.layer) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(link_groups(&self.dirs[found.layer])?)
+                e.insert(link_groups(&self.layers[found.layer].0)?)
             }
         };
         let id = (found.stat.st_dev, found.stat.st_ino);
@@ -133,76 +216,44 @@ impl Lowers {
 
     /// The names in the root directories of the lower layers (whiteouts among them), each
     /// once.
-    pub fn root_names(&self) -> io::Result<Vec<Vec<u8>>> {
+    pub(crate) fn root_names(&self) -> io::Result<Vec<Vec<u8>>> {
         let mut names = Vec::new();
-        for dir in &self.dirs {
+        for (dir, _) in &self.layers {
             names.extend(crate::root::list_dir(dir)?);
         }
         names.sort();
         names.dedup();
         Ok(names)
     }
+}
 
-    /// What the merged lower tree holds at `path` (relative, no `.`/`..`, no symbolic link
-    /// on the way in the merged tree), if anything.
-    pub fn lookup(&self, path: &[u8]) -> io::Result<Option<Found>> {
-        // The layers in which the directory reached so far is a directory that takes part in
-        // the merge, top first, with that directory open in each.
-        let mut layers: Vec<(usize, OwnedFd)> = self
-            .dirs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Ok((i, rustix::fs::openat(d, ".", PATH_FLAGS, Mode::empty())?)))
-            .collect::<rustix::io::Result<_>>()?;
-        let comps: Vec<&[u8]> = path
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty())
-            .collect();
-        let Some((last, dirs)) = comps.split_last() else {
-            return Ok(None);
-        };
-        for comp in dirs {
-            let mut next = Vec::new();
-            for (layer, dir) in &layers {
-                let st = match rustix::fs::statat(dir, os_path(comp), AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(st) => st,
-                    Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => continue,
-                    Err(e) => return Err(e.into()),
-                };
-                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-                    // A whiteout, or anything else: it hides what lies below, and is not a
-                    // directory to go through unless one above it is.
-                    break;
-                }
-                next.push((
-                    *layer,
-                    rustix::fs::openat(dir, os_path(comp), PATH_FLAGS, Mode::empty())?,
-                ));
-                if self.is_opaque(dir, comp) {
-                    break;
-                }
-            }
-            if next.is_empty() {
-                return Ok(None);
-            }
-            layers = next;
-        }
-        for (layer, dir) in layers {
-            match rustix::fs::statat(&dir, os_path(last), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) if is_whiteout(&st) => return Ok(None),
-                Ok(stat) => {
-                    return Ok(Some(Found {
-                        layer,
-                        parent: dir,
-                        stat,
-                    }));
-                }
-                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(None)
+/// What the merged lower tree holds at a path: the layer (index in [`Lowers`]) whose entry is
+/// seen, its parent directory there, and the entry's status.
+pub(crate) struct Found {
+    /// The index of the layer that holds it.
+    pub(crate) layer: usize,
+    /// The directory in that layer that holds the entry, open `O_PATH` (enough for the `*at`
+    /// calls, and for a directory its owner cannot read).
+    pub(crate) parent: OwnedFd,
+    /// The entry's status (not followed).
+    pub(crate) stat: Stat,
+}
+
+impl Found {
+    /// The entry's type.
+    pub(crate) fn kind(&self) -> FileType {
+        FileType::from_raw_mode(self.stat.st_mode)
     }
+}
+
+const PATH_FLAGS: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// A 0/0 character device: an overlayfs whiteout.
+pub(crate) fn is_whiteout(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
 }
 
 /// Every xattr of the file at `path` (not followed), overlayfs' own left out.
@@ -253,7 +304,7 @@ fn proc_path(dir: impl AsFd, name: &[u8]) -> Vec<u8> {
 /// name, as overlayfs copies up: a directory (without its children), a symbolic link, a
 /// regular file with its content, a fifo or a device node; with its owner (when `chown`),
 /// its xattrs (overlayfs' own left out), mode and mtime.
-pub fn copy_up(found: &Found, name: &[u8], dir: impl AsFd, chown: bool) -> io::Result<()> {
+pub(crate) fn copy_up(found: &Found, name: &[u8], dir: impl AsFd, chown: bool) -> io::Result<()> {
     use rustix::fs::{Gid, Timespec, Timestamps, Uid, XattrFlags};
     let dir = dir.as_fd();
     let st = &found.stat;
