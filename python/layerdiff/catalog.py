@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "HistoryEntry",
     "Image",
     "ImageSummary",
+    "by_image_id",
     "history",
     "images",
     "index_tag",
@@ -135,26 +137,38 @@ def _load(ref: refs.LayoutRef) -> Image:
 _IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
 
 
-def _by_image_id(layout: Layout, ref: refs.LayoutRef) -> tuple[refs.LayoutRef, Descriptor] | None:
-    """The store image that ``ref``, no name of the store, names by its digest as ``images``
-    shows it (12 hex digits or more, ``sha256:`` optional), as docker takes an image ID where
-    no name matches. ImageNotFoundError when the prefix fits several images."""
-    found = _IMAGE_ID.fullmatch(ref.text) if ref.in_store else None
+def by_image_id(
+    layout: Layout,
+    text: str,
+    *,
+    keep: Callable[[Descriptor], bool] = lambda _: True,
+    what: str = "images by digest",
+) -> tuple[str, Descriptor] | None:
+    """The image of ``layout`` (among those ``keep`` keeps) that ``text`` names by its digest
+    as ``images`` shows it, docker's image ID (12 hex digits or more, ``sha256:`` optional):
+    its digest and index entry. None when ``text`` is no such prefix or names none;
+    ImageNotFoundError, saying ``what`` it names, when it names several."""
+    found = _IMAGE_ID.fullmatch(text)
     if found is None:
         return None
     prefix = "sha256:" + found.group(1)
     matches = {
         str(m["digest"]): m
         for m in layout.manifests()
-        if str(m.get("digest", "")).startswith(prefix)
+        if keep(m) and str(m.get("digest", "")).startswith(prefix)
     }
     if len(matches) > 1:
-        raise ImageNotFoundError(
-            f"{ref.text}: names {len(matches)} images by digest; give more of it"
-        )
-    if not matches:
+        raise ImageNotFoundError(f"{text}: names {len(matches)} {what}; give more of it")
+    return matches.popitem() if matches else None
+
+
+def _by_image_id(layout: Layout, ref: refs.LayoutRef) -> tuple[refs.LayoutRef, Descriptor] | None:
+    """The store image that ``ref``, no name of the store, names by its ID, as docker takes
+    an image ID where no name matches."""
+    found = by_image_id(layout, ref.text) if ref.in_store else None
+    if found is None:
         return None
-    digest, desc = matches.popitem()
+    digest, desc = found
     by_digest = refs.LayoutRef(text=digest, layout=layout.path, tag=None, in_store=True)
     return by_digest, desc
 

@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from layerdiff import refs
-from layerdiff.catalog import index_tag, load_image, require_blob
+from layerdiff.catalog import by_image_id, index_tag, load_image, require_blob
 from layerdiff.errors import ImageNotFoundError
 from layerdiff.layout import REF_NAME, Descriptor, Layout, writing
 
@@ -87,27 +86,16 @@ def _tag_to_remove(ref: refs.LayoutRef) -> tuple[Layout, str, Descriptor]:
     return layout, name, descriptor
 
 
-_IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
-
-
 def untagged_image(text: str) -> tuple[Path, str] | None:
     """The store's untagged image that ``text`` names by its digest, as ``images`` shows it
     (12 hex digits or more, ``sha256:`` optional): (the store's real path, the digest). None
     when ``text`` is no such prefix or names nothing untagged; ImageNotFoundError when it
     names several."""
-    found = _IMAGE_ID.fullmatch(text)
     path = refs.store_layout_path()
-    if found is None or not (path / "index.json").is_file():
+    if not (path / "index.json").is_file():
         return None
-    prefix = "sha256:" + found.group(1)
-    matches = {
-        str(m["digest"])
-        for m in Layout.open(path).manifests()
-        if _untagged(m) and str(m.get("digest", "")).startswith(prefix)
-    }
-    if len(matches) > 1:
-        raise ImageNotFoundError(f"{text}: names {len(matches)} untagged images; give more of it")
-    return (Path(os.path.realpath(path)), matches.pop()) if matches else None
+    found = by_image_id(Layout.open(path), text, keep=_untagged, what="untagged images")
+    return (Path(os.path.realpath(path)), found[0]) if found else None
 
 
 def remove_untagged(layout: str | os.PathLike[str], digest: str) -> None:
