@@ -664,9 +664,7 @@ impl Applier<'_> {
         }
         if !meta.xattrs.is_empty() {
             // lsetxattr through the directory's /proc entry: the leaf itself is not followed.
-            use std::os::fd::AsRawFd;
-            let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-            p.extend_from_slice(leaf);
+            let p = crate::walk::proc_entry_path(dir.as_fd(), leaf);
             for (k, v) in &meta.xattrs {
                 if is_overlay_xattr(k) {
                     continue;
@@ -703,14 +701,10 @@ impl Applier<'_> {
     fn finish(&mut self) -> Result<()> {
         for name in std::mem::take(&mut self.hidden) {
             // Over lower layers, the whiteout acts where its parent leads in the merged tree.
-            let path = match self.merged_path(parent(&name), false) {
-                Ok(dir) => join(&dir, base_name(&name)),
-                // Through a file, or nothing: nothing there to hide, as on one directory.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENOENT)) => {
-                    continue;
-                }
-                Err(e) => return Err(bad(&String::from_utf8_lossy(&name), e.to_string())),
+            let Some(dir) = self.merged_dir(parent(&name), &name)? else {
+                continue;
             };
+            let path = join(&dir, base_name(&name));
             let written_here = self.hide(&path, &name)?;
             if self.opts.overlay && !written_here {
                 self.overlay_whiteout(&path)?;
@@ -721,12 +715,8 @@ impl Applier<'_> {
             }
         }
         for name in std::mem::take(&mut self.opaque) {
-            let dir = match self.merged_path(&name, false) {
-                Ok(dir) => dir,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENOENT)) => {
-                    continue;
-                }
-                Err(e) => return Err(bad(&String::from_utf8_lossy(&name), e.to_string())),
+            let Some(dir) = self.merged_dir(&name, &name)? else {
+                continue;
             };
             self.hide_children(&dir, &name)?;
             if self.opts.overlay {
@@ -786,12 +776,8 @@ impl Applier<'_> {
     /// true when this layer wrote `path` (reached through links or not).
     fn hide(&self, path: &[u8], why: &[u8]) -> Result<bool> {
         let what = || String::from_utf8_lossy(why).into_owned();
-        let dir = match self.root.open_dir(parent(path)) {
-            Ok(fd) => fd,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                return Ok(false);
-            }
-            Err(e) => return Err(bad(&what(), e.to_string())),
+        let Some(dir) = self.existing_dir(parent(path), &what())? else {
+            return Ok(false);
         };
         let real = join(&self.real_path(&dir, parent(path)), base_name(path));
         if !self.created.contains(&real) {
@@ -812,12 +798,8 @@ impl Applier<'_> {
 
     fn hide_children(&self, dir: &[u8], why: &[u8]) -> Result<()> {
         let what = || String::from_utf8_lossy(why).into_owned();
-        let fd = match self.root.open_dir(dir) {
-            Ok(fd) => fd,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                return Ok(());
-            }
-            Err(e) => return Err(bad(&what(), e.to_string())),
+        let Some(fd) = self.existing_dir(dir, &what())? else {
+            return Ok(());
         };
         let real_dir = self.real_path(&fd, dir);
         for child in root::list_dir(&fd).map_err(|e| bad(&what(), e.to_string()))? {
@@ -861,6 +843,17 @@ impl Applier<'_> {
             }
         }
         self.root.create_dir_all(rel)
+    }
+
+    /// Where the directory `rel` leads in the merged tree ([`Self::merged_path`], nothing
+    /// made), for a whiteout or an opaque marker (`why`) there; `None` when it leads through
+    /// a file, or to nothing: nothing there to hide, as on one directory.
+    fn merged_dir(&self, rel: &[u8], why: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.merged_path(rel, false) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENOENT)) => Ok(None),
+            Err(e) => Err(bad(&String::from_utf8_lossy(why), e.to_string())),
+        }
     }
 
     /// The directory at `rel` if there is one, `None` when it is missing or not a directory.

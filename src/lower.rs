@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 
 use crate::entry::{self, Kind, os_path};
 use crate::error::{IoContext, Result};
@@ -127,6 +128,7 @@ impl<'a> Lowers<'a> {
             layer,
             parent,
             stat,
+            path: at(),
         }))
     }
 
@@ -237,6 +239,8 @@ pub(crate) struct Found {
     pub(crate) parent: OwnedFd,
     /// The entry's status (not followed).
     pub(crate) stat: Stat,
+    /// Where it is, for messages.
+    pub(crate) path: PathBuf,
 }
 
 impl Found {
@@ -254,50 +258,6 @@ const PATH_FLAGS: OFlags = OFlags::PATH
 /// A 0/0 character device: an overlayfs whiteout.
 pub(crate) fn is_whiteout(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
-}
-
-/// Every xattr of the file at `path` (not followed), overlayfs' own left out.
-fn xattrs_of(path: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut names = vec![0u8; 4096];
-    let n = loop {
-        match rustix::fs::llistxattr(os_path(path), &mut names) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
-            // No xattrs to read there, or none this caller may read (a directory its owner
-            // made unreadable): nothing is copied of them.
-            Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::ACCESS) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let mut out = Vec::new();
-    for key in names[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
-        if crate::whiteout::is_overlay_xattr(key) {
-            continue;
-        }
-        let mut value = vec![0u8; 4096];
-        let len = loop {
-            match rustix::fs::lgetxattr(os_path(path), os_path(key), &mut value) {
-                Ok(len) => break Some(len),
-                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
-                Err(rustix::io::Errno::NODATA | rustix::io::Errno::ACCESS) => break None,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if let Some(len) = len {
-            value.truncate(len);
-            out.push((key.to_vec(), value));
-        }
-    }
-    Ok(out)
-}
-
-/// `/proc/self/fd/N/name`: the entry `name` of the open directory `dir`, as a path the
-/// `l*xattr` calls take without following the entry itself.
-fn proc_path(dir: impl AsFd, name: &[u8]) -> Vec<u8> {
-    use std::os::fd::AsRawFd;
-    let mut p = format!("/proc/self/fd/{}/", dir.as_fd().as_raw_fd()).into_bytes();
-    p.extend_from_slice(name);
-    p
 }
 
 /// Copy the lower entry `found` (named `name` in its directory) into `dir` under the same
@@ -353,9 +313,19 @@ pub(crate) fn copy_up(found: &Found, name: &[u8], dir: impl AsFd, chown: bool) -
             AtFlags::SYMLINK_NOFOLLOW,
         )?;
     }
-    let to = proc_path(dir, name);
-    for (key, value) in xattrs_of(&proc_path(&found.parent, name))? {
-        match rustix::fs::lsetxattr(os_path(&to), os_path(&key), &value, XattrFlags::empty()) {
+    let to = walk::proc_entry_path(dir, name);
+    let cname = std::ffi::CString::new(name).map_err(|_| io::Error::from(Errno::INVAL))?;
+    let xattrs = walk::entry_xattrs(found.parent.as_fd(), &cname).map_err(|e| {
+        // A caller without privilege cannot read the xattrs of a directory its owner made
+        // unreadable: the copy would lose them, so it stops, saying where.
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("{}: {e}", found.path.display()))
+    })?;
+    for (key, value) in xattrs
+        .iter()
+        .filter(|(k, _)| !whiteout::is_overlay_xattr(k))
+    {
+        match rustix::fs::lsetxattr(os_path(&to), os_path(key), value, XattrFlags::empty()) {
             // What the layer directory cannot hold (trusted.* without privilege, say) stays
             // below, as when the layer itself is applied without privilege.
             Ok(()) | Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM) => {}

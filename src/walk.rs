@@ -377,7 +377,7 @@ fn xattrat_available(dir_fd: BorrowedFd<'_>) -> bool {
 /// the magic link pins the directory already opened (no path walk from the root, nothing to
 /// race), and the `l` form does not follow the last component. The direct calls save that
 /// lookup of three more components on every entry.
-fn entry_xattrs(dir_fd: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Xattrs> {
+pub(crate) fn entry_xattrs(dir_fd: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Xattrs> {
     if !NO_XATTRAT.load(Ordering::Relaxed) {
         let xattrs = read_xattrs(
             |buf| list_xattrat(dir_fd, name, buf),
@@ -398,11 +398,17 @@ fn entry_xattrs(dir_fd: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Xattr
     proc_entry_xattrs(dir_fd, name)
 }
 
+/// `/proc/self/fd/<dir_fd>/<name>`: the entry `name` of the open directory `dir_fd`, as a path
+/// the `l*xattr` calls take without following the entry itself (see [`entry_xattrs`]).
+pub(crate) fn proc_entry_path(dir_fd: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
+    let mut path = format!("/proc/self/fd/{}/", dir_fd.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name);
+    path
+}
+
 /// [`entry_xattrs`] through `/proc/self/fd`.
 fn proc_entry_xattrs(dir_fd: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Xattrs> {
-    let mut path = format!("/proc/self/fd/{}/", dir_fd.as_raw_fd()).into_bytes();
-    path.extend_from_slice(name.to_bytes());
-    let path = CString::new(path).map_err(|_| Errno::INVAL)?;
+    let path = CString::new(proc_entry_path(dir_fd, name.to_bytes())).map_err(|_| Errno::INVAL)?;
     read_xattrs(
         |buf| {
             if buf.is_empty() {
