@@ -104,7 +104,9 @@ def apply(
             raise InvalidArgumentError("lowers is a sequence of directories, not one path")
         lowers = list(lowers)
         if not overlay:
-            raise InvalidArgumentError("lower directories are only for overlay form (overlay=True)")
+            raise InvalidArgumentError(
+                "lower directories are only for overlay form (--overlay, overlay=True)"
+            )
         for d in lowers:
             if not os.path.isdir(d):
                 raise LayerdiffOSError(
