@@ -10,9 +10,20 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-from common import WORK, debian_rootfs, layerdiff_cmd, peak_rss_mb, report, timed, timed_call, warm
+from common import (
+    WORK,
+    debian_rootfs,
+    layerdiff_cmd,
+    peak_rss_mb,
+    report,
+    start_up_ms,
+    timed,
+    timed_call,
+    warm,
+)
 
 import layerdiff
 
@@ -64,6 +75,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env_note = f"rootfs {rootfs} on {os.cpu_count()} cores"
     print(env_note)
+    # The command line's fixed cost, which the in-process rows below leave out.
+    print(
+        f"start-up: python -c pass {start_up_ms([sys.executable, '-c', 'pass']):.0f} ms, "
+        f"python -S -c pass {start_up_ms([sys.executable, '-S', '-c', 'pass']):.0f} ms, "
+        f"layerdiff --version {start_up_ms([LD, '--version']):.0f} ms"
+    )
 
     def ours(compression: str) -> float:
         target = layout(f"ours-{compression}")

@@ -99,6 +99,10 @@ pub const ZSTD_JOB_SIZE: u32 = 4 << 20;
 /// Input handed to zstd per call: fewer, larger calls than tar's 512-byte headers.
 const ZSTD_FEED: usize = 1 << 20;
 
+/// Input at least this long goes to zstd as it is: zstd copies it into its job buffer anyway,
+/// and a copy into the feed buffer first costs more than the call it saves.
+const ZSTD_DIRECT: usize = 64 << 10;
+
 impl Compression {
     /// OCI media type of a layer compressed this way.
     pub fn media_type(self) -> &'static str {
@@ -247,7 +251,8 @@ impl<W: Write> Write for Compressor<W> {
             Codec::None(w) => w.write_all(data),
             Codec::Gzip(g) => g.write_all(data),
             Codec::Zstd { encoder, buf } => {
-                if buf.len() + data.len() < ZSTD_FEED {
+                let direct = data.len() >= ZSTD_DIRECT;
+                if !direct && buf.len() + data.len() < ZSTD_FEED {
                     buf.extend_from_slice(data);
                     return Ok(());
                 }
@@ -255,7 +260,7 @@ impl<W: Write> Write for Compressor<W> {
                     encoder.write_all(buf)?;
                     buf.clear();
                 }
-                if data.len() >= ZSTD_FEED {
+                if direct {
                     encoder.write_all(data)
                 } else {
                     buf.extend_from_slice(data);
@@ -800,6 +805,22 @@ mod tests {
                     "level {level} threads {threads} chunk {chunk}"
                 );
             }
+            // Headers and file contents, as a tar comes: small writes that are gathered
+            // before zstd sees them, between large ones that go to it as they are.
+            let mut w = Compressor::new(Vec::new(), c, 2).unwrap();
+            let mut rest = &data[..];
+            for len in [512, ZSTD_DIRECT, 100, ZSTD_DIRECT - 1, 3, 70_000]
+                .iter()
+                .cycle()
+            {
+                let (part, tail) = rest.split_at((*len).min(rest.len()));
+                w.write_all(part).unwrap();
+                rest = tail;
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            assert!(w.finish().unwrap() == one, "level {level}, mixed writes");
             assert!(zstd::decode_all(&one[..]).unwrap() == data);
             assert!(run(Command::new("zstd").arg("-dc"), &one) == data);
         }

@@ -590,6 +590,88 @@ fn a_file_that_changed_size_is_an_error() {
     }
 }
 
+/// Content for file `n` of `len` bytes, different for every file and offset.
+fn content(n: u64, len: u64) -> Vec<u8> {
+    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn contents_read_back_whole_across_batches_chunks_and_reused_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = SMALL_FILE;
+    let chunk = BATCH_BYTES;
+    // Sizes at every edge of the reader: small files (read in batches), large ones (streamed
+    // in chunks), and enough files of all sizes for each reader buffer to be used many times.
+    let mut sizes = vec![
+        0,
+        1,
+        511,
+        512,
+        small - 1,
+        small,
+        small + 1,
+        chunk - 1,
+        chunk,
+        chunk + 1,
+        2 * chunk + 3,
+    ];
+    sizes.extend((0..1500u64).map(|i| i * 7919 % 6000));
+    sizes.extend((0..40u64).map(|i| 300_000 + i * 15_000));
+    let mut changes = Vec::new();
+    for (n, &len) in sizes.iter().enumerate() {
+        // Interleave the sizes so batches are cut at every kind of neighbour.
+        let name = format!("f{:05}", (n * 7) % sizes.len());
+        std::fs::write(dir.path().join(&name), content(n as u64, len)).unwrap();
+        changes.push(added(stat(dir.path(), name.as_bytes())));
+    }
+    let changes = sorted(changes);
+    let mut tar = Vec::new();
+    write_layer(dir.path(), &changes, &opts(Compression::None, 2), &mut tar).unwrap();
+    let mut seen = 0;
+    for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let mut got = Vec::new();
+        e.read_to_end(&mut got).unwrap();
+        let want = std::fs::read(dir.path().join(&name)).unwrap();
+        assert!(
+            got == want,
+            "{name}: {} bytes read back, {} in the file",
+            got.len(),
+            want.len()
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, sizes.len());
+}
+
+#[test]
+fn a_file_that_reads_longer_than_its_size_is_an_error() {
+    // procfs files have a size of 0 and content: the one byte read past the size catches it.
+    let root = Path::new("/proc/self");
+    let changes = vec![added(stat(root, b"status"))];
+    assert_eq!(changes[0].entry.as_ref().unwrap().size, 0);
+    match write_layer(root, &changes, &opts(Compression::None, 2), io::sink()) {
+        Err(Error::FileChanged {
+            path,
+            expected,
+            found,
+        }) => {
+            assert_eq!(path, root.join("status"));
+            assert_eq!((expected, found), (0, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A sink that cancels the layer once it has taken `after` bytes, and counts what it took.
 struct CancelAfter {
     cancel: Arc<crate::cancel::Cancel>,
