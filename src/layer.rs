@@ -3,7 +3,7 @@
 //! ```text
 //!  reader thread ──(file contents, bounded channel)──▶ caller's thread
 //!   small files: read in parallel batches              TarWriter
-//!   large files: 4 MiB chunks                           → Sha256Writer (diff_id)
+//!   large files: 1 MiB chunks                           → Sha256Writer (diff_id)
 //!                                                       → Compressor (gzip/zstd workers)
 //!                                                       → sha256 (digest) → sink
 //! ```
@@ -85,8 +85,10 @@ pub struct LayerInfo {
 
 /// Files up to this size are read whole, in parallel batches; larger ones are streamed.
 const SMALL_FILE: u64 = 1 << 20;
-/// A batch of small files holds at most this many bytes, and a streamed file is sent in chunks
-/// of this size ...
+/// Chunk size of streamed files. A chunk fills a quarter of a reader buffer, whose other pages
+/// a large file then never touches: a layer of one large file keeps to 6 MiB of them.
+const CHUNK: u64 = 1 << 20;
+/// A batch of small files holds at most this many bytes ...
 const BATCH_BYTES: u64 = 4 << 20;
 /// ... and a batch at most this many files.
 const BATCH_FILES: usize = 256;
@@ -99,6 +101,7 @@ const AHEAD: usize = 4;
 /// rootfs 6,000–8,000 more faults a commit, a third of them all.
 const READ_BUFFERS: usize = AHEAD + 2;
 /// Size of a reader buffer: a batch, with one byte after each file (see [`Reader::batch`]).
+/// Made zeroed, so that its pages are mapped only once something is read into them.
 const READ_BUFFER: usize = BATCH_BYTES as usize + BATCH_FILES;
 /// Buffer in front of the sink.
 const SINK_BUFFER: usize = 256 << 10;
@@ -725,7 +728,7 @@ impl Reader<'_> {
         Batch { buf, pieces }
     }
 
-    /// Stream a large file in chunks of [`BATCH_BYTES`], the first into `buf`. False if the
+    /// Stream a large file in chunks of [`CHUNK`] bytes, the first into `buf`. False if the
     /// writer is gone or an error was sent.
     fn stream(&mut self, i: usize, buf: Vec<u8>, tx: &mpsc::SyncSender<Batch>) -> bool {
         let path = &self.tree.changes[i].path;
@@ -745,7 +748,7 @@ impl Reader<'_> {
             let Some(mut chunk) = buf.take().or_else(|| self.buffer()) else {
                 return false;
             };
-            let want = left.min(BATCH_BYTES) as usize;
+            let want = left.min(CHUNK) as usize;
             let n = match read_full(&file, &mut chunk[..want]) {
                 Ok(n) => n,
                 Err(e) => return send(chunk, Err(Error::io(os_path(path), e))),

@@ -607,7 +607,8 @@ fn content(n: u64, len: u64) -> Vec<u8> {
 fn contents_read_back_whole_across_batches_chunks_and_reused_buffers() {
     let dir = tempfile::tempdir().unwrap();
     let small = SMALL_FILE;
-    let chunk = BATCH_BYTES;
+    let chunk = CHUNK;
+    let batch = BATCH_BYTES;
     // Sizes at every edge of the reader: small files (read in batches), large ones (streamed
     // in chunks), and enough files of all sizes for each reader buffer to be used many times.
     let mut sizes = vec![
@@ -618,10 +619,11 @@ fn contents_read_back_whole_across_batches_chunks_and_reused_buffers() {
         small - 1,
         small,
         small + 1,
-        chunk - 1,
-        chunk,
-        chunk + 1,
-        2 * chunk + 3,
+        chunk + small - 1,
+        batch - 1,
+        batch,
+        batch + 1,
+        2 * batch + 3,
     ];
     sizes.extend((0..1500u64).map(|i| i * 7919 % 6000));
     sizes.extend((0..40u64).map(|i| 300_000 + i * 15_000));

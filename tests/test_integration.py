@@ -1097,3 +1097,42 @@ def test_a_file_whose_xattrs_no_tar_reader_takes_is_refused_by_name(
     assert "big: its metadata (xattrs) take" in proc.stderr
     assert "more than the 1048576 bytes tar readers accept" in proc.stderr
     assert layerdiff.images() == []
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_commit_memory_does_not_follow_the_file_size(tmp_path: Path, compression: str) -> None:
+    # A file many times larger than the pipeline's buffers, of content no codec shrinks (so
+    # every output buffer fills too): the command's peak memory stays within the design's
+    # 100 MB bound, as it must for a file of any size.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with open(tree / "big", "wb") as f:
+        for _ in range(256):
+            f.write(os.urandom(1 << 20))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "layerdiff",
+            "commit",
+            "--progress",
+            "none",
+            "--compression",
+            compression,
+            "--upper",
+            str(tree),
+            f"oci:{tmp_path / 'layout'}:big",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, err
+    peak_mb = usage.ru_maxrss / 1024
+    assert peak_mb < 100, f"peak RSS {peak_mb:.0f} MB"
+    # The whole file went in: random bytes leave every codec's output at least as long.
+    blobs = (tmp_path / "layout" / "blobs" / "sha256").iterdir()
+    assert max(b.stat().st_size for b in blobs) >= 256 << 20
