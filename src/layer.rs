@@ -394,8 +394,9 @@ fn write_layer_into<W: Write + Send>(
             incoming,
             opts.cancel.as_deref(),
         );
-        // `rx` is dropped by now: a reader blocked on a full channel wakes up and stops. Join
-        // it here, so that it has exited, not just returned, when the layer is written.
+        // `incoming` is dropped by now, and with it both ends the reader waits on: a reader
+        // blocked on a full channel or waiting for a buffer back wakes up and stops. Join it
+        // here, so that it has exited, not just returned, when the layer is written.
         if let Err(panic) = reader.join() {
             std::panic::resume_unwind(panic);
         }
@@ -728,8 +729,10 @@ impl Reader<'_> {
         Batch { buf, pieces }
     }
 
-    /// Stream a large file in chunks of [`CHUNK`] bytes, the first into `buf`. False if the
-    /// writer is gone or an error was sent.
+    /// Stream a large file in chunks of [`CHUNK`] bytes, the first into `buf`. The last chunk
+    /// is read with a byte of room more, so that a file that grew while it was read is caught
+    /// by the same reads, and reported in place of that chunk. False if the writer is gone or
+    /// an error was sent.
     fn stream(&mut self, i: usize, buf: Vec<u8>, tx: &mpsc::SyncSender<Batch>) -> bool {
         let path = &self.tree.changes[i].path;
         let size = self.size(i);
@@ -749,11 +752,12 @@ impl Reader<'_> {
                 return false;
             };
             let want = left.min(CHUNK) as usize;
-            let n = match read_full(&file, &mut chunk[..want]) {
+            let room = want + usize::from(want as u64 == left);
+            let n = match read_full(&file, &mut chunk[..room]) {
                 Ok(n) => n,
                 Err(e) => return send(chunk, Err(Error::io(os_path(path), e))),
             };
-            if n < want {
+            if n != want {
                 let found = size - left + n as u64;
                 return send(chunk, Err(changed(path, size, found)));
             }
@@ -762,16 +766,7 @@ impl Reader<'_> {
                 return false;
             }
         }
-        let mut extra = [0u8; 1];
-        let grew = match (&file).read(&mut extra) {
-            Ok(0) => return true,
-            Ok(n) => Err(changed(path, size, size + n as u64)),
-            Err(e) => Err(Error::io(os_path(path), e)),
-        };
-        match buf.or_else(|| self.buffer()) {
-            Some(b) => send(b, grew),
-            None => false,
-        }
+        true
     }
 }
 

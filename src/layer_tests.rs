@@ -674,6 +674,92 @@ fn a_file_that_reads_longer_than_its_size_is_an_error() {
     }
 }
 
+/// A sink that takes nothing until it is opened.
+struct Gate {
+    open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Write for Gate {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (open, opened) = &*self.open;
+        let mut is_open = open.lock().unwrap();
+        while !*is_open {
+            is_open = opened.wait(is_open).unwrap();
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The layer of `names` below `dir`, written while `change` runs: the sink stays shut until
+/// then, so the reader stops, its buffers full, part of the way into a file larger than they
+/// hold.
+fn write_while(dir: &Path, names: &[&str], change: impl FnOnce()) -> Result<LayerInfo> {
+    let changes = sorted(
+        names
+            .iter()
+            .map(|n| added(stat(dir, n.as_bytes())))
+            .collect(),
+    );
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let sink = Gate { open: gate.clone() };
+    let root = dir.to_path_buf();
+    let writer = std::thread::spawn(move || {
+        write_layer(root.as_path(), &changes, &opts(Compression::None, 2), sink)
+    });
+    // Time for the reader to open the large file; were it slower, the file would change
+    // before its open, which the open's size check reports the same way.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    change();
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    writer.join().unwrap()
+}
+
+#[test]
+fn a_large_file_that_changes_size_while_it_is_read_is_an_error() {
+    let big: u64 = 20 << 20;
+    let append = |path: &Path| {
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(b"!").unwrap();
+    };
+    // Grown: as the last file of the layer (nothing reads on after it), and before another.
+    for names in [&["big"][..], &["big", "z"]] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        std::fs::write(&path, content(1, big)).unwrap();
+        std::fs::write(dir.path().join("z"), b"z").unwrap();
+        match write_while(dir.path(), names, || append(&path)) {
+            Err(Error::FileChanged {
+                path: named,
+                expected,
+                found,
+            }) => {
+                assert_eq!(named, path);
+                assert_eq!((expected, found), (big, big + 1));
+            }
+            other => panic!("{names:?}: {other:?}"),
+        }
+    }
+    // Shrunk.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    std::fs::write(&path, content(1, big)).unwrap();
+    let to = (12 << 20) + 5;
+    let truncate = || {
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(to).unwrap();
+    };
+    match write_while(dir.path(), &["big"], truncate) {
+        Err(Error::FileChanged {
+            expected, found, ..
+        }) => assert_eq!((expected, found), (big, to)),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A sink that cancels the layer once it has taken `after` bytes, and counts what it took.
 struct CancelAfter {
     cancel: Arc<crate::cancel::Cancel>,
