@@ -42,7 +42,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::squash_index::{IndexBuilder, LayerIndex};
 use crate::tar::writer::{Meta, TarWriter};
 use crate::walk::open_beneath;
-use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_overlay_xattr};
 
 /// Options for writing one layer (default: gzip at the default level, one thread per core, no
 /// clamp).
@@ -145,6 +145,19 @@ pub fn plan(upper: &Path, changes: &[Change]) -> Result<(Vec<Op>, Vec<String>)> 
             Some(_) if c.opaque => 1 + OPAQUE_MARKER.len(),
             Some(e) => usize::from(e.kind == Kind::Dir),
         };
+        // Checked by the tar writer too, but here before anything is written, and with the
+        // whole path.
+        let unstorable = c.entry.iter().flat_map(|e| &e.xattrs).find(|(name, _)| {
+            !is_overlay_xattr(name)
+                && (name.is_empty() || name.contains(&b'=') || name.contains(&0))
+        });
+        if let Some((name, _)) = unstorable {
+            return Err(Error::InvalidArgument(format!(
+                "{}: xattr name {:?} cannot be stored in a PAX record",
+                upper.join(os_path(&c.path)).display(),
+                String::from_utf8_lossy(name)
+            )));
+        }
         if c.path.len() + extra > PATH_MAX {
             return Err(Error::PathTooLong {
                 path: upper.join(os_path(&c.path)),

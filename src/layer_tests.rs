@@ -275,6 +275,22 @@ fn an_empty_xattr_value_is_kept_with_a_warning() {
     );
 }
 
+#[test]
+fn an_xattr_name_no_pax_record_can_hold_is_refused_with_the_whole_path() {
+    let mut f = entry(b"d/f", Kind::File);
+    f.xattrs = vec![(b"user.a=b".to_vec(), b"v".to_vec())];
+    let d = entry(b"d", Kind::Dir);
+    let err = plan(Path::new("/up"), &[added(d), added(f)]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid argument: /up/d/f: xattr name \"user.a=b\" cannot be stored in a PAX record"
+    );
+    // overlayfs' own are left out of a layer, whatever their names.
+    let mut g = entry(b"g", Kind::File);
+    g.xattrs = vec![(b"trusted.overlay.a=b".to_vec(), b"v".to_vec())];
+    assert!(plan(Path::new("/up"), &[added(g)]).is_ok());
+}
+
 /// A small tree with one of everything a walk finds, and its changes.
 fn tree() -> (tempfile::TempDir, Vec<Change>) {
     let dir = tempfile::tempdir().unwrap();

@@ -41,21 +41,13 @@ use std::path::PathBuf;
 
 use crate::entry::{Entry, Timestamp, join, os_path};
 use crate::error::{Error, IoContext, Result};
-use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_overlay_xattr};
 
 /// Size of a tar block.
 pub const BLOCK: usize = 512;
 /// Name of every PAX extended header block (the one Python's `tarfile` writes).
 pub const PAX_HEADER_NAME: &[u8] = b"././@PaxHeader";
-/// Name prefixes of xattrs that belong to overlayfs and never enter a layer.
-pub const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
-
 static ZEROS: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
-
-/// Whether an xattr name is one of overlayfs' own.
-pub fn is_overlay_xattr(name: &[u8]) -> bool {
-    OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
-}
 
 /// The metadata every tar entry carries.
 #[derive(Debug, Clone, Copy)]
