@@ -147,6 +147,19 @@ pub fn diff_overlay(upper: &Path, lowers: &[PathBuf], opts: &DiffOptions) -> Res
     Ok(diff_overlay_view(upper, lowers, opts)?.changes)
 }
 
+/// Whether this process can read `trusted.*` xattrs, which takes `CAP_SYS_ADMIN` in the
+/// initial user namespace: a user namespace's root cannot, and the kernel then lists none and
+/// reads each as absent.
+fn reads_trusted_xattrs() -> bool {
+    use rustix::thread::{CapabilitySet, capabilities};
+    let admin = capabilities(None).is_ok_and(|c| c.effective.contains(CapabilitySet::SYS_ADMIN));
+    // The initial namespace maps every id to itself; without /proc, assume it.
+    let initial = std::fs::read_to_string("/proc/self/uid_map").map_or(true, |map| {
+        map.split_whitespace().eq(["0", "0", "4294967295"])
+    });
+    admin && initial
+}
+
 /// The changes of an overlayfs upper directory and the tree their contents are in.
 #[derive(Debug)]
 pub struct OverlayDiff {
@@ -168,7 +181,18 @@ pub fn diff_overlay_view(
 ) -> Result<OverlayDiff> {
     let upper_fd = walk::open_root(upper)?;
     let mut entries = walk::walk_fd(upper_fd.as_fd(), upper, opts.cancel())?;
-    whiteout::keep_one_overlay_namespace(&mut entries);
+    let root_xattrs = walk::entry_xattrs(upper_fd.as_fd(), c".").at(upper)?;
+    if !whiteout::shows_user_overlay_xattrs(&entries, &root_xattrs) && !reads_trusted_xattrs() {
+        return Err(Error::Overlay {
+            path: upper.to_path_buf(),
+            reason: "shows no user.overlay.* xattr of a rootless (userxattr) overlay mount, \
+                     and without privilege the trusted.overlay.* ones a mount by root writes \
+                     cannot be read: its opaque directories, renamed directories and \
+                     metadata-only copies would go unseen; read it as root"
+                .into(),
+        });
+    }
+    whiteout::keep_one_overlay_namespace(&mut entries, &root_xattrs);
     check_indexed_links(upper, &entries, lowers)?;
     if let Some(moved) = entries.iter().find(|e| needs_merged_view(e)) {
         let (changes, merged) = diff_through_merged_view(upper, lowers, &entries, moved, opts)?;

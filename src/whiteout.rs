@@ -245,23 +245,31 @@ pub fn is_overlay_metacopy(entry: &Entry) -> bool {
 
 /// An overlay mount writes its xattrs in one namespace: `trusted.overlay.*`, or with
 /// `userxattr` (unprivileged) `user.overlay.*`. Once an upper directory shows a
-/// `trusted.overlay.*` xattr anywhere (a copied-up file's `origin`, the root's `uuid`, an
-/// `opaque` directory…), its `user.overlay.*` xattrs are the tree's own (a rootless store kept
-/// inside the image, say), not markers: they are dropped here so that nothing reads them as
-/// whiteouts, opaque directories, redirects or metacopy files. (By name they are overlayfs'
-/// own, so no layer holds them either way.)
-pub fn keep_one_overlay_namespace(entries: &mut [Entry]) {
+/// `trusted.overlay.*` xattr anywhere, its root (`root_xattrs`, where overlayfs keeps the
+/// mount's `uuid`) included (a copied-up file's `origin`, an `opaque` directory…), its
+/// `user.overlay.*` xattrs are the tree's own (a rootless store kept inside the image, say),
+/// not markers: they are dropped here so that nothing reads them as whiteouts, opaque
+/// directories, redirects or metacopy files. (By name they are overlayfs' own, so no layer
+/// holds them either way.)
+pub fn keep_one_overlay_namespace(entries: &mut [Entry], root_xattrs: &[(Vec<u8>, Vec<u8>)]) {
     let trusted = OVERLAY_XATTR_PREFIXES[0];
-    if !entries
-        .iter()
-        .any(|e| e.xattrs.iter().any(|(k, _)| k.starts_with(trusted)))
-    {
+    let is_trusted =
+        |xattrs: &[(Vec<u8>, Vec<u8>)]| xattrs.iter().any(|(k, _)| k.starts_with(trusted));
+    if !is_trusted(root_xattrs) && !entries.iter().any(|e| is_trusted(&e.xattrs)) {
         return;
     }
     let user = OVERLAY_XATTR_PREFIXES[1];
     for e in entries {
         e.xattrs.retain(|(k, _)| !k.starts_with(user));
     }
+}
+
+/// True when an upper directory (its entries, and its root's xattrs) shows an xattr that only
+/// an overlay mounted with `userxattr` writes.
+pub fn shows_user_overlay_xattrs(entries: &[Entry], root_xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    let user = OVERLAY_XATTR_PREFIXES[1];
+    let is_user = |xattrs: &[(Vec<u8>, Vec<u8>)]| xattrs.iter().any(|(k, _)| k.starts_with(user));
+    is_user(root_xattrs) || entries.iter().any(|e| is_user(&e.xattrs))
 }
 
 /// Remove overlayfs' own xattrs from an entry (after the decisions that need them are made).
@@ -528,13 +536,21 @@ mod tests {
     fn user_overlay_xattrs_are_data_where_the_overlay_wrote_trusted_ones() {
         let opaque = || entry(Kind::Dir, &[("user.overlay.opaque", "y")]);
         let mut rootless = vec![opaque()];
-        keep_one_overlay_namespace(&mut rootless);
+        keep_one_overlay_namespace(&mut rootless, &[]);
         assert!(is_overlay_opaque(&rootless[0]));
+        assert!(shows_user_overlay_xattrs(&rootless, &[]));
         let origin = entry(Kind::File, &[("trusted.overlay.origin", "x")]);
         let mut rootful = vec![opaque(), origin];
-        keep_one_overlay_namespace(&mut rootful);
+        keep_one_overlay_namespace(&mut rootful, &[]);
         assert!(!is_overlay_opaque(&rootful[0]));
         assert_eq!(rootful[1].xattrs.len(), 1);
+        // The mount's uuid on the upper root is enough: nothing else need have been copied up.
+        let uuid = |ns: &str| vec![(format!("{ns}.overlay.uuid").into_bytes(), vec![7; 16])];
+        let mut new_files_only = vec![opaque()];
+        keep_one_overlay_namespace(&mut new_files_only, &uuid("trusted"));
+        assert!(!is_overlay_opaque(&new_files_only[0]));
+        assert!(shows_user_overlay_xattrs(&[], &uuid("user")));
+        assert!(!shows_user_overlay_xattrs(&[], &uuid("trusted")));
     }
 
     #[test]

@@ -1074,6 +1074,43 @@ def test_user_overlay_xattrs_in_an_upper_written_with_trusted_ones_are_not_marke
 
 
 @pytest.mark.root
+def test_user_overlay_xattrs_are_data_when_only_the_upper_root_shows_trusted_ones(
+    tmp_path: Path,
+) -> None:
+    """Nothing copied up, only new files: the one trusted.overlay.* xattr is the mount's uuid
+    on the upper root, and it is enough to read user.overlay.* ones as the tree's own."""
+    lower = tmp_path / "lower"
+    (lower / "kept").mkdir(parents=True)
+    (lower / "kept" / "f").write_text("keep\n")
+    layout = f"oci:{tmp_path}/l"
+    assert run_cli("commit", "--upper", str(lower), f"{layout}:base").returncode == 0
+    upper, merged = mount_overlay(tmp_path, lower, "index=off")
+    try:
+        (merged / "data").touch()
+        os.setxattr(merged / "data", "user.overlay.whiteout", b"")
+        (merged / "new").mkdir()
+        (merged / "new" / "g").write_text("g\n")
+        os.setxattr(merged / "new", "user.overlay.opaque", b"y")
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    if not any(n.startswith("trusted.overlay.") for n in os.listxattr(upper)):
+        pytest.skip("this kernel marks no overlay upper root (overlayfs before 6.6)")
+    below_root = [n for p in upper.rglob("*") for n in os.listxattr(p, follow_symlinks=False)]
+    assert not [n for n in below_root if n.startswith("trusted.")], "nothing was copied up"
+    diff = run_cli("diff", "--overlay", str(upper), "--lower", str(lower))
+    assert diff.returncode == 0, diff.stderr
+    assert diff.stdout.splitlines() == ["A /data", "A /new", "A /new/g"]
+    out = commit_overlay_and_unpack(upper, lower, layout, tmp_path / "out")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "data",
+        "kept",
+        "kept/f",
+        "new",
+        "new/g",
+    ]
+
+
+@pytest.mark.root
 def test_a_file_whose_xattrs_no_tar_reader_takes_is_refused_by_name(
     tmp_path: Path, store_home: Path
 ) -> None:

@@ -185,3 +185,58 @@ def test_rootless_layers_over_read_only_and_unreadable_lower_files() -> None:
     finally:
         subprocess.run(["chmod", "-R", "u+rwX", str(work)], check=False)
         shutil.rmtree(work)
+
+
+OVERLAY_DIFF = """
+import sys
+import layerdiff
+try:
+    layerdiff.diff_overlay(sys.argv[1], lowers=[sys.argv[2]])
+except layerdiff.OverlayError as e:
+    print("refused:", e)
+else:
+    print("read")
+"""
+
+
+def test_an_upper_written_by_root_is_refused_without_privilege_not_misread() -> None:
+    """The markers of an overlay mounted by root (a renamed directory, one deleted and made
+    again) are trusted.overlay.* xattrs, which nobody cannot read: the diff stops instead of
+    giving a layer without them."""
+    from tests.overlays import mount_or_skip
+
+    python = _interpreter()
+    work = Path(tempfile.mkdtemp(prefix="layerdiff-rootless-"))
+    try:
+        lower, upper, wd, merged = (work / n for n in ("lower", "upper", "work", "merged"))
+        (lower / "d" / "sub").mkdir(parents=True)
+        (lower / "d" / "sub" / "f").write_text("1")
+        (lower / "e").mkdir()
+        (lower / "e" / "h").write_text("2")
+        for d in (upper, wd, merged):
+            d.mkdir()
+        opts = f"lowerdir={lower},upperdir={upper},workdir={wd},index=off,redirect_dir=on"
+        mount_or_skip(opts, merged)
+        try:
+            (merged / "d").rename(merged / "dd")
+            shutil.rmtree(merged / "e")
+            (merged / "e").mkdir()
+        finally:
+            subprocess.run(["umount", str(merged)], check=True)
+        os.chown(work, NOBODY, NOBODY)
+        as_root = subprocess.run(
+            [python, "-c", OVERLAY_DIFF, str(upper), str(lower)],
+            env={"PYTHONPATH": str(REPO_PYTHON), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert as_root.stdout == "read\n", as_root.stderr
+        done = _run_as_nobody(python, OVERLAY_DIFF, str(upper), str(lower))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"refused: {upper}: shows no user.overlay.* xattr"), (
+            done.stdout
+        )
+        assert "read it as root" in done.stdout
+    finally:
+        shutil.rmtree(work)
