@@ -89,7 +89,8 @@ const PAR_STAT_MIN: usize = 64;
 /// Walk the tree under `root` (not following symlinks, never leaving the tree) and return every
 /// object below it — the root itself excluded — in [`crate::entry::cmp_paths`] order.
 ///
-/// `root` must be a directory; a symlink to one is refused rather than followed. An entry that
+/// `root` must be a directory, or a symlink to one (followed, as `tar -C` does; nothing below
+/// the root is). An entry that
 /// disappears between reading its directory and looking at it is left out (it is no longer part
 /// of the tree); any other failure, such as a permission error, is an [`Error::Io`] naming the
 /// full path.
@@ -98,17 +99,11 @@ pub fn walk(root: &Path) -> Result<Vec<Entry>> {
     walk_fd(fd.as_fd(), root, &NEVER)
 }
 
-/// Open `root` as the directory a walk starts from, refusing symlinks and non-directories.
+/// Open `root` as the directory a walk starts from: a symlink given as the root is followed,
+/// as `tar -C`, `rsync` and `umoci repack` follow theirs; a non-directory is refused.
 pub(crate) fn open_root(root: &Path) -> Result<OwnedFd> {
-    match rustix::fs::openat(CWD, root, DIR_FLAGS, Mode::empty()) {
-        Ok(fd) => Ok(fd),
-        // ELOOP is what O_NOFOLLOW gives for a symlink: to the caller, "not a directory".
-        Err(Errno::NOTDIR | Errno::LOOP) => Err(Error::io(
-            root,
-            std::io::Error::from_raw_os_error(libc::ENOTDIR),
-        )),
-        Err(e) => Err(e).at(root),
-    }
+    let flags = DIR_FLAGS.difference(OFlags::NOFOLLOW);
+    rustix::fs::openat(CWD, root, flags, Mode::empty()).at(root)
 }
 
 /// Walk the directory open as `root_fd`; `root` is only used to name paths in errors. Once
@@ -768,12 +763,15 @@ mod tests {
     }
 
     #[test]
-    fn root_must_be_a_directory() {
+    fn root_must_be_a_directory_or_a_symlink_to_one() {
         let t = tempfile::tempdir().unwrap();
         write(&t.path().join("file"), b"");
         std::fs::create_dir(t.path().join("dir")).unwrap();
+        write(&t.path().join("dir/x"), b"");
+        symlink("dir/x", t.path().join("dir/to-x")).unwrap();
         symlink("dir", t.path().join("link")).unwrap();
-        for name in ["file", "link"] {
+        symlink("file", t.path().join("link-to-file")).unwrap();
+        for name in ["file", "link-to-file"] {
             let root = t.path().join(name);
             match walk(&root) {
                 Err(Error::Io { path, source }) => {
@@ -783,6 +781,10 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+        // The root's own link is followed, and none below it.
+        let through_link = walk(&t.path().join("link")).unwrap();
+        assert_eq!(through_link, walk(&t.path().join("dir")).unwrap());
+        assert_eq!(find(&through_link, "to-x").kind, Kind::Symlink);
         let missing = t.path().join("missing");
         assert!(matches!(walk(&missing), Err(Error::Io { path, .. }) if path == missing));
     }

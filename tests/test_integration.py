@@ -145,6 +145,29 @@ def test_cli_diff_content_and_names_that_are_not_utf8(rootfs: Path, tmp_path: Pa
     assert "\\udce9" in out and out.isascii()
 
 
+def test_trees_given_as_symlinks_are_followed_and_nothing_below_them(
+    rootfs: Path, changed: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "lower-link").symlink_to(rootfs)
+    (tmp_path / "upper-link").symlink_to(changed)
+    by_link = run_cli("diff", str(tmp_path / "lower-link"), str(tmp_path / "upper-link"))
+    assert by_link.returncode == 0, by_link.stderr
+    assert by_link.stdout == run_cli("diff", str(rootfs), str(changed)).stdout != ""
+    digests = []
+    for upper in (changed, tmp_path / "upper-link"):
+        done = run_cli(
+            "commit", "--json", "--upper", str(upper), f"oci:{tmp_path / 'l'}:t",
+            env={SDE: "1700000000"},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        digests.append(json.loads(done.stdout)["digest"])
+    assert digests[0] == digests[1]
+    (tmp_path / "file-link").symlink_to(rootfs / "etc" / "hostname")
+    refused = run_cli("diff", str(rootfs), str(tmp_path / "file-link"))
+    assert refused.returncode == 2
+    assert f"Directory '{tmp_path / 'file-link'}' is a file" in refused.stderr
+
+
 def test_cli_diff_prints_one_line_per_change_whatever_the_names(tmp_path: Path) -> None:
     """A newline in a name cannot forge a line: a backslash and control characters are
     escaped as in C; --json gives the names exactly."""
