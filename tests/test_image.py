@@ -106,17 +106,26 @@ def test_add_layer_does_not_touch_input() -> None:
     assert canonical_json(config) == before
 
 
-def test_base_without_history_gets_placeholders() -> None:
-    base = {"rootfs": {"type": "layers", "diff_ids": [D1]}, "config": {}}
+@pytest.mark.parametrize("history", [{}, {"history": []}])
+def test_base_without_history_gets_placeholders(history: dict[str, object]) -> None:
+    # An empty history is the same as none: Go's JSON encoding leaves an empty one out.
+    base = {"rootfs": {"type": "layers", "diff_ids": [D1]}, "config": {}, **history}
+    check_history(base)
     out = add_layer(base, diff_id=D2, created="t", created_by="x")
-    assert len(out["history"]) == 2
+    assert out["history"] == [
+        {"created_by": "(history not recorded)"},
+        {"created": "t", "created_by": "x"},
+    ]
     check_history(out)
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"rootfs": {"type": "layers", "diff_ids": [D1]}, "history": []}, "0 history entries"),
+        (
+            {"rootfs": {"type": "layers", "diff_ids": [D1]}, "history": [{"empty_layer": True}]},
+            "0 history entries",
+        ),
         (
             {"rootfs": {"type": "layers", "diff_ids": []}, "history": [{"created_by": "x"}]},
             "1 history entries",

@@ -633,7 +633,8 @@ def test_a_damaged_base_stops_the_commit_before_anything_is_written(
     bad = {**manifest, "config": config_desc}
     img.set_tag("bad", img.put_blob(canonical_json(bad), media_type=manifest["mediaType"]))
     proc = commit_on(f"oci:{layout}:bad", f"oci:{tmp_path}/new:x")
-    assert proc.returncode == 1 and "2 history entries describe a layer" in proc.stderr
+    assert proc.returncode == 1
+    assert f"base image oci:{layout}:bad: image config: 2 history entries describe" in proc.stderr
     assert not (tmp_path / "new").exists()
 
 

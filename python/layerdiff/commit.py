@@ -16,6 +16,7 @@ from layerdiff import refs
 from layerdiff.blobstatus import BlobStatus, OnBlob
 from layerdiff.catalog import Image, load_image, require_blob
 from layerdiff.errors import (
+    FormatError,
     InvalidArgumentError,
     InvalidReferenceError,
 )
@@ -50,7 +51,10 @@ def _check_base(parent: Image) -> None:
     """Raise unless the base image can carry one more layer: its history matches its layers
     and every layer blob is present with its size (the commit would otherwise make an image
     that refers to what is not there)."""
-    check_history(parent.config)
+    try:
+        check_history(parent.config)
+    except FormatError as e:
+        raise type(e)(f"base image {parent.ref.text}: {e}") from e
     for desc in parent.layers:
         digest = desc["digest"]
         require_blob(

@@ -144,7 +144,8 @@ def new_config(*, created: str | None = None, machine: str | None = None) -> dic
 def check_history(config: dict[str, Any]) -> None:
     """Raise FormatError unless the non-empty history entries match the layers one to one.
 
-    A config without history is accepted (history is optional in OCI).
+    A config without history, or with an empty one, is accepted (history is optional in OCI,
+    and Go's JSON encoding leaves an empty one out, so both mean the same).
     """
     rootfs = config.get("rootfs")
     if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
@@ -153,7 +154,7 @@ def check_history(config: dict[str, Any]) -> None:
     if not isinstance(diff_ids, list):
         raise FormatError("image config: rootfs.diff_ids must be a list")
     history = config.get("history")
-    if history is None:
+    if history is None or history == []:
         return
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise FormatError("image config: history must be a list of objects")
@@ -180,7 +181,7 @@ def add_layer(
     out.setdefault("config", {})
     rootfs = out.setdefault("rootfs", {"type": "layers", "diff_ids": []})
     rootfs.setdefault("diff_ids", [])
-    if "history" not in out:
+    if not out.get("history"):
         # A base without history: describe its layers so the counts still match.
         out["history"] = [{"created_by": "(history not recorded)"} for _ in rootfs["diff_ids"]]
     check_history(out)
