@@ -439,6 +439,31 @@ def test_umoci_unpacks_our_image(rootfs: Path, tmp_path: Path, compression: str)
     assert_same_tree(rootfs, tmp_path / "b" / "rootfs", mtimes=False)
 
 
+@pytest.mark.parametrize("closed", [1, 2])
+def test_a_command_started_with_stdout_or_stderr_closed_still_does_its_work(
+    rootfs: Path, tmp_path: Path, closed: int
+) -> None:
+    """As `layerdiff commit ... >&-`: what would be printed goes nowhere, the commit is made
+    and the exit code says so; so too for a command that only prints."""
+    layout = f"oci:{tmp_path / 'l'}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        # Closed in the child once its streams are set up: the other one is still captured.
+        return subprocess.run(
+            [sys.executable, "-m", "layerdiff", *args],
+            preexec_fn=lambda: os.close(closed),
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+
+    done = run("commit", "--json", "--upper", str(rootfs), f"{layout}:1")
+    assert done.returncode == 0, done
+    assert b"Traceback" not in done.stdout + done.stderr
+    assert [i.tag for i in layerdiff.images(tmp_path / "l")] == ["1"]
+    assert run("inspect", f"{layout}:1").returncode == 0
+
+
 def test_command_output_survives_the_fast_exit_and_a_closed_pipe_is_quiet(
     tmp_path: Path,
 ) -> None:

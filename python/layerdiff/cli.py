@@ -1077,6 +1077,11 @@ def entry() -> NoReturn:
     module (tens of milliseconds). It still runs when a thread other than this one is alive, as
     Python would wait for it.
     """
+    # Started with a standard stream closed (`>&-`), Python makes it None: what would go to it
+    # goes nowhere instead, as writes to a closed descriptor do for other programs.
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (open until exit)
     try:
         main()
         code: object = 0
