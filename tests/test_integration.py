@@ -595,6 +595,21 @@ def test_failed_commit_keeps_store(rootfs: Path, tmp_path: Path, store_home: Pat
     assert index.read_bytes() == before
 
 
+def test_a_damaged_target_index_stops_the_commit_before_the_layer_is_written(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    layout = tmp_path / "l"
+    layerdiff.commit(rootfs, image=f"oci:{layout}:1")
+    blobs = sorted((layout / "blobs" / "sha256").iterdir())
+    (layout / "index.json").write_text("{")
+    (rootfs / "new").write_text("a change, so the layer is a new blob")
+    proc = run_cli("commit", "--upper", str(rootfs), f"oci:{layout}:2")
+    assert proc.returncode == 1
+    assert f"{layout / 'index.json'}: not JSON" in proc.stderr
+    assert "writing layer" not in proc.stderr
+    assert sorted((layout / "blobs" / "sha256").iterdir()) == blobs
+
+
 def test_a_damaged_base_stops_the_commit_before_anything_is_written(
     rootfs: Path, tmp_path: Path
 ) -> None:

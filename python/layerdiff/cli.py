@@ -1017,7 +1017,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI, turning every expected failure into one line on stderr.
 
     SIGTERM and SIGHUP stop it like Ctrl-C (unless they are ignored, as under ``nohup``): what
-    was being written is removed and the store is left as it was. The exit code is 128 plus
+    was being written is removed and no tag changes (a blob already whole stays, unreferenced,
+    for ``gc``). The exit code is 128 plus
     the signal's number, as a shell reports a process the signal killed.
     """
     for sig in (signal.SIGTERM, signal.SIGHUP):

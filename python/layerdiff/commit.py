@@ -198,6 +198,9 @@ def commit(
         )
 
     with Layout.create_for_write(target.layout) as layout, writing(layout):
+        # A damaged index stops the commit now, not once the layer is written: its blobs
+        # would be left behind, and neither gc nor fsck can run on the layout until then.
+        layout.read_index()
         base_layers = parent.layers if parent else []
         if parent is not None and not parent.layout.same_as(layout):
             step(f"copying {len(base_layers)} base layers")
