@@ -440,6 +440,8 @@ def test_tag_and_rmi(rootfs: Path, changed: Path, tmp_path: Path, store_home: Pa
         (["commit", "--upper", "{rootfs}", "--threads", "0", "x"], "1<=x<=256"),
         (["commit", "--upper", "{rootfs}", "x", f"{SDE}=1e3"], f"{SDE}='1e3'"),
         (["commit", "--upper", "{rootfs}", "x", f"{SDE}=253402300800"], "(the year 9999)"),
+        (["images", "oci:"], "invalid image reference 'oci:': the layout path is empty"),
+        (["gc", "oci:"], "invalid image reference 'oci:': the layout path is empty"),
     ],
 )
 def test_cli_errors(rootfs: Path, args: list[str], message: str) -> None:

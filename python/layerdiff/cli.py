@@ -18,7 +18,7 @@ from layerdiff.cli_containers import register as register_containers
 from layerdiff.cli_output import emit_json as _emit_json
 from layerdiff.cli_output import fail as _fail
 from layerdiff.cli_output import table as _table
-from layerdiff.errors import ContainerNotFoundError, LayerdiffError
+from layerdiff.errors import ContainerNotFoundError, InvalidReferenceError, LayerdiffError
 from layerdiff.layer import COMPRESSION_LEVELS, COMPRESSIONS, MAX_THREADS
 
 if TYPE_CHECKING:
@@ -532,6 +532,10 @@ def images(layout: str | None, as_json: bool) -> None:
         if not layout.startswith("oci:"):
             raise click.UsageError(f"{layout!r}: expected oci:PATH")
         path = layout[len("oci:") :]
+        if not path:
+            raise InvalidReferenceError(
+                f"invalid image reference {layout!r}: the layout path is empty (expected oci:PATH)"
+            )
     from layerdiff.catalog import UNTAGGED
 
     found = layerdiff.images(path)
