@@ -538,10 +538,11 @@ fn check_indexed_links(upper: &Path, entries: &[Entry], lowers: &[PathBuf]) -> R
         // (it was renamed, maybe over that one).
         let why = match lowers.find(&e.path)? {
             None if lowers.is_empty() => "give its lower directories to check it".to_string(),
-            None => "it was renamed: its lower file is not at its path".to_string(),
-            Some((f, _)) if !is_origin(&f, e) => {
-                "it was renamed: the lower file at its path is another".to_string()
-            }
+            None => "its lower file is not at its path: it was renamed, or linked to by a new name"
+                .to_string(),
+            Some((f, _)) if !is_origin(&f, e) => "the lower file at its path is another: it was \
+                 renamed, or linked to by a new name"
+                .to_string(),
             Some((f, root)) => match rustix::fs::fstat(&f)
                 .at(root.join(entry::os_path(&e.path)))?
                 .st_nlink
