@@ -830,8 +830,9 @@ pub fn with_parent_dirs(
     Ok(all)
 }
 
-/// `changes` without those at the paths `exclude` names (with or without a leading `/`): the
-/// files a container runtime manages, which never belong in a commit.
+/// `changes` without those at the paths `exclude` names (with or without a leading `/`), and
+/// without anything below them: the files a container runtime manages, which never belong in
+/// a commit, or the image layout a commit writes into when it is inside the tree.
 pub fn without_paths(changes: Vec<Change>, exclude: &[String]) -> Vec<Change> {
     if exclude.is_empty() {
         return changes;
@@ -840,10 +841,11 @@ pub fn without_paths(changes: Vec<Change>, exclude: &[String]) -> Vec<Change> {
         .iter()
         .map(|p| p.trim_matches('/').as_bytes())
         .collect();
-    changes
-        .into_iter()
-        .filter(|c| !skip.contains(&c.path.as_slice()))
-        .collect()
+    let skipped = |path: &[u8]| {
+        skip.iter()
+            .any(|s| path.starts_with(s) && (path.len() == s.len() || path[s.len()] == b'/'))
+    };
+    changes.into_iter().filter(|c| !skipped(&c.path)).collect()
 }
 
 /// `changes` with the owner `(uid, gid)` recorded as root: a rootless container's files

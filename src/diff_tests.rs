@@ -895,16 +895,27 @@ fn metacopy_falls_back_to_merged_tree() {
 }
 
 #[test]
-fn without_paths_drops_exactly_the_named_paths() {
+fn without_paths_drops_the_named_paths_and_what_is_below_them() {
     let t = tempfile::tempdir().unwrap();
-    for p in ["etc/hosts", "etc/hostsx", "etc/hostname", "hosts"] {
+    for p in [
+        "etc/hosts",
+        "etc/hostsx",
+        "etc/hostname",
+        "hosts",
+        "lay/blobs/b",
+        "lay.x/f",
+    ] {
         let full = t.path().join(p);
         std::fs::create_dir_all(full.parent().unwrap()).unwrap();
         write(&full, b"x");
     }
     let all = full_tree(t.path(), &NEVER).unwrap();
-    let kept = without_paths(all.clone(), &["/etc/hosts".into(), "etc/hostname".into()]);
-    assert_eq!(summary(&kept), ["A etc", "A etc/hostsx", "A hosts"]);
+    let excluded = ["/etc/hosts".into(), "etc/hostname".into(), "lay/".into()];
+    let kept = without_paths(all.clone(), &excluded);
+    assert_eq!(
+        summary(&kept),
+        ["A etc", "A etc/hostsx", "A hosts", "A lay.x", "A lay.x/f"]
+    );
     assert_eq!(without_paths(all.clone(), &[]), all);
 }
 

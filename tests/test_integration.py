@@ -597,6 +597,34 @@ def test_failed_commit_keeps_store(rootfs: Path, tmp_path: Path, store_home: Pat
     assert index.read_bytes() == before
 
 
+def test_a_layout_inside_the_committed_tree_is_left_out_of_the_layer(
+    rootfs: Path, tmp_path: Path, store_home: Path
+) -> None:
+    """As tar leaves out the archive it writes: `commit --upper . oci:./out:1` does not put
+    the layout, half written, into its own layer, nor a store kept inside the tree."""
+    (rootfs / "images").mkdir()
+    (rootfs / "images" / "old").write_text("kept: only the layout itself is left out")
+    for target in (f"oci:{rootfs / 'images' / 'out'}:1", f"oci:{rootfs / 'images' / 'out'}:2"):
+        done = run_cli("commit", "--json", "--upper", str(rootfs), target)
+        assert done.returncode == 0, done.stderr
+    layer = layerdiff.inspect(f"oci:{rootfs / 'images' / 'out'}:2")["layers"][0]["digest"]
+    blob = rootfs / "images" / "out" / "blobs" / "sha256" / layer.removeprefix("sha256:")
+    with tarfile.open(blob) as tar:
+        names = tar.getnames()
+    assert "images/old" in names and not [n for n in names if n.startswith("images/out")]
+    # The store, in the tree through a link.
+    (rootfs / "home").mkdir()
+    (tmp_path / "link-to-home").symlink_to(rootfs / "home")
+    env = {"LAYERDIFF_HOME": str(tmp_path / "link-to-home")}
+    done = run_cli("commit", "--json", "--upper", str(rootfs), "app:1", env=env)
+    assert done.returncode == 0, done.stderr
+    layer = json.loads(done.stdout)["digest"].removeprefix("sha256:")
+    with tarfile.open(rootfs / "home" / "images" / "blobs" / "sha256" / layer) as tar:
+        names = tar.getnames()
+    assert "images/old" in names and not [n for n in names if n.startswith("home/")]
+    assert [n for n in names if n.startswith("images/out/")]  # not the store: a tree like any
+
+
 def test_a_damaged_target_index_stops_the_commit_before_the_layer_is_written(
     rootfs: Path, tmp_path: Path
 ) -> None:

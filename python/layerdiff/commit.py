@@ -8,6 +8,7 @@ in one atomic update of ``index.json``.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +112,8 @@ def commit(
     only alter the config. ``message`` and ``author`` go into the new history entry.
     ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) fixes the timestamps and clamps mtimes.
     ``on_step`` is called with a short message as each step starts (for progress output).
-    ``exclude`` names paths left out of the layer, ``root_ids`` the (uid, gid) recorded as
+    ``exclude`` names paths left out of the layer (with what is below them; the target layout,
+    or the store, is left out when it is inside ``upper``), ``root_ids`` the (uid, gid) recorded as
     root (see :func:`write_layer`); ``run_config`` replaces the base's runtime
     config (``Env``, ``Cmd``…) before ``changes`` apply, as a container's does.
     ``compression_level`` is that of :func:`write_layer`.
@@ -197,6 +199,13 @@ def commit(
             on_blob=on_blob,
         )
 
+    # The layout written into (the whole store, for a store image) is left out of the layer
+    # when it is inside the tree, as tar leaves out the archive it writes.
+    own = refs.store_home() if target.in_store else target.layout
+    inside = _relative_inside(own, upper)
+    if inside is not None:
+        exclude = [*exclude, inside]
+
     with Layout.create_for_write(target.layout) as layout, writing(layout):
         # A damaged index stops the commit now, not once the layer is written: its blobs
         # would be left behind, and neither gc nor fsck can run on the layout until then.
@@ -237,6 +246,14 @@ def commit(
         config_digest=config_desc["digest"],
         image=target.text,
     )
+
+
+def _relative_inside(path: StrPath, tree: StrPath) -> str | None:
+    """``path`` relative to the directory ``tree`` when it is below it, links resolved."""
+    real, top = os.path.realpath(path), os.path.realpath(tree)
+    if os.path.commonpath([real, top]) != top or real == top:
+        return None
+    return os.path.relpath(real, top)
 
 
 def _parse_changes(changes: Sequence[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
