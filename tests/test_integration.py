@@ -441,6 +441,7 @@ def test_tag_and_rmi(rootfs: Path, changed: Path, tmp_path: Path, store_home: Pa
         (["commit", "--upper", "{rootfs}", "x", f"{SDE}=1e3"], f"{SDE}='1e3'"),
         (["commit", "--upper", "{rootfs}", "x", f"{SDE}=253402300800"], "(the year 9999)"),
         (["images", "oci:"], "invalid image reference 'oci:': the layout path is empty"),
+        (["commit", "--no-pause", "--upper", "{rootfs}", "x"], "go with CONTAINER, not --upper"),
         (["gc", "oci:"], "invalid image reference 'oci:': the layout path is empty"),
     ],
 )

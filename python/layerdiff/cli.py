@@ -414,6 +414,9 @@ def commit(
         else:
             if len(targets) != 1:
                 raise click.UsageError("with --upper DIR, give exactly one IMAGE")
+            source = click.get_current_context().get_parameter_source("pause")
+            if source is click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError("--pause and --no-pause go with CONTAINER, not --upper")
             if not overlay and len(lowers) > 1:
                 raise click.UsageError("several --lower dirs need --overlay")
             if (lowers or overlay) and base is None:
