@@ -7,6 +7,7 @@ same paths run against the real core in test_integration.py.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import os
@@ -198,8 +199,20 @@ def test_docker_schema2_base(rootfs: Path, tmp_path: Path) -> None:
     assert info["config"]["config"]["Env"] == ["A=1"]
 
 
-def test_images_of_empty_store() -> None:
+def test_images_of_empty_store(store_home: Path) -> None:
     assert layerdiff.images() == []
+    # A store that cannot be made is not an empty one.
+    if store_home.exists():
+        store_home.rmdir()
+    store_home.write_text("")
+    with pytest.raises(layerdiff.LayerdiffOSError) as info:
+        layerdiff.images()
+    assert (info.value.errno, info.value.filename) == (errno.ENOTDIR, str(store_home))
+    done = run_cli("images")
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"layerdiff: error: {store_home}: Not a directory\n",
+    )
 
 
 # -- the CLI, in-process ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Backs the public ``images()``, ``inspect()`` and ``history()``.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -249,6 +250,12 @@ def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
     path = refs.store_layout_path() if layout is None else layout
     if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "oci-layout"))):
         if in_store:
+            for made_on_first_write in (refs.store_home(), refs.store_layout_path()):
+                if os.path.lexists(made_on_first_write) and not os.path.isdir(made_on_first_write):
+                    # What a commit would fail on: say so now, not "no images".
+                    raise NotADirectoryError(
+                        errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(made_on_first_write)
+                    )
             return []  # the store is created on first write; empty until then
         raise ImageNotFoundError(f"{path}: no OCI image layout here")
     lay = Layout.open(path)
