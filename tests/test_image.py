@@ -141,7 +141,7 @@ def test_check_history_rejects(config: dict[str, object], message: str) -> None:
 
 
 def test_add_layer_refuses_inconsistent_base() -> None:
-    bad = {"rootfs": {"type": "layers", "diff_ids": [D1]}, "history": []}
+    bad = {"rootfs": {"type": "layers", "diff_ids": [D1]}, "history": [{"empty_layer": True}]}
     with pytest.raises(FormatError):
         add_layer(bad, diff_id=D2, created="t", created_by="x")
 
