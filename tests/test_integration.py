@@ -988,7 +988,9 @@ def test_a_layer_holds_the_parents_of_the_changes_it_keeps_and_no_excluded_path(
     assert members() == ["etc", "etc/hostname", "etc/sub", "etc/sub/conf"]
     assert members(exclude=["/etc/hostname"]) == ["etc", "etc/sub", "etc/sub/conf"]
     assert members(exclude=["/etc/hostname", "/etc/sub/conf"]) == []
-    assert members(exclude=["/etc"]) == ["etc/hostname", "etc/sub", "etc/sub/conf"]
+    # A directory is left out with what is below it, as tar --exclude leaves it out.
+    assert members(exclude=["/etc/sub"]) == ["etc", "etc/hostname"]
+    assert members(exclude=["/etc"]) == []
 
 
 @pytest.mark.root

@@ -221,7 +221,8 @@ def write_layer(
     (``lowers``, top first, help tell added from changed). ``threads=None`` uses every core and
     never changes the bytes. ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) clamps mtimes.
     ``content`` compares file contents in the diff (see :func:`diff`). Paths in ``exclude``
-    (relative to the root, e.g. ``etc/hosts``) are left out of the layer; files owned by
+    (relative to the root, e.g. ``etc/hosts``) are left out of the layer, with what is below
+    them; files owned by
     ``root_ids`` (uid, gid) are recorded as owned by root (a rootless container's view).
     ``compression_level`` (gzip: 1 to 12, libdeflate's scale, default 2; zstd: 1 to 19,
     default 2) trades time for size; the same level always gives the same bytes.
