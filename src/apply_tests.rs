@@ -596,37 +596,54 @@ fn lower_symlinks_are_resolved_inside_the_root() {
 }
 
 #[test]
-fn bytes_after_the_compressed_archive_are_not_read_whatever_their_place() {
-    // gzip and zstd blobs with bytes after their end (zeros, or garbage): the archive within
-    // applies whole, as GNU tar, docker and containerd have it; the layer's one member is
-    // small (inflated whole) or large (streamed), so the trailing bytes fall in a chunk of
-    // their own or share one with the archive's end.
+fn a_compressed_stream_is_read_to_its_end_after_the_archive() {
+    // The archive ends before the stream does: in its last gzip member, whose CRC comes after
+    // it, or in its zstd frame, whose checksum does. A stream damaged or cut after the archive's
+    // end, or followed by other bytes, is an error, as docker and containerd, which read a
+    // layer on to its end, have it; and nothing of it is taken for good. The layer's one
+    // member is small (inflated whole) or large (streamed).
     for size in [5_000usize, 6 << 20] {
         let content: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        let tar = layer(&[M::File("big", &content), M::File("after", b"z")]);
+        let mut tar = layer(&[M::File("big", &content), M::File("after", b"z")]);
+        tar.extend_from_slice(&[0u8; 8192]); // padding after the end, as GNU tar writes
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &tar).unwrap();
         let gz = gz.finish().unwrap();
-        let zst = zstd::encode_all(&tar[..], 3).unwrap();
-        for (what, blob, tail) in [
-            ("gzip, zeros", &gz, vec![0u8; 512]),
-            ("gzip, garbage", &gz, b"garbage!".repeat(64)),
-            ("zstd, garbage", &zst, b"garbage!".repeat(64)),
-        ] {
+        let mut zst_encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        zst_encoder.include_checksum(true).unwrap();
+        std::io::Write::write_all(&mut zst_encoder, &tar).unwrap();
+        let zst = zst_encoder.finish().unwrap();
+        let damaged = |blob: &[u8], at: usize| {
+            let mut b = blob.to_vec();
+            b[at] ^= 0x01;
+            b
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("gzip, zeros after", [&gz[..], &[0u8; 512]].concat()),
+            (
+                "gzip, garbage after",
+                [&gz[..], &b"garbage!".repeat(64)].concat(),
+            ),
+            ("gzip, CRC damaged", damaged(&gz, gz.len() - 6)),
+            ("gzip, size damaged", damaged(&gz, gz.len() - 2)),
+            ("gzip, trailer cut", gz[..gz.len() - 4].to_vec()),
+            (
+                "zstd, garbage after",
+                [&zst[..], &b"garbage!".repeat(64)].concat(),
+            ),
+            ("zstd, checksum damaged", damaged(&zst, zst.len() - 2)),
+            ("zstd, checksum cut", zst[..zst.len() - 4].to_vec()),
+        ];
+        for (what, bytes) in cases {
             let t = tempfile::tempdir().unwrap();
-            let mut bytes = blob.clone();
-            bytes.extend_from_slice(&tail);
-            apply_bytes(t.path(), &bytes).unwrap_or_else(|e| panic!("{what}, {size}: {e}"));
-            assert_eq!(
-                fs::read(t.path().join("big")).unwrap(),
-                content,
-                "{what}, {size}"
-            );
-            assert_eq!(
-                fs::read(t.path().join("after")).unwrap(),
-                b"z",
-                "{what}, {size}"
-            );
+            let err = apply_bytes(t.path(), &bytes).expect_err(&format!("{what}, {size}"));
+            assert!(!err.to_string().contains('\n'), "{what}, {size}: {err}");
+        }
+        for blob in [&gz, &zst] {
+            let t = tempfile::tempdir().unwrap();
+            apply_bytes(t.path(), blob).unwrap();
+            assert_eq!(fs::read(t.path().join("big")).unwrap(), content);
+            assert_eq!(fs::read(t.path().join("after")).unwrap(), b"z");
         }
     }
 }

@@ -102,7 +102,19 @@ pub fn with_decompressed_seen<R: Read + Send, T>(
     std::thread::scope(|s| {
         let (mut reader, pump) = channel();
         let pump = s.spawn(move || pump.run(format, buffered, seen));
-        let result = consume(&mut reader);
+        let mut result = consume(&mut reader);
+        if result.is_ok() {
+            // The rest of the stream after the end of the archive, decoded and dropped: a
+            // gzip member's CRC and a zstd frame's checksum come at their ends, and a stream
+            // cut short, damaged or followed by garbage must fail here, not pass because the
+            // archive ended first (containerd's applier reads on to the end too).
+            if let Err(e) = io::copy(&mut reader, &mut io::sink()) {
+                result = Err(crate::error::Error::Archive {
+                    entry: "after the end of the archive".into(),
+                    reason: e.to_string(),
+                });
+            }
+        }
         // Hang up first, so a thread blocked on a full channel wakes up and ends. Then join it
         // here: the scope alone only waits for its closure to return, and the thread may still
         // be exiting (running its thread-local destructors) once we have returned.
@@ -218,9 +230,9 @@ impl Pump {
                 Decoder::Members(m) => m.next_owned(&mut buf),
                 Decoder::Stream(r) => read_chunk(r, &mut buf),
             };
-            // What was decoded before an error is sent first: the tar may end within it, and
-            // bytes after the end of the archive are not read (as docker's and containerd's
-            // appliers do not), whatever chunk the error falls in.
+            // What was decoded before an error is sent first, then the error: a reader that
+            // has all it needs stops reading and never sees it; one that reads on to the end
+            // (see `with_decompressed_seen`) does.
             if n > 0 {
                 buf.truncate(n);
                 // A closed channel means the consumer is done: stop quietly.

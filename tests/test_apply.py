@@ -78,6 +78,28 @@ def test_unpack_refuses_a_corrupt_blob(image: tuple[str, Path], tmp_path: Path) 
     assert proc.returncode == 1 and layerdiff.incomplete_marker(target).name in proc.stderr
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_apply_reads_a_layer_to_its_end_and_refuses_one_damaged_after_its_archive(
+    tmp_path: Path, compression: str
+) -> None:
+    """The archive ends before the stream: a damaged gzip CRC or zstd checksum at the end is
+    found, as docker and containerd find it, and named."""
+    tree = make_rootfs(tmp_path / "tree")
+    info = layerdiff.write_layer(tree, dest=tmp_path / "blobs", compression=compression)
+    assert info.path is not None
+    damaged = tmp_path / "damaged"
+    data = bytearray(info.path.read_bytes())
+    data[-2 if compression == "zstd" else -6] ^= 0x01  # the checksum; the CRC
+    damaged.write_bytes(bytes(data))
+    (tmp_path / "ok").mkdir()
+    assert run_cli("apply", "--to", str(tmp_path / "ok"), str(info.path)).returncode == 0
+    (tmp_path / "out").mkdir()
+    done = run_cli("apply", "--to", str(tmp_path / "out"), str(damaged))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"layerdiff: error: layer {damaged}: ")
+    assert "checksum" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
 def test_unpack_names_the_layer_whose_blob_is_longer_than_its_descriptor(tmp_path: Path) -> None:
     first = _tar([(_entry("a"), b"a")])
     ref = _image_of(tmp_path / "img", [first, _tar([(_entry("b"), b"b" * 5000)])])
