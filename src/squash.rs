@@ -1295,6 +1295,12 @@ impl Checked {
         if self.next != self.expected.len() {
             return Err(self.stale());
         }
+        // On to the end of the stream, as apply reads a layer (see
+        // `decompress::with_decompressed_seen`): the checksums come after the archive.
+        io::copy(self.reader.get_mut(), &mut io::sink()).map_err(|e| Error::Archive {
+            entry: "after the end of the archive".into(),
+            reason: e.to_string(),
+        })?;
         Ok(())
     }
 

@@ -761,6 +761,35 @@ fn indexed_squash_gives_the_same_bytes_and_shrugs_off_wrong_indexes() {
 }
 
 #[test]
+fn a_layer_damaged_after_its_archive_fails_the_squash_with_or_without_its_index() {
+    use std::fs;
+    let t = tempfile::tempdir().unwrap();
+    let (range, opts) = two_gzip_layers(t.path());
+    let out = t.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let idx: Vec<PathBuf> = ["i/one", "i/two"]
+        .iter()
+        .map(|n| t.path().join(n))
+        .collect();
+    // Indexes written from the intact layers, then the last member's CRC of the top one
+    // damaged: it comes after the archive's end, which both passes would stop at.
+    squash_files_indexed(&[], &range, &idx, &opts, &out, &NEVER).unwrap();
+    let mut top = fs::read(&range[1]).unwrap();
+    let crc = top.len() - 6;
+    top[crc] ^= 0x01;
+    fs::write(&range[1], &top).unwrap();
+    for indexed in [true, false] {
+        let res = if indexed {
+            squash_files_indexed(&[], &range, &idx, &opts, &out, &NEVER)
+        } else {
+            squash_files(&[], &range, &opts, &out, &NEVER)
+        };
+        let err = res.expect_err(&format!("indexed: {indexed}")).to_string();
+        assert!(err.contains("checksum"), "indexed: {indexed}: {err}");
+    }
+}
+
+#[test]
 fn indexed_squash_of_an_unsorted_layer_falls_back_and_stays_right() {
     use std::fs;
     let t = tempfile::tempdir().unwrap();

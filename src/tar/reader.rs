@@ -263,6 +263,11 @@ impl<R: Read> TarReader<R> {
         self.inner
     }
 
+    /// The stream, borrowed, for reading what follows the archive.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     fn io(&self, e: io::Error) -> Error {
         let reason = if e.kind() == io::ErrorKind::UnexpectedEof {
             "archive is truncated".to_string()
