@@ -190,6 +190,8 @@ impl<W: Write> Compressor<W> {
         let inner = match compression {
             Compression::None => Codec::None(inner),
             Compression::Gzip { level } => {
+                // Members of another level are not what this writer would make.
+                let reuse = reuse.filter(|index| index.level() == level);
                 Codec::Gzip(Box::new(Gzip::new(inner, level, threads, reuse)?))
             }
             Compression::Zstd { level } => {
@@ -684,6 +686,12 @@ mod tests {
         w.write_all(&body).unwrap();
         assert!(w.finish().unwrap() == first);
         assert_eq!(index.hits() as usize, index.len());
+        // A writer of another level takes none of them: they are not what it makes.
+        let c5 = Compression::Gzip { level: 5 };
+        let mut w = Compressor::with_reuse(Vec::new(), c5, 2, Some(index.clone())).unwrap();
+        w.write_all(&body).unwrap();
+        assert!(w.finish().unwrap() == compress(c5, 2, &body, 4096));
+        assert_eq!(index.hits() as usize, index.len(), "no more taken");
 
         // A blob whose tags lie is never taken: here a valid member of other bytes carries
         // the tag (key) of the first member of `body`.

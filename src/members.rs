@@ -86,8 +86,10 @@ pub fn write_header(out: &mut [u8], level: i32, clen: u32, data: &[u8]) {
 /// The (level, compressed length, content key, uncompressed length) a member header claims,
 /// if it is one of ours.
 pub(crate) fn parse_header(head: &[u8; HEADER_LEN]) -> Option<(u8, u32, [u8; 16], u32)> {
-    let fixed = [0x1f, 0x8b, 8, 4];
-    if head[..4] != fixed || head[10..16] != [32, 0, b'L', b'D', TAG_DATA as u8, 0] {
+    // Every fixed byte `write_header` writes: a member is taken as it is, so one whose MTIME,
+    // XFL or OS differ would make the output differ from one compressed afresh.
+    let fixed = [0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 255];
+    if head[..10] != fixed || head[10..16] != [32, 0, b'L', b'D', TAG_DATA as u8, 0] {
         return None;
     }
     let tag = &head[16..];
@@ -136,6 +138,11 @@ impl MemberIndex {
             taken: Mutex::new(Vec::new()),
             refused: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The gzip level of the members this index holds.
+    pub fn level(&self) -> i32 {
+        self.level
     }
 
     /// Index the members of the blob at `path` that `seen` (recorded while the blob was
@@ -256,9 +263,19 @@ mod tests {
             parse_header(&head),
             Some((4, 99, content_key(data), data.len() as u32))
         );
-        // Not gzip, no FEXTRA, not our subfield, a version 1 tag (members made before
-        // incompressible members were stored), another libdeflate.
-        for (i, b) in [(0, 0u8), (3, 0), (13, b'X'), (16, 1), (18, 0)] {
+        // Not gzip, no FEXTRA, an MTIME, XFL or OS other than ours, not our subfield, a
+        // version 1 tag (members made before incompressible members were stored), another
+        // libdeflate.
+        for (i, b) in [
+            (0, 0u8),
+            (3, 0),
+            (4, 1),
+            (8, 2),
+            (9, 3),
+            (13, b'X'),
+            (16, 1),
+            (18, 0),
+        ] {
             let mut bad = head;
             bad[i] = b;
             assert_eq!(parse_header(&bad), None, "byte {i}");
