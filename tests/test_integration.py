@@ -1218,27 +1218,33 @@ def test_commit_memory_does_not_follow_the_file_size(tmp_path: Path, compression
     # 100 MB bound, as it must for a file of any size.
     tree = tmp_path / "tree"
     tree.mkdir()
-    with open(tree / "big", "wb") as f:
-        for _ in range(256):
-            f.write(os.urandom(1 << 20))
-    # A fresh interpreter starts the command: a process's peak RSS counts the memory of the
-    # one it was forked from until its exec, and this one's is large.
-    probe = (
-        "import resource, subprocess, sys; "
-        "done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE); "
-        "sys.stderr.buffer.write(done.stderr); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-        "sys.exit(done.returncode)"
-    )
-    command = [sys.executable, "-m", "layerdiff", "commit", "--progress", "none"]
-    command += ["--compression", compression, "--upper", str(tree)]
-    command.append(f"oci:{tmp_path / 'layout'}:big")
-    done = subprocess.run(
-        [sys.executable, "-c", probe, *command], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    peak_mb = int(done.stdout) / 1024
-    assert peak_mb < 100, f"peak RSS {peak_mb:.0f} MB"
-    # The whole file went in: random bytes leave every codec's output at least as long.
-    blobs = (tmp_path / "layout" / "blobs" / "sha256").iterdir()
-    assert max(b.stat().st_size for b in blobs) >= 256 << 20
+    try:
+        with open(tree / "big", "wb") as f:
+            for _ in range(256):
+                f.write(os.urandom(1 << 20))
+        # A fresh interpreter starts the command: a process's peak RSS counts the memory of the
+        # one it was forked from until its exec, and this one's is large.
+        probe = (
+            "import resource, subprocess, sys; "
+            "done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.PIPE); "
+            "sys.stderr.buffer.write(done.stderr); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+            "sys.exit(done.returncode)"
+        )
+        command = [sys.executable, "-m", "layerdiff", "commit", "--progress", "none"]
+        command += ["--compression", compression, "--upper", str(tree)]
+        command.append(f"oci:{tmp_path / 'layout'}:big")
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *command], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        peak_mb = int(done.stdout) / 1024
+        assert peak_mb < 100, f"peak RSS {peak_mb:.0f} MB"
+        # The whole file went in: random bytes leave every codec's output at least as long.
+        blobs = (tmp_path / "layout" / "blobs" / "sha256").iterdir()
+        assert max(b.stat().st_size for b in blobs) >= 256 << 20
+    finally:
+        # Half a GiB that pytest would keep for its last three runs.
+        shutil.rmtree(tree)
+        shutil.rmtree(tmp_path / "layout", ignore_errors=True)
