@@ -70,6 +70,18 @@ pub fn with_decompressed<R: Read + Send, T>(
     with_decompressed_seen(blob, None, consume)
 }
 
+/// Decode and drop the rest of a decompressed stream after the end of its archive: a gzip
+/// member's CRC and a zstd frame's checksum come at their ends, and a stream cut short,
+/// damaged or followed by other bytes must fail, not pass because the archive ended first
+/// (docker's and containerd's appliers read on to the end too).
+pub fn read_past_archive(stream: &mut impl Read) -> Result<()> {
+    io::copy(stream, &mut io::sink()).map_err(|e| crate::error::Error::Archive {
+        entry: "after the end of the archive".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
+
 /// One gzip member as it was inflated: where it lies, what its header says, what it held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberSeen {
@@ -103,17 +115,10 @@ pub fn with_decompressed_seen<R: Read + Send, T>(
         let (mut reader, pump) = channel();
         let pump = s.spawn(move || pump.run(format, buffered, seen));
         let mut result = consume(&mut reader);
-        if result.is_ok() {
-            // The rest of the stream after the end of the archive, decoded and dropped: a
-            // gzip member's CRC and a zstd frame's checksum come at their ends, and a stream
-            // cut short, damaged or followed by garbage must fail here, not pass because the
-            // archive ended first (containerd's applier reads on to the end too).
-            if let Err(e) = io::copy(&mut reader, &mut io::sink()) {
-                result = Err(crate::error::Error::Archive {
-                    entry: "after the end of the archive".into(),
-                    reason: e.to_string(),
-                });
-            }
+        if result.is_ok()
+            && let Err(e) = read_past_archive(&mut reader)
+        {
+            result = Err(e);
         }
         // Hang up first, so a thread blocked on a full channel wakes up and ends. Then join it
         // here: the scope alone only waits for its closure to return, and the thread may still

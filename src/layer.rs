@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -40,7 +40,8 @@ use crate::digest::Sha256Hasher;
 use crate::entry::{Kind, cmp_paths, os_path, parent};
 use crate::error::{Error, IoContext, Result};
 use crate::squash_index::{IndexBuilder, LayerIndex};
-use crate::tar::writer::{Meta, TarWriter};
+use crate::tar::reader::read_full;
+use crate::tar::writer::{Meta, TarWriter, storable_xattr_name};
 use crate::walk::open_beneath;
 use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_overlay_xattr};
 
@@ -147,10 +148,11 @@ pub fn plan(upper: &Path, changes: &[Change]) -> Result<(Vec<Op>, Vec<String>)> 
         };
         // Checked by the tar writer too, but here before anything is written, and with the
         // whole path.
-        let unstorable = c.entry.iter().flat_map(|e| &e.xattrs).find(|(name, _)| {
-            !is_overlay_xattr(name)
-                && (name.is_empty() || name.contains(&b'=') || name.contains(&0))
-        });
+        let unstorable = c
+            .entry
+            .iter()
+            .flat_map(|e| &e.xattrs)
+            .find(|(name, _)| !is_overlay_xattr(name) && !storable_xattr_name(name));
         if let Some((name, _)) = unstorable {
             return Err(Error::InvalidArgument(format!(
                 "{}: xattr name {:?} cannot be stored in a PAX record",
@@ -766,7 +768,7 @@ impl Reader<'_> {
             };
             let want = left.min(CHUNK) as usize;
             let room = want + usize::from(want as u64 == left);
-            let n = match read_full(&file, &mut chunk[..room]) {
+            let n = match read_full(&mut &file, &mut chunk[..room]) {
                 Ok(n) => n,
                 Err(e) => return send(chunk, Err(Error::io(os_path(path), e))),
             };
@@ -793,7 +795,7 @@ impl Tree<'_> {
         let path = &self.changes[i].path;
         let size = self.size(i);
         let file = self.open(path, size)?;
-        let n = read_full(&file, region).at(os_path(path))?;
+        let n = read_full(&mut &file, region).at(os_path(path))?;
         if n as u64 != size {
             return Err(changed(path, size, n as u64));
         }
@@ -825,20 +827,6 @@ const READ_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::NONBLOCK)
     .union(OFlags::NOCTTY)
     .union(OFlags::CLOEXEC);
-
-/// Read until `buf` is full or the file ends: how many bytes were read.
-fn read_full(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
 
 fn changed(path: &[u8], expected: u64, found: u64) -> Error {
     Error::FileChanged {

@@ -3,6 +3,7 @@
 use super::*;
 use crate::entry::{Entry, Timestamp};
 use crate::walk::NO_OPENAT2;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;

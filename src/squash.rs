@@ -19,7 +19,7 @@ use crate::cancel::Cancel;
 use crate::compress::{Compression, resolve_threads};
 use crate::decompress::{
     BackgroundReader, MemberSeen, SeenMembers, decompress, decompress_in_background,
-    with_decompressed_seen,
+    read_past_archive, with_decompressed_seen,
 };
 use crate::entry::{Timestamp, base_name, cmp_paths, join, parent};
 use crate::error::{Error, IoContext, Result};
@@ -1295,13 +1295,8 @@ impl Checked {
         if self.next != self.expected.len() {
             return Err(self.stale());
         }
-        // On to the end of the stream, as apply reads a layer (see
-        // `decompress::with_decompressed_seen`): the checksums come after the archive.
-        io::copy(self.reader.get_mut(), &mut io::sink()).map_err(|e| Error::Archive {
-            entry: "after the end of the archive".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(())
+        // On to the end of the stream, as apply reads a layer.
+        read_past_archive(self.reader.get_mut())
     }
 
     /// The member-index number of the layer, the members inflated from it, and its index.

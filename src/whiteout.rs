@@ -252,10 +252,7 @@ pub fn is_overlay_metacopy(entry: &Entry) -> bool {
 /// directories, redirects or metacopy files. (By name they are overlayfs' own, so no layer
 /// holds them either way.)
 pub fn keep_one_overlay_namespace(entries: &mut [Entry], root_xattrs: &[(Vec<u8>, Vec<u8>)]) {
-    let trusted = OVERLAY_XATTR_PREFIXES[0];
-    let is_trusted =
-        |xattrs: &[(Vec<u8>, Vec<u8>)]| xattrs.iter().any(|(k, _)| k.starts_with(trusted));
-    if !is_trusted(root_xattrs) && !entries.iter().any(|e| is_trusted(&e.xattrs)) {
+    if !shows_xattr_in(entries, root_xattrs, OVERLAY_XATTR_PREFIXES[0]) {
         return;
     }
     let user = OVERLAY_XATTR_PREFIXES[1];
@@ -267,9 +264,14 @@ pub fn keep_one_overlay_namespace(entries: &mut [Entry], root_xattrs: &[(Vec<u8>
 /// True when an upper directory (its entries, and its root's xattrs) shows an xattr that only
 /// an overlay mounted with `userxattr` writes.
 pub fn shows_user_overlay_xattrs(entries: &[Entry], root_xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
-    let user = OVERLAY_XATTR_PREFIXES[1];
-    let is_user = |xattrs: &[(Vec<u8>, Vec<u8>)]| xattrs.iter().any(|(k, _)| k.starts_with(user));
-    is_user(root_xattrs) || entries.iter().any(|e| is_user(&e.xattrs))
+    shows_xattr_in(entries, root_xattrs, OVERLAY_XATTR_PREFIXES[1])
+}
+
+/// True when the root or an entry of an upper directory has an xattr named `prefix…`.
+fn shows_xattr_in(entries: &[Entry], root_xattrs: &[(Vec<u8>, Vec<u8>)], prefix: &[u8]) -> bool {
+    std::iter::once(root_xattrs)
+        .chain(entries.iter().map(|e| e.xattrs.as_slice()))
+        .any(|xattrs| xattrs.iter().any(|(k, _)| k.starts_with(prefix)))
 }
 
 /// Remove overlayfs' own xattrs from an entry (after the decisions that need them are made).

@@ -49,6 +49,12 @@ pub const BLOCK: usize = 512;
 pub const PAX_HEADER_NAME: &[u8] = b"././@PaxHeader";
 static ZEROS: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 
+/// Whether a PAX `SCHILY.xattr.NAME` record can hold the xattr name: not empty, and no `=`
+/// (which ends the record's key) or NUL.
+pub fn storable_xattr_name(name: &[u8]) -> bool {
+    !name.is_empty() && !name.contains(&b'=') && !name.contains(&0)
+}
+
 /// The metadata every tar entry carries.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta<'a> {
@@ -594,7 +600,7 @@ fn encode(
         .collect();
     xattrs.sort_by(|a, b| a.0.cmp(&b.0));
     for (i, (name, value)) in xattrs.iter().enumerate() {
-        if name.is_empty() || name.contains(&b'=') || name.contains(&0) {
+        if !storable_xattr_name(name) {
             return Err(Error::InvalidArgument(format!(
                 "{}: xattr name {:?} cannot be stored in a PAX record",
                 os_path(meta.path).display(),
