@@ -16,7 +16,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 
 use crate::cancel::Cancel;
-use crate::decompress::with_decompressed;
+use crate::decompress::{read_past_archive, with_decompressed};
+use crate::digest::Sha256Hasher;
 use crate::entry::{Timestamp, base_name, join, os_path, parent};
 use crate::error::{Error, Result};
 use crate::lower::{self, Lowers};
@@ -53,6 +54,9 @@ pub struct ApplyOptions {
     /// and opaque markers are then written only where they hide something below. `None`:
     /// the layer is applied by itself, its parents made up where it has no entry for them.
     pub lowers: Option<Vec<std::path::PathBuf>>,
+    /// Hash the whole uncompressed stream (sha256) into [`ApplyStats::diff_id`], to check it
+    /// against the image config's `rootfs.diff_ids`.
+    pub diff_id: bool,
 }
 
 impl Default for ApplyOptions {
@@ -63,6 +67,7 @@ impl Default for ApplyOptions {
             userxattr: false,
             max_size: DEFAULT_MAX_SIZE,
             lowers: None,
+            diff_id: false,
         }
     }
 }
@@ -76,13 +81,17 @@ pub struct ApplyStats {
     pub bytes: u64,
     /// Things skipped (device nodes without privilege, unsupported xattrs), one line each.
     pub warnings: Vec<String>,
+    /// `sha256:` of the whole uncompressed stream, when [`ApplyOptions::diff_id`] asked for it.
+    pub diff_id: Option<String>,
 }
 
-/// Counts bytes and fails past a limit: the decompression-bomb guard.
+/// Counts bytes and fails past a limit: the decompression-bomb guard. Hashes them too, when
+/// the diff_id is wanted.
 struct Limited<R> {
     inner: R,
     read: u64,
     limit: u64,
+    hasher: Option<Sha256Hasher>,
 }
 
 impl<R: Read> Read for Limited<R> {
@@ -90,6 +99,9 @@ impl<R: Read> Read for Limited<R> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
         self.check()?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -104,6 +116,12 @@ impl<R: BufRead> BufRead for Limited<R> {
     }
 
     fn consume(&mut self, n: usize) {
+        if let Some(h) = &mut self.hasher {
+            // The bytes the last `fill_buf` handed out: still buffered, so no read happens.
+            if let Ok(data) = self.inner.fill_buf() {
+                h.update(&data[..n.min(data.len())]);
+            }
+        }
         self.inner.consume(n);
         self.read += n as u64;
     }
@@ -172,6 +190,7 @@ pub fn apply_layer<R: Read + Send>(
             inner: stream,
             read: 0,
             limit: opts.max_size,
+            hasher: opts.diff_id.then(Sha256Hasher::new),
         };
         let mut reader = TarReader::new(stream);
         let lowers = match (&opts.lowers, opts.overlay) {
@@ -198,7 +217,11 @@ pub fn apply_layer<R: Read + Send>(
             state.entry(&header, &mut reader)?;
         }
         state.finish()?;
-        state.stats.bytes = reader.into_inner().read;
+        let mut rest = reader.into_inner();
+        // What follows the archive's end counts: against the limit, and in the diff_id.
+        read_past_archive(&mut rest)?;
+        state.stats.bytes = rest.read;
+        state.stats.diff_id = rest.hasher.map(|h| h.finish().0);
         Ok(state.stats)
     })
 }

@@ -682,6 +682,36 @@ fn broken_streams_are_errors_not_panics() {
     }
 }
 
+/// The diff_id is the sha256 of the whole uncompressed stream: what follows the archive's
+/// end (a tar program's padding to its record size) counts, however the layer is compressed.
+#[test]
+fn diff_id_hashes_the_whole_stream_past_the_archive() {
+    let mut stream = layer(&[M::Dir("d"), M::File("d/f", b"content")]);
+    stream.extend_from_slice(&[0u8; 9000]);
+    let want = crate::digest::sha256_digest(&stream);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &stream).unwrap();
+    let zst = zstd::encode_all(&stream[..], 3).unwrap();
+    for (name, blob) in [
+        ("plain", stream.clone()),
+        ("gzip", gz.finish().unwrap()),
+        ("zstd", zst),
+    ] {
+        for wanted in [false, true] {
+            let t = tempfile::tempdir().unwrap();
+            let r = Root::open(t.path()).unwrap();
+            let opts = ApplyOptions {
+                diff_id: wanted,
+                ..ApplyOptions::default()
+            };
+            let stats = apply_layer(&r, &blob[..], &opts, &crate::cancel::NEVER).unwrap();
+            assert_eq!(stats.bytes, stream.len() as u64, "{name}");
+            assert_eq!(stats.diff_id, wanted.then(|| want.clone()), "{name}");
+            assert_eq!(fs::read(t.path().join("d/f")).unwrap(), b"content");
+        }
+    }
+}
+
 #[test]
 fn size_limit_stops_a_bomb() {
     let big = vec![0u8; 1 << 20];

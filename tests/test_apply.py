@@ -117,6 +117,60 @@ def test_unpack_names_the_layer_whose_blob_is_longer_than_its_descriptor(tmp_pat
     assert "expected 1024 bytes, found more" in proc.stderr
 
 
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("compress", ["pigz", "zstd"])
+def test_unpack_checks_each_layer_tar_against_the_configs_diff_id(
+    tmp_path: Path, compress: str
+) -> None:
+    """The diff_id is the sha256 of the whole uncompressed stream, GNU tar's padding after the
+    end of the archive included; a config whose diff_id is another layer's is refused, naming
+    the layer, as docker and containerd refuse it."""
+    tars = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / name).write_text(name * 100)
+        # GNU tar pads the archive to a 10240-byte record.
+        tars.append(peers.gnu_tar(tmp_path / name, tmp_path / f"{name}.tar").read_bytes())
+    assert all(len(t) % 10240 == 0 for t in tars)
+    blobs = [
+        subprocess.run([compress, "-c"], input=t, capture_output=True, check=True).stdout
+        for t in tars
+    ]
+    kind = "gzip" if compress == "pigz" else "zstd"
+    media_type = f"application/vnd.oci.image.layer.v1.tar+{kind}"
+    good = _image_of(tmp_path / "good", blobs, media_type, [_sha256(t) for t in tars])
+    done = run_cli("unpack", good, str(tmp_path / "ok"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ok" / "b").read_text() == "b" * 100
+
+    # The archive without its padding: every entry the same, the stream not.
+    with tarfile.open(fileobj=io.BytesIO(tars[1])) as tf:
+        last = tf.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512 + 1024
+    assert end < len(tars[1])
+    wrong = [_sha256(tars[0]), _sha256(tars[1][:end])]
+    for name, diff_ids, layer in [
+        ("swapped", [_sha256(tars[1]), _sha256(tars[0])], 1),
+        ("unpadded", wrong, 2),
+    ]:
+        ref = _image_of(tmp_path / name, blobs, media_type, diff_ids)
+        target = tmp_path / f"out-{name}"
+        done = run_cli("unpack", ref, str(target))
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert f"layer {layer} of 2 (" in done.stderr, done.stderr
+        assert "uncompressed (config diff_id): digest mismatch" in done.stderr
+        assert f"expected {diff_ids[layer - 1]}" in done.stderr
+        assert f"found {_sha256(tars[layer - 1])}" in done.stderr
+        assert layerdiff.incomplete_marker(target).exists()
+        with pytest.raises(layerdiff.DigestMismatchError):
+            layerdiff.unpack(ref, tmp_path / f"api-{name}")
+
+
 def test_unpack_refuses_a_non_empty_target(image: tuple[str, Path], tmp_path: Path) -> None:
     ref, _ = image
     (tmp_path / "full").mkdir()
@@ -361,9 +415,10 @@ def _image_of(
     layout_dir: Path,
     layers: list[bytes],
     media_type: str = "application/vnd.oci.image.layer.v1.tar",
+    diff_ids: list[str] | None = None,
 ) -> str:
     """An image of the layer blobs ``layers`` (bottom first, each of ``media_type``), as
-    oci:PATH:v1."""
+    oci:PATH:v1; its config's diff_ids are ``diff_ids``, else the blobs' digests."""
     import hashlib
 
     from layerdiff.image import (
@@ -378,9 +433,9 @@ def _image_of(
     layout = Layout.create(layout_dir)
     config = new_config(created="2024-01-01T00:00:00Z")
     descs = []
-    for blob in layers:
+    for i, blob in enumerate(layers):
         descs.append(layout.put_blob(blob, media_type=media_type))
-        diff_id = "sha256:" + hashlib.sha256(blob).hexdigest()
+        diff_id = diff_ids[i] if diff_ids else "sha256:" + hashlib.sha256(blob).hexdigest()
         config = add_layer(config, diff_id=diff_id, created="2024-01-01T00:00:00Z", created_by="t")
     config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
     manifest = build_manifest(config=config_desc, layers=descs)

@@ -478,6 +478,34 @@ def test_create_start_ps_rm_and_a_container_directory(
     assert not where.exists() and runtime.containers() == []
 
 
+def test_a_layer_whose_tar_is_not_its_diff_id_is_refused_and_not_cached(
+    image: str, store_home: Path, tmp_path: Path
+) -> None:
+    """The layer cache is keyed by chain IDs made of the config's diff_ids: a layer whose tar
+    hashes to something else would be found again under a name that is not its own."""
+    from layerdiff.image import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, canonical_json
+
+    img = load_image(image)
+    config = json.loads(json.dumps(img.config))
+    real = config["rootfs"]["diff_ids"][0]
+    claimed = "sha256:" + "ab" * 32
+    config["rootfs"]["diff_ids"] = [claimed]
+    layout = Layout.create(tmp_path / "lying")
+    for desc in img.layers:
+        layout.put_blob(img.layout.blob_path(desc["digest"]).read_bytes(), media_type="x")
+    manifest = dict(img.manifest)
+    manifest["config"] = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
+    layout.set_tag("1", layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE))
+
+    done = run_cli("run", "--rm", f"oci:{tmp_path / 'lying'}:1", "--", "true")
+    assert done.returncode == 125, done.stderr
+    assert "uncompressed (config diff_id): digest mismatch" in done.stderr, done.stderr
+    assert f"expected {claimed}, found {real}" in done.stderr
+    assert layercache.cached() == []
+    assert run_cli("run", "--rm", image, "--", "true").returncode == 0
+    assert len(layercache.cached()) == 1
+
+
 def test_every_word_after_the_image_is_the_commands(image: str, store_home: Path) -> None:
     """As docker run parses: after IMAGE, words that look like run's own options (-e, -u,
     --rm, --help) are the command's; a '--' there only separates."""

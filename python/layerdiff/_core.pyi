@@ -66,10 +66,12 @@ def apply_layer(
     userxattr: bool = False,
     max_size: int = ...,
     lowers: Sequence[_Path] | None = None,
+    diff_id: str | None = None,
 ) -> tuple[int, int, list[str]]:
     """Apply one layer blob (tar, tar+gzip, tar+zstd) onto `root`, confined to it.
 
-    With `digest` the blob is verified (sha256 and `size`) while read. With `overlay` and
+    With `digest` the blob is verified (sha256 and `size`) while read; with `diff_id`, the
+    sha256 of its whole uncompressed stream too (after the blob's). With `overlay` and
     `lowers` (the directories of the layers below in the same form, top first), what the
     layer passes through that only they hold is copied up, so that the overlay of them all
     is the layers applied in order; whiteouts are then made only where they hide something.

@@ -172,19 +172,21 @@ def unpack(
 ) -> UnpackResult:
     """Apply every layer of ``image`` onto the new or empty directory ``root``.
 
-    Each blob is checked against its descriptor (size and sha256) while it is read; a mismatch
-    is an error. Until every layer is in, ``incomplete_marker(root)`` exists. ``on_step`` is
-    called with a short message as each layer starts (for progress output).
+    Each blob is checked against its descriptor (size and sha256) while it is read, and its
+    uncompressed tar against the config's diff_id (as docker and containerd check it); a
+    mismatch is an error. Until every layer is in, ``incomplete_marker(root)`` exists.
+    ``on_step`` is called with a short message as each layer starts (for progress output).
     """
     # Imported on use: `apply` of blobs has no image to load, and the command line starts
     # faster without the image modules.
     from layerdiff.catalog import load_image
-    from layerdiff.image import check_layer_media_types
+    from layerdiff.image import check_layer_media_types, layer_diff_ids
 
     check_int("max_size", max_size, 1, 2**64 - 1)
     _check_target(root)
     img = load_image(image)
     check_layer_media_types(img.layers, img.ref.text)  # all before anything is written
+    diff_ids = layer_diff_ids(img.config, img.layers, img.ref.text)
     target = Path(root)
     marker = incomplete_marker(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -209,6 +211,7 @@ def unpack(
                 size=int(desc["size"]),
                 chown=chown,
                 max_size=max_size,
+                diff_id=diff_ids[i - 1],
             )
         entries += n
         total += size

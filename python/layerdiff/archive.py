@@ -45,8 +45,9 @@ from layerdiff.image import (
     build_manifest,
     canonical_json,
     check_layer_media_types,
+    config_diff_ids,
 )
-from layerdiff.layout import Layout, check_digest, writing
+from layerdiff.layout import Layout, writing
 
 __all__ = ["LoadResult", "SaveResult", "load", "load_all", "save"]
 
@@ -302,18 +303,7 @@ def _diff_ids(config: bytes, where: str) -> list[str]:
         obj = json.loads(config)
     except ValueError as e:
         raise FormatError(f"{where}: the image config is not JSON: {e}") from e
-    rootfs = obj.get("rootfs") if isinstance(obj, dict) else None
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list):
-        raise FormatError(
-            f"{where}: the image config's rootfs.diff_ids is not a list: {_short(diff_ids)}"
-        )
-    for diff_id in diff_ids:
-        try:
-            check_digest(diff_id)
-        except FormatError as e:
-            raise FormatError(f"{where}: the image config's rootfs.diff_ids: {e}") from None
-    return diff_ids
+    return config_diff_ids(obj, where)
 
 
 def _strings(value: object) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from layerdiff.errors import FormatError, InvalidArgumentError
-from layerdiff.layout import Descriptor
+from layerdiff.layout import Descriptor, check_digest
 
 __all__ = [
     "CONFIG_MEDIA_TYPE",
@@ -210,6 +210,34 @@ _OCI_LAYERS = frozenset(
     for kind in ("", "nondistributable.")
     for compression in ("", "+gzip", "+zstd")
 )
+
+
+def config_diff_ids(config: object, where: str) -> list[str]:
+    """The ``rootfs.diff_ids`` of the image config ``config``, checked to be sha256 digests;
+    ``where`` names the config in errors."""
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        shown = json.dumps(diff_ids)
+        shown = shown if len(shown) <= 60 else shown[:59] + "…"
+        raise FormatError(f"{where}: the image config's rootfs.diff_ids is not a list: {shown}")
+    for diff_id in diff_ids:
+        try:
+            check_digest(diff_id)
+        except FormatError as e:
+            raise FormatError(f"{where}: the image config's rootfs.diff_ids: {e}") from None
+    return diff_ids
+
+
+def layer_diff_ids(config: dict[str, Any], layers: list[Descriptor], where: str) -> list[str]:
+    """The config's ``rootfs.diff_ids``, one ``sha256:`` digest per layer of ``layers``; raise
+    FormatError otherwise (``where`` names the image)."""
+    diff_ids = config_diff_ids(config, where)
+    if len(diff_ids) != len(layers):
+        raise FormatError(
+            f"{where}: config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
+        )
+    return diff_ids
 
 
 def check_layer_media_types(layers: list[Descriptor], where: str, *, first: int = 0) -> None:

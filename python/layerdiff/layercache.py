@@ -32,8 +32,8 @@ from pathlib import Path
 
 from layerdiff import _core, refs
 from layerdiff.catalog import Image
-from layerdiff.errors import FormatError, InvalidArgumentError
-from layerdiff.image import check_layer_media_types
+from layerdiff.errors import InvalidArgumentError
+from layerdiff.image import check_layer_media_types, layer_diff_ids
 from layerdiff.layout import check_digest
 
 __all__ = [
@@ -150,6 +150,7 @@ def _unpack(
             overlay=True,
             userxattr=form == "user",
             lowers=list(reversed(lowers)),
+            diff_id=diff_id,
         )
         info = {
             "chain_id": f"sha256:{final.name}",
@@ -173,15 +174,11 @@ def _unpack(
 def ensure_layers(image: Image, *, form: str) -> list[Path]:
     """The cached tree of every layer of ``image``, bottom first, unpacking missing ones.
 
-    Each blob's size and digest are checked while it is unpacked; a mismatch is an error and
-    nothing is cached for that layer.
+    Each blob's size and digest, and its uncompressed tar's against the config's diff_id, are
+    checked while it is unpacked: the cache is keyed by chain IDs made of diff_ids. A mismatch
+    is an error and nothing is cached for that layer.
     """
-    diff_ids = image.config.get("rootfs", {}).get("diff_ids", [])
-    if len(diff_ids) != len(image.layers):
-        raise FormatError(
-            f"{image.ref.text}: config lists {len(diff_ids)} diff_ids for "
-            f"{len(image.layers)} layers"
-        )
+    diff_ids = layer_diff_ids(image.config, image.layers, image.ref.text)
     check_layer_media_types(image.layers, image.ref.text)  # all before any is unpacked
     dirs: list[Path] = []
     for desc, diff_id, chain_id in zip(image.layers, diff_ids, chain_ids(diff_ids), strict=True):

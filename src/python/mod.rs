@@ -328,7 +328,7 @@ fn write_layer_to_fd(
 #[pyfunction]
 #[pyo3(signature = (
     root, blob, *, digest = None, size = None, chown = true, overlay = false, userxattr = false,
-    max_size = crate::apply::DEFAULT_MAX_SIZE, lowers = None
+    max_size = crate::apply::DEFAULT_MAX_SIZE, lowers = None, diff_id = None
 ))]
 #[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
 fn apply_layer(
@@ -342,6 +342,7 @@ fn apply_layer(
     userxattr: bool,
     max_size: u64,
     lowers: Option<Vec<PathBuf>>,
+    diff_id: Option<String>,
 ) -> PyResult<(u64, u64, Vec<String>)> {
     let opts = ApplyOptions {
         chown,
@@ -349,13 +350,14 @@ fn apply_layer(
         userxattr,
         max_size,
         lowers,
+        diff_id: diff_id.is_some(),
     };
     let cancel = Cancel::new();
     let stats = run_detached(py, &cancel, || {
         let target = Root::open(&root)?;
         let file = std::fs::File::open(&blob).at(&blob)?;
         let what = blob.display().to_string();
-        match digest {
+        let stats = match digest {
             Some(digest) => {
                 let expected = match size {
                     Some(n) => n,
@@ -369,9 +371,20 @@ fn apply_layer(
                     Err(e) => return Err(e),
                 };
                 reader.finish(&digest, &what)?;
-                Ok(stats)
+                stats
             }
-            None => apply::apply_layer(&target, file, &opts, &cancel),
+            None => apply::apply_layer(&target, file, &opts, &cancel)?,
+        };
+        // Checked after the blob's own digest: a damaged blob is named as such.
+        match (&diff_id, &stats.diff_id) {
+            (Some(expected), Some(found)) if expected != found => {
+                Err(crate::error::Error::DigestMismatch {
+                    what: format!("{what}, uncompressed (config diff_id)"),
+                    expected: expected.clone(),
+                    found: found.clone(),
+                })
+            }
+            _ => Ok(stats),
         }
     })?;
     Ok((stats.entries, stats.bytes, stats.warnings))
