@@ -452,6 +452,85 @@ def test_commit_pauses_a_running_container(image: str, store_home: Path) -> None
         proc.wait(timeout=20)
 
 
+def test_pause_unpause_and_a_container_left_frozen_still_stops(
+    image: str, store_home: Path
+) -> None:
+    """`pause` freezes the container and `ps` says so; `unpause` thaws it. One left frozen (by
+    a `commit --pause` killed before it thawed it) still ends on the SIGTERM `run` passes on."""
+    script = "i=0; while true; do i=$((i+1)); echo $i > /root/count; done"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerdiff", "run", "--name", "frz", image, "--", "sh", "-c", script]
+    )
+    try:
+        c = wait_running("frz")
+        count = c.upper / "root" / "count"
+
+        def advancing() -> bool:
+            # The file is rewritten all the time: read it until two readings hold numbers.
+            def read() -> int:
+                for _ in range(1000):
+                    text = count.read_text().strip() if count.exists() else ""
+                    if text:
+                        return int(text)
+                return 0
+
+            first = read()
+            time.sleep(0.3)
+            return read() != first
+
+        assert advancing()
+        done = run_cli("pause", "frz")
+        assert done.returncode == 0 and done.stdout == "frz\n", done.stderr
+        assert json.loads(run_cli("ps", "--json").stdout)[0]["state"] == "paused"
+        assert not advancing()
+        again = run_cli("pause", "frz")
+        assert again.returncode == 1 and "paused already" in again.stderr
+        assert run_cli("unpause", "frz").returncode == 0
+        assert json.loads(run_cli("ps", "--json").stdout)[0]["state"] == "running"
+        assert advancing()
+
+        # Frozen behind run's back, as a killed commit leaves it.
+        layerdiff.runtime.pause("frz")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 143
+    finally:
+        proc.kill()
+        proc.wait()
+    refused = run_cli("unpause", "frz")
+    assert refused.returncode == 1 and "it is exited" in refused.stderr
+
+
+def test_a_stale_pid_of_another_container_is_not_taken_for_a_run(
+    image: str, store_home: Path
+) -> None:
+    """A container whose run was killed keeps "running" and a pid in its state; another
+    container's run may have that pid since. Only a run holding the container's lock counts:
+    `ps` shows it exited, `start` runs it, and `rm -f` does not kill the other container."""
+    other = subprocess.Popen(
+        [sys.executable, "-m", "layerdiff", "run", "--name", "b", image, "--", "sleep", "60"]
+    )
+    try:
+        b = wait_running("b")
+        assert run_cli("create", "--name", "a", image, "--", "true").returncode == 0
+        a = runtime.open_container("a")
+        a.data.update(state="running", pid=b.data["pid"])
+        a.save()
+        states = {c["name"]: c["state"] for c in json.loads(run_cli("ps", "--json").stdout)}
+        assert states == {"a": "exited", "b": "running"}
+        started = run_cli("start", "a")
+        assert started.returncode == 0, started.stderr
+        a = runtime.open_container("a")
+        a.data.update(state="running", pid=b.data["pid"])
+        a.save()
+        assert run_cli("rm", "-f", "a").returncode == 0
+        time.sleep(0.2)
+        assert other.poll() is None
+        assert runtime.open_container("b").state == "running"
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_create_start_ps_rm_and_a_container_directory(
     image: str, store_home: Path, tmp_path: Path
 ) -> None:

@@ -237,6 +237,17 @@ class Cgroup:
                 found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
         return found
 
+    def frozen(self) -> bool:
+        """Whether the group is frozen (or freezing); False when that cannot be read."""
+        try:
+            if self.v2:
+                freeze = self.dirs[0] / "cgroup.freeze" if self.dirs else None
+                return freeze is not None and freeze.read_text().strip() == "1"
+            d = self._dir("freezer")
+            return d is not None and (d / "freezer.state").read_text().strip() != "THAWED"
+        except OSError:
+            return False
+
     def freeze(self, frozen: bool = True) -> None:
         """Freeze (or thaw) every process of the group."""
         if self.v2:

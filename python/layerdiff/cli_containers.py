@@ -188,6 +188,34 @@ optional).""",
             fail(str(e), EXIT_SETUP)
         _finish(result)
 
+    @cli.command(epilog="Example:\n\n  layerdiff pause web")
+    @click.argument("names", nargs=-1, required=True, metavar="CONTAINER...")
+    def pause(names: tuple[str, ...]) -> None:
+        """Freeze every process of running containers (like docker pause)."""
+        _pause_each(names, frozen=True)
+
+    @cli.command(epilog="Example:\n\n  layerdiff unpause web")
+    @click.argument("names", nargs=-1, required=True, metavar="CONTAINER...")
+    def unpause(names: tuple[str, ...]) -> None:
+        """Thaw paused containers (like docker unpause): paused by `pause`, or left frozen by a
+        `commit --pause` that was killed."""
+        _pause_each(names, frozen=False)
+
+    def _pause_each(names: tuple[str, ...], *, frozen: bool) -> None:
+        from layerdiff import runtime
+
+        failed = False
+        for name in names:
+            try:
+                runtime.pause(name, frozen=frozen)
+            except LayerdiffError as e:
+                error(str(e))
+                failed = True
+                continue
+            click.echo(name)
+        if failed:
+            sys.exit(1)
+
     @cli.command(epilog="Example:\n\n  layerdiff ps --json")
     @click.option("-q", "--quiet", is_flag=True, help="Print names only.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")

@@ -54,6 +54,7 @@ __all__ = [
     "containers",
     "create",
     "open_container",
+    "pause",
     "remove",
     "run",
     "start",
@@ -141,11 +142,22 @@ class Container:
 
     @property
     def state(self) -> str:
-        """``created``, ``running`` or ``exited`` (a run whose caller died counts as exited)."""
+        """``created``, ``running``, ``paused`` (running, frozen) or ``exited``. A run whose
+        caller died counts as exited: running means a run holds the container's lock, not only
+        that a process has the pid recorded, which another may have been given since."""
         state = str(self.data.get("state", "created"))
-        if state == "running" and not _pid_alive(self.data.get("pid")):
-            return "exited"
+        if state == "running":
+            if not (_busy(self.path) and _pid_alive(self.data.get("pid"))):
+                return "exited"
+            group = self._cgroup()
+            if group is not None and group.frozen():
+                return "paused"
         return state
+
+    def _cgroup(self) -> Cgroup | None:
+        """The control group of the container's run, if it has one."""
+        dirs = [Path(d) for d in self.data.get("cgroup") or []]
+        return Cgroup(dirs=dirs, v2=unified()) if dirs else None
 
     @property
     def upper(self) -> Path:
@@ -436,12 +448,15 @@ _FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH})
 #: the caller leaves them at their default action (as the command line does).
 _IF_UNUSED = frozenset({signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGPWR})
 
+#: Of those, the ones that end a run: a frozen container is thawed to receive them.
+_STOPPING = frozenset({signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT})
+
 #: ``si_code`` of a signal the kernel sent itself, as a terminal's are (``SI_KERNEL``).
 _SI_KERNEL = 0x80
 
 
 @contextlib.contextmanager
-def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+def _forwarding(proc: subprocess.Popen[bytes], group: Cgroup | None = None) -> Iterator[None]:
     """While the container runs, signals to us go on to it: those of ``_FORWARDED`` (the
     default action of most would kill us and leave it unwatched). Those a terminal sent
     (``_FROM_TERMINAL``, from the kernel) are not passed on: the terminal sent them to the
@@ -454,12 +469,19 @@ def _forwarding(proc: subprocess.Popen[bytes]) -> Iterator[None]:
     reaches the container, and the others are passed on. Only the main thread handles signals:
     called from another thread, this does nothing and the application's own handlers stay in
     place.
+
+    A signal that ends a run (``_STOPPING``) first thaws ``group``, the container's control
+    group: a frozen process would never see it (a ``commit --pause`` killed while it held the
+    container frozen leaves it so).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def forward(sig: int, _frame: object) -> None:
+        if group is not None and sig in _STOPPING:
+            with contextlib.suppress(OSError):
+                group.freeze(False)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
 
@@ -557,9 +579,8 @@ def start(container: Container) -> RunResult:
 
 
 def _start_locked(container: Container) -> RunResult:
+    # The lock is ours: a state that says running is what a run killed with it left.
     limits = Limits(**(container.data.get("limits") or {}))
-    if container.state == "running":
-        raise ContainerError(f"container {container.name} is already running")
     config = container.config
     argv = container.command
     if not argv:
@@ -619,7 +640,7 @@ def _start_locked(container: Container) -> RunResult:
     )
     try:
         container.save()
-        with _forwarding(proc):
+        with _forwarding(proc, group):
             code = proc.wait()
     finally:
         if proc.poll() is None:
@@ -700,15 +721,34 @@ def remove(name: str, *, force: bool = False) -> None:
             raise ContainerError(f"{e} (rm -f removes what is left of it)") from None
         _remove_broken(path, name)
         return
-    if container.state == "running":
+    state = container.state
+    if state in ("running", "paused"):
         if not force:
-            raise ContainerError(f"container {container.name} is running (use --force)")
+            raise ContainerError(f"container {container.name} is {state} (use --force)")
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(container.data["pid"]), signal.SIGKILL)
-    dirs = [Path(d) for d in container.data.get("cgroup") or []]
-    if dirs:
-        Cgroup(dirs=dirs).remove()
+    elif _busy(container.path):
+        raise ContainerError(f"container {container.name} is being started: try again")
+    group = container._cgroup()
+    if group is not None:
+        group.remove()
     layercache.remove_tree(container.path)
+
+
+def pause(name: str, *, frozen: bool = True) -> Container:
+    """Freeze every process of the running container ``name`` (``frozen=False``: thaw them),
+    as ``docker pause`` and ``unpause`` do."""
+    container = open_container(name)
+    state = container.state
+    want, other = ("paused", "running") if frozen else ("running", "paused")
+    if state == want:
+        raise ContainerError(f"container {container.name} is {want} already")
+    group = container._cgroup()
+    if state != other or group is None:
+        why = "it has no control group" if state == other else f"it is {state}"
+        raise ContainerError(f"cannot {'pause' if frozen else 'unpause'} {container.name}: {why}")
+    group.freeze(frozen)
+    return container
 
 
 def commit_container(
@@ -740,9 +780,9 @@ def commit_container(
     """
     container = open_container(name)
     target = image if image is not None else f"{container.name.lower()}:latest"
-    group = None
-    if pause and container.state == "running" and container.data.get("cgroup"):
-        group = Cgroup(dirs=[Path(d) for d in container.data["cgroup"]], v2=unified())
+    # A paused container stays paused; one frozen here is thawed when done.
+    group = container._cgroup() if pause and container.state == "running" else None
+    if group is not None:
         group.freeze(True)
     try:
         return commit(
