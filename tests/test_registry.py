@@ -206,6 +206,56 @@ def test_pull_index_picks_the_platform(registry: Registry, tmp_path: Path) -> No
     assert not list(store.blobs_dir.iterdir())
 
 
+def test_index_entries_without_a_platform_and_manifests_that_are_not_what_they_say(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """An index entry naming no platform is taken, as containerd takes it, and the platform
+    checked in its config. A manifest is checked against the entry's size, and only sha256
+    pins a manifest: another algorithm is refused, not taken on trust."""
+    lay = tmp_path / "noplat"
+    layerdiff.commit(tree(tmp_path / "a", {"which": b"a"}), image=f"oci:{lay}:a")
+    layout = Layout.open(lay)
+    native = go_arch()[0]
+    entry = _retag_arch(layout, "a", native)
+    del entry["platform"]
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry],
+    }
+    layout.set_tag("i", layout.put_blob(canonical_json(index), media_type=str(index["mediaType"])))
+    out = skopeo("copy", "--all", "--dest-tls-verify=false", f"oci:{lay}:i", registry.ref("np/x:1"))
+    assert out.returncode == 0, out.stderr
+    pulled = layerdiff.pull(registry.ref("np/x:1"), "np:1", tls_verify=False)
+    assert pulled.manifest_digest == entry["digest"]
+    other = "s390x" if native != "s390x" else "arm64"
+    refused = run_cli(
+        "pull", "--tls-verify=false", "--platform", f"linux/{other}", registry.ref("np/x:1"), "np:2"
+    )
+    assert refused.returncode == 1
+    assert f"the image is for linux/{native}, not linux/{other}" in refused.stderr
+
+    # The same entry with a size that is not the manifest's.
+    wrong = {**index, "manifests": [{**entry, "size": int(str(entry["size"])) + 1}]}
+    put = requests.put(
+        f"http://{registry.host}/v2/np/x/manifests/wrong",
+        data=canonical_json(wrong),
+        headers={"Content-Type": str(index["mediaType"])},
+        timeout=10,
+    )
+    assert put.status_code == 201, put.text
+    bad = run_cli("pull", "--tls-verify=false", registry.ref("np/x:wrong"), "np:3")
+    assert bad.returncode == 1
+    assert f"is {entry['size']} bytes, the index says {int(str(entry['size'])) + 1}" in bad.stderr
+
+    sha512 = "sha512:" + "ab" * 64
+    bad = run_cli(
+        "pull", "--tls-verify=false", f"docker://{registry.host}/np/x@{sha512}", f"oci:{lay}:t"
+    )
+    assert bad.returncode == 1 and "only sha256 digests are supported" in bad.stderr, bad.stderr
+    assert [i.tag for i in layerdiff.images()] == ["1"]
+
+
 @pytest.mark.parametrize(
     ("index", "want", "picked"),
     [
@@ -221,6 +271,17 @@ def test_pull_index_picks_the_platform(registry: Registry, tmp_path: Path) -> No
         # An arm entry without a variant is arm/v7, as containerd reads it.
         (["amd64", "arm"], "linux/arm", "arm"),
         (["arm/v6", "arm"], "linux/arm/v7", "arm"),
+        # Names docker takes for the OCI ones, and amd64 levels: a v3 machine runs v2 and v1.
+        (["arm64", "amd64"], "linux/x86_64", "amd64"),
+        (["arm64", "amd64"], "Linux/AMD64", "amd64"),
+        (["amd64", "arm64"], "linux/aarch64", "arm64"),
+        (["amd64", "arm/v6", "arm/v7"], "linux/armhf", "arm/v7"),
+        (["amd64", "arm/v6", "arm/v7"], "linux/armel", "arm/v6"),
+        (["amd64", "arm/v6", "arm/v7"], "linux/arm/6", "arm/v6"),
+        (["amd64", "arm64"], "linux/amd64/v2", "amd64"),
+        (["amd64", "amd64/v3", "amd64/v2"], "linux/amd64/v3", "amd64/v3"),
+        (["amd64/v1", "amd64/v3"], "linux/amd64/v2", "amd64/v1"),
+        (["amd64/v3"], "linux/amd64/v2", None),
     ],
 )
 def test_the_platform_is_picked_as_docker_picks_it(

@@ -253,8 +253,15 @@ def push(
     )
 
 
-def _get_manifest(reg: Registry, ref: refs.RegistryRef, reference: str) -> tuple[bytes, str, str]:
-    """(bytes, media type, digest) of a manifest, its digest checked when it is pinned."""
+def _get_manifest(
+    reg: Registry, ref: refs.RegistryRef, reference: str, *, size: object = None
+) -> tuple[bytes, str, str]:
+    """(bytes, media type, digest) of a manifest, its digest checked when it is pinned (and its
+    ``size``, when given: an index entry's)."""
+    if ":" in reference and not reference.startswith("sha256:"):  # a tag has no colon
+        raise FormatError(
+            f"{ref.text}: {reference}: only sha256 digests are supported, as in OCI layouts"
+        )
     response = reg.request(
         "GET",
         f"/v2/{ref.repository}/manifests/{reference}",
@@ -269,6 +276,11 @@ def _get_manifest(reg: Registry, ref: refs.RegistryRef, reference: str) -> tuple
         raise FormatError(f"{ref.text}: manifest larger than {_MANIFEST_MAX} bytes")
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     pinned = reference if reference.startswith("sha256:") else None
+    if type(size) is int and size != len(data):
+        raise DigestMismatchError(
+            f"{ref.text}: manifest {reference} is {len(data)} bytes, the index says {size}; "
+            "the registry sent wrong bytes"
+        )
     sent = response.headers.get("Docker-Content-Digest")
     for expected in (pinned, sent if sent and sent.startswith("sha256:") else None):
         if expected is not None and expected != digest:
@@ -292,16 +304,38 @@ def _get_manifest(reg: Registry, ref: refs.RegistryRef, reference: str) -> tuple
     return data, media_type, digest
 
 
+#: Architecture names docker and containerd take for the OCI ones (``platforms.Normalize``):
+#: (architecture, the variant it implies).
+_ARCH_ALIASES: dict[str, tuple[str, str | None]] = {
+    "x86_64": ("amd64", None),
+    "x86-64": ("amd64", None),
+    "i386": ("386", None),
+    "aarch64": ("arm64", None),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+}
+
+
 def parse_platform(text: str | None) -> tuple[str, str, str | None]:
-    """``OS/ARCH[/VARIANT]`` → (os, arch, variant); None means this machine's."""
+    """``OS/ARCH[/VARIANT]`` → (os, arch, variant), normalised as docker normalises it
+    (``Linux/x86_64`` is linux/amd64, ``linux/armhf`` linux/arm/v7, ``arm/7`` arm/v7); None
+    means this machine's."""
     if text is None:
         return "linux", *go_arch()
-    parts = text.split("/")
+    parts = text.lower().split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise InvalidArgumentError(
             f"platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/arm64"
         )
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+    os_name, arch = parts[0], parts[1]
+    variant = parts[2] if len(parts) == 3 else None
+    arch, implied = _ARCH_ALIASES.get(arch, (arch, None))
+    variant = variant or implied
+    if variant is not None and variant.isdigit():
+        variant = f"v{variant}"
+    if arch == "amd64" and variant == "v1":
+        variant = None
+    return os_name, arch, variant
 
 
 #: The variants an ARM machine runs, best first, as containerd ranks them: an arm/v7 machine
@@ -313,11 +347,17 @@ _ARM_VARIANTS: dict[str, dict[str, list[str | None]]] = {
 _ARM_DEFAULT = {"arm": "v7", "arm64": "v8"}
 
 
+#: The microarchitecture levels an amd64 machine of a level runs, best first (v1 is plain amd64).
+_AMD64_LEVELS: list[str | None] = ["v4", "v3", "v2", None]
+
+
 def _variants(arch: str, variant: str | None) -> list[str | None] | None:
     """The variants of ``arch`` that suit ``variant``, best first; None: any will do."""
     if arch in _ARM_VARIANTS:
         variant = variant or _ARM_DEFAULT[arch]
         return list(_ARM_VARIANTS[arch].get(variant, [variant]))
+    if arch == "amd64" and variant is not None and variant in _AMD64_LEVELS:
+        return _AMD64_LEVELS[_AMD64_LEVELS.index(variant) :]
     return None if variant is None else [variant]
 
 
@@ -327,8 +367,8 @@ def _rank(p: dict[str, Any], want_os: str, want_arch: str, suits: list[str | Non
     if p.get("os") != want_os or p.get("architecture") != want_arch:
         return -1
     variant = p.get("variant")
-    if want_arch == "arm64" and variant == "v8":
-        variant = None  # arm64 and arm64/v8 are one platform
+    if (want_arch, variant) in (("arm64", "v8"), ("amd64", "v1")):
+        variant = None  # arm64 and arm64/v8 are one platform, amd64 and amd64/v1 too
     if want_arch == "arm" and variant is None:
         variant = "v7"  # as containerd reads an arm entry without a variant
     return 0 if suits is None else (suits.index(variant) if variant in suits else -1)
@@ -396,6 +436,11 @@ def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> D
             best = (rank, m)
     if best is not None:
         return best[1]
+    # An entry without a platform may be anything: as containerd, take it, and check the
+    # platform in its config (see pull).
+    unknown = [m for m in entries if not m.get("platform")]
+    if unknown:
+        return unknown[0]
     found = ", ".join(
         "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
         for m in entries
@@ -442,13 +487,19 @@ def pull(
     with open_registry(src, tls_verify=tls_verify, creds=creds) as reg:
         data, media_type, digest = _get_manifest(reg, src, src.digest or str(src.tag))
         index_digest = digest if media_type in INDEX_MEDIA_TYPES else None
+        unknown = False  # chosen from an index entry that names no platform
         for _ in range(2):  # an index names manifests; nested indexes are not followed further
             if media_type not in INDEX_MEDIA_TYPES:
                 break
             chosen = _pick_platform(json.loads(data), platform, src.text)
-            if not isinstance(chosen.get("digest"), str):
-                raise FormatError(f"{src.text}: the index's entry lacks a digest: {chosen!r}")
-            data, media_type, digest = _get_manifest(reg, src, chosen["digest"])
+            try:
+                check_digest(chosen.get("digest"))  # type: ignore[arg-type]
+            except FormatError as e:
+                raise FormatError(f"{src.text}: an entry of the index: {e}") from None
+            unknown = unknown or not chosen.get("platform")
+            data, media_type, digest = _get_manifest(
+                reg, src, chosen["digest"], size=chosen.get("size")
+            )
         pinned = target.pinned
         if pinned is not None and pinned not in (digest, index_digest):
             # Refused before a blob is fetched.
@@ -464,9 +515,11 @@ def pull(
         with Layout.create_for_write(target.layout) as layout, writing(layout):
             # The config first, and checked, before a layer is fetched: an image for another
             # platform, or whose config disagrees with its manifest, costs no download. (One
-            # chosen from an index is the platform's already.)
+            # chosen from an index by its platform is the platform's already.)
             config_status = fetch_blob(reg, src.repository, layout, config, on_blob=report)
             wanted = platform if index_digest is None else None
+            if unknown:
+                wanted = platform or "/".join(x for x in parse_platform(None) if x)
             _check_config(layout, config, layers, wanted, src.text)
             layer_statuses = _parallel(
                 lambda d, stop: fetch_blob(
