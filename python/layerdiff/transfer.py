@@ -10,7 +10,8 @@ distribution 2.8 ignores a body on the ``POST``), and ``PUT`` with ``digest`` ad
 session's absolute ``Location`` closes it. A local blob is hashed while it is sent and refused
 (before the closing ``PUT``) when it does not match its digest. A session that will not be
 closed (the blob failed, the push was stopped) is cancelled with ``DELETE``, as docker does, so
-its bytes are not kept until the registry's purge.
+its bytes are not kept until the registry's purge; that fails (and is let go) for a session cut
+in the middle of its ``PATCH``, whose location's state no longer matches what it holds.
 
 Pull stores each missing blob through a temporary file in the layout, checking its size and
 sha256 while it streams, and refuses a mismatch with nothing stored.
