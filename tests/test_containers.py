@@ -585,6 +585,29 @@ def test_a_layer_whose_tar_is_not_its_diff_id_is_refused_and_not_cached(
     assert len(layercache.cached()) == 1
 
 
+def test_rmi_keeps_the_last_name_of_an_image_a_container_uses_unless_forced(
+    image: str, store_home: Path
+) -> None:
+    assert run_cli("tag", image, "bb:1").returncode == 0
+    assert run_cli("tag", "bb:1", "bb:2").returncode == 0
+    assert run_cli("create", "--name", "c", "bb:1", "--", "true").returncode == 0
+    assert run_cli("rmi", "bb:1").returncode == 0  # bb:2 still names it
+    for names in (["bb:2"], ["bb:2", "bb:2"]):
+        refused = run_cli("rmi", *names)
+        assert refused.returncode == 1
+        assert "unable to remove bb:2 (must force): container c was made from it" in (
+            refused.stderr
+        )
+    assert [(i.name, i.tag) for i in layerdiff.images()] == [("bb", "2")]
+    assert run_cli("tag", "bb:2", "bb:3").returncode == 0
+    assert run_cli("rmi", "bb:2", "bb:3").returncode == 1  # both names go: refused
+    forced = run_cli("rmi", "-f", "bb:2", "bb:3")
+    assert forced.returncode == 0, forced.stderr
+    assert layerdiff.images() == []
+    started = run_cli("start", "c")  # the container keeps its image's blobs
+    assert started.returncode == 0, started.stderr
+
+
 def test_every_word_after_the_image_is_the_commands(image: str, store_home: Path) -> None:
     """As docker run parses: after IMAGE, words that look like run's own options (-e, -u,
     --rm, --help) are the command's; a '--' there only separates."""

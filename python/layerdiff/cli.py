@@ -488,12 +488,20 @@ Examples:
 @click.option(
     "--no-prune", is_flag=True, help="Only remove the names; leave the blobs for a later gc."
 )
-def rmi(images: tuple[str, ...], no_prune: bool) -> None:
+@click.option(
+    "-f",
+    "--force",
+    is_flag=True,
+    help="Remove the last name of an image a container was made from too (the container keeps "
+    "its image's blobs).",
+)
+def rmi(images: tuple[str, ...], no_prune: bool, force: bool) -> None:
     """Remove image names (like docker rmi), then the blobs no other name reaches. An untagged
-    image goes by its digest, as images shows it (12 hex digits or more)."""
+    image goes by its digest, as images shows it (12 hex digits or more). As docker, the last
+    name of an image a container was made from stays unless --force."""
     from layerdiff.errors import ImageNotFoundError, InvalidReferenceError
     from layerdiff.refs import LayoutRef, parse_layout_reference
-    from layerdiff.tags import remove_untagged, tag_to_remove, untagged_image
+    from layerdiff.tags import named, remove_untagged, tag_to_remove, untagged_image
 
     # Every name is checked before any goes (a broken image's name goes too); a name given
     # twice, in any spelling (t, t:latest, a relative or absolute oci: path), goes once. An
@@ -509,6 +517,11 @@ def rmi(images: tuple[str, ...], no_prune: bool) -> None:
             if found is None:
                 raise
             untagged.setdefault(found, text)
+    if not force:
+        _refuse_images_in_use(
+            {key: (str(named(ref)["digest"]), ref.text) for key, ref in refs.items()},
+            {(layout, digest): (digest, text) for (layout, digest), text in untagged.items()},
+        )
     layouts: dict[str, str | None] = {}
     for (layout, _), ref in refs.items():
         digest = layerdiff.untag(ref)
@@ -523,6 +536,34 @@ def rmi(images: tuple[str, ...], no_prune: bool) -> None:
     for target in layouts.values():
         report = layerdiff.gc(target)
         click.echo(f"removed {report.blobs} blobs, {_human_size(report.bytes)} freed")
+
+
+def _refuse_images_in_use(
+    tags: dict[tuple[object, str], tuple[str, str]],
+    untagged: dict[tuple[object, str], tuple[str, str]],
+) -> None:
+    """Fail, as ``docker rmi`` does, when a name about to go is the last one of an image a
+    container of the store was made from: ``tags`` maps (layout, tag) and ``untagged``
+    (layout, digest) to (the manifest digest, the name as given)."""
+    from layerdiff import runtime
+    from layerdiff.layout import REF_NAME, Layout
+
+    if not runtime.containers_root().is_dir():
+        return
+    for (layout, _), (digest, text) in [*tags.items(), *untagged.items()]:
+        left = [
+            m
+            for m in Layout.open(str(layout)).manifests()
+            if m.get("digest") == digest
+            and (tag := (m.get("annotations") or {}).get(REF_NAME)) is not None
+            and (layout, tag) not in tags
+        ]
+        users = [] if left else runtime.users_of(str(layout), digest)
+        if users:
+            raise LayerdiffError(
+                f"conflict: unable to remove {text} (must force): container {users[0].name} "
+                "was made from it (remove the container first, or use rmi -f)"
+            )
 
 
 @cli.command(epilog="Example:\n\n  layerdiff images --json")

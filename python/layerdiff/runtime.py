@@ -194,6 +194,18 @@ class Container:
         os.replace(tmp, self.path / _STATE_FILE)
 
 
+def users_of(layout: str | os.PathLike[str], digest: str) -> list[Container]:
+    """The containers of the store made from the image ``digest`` (a manifest) of ``layout``."""
+    found = []
+    for c in containers():
+        with contextlib.suppress(OSError, KeyError, TypeError):
+            if c.data["image_descriptor"]["digest"] == digest and os.path.samefile(
+                c.data["image_layout"], layout
+            ):
+                found.append(c)
+    return found
+
+
 def open_container(name: str) -> Container:
     """The container named ``name`` (or at the directory ``name``)."""
     path = _location(name)
