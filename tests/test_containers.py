@@ -608,6 +608,18 @@ def test_rmi_keeps_the_last_name_of_an_image_a_container_uses_unless_forced(
     assert started.returncode == 0, started.stderr
 
 
+def test_commit_of_a_container_whose_name_makes_no_image_name_asks_for_one(
+    image: str, store_home: Path
+) -> None:
+    assert run_cli("create", "--name", "a..b", image, "--", "true").returncode == 0
+    refused = run_cli("commit", "a..b")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "'a..b:latest'" in refused.stderr and "give the image to commit to" in refused.stderr
+    done = run_cli("commit", "--progress", "none", "a..b", "ab:1")
+    assert done.returncode == 0, done.stderr
+    assert run_cli("commit", "--progress", "none", "a..b", "ab:1").returncode == 0
+
+
 def test_every_word_after_the_image_is_the_commands(image: str, store_home: Path) -> None:
     """As docker run parses: after IMAGE, words that look like run's own options (-e, -u,
     --rm, --help) are the command's; a '--' there only separates."""

@@ -40,6 +40,7 @@ from layerdiff.errors import (
     ContainerError,
     ContainerNotFoundError,
     InvalidArgumentError,
+    InvalidReferenceError,
     LayerdiffOSError,
 )
 from layerdiff.image import rfc3339
@@ -792,6 +793,13 @@ def commit_container(
     """
     container = open_container(name)
     target = image if image is not None else f"{container.name.lower()}:latest"
+    if isinstance(target, str) and image is None:
+        try:
+            refs.parse_layout_reference(target)
+        except InvalidReferenceError as e:
+            raise InvalidReferenceError(
+                f"{e}: the container's name makes no image name; give the image to commit to"
+            ) from None
     # A paused container stays paused; one frozen here is thawed when done.
     group = container._cgroup() if pause and container.state == "running" else None
     if group is not None:
