@@ -34,7 +34,9 @@ from layerdiff import runtime
 
 layerdiff.commit(sys.argv[1], image="bb:1", changes=['CMD ["sh"]'])
 first = runtime.run("bb:1", ["sh", "-c",
-    "id -u; echo hi > /root/f; rm /bin/vi; echo h > /etc/hostname; head -1 /proc/self/uid_map"],
+    "id -u; echo hi > /root/f; rm /bin/vi; echo h > /etc/hostname; head -1 /proc/self/uid_map;"
+    "echo 'root:*:1::::::' > /etc/shadow; chmod 000 /etc/shadow;"
+    "mkdir /secret; echo s > /secret/f; chmod 000 /secret"],
     name="c")
 commit = runtime.commit_container("c", "bb:2")
 second = runtime.run("bb:2", ["sh", "-c", "cat /root/f; test -e /bin/vi || echo gone"], rm=True)
@@ -125,9 +127,17 @@ def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
         image = load_image("bb:2")
         with tarfile.open(image.layout.blob_path(image.layers[-1]["digest"])) as tar:
             members = {m.name.rstrip("/"): m for m in tar.getmembers()}
-        assert set(members) >= {"root/f", "bin/.wh.vi"}
+            # Files the container made unreadable to their owner, as useradd leaves
+            # /etc/shadow, are read as the container's root reads them.
+            shadow = tar.extractfile(members["etc/shadow"])
+            assert shadow is not None and shadow.read() == b"root:*:1::::::\n"
+            secret = tar.extractfile(members["secret/f"])
+            assert secret is not None and secret.read() == b"s\n"
+        assert set(members) >= {"root/f", "bin/.wh.vi", "etc/shadow", "secret", "secret/f"}
         assert "etc/hostname" not in members
-        assert (members["root/f"].uid, members["root/f"].gid) == (0, 0)
+        for name in ("root/f", "etc/shadow", "secret"):
+            assert (members[name].uid, members[name].gid) == (0, 0), name
+        assert members["etc/shadow"].mode == members["secret"].mode == 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -199,6 +199,13 @@ def _check_source(lower: StrPath | None, overlay: bool, lowers: Sequence[StrPath
         raise InvalidArgumentError("lowers= is for overlay=True; a two-tree diff takes lower=")
 
 
+def _as_container_root(root_ids: tuple[int, int] | None) -> bool:
+    """Whether a tree whose ``root_ids`` are root is to be read as a rootless container's root
+    reads it: they are the caller's own ids, and the caller is not root."""
+    euid = os.geteuid()
+    return euid != 0 and root_ids == (euid, os.getegid())
+
+
 def write_layer(
     upper: StrPath,
     *,
@@ -223,7 +230,11 @@ def write_layer(
     ``content`` compares file contents in the diff (see :func:`diff`). Paths in ``exclude``
     (relative to the root, e.g. ``etc/hosts``) are left out of the layer, with what is below
     them; files owned by
-    ``root_ids`` (uid, gid) are recorded as owned by root (a rootless container's view).
+    ``root_ids`` (uid, gid) are recorded as owned by root (a rootless container's view); when
+    they are the caller's own and the caller is not root, the tree is read as the container
+    reads it, from a user namespace mapping them to root (see :mod:`layerdiff._userns`): files
+    their owner may not read (mode 0000) are read all the same, and files of ids it does not
+    map are recorded as owned by nobody (65534), as the container sees them.
     ``compression_level`` (gzip: 1 to 12, libdeflate's scale, default 2; zstd: 1 to 19,
     default 2) trades time for size; the same level always gives the same bytes.
     """
@@ -232,6 +243,25 @@ def write_layer(
     lowers = check_sequence("lowers", lowers)
     exclude = check_sequence("exclude", exclude)
     root_ids = _check_root_ids(root_ids)
+    if _as_container_root(root_ids):
+        from layerdiff import _userns
+
+        return _userns.call(  # type: ignore[no-any-return]
+            "write_layer",
+            dict(
+                upper=upper,
+                dest=dest,
+                lower=lower,
+                overlay=overlay,
+                lowers=lowers,
+                content=content,
+                compression=compression,
+                compression_level=compression_level,
+                threads=threads,
+                source_date_epoch=source_date_epoch,
+                exclude=exclude,
+            ),
+        )
     _check_source(lower, overlay, lowers)
     n_threads = check_options(
         compression=compression, threads=threads, compression_level=compression_level
@@ -281,6 +311,25 @@ def write_layer_to_fd(
     lowers = check_sequence("lowers", lowers)
     exclude = check_sequence("exclude", exclude)
     root_ids = _check_root_ids(root_ids)
+    if _as_container_root(root_ids):
+        from layerdiff import _userns
+
+        return _userns.call(  # type: ignore[no-any-return]
+            "write_layer_to_fd",
+            dict(
+                upper=upper,
+                fd=fd,
+                lower=lower,
+                overlay=overlay,
+                lowers=lowers,
+                compression=compression,
+                compression_level=compression_level,
+                threads=threads,
+                source_date_epoch=source_date_epoch,
+                exclude=exclude,
+            ),
+            pass_fds=(fd,),
+        )
     _check_source(lower, overlay, lowers)
     n_threads = check_options(
         compression=compression, threads=threads, compression_level=compression_level
