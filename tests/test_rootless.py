@@ -40,8 +40,10 @@ first = runtime.run("bb:1", ["sh", "-c",
     name="c")
 commit = runtime.commit_container("c", "bb:2")
 second = runtime.run("bb:2", ["sh", "-c", "cat /root/f; test -e /bin/vi || echo gone"], rm=True)
+other = runtime.run("bb:2", ["true"], user="nobody", rm=True)
 print(json.dumps({"codes": [first.exit_code, second.exit_code],
-                  "errors": [first.error, second.error], "image": commit.image}))
+                  "errors": [first.error, second.error], "image": commit.image,
+                  "other": [other.exit_code, other.error]}))
 """
 
 
@@ -116,6 +118,9 @@ def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
         lines = done.stdout.splitlines()
         result = json.loads(lines[-1])
         assert result["codes"] == [0, 0], result["errors"]
+        # Its user namespace maps the caller alone: no other user to become.
+        assert result["other"][0] == 125
+        assert "user 65534:65534: a rootless container has one user" in result["other"][1]
         # Inside: root, mapped to nobody outside. The new image holds the change.
         assert lines[0] == "0"
         assert lines[1].split() == ["0", str(NOBODY), "1"]

@@ -801,9 +801,12 @@ def commit_container(
                 f"{e}: the container's name makes no image name; give the image to commit to"
             ) from None
     # A paused container stays paused; one frozen here is thawed when done.
-    group = container._cgroup() if pause and container.state == "running" else None
+    running = container.state == "running"
+    group = container._cgroup() if pause and running else None
     if group is not None:
         group.freeze(True)
+    elif pause and running and on_step is not None:
+        on_step("not pausing the container: it has no control group (a rootless one)")
     try:
         return commit(
             container.upper,

@@ -127,6 +127,14 @@ fn read_or_empty(path: &str) -> String {
 }
 
 fn become_user(spec: &ContainerSpec, user: &UserSpec) -> Result<(), String> {
+    if spec.rootless && (user.uid, user.gid) != (0, 0) {
+        // Its user namespace maps the caller alone, as root: there is no one else to become.
+        return Err(format!(
+            "user {}:{}: a rootless container has one user, root (the caller); it cannot run \
+             as another",
+            user.uid, user.gid
+        ));
+    }
     // SAFETY: plain credential system calls on values we own; each result is checked.
     unsafe {
         // A rootless container's user namespace forbids setgroups (it maps only the caller).
