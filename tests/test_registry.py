@@ -686,6 +686,59 @@ def _serving(
         server.server_close()
 
 
+def test_a_gzip_blob_a_store_labels_gzip_encoded_is_kept_as_it_came(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A blob store (S3 with Content-Encoding in an object's metadata, a CDN) may label a gzip
+    layer ``Content-Encoding: gzip``: the bytes are the blob all the same and must not be
+    decoded on the way. Nor is on-the-fly compression asked for."""
+    _, app = base_and_app(tmp_path, "enc")
+    assert layerdiff.push(app, registry.ref("enc/app:1"), tls_verify=False)
+    asked: list[str] = []
+    upstream = f"http://{registry.host}"
+
+    class Labelling(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            got = requests.get(
+                upstream + self.path,
+                headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+                stream=True,
+                timeout=10,
+            )
+            body = got.raw.read(decode_content=False)
+            self.send_response(got.status_code)
+            for k, v in got.headers.items():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            if "/blobs/" in self.path:
+                asked.append(self.headers.get("Accept-Encoding", ""))
+                if body.startswith(b"\x1f\x8b"):
+                    self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+    with _serving(Labelling) as (_, host):
+        pulled = run_cli(
+            "pull",
+            "--tls-verify=false",
+            "--progress=none",
+            f"docker://{host}/enc/app:1",
+            f"oci:{tmp_path / 'p'}:1",
+        )
+    assert pulled.returncode == 0, pulled.stderr
+    assert (
+        layerdiff.inspect(f"oci:{tmp_path / 'p'}:1")["digest"] == layerdiff.inspect(app)["digest"]
+    )
+    assert layerdiff.fsck(f"oci:{tmp_path / 'p'}").ok
+    assert asked and all(a == "identity" for a in asked), asked
+
+
 def _interrupted(args: list[str], ready: threading.Event) -> tuple[int, str, float]:
     """Run the command ``args``, send it SIGINT once ``ready`` is set; its exit code, its
     stderr, and the seconds from the signal to its end."""

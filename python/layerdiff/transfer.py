@@ -351,6 +351,9 @@ def fetch_blob(
             "GET",
             f"/v2/{repository}/blobs/{digest}",
             scopes=[pull_scope(repository)],
+            # The blob's own bytes: a server (a CDN) that gzips what it sends would have them
+            # decoded on the way, and their digest would no longer match.
+            headers={"Accept-Encoding": "identity"},
             stream=True,
         )
         done = 0
@@ -358,7 +361,7 @@ def fetch_blob(
         def chunks() -> Iterator[bytes]:
             nonlocal done
             with response:
-                for chunk in response.iter_content(_CHUNK):
+                for chunk in _raw_chunks(response):
                     _check_stop(stop)
                     done += len(chunk)
                     on_blob(digest, done, size, None)
@@ -381,6 +384,22 @@ def fetch_blob(
     retrying(f"pulling blob {digest}", attempt, stop=stop)
     on_blob(digest, size, size, "downloaded")
     return BlobStatus(digest, size, "downloaded")
+
+
+def _raw_chunks(response: requests.Response) -> Iterator[bytes]:
+    """The body's bytes as they came, whatever ``Content-Encoding`` says: a blob store that
+    labels a gzip layer so (object metadata) must not have it decoded, or its digest fails.
+    The errors are those ``iter_content`` raises."""
+    import urllib3.exceptions
+
+    try:
+        yield from response.raw.stream(_CHUNK, decode_content=False)
+    except urllib3.exceptions.ProtocolError as e:
+        raise requests.exceptions.ChunkedEncodingError(e) from e
+    except urllib3.exceptions.ReadTimeoutError as e:
+        raise requests.exceptions.ConnectionError(e) from e
+    except urllib3.exceptions.SSLError as e:
+        raise requests.exceptions.SSLError(e) from e
 
 
 class LayerStream:
