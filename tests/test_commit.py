@@ -477,6 +477,29 @@ def test_a_command_started_with_stdout_or_stderr_closed_still_does_its_work(
     assert run("inspect", f"{layout}:1").returncode == 0
 
 
+@pytest.mark.parametrize("args", [["diff"], ["diff", "--json"], ["images", "--json"]])
+def test_a_full_standard_output_is_named(tmp_path: Path, args: list[str]) -> None:
+    """Output that cannot be written fails saying where, not with the OS's message alone,
+    which would read as the store's disk being full."""
+    (tmp_path / "lower").mkdir()
+    (tmp_path / "upper").mkdir()
+    (tmp_path / "upper" / "f").write_text("x")
+    if args[0] == "diff":
+        args = [*args, str(tmp_path / "lower"), str(tmp_path / "upper")]
+    else:
+        layerdiff.commit(tmp_path / "upper", image="full:1")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "layerdiff", *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr == b"layerdiff: error: standard output: No space left on device\n"
+
+
 def test_command_output_survives_the_fast_exit_and_a_closed_pipe_is_quiet(
     tmp_path: Path,
 ) -> None:

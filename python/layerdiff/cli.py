@@ -1119,6 +1119,33 @@ def _waited_for(thread: threading.Thread) -> bool:
     )
 
 
+class _NamedStdout:
+    """``sys.stdout`` (or its ``buffer``), whose write errors name it: "standard output: No
+    space left on device", not the OS's message alone, which would read as the store's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    @property
+    def buffer(self) -> _NamedStdout:
+        return _NamedStdout(self._stream.buffer)
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self._stream.write(data))
+        except OSError as e:
+            raise type(e)(e.errno, e.strerror, "standard output") from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise type(e)(e.errno, e.strerror, "standard output") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def entry() -> NoReturn:
     """The ``layerdiff`` command: :func:`main`, then exit without tearing the interpreter down.
 
@@ -1131,6 +1158,7 @@ def entry() -> NoReturn:
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (open until exit)
+    sys.stdout = _NamedStdout(sys.stdout)
     try:
         main()
         code: object = 0
