@@ -894,11 +894,57 @@ fn record(h: Header, kind: Kind) -> Record {
 /// A layer's operations, and the gzip members seen while it was read (when asked for).
 type LayerOps = (Vec<Op>, Option<Vec<MemberSeen>>);
 
+/// A file's content read from a source blob, whose read errors name the blob: the writer names
+/// the entry being written, and a damaged source is not that entry's fault.
+struct FromBlob<'a, R> {
+    inner: R,
+    blob: &'a Path,
+}
+
+impl<R> FromBlob<'_, R> {
+    fn error(&self, e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), format!("{}: {e}", self.blob.display()))
+    }
+}
+
+impl<R: Read> Read for FromBlob<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| self.error(e))
+    }
+}
+
+impl<R: BufRead> BufRead for FromBlob<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self.inner.fill_buf() {
+            Ok(_) => {}
+            Err(e) => return Err(self.error(e)),
+        }
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n);
+    }
+}
+
+/// `e`, an error about an entry of the layer blob at `path`, saying which blob: with several
+/// layers, the entry's name alone does not tell.
+fn in_blob(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Archive { entry, reason } => Error::Archive {
+            entry: format!("{}: {entry}", path.display()),
+            reason,
+        },
+        other => other,
+    }
+}
+
 fn layer_ops(path: &Path, layer: usize, members: bool, cancel: &Cancel) -> Result<LayerOps> {
     cancel.check()?;
     let file = File::open(path).at(path)?;
     let seen = members.then(SeenMembers::default);
-    let ops = with_decompressed_seen(file, seen.clone(), |s| read_ops_from(s, layer))?;
+    let ops = with_decompressed_seen(file, seen.clone(), |s| read_ops_from(s, layer))
+        .map_err(|e| in_blob(path, e))?;
     let seen = seen.map(|s| std::mem::take(&mut *s.lock().expect("not poisoned")));
     Ok((ops, seen))
 }
@@ -1057,8 +1103,8 @@ fn squash_once(
         (lower_ops, range_ops)
     });
     let mut tree = LowerTree::default();
-    for ops in lower_ops {
-        tree.apply(&ops?.0)?;
+    for (ops, p) in lower_ops.into_iter().zip(lower) {
+        tree.apply(&ops?.0).map_err(|e| in_blob(p, e))?;
     }
     let mut folder = Folder::new(tree);
     let mut claimed: Vec<Option<Claimed>> = Vec::with_capacity(range.len());
@@ -1086,7 +1132,7 @@ fn squash_once(
             (None, Some(known)) => (known.ops, Some(known.members), true),
             (None, None) => unreachable!("a layer is read unless its index was loaded"),
         };
-        folder.layer(&ops)?;
+        folder.layer(&ops).map_err(|e| in_blob(p, e))?;
         let blob = match (index.as_mut(), &seen) {
             (Some(index), Some(seen)) => index.add_seen(p, seen)?,
             _ => None,
@@ -1115,12 +1161,12 @@ fn squash_once(
         // Every layer taken from its index is read to its end and found to hold what the
         // index says, and every member its index lent to the result is one it really holds.
         let mut checked = Vec::new();
-        for layer in 0..range.len() {
+        for (layer, blob) in range.iter().enumerate() {
             if sources.claimed[layer].is_none() && sources.open[layer].is_none() {
                 continue; // not needed and not from an index: nothing to check
             }
             if let Source::Checked(c) = sources.get(layer)? {
-                c.finish()?;
+                c.finish().map_err(|e| in_blob(blob, e))?;
                 checked.push(c.lent());
                 if !c.members_match() {
                     // Rebuilt by the next squash that reads the layer.
@@ -1494,8 +1540,13 @@ fn write_squashed<W: Write>(
                 offset,
                 size,
             } => {
+                let blob = sources.range[*layer].clone();
                 let content = sources.content(*layer, *offset)?;
-                tar.append_file(&meta, *size, content.take(*size))?;
+                let content = FromBlob {
+                    inner: content.take(*size),
+                    blob: &blob,
+                };
+                tar.append_file(&meta, *size, content)?;
             }
             Kind::LinkToLower(target) => tar.append_hardlink(&meta, target)?,
             Kind::Symlink(target) => tar.append_symlink(&meta, target)?,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -350,6 +351,34 @@ def test_squash_cli(image: tuple[str, Path], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     level9 = json.loads(proc.stdout)
     assert level9["diff_id"] == out["diff_id"] and level9["digest"] != out["digest"]
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_squash_of_a_damaged_layer_names_its_blob(tmp_path: Path, indexed: bool) -> None:
+    """The entry being written is not at fault when its source blob is damaged: the error
+    names the blob, whether the layer is read first for its headers or, with its index, only
+    for its contents."""
+    lower = tmp_path / "lower"
+    (lower / "etc").mkdir(parents=True)
+    (lower / "etc" / "a").write_text("a")
+    upper = tmp_path / "upper"
+    subprocess.run(["cp", "-a", str(lower), str(upper)], check=True)
+    (upper / "big").write_bytes(os.urandom(300_000))  # stored: a flipped byte still inflates
+    layout = tmp_path / "l"
+    layerdiff.commit(lower, image=f"oci:{layout}:1")
+    layerdiff.commit(upper, image=f"oci:{layout}:2", lower=lower, base=f"oci:{layout}:1")
+    top = layerdiff.inspect(f"oci:{layout}:2")["manifest"]["layers"][-1]["digest"]
+    blob = Layout.open(layout).blob_path(top)
+    if not indexed:
+        shutil.rmtree(layerdiff.refs.layer_index_dir(), ignore_errors=True)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    done = run_cli("squash", f"oci:{layout}:2", f"oci:{layout}:s")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{blob}: " in done.stderr
+    assert done.stderr.endswith(": corrupt gzip stream does not have a matching checksum\n")
 
 
 def test_squash_keeps_layer_indexes_and_gives_the_same_layer_with_or_without(
