@@ -405,7 +405,8 @@ def create(
                     "name": path.name,
                     "created": rfc3339(None),
                     "image": img.ref.text,
-                    "image_layout": str(img.layout.path),
+                    # Absolute: the container is used from any directory, as its name is.
+                    "image_layout": os.path.abspath(img.layout.path),
                     "image_descriptor": dict(img.descriptor),
                     "layers": diff_ids,
                     "layer_keys": layercache.chain_ids(diff_ids),
