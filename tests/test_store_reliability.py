@@ -242,3 +242,117 @@ def test_remove_tree_copes_with_a_writer_still_at_work(
     remove_tree(tree)
     assert not tree.exists()
     assert appeared == ["x"]
+
+
+# Races, each made to happen at its worst moment: the interleaving another process would give.
+
+
+@pytest.mark.parametrize("command", ["tag", "commit"])
+def test_an_image_removed_while_it_is_tagged_or_built_on_is_not_referenced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """An `rmi` of the source (and its gc) between the moment `tag` or `commit --from` read
+    the image and the moment it holds off gc: the command fails, and nothing refers to the
+    blobs that went."""
+    import importlib
+
+    module = importlib.import_module("layerdiff.tags" if command == "tag" else "layerdiff.commit")
+    layerdiff.commit(make_tree(tmp_path / "base", 4, files=2, size=1000), image="base:1")
+    real = module.writing
+
+    def after_an_rmi(layout: Layout) -> object:
+        layerdiff.untag("base:1")
+        layerdiff.gc()
+        return real(layout)
+
+    monkeypatch.setattr(module, "writing", after_an_rmi)
+    with pytest.raises(layerdiff.ImageNotFoundError, match="is missing"):
+        if command == "tag":
+            layerdiff.tag("base:1", "other:1")
+        else:
+            layerdiff.commit(make_tree(tmp_path / "top", 5, files=1), image="new:1", base="base:1")
+    assert layerdiff.images() == []
+    assert layerdiff.fsck().ok
+
+
+def test_a_failed_command_removes_the_layout_it_made_only_while_nobody_writes_into_it(
+    tmp_path: Path,
+) -> None:
+    """Another command made the same new layout and writes into it: it is left alone; one
+    that made it and has not begun to write finds it made again when it does."""
+    from layerdiff.layout import writing
+
+    path = tmp_path / "new" / "layout"
+    other = Layout.create(path)
+    with writing(other):
+        Layout(path)._remove_if_unused([tmp_path / "new", path])  # the failed command
+        assert (path / "oci-layout").is_file()
+        other.put_blob(b"{}", media_type="application/json")
+    shutil.rmtree(tmp_path / "new")
+
+    other = Layout.create(path)  # made, not written into yet
+    Layout(path)._remove_if_unused([tmp_path / "new", path])
+    assert not (tmp_path / "new").exists()
+    with writing(other):
+        assert (path / "oci-layout").is_file() and (path / "index.json").is_file()
+        desc = other.put_blob(b"{}", media_type="application/json")
+        other.set_tag("t", desc)
+    assert Layout.open(path).tags() == ["t"]
+
+
+def test_a_lock_file_removed_while_it_is_waited_for_is_opened_again(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    from layerdiff.layout import _lock_fd
+
+    lock = tmp_path / ".layerdiff.gc.lock"
+    held = _lock_fd(lock, fcntl.LOCK_EX)
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(_lock_fd(lock, fcntl.LOCK_EX)))
+    waiter.start()
+    time.sleep(0.2)
+    lock.unlink()  # as the cleanup of an unused layout does, holding it
+    os.close(held)
+    waiter.join(10)
+    assert got, "still waiting"
+    assert os.fstat(got[0]).st_ino == os.stat(lock).st_ino  # the lock file there now
+    try:
+        with pytest.raises(BlockingIOError):
+            os.close(_lock_fd(lock, fcntl.LOCK_EX | fcntl.LOCK_NB))
+    finally:
+        os.close(got[0])
+
+
+def test_gc_leaves_an_index_being_written_alone(tmp_path: Path) -> None:
+    """`rmi` writes index.json under the index lock alone; gc, which removes stale temporary
+    files of it, waits for that lock."""
+    import threading
+
+    layout = Layout.create(tmp_path / "l")
+    done: list[object] = []
+    with layout.index_lock():
+        tmp = layout.path / ".index.json.abcd.tmp"
+        tmp.write_text("{}")
+        gc = threading.Thread(target=lambda: done.append(layerdiff.gc(f"oci:{layout.path}")))
+        gc.start()
+        gc.join(0.5)
+        assert gc.is_alive() and tmp.exists()
+        tmp.unlink()
+    gc.join(10)
+    assert done
+
+
+@pytest.mark.root
+def test_a_full_disk_during_load_names_the_store(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "1m")
+    try:
+        big = make_tree(tmp_path / "big", 6, files=4, size=1_000_000)
+        layerdiff.commit(big, image=f"oci:{tmp_path / 'src'}:1", compression="none")
+        layerdiff.save(f"oci:{tmp_path / 'src'}:1", f"docker-archive:{tmp_path / 'image.tar'}")
+        done = run_cli("load", str(tmp_path / "image.tar"), f"oci:{disk / 'l'}:1")
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert f"{disk / 'l' / 'blobs' / 'sha256'}: No space left on device" in done.stderr
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

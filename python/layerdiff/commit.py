@@ -211,6 +211,10 @@ def commit(
         # would be left behind, and neither gc nor fsck can run on the layout until then.
         layout.read_index()
         base_layers = parent.layers if parent else []
+        if parent is not None and parent.layout.same_as(layout):
+            # Again, now that gc waits for this commit: an rmi of the base, and the gc it runs,
+            # may have come between the first check and here.
+            _check_base(parent)
         if parent is not None and not parent.layout.same_as(layout):
             step(f"copying {len(base_layers)} base layers")
             for desc in base_layers:

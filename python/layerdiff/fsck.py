@@ -295,10 +295,13 @@ def gc(target: str | None = None) -> GcReport:
             elif f"sha256:{path.name}" not in keep:
                 freed += _remove(path)
                 removed += 1
-        for path in list(layout.path.iterdir()):
-            if path.name.startswith(_TEMP_PREFIXES):
-                freed += _remove(path)
-                temporary += 1
+        # index.json and oci-layout are written (through temporary files) under the index
+        # lock, which untag takes without the collector's: a file being written is not stale.
+        with layout.index_lock():
+            for path in list(layout.path.iterdir()):
+                if path.name.startswith(_TEMP_PREFIXES):
+                    freed += _remove(path)
+                    temporary += 1
         if target is None:
             # A cached layer stays while a container or an image of the store uses it.
             for desc in layout.manifests():

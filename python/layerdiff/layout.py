@@ -26,6 +26,7 @@ from layerdiff.errors import (
     ImageNotFoundError,
     InvalidReferenceError,
     LayerdiffError,
+    LayerdiffOSError,
 )
 from layerdiff.refs import pinned_digest
 
@@ -57,6 +58,8 @@ _LAYOUT_VERSION = "1.0.0"
 _INDEX_FILE = "index.json"
 _LOCK_FILE = ".layerdiff.lock"  # extra files are allowed in a layout; tools ignore them
 _GC_LOCK = ".layerdiff.gc.lock"
+#: Errors of a write that found no room.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _JSON_MAX = 64 << 20  # index.json larger than this is not something we wrote or want to parse
 
@@ -188,17 +191,30 @@ class Layout:
 
     def _remove_if_unused(self, made: list[Path]) -> None:
         """Remove the layout's own files if it holds no blob and no image, then the directories
-        in ``made`` that are empty by then, innermost first."""
-        with self._locked():
-            if self.manifests() or any(self.blobs_dir.iterdir()):
-                return
-            self.blobs_dir.rmdir()
-            self.blobs_dir.parent.rmdir()
-            for name in (_LAYOUT_FILE, _INDEX_FILE):
-                (self.path / name).unlink()
-            for extra in self.path.iterdir():
-                if extra.name.startswith(".layerdiff.") and extra.is_file():
-                    extra.unlink()  # lock files; ours is still open, which unlink allows
+        in ``made`` that are empty by then, innermost first.
+
+        Only while no command writes into it: under the collector's lock, taken exclusively
+        without waiting (a writer holds it shared), and the index lock. A writer that made the
+        layout too and has not taken its lock yet finds it gone when it does, and makes it
+        again (see :func:`writing`); one waiting on a lock file removed here opens the new one
+        (see :func:`_lock_fd`)."""
+        try:
+            gc_fd = _lock_fd(self.path / _GC_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # in use
+        try:
+            with self._locked():
+                if self.manifests() or any(self.blobs_dir.iterdir()):
+                    return
+                self.blobs_dir.rmdir()
+                self.blobs_dir.parent.rmdir()
+                for name in (_LAYOUT_FILE, _INDEX_FILE):
+                    (self.path / name).unlink()
+                for extra in self.path.iterdir():
+                    if extra.name.startswith(".layerdiff.") and extra.is_file():
+                        extra.unlink()  # lock files, two of them held here
+        finally:
+            os.close(gc_fd)
         for d in reversed(made):
             try:
                 d.rmdir()
@@ -335,9 +351,11 @@ class Layout:
                 os.fsync(out.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, self.blob_path(found))
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(e, OSError) and e.filename is None and e.errno in _FULL:
+                e.filename = str(self.blobs_dir)  # a write error (ENOSPC) names no file itself
             raise
         _fsync_dir(self.blobs_dir)
         return found, n
@@ -366,12 +384,16 @@ class Layout:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """The index lock: held by whatever writes ``index.json`` or ``oci-layout``."""
+        fd = _lock_fd(self.path / _LOCK_FILE, fcntl.LOCK_EX)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def index_lock(self) -> contextlib.AbstractContextManager[None]:
+        """The lock ``index.json`` is written under (its temporary files too)."""
+        return self._locked()
 
     def read_index(self) -> dict[str, Any]:
         """The parsed ``index.json``."""
@@ -489,16 +511,56 @@ def _tag_of(desc: Descriptor) -> str | None:
 @contextlib.contextmanager
 def gc_lock(layout: Layout, mode: int) -> Iterator[None]:
     """The layout's collector lock, held in ``mode`` (``fcntl.LOCK_SH`` or ``LOCK_EX``)."""
-    fd = os.open(layout.path / _GC_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _lock_fd(layout.path / _GC_LOCK, mode)
     try:
-        fcntl.flock(fd, mode)
         yield
     finally:
         os.close(fd)
 
 
+def _lock_fd(path: Path, mode: int) -> int:
+    """A descriptor of the lock file ``path``, locked in ``mode`` (``flock``). A lock file
+    removed while it was waited for (with the layout a failed command made and nobody used)
+    locks nothing any more: the one at ``path`` now is opened and waited for instead."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def writing(layout: Layout) -> Iterator[None]:
-    """Held (shared) by a command from its first blob write to its tag: gc waits for it."""
-    with gc_lock(layout, fcntl.LOCK_SH):
-        yield
+    """Held (shared) by a command from its first blob write to its tag: gc waits for it.
+
+    The layout is whole while it is held: one that a failed command removed (it had made it,
+    and found it unused) before this took the lock is made again first."""
+    for _ in range(100):
+        try:
+            fd = _lock_fd(layout.path / _GC_LOCK, fcntl.LOCK_SH)
+        except FileNotFoundError:  # the directory went with the layout
+            Layout.create(layout.path)
+            continue
+        whole = (
+            all(p.exists() for p in (layout.path / _LAYOUT_FILE, layout.path / _INDEX_FILE))
+            and layout.blobs_dir.is_dir()
+        )
+        if whole:
+            try:
+                yield
+            finally:
+                os.close(fd)
+            return
+        os.close(fd)
+        Layout.create(layout.path)
+    raise LayerdiffOSError(errno.EAGAIN, "the layout keeps being removed", str(layout.path))

@@ -36,6 +36,11 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
         if not layout.same_as(image.layout):
             for digest in blobs:
                 layout.import_blob(image.layout, digest)
+        else:
+            # Checked now that gc waits for this tag: an rmi of the source, and the gc it runs,
+            # may have come since the image was read.
+            for digest in blobs:
+                require_blob(layout, digest, what=f"blob {digest} of {image.ref.text}")
         descriptor = {k: v for k, v in image.descriptor.items() if k != "annotations"}
         layout.set_tag(dst.write_tag, descriptor)
     return image.digest
