@@ -73,6 +73,31 @@ def test_save_is_read_by_skopeo_and_loads_back(tmp_path: Path) -> None:
     assert layerdiff.fsck().ok
 
 
+def test_save_to_a_pipe_or_through_a_link_writes_there_and_leaves_the_link(tmp_path: Path) -> None:
+    """As `docker save -o /dev/stdout`: a pipe is written as it is, with nothing made beside
+    it; a symbolic link to a file stays a link, and the file it leads to is replaced."""
+    image = two_layer_image(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "save", image, "docker-archive:/dev/stdout"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert os.path.islink("/dev/stdout")
+    with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
+        [entry] = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert entry["RepoTags"] == ["app:1"]
+    assert not any(p.name.startswith(".stdout") for p in Path("/dev").iterdir())
+
+    (tmp_path / "real.tar").write_bytes(b"old")
+    (tmp_path / "link.tar").symlink_to("real.tar")
+    done = run_cli("save", image, f"docker-archive:{tmp_path / 'link.tar'}")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "link.tar").is_symlink()
+    assert (tmp_path / "real.tar").read_bytes() == out.stdout
+
+
 @needs_skopeo
 def test_load_what_skopeo_saved(tmp_path: Path) -> None:
     image = two_layer_image(tmp_path, "gzip")  # docker images cannot hold zstd layers

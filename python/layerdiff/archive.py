@@ -21,6 +21,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tarfile
 import tempfile
 import zlib
@@ -141,50 +142,79 @@ def save(image: str | refs.LayoutRef, archive: str | refs.ArchiveRef) -> SaveRes
 def _write(
     local: Image, config: bytes, repo_tags: list[str], diff_ids: list[str], target: Path
 ) -> None:
-    """Write the archive ``target`` through a temporary file beside it."""
-    if target.is_dir():
+    """Write the archive ``target`` through a temporary file beside it (beside the file a
+    symbolic link leads to, which stays a link). A device or a pipe (``/dev/stdout``) is
+    written as it is: there is nothing to rename over it."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
-    config_digest = str(local.manifest["config"]["digest"])
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        with open(target, "wb") as out, tempfile.TemporaryDirectory(prefix="layerdiff-") as work:
+            _write_tar(out, local, config, repo_tags, diff_ids, Path(work), stream=True)
+        return
+    real = Path(os.path.realpath(target))
     # The directory must exist, as for docker save -o and skopeo: a mistyped path is an
     # error, not a new directory tree.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp")
     try:
         with (
             os.fdopen(fd, "wb") as out,
-            tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
-            tempfile.TemporaryDirectory(dir=target.parent, prefix=".layerdiff-save-") as work,
+            tempfile.TemporaryDirectory(dir=real.parent, prefix=".layerdiff-save-") as work,
         ):
-            config_name = f"{config_digest.removeprefix('sha256:')}.json"
-            layer_names: list[str] = []
-            for i, (desc, diff_id) in enumerate(zip(local.layers, diff_ids, strict=True)):
-                name = f"{str(diff_id).removeprefix('sha256:')}.tar"
-                layer_names.append(name)
-                if name in layer_names[:-1]:
-                    continue  # the same layer twice: one file
-                tar_path = Path(work) / f"layer-{i}"
-                blob = local.layout.blob_path(str(desc["digest"]))
-                digest, size, found_diff_id, tar_size = _core.decompress_blob(blob, tar_path)
-                if (digest, size) != (desc["digest"], desc["size"]) or found_diff_id != diff_id:
-                    raise DigestMismatchError(
-                        f"{blob}: layer {i} is {digest} ({size} bytes) with diff_id "
-                        f"{found_diff_id}; expected {desc['digest']} ({desc['size']} bytes) "
-                        f"with diff_id {diff_id}"
-                    )
-                with tar_path.open("rb") as f:
-                    tar.addfile(_member(name, tar_size), f)
-                tar_path.unlink()
-            tar.addfile(_member(config_name, len(config)), _bytes(config))
-            manifest = [{"Config": config_name, "RepoTags": repo_tags, "Layers": layer_names}]
-            body = json.dumps(manifest, separators=(",", ":")).encode()
-            tar.addfile(_member("manifest.json", len(body)), _bytes(body))
+            _write_tar(out, local, config, repo_tags, diff_ids, Path(work))
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        os.replace(tmp, real)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _write_tar(
+    out: IO[bytes],
+    local: Image,
+    config: bytes,
+    repo_tags: list[str],
+    diff_ids: list[str],
+    work: Path,
+    *,
+    stream: bool = False,
+) -> None:
+    """The archive's members into ``out`` (``stream``: one that cannot seek, a pipe); each
+    layer's tar is spooled in ``work`` first."""
+    config_digest = str(local.manifest["config"]["digest"])
+    tar = tarfile.open(  # noqa: SIM115 (closed below: the two modes are two overloads)
+        fileobj=out, mode="w|" if stream else "w", format=tarfile.PAX_FORMAT
+    )
+    with tar:
+        config_name = f"{config_digest.removeprefix('sha256:')}.json"
+        layer_names: list[str] = []
+        for i, (desc, diff_id) in enumerate(zip(local.layers, diff_ids, strict=True)):
+            name = f"{str(diff_id).removeprefix('sha256:')}.tar"
+            layer_names.append(name)
+            if name in layer_names[:-1]:
+                continue  # the same layer twice: one file
+            tar_path = work / f"layer-{i}"
+            blob = local.layout.blob_path(str(desc["digest"]))
+            digest, size, found_diff_id, tar_size = _core.decompress_blob(blob, tar_path)
+            if (digest, size) != (desc["digest"], desc["size"]) or found_diff_id != diff_id:
+                raise DigestMismatchError(
+                    f"{blob}: layer {i} is {digest} ({size} bytes) with diff_id "
+                    f"{found_diff_id}; expected {desc['digest']} ({desc['size']} bytes) "
+                    f"with diff_id {diff_id}"
+                )
+            with tar_path.open("rb") as f:
+                tar.addfile(_member(name, tar_size), f)
+            tar_path.unlink()
+        tar.addfile(_member(config_name, len(config)), _bytes(config))
+        manifest = [{"Config": config_name, "RepoTags": repo_tags, "Layers": layer_names}]
+        body = json.dumps(manifest, separators=(",", ":")).encode()
+        tar.addfile(_member("manifest.json", len(body)), _bytes(body))
 
 
 def _bytes(data: bytes) -> IO[bytes]:

@@ -926,10 +926,21 @@ Examples:
 def save(image: str, archive: str, as_json: bool) -> None:
     """Write IMAGE as a docker save tarball (what docker load reads)."""
     result = layerdiff.save(image, archive)
+    if _is_stdout(result.file):
+        return  # the archive went there: nothing may follow it
     if as_json:
         _emit_json(asdict(result) | {"file": str(result.file)})
         return
     click.echo(str(result.file))
+
+
+def _is_stdout(path: os.PathLike[str]) -> bool:
+    """Whether ``path`` is this process's standard output (``/dev/stdout``, a pipe's)."""
+    try:
+        there, out = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return (there.st_dev, there.st_ino) == (out.st_dev, out.st_ino)
 
 
 @cli.command(
