@@ -204,10 +204,15 @@ optional).""",
     def _pause_each(names: tuple[str, ...], *, frozen: bool) -> None:
         from layerdiff import runtime
 
+        _each(names, lambda name: runtime.pause(name, frozen=frozen))
+
+    def _each(names: tuple[str, ...], act: Callable[[str], object]) -> None:
+        """``act`` on every container named, printing each name done, as docker does; the
+        failures are told and make the exit code 1 once all are tried."""
         failed = False
         for name in names:
             try:
-                runtime.pause(name, frozen=frozen)
+                act(name)
             except LayerdiffError as e:
                 error(str(e))
                 failed = True
@@ -268,14 +273,4 @@ optional).""",
         """Remove containers: their directories, control groups and state."""
         from layerdiff import runtime
 
-        failed = False
-        for name in names:
-            try:
-                runtime.remove(name, force=force)
-            except LayerdiffError as e:
-                error(str(e))
-                failed = True
-                continue
-            click.echo(name)
-        if failed:
-            sys.exit(1)
+        _each(names, lambda name: runtime.remove(name, force=force))

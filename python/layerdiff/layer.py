@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from layerdiff.errors import InvalidArgumentError
 
@@ -206,6 +207,22 @@ def _as_container_root(root_ids: tuple[int, int] | None) -> bool:
     return euid != 0 and root_ids == (euid, os.getegid())
 
 
+def _as_container_root_call(
+    function: str, args: dict[str, Any], *, pass_fds: tuple[int, ...] = ()
+) -> LayerInfo:
+    """``function`` of this module called with its arguments ``args`` (its ``locals()``; the
+    modules it imported left out), in a user namespace mapping the caller to root, where the
+    files the caller owns are root's and no ``root_ids`` are needed."""
+    from layerdiff import _userns
+
+    kwargs = {
+        k: v for k, v in args.items() if k != "root_ids" and not isinstance(v, types.ModuleType)
+    }
+    result = _userns.call(function, kwargs, pass_fds=pass_fds)
+    assert isinstance(result, LayerInfo)
+    return result
+
+
 def write_layer(
     upper: StrPath,
     *,
@@ -244,24 +261,7 @@ def write_layer(
     exclude = check_sequence("exclude", exclude)
     root_ids = _check_root_ids(root_ids)
     if _as_container_root(root_ids):
-        from layerdiff import _userns
-
-        return _userns.call(  # type: ignore[no-any-return]
-            "write_layer",
-            dict(
-                upper=upper,
-                dest=dest,
-                lower=lower,
-                overlay=overlay,
-                lowers=lowers,
-                content=content,
-                compression=compression,
-                compression_level=compression_level,
-                threads=threads,
-                source_date_epoch=source_date_epoch,
-                exclude=exclude,
-            ),
-        )
+        return _as_container_root_call("write_layer", locals())
     _check_source(lower, overlay, lowers)
     n_threads = check_options(
         compression=compression, threads=threads, compression_level=compression_level
@@ -312,24 +312,7 @@ def write_layer_to_fd(
     exclude = check_sequence("exclude", exclude)
     root_ids = _check_root_ids(root_ids)
     if _as_container_root(root_ids):
-        from layerdiff import _userns
-
-        return _userns.call(  # type: ignore[no-any-return]
-            "write_layer_to_fd",
-            dict(
-                upper=upper,
-                fd=fd,
-                lower=lower,
-                overlay=overlay,
-                lowers=lowers,
-                compression=compression,
-                compression_level=compression_level,
-                threads=threads,
-                source_date_epoch=source_date_epoch,
-                exclude=exclude,
-            ),
-            pass_fds=(fd,),
-        )
+        return _as_container_root_call("write_layer_to_fd", locals(), pass_fds=(fd,))
     _check_source(lower, overlay, lowers)
     n_threads = check_options(
         compression=compression, threads=threads, compression_level=compression_level
