@@ -421,6 +421,10 @@ def _load(
     where: str,
 ) -> LoadResult:
     entry = _pick(_entries(_read_member(tar, "manifest.json", where), where), ref, where)
+    if image is None and ref is not None and ref.name is not None:
+        # The image named, under that name alone: not its other tags as well.
+        want = f"{ref.name}:{ref.tag}"
+        image = next(t for t in entry.repo_tags if t.tag == want)
     return _load_entry(tar, entry, image, where)
 
 

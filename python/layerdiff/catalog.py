@@ -56,6 +56,9 @@ class Image:
     manifest: dict[str, Any]
     #: The image config.
     config: dict[str, Any]
+    #: The layout's index entry it was reached by: its manifest's descriptor, or that of the
+    #: multi-platform index it was picked from. ``None``: not known.
+    entry: Descriptor | None = None
 
     @property
     def digest(self) -> str:
@@ -198,6 +201,7 @@ def index_tag(layout: Layout, ref: refs.LayoutRef) -> str | None:
 
 def _read(ref: refs.LayoutRef, layout: Layout, desc: Descriptor) -> Image:
     """The image an index entry of ``layout`` points at (``ref`` names it in errors)."""
+    entry = desc
     for _ in range(4):  # index → manifest; nested indexes are rare but legal
         if desc.get("mediaType") not in INDEX_MEDIA_TYPES:
             break
@@ -210,7 +214,9 @@ def _read(ref: refs.LayoutRef, layout: Layout, desc: Descriptor) -> Image:
     if not isinstance(config_desc, dict):
         raise FormatError(f"{ref.text}: manifest {desc['digest']} has no config descriptor")
     config = layout.read_json(config_desc)
-    return Image(ref=ref, layout=layout, descriptor=desc, manifest=manifest, config=config)
+    return Image(
+        ref=ref, layout=layout, descriptor=desc, manifest=manifest, config=config, entry=entry
+    )
 
 
 def require_blob(layout: Layout, digest: str, *, what: str, size: int | None = None) -> None:

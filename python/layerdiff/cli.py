@@ -1107,6 +1107,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(_one_line(e.format_message(), 10_000), e.exit_code)
     except (LayerdiffError, OSError, ValueError) as e:
         _fail(_message(e), 1)
+    except RecursionError:  # hostile input: JSON nested thousands deep
+        _fail("a document nested too deeply to be read (a hostile or broken JSON file?)", 1)
     except Exception as e:  # a defect, not bad input: still one line, but say so
         _fail(f"internal error: {_message(e)}", 70)
     except BaseException as e:

@@ -22,12 +22,19 @@ from typing import Any
 from layerdiff import _core, layercache, refs
 from layerdiff.catalog import index_tag
 from layerdiff.errors import InvalidReferenceError, LayerdiffError
-from layerdiff.image import INDEX_MEDIA_TYPES, check_history
-from layerdiff.layout import REF_NAME, Descriptor, Layout, check_digest, gc_lock
+from layerdiff.image import (
+    CONFIG_MEDIA_TYPE,
+    DOCKER_CONFIG_MEDIA_TYPE,
+    INDEX_MEDIA_TYPES,
+    check_history,
+)
+from layerdiff.layout import _JSON_MAX, REF_NAME, Descriptor, Layout, check_digest, gc_lock
 
 __all__ = ["FsckReport", "GcReport", "Problem", "fsck", "gc"]
 
 _TEMP_PREFIXES = (".tmp-", ".index.json.", ".oci-layout.")
+#: The configs of container images; a manifest with another is an artifact's.
+IMAGE_CONFIG_MEDIA_TYPES = frozenset({CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE})
 
 
 @dataclass(frozen=True)
@@ -144,13 +151,27 @@ class _Checker:
             for sub in obj.get("manifests", []):
                 self.manifest(where, sub)
             return
-        self.report.images += 1
         config_desc = obj.get("config")
+        if not isinstance(config_desc, dict) and isinstance(obj.get("blobs"), list):
+            # An artifact manifest (OCI 1.1 drafts): its blobs must be whole, nothing more.
+            for blob in obj["blobs"]:
+                if isinstance(blob, dict):
+                    self.blob(where, blob)
+            return
         if not isinstance(config_desc, dict):
             self.problem(where, "manifest has no config descriptor")
             return
-        config = self.json_blob(where, config_desc)
         layers = obj.get("layers", [])
+        if config_desc.get("mediaType", CONFIG_MEDIA_TYPE) not in IMAGE_CONFIG_MEDIA_TYPES:
+            # An artifact (a signature, a chart): its blobs must be whole; the rules of an
+            # image's config and layers are not its rules.
+            self.blob(where, config_desc)
+            for layer in layers if isinstance(layers, list) else []:
+                if isinstance(layer, dict):
+                    self.blob(where, layer)
+            return
+        self.report.images += 1
+        config = self.json_blob(where, config_desc)
         diff_ids = [self.blob(where, layer, layer=True) for layer in layers]
         if config is None:
             return
@@ -252,17 +273,25 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> set[str]:
         path = layout.blob_path(digest) if digest.startswith("sha256:") else None
         if path is None or not path.is_file():
             continue
-        media = desc.get("mediaType", "")
-        if "manifest" in media or "index" in media or "json" in media:
+        media = desc.get("mediaType")
+        # What a manifest or an index may name, whatever its kind: an entry without a media
+        # type is read too, and an artifact manifest's blobs and subject are kept (gc never
+        # removes what something in the layout may refer to).
+        if not isinstance(media, str) or "manifest" in media or "index" in media or "json" in media:
             try:
+                if path.stat().st_size > _JSON_MAX:
+                    continue
                 obj = json.loads(path.read_bytes())
-            except ValueError:
+            except (ValueError, RecursionError, OSError):
                 continue
             if isinstance(obj, dict):
-                todo.extend(obj.get("manifests", []))
-                if isinstance(obj.get("config"), dict):
-                    todo.append(obj["config"])
-                todo.extend(obj.get("layers", []))
+                for key in ("manifests", "layers", "blobs"):
+                    found = obj.get(key)
+                    if isinstance(found, list):
+                        todo.extend(d for d in found if isinstance(d, dict))
+                for key in ("config", "subject"):
+                    if isinstance(obj.get(key), dict):
+                        todo.append(obj[key])
     return seen
 
 
@@ -284,9 +313,10 @@ def gc(target: str | None = None) -> GcReport:
     removed = temporary = freed = layers = 0
     cache_keys: set[str] = set()
     with gc_lock(layout, fcntl.LOCK_EX):
-        in_use: list[Descriptor] = []
+        # The images containers were made from, in this layout: the store's or any other.
+        in_use, container_keys = _container_roots(layout)
         if target is None:
-            in_use, cache_keys = _container_roots(layout)
+            cache_keys = container_keys
         keep = _reachable(layout, in_use)
         for path in list(layout.blobs_dir.iterdir()):
             if path.name.startswith("."):

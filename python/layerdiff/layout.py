@@ -485,13 +485,14 @@ class Layout:
 
         self.update_index(change)
 
-    def remove_tag(self, tag: str) -> bool:
-        """Remove ``tag`` from the index; return whether it was there. Blobs stay (gc's job)."""
+    def remove_tag(self, tag: str, *, digest: str | None = None) -> bool:
+        """Remove ``tag`` from the index (only where it names ``digest``, when given); return
+        whether it was there. Blobs stay (gc's job)."""
         removed = False
 
         def change(ms: list[Descriptor]) -> list[Descriptor]:
             nonlocal removed
-            kept = [m for m in ms if _tag_of(m) != tag]
+            kept = [m for m in ms if _tag_of(m) != tag or digest not in (None, m.get("digest"))]
             removed = len(kept) != len(ms)
             return kept
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from layerdiff import refs
 from layerdiff.catalog import by_image_id, index_tag, load_image, require_blob
-from layerdiff.errors import ImageNotFoundError
+from layerdiff.errors import ImageNotFoundError, InvalidReferenceError
 from layerdiff.layout import REF_NAME, Descriptor, Layout, writing
 
 __all__ = ["named", "remove_untagged", "tag", "tag_to_remove", "untag", "untagged_image"]
@@ -17,8 +17,9 @@ __all__ = ["named", "remove_untagged", "tag", "tag_to_remove", "untag", "untagge
 
 def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
     """Name the image ``source`` names ``target`` as well, replacing what ``target`` named; in
-    another layout, the image's blobs are copied there first.
-    Returns the image's manifest digest."""
+    another layout, the image's blobs are copied there first (of a multi-platform image, this
+    machine's platform's; in the same layout the name goes to the whole index, as docker and
+    umoci tag it). Returns the image's manifest digest."""
     image = load_image(source)
     dst = refs.check_writable(
         refs.parse_layout_reference(target) if isinstance(target, str) else target
@@ -28,6 +29,10 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
         str(image.manifest["config"]["digest"]),
         *(str(d["digest"]) for d in image.layers),
     ]
+    entry = image.descriptor
+    if image.entry is not None and Layout(dst.layout).same_as(image.layout):
+        entry = image.entry
+        blobs.insert(0, str(entry["digest"]))
     if not Layout(dst.layout).same_as(image.layout):
         # Every blob is checked before any is copied: a broken source leaves nothing behind.
         for digest in blobs:
@@ -41,7 +46,7 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
             # may have come since the image was read.
             for digest in blobs:
                 require_blob(layout, digest, what=f"blob {digest} of {image.ref.text}")
-        descriptor = {k: v for k, v in image.descriptor.items() if k != "annotations"}
+        descriptor = {k: v for k, v in entry.items() if k != "annotations"}
         layout.set_tag(dst.write_tag, descriptor)
     return image.digest
 
@@ -63,7 +68,7 @@ def untag(image: str | refs.LayoutRef) -> str:
     corrupt goes as well. The blobs stay until ``gc`` finds nothing else uses them."""
     ref = refs.parse_layout_reference(image) if isinstance(image, str) else image
     layout, name, descriptor = _tag_to_remove(ref)
-    if not layout.remove_tag(name):
+    if not layout.remove_tag(name, digest=str(descriptor["digest"])):
         raise ImageNotFoundError(f"image not found: {ref.text}")
     return str(descriptor["digest"])
 
@@ -88,6 +93,18 @@ def _tag_to_remove(ref: refs.LayoutRef) -> tuple[Layout, str, Descriptor]:
         name = (descriptor.get("annotations") or {}).get(REF_NAME)
         if not isinstance(name, str):
             raise ImageNotFoundError(f"{ref.text}: the image has no tag to remove")
+    named = {
+        str(m.get("digest"))
+        for m in layout.manifests()
+        if (m.get("annotations") or {}).get(REF_NAME) == name
+    }
+    if len(named) > 1:
+        # As a layout docker 25 saves holds: several images tagged `latest`, told apart by
+        # another annotation. Which one is meant cannot be told from the name.
+        raise InvalidReferenceError(
+            f"{ref.text}: {len(named)} images of {layout.path} are tagged {name!r} "
+            f"({', '.join(sorted(named))}); not removing one by a name they share"
+        )
     return layout, name, descriptor
 
 

@@ -313,9 +313,21 @@ impl<R: Read> TarReader<R> {
         if self.done {
             return Ok(None);
         }
-        self.skip(self.remaining + self.padding)?;
+        self.skip(self.remaining)?;
         self.remaining = 0;
-        self.padding = 0;
+        let pad = std::mem::take(&mut self.padding);
+        let copied =
+            io::copy(&mut (&mut self.inner).take(pad), &mut io::sink()).map_err(|e| self.io(e))?;
+        self.pos += copied;
+        if copied == 0 && pad > 0 {
+            // The stream ends right after the last member's content, without its padding or
+            // an end marker, as older `umoci insert` (0.4.7) writes layers: Go's archive/tar
+            // (docker, containerd, umoci) reads that as the end, and so do we.
+            return self.end(&Pending::default());
+        }
+        if copied != pad {
+            return Err(bad(&self.last, "archive is truncated"));
+        }
         let mut pending = Pending::default();
         loop {
             let mut block = [0u8; BLOCK];

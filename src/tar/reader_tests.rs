@@ -171,6 +171,30 @@ fn broken_archives_are_errors() {
     }
 }
 
+/// A stream that ends right after its last member's content, with neither that member's
+/// padding nor an end marker, as older `umoci insert` writes a layer: Go's archive/tar (and so
+/// docker and containerd) reads it whole, and so do we. Padding cut short is still truncation.
+#[test]
+fn a_stream_ending_with_its_last_content_unpadded_is_whole() {
+    let mut w = TarWriter::new(Vec::new());
+    w.append_file_bytes(&meta(b"a", &[]), b"first").unwrap();
+    w.append_file_bytes(&meta(b"f", &[]), &[1u8; 3000]).unwrap();
+    let good = w.finish().unwrap();
+    let mut r = TarReader::new(&good[..]);
+    let mut end = 0;
+    while let Some(h) = r.next_header().unwrap() {
+        end = (h.data_offset + h.size) as usize; // where the last content ends
+    }
+    assert_eq!(&good[end - 3000..end], &[1u8; 3000][..]);
+    let entries = all(&good[..end]).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1].1, vec![1u8; 3000]);
+    for cut in [end + 10, end - 1] {
+        let err = all(&good[..cut]).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{cut}: {err}");
+    }
+}
+
 #[test]
 fn offsets_point_at_the_content() {
     let mut w = TarWriter::new(Vec::new());

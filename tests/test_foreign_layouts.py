@@ -1,0 +1,211 @@
+"""Layouts and archives other tools write: artifacts beside images, multi-platform indexes,
+names several images share (a layout docker 25 saves), a layer without its last padding, and
+what gc and fsck make of them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import layerdiff
+from layerdiff.image import canonical_json
+from layerdiff.layout import REF_NAME, Layout
+from tests.conftest import run_cli
+
+EMPTY = "application/vnd.oci.empty.v1+json"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def image_in(layout: Path, tmp_path: Path, tag: str, content: str) -> dict[str, object]:
+    """A one-layer image of a file holding ``content``, tagged ``tag`` in ``layout``; its
+    index entry."""
+    tree = tmp_path / f"tree-{tag}-{content}"
+    tree.mkdir()
+    (tree / "f").write_text(content)
+    layerdiff.commit(tree, image=f"oci:{layout}:{tag}")
+    return Layout.open(layout).resolve(tag)
+
+
+def blob_names(layout: Path) -> set[str]:
+    return {p.name for p in (layout / "blobs" / "sha256").iterdir()}
+
+
+def test_artifacts_are_kept_by_gc_and_pass_fsck(tmp_path: Path) -> None:
+    """A signature or chart (a manifest whose config is not an image's), an OCI 1.1 draft
+    artifact manifest (its blobs under `blobs`) and a referrer (`subject`): gc keeps all they
+    name, fsck checks their blobs and nothing of an image's rules."""
+    path = tmp_path / "l"
+    subject = image_in(path, tmp_path, "app", "a")
+    layout = Layout.open(path)
+    payload = layout.put_blob(b"signature bytes", media_type="application/octet-stream")
+    config = layout.put_blob(b"{}", media_type=EMPTY)
+    signature = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": config,
+        "layers": [payload],
+        "subject": subject,
+    }
+    layout.set_tag("sig", layout.put_blob(canonical_json(signature), media_type=MANIFEST))
+    draft_blob = layout.put_blob(b"draft artifact", media_type="application/octet-stream")
+    draft = {
+        "mediaType": "application/vnd.oci.artifact.manifest.v1+json",
+        "artifactType": "application/vnd.example",
+        "blobs": [draft_blob],
+    }
+    layout.set_tag(
+        "draft",
+        layout.put_blob(
+            canonical_json(draft), media_type="application/vnd.oci.artifact.manifest.v1+json"
+        ),
+    )
+    before = blob_names(path)
+    assert layerdiff.fsck(f"oci:{path}").ok, layerdiff.fsck(f"oci:{path}").problems
+    assert run_cli("gc", f"oci:{path}").returncode == 0
+    assert blob_names(path) == before
+    # Their blobs are checked all the same.
+    damaged = layout.blob_path(str(draft_blob["digest"]))
+    damaged.write_bytes(b"draft artifacT")
+    problems = [str(p) for p in layerdiff.fsck(f"oci:{path}").problems]
+    assert len(problems) == 1 and str(draft_blob["digest"]) in problems[0], problems
+
+
+def test_rmi_of_a_name_several_images_share_is_refused(tmp_path: Path) -> None:
+    """A layout docker 25 saves names each image by its tag alone: two images both `latest`.
+    Removing `latest` would take both, and gc their blobs: refused, nothing changed."""
+    path = tmp_path / "l"
+    image_in(path, tmp_path, "latest", "one")
+    second = image_in(tmp_path / "other", tmp_path, "latest", "two")
+    layout = Layout.open(path)
+    for digest in [second["digest"], second["digest"]]:
+        layout.import_blob(Layout.open(tmp_path / "other"), str(digest))
+    other = Layout.open(tmp_path / "other")
+    manifest = other.read_json(second)
+    for desc in [manifest["config"], *manifest["layers"]]:
+        layout.import_blob(other, str(desc["digest"]))
+    layout.update_index(
+        lambda ms: [*ms, {**second, "annotations": {REF_NAME: "latest", "x": "two"}}]
+    )
+    index = (path / "index.json").read_bytes()
+    blobs = blob_names(path)
+    done = run_cli("rmi", f"oci:{path}:latest")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "2 images of" in done.stderr and "tagged 'latest'" in done.stderr
+    assert (path / "index.json").read_bytes() == index
+    assert blob_names(path) == blobs
+
+
+def test_a_multi_platform_image_is_tagged_whole_in_its_layout(tmp_path: Path) -> None:
+    """As docker tag and umoci tag: the new name is the index's, so removing the old name
+    keeps every platform."""
+    path = tmp_path / "l"
+    amd = image_in(path, tmp_path, "amd", "a")
+    arm = image_in(path, tmp_path, "arm", "b")
+    layout = Layout.open(path)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": [
+            {**_plain(amd), "platform": {"os": "linux", "architecture": "amd64"}},
+            {**_plain(arm), "platform": {"os": "linux", "architecture": "arm64"}},
+        ],
+    }
+    entry = layout.put_blob(canonical_json(index), media_type=INDEX)
+    layout.set_tag("multi", entry)
+    for tag in ("amd", "arm"):
+        layout.remove_tag(tag)
+    assert run_cli("tag", f"oci:{path}:multi", f"oci:{path}:copy").returncode == 0
+    assert layout.resolve("copy")["digest"] == entry["digest"]
+    assert run_cli("rmi", f"oci:{path}:multi").returncode == 0
+    assert layerdiff.fsck(f"oci:{path}").ok
+    assert {str(amd["digest"])[7:], str(arm["digest"])[7:]} <= blob_names(path)
+
+
+def _plain(desc: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in desc.items() if k != "annotations"}
+
+
+@pytest.mark.root
+def test_gc_of_any_layout_keeps_the_images_containers_were_made_from(
+    tmp_path: Path, store_home: Path
+) -> None:
+    if not Path("/bin/busybox").is_file():
+        pytest.skip("needs busybox-static")
+    from tests.containers import busybox_rootfs
+
+    path = tmp_path / "l"
+    root = busybox_rootfs(tmp_path / "rootfs")
+    layerdiff.commit(root, image=f"oci:{path}:1", changes=['CMD ["sh"]'])
+    made = run_cli("create", "--name", "c", f"oci:{path}:1", "--", "sh", "-c", "echo x > /x")
+    assert made.returncode == 0, made.stderr
+    blobs = blob_names(path)
+    forced = run_cli("rmi", "-f", f"oci:{path}:1")
+    assert forced.returncode == 0, forced.stderr
+    assert blob_names(path) == blobs
+    assert run_cli("start", "c").returncode == 0
+    done = run_cli("commit", "--progress", "none", "c", "c:1")
+    assert done.returncode == 0, done.stderr
+    assert run_cli("rm", "c").returncode == 0
+    assert run_cli("gc", f"oci:{path}").returncode == 0
+    assert blob_names(path) == set()
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+def test_load_of_one_name_of_an_archive_entry_tags_that_name_alone(tmp_path: Path) -> None:
+    image_in(tmp_path / "l", tmp_path, "1", "a")
+    archive = tmp_path / "a.tar"
+    copied = subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--additional-tag",
+            "second/img:2",
+            f"oci:{tmp_path / 'l'}:1",
+            f"docker-archive:{archive}:first/img:1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert copied.returncode == 0, copied.stderr
+    done = run_cli("load", f"docker-archive:{archive}:second/img:2")
+    assert done.returncode == 0, done.stderr
+    assert [(i.name, i.tag) for i in layerdiff.images()] == [("second/img", "2")]
+
+
+def test_json_nested_too_deep_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "l"
+    image_in(path, tmp_path, "1", "a")
+    (path / "index.json").write_text("[" * 200_000)
+    for args in (["images", f"oci:{path}"], ["fsck", f"oci:{path}"]):
+        done = run_cli(*args)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.count("\n") == 1 and "internal error" not in done.stderr
+
+
+def test_a_layer_ending_right_after_its_last_content_applies(tmp_path: Path) -> None:
+    """Older `umoci insert` ends a layer right after its last file's content: no padding, no
+    end marker. Docker and containerd (Go's archive/tar) read it whole."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"x" * 1000)
+    tar = tmp_path / "full.tar"
+    with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as t:
+        t.add(tree / "f", arcname="f")
+    data = tar.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: 512 + 1000])
+    (tmp_path / "out").mkdir()
+    done = run_cli("apply", "--to", str(tmp_path / "out"), str(cut))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "f").read_bytes() == b"x" * 1000
+    (tmp_path / "out2").mkdir()
+    half = tmp_path / "half.tar"
+    half.write_bytes(data[: 512 + 1000 + 10])  # the padding cut short: truncated
+    assert run_cli("apply", "--to", str(tmp_path / "out2"), str(half)).returncode == 1
