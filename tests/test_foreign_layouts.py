@@ -209,3 +209,19 @@ def test_a_layer_ending_right_after_its_last_content_applies(tmp_path: Path) -> 
     half = tmp_path / "half.tar"
     half.write_bytes(data[: 512 + 1000 + 10])  # the padding cut short: truncated
     assert run_cli("apply", "--to", str(tmp_path / "out2"), str(half)).returncode == 1
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs zstd")
+def test_a_zstd_compressed_archive_loads_as_docker_load_takes_it(tmp_path: Path) -> None:
+    image_in(tmp_path / "l", tmp_path, "1", "a")
+    archive = tmp_path / "a.tar"
+    layerdiff.save(f"oci:{tmp_path / 'l'}:1", f"docker-archive:{archive}:z/img:1")
+    subprocess.run(["zstd", "-q", str(archive), "-o", str(tmp_path / "a.tar.zst")], check=True)
+    done = run_cli("load", str(tmp_path / "a.tar.zst"))
+    assert done.returncode == 0, done.stderr
+    assert [(i.name, i.tag) for i in layerdiff.images()] == [("z/img", "1")]
+    damaged = bytearray((tmp_path / "a.tar.zst").read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (tmp_path / "bad.tar.zst").write_bytes(bytes(damaged))
+    bad = run_cli("load", str(tmp_path / "bad.tar.zst"), "z/img:2")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr

@@ -384,6 +384,7 @@ def load_all(archive: str | os.PathLike[str]) -> tuple[LoadResult, ...]:
 
 
 _T = TypeVar("_T")
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def _opened(
@@ -400,18 +401,28 @@ def _opened(
     else:
         path = Path(archive)
     where = str(path)
-    try:
-        tar = tarfile.open(path, mode="r:*")  # noqa: SIM115 (closed by the with below)
-    except tarfile.TarError as e:
-        raise FormatError(f"{where}: not a tar archive, plain or compressed") from e
-    except OSError as e:
-        raise LayerdiffOSError(e.errno, f"reading the archive: {e.strerror}", where) from e
-    try:
-        with tar:
+    with contextlib.ExitStack() as stack:
+        try:
+            with open(path, "rb") as f:
+                zstd = f.read(4) == _ZSTD_MAGIC
+            if zstd:
+                # `docker save | zstd`, which docker load takes: tarfile reads gzip, bzip2 and
+                # xz itself, and needs to seek, so a zstd archive is decompressed first.
+                spool = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "archive.tar"
+                _core.decompress_blob(path, spool)
+                path = spool
+            tar = stack.enter_context(tarfile.open(path, mode="r:*"))
+        except tarfile.TarError as e:
+            raise FormatError(f"{where}: not a tar archive, plain or compressed") from e
+        except OSError as e:
+            if isinstance(e, LayerdiffError):
+                raise
+            raise LayerdiffOSError(e.errno, f"reading the archive: {e.strerror}", where) from e
+        try:
             return work(tar, ref, where)
-    except (tarfile.TarError, EOFError, zlib.error) as e:
-        reason = str(e) or type(e).__name__
-        raise FormatError(f"{where}: a truncated or corrupt archive ({reason})") from e
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            reason = str(e) or type(e).__name__
+            raise FormatError(f"{where}: a truncated or corrupt archive ({reason})") from e
 
 
 def _load(
