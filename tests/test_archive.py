@@ -90,6 +90,20 @@ def test_save_to_a_pipe_or_through_a_link_writes_there_and_leaves_the_link(tmp_p
     assert entry["RepoTags"] == ["app:1"]
     assert not any(p.name.startswith(".stdout") for p in Path("/dev").iterdir())
 
+    # Standard output a file a shell opened, with something written before: kept, followed.
+    with open(tmp_path / "out.tar", "wb") as f:
+        f.write(b"HEADER\n")
+        f.flush()
+        done = subprocess.run(
+            [sys.executable, "-m", "layerdiff", "save", image, "docker-archive:/dev/stdout"],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.tar").read_bytes() == b"HEADER\n" + out.stdout
+
     (tmp_path / "real.tar").write_bytes(b"old")
     (tmp_path / "link.tar").symlink_to("real.tar")
     done = run_cli("save", image, f"docker-archive:{tmp_path / 'link.tar'}")

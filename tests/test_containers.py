@@ -493,6 +493,38 @@ def test_pause_unpause_and_a_container_left_frozen_still_stops(
     assert refused.returncode == 1 and "it is exited" in refused.stderr
 
 
+def test_a_run_killed_while_paused_leaves_nothing_frozen_for_the_next_start(
+    image: str, store_home: Path
+) -> None:
+    """Frozen processes never take the SIGKILL their supervisor's death sends: the next start
+    thaws and ends them rather than take their control group over, frozen, and hang."""
+    script = "test -e /again && exit 3; touch /again; sleep 60"
+    made = run_cli("create", "--name", "pk", image, "--", "sh", "-c", script)
+    assert made.returncode == 0, made.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "layerdiff", "start", "pk"])
+    try:
+        c = wait_running("pk")
+        procs = [Path(d) / "cgroup.procs" for d in c.data["cgroup"]]
+        old = {int(p) for f in procs for p in f.read_text().split()}
+        assert old
+        assert run_cli("pause", "pk").returncode == 0
+        proc.kill()
+        proc.wait()
+    finally:
+        proc.kill()
+    again = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "start", "pk"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert again.returncode == 3, again.stderr
+    for pid in old:
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text(), pid
+
+
 def test_a_stale_pid_of_another_container_is_not_taken_for_a_run(
     image: str, store_home: Path
 ) -> None:

@@ -235,6 +235,25 @@ def test_index_entries_without_a_platform_and_manifests_that_are_not_what_they_s
     assert refused.returncode == 1
     assert f"the image is for linux/{native}, not linux/{other}" in refused.stderr
 
+    # Several entries without a platform: each config is read until one is for the platform.
+    layerdiff.commit(tree(tmp_path / "b", {"which": b"b"}), image=f"oci:{lay}:b")
+    foreign = _retag_arch(layout, "b", other)
+    del foreign["platform"]
+    both = {**index, "manifests": [foreign, entry]}
+    layout.set_tag("two", layout.put_blob(canonical_json(both), media_type=str(index["mediaType"])))
+    out = skopeo(
+        "copy", "--all", "--dest-tls-verify=false", f"oci:{lay}:two", registry.ref("np/x:two")
+    )
+    assert out.returncode == 0, out.stderr
+    mine = layerdiff.pull(registry.ref("np/x:two"), "np:mine", tls_verify=False)
+    assert mine.manifest_digest == entry["digest"]
+    theirs = layerdiff.pull(
+        registry.ref("np/x:two"), "np:theirs", platform=f"linux/{other}", tls_verify=False
+    )
+    assert theirs.manifest_digest == foreign["digest"]
+    for name in ("np:mine", "np:theirs"):
+        assert run_cli("rmi", name).returncode == 0
+
     # The same entry with a size that is not the manifest's.
     wrong = {**index, "manifests": [{**entry, "size": int(str(entry["size"])) + 1}]}
     put = requests.put(
@@ -267,7 +286,13 @@ def test_index_entries_without_a_platform_and_manifests_that_are_not_what_they_s
         # An arm/v7 machine runs an arm/v6 image when there is no v7 one, not the reverse.
         (["arm/v5", "arm/v6"], "linux/arm/v7", "arm/v6"),
         (["arm/v7"], "linux/arm/v6", None),
-        (["amd64/v2", "amd64"], "linux/amd64", "amd64/v2"),
+        # Plain amd64 runs plain images only, as containerd's matcher has it: a v2 or v3 one
+        # listed first is not taken (it may not run on the CPU).
+        (["amd64/v2", "amd64"], "linux/amd64", "amd64"),
+        (["amd64/v3"], "linux/amd64", None),
+        # Entries normalised too, as docker reads them.
+        (["arm64", "x86_64"], "linux/amd64", "x86_64"),
+        (["amd64", "aarch64"], "linux/arm64", "aarch64"),
         # An arm entry without a variant is arm/v7, as containerd reads it.
         (["amd64", "arm"], "linux/arm", "arm"),
         (["arm/v6", "arm"], "linux/arm/v7", "arm"),

@@ -145,6 +145,16 @@ def _write(
     """Write the archive ``target`` through a temporary file beside it (beside the file a
     symbolic link leads to, which stays a link). A device or a pipe (``/dev/stdout``) is
     written as it is: there is nothing to rename over it."""
+    fd = _descriptor_named(target)
+    if fd is not None:
+        # This process's own descriptor (/dev/stdout, /dev/fd/3): written where it stands, as
+        # a shell redirection set it up (`>> out.tar` appends), never renamed over.
+        with (
+            os.fdopen(os.dup(fd), "wb") as out,
+            tempfile.TemporaryDirectory(prefix="layerdiff-") as work,
+        ):
+            _write_tar(out, local, config, repo_tags, diff_ids, Path(work), stream=True)
+        return
     try:
         st = os.stat(target)
     except FileNotFoundError:
@@ -173,6 +183,23 @@ def _write(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _descriptor_named(path: Path) -> int | None:
+    """The descriptor of this process that ``path`` names (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/self/fd/N``), if it names one that is open."""
+    text = os.path.abspath(path)
+    named = {"/dev/stdin": "0", "/dev/stdout": "1", "/dev/stderr": "2"}.get(text)
+    for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+        if text.startswith(prefix):
+            named = text[len(prefix) :]
+    if named is None or not named.isdigit():
+        return None
+    try:
+        os.fstat(int(named))
+    except OSError:
+        return None
+    return int(named)
 
 
 def _write_tar(

@@ -267,6 +267,9 @@ class Cgroup:
     def remove(self, *, timeout: float = 5.0) -> None:
         """Kill what is left in the group and remove its directories."""
         deadline = time.monotonic() + timeout
+        # A frozen process takes a SIGKILL only once thawed (cgroup v1's freezer).
+        with contextlib.suppress(OSError, LayerdiffError):
+            self.freeze(False)
         for d in reversed(self.dirs):
             while True:
                 try:

@@ -552,11 +552,9 @@ def writing(layout: Layout) -> Iterator[None]:
         except FileNotFoundError:  # the directory went with the layout
             Layout.create(layout.path)
             continue
-        whole = (
-            all(p.exists() for p in (layout.path / _LAYOUT_FILE, layout.path / _INDEX_FILE))
-            and layout.blobs_dir.is_dir()
-        )
-        if whole:
+        # Removed by a failed command: its marker goes with it (and it goes first). Without
+        # its index, a layout is broken instead, which reading the index then says.
+        if (layout.path / _LAYOUT_FILE).exists():
             try:
                 yield
             finally:

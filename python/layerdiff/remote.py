@@ -321,7 +321,8 @@ def parse_platform(text: str | None) -> tuple[str, str, str | None]:
     (``Linux/x86_64`` is linux/amd64, ``linux/armhf`` linux/arm/v7, ``arm/7`` arm/v7); None
     means this machine's."""
     if text is None:
-        return "linux", *go_arch()
+        arch, variant = go_arch()
+        return "linux", arch, _amd64_level() if arch == "amd64" else variant
     parts = text.lower().split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise InvalidArgumentError(
@@ -350,23 +351,65 @@ _ARM_DEFAULT = {"arm": "v7", "arm64": "v8"}
 #: The microarchitecture levels an amd64 machine of a level runs, best first (v1 is plain amd64).
 _AMD64_LEVELS: list[str | None] = ["v4", "v3", "v2", None]
 
+#: The CPU flags (``/proc/cpuinfo``) each x86-64 microarchitecture level needs.
+_LEVEL_FLAGS = {
+    "v2": {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"},
+    "v3": {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"},
+    "v4": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
+}
+
+
+def _amd64_level() -> str | None:
+    """This machine's x86-64 level (``v2``…``v4``; None: plain amd64), as containerd reads it
+    to pick an image: a v3 machine takes a v3 image before a plain one, never a v4 one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        return None
+    level = None
+    for name in ("v2", "v3", "v4"):
+        if not _LEVEL_FLAGS[name] <= set(flags):
+            break
+        level = name
+    return level
+
 
 def _variants(arch: str, variant: str | None) -> list[str | None] | None:
     """The variants of ``arch`` that suit ``variant``, best first; None: any will do."""
     if arch in _ARM_VARIANTS:
         variant = variant or _ARM_DEFAULT[arch]
         return list(_ARM_VARIANTS[arch].get(variant, [variant]))
-    if arch == "amd64" and variant is not None and variant in _AMD64_LEVELS:
+    if arch == "amd64" and variant in _AMD64_LEVELS:
+        # Plain amd64 (v1) runs only plain images, as containerd's platform matcher has it.
         return _AMD64_LEVELS[_AMD64_LEVELS.index(variant) :]
     return None if variant is None else [variant]
+
+
+def _normalized(p: dict[str, Any]) -> tuple[object, object, object]:
+    """(os, architecture, variant) of a platform an index entry or a config gives, the names
+    normalised as a wanted platform's are (``x86_64`` is ``amd64``, ``Linux`` is ``linux``)."""
+    os_name, arch, variant = p.get("os"), p.get("architecture"), p.get("variant")
+    if isinstance(os_name, str):
+        os_name = os_name.lower()
+    if isinstance(arch, str):
+        arch, implied = _ARCH_ALIASES.get(arch.lower(), (arch.lower(), None))
+        variant = variant or implied
+    if isinstance(variant, str):
+        variant = variant.lower()
+        if variant.isdigit():
+            variant = f"v{variant}"
+    return os_name, arch, variant
 
 
 def _rank(p: dict[str, Any], want_os: str, want_arch: str, suits: list[str | None] | None) -> int:
     """How well platform ``p`` (``os``, ``architecture``, ``variant``) suits the one wanted:
     0 best, -1 not at all."""
-    if p.get("os") != want_os or p.get("architecture") != want_arch:
+    os_name, arch, variant = _normalized(p)
+    if os_name != want_os or arch != want_arch:
         return -1
-    variant = p.get("variant")
     if (want_arch, variant) in (("arm64", "v8"), ("amd64", "v1")):
         variant = None  # arm64 and arm64/v8 are one platform, amd64 and amd64/v1 too
     if want_arch == "arm" and variant is None:
@@ -426,6 +469,16 @@ def _check_config(
 
 
 def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> Descriptor:
+    """The entry of ``index`` for ``platform``: the best of those whose platform suits it, else
+    the first that names none (see :func:`_platform_candidates`)."""
+    return _platform_candidates(index, platform, where)[0]
+
+
+def _platform_candidates(
+    index: dict[str, Any], platform: str | None, where: str
+) -> list[Descriptor]:
+    """The best entry of ``index`` for ``platform``; else every entry that names no platform,
+    in order, to be told apart by their configs, as containerd does."""
     want_os, want_arch, want_variant = parse_platform(platform)
     entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
     suits = _variants(want_arch, want_variant)
@@ -435,12 +488,12 @@ def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> D
         if rank >= 0 and (best is None or rank < best[0]):
             best = (rank, m)
     if best is not None:
-        return best[1]
-    # An entry without a platform may be anything: as containerd, take it, and check the
-    # platform in its config (see pull).
+        return [best[1]]
+    # An entry without a platform may be anything: as containerd, each is taken in turn, and
+    # its config says (see pull).
     unknown = [m for m in entries if not m.get("platform")]
     if unknown:
-        return unknown[0]
+        return unknown
     found = ", ".join(
         "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
         for m in entries
@@ -448,6 +501,41 @@ def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> D
     )
     want = "/".join(x for x in (want_os, want_arch, want_variant) if x)
     raise ImageNotFoundError(f"{where}: no {want} image in the index (it has: {found or 'none'})")
+
+
+def _by_config(
+    reg: Registry, src: refs.RegistryRef, entries: list[Descriptor], platform: str | None
+) -> Descriptor:
+    """The first of the index ``entries`` (none names its platform) whose image config is for
+    ``platform``, read from the registry without storing anything; the first of all when none
+    is (pull then says what it found)."""
+    want_os, want_arch, want_variant = parse_platform(platform)
+    suits = _variants(want_arch, want_variant)
+    for entry in entries:
+        data, media_type, _ = _get_manifest(reg, src, str(entry["digest"]), size=entry.get("size"))
+        if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
+            continue
+        try:
+            config, _layers = _check_manifest(json.loads(data), src.text)
+        except FormatError:
+            continue
+        if int(config["size"]) > _MANIFEST_MAX:
+            continue
+        response = reg.request(
+            "GET",
+            f"/v2/{src.repository}/blobs/{config['digest']}",
+            scopes=[pull_scope(src.repository)],
+        )
+        body = response.content
+        if "sha256:" + hashlib.sha256(body).hexdigest() != config["digest"]:
+            continue
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and _rank(obj, want_os, want_arch, suits) >= 0:
+            return entry
+    return entries[0]
 
 
 def _default_name(ref: refs.RegistryRef) -> str:
@@ -491,11 +579,15 @@ def pull(
         for _ in range(2):  # an index names manifests; nested indexes are not followed further
             if media_type not in INDEX_MEDIA_TYPES:
                 break
-            chosen = _pick_platform(json.loads(data), platform, src.text)
-            try:
-                check_digest(chosen.get("digest"))  # type: ignore[arg-type]
-            except FormatError as e:
-                raise FormatError(f"{src.text}: an entry of the index: {e}") from None
+            candidates = _platform_candidates(json.loads(data), platform, src.text)
+            for entry in candidates:
+                try:
+                    check_digest(entry.get("digest"))  # type: ignore[arg-type]
+                except FormatError as e:
+                    raise FormatError(f"{src.text}: an entry of the index: {e}") from None
+            chosen = candidates[0]
+            if len(candidates) > 1:
+                chosen = _by_config(reg, src, candidates, platform)
             unknown = unknown or not chosen.get("platform")
             data, media_type, digest = _get_manifest(
                 reg, src, chosen["digest"], size=chosen.get("size")

@@ -26,6 +26,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,7 @@ class Container:
         that a process has the pid recorded, which another may have been given since."""
         state = str(self.data.get("state", "created"))
         if state == "running":
-            if not (_busy(self.path) and _pid_alive(self.data.get("pid"))):
+            if _busy(self.path) is False or not _pid_alive(self.data.get("pid")):
                 return "exited"
             group = self._cgroup()
             if group is not None and group.frozen():
@@ -257,14 +258,18 @@ def broken_containers() -> list[tuple[str, str]]:
     return found
 
 
-def _busy(path: Path) -> bool:
-    """True while a create or run holds the container's lock."""
+def _busy(path: Path) -> bool | None:
+    """True while a create or run holds the container's lock; None when that cannot be told
+    (its lock file is another user's to read)."""
     try:
-        fd = os.open(path / _RUN_LOCK, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path / _RUN_LOCK, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
+    except PermissionError:
+        return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Shared: two lookers never see each other as a run; a start that meets one waits.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return False
     except BlockingIOError:
         return True
@@ -580,10 +585,15 @@ def start(container: Container) -> RunResult:
     # starts never share the upper directory, whatever their timing.
     lock = os.open(container.path / _RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ContainerError(f"container {container.name} is already running") from None
+        for attempt in range(20):
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # A run holds it for good; a look at the container's state (ps) for a moment.
+                if attempt == 19:
+                    raise ContainerError(f"container {container.name} is already running") from None
+                time.sleep(0.01)
         fresh = _read_state(container.path)
         container.data.clear()
         container.data.update(fresh)
@@ -602,6 +612,11 @@ def _start_locked(container: Container) -> RunResult:
     for d in container.layer_dirs():
         if not d.is_dir():
             raise ContainerError(f"cached layer missing: {d} (remove and re-create the container)")
+    stale = container._cgroup()
+    if stale is not None:
+        # What a run killed with it left: processes frozen by a pause never see the signal
+        # that should have ended them. Thawed and killed, not taken over.
+        stale.remove()
     group: Cgroup | None = None
     try:
         group = Cgroup.create(f"layerdiff-{container.id[:16]}", limits)
