@@ -525,6 +525,27 @@ def test_a_run_killed_while_paused_leaves_nothing_frozen_for_the_next_start(
         assert not status.exists() or "zombie" in status.read_text(), pid
 
 
+def test_ps_tells_a_run_by_a_lock_it_may_only_read(image: str, store_home: Path) -> None:
+    """`ps` of a store another user runs containers in, or a read-only one, opens the
+    container's lock for reading: an immutable lock file stands for one it may not write."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerdiff", "run", "--name", "ro", image, "--", "sleep", "30"]
+    )
+    lock = store_home / "containers" / "ro" / ".run.lock"
+    try:
+        wait_running("ro")
+        subprocess.run(["chattr", "+i", str(lock)], check=True)
+        try:
+            listed = run_cli("ps", "--json")
+            assert listed.returncode == 0, listed.stderr
+            assert [c["state"] for c in json.loads(listed.stdout)] == ["running"]
+        finally:
+            subprocess.run(["chattr", "-i", str(lock)], check=True)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_stale_pid_of_another_container_is_not_taken_for_a_run(
     image: str, store_home: Path
 ) -> None:

@@ -225,3 +225,12 @@ def test_a_zstd_compressed_archive_loads_as_docker_load_takes_it(tmp_path: Path)
     (tmp_path / "bad.tar.zst").write_bytes(bytes(damaged))
     bad = run_cli("load", str(tmp_path / "bad.tar.zst"), "z/img:2")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_a_layout_without_its_index_is_reported_as_such(tmp_path: Path) -> None:
+    (tmp_path / "l").mkdir()
+    (tmp_path / "l" / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (tmp_path / "t").mkdir()
+    done = run_cli("commit", "--upper", str(tmp_path / "t"), f"oci:{tmp_path / 'l'}:1")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "index.json: missing; not an OCI image layout" in done.stderr, done.stderr
