@@ -255,3 +255,63 @@ def test_an_upper_written_by_root_is_refused_without_privilege_not_misread() -> 
         assert "read it as root" in done.stdout
     finally:
         shutil.rmtree(work)
+
+
+KILLED_WRITER = r"""
+import os, subprocess, sys, time
+from pathlib import Path
+
+tree, dest = Path(sys.argv[1]), Path(sys.argv[2])
+writer = subprocess.Popen([sys.executable, "-c",
+    "import sys, layerdiff; layerdiff.write_layer(sys.argv[1], dest=sys.argv[2], "
+    "root_ids=(65534, 65534), compression_level=12)", str(tree), str(dest)])
+for _ in range(1000):
+    if dest.is_dir() and any(p.name.startswith(".tmp-") for p in dest.iterdir()):
+        break
+    time.sleep(0.01)
+else:
+    raise SystemExit("no temporary layer appeared")
+writer.kill()
+writer.wait()
+for _ in range(500):
+    if not any(p.name.startswith(".tmp-") for p in dest.iterdir()):
+        break
+    time.sleep(0.02)
+print(sorted(p.name for p in dest.iterdir()))
+"""
+
+
+def test_a_rootless_layer_writer_whose_caller_is_killed_stops_and_cleans_up() -> None:
+    """A rootless container's layer is written by a child in a user namespace: its caller
+    killed (SIGKILL), it stops as an interrupted command does, its temporary file removed."""
+    userns = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "true"],
+        preexec_fn=_as_nobody,
+        capture_output=True,
+        check=False,
+    )
+    if userns.returncode != 0:
+        pytest.skip(f"this kernel refuses unprivileged user namespaces: {userns.stderr!r}")
+    python = _interpreter()
+    work = Path(tempfile.mkdtemp(prefix="layerdiff-rootless-"))
+    try:
+        tree = work / "tree"
+        tree.mkdir()
+        # Slow to deflate at level 12: text, not random bytes (stored as they are).
+        with open(tree / "numbers", "w") as f:
+            for i in range(8_000_000):
+                f.write(f"{i}\n")
+        (work / "out").mkdir()
+        for path in [work, *work.rglob("*")]:
+            os.lchown(path, NOBODY, NOBODY)
+        done = _run_as_nobody(
+            python,
+            KILLED_WRITER,
+            str(tree),
+            str(work / "out"),
+            env={"LAYERDIFF_HOME": str(work / "home")},
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "[]", done.stdout
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -19,12 +19,16 @@ import contextlib
 import ctypes
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 _CLONE_NEWUSER = 0x10000000
+_PR_SET_PDEATHSIG = 1
+#: Seconds an interrupted child is given to clean up before it is killed.
+_STOP_WAIT = 10.0
 
 
 def call(function: str, kwargs: dict[str, Any], *, pass_fds: tuple[int, ...] = ()) -> Any:
@@ -36,8 +40,9 @@ def call(function: str, kwargs: dict[str, Any], *, pass_fds: tuple[int, ...] = (
             sys.executable,
             "-c",
             "import sys; sys.path.insert(0, sys.argv[1]); "
-            "from layerdiff._userns import _main; _main()",
+            "from layerdiff._userns import _main; _main(int(sys.argv[2]))",
             package_parent,
+            str(os.getpid()),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -46,10 +51,15 @@ def call(function: str, kwargs: dict[str, Any], *, pass_fds: tuple[int, ...] = (
     try:
         out, _ = child.communicate(pickle.dumps((function, kwargs)))
     except BaseException:
-        # Interrupted: the child had the same Ctrl-C (one process group); make sure it ends.
+        # Interrupted (a terminal's Ctrl-C reached the child as well): it stops as the core
+        # stops, removing its temporary file; killed only if it does not.
         with contextlib.suppress(OSError):
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=_STOP_WAIT)
+        except subprocess.TimeoutExpired:
             child.kill()
-        child.wait()
+            child.wait()
         raise
     if not out:
         raise OSError(
@@ -74,7 +84,19 @@ def _enter_user_namespace() -> None:
     Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
 
 
-def _main() -> None:
+def _stop(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # the core then stops and removes what it was writing
+
+
+def _main(parent: int) -> None:
+    # Stopped as an interrupted command stops, cleaning up: asked to by the caller, or on its
+    # death (a killed caller would otherwise leave this writing on, outside its locks).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)  # the caller died before the line above
     function, kwargs = pickle.loads(sys.stdin.buffer.read())
     try:
         _enter_user_namespace()
@@ -87,5 +109,8 @@ def _main() -> None:
         data = pickle.dumps(result)
     except Exception as e:  # an exception that does not pickle
         data = pickle.dumps((False, OSError(f"{type(result[1]).__name__}: {e}")))
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except OSError:
+        os._exit(1)  # the caller is gone: nobody to tell
