@@ -1115,8 +1115,22 @@ class _Terminal:
             if select.select([self.master], [], [], 1)[0]:
                 self.seen += os.read(self.master, 1024)
 
-    def exit_code(self) -> int:
-        _, status = os.waitpid(self.pid, 0)
+    def exit_code(self, timeout: float = 30) -> int:
+        """The command's exit code; it is killed, and the test fails, if it takes longer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                raise AssertionError(f"still running after {timeout} s: {self.seen!r}")
+            try:  # reading keeps a chatty command from blocking on a full terminal
+                if select.select([self.master], [], [], 0.1)[0]:
+                    self.seen += os.read(self.master, 1024)
+            except OSError:  # closed: hung up on purpose, or the command is gone
+                time.sleep(0.1)
         with contextlib.suppress(OSError):
             os.close(self.master)
         return os.waitstatus_to_exitcode(status)
@@ -1138,6 +1152,21 @@ def test_ctrl_c_on_a_terminal_reaches_the_command_and_run_waits_for_it(
     terminal.wait_for(b"ready")
     os.write(terminal.master, b"\x03")  # Ctrl-C, as typed
     assert terminal.exit_code() == 1
+
+
+def test_ctrl_c_on_a_terminal_ends_a_paused_container_too(image: str, store_home: Path) -> None:
+    """The terminal sends Ctrl-C to the container's processes itself; a frozen one takes it
+    only once thawed, which run does on seeing it, as it does for a TERM it passes on."""
+    script = "echo ready; while true; do sleep 0.1; done"
+    command = [
+        *[sys.executable, "-m", "layerdiff", "run", "--rm", "--name", "pz", image],
+        *["--", "sh", "-c", script],
+    ]
+    terminal = _Terminal(command)
+    terminal.wait_for(b"ready")
+    assert run_cli("pause", "pz").returncode == 0
+    os.write(terminal.master, b"\x03")
+    assert terminal.exit_code() == 130
 
 
 _COUNT_SIGNALS = """

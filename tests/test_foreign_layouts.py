@@ -234,3 +234,37 @@ def test_a_layout_without_its_index_is_reported_as_such(tmp_path: Path) -> None:
     done = run_cli("commit", "--upper", str(tmp_path / "t"), f"oci:{tmp_path / 'l'}:1")
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "index.json: missing; not an OCI image layout" in done.stderr, done.stderr
+
+
+@pytest.mark.root
+def test_rmi_keeps_a_multi_platform_image_a_container_was_made_from(
+    tmp_path: Path, store_home: Path
+) -> None:
+    if not Path("/bin/busybox").is_file():
+        pytest.skip("needs busybox-static")
+    from layerdiff.image import go_arch
+    from tests.containers import busybox_rootfs
+
+    path = tmp_path / "l"
+    layerdiff.commit(busybox_rootfs(tmp_path / "rootfs"), image=f"oci:{path}:native")
+    foreign = image_in(path, tmp_path, "foreign", "f")
+    layout = Layout.open(path)
+    native = layout.resolve("native")
+    arch = go_arch()[0]
+    other = "s390x" if arch != "s390x" else "arm64"
+    index = {
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": [
+            {**_plain(native), "platform": {"os": "linux", "architecture": arch}},
+            {**_plain(foreign), "platform": {"os": "linux", "architecture": other}},
+        ],
+    }
+    layout.set_tag("multi", layout.put_blob(canonical_json(index), media_type=INDEX))
+    for tag in ("native", "foreign"):
+        layout.remove_tag(tag)
+    made = run_cli("create", "--name", "m", f"oci:{path}:multi", "--", "true")
+    assert made.returncode == 0, made.stderr
+    refused = run_cli("rmi", f"oci:{path}:multi")
+    assert refused.returncode == 1 and "container m was made from it" in refused.stderr
+    assert layout.tags() == ["multi"]

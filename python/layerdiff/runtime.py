@@ -197,13 +197,13 @@ class Container:
 
 
 def users_of(layout: str | os.PathLike[str], digest: str) -> list[Container]:
-    """The containers of the store made from the image ``digest`` (a manifest) of ``layout``."""
+    """The containers of the store made from the image ``digest`` (its manifest, or the
+    multi-platform index it was picked from) of ``layout``."""
     found = []
     for c in containers():
         with contextlib.suppress(OSError, KeyError, TypeError):
-            if c.data["image_descriptor"]["digest"] == digest and os.path.samefile(
-                c.data["image_layout"], layout
-            ):
+            made_from = (c.data["image_descriptor"]["digest"], c.data.get("image_entry"))
+            if digest in made_from and os.path.samefile(c.data["image_layout"], layout):
                 found.append(c)
     return found
 
@@ -413,6 +413,8 @@ def create(
                     # Absolute: the container is used from any directory, as its name is.
                     "image_layout": os.path.abspath(img.layout.path),
                     "image_descriptor": dict(img.descriptor),
+                    # The layout's entry it was reached by: a multi-platform index's, perhaps.
+                    "image_entry": str((img.entry or img.descriptor)["digest"]),
                     "layers": diff_ids,
                     "layer_keys": layercache.chain_ids(diff_ids),
                     "rootless": rootless,
@@ -497,10 +499,13 @@ def _forwarding(proc: subprocess.Popen[bytes], group: Cgroup | None = None) -> I
         yield
         return
 
-    def forward(sig: int, _frame: object) -> None:
+    def thaw(sig: int) -> None:
         if group is not None and sig in _STOPPING:
             with contextlib.suppress(OSError):
                 group.freeze(False)
+
+    def forward(sig: int, _frame: object) -> None:
+        thaw(sig)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
 
@@ -515,7 +520,7 @@ def _forwarding(proc: subprocess.Popen[bytes], group: Cgroup | None = None) -> I
             for s in passed:
                 if s not in _FROM_TERMINAL:
                     signal.signal(s, forward)
-            with _terminal_signals(forward):
+            with _terminal_signals(forward, thaw):
                 yield
     finally:
         for s, h in old.items():
@@ -531,9 +536,12 @@ def _threads() -> int:
 
 
 @contextlib.contextmanager
-def _terminal_signals(forward: Callable[[int, object], None]) -> Iterator[None]:
+def _terminal_signals(
+    forward: Callable[[int, object], None], thaw: Callable[[int], None]
+) -> Iterator[None]:
     """A thread taking every signal of ``_FROM_TERMINAL`` with ``sigwaitinfo``, passing on
-    those a process sent.
+    those a process sent; for those the terminal sent (the container has them already),
+    ``thaw`` alone, so that a paused container takes its Ctrl-C.
 
     They are blocked in this (the only) thread first, so the helper inherits the mask and
     nothing else receives them. Should one arrive while nobody waits for it any more, its
@@ -550,9 +558,11 @@ def _terminal_signals(forward: Callable[[int, object], None]) -> Iterator[None]:
             info = signal.sigwaitinfo(_FROM_TERMINAL)
             if done.is_set():
                 return
-            if info.si_code != _SI_KERNEL:
-                with contextlib.suppress(OSError):  # the thread must live until told to stop
+            with contextlib.suppress(OSError):  # the thread must live until told to stop
+                if info.si_code != _SI_KERNEL:
                     forward(info.si_signo, None)
+                else:
+                    thaw(info.si_signo)
 
     helper = threading.Thread(target=receive, name="layerdiff-signals", daemon=True)
     try:
