@@ -106,8 +106,8 @@ def test_save_to_a_pipe_or_through_a_link_writes_there_and_leaves_the_link(tmp_p
 
     (tmp_path / "real.tar").write_bytes(b"old")
     (tmp_path / "link.tar").symlink_to("real.tar")
-    done = run_cli("save", image, f"docker-archive:{tmp_path / 'link.tar'}")
-    assert done.returncode == 0, done.stderr
+    linked = run_cli("save", image, f"docker-archive:{tmp_path / 'link.tar'}")
+    assert linked.returncode == 0, linked.stderr
     assert (tmp_path / "link.tar").is_symlink()
     assert (tmp_path / "real.tar").read_bytes() == out.stdout
 
