@@ -690,6 +690,19 @@ def test_a_container_of_an_image_given_by_a_relative_path_is_used_from_anywhere(
     assert "x" in layer_members("rel:1")
 
 
+def test_an_overridden_variable_keeps_its_place(image: str, store_home: Path) -> None:
+    """As docker: `-e` replaces an image's variable where it stands, and adds new ones last."""
+    base = layerdiff.inspect(image)["config"]["config"].get("Env") or []
+    layerdiff.commit(
+        Path(image.removeprefix("oci:").rsplit(":", 1)[0]).parent / "rootfs",
+        image="envs:1",
+        changes=["ENV FIRST=1 SECOND=2"],
+    )
+    made = run_cli("create", "--name", "envo", "-e", "FIRST=9", "-e", "NEW=3", "envs:1")
+    assert made.returncode == 0, made.stderr
+    assert runtime.open_container("envo").config["Env"] == [*base, "FIRST=9", "SECOND=2", "NEW=3"]
+
+
 def test_every_word_after_the_image_is_the_commands(image: str, store_home: Path) -> None:
     """As docker run parses: after IMAGE, words that look like run's own options (-e, -u,
     --rm, --help) are the command's; a '--' there only separates."""

@@ -113,7 +113,54 @@ CASES: list[tuple[list[str], dict[str, Any]]] = [
         {"Healthcheck": {"Test": ["CMD", "/bin/check", "-q"], "StartInterval": 1_500_000_000}},
     ),
     (["ONBUILD RUN make", "onbuild COPY . /src"], {"OnBuild": ["RUN make", "COPY . /src"]}),
+    # WORKDIR, USER and STOPSIGNAL take the rest of the line whole, as docker's parser does.
+    (["WORKDIR /home/my app"], {"WorkingDir": "/home/my app"}),
+    (['WORKDIR "/srv/a b"'], {"WorkingDir": "/srv/a b"}),
+    (["USER a b"], {"User": "a b"}),
+    # A shell-form health check is CMD-SHELL, whatever its first character.
+    (
+        ["HEALTHCHECK CMD [ -f /tmp/healthy ] || exit 1"],
+        {"Healthcheck": {"Test": ["CMD-SHELL", "[ -f /tmp/healthy ] || exit 1"]}},
+    ),
+    # A tab is a separator as a space is.
+    (
+        ["HEALTHCHECK --interval=5s\tCMD\ttrue"],
+        {"Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000}},
+    ),
 ]
+
+
+def test_the_shell_form_runs_in_the_images_shell() -> None:
+    """As docker: CMD, ENTRYPOINT in shell form run by the config's Shell (SHELL in a
+    Dockerfile), /bin/sh -c only when it has none."""
+    bash = ["/bin/bash", "-o", "pipefail", "-c"]
+    out = apply_changes({"Shell": bash}, ["CMD curl x | grep y", "ENTRYPOINT exec app"])
+    assert out["Cmd"] == [*bash, "curl x | grep y"]
+    assert out["Entrypoint"] == [*bash, "exec app"]
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        # Go's time.ParseDuration: the whole part exactly, the fraction in floating point.
+        ("4.1s", 4_100_000_000),
+        ("2.01s", 2_010_000_000),
+        ("8.29s", 8_290_000_000),
+        ("16.999s", 16_999_000_000),
+        ("2.01ms", 2_010_000),
+        ("1h30m", 5_400_000_000_000),
+        (".5s", 500_000_000),
+        ("1.s", 1_000_000_000),
+    ],
+)
+def test_health_check_durations_are_gos(text: str, ns: int) -> None:
+    out = apply_changes({}, [f"HEALTHCHECK --interval={text} CMD true"])
+    assert out["Healthcheck"]["Interval"] == ns
+
+
+def test_workdir_of_nothing_is_refused() -> None:
+    with pytest.raises(InvalidChangeError, match="cannot normalize nothing"):
+        apply_changes({}, ["WORKDIR $UNSET"])
 
 
 @pytest.mark.parametrize(("changes", "expected"), CASES)
@@ -164,9 +211,13 @@ BAD = [
     ("VOLUME", "VOLUME requires at least one"),
     ('VOLUME ["/a", 1]', "JSON array of strings"),
     ("VOLUME [broken", "not a JSON array"),
-    ("WORKDIR", "takes exactly one argument"),
-    ("USER a b", "takes exactly one argument"),
-    ("STOPSIGNAL", "takes exactly one argument"),
+    ("WORKDIR", "requires exactly one argument"),
+    ("STOPSIGNAL", "requires exactly one argument"),
+    # As docker's parser: a JSON array of anything but strings is an error, not a shell line.
+    ("CMD [1, 2]", "JSON array must hold strings only"),
+    ('ENTRYPOINT ["a", 1]', "JSON array must hold strings only"),
+    ("HEALTHCHECK CMD []", "Missing command after HEALTHCHECK CMD"),
+    ("HEALTHCHECK --interval=10000000h CMD true", "too long a duration"),
     ("STOPSIGNAL sig-term", "is not a signal"),
     ("HEALTHCHECK", "HEALTHCHECK requires at least one argument"),
     ("HEALTHCHECK NONE x", "HEALTHCHECK NONE takes no arguments"),

@@ -99,3 +99,17 @@ def test_a_store_name_written_in_full_is_found_by_its_short_form(tmp_path: Path)
     assert layerdiff.fsck("foo/bar:1").images == 1
     assert run_cli("rmi", "foo/bar:1").returncode == 0
     assert store.tags() == []
+
+
+def test_names_that_would_hide_an_image_id_are_refused(tmp_path: Path) -> None:
+    """As docker tag refuses them: `sha256:<64 hex>` and a 64-hex name read as image IDs."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "f").write_text("x")
+    layerdiff.commit(tmp_path / "t", image="a:1")
+    digest = layerdiff.inspect("a:1")["digest"]
+    hexa = "b" * 64
+    for name in (f"sha256:{hexa}", hexa, f"team/{hexa}:1"):
+        done = run_cli("tag", "a:1", name)
+        assert done.returncode == 1 and "would hide an image ID" in done.stderr, (name, done)
+    assert [(i.name, i.tag) for i in layerdiff.images()] == [("a", "1")]
+    assert layerdiff.inspect(digest)["digest"] == digest

@@ -50,6 +50,7 @@ _HEALTH_DURATIONS = {
 _GO_DURATION_RE = re.compile(r"(?P<n>\d+(?:\.\d*)?|\.\d+)(?P<unit>ns|us|µs|μs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 10**9}
 _GO_UNITS.update({"m": 60 * 10**9, "h": 3600 * 10**9})
+_GO_DURATION_MAX = 2**63 - 1  # a Go time.Duration is an int64 of nanoseconds
 _PORT_RE = re.compile(r"(?P<lo>\d{1,5})(?:-(?P<hi>\d{1,5}))?(?:/(?P<proto>tcp|udp|sctp))?")
 # Linux signal names (without SIG), as docker's STOPSIGNAL check knows them.
 # fmt: off
@@ -85,6 +86,9 @@ class Instruction:
     line: str = ""
     #: HEALTHCHECK: the ``Healthcheck`` object; ONBUILD: ``{"trigger": text}``.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: CMD, ENTRYPOINT and HEALTHCHECK CMD in shell form: the command line, run by the image's
+    #: ``Shell`` (``/bin/sh -c`` when it has none), as docker runs it; ``None``: JSON form.
+    shell: str | None = None
 
 
 def _error(line: str, why: str) -> InvalidChangeError:
@@ -264,17 +268,29 @@ def _pairs(line: str, keyword: str, rest: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _command(line: str, keyword: str, rest: str) -> tuple[str, ...]:
+def _command(line: str, keyword: str, rest: str) -> tuple[tuple[str, ...], str | None]:
+    """The words of a JSON-form command, or the line of a shell-form one: (words, None) or
+    ((), line)."""
     if rest.startswith("["):
         try:
             value = json.loads(rest)
-        except ValueError:
+        except (ValueError, RecursionError):
             value = None  # not JSON: docker falls back to the shell form
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
+        if isinstance(value, list):
+            if not all(isinstance(v, str) for v in value):
+                raise _error(line, f"{keyword}: a JSON array must hold strings only")
+            return tuple(value), None
     if not rest:
         raise _error(line, f"{keyword} requires at least one argument")
-    return (*_SHELL, rest)
+    return (), rest
+
+
+def _shell_of(config: Mapping[str, Any]) -> list[str]:
+    """The shell that runs shell-form commands: the config's ``Shell``, else /bin/sh -c."""
+    shell = config.get("Shell")
+    if isinstance(shell, list) and shell and all(isinstance(w, str) for w in shell):
+        return list(shell)
+    return list(_SHELL)
 
 
 def _volumes(line: str, rest: str) -> tuple[str, ...]:
@@ -294,24 +310,32 @@ def _volumes(line: str, rest: str) -> tuple[str, ...]:
 
 
 def _go_duration(line: str, option: str, text: str) -> int:
-    """Nanoseconds of a Go duration (``1h30m``, ``1.5s``, ``300ms``, ``0``), at least 1 ms
-    unless 0 (docker's rule for HEALTHCHECK's options)."""
+    """Nanoseconds of a Go duration (``1h30m``, ``1.5s``, ``300ms``, ``0``), computed as Go's
+    ``time.ParseDuration`` does (the whole part exactly, the fraction in floating point), at
+    least 1 ms unless 0 (docker's rule for HEALTHCHECK's options)."""
     body = text.lstrip("+")
-    total, pos = 0.0, 0
+    bad = _error(line, f"--{option}={text}: not a duration (e.g. 30s, 1m30s, 500ms)")
+    if body == "0":
+        return 0
+    total, pos = 0, 0
     while pos < len(body):
         m = _GO_DURATION_RE.match(body, pos)
         if m is None:
-            break
-        total += float(m["n"]) * _GO_UNITS[m["unit"]]
+            raise bad
+        whole, _, fraction = m["n"].partition(".")
+        unit = _GO_UNITS[m["unit"]]
+        value = int(whole or "0") * unit
+        if fraction:
+            value += int(float(int(fraction)) * (float(unit) / 10 ** len(fraction)))
+        total += value
+        if total > _GO_DURATION_MAX:
+            raise _error(line, f"--{option}={text}: too long a duration")
         pos = m.end()
-    if body == "0":
-        return 0
-    if not body or pos != len(body):
-        raise _error(line, f"--{option}={text}: not a duration (e.g. 30s, 1m30s, 500ms)")
-    ns = int(total)
-    if 0 < ns < 1_000_000:
+    if not body:
+        raise bad
+    if 0 < total < 1_000_000:
         raise _error(line, f"--{option}={text}: cannot be less than 1ms")
-    return ns
+    return total
 
 
 def _healthcheck(line: str, rest: str) -> dict[str, Any]:
@@ -320,15 +344,14 @@ def _healthcheck(line: str, rest: str) -> dict[str, Any]:
         raise _error(line, "HEALTHCHECK requires at least one argument")
     options: dict[str, str] = {}
     while rest.startswith("--"):
-        flag, _, rest = rest.partition(" ")
-        rest = rest.lstrip()
+        flag, rest = [*rest.split(None, 1), ""][:2]
         name, eq, value = flag[2:].partition("=")
         if name not in _HEALTH_DURATIONS and name != "retries":
             raise _error(line, f"unknown flag: --{name}")
         if not eq:
             raise _error(line, f"--{name} needs a value (--{name}=VALUE)")
         options[name] = value
-    kind, _, args = rest.partition(" ")
+    kind, args = [*rest.split(None, 1), ""][:2]
     kind, args = kind.upper(), args.strip()
     if kind == "NONE":
         if args or options:
@@ -336,10 +359,11 @@ def _healthcheck(line: str, rest: str) -> dict[str, Any]:
         return {"Test": ["NONE"]}
     if kind != "CMD":
         raise _error(line, f"unknown type {kind or '(none)'!r} in HEALTHCHECK (try CMD)")
-    words = _command(line, "HEALTHCHECK CMD", args)
-    shell = words[: len(_SHELL)] == _SHELL and not args.startswith("[")
+    words, shell = _command(line, "HEALTHCHECK CMD", args)
+    if shell is None and not words:
+        raise _error(line, "Missing command after HEALTHCHECK CMD")
     out: dict[str, Any] = {
-        "Test": ["CMD-SHELL", args] if shell else ["CMD", *words],
+        "Test": ["CMD-SHELL", shell] if shell is not None else ["CMD", *words],
     }
     for name, key in _HEALTH_DURATIONS.items():
         if name in options and (ns := _go_duration(line, name, options[name])):
@@ -383,7 +407,8 @@ def parse_change(line: str) -> Instruction:
         shown = keyword or "(empty)"
         raise _error(line, f"unknown instruction: {shown}")
     if keyword in ("CMD", "ENTRYPOINT"):
-        return Instruction(keyword=keyword, words=_command(line, keyword, rest), line=line)
+        words, shell = _command(line, keyword, rest)
+        return Instruction(keyword=keyword, words=words, shell=shell, line=line)
     if keyword == "HEALTHCHECK":
         return Instruction(keyword=keyword, extra=_healthcheck(line, rest), line=line)
     if keyword == "ONBUILD":
@@ -397,10 +422,12 @@ def parse_change(line: str) -> Instruction:
     elif keyword == "VOLUME":
         ins = Instruction(keyword=keyword, words=_volumes(line, rest))
     else:
-        words = _split_words(line, rest)
-        if len(words) != 1:
-            raise _error(line, f"{keyword} takes exactly one argument")
-        ins = Instruction(keyword=keyword, words=tuple(words))
+        # WORKDIR, USER, STOPSIGNAL: the rest of the line is the one argument, spaces and all
+        # (docker's parser takes it whole; quotes are then the word's own).
+        if not rest:
+            raise _error(line, f"{keyword} requires exactly one argument")
+        _split_words(line, rest)  # quotes closed
+        ins = Instruction(keyword=keyword, words=(rest,))
     # The syntax of every word, and the values that hold no variable.
     check = _Words(line, {}, strict=False)
     for text in [*ins.words, *(t for pair in ins.pairs for t in pair)]:
@@ -426,6 +453,11 @@ def _set_env(env: list[str], key: str, value: str) -> list[str]:
     return out
 
 
+def _final(ins: Instruction, config: Mapping[str, Any]) -> list[str]:
+    """The command of a CMD or ENTRYPOINT: its words, or its line after the image's shell."""
+    return list(ins.words) if ins.shell is None else [*_shell_of(config), ins.shell]
+
+
 def apply_changes(config: dict[str, Any], changes: Iterable[str | Instruction]) -> dict[str, Any]:
     """Return a copy of the image config's ``config`` section with ``changes`` applied.
 
@@ -448,15 +480,18 @@ def apply_changes(config: dict[str, Any], changes: Iterable[str | Instruction]) 
             labels = {word(a): word(b) for a, b in ins.pairs}
             out["Labels"] = {**(out.get("Labels") or {}), **labels}
         elif k == "CMD":
-            out["Cmd"] = list(ins.words)
+            out["Cmd"] = _final(ins, out)
             cmd_set = True
         elif k == "ENTRYPOINT":
-            out["Entrypoint"] = list(ins.words)
+            out["Entrypoint"] = _final(ins, out)
             if not cmd_set:
                 out.pop("Cmd", None)
         elif k == "WORKDIR":
             base = out.get("WorkingDir") or "/"
-            joined = posixpath.normpath(posixpath.join("/", base, word(ins.words[0])))
+            path = word(ins.words[0])
+            if not path:
+                raise _error(line, "WORKDIR: cannot normalize nothing (an empty path)")
+            joined = posixpath.normpath(posixpath.join("/", base, path))
             out["WorkingDir"] = "/" + joined.lstrip("/")  # normpath keeps a leading "//"
         elif k == "EXPOSE":
             ports = dict(out.get("ExposedPorts") or {})

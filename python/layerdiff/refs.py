@@ -328,6 +328,13 @@ def check_writable(ref: LayoutRef) -> LayoutRef:
             ref.text,
             "a digest names an image that exists; name a new image NAME[:TAG]",
         )
+    if ref.in_store and ref.tag is not None:
+        # As docker tag refuses them: such a name would hide the image ID it looks like.
+        name = store_tag_name(ref.tag)
+        if name == "sha256":
+            raise _bad(ref.text, "a name spelled as a digest algorithm would hide an image ID")
+        if re.fullmatch(r"[0-9a-f]{64}", name.rsplit("/", 1)[-1]):
+            raise _bad(ref.text, "a name of 64 hexadecimal digits would hide an image ID")
     return ref
 
 

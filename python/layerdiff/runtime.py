@@ -287,7 +287,13 @@ def _merge_env(env: list[str], extra: Sequence[str]) -> list[str]:
             if key not in os.environ:
                 continue
             value = os.environ[key]
-        out = [e for e in out if e.partition("=")[0] != key] + [f"{key}={value}"]
+        # In its place when the image has it, as docker replaces it; else at the end.
+        at = next((i for i, e in enumerate(out) if e.partition("=")[0] == key), None)
+        if at is None:
+            out.append(f"{key}={value}")
+        else:
+            out = [e for i, e in enumerate(out) if i == at or e.partition("=")[0] != key]
+            out[at] = f"{key}={value}"
     return out
 
 
