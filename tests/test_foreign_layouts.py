@@ -4,8 +4,10 @@ what gc and fsck make of them."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -268,3 +270,94 @@ def test_rmi_keeps_a_multi_platform_image_a_container_was_made_from(
     refused = run_cli("rmi", f"oci:{path}:multi")
     assert refused.returncode == 1 and "container m was made from it" in refused.stderr
     assert layout.tags() == ["multi"]
+    # Another name that reaches the container's manifest, the index's or the manifest's own:
+    # then a name can go, as docker untags it; the last one cannot.
+    layout.set_tag("again", _plain(layout.resolve("multi")))
+    layout.set_tag("just-mine", _plain(native))
+    assert run_cli("rmi", f"oci:{path}:multi").returncode == 0
+    assert run_cli("rmi", f"oci:{path}:again").returncode == 0
+    refused = run_cli("rmi", f"oci:{path}:just-mine")
+    assert refused.returncode == 1 and "container m was made from it" in refused.stderr
+
+
+def test_a_layouts_index_is_read_by_the_rules_pull_follows(tmp_path: Path) -> None:
+    """inspect, run and tag pick from a layout's index as pull picks from a registry's:
+    names normalised (`x86_64` is amd64), the CPU's amd64 level preferred."""
+    from layerdiff.image import go_arch
+    from layerdiff.platforms import parse_platform
+
+    if go_arch()[0] != "amd64":
+        pytest.skip("the cases are amd64's")
+    path = tmp_path / "l"
+    plain = image_in(path, tmp_path, "plain", "p")
+    leveled = image_in(path, tmp_path, "v2", "v")
+    other = image_in(path, tmp_path, "arm", "a")
+    layout = Layout.open(path)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": [
+            {**_plain(other), "platform": {"os": "linux", "architecture": "arm64"}},
+            {**_plain(plain), "platform": {"os": "Linux", "architecture": "x86_64"}},
+            {
+                **_plain(leveled),
+                "platform": {"os": "linux", "architecture": "amd64", "variant": "v2"},
+            },
+        ],
+    }
+    layout.set_tag("multi", layout.put_blob(canonical_json(index), media_type=INDEX))
+    level = parse_platform(None)[2]
+    want = leveled if level in ("v2", "v3", "v4") else plain
+    assert layerdiff.inspect(f"oci:{path}:multi")["digest"] == want["digest"]
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"config": {"mediaType": ["x"]}},
+        {"layers": ["x", 1]},
+        {"layers": 5},
+        {"manifests": ["x"]},
+        "nested",
+    ],
+)
+def test_fsck_and_images_name_a_malformed_image_and_go_on(tmp_path: Path, broken: object) -> None:
+    path = tmp_path / "l"
+    good = image_in(path, tmp_path, "good", "g")
+    layout = Layout.open(path)
+    if broken == "nested":
+        body = b"[" * 100_000
+    else:
+        manifest = layout.read_json(good)
+        assert isinstance(broken, dict)
+        if "config" in broken:
+            broken = {"config": {**manifest["config"], **broken["config"]}}
+        body = canonical_json({**manifest, **broken})
+    layout.set_tag("bad", layout.put_blob(body, media_type=MANIFEST))
+    done = run_cli("fsck", f"oci:{path}")
+    assert done.returncode == 1, done.stderr
+    assert "internal error" not in done.stdout + done.stderr
+    assert "bad:" in done.stdout + done.stderr and "good:" not in done.stdout + done.stderr
+    listed = run_cli("images", "--json", f"oci:{path}")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(i["tag"] for i in json.loads(listed.stdout)) == ["bad", "good"]
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs zstd")
+def test_load_reads_standard_input_as_docker_load_does(tmp_path: Path) -> None:
+    image_in(tmp_path / "l", tmp_path, "1", "a")
+    archive = tmp_path / "a.tar"
+    layerdiff.save(f"oci:{tmp_path / 'l'}:1", f"docker-archive:{archive}:in/img:1")
+    packed = subprocess.run(
+        ["zstd", "-q", "-c", str(archive)], capture_output=True, check=True
+    ).stdout
+    for data, name in [(archive.read_bytes(), "in/img:plain"), (packed, "in/img:zstd")]:
+        done = subprocess.run(
+            [sys.executable, "-m", "layerdiff", "load", "-", name],
+            input=data,
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+    assert sorted(i.tag for i in layerdiff.images()) == ["plain", "zstd"]

@@ -312,7 +312,7 @@ def test_index_entries_without_a_platform_and_manifests_that_are_not_what_they_s
 def test_the_platform_is_picked_as_docker_picks_it(
     index: list[str], want: str, picked: str | None
 ) -> None:
-    from layerdiff.remote import _pick_platform
+    from layerdiff.platforms import candidates
 
     manifests = []
     for i, platform in enumerate(index):
@@ -321,9 +321,9 @@ def test_the_platform_is_picked_as_docker_picks_it(
         manifests.append({"digest": f"sha256:{i:064d}", "platform": p})
     if picked is None:
         with pytest.raises(layerdiff.ImageNotFoundError, match=f"no {want} image"):
-            _pick_platform({"manifests": manifests}, want, "x")
+            candidates({"manifests": manifests}, want, "x")
         return
-    chosen = _pick_platform({"manifests": manifests}, want, "x")
+    chosen = candidates({"manifests": manifests}, want, "x")[0]
     assert chosen == manifests[index.index(picked)]
 
 

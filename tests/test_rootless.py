@@ -91,7 +91,7 @@ def _interpreter() -> str:
     pytest.skip(f"no Python that nobody can run with layerdiff from {REPO_PYTHON}")
 
 
-def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+def _skip_without_user_namespaces() -> None:
     userns = subprocess.run(
         ["unshare", "--user", "--map-root-user", "--mount", "true"],
         preexec_fn=_as_nobody,
@@ -100,6 +100,10 @@ def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     if userns.returncode != 0:
         pytest.skip(f"this kernel refuses unprivileged user namespaces: {userns.stderr!r}")
+
+
+def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    _skip_without_user_namespaces()
     python = _interpreter()
     work = Path(tempfile.mkdtemp(prefix="layerdiff-rootless-"))
     try:
@@ -284,14 +288,7 @@ print(sorted(p.name for p in dest.iterdir()))
 def test_a_rootless_layer_writer_whose_caller_is_killed_stops_and_cleans_up() -> None:
     """A rootless container's layer is written by a child in a user namespace: its caller
     killed (SIGKILL), it stops as an interrupted command does, its temporary file removed."""
-    userns = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "true"],
-        preexec_fn=_as_nobody,
-        capture_output=True,
-        check=False,
-    )
-    if userns.returncode != 0:
-        pytest.skip(f"this kernel refuses unprivileged user namespaces: {userns.stderr!r}")
+    _skip_without_user_namespaces()
     python = _interpreter()
     work = Path(tempfile.mkdtemp(prefix="layerdiff-rootless-"))
     try:

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -427,9 +428,19 @@ def _opened(
         path = ref.file
     else:
         path = Path(archive)
-    where = str(path)
+    where = "standard input" if str(path) == "-" else str(path)
     with contextlib.ExitStack() as stack:
         try:
+            if str(path) == "-" or not stat.S_ISREG(os.stat(path).st_mode):
+                # A pipe (`docker save x | layerdiff load -`): read out of order, so kept in a
+                # temporary file first, as docker load keeps what it is sent.
+                spool = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "archive"
+                with (
+                    open(0 if str(path) == "-" else path, "rb", closefd=str(path) != "-") as src,
+                    open(spool, "wb") as dst,
+                ):
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                path = spool
             with open(path, "rb") as f:
                 zstd = f.read(4) == _ZSTD_MAGIC
             if zstd:

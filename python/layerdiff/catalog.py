@@ -5,6 +5,7 @@ Backs the public ``images()``, ``inspect()`` and ``history()``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -19,7 +20,6 @@ from layerdiff.image import (
     DOCKER_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
-    go_arch,
 )
 from layerdiff.layout import INDEX_DIGEST, REF_NAME, Descriptor, Layout
 
@@ -112,16 +112,28 @@ class HistoryEntry:
 
 
 def _pick_from_index(layout: Layout, index: dict[str, Any], where: str) -> Descriptor:
-    """The manifest of a multi-platform index that fits this machine (else the only one)."""
+    """The manifest of a multi-platform index that fits this machine, by the rules pull
+    follows (:mod:`layerdiff.platforms`): entries naming no platform are told apart by their
+    configs; an index of one entry gives it whatever it names."""
+    from layerdiff import platforms
+
     entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
-    arch, _ = go_arch()
-    for m in entries:
-        p = m.get("platform") or {}
-        if p.get("os", "linux") == "linux" and p.get("architecture") == arch:
-            return m
-    if len(entries) == 1:
-        return entries[0]
-    raise ImageNotFoundError(f"{where}: multi-platform image without a linux/{arch} manifest")
+    try:
+        found = platforms.candidates(index, None, where)
+    except ImageNotFoundError:
+        if len(entries) == 1:
+            return entries[0]
+        raise
+    if len(found) == 1:
+        return found[0]
+    want_os, want_arch, want_variant = platforms.parse_platform(None)
+    wanted = platforms.suits(want_arch, want_variant)
+    for m in found:
+        with contextlib.suppress(LayerdiffError, OSError, KeyError, TypeError, ValueError):
+            config = layout.read_json(layout.read_json(m)["config"])
+            if platforms.rank(config, want_os, want_arch, wanted) >= 0:
+                return m
+    return found[0]
 
 
 def _load(ref: refs.LayoutRef) -> Image:

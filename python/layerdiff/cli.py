@@ -542,28 +542,40 @@ def _refuse_images_in_use(
     tags: dict[tuple[object, str], tuple[str, str]],
     untagged: dict[tuple[object, str], tuple[str, str]],
 ) -> None:
-    """Fail, as ``docker rmi`` does, when a name about to go is the last one of an image a
-    container of the store was made from: ``tags`` maps (layout, tag) and ``untagged``
-    (layout, digest) to (the manifest digest, the name as given)."""
+    """Fail, as ``docker rmi`` does, when a name about to go is the last one that reaches the
+    image a container of the store was made from: ``tags`` maps (layout, tag) and ``untagged``
+    (layout, digest) to (the digest it names, the name as given). A name reaches the manifest
+    it names, and those of a multi-platform index it names."""
+    import contextlib
+
     from layerdiff import runtime
+    from layerdiff.image import INDEX_MEDIA_TYPES
     from layerdiff.layout import REF_NAME, Layout
 
     if not runtime.containers_root().is_dir():
         return
     for (layout, _), (digest, text) in [*tags.items(), *untagged.items()]:
-        left = [
-            m
-            for m in Layout.open(str(layout)).manifests()
-            if m.get("digest") == digest
-            and (tag := (m.get("annotations") or {}).get(REF_NAME)) is not None
-            and (layout, tag) not in tags
-        ]
-        users = [] if left else runtime.users_of(str(layout), digest)
-        if users:
-            raise LayerdiffError(
-                f"conflict: unable to remove {text} (must force): container {users[0].name} "
-                "was made from it (remove the container first, or use rmi -f)"
-            )
+        users = runtime.users_of(str(layout), digest)
+        if not users:
+            continue
+        lay = Layout.open(str(layout))
+        kept: set[object] = set()
+        for m in lay.manifests():
+            tag = (m.get("annotations") or {}).get(REF_NAME)
+            if tag is None or (layout, tag) in tags:
+                continue
+            kept.add(m.get("digest"))
+            if m.get("mediaType") in INDEX_MEDIA_TYPES:
+                with contextlib.suppress(LayerdiffError, OSError):
+                    children = lay.read_json(m).get("manifests")
+                    if isinstance(children, list):
+                        kept.update(e.get("digest") for e in children if isinstance(e, dict))
+        for c in users:
+            if c.data["image_descriptor"]["digest"] not in kept:
+                raise LayerdiffError(
+                    f"conflict: unable to remove {text} (must force): container {c.name} "
+                    "was made from it (remove the container first, or use rmi -f)"
+                )
 
 
 @cli.command(epilog="Example:\n\n  layerdiff images --json")
@@ -950,6 +962,7 @@ Examples:
   layerdiff load app.tar oci:out:app
   docker save -o both.tar app:1 db:2 && layerdiff load both.tar
   layerdiff load docker-archive:both.tar:db:2 db:copy
+  docker save app:1 | zstd | layerdiff load -
 """
 )
 @click.argument("file", metavar="FILE|docker-archive:FILE[:NAME:TAG]")
@@ -961,7 +974,9 @@ def load(file: str, image: str | None, as_json: bool) -> None:
     """Import a docker save tarball (legacy or OCI-layout form) as IMAGE (default: its tags).
 
     An archive of several images loads them all, each as its tags, as docker load does; name
-    one (docker-archive:FILE:NAME:TAG) to load it alone or as IMAGE.
+    one (docker-archive:FILE:NAME:TAG) to load it alone or as IMAGE. FILE - reads standard
+    input (kept in a temporary file while it loads). The archive may be compressed (gzip,
+    bzip2, xz, zstd).
     """
     if image is None and not file.startswith("docker-archive:"):
         results = layerdiff.load_all(file)

@@ -135,8 +135,8 @@ class _Checker:
             return None
         try:
             obj = json.loads(self.layout.blob_path(desc["digest"]).read_bytes())
-        except ValueError as e:
-            self.problem(where, f"blob {desc['digest']} is not JSON: {e}")
+        except (ValueError, RecursionError) as e:
+            self.problem(where, f"blob {desc['digest']} is not JSON: {e or 'nested too deeply'}")
             return None
         if not isinstance(obj, dict):
             self.problem(where, f"blob {desc['digest']} is not a JSON object")
@@ -222,7 +222,12 @@ def fsck(target: str | None = None) -> FsckReport:
         report.problems.append(Problem(str(target), "no such image"))
     checker = _Checker(layout, report)
     for name, desc in named:
-        checker.manifest(name, desc)
+        try:
+            checker.manifest(name, desc)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            # A manifest or config of the wrong shape (a list where an object goes): that
+            # image is broken; the others are still checked.
+            report.problems.append(Problem(name, f"malformed manifest or config ({e})"))
     if target is None:
         _check_containers(report)
     return report

@@ -300,6 +300,8 @@ class Layout:
             obj = json.loads(data)
         except ValueError as e:
             raise FormatError(f"{self.blob_path(digest)}: not JSON: {e}") from e
+        except RecursionError:
+            raise FormatError(f"{self.blob_path(digest)}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise FormatError(f"{self.blob_path(digest)}: expected a JSON object")
         return obj
@@ -407,6 +409,8 @@ class Layout:
             index = json.loads(data)
         except ValueError as e:
             raise FormatError(f"{path}: not JSON: {e}") from e
+        except RecursionError:
+            raise FormatError(f"{path}: JSON nested too deeply") from None
         if not isinstance(index, dict) or index.get("schemaVersion") != 2:
             raise FormatError(f"{path}: not an OCI image index (schemaVersion 2 expected)")
         manifests = index.setdefault("manifests", [])

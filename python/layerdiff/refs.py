@@ -329,11 +329,11 @@ def check_writable(ref: LayoutRef) -> LayoutRef:
             "a digest names an image that exists; name a new image NAME[:TAG]",
         )
     if ref.in_store and ref.tag is not None:
-        # As docker tag refuses them: such a name would hide the image ID it looks like.
-        name = store_tag_name(ref.tag)
-        if name == "sha256":
+        # As docker tag refuses them: an image ID is looked for by the whole text given, so a
+        # name that reads as one (sha256:<hex>, 64 hex digits alone) would hide it.
+        if store_tag_name(ref.tag) == "sha256":
             raise _bad(ref.text, "a name spelled as a digest algorithm would hide an image ID")
-        if re.fullmatch(r"[0-9a-f]{64}", name.rsplit("/", 1)[-1]):
+        if re.fullmatch(r"[0-9a-f]{64}", ref.text):
             raise _bad(ref.text, "a name of 64 hexadecimal digits would hide an image ID")
     return ref
 

@@ -22,14 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from layerdiff import refs
+from layerdiff import platforms, refs
 from layerdiff.blobstatus import WORKER_PREFIX
 from layerdiff.catalog import load_image
 from layerdiff.errors import (
     DigestMismatchError,
     FormatError,
     ImageNotFoundError,
-    InvalidArgumentError,
     InvalidReferenceError,
     RegistryError,
 )
@@ -41,7 +40,6 @@ from layerdiff.image import (
     MANIFEST_MEDIA_TYPE,
     check_history,
     check_layer_media_types,
-    go_arch,
 )
 from layerdiff.layout import INDEX_DIGEST, Descriptor, Layout, check_digest, writing
 from layerdiff.registry import (
@@ -304,119 +302,6 @@ def _get_manifest(
     return data, media_type, digest
 
 
-#: Architecture names docker and containerd take for the OCI ones (``platforms.Normalize``):
-#: (architecture, the variant it implies).
-_ARCH_ALIASES: dict[str, tuple[str, str | None]] = {
-    "x86_64": ("amd64", None),
-    "x86-64": ("amd64", None),
-    "i386": ("386", None),
-    "aarch64": ("arm64", None),
-    "armhf": ("arm", "v7"),
-    "armel": ("arm", "v6"),
-}
-
-
-def parse_platform(text: str | None) -> tuple[str, str, str | None]:
-    """``OS/ARCH[/VARIANT]`` → (os, arch, variant), normalised as docker normalises it
-    (``Linux/x86_64`` is linux/amd64, ``linux/armhf`` linux/arm/v7, ``arm/7`` arm/v7); None
-    means this machine's."""
-    if text is None:
-        arch, variant = go_arch()
-        return "linux", arch, _amd64_level() if arch == "amd64" else variant
-    parts = text.lower().split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise InvalidArgumentError(
-            f"platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/arm64"
-        )
-    os_name, arch = parts[0], parts[1]
-    variant = parts[2] if len(parts) == 3 else None
-    arch, implied = _ARCH_ALIASES.get(arch, (arch, None))
-    variant = variant or implied
-    if variant is not None and variant.isdigit():
-        variant = f"v{variant}"
-    if arch == "amd64" and variant == "v1":
-        variant = None
-    return os_name, arch, variant
-
-
-#: The variants an ARM machine runs, best first, as containerd ranks them: an arm/v7 machine
-#: takes an arm/v6 image when there is no v7 one; ``arm`` alone means v7, ``arm64`` v8.
-_ARM_VARIANTS: dict[str, dict[str, list[str | None]]] = {
-    "arm": {"v8": ["v8", "v7", "v6", "v5"], "v7": ["v7", "v6", "v5"], "v6": ["v6", "v5"]},
-    "arm64": {"v8": ["v8", None]},
-}
-_ARM_DEFAULT = {"arm": "v7", "arm64": "v8"}
-
-
-#: The microarchitecture levels an amd64 machine of a level runs, best first (v1 is plain amd64).
-_AMD64_LEVELS: list[str | None] = ["v4", "v3", "v2", None]
-
-#: The CPU flags (``/proc/cpuinfo``) each x86-64 microarchitecture level needs.
-_LEVEL_FLAGS = {
-    "v2": {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"},
-    "v3": {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"},
-    "v4": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
-}
-
-
-def _amd64_level() -> str | None:
-    """This machine's x86-64 level (``v2``…``v4``; None: plain amd64), as containerd reads it
-    to pick an image: a v3 machine takes a v3 image before a plain one, never a v4 one."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
-            )
-    except OSError:
-        return None
-    level = None
-    for name in ("v2", "v3", "v4"):
-        if not _LEVEL_FLAGS[name] <= set(flags):
-            break
-        level = name
-    return level
-
-
-def _variants(arch: str, variant: str | None) -> list[str | None] | None:
-    """The variants of ``arch`` that suit ``variant``, best first; None: any will do."""
-    if arch in _ARM_VARIANTS:
-        variant = variant or _ARM_DEFAULT[arch]
-        return list(_ARM_VARIANTS[arch].get(variant, [variant]))
-    if arch == "amd64" and variant in _AMD64_LEVELS:
-        # Plain amd64 (v1) runs only plain images, as containerd's platform matcher has it.
-        return _AMD64_LEVELS[_AMD64_LEVELS.index(variant) :]
-    return None if variant is None else [variant]
-
-
-def _normalized(p: dict[str, Any]) -> tuple[object, object, object]:
-    """(os, architecture, variant) of a platform an index entry or a config gives, the names
-    normalised as a wanted platform's are (``x86_64`` is ``amd64``, ``Linux`` is ``linux``)."""
-    os_name, arch, variant = p.get("os"), p.get("architecture"), p.get("variant")
-    if isinstance(os_name, str):
-        os_name = os_name.lower()
-    if isinstance(arch, str):
-        arch, implied = _ARCH_ALIASES.get(arch.lower(), (arch.lower(), None))
-        variant = variant or implied
-    if isinstance(variant, str):
-        variant = variant.lower()
-        if variant.isdigit():
-            variant = f"v{variant}"
-    return os_name, arch, variant
-
-
-def _rank(p: dict[str, Any], want_os: str, want_arch: str, suits: list[str | None] | None) -> int:
-    """How well platform ``p`` (``os``, ``architecture``, ``variant``) suits the one wanted:
-    0 best, -1 not at all."""
-    os_name, arch, variant = _normalized(p)
-    if os_name != want_os or arch != want_arch:
-        return -1
-    if (want_arch, variant) in (("arm64", "v8"), ("amd64", "v1")):
-        variant = None  # arm64 and arm64/v8 are one platform, amd64 and amd64/v1 too
-    if want_arch == "arm" and variant is None:
-        variant = "v7"  # as containerd reads an arm entry without a variant
-    return 0 if suits is None else (suits.index(variant) if variant in suits else -1)
-
-
 def _check_manifest(manifest: dict[str, Any], where: str) -> tuple[Descriptor, list[Descriptor]]:
     """The config and layers of an image manifest, checked before anything is fetched: every
     descriptor a sha256 digest and a size, a container image's config (not an artifact's: a
@@ -458,8 +343,8 @@ def _check_config(
             f"{where}: the manifest has {len(layers)} layers, its config {len(diff_ids)} diff_ids"
         )
     if platform is not None:
-        want_os, want_arch, want_variant = parse_platform(platform)
-        if _rank(body, want_os, want_arch, _variants(want_arch, want_variant)) < 0:
+        want_os, want_arch, want_variant = platforms.parse_platform(platform)
+        if platforms.rank(body, want_os, want_arch, platforms.suits(want_arch, want_variant)) < 0:
             found = "/".join(
                 str(x) for x in (body.get("os"), body.get("architecture"), body.get("variant")) if x
             )
@@ -468,49 +353,14 @@ def _check_config(
             )
 
 
-def _pick_platform(index: dict[str, Any], platform: str | None, where: str) -> Descriptor:
-    """The entry of ``index`` for ``platform``: the best of those whose platform suits it, else
-    the first that names none (see :func:`_platform_candidates`)."""
-    return _platform_candidates(index, platform, where)[0]
-
-
-def _platform_candidates(
-    index: dict[str, Any], platform: str | None, where: str
-) -> list[Descriptor]:
-    """The best entry of ``index`` for ``platform``; else every entry that names no platform,
-    in order, to be told apart by their configs, as containerd does."""
-    want_os, want_arch, want_variant = parse_platform(platform)
-    entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
-    suits = _variants(want_arch, want_variant)
-    best: tuple[int, Descriptor] | None = None
-    for m in entries:
-        rank = _rank(m.get("platform") or {}, want_os, want_arch, suits)
-        if rank >= 0 and (best is None or rank < best[0]):
-            best = (rank, m)
-    if best is not None:
-        return [best[1]]
-    # An entry without a platform may be anything: as containerd, each is taken in turn, and
-    # its config says (see pull).
-    unknown = [m for m in entries if not m.get("platform")]
-    if unknown:
-        return unknown
-    found = ", ".join(
-        "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
-        for m in entries
-        if (p := m.get("platform") or {})
-    )
-    want = "/".join(x for x in (want_os, want_arch, want_variant) if x)
-    raise ImageNotFoundError(f"{where}: no {want} image in the index (it has: {found or 'none'})")
-
-
 def _by_config(
     reg: Registry, src: refs.RegistryRef, entries: list[Descriptor], platform: str | None
 ) -> Descriptor:
     """The first of the index ``entries`` (none names its platform) whose image config is for
     ``platform``, read from the registry without storing anything; the first of all when none
     is (pull then says what it found)."""
-    want_os, want_arch, want_variant = parse_platform(platform)
-    suits = _variants(want_arch, want_variant)
+    want_os, want_arch, want_variant = platforms.parse_platform(platform)
+    suits = platforms.suits(want_arch, want_variant)
     for entry in entries:
         data, media_type, _ = _get_manifest(reg, src, str(entry["digest"]), size=entry.get("size"))
         if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
@@ -533,7 +383,7 @@ def _by_config(
             obj = json.loads(body)
         except ValueError:
             continue
-        if isinstance(obj, dict) and _rank(obj, want_os, want_arch, suits) >= 0:
+        if isinstance(obj, dict) and platforms.rank(obj, want_os, want_arch, suits) >= 0:
             return entry
     return entries[0]
 
@@ -570,7 +420,7 @@ def pull(
     target = (
         refs.parse_layout_reference(target_text) if isinstance(target_text, str) else target_text
     )
-    parse_platform(platform)  # a bad platform fails before anything is fetched
+    platforms.parse_platform(platform)  # a bad platform fails before anything is fetched
     report = on_blob or _quiet
     with open_registry(src, tls_verify=tls_verify, creds=creds) as reg:
         data, media_type, digest = _get_manifest(reg, src, src.digest or str(src.tag))
@@ -579,7 +429,7 @@ def pull(
         for _ in range(2):  # an index names manifests; nested indexes are not followed further
             if media_type not in INDEX_MEDIA_TYPES:
                 break
-            candidates = _platform_candidates(json.loads(data), platform, src.text)
+            candidates = platforms.candidates(json.loads(data), platform, src.text)
             for entry in candidates:
                 try:
                     check_digest(entry.get("digest"))  # type: ignore[arg-type]
@@ -611,7 +461,7 @@ def pull(
             config_status = fetch_blob(reg, src.repository, layout, config, on_blob=report)
             wanted = platform if index_digest is None else None
             if unknown:
-                wanted = platform or "/".join(x for x in parse_platform(None) if x)
+                wanted = platform or "/".join(x for x in platforms.parse_platform(None) if x)
             _check_config(layout, config, layers, wanted, src.text)
             layer_statuses = _parallel(
                 lambda d, stop: fetch_blob(
