@@ -105,6 +105,8 @@ def _main(parent: int) -> None:
         result: tuple[bool, Any] = (True, getattr(layer, function)(**kwargs))
     except BaseException as e:  # every failure goes back to the caller
         result = (False, e)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # done: the answer goes back whole, or not at all
     try:
         data = pickle.dumps(result)
     except Exception as e:  # an exception that does not pickle
