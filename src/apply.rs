@@ -210,6 +210,7 @@ pub fn apply_layer<R: Read + Send>(
             parent: None,
             aufs: HashMap::new(),
             skipped_devices: HashSet::new(),
+            cancel,
         };
         while let Some(header) = reader.next_header()? {
             cancel.check()?;
@@ -271,6 +272,9 @@ pub fn clean_path(name: &[u8], entry: &str) -> Result<Vec<u8>> {
 
 struct Applier<'a> {
     root: &'a Root,
+    /// Checked between entries and while a file's content is copied: a large file does not
+    /// hold off a Ctrl-C.
+    cancel: &'a Cancel,
     opts: &'a ApplyOptions,
     /// The layers below, when applied over them in overlay form.
     lowers: Option<Lowers<'a>>,
@@ -354,6 +358,14 @@ fn link_open_file(file: &File, dir: &OwnedFd, leaf: &[u8]) -> rustix::io::Result
 }
 
 impl Applier<'_> {
+    /// The error of copying an entry's content: an interruption, or what broke.
+    fn content_error(&self, name: &str, e: &io::Error) -> Error {
+        match self.cancel.check() {
+            Err(stop) => stop,
+            Ok(()) => bad(name, format!("reading content: {e}")),
+        }
+    }
+
     fn entry<R: BufRead>(&mut self, h: &Header, content: &mut TarReader<R>) -> Result<()> {
         let name = &h.display();
         if let Some(source) = aufs_link_source(&h.path) {
@@ -362,8 +374,8 @@ impl Applier<'_> {
                 raise_open_file_limit();
                 let mut file =
                     unnamed_file(self.root.fd()).map_err(|e| bad(name, e.to_string()))?;
-                copy_content(content, &mut file)
-                    .map_err(|e| bad(name, format!("reading content: {e}")))?;
+                copy_content(content, &mut file, self.cancel)
+                    .map_err(|e| self.content_error(name, &e))?;
                 self.file_meta(&file, h, name)?;
                 let kept = AufsFile {
                     file,
@@ -430,8 +442,8 @@ impl Applier<'_> {
             }
             EntryKind::File => {
                 let mut file = create_file(&dir, &leaf, &mut replaced_link, false).map_err(io)?;
-                copy_content(content, &mut file)
-                    .map_err(|e| bad(name, format!("reading content: {e}")))?;
+                copy_content(content, &mut file, self.cancel)
+                    .map_err(|e| self.content_error(name, &e))?;
                 self.file_meta(&file, meta, name)?;
             }
             EntryKind::Hardlink if aufs_link_source(&h.link).is_some() => {
@@ -1308,10 +1320,13 @@ fn unnamed_file(dir: impl AsFd) -> io::Result<File> {
 }
 
 /// Write the rest of the current entry's content into `to`, straight from the stream's
-/// buffers.
-fn copy_content(from: &mut impl BufRead, to: &mut File) -> io::Result<()> {
+/// buffers; stopped (with an error) as soon as `cancel` is set.
+fn copy_content(from: &mut impl BufRead, to: &mut File, cancel: &Cancel) -> io::Result<()> {
     use std::io::Write;
     loop {
+        if cancel.check().is_err() {
+            return Err(io::Error::other("interrupted"));
+        }
         let data = from.fill_buf()?;
         if data.is_empty() {
             return Ok(());

@@ -712,6 +712,45 @@ fn diff_id_hashes_the_whole_stream_past_the_archive() {
     }
 }
 
+/// A Ctrl-C while a large file's content is copied stops the apply there, not once the file
+/// is whole.
+#[test]
+fn a_cancel_stops_the_copy_of_a_large_file() {
+    struct Trip<'a, R> {
+        inner: R,
+        read: usize,
+        cancel: &'a crate::cancel::Cancel,
+    }
+    impl<R: std::io::Read> std::io::Read for Trip<'_, R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let len = buf.len().min(64 << 10);
+            let n = self.inner.read(&mut buf[..len])?;
+            self.read += n;
+            if self.read > 4 << 20 {
+                self.cancel.cancel(); // as a Ctrl-C 4 MiB into the file
+            }
+            Ok(n)
+        }
+    }
+    let big = vec![7u8; 64 << 20];
+    let bytes = layer(&[M::File("big", &big)]);
+    let t = tempfile::tempdir().unwrap();
+    let r = Root::open(t.path()).unwrap();
+    let cancel = crate::cancel::Cancel::new();
+    let blob = Trip {
+        inner: &bytes[..],
+        read: 0,
+        cancel: &cancel,
+    };
+    let err = apply_layer(&r, blob, &ApplyOptions::default(), &cancel).unwrap_err();
+    assert!(matches!(err, Error::Interrupted), "{err}");
+    let written = fs::metadata(t.path().join("big")).map_or(0, |m| m.len());
+    assert!(
+        written < 32 << 20,
+        "{written} bytes written after the cancel"
+    );
+}
+
 #[test]
 fn size_limit_stops_a_bomb() {
     let big = vec![0u8; 1 << 20];

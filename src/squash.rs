@@ -896,25 +896,37 @@ type LayerOps = (Vec<Op>, Option<Vec<MemberSeen>>);
 
 /// A file's content read from a source blob, whose read errors name the blob: the writer names
 /// the entry being written, and a damaged source is not that entry's fault.
+/// It stops, with an error, as soon as `cancel` is set: a large file does not hold off a
+/// Ctrl-C.
 struct FromBlob<'a, R> {
     inner: R,
     blob: &'a Path,
+    cancel: &'a Cancel,
 }
 
 impl<R> FromBlob<'_, R> {
     fn error(&self, e: io::Error) -> io::Error {
         io::Error::new(e.kind(), format!("{}: {e}", self.blob.display()))
     }
+
+    fn stopped(&self) -> io::Result<()> {
+        match self.cancel.check() {
+            Ok(()) => Ok(()),
+            Err(_) => Err(io::Error::other("interrupted")),
+        }
+    }
 }
 
 impl<R: Read> Read for FromBlob<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stopped()?;
         self.inner.read(buf).map_err(|e| self.error(e))
     }
 }
 
 impl<R: BufRead> BufRead for FromBlob<'_, R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.stopped()?;
         match self.inner.fill_buf() {
             Ok(_) => {}
             Err(e) => return Err(self.error(e)),
@@ -1157,7 +1169,8 @@ fn squash_once(
             claimed: &mut claimed,
             open: (0..range.len()).map(|_| None).collect(),
         };
-        write_squashed(out.tar(), &squashed, &mut sources, cancel)?;
+        write_squashed(out.tar(), &squashed, &mut sources, cancel)
+            .map_err(|e| cancel.check().err().unwrap_or(e))?;
         // Every layer taken from its index is read to its end and found to hold what the
         // index says, and every member its index lent to the result is one it really holds.
         let mut checked = Vec::new();
@@ -1545,6 +1558,7 @@ fn write_squashed<W: Write>(
                 let content = FromBlob {
                     inner: content.take(*size),
                     blob: &blob,
+                    cancel,
                 };
                 tar.append_file(&meta, *size, content)?;
             }

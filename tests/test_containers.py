@@ -703,6 +703,21 @@ def test_an_overridden_variable_keeps_its_place(image: str, store_home: Path) ->
     assert runtime.open_container("envo").config["Env"] == [*base, "FIRST=9", "SECOND=2", "NEW=3"]
 
 
+def test_diff_of_a_container_lists_what_it_changed(image: str, store_home: Path) -> None:
+    """As docker diff CONTAINER: added, changed and deleted paths, and not the files the
+    runtime writes for it (hosts, hostname, resolv.conf)."""
+    script = "echo new > /f; echo x >> /etc/passwd; rm /bin/vi; mkdir -p /d/e; echo h > /etc/hosts"
+    done = run_cli("run", "--name", "df", image, "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    listed = run_cli("diff", "df")
+    assert listed.returncode == 0, listed.stderr
+    lines = set(listed.stdout.splitlines())
+    assert {"A /f", "C /etc/passwd", "D /bin/vi", "A /d", "A /d/e"} <= lines, lines
+    assert not any(line.endswith("/etc/hosts") for line in lines)
+    missing = run_cli("diff", "no-such-container")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
 def test_every_word_after_the_image_is_the_commands(image: str, store_home: Path) -> None:
     """As docker run parses: after IMAGE, words that look like run's own options (-e, -u,
     --rm, --help) are the command's; a '--' there only separates."""

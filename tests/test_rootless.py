@@ -43,6 +43,7 @@ second = runtime.run("bb:2", ["sh", "-c", "cat /root/f; test -e /bin/vi || echo 
 other = runtime.run("bb:2", ["true"], user="nobody", rm=True)
 print(json.dumps({"codes": [first.exit_code, second.exit_code],
                   "errors": [first.error, second.error], "image": commit.image,
+                  "warnings": list(commit.layer.warnings),
                   "other": [other.exit_code, other.error]}))
 """
 
@@ -122,6 +123,7 @@ def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
         lines = done.stdout.splitlines()
         result = json.loads(lines[-1])
         assert result["codes"] == [0, 0], result["errors"]
+        assert any("committed as owned by root" in w for w in result["warnings"])
         # Its user namespace maps the caller alone: no other user to become.
         assert result["other"][0] == 125
         assert "user 65534:65534: a rootless container has one user" in result["other"][1]

@@ -252,21 +252,18 @@ Examples:
   layerdiff diff rootfs-before rootfs-after
   layerdiff diff --content --json old new
   layerdiff diff --overlay /var/lib/overlay/upper --lower /var/lib/overlay/lower
+  layerdiff diff web                  (what the container web changed, as docker diff)
 """
 )
-@click.argument(
-    "trees",
-    nargs=-1,
-    metavar="LOWER UPPER | --overlay UPPER",
-    type=click.Path(exists=True, file_okay=False),
-)
+@click.argument("trees", nargs=-1, metavar="LOWER UPPER | --overlay UPPER | CONTAINER")
 @click.option("--overlay", is_flag=True, help="UPPER is an overlayfs upper directory.")
 @click.option(
     "--lower",
     "lowers",
     multiple=True,
     type=click.Path(exists=True, file_okay=False),
-    help="With --overlay: a lower directory (top first); repeat for more.",
+    help="With --overlay: a lower directory (top first); repeat for more. Without one, an "
+    "upper directory alone cannot tell what is new from what changed.",
 )
 @click.option(
     "--content",
@@ -286,9 +283,16 @@ def diff(
     trees: tuple[str, ...], overlay: bool, lowers: tuple[str, ...], content: bool, as_json: bool
 ) -> None:
     """Print the changes from LOWER to UPPER, one per line: A|C|D /path (like docker diff).
+    Given a CONTAINER (a name, or a container directory), what it changed.
 
     A backslash or a control character in a path is escaped as in C (\\\\, \\n, \\t,
     \\r, \\xNN), so each change is one line; --json gives paths exactly."""
+    if len(trees) == 1 and not overlay and not lowers and _is_container(trees[0]):
+        _print_changes(_container_changes(trees[0], content=content), as_json)
+        return
+    for tree in trees:
+        if not os.path.isdir(tree):
+            raise click.BadParameter(f"Directory {tree!r} does not exist.", param_hint="'TREES'")
     if overlay:
         if len(trees) != 1:
             raise click.UsageError("diff --overlay takes one directory: UPPER")
@@ -300,6 +304,33 @@ def diff(
             raise click.UsageError("--lower is for --overlay; a two-tree diff takes LOWER UPPER")
         changes = layerdiff.diff(trees[0], trees[1], content=content)
     _print_changes(changes, as_json)
+
+
+def _is_container(text: str) -> bool:
+    """Whether ``text`` names a container: a container directory, or a name that is no
+    directory here."""
+    from layerdiff import runtime
+
+    if os.path.isdir(text):
+        return os.path.isfile(os.path.join(text, "container.json"))
+    try:
+        runtime.open_container(text)
+    except LayerdiffError:
+        return False
+    return True
+
+
+def _container_changes(name: str, *, content: bool) -> list[layerdiff.Change]:
+    """What the container ``name`` changed, as ``docker diff`` lists it: its upper directory
+    against its image's layers, the files the runtime writes for it left out."""
+    from layerdiff import runtime
+
+    container = runtime.open_container(name)
+    changes = layerdiff.diff_overlay(
+        container.upper, lowers=list(reversed(container.layer_dirs())), content=content
+    )
+    own = {"/" + f for f in runtime.INIT_FILES}
+    return [c for c in changes if os.fsdecode(c.path) not in own]
 
 
 @cli.command(

@@ -840,7 +840,7 @@ def commit_container(
     elif pause and running and on_step is not None:
         on_step("not pausing the container: it has no control group (a rootless one)")
     try:
-        return commit(
+        result = commit(
             container.upper,
             image=target,
             overlay=True,
@@ -864,3 +864,13 @@ def commit_container(
     finally:
         if group is not None:
             group.freeze(False)
+    if not container.data.get("rootless"):
+        return result
+    # Not silently: the container's user namespace maps one user, so every file it changed
+    # is root's in the layer, whoever owned it in the image.
+    note = (
+        "rootless container: the files it changed are committed as owned by root, the one "
+        "user its namespace maps (owners the image gave them are not kept)"
+    )
+    layer = dataclasses.replace(result.layer, warnings=(*result.layer.warnings, note))
+    return dataclasses.replace(result, layer=layer)
