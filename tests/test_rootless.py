@@ -41,9 +41,14 @@ first = runtime.run("bb:1", ["sh", "-c",
 commit = runtime.commit_container("c", "bb:2")
 second = runtime.run("bb:2", ["sh", "-c", "cat /root/f; test -e /bin/vi || echo gone"], rm=True)
 other = runtime.run("bb:2", ["true"], user="nobody", rm=True)
+try:
+    runtime.run("bb:2", ["true"], rm=True, limits=layerdiff.Limits(pids=10))
+    limited = "ran"
+except layerdiff.ContainerError as e:
+    limited = str(e)
 print(json.dumps({"codes": [first.exit_code, second.exit_code],
                   "errors": [first.error, second.error], "image": commit.image,
-                  "warnings": list(commit.layer.warnings),
+                  "warnings": list(commit.layer.warnings), "limited": limited,
                   "other": [other.exit_code, other.error]}))
 """
 
@@ -124,6 +129,9 @@ def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
         result = json.loads(lines[-1])
         assert result["codes"] == [0, 0], result["errors"]
         assert any("committed as owned by root" in w for w in result["warnings"])
+        # Limits without a control group this user may make (cgroup v1): said so, by flag.
+        if not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            assert result["limited"].startswith("--pids-limit: limits need a control group")
         # Its user namespace maps the caller alone: no other user to become.
         assert result["other"][0] == 125
         assert "user 65534:65534: a rootless container has one user" in result["other"][1]

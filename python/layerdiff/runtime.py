@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -636,7 +637,22 @@ def _start_locked(container: Container) -> RunResult:
     group: Cgroup | None = None
     try:
         group = Cgroup.create(f"layerdiff-{container.id[:16]}", limits)
-    except OSError:
+    except OSError as e:
+        if limits.any and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            asked = [
+                flag
+                for flag, value in (
+                    ("--memory", limits.memory),
+                    ("--cpus", limits.cpus),
+                    ("--pids-limit", limits.pids),
+                )
+                if value is not None
+            ]
+            raise ContainerError(
+                f"{', '.join(asked)}: limits need a control group, and this user may not "
+                f"make one here ({e.strerror}; a rootless container on cgroup v1 cannot): "
+                "run as root, or without them"
+            ) from None
         if limits.any:
             raise
     read_fd, write_fd = os.pipe()
