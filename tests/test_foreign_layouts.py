@@ -150,6 +150,8 @@ def test_gc_of_any_layout_keeps_the_images_containers_were_made_from(
     forced = run_cli("rmi", "-f", f"oci:{path}:1")
     assert forced.returncode == 0, forced.stderr
     assert blob_names(path) == blobs
+    # What went is told by kind: the bytes of cached layers are not blobs'.
+    assert "removed 0 blobs, 0 cached layers and 0 temporary files" in forced.stdout
     assert run_cli("start", "c").returncode == 0
     done = run_cli("commit", "--progress", "none", "c", "c:1")
     assert done.returncode == 0, done.stderr

@@ -566,7 +566,7 @@ def rmi(images: tuple[str, ...], no_prune: bool, force: bool) -> None:
         return
     for target in layouts.values():
         report = layerdiff.gc(target)
-        click.echo(f"removed {report.blobs} blobs, {_human_size(report.bytes)} freed")
+        click.echo(_gc_summary(report))
 
 
 def _refuse_images_in_use(
@@ -1073,7 +1073,12 @@ def gc(layout: str | None, as_json: bool) -> None:
     if as_json:
         _emit_json(asdict(report))
         return
-    click.echo(
+    click.echo(_gc_summary(report))
+
+
+def _gc_summary(report: layerdiff.GcReport) -> str:
+    """What gc removed, each kind counted, and the bytes that freed."""
+    return (
         f"removed {report.blobs} blobs, {report.layers} cached layers and "
         f"{report.temporary} temporary files, {_human_size(report.bytes)} freed"
     )
