@@ -290,9 +290,11 @@ def diff(
     if len(trees) == 1 and not overlay and not lowers and _is_container(trees[0]):
         _print_changes(_container_changes(trees[0], content=content), as_json)
         return
+    # Directories from here on, checked as click checks a directory argument.
+    ctx = click.get_current_context()
+    param = next(p for p in ctx.command.params if p.name == "trees")
     for tree in trees:
-        if not os.path.isdir(tree):
-            raise click.BadParameter(f"Directory {tree!r} does not exist.", param_hint="'TREES'")
+        click.Path(exists=True, file_okay=False).convert(tree, param, ctx)
     if overlay:
         if len(trees) != 1:
             raise click.UsageError("diff --overlay takes one directory: UPPER")
