@@ -718,6 +718,22 @@ def test_diff_of_a_container_lists_what_it_changed(image: str, store_home: Path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+def test_rm_refuses_a_container_being_started(image: str, store_home: Path) -> None:
+    """Between the lock a start takes and the state it records, the container is starting:
+    rm must not take its directory from under it."""
+    assert run_cli("create", "--name", "st", image, "--", "true").returncode == 0
+    lock = os.open(store_home / "containers" / "st" / ".run.lock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as start holds it
+        for args in (["rm", "st"], ["rm", "-f", "st"]):
+            refused = run_cli(*args)
+            assert refused.returncode == 1 and "is being started" in refused.stderr, refused
+        assert (store_home / "containers" / "st" / "container.json").is_file()
+    finally:
+        os.close(lock)
+    assert run_cli("rm", "st").returncode == 0
+
+
 def test_every_word_after_the_image_is_the_commands(image: str, store_home: Path) -> None:
     """As docker run parses: after IMAGE, words that look like run's own options (-e, -u,
     --rm, --help) are the command's; a '--' there only separates."""
