@@ -46,6 +46,19 @@ try:
     limited = "ran"
 except layerdiff.ContainerError as e:
     limited = str(e)
+# A running rootless container has no control group to freeze: commit says it does not pause.
+import threading, time
+live = runtime.create("bb:2", command=["sleep", "5"], name="live")
+runner = threading.Thread(target=runtime.start, args=(live,))
+runner.start()
+for _ in range(500):
+    if runtime.open_container("live").state == "running":
+        break
+    time.sleep(0.01)
+steps = []
+runtime.commit_container("live", "bb:live", on_step=steps.append)
+runner.join()
+print(json.dumps({"steps": steps}))
 print(json.dumps({"codes": [first.exit_code, second.exit_code],
                   "errors": [first.error, second.error], "image": commit.image,
                   "warnings": list(commit.layer.warnings), "limited": limited,
@@ -128,6 +141,8 @@ def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
         lines = done.stdout.splitlines()
         result = json.loads(lines[-1])
         assert result["codes"] == [0, 0], result["errors"]
+        steps = json.loads(lines[-2])["steps"]
+        assert any(step.startswith("not pausing the container") for step in steps), steps
         assert any("committed as owned by root" in w for w in result["warnings"])
         # Limits without a control group this user may make (cgroup v1): said so, by flag.
         if not Path("/sys/fs/cgroup/cgroup.controllers").exists():
