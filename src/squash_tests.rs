@@ -967,3 +967,72 @@ fn lent_members_must_be_what_the_layer_holds() {
         );
     }
 }
+
+/// A Ctrl-C while a large file is written into the squashed layer stops it there, not once
+/// the file is whole; nothing is left in the blobs directory.
+#[test]
+fn a_cancel_stops_the_squash_inside_a_large_file() {
+    use std::fs;
+    use std::sync::Arc;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    // 256 MiB that compresses to nothing less (xorshift), so the output grows as it is read.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..(256usize << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    fs::write(src.join("big"), &data).unwrap();
+    drop(data);
+    let layer = t.path().join("layer.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&src)
+        .arg("big")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    fs::remove_file(src.join("big")).unwrap();
+    let blobs = t.path().join("blobs");
+    fs::create_dir(&blobs).unwrap();
+    let cancel = Arc::new(crate::cancel::Cancel::new());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (blobs, cancel, done) = (blobs.clone(), cancel.clone(), done.clone());
+        std::thread::spawn(move || {
+            // As a Ctrl-C once 16 MiB of the file are out; then the most it ever held.
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let written: u64 = fs::read_dir(&blobs)
+                    .unwrap()
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum();
+                most = most.max(written);
+                if written > 16 << 20 {
+                    cancel.cancel();
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            most
+        })
+    };
+    let opts = LayerOptions {
+        compression: crate::compress::Compression::None,
+        ..LayerOptions::default()
+    };
+    let res = squash_files(&[], &[layer], &opts, &blobs, &cancel);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = watcher.join().unwrap();
+    assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
+    assert!(most < 128 << 20, "{most} bytes written before it stopped");
+    assert_eq!(fs::read_dir(&blobs).unwrap().count(), 0, "left in blobs/");
+}
