@@ -358,14 +358,6 @@ fn link_open_file(file: &File, dir: &OwnedFd, leaf: &[u8]) -> rustix::io::Result
 }
 
 impl Applier<'_> {
-    /// The error of copying an entry's content: an interruption, or what broke.
-    fn content_error(&self, name: &str, e: &io::Error) -> Error {
-        match self.cancel.check() {
-            Err(stop) => stop,
-            Ok(()) => bad(name, format!("reading content: {e}")),
-        }
-    }
-
     fn entry<R: BufRead>(&mut self, h: &Header, content: &mut TarReader<R>) -> Result<()> {
         let name = &h.display();
         if let Some(source) = aufs_link_source(&h.path) {
@@ -374,8 +366,7 @@ impl Applier<'_> {
                 raise_open_file_limit();
                 let mut file =
                     unnamed_file(self.root.fd()).map_err(|e| bad(name, e.to_string()))?;
-                copy_content(content, &mut file, self.cancel)
-                    .map_err(|e| self.content_error(name, &e))?;
+                copy_content(content, &mut file, self.cancel, name)?;
                 self.file_meta(&file, h, name)?;
                 let kept = AufsFile {
                     file,
@@ -442,8 +433,7 @@ impl Applier<'_> {
             }
             EntryKind::File => {
                 let mut file = create_file(&dir, &leaf, &mut replaced_link, false).map_err(io)?;
-                copy_content(content, &mut file, self.cancel)
-                    .map_err(|e| self.content_error(name, &e))?;
+                copy_content(content, &mut file, self.cancel, name)?;
                 self.file_meta(&file, meta, name)?;
             }
             EntryKind::Hardlink if aufs_link_source(&h.link).is_some() => {
@@ -1319,20 +1309,19 @@ fn unnamed_file(dir: impl AsFd) -> io::Result<File> {
     unreachable!("a free name is found before the counter wraps")
 }
 
-/// Write the rest of the current entry's content into `to`, straight from the stream's
-/// buffers; stopped (with an error) as soon as `cancel` is set.
-fn copy_content(from: &mut impl BufRead, to: &mut File, cancel: &Cancel) -> io::Result<()> {
+/// Write the rest of the current entry's content (`name` in errors) into `to`, straight from
+/// the stream's buffers; stopped as soon as `cancel` is set.
+fn copy_content(from: &mut impl BufRead, to: &mut File, cancel: &Cancel, name: &str) -> Result<()> {
     use std::io::Write;
+    let broke = |e: io::Error| bad(name, format!("reading content: {e}"));
     loop {
-        if cancel.check().is_err() {
-            return Err(io::Error::other("interrupted"));
-        }
-        let data = from.fill_buf()?;
+        cancel.check()?;
+        let data = from.fill_buf().map_err(broke)?;
         if data.is_empty() {
             return Ok(());
         }
         let n = data.len();
-        to.write_all(data)?;
+        to.write_all(data).map_err(broke)?;
         from.consume(n);
     }
 }

@@ -904,11 +904,12 @@ struct FromBlob<'a, R> {
     cancel: &'a Cancel,
 }
 
-impl<R> FromBlob<'_, R> {
-    fn error(&self, e: io::Error) -> io::Error {
-        io::Error::new(e.kind(), format!("{}: {e}", self.blob.display()))
-    }
+/// `e`, a read error of the blob at `blob`, naming it.
+fn blob_error(blob: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", blob.display()))
+}
 
+impl<R> FromBlob<'_, R> {
     fn stopped(&self) -> io::Result<()> {
         match self.cancel.check() {
             Ok(()) => Ok(()),
@@ -920,18 +921,16 @@ impl<R> FromBlob<'_, R> {
 impl<R: Read> Read for FromBlob<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.stopped()?;
-        self.inner.read(buf).map_err(|e| self.error(e))
+        let blob = self.blob;
+        self.inner.read(buf).map_err(|e| blob_error(blob, e))
     }
 }
 
 impl<R: BufRead> BufRead for FromBlob<'_, R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         self.stopped()?;
-        match self.inner.fill_buf() {
-            Ok(_) => {}
-            Err(e) => return Err(self.error(e)),
-        }
-        self.inner.fill_buf()
+        let blob = self.blob;
+        self.inner.fill_buf().map_err(|e| blob_error(blob, e))
     }
 
     fn consume(&mut self, n: usize) {
@@ -1553,11 +1552,11 @@ fn write_squashed<W: Write>(
                 offset,
                 size,
             } => {
-                let blob = sources.range[*layer].clone();
+                let range = sources.range;
                 let content = sources.content(*layer, *offset)?;
                 let content = FromBlob {
                     inner: content.take(*size),
-                    blob: &blob,
+                    blob: &range[*layer],
                     cancel,
                 };
                 tar.append_file(&meta, *size, content)?;

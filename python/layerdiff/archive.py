@@ -48,6 +48,7 @@ from layerdiff.image import (
     canonical_json,
     check_layer_media_types,
     config_diff_ids,
+    short_json,
 )
 from layerdiff.layout import Layout, writing
 
@@ -147,23 +148,18 @@ def _write(
     symbolic link leads to, which stays a link). A device or a pipe (``/dev/stdout``) is
     written as it is: there is nothing to rename over it."""
     fd = _descriptor_named(target)
-    if fd is not None:
-        # This process's own descriptor (/dev/stdout, /dev/fd/3): written where it stands, as
-        # a shell redirection set it up (`>> out.tar` appends), never renamed over.
-        with (
-            os.fdopen(os.dup(fd), "wb") as out,
-            tempfile.TemporaryDirectory(prefix="layerdiff-") as work,
-        ):
-            _write_tar(out, local, config, repo_tags, diff_ids, Path(work), stream=True)
-        return
     try:
-        st = os.stat(target)
+        st = os.stat(target) if fd is None else None
     except FileNotFoundError:
         st = None
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        with open(target, "wb") as out, tempfile.TemporaryDirectory(prefix="layerdiff-") as work:
+    if fd is not None or (st is not None and not stat.S_ISREG(st.st_mode)):
+        # This process's own descriptor (/dev/stdout, /dev/fd/3) is written where it stands,
+        # as a shell redirection set it up (`>> out.tar` appends); a device or a pipe as it is.
+        # Neither is renamed over.
+        direct = os.fdopen(os.dup(fd), "wb") if fd is not None else open(target, "wb")  # noqa: SIM115
+        with direct as out, tempfile.TemporaryDirectory(prefix="layerdiff-") as work:
             _write_tar(out, local, config, repo_tags, diff_ids, Path(work), stream=True)
         return
     real = Path(os.path.realpath(target))
@@ -337,12 +333,12 @@ def _entries(data: bytes, where: str) -> list[_Entry]:
 def _entry(obj: dict[str, Any], where: str) -> _Entry:
     config = obj.get("Config")
     if not isinstance(config, str) or not config:
-        raise FormatError(f"{where}: Config is not a file name: {_short(config)}")
+        raise FormatError(f"{where}: Config is not a file name: {short_json(config)}")
     tags = obj.get("RepoTags")
     if tags is None:  # docker's form of an untagged image
         tags = []
     if not _strings(tags):
-        raise FormatError(f"{where}: RepoTags is not a list of names: {_short(tags)}")
+        raise FormatError(f"{where}: RepoTags is not a list of names: {short_json(tags)}")
     try:
         repo_tags = [refs.parse_store_reference(t) for t in tags]
     except InvalidReferenceError as e:
@@ -351,7 +347,7 @@ def _entry(obj: dict[str, Any], where: str) -> _Entry:
     if layers is None:
         layers = []
     if not _strings(layers):
-        raise FormatError(f"{where}: Layers is not a list of file names: {_short(layers)}")
+        raise FormatError(f"{where}: Layers is not a list of file names: {short_json(layers)}")
     return _Entry(config=config, repo_tags=repo_tags, layers=layers)
 
 
@@ -366,12 +362,6 @@ def _diff_ids(config: bytes, where: str) -> list[str]:
 
 def _strings(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _short(value: object) -> str:
-    """``value`` as JSON, cut to fit in a one-line message."""
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _pick(entries: list[_Entry], ref: refs.ArchiveRef | None, where: str) -> _Entry:

@@ -21,7 +21,7 @@ from layerdiff.image import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
 )
-from layerdiff.layout import INDEX_DIGEST, REF_NAME, Descriptor, Layout
+from layerdiff.layout import INDEX_DIGEST, Descriptor, Layout, tag_of
 
 __all__ = [
     "UNTAGGED",
@@ -126,12 +126,9 @@ def _pick_from_index(layout: Layout, index: dict[str, Any], where: str) -> Descr
         raise
     if len(found) == 1:
         return found[0]
-    want_os, want_arch, want_variant = platforms.parse_platform(None)
-    wanted = platforms.suits(want_arch, want_variant)
     for m in found:
         with contextlib.suppress(LayerdiffError, OSError, KeyError, TypeError, ValueError):
-            config = layout.read_json(layout.read_json(m)["config"])
-            if platforms.rank(config, want_os, want_arch, wanted) >= 0:
+            if platforms.is_for(layout.read_json(layout.read_json(m)["config"]), None):
                 return m
     return found[0]
 
@@ -200,9 +197,9 @@ def index_tag(layout: Layout, ref: refs.LayoutRef) -> str | None:
         # NAME@DIGEST also finds an image of that name, tagged otherwise, with that manifest.
         name = refs.store_tag_name(ref.tag)
         for desc in layout.manifests():
-            tag = (desc.get("annotations") or {}).get(REF_NAME)
+            tag = tag_of(desc)
             if (
-                isinstance(tag, str)
+                tag is not None
                 and pinned
                 in (desc.get("digest"), (desc.get("annotations") or {}).get(INDEX_DIGEST))
                 and refs.familiar_name(refs.store_tag_name(tag)) == name
@@ -279,8 +276,8 @@ def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
     lay = Layout.open(path)
     out = []
     for desc in lay.manifests():
-        tag = (desc.get("annotations") or {}).get(REF_NAME)
-        if not isinstance(tag, str):
+        tag = tag_of(desc)
+        if tag is None:
             name, short = (UNTAGGED if in_store else str(lay.path)), UNTAGGED
             text = str(desc.get("digest", "")) if in_store else f"oci:{lay.path}"
             ref = refs.LayoutRef(text=text, layout=lay.path, tag=None, in_store=in_store)

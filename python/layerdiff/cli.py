@@ -583,7 +583,7 @@ def _refuse_images_in_use(
 
     from layerdiff import runtime
     from layerdiff.image import INDEX_MEDIA_TYPES
-    from layerdiff.layout import REF_NAME, Layout
+    from layerdiff.layout import Layout, tag_of
 
     if not runtime.containers_root().is_dir():
         return
@@ -594,7 +594,7 @@ def _refuse_images_in_use(
         lay = Layout.open(str(layout))
         kept: set[object] = set()
         for m in lay.manifests():
-            tag = (m.get("annotations") or {}).get(REF_NAME)
+            tag = tag_of(m)
             if tag is None or (layout, tag) in tags:
                 continue
             kept.add(m.get("digest"))

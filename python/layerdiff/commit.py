@@ -215,7 +215,7 @@ def commit(
             # Again, now that gc waits for this commit: an rmi of the base, and the gc it runs,
             # may have come between the first check and here.
             _check_base(parent)
-        if parent is not None and not parent.layout.same_as(layout):
+        elif parent is not None:
             step(f"copying {len(base_layers)} base layers")
             for desc in base_layers:
                 layout.import_blob(parent.layout, desc["digest"])

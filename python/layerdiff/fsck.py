@@ -24,7 +24,7 @@ from layerdiff.catalog import index_tag
 from layerdiff.errors import InvalidReferenceError, LayerdiffError
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
-    DOCKER_CONFIG_MEDIA_TYPE,
+    IMAGE_CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     check_history,
 )
@@ -33,8 +33,6 @@ from layerdiff.layout import _JSON_MAX, REF_NAME, Descriptor, Layout, check_dige
 __all__ = ["FsckReport", "GcReport", "Problem", "fsck", "gc"]
 
 _TEMP_PREFIXES = (".tmp-", ".index.json.", ".oci-layout.")
-#: The configs of container images; a manifest with another is an artifact's.
-IMAGE_CONFIG_MEDIA_TYPES = frozenset({CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE})
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ __all__ = [
     "CONFIG_MEDIA_TYPE",
     "DOCKER_CONFIG_MEDIA_TYPE",
     "DOCKER_MANIFEST_MEDIA_TYPE",
+    "IMAGE_CONFIG_MEDIA_TYPES",
     "INDEX_MEDIA_TYPES",
     "MANIFEST_MEDIA_TYPE",
     "add_layer",
@@ -43,6 +44,8 @@ CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 DOCKER_MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 #: Docker image config (the body is compatible with the OCI one).
 DOCKER_CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
+#: The configs of container images; a manifest with another is an artifact's.
+IMAGE_CONFIG_MEDIA_TYPES = frozenset({CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE})
 #: Multi-platform indexes: OCI image index and Docker manifest list.
 INDEX_MEDIA_TYPES = frozenset(
     {
@@ -212,15 +215,21 @@ _OCI_LAYERS = frozenset(
 )
 
 
+def short_json(value: object) -> str:
+    """``value`` as JSON, cut to fit in a one-line message."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
 def config_diff_ids(config: object, where: str) -> list[str]:
     """The ``rootfs.diff_ids`` of the image config ``config``, checked to be sha256 digests;
     ``where`` names the config in errors."""
     rootfs = config.get("rootfs") if isinstance(config, dict) else None
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list):
-        shown = json.dumps(diff_ids)
-        shown = shown if len(shown) <= 60 else shown[:59] + "…"
-        raise FormatError(f"{where}: the image config's rootfs.diff_ids is not a list: {shown}")
+        raise FormatError(
+            f"{where}: the image config's rootfs.diff_ids is not a list: {short_json(diff_ids)}"
+        )
     for diff_id in diff_ids:
         try:
             check_digest(diff_id)

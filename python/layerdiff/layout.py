@@ -436,7 +436,7 @@ class Layout:
 
     def tags(self) -> list[str]:
         """Every tag (``org.opencontainers.image.ref.name``) in the index, in index order."""
-        return [t for m in self.manifests() if (t := _tag_of(m)) is not None]
+        return [t for m in self.manifests() if (t := tag_of(m)) is not None]
 
     def resolve(self, tag: str | None) -> Descriptor:
         """The descriptor tagged ``tag``; ``None`` means the layout's only image.
@@ -449,7 +449,7 @@ class Layout:
             if len(manifests) == 1:
                 return dict(manifests[0])
             tag = "latest"
-            if not any(_tag_of(m) == tag for m in manifests):
+            if not any(tag_of(m) == tag for m in manifests):
                 n = len(manifests)
                 raise ImageNotFoundError(
                     f"{self.path}: holds {n} images and none tagged latest; name one as "
@@ -457,7 +457,7 @@ class Layout:
                     if n
                     else f"{self.path}: holds no image"
                 )
-        found = [m for m in manifests if _tag_of(m) == tag]
+        found = [m for m in manifests if tag_of(m) == tag]
         if not found:
             raise ImageNotFoundError(f"{self.path}: no image tagged {tag!r}")
         return dict(found[-1])
@@ -475,7 +475,7 @@ class Layout:
             )
         entry = dict(descriptor)
         entry["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: tag}
-        self.update_index(lambda ms: [m for m in ms if _tag_of(m) != tag] + [entry])
+        self.update_index(lambda ms: [m for m in ms if tag_of(m) != tag] + [entry])
 
     def add_untagged(self, descriptor: Descriptor) -> None:
         """List ``descriptor`` in the index without a tag (``docker load`` of an untagged
@@ -496,7 +496,7 @@ class Layout:
 
         def change(ms: list[Descriptor]) -> list[Descriptor]:
             nonlocal removed
-            kept = [m for m in ms if _tag_of(m) != tag or digest not in (None, m.get("digest"))]
+            kept = [m for m in ms if tag_of(m) != tag or digest not in (None, m.get("digest"))]
             removed = len(kept) != len(ms)
             return kept
 
@@ -504,7 +504,8 @@ class Layout:
         return removed
 
 
-def _tag_of(desc: Descriptor) -> str | None:
+def tag_of(desc: Descriptor) -> str | None:
+    """The tag (``org.opencontainers.image.ref.name``) of an index entry, if it has one."""
     annotations = desc.get("annotations")
     if isinstance(annotations, dict):
         tag = annotations.get(REF_NAME)

@@ -6,13 +6,14 @@ runs plain images only). Pull and local reads of a layout's index use the same r
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from layerdiff.errors import ImageNotFoundError, InvalidArgumentError
 from layerdiff.image import go_arch
 from layerdiff.layout import Descriptor
 
-__all__ = ["candidates", "parse_platform", "rank", "suits"]
+__all__ = ["candidates", "describe", "is_for", "parse_platform", "rank", "suits"]
 
 #: Architecture names docker and containerd take for the OCI ones (``platforms.Normalize``):
 #: (architecture, the variant it implies).
@@ -33,20 +34,27 @@ def parse_platform(text: str | None) -> tuple[str, str, str | None]:
     if text is None:
         arch, variant = go_arch()
         return "linux", arch, _amd64_level() if arch == "amd64" else variant
-    parts = text.lower().split("/")
+    parts = text.split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise InvalidArgumentError(
             f"platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/arm64"
         )
-    os_name, arch = parts[0], parts[1]
-    variant = parts[2] if len(parts) == 3 else None
-    arch, implied = _ARCH_ALIASES.get(arch, (arch, None))
-    variant = variant or implied
-    if variant is not None and variant.isdigit():
-        variant = f"v{variant}"
+    arch, implied = _arch(parts[1])
+    variant = _variant(parts[2]) if len(parts) == 3 else implied
     if arch == "amd64" and variant == "v1":
         variant = None
-    return os_name, arch, variant
+    return parts[0].lower(), arch, variant
+
+
+def _arch(name: str) -> tuple[str, str | None]:
+    """The OCI architecture docker takes ``name`` for, and the variant it implies."""
+    return _ARCH_ALIASES.get(name.lower(), (name.lower(), None))
+
+
+def _variant(name: str) -> str:
+    """A variant as docker spells it: lower case, ``7`` is ``v7``."""
+    name = name.lower()
+    return f"v{name}" if name.isdigit() else name
 
 
 #: The variants an ARM machine runs, best first, as containerd ranks them: an arm/v7 machine
@@ -69,6 +77,7 @@ _LEVEL_FLAGS = {
 }
 
 
+@functools.cache
 def _amd64_level() -> str | None:
     """This machine's x86-64 level (``v2``…``v4``; None: plain amd64), as containerd reads it
     to pick an image: a v3 machine takes a v3 image before a plain one, never a v4 one."""
@@ -105,12 +114,10 @@ def _normalized(p: dict[str, Any]) -> tuple[object, object, object]:
     if isinstance(os_name, str):
         os_name = os_name.lower()
     if isinstance(arch, str):
-        arch, implied = _ARCH_ALIASES.get(arch.lower(), (arch.lower(), None))
+        arch, implied = _arch(arch)
         variant = variant or implied
     if isinstance(variant, str):
-        variant = variant.lower()
-        if variant.isdigit():
-            variant = f"v{variant}"
+        variant = _variant(variant)
     return os_name, arch, variant
 
 
@@ -125,6 +132,18 @@ def rank(p: dict[str, Any], want_os: str, want_arch: str, wanted: list[str | Non
     if want_arch == "arm" and variant is None:
         variant = "v7"  # as containerd reads an arm entry without a variant
     return 0 if wanted is None else (wanted.index(variant) if variant in wanted else -1)
+
+
+def is_for(config: dict[str, Any], platform: str | None) -> bool:
+    """Whether the image config ``config`` (its ``os``, ``architecture``, ``variant``) is for
+    ``platform`` (None: this machine)."""
+    want_os, want_arch, want_variant = parse_platform(platform)
+    return rank(config, want_os, want_arch, suits(want_arch, want_variant)) >= 0
+
+
+def describe(p: dict[str, Any]) -> str:
+    """``OS/ARCH[/VARIANT]`` of a platform an index entry or a config gives, as it gives it."""
+    return "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
 
 
 def candidates(index: dict[str, Any], platform: str | None, where: str) -> list[Descriptor]:
@@ -144,10 +163,6 @@ def candidates(index: dict[str, Any], platform: str | None, where: str) -> list[
     unknown = [m for m in entries if not m.get("platform")]
     if unknown:
         return unknown
-    found = ", ".join(
-        "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
-        for m in entries
-        if isinstance(p := m.get("platform"), dict)
-    )
+    found = ", ".join(describe(p) for m in entries if isinstance(p := m.get("platform"), dict))
     want = "/".join(x for x in (want_os, want_arch, want_variant) if x)
     raise ImageNotFoundError(f"{where}: no {want} image in the index (it has: {found or 'none'})")

@@ -33,9 +33,8 @@ from layerdiff.errors import (
     RegistryError,
 )
 from layerdiff.image import (
-    CONFIG_MEDIA_TYPE,
-    DOCKER_CONFIG_MEDIA_TYPE,
     DOCKER_MANIFEST_MEDIA_TYPE,
+    IMAGE_CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
     check_history,
@@ -318,7 +317,8 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> tuple[Descriptor, l
             check_digest(d.get("digest"))  # type: ignore[arg-type]
         except FormatError as e:
             raise FormatError(f"{where}: a descriptor of the manifest: {e}") from None
-    if config.get("mediaType") not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE):
+    media_type = config.get("mediaType")
+    if not isinstance(media_type, str) or media_type not in IMAGE_CONFIG_MEDIA_TYPES:
         raise FormatError(
             f"{where}: not a container image: its config is {config.get('mediaType')!r} "
             "(an artifact, such as a signature or a chart?)"
@@ -342,15 +342,11 @@ def _check_config(
         raise FormatError(
             f"{where}: the manifest has {len(layers)} layers, its config {len(diff_ids)} diff_ids"
         )
-    if platform is not None:
-        want_os, want_arch, want_variant = platforms.parse_platform(platform)
-        if platforms.rank(body, want_os, want_arch, platforms.suits(want_arch, want_variant)) < 0:
-            found = "/".join(
-                str(x) for x in (body.get("os"), body.get("architecture"), body.get("variant")) if x
-            )
-            raise ImageNotFoundError(
-                f"{where}: the image is for {found or 'an unknown platform'}, not {platform}"
-            )
+    if platform is not None and not platforms.is_for(body, platform):
+        found = platforms.describe(body)
+        raise ImageNotFoundError(
+            f"{where}: the image is for {found or 'an unknown platform'}, not {platform}"
+        )
 
 
 def _by_config(
@@ -359,8 +355,6 @@ def _by_config(
     """The first of the index ``entries`` (none names its platform) whose image config is for
     ``platform``, read from the registry without storing anything; the first of all when none
     is (pull then says what it found)."""
-    want_os, want_arch, want_variant = platforms.parse_platform(platform)
-    suits = platforms.suits(want_arch, want_variant)
     for entry in entries:
         data, media_type, _ = _get_manifest(reg, src, str(entry["digest"]), size=entry.get("size"))
         if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
@@ -383,7 +377,7 @@ def _by_config(
             obj = json.loads(body)
         except ValueError:
             continue
-        if isinstance(obj, dict) and platforms.rank(obj, want_os, want_arch, suits) >= 0:
+        if isinstance(obj, dict) and platforms.is_for(obj, platform):
             return entry
     return entries[0]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from layerdiff import refs
 from layerdiff.catalog import by_image_id, index_tag, load_image, require_blob
 from layerdiff.errors import ImageNotFoundError, InvalidReferenceError
-from layerdiff.layout import REF_NAME, Descriptor, Layout, writing
+from layerdiff.layout import REF_NAME, Descriptor, Layout, tag_of, writing
 
 __all__ = ["named", "remove_untagged", "tag", "tag_to_remove", "untag", "untagged_image"]
 
@@ -29,16 +29,17 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
         str(image.manifest["config"]["digest"]),
         *(str(d["digest"]) for d in image.layers),
     ]
+    same = Layout(dst.layout).same_as(image.layout)
     entry = image.descriptor
-    if image.entry is not None and Layout(dst.layout).same_as(image.layout):
+    if same and image.entry is not None:
         entry = image.entry
         blobs.insert(0, str(entry["digest"]))
-    if not Layout(dst.layout).same_as(image.layout):
+    if not same:
         # Every blob is checked before any is copied: a broken source leaves nothing behind.
         for digest in blobs:
             require_blob(image.layout, digest, what=f"blob {digest} of {image.ref.text}")
     with Layout.create_for_write(dst.layout) as layout, writing(layout):
-        if not layout.same_as(image.layout):
+        if not same:
             for digest in blobs:
                 layout.import_blob(image.layout, digest)
         else:
@@ -90,14 +91,10 @@ def _tag_to_remove(ref: refs.LayoutRef) -> tuple[Layout, str, Descriptor]:
     except ImageNotFoundError as e:
         raise ImageNotFoundError(f"image not found: {ref.text} ({e})") from e
     if name is None:  # oci:PATH naming the layout's only image: by the tag it has, if any
-        name = (descriptor.get("annotations") or {}).get(REF_NAME)
-        if not isinstance(name, str):
+        name = tag_of(descriptor)
+        if name is None:
             raise ImageNotFoundError(f"{ref.text}: the image has no tag to remove")
-    named = {
-        str(m.get("digest"))
-        for m in layout.manifests()
-        if (m.get("annotations") or {}).get(REF_NAME) == name
-    }
+    named = {str(m.get("digest")) for m in layout.manifests() if tag_of(m) == name}
     if len(named) > 1:
         # As a layout docker 25 saves holds: several images tagged `latest`, told apart by
         # another annotation. Which one is meant cannot be told from the name.
