@@ -489,18 +489,26 @@ fn backwards_tar(dir: &Path, files: &[(&str, u8)]) -> PathBuf {
     for (name, byte) in files {
         std::fs::write(src.join(name), vec![*byte; 70_000]).unwrap();
     }
-    let layer = dir.join("layer.tar");
+    gnu_tar(
+        &src,
+        &dir.join("layer.tar"),
+        files.iter().rev().map(|(name, _)| *name),
+    )
+}
+
+/// `tar -cf layer -C src names...`, GNU tar's archive of `names` in that order.
+fn gnu_tar<'a>(src: &Path, layer: &Path, names: impl IntoIterator<Item = &'a str>) -> PathBuf {
     let ok = std::process::Command::new("tar")
         .arg("-cf")
-        .arg(&layer)
+        .arg(layer)
         .arg("-C")
-        .arg(&src)
-        .args(files.iter().rev().map(|(name, _)| name))
+        .arg(src)
+        .args(names)
         .status()
         .unwrap()
         .success();
     assert!(ok);
-    layer
+    layer.to_path_buf()
 }
 
 /// A layer whose entries are not in path order (GNU tar given the names backwards) is squashed
@@ -989,17 +997,7 @@ fn a_cancel_stops_the_squash_inside_a_large_file() {
         .collect();
     fs::write(src.join("big"), &data).unwrap();
     drop(data);
-    let layer = t.path().join("layer.tar");
-    let ok = std::process::Command::new("tar")
-        .arg("-cf")
-        .arg(&layer)
-        .arg("-C")
-        .arg(&src)
-        .arg("big")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    let layer = gnu_tar(&src, &t.path().join("layer.tar"), ["big"]);
     fs::remove_file(src.join("big")).unwrap();
     let blobs = t.path().join("blobs");
     fs::create_dir(&blobs).unwrap();

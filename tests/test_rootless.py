@@ -110,6 +110,12 @@ def _interpreter() -> str:
     pytest.skip(f"no Python that nobody can run with layerdiff from {REPO_PYTHON}")
 
 
+def _give_to_nobody(root: Path) -> None:
+    """Make ``root`` and everything below it nobody's."""
+    for path in [root, *root.rglob("*")]:
+        os.lchown(path, NOBODY, NOBODY)
+
+
 def _skip_without_user_namespaces() -> None:
     userns = subprocess.run(
         ["unshare", "--user", "--map-root-user", "--mount", "true"],
@@ -128,8 +134,7 @@ def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         busybox_rootfs(work / "rootfs")
         (work / "home").mkdir()
-        for path in [work, *work.rglob("*")]:
-            os.lchown(path, NOBODY, NOBODY)
+        _give_to_nobody(work)
         done = _run_as_nobody(
             python,
             SCRIPT,
@@ -221,8 +226,7 @@ def test_rootless_layers_over_read_only_and_unreadable_lower_files() -> None:
         (work / "l2.tar").write_bytes(
             layer_tar([F("usr/bin/x"), F("usr", b"f"), D("usr"), F("usr/bin/y")])
         )
-        for path in [work, *work.rglob("*")]:
-            os.lchown(path, NOBODY, NOBODY)
+        _give_to_nobody(work)
         done = _run_as_nobody(python, STACKED, str(work))
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["0o555", "n", "True", "0o755"]
@@ -324,8 +328,7 @@ def test_a_rootless_layer_writer_whose_caller_is_killed_stops_and_cleans_up() ->
             for i in range(8_000_000):
                 f.write(f"{i}\n")
         (work / "out").mkdir()
-        for path in [work, *work.rglob("*")]:
-            os.lchown(path, NOBODY, NOBODY)
+        _give_to_nobody(work)
         done = _run_as_nobody(
             python,
             KILLED_WRITER,

@@ -3,6 +3,7 @@ read-only store, and a hypothesis state machine of commit / tag / squash / untag
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,16 +102,21 @@ def test_parallel_commits_lose_no_tag(tmp_path: Path) -> None:
     assert layerdiff.fsck().ok
 
 
-def _mount_tmpfs(where: Path, size: str) -> None:
+@contextlib.contextmanager
+def _tmpfs(where: Path, size: str) -> Iterator[None]:
+    """A tmpfs of ``size`` mounted at the new directory ``where`` while in use."""
     where.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
 
 
 @pytest.mark.root
 def test_full_disk_fails_cleanly_and_keeps_the_store(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "3m")
-    try:
+    with _tmpfs(disk, "3m"):
         small = make_tree(tmp_path / "small", 2, files=2, size=10_000)
         big = make_tree(tmp_path / "big", 3, files=10, size=1_000_000)
         layout = disk / "layout"
@@ -131,15 +138,12 @@ def test_full_disk_fails_cleanly_and_keeps_the_store(tmp_path: Path) -> None:
         assert (layout / "index.json").read_bytes() == index
         assert sorted(p.name for p in (layout / "blobs" / "sha256").iterdir()) == blobs
         assert layerdiff.fsck(f"oci:{layout}").ok
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 @pytest.mark.root
 def test_read_only_store_is_a_one_line_error(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "20m")
-    try:
+    with _tmpfs(disk, "20m"):
         src = make_tree(tmp_path / "src", 4, files=2, size=10_000)
         layout = disk / "layout"
         layerdiff.commit(src, image=f"oci:{layout}:one")
@@ -148,8 +152,6 @@ def test_read_only_store_is_a_one_line_error(tmp_path: Path) -> None:
         assert proc.returncode == 1
         assert proc.stderr.count("\n") == 1 and "Read-only file system" in proc.stderr
         assert layerdiff.fsck(f"oci:{layout}").ok
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -346,13 +348,10 @@ def test_gc_leaves_an_index_being_written_alone(tmp_path: Path) -> None:
 @pytest.mark.root
 def test_a_full_disk_during_load_names_the_store(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "1m")
-    try:
+    with _tmpfs(disk, "1m"):
         big = make_tree(tmp_path / "big", 6, files=4, size=1_000_000)
         layerdiff.commit(big, image=f"oci:{tmp_path / 'src'}:1", compression="none")
         layerdiff.save(f"oci:{tmp_path / 'src'}:1", f"docker-archive:{tmp_path / 'image.tar'}")
         done = run_cli("load", str(tmp_path / "image.tar"), f"oci:{disk / 'l'}:1")
         assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
         assert f"{disk / 'l' / 'blobs' / 'sha256'}: No space left on device" in done.stderr
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
