@@ -305,6 +305,28 @@ def test_max_size_stops_a_bomb(tmp_path: Path) -> None:
     assert layer.stat().st_size < 10_000
     proc = run_cli("apply", "--max-size", "1000000", "--to", str(tmp_path / "out"), str(layer))
     assert proc.returncode == 1 and "limit" in proc.stderr
+    # Sizes as docker writes them: the layer holds 4 MiB and a little more.
+    for size, code in (("4m", 1), ("5M", 0), ("1g", 0)):
+        proc = run_cli("apply", "--max-size", size, "--to", str(tmp_path / size), str(layer))
+        assert proc.returncode == code, (size, proc.stderr)
+    for bad in ("0", "1x", "-5", str(2**64)):
+        proc = run_cli("apply", "--max-size", bad, "--to", str(tmp_path / "bad"), str(layer))
+        assert proc.returncode == 2 and "'--max-size'" in proc.stderr, (bad, proc.stderr)
+
+
+def test_apply_usage_errors_name_what_is_missing(tmp_path: Path) -> None:
+    """`apply DIR LAYER` (the target without --to), a directory as a layer, and --lower
+    without --overlay are usage errors saying so."""
+    layer = tmp_path / "l.tar"
+    layer.write_bytes(_tar([(_entry("f"), b"x")]))
+    (tmp_path / "out").mkdir()
+    proc = run_cli("apply", str(tmp_path / "out"), str(layer))
+    assert proc.returncode == 2 and f"give it as --to {tmp_path / 'out'}" in proc.stderr, proc
+    proc = run_cli("apply", "--to", str(tmp_path / "out"), str(tmp_path))
+    assert proc.returncode == 2 and "is a directory: a layer is a tar file" in proc.stderr, proc
+    proc = run_cli("apply", "--to", str(tmp_path / "out"), "--lower", str(tmp_path), str(layer))
+    assert proc.returncode == 2 and "--lower goes with --overlay" in proc.stderr, proc
+    assert not (tmp_path / "out" / "f").exists()
 
 
 @pytest.mark.root
@@ -343,9 +365,9 @@ def test_squash_cli(image: tuple[str, Path], tmp_path: Path) -> None:
     assert [h.get("comment") for h in config["history"]] == ["one layer"]
     layerdiff.unpack(new, tmp_path / "out")
     assert_same_tree(upper, tmp_path / "out")
-    # --layers out of range is a one-line error.
+    # --layers out of range is a one-line usage error naming the option.
     proc = run_cli("squash", ref, new, "--layers", "3")
-    assert proc.returncode == 1 and "between 1 and 2" in proc.stderr
+    assert proc.returncode == 2 and "'--layers': must be between 1 and 2" in proc.stderr
     # Another level: other bytes for the same tar.
     proc = run_cli("squash", ref, new + "9", "--json", "--compression-level", "9")
     assert proc.returncode == 0, proc.stderr

@@ -49,7 +49,9 @@ def test_save_is_read_by_skopeo_and_loads_back(tmp_path: Path) -> None:
     archive = tmp_path / "app.tar"
     out = run_cli("save", "--json", image, f"docker-archive:{archive}:team/app:7")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["repo_tags"] == ["team/app:7"]
+    saved = json.loads(out.stdout)
+    assert saved["repo_tags"] == ["team/app:7"]
+    assert saved["config"] == layerdiff.inspect(image)["manifest"]["config"]["digest"]
     with tarfile.open(archive) as tar:
         [entry] = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
     assert entry["RepoTags"] == ["team/app:7"]
@@ -555,6 +557,10 @@ def test_load_of_an_archive_of_several_images_loads_them_all(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout)
     assert [r["images"] for r in loaded] == [["team/base:1"], ["team/app:1"], []]
+    # The digests under the names commit and squash give them, too.
+    assert [(r["manifest"], r["config"]) for r in loaded] == [
+        (r["manifest_digest"], r["config_digest"]) for r in loaded
+    ]
     names = {f"{i.name}:{i.tag}" for i in layerdiff.images()}
     assert {"team/base:1", "team/app:1", "picked:1"} <= names
     # Loaded by its ID where a name holds it already, it is not listed a second time.
@@ -575,4 +581,23 @@ def test_load_of_an_archive_of_several_images_loads_them_all(tmp_path: Path) -> 
     assert f"deleted the untagged image {untagged[0].digest}" in done.stdout
     assert [i for i in layerdiff.images() if i.tag == "<none>"] == []
     assert run_cli("rmi", short).returncode == 1  # gone
+    assert layerdiff.fsck().ok
+
+    # Tagged, it is listed by its name alone, as docker drops the <none> row; by its ID, rmi
+    # takes its one name, and all of them only with -f.
+    assert run_cli("load", str(lone)).returncode == 0
+    assert run_cli("tag", short, "fromid:1").returncode == 0
+    rows = [(i.name, i.tag) for i in layerdiff.images() if i.digest == untagged[0].digest]
+    assert rows == [("fromid", "1")]
+    assert run_cli("tag", "fromid:1", "fromid:2").returncode == 0
+    refused = run_cli("rmi", short)
+    assert refused.returncode == 1 and "fromid:1, fromid:2" in refused.stderr, refused
+    assert run_cli("rmi", "fromid:2").returncode == 0
+    done = run_cli("rmi", short)
+    assert done.returncode == 0 and "untagged fromid:1" in done.stdout, done
+    assert run_cli("load", str(lone)).returncode == 0
+    assert run_cli("tag", short, "fromid:1").returncode == 0
+    assert run_cli("tag", short, "fromid:2").returncode == 0
+    assert run_cli("rmi", "-f", short).returncode == 0
+    assert not [i for i in layerdiff.images() if i.digest == untagged[0].digest]
     assert layerdiff.fsck().ok

@@ -210,6 +210,22 @@ def test_exit_codes_pass_through(image: str, store_home: Path) -> None:
     assert runtime.containers() == []  # --rm removed every one of them
 
 
+def test_docker_habits_of_run(image: str, store_home: Path) -> None:
+    """`run -it` works as docker's (standard input reaches the command); `-d` is refused
+    with the way to run in the background, before anything is made."""
+    done = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "run", "--rm", "-it", image, "--", "cat"],
+        input="typed\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (0, "typed\n"), done.stderr
+    refused = run_cli("run", "-d", "--name", "bg", image, "--", "true")
+    assert refused.returncode == 125 and "-d/--detach is not supported" in refused.stderr
+    assert runtime.containers() == []
+
+
 def test_image_cmd_env_user_and_workdir(image: str, store_home: Path) -> None:
     layerdiff.commit(
         busybox_rootfs(store_home / "rootfs2"),
@@ -715,7 +731,42 @@ def test_diff_of_a_container_lists_what_it_changed(image: str, store_home: Path)
     assert {"A /f", "C /etc/passwd", "D /bin/vi", "A /d", "A /d/e"} <= lines, lines
     assert not any(line.endswith("/etc/hosts") for line in lines)
     missing = run_cli("diff", "no-such-container")
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert missing.returncode == 2 and "no such container: no-such-container" in missing.stderr
+
+
+def test_a_container_is_found_by_its_id_and_by_name_whatever_the_current_directory(
+    image: str, store_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As docker: the ID `ps` shows, or any unique prefix of it, names the container in every
+    container command; and a directory of the container's name where the command runs does not
+    hide it (`cd / && layerdiff diff dev`)."""
+    assert run_cli("run", "--name", "dev", image, "--", "sh", "-c", "echo x > /f").returncode == 0
+    cid = runtime.open_container("dev").id
+    listed = run_cli("ps")
+    [row] = [line.split() for line in listed.stdout.splitlines() if line.endswith(" dev")]
+    assert row[:2] == [cid[:12], image], listed.stdout
+    assert run_cli("ps", "-q").stdout.split() == [cid[:12]]  # IDs, as docker ps -q
+    for prefix in (cid[:12], cid, cid[:5]):
+        changed = run_cli("diff", prefix)
+        assert changed.returncode == 0 and "A /f" in changed.stdout.splitlines(), changed
+    (tmp_path / "dev").mkdir()
+    monkeypatch.chdir(tmp_path)
+    by_name = run_cli("diff", "dev")
+    assert by_name.returncode == 0 and "A /f" in by_name.stdout.splitlines(), by_name
+    assert run_cli("commit", cid[:12], "fromid:1").returncode == 0
+    assert run_cli("rm", cid[:12]).returncode == 0
+    assert not (store_home / "containers" / "dev").exists()
+    gone = run_cli("start", cid[:12])
+    assert gone.returncode == 125 and "no such container" in gone.stderr, gone
+    # Once the image's name has moved to another image, ps shows the image's ID, as docker.
+    assert run_cli("tag", image, "mv:1").returncode == 0
+    assert run_cli("create", "--name", "mv", "mv:1").returncode == 0
+    made_from = layerdiff.inspect("mv:1")["digest"]
+    (tmp_path / "t").mkdir()
+    layerdiff.commit(tmp_path / "t", image="mv:1")
+    listed = run_cli("ps")
+    [row] = [line.split() for line in listed.stdout.splitlines() if line.endswith(" mv")]
+    assert row[1] == made_from.removeprefix("sha256:")[:12], listed.stdout
 
 
 def test_rm_refuses_a_container_being_started(image: str, store_home: Path) -> None:

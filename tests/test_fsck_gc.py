@@ -43,6 +43,25 @@ def test_fsck_passes_on_a_healthy_store(store: Layout) -> None:
     assert report == {"ok": True, "images": 2, "blobs": 6, "problems": []}
 
 
+def test_fsck_reports_an_unreadable_index_as_a_problem_and_in_json(
+    store: Layout, tmp_path: Path
+) -> None:
+    """A damaged index.json is what fsck is run for: it is a problem in its report (JSON
+    included), not an error without one; a path that is no layout stays an error."""
+    (store.path / "index.json").write_text("{bad")
+    for target in ([], [f"oci:{store.path}"]):
+        proc = run_cli("fsck", "--json", *target)
+        assert proc.returncode == 1, proc
+        report = json.loads(proc.stdout)
+        assert report["ok"] is False and report["images"] == 0
+        [problem] = report["problems"]
+        assert problem["where"] == str(store.path) and "index.json: not JSON" in problem["what"]
+    proc = run_cli("fsck", f"oci:{store.path}")
+    assert proc.returncode == 1 and "0 images, 0 blobs checked, 1 problem\n" in proc.stderr
+    proc = run_cli("fsck", "--json", f"oci:{tmp_path}")
+    assert proc.returncode == 1 and proc.stdout == "" and "no OCI image layout" in proc.stderr
+
+
 def test_fsck_names_a_flipped_byte_and_unpack_refuses_it(store: Layout, tmp_path: Path) -> None:
     blob = layer_blob("one:1")
     data = bytearray(blob.read_bytes())

@@ -28,6 +28,7 @@ def test_rmi_removes_the_name_of_a_broken_image(tmp_path: Path, lost: str) -> No
     # A name that does not exist is still an error, and nothing is removed then.
     proc = run_cli("rmi", f"oci:{layout}:one", f"oci:{layout}:ghost")
     assert proc.returncode == 1 and f"oci:{layout}:ghost" in proc.stderr
+    assert "(no image was removed)" in proc.stderr
     assert sorted(Layout.open(layout).tags()) == ["one", "two"]
 
     proc = run_cli("rmi", f"oci:{layout}:one")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+import layerdiff
 from layerdiff.errors import InvalidReferenceError
 from layerdiff.refs import (
     ArchiveRef,
@@ -213,3 +217,26 @@ def test_pull_stores_under_the_familiar_name(source: str, stored: str) -> None:
     assert _default_name(ref) == stored
     local = parse_reference(stored)
     assert isinstance(local, LayoutRef) and local.tag == stored
+
+
+def test_an_oci_tag_holding_a_colon_is_read_as_skopeo_reads_it(tmp_path: Path) -> None:
+    """skopeo splits `oci:PATH:REF` at the first ':', and a reference name may hold ':' and
+    '/': where a layout stands before a ':', the rest is its tag, so the store's own images
+    (tagged NAME:TAG) are reached as `oci:STORE:NAME:TAG`, the same image skopeo finds."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "f").write_text("x")
+    layerdiff.commit(tmp_path / "t", image="app:2")
+    store = store_layout_path()
+    ref = parse_layout_reference(f"oci:{store}:app:2")
+    assert (ref.layout, ref.tag) == (store, "app:2")
+    digest = layerdiff.inspect(f"oci:{store}:app:2")["digest"]
+    assert digest == layerdiff.inspect("app:2")["digest"]
+    nested = parse_layout_reference(f"oci:{store}:team/app:2")
+    assert (nested.layout, nested.tag) == (store, "team/app:2")
+    # Without a layout before the first ':', the last one splits, as before.
+    assert parse_layout_reference(f"oci:{tmp_path}/a:b:v1").layout == tmp_path / "a:b"
+    if shutil.which("skopeo"):
+        seen = subprocess.run(
+            ["skopeo", "inspect", f"oci:{store}:app:2"], capture_output=True, text=True, check=True
+        )
+        assert json.loads(seen.stdout)["Digest"] == digest

@@ -224,8 +224,8 @@ def _registry_options(command: _F) -> _F:
         "--creds",
         metavar="USER:PASS",
         envvar="LAYERDIFF_CREDS",
-        help="Registry credentials [default: the auths of ~/.docker/config.json or "
-        "$DOCKER_CONFIG/config.json; $LAYERDIFF_CREDS].",
+        help="Registry credentials; $LAYERDIFF_CREDS gives them too [default: the auths of "
+        "$DOCKER_CONFIG/config.json when DOCKER_CONFIG is set, else of ~/.docker/config.json].",
     )(command)
     return click.option(
         "--tls-verify",
@@ -290,31 +290,35 @@ def diff(
     if len(trees) == 1 and not overlay and not lowers and _is_container(trees[0]):
         _print_changes(_container_changes(trees[0], content=content), as_json)
         return
+    if overlay and len(trees) != 1:
+        raise click.UsageError("diff --overlay takes one directory: UPPER")
+    if not overlay and len(trees) == 1 and not lowers:
+        raise click.UsageError(
+            f"no such container: {trees[0]} (diff takes a CONTAINER, two directories LOWER "
+            "UPPER, or --overlay UPPER)"
+        )
+    if not overlay and len(trees) != 2:
+        raise click.UsageError("diff takes two directories: LOWER UPPER (or --overlay UPPER)")
+    if not overlay and lowers:
+        raise click.UsageError("--lower is for --overlay; a two-tree diff takes LOWER UPPER")
     # Directories from here on, checked as click checks a directory argument.
     ctx = click.get_current_context()
     param = next(p for p in ctx.command.params if p.name == "trees")
     for tree in trees:
         click.Path(exists=True, file_okay=False).convert(tree, param, ctx)
     if overlay:
-        if len(trees) != 1:
-            raise click.UsageError("diff --overlay takes one directory: UPPER")
         changes = layerdiff.diff_overlay(trees[0], lowers=lowers, content=content)
     else:
-        if len(trees) != 2:
-            raise click.UsageError("diff takes two directories: LOWER UPPER (or --overlay UPPER)")
-        if lowers:
-            raise click.UsageError("--lower is for --overlay; a two-tree diff takes LOWER UPPER")
         changes = layerdiff.diff(trees[0], trees[1], content=content)
     _print_changes(changes, as_json)
 
 
 def _is_container(text: str) -> bool:
-    """Whether ``text`` names a container: a container directory, or a name that is no
-    directory here."""
+    """Whether ``text`` names a container as every container command reads it: a path (with a
+    ``/``) to a container directory, else a name or ID of the store's, whatever directory of
+    that name the current one holds (one directory alone is no diff)."""
     from layerdiff import runtime
 
-    if os.path.isdir(text):
-        return os.path.isfile(os.path.join(text, "container.json"))
     try:
         runtime.open_container(text)
     except LayerdiffError:
@@ -357,8 +361,8 @@ A CONTAINER is a name from 'layerdiff ps' or a container directory path.
     "lowers",
     multiple=True,
     type=click.Path(exists=True, file_okay=False),
-    help="The tree UPPER was made from: commit only the difference. With --overlay: "
-    "the lower dirs, top first (repeatable).",
+    help="The tree UPPER was made from: commit only the difference, on top of --from IMAGE "
+    "(required with it). With --overlay: the lower dirs, top first (repeatable).",
 )
 @click.option("--overlay", is_flag=True, help="UPPER is an overlayfs upper directory.")
 @click.option("--from", "base", metavar="IMAGE", help="Base image the new layer goes on top of.")
@@ -417,6 +421,11 @@ def commit(
         if upper is None:
             if not 1 <= len(targets) <= 2:
                 raise click.UsageError("give CONTAINER [IMAGE], or --upper DIR IMAGE")
+            if len(targets) == 1 and (lowers or overlay or base):
+                raise click.UsageError(
+                    "Missing option '--upper': the directory to commit (--lower, --overlay and "
+                    "--from go with it)"
+                )
             if lowers or overlay or base:
                 raise click.UsageError(
                     "--lower, --overlay and --from go with --upper, not CONTAINER"
@@ -526,35 +535,60 @@ Examples:
     "--force",
     is_flag=True,
     help="Remove the last name of an image a container was made from too (the container keeps "
-    "its image's blobs).",
+    "its image's blobs), and every name of an image given by its ID.",
 )
 def rmi(images: tuple[str, ...], no_prune: bool, force: bool) -> None:
-    """Remove image names (like docker rmi), then the blobs no other name reaches. An untagged
-    image goes by its digest, as images shows it (12 hex digits or more). As docker, the last
-    name of an image a container was made from stays unless --force."""
+    """Remove image names (like docker rmi), then the blobs no other name reaches. An image
+    ID (its digest as images shows it, 12 hex digits or more) removes an untagged image, or
+    the one name of a tagged one (every name with --force). As docker, the last name of an
+    image a container was made from stays unless --force. If any IMAGE cannot be removed,
+    none is."""
     from layerdiff.errors import ImageNotFoundError, InvalidReferenceError
     from layerdiff.refs import LayoutRef, parse_layout_reference
-    from layerdiff.tags import named, remove_untagged, tag_to_remove, untagged_image
+    from layerdiff.tags import (
+        named,
+        remove_untagged,
+        tag_to_remove,
+        tags_of_image_id,
+        untagged_image,
+    )
 
     # Every name is checked before any goes (a broken image's name goes too); a name given
     # twice, in any spelling (t, t:latest, a relative or absolute oci: path), goes once. An
     # untagged image of the store goes by its digest, as `images` shows it.
     refs: dict[tuple[object, str], LayoutRef] = {}
     untagged: dict[tuple[object, str], str] = {}
-    for text in images:
-        try:
-            ref = parse_layout_reference(text)
-            refs.setdefault(tag_to_remove(ref), ref)
-        except (ImageNotFoundError, InvalidReferenceError):
-            found = untagged_image(text)
-            if found is None:
-                raise
-            untagged.setdefault(found, text)
-    if not force:
-        _refuse_images_in_use(
-            {key: (str(named(ref)["digest"]), ref.text) for key, ref in refs.items()},
-            {(layout, digest): (digest, text) for (layout, digest), text in untagged.items()},
-        )
+    try:
+        for text in images:
+            try:
+                ref = parse_layout_reference(text)
+                refs.setdefault(tag_to_remove(ref), ref)
+            except (ImageNotFoundError, InvalidReferenceError):
+                found = untagged_image(text)
+                if found is not None:
+                    untagged.setdefault(found, text)
+                    continue
+                # As docker: an image ID takes the image's one name, or with -f all of them.
+                names = tags_of_image_id(text)
+                if not names:
+                    raise
+                if len(names) > 1 and not force:
+                    raise _InUseError(
+                        f"conflict: unable to remove {text} (must force): the image is named "
+                        f"{', '.join(names)} (remove them by name, or use rmi -f)"
+                    ) from None
+                for name in names:
+                    ref = parse_layout_reference(name)
+                    refs.setdefault(tag_to_remove(ref), ref)
+        if not force:
+            _refuse_images_in_use(
+                {key: (str(named(ref)["digest"]), ref.text) for key, ref in refs.items()},
+                {(layout, digest): (digest, text) for (layout, digest), text in untagged.items()},
+            )
+    except (ImageNotFoundError, InvalidReferenceError, _InUseError) as e:
+        if len(images) == 1:
+            raise
+        raise type(e)(f"{e} (no image was removed)") from None
     layouts: dict[str, str | None] = {}
     for (layout, _), ref in refs.items():
         digest = layerdiff.untag(ref)
@@ -569,6 +603,10 @@ def rmi(images: tuple[str, ...], no_prune: bool, force: bool) -> None:
     for target in layouts.values():
         report = layerdiff.gc(target)
         click.echo(_gc_summary(report))
+
+
+class _InUseError(LayerdiffError):
+    """An image name rmi would take from a container's image."""
 
 
 def _refuse_images_in_use(
@@ -605,7 +643,7 @@ def _refuse_images_in_use(
                         kept.update(e.get("digest") for e in children if isinstance(e, dict))
         for c in users:
             if c.data["image_descriptor"]["digest"] not in kept:
-                raise LayerdiffError(
+                raise _InUseError(
                     f"conflict: unable to remove {text} (must force): container {c.name} "
                     "was made from it (remove the container first, or use rmi -f)"
                 )
@@ -685,14 +723,49 @@ def history(image: str, as_json: bool) -> None:
     _table(rows)
 
 
+if TYPE_CHECKING:
+    _IntParam = click.ParamType[int]  # generic in the click the checks run with
+else:
+    _IntParam = click.ParamType
+
+
+class _Size(_IntParam):
+    """A size in bytes: ``1048576``, ``512m``, ``256g`` (k, m, g, t: powers of 1024; a
+    trailing ``b`` or ``ib`` allowed), from 1 to 2**64 - 1."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        import re
+
+        found = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", str(value).lower())
+        shift = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+        size = int(found.group(1)) << shift[found.group(2)] if found else 0
+        if not 1 <= size <= 2**64 - 1:
+            self.fail(f"{value!r} is not a size from 1 byte to 16 EiB (e.g. 256g)", param, ctx)
+        return size
+
+
+def _human_units(size: int) -> str:
+    """``size`` as the largest unit that divides it: ``256g``."""
+    for unit, shift in (("t", 40), ("g", 30), ("m", 20), ("k", 10)):
+        if size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
 def _apply_options(command: _F) -> _F:
     """--chown/--no-chown and --max-size, shared by apply and unpack."""
     command = click.option(
         "--max-size",
-        type=click.IntRange(min=1, max=2**64 - 1),
-        default=layerdiff.DEFAULT_MAX_SIZE,
+        type=_Size(),
+        default=_human_units(layerdiff.DEFAULT_MAX_SIZE),
         show_default=True,
-        help="Refuse a layer whose uncompressed size exceeds this many bytes.",
+        metavar="SIZE",
+        help="Refuse a layer whose uncompressed size exceeds this: bytes, or with a k, m, g or t "
+        "suffix (1024-based, as docker's sizes).",
     )(command)
     return click.option(
         "--chown/--no-chown",
@@ -708,10 +781,8 @@ Examples:
   layerdiff apply --overlay --to /var/cache/layers/L2 --lower /var/cache/layers/L1 layer2.tar.gz
 """
 )
-@click.argument("layers", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--to", "root", required=True, type=click.Path(file_okay=False), help="Target directory."
-)
+@click.argument("layers", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--to", "root", type=click.Path(file_okay=False), help="Target directory (required).")
 @click.option(
     "--overlay",
     is_flag=True,
@@ -743,6 +814,14 @@ def apply(
 
     Nothing outside the directory is ever touched, whatever the layers hold.
     """
+    folders = [layer for layer in layers if os.path.isdir(layer)]
+    if root is None:
+        hint = f" (is {folders[0]!r} the target? give it as --to {folders[0]})" if folders else ""
+        raise click.UsageError(f"Missing option '--to': the directory to apply onto{hint}")
+    if folders:
+        raise click.UsageError(f"layer {folders[0]!r} is a directory: a layer is a tar file")
+    if lowers and not overlay:
+        raise click.UsageError("--lower goes with --overlay: the layer directories below --to")
     with _Progress(progress, piped="none") as shown:
         result = layerdiff.apply(
             root,
@@ -787,8 +866,7 @@ def unpack(
         result = layerdiff.unpack(
             image, directory, chown=chown, max_size=max_size, on_step=shown.step
         )
-    # "manifest" as commit, squash and push name it; "manifest_digest" as the API does.
-    _report_apply({**asdict(result), "manifest": result.manifest_digest}, result.warnings, as_json)
+    _report_apply(_digest_names(asdict(result)), result.warnings, as_json)
 
 
 @cli.command(
@@ -826,16 +904,23 @@ def squash(
     """Write NEW_IMAGE: IMAGE with its last layers merged into one, without extracting them."""
     _check_compression_level(compression, compression_level)
     with _Progress(progress, piped="none") as shown:
-        result = layerdiff.squash(
-            image,
-            new_image,
-            layers=layers,
-            message=message,
-            compression=compression,
-            compression_level=compression_level,
-            threads=threads,
-            on_step=shown.step,
-        )
+        try:
+            result = layerdiff.squash(
+                image,
+                new_image,
+                layers=layers,
+                message=message,
+                compression=compression,
+                compression_level=compression_level,
+                threads=threads,
+                on_step=shown.step,
+            )
+        except layerdiff.InvalidArgumentError as e:
+            if not str(e).startswith(f"layers={layers!r}:"):
+                raise
+            raise click.BadParameter(
+                str(e).removeprefix(f"layers={layers!r}:").strip(), param_hint="'--layers'"
+            ) from None
     if as_json:
         _emit_json(
             {
@@ -974,9 +1059,19 @@ def save(image: str, archive: str, as_json: bool) -> None:
     if _is_stdout(result.file):
         return  # the archive went there: nothing may follow it
     if as_json:
-        _emit_json(asdict(result) | {"file": str(result.file)})
+        _emit_json(_digest_names(asdict(result)) | {"file": str(result.file)})
         return
     click.echo(str(result.file))
+
+
+def _digest_names(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` (an API result) with ``manifest`` and ``config`` as well, the names commit,
+    squash and push give the digests, beside the API's ``manifest_digest`` and
+    ``config_digest``."""
+    for short in ("manifest", "config"):
+        if f"{short}_digest" in fields:
+            fields.setdefault(short, fields[f"{short}_digest"])
+    return fields
 
 
 def _is_stdout(path: os.PathLike[str]) -> bool:
@@ -1016,7 +1111,8 @@ def load(file: str, image: str | None, as_json: bool) -> None:
     else:
         results = (layerdiff.load(file, image),)
     if as_json:
-        _emit_json(asdict(results[0]) if len(results) == 1 else [asdict(r) for r in results])
+        found = [_digest_names(asdict(r)) for r in results]
+        _emit_json(found[0] if len(found) == 1 else found)
         return
     for result in results:
         for name in result.images or ("<none>",):  # untagged, as docker images shows it
@@ -1051,11 +1147,9 @@ def fsck(target: str | None, as_json: bool) -> None:
     else:
         for problem in report.problems:
             click.echo(f"{problem}")
-        summary = f"{report.images} images, {report.blobs} blobs checked"
-        click.echo(
-            summary + (", all well" if report.ok else f", {len(report.problems)} problems"),
-            err=True,
-        )
+        summary = f"{_count(report.images, 'image')}, {_count(report.blobs, 'blob')} checked"
+        verdict = "all well" if report.ok else _count(len(report.problems), "problem")
+        click.echo(f"{summary}, {verdict}", err=True)
     if not report.ok:
         sys.exit(1)
 
@@ -1081,9 +1175,14 @@ def gc(layout: str | None, as_json: bool) -> None:
 def _gc_summary(report: layerdiff.GcReport) -> str:
     """What gc removed, each kind counted, and the bytes that freed."""
     return (
-        f"removed {report.blobs} blobs, {report.layers} cached layers and "
-        f"{report.temporary} temporary files, {_human_size(report.bytes)} freed"
+        f"removed {_count(report.blobs, 'blob')}, {_count(report.layers, 'cached layer')} and "
+        f"{_count(report.temporary, 'temporary file')}, {_human_size(report.bytes)} freed"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 blob``, ``2 blobs``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 register_containers(cli)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -135,11 +136,36 @@ line is wrong), 126 when the command cannot run, 127 when it is not found in the
     @click.argument("image")
     @click.argument("command", nargs=-1)
     @click.option("--rm", is_flag=True, help="Remove the container when it exits.")
+    @click.option(
+        "-i",
+        "--interactive",
+        is_flag=True,
+        help="Accepted for docker's sake: standard input always reaches the command.",
+    )
+    @click.option(
+        "-t",
+        "--tty",
+        is_flag=True,
+        help="Accepted for docker's sake: the command gets the caller's terminal, if any (no "
+        "new one is made).",
+    )
+    @click.option(
+        "-d",
+        "--detach",
+        is_flag=True,
+        hidden=True,  # refused with the way to do it
+    )
     @_container_options
     def run(image: str, command: tuple[str, ...], rm: bool, **opts: Any) -> None:
         """Run COMMAND (default: the image's Entrypoint/Cmd) in a new container from IMAGE."""
         from layerdiff import runtime
 
+        del opts["interactive"], opts["tty"]
+        if opts.pop("detach"):
+            raise click.UsageError(
+                "-d/--detach is not supported: a run stays attached to its caller (run it in "
+                "the background, e.g. with '&' or nohup; ps shows it, rm -f stops it)"
+            )
         limits = _limits(opts.pop("memory"), opts.pop("cpus"), opts.pop("pids_limit"))
         entrypoint = opts.pop("entrypoint")
         command = _command(command)
@@ -222,7 +248,7 @@ optional).""",
             sys.exit(1)
 
     @cli.command(epilog="Example:\n\n  layerdiff ps --json")
-    @click.option("-q", "--quiet", is_flag=True, help="Print names only.")
+    @click.option("-q", "--quiet", is_flag=True, help="Print IDs only, as docker ps -q does.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
     @click.option(
         "-a", "--all", "all_", is_flag=True, help="Accepted for docker's sake: all are listed."
@@ -234,7 +260,7 @@ optional).""",
         found = runtime.containers()
         if quiet:
             for c in found:
-                click.echo(c.name)
+                click.echo(c.id[:12])
             return
         if as_json:
             emit_json(
@@ -263,8 +289,29 @@ optional).""",
             command = shlex.join(c.command)
             command = command if len(command) <= 30 else command[:29] + "…"
             created = str(c.data.get("created", ""))
-            rows.append([c.id[:12], str(c.data.get("image")), command, created, status, c.name])
+            rows.append([c.id[:12], _image_shown(c), command, created, status, c.name])
         table(rows)
+
+    def _image_shown(container: Any) -> str:
+        """The name the container's image was given, while it still names that image; else
+        the image's ID, as docker shows it once the name has moved on."""
+        import dataclasses
+
+        from layerdiff.refs import parse_layout_reference
+        from layerdiff.tags import named
+
+        made_from = container.data.get("image_descriptor", {}).get("digest")
+        name = str(container.data.get("image"))
+        try:
+            ref = parse_layout_reference(name)
+            if not ref.in_store:  # where it was, whatever directory ps runs in
+                ref = dataclasses.replace(ref, layout=Path(container.data["image_layout"]))
+            now = named(ref)["digest"]
+        except (LayerdiffError, OSError, KeyError, TypeError):
+            now = None
+        if now is None or now not in (made_from, container.data.get("image_entry")):
+            return str(made_from).removeprefix("sha256:")[:12]
+        return name
 
     @cli.command(epilog="Example:\n\n  layerdiff rm -f web dev")
     @click.argument("names", nargs=-1, required=True, metavar="CONTAINER...")

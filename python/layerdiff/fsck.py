@@ -21,7 +21,7 @@ from typing import Any
 
 from layerdiff import _core, layercache, refs
 from layerdiff.catalog import index_tag
-from layerdiff.errors import InvalidReferenceError, LayerdiffError
+from layerdiff.errors import FormatError, InvalidReferenceError, LayerdiffError
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
     IMAGE_CONFIG_MEDIA_TYPES,
@@ -204,6 +204,13 @@ def _layout_and_images(target: str | None) -> tuple[Layout, list[tuple[str, Desc
     return layout, named
 
 
+def _layout_path(target: str) -> Path | None:
+    try:
+        return refs.parse_layout_reference(target).layout
+    except LayerdiffError:
+        return None
+
+
 def _named(layout: Layout) -> list[tuple[str, Descriptor]]:
     return [
         (str((m.get("annotations") or {}).get(REF_NAME, m.get("digest"))), m)
@@ -212,9 +219,18 @@ def _named(layout: Layout) -> list[tuple[str, Descriptor]]:
 
 
 def fsck(target: str | None = None) -> FsckReport:
-    """Check the default store, an ``oci:PATH`` layout, or one image; nothing is changed."""
-    layout, named = _layout_and_images(target)
+    """Check the default store, an ``oci:PATH`` layout, or one image; nothing is changed. A
+    layout whose ``index.json`` cannot be read is a problem reported, as damage is; a path that
+    is no layout at all is an error."""
     report = FsckReport()
+    try:
+        layout, named = _layout_and_images(target)
+    except FormatError as e:
+        where = refs.store_layout_path() if target is None else _layout_path(target)
+        if where is None or not (where / "oci-layout").is_file():
+            raise
+        report.problems.append(Problem(str(where), str(e)))
+        return report
     one_image = target is not None and refs.parse_layout_reference(target).tag is not None
     if one_image and not named:
         report.problems.append(Problem(str(target), "no such image"))

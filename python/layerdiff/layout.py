@@ -464,7 +464,9 @@ class Layout:
 
     def set_tag(self, tag: str, descriptor: Descriptor) -> None:
         """Point ``tag`` at ``descriptor``, replacing whatever the tag named before. A tag
-        written ``NAME@DIGEST`` (a store image pulled by digest) only names that digest."""
+        written ``NAME@DIGEST`` (a store image pulled by digest) only names that digest. An
+        untagged entry of the digest (:meth:`add_untagged`) goes: as docker's ``<none>`` row,
+        it was only there for want of a name."""
         check_digest(descriptor["digest"])
         pinned = pinned_digest(tag)
         picked_from = (descriptor.get("annotations") or {}).get(INDEX_DIGEST)
@@ -475,7 +477,8 @@ class Layout:
             )
         entry = dict(descriptor)
         entry["annotations"] = {**descriptor.get("annotations", {}), REF_NAME: tag}
-        self.update_index(lambda ms: [m for m in ms if tag_of(m) != tag] + [entry])
+        bare = {k: v for k, v in descriptor.items() if k != "annotations"}
+        self.update_index(lambda ms: [m for m in ms if tag_of(m) != tag and m != bare] + [entry])
 
     def add_untagged(self, descriptor: Descriptor) -> None:
         """List ``descriptor`` in the index without a tag (``docker load`` of an untagged

@@ -12,10 +12,13 @@ Four forms are understood::
 The transport prefix wins: ``oci:x`` is always the layout at ``x``, never a store image named
 ``oci``.
 
-``oci:`` paths: skopeo splits at the first ``:``, so its paths cannot hold one. We split at the
-*last* ``:`` and only when what follows is a valid tag (docker's tag grammar, which has no ``/``),
-so every reference skopeo accepts means the same thing here, and a path may still contain ``:``
-when a tag is given (``oci:/srv/a:b:v1`` is the layout ``/srv/a:b``, tag ``v1``).
+``oci:`` paths: skopeo splits at the first ``:``, so its paths cannot hold one, and its tags
+may (the store's own are ``NAME:TAG``: ``oci:$LAYERDIFF_HOME/images:app:2``). We split at the
+first ``:`` before which stands an OCI layout (a directory holding ``oci-layout``), taking what
+follows as the tag when it is an OCI reference name; otherwise at the *last* ``:``, and only
+when what follows is a valid tag (docker's tag grammar, which has no ``/``). So every reference
+skopeo accepts means the same thing here, and a path may still contain ``:`` when a tag is given
+(``oci:/srv/a:b:v1`` is the layout ``/srv/a:b``, tag ``v1``, unless ``/srv/a`` is a layout).
 
 The default store is one OCI layout at ``<home>/images`` where home is ``$LAYERDIFF_HOME``, else
 ``$XDG_DATA_HOME/layerdiff``, else ``~/.local/share/layerdiff``. A store image's tag in
@@ -74,6 +77,9 @@ _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # ASCII only, like Go's \w in docke
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 
 _NAME_RE = re.compile(rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+# An OCI layout's reference name, as the image spec's annotation (and skopeo) allow it.
+_OCI_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
+_OCI_REF_NAME_RE = re.compile(rf"{_OCI_COMPONENT}(?:/{_OCI_COMPONENT})*")
 _TAG_RE = re.compile(_TAG)
 _DIGEST_RE = re.compile(_DIGEST)
 _STORE_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -213,6 +219,14 @@ def _split_name_tag(text: str, rest: str) -> tuple[str, str | None, str | None]:
 
 
 def _parse_oci(text: str, rest: str) -> LayoutRef:
+    start = 0
+    while (colon := rest.find(":", start)) > 0:
+        start = colon + 1
+        name = rest[colon + 1 :]
+        if _OCI_REF_NAME_RE.fullmatch(name) and os.path.isfile(
+            os.path.join(rest[:colon], "oci-layout")
+        ):
+            return LayoutRef(text=text, layout=Path(rest[:colon]), tag=name, in_store=False)
     path, tag = rest, None
     colon = rest.rfind(":")
     # After the last ':' comes a tag, unless a '/' follows it: then the ':' is in the path.
@@ -288,7 +302,12 @@ def _parse_archive(text: str, rest: str) -> ArchiveRef:
 
 
 def _parse_store(text: str) -> LayoutRef:
-    name, tag, digest = _split_name_tag(text, text)
+    try:
+        name, tag, digest = _split_name_tag(text, text)
+    except InvalidReferenceError as e:
+        if os.path.isfile(os.path.join(text, "oci-layout")):
+            raise InvalidReferenceError(f"{e} (an OCI layout is named oci:{text})") from None
+        raise
     if digest is not None:
         if not _STORE_DIGEST_RE.fullmatch(digest):
             raise _bad(text, f"{digest!r}: store images are pinned by a sha256 digest")

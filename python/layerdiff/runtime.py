@@ -68,6 +68,7 @@ INIT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 #: Directories the init layer provides as mount points.
 _INIT_DIRS = ("etc", "dev", "proc", "sys")
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+_ID_PREFIX_RE = re.compile(r"[0-9a-f]{1,64}")
 #: What sethostname takes (64 bytes) and a resolver can look up: no spaces, slashes or the like.
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _STATE_FILE = "container.json"
@@ -210,7 +211,24 @@ def users_of(layout: str | os.PathLike[str], digest: str) -> list[Container]:
 
 
 def open_container(name: str) -> Container:
-    """The container named ``name`` (or at the directory ``name``)."""
+    """The container named ``name`` (or at the directory ``name``); else, as docker does, the
+    store's one container whose ID (``ps``) starts with ``name``."""
+    try:
+        return _open_named(name)
+    except ContainerNotFoundError:
+        if not _ID_PREFIX_RE.fullmatch(name):
+            raise
+    found = [c for c in containers() if str(c.data.get("id", "")).startswith(name)]
+    if len(found) > 1:
+        names = ", ".join(c.name for c in found)
+        raise ContainerError(f"container ID prefix {name} is ambiguous: {names}")
+    if not found:
+        raise ContainerNotFoundError(f"no such container: {name}")
+    return found[0]
+
+
+def _open_named(name: str) -> Container:
+    """The container named ``name`` (or at the directory ``name``), not looked up by ID."""
     path = _location(name)
     try:
         return Container(path=path, data=_read_state(path))
@@ -237,7 +255,7 @@ def containers() -> list[Container]:
     root = containers_root()
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         with contextlib.suppress(ContainerError):
-            found.append(open_container(entry.name))
+            found.append(_open_named(entry.name))
     return sorted(found, key=lambda c: (str(c.data.get("created", "")), c.name))
 
 
@@ -252,7 +270,7 @@ def broken_containers() -> list[tuple[str, str]]:
         if not entry.is_dir() or not _NAME_RE.fullmatch(entry.name):
             continue
         try:
-            open_container(entry.name)
+            _open_named(entry.name)
         except ContainerError as e:
             if not _busy(entry):
                 found.append((entry.name, str(e)))

@@ -12,7 +12,15 @@ from layerdiff.catalog import by_image_id, index_tag, load_image, require_blob
 from layerdiff.errors import ImageNotFoundError, InvalidReferenceError
 from layerdiff.layout import REF_NAME, Descriptor, Layout, tag_of, writing
 
-__all__ = ["named", "remove_untagged", "tag", "tag_to_remove", "untag", "untagged_image"]
+__all__ = [
+    "named",
+    "remove_untagged",
+    "tag",
+    "tag_to_remove",
+    "tags_of_image_id",
+    "untag",
+    "untagged_image",
+]
 
 
 def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
@@ -115,6 +123,20 @@ def untagged_image(text: str) -> tuple[Path, str] | None:
         return None
     found = by_image_id(Layout.open(path), text, keep=_untagged, what="untagged images")
     return (Path(os.path.realpath(path)), found[0]) if found else None
+
+
+def tags_of_image_id(text: str) -> list[str]:
+    """The store's tags (``NAME:TAG``) of the image ``text`` names by its ID, as ``images``
+    shows it (12 hex digits or more, ``sha256:`` optional); empty when it names none, and
+    ImageNotFoundError when it names several images."""
+    path = refs.store_layout_path()
+    if not (path / "index.json").is_file():
+        return []
+    layout = Layout.open(path)
+    found = by_image_id(layout, text)
+    if found is None:
+        return []
+    return sorted(t for m in layout.manifests() if m.get("digest") == found[0] and (t := tag_of(m)))
 
 
 def remove_untagged(layout: str | os.PathLike[str], digest: str) -> None:
