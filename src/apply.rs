@@ -25,7 +25,7 @@ use crate::root::{self, Root};
 use crate::tar::reader::{EntryKind, Header, TarReader};
 use crate::whiteout::{
     AUFS_LINK_DIR, LayerName, WHITEOUT_PREFIX, aufs_link_source, classify_layer_name,
-    is_overlay_xattr,
+    is_overlay_xattr, whiteouts_due,
 };
 
 /// Default limit on the uncompressed bytes of one layer: generous, but a decompression bomb
@@ -204,6 +204,7 @@ pub fn apply_layer<R: Read + Send>(
             copied_dirs: std::cell::RefCell::new(Vec::new()),
             created: HashSet::new(),
             hidden: Vec::new(),
+            pending: HashSet::new(),
             opaque: Vec::new(),
             dirs: Vec::new(),
             stats: ApplyStats::default(),
@@ -282,8 +283,12 @@ struct Applier<'a> {
     copied_dirs: std::cell::RefCell<Vec<DirMeta>>,
     /// Paths this layer wrote, and every ancestor of them: what whiteouts must not remove.
     created: HashSet<Vec<u8>>,
-    /// Paths hidden by whiteouts, carried out at the end.
+    /// Paths hidden by whiteouts, carried out at the end…
     hidden: Vec<Vec<u8>>,
+    /// …unless an entry goes below one first: then it is carried out at once, so that the
+    /// entry lands in a directory of its own there, never through what the whiteout hides
+    /// (`.wh.l` and `l/passwd` over a lower `l -> /etc`). These are the ones not yet done.
+    pending: HashSet<Vec<u8>>,
     /// Directories whose lower children are hidden, carried out at the end.
     opaque: Vec<Vec<u8>>,
     dirs: Vec<DirMeta>,
@@ -387,6 +392,9 @@ impl Applier<'_> {
         }
         let meta = h;
         let io = |e: io::Error| bad(name, e.to_string());
+        if !self.pending.is_empty() {
+            self.hide_before_entry(parent(&path))?;
+        }
         let (dir, real_parent) = match self.parent.take() {
             Some((p, fd, real)) if p == parent(&path) => (fd, real),
             _ => {
@@ -602,7 +610,11 @@ impl Applier<'_> {
         let dir = parent(path);
         match classify_layer_name(base_name(path)) {
             LayerName::Opaque => self.opaque.push(dir.to_vec()),
-            LayerName::Whiteout(target) => self.hidden.push(join(dir, target)),
+            LayerName::Whiteout(target) => {
+                let hidden = join(dir, target);
+                self.pending.insert(hidden.clone());
+                self.hidden.push(hidden);
+            }
             // The link directory's files are used (see `entry`); the directory is not made.
             LayerName::AufsMeta if path == AUFS_LINK_DIR => {}
             LayerName::AufsMeta => {
@@ -721,22 +733,46 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Carry out, now, the whiteouts read so far on `dir` and its ancestors: an entry is about
+    /// to go there ([`whiteouts_due`]), not through a symbolic link, into a directory's old
+    /// owner and mode, or onto a file that lay there below this layer.
+    fn hide_before_entry(&mut self, dir: &[u8]) -> Result<()> {
+        let due = whiteouts_due(&mut self.pending, dir);
+        if !due.is_empty() {
+            // The parent kept open may lead through what is removed.
+            self.parent = None;
+        }
+        for name in due {
+            self.carry_out_whiteout(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Hide what lies below this layer at `name`, a path a whiteout names.
+    fn carry_out_whiteout(&mut self, name: &[u8]) -> Result<()> {
+        // Over lower layers, the whiteout acts where its parent leads in the merged tree.
+        let Some(dir) = self.merged_dir(parent(name), name)? else {
+            return Ok(());
+        };
+        let path = join(&dir, base_name(name));
+        let written_here = self.hide(&path, name)?;
+        if self.opts.overlay && !written_here {
+            self.overlay_whiteout(&path)?;
+        } else if self.opts.overlay {
+            // A directory this layer writes into and whites out keeps only what the
+            // layer wrote in it: in overlay form, an opaque directory.
+            self.overlay_opaque_if_dir(&path)?;
+        }
+        Ok(())
+    }
+
     /// Carry out whiteouts and opaque markers, then directory modes and mtimes (deepest first,
     /// so later changes inside do not disturb them).
     fn finish(&mut self) -> Result<()> {
         for name in std::mem::take(&mut self.hidden) {
-            // Over lower layers, the whiteout acts where its parent leads in the merged tree.
-            let Some(dir) = self.merged_dir(parent(&name), &name)? else {
-                continue;
-            };
-            let path = join(&dir, base_name(&name));
-            let written_here = self.hide(&path, &name)?;
-            if self.opts.overlay && !written_here {
-                self.overlay_whiteout(&path)?;
-            } else if self.opts.overlay {
-                // A directory this layer writes into and whites out keeps only what the
-                // layer wrote in it: in overlay form, an opaque directory.
-                self.overlay_opaque_if_dir(&path)?;
+            // Each once, and not again when an entry below it had it carried out already.
+            if self.pending.remove(&name) {
+                self.carry_out_whiteout(&name)?;
             }
         }
         for name in std::mem::take(&mut self.opaque) {

@@ -166,6 +166,96 @@ fn whiteout_order_within_a_layer_never_matters() {
 }
 
 #[test]
+fn a_whiteout_before_the_entries_below_it_keeps_them_off_what_it_hides() {
+    // As docker and umoci read a layer in order: once `.wh.X` is read, what lay at X below
+    // the layer is gone, and entries below X go into a directory made for them (0755), never
+    // through a link that lay there, into a directory's old owner and mode, or onto a file.
+    let base = [
+        M::Dir("etc"),
+        M::File("etc/passwd", b"root"),
+        M::Sym("l", "/etc"),
+        M::DirMode("p", 0o700),
+        M::File("p/old", b"old"),
+        M::File("q", b"q"),
+    ];
+    let rest = ["p/", "p/old = old", "q = q"];
+    let cases: &[(&str, Vec<M<'_>>, Vec<&str>)] = &[
+        (
+            "a link",
+            vec![M::File(".wh.l", b""), M::File("l/passwd", b"pwned")],
+            [
+                &["etc/", "etc/passwd = root", "l/", "l/passwd = pwned"],
+                &rest[..],
+            ]
+            .concat(),
+        ),
+        (
+            "a link, the entry deeper",
+            vec![M::File(".wh.l", b""), M::File("l/a/b", b"b")],
+            [
+                &["etc/", "etc/passwd = root", "l/", "l/a/", "l/a/b = b"],
+                &rest[..],
+            ]
+            .concat(),
+        ),
+        (
+            "a directory",
+            vec![M::File(".wh.p", b""), M::File("p/x", b"x")],
+            vec![
+                "etc/",
+                "etc/passwd = root",
+                "l -> /etc",
+                "p/",
+                "p/x = x",
+                "q = q",
+            ],
+        ),
+        (
+            "a file",
+            vec![M::File(".wh.q", b""), M::File("q/x", b"x")],
+            vec![
+                "etc/",
+                "etc/passwd = root",
+                "l -> /etc",
+                "p/",
+                "p/old = old",
+                "q/",
+                "q/x = x",
+            ],
+        ),
+        (
+            // docker's order too: the entry went through the link before the whiteout came.
+            "a link whited out after",
+            vec![M::File("l/passwd", b"pwned"), M::File(".wh.l", b"")],
+            [&["etc/", "etc/passwd = pwned"], &rest[..]].concat(),
+        ),
+        (
+            "a link, entries on both sides",
+            vec![
+                M::File("l/a", b"a"),
+                M::File(".wh.l", b""),
+                M::File("l/b", b"b"),
+            ],
+            [
+                &["etc/", "etc/a = a", "etc/passwd = root", "l/", "l/b = b"],
+                &rest[..],
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, members, want) in cases {
+        let t = tempfile::tempdir().unwrap();
+        apply(t.path(), &base).unwrap();
+        apply(t.path(), members).unwrap();
+        assert_eq!(&tree(t.path()), want, "{what}");
+        if *what == "a directory" {
+            let md = fs::metadata(t.path().join("p")).unwrap();
+            assert_eq!(md.permissions().mode() & 0o7777, 0o755, "{what}");
+        }
+    }
+}
+
+#[test]
 fn a_whiteout_never_reaches_through_the_link_this_layer_put_in_its_place() {
     // `a` was a directory and is now a link (to `d`, or to the root); the whiteout of the old
     // `a` hides it alone, never what the new link points at.
@@ -1096,4 +1186,60 @@ fn over_its_lowers_an_opaque_directory_hides_them_below_it() {
     let mut buf = [0u8; 2];
     let n = rustix::fs::getxattr(dirs[1].join("a"), "trusted.overlay.opaque", &mut buf).unwrap();
     assert_eq!(&buf[..n], b"y");
+}
+
+#[test]
+fn overlay_xattrs_in_a_layer_are_never_applied() {
+    // overlayfs' own xattrs are the layer cache's markers (opaque, whiteout, redirect): a
+    // layer that carries them must not plant them, in either form, on any kind of entry.
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    let entries = [
+        ("d", tar::EntryType::Directory, "user.kept"),
+        ("f", tar::EntryType::Regular, "user.kept"),
+        ("s", tar::EntryType::Symlink, "trusted.kept"),
+    ];
+    for (name, kind, kept) in entries {
+        b.append_pax_extensions([
+            ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+            ("SCHILY.xattr.user.overlay.opaque", &b"y"[..]),
+            ("SCHILY.xattr.trusted.overlay.redirect", &b"/x"[..]),
+            (&format!("SCHILY.xattr.{kept}")[..], &b"1"[..]),
+        ])
+        .unwrap();
+        let mut h = header(name, kind, 0, 0o755);
+        if kind == tar::EntryType::Symlink {
+            h.as_old_mut().linkname[..1].copy_from_slice(b"d");
+        }
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+    }
+    let bytes = b.into_inner().unwrap();
+    for overlay in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let r = Root::open(t.path()).unwrap();
+        let opts = ApplyOptions {
+            overlay,
+            ..ApplyOptions::default()
+        };
+        apply_layer(&r, &bytes[..], &opts, &crate::cancel::NEVER).unwrap();
+        for (name, _, kept) in entries {
+            let names: Vec<String> = xattr_names(&t.path().join(name));
+            assert_eq!(names, [kept], "{name}, overlay form: {overlay}");
+        }
+    }
+}
+
+fn xattr_names(p: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(p, &mut buf).unwrap();
+    let mut v: Vec<String> = buf[..n]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    v.sort();
+    v
 }

@@ -1023,3 +1023,59 @@ fn whiteouts_opaque_directories_and_files_in_a_lower_layer_hide_the_layers_below
         ]
     );
 }
+
+#[test]
+fn device_numbers_are_compared() {
+    if !is_root("device_numbers_are_compared") {
+        return;
+    }
+    let mk = |r: &Path, minor: u32| {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("c"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(1, minor),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("b"),
+            rustix::fs::FileType::BlockDevice,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(7, minor),
+        )
+        .unwrap();
+    };
+    let (l, u) = pair(|r: &Path| write(&r.join("f"), b"x"), |_| {});
+    mk(l.path(), 3);
+    mk(u.path(), 5);
+    freeze(l.path());
+    freeze(u.path());
+    assert_eq!(diff(l.path(), u.path()), ["C b", "C c"]);
+}
+
+#[test]
+fn deleting_a_dir_does_not_swallow_a_sibling_with_its_name_as_prefix() {
+    let (l, u) = pair(
+        |r: &Path| {
+            write(&r.join("lib/x"), b"x");
+            write(&r.join("lib64/y"), b"y");
+            write(&r.join("libc"), b"c");
+        },
+        |r| {
+            std::fs::remove_dir_all(r.join("lib")).unwrap();
+            std::fs::remove_dir_all(r.join("lib64")).unwrap();
+            std::fs::remove_file(r.join("libc")).unwrap();
+        },
+    );
+    assert_eq!(diff(l.path(), u.path()), ["D lib", "D lib64", "D libc"]);
+}
+
+#[test]
+fn a_dir_or_symlink_whose_only_change_is_mtime_is_listed() {
+    let (l, u) = pair(base, |_| {});
+    set_mtime(&u.path().join("d"), T0.0 + 1, 0);
+    set_mtime(&u.path().join("link"), T0.0, T0.1 + 1);
+    assert_eq!(diff(l.path(), u.path()), ["C d", "C link"]);
+}

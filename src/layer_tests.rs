@@ -1071,3 +1071,15 @@ fn a_write_error_on_the_blob_writer_thread_reaches_the_writer() {
     let err = blob.sync().unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
 }
+
+#[test]
+fn every_later_member_links_to_the_first() {
+    let linked = |path: &[u8]| {
+        let mut e = entry(path, Kind::File);
+        e.nlink = 3;
+        e.ino = 77;
+        added(e)
+    };
+    let changes = sorted(vec![linked(b"a"), linked(b"b"), linked(b"c")]);
+    assert_eq!(planned(&changes), ["a", "b => a", "c => a"]);
+}

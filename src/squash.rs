@@ -28,7 +28,7 @@ use crate::members::{MemberIndex, Taken};
 use crate::squash_index::{self, LayerIndex};
 use crate::tar::reader::{EntryKind, Header, TarReader};
 use crate::tar::writer::{Meta, TarWriter};
-use crate::whiteout::{LayerName, aufs_link_source, classify_layer_name};
+use crate::whiteout::{LayerName, aufs_link_source, classify_layer_name, whiteouts_due};
 
 /// A path key ordered component by component ([`cmp_paths`]), so a subtree is one range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,7 +353,16 @@ impl LowerTree {
     /// Fold one layer's operations into the tree (apply semantics, paths only).
     pub fn apply(&mut self, ops: &[Op]) -> Result<()> {
         let mut created = HashSet::new();
+        let mut pending = HashSet::new();
         for op in ops {
+            if let Op::Whiteout(p) = op {
+                pending.insert(p.clone());
+            }
+            if let Op::Put(p, _) | Op::Link(p, _) = op {
+                for w in whiteouts_due(&mut pending, parent(p)) {
+                    self.hide(&Op::Whiteout(w), &created)?;
+                }
+            }
             let (p, node) = match op {
                 Op::Put(p, r) => (
                     p,
@@ -398,25 +407,37 @@ impl LowerTree {
             self.0.insert(key, node);
             mark_with_parents(&mut self.0, &mut created, &p);
         }
-        // As apply carries them out: every whiteout of the layer, then every opaque marker.
+        // As apply carries them out: every whiteout of the layer (each once, and not again
+        // when an entry below it had it carried out already), then every opaque marker.
         for op in whiteouts_then_opaques(ops) {
-            let (resolved, all) = match op {
-                Op::Whiteout(p) => (self.1.resolve(p, &self.0, Walk::Lookup)?, true),
-                Op::Opaque(d) => (self.1.resolve_dir(d, &self.0)?, false),
-                _ => continue,
-            };
-            if !resolved.reachable() {
-                continue; // the lookup fails: nothing is hidden
+            if let Op::Whiteout(p) = op
+                && !pending.remove(p)
+            {
+                continue;
             }
-            let doomed = if all {
-                subtree(&self.0, &resolved.path)
-            } else {
-                children_only(&self.0, &resolved.path)
-            };
-            for k in doomed {
-                if !created.contains(&k.0) {
-                    self.0.remove(&k);
-                }
+            self.hide(op, &created)?;
+        }
+        Ok(())
+    }
+
+    /// Carry out a whiteout or an opaque marker of the layer that wrote `created`.
+    fn hide(&mut self, op: &Op, created: &HashSet<Vec<u8>>) -> Result<()> {
+        let (resolved, all) = match op {
+            Op::Whiteout(p) => (self.1.resolve(p, &self.0, Walk::Lookup)?, true),
+            Op::Opaque(d) => (self.1.resolve_dir(d, &self.0)?, false),
+            _ => return Ok(()),
+        };
+        if !resolved.reachable() {
+            return Ok(()); // the lookup fails: nothing is hidden
+        }
+        let doomed = if all {
+            subtree(&self.0, &resolved.path)
+        } else {
+            children_only(&self.0, &resolved.path)
+        };
+        for k in doomed {
+            if !created.contains(&k.0) {
+                self.0.remove(&k);
             }
         }
         Ok(())
@@ -583,7 +604,16 @@ impl Folder {
     /// links among their parents (the range's own, or the lower tree's).
     pub fn layer(&mut self, ops: &[Op]) -> Result<()> {
         let mut created = HashSet::new();
+        let mut pending = HashSet::new();
         for op in ops {
+            if let Op::Whiteout(p) = op {
+                pending.insert(p.clone());
+            }
+            if let Op::Put(p, _) | Op::Link(p, _) = op {
+                for w in whiteouts_due(&mut pending, parent(p)) {
+                    self.carry_out(&Op::Whiteout(w), &created)?;
+                }
+            }
             match op {
                 Op::Put(p, rec) => {
                     let p = self.resolve_for_entry(p, &mut created)?;
@@ -663,23 +693,35 @@ impl Folder {
                 _ => {}
             }
         }
-        // As apply carries them out: every whiteout of the layer, then every opaque marker.
+        // As apply carries them out: every whiteout of the layer (each once, and not again
+        // when an entry below it had it carried out already), then every opaque marker.
         for op in whiteouts_then_opaques(ops) {
-            match op {
-                Op::Whiteout(p) => {
-                    let p = self.resolve(p, Walk::Lookup)?;
-                    if p.reachable() {
-                        self.hide(&p.path, &created);
-                    }
-                }
-                Op::Opaque(d) => {
-                    let d = self.links.resolve_dir(d, self)?;
-                    if d.reachable() {
-                        self.hide_children(&d.path, &created);
-                    }
-                }
-                _ => {}
+            if let Op::Whiteout(p) = op
+                && !pending.remove(p)
+            {
+                continue;
             }
+            self.carry_out(op, &created)?;
+        }
+        Ok(())
+    }
+
+    /// Carry out a whiteout or an opaque marker of the layer that wrote `created`.
+    fn carry_out(&mut self, op: &Op, created: &HashSet<Vec<u8>>) -> Result<()> {
+        match op {
+            Op::Whiteout(p) => {
+                let p = self.resolve(p, Walk::Lookup)?;
+                if p.reachable() {
+                    self.hide(&p.path, created);
+                }
+            }
+            Op::Opaque(d) => {
+                let d = self.links.resolve_dir(d, self)?;
+                if d.reachable() {
+                    self.hide_children(&d.path, created);
+                }
+            }
+            _ => {}
         }
         Ok(())
     }

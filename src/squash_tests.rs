@@ -193,12 +193,18 @@ fn a_path_below_a_file_is_refused_as_apply_refuses_it() {
         &[vec![file("a", 9, 0)]],
         &[vec![file("a/b", 0, 0)]],
     ));
-    // A whiteout of the file acts at the end of its layer: the path is refused in it, and
-    // fine in the next one.
+    // A whiteout of the file read after the path: the path is refused, as apply refuses it.
     below_file(try_squash(
         &[vec![file("a", 9, 0)]],
-        &[vec![wh("a"), file("a/b", 0, 0)]],
+        &[vec![file("a/b", 0, 0), wh("a")]],
     ));
+    // Read before it, the whiteout is carried out first: the path goes into a directory made
+    // for it, as it does in the next layer.
+    let s = squash(
+        &[vec![file("a", 9, 0)]],
+        &[vec![wh("a"), file("a/b", 0, 0)]],
+    );
+    assert_eq!(paths(&s).0, ["a", "a/b"]);
     let s = squash(
         &[vec![file("a", 9, 0)]],
         &[vec![wh("a")], vec![file("a/b", 1, 0)]],

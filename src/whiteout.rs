@@ -6,6 +6,8 @@
 //! The functions are pure (names and [`Entry`] values in, answers out) so the corner cases are
 //! tested without a filesystem.
 
+use std::collections::HashSet;
+
 use crate::entry::{Entry, Kind};
 
 /// Prefix of a whiteout file name in a layer.
@@ -108,6 +110,32 @@ pub fn classify_layer_name(name: &[u8]) -> LayerName<'_> {
     } else {
         whiteout_target(name).map_or(LayerName::Malformed, LayerName::Whiteout)
     }
+}
+
+/// The whiteouts read so far in a layer (`pending`: the paths they name, not yet carried out)
+/// on the directory `dir` or its ancestors, shallowest first, taken out of `pending`.
+///
+/// An entry about to go into `dir` has them carried out first, as docker and umoci carry out a
+/// whiteout when they read it: what lay there below the layer is gone, and the entry goes into
+/// a directory made for it (`.wh.l` then `l/passwd`, over a lower `l -> /etc`, makes a
+/// directory `l`; it never writes through the link). Whiteouts that no later entry goes below
+/// are carried out at the end of the layer, so their order against the entries does not matter.
+pub fn whiteouts_due(pending: &mut HashSet<Vec<u8>>, dir: &[u8]) -> Vec<Vec<u8>> {
+    let mut due = Vec::new();
+    if pending.is_empty() {
+        return due;
+    }
+    let ends = dir
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'/')
+        .map(|(i, _)| i);
+    for end in ends.chain(std::iter::once(dir.len())) {
+        if end > 0 && pending.remove(&dir[..end]) {
+            due.push(dir[..end].to_vec());
+        }
+    }
+    due
 }
 
 /// The directory at a layer's root where aufs keeps the files that hardlinks of the layer
@@ -576,6 +604,15 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(name)
             );
+        }
+    }
+    #[test]
+    fn only_a_0_0_char_device_is_a_whiteout() {
+        for (major, minor, want) in [(0, 0, true), (0, 5, false), (5, 0, false), (1, 3, false)] {
+            let mut e = entry(Kind::CharDevice, &[]);
+            e.rdev_major = major;
+            e.rdev_minor = minor;
+            assert_eq!(is_overlay_whiteout(&e), want, "{major}:{minor}");
         }
     }
 }

@@ -32,7 +32,9 @@ from tests.treecmp import assert_same_tree
 
 IS_ROOT = os.geteuid() == 0
 # One name is not UTF-8 (0xff), one is UTF-8 beyond ASCII: both must round-trip byte for byte.
-NAMES = ("a", "\u00e9", os.fsdecode(b"c\xff"))
+# Two start with another name ("ab", "a-b"): a change to "a" must not reach them, and "a-b"
+# sorts before "a/…" by bytes but after "a" and its children as paths.
+NAMES = ("a", "\u00e9", os.fsdecode(b"c\xff"), "ab", "a-b")
 PATHS = ["/".join(parts) for depth in (1, 2, 3) for parts in itertools.product(NAMES, repeat=depth)]
 MODES = (0o644, 0o600, 0o755, 0o700, 0o444, 0o4755, 0o2755, 0o1777, 0o6711, 0o000)
 OWNERS = (0, 1, 1000, 65534)

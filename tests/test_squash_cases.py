@@ -101,6 +101,25 @@ CASES = {
         [H("b", "b/c")],
     ],
     "hardlink to nothing": [[D("c"), H("c/h", "missing")], [F("c", b"1")]],
+    # A whiteout read before the entries below it is carried out first (as docker and umoci
+    # read the layer): they go into a directory made for them, not through what it hides.
+    **{
+        f"whiteout, then an entry below it, over {what}": [base, [WH("l"), F("l/passwd", b"n")]]
+        for what, base in {
+            "a lower link": [D("etc"), F("etc/passwd", b"root"), S("l", "/etc")],
+            "a lower dir of another owner": [D("l", mode=0o700, uid=7), F("l/old")],
+            "a lower file": [F("l", b"f")],
+        }.items()
+    },
+    "whiteout, then an entry below it, the link two layers down": [
+        [D("etc"), F("etc/passwd", b"root"), S("l", "/etc")],
+        [F("other")],
+        [WH("l"), F("l/passwd", b"n"), F("l/more/x")],
+    ],
+    "an entry through a link, then its whiteout, then another entry": [
+        [D("etc"), F("etc/passwd", b"root"), S("l", "etc")],
+        [F("l/a"), WH("l"), F("l/b")],
+    ],
 }
 
 
@@ -142,3 +161,20 @@ def test_implied_directories_are_0755_whatever_the_umask(tmp_path: Path) -> None
     for d in ("a", "a/b", "x"):
         assert (tmp_path / "applied" / d).stat().st_mode & 0o7777 == 0o755, d
     assert differences(tmp_path / "applied", tmp_path / "squashed") == []
+
+
+def test_a_whiteout_read_first_keeps_the_entries_below_it_off_what_it_hides(
+    tmp_path: Path,
+) -> None:
+    """`.wh.l` then `l/passwd`, over a lower `l -> /etc`: unpack and squash make `l` a
+    directory holding the new file, and leave /etc/passwd as it was (as umoci does)."""
+    base = [D("etc"), F("etc/passwd", b"root"), S("l", "/etc")]
+    load_layers(tmp_path, "wh/x:1", [layer_tar(base), layer_tar([WH("l"), F("l/passwd", b"n")])])
+    layerdiff.squash("wh/x:1", "wh/x:all")
+    layerdiff.squash("wh/x:1", "wh/x:top", layers=1)
+    for image in ("wh/x:1", "wh/x:all", "wh/x:top"):
+        out = tmp_path / image.replace(":", "-").replace("/", "-")
+        layerdiff.unpack(image, out)
+        assert (out / "etc" / "passwd").read_bytes() == b"root", image
+        assert (out / "l").is_dir() and not (out / "l").is_symlink(), image
+        assert (out / "l" / "passwd").read_bytes() == b"n", image

@@ -612,3 +612,37 @@ fn tar_crate_reads_it() {
     }
     assert_eq!(n, 17);
 }
+
+#[test]
+fn an_mtime_in_the_epoch_second_is_clamped_to_it() {
+    let mut tar = TarWriter::new(Vec::new()).with_source_date_epoch(Some(1_000));
+    let m = Meta {
+        mtime: Timestamp {
+            sec: 1_000,
+            nsec: 5,
+        },
+        ..meta(b"f")
+    };
+    tar.append_fifo(&m).unwrap();
+    let out = tar.finish().unwrap();
+    assert!(
+        !out.windows(PAX_HEADER_NAME.len())
+            .any(|w| w == PAX_HEADER_NAME),
+        "an mtime of epoch + 5 ns kept its nanoseconds in a PAX record"
+    );
+}
+
+#[test]
+fn exactly_8_gib_needs_the_pax_size_record() {
+    let mut h = [0u8; BLOCK];
+    assert!(put_number(&mut h, SIZE, (1i128 << 33) - 1));
+    assert!(
+        !put_number(&mut h, SIZE, 1i128 << 33),
+        "8 GiB does not fit 11 octal digits"
+    );
+    let mut out = Vec::new();
+    let mut tar = TarWriter::new(&mut out);
+    let _body = tar.begin_file(&meta(b"big"), 8u64 << 30).unwrap();
+    let record = b"size=8589934592\n";
+    assert!(out.windows(record.len()).any(|w| w == record));
+}
