@@ -553,11 +553,20 @@ def _forwarding(proc: subprocess.Popen[bytes], group: Cgroup | None = None) -> I
 
 
 def _threads() -> int:
-    """Threads of this process, native ones included (``/proc``), or 2 when it cannot say."""
+    """Threads of this process that a signal sent to it may go to (``/proc``): native ones
+    included, not those that block every signal (the core's own workers do). 2 when it cannot
+    say."""
+    count = 0
     try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                with open(f"/proc/self/task/{task}/status") as f:
+                    blocked = next((line for line in f if line.startswith("SigBlk:")), "")
+                mask = int(blocked.split()[1], 16) if blocked else 0
+                count += not mask & (1 << (signal.SIGINT - 1))
+    except (OSError, ValueError, IndexError):
         return 2
+    return count
 
 
 @contextlib.contextmanager

@@ -52,11 +52,25 @@ fn work_pool() -> std::io::Result<Arc<rayon::ThreadPool>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .stack_size(WORK_STACK)
         .thread_name(|i| format!("layerdiff-{i}"))
+        .start_handler(|_| block_signals())
         .build()
         .map_err(std::io::Error::other)?;
     let pool = Arc::new(pool);
     *slot = Some((pid, pool.clone()));
     Ok(pool)
+}
+
+/// Keep the process's signals away from this thread. The pool's threads outlive each call:
+/// one that took a signal meant for the interpreter (a resize a container's runner forwards,
+/// waited for with the signal blocked in the thread that waits) would drop it.
+fn block_signals() {
+    // SAFETY: an all-set signal set is built in place and given to pthread_sigmask, which only
+    // reads it; the thread's own mask is changed, no other state.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
 }
 
 /// Run `work` on a scoped thread while this thread, detached from the interpreter, waits for it
