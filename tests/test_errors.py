@@ -4,6 +4,8 @@ filename kept for I/O errors."""
 from __future__ import annotations
 
 import errno
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,40 @@ def test_corrupt_layer_is_a_format_error_naming_the_entry(tmp_path: Path) -> Non
         layerdiff.apply(tmp_path / "out", [blob])
     assert isinstance(info.value, ValueError)
     assert "checksum" in str(info.value)
+
+
+def test_os_errors_are_also_the_standard_class_of_their_errno(tmp_path: Path) -> None:
+    """``except FileNotFoundError`` catches a missing path, as it would from ``open``."""
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    cases: list[tuple[Callable[[], object], type[OSError], int]] = [
+        (lambda: layerdiff.diff(tmp_path / "missing", tree), FileNotFoundError, errno.ENOENT),
+        (lambda: layerdiff.write_layer(tree, dest=a_file), FileExistsError, errno.EEXIST),
+        (lambda: layerdiff.diff(a_file / "x", tree), NotADirectoryError, errno.ENOTDIR),
+    ]
+    for call, standard, code in cases:
+        with pytest.raises(standard) as info:
+            call()
+        err = info.value
+        assert isinstance(err, layerdiff.LayerdiffOSError), repr(err)
+        assert isinstance(err, layerdiff.LayerdiffError)
+        assert err.errno == code
+        assert err.filename is not None
+        again = pickle.loads(pickle.dumps(err))
+        assert type(again) is type(err)
+        assert (again.errno, again.strerror, again.filename) == (code, err.strerror, err.filename)
+        assert str(again) == str(err) == f"[Errno {code}] {err.strerror}: {err.filename!r}"
+
+
+def test_os_errors_made_by_hand_pick_their_class_as_oserror_does() -> None:
+    made = layerdiff.LayerdiffOSError(errno.EACCES, "Permission denied", "/x", None, "/y")
+    assert isinstance(made, PermissionError) and isinstance(made, layerdiff.LayerdiffError)
+    assert made.filename2 == "/y"
+    assert type(layerdiff.LayerdiffOSError(errno.EPERM, "x")) is type(made)
+    # No standard class for EIO, nor for a message alone: LayerdiffOSError itself.
+    assert type(layerdiff.LayerdiffOSError(errno.EIO, "x")) is layerdiff.LayerdiffOSError
+    alone = layerdiff.LayerdiffOSError("no errno")
+    assert type(alone) is layerdiff.LayerdiffOSError and alone.errno is None
+    assert str(pickle.loads(pickle.dumps(alone))) == "no errno"

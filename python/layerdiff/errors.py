@@ -6,13 +6,53 @@ would catch anyway (``OSError`` keeps ``errno`` and ``filename``, ``ValueError``
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LayerdiffError(Exception):
     """Base class of every layerdiff error."""
 
 
 class LayerdiffOSError(LayerdiffError, OSError):
-    """An operating-system call failed; ``errno`` and ``filename`` say which and where."""
+    """An operating-system call failed; ``errno`` and ``filename`` say which and where.
+
+    As ``OSError(errno, …)`` itself does, ``LayerdiffOSError(errno, …)`` makes an instance of
+    the standard subclass for that errno as well: one for ``ENOENT`` is a
+    ``FileNotFoundError``, one for ``EACCES`` a ``PermissionError``, and so on.
+    """
+
+    def __new__(cls, *args: Any) -> LayerdiffOSError:
+        kind: type[LayerdiffOSError] = cls
+        if cls is LayerdiffOSError and len(args) >= 2 and isinstance(args[0], int):
+            kind = _errno_class(args[0])
+        return OSError.__new__(kind, *args)
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        reduced = super().__reduce__()
+        if isinstance(reduced, tuple) and type(self) in _ERRNO_CLASSES.values():
+            # Made again through LayerdiffOSError, which picks the class by errno again: the
+            # classes of _errno_class are made on use, and pickle could not find them by name.
+            return (LayerdiffOSError, *reduced[1:])
+        return reduced
+
+
+# The standard OSError subclass (FileNotFoundError…) -> LayerdiffOSError's subclass of it.
+_ERRNO_CLASSES: dict[type[OSError], type[LayerdiffOSError]] = {}
+
+
+def _errno_class(code: int) -> type[LayerdiffOSError]:
+    """The class of a LayerdiffOSError for the errno ``code``: derived from the class
+    ``OSError`` picks for it too (made on first use), else LayerdiffOSError itself."""
+    standard = type(OSError(code, ""))
+    if standard is OSError:
+        return LayerdiffOSError
+    found = _ERRNO_CLASSES.get(standard)
+    if found is None:
+        name = f"Layerdiff{standard.__name__}"
+        namespace = {"__module__": __name__, "__doc__": LayerdiffOSError.__doc__}
+        made = type(name, (LayerdiffOSError, standard), namespace)
+        found = _ERRNO_CLASSES.setdefault(standard, made)
+    return found
 
 
 class FormatError(LayerdiffError, ValueError):
