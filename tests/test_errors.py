@@ -4,9 +4,12 @@ filename kept for I/O errors."""
 from __future__ import annotations
 
 import errno
+import os
 import pickle
+import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -77,3 +80,43 @@ def test_os_errors_made_by_hand_pick_their_class_as_oserror_does() -> None:
     alone = layerdiff.LayerdiffOSError("no errno")
     assert type(alone) is layerdiff.LayerdiffOSError and alone.errno is None
     assert str(pickle.loads(pickle.dumps(alone))) == "no errno"
+
+
+def test_what_the_callers_own_code_raises_goes_through_untouched(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(3000):
+        (tree / f"f{i}").write_text(f"{i}\n" * 100)
+    image = f"oci:{tmp_path}/l:v1"
+    broken = BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    def on_step(_message: str) -> None:
+        raise broken
+
+    with pytest.raises(BrokenPipeError) as info:
+        layerdiff.commit(tree, image=image, on_step=on_step)
+    assert info.value is broken
+    # A builtin as the callback: no frame of the caller's, but what it raised is theirs too.
+    with pytest.raises(FileNotFoundError) as missing:
+        layerdiff.commit(tree, image=image, on_step=cast(Any, os.stat))
+    assert not isinstance(missing.value, layerdiff.LayerdiffError)
+
+    # The caller's signal handler, run while the layer is written.
+    alarm = TimeoutError("the caller's deadline")
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        raise alarm
+
+    def arm(message: str) -> None:
+        if message == "writing layer":
+            signal.setitimer(signal.ITIMER_REAL, 0.002)
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        with pytest.raises(TimeoutError) as timed_out:
+            layerdiff.commit(tree, image=image, on_step=arm)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert timed_out.value is alarm
+    assert layerdiff.images(tmp_path / "l") == []

@@ -123,20 +123,66 @@ _LAZY = {
 def _ours(function: Callable[..., Any]) -> Callable[..., Any]:
     """``function`` raising :class:`LayerdiffOSError` (same errno, message and filenames) where a
     system call in the package's own Python code raised a plain ``OSError``: every error of
-    the API derives from :class:`LayerdiffError`."""
+    the API derives from :class:`LayerdiffError`. What the caller's own code raises (a callback
+    such as ``on_step``, a signal handler, a path object's ``__fspath__``) is theirs, and goes
+    through untouched."""
 
     @functools.wraps(function)
     def api(*args: Any, **kwargs: Any) -> Any:
+        for name, value in kwargs.items():
+            if name.startswith("on_") and callable(value):
+                kwargs[name] = _CallersCallback(value)
         try:
             return function(*args, **kwargs)
         except LayerdiffError:
             raise
         except OSError as e:
+            if _raised_by_caller(e):
+                raise
             if e.errno is None:
                 raise LayerdiffOSError(*e.args) from e
-            raise LayerdiffOSError(e.errno, e.strerror, e.filename, None, e.filename2) from e
+            names = (e.filename, None, e.filename2) if e.filename2 is not None else (e.filename,)
+            args = (e.errno, e.strerror, *names) if e.filename is not None else e.args[:2]
+            raise LayerdiffOSError(*args) from e
 
     return api
+
+
+class _CallersCallback:
+    """A callback the caller passed (``on_step``, ``on_blob``): where it appears in a traceback,
+    what was raised is the caller's, also when the callback is a builtin (``print``) that
+    leaves no frame of its own."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[..., Any]) -> None:
+        self.callback = callback
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.callback(*args, **kwargs)
+
+
+# Besides the standard library's, the modules whose frames are not the caller's: this
+# package's and those of the libraries it calls (the registry client's).
+_LIBRARIES = frozenset(
+    {"layerdiff", "requests", "urllib3", "idna", "charset_normalizer", "certifi"}
+)
+
+
+def _raised_by_caller(error: BaseException) -> bool:
+    """Whether ``error`` came out of the caller's code: a callback of theirs, or a frame of a
+    module that is neither ours nor a library's (a signal handler's, say) on its way up."""
+    tb = error.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if code is _CallersCallback.__call__.__code__:
+            return True
+        top = module.partition(".")[0]
+        if top not in _LIBRARIES and top not in sys.stdlib_module_names:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class _Package(types.ModuleType):
