@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import layerdiff
+from layerdiff.image import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, build_manifest, canonical_json
 from layerdiff.layout import Layout
 from tests.conftest import run_cli
 
@@ -197,3 +198,34 @@ def test_fsck_of_a_store_never_used_makes_nothing(tmp_path: Path) -> None:
     done = run_cli("fsck", env={"LAYERDIFF_HOME": str(home)})
     assert done.returncode == 0, done.stderr
     assert not home.exists()
+
+
+def test_fsck_reports_config_fields_of_the_wrong_type(tmp_path: Path) -> None:
+    """An image config whose fields are not of their OCI types (an Env that is a string, a
+    history comment that is a number) is reported; a commit on it as a base is refused."""
+    layout_path = tmp_path / "l"
+    layerdiff.commit(tree(tmp_path / "a", "a"), image=f"oci:{layout_path}:good")
+    layout = Layout.open(layout_path)
+    manifest = layout.read_json(layout.resolve("good"))
+    config = layout.read_json(manifest["config"])
+    config["config"] = {"Env": "A=b", "Cmd": 7, "Labels": {"a": 1}, "Entrypoint": None}
+    config["history"][0]["comment"] = 5
+    config["author"] = ["x"]
+    config_desc = layout.put_blob(canonical_json(config), media_type=CONFIG_MEDIA_TYPE)
+    bad = build_manifest(config=config_desc, layers=manifest["layers"])
+    layout.set_tag("bad", layout.put_blob(canonical_json(bad), media_type=MANIFEST_MEDIA_TYPE))
+
+    assert layerdiff.fsck(f"oci:{layout_path}:good").ok
+    report = layerdiff.fsck(f"oci:{layout_path}:bad")
+    assert sorted(p.what for p in report.problems) == [
+        'image config: author must be a string, not ["x"]',
+        "image config: config.Cmd must be a list of strings, not 7",
+        'image config: config.Env must be a list of strings, not "A=b"',
+        'image config: config.Labels must be an object of strings, not {"a": 1}',
+        "image config: history[0].comment must be a string, not 5",
+    ]
+    with pytest.raises(layerdiff.FormatError, match=r"config\.Env must be a list of strings"):
+        layerdiff.commit(
+            tmp_path / "a", image=f"oci:{layout_path}:next", base=f"oci:{layout_path}:bad"
+        )
+    assert {i.tag for i in layerdiff.images(layout_path)} == {"good", "bad"}

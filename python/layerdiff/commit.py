@@ -30,6 +30,8 @@ from layerdiff.image import (
     check_history,
     new_config,
     rfc3339,
+    runtime_config_problems,
+    short_json,
 )
 from layerdiff.image import source_date_epoch as _resolve_epoch
 from layerdiff.layer import (
@@ -157,6 +159,16 @@ def commit(
     created = rfc3339(epoch)
     base_config = parent.config if parent else new_config(created=created)
     runtime = run_config if run_config is not None else (base_config.get("config") or {})
+    if run_config is None and parent is not None:
+        # Carried into the new image, and changes apply to it: a field of the wrong type
+        # (an Env that is a string) would make the new image as broken as the base.
+        problems = (
+            runtime_config_problems(runtime, "config.")
+            if isinstance(runtime, dict)
+            else [f"config must be an object, not {short_json(runtime)}"]
+        )
+        if problems:
+            raise FormatError(f"base image {parent.ref.text}: image config: {problems[0]}")
     # Applied now, not once the layer is written: a change that its variables make invalid
     # (``EXPOSE $PORT``) stops the commit before anything is written.
     runtime = with_changes(runtime)

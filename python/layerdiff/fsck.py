@@ -2,9 +2,10 @@
 
 fsck reads every blob an image reaches (through nested indexes too) and checks its size and
 sha256 against its descriptor, each layer's decompressed sha256 against the config's diff_id,
-and the manifest/config/history invariants. gc removes blobs no tag reaches and stale temporary
-files; it holds the layout's collector lock, which writers (commit, squash) hold shared while
-their blobs are not tagged yet, so it never removes a blob a running command is about to tag.
+and the manifest/config/history invariants, the types of the config's fields among them. gc
+removes blobs no tag reaches and stale temporary files; it holds the layout's collector lock,
+which writers (commit, squash) hold shared while their blobs are not tagged yet, so it never
+removes a blob a running command is about to tag.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from layerdiff.image import (
     IMAGE_CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     check_history,
+    config_type_problems,
 )
 from layerdiff.layout import _JSON_MAX, REF_NAME, Descriptor, Layout, check_digest, gc_lock
 
@@ -177,6 +179,8 @@ class _Checker:
             check_history(config)
         except LayerdiffError as e:
             self.problem(where, str(e))
+        for what in config_type_problems(config):
+            self.problem(where, what)
         want = config.get("rootfs", {}).get("diff_ids", [])
         if len(want) != len(layers):
             self.problem(where, f"{len(layers)} layers but {len(want)} diff_ids in the config")

@@ -29,10 +29,12 @@ __all__ = [
     "canonical_json",
     "check_history",
     "check_layer_media_types",
+    "config_type_problems",
     "go_arch",
     "new_config",
     "oci_layer_media_type",
     "rfc3339",
+    "runtime_config_problems",
     "source_date_epoch",
 ]
 
@@ -167,6 +169,83 @@ def check_history(config: dict[str, Any]) -> None:
             f"image config: {layers} history entries describe a layer but there are "
             f"{len(diff_ids)} diff_ids"
         )
+
+
+# The JSON type of each field of an image config, as the OCI image-spec (config.md) gives it,
+# and of the fields of its ``config`` section (the container's defaults; docker's Shell,
+# OnBuild and Healthcheck too). A null is accepted throughout: it is how Go writes an empty
+# list or map, and docker's configs hold them (``"Cmd": null``).
+_CONFIG_FIELDS = {
+    "created": "a string",
+    "author": "a string",
+    "architecture": "a string",
+    "os": "a string",
+    "os.version": "a string",
+    "os.features": "a list of strings",
+    "variant": "a string",
+    "config": "an object",
+}
+_RUNTIME_FIELDS = {
+    "User": "a string",
+    "WorkingDir": "a string",
+    "StopSignal": "a string",
+    "Env": "a list of strings",
+    "Entrypoint": "a list of strings",
+    "Cmd": "a list of strings",
+    "Shell": "a list of strings",
+    "OnBuild": "a list of strings",
+    "ExposedPorts": "an object of objects",
+    "Volumes": "an object of objects",
+    "Labels": "an object of strings",
+    "ArgsEscaped": "a boolean",
+    "Healthcheck": "an object",
+}
+_HISTORY_FIELDS = {
+    "created": "a string",
+    "author": "a string",
+    "created_by": "a string",
+    "comment": "a string",
+    "empty_layer": "a boolean",
+}
+_IS = {
+    "a string": lambda v: isinstance(v, str),
+    "a boolean": lambda v: isinstance(v, bool),
+    "an object": lambda v: isinstance(v, dict),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "an object of objects": lambda v: (
+        isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
+    ),
+    "an object of strings": lambda v: (
+        isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+    ),
+}
+
+
+def _mistyped(obj: dict[str, Any], fields: dict[str, str], prefix: str) -> list[str]:
+    return [
+        f"{prefix}{name} must be {kind}, not {short_json(obj[name])}"
+        for name, kind in fields.items()
+        if obj.get(name) is not None and not _IS[kind](obj[name])
+    ]
+
+
+def runtime_config_problems(runtime: dict[str, Any], prefix: str = "") -> list[str]:
+    """What in an image config's ``config`` section (``Env``, ``Cmd``…) is not of the type
+    the OCI image-spec gives it, one message each (``prefix`` before each field's name)."""
+    return _mistyped(runtime, _RUNTIME_FIELDS, prefix)
+
+
+def config_type_problems(config: dict[str, Any]) -> list[str]:
+    """What in the image config ``config`` is not of the type the OCI image-spec gives it: its
+    own fields, its ``config`` section's and its history entries', one message each."""
+    problems = _mistyped(config, _CONFIG_FIELDS, "")
+    if isinstance(config.get("config"), dict):
+        problems += runtime_config_problems(config["config"], "config.")
+    history = config.get("history")
+    for i, entry in enumerate(history if isinstance(history, list) else []):
+        if isinstance(entry, dict):
+            problems += _mistyped(entry, _HISTORY_FIELDS, f"history[{i}].")
+    return [f"image config: {p}" for p in problems]
 
 
 def add_layer(
