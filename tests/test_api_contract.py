@@ -104,3 +104,39 @@ def test_public_type_hints_resolve_at_run_time() -> None:
         value = getattr(layerdiff, name)
         if callable(value):
             typing.get_type_hints(value)
+
+
+def test_commit_refuses_what_an_image_config_cannot_hold_before_writing(
+    tree: Path, tmp_path: Path
+) -> None:
+    """Text JSON in UTF-8 cannot hold (a lone surrogate, from bytes decoded with
+    surrogateescape) and values of the wrong type would make an invalid config: refused before
+    the layer is written, not after."""
+    image = f"oci:{tmp_path}/l:v1"
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("message=", {"message": "caf\udce9"}),
+        ("message=5", {"message": 5}),
+        ("author=['x']", {"author": ["x"]}),
+        ("author=", {"author": "\udcff"}),
+        ("created_by=None", {"created_by": None}),
+        ("created_by=", {"created_by": "a\udcffb"}),
+        ("changes[1]=", {"changes": ["ENV A=b", "ENV A=\udcff"]}),
+        ("changes[0]=5", {"changes": [5]}),
+        ("run_config=[1]", {"run_config": [1]}),
+        ("run_config: Env must be a list of strings", {"run_config": {"Env": "notalist"}}),
+        ("run_config: Cmd must be a list of strings", {"run_config": {"Cmd": 7}}),
+        ("run_config: Labels must be an object of strings", {"run_config": {"Labels": {"a": 1}}}),
+        ("run_config: not JSON", {"run_config": {"Env": {"A"}}}),
+        ("run_config: not JSON", {"run_config": {"User": "\udcff"}}),
+    ]
+    for what, kwargs in calls:
+        with pytest.raises(layerdiff.InvalidArgumentError) as info:
+            layerdiff.commit(tree, image=image, **kwargs)
+        assert str(info.value).startswith(what), (what, info.value)
+        assert not (tmp_path / "l").exists(), what
+    # None where the config leaves a field out, and JSON's null in run_config, are fine.
+    result = layerdiff.commit(
+        tree, image=image, message=None, author=None, run_config={"Cmd": None, "Env": ["A=b"]}
+    )
+    assert layerdiff.inspect(image)["config"]["config"] == {"Cmd": None, "Env": ["A=b"]}
+    assert result.image == image

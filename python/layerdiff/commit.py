@@ -131,6 +131,12 @@ def commit(
     if base is not None and not isinstance(base, (str, refs.LayoutRef, Image)):
         raise InvalidArgumentError(f"base={base!r}: expected an image reference (a str)")
     changes = check_sequence("changes", changes)
+    for i, change in enumerate(changes):
+        _check_text(f"changes[{i}]", change, optional=False)
+    _check_text("message", message)
+    _check_text("author", author)
+    _check_text("created_by", created_by, optional=False)
+    _check_run_config(run_config)
     lowers = check_sequence("lowers", lowers)
     exclude = check_sequence("exclude", exclude)
     target = refs.parse_reference(image) if isinstance(image, str) else image
@@ -262,6 +268,41 @@ def commit(
         config_digest=config_desc["digest"],
         image=target.text,
     )
+
+
+def _check_text(name: str, value: object, *, optional: bool = True) -> None:
+    """Raise InvalidArgumentError unless ``value`` is a str (or None, when ``optional``) that
+    UTF-8, and so an image config, can hold."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        expected = "a str or None" if optional else "a str"
+        raise InvalidArgumentError(f"{name}={value!r}: expected {expected}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            f"{name}={value!r}: not text UTF-8 can hold (a lone surrogate, as undecodable "
+            "bytes decoded with surrogateescape give)"
+        ) from None
+
+
+def _check_run_config(run_config: object) -> None:
+    """Raise InvalidArgumentError unless ``run_config`` is None or an image config's ``config``
+    section an image can hold: JSON, in UTF-8, each field of its OCI type."""
+    if run_config is None:
+        return
+    if not isinstance(run_config, dict):
+        raise InvalidArgumentError(
+            f"run_config={run_config!r}: expected a dict (an image config's config: Env, Cmd…)"
+        )
+    try:
+        canonical_json(run_config)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise InvalidArgumentError(f"run_config: not JSON an image config can hold: {e}") from None
+    problems = runtime_config_problems(run_config)
+    if problems:
+        raise InvalidArgumentError(f"run_config: {'; '.join(problems)}")
 
 
 def _relative_inside(path: StrPath, tree: StrPath) -> str | None:
