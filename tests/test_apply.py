@@ -699,3 +699,18 @@ def test_targets_and_blobs_that_name_nothing_to_use_are_refused_in_one_line(
     with pytest.raises(layerdiff.LayerdiffOSError, match="no such layer blob"):
         layerdiff.apply(tmp_path / "new", tmp_path / "missing")
     assert not (tmp_path / "new").exists()
+
+
+def test_apply_checks_every_blob_before_it_applies_the_first(tmp_path: Path) -> None:
+    good = tmp_path / "good.tar"
+    good.write_bytes(_tar([(_entry("f"), b"x")]))
+    root = tmp_path / "root"
+    for bad, why in ((tmp_path / "missing.tgz", "no such layer blob"), (tmp_path, "not a regular")):
+        with pytest.raises(layerdiff.LayerdiffOSError, match=why) as info:
+            layerdiff.apply(root, [good, bad])
+        assert info.value.filename == str(bad)
+        assert not root.exists()
+    root.mkdir()
+    with pytest.raises(FileNotFoundError):
+        layerdiff.apply(root, [good, good, tmp_path / "missing.tgz"])
+    assert list(root.iterdir()) == []

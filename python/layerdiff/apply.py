@@ -112,6 +112,12 @@ def apply(
                 raise LayerdiffOSError(
                     errno.ENOTDIR, "lower layer is not a directory", os.fspath(d)
                 )
+    layers = list(layers)
+    for blob in layers:  # every one, before the first is applied
+        if not os.path.exists(blob):
+            raise LayerdiffOSError(errno.ENOENT, "no such layer blob", os.fspath(blob))
+        if not os.path.isfile(blob):
+            raise LayerdiffOSError(errno.EINVAL, "not a regular file", os.fspath(blob))
     chown = _privileged() if chown is None else chown
     userxattr = (not _privileged()) if userxattr is None else userxattr
     entries = total = 0
@@ -121,10 +127,6 @@ def apply(
         for i, blob in enumerate(layers, 1):
             if on_step is not None:
                 on_step(f"layer {i} of {len(layers)} ({os.fspath(blob)})")
-            if not os.path.exists(blob):
-                raise LayerdiffOSError(errno.ENOENT, "no such layer blob", os.fspath(blob))
-            if not os.path.isfile(blob):
-                raise LayerdiffOSError(errno.EINVAL, "not a regular file", os.fspath(blob))
             with _naming(f"layer {os.fspath(blob)}"):
                 n, size, warn = _core.apply_layer(
                     root,
