@@ -140,3 +140,71 @@ def test_commit_refuses_what_an_image_config_cannot_hold_before_writing(
     )
     assert layerdiff.inspect(image)["config"]["config"] == {"Cmd": None, "Env": ["A=b"]}
     assert result.image == image
+
+
+def test_paths_flags_and_numbers_of_the_wrong_kind_are_invalid_arguments(
+    tree: Path, tmp_path: Path
+) -> None:
+    """Each refused before anything is written, naming the parameter, as a LayerdiffError:
+    not a TypeError, a plain ValueError or a flag read from a truthy value."""
+    image = f"oci:{tmp_path}/l:v1"
+    layerdiff.commit(tree, image=image)
+    blob = layerdiff.commit(tree, image=image).layer.path
+    out = tmp_path / "out"
+    calls: list[tuple[str, Any]] = [
+        ("upper='tr\\x00ee'", lambda: layerdiff.commit("tr\0ee", image=image)),
+        ("lower=", lambda: layerdiff.commit(tree, image=image, lower=f"{tree}\0")),
+        ("lowers=", lambda: layerdiff.commit(tree, image=image, overlay=True, lowers=["a\0"])),
+        ("root=", lambda: layerdiff.apply(f"{out}\0", [blob])),
+        ("layers=", lambda: layerdiff.apply(out, [f"{blob}\0"])),
+        ("root=", lambda: layerdiff.unpack(image, f"{out}\0")),
+        ("upper=", lambda: layerdiff.diff(tree, f"{tree}\0")),
+        ("lower=1", lambda: layerdiff.diff(cast(Any, 1), tree)),
+        ("dest=", lambda: layerdiff.write_layer(tree, dest=f"{out}\0")),
+        ("threads='2'", lambda: layerdiff.commit(tree, image=image, threads=cast(Any, "2"))),
+        ("threads=True", lambda: layerdiff.commit(tree, image=image, threads=True)),
+        ("threads=2.0", lambda: layerdiff.write_layer(tree, dest=out, threads=cast(Any, 2.0))),
+        (
+            "source_date_epoch='5'",
+            lambda: layerdiff.commit(tree, image=image, source_date_epoch=cast(Any, "5")),
+        ),
+        (
+            "source_date_epoch=True",
+            lambda: layerdiff.write_layer(tree, dest=out, source_date_epoch=True),
+        ),
+        ("exclude=[1]", lambda: layerdiff.commit(tree, image=image, exclude=cast(Any, [1]))),
+        ("exclude=['../x']", lambda: layerdiff.commit(tree, image=image, exclude=["../x"])),
+        (
+            "exclude=['etc/./hosts']",
+            lambda: layerdiff.write_layer(tree, dest=out, exclude=["etc/./hosts"]),
+        ),
+        ("exclude=['/']", lambda: layerdiff.write_layer(tree, dest=out, exclude=["/"])),
+        ("content='yes'", lambda: layerdiff.diff(tree, tree, content=cast(Any, "yes"))),
+        ("content=1", lambda: layerdiff.diff_overlay(tree, content=cast(Any, 1))),
+        ("overlay='no'", lambda: layerdiff.write_layer(tree, dest=out, overlay=cast(Any, "no"))),
+        ("chown='no'", lambda: layerdiff.apply(out, [blob], chown=cast(Any, "no"))),
+        ("target=5", lambda: layerdiff.fsck(cast(Any, 5))),
+        ("target=5", lambda: layerdiff.gc(cast(Any, 5))),
+        ("target=", lambda: layerdiff.gc(f"{out}\0")),
+    ]
+    for what, call in calls:
+        with pytest.raises(layerdiff.InvalidArgumentError) as info:
+            call()
+        assert isinstance(info.value, ValueError)
+        assert str(info.value).startswith(what), (what, info.value)
+        assert not out.exists(), what
+    with pytest.raises(layerdiff.InvalidReferenceError, match="cannot hold a NUL byte"):
+        layerdiff.commit(tree, image=f"oci:{out}\0:v1")
+    assert not out.exists()
+    # A leading or trailing / is fine in exclude: the path is still inside the tree.
+    layer = layerdiff.write_layer(tree, dest=out, exclude=["/etc/hosts", "etc/hostname/"])
+    assert layer.size > 0
+
+
+def test_fsck_and_gc_take_a_layout_as_a_path_object(tree: Path, tmp_path: Path) -> None:
+    layerdiff.commit(tree, image=f"oci:{tmp_path}/l:v1")
+    report = layerdiff.fsck(tmp_path / "l")
+    assert report.ok and report.images == 1
+    (tmp_path / "l" / "blobs" / "sha256" / ("0" * 64)).write_text("unreachable")
+    assert layerdiff.gc(tmp_path / "l").blobs == 1
+    assert layerdiff.fsck(tmp_path / "l").ok

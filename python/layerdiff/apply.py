@@ -17,7 +17,7 @@ from pathlib import Path
 
 from layerdiff import _core, refs
 from layerdiff.errors import FormatError, InvalidArgumentError, LayerdiffOSError
-from layerdiff.layer import StrPath, check_int
+from layerdiff.layer import StrPath, check_bool, check_int, check_path, check_paths
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -97,12 +97,17 @@ def apply(
     """
     if isinstance(layers, (str, os.PathLike)):
         layers = [layers]  # one blob: a str is a Sequence too, of characters
+    layers = check_paths("layers", layers)
     check_int("max_size", max_size, 1, 2**64 - 1)
+    check_bool("overlay", overlay)
+    for name, value in (("chown", chown), ("userxattr", userxattr)):
+        if value is not None:
+            check_bool(name, value)
     _check_target(root)
     if lowers is not None:
         if isinstance(lowers, (str, os.PathLike)):
             raise InvalidArgumentError("lowers is a sequence of directories, not one path")
-        lowers = list(lowers)
+        lowers = check_paths("lowers", lowers)
         if not overlay:
             raise InvalidArgumentError(
                 "lower directories are only for overlay form (--overlay, overlay=True)"
@@ -112,7 +117,6 @@ def apply(
                 raise LayerdiffOSError(
                     errno.ENOTDIR, "lower layer is not a directory", os.fspath(d)
                 )
-    layers = list(layers)
     for blob in layers:  # every one, before the first is applied
         if not os.path.exists(blob):
             raise LayerdiffOSError(errno.ENOENT, "no such layer blob", os.fspath(blob))
@@ -150,8 +154,8 @@ def apply(
 
 def _check_target(root: StrPath) -> None:
     """Refuse a target that names no directory to write into: ``""`` (not the current
-    directory), or ``/``."""
-    if os.fspath(root) in ("", b""):
+    directory), or ``/``; or no path at all."""
+    if check_path("root", root) == "":
         raise InvalidArgumentError("the target directory is an empty string")
     if os.path.realpath(os.fsdecode(root)) == "/":  # also //, or a symlink to /
         raise InvalidArgumentError("the target directory is / itself: give a directory below it")
@@ -185,6 +189,8 @@ def unpack(
     from layerdiff.image import check_layer_media_types, layer_diff_ids
 
     check_int("max_size", max_size, 1, 2**64 - 1)
+    if chown is not None:
+        check_bool("chown", chown)
     _check_target(root)
     img = load_image(image)
     check_layer_media_types(img.layers, img.ref.text)  # all before anything is written

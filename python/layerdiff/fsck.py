@@ -22,7 +22,12 @@ from typing import Any
 
 from layerdiff import _core, layercache, refs
 from layerdiff.catalog import index_tag
-from layerdiff.errors import FormatError, InvalidReferenceError, LayerdiffError
+from layerdiff.errors import (
+    FormatError,
+    InvalidArgumentError,
+    InvalidReferenceError,
+    LayerdiffError,
+)
 from layerdiff.image import (
     CONFIG_MEDIA_TYPE,
     IMAGE_CONFIG_MEDIA_TYPES,
@@ -30,6 +35,7 @@ from layerdiff.image import (
     check_history,
     config_type_problems,
 )
+from layerdiff.layer import check_path
 from layerdiff.layout import _JSON_MAX, REF_NAME, Descriptor, Layout, check_digest, gc_lock
 
 __all__ = ["FsckReport", "GcReport", "Problem", "fsck", "gc"]
@@ -190,29 +196,38 @@ class _Checker:
                 self.problem(where, f"layer {i} has diff_id {found}, config says {expected}")
 
 
-def _layout_and_images(target: str | None) -> tuple[Layout, list[tuple[str, Descriptor]]]:
+def _target(target: str | os.PathLike[str] | None) -> refs.LayoutRef | None:
+    """What ``target`` names: an image or a layout by reference (a str), a layout by path (an
+    ``os.PathLike``), or (None) the default store."""
+    if target is None:
+        return None
+    if isinstance(target, str):
+        return refs.parse_layout_reference(target)
+    if isinstance(target, os.PathLike):
+        path = check_path("target", target)
+        return refs.LayoutRef(text=f"oci:{path}", layout=Path(path), tag=None, in_store=False)
+    raise InvalidArgumentError(
+        f"target={target!r}: expected an image reference (a str) or a layout's path"
+    )
+
+
+def _layout_and_images(
+    ref: refs.LayoutRef | None,
+) -> tuple[Layout, list[tuple[str, Descriptor]]]:
     """The layout, and the (name, descriptor) of each image to check: all of them for the store
     or an untagged ``oci:PATH``, else the one named."""
-    if target is None:
+    if ref is None:
         layout = Layout(refs.store_layout_path())
         if not layout.path.exists():  # a store never used: nothing to check, nothing made
             return layout, []
         layout = Layout.create(layout.path)
         return layout, _named(layout)
-    ref = refs.parse_layout_reference(target)
     layout = Layout.open(ref.layout)
     named = _named(layout)
     if ref.tag is not None:
         tag = index_tag(layout, ref)
         named = [(n, m) for n, m in named if n == tag]
     return layout, named
-
-
-def _layout_path(target: str) -> Path | None:
-    try:
-        return refs.parse_layout_reference(target).layout
-    except LayerdiffError:
-        return None
 
 
 def _named(layout: Layout) -> list[tuple[str, Descriptor]]:
@@ -222,22 +237,22 @@ def _named(layout: Layout) -> list[tuple[str, Descriptor]]:
     ]
 
 
-def fsck(target: str | None = None) -> FsckReport:
-    """Check the default store, an ``oci:PATH`` layout, or one image; nothing is changed. A
-    layout whose ``index.json`` cannot be read is a problem reported, as damage is; a path that
-    is no layout at all is an error."""
+def fsck(target: str | os.PathLike[str] | None = None) -> FsckReport:
+    """Check the default store, an ``oci:PATH`` layout (or the layout at a path object), or one
+    image; nothing is changed. A layout whose ``index.json`` cannot be read is a problem
+    reported, as damage is; a path that is no layout at all is an error."""
     report = FsckReport()
+    ref = _target(target)
     try:
-        layout, named = _layout_and_images(target)
+        layout, named = _layout_and_images(ref)
     except FormatError as e:
-        where = refs.store_layout_path() if target is None else _layout_path(target)
-        if where is None or not (where / "oci-layout").is_file():
+        where = refs.store_layout_path() if ref is None else ref.layout
+        if not (where / "oci-layout").is_file():
             raise
         report.problems.append(Problem(str(where), str(e)))
         return report
-    one_image = target is not None and refs.parse_layout_reference(target).tag is not None
-    if one_image and not named:
-        report.problems.append(Problem(str(target), "no such image"))
+    if ref is not None and ref.tag is not None and not named:
+        report.problems.append(Problem(ref.text, "no such image"))
     checker = _Checker(layout, report)
     for name, desc in named:
         try:
@@ -318,20 +333,23 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> set[str]:
     return seen
 
 
-def _gc_layout(target: str) -> Layout:
-    """The layout ``oci:PATH`` (or a plain path) names: gc works on whole layouts, never on
-    one image."""
-    if not target.startswith("oci:"):
-        return Layout.open(target)
+def _gc_layout(target: str | os.PathLike[str]) -> Layout:
+    """The layout ``oci:PATH`` (or a plain path, or a path object) names: gc works on whole
+    layouts, never on one image."""
+    if not isinstance(target, (str, os.PathLike)):
+        raise InvalidArgumentError(f"target={target!r}: expected a layout's path or oci:PATH")
+    if not isinstance(target, str) or not target.startswith("oci:"):
+        return Layout.open(check_path("target", target))
     ref = refs.parse_layout_reference(target)
     if ref.tag is not None:
         raise InvalidReferenceError(f"{target}: gc takes a layout, oci:PATH (no tag)")
     return Layout.open(ref.layout)
 
 
-def gc(target: str | None = None) -> GcReport:
+def gc(target: str | os.PathLike[str] | None = None) -> GcReport:
     """Remove unreachable blobs and stale temporary files from the default store (or an
-    ``oci:PATH`` layout). Waits for commands that are writing into it."""
+    ``oci:PATH`` layout, or the layout at a path). Waits for commands that are writing into
+    it."""
     layout = Layout.create(refs.store_layout_path()) if target is None else _gc_layout(target)
     removed = temporary = freed = layers = 0
     cache_keys: set[str] = set()

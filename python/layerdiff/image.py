@@ -106,9 +106,10 @@ MAX_EPOCH = 253_402_300_799
 def source_date_epoch(value: int | None = None) -> int | None:
     """``value`` when given, else ``$SOURCE_DATE_EPOCH`` as an int, else None."""
     if value is not None:
-        if not 0 <= value <= MAX_EPOCH:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH:
             raise InvalidArgumentError(
-                f"source_date_epoch={value}: expected 0 to {MAX_EPOCH} (the year 9999)"
+                f"source_date_epoch={value!r}: expected an integer from 0 to {MAX_EPOCH} "
+                "(the year 9999)"
             )
         return value
     text = os.environ.get("SOURCE_DATE_EPOCH")

@@ -105,6 +105,9 @@ def diff(lower: StrPath, upper: StrPath, *, content: bool = False) -> list[Chang
     """
     from layerdiff import _core  # imported on use: the pure-Python parts work without it
 
+    check_path("lower", lower)
+    check_path("upper", upper)
+    check_bool("content", content)
     return _changes(_core.diff(lower, upper, content=content))
 
 
@@ -114,7 +117,9 @@ def diff_overlay(
     """Changes recorded by an overlayfs upper directory (``lowers`` top first, optional)."""
     from layerdiff import _core
 
-    lowers = check_sequence("lowers", lowers)
+    check_path("upper", upper)
+    lowers = check_paths("lowers", lowers)
+    check_bool("content", content)
     return _changes(_core.diff_overlay(upper, lowers=lowers, content=content))
 
 
@@ -157,9 +162,11 @@ def check_options(
                 f"compression_level={compression_level!r}: {compression} takes "
                 f"{levels.start} to {levels.stop - 1}"
             )
-    if threads is not None and not 1 <= threads <= MAX_THREADS:
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS
+    ):
         raise InvalidArgumentError(
-            f"threads={threads}: expected 1 to {MAX_THREADS} (or None for one per core)"
+            f"threads={threads!r}: expected 1 to {MAX_THREADS} (or None for one per core)"
         )
     return threads or 0
 
@@ -170,6 +177,57 @@ def check_sequence(name: str, value: Sequence[_T]) -> list[_T]:
     if isinstance(value, (str, bytes, os.PathLike)):
         raise InvalidArgumentError(f"{name}={value!r}: expected a list of them, not one")
     return list(value)
+
+
+def check_path(name: str, value: StrPath) -> str:
+    """``value`` as a str if it is a path (a str or an ``os.PathLike`` of one) the system can
+    take, else InvalidArgumentError: a NUL byte ends a path for the kernel."""
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        path = None
+    if not isinstance(path, str):
+        raise InvalidArgumentError(f"{name}={value!r}: expected a path (a str or os.PathLike)")
+    if "\0" in path:
+        raise InvalidArgumentError(f"{name}={value!r}: a path cannot hold a NUL byte")
+    return path
+
+
+def check_paths(name: str, values: Sequence[StrPath]) -> list[StrPath]:
+    """``values`` as a list, each checked by :func:`check_path` (``name`` says which)."""
+    values = check_sequence(name, values)
+    for value in values:
+        check_path(name, value)
+    return values
+
+
+def check_bool(name: str, value: bool) -> bool:
+    """``value`` if it is True or False (not a truthy str), else InvalidArgumentError."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{name}={value!r}: expected True or False")
+    return value
+
+
+def check_exclude(exclude: Sequence[str]) -> list[str]:
+    """``exclude`` as a list of paths inside the tree (relative to its root, a leading ``/``
+    allowed), or InvalidArgumentError: a ``..``, ``.`` or empty component would never match
+    a path of the layer, so the path would silently exclude nothing."""
+    paths = check_sequence("exclude", exclude)
+    for path in paths:
+        if not isinstance(path, str):
+            raise InvalidArgumentError(f"exclude={exclude!r}: {path!r} is not a str")
+        if "\0" in path or any(p in ("", ".", "..") for p in path.strip("/").split("/")):
+            raise InvalidArgumentError(
+                f"exclude={exclude!r}: {path!r} is not a path inside the tree (such as "
+                "etc/hosts: relative to its root, without '.', '..' or empty components)"
+            )
+        try:
+            path.encode()
+        except UnicodeEncodeError:
+            raise InvalidArgumentError(
+                f"exclude={exclude!r}: {path!r} is not UTF-8: such a name cannot be excluded"
+            ) from None
+    return paths
 
 
 def check_int(name: str, value: int, low: int, high: int) -> int:
@@ -191,7 +249,13 @@ def _check_root_ids(root_ids: tuple[int, int] | None) -> tuple[int, int] | None:
     )
 
 
-def _check_source(lower: StrPath | None, overlay: bool, lowers: Sequence[StrPath]) -> None:
+def _check_source(
+    upper: StrPath, lower: StrPath | None, overlay: bool, lowers: Sequence[StrPath]
+) -> None:
+    check_path("upper", upper)
+    if lower is not None:
+        check_path("lower", lower)
+    check_bool("overlay", overlay)
     if lower is not None and overlay:
         raise InvalidArgumentError(
             "lower and overlay exclude each other (use lowers= with overlay)"
@@ -245,29 +309,31 @@ def write_layer(
     (``lowers``, top first, help tell added from changed). ``threads=None`` uses every core and
     never changes the bytes. ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) clamps mtimes.
     ``content`` compares file contents in the diff (see :func:`diff`). Paths in ``exclude``
-    (relative to the root, e.g. ``etc/hosts``) are left out of the layer, with what is below
-    them; files owned by
-    ``root_ids`` (uid, gid) are recorded as owned by root (a rootless container's view); when
-    they are the caller's own and the caller is not root, the tree is read as the container
-    reads it, from a user namespace mapping them to root (see :mod:`layerdiff._userns`): files
-    their owner may not read (mode 0000) are read all the same, and files of ids it does not
-    map are recorded as owned by nobody (65534), as the container sees them.
+    (relative to the root, e.g. ``etc/hosts``; a leading ``/`` is allowed, ``.``, ``..`` and
+    empty components are refused) are left out of the layer, with what is below them; files
+    owned by ``root_ids`` (uid, gid) are recorded as owned by root (a rootless container's
+    view); when they are the caller's own and the caller is not root, the tree is read as the
+    container reads it, from a user namespace mapping them to root (see
+    :mod:`layerdiff._userns`): files their owner may not read (mode 0000) are read all the same,
+    and files of ids it does not map are recorded as owned by nobody (65534), as the container
+    sees them.
     ``compression_level`` (gzip: 1 to 12, libdeflate's scale, default 2; zstd: 1 to 19,
     default 2) trades time for size; the same level always gives the same bytes.
     """
     from layerdiff import _core, refs
 
-    lowers = check_sequence("lowers", lowers)
-    exclude = check_sequence("exclude", exclude)
+    lowers = check_paths("lowers", lowers)
+    exclude = check_exclude(exclude)
     root_ids = _check_root_ids(root_ids)
     if _as_container_root(root_ids):
         return _as_container_root_call("write_layer", locals())
-    _check_source(lower, overlay, lowers)
+    _check_source(upper, lower, overlay, lowers)
     n_threads = check_options(
         compression=compression, threads=threads, compression_level=compression_level
     )
+    check_bool("content", content)
     epoch = _source_date_epoch(source_date_epoch)
-    if os.fspath(dest) == "":
+    if check_path("dest", dest) == "":
         raise InvalidArgumentError("dest='': expected a directory or an OCI layout")
     blobs = blobs_dir_for(dest)
     blobs.mkdir(parents=True, exist_ok=True)
@@ -308,12 +374,12 @@ def write_layer_to_fd(
     """:func:`write_layer`, but the blob goes to the open file descriptor ``fd`` (the write end
     of a pipe, typically), which stays the caller's to close. ``path`` of the result is
     ``Path()``."""
-    lowers = check_sequence("lowers", lowers)
-    exclude = check_sequence("exclude", exclude)
+    lowers = check_paths("lowers", lowers)
+    exclude = check_exclude(exclude)
     root_ids = _check_root_ids(root_ids)
     if _as_container_root(root_ids):
         return _as_container_root_call("write_layer_to_fd", locals(), pass_fds=(fd,))
-    _check_source(lower, overlay, lowers)
+    _check_source(upper, lower, overlay, lowers)
     n_threads = check_options(
         compression=compression, threads=threads, compression_level=compression_level
     )

@@ -361,6 +361,8 @@ def parse_reference(text: str) -> ImageRef:
     """Parse an image reference (see the module docs); raise InvalidReferenceError if malformed."""
     if not text or text != text.strip() or "\n" in text:
         raise _bad(text, "empty or surrounded by whitespace")
+    if "\0" in text:
+        raise _bad(text, "a reference cannot hold a NUL byte")
     if text.startswith("docker://"):
         return _parse_docker(text, text[len("docker://") :])
     if text.startswith("docker-archive:"):
