@@ -208,3 +208,20 @@ def test_fsck_and_gc_take_a_layout_as_a_path_object(tree: Path, tmp_path: Path) 
     (tmp_path / "l" / "blobs" / "sha256" / ("0" * 64)).write_text("unreachable")
     assert layerdiff.gc(tmp_path / "l").blobs == 1
     assert layerdiff.fsck(tmp_path / "l").ok
+
+
+def test_blob_paths_given_back_are_absolute(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    paths = [
+        layerdiff.write_layer(tree, dest="rel").path,
+        layerdiff.commit(tree, image="oci:lay:v1").layer.path,
+        layerdiff.commit(tree, image="oci:lay:v2", lower=tree, base="oci:lay:v1").layer.path,
+        layerdiff.squash("oci:lay:v2", "oci:lay:v3").layer.path,
+    ]
+    monkeypatch.chdir("/")
+    for path in paths:
+        assert path.is_absolute() and path.is_file(), path
+    assert paths[0].parent == tmp_path / "rel"
+    assert paths[1].parent == tmp_path / "lay" / "blobs" / "sha256"

@@ -73,7 +73,8 @@ class LayerInfo:
     tar_size: int
     #: OCI media type (``application/vnd.oci.image.layer.v1.tar+gzip`` …).
     media_type: str
-    #: Where the blob is; ``Path()`` for a layer streamed to a registry (never stored here).
+    #: Where the blob is (an absolute path); ``Path()`` for a layer streamed to a registry
+    #: (never stored here).
     path: Path
     #: Things skipped on the way (sockets …), one message each.
     warnings: tuple[str, ...] = ()
@@ -88,7 +89,9 @@ class LayerInfo:
             size=size,
             tar_size=tar_size,
             media_type=media_type,
-            path=Path(path),
+            # Absolute, as the path of a blob given back should be: the caller may change
+            # directory, or hand it to a process that runs elsewhere.
+            path=Path(path).absolute() if path else Path(),
             warnings=tuple(warnings),
         )
 
