@@ -14,6 +14,7 @@ from typing import Any, cast
 import pytest
 
 import layerdiff
+from layerdiff.layer import write_layer_to_fd
 
 
 def test_missing_tree_is_an_oserror_with_errno_and_filename(tmp_path: Path) -> None:
@@ -120,3 +121,17 @@ def test_what_the_callers_own_code_raises_goes_through_untouched(tmp_path: Path)
         signal.signal(signal.SIGALRM, previous)
     assert timed_out.value is alarm
     assert layerdiff.images(tmp_path / "l") == []
+
+
+def test_a_file_descriptor_to_write_a_layer_to_is_checked(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    os.close(write_end)
+    with pytest.raises(layerdiff.LayerdiffOSError) as info:
+        write_layer_to_fd(tree, write_end)
+    assert info.value.errno == errno.EBADF and f"fd={write_end}" in str(info.value)
+    for fd in (10**12, -1, 2**31):
+        with pytest.raises(layerdiff.InvalidArgumentError, match=f"^fd={fd}: "):
+            write_layer_to_fd(tree, fd)

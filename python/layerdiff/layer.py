@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from layerdiff.errors import InvalidArgumentError
+from layerdiff.errors import InvalidArgumentError, LayerdiffOSError
 
 _T = TypeVar("_T")
 
@@ -377,6 +377,11 @@ def write_layer_to_fd(
     """:func:`write_layer`, but the blob goes to the open file descriptor ``fd`` (the write end
     of a pipe, typically), which stays the caller's to close. ``path`` of the result is
     ``Path()``."""
+    check_int("fd", fd, 0, 2**31 - 1)
+    try:
+        os.fstat(fd)
+    except OSError as e:
+        raise LayerdiffOSError(e.errno, f"fd={fd}: {e.strerror}") from None
     lowers = check_paths("lowers", lowers)
     exclude = check_exclude(exclude)
     root_ids = _check_root_ids(root_ids)
