@@ -714,3 +714,16 @@ def test_apply_checks_every_blob_before_it_applies_the_first(tmp_path: Path) -> 
     with pytest.raises(FileNotFoundError):
         layerdiff.apply(root, [good, good, tmp_path / "missing.tgz"])
     assert list(root.iterdir()) == []
+
+
+def test_a_failed_apply_leaves_the_layers_before_the_failing_one_applied(tmp_path: Path) -> None:
+    """As apply's documentation says: no marker, no rollback; only unpack marks its target."""
+    good = tmp_path / "good.tar"
+    good.write_bytes(_tar([(_entry("f"), b"x")]))
+    damaged = tmp_path / "damaged.tar"
+    damaged.write_bytes(b"\x00" * 100 + b"not a tar" * 200)
+    root = tmp_path / "root"
+    with pytest.raises(layerdiff.FormatError):
+        layerdiff.apply(root, [good, damaged])
+    assert (root / "f").read_bytes() == b"x"
+    assert not layerdiff.incomplete_marker(root).exists()

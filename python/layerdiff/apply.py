@@ -94,6 +94,13 @@ def apply(
     then shows what applying every layer in order onto one directory gives. Without them a
     layer is applied by itself, as docker's overlay2 stores it: an entry through an earlier
     layer's symbolic link makes a directory in the link's place.
+
+    Every blob is checked to exist and be a regular file before the first is applied, but what
+    a layer holds is only known as it is applied, and it is written into ``root`` as it is read:
+    an apply that fails or is interrupted leaves ``root`` partly written (the layers before the
+    failing one applied, that one in part), with no marker saying so; only a ``root`` it made
+    and wrote nothing into is removed. Apply into a new directory and remove it on failure, or
+    use :func:`unpack`, whose :func:`incomplete_marker` says when an image is not all in.
     """
     if isinstance(layers, (str, os.PathLike)):
         layers = [layers]  # one blob: a str is a Sequence too, of characters
