@@ -371,7 +371,7 @@ impl Applier<'_> {
                 raise_open_file_limit();
                 let mut file =
                     unnamed_file(self.root.fd()).map_err(|e| bad(name, e.to_string()))?;
-                copy_content(content, &mut file, self.cancel, name)?;
+                copy_content(content, &mut file, self.cancel, self.root, name)?;
                 self.file_meta(&file, h, name)?;
                 let kept = AufsFile {
                     file,
@@ -391,7 +391,8 @@ impl Applier<'_> {
             return Ok(());
         }
         let meta = h;
-        let io = |e: io::Error| bad(name, e.to_string());
+        let root = self.root;
+        let io = |e: io::Error| written(root, name, e);
         if !self.pending.is_empty() {
             self.hide_before_entry(parent(&path))?;
         }
@@ -441,7 +442,7 @@ impl Applier<'_> {
             }
             EntryKind::File => {
                 let mut file = create_file(&dir, &leaf, &mut replaced_link, false).map_err(io)?;
-                copy_content(content, &mut file, self.cancel, name)?;
+                copy_content(content, &mut file, self.cancel, self.root, name)?;
                 self.file_meta(&file, meta, name)?;
             }
             EntryKind::Hardlink if aufs_link_source(&h.link).is_some() => {
@@ -631,7 +632,7 @@ impl Applier<'_> {
 
     /// Owner, xattrs, mode and mtime of a regular file just written.
     fn file_meta(&mut self, file: &File, meta: &Header, name: &str) -> Result<()> {
-        let io = |e: rustix::io::Errno| bad(name, io::Error::from(e).to_string());
+        let io = |e: rustix::io::Errno| written(self.root, name, e.into());
         self.owner_and_xattrs_fd(file, meta, name)?;
         rustix::fs::fchmod(file, Mode::from_raw_mode(meta.mode)).map_err(io)?;
         rustix::fs::futimens(file, &times(timespec(meta.mtime))).map_err(io)
@@ -688,7 +689,7 @@ impl Applier<'_> {
         name: &str,
         chmod: bool,
     ) -> Result<()> {
-        let io = |e: rustix::io::Errno| bad(name, io::Error::from(e).to_string());
+        let io = |e: rustix::io::Errno| written(self.root, name, e.into());
         if self.opts.chown {
             rustix::fs::chownat(
                 dir,
@@ -1347,7 +1348,13 @@ fn unnamed_file(dir: impl AsFd) -> io::Result<File> {
 
 /// Write the rest of the current entry's content (`name` in errors) into `to`, straight from
 /// the stream's buffers; stopped as soon as `cancel` is set.
-fn copy_content(from: &mut impl BufRead, to: &mut File, cancel: &Cancel, name: &str) -> Result<()> {
+fn copy_content(
+    from: &mut impl BufRead,
+    to: &mut File,
+    cancel: &Cancel,
+    root: &Root,
+    name: &str,
+) -> Result<()> {
     use std::io::Write;
     let broke = |e: io::Error| bad(name, format!("reading content: {e}"));
     loop {
@@ -1357,8 +1364,33 @@ fn copy_content(from: &mut impl BufRead, to: &mut File, cancel: &Cancel, name: &
             return Ok(());
         }
         let n = data.len();
-        to.write_all(data).map_err(broke)?;
+        to.write_all(data).map_err(|e| written(root, name, e))?;
         from.consume(n);
+    }
+}
+
+/// An error writing the entry `name` into the target: the system's own, with its errno and
+/// the target's path, where the system and not the layer is at fault (a full disk, a quota,
+/// no permission, a read-only file system); else the layer's, as the entry names it (a path
+/// through a file, say).
+fn written(root: &Root, name: &str, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(
+            libc::ENOSPC
+            | libc::EDQUOT
+            | libc::EROFS
+            | libc::EIO
+            | libc::EACCES
+            | libc::EPERM
+            | libc::EMFILE
+            | libc::ENFILE
+            | libc::ENOMEM
+            | libc::EFBIG,
+        ) => Error::Io {
+            path: root.display(name.as_bytes()),
+            source: e,
+        },
+        _ => bad(name, e.to_string()),
     }
 }
 

@@ -355,3 +355,22 @@ def test_a_full_disk_during_load_names_the_store(tmp_path: Path) -> None:
         done = run_cli("load", str(tmp_path / "image.tar"), f"oci:{disk / 'l'}:1")
         assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
         assert f"{disk / 'l' / 'blobs' / 'sha256'}: No space left on device" in done.stderr
+
+
+@pytest.mark.root
+def test_a_full_target_during_unpack_is_the_systems_error_not_the_layers(tmp_path: Path) -> None:
+    """A disk that fills while a layer is written out is an OSError with its errno and the
+    path in the target, as docker reports it, not a malformed layer."""
+    import errno
+
+    big = make_tree(tmp_path / "big", 6, files=4, size=1_000_000)
+    layerdiff.commit(big, image=f"oci:{tmp_path / 'src'}:1")
+    disk = tmp_path / "disk"
+    with _tmpfs(disk, "1m"):
+        with pytest.raises(layerdiff.LayerdiffOSError) as info:
+            layerdiff.unpack(f"oci:{tmp_path / 'src'}:1", disk / "out")
+        assert info.value.errno == errno.ENOSPC
+        assert str(info.value.filename).startswith(str(disk / "out")), info.value
+        done = run_cli("unpack", f"oci:{tmp_path / 'src'}:1", str(disk / "again"))
+        assert done.returncode == 1 and "No space left on device" in done.stderr
+        assert "reading content" not in done.stderr, done.stderr
