@@ -105,34 +105,52 @@ fn bad(entry: &str, reason: impl Into<String>) -> Error {
     }
 }
 
-/// A numeric header field: octal (NUL/space padded) or GNU base-256.
-fn number(field: &[u8], what: &str, entry: &str) -> Result<u64> {
-    if let Some(&first) = field.first()
-        && first & 0x80 != 0
-    {
-        if first == 0xff {
-            return Err(bad(entry, format!("negative {what}")));
+/// A numeric header field as Go's archive/tar reads it (and so docker, containerd and umoci):
+/// GNU base-256 when the first byte has its high bit set, a two's complement number in the
+/// bits after that marker (so it may be negative); else octal text, NULs and spaces trimmed at
+/// both ends and cut at the first NUL left (`"\0\0\0644\0\0"` is 0o644, an empty field 0).
+/// `None` if it is neither, or does not fit in an `i64`.
+fn numeric(field: &[u8]) -> Option<i64> {
+    match field.first() {
+        Some(&first) if first & 0x80 != 0 => {
+            // Bit 6 of the first byte is the sign: extend it over the bits above.
+            let mut v = i128::from(first & 0x7f) - if first & 0x40 != 0 { 0x80 } else { 0 };
+            // At most 12 bytes (96 bits): no overflow in an i128.
+            for &b in &field[1..] {
+                v = v * 256 + i128::from(b);
+            }
+            i64::try_from(v).ok()
         }
-        let mut v: u64 = u64::from(first & 0x7f);
-        for &b in &field[1..] {
-            v = v
-                .checked_mul(256)
-                .and_then(|v| v.checked_add(u64::from(b)))
-                .ok_or_else(|| bad(entry, format!("{what} out of range")))?;
-        }
-        return Ok(v);
+        _ => octal(field).and_then(|v| i64::try_from(v).ok()),
     }
-    let text: Vec<u8> = field
-        .iter()
-        .copied()
-        .skip_while(|&b| b == b' ')
-        .take_while(|&b| b != 0 && b != b' ')
-        .collect();
+}
+
+/// Octal text in a header field: see [`numeric`].
+fn octal(field: &[u8]) -> Option<u64> {
+    let pad = |b: &u8| *b == 0 || *b == b' ';
+    let start = field.iter().position(|b| !pad(b)).unwrap_or(field.len());
+    let end = field.iter().rposition(|b| !pad(b)).map_or(start, |i| i + 1);
+    let text = cstr(&field[start..end]);
     if text.is_empty() {
-        return Ok(0);
+        return Some(0);
     }
-    let s = std::str::from_utf8(&text).map_err(|_| bad(entry, format!("bad {what} field")))?;
-    u64::from_str_radix(s, 8).map_err(|_| bad(entry, format!("bad {what} field {s:?}")))
+    text.iter().try_fold(0u64, |v, &b| {
+        if !(b'0'..=b'7').contains(&b) {
+            return None;
+        }
+        v.checked_mul(8)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// A numeric header field that cannot be negative (size, mode, owner, device numbers).
+fn number(field: &[u8], what: &str, entry: &str) -> Result<u64> {
+    let v = numeric(field).ok_or_else(|| {
+        bad(
+            entry,
+            format!("bad {what} field {:?}", String::from_utf8_lossy(field)),
+        )
+    })?;
+    u64::try_from(v).map_err(|_| bad(entry, format!("negative {what}")))
 }
 
 /// A NUL-terminated header string.
@@ -143,8 +161,11 @@ fn cstr(field: &[u8]) -> &[u8] {
     }
 }
 
-fn checksum_ok(block: &[u8; BLOCK]) -> Result<bool> {
-    let stored = number(&block[148..156], "checksum", "<header>")?;
+/// Whether the stored checksum (octal, as Go reads it) matches the block's.
+fn checksum_ok(block: &[u8; BLOCK]) -> bool {
+    let Some(stored) = octal(&block[148..156]) else {
+        return false;
+    };
     let mut unsigned: u64 = 0;
     let mut signed: i64 = 0;
     for (i, &b) in block.iter().enumerate() {
@@ -153,7 +174,7 @@ fn checksum_ok(block: &[u8; BLOCK]) -> Result<bool> {
         signed += i64::from(b as i8);
     }
     // Some old writers summed signed bytes; both forms are accepted, as GNU tar does.
-    Ok(stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed))
+    stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed)
 }
 
 /// Parse PAX records (`LEN KEY=VALUE\n`) into `pending`.
@@ -344,7 +365,7 @@ impl<R: Read> TarReader<R> {
             if block.iter().all(|&b| b == 0) {
                 return self.end(&pending);
             }
-            if !checksum_ok(&block)? {
+            if !checksum_ok(&block) {
                 return Err(bad(
                     &self.last,
                     "header checksum mismatch (corrupt or not a tar)",

@@ -228,6 +228,15 @@ fn block(name: &[u8], typeflag: u8, size: u64) -> [u8; BLOCK] {
     h
 }
 
+/// `h` with `field` (offset, bytes) written over and the checksum made right again.
+fn with_field(mut h: [u8; BLOCK], (at, bytes): (usize, &[u8])) -> [u8; BLOCK] {
+    h[at..at + bytes.len()].copy_from_slice(bytes);
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    h
+}
+
 fn member(out: &mut Vec<u8>, header: [u8; BLOCK], data: &[u8]) {
     out.extend_from_slice(&header);
     out.extend_from_slice(data);
@@ -311,4 +320,63 @@ fn oversized_extended_headers_and_dangling_extensions_are_refused() {
     b.extend_from_slice(&[0u8; 2 * BLOCK]);
     let err = all(&b).unwrap_err().to_string();
     assert!(err.contains("ends after an extended header"), "{err}");
+}
+
+/// Numeric fields as Go's archive/tar reads them (docker, containerd, umoci): octal with NULs
+/// and spaces trimmed at both ends, or GNU base-256 in two's complement.
+#[test]
+fn numeric_fields_read_as_go_reads_them() {
+    let mut r7 = [0xffu8; 12];
+    r7[8..].copy_from_slice(&[0xed, 0x30, 0x08, 0x80]); // GNU tar's 1960-01-01
+    let mut i64_max = [0xffu8; 12];
+    i64_max[..5].copy_from_slice(&[0x80, 0, 0, 0, 0x7f]);
+    let mut past_max = [0u8; 12];
+    past_max[..5].copy_from_slice(&[0x80, 0, 0, 0, 0x80]);
+    let cases: Vec<(&[u8], Option<i64>)> = vec![
+        (b"0000644\0", Some(0o644)),
+        (b"\0\0\x00644\0\0", Some(0o644)),
+        (b"  644   ", Some(0o644)),
+        (b" \x000644 \0 ", Some(0o644)),
+        (b"\0\0\0\0\0\0\0\0", Some(0)),
+        (b"        ", Some(0)),
+        (b"64\x004\0\0\0\0", Some(0o64)),
+        (b"6 44\0\0\0\0", None),
+        (b"0000648\0", None),
+        (b"+000644\0", None),
+        (&[0x80, 0, 0, 0, 0, 0, 0, 1], Some(1)),
+        (&[0xff; 12], Some(-1)),
+        (&r7, Some(-315_619_200)),
+        (&[0xc0, 0, 0, 0, 0, 0, 0, 0], Some(-(1 << 62))),
+        (&i64_max, Some(i64::MAX)),
+        (&past_max, None),
+        (
+            &[
+                0xbf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ],
+            None,
+        ),
+    ];
+    for (field, want) in cases {
+        assert_eq!(numeric(field), want, "{field:?}");
+    }
+
+    // A header whose mode and uid have leading NULs: 0644 and 1000, not 0.
+    let mut a = Vec::new();
+    let h = with_field(block(b"f", b'0', 5), (100, b"\0\0\x00644\0\0"));
+    let h = with_field(h, (108, b"\0\0\x001750\0"));
+    member(&mut a, h, b"hello");
+    a.extend_from_slice(&[0u8; 2 * BLOCK]);
+    let got = all(&a).unwrap();
+    assert_eq!((got[0].0.mode, got[0].0.uid), (0o644, 1000));
+    assert_eq!(got[0].1, b"hello");
+
+    // An octal field with a space inside is not a number (Go: "invalid tar header").
+    let mut b = Vec::new();
+    member(
+        &mut b,
+        with_field(block(b"f", b'0', 0), (108, b"1 2\0")),
+        b"",
+    );
+    let err = all(&b).unwrap_err().to_string();
+    assert!(err.contains("f: bad uid field"), "{err}");
 }
