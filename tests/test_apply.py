@@ -727,3 +727,83 @@ def test_a_failed_apply_leaves_the_layers_before_the_failing_one_applied(tmp_pat
         layerdiff.apply(root, [good, damaged])
     assert (root / "f").read_bytes() == b"x"
     assert not layerdiff.incomplete_marker(root).exists()
+
+
+# 1960-01-01 00:00:00 UTC, and a quarter of a second before 1970.
+BEFORE_1970 = {"old": -315_619_200 * 10**9, "frac": -250_000_000}
+
+
+def _gnu_tar_layer(tmp_path: Path, fmt: str) -> Path:
+    """A layer GNU tar writes of files dated before 1970: ``--format=gnu`` (its default) puts
+    a negative mtime in base-256 (whole seconds), ``--format=pax`` in a PAX record."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name, ns in BEFORE_1970.items():
+        (tree / name).write_text(name)
+        os.utime(tree / name, ns=(ns, ns))
+    layer = tmp_path / f"{fmt}.tar"
+    args = ["tar", "-C", str(tree), "--numeric-owner", f"--format={fmt}", "-cf", str(layer)]
+    subprocess.run([*args, *BEFORE_1970], check=True)
+    return layer
+
+
+def _gnu_tar_mtimes(blob: Path, where: Path) -> dict[str, int]:
+    """The mtimes (ns) GNU tar gives the files of ``blob`` when it extracts them."""
+    where.mkdir()
+    subprocess.run(["tar", "-xf", str(blob), "-C", str(where)], check=True, capture_output=True)
+    return {name: (where / name).lstat().st_mtime_ns for name in BEFORE_1970}
+
+
+def _top_blob(ref: str) -> Path:
+    layout = ref.removeprefix("oci:").rsplit(":", 1)[0]
+    return Layout.open(layout).blob_path(layerdiff.inspect(ref)["manifest"]["layers"][-1]["digest"])
+
+
+def _tarfile_mtimes(blob: Path) -> dict[str, float]:
+    with tarfile.open(blob) as t:
+        return {m.name: m.mtime for m in t if m.name in BEFORE_1970}
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_files_dated_before_1970_keep_their_mtimes(tmp_path: Path, fmt: str) -> None:
+    """apply and unpack set a pre-1970 mtime as GNU tar extracts it; squash and commit write
+    it (a PAX record) so that GNU tar and Python's tarfile read it back the same."""
+    layer = _gnu_tar_layer(tmp_path, fmt)
+    want = _gnu_tar_mtimes(layer, tmp_path / "gnu")
+    assert all(ns < 0 for ns in want.values()), want
+
+    done = run_cli("apply", "--to", str(tmp_path / "applied"), str(layer))
+    assert done.returncode == 0, done.stderr
+    applied = {n: (tmp_path / "applied" / n).lstat().st_mtime_ns for n in BEFORE_1970}
+    assert applied == want
+
+    # Squashed with a layer above it: the mtimes come through into the one layer written.
+    ref = _image_of(tmp_path / "img", [layer.read_bytes(), _tar([(_entry("new"), b"n")])])
+    layerdiff.unpack(ref, tmp_path / "unpacked")
+    assert {n: (tmp_path / "unpacked" / n).lstat().st_mtime_ns for n in BEFORE_1970} == want
+    done = run_cli("squash", ref, f"oci:{tmp_path}/img:sq")
+    assert done.returncode == 0, done.stderr
+    squashed = _top_blob(f"oci:{tmp_path}/img:sq")
+    assert _gnu_tar_mtimes(squashed, tmp_path / "gnu-sq") == want
+    assert _tarfile_mtimes(squashed) == {n: ns / 1e9 for n, ns in want.items()}
+
+    # Committed from a tree, SOURCE_DATE_EPOCH or not (it only lowers later times).
+    for epoch in ("", "1000"):
+        ref = f"oci:{tmp_path}/c:{epoch or 'now'}"
+        done = run_cli(
+            "commit", "--upper", str(tmp_path / "tree"), ref, env={"SOURCE_DATE_EPOCH": epoch}
+        )
+        assert done.returncode == 0, done.stderr
+        blob = _top_blob(ref)
+        assert _gnu_tar_mtimes(blob, tmp_path / f"gnu-c{epoch}") == BEFORE_1970
+        assert _tarfile_mtimes(blob) == {n: ns / 1e9 for n, ns in BEFORE_1970.items()}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_files_dated_before_1970_unpack_as_umoci_unpacks_them(tmp_path: Path, fmt: str) -> None:
+    ref = _image_of(tmp_path / "img", [_gnu_tar_layer(tmp_path, fmt).read_bytes()])
+    layerdiff.unpack(ref, tmp_path / "ours")
+    theirs = umoci_unpack(ref.removeprefix("oci:"), tmp_path / "bundle")
+    for name in BEFORE_1970:
+        assert (tmp_path / "ours" / name).lstat().st_mtime_ns == (theirs / name).lstat().st_mtime_ns

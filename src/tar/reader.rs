@@ -142,15 +142,19 @@ fn octal(field: &[u8]) -> Option<u64> {
     })
 }
 
-/// A numeric header field that cannot be negative (size, mode, owner, device numbers).
-fn number(field: &[u8], what: &str, entry: &str) -> Result<u64> {
-    let v = numeric(field).ok_or_else(|| {
+/// A numeric header field that may be negative (mtime: before 1970).
+fn signed(field: &[u8], what: &str, entry: &str) -> Result<i64> {
+    numeric(field).ok_or_else(|| {
         bad(
             entry,
             format!("bad {what} field {:?}", String::from_utf8_lossy(field)),
         )
-    })?;
-    u64::try_from(v).map_err(|_| bad(entry, format!("negative {what}")))
+    })
+}
+
+/// A numeric header field that cannot be negative (size, mode, owner, device numbers).
+fn number(field: &[u8], what: &str, entry: &str) -> Result<u64> {
+    u64::try_from(signed(field, what, entry)?).map_err(|_| bad(entry, format!("negative {what}")))
 }
 
 /// A NUL-terminated header string.
@@ -238,27 +242,28 @@ fn parse_pax(data: &[u8], pending: &mut Pending, entry: &str) -> Result<()> {
     Ok(())
 }
 
-/// `SEC[.FRACTION]`, possibly negative.
+/// A PAX time, `SEC[.FRACTION]`, as Go's archive/tar reads it: `SEC` a decimal `i64` with an
+/// optional sign, `FRACTION` digits only (the first nine count). Before 1970 the sign applies to
+/// the whole: `-1.5` is `sec -2, nsec 500000000`.
 fn parse_time(v: &[u8]) -> Option<Timestamp> {
     let s = std::str::from_utf8(v).ok()?;
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
-    let sec: i64 = sec.parse().ok()?;
-    let mut nsec: u32 = 0;
-    for (i, c) in frac.chars().take(9).enumerate() {
-        nsec += c.to_digit(10)? * 10u32.pow(8 - i as u32);
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let sec: i64 = whole.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    Some(match (neg, nsec) {
-        (false, _) => Timestamp { sec, nsec },
-        (true, 0) => Timestamp { sec: -sec, nsec: 0 },
-        (true, n) => Timestamp {
-            sec: -sec - 1,
-            nsec: 1_000_000_000 - n,
-        },
-    })
+    let nsec = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(9)
+        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    if nsec > 0 && whole.starts_with('-') {
+        return Some(Timestamp {
+            sec: sec.checked_sub(1)?,
+            nsec: 1_000_000_000 - nsec,
+        });
+    }
+    Some(Timestamp { sec, nsec })
 }
 
 impl<R: Read> TarReader<R> {
@@ -461,9 +466,9 @@ impl<R: Read> TarReader<R> {
         };
         let mtime = match p.pax_mtime {
             Some(t) => t,
+            // Before 1970 it is negative: GNU tar writes it so (base-256), as Go reads it.
             None => Timestamp {
-                sec: i64::try_from(number(&block[136..148], "mtime", &who)?)
-                    .map_err(|_| bad(&who, "mtime out of range"))?,
+                sec: signed(&block[136..148], "mtime", &who)?,
                 nsec: 0,
             },
         };

@@ -380,3 +380,91 @@ fn numeric_fields_read_as_go_reads_them() {
     let err = all(&b).unwrap_err().to_string();
     assert!(err.contains("f: bad uid field"), "{err}");
 }
+
+#[test]
+fn pax_times_read_as_go_reads_them() {
+    let t = |sec, nsec| Some(Timestamp { sec, nsec });
+    let cases: Vec<(&str, Option<Timestamp>)> = vec![
+        ("1700000000", t(1_700_000_000, 0)),
+        ("1700000000.5", t(1_700_000_000, 500_000_000)),
+        ("1.1234567891", t(1, 123_456_789)),
+        ("1.", t(1, 0)),
+        ("+7", t(7, 0)),
+        ("-315619200", t(-315_619_200, 0)),
+        ("-315619200.5", t(-315_619_201, 500_000_000)),
+        ("-0.25", t(-1, 750_000_000)),
+        ("-1.000", t(-1, 0)),
+        ("", None),
+        (".5", None),
+        ("--5", None),
+        ("-+5", None),
+        ("1.5x", None),
+        ("1.1234567890x", None),
+        ("1.-5", None),
+        ("9223372036854775808", None),
+    ];
+    for (text, want) in cases {
+        assert_eq!(parse_time(text.as_bytes()), want, "{text:?}");
+    }
+}
+
+/// A file dated 1960: GNU tar writes its mtime negative in base-256 (`--format=gnu`, its
+/// default) or as a PAX record `mtime=-315619199.75` (`--format=pax`); Python's tarfile a PAX
+/// record. Go (docker, containerd, umoci) reads them all, and so do we.
+#[test]
+fn mtimes_before_1970_are_read() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("old"), b"1960").unwrap();
+    let touched = Command::new("touch")
+        .args(["-d", "1960-01-01 00:00:00.25 UTC"])
+        .arg(src.join("old"))
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    for (format, want) in [
+        (
+            "gnu",
+            Timestamp {
+                sec: -315_619_200,
+                nsec: 0,
+            },
+        ),
+        (
+            "pax",
+            Timestamp {
+                sec: -315_619_200,
+                nsec: 250_000_000,
+            },
+        ),
+    ] {
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .args(["--format", format, "-cf", "-", "old"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{format}");
+        let got = all(&out.stdout).unwrap();
+        assert_eq!(
+            (got[0].0.mtime, &got[0].1[..]),
+            (want, &b"1960"[..]),
+            "{format}"
+        );
+    }
+
+    let mut a = Vec::new();
+    let records = pax(&[("mtime", "-315619200.5")]);
+    member(&mut a, block(b"pax", b'x', records.len() as u64), &records);
+    member(&mut a, block(b"py", b'0', 0), b"");
+    a.extend_from_slice(&[0u8; 2 * BLOCK]);
+    let got = all(&a).unwrap();
+    assert_eq!(
+        got[0].0.mtime,
+        Timestamp {
+            sec: -315_619_201,
+            nsec: 500_000_000
+        }
+    );
+}
