@@ -368,7 +368,7 @@ impl<R: Read> TarReader<R> {
                 return Err(bad(&self.last, "archive is truncated"));
             }
             if block.iter().all(|&b| b == 0) {
-                return self.end(&pending);
+                return self.end_marker(&pending);
             }
             if !checksum_ok(&block) {
                 return Err(bad(
@@ -413,6 +413,28 @@ impl<R: Read> TarReader<R> {
                 ..header
             }));
         }
+    }
+
+    /// A zero block was read: the archive ends there if another zero block or nothing
+    /// follows. One zero block with more entries after it is an error, as Go's archive/tar
+    /// (docker, containerd, umoci) has it, not an end that would hide them.
+    fn end_marker(&mut self, pending: &Pending) -> Result<Option<Header>> {
+        let at = self.pos - BLOCK as u64;
+        let mut block = [0u8; BLOCK];
+        let got = read_full(&mut self.inner, &mut block).map_err(|e| self.io(e))?;
+        self.pos += got as u64;
+        if got == 0 || (got == BLOCK && block.iter().all(|&b| b == 0)) {
+            return self.end(pending);
+        }
+        if got < BLOCK {
+            return Err(bad(&self.last, "archive is truncated"));
+        }
+        Err(bad(
+            &self.last,
+            format!(
+                "a lone zero block at byte {at} before more entries (an archive ends with two)"
+            ),
+        ))
     }
 
     fn end(&mut self, pending: &Pending) -> Result<Option<Header>> {

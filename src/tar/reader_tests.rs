@@ -468,3 +468,35 @@ fn mtimes_before_1970_are_read() {
         }
     );
 }
+
+/// One zero block then EOF, or two, end the archive; one zero block with more after it is an
+/// error (Go's archive/tar: "invalid tar header"), not an end that hides the rest.
+#[test]
+fn a_lone_zero_block_before_more_entries_is_an_error() {
+    let mut a1 = Vec::new();
+    member(&mut a1, block(b"a1", b'0', 2), b"a1");
+    let zero = [0u8; BLOCK];
+    let mut b1 = Vec::new();
+    member(&mut b1, block(b"b1", b'0', 2), b"b1");
+    let cat = |parts: &[&[u8]]| parts.concat();
+    let ends: Vec<(&str, Vec<u8>, usize)> = vec![
+        ("one zero block", cat(&[&a1, &zero]), 1),
+        ("two zero blocks", cat(&[&a1, &zero, &zero]), 1),
+        ("two then more", cat(&[&a1, &zero, &zero, &b1]), 1),
+        ("none", a1.clone(), 1),
+    ];
+    for (what, bytes, n) in ends {
+        assert_eq!(all(&bytes).unwrap().len(), n, "{what}");
+    }
+    let err = all(&cat(&[&a1, &zero, &b1, &zero, &zero]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "a1: a lone zero block at byte 1024 before more entries (an archive ends with two)"
+    );
+    let err = all(&cat(&[&a1, &zero, &zero[..100]]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("truncated"), "{err}");
+}
