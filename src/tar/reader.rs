@@ -215,15 +215,18 @@ fn parse_pax(data: &[u8], pending: &mut Pending, entry: &str) -> Result<()> {
         let id = |v: &[u8]| -> Result<u32> {
             u32::try_from(num(v)?).map_err(|_| bad(entry, "PAX uid/gid out of range"))
         };
+        // An empty value deletes the record (POSIX): the ustar field stands, as Go reads it.
+        let set = (!value.is_empty()).then_some(value);
         match key {
-            b"path" => pending.pax_path = Some(value.to_vec()),
-            b"linkpath" => pending.pax_link = Some(value.to_vec()),
-            b"size" => pending.pax_size = Some(num(value)?),
-            b"uid" => pending.pax_uid = Some(id(value)?),
-            b"gid" => pending.pax_gid = Some(id(value)?),
+            b"path" => pending.pax_path = set.map(<[u8]>::to_vec),
+            b"linkpath" => pending.pax_link = set.map(<[u8]>::to_vec),
+            b"size" => pending.pax_size = set.map(num).transpose()?,
+            b"uid" => pending.pax_uid = set.map(id).transpose()?,
+            b"gid" => pending.pax_gid = set.map(id).transpose()?,
             b"mtime" => {
-                pending.pax_mtime =
-                    Some(parse_time(value).ok_or_else(|| bad(entry, "bad PAX mtime"))?);
+                pending.pax_mtime = set
+                    .map(|v| parse_time(v).ok_or_else(|| bad(entry, "bad PAX mtime")))
+                    .transpose()?;
             }
             // GNU tar's PAX sparse forms (0.0, 0.1, 1.0): the entry's data is a sparse map
             // and fragments, and its name a placeholder; read as a plain file it would come

@@ -500,3 +500,34 @@ fn a_lone_zero_block_before_more_entries_is_an_error() {
         .to_string();
     assert!(err.contains("truncated"), "{err}");
 }
+
+/// An empty PAX value deletes the record (POSIX), so the ustar field stands: Go, GNU tar and
+/// umoci read `path=` as no `path` record, not as an empty name (the root).
+#[test]
+fn an_empty_pax_value_leaves_the_ustar_field() {
+    let mut ustar = block(b"ustar-name", b'2', 0);
+    ustar = with_field(ustar, (157, b"ustar-link"));
+    ustar = with_field(ustar, (108, b"0000007\0"));
+    ustar = with_field(ustar, (116, b"0000011\0"));
+    ustar = with_field(ustar, (136, b"00000000144\0"));
+    let keys = [
+        "path", "linkpath", "size", "uid", "gid", "mtime", "uname", "gname",
+    ];
+    for key in keys {
+        // Empty alone, and empty after a value: the later record deletes the earlier.
+        for records in [vec![(key, "")], vec![(key, "9"), (key, "")]] {
+            let mut a = Vec::new();
+            let records = pax(&records);
+            member(&mut a, block(b"pax", b'x', records.len() as u64), &records);
+            member(&mut a, ustar, b"");
+            a.extend_from_slice(&[0u8; 2 * BLOCK]);
+            let got = all(&a).unwrap_or_else(|e| panic!("{key}: {e}"));
+            let h = &got[0].0;
+            assert_eq!(
+                (&h.path[..], &h.link[..], h.uid, h.gid, h.mtime.sec, h.size),
+                (&b"ustar-name"[..], &b"ustar-link"[..], 7, 9, 100, 0),
+                "{key}"
+            );
+        }
+    }
+}
