@@ -2,8 +2,9 @@
 //!
 //! Written for layers from strangers: every header's checksum is verified, every size is
 //! bounded, PAX records are parsed by their length prefix (so values may hold newlines and
-//! `=`), and where a PAX record, a GNU long name and the ustar fields disagree the order is
-//! fixed — PAX, then GNU, then ustar — so every reader of ours sees the same archive.
+//! `=`), and where a GNU long name, a PAX record and the ustar fields disagree the order is
+//! fixed — GNU, then PAX, then ustar, as Go's archive/tar has it (docker, containerd, umoci) —
+//! so every reader of ours sees the archive they see.
 
 use std::io::{self, BufRead, Read};
 
@@ -38,7 +39,7 @@ pub enum EntryKind {
 /// One archive member with every extension applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// Name as stored (not normalised): PAX `path`, else GNU long name, else ustar prefix/name.
+    /// Name as stored (not normalised): GNU long name, else PAX `path`, else ustar prefix/name.
     pub path: Vec<u8>,
     /// Link target (hardlinks and symlinks).
     pub link: Vec<u8>,
@@ -155,6 +156,11 @@ fn signed(field: &[u8], what: &str, entry: &str) -> Result<i64> {
 /// A numeric header field that cannot be negative (size, mode, owner, device numbers).
 fn number(field: &[u8], what: &str, entry: &str) -> Result<u64> {
     u64::try_from(signed(field, what, entry)?).map_err(|_| bad(entry, format!("negative {what}")))
+}
+
+/// A GNU long name or link: an empty one says nothing (Go's archive/tar ignores it).
+fn non_empty(name: &[u8]) -> Option<Vec<u8>> {
+    (!name.is_empty()).then(|| name.to_vec())
 }
 
 /// A NUL-terminated header string.
@@ -393,11 +399,11 @@ impl<R: Read> TarReader<R> {
                     continue;
                 }
                 b'L' => {
-                    pending.gnu_name = Some(cstr(&self.read_meta(size)?).to_vec());
+                    pending.gnu_name = non_empty(cstr(&self.read_meta(size)?));
                     continue;
                 }
                 b'K' => {
-                    pending.gnu_link = Some(cstr(&self.read_meta(size)?).to_vec());
+                    pending.gnu_link = non_empty(cstr(&self.read_meta(size)?));
                     continue;
                 }
                 _ => {}
@@ -459,11 +465,12 @@ impl<R: Read> TarReader<R> {
                 name.to_vec()
             }
         };
-        let path = p.pax_path.or(p.gnu_name).unwrap_or(ustar_name);
+        // Go applies a GNU long name after the PAX records, so it wins over a PAX path.
+        let path = p.gnu_name.or(p.pax_path).unwrap_or(ustar_name);
         let who = String::from_utf8_lossy(&path).into_owned();
         let link = p
-            .pax_link
-            .or(p.gnu_link)
+            .gnu_link
+            .or(p.pax_link)
             .unwrap_or_else(|| cstr(&block[157..257]).to_vec());
         let kind = match typeflag {
             // Only the old-style regular type (NUL) is a directory by a trailing '/', as Go's

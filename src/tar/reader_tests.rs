@@ -257,12 +257,14 @@ fn pax(records: &[(&str, &str)]) -> Vec<u8> {
 }
 
 #[test]
-fn pax_then_gnu_then_ustar_decide_names_and_sizes() {
-    // A GNU long name and a PAX path that disagree with each other and with the header: PAX wins.
+fn gnu_then_pax_then_ustar_decide_names_and_sizes() {
+    // A GNU long name and a PAX path that disagree with each other and with the header: the
+    // GNU name wins, as Go (docker, containerd, umoci) applies it after the PAX records,
+    // whichever comes first. The link has a PAX record only: it wins over the header's.
     let mut a = Vec::new();
+    let names = pax(&[("path", "pax-name"), ("linkpath", "pax-link")]);
+    member(&mut a, block(b"pax", b'x', names.len() as u64), &names);
     member(&mut a, block(b"././@LongLink", b'L', 9), b"gnu-name\0");
-    let records = pax(&[("path", "pax-name"), ("linkpath", "pax-link")]);
-    member(&mut a, block(b"pax", b'x', records.len() as u64), &records);
     member(&mut a, block(b"ustar-name", b'2', 0), b"");
     // A PAX size larger than the header's: the content is read by the PAX size, and the next
     // header is found where that size says, not inside the content.
@@ -271,17 +273,26 @@ fn pax_then_gnu_then_ustar_decide_names_and_sizes() {
     member(&mut a, block(b"pax", b'x', records.len() as u64), &records);
     member(&mut a, block(b"sized", b'0', 10), &content);
     member(&mut a, block(b"after", b'0', 0), b"");
+    // A GNU long link before the PAX header, and an empty GNU long name, which says nothing.
+    member(&mut a, block(b"././@LongLink", b'K', 9), b"gnu-link\0");
+    member(&mut a, block(b"././@LongLink", b'L', 1), b"\0");
+    member(&mut a, block(b"pax", b'x', names.len() as u64), &names);
+    member(&mut a, block(b"ustar-name", b'1', 0), b"");
     a.extend_from_slice(&[0u8; 2 * BLOCK]);
 
     let got = all(&a).unwrap();
-    assert_eq!(got.len(), 3);
+    assert_eq!(got.len(), 4);
     assert_eq!(
         (got[0].0.path.as_slice(), got[0].0.link.as_slice()),
-        (&b"pax-name"[..], &b"pax-link"[..])
+        (&b"gnu-name"[..], &b"pax-link"[..])
     );
     assert_eq!(got[1].0.path, b"sized");
     assert_eq!(got[1].1, content);
     assert_eq!(got[2].0.path, b"after");
+    assert_eq!(
+        (got[3].0.path.as_slice(), got[3].0.link.as_slice()),
+        (&b"pax-name"[..], &b"gnu-link"[..])
+    );
 }
 
 #[test]
