@@ -11,6 +11,9 @@ use std::io::{self, BufRead, Read};
 use crate::entry::Timestamp;
 use crate::error::{Error, Result};
 
+/// What errors name before any entry was read.
+const START: &str = "<archive>";
+
 /// Size of a tar block.
 pub const BLOCK: usize = 512;
 /// Largest PAX extended header or GNU long name we accept: far above any real one, far below
@@ -72,18 +75,35 @@ impl Header {
     }
 }
 
-/// Extensions collected from `x`, `L` and `K` members for the next entry.
+/// Extensions collected from `x`, `L` and `K` members for the next entry. PAX values are kept
+/// as written and parsed with the entry's header, so that what is wrong with them is reported
+/// under that entry's name.
 #[derive(Default)]
 struct Pending {
     pax_path: Option<Vec<u8>>,
     pax_link: Option<Vec<u8>>,
-    pax_size: Option<u64>,
-    pax_uid: Option<u32>,
-    pax_gid: Option<u32>,
-    pax_mtime: Option<Timestamp>,
+    pax_size: Option<Vec<u8>>,
+    pax_uid: Option<Vec<u8>>,
+    pax_gid: Option<Vec<u8>>,
+    pax_mtime: Option<Vec<u8>>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A `GNU.sparse.*` record was seen.
+    sparse: bool,
+    /// `GNU.sparse.name`: the sparse file's real name.
+    sparse_name: Option<Vec<u8>>,
     gnu_name: Option<Vec<u8>>,
     gnu_link: Option<Vec<u8>>,
+    /// Why a PAX header could not be parsed.
+    broken: Option<String>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.pax_path.is_none()
+            && self.gnu_name.is_none()
+            && self.pax_size.is_none()
+            && self.broken.is_none()
+    }
 }
 
 /// Reads headers with [`TarReader::next_header`]; the current entry's content with `Read`.
@@ -187,8 +207,8 @@ fn checksum_ok(block: &[u8; BLOCK]) -> bool {
     stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed)
 }
 
-/// Parse PAX records (`LEN KEY=VALUE\n`) into `pending`.
-fn parse_pax(data: &[u8], pending: &mut Pending, entry: &str) -> Result<()> {
+/// Parse PAX records (`LEN KEY=VALUE\n`) into `pending`; what is malformed, if anything.
+fn parse_pax(data: &[u8], pending: &mut Pending) -> std::result::Result<(), &'static str> {
     let mut rest = data;
     while !rest.is_empty() {
         if rest.iter().all(|&b| b == 0) {
@@ -197,49 +217,38 @@ fn parse_pax(data: &[u8], pending: &mut Pending, entry: &str) -> Result<()> {
         let sp = rest
             .iter()
             .position(|&b| b == b' ')
-            .ok_or_else(|| bad(entry, "malformed PAX record (no length)"))?;
+            .ok_or("malformed PAX record (no length)")?;
         let len: usize = std::str::from_utf8(&rest[..sp])
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(entry, "malformed PAX record length"))?;
+            .ok_or("malformed PAX record length")?;
         if len <= sp + 1 || len > rest.len() || rest[len - 1] != b'\n' {
-            return Err(bad(entry, "malformed PAX record (length does not match)"));
+            return Err("malformed PAX record (length does not match)");
         }
         let record = &rest[sp + 1..len - 1];
         rest = &rest[len..];
         let eq = record
             .iter()
             .position(|&b| b == b'=')
-            .ok_or_else(|| bad(entry, "malformed PAX record (no '=')"))?;
+            .ok_or("malformed PAX record (no '=')")?;
         let (key, value) = (&record[..eq], &record[eq + 1..]);
-        let num = |v: &[u8]| -> Result<u64> {
-            std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad(entry, format!("bad PAX {}", String::from_utf8_lossy(key))))
-        };
-        let id = |v: &[u8]| -> Result<u32> {
-            u32::try_from(num(v)?).map_err(|_| bad(entry, "PAX uid/gid out of range"))
-        };
         // An empty value deletes the record (POSIX): the ustar field stands, as Go reads it.
-        let set = (!value.is_empty()).then_some(value);
+        let set = (!value.is_empty()).then(|| value.to_vec());
         match key {
-            b"path" => pending.pax_path = set.map(<[u8]>::to_vec),
-            b"linkpath" => pending.pax_link = set.map(<[u8]>::to_vec),
-            b"size" => pending.pax_size = set.map(num).transpose()?,
-            b"uid" => pending.pax_uid = set.map(id).transpose()?,
-            b"gid" => pending.pax_gid = set.map(id).transpose()?,
-            b"mtime" => {
-                pending.pax_mtime = set
-                    .map(|v| parse_time(v).ok_or_else(|| bad(entry, "bad PAX mtime")))
-                    .transpose()?;
-            }
+            b"path" => pending.pax_path = set,
+            b"linkpath" => pending.pax_link = set,
+            b"size" => pending.pax_size = set,
+            b"uid" => pending.pax_uid = set,
+            b"gid" => pending.pax_gid = set,
+            b"mtime" => pending.pax_mtime = set,
             // GNU tar's PAX sparse forms (0.0, 0.1, 1.0): the entry's data is a sparse map
             // and fragments, and its name a placeholder; read as a plain file it would come
-            // out wrong, under the wrong name.
-            _ if key.starts_with(b"GNU.sparse.") => {
-                return Err(bad(entry, "GNU sparse files are not supported in layers"));
+            // out wrong, under the wrong name. Refused with the entry.
+            b"GNU.sparse.name" => {
+                pending.sparse = true;
+                pending.sparse_name = set;
             }
+            _ if key.starts_with(b"GNU.sparse.") => pending.sparse = true,
             _ => {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     pending.xattrs.retain(|(k, _)| k != name);
@@ -249,6 +258,19 @@ fn parse_pax(data: &[u8], pending: &mut Pending, entry: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A PAX `size`, `uid` or `gid` value: decimal.
+fn pax_number(value: &[u8], what: &str, entry: &str) -> Result<u64> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            bad(
+                entry,
+                format!("bad PAX {what} {:?}", String::from_utf8_lossy(value)),
+            )
+        })
 }
 
 /// A PAX time, `SEC[.FRACTION]`, as Go's archive/tar reads it: `SEC` a decimal `i64` with an
@@ -283,7 +305,7 @@ impl<R: Read> TarReader<R> {
             pos: 0,
             remaining: 0,
             padding: 0,
-            last: "<archive>".into(),
+            last: START.into(),
             done: false,
         }
     }
@@ -328,11 +350,22 @@ impl<R: Read> TarReader<R> {
         Ok(())
     }
 
-    /// Content of a metadata member (`x`, `L`, `K`), bounded by [`MAX_META`].
-    fn read_meta(&mut self, size: u64) -> Result<Vec<u8>> {
+    /// The entry extended headers are being read for, before its own header is: the name
+    /// they give it, if any, else the one after the last entry read.
+    fn pending_name(&self, p: &Pending) -> String {
+        match p.gnu_name.as_ref().or(p.pax_path.as_ref()) {
+            Some(name) => String::from_utf8_lossy(name).into_owned(),
+            None if self.last == START => "<first entry>".into(),
+            None => format!("<entry after {}>", self.last),
+        }
+    }
+
+    /// Content of a metadata member (`x`, `L`, `K`) for the entry `who`, bounded by
+    /// [`MAX_META`].
+    fn read_meta(&mut self, size: u64, who: &str) -> Result<Vec<u8>> {
         if size > MAX_META {
             return Err(bad(
-                &self.last,
+                who,
                 format!("extended header of {size} bytes (limit {MAX_META})"),
             ));
         }
@@ -364,6 +397,16 @@ impl<R: Read> TarReader<R> {
             return Err(bad(&self.last, "archive is truncated"));
         }
         let mut pending = Pending::default();
+        let next = self.next_entry(&mut pending);
+        match pending.broken.take() {
+            // A PAX header that could not be parsed is what is wrong first, whatever followed.
+            Some(reason) if next.is_err() => Err(bad(&self.pending_name(&pending), reason)),
+            _ => next,
+        }
+    }
+
+    /// The entry after any extended headers, which `pending` collects.
+    fn next_entry(&mut self, pending: &mut Pending) -> Result<Option<Header>> {
         loop {
             let mut block = [0u8; BLOCK];
             let got = read_full(&mut self.inner, &mut block).map_err(|e| self.io(e))?;
@@ -371,13 +414,13 @@ impl<R: Read> TarReader<R> {
             if got == 0 {
                 // EOF without end marker: accepted as the end only at a member boundary with
                 // nothing pending, as most readers do.
-                return self.end(&pending);
+                return self.end(pending);
             }
             if got < BLOCK {
                 return Err(bad(&self.last, "archive is truncated"));
             }
             if block.iter().all(|&b| b == 0) {
-                return self.end_marker(&pending);
+                return self.end_marker(pending);
             }
             if !checksum_ok(&block) {
                 return Err(bad(
@@ -386,29 +429,24 @@ impl<R: Read> TarReader<R> {
                 ));
             }
             let typeflag = block[156];
-            let size = number(&block[124..136], "size", &self.last)?;
-            match typeflag {
-                b'x' => {
-                    let data = self.read_meta(size)?;
-                    parse_pax(&data, &mut pending, &self.last.clone())?;
-                    continue;
-                }
-                b'g' => {
+            if matches!(typeflag, b'x' | b'g' | b'L' | b'K') {
+                let who = self.pending_name(pending);
+                let size = number(&block[124..136], "size", &who)?;
+                let data = self.read_meta(size, &who)?;
+                match typeflag {
+                    b'x' => {
+                        if let Err(reason) = parse_pax(&data, pending) {
+                            pending.broken.get_or_insert_with(|| reason.into());
+                        }
+                    }
+                    b'L' => pending.gnu_name = non_empty(cstr(&data)),
+                    b'K' => pending.gnu_link = non_empty(cstr(&data)),
                     // Global extended headers carry defaults no layer writer relies on.
-                    self.read_meta(size)?;
-                    continue;
+                    _ => {}
                 }
-                b'L' => {
-                    pending.gnu_name = non_empty(cstr(&self.read_meta(size)?));
-                    continue;
-                }
-                b'K' => {
-                    pending.gnu_link = non_empty(cstr(&self.read_meta(size)?));
-                    continue;
-                }
-                _ => {}
+                continue;
             }
-            let header = self.entry(&block, typeflag, size, pending)?;
+            let header = self.entry(&block, typeflag, std::mem::take(pending))?;
             self.last = header.display();
             let content = if header.kind == EntryKind::File {
                 header.size
@@ -447,14 +485,17 @@ impl<R: Read> TarReader<R> {
     }
 
     fn end(&mut self, pending: &Pending) -> Result<Option<Header>> {
-        if pending.pax_path.is_some() || pending.gnu_name.is_some() || pending.pax_size.is_some() {
-            return Err(bad(&self.last, "archive ends after an extended header"));
+        if !pending.is_empty() {
+            return Err(bad(
+                &self.pending_name(pending),
+                "archive ends after an extended header",
+            ));
         }
         self.done = true;
         Ok(None)
     }
 
-    fn entry(&self, block: &[u8; BLOCK], typeflag: u8, size: u64, p: Pending) -> Result<Header> {
+    fn entry(&self, block: &[u8; BLOCK], typeflag: u8, p: Pending) -> Result<Header> {
         let ustar_name = {
             let name = cstr(&block[0..100]);
             let posix = &block[257..263] == b"ustar\0";
@@ -472,6 +513,18 @@ impl<R: Read> TarReader<R> {
             .gnu_link
             .or(p.pax_link)
             .unwrap_or_else(|| cstr(&block[157..257]).to_vec());
+        if let Some(reason) = p.broken {
+            return Err(bad(&who, reason));
+        }
+        if p.sparse {
+            let name = p
+                .sparse_name
+                .map(|n| String::from_utf8_lossy(&n).into_owned());
+            return Err(bad(
+                name.as_deref().unwrap_or(&who),
+                "GNU sparse files are not supported in layers",
+            ));
+        }
         let kind = match typeflag {
             // Only the old-style regular type (NUL) is a directory by a trailing '/', as Go's
             // archive/tar (docker, containerd, umoci) and Python's tarfile read it: a '0' entry
@@ -492,39 +545,48 @@ impl<R: Read> TarReader<R> {
                 ));
             }
         };
-        let id = |field: &[u8], what: &str| -> Result<u32> {
-            u32::try_from(number(field, what, &who)?)
-                .map_err(|_| bad(&who, format!("{what} out of range")))
+        let id = |field: &[u8], pax: Option<Vec<u8>>, what: &str| -> Result<u32> {
+            let v = match pax {
+                Some(v) => pax_number(&v, what, &who)?,
+                None => number(field, what, &who)?,
+            };
+            u32::try_from(v).map_err(|_| bad(&who, format!("{what} out of range")))
         };
         let mtime = match p.pax_mtime {
-            Some(t) => t,
+            Some(v) => parse_time(&v).ok_or_else(|| {
+                bad(
+                    &who,
+                    format!("bad PAX mtime {:?}", String::from_utf8_lossy(&v)),
+                )
+            })?,
             // Before 1970 it is negative: GNU tar writes it so (base-256), as Go reads it.
             None => Timestamp {
                 sec: signed(&block[136..148], "mtime", &who)?,
                 nsec: 0,
             },
         };
+        // The header's own size is read even where a PAX record says it: Go refuses a header
+        // with a bad one.
+        let ustar_size = number(&block[124..136], "size", &who)?;
+        let size = match p.pax_size {
+            Some(v) => pax_number(&v, "size", &who)?,
+            None => ustar_size,
+        };
         let is_dev = matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice);
         Ok(Header {
             kind,
             mode: (number(&block[100..108], "mode", &who)? & 0o7777) as u32,
-            uid: match p.pax_uid {
-                Some(u) => u,
-                None => id(&block[108..116], "uid")?,
-            },
-            gid: match p.pax_gid {
-                Some(g) => g,
-                None => id(&block[116..124], "gid")?,
-            },
+            uid: id(&block[108..116], p.pax_uid, "uid")?,
+            gid: id(&block[116..124], p.pax_gid, "gid")?,
             mtime,
-            size: p.pax_size.unwrap_or(size),
+            size,
             dev_major: if is_dev {
-                id(&block[329..337], "devmajor")?
+                id(&block[329..337], None, "devmajor")?
             } else {
                 0
             },
             dev_minor: if is_dev {
-                id(&block[337..345], "devminor")?
+                id(&block[337..345], None, "devminor")?
             } else {
                 0
             },

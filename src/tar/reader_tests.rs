@@ -542,3 +542,95 @@ fn an_empty_pax_value_leaves_the_ustar_field() {
         }
     }
 }
+
+/// What is wrong in a PAX header is reported under the name of the entry it was for (its GNU
+/// or PAX name if it has one, else its header's), not the one before it.
+#[test]
+fn errors_in_extended_headers_name_the_entry_they_are_for() {
+    let x = |records: &[(&str, &str)]| {
+        let mut out = Vec::new();
+        let records = pax(records);
+        member(
+            &mut out,
+            block(b"pax", b'x', records.len() as u64),
+            &records,
+        );
+        out
+    };
+    let lying = {
+        // A record whose length says more than there is.
+        let mut out = Vec::new();
+        member(&mut out, block(b"pax", b'x', 13), b"99 path=evil\n");
+        out
+    };
+    let mut before = Vec::new();
+    member(&mut before, block(b"before", b'0', 0), b"");
+    let mut entry = Vec::new();
+    member(&mut entry, block(b"ustar-name", b'0', 0), b"");
+    let mut long = Vec::new();
+    member(&mut long, block(b"././@LongLink", b'L', 9), b"gnu-name\0");
+    let zeros = [0u8; 2 * BLOCK];
+    let cat = |parts: &[&[u8]]| parts.concat();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "bad size",
+            cat(&[&before, &x(&[("size", "12x")]), &entry, &zeros]),
+            "ustar-name: bad PAX size \"12x\"",
+        ),
+        (
+            "bad mtime, PAX path",
+            cat(&[
+                &before,
+                &x(&[("path", "pax-name"), ("mtime", "1.x")]),
+                &entry,
+            ]),
+            "pax-name: bad PAX mtime \"1.x\"",
+        ),
+        (
+            "bad uid, GNU name",
+            cat(&[&before, &x(&[("uid", "-1")]), &long, &entry, &zeros]),
+            "gnu-name: bad PAX uid \"-1\"",
+        ),
+        (
+            "malformed record",
+            cat(&[&before, &lying, &entry, &zeros]),
+            "ustar-name: malformed PAX record (length does not match)",
+        ),
+        (
+            "malformed record, then the stream cut",
+            cat(&[&before, &lying, &entry[..100]]),
+            "<entry after before>: malformed PAX record (length does not match)",
+        ),
+        (
+            "malformed record, then the end",
+            cat(&[&lying, &zeros]),
+            "<first entry>: malformed PAX record (length does not match)",
+        ),
+        (
+            "sparse",
+            cat(&[
+                &before,
+                &x(&[("GNU.sparse.major", "1"), ("GNU.sparse.name", "real")]),
+                &entry,
+            ]),
+            "real: GNU sparse files are not supported in layers",
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        assert_eq!(all(&bytes).unwrap_err().to_string(), want, "{what}");
+    }
+
+    // A sparse file as GNU tar writes it (PAX format 1.0, its name a placeholder).
+    let t = tempfile::tempdir().unwrap();
+    let f = std::fs::File::create(t.path().join("holes")).unwrap();
+    f.set_len(1 << 20).unwrap();
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(t.path())
+        .args(["--format=pax", "--sparse", "-cf", "-", "holes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = all(&out.stdout).unwrap_err().to_string();
+    assert_eq!(err, "holes: GNU sparse files are not supported in layers");
+}
