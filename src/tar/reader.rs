@@ -433,17 +433,28 @@ impl<R: Read> TarReader<R> {
                 let who = self.pending_name(pending);
                 let size = number(&block[124..136], "size", &who)?;
                 let data = self.read_meta(size, &who)?;
+                let broken = pending.broken.take();
                 match typeflag {
                     b'x' => {
+                        // A later PAX header replaces an earlier one, as Go reads them.
+                        *pending = Pending {
+                            gnu_name: pending.gnu_name.take(),
+                            gnu_link: pending.gnu_link.take(),
+                            ..Pending::default()
+                        };
                         if let Err(reason) = parse_pax(&data, pending) {
-                            pending.broken.get_or_insert_with(|| reason.into());
+                            pending.broken = Some(reason.into());
                         }
                     }
                     b'L' => pending.gnu_name = non_empty(cstr(&data)),
                     b'K' => pending.gnu_link = non_empty(cstr(&data)),
-                    // Global extended headers carry defaults no layer writer relies on.
-                    _ => {}
+                    // A global header carries defaults no layer writer relies on. Go returns
+                    // it as an entry of its own (which docker and containerd skip), so what
+                    // was read before it applies to no entry.
+                    _ => *pending = Pending::default(),
                 }
+                // The first PAX header that could not be parsed is the one reported.
+                pending.broken = broken.or(pending.broken.take());
                 continue;
             }
             let header = self.entry(&block, typeflag, std::mem::take(pending))?;

@@ -634,3 +634,77 @@ fn errors_in_extended_headers_name_the_entry_they_are_for() {
     let err = all(&out.stdout).unwrap_err().to_string();
     assert_eq!(err, "holes: GNU sparse files are not supported in layers");
 }
+
+/// Go's archive/tar (docker, containerd, umoci) takes the last PAX header before an entry, not
+/// a merge of all, and returns a global header as an entry of its own, so nothing read before
+/// one applies to the entry after it.
+#[test]
+fn the_last_pax_header_counts_and_a_global_header_ends_what_came_before() {
+    let x = |flag: u8, records: &[(&str, &str)]| {
+        let mut out = Vec::new();
+        let records = pax(records);
+        member(
+            &mut out,
+            block(b"pax", flag, records.len() as u64),
+            &records,
+        );
+        out
+    };
+    let mut entry = Vec::new();
+    member(&mut entry, block(b"ustar-name", b'0', 0), b"");
+    let mut long = Vec::new();
+    member(&mut long, block(b"././@LongLink", b'L', 9), b"gnu-name\0");
+    let cat = |parts: &[&[u8]]| [parts.concat(), vec![0u8; 2 * BLOCK]].concat();
+    let cases: Vec<(&str, Vec<u8>, (&str, u32))> = vec![
+        (
+            "two PAX headers",
+            cat(&[
+                &x(b'x', &[("path", "pax-name")]),
+                &x(b'x', &[("uid", "5")]),
+                &entry,
+            ]),
+            ("ustar-name", 5),
+        ),
+        (
+            "GNU name, then two PAX headers",
+            cat(&[
+                &long,
+                &x(b'x', &[("uid", "5")]),
+                &x(b'x', &[("gid", "6")]),
+                &entry,
+            ]),
+            ("gnu-name", 0),
+        ),
+        (
+            "PAX header, then a global one",
+            cat(&[
+                &x(b'x', &[("path", "pax-name"), ("uid", "5")]),
+                &x(b'g', &[("uid", "7")]),
+                &entry,
+            ]),
+            ("ustar-name", 0),
+        ),
+        (
+            "GNU name, then a global header",
+            cat(&[&long, &x(b'g', &[]), &entry]),
+            ("ustar-name", 0),
+        ),
+    ];
+    for (what, bytes, (name, uid)) in cases {
+        let got = all(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(got.len(), 1, "{what}");
+        assert_eq!(
+            (&got[0].0.path[..], got[0].0.uid),
+            (name.as_bytes(), uid),
+            "{what}"
+        );
+    }
+    // A PAX header that cannot be parsed is reported though a good one follows.
+    let mut lying = Vec::new();
+    member(&mut lying, block(b"pax", b'x', 13), b"99 path=evil\n");
+    let err = all(&cat(&[&lying, &x(b'x', &[("uid", "5")]), &entry])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "ustar-name: malformed PAX record (length does not match)"
+    );
+}
