@@ -263,10 +263,28 @@ pub(crate) fn is_whiteout(st: &Stat) -> bool {
 /// Copy the lower entry `found` (named `name` in its directory) into `dir` under the same
 /// name, as overlayfs copies up: a directory (without its children), a symbolic link, a
 /// regular file with its content, a fifo or a device node; with its owner (when `chown`),
-/// its xattrs (overlayfs' own left out), mode and mtime.
+/// its xattrs (overlayfs' own left out), mode and mtime. As with overlayfs, `dir` keeps its
+/// times: a copy-up is no change to the directory it is made in.
 pub(crate) fn copy_up(found: &Found, name: &[u8], dir: impl AsFd, chown: bool) -> io::Result<()> {
-    use rustix::fs::{Gid, Timespec, Timestamps, Uid, XattrFlags};
     let dir = dir.as_fd();
+    let before = rustix::fs::fstat(dir)?;
+    copy_up_entry(found, name, dir, chown)?;
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: before.st_atime,
+            tv_nsec: before.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: before.st_mtime,
+            tv_nsec: before.st_mtime_nsec as _,
+        },
+    };
+    rustix::fs::futimens(dir, &times)?;
+    Ok(())
+}
+
+fn copy_up_entry(found: &Found, name: &[u8], dir: BorrowedFd<'_>, chown: bool) -> io::Result<()> {
+    use rustix::fs::{Gid, Timespec, Timestamps, Uid, XattrFlags};
     let st = &found.stat;
     let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
     let leaf = os_path(name);

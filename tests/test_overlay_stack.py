@@ -185,6 +185,18 @@ def test_stacked_overlay_layers_mount_as_the_layers_applied_in_order(
     _check(tmp_path, ALL_CASES[name])
 
 
+def test_a_directory_only_copied_up_keeps_its_mtime(tmp_path: Path) -> None:
+    """Copying `a/b` up to write `a/b/g` is no change to `a`, as with overlayfs' own copy-up:
+    in the mount `a` keeps the mtime applying in order gives it (the layer's own time). `b`,
+    which the layer wrote into, has the time of that write in both."""
+    blobs = _blobs(tmp_path, [[D("a"), D("a/b"), F("a/b/f")], [F("a/b/g", b"g")]])
+    expected, stacked = _in_order(tmp_path, blobs), _stacked(tmp_path, blobs)
+    assert isinstance(expected, Path) and isinstance(stacked, list)
+    with lowers_mounted(stacked[::-1], tmp_path / "merged") as merged:
+        assert (merged / "a").stat().st_mtime_ns == (expected / "a").stat().st_mtime_ns
+        assert (merged / "a").stat().st_mtime_ns != (merged / "a" / "b").stat().st_mtime_ns
+
+
 def test_without_lowers_an_entry_through_an_earlier_link_hides_it(tmp_path: Path) -> None:
     """The reason for ``lowers``: a layer applied by itself (docker's overlay2 form) turns an
     earlier layer's /lib link into a directory holding only the new file."""
