@@ -88,14 +88,29 @@ pub fn cmp_paths(a: &[u8], b: &[u8]) -> Ordering {
     // Component by component is byte order with `/` below every other byte: at the first
     // difference, the path whose component ended there sorts first; a path that is a prefix
     // of the other (fewer components, or a shorter last one) sorts first too.
-    let n = a.len().min(b.len());
-    match a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y) {
+    match first_difference(a, b) {
         None => a.len().cmp(&b.len()),
         Some(i) => {
             let rank = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
             rank(a[i]).cmp(&rank(b[i]))
         }
     }
+}
+
+/// Where `a` and `b` first differ, within the shorter one's length. Long shared prefixes (deep
+/// paths of one directory) are skipped a block at a time.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 32;
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + BLOCK <= n && a[i..i + BLOCK] == b[i..i + BLOCK] {
+        i += BLOCK;
+    }
+    a[i..n]
+        .iter()
+        .zip(&b[i..n])
+        .position(|(x, y)| x != y)
+        .map(|j| i + j)
 }
 
 /// The parent of a relative path (`b""` for a top-level name).
@@ -171,6 +186,30 @@ mod tests {
         for a in &paths {
             for b in paths.iter().step_by(7) {
                 assert_eq!(cmp_paths(a, b), by_components(a, b), "{a:?} {b:?}");
+            }
+        }
+        // Behind a long shared prefix (compared a block at a time), and one of its lengths.
+        for prefix in [
+            b"d/".repeat(35),
+            b"d/".repeat(16),
+            [b"x".repeat(31), b"/".to_vec()].concat(),
+        ] {
+            for a in paths.iter().step_by(3) {
+                for b in paths.iter().step_by(11) {
+                    let (pa, pb) = ([&prefix[..], a].concat(), [&prefix[..], b].concat());
+                    assert_eq!(
+                        cmp_paths(&pa, &pb),
+                        by_components(&pa, &pb),
+                        "{pa:?} {pb:?}"
+                    );
+                    let short = &prefix[..prefix.len() - 1];
+                    let pc = [short, b].concat();
+                    assert_eq!(
+                        cmp_paths(&pa, &pc),
+                        by_components(&pa, &pc),
+                        "{pa:?} {pc:?}"
+                    );
+                }
             }
         }
     }

@@ -464,11 +464,21 @@ fn mark_with_parents(
 ) {
     created.insert(p.to_vec());
     let mut q = parent(p);
-    while !q.is_empty() {
+    // A parent this layer wrote already has its own parents marked: most entries stop at once.
+    while !q.is_empty() && created.insert(q.to_vec()) {
         tree.entry(Key(q.to_vec())).or_insert(LowerNode::Dir);
-        created.insert(q.to_vec());
         q = parent(q);
     }
+}
+
+/// The longest path that is `a` or one of its parents and `b` or one of its parents.
+fn common_dir<'a>(a: &'a [u8], b: &[u8]) -> &'a [u8] {
+    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let ends = |p: &[u8]| n == p.len() || p[n] == b'/';
+    if ends(a) && ends(b) {
+        return &a[..n];
+    }
+    &a[..a[..n].iter().rposition(|&c| c == b'/').unwrap_or(0)]
 }
 
 /// The fold over the squashed range.
@@ -482,6 +492,9 @@ pub struct Folder {
     links: Links,
     /// Hardlink sets of records other than files made so far ([`Record::link_set`]).
     link_sets: u64,
+    /// A directory none of whose ancestors, nor itself, is anything but a directory (or
+    /// absent), as [`Self::put`] last checked: the next entry in it is not checked again.
+    checked: Vec<u8>,
 }
 
 /// Metadata of a directory the layer implied but did not hold (apply makes it 0755, root).
@@ -512,6 +525,9 @@ impl Folder {
         if self.lower.is_dir(p).is_none() {
             return false;
         }
+        if self.killed.is_empty() {
+            return true;
+        }
         let mut q = p;
         loop {
             if self.killed.contains(q) {
@@ -533,12 +549,23 @@ impl Folder {
     /// Put `rec` at `p`. A parent there that is not a directory is an error, as apply finds it
     /// (`ENOTDIR`): the symbolic links among the parents are already followed.
     fn put(&mut self, p: &[u8], rec: Record, created: &mut HashSet<Vec<u8>>) -> Result<()> {
-        let mut q = parent(p);
-        while !q.is_empty() {
-            if self.is_dir(q) == Some(false) {
-                return Err(not_a_directory(p));
+        let dir = parent(p);
+        if self.checked != dir {
+            // What `dir` shares with the directory checked last was checked with it.
+            let shared = common_dir(&self.checked, dir).len();
+            let mut q = dir;
+            while q.len() > shared {
+                if self.is_dir(q) == Some(false) {
+                    return Err(not_a_directory(p));
+                }
+                q = parent(q);
             }
-            q = parent(q);
+            self.checked = dir.to_vec();
+        }
+        let on_checked_way = self.checked.starts_with(p)
+            && (self.checked.len() == p.len() || self.checked[p.len()] == b'/');
+        if rec.kind != Kind::Dir && on_checked_way {
+            self.checked.clear(); // not a directory any more: checked again next time
         }
         let key = Key(p.to_vec());
         let existing_dir = match self.merged.get(&key) {
@@ -1252,28 +1279,21 @@ enum Item<'a> {
 }
 
 /// Layer order: path components compared by bytes, except that inside a directory its opaque
-/// marker (rank 0) and whiteouts (rank 1) come before its other children (rank 2).
-fn order_key(item: &Item<'_>) -> Vec<(u8, Vec<u8>)> {
-    let comps = |p: &[u8]| -> Vec<(u8, Vec<u8>)> {
-        if p.is_empty() {
-            Vec::new()
-        } else {
-            p.split(|&b| b == b'/').map(|c| (2, c.to_vec())).collect()
-        }
-    };
-    match item {
-        Item::Rec(p, _) => comps(p),
-        Item::Opaque(d) => {
-            let mut k = comps(d);
-            k.push((0, Vec::new()));
-            k
-        }
-        Item::Whiteout(p) => {
-            let mut k = comps(parent(p));
-            k.push((1, base_name(p).to_vec()));
-            k
-        }
+/// marker (rank 0) and whiteouts (rank 1) come before its other children (rank 2). Compared
+/// in place: a key made for every item would hold a copy of every component of every path.
+fn layer_order(a: &Item<'_>, b: &Item<'_>) -> Ordering {
+    fn key<'a>(item: &'a Item<'_>) -> impl Iterator<Item = (u8, &'a [u8])> {
+        let (dir, last): (&[u8], Option<(u8, &[u8])>) = match item {
+            Item::Rec(p, _) => (p, None),
+            Item::Opaque(d) => (d, Some((0, b""))),
+            Item::Whiteout(p) => (parent(p), Some((1, base_name(p)))),
+        };
+        dir.split(|&b| b == b'/')
+            .filter(move |_| !dir.is_empty())
+            .map(|c| (2, c))
+            .chain(last)
     }
+    key(a).cmp(key(b))
 }
 
 /// A decompressed source layer, read forward. Layers we write are sorted, so their contents are
@@ -1549,7 +1569,7 @@ fn write_squashed<W: Write>(
         .chain(squashed.opaque.iter().map(|d| Item::Opaque(d)))
         .chain(squashed.whiteouts.iter().map(|p| Item::Whiteout(p)))
         .collect();
-    items.sort_by_cached_key(order_key);
+    items.sort_by(layer_order);
     // The first path written of each inode; later ones become hardlinks to it.
     let mut first: HashMap<Inode, &[u8]> = HashMap::new();
     for item in items {

@@ -1040,3 +1040,20 @@ fn a_cancel_stops_the_squash_inside_a_large_file() {
     assert!(most < 128 << 20, "{most} bytes written before it stopped");
     assert_eq!(fs::read_dir(&blobs).unwrap().count(), 0, "left in blobs/");
 }
+
+#[test]
+fn the_directory_two_paths_share() {
+    for (a, b, want) in [
+        (&b"a/b/c"[..], &b"a/b/d"[..], &b"a/b"[..]),
+        (b"a/b", b"a/b", b"a/b"),
+        (b"a/b", b"a/b/c/d", b"a/b"),
+        (b"a/b/c/d", b"a/b", b"a/b"),
+        (b"a/bc", b"a/b", b"a"),
+        (b"a/b", b"a/bc/d", b"a"),
+        (b"ab", b"a", b""),
+        (b"", b"a/b", b""),
+        (b"x", b"y", b""),
+    ] {
+        assert_eq!(common_dir(a, b), want, "{a:?} {b:?}");
+    }
+}

@@ -84,6 +84,23 @@ def test_fsck_finds_a_missing_blob_and_a_wrong_diff_id(store: Layout) -> None:
     assert [str(p) for p in report.problems] == [
         f"two:1: blob {layerdiff.inspect('two:1')['manifest']['layers'][0]['digest']} is missing"
     ]
+    # A config whose diff_id is not its layer's: whole blobs, but an image unpack refuses.
+    info = layerdiff.inspect("one:1")
+    config, manifest = info["config"], info["manifest"]
+    real = config["rootfs"]["diff_ids"][0]
+    fake = "sha256:" + "1" * 64
+    config["rootfs"]["diff_ids"][0] = fake
+    manifest["config"] = store.put_blob(
+        json.dumps(config).encode(), media_type=manifest["config"]["mediaType"]
+    )
+    store.set_tag(
+        "one:1", store.put_blob(json.dumps(manifest).encode(), media_type=manifest["mediaType"])
+    )
+    report = layerdiff.fsck("one:1")
+    assert [str(p) for p in report.problems] == [
+        f"one:1: layer 0 has diff_id {real}, config says {fake}"
+    ]
+    assert run_cli("fsck", "one:1").returncode == 1
 
 
 def test_gc_removes_only_unreachable_blobs_and_temporary_files(store: Layout) -> None:

@@ -23,6 +23,8 @@ from layerdiff.image import (
     rfc3339,
     source_date_epoch,
 )
+from layerdiff.layercache import chain_ids
+from layerdiff.platforms import candidates
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -55,6 +57,23 @@ def test_new_config_shape() -> None:
         "created": "2024-01-01T00:00:00Z",
     }
     assert new_config(machine="armv7l")["variant"] == "v7"
+    # arm64's v8 is the default, left out as docker leaves it out.
+    assert "variant" not in new_config(machine="aarch64")
+
+
+def test_chain_ids_are_the_oci_ones() -> None:
+    """The layer cache's keys are OCI chain IDs, as containerd names its snapshots."""
+    a, b, c = (f"sha256:{x * 64}" for x in "abc")
+    ab = "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
+    abc = "sha256:" + hashlib.sha256(f"{ab} {c}".encode()).hexdigest()
+    assert chain_ids([a, b, c]) == [a, ab, abc]
+
+
+def test_of_two_entries_for_one_platform_the_first_is_taken() -> None:
+    """As docker and containerd pick from an index: the first entry of the best platform."""
+    entry = {"os": "linux", "architecture": "arm64"}
+    index = {"manifests": [{"digest": f"sha256:{x * 64}", "platform": entry} for x in "12"]}
+    assert [m["digest"] for m in candidates(index, "linux/arm64", "x")] == [f"sha256:{'1' * 64}"]
 
 
 def test_rfc3339(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -105,6 +105,51 @@ def test_remove_tag(tmp_path: Path) -> None:
     assert layout.tags() == []
 
 
+def test_remove_tag_by_digest_spares_a_name_given_to_another_image_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """rmi reads the digest, then removes the name only where it still names that digest: a
+    commit that tagged another image in between keeps its name."""
+    layout = Layout.create(tmp_path)
+    a = layout.put_blob(b"a", media_type="m")
+    b = layout.put_blob(b"b", media_type="m")
+    layout.set_tag("t", a)
+    layout.set_tag("t", b)
+    assert layout.remove_tag("t", digest=a["digest"]) is False
+    assert layout.resolve("t")["digest"] == b["digest"]
+    assert layout.remove_tag("t", digest=b["digest"]) is True
+    assert layout.tags() == []
+
+
+def test_put_blob_mends_a_damaged_copy(tmp_path: Path) -> None:
+    """A config written again (a reproducible commit) over a copy cut short or changed in
+    place is written whole, not taken as present."""
+    layout = Layout.create(tmp_path)
+    data = b'{"config": "x"}'
+    desc = layout.put_blob(data, media_type="m")
+    path = layout.blob_path(desc["digest"])
+    for damaged in (data[:5], data.replace(b"x", b"y")):
+        os.chmod(path, 0o644)
+        path.write_bytes(damaged)
+        assert layout.put_blob(data, media_type="m") == desc
+        assert layout.read_blob(desc["digest"]) == data
+
+
+def test_a_tag_two_images_share_in_a_foreign_layout_is_refused_as_ambiguous(
+    tmp_path: Path,
+) -> None:
+    """A layout docker 25 saves names each image by its tag alone: `oci:PATH:latest` over two
+    images cannot say which is meant (umoci refuses it too); the same entry twice is one."""
+    layout = Layout.create(tmp_path)
+    a = layout.put_blob(b"a", media_type="m")
+    b = layout.put_blob(b"b", media_type="m")
+    layout.update_index(lambda ms: [{**a, "annotations": {REF_NAME: "latest"}}] * 2)
+    assert layout.resolve("latest")["digest"] == a["digest"]
+    layout.update_index(lambda ms: [*ms, {**b, "annotations": {REF_NAME: "latest"}}])
+    with pytest.raises(layerdiff.InvalidReferenceError, match="2 images are tagged 'latest'"):
+        layout.resolve("latest")
+
+
 def test_resolve_untagged(tmp_path: Path) -> None:
     layout = Layout.create(tmp_path)
     with pytest.raises(ImageNotFoundError, match="holds no image"):

@@ -261,7 +261,7 @@ def test_without_lowers_an_opaque_marker_of_what_the_layer_made_a_file(tmp_path:
 def test_cli_apply_overlay_with_lowers(tmp_path: Path) -> None:
     blobs = _blobs(tmp_path, CASES["entry through a lower symlink"])
     l0, l1 = tmp_path / "l0", tmp_path / "l1"
-    ld = ["layerdiff", "apply", "--overlay", "--progress", "none"]
+    ld = [sys.executable, "-m", "layerdiff", "apply", "--overlay", "--progress", "none"]
     subprocess.run([*ld, "--to", str(l0), str(blobs[0])], check=True)
     subprocess.run([*ld, "--to", str(l1), "--lower", str(l0), str(blobs[1])], check=True)
     # The new file went where the link leads, the directories on the way copied up with
@@ -274,7 +274,7 @@ def test_cli_apply_overlay_with_lowers(tmp_path: Path) -> None:
         assert sorted(os.listdir(merged / "lib")) == ["a", "b"]
     # --lower needs --overlay; a lower that is no directory is refused.
     out = subprocess.run(
-        [*ld[:2], "--to", str(tmp_path / "x"), "--lower", str(l0), str(blobs[1])],
+        [*ld[:4], "--to", str(tmp_path / "x"), "--lower", str(l0), str(blobs[1])],
         capture_output=True,
         text=True,
     )

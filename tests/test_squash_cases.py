@@ -178,3 +178,18 @@ def test_a_whiteout_read_first_keeps_the_entries_below_it_off_what_it_hides(
         assert (out / "etc" / "passwd").read_bytes() == b"root", image
         assert (out / "l").is_dir() and not (out / "l").is_symlink(), image
         assert (out / "l" / "passwd").read_bytes() == b"n", image
+
+
+def test_a_partial_squash_into_another_layout_takes_the_layers_it_keeps(tmp_path: Path) -> None:
+    """`squash --layers 1` into another layout copies the layers below the squashed one there
+    too: the new image is whole where it is, and unpacks as the source does."""
+    load_layers(tmp_path, "part/x:1", [layer_tar([F("a", b"1")]), layer_tar([F("b", b"2")])])
+    target = f"oci:{tmp_path / 'out'}:flat"
+    layerdiff.squash("part/x:1", target, layers=1)
+    assert layerdiff.fsck(f"oci:{tmp_path / 'out'}").ok
+    source = layerdiff.inspect("part/x:1")["manifest"]["layers"]
+    made = layerdiff.inspect(target)["manifest"]["layers"]
+    assert len(made) == 2 and made[0] == source[0]
+    layerdiff.unpack("part/x:1", tmp_path / "from-source")
+    layerdiff.unpack(target, tmp_path / "from-squash")
+    assert differences(tmp_path / "from-source", tmp_path / "from-squash") == []

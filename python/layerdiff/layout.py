@@ -113,6 +113,15 @@ def _ours(name: str) -> bool:
     )
 
 
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the file at ``path`` holds ``data`` exactly (a small blob: read back whole)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
 class Layout:
     """An OCI image layout directory."""
 
@@ -267,7 +276,7 @@ class Layout:
         """Store ``data`` (skipped when already present) and return its descriptor."""
         digest = _core.sha256(data)
         path = self.blob_path(digest)
-        if not (path.is_file() and path.stat().st_size == len(data)):
+        if not _holds(path, data):  # absent, or damaged: written whole again
             self.blobs_dir.mkdir(parents=True, exist_ok=True)
             _write_atomic(path, data)
         desc: Descriptor = {"mediaType": media_type, "digest": digest, "size": len(data)}
@@ -460,7 +469,15 @@ class Layout:
         found = [m for m in manifests if tag_of(m) == tag]
         if not found:
             raise ImageNotFoundError(f"{self.path}: no image tagged {tag!r}")
-        return dict(found[-1])
+        digests = sorted({str(m.get("digest")) for m in found})
+        if len(digests) > 1:
+            # A layout docker 25 saves names each image by its tag alone; which one is meant
+            # cannot be told from the name (umoci refuses it too).
+            raise InvalidReferenceError(
+                f"{self.path}: {len(digests)} images are tagged {tag!r} ({', '.join(digests)}); "
+                "which one is meant cannot be told from the name"
+            )
+        return dict(found[0])
 
     def set_tag(self, tag: str, descriptor: Descriptor) -> None:
         """Point ``tag`` at ``descriptor``, replacing whatever the tag named before. A tag

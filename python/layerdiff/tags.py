@@ -9,7 +9,7 @@ from pathlib import Path
 
 from layerdiff import refs
 from layerdiff.catalog import by_image_id, index_tag, load_image, require_blob
-from layerdiff.errors import ImageNotFoundError, InvalidReferenceError
+from layerdiff.errors import ImageNotFoundError
 from layerdiff.layout import REF_NAME, Descriptor, Layout, tag_of, writing
 
 __all__ = [
@@ -102,14 +102,7 @@ def _tag_to_remove(ref: refs.LayoutRef) -> tuple[Layout, str, Descriptor]:
         name = tag_of(descriptor)
         if name is None:
             raise ImageNotFoundError(f"{ref.text}: the image has no tag to remove")
-    named = {str(m.get("digest")) for m in layout.manifests() if tag_of(m) == name}
-    if len(named) > 1:
-        # As a layout docker 25 saves holds: several images tagged `latest`, told apart by
-        # another annotation. Which one is meant cannot be told from the name.
-        raise InvalidReferenceError(
-            f"{ref.text}: {len(named)} images of {layout.path} are tagged {name!r} "
-            f"({', '.join(sorted(named))}); not removing one by a name they share"
-        )
+    # A name several images share (a layout docker 25 saves) was refused by resolve.
     return layout, name, descriptor
 
 
