@@ -129,3 +129,23 @@ def test_an_image_id_names_a_store_image_where_no_name_does(tmp_path: Path) -> N
     # A name wins over an image ID that reads the same.
     layerdiff.commit(tree(tmp_path / "b", "b"), image=f"{digest[7:19]}:latest")
     assert layerdiff.inspect(digest[7:19])["digest"] != digest
+
+
+def test_images_of_one_repository_or_tag_as_docker_lists_them(tmp_path: Path) -> None:
+    """`images REPOSITORY[:TAG]`: every tag of that repository (its name in any spelling), or
+    one; `oci:PATH` stays a layout."""
+    layerdiff.commit(tree(tmp_path / "a", "a"), image="team/app:1")
+    layerdiff.tag("team/app:1", "team/app:2")
+    layerdiff.tag("team/app:1", "other:1")
+
+    def listed(*args: str) -> list[tuple[str, str]]:
+        done = run_cli("images", "--json", *args)
+        assert done.returncode == 0, done.stderr
+        return [(i["name"], i["tag"]) for i in json.loads(done.stdout)]
+
+    assert listed("team/app") == [("team/app", "1"), ("team/app", "2")]
+    assert listed("docker.io/team/app:2") == [("team/app", "2")]
+    assert listed("nothing") == []
+    assert ("other", "1") in listed()
+    bad = run_cli("images", "Not/Valid!")
+    assert bad.returncode == 1 and "not a valid image name" in bad.stderr

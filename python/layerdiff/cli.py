@@ -649,23 +649,38 @@ def _refuse_images_in_use(
                 )
 
 
-@cli.command(epilog="Example:\n\n  layerdiff images --json")
-@click.argument("layout", required=False, metavar="[oci:PATH]")
+@cli.command(
+    epilog="""\b
+Examples:
+  layerdiff images --json
+  layerdiff images team/app          (every tag of team/app, as docker images REPOSITORY)
+  layerdiff images oci:./export"""
+)
+@click.argument("layout", required=False, metavar="[oci:PATH | REPOSITORY[:TAG]]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
 def images(layout: str | None, as_json: bool) -> None:
-    """List the images of the default store (or of the OCI layout oci:PATH)."""
+    """List the images of the default store (those of one repository, or one tag, as docker
+    images REPOSITORY[:TAG] does), or of the OCI layout oci:PATH."""
     path = None
-    if layout is not None:
-        if not layout.startswith("oci:"):
-            raise click.UsageError(f"{layout!r}: expected oci:PATH")
+    wanted: tuple[str, str | None] | None = None
+    if layout is not None and layout.startswith("oci:"):
         path = layout[len("oci:") :]
         if not path:
             raise InvalidReferenceError(
                 f"invalid image reference {layout!r}: the layout path is empty (expected oci:PATH)"
             )
+    elif layout is not None:
+        from layerdiff.refs import parse_store_reference, store_tag_name
+
+        ref = parse_store_reference(layout)  # checked as a name; the tag only if given
+        name = store_tag_name(str(ref.tag))
+        tagged = layout.rfind(":") > layout.rfind("/")
+        wanted = (name, str(ref.tag).removeprefix(f"{name}:") if tagged else None)
     from layerdiff.catalog import UNTAGGED
 
     found = layerdiff.images(path)
+    if wanted is not None:
+        found = [i for i in found if i.name == wanted[0] and wanted[1] in (None, i.tag)]
     for i in found:  # like docker, list what can be read and say what cannot
         if i.error is None:
             continue
