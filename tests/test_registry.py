@@ -94,6 +94,23 @@ def test_push_exists_mounted_uploaded_and_skopeo_reads_it(
     assert json.loads(info.stdout)["Digest"] == third.manifest_digest
 
 
+def test_a_blob_the_registry_holds_at_another_size_is_uploaded_again(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A HEAD answer whose length is not the blob's (a damaged or partial copy there) does not
+    count as the blob being there: it is sent again."""
+    base, _ = base_and_app(tmp_path, "t9")
+    assert statuses(layerdiff.push(base, registry.ref("t9/base:1"), tls_verify=False)) == [
+        "uploaded",
+        "uploaded",
+    ]
+    layer = str(layerdiff.inspect(base)["manifest"]["layers"][0]["digest"])
+    data = registry.blob_data(layer)
+    data.write_bytes(data.read_bytes()[:10])
+    again = layerdiff.push(base, registry.ref("t9/base:1"), tls_verify=False)
+    assert [(b.digest, b.status) for b in again.blobs if b.digest == layer] == [(layer, "uploaded")]
+
+
 def test_pull_what_skopeo_pushed_docker_v2_and_only_missing_blobs(
     registry: Registry, tmp_path: Path
 ) -> None:
