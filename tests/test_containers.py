@@ -761,6 +761,14 @@ def test_a_container_is_found_by_its_id_and_by_name_whatever_the_current_directo
     by_name = run_cli("diff", "dev")
     assert by_name.returncode == 0 and "A /f" in by_name.stdout.splitlines(), by_name
     assert run_cli("commit", cid[:12], "fromid:1").returncode == 0
+    # A name wins, as with docker: a store directory of that name (a create killed, or still
+    # running) is that container, never the one whose ID starts so.
+    (store_home / "containers" / cid[:2]).mkdir()
+    for args in (["rm", cid[:2]], ["diff", cid[:2]]):
+        refused = run_cli(*args)
+        assert refused.returncode != 0 and "no such container" in refused.stderr, refused
+    assert run_cli("rm", "-f", cid[:2]).returncode == 0  # what was left of that create
+    assert runtime.open_container("dev").id == cid
     assert run_cli("rm", cid[:12]).returncode == 0
     assert not (store_home / "containers" / "dev").exists()
     gone = run_cli("start", cid[:12])

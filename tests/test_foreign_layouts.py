@@ -104,6 +104,10 @@ def test_rmi_of_a_name_several_images_share_is_refused(tmp_path: Path) -> None:
     # Nor is either read by that name, as umoci refuses it: which one is meant is unknown.
     shown = run_cli("inspect", f"oci:{path}:latest")
     assert shown.returncode == 1 and "2 images are tagged 'latest'" in shown.stderr
+    # fsck says so: a name no command can use.
+    report = layerdiff.fsck(f"oci:{path}")
+    assert [p.where for p in report.problems] == ["latest"], report.problems
+    assert "the tag names 2 images" in report.problems[0].what
 
 
 def test_a_multi_platform_image_is_tagged_whole_in_its_layout(tmp_path: Path) -> None:

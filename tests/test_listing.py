@@ -131,7 +131,9 @@ def test_an_image_id_names_a_store_image_where_no_name_does(tmp_path: Path) -> N
     assert layerdiff.inspect(digest[7:19])["digest"] != digest
 
 
-def test_images_of_one_repository_or_tag_as_docker_lists_them(tmp_path: Path) -> None:
+def test_images_of_one_repository_or_tag_as_docker_lists_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`images REPOSITORY[:TAG]`: every tag of that repository (its name in any spelling), or
     one; `oci:PATH` stays a layout."""
     layerdiff.commit(tree(tmp_path / "a", "a"), image="team/app:1")
@@ -146,6 +148,13 @@ def test_images_of_one_repository_or_tag_as_docker_lists_them(tmp_path: Path) ->
     assert listed("team/app") == [("team/app", "1"), ("team/app", "2")]
     assert listed("docker.io/team/app:2") == [("team/app", "2")]
     assert listed("nothing") == []
+    digest = layerdiff.inspect("team/app:1")["digest"]
+    assert listed(f"team/app@{digest}") == [("team/app", "1"), ("team/app", "2")]
+    (tmp_path / "export").mkdir()
+    layerdiff.commit(tree(tmp_path / "b", "b"), image=f"oci:{tmp_path / 'export'}:1")
+    monkeypatch.chdir(tmp_path)
+    hinted = run_cli("images", "export")
+    assert hinted.returncode == 2 and "oci:export" in hinted.stderr, hinted.stderr
     assert ("other", "1") in listed()
     bad = run_cli("images", "Not/Valid!")
     assert bad.returncode == 1 and "not a valid image name" in bad.stderr

@@ -235,6 +235,17 @@ def test_an_oci_tag_holding_a_colon_is_read_as_skopeo_reads_it(tmp_path: Path) -
     assert (nested.layout, nested.tag) == (store, "team/app:2")
     # Without a layout before the first ':', the last one splits, as before.
     assert parse_layout_reference(f"oci:{tmp_path}/a:b:v1").layout == tmp_path / "a:b"
+    # A reference that named a layout keeps naming it once a layout appears at a prefix.
+    layerdiff.commit(tmp_path / "t", image=f"oci:{tmp_path}/out:app:2")
+    first = layerdiff.inspect(f"oci:{tmp_path}/out:app:2")["digest"]
+    (tmp_path / "t" / "g").write_text("y")
+    layerdiff.commit(tmp_path / "t", image=f"oci:{tmp_path}/out:v1")
+    assert layerdiff.inspect(f"oci:{tmp_path}/out:app:2")["digest"] == first
+    # In the store's layout, the rest is a store name, with the store's rules.
+    with pytest.raises(InvalidReferenceError):
+        layerdiff.commit(tmp_path / "t", image=f"oci:{store}:sha256:{'a' * 64}")
+    layerdiff.commit(tmp_path / "t", image=f"oci:{store}:docker.io/library/lib:1")
+    assert ("lib", "1") in [(i.name, i.tag) for i in layerdiff.images()]
     if shutil.which("skopeo"):
         seen = subprocess.run(
             ["skopeo", "inspect", f"oci:{store}:app:2"], capture_output=True, text=True, check=True

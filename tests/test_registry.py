@@ -907,6 +907,16 @@ def test_pull_by_digest_without_a_local_name_as_docker_does(
     assert sorted((i.name, i.tag) for i in layerdiff.images()) == sorted(
         [("app", "pinned"), (name, "1")]
     )
+    # By its ID: a tag and the digest references of one repository are one reference, as
+    # docker counts them; with another repository's name too, -f is needed.
+    layerdiff.pull(f"docker://{pinned}", tls_verify=False)
+    short = digest.removeprefix("sha256:")[:12]
+    refused = run_cli("rmi", short)
+    assert refused.returncode == 1 and "app:pinned" in refused.stderr, refused.stderr
+    assert run_cli("rmi", "app:pinned").returncode == 0
+    done = run_cli("rmi", short)
+    assert done.returncode == 0, done.stderr
+    assert layerdiff.images() == []
 
 
 def test_a_blob_listed_twice_is_sent_and_fetched_once(

@@ -318,10 +318,11 @@ def _is_container(text: str) -> bool:
     ``/``) to a container directory, else a name or ID of the store's, whatever directory of
     that name the current one holds (one directory alone is no diff)."""
     from layerdiff import runtime
+    from layerdiff.errors import ContainerNotFoundError
 
     try:
         runtime.open_container(text)
-    except LayerdiffError:
+    except ContainerNotFoundError:  # an ambiguous ID or a broken container says so itself
         return False
     return True
 
@@ -544,7 +545,7 @@ def rmi(images: tuple[str, ...], no_prune: bool, force: bool) -> None:
     image a container was made from stays unless --force. If any IMAGE cannot be removed,
     none is."""
     from layerdiff.errors import ImageNotFoundError, InvalidReferenceError
-    from layerdiff.refs import LayoutRef, parse_layout_reference
+    from layerdiff.refs import LayoutRef, parse_layout_reference, store_tag_name
     from layerdiff.tags import (
         named,
         remove_untagged,
@@ -572,7 +573,10 @@ def rmi(images: tuple[str, ...], no_prune: bool, force: bool) -> None:
                 names = tags_of_image_id(text)
                 if not names:
                     raise
-                if len(names) > 1 and not force:
+                # One repository's tag with its digest references is one reference to docker.
+                repositories = {store_tag_name(n) for n in names}
+                tags = [n for n in names if "@" not in n]
+                if not force and (len(repositories) > 1 or len(tags) > 1):
                     raise _InUseError(
                         f"conflict: unable to remove {text} (must force): the image is named "
                         f"{', '.join(names)} (remove them by name, or use rmi -f)"
@@ -662,7 +666,7 @@ def images(layout: str | None, as_json: bool) -> None:
     """List the images of the default store (those of one repository, or one tag, as docker
     images REPOSITORY[:TAG] does), or of the OCI layout oci:PATH."""
     path = None
-    wanted: tuple[str, str | None] | None = None
+    wanted: tuple[str, str | None, str | None] | None = None
     if layout is not None and layout.startswith("oci:"):
         path = layout[len("oci:") :]
         if not path:
@@ -670,17 +674,29 @@ def images(layout: str | None, as_json: bool) -> None:
                 f"invalid image reference {layout!r}: the layout path is empty (expected oci:PATH)"
             )
     elif layout is not None:
-        from layerdiff.refs import parse_store_reference, store_tag_name
+        from layerdiff.refs import parse_store_reference, pinned_digest, store_tag_name
 
         ref = parse_store_reference(layout)  # checked as a name; the tag only if given
         name = store_tag_name(str(ref.tag))
-        tagged = layout.rfind(":") > layout.rfind("/")
-        wanted = (name, str(ref.tag).removeprefix(f"{name}:") if tagged else None)
+        digest = pinned_digest(str(ref.tag))
+        if digest is not None:
+            wanted = (name, None, digest)
+        elif layout.rfind(":") > layout.rfind("/"):
+            wanted = (name, str(ref.tag).removeprefix(f"{name}:"), None)
+        else:
+            wanted = (name, None, None)
     from layerdiff.catalog import UNTAGGED
 
     found = layerdiff.images(path)
     if wanted is not None:
-        found = [i for i in found if i.name == wanted[0] and wanted[1] in (None, i.tag)]
+        name, tag, digest = wanted
+        found = [
+            i
+            for i in found
+            if i.name == name and tag in (None, i.tag) and digest in (None, i.digest)
+        ]
+        if not found and layout is not None and os.path.isfile(os.path.join(layout, "oci-layout")):
+            raise click.UsageError(f"no image {layout!r} in the store; the layout is oci:{layout}")
     for i in found:  # like docker, list what can be read and say what cannot
         if i.error is None:
             continue

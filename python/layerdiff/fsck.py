@@ -36,7 +36,15 @@ from layerdiff.image import (
     config_type_problems,
 )
 from layerdiff.layer import check_path
-from layerdiff.layout import _JSON_MAX, REF_NAME, Descriptor, Layout, check_digest, gc_lock
+from layerdiff.layout import (
+    _JSON_MAX,
+    REF_NAME,
+    Descriptor,
+    Layout,
+    check_digest,
+    gc_lock,
+    tag_of,
+)
 
 __all__ = ["FsckReport", "GcReport", "Problem", "fsck", "gc"]
 
@@ -253,6 +261,16 @@ def fsck(target: str | os.PathLike[str] | None = None) -> FsckReport:
         return report
     if ref is not None and ref.tag is not None and not named:
         report.problems.append(Problem(ref.text, "no such image"))
+    shared: dict[str, set[str]] = {}
+    for name, desc in named:
+        if tag_of(desc) is not None:
+            shared.setdefault(name, set()).add(str(desc.get("digest")))
+    for name, digests in shared.items():
+        if len(digests) > 1:  # as a layout docker 25 saves: no command can tell which is meant
+            listed = ", ".join(sorted(digests))
+            report.problems.append(
+                Problem(name, f"the tag names {len(digests)} images ({listed}): none is read by it")
+            )
     checker = _Checker(layout, report)
     for name, desc in named:
         try:

@@ -14,11 +14,12 @@ The transport prefix wins: ``oci:x`` is always the layout at ``x``, never a stor
 
 ``oci:`` paths: skopeo splits at the first ``:``, so its paths cannot hold one, and its tags
 may (the store's own are ``NAME:TAG``: ``oci:$LAYERDIFF_HOME/images:app:2``). We split at the
-first ``:`` before which stands an OCI layout (a directory holding ``oci-layout``), taking what
-follows as the tag when it is an OCI reference name; otherwise at the *last* ``:``, and only
-when what follows is a valid tag (docker's tag grammar, which has no ``/``). So every reference
-skopeo accepts means the same thing here, and a path may still contain ``:`` when a tag is given
-(``oci:/srv/a:b:v1`` is the layout ``/srv/a:b``, tag ``v1``, unless ``/srv/a`` is a layout).
+*last* ``:`` when what follows is a valid tag (docker's tag grammar, which has no ``/``), so a
+path may contain ``:`` when a tag is given (``oci:/srv/a:b:v1`` is the layout ``/srv/a:b``,
+tag ``v1``). Where no layout stands there, we split as skopeo does, at the first ``:`` before
+which a layout (a directory holding ``oci-layout``) stands, taking what follows as its
+reference name; in the store's layout that is a store name, checked as one. So a reference
+that named a layout keeps naming it, and every one skopeo reads means the same thing here.
 
 The default store is one OCI layout at ``<home>/images`` where home is ``$LAYERDIFF_HOME``, else
 ``$XDG_DATA_HOME/layerdiff``, else ``~/.local/share/layerdiff``. A store image's tag in
@@ -39,6 +40,8 @@ digest. A new image (a commit, squash, tag or load) cannot be given such a name;
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -219,28 +222,47 @@ def _split_name_tag(text: str, rest: str) -> tuple[str, str | None, str | None]:
 
 
 def _parse_oci(text: str, rest: str) -> LayoutRef:
-    start = 0
-    while (colon := rest.find(":", start)) > 0:
-        start = colon + 1
-        name = rest[colon + 1 :]
-        if _OCI_REF_NAME_RE.fullmatch(name) and os.path.isfile(
-            os.path.join(rest[:colon], "oci-layout")
-        ):
-            return LayoutRef(text=text, layout=Path(rest[:colon]), tag=name, in_store=False)
     path, tag = rest, None
     colon = rest.rfind(":")
     # After the last ':' comes a tag, unless a '/' follows it: then the ':' is in the path.
     if colon >= 0 and "/" not in rest[colon + 1 :]:
         path, tag = rest[:colon], rest[colon + 1 :]
-        if not _TAG_RE.fullmatch(tag):
-            raise _bad(
-                text,
-                f"{tag!r} is not a tag (up to 128 letters, digits, '_', '.' and '-', not "
-                "starting with '.' or '-')",
-            )
+    if not _is_layout(path):
+        found = _split_at_a_layout(text, rest)
+        if found is not None:
+            return found
+    if tag is not None and not _TAG_RE.fullmatch(tag):
+        raise _bad(
+            text,
+            f"{tag!r} is not a tag (up to 128 letters, digits, '_', '.' and '-', not "
+            "starting with '.' or '-')",
+        )
     if not path:
         raise _bad(text, "the layout path is empty (expected oci:PATH[:TAG])")
     return LayoutRef(text=text, layout=Path(path), tag=tag, in_store=False)
+
+
+def _is_layout(path: str) -> bool:
+    return bool(path) and os.path.isfile(os.path.join(path, "oci-layout"))
+
+
+def _split_at_a_layout(text: str, rest: str) -> LayoutRef | None:
+    """As skopeo splits ``oci:PATH:REF``, where the last ':' names no layout: at the first ':'
+    before which a layout stands, the rest its reference name (which may hold ':' and '/').
+    In the store's own layout the rest is a store name, under the store's rules
+    (``oci:$LAYERDIFF_HOME/images:app:2`` is ``app:2``)."""
+    start = 0
+    while (colon := rest.find(":", start)) > 0:
+        start = colon + 1
+        path, name = rest[:colon], rest[colon + 1 :]
+        if not (_OCI_REF_NAME_RE.fullmatch(name) and _is_layout(path)):
+            continue
+        store = store_layout_path()
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, store):
+                return dataclasses.replace(_parse_store(name), text=text)
+        return LayoutRef(text=text, layout=Path(path), tag=name, in_store=False)
+    return None
 
 
 def _split_domain(name: str) -> tuple[str | None, str]:

@@ -212,11 +212,12 @@ def users_of(layout: str | os.PathLike[str], digest: str) -> list[Container]:
 
 def open_container(name: str) -> Container:
     """The container named ``name`` (or at the directory ``name``); else, as docker does, the
-    store's one container whose ID (``ps``) starts with ``name``."""
+    store's one container whose ID (``ps``) starts with ``name``. A name wins: a directory of
+    the store by that name is that container, even one being created or left broken."""
     try:
         return _open_named(name)
     except ContainerNotFoundError:
-        if not _ID_PREFIX_RE.fullmatch(name):
+        if not _ID_PREFIX_RE.fullmatch(name) or os.path.lexists(_location(name)):
             raise
     found = [c for c in containers() if str(c.data.get("id", "")).startswith(name)]
     if len(found) > 1:
@@ -553,17 +554,19 @@ def _forwarding(proc: subprocess.Popen[bytes], group: Cgroup | None = None) -> I
 
 
 def _threads() -> int:
-    """Threads of this process that a signal sent to it may go to (``/proc``): native ones
-    included, not those that block every signal (the core's own workers do). 2 when it cannot
-    say."""
+    """Threads of this process that a terminal's signal sent to it may go to (``/proc``):
+    native ones included, not those that block all of them (the core's own workers block every
+    signal). 2 when it cannot say."""
+    terminal = sum(1 << (s - 1) for s in _FROM_TERMINAL)
     count = 0
     try:
         for task in os.listdir("/proc/self/task"):
-            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            # A thread that ended meanwhile: ENOENT on open, ESRCH on read.
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 with open(f"/proc/self/task/{task}/status") as f:
                     blocked = next((line for line in f if line.startswith("SigBlk:")), "")
                 mask = int(blocked.split()[1], 16) if blocked else 0
-                count += not mask & (1 << (signal.SIGINT - 1))
+                count += mask & terminal != terminal
     except (OSError, ValueError, IndexError):
         return 2
     return count
