@@ -24,8 +24,8 @@ use crate::lower::{self, Lowers};
 use crate::root::{self, Root};
 use crate::tar::reader::{EntryKind, Header, TarReader};
 use crate::whiteout::{
-    AUFS_LINK_DIR, LayerName, WHITEOUT_PREFIX, aufs_link_source, classify_layer_name,
-    is_overlay_xattr, whiteouts_due,
+    AUFS_LINK_DIR, Due, LayerName, Pending, WHITEOUT_PREFIX, aufs_link_source, classify_layer_name,
+    is_overlay_xattr,
 };
 
 /// Default limit on the uncompressed bytes of one layer: generous, but a decompression bomb
@@ -204,7 +204,7 @@ pub fn apply_layer<R: Read + Send>(
             copied_dirs: std::cell::RefCell::new(Vec::new()),
             created: HashSet::new(),
             hidden: Vec::new(),
-            pending: HashSet::new(),
+            pending: Pending::default(),
             opaque: Vec::new(),
             dirs: Vec::new(),
             stats: ApplyStats::default(),
@@ -288,7 +288,7 @@ struct Applier<'a> {
     /// …unless an entry goes below one first: then it is carried out at once, so that the
     /// entry lands in a directory of its own there, never through what the whiteout hides
     /// (`.wh.l` and `l/passwd` over a lower `l -> /etc`). These are the ones not yet done.
-    pending: HashSet<Vec<u8>>,
+    pending: Pending,
     /// Directories whose lower children are hidden, carried out at the end.
     opaque: Vec<Vec<u8>>,
     dirs: Vec<DirMeta>,
@@ -371,7 +371,7 @@ impl Applier<'_> {
                 raise_open_file_limit();
                 let mut file =
                     unnamed_file(self.root.fd()).map_err(|e| bad(name, e.to_string()))?;
-                copy_content(content, &mut file, self.cancel, self.root, name)?;
+                copy_content(content, &mut file, self.cancel, (self.root, b""), name)?;
                 self.file_meta(&file, h, name)?;
                 let kept = AufsFile {
                     file,
@@ -392,10 +392,8 @@ impl Applier<'_> {
         }
         let meta = h;
         let root = self.root;
-        let io = |e: io::Error| written(root, name, e);
-        if !self.pending.is_empty() {
-            self.hide_before_entry(parent(&path))?;
-        }
+        let io = |e: io::Error| written(root, &path, name, e);
+        self.hide_before_entry(parent(&path))?;
         let (dir, real_parent) = match self.parent.take() {
             Some((p, fd, real)) if p == parent(&path) => (fd, real),
             _ => {
@@ -442,7 +440,7 @@ impl Applier<'_> {
             }
             EntryKind::File => {
                 let mut file = create_file(&dir, &leaf, &mut replaced_link, false).map_err(io)?;
-                copy_content(content, &mut file, self.cancel, self.root, name)?;
+                copy_content(content, &mut file, self.cancel, (self.root, &path), name)?;
                 self.file_meta(&file, meta, name)?;
             }
             EntryKind::Hardlink if aufs_link_source(&h.link).is_some() => {
@@ -610,10 +608,13 @@ impl Applier<'_> {
     fn whiteout(&mut self, path: &[u8], name: &str) -> Result<()> {
         let dir = parent(path);
         match classify_layer_name(base_name(path)) {
-            LayerName::Opaque => self.opaque.push(dir.to_vec()),
+            LayerName::Opaque => {
+                self.pending.opaque(dir);
+                self.opaque.push(dir.to_vec());
+            }
             LayerName::Whiteout(target) => {
                 let hidden = join(dir, target);
-                self.pending.insert(hidden.clone());
+                self.pending.whiteout(&hidden);
                 self.hidden.push(hidden);
             }
             // The link directory's files are used (see `entry`); the directory is not made.
@@ -632,7 +633,7 @@ impl Applier<'_> {
 
     /// Owner, xattrs, mode and mtime of a regular file just written.
     fn file_meta(&mut self, file: &File, meta: &Header, name: &str) -> Result<()> {
-        let io = |e: rustix::io::Errno| written(self.root, name, e.into());
+        let io = |e: rustix::io::Errno| bad(name, io::Error::from(e).to_string());
         self.owner_and_xattrs_fd(file, meta, name)?;
         rustix::fs::fchmod(file, Mode::from_raw_mode(meta.mode)).map_err(io)?;
         rustix::fs::futimens(file, &times(timespec(meta.mtime))).map_err(io)
@@ -689,7 +690,7 @@ impl Applier<'_> {
         name: &str,
         chmod: bool,
     ) -> Result<()> {
-        let io = |e: rustix::io::Errno| written(self.root, name, e.into());
+        let io = |e: rustix::io::Errno| bad(name, io::Error::from(e).to_string());
         if self.opts.chown {
             rustix::fs::chownat(
                 dir,
@@ -734,17 +735,32 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Carry out, now, the whiteouts read so far on `dir` and its ancestors: an entry is about
-    /// to go there ([`whiteouts_due`]), not through a symbolic link, into a directory's old
-    /// owner and mode, or onto a file that lay there below this layer.
+    /// Carry out, now, the whiteouts and opaque markers read so far on the way to `dir`: an
+    /// entry is about to go there ([`Pending::due`]), not through a symbolic link, into a
+    /// directory's old owner and mode, or onto a file that lay there below this layer.
     fn hide_before_entry(&mut self, dir: &[u8]) -> Result<()> {
-        let due = whiteouts_due(&mut self.pending, dir);
+        let due = self.pending.due(dir);
         if !due.is_empty() {
             // The parent kept open may lead through what is removed.
             self.parent = None;
         }
-        for name in due {
-            self.carry_out_whiteout(&name)?;
+        for what in due {
+            match what {
+                Due::Whiteout(name) => self.carry_out_whiteout(&name)?,
+                Due::Opaque(name) => self.carry_out_opaque(&name)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Hide what lies below this layer in the directory `name`, which an opaque marker names.
+    fn carry_out_opaque(&mut self, name: &[u8]) -> Result<()> {
+        let Some(dir) = self.merged_dir(name, name)? else {
+            return Ok(());
+        };
+        self.hide_children(&dir, name)?;
+        if self.opts.overlay {
+            self.overlay_opaque(&dir)?;
         }
         Ok(())
     }
@@ -772,17 +788,13 @@ impl Applier<'_> {
     fn finish(&mut self) -> Result<()> {
         for name in std::mem::take(&mut self.hidden) {
             // Each once, and not again when an entry below it had it carried out already.
-            if self.pending.remove(&name) {
+            if self.pending.take_whiteout(&name) {
                 self.carry_out_whiteout(&name)?;
             }
         }
         for name in std::mem::take(&mut self.opaque) {
-            let Some(dir) = self.merged_dir(&name, &name)? else {
-                continue;
-            };
-            self.hide_children(&dir, &name)?;
-            if self.opts.overlay {
-                self.overlay_opaque(&dir)?;
+            if self.pending.take_opaque(&name) {
+                self.carry_out_opaque(&name)?;
             }
         }
         // Copied-up directories first: an entry of the layer for one of them comes after, and
@@ -1352,7 +1364,7 @@ fn copy_content(
     from: &mut impl BufRead,
     to: &mut File,
     cancel: &Cancel,
-    root: &Root,
+    (root, path): (&Root, &[u8]),
     name: &str,
 ) -> Result<()> {
     use std::io::Write;
@@ -1364,7 +1376,8 @@ fn copy_content(
             return Ok(());
         }
         let n = data.len();
-        to.write_all(data).map_err(|e| written(root, name, e))?;
+        to.write_all(data)
+            .map_err(|e| written(root, path, name, e))?;
         from.consume(n);
     }
 }
@@ -1373,7 +1386,7 @@ fn copy_content(
 /// the target's path, where the system and not the layer is at fault (a full disk, a quota,
 /// no permission, a read-only file system); else the layer's, as the entry names it (a path
 /// through a file, say).
-fn written(root: &Root, name: &str, e: io::Error) -> Error {
+fn written(root: &Root, path: &[u8], name: &str, e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(
             libc::ENOSPC
@@ -1387,7 +1400,7 @@ fn written(root: &Root, name: &str, e: io::Error) -> Error {
             | libc::ENOMEM
             | libc::EFBIG,
         ) => Error::Io {
-            path: root.display(name.as_bytes()),
+            path: root.display(path),
             source: e,
         },
         _ => bad(name, e.to_string()),

@@ -256,6 +256,53 @@ fn a_whiteout_before_the_entries_below_it_keeps_them_off_what_it_hides() {
 }
 
 #[test]
+fn an_opaque_marker_before_the_entries_below_it_keeps_them_off_what_it_hides() {
+    // `x/.wh..wh..opq` hides the lower `x/l -> /etc`: `x/l/passwd` after it goes into a new
+    // directory `x/l`, as umoci puts it, not through the link; in both forms.
+    for overlay in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let (lower, top) = (t.path().join("lower"), t.path().join("top"));
+        let base = [
+            M::Dir("etc"),
+            M::File("etc/passwd", b"root"),
+            M::Dir("x"),
+            M::Sym("x/l", "/etc"),
+        ];
+        let members = [
+            M::File("x/.wh..wh..opq", b""),
+            M::File("x/l/passwd", b"pwned"),
+        ];
+        let opts = ApplyOptions {
+            overlay,
+            ..ApplyOptions::default()
+        };
+        let into = if overlay { &top } else { &lower };
+        let r = Root::open(&lower).unwrap();
+        apply_layer(&r, &layer(&base)[..], &opts, &crate::cancel::NEVER).unwrap();
+        let opts = ApplyOptions {
+            lowers: overlay.then(|| vec![lower.clone()]),
+            ..opts
+        };
+        let r = Root::open(into).unwrap();
+        apply_layer(&r, &layer(&members)[..], &opts, &crate::cancel::NEVER).unwrap();
+        assert_eq!(
+            fs::read(lower.join("etc/passwd")).unwrap(),
+            b"root",
+            "{overlay}"
+        );
+        assert_eq!(
+            fs::read(into.join("x/l/passwd")).unwrap(),
+            b"pwned",
+            "{overlay}"
+        );
+        assert!(
+            fs::symlink_metadata(into.join("x/l")).unwrap().is_dir(),
+            "{overlay}"
+        );
+    }
+}
+
+#[test]
 fn a_whiteout_never_reaches_through_the_link_this_layer_put_in_its_place() {
     // `a` was a directory and is now a link (to `d`, or to the root); the whiteout of the old
     // `a` hides it alone, never what the new link points at.

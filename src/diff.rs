@@ -266,6 +266,15 @@ fn diff_trees(
     opts: &DiffOptions,
     written: &HashSet<&[u8]>,
 ) -> Result<Vec<Change>> {
+    crate::parallel::in_pool(|| diff_trees_in_pool(lower, upper, opts, written))
+}
+
+fn diff_trees_in_pool(
+    lower: Tree<'_>,
+    upper: Tree<'_>,
+    opts: &DiffOptions,
+    written: &HashSet<&[u8]>,
+) -> Result<Vec<Change>> {
     let cancel = opts.cancel();
     let (l, u) = rayon::join(
         || walk_for_diff(lower, cancel),
@@ -622,21 +631,23 @@ fn classify_upper(
             lowers.contains(&e.path)
         }
     };
-    entries
-        .par_iter()
-        .map(|e| {
-            if whiteout::is_overlay_whiteout(e) {
-                let hidden = below_any(&e.path, &opaque);
-                return Ok((!hidden).then_some((ChangeKind::Deleted, false)));
-            }
-            let kind = if existed(e)? {
-                ChangeKind::Modified
-            } else {
-                ChangeKind::Added
-            };
-            Ok(Some((kind, whiteout::is_overlay_opaque(e))))
-        })
-        .collect()
+    crate::parallel::in_pool(|| {
+        entries
+            .par_iter()
+            .map(|e| {
+                if whiteout::is_overlay_whiteout(e) {
+                    let hidden = below_any(&e.path, &opaque);
+                    return Ok((!hidden).then_some((ChangeKind::Deleted, false)));
+                }
+                let kind = if existed(e)? {
+                    ChangeKind::Modified
+                } else {
+                    ChangeKind::Added
+                };
+                Ok(Some((kind, whiteout::is_overlay_opaque(e))))
+            })
+            .collect()
+    })
 }
 
 /// True when a proper ancestor of `path` is in `dirs`.

@@ -113,6 +113,16 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
         .map(|j| i + j)
 }
 
+/// The longest path that is `a` or one of its parents and `b` or one of its parents.
+pub fn common_dir<'a>(a: &'a [u8], b: &[u8]) -> &'a [u8] {
+    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let ends = |p: &[u8]| n == p.len() || p[n] == b'/';
+    if ends(a) && ends(b) {
+        return &a[..n];
+    }
+    &a[..a[..n].iter().rposition(|&c| c == b'/').unwrap_or(0)]
+}
+
 /// The parent of a relative path (`b""` for a top-level name).
 pub fn parent(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {

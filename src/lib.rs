@@ -19,6 +19,7 @@ pub mod incompressible;
 pub mod layer;
 pub mod lower;
 pub mod members;
+pub mod parallel;
 pub mod root;
 pub mod squash;
 pub mod squash_index;

@@ -264,7 +264,8 @@ pub(crate) fn is_whiteout(st: &Stat) -> bool {
 /// name, as overlayfs copies up: a directory (without its children), a symbolic link, a
 /// regular file with its content, a fifo or a device node; with its owner (when `chown`),
 /// its xattrs (overlayfs' own left out), mode and mtime. As with overlayfs, `dir` keeps its
-/// times: a copy-up is no change to the directory it is made in.
+/// times: a copy-up is no change to the directory it is made in (where the caller may set
+/// them: one without privilege can only in a directory of its own).
 pub(crate) fn copy_up(found: &Found, name: &[u8], dir: impl AsFd, chown: bool) -> io::Result<()> {
     let dir = dir.as_fd();
     let before = rustix::fs::fstat(dir)?;
@@ -279,8 +280,10 @@ pub(crate) fn copy_up(found: &Found, name: &[u8], dir: impl AsFd, chown: bool) -
             tv_nsec: before.st_mtime_nsec as _,
         },
     };
-    rustix::fs::futimens(dir, &times)?;
-    Ok(())
+    match rustix::fs::futimens(dir, &times) {
+        Ok(()) | Err(Errno::PERM | Errno::ACCESS) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn copy_up_entry(found: &Found, name: &[u8], dir: BorrowedFd<'_>, chown: bool) -> io::Result<()> {

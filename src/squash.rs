@@ -28,7 +28,7 @@ use crate::members::{MemberIndex, Taken};
 use crate::squash_index::{self, LayerIndex};
 use crate::tar::reader::{EntryKind, Header, TarReader};
 use crate::tar::writer::{Meta, TarWriter};
-use crate::whiteout::{LayerName, aufs_link_source, classify_layer_name, whiteouts_due};
+use crate::whiteout::{Due, LayerName, Pending, aufs_link_source, classify_layer_name};
 
 /// A path key ordered component by component ([`cmp_paths`]), so a subtree is one range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +323,24 @@ fn mark_written(created: &mut HashSet<Vec<u8>>, p: &[u8]) {
     }
 }
 
+/// The operation that carries out what an entry's way needs ([`Pending::due`]).
+fn due_op(due: Due) -> Op {
+    match due {
+        Due::Whiteout(p) => Op::Whiteout(p),
+        Due::Opaque(d) => Op::Opaque(d),
+    }
+}
+
+/// Whether the whiteout or opaque marker `op` is still to be carried out at the end of its
+/// layer (each once, and not again when an entry below it had it carried out already).
+fn still_pending(pending: &mut Pending, op: &Op) -> bool {
+    match op {
+        Op::Whiteout(p) => pending.take_whiteout(p),
+        Op::Opaque(d) => pending.take_opaque(d),
+        _ => false,
+    }
+}
+
 /// A layer's whiteouts, then its opaque markers, each in layer order: the order apply carries
 /// them out in at the end of the layer.
 fn whiteouts_then_opaques(ops: &[Op]) -> impl Iterator<Item = &Op> {
@@ -353,14 +371,15 @@ impl LowerTree {
     /// Fold one layer's operations into the tree (apply semantics, paths only).
     pub fn apply(&mut self, ops: &[Op]) -> Result<()> {
         let mut created = HashSet::new();
-        let mut pending = HashSet::new();
+        let mut pending = Pending::default();
         for op in ops {
-            if let Op::Whiteout(p) = op {
-                pending.insert(p.clone());
-            }
-            if let Op::Put(p, _) | Op::Link(p, _) = op {
-                for w in whiteouts_due(&mut pending, parent(p)) {
-                    self.hide(&Op::Whiteout(w), &created)?;
+            match op {
+                Op::Whiteout(p) => pending.whiteout(p),
+                Op::Opaque(d) => pending.opaque(d),
+                Op::Put(p, _) | Op::Link(p, _) => {
+                    for due in pending.due(parent(p)) {
+                        self.hide(&due_op(due), &created)?;
+                    }
                 }
             }
             let (p, node) = match op {
@@ -410,12 +429,9 @@ impl LowerTree {
         // As apply carries them out: every whiteout of the layer (each once, and not again
         // when an entry below it had it carried out already), then every opaque marker.
         for op in whiteouts_then_opaques(ops) {
-            if let Op::Whiteout(p) = op
-                && !pending.remove(p)
-            {
-                continue;
+            if still_pending(&mut pending, op) {
+                self.hide(op, &created)?;
             }
-            self.hide(op, &created)?;
         }
         Ok(())
     }
@@ -464,21 +480,17 @@ fn mark_with_parents(
 ) {
     created.insert(p.to_vec());
     let mut q = parent(p);
-    // A parent this layer wrote already has its own parents marked: most entries stop at once.
-    while !q.is_empty() && created.insert(q.to_vec()) {
-        tree.entry(Key(q.to_vec())).or_insert(LowerNode::Dir);
+    while !q.is_empty() {
+        let key = Key(q.to_vec());
+        // A parent this layer wrote that is still there has its own parents marked and there
+        // too (a path leaves the tree only with its subtree): most entries stop at once.
+        if tree.contains_key(&key) && created.contains(q) {
+            break;
+        }
+        tree.entry(key).or_insert(LowerNode::Dir);
+        created.insert(q.to_vec());
         q = parent(q);
     }
-}
-
-/// The longest path that is `a` or one of its parents and `b` or one of its parents.
-fn common_dir<'a>(a: &'a [u8], b: &[u8]) -> &'a [u8] {
-    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let ends = |p: &[u8]| n == p.len() || p[n] == b'/';
-    if ends(a) && ends(b) {
-        return &a[..n];
-    }
-    &a[..a[..n].iter().rposition(|&c| c == b'/').unwrap_or(0)]
 }
 
 /// The fold over the squashed range.
@@ -552,7 +564,7 @@ impl Folder {
         let dir = parent(p);
         if self.checked != dir {
             // What `dir` shares with the directory checked last was checked with it.
-            let shared = common_dir(&self.checked, dir).len();
+            let shared = crate::entry::common_dir(&self.checked, dir).len();
             let mut q = dir;
             while q.len() > shared {
                 if self.is_dir(q) == Some(false) {
@@ -631,14 +643,15 @@ impl Folder {
     /// links among their parents (the range's own, or the lower tree's).
     pub fn layer(&mut self, ops: &[Op]) -> Result<()> {
         let mut created = HashSet::new();
-        let mut pending = HashSet::new();
+        let mut pending = Pending::default();
         for op in ops {
-            if let Op::Whiteout(p) = op {
-                pending.insert(p.clone());
-            }
-            if let Op::Put(p, _) | Op::Link(p, _) = op {
-                for w in whiteouts_due(&mut pending, parent(p)) {
-                    self.carry_out(&Op::Whiteout(w), &created)?;
+            match op {
+                Op::Whiteout(p) => pending.whiteout(p),
+                Op::Opaque(d) => pending.opaque(d),
+                Op::Put(p, _) | Op::Link(p, _) => {
+                    for due in pending.due(parent(p)) {
+                        self.carry_out(&due_op(due), &created)?;
+                    }
                 }
             }
             match op {
@@ -723,12 +736,9 @@ impl Folder {
         // As apply carries them out: every whiteout of the layer (each once, and not again
         // when an entry below it had it carried out already), then every opaque marker.
         for op in whiteouts_then_opaques(ops) {
-            if let Op::Whiteout(p) = op
-                && !pending.remove(p)
-            {
-                continue;
+            if still_pending(&mut pending, op) {
+                self.carry_out(op, &created)?;
             }
-            self.carry_out(op, &created)?;
         }
         Ok(())
     }

@@ -1054,6 +1054,6 @@ fn the_directory_two_paths_share() {
         (b"", b"a/b", b""),
         (b"x", b"y", b""),
     ] {
-        assert_eq!(common_dir(a, b), want, "{a:?} {b:?}");
+        assert_eq!(crate::entry::common_dir(a, b), want, "{a:?} {b:?}");
     }
 }

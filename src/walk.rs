@@ -123,7 +123,7 @@ pub(crate) fn walk_fd(root_fd: BorrowedFd<'_>, root: &Path, cancel: &Cancel) -> 
         error: Mutex::new(None),
         failed: AtomicBool::new(false),
     };
-    rayon::scope(|scope| visit_dir(scope, &walk, dir, Vec::new()));
+    crate::parallel::in_pool(|| rayon::scope(|scope| visit_dir(scope, &walk, dir, Vec::new())));
     if let Some((_, e)) = walk
         .error
         .into_inner()

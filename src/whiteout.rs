@@ -112,30 +112,89 @@ pub fn classify_layer_name(name: &[u8]) -> LayerName<'_> {
     }
 }
 
-/// The whiteouts read so far in a layer (`pending`: the paths they name, not yet carried out)
-/// on the directory `dir` or its ancestors, shallowest first, taken out of `pending`.
+/// A layer's whiteouts and opaque markers read so far and not yet carried out.
 ///
-/// An entry about to go into `dir` has them carried out first, as docker and umoci carry out a
-/// whiteout when they read it: what lay there below the layer is gone, and the entry goes into
-/// a directory made for it (`.wh.l` then `l/passwd`, over a lower `l -> /etc`, makes a
-/// directory `l`; it never writes through the link). Whiteouts that no later entry goes below
-/// are carried out at the end of the layer, so their order against the entries does not matter.
-pub fn whiteouts_due(pending: &mut HashSet<Vec<u8>>, dir: &[u8]) -> Vec<Vec<u8>> {
-    let mut due = Vec::new();
-    if pending.is_empty() {
-        return due;
+/// An entry about to go into a directory has those on its way carried out first ([`Self::due`]),
+/// as docker and umoci carry one out when they read it: what lay there below the layer is gone,
+/// and the entry goes into a directory made for it (`.wh.l` then `l/passwd`, over a lower
+/// `l -> /etc`, makes a directory `l`; it never writes through the link; `d/.wh..wh..opq` then
+/// `d/l/passwd` likewise). Those no later entry goes below are carried out at the end of the
+/// layer, where their order against the layer's own entries does not matter.
+#[derive(Debug, Default)]
+pub struct Pending {
+    whiteouts: HashSet<Vec<u8>>,
+    opaque: HashSet<Vec<u8>>,
+    /// A directory found with nothing due on its way, nothing having been added since: the
+    /// next entry's way is looked at only below what it shares with it.
+    clear_to: Option<Vec<u8>>,
+}
+
+/// What an entry's way needs carried out first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    /// The whiteout of this path.
+    Whiteout(Vec<u8>),
+    /// The opaque marker of this directory.
+    Opaque(Vec<u8>),
+}
+
+impl Pending {
+    /// A whiteout of `path` read.
+    pub fn whiteout(&mut self, path: &[u8]) {
+        self.whiteouts.insert(path.to_vec());
+        self.clear_to = None;
     }
-    let ends = dir
-        .iter()
-        .enumerate()
-        .filter(|&(_, &b)| b == b'/')
-        .map(|(i, _)| i);
-    for end in ends.chain(std::iter::once(dir.len())) {
-        if end > 0 && pending.remove(&dir[..end]) {
-            due.push(dir[..end].to_vec());
+
+    /// The opaque marker of the directory `dir` read.
+    pub fn opaque(&mut self, dir: &[u8]) {
+        self.opaque.insert(dir.to_vec());
+        self.clear_to = None;
+    }
+
+    /// Whether the whiteout of `path` is still to be carried out (then it no longer is).
+    pub fn take_whiteout(&mut self, path: &[u8]) -> bool {
+        self.whiteouts.remove(path)
+    }
+
+    /// Whether the opaque marker of `dir` is still to be carried out (then it no longer is).
+    pub fn take_opaque(&mut self, dir: &[u8]) -> bool {
+        self.opaque.remove(dir)
+    }
+
+    /// What must be carried out before an entry goes into the directory `dir`, shallowest
+    /// first, taken out of what is pending: whiteouts of `dir` and of its parents, and opaque
+    /// markers of their parents (an entry right in an opaque directory needs nothing: it
+    /// replaces whatever lay at its own name).
+    pub fn due(&mut self, dir: &[u8]) -> Vec<Due> {
+        let mut due = Vec::new();
+        if self.whiteouts.is_empty() && self.opaque.is_empty() {
+            return due;
         }
+        let looked = self
+            .clear_to
+            .as_deref()
+            .map_or(0, |c| crate::entry::common_dir(c, dir).len());
+        let ends = dir
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'/')
+            .map(|(i, _)| i);
+        for end in ends.chain(std::iter::once(dir.len())) {
+            if end == 0 || end <= looked {
+                continue;
+            }
+            let way = &dir[..end];
+            let above = crate::entry::parent(way);
+            if self.opaque.remove(above) {
+                due.push(Due::Opaque(above.to_vec()));
+            }
+            if self.whiteouts.remove(way) {
+                due.push(Due::Whiteout(way.to_vec()));
+            }
+        }
+        self.clear_to = Some(dir.to_vec());
+        due
     }
-    due
 }
 
 /// The directory at a layer's root where aufs keeps the files that hardlinks of the layer

@@ -116,6 +116,26 @@ CASES = {
         [F("other")],
         [WH("l"), F("l/passwd", b"n"), F("l/more/x")],
     ],
+    # A parent removed with its subtree (replaced by a file, then a directory again) is
+    # marked again for the entries below it: the folds below the range keep it.
+    "a parent replaced twice in a layer below the range, then made opaque": [
+        [F("a/b/f"), F("a"), D("a"), F("a/b/g")],
+        [OPQ("a")],
+        [F("z")],
+    ],
+    "a parent replaced by a link then a directory, then a whiteout below it": [
+        [F("a/b/f"), S("a", "x"), D("a"), F("a/b/g")],
+        [WH("a/b/g")],
+        [F("z")],
+    ],
+    "an opaque marker, then an entry through a lower link it hides": [
+        [D("etc"), F("etc/passwd", b"root"), D("x"), S("x/l", "/etc")],
+        [OPQ("x"), F("x/l/passwd", b"n")],
+    ],
+    "a whiteout of a link, then an entry through another link to it": [
+        [D("etc"), F("etc/passwd", b"root"), S("l", "/etc"), S("m", "l")],
+        [WH("l"), F("m/passwd", b"n")],
+    ],
     "an entry through a link, then its whiteout, then another entry": [
         [D("etc"), F("etc/passwd", b"root"), S("l", "etc")],
         [F("l/a"), WH("l"), F("l/b")],
@@ -161,6 +181,22 @@ def test_implied_directories_are_0755_whatever_the_umask(tmp_path: Path) -> None
     for d in ("a", "a/b", "x"):
         assert (tmp_path / "applied" / d).stat().st_mode & 0o7777 == 0o755, d
     assert differences(tmp_path / "applied", tmp_path / "squashed") == []
+
+
+def test_an_opaque_marker_read_first_keeps_the_entries_below_it_off_what_it_hides(
+    tmp_path: Path,
+) -> None:
+    """`x/.wh..wh..opq` then `x/l/passwd`, over a lower `x/l -> /etc`: `x/l` is a new
+    directory, and /etc/passwd is left as it was (as umoci reads it)."""
+    base = [D("etc"), F("etc/passwd", b"root"), D("x"), S("x/l", "/etc")]
+    top = [OPQ("x"), F("x/l/passwd", b"n")]
+    load_layers(tmp_path, "opq/x:1", [layer_tar(base), layer_tar(top)])
+    layerdiff.squash("opq/x:1", "opq/x:all")
+    for image in ("opq/x:1", "opq/x:all"):
+        out = tmp_path / image.replace(":", "-").replace("/", "-")
+        layerdiff.unpack(image, out)
+        assert (out / "etc" / "passwd").read_bytes() == b"root", image
+        assert (out / "x" / "l" / "passwd").read_bytes() == b"n", image
 
 
 def test_a_whiteout_read_first_keeps_the_entries_below_it_off_what_it_hides(

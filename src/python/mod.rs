@@ -29,50 +29,6 @@ const SIGNAL_POLL: Duration = Duration::from_millis(50);
 /// and a hostile layer can nest far deeper than a path could name (through symlinks).
 const WORK_STACK: usize = 256 << 20;
 
-/// The threads the core's parallel walks and diffs run on: this process's own. rayon's global
-/// pool would do in a process that never forks, but a child forked after a call (Python's
-/// `multiprocessing` forks by default on Linux) would find its threads gone and wait for them
-/// for ever; so the pool belongs to the process that made it, and a forked child makes its
-/// own. The parent's pool is left alone in the child: its threads cannot be joined there.
-fn work_pool() -> std::io::Result<Arc<rayon::ThreadPool>> {
-    static POOL: std::sync::Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> =
-        std::sync::Mutex::new(None);
-    let pid = std::process::id();
-    let mut slot = POOL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((owner, pool)) = slot.as_ref()
-        && *owner == pid
-    {
-        return Ok(pool.clone());
-    }
-    if let Some(inherited) = slot.take() {
-        std::mem::forget(inherited);
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .stack_size(WORK_STACK)
-        .thread_name(|i| format!("layerdiff-{i}"))
-        .start_handler(|_| block_signals())
-        .build()
-        .map_err(std::io::Error::other)?;
-    let pool = Arc::new(pool);
-    *slot = Some((pid, pool.clone()));
-    Ok(pool)
-}
-
-/// Keep the process's signals away from this thread. The pool's threads outlive each call:
-/// one that took a signal meant for the interpreter (a resize a container's runner forwards,
-/// waited for with the signal blocked in the thread that waits) would drop it.
-fn block_signals() {
-    // SAFETY: an all-set signal set is built in place and given to pthread_sigmask, which only
-    // reads it; the thread's own mask is changed, no other state.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-    }
-}
-
 /// Run `work` on a scoped thread while this thread, detached from the interpreter, waits for it
 /// and checks for signals. A signal cancels the work through `cancel` and is re-raised.
 fn run_detached<T: Send>(
@@ -82,13 +38,11 @@ fn run_detached<T: Send>(
 ) -> PyResult<T> {
     std::thread::scope(|s| {
         let (tx, mut rx) = mpsc::sync_channel(1);
-        let pool = work_pool()
-            .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("starting threads: {e}")))?;
         std::thread::Builder::new()
             .stack_size(WORK_STACK)
             .spawn_scoped(s, move || {
                 // The receiver outlives the scope's threads, so a failed send cannot happen.
-                let _ = tx.send(pool.install(work));
+                let _ = tx.send(work());
             })
             .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("starting a thread: {e}")))?;
         loop {
