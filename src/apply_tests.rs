@@ -66,6 +66,15 @@ fn apply_bytes(root: &Path, bytes: &[u8]) -> Result<ApplyStats> {
     apply_layer(&r, bytes, &ApplyOptions::default(), &crate::cancel::NEVER)
 }
 
+/// Apply `bytes` onto `root`, in overlay form or not.
+fn apply_in_form(root: &Path, bytes: &[u8], overlay: bool) -> Result<ApplyStats> {
+    let opts = ApplyOptions {
+        overlay,
+        ..ApplyOptions::default()
+    };
+    apply_layer(&Root::open(root)?, bytes, &opts, &crate::cancel::NEVER)
+}
+
 /// Every path under `root` with a short description, for whole-tree comparisons.
 fn tree(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -977,12 +986,7 @@ fn overlay_form_spares_what_its_layer_wrote_through_a_link_as_a_flat_apply_does(
     ];
     for overlay in [false, true] {
         let t = tempfile::tempdir().unwrap();
-        let r = Root::open(t.path()).unwrap();
-        let opts = ApplyOptions {
-            overlay,
-            ..ApplyOptions::default()
-        };
-        apply_layer(&r, &layer(&members)[..], &opts, &crate::cancel::NEVER)
+        apply_in_form(t.path(), &layer(&members), overlay)
             .unwrap_or_else(|e| panic!("overlay {overlay}: {e}"));
         assert_eq!(
             tree(t.path()),
@@ -1266,12 +1270,7 @@ fn overlay_xattrs_in_a_layer_are_never_applied() {
     let bytes = b.into_inner().unwrap();
     for overlay in [false, true] {
         let t = tempfile::tempdir().unwrap();
-        let r = Root::open(t.path()).unwrap();
-        let opts = ApplyOptions {
-            overlay,
-            ..ApplyOptions::default()
-        };
-        apply_layer(&r, &bytes[..], &opts, &crate::cancel::NEVER).unwrap();
+        apply_in_form(t.path(), &bytes, overlay).unwrap();
         for (name, _, kept) in entries {
             let names: Vec<String> = xattr_names(&t.path().join(name));
             assert_eq!(names, [kept], "{name}, overlay form: {overlay}");
