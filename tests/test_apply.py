@@ -306,7 +306,7 @@ def test_max_size_stops_a_bomb(tmp_path: Path) -> None:
     proc = run_cli("apply", "--max-size", "1000000", "--to", str(tmp_path / "out"), str(layer))
     assert proc.returncode == 1 and "limit" in proc.stderr
     # Sizes as docker writes them: the layer holds 4 MiB and a little more.
-    for size, code in (("4m", 1), ("5M", 0), ("1g", 0)):
+    for size, code in (("4m", 1), ("5M", 0), ("1g", 0), ("4.5m", 0), ("4.0m", 1)):
         proc = run_cli("apply", "--max-size", size, "--to", str(tmp_path / size), str(layer))
         assert proc.returncode == code, (size, proc.stderr)
     for bad in ("0", "1x", "-5", str(2**64)):

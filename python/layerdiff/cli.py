@@ -761,8 +761,9 @@ else:
 
 
 class _Size(_IntParam):
-    """A size in bytes: ``1048576``, ``512m``, ``256g`` (k, m, g, t: powers of 1024; a
-    trailing ``b`` or ``ib`` allowed), from 1 to 2**64 - 1."""
+    """A size in bytes: ``1048576``, ``512m``, ``1.5g`` (k, m, g, t: powers of 1024, as
+    docker reads them, a fraction allowed; a trailing ``b`` or ``ib`` too), from 1 to
+    2**64 - 1."""
 
     name = "size"
 
@@ -770,10 +771,11 @@ class _Size(_IntParam):
         if isinstance(value, int):
             return value
         import re
+        from fractions import Fraction
 
-        found = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", str(value).lower())
+        found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value).lower())
         shift = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
-        size = int(found.group(1)) << shift[found.group(2)] if found else 0
+        size = int(Fraction(found.group(1)) * (1 << shift[found.group(2)])) if found else 0
         if not 1 <= size <= 2**64 - 1:
             self.fail(f"{value!r} is not a size from 1 byte to 16 EiB (e.g. 256g)", param, ctx)
         return size

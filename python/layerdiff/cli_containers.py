@@ -282,6 +282,7 @@ optional).""",
         import shlex  # for ps only
 
         rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]]
+        seen: dict[Any, str | None] = {}
         for c in found:
             status = c.state
             if status == "exited" and c.data.get("exit_code") is not None:
@@ -289,12 +290,13 @@ optional).""",
             command = shlex.join(c.command)
             command = command if len(command) <= 30 else command[:29] + "…"
             created = str(c.data.get("created", ""))
-            rows.append([c.id[:12], _image_shown(c), command, created, status, c.name])
+            rows.append([c.id[:12], _image_shown(c, seen), command, created, status, c.name])
         table(rows)
 
-    def _image_shown(container: Any) -> str:
+    def _image_shown(container: Any, seen: dict[Any, str | None]) -> str:
         """The name the container's image was given, while it still names that image; else
-        the image's ID, as docker shows it once the name has moved on."""
+        the image's ID, as docker shows it once the name has moved on. ``seen``: what each
+        name named, looked up once for all the containers listed."""
         import dataclasses
 
         from layerdiff.refs import parse_layout_reference
@@ -306,7 +308,10 @@ optional).""",
             ref = parse_layout_reference(name)
             if not ref.in_store:  # where it was, whatever directory ps runs in
                 ref = dataclasses.replace(ref, layout=Path(container.data["image_layout"]))
-            now = named(ref)["digest"]
+            if ref not in seen:
+                seen[ref] = None  # unless found below
+                seen[ref] = str(named(ref)["digest"])
+            now = seen[ref]
         except (LayerdiffError, OSError, KeyError, TypeError):
             now = None
         if now is None or now not in (made_from, container.data.get("image_entry")):
