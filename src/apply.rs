@@ -203,9 +203,7 @@ pub fn apply_layer<R: Read + Send>(
             lowers,
             copied_dirs: std::cell::RefCell::new(Vec::new()),
             created: HashSet::new(),
-            hidden: Vec::new(),
             pending: Pending::default(),
-            opaque: Vec::new(),
             dirs: Vec::new(),
             stats: ApplyStats::default(),
             parent: None,
@@ -283,14 +281,10 @@ struct Applier<'a> {
     copied_dirs: std::cell::RefCell<Vec<DirMeta>>,
     /// Paths this layer wrote, and every ancestor of them: what whiteouts must not remove.
     created: HashSet<Vec<u8>>,
-    /// Paths hidden by whiteouts, carried out at the end…
-    hidden: Vec<Vec<u8>>,
-    /// …unless an entry goes below one first: then it is carried out at once, so that the
-    /// entry lands in a directory of its own there, never through what the whiteout hides
-    /// (`.wh.l` and `l/passwd` over a lower `l -> /etc`). These are the ones not yet done.
+    /// Whiteouts and opaque markers, carried out at the end, unless an entry goes below one
+    /// first: then at once, so that the entry lands in a directory of its own there, never
+    /// through what it hides (`.wh.l` and `l/passwd` over a lower `l -> /etc`).
     pending: Pending,
-    /// Directories whose lower children are hidden, carried out at the end.
-    opaque: Vec<Vec<u8>>,
     dirs: Vec<DirMeta>,
     stats: ApplyStats,
     /// The parent directory of the last entry, still open: entries of one directory come
@@ -608,15 +602,8 @@ impl Applier<'_> {
     fn whiteout(&mut self, path: &[u8], name: &str) -> Result<()> {
         let dir = parent(path);
         match classify_layer_name(base_name(path)) {
-            LayerName::Opaque => {
-                self.pending.opaque(dir);
-                self.opaque.push(dir.to_vec());
-            }
-            LayerName::Whiteout(target) => {
-                let hidden = join(dir, target);
-                self.pending.whiteout(&hidden);
-                self.hidden.push(hidden);
-            }
+            LayerName::Opaque => self.pending.opaque(dir),
+            LayerName::Whiteout(target) => self.pending.whiteout(&join(dir, target)),
             // The link directory's files are used (see `entry`); the directory is not made.
             LayerName::AufsMeta if path == AUFS_LINK_DIR => {}
             LayerName::AufsMeta => {
@@ -745,12 +732,16 @@ impl Applier<'_> {
             self.parent = None;
         }
         for what in due {
-            match what {
-                Due::Whiteout(name) => self.carry_out_whiteout(&name)?,
-                Due::Opaque(name) => self.carry_out_opaque(&name)?,
-            }
+            self.carry_out(&what)?;
         }
         Ok(())
+    }
+
+    fn carry_out(&mut self, what: &Due) -> Result<()> {
+        match what {
+            Due::Whiteout(name) => self.carry_out_whiteout(name),
+            Due::Opaque(name) => self.carry_out_opaque(name),
+        }
     }
 
     /// Hide what lies below this layer in the directory `name`, which an opaque marker names.
@@ -786,16 +777,9 @@ impl Applier<'_> {
     /// Carry out whiteouts and opaque markers, then directory modes and mtimes (deepest first,
     /// so later changes inside do not disturb them).
     fn finish(&mut self) -> Result<()> {
-        for name in std::mem::take(&mut self.hidden) {
-            // Each once, and not again when an entry below it had it carried out already.
-            if self.pending.take_whiteout(&name) {
-                self.carry_out_whiteout(&name)?;
-            }
-        }
-        for name in std::mem::take(&mut self.opaque) {
-            if self.pending.take_opaque(&name) {
-                self.carry_out_opaque(&name)?;
-            }
+        // Each once, and not again when an entry below it had it carried out already.
+        for what in self.pending.rest() {
+            self.carry_out(&what)?;
         }
         // Copied-up directories first: an entry of the layer for one of them comes after, and
         // its metadata is applied last.

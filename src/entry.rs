@@ -115,7 +115,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 
 /// The longest path that is `a` or one of its parents and `b` or one of its parents.
 pub fn common_dir<'a>(a: &'a [u8], b: &[u8]) -> &'a [u8] {
-    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let n = first_difference(a, b).unwrap_or(a.len().min(b.len()));
     let ends = |p: &[u8]| n == p.len() || p[n] == b'/';
     if ends(a) && ends(b) {
         return &a[..n];

@@ -323,31 +323,6 @@ fn mark_written(created: &mut HashSet<Vec<u8>>, p: &[u8]) {
     }
 }
 
-/// The operation that carries out what an entry's way needs ([`Pending::due`]).
-fn due_op(due: Due) -> Op {
-    match due {
-        Due::Whiteout(p) => Op::Whiteout(p),
-        Due::Opaque(d) => Op::Opaque(d),
-    }
-}
-
-/// Whether the whiteout or opaque marker `op` is still to be carried out at the end of its
-/// layer (each once, and not again when an entry below it had it carried out already).
-fn still_pending(pending: &mut Pending, op: &Op) -> bool {
-    match op {
-        Op::Whiteout(p) => pending.take_whiteout(p),
-        Op::Opaque(d) => pending.take_opaque(d),
-        _ => false,
-    }
-}
-
-/// A layer's whiteouts, then its opaque markers, each in layer order: the order apply carries
-/// them out in at the end of the layer.
-fn whiteouts_then_opaques(ops: &[Op]) -> impl Iterator<Item = &Op> {
-    let whiteouts = ops.iter().filter(|op| matches!(op, Op::Whiteout(_)));
-    whiteouts.chain(ops.iter().filter(|op| matches!(op, Op::Opaque(_))))
-}
-
 fn subtree<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
     let start = Key(path.to_vec());
     map.range(start..)
@@ -378,7 +353,7 @@ impl LowerTree {
                 Op::Opaque(d) => pending.opaque(d),
                 Op::Put(p, _) | Op::Link(p, _) => {
                     for due in pending.due(parent(p)) {
-                        self.hide(&due_op(due), &created)?;
+                        self.hide(&due, &created)?;
                     }
                 }
             }
@@ -426,22 +401,18 @@ impl LowerTree {
             self.0.insert(key, node);
             mark_with_parents(&mut self.0, &mut created, &p);
         }
-        // As apply carries them out: every whiteout of the layer (each once, and not again
-        // when an entry below it had it carried out already), then every opaque marker.
-        for op in whiteouts_then_opaques(ops) {
-            if still_pending(&mut pending, op) {
-                self.hide(op, &created)?;
-            }
+        // As apply carries them out: those no entry went below, at the end ([`Pending::rest`]).
+        for due in pending.rest() {
+            self.hide(&due, &created)?;
         }
         Ok(())
     }
 
     /// Carry out a whiteout or an opaque marker of the layer that wrote `created`.
-    fn hide(&mut self, op: &Op, created: &HashSet<Vec<u8>>) -> Result<()> {
-        let (resolved, all) = match op {
-            Op::Whiteout(p) => (self.1.resolve(p, &self.0, Walk::Lookup)?, true),
-            Op::Opaque(d) => (self.1.resolve_dir(d, &self.0)?, false),
-            _ => return Ok(()),
+    fn hide(&mut self, due: &Due, created: &HashSet<Vec<u8>>) -> Result<()> {
+        let (resolved, all) = match due {
+            Due::Whiteout(p) => (self.1.resolve(p, &self.0, Walk::Lookup)?, true),
+            Due::Opaque(d) => (self.1.resolve_dir(d, &self.0)?, false),
         };
         if !resolved.reachable() {
             return Ok(()); // the lookup fails: nothing is hidden
@@ -650,7 +621,7 @@ impl Folder {
                 Op::Opaque(d) => pending.opaque(d),
                 Op::Put(p, _) | Op::Link(p, _) => {
                     for due in pending.due(parent(p)) {
-                        self.carry_out(&due_op(due), &created)?;
+                        self.carry_out(&due, &created)?;
                     }
                 }
             }
@@ -733,32 +704,28 @@ impl Folder {
                 _ => {}
             }
         }
-        // As apply carries them out: every whiteout of the layer (each once, and not again
-        // when an entry below it had it carried out already), then every opaque marker.
-        for op in whiteouts_then_opaques(ops) {
-            if still_pending(&mut pending, op) {
-                self.carry_out(op, &created)?;
-            }
+        // As apply carries them out: those no entry went below, at the end ([`Pending::rest`]).
+        for due in pending.rest() {
+            self.carry_out(&due, &created)?;
         }
         Ok(())
     }
 
     /// Carry out a whiteout or an opaque marker of the layer that wrote `created`.
-    fn carry_out(&mut self, op: &Op, created: &HashSet<Vec<u8>>) -> Result<()> {
-        match op {
-            Op::Whiteout(p) => {
+    fn carry_out(&mut self, due: &Due, created: &HashSet<Vec<u8>>) -> Result<()> {
+        match due {
+            Due::Whiteout(p) => {
                 let p = self.resolve(p, Walk::Lookup)?;
                 if p.reachable() {
                     self.hide(&p.path, created);
                 }
             }
-            Op::Opaque(d) => {
+            Due::Opaque(d) => {
                 let d = self.links.resolve_dir(d, self)?;
                 if d.reachable() {
                     self.hide_children(&d.path, created);
                 }
             }
-            _ => {}
         }
         Ok(())
     }

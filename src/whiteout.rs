@@ -122,6 +122,8 @@ pub fn classify_layer_name(name: &[u8]) -> LayerName<'_> {
 /// layer, where their order against the layer's own entries does not matter.
 #[derive(Debug, Default)]
 pub struct Pending {
+    /// Every one read, in the layer's order.
+    read: Vec<Due>,
     whiteouts: HashSet<Vec<u8>>,
     opaque: HashSet<Vec<u8>>,
     /// A directory found with nothing due on its way, nothing having been added since: the
@@ -142,23 +144,35 @@ impl Pending {
     /// A whiteout of `path` read.
     pub fn whiteout(&mut self, path: &[u8]) {
         self.whiteouts.insert(path.to_vec());
+        self.read.push(Due::Whiteout(path.to_vec()));
         self.clear_to = None;
     }
 
     /// The opaque marker of the directory `dir` read.
     pub fn opaque(&mut self, dir: &[u8]) {
         self.opaque.insert(dir.to_vec());
+        self.read.push(Due::Opaque(dir.to_vec()));
         self.clear_to = None;
     }
 
-    /// Whether the whiteout of `path` is still to be carried out (then it no longer is).
-    pub fn take_whiteout(&mut self, path: &[u8]) -> bool {
-        self.whiteouts.remove(path)
-    }
-
-    /// Whether the opaque marker of `dir` is still to be carried out (then it no longer is).
-    pub fn take_opaque(&mut self, dir: &[u8]) -> bool {
-        self.opaque.remove(dir)
+    /// What is left to carry out at the end of the layer, each once: every whiteout, then
+    /// every opaque marker, each in the layer's order.
+    pub fn rest(&mut self) -> Vec<Due> {
+        let read = std::mem::take(&mut self.read);
+        let (whiteouts, opaque): (Vec<Due>, Vec<Due>) = read
+            .into_iter()
+            .partition(|d| matches!(d, Due::Whiteout(_)));
+        let mut rest = Vec::new();
+        for due in whiteouts.into_iter().chain(opaque) {
+            let left = match &due {
+                Due::Whiteout(p) => self.whiteouts.remove(p),
+                Due::Opaque(d) => self.opaque.remove(d),
+            };
+            if left {
+                rest.push(due);
+            }
+        }
+        rest
     }
 
     /// What must be carried out before an entry goes into the directory `dir`, shallowest
