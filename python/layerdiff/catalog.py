@@ -263,7 +263,7 @@ def images(layout: str | os.PathLike[str] | None = None) -> list[ImageSummary]:
     """
     in_store = layout is None
     path = refs.store_layout_path() if layout is None else layout
-    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "oci-layout"))):
+    if not refs.is_layout(path):
         if in_store:
             for made_on_first_write in (refs.store_home(), refs.store_layout_path()):
                 if os.path.lexists(made_on_first_write) and not os.path.isdir(made_on_first_write):

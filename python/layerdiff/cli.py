@@ -22,6 +22,7 @@ from layerdiff.errors import ContainerNotFoundError, InvalidReferenceError, Laye
 from layerdiff.layer import COMPRESSION_LEVELS, COMPRESSIONS, MAX_THREADS
 
 if TYPE_CHECKING:
+    from layerdiff import runtime
     from layerdiff.layer import Change
 
 _IMAGE_HELP = (
@@ -287,8 +288,9 @@ def diff(
 
     A backslash or a control character in a path is escaped as in C (\\\\, \\n, \\t,
     \\r, \\xNN), so each change is one line; --json gives paths exactly."""
-    if len(trees) == 1 and not overlay and not lowers and _is_container(trees[0]):
-        _print_changes(_container_changes(trees[0], content=content), as_json)
+    container = _named_container(trees[0]) if len(trees) == 1 and not (overlay or lowers) else None
+    if container is not None:
+        _print_changes(_container_changes(container, content=content), as_json)
         return
     if overlay and len(trees) != 1:
         raise click.UsageError("diff --overlay takes one directory: UPPER")
@@ -313,26 +315,24 @@ def diff(
     _print_changes(changes, as_json)
 
 
-def _is_container(text: str) -> bool:
-    """Whether ``text`` names a container as every container command reads it: a path (with a
+def _named_container(text: str) -> runtime.Container | None:
+    """The container ``text`` names as every container command reads it: a path (with a
     ``/``) to a container directory, else a name or ID of the store's, whatever directory of
-    that name the current one holds (one directory alone is no diff)."""
+    that name the current one holds (one directory alone is no diff). None if there is none."""
     from layerdiff import runtime
     from layerdiff.errors import ContainerNotFoundError
 
     try:
-        runtime.open_container(text)
+        return runtime.open_container(text)
     except ContainerNotFoundError:  # an ambiguous ID or a broken container says so itself
-        return False
-    return True
+        return None
 
 
-def _container_changes(name: str, *, content: bool) -> list[layerdiff.Change]:
-    """What the container ``name`` changed, as ``docker diff`` lists it: its upper directory
-    against its image's layers, the files the runtime writes for it left out."""
+def _container_changes(container: runtime.Container, *, content: bool) -> list[layerdiff.Change]:
+    """What ``container`` changed, as ``docker diff`` lists it: its upper directory against
+    its image's layers, the files the runtime writes for it left out."""
     from layerdiff import runtime
 
-    container = runtime.open_container(name)
     changes = layerdiff.diff_overlay(
         container.upper, lowers=list(reversed(container.layer_dirs())), content=content
     )
@@ -610,7 +610,8 @@ def rmi(images: tuple[str, ...], no_prune: bool, force: bool) -> None:
 
 
 class _InUseError(LayerdiffError):
-    """An image name rmi would take from a container's image."""
+    """A name rmi refuses to take without --force, as docker's "must force" conflict: the last
+    one of a container's image, or one of several an image ID stands for."""
 
 
 def _refuse_images_in_use(
@@ -674,7 +675,7 @@ def images(layout: str | None, as_json: bool) -> None:
                 f"invalid image reference {layout!r}: the layout path is empty (expected oci:PATH)"
             )
     elif layout is not None:
-        from layerdiff.refs import parse_store_reference, pinned_digest, store_tag_name
+        from layerdiff.refs import is_layout, parse_store_reference, pinned_digest, store_tag_name
 
         ref = parse_store_reference(layout)  # checked as a name; the tag only if given
         name = store_tag_name(str(ref.tag))
@@ -695,7 +696,7 @@ def images(layout: str | None, as_json: bool) -> None:
             for i in found
             if i.name == name and tag in (None, i.tag) and digest in (None, i.digest)
         ]
-        if not found and layout is not None and os.path.isfile(os.path.join(layout, "oci-layout")):
+        if not found and layout is not None and is_layout(layout):
             raise click.UsageError(f"no image {layout!r} in the store; the layout is oci:{layout}")
     for i in found:  # like docker, list what can be read and say what cannot
         if i.error is None:

@@ -57,6 +57,7 @@ __all__ = [
     "RegistryRef",
     "check_writable",
     "familiar_name",
+    "is_layout",
     "parse_layout_reference",
     "parse_reference",
     "parse_store_reference",
@@ -227,7 +228,7 @@ def _parse_oci(text: str, rest: str) -> LayoutRef:
     # After the last ':' comes a tag, unless a '/' follows it: then the ':' is in the path.
     if colon >= 0 and "/" not in rest[colon + 1 :]:
         path, tag = rest[:colon], rest[colon + 1 :]
-    if not _is_layout(path):
+    if not is_layout(path):
         found = _split_at_a_layout(text, rest)
         if found is not None:
             return found
@@ -242,8 +243,9 @@ def _parse_oci(text: str, rest: str) -> LayoutRef:
     return LayoutRef(text=text, layout=Path(path), tag=tag, in_store=False)
 
 
-def _is_layout(path: str) -> bool:
-    return bool(path) and os.path.isfile(os.path.join(path, "oci-layout"))
+def is_layout(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an OCI image layout: a directory holding ``oci-layout``."""
+    return bool(os.fspath(path)) and os.path.isfile(os.path.join(path, "oci-layout"))
 
 
 def _split_at_a_layout(text: str, rest: str) -> LayoutRef | None:
@@ -255,7 +257,7 @@ def _split_at_a_layout(text: str, rest: str) -> LayoutRef | None:
     while (colon := rest.find(":", start)) > 0:
         start = colon + 1
         path, name = rest[:colon], rest[colon + 1 :]
-        if not (_OCI_REF_NAME_RE.fullmatch(name) and _is_layout(path)):
+        if not (_OCI_REF_NAME_RE.fullmatch(name) and is_layout(path)):
             continue
         store = store_layout_path()
         with contextlib.suppress(OSError):
@@ -327,7 +329,7 @@ def _parse_store(text: str) -> LayoutRef:
     try:
         name, tag, digest = _split_name_tag(text, text)
     except InvalidReferenceError as e:
-        if os.path.isfile(os.path.join(text, "oci-layout")):
+        if is_layout(text):
             raise InvalidReferenceError(f"{e} (an OCI layout is named oci:{text})") from None
         raise
     if digest is not None:
