@@ -37,12 +37,11 @@ from layerdiff.image import source_date_epoch as _resolve_epoch
 from layerdiff.layer import (
     LayerInfo,
     StrPath,
-    check_bool,
     check_exclude,
     check_options,
-    check_path,
     check_paths,
     check_sequence,
+    check_source,
     write_layer,
     write_layer_to_fd,
 )
@@ -134,10 +133,6 @@ def commit(
         raise InvalidArgumentError(f"image={image!r}: expected an image reference (a str)")
     if base is not None and not isinstance(base, (str, refs.LayoutRef, Image)):
         raise InvalidArgumentError(f"base={base!r}: expected an image reference (a str)")
-    check_path("upper", upper)
-    if lower is not None:
-        check_path("lower", lower)
-    check_bool("overlay", overlay)
     changes = check_sequence("changes", changes)
     for i, change in enumerate(changes):
         _check_text(f"changes[{i}]", change, optional=False)
@@ -146,6 +141,7 @@ def commit(
     _check_text("created_by", created_by, optional=False)
     _check_run_config(run_config)
     lowers = check_paths("lowers", lowers)
+    check_source(upper, lower, overlay, lowers)
     exclude = check_exclude(exclude)
     target = refs.parse_reference(image) if isinstance(image, str) else image
     if isinstance(target, refs.ArchiveRef):

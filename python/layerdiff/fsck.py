@@ -255,7 +255,7 @@ def fsck(target: str | os.PathLike[str] | None = None) -> FsckReport:
         layout, named = _layout_and_images(ref)
     except FormatError as e:
         where = refs.store_layout_path() if ref is None else ref.layout
-        if not (where / "oci-layout").is_file():
+        if not refs.is_layout(where):
             raise
         report.problems.append(Problem(str(where), str(e)))
         return report

@@ -252,9 +252,11 @@ def _check_root_ids(root_ids: tuple[int, int] | None) -> tuple[int, int] | None:
     )
 
 
-def _check_source(
+def check_source(
     upper: StrPath, lower: StrPath | None, overlay: bool, lowers: Sequence[StrPath]
 ) -> None:
+    """The tree a layer is made of, as :func:`write_layer` takes it: paths, and ``lower`` or
+    ``overlay`` (with ``lowers``), not both; else InvalidArgumentError."""
     check_path("upper", upper)
     if lower is not None:
         check_path("lower", lower)
@@ -330,7 +332,7 @@ def write_layer(
     root_ids = _check_root_ids(root_ids)
     if _as_container_root(root_ids):
         return _as_container_root_call("write_layer", locals())
-    _check_source(upper, lower, overlay, lowers)
+    check_source(upper, lower, overlay, lowers)
     n_threads = check_options(
         compression=compression, threads=threads, compression_level=compression_level
     )
@@ -387,7 +389,7 @@ def write_layer_to_fd(
     root_ids = _check_root_ids(root_ids)
     if _as_container_root(root_ids):
         return _as_container_root_call("write_layer_to_fd", locals(), pass_fds=(fd,))
-    _check_source(upper, lower, overlay, lowers)
+    check_source(upper, lower, overlay, lowers)
     n_threads = check_options(
         compression=compression, threads=threads, compression_level=compression_level
     )
