@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import tempfile
 import termios
 import threading
 import time
@@ -344,6 +345,56 @@ def test_a_pids_limit_counts_the_commands_processes(image: str, store_home: Path
     assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
 
 
+def _as_nobody(path: Path) -> str:
+    """What another user of the host gets running ``path``: its output, or the error."""
+    try:
+        done = subprocess.run(
+            [str(path), "echo", "ran"],
+            capture_output=True, text=True, check=False, user=65534, group=65534, extra_groups=[],
+        )  # fmt: skip
+    except OSError as e:
+        return str(e)
+    return done.stdout or done.stderr
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory under /tmp that every user may enter (a test's own tmp_path is not)."""
+    path = Path(tempfile.mkdtemp(prefix="layerdiff-open-"))
+    path.chmod(0o755)
+    yield path
+    layercache.remove_tree(path)
+
+
+def test_other_users_cannot_run_setuid_files_of_containers_or_layers(
+    image: str, open_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A setuid file a container made, or an image holds, stays out of other users' reach on
+    the host, as docker's directories keep it: the container's directory (a path given as its
+    name too) and the layer cache are their owner's alone, also when an earlier version left
+    them open."""
+    monkeypatch.setenv("LAYERDIFF_HOME", str(open_dir / "home"))
+    (open_dir / "home").mkdir(mode=0o755)
+    container = open_dir / "c"
+    script = "mkdir /s && cp /bin/busybox /s/busybox && chmod 4755 /s/busybox"
+    made = run_cli("run", "--name", str(container), image, "--", "sh", "-c", script)
+    assert made.returncode == 0, made.stderr
+    upper_suid = container / "upper" / "s" / "busybox"
+    cached = next(layercache.cache_root().glob("trusted/*/diff/bin/busybox"))
+    cached.chmod(0o4755)  # an image's own setuid file
+    assert upper_suid.stat().st_mode & 0o4000
+    for where in (upper_suid, cached):
+        assert "Permission denied" in _as_nobody(where), where
+    # Open, as an earlier version made them: the next start closes them.
+    container.chmod(0o755)
+    layercache.cache_root().chmod(0o755)
+    assert _as_nobody(upper_suid) == "ran\n"
+    assert run_cli("start", str(container)).returncode == 1  # mkdir: /s exists
+    for where in (upper_suid, cached):
+        assert "Permission denied" in _as_nobody(where), where
+    assert run_cli("rm", str(container)).returncode == 0
+
+
 def test_ctrl_c_stops_the_container(image: str, store_home: Path) -> None:
     # A terminal's Ctrl-C signals the whole foreground process group: do the same.
     proc = subprocess.Popen(
@@ -614,7 +665,7 @@ def test_create_start_ps_rm_and_a_container_directory(
     assert in_use.returncode == 125 and "in use" in in_use.stderr
 
     ps = json.loads(run_cli("ps", "-a", "--json").stdout)
-    assert [(c["name"], c["state"]) for c in ps] == [("web", "created")]
+    assert [(c["name"], c["state"]) for c in ps] == [(str(where), "created"), ("web", "created")]
 
     started = run_cli("start", str(where))
     assert started.returncode == 0, started.stderr
@@ -675,6 +726,41 @@ def test_rmi_keeps_the_last_name_of_an_image_a_container_uses_unless_forced(
     assert layerdiff.images() == []
     started = run_cli("start", "c")  # the container keeps its image's blobs
     assert started.returncode == 0, started.stderr
+
+
+def test_a_container_given_a_path_keeps_its_image_and_layers_as_one_in_the_store(
+    image: str, store_home: Path, tmp_path: Path
+) -> None:
+    """The store knows of a container made at a directory path: rmi refuses its image's last
+    name, gc keeps its image and cached layers, fsck checks them and ps lists it by its path;
+    once it is removed (or its directory deleted by hand) they go."""
+    assert run_cli("tag", image, "bb:1").returncode == 0
+    where = tmp_path / "dev"
+    made = run_cli("run", "--name", str(where), "bb:1", "--", "sh", "-c", "echo keep > /work")
+    assert made.returncode == 0, made.stderr
+    refused = run_cli("rmi", "bb:1")
+    assert refused.returncode == 1, refused.stderr
+    assert f"container {where} was made from it" in refused.stderr
+    assert run_cli("rmi", "-f", "bb:1").returncode == 0
+    assert layerdiff.gc().layers == 0
+    committed = run_cli("commit", "--progress", "none", str(where), "dev:2")
+    assert committed.returncode == 0, committed.stderr
+    assert run_cli("run", "--rm", "dev:2", "--", "cat", "/work").stdout == "keep\n"
+    listed = run_cli("ps")
+    assert str(where) in listed.stdout, listed.stdout
+    layer = runtime.open_container(str(where)).layer_dirs()[0]
+    layercache.remove_tree(layer.parent)
+    checked = run_cli("fsck")
+    assert checked.returncode == 1
+    assert f"container {where}: cached layer missing: {layer}" in checked.stdout
+    # Deleted by hand: gc forgets it, and what only it used goes.
+    layercache.remove_tree(where)
+    assert layerdiff.gc().temporary == 1 and str(where) not in run_cli("ps").stdout
+    assert layerdiff.fsck().ok
+    again = tmp_path / "again"
+    assert run_cli("create", "--name", str(again), "dev:2").returncode == 0
+    assert run_cli("rm", str(again)).returncode == 0
+    assert not list((runtime.containers_root() / ".elsewhere").iterdir())
 
 
 def test_commit_of_a_container_whose_name_makes_no_image_name_asks_for_one(
@@ -1264,6 +1350,21 @@ def test_ctrl_c_on_a_terminal_reaches_the_command_and_run_waits_for_it(
     assert terminal.exit_code() == 1
 
 
+def test_the_command_has_no_terminal_of_the_callers(image: str, store_home: Path) -> None:
+    """The container is in a session of its own, as runc makes it: the caller's terminal is
+    not its controlling terminal even when its streams are that terminal, so it can neither
+    open it as /dev/tty nor push input into it (TIOCSTI needs the controlling terminal)."""
+    script = (
+        "read -r _ _ _ _ _ _ tty _ < /proc/self/stat; echo tty=$tty; "
+        "if echo x > /dev/tty; then echo opened; else echo refused; fi"
+    )
+    terminal = _Terminal(
+        [sys.executable, "-m", "layerdiff", "run", "--rm", image, "sh", "-c", script]
+    )
+    assert terminal.exit_code() == 0
+    assert b"tty=0\r\n" in terminal.seen and b"refused" in terminal.seen, terminal.seen
+
+
 def test_ctrl_c_on_a_terminal_ends_a_paused_container_too(image: str, store_home: Path) -> None:
     """The terminal sends Ctrl-C to the container's processes itself; a frozen one takes it
     only once thawed, which run does on seeing it, as it does for a TERM it passes on."""
@@ -1294,7 +1395,9 @@ sys.exit(n)
 _FORWARD_TO_COUNTER = """
 import signal, subprocess, sys
 from layerdiff import runtime
-counter = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+counter = subprocess.Popen(
+    [sys.executable, "-c", sys.argv[1], sys.argv[2]], start_new_session=True
+)
 with runtime._forwarding(counter):
     sys.exit(counter.wait())
 """
@@ -1302,11 +1405,11 @@ with runtime._forwarding(counter):
 
 @pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGWINCH])
 def test_a_terminals_signal_reaches_the_container_once(sig: int) -> None:
-    """Ctrl-\\ and a window resize go from the terminal to its whole foreground process group,
-    the container's processes included: run does not pass them on a second time. The command
-    stands in for the container's: a process run started, in run's process group, counting
-    each signal as it arrives. A copy passed on while the first is still pending merges with
-    it, so the signal is sent several times."""
+    """Ctrl-\\ and a window resize go from the terminal to its foreground process group, run's;
+    the container, in a session of its own, has them from run, once each. The command stands
+    in for the container's: a process run started in a session of its own, as it starts the
+    container, counting each signal as it arrives. A copy delivered twice while the first is
+    still pending would merge with it, so the signal is sent several times."""
     terminal = _Terminal([sys.executable, "-c", _FORWARD_TO_COUNTER, _COUNT_SIGNALS, str(int(sig))])
     terminal.wait_for(b"ready")
     sends = 5
@@ -1391,14 +1494,6 @@ import layerdiff
 mode, image = sys.argv[1], sys.argv[2]
 if mode == "thread":  # the application has a thread of its own
     threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
-if mode == "late":  # a SIGINT from a process lands while run is putting things back
-    kill = os.kill
-    def late(pid, sig):
-        kill(pid, sig)
-        if sig == signal.SIGINT:
-            time.sleep(0.2)  # the helper thread has taken the first and returned
-            kill(os.getpid(), signal.SIGINT)
-    os.kill = late
 mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
 handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
 command = ["sh", "-c", "echo ready; sleep 1; exit 7"]
@@ -1413,22 +1508,20 @@ print(code, restored, flush=True)
 """
 
 
-@pytest.mark.parametrize("mode", ["thread", "late"])
+@pytest.mark.parametrize("mode", ["thread", "alone"])
 def test_api_run_leaves_the_callers_signals_as_they_were(
     image: str, store_home: Path, mode: str
 ) -> None:
-    """With another thread in the caller, SIGINT cannot be told apart and is ignored during
-    the run (as before); one landing as the run ends (here: just after run has stopped its
-    helper thread) never reaches the caller as a KeyboardInterrupt; the mask and handlers
-    are put back either way."""
+    """A SIGINT to an application running a container goes on to the command (which dies of
+    it), whether the application has other threads or not, and never reaches the caller as a
+    KeyboardInterrupt; the mask and handlers are put back."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _API_RUN, mode, image], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-    if mode == "thread":
-        proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
-    assert out == "7 True\n"
+    assert out == "130 True\n"
 
 
 def _helper(read_fd: int) -> subprocess.Popen[str]:

@@ -649,7 +649,7 @@ def _refuse_images_in_use(
         for c in users:
             if c.data["image_descriptor"]["digest"] not in kept:
                 raise _InUseError(
-                    f"conflict: unable to remove {text} (must force): container {c.name} "
+                    f"conflict: unable to remove {text} (must force): container {c.reference} "
                     "was made from it (remove the container first, or use rmi -f)"
                 )
 

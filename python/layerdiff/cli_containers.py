@@ -146,8 +146,8 @@ line is wrong), 126 when the command cannot run, 127 when it is not found in the
         "-t",
         "--tty",
         is_flag=True,
-        help="Accepted for docker's sake: the command gets the caller's terminal, if any (no "
-        "new one is made).",
+        help="Accepted for docker's sake: the command's streams are the caller's, a terminal "
+        "too, but no terminal is made for it and it has no controlling one.",
     )
     @click.option(
         "-d",
@@ -267,7 +267,7 @@ optional).""",
                 [
                     {
                         "id": c.id,
-                        "name": c.name,
+                        "name": c.reference,
                         "image": c.data.get("image"),
                         "command": c.command,
                         "created": c.data.get("created"),
@@ -290,7 +290,7 @@ optional).""",
             command = shlex.join(c.command)
             command = command if len(command) <= 30 else command[:29] + "…"
             created = str(c.data.get("created", ""))
-            rows.append([c.id[:12], _image_shown(c, seen), command, created, status, c.name])
+            rows.append([c.id[:12], _image_shown(c, seen), command, created, status, c.reference])
         table(rows)
 
     def _image_shown(container: Any, seen: dict[Any, str | None]) -> str:

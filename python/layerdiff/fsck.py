@@ -292,11 +292,12 @@ def _check_containers(report: FsckReport) -> None:
         report.problems.append(Problem(f"container {name}", f"{why} (rm -f removes it)"))
     used: dict[str, list[str]] = {}
     for c in runtime.containers():
-        used[c.name] = [str(d) for d in c.layer_dirs()]
+        used[c.reference] = [str(d) for d in c.layer_dirs()]
         try:
             c.image()
         except (LayerdiffError, OSError, KeyError) as e:
-            report.problems.append(Problem(f"container {c.name}", f"its image is unreadable: {e}"))
+            where = f"container {c.reference}"
+            report.problems.append(Problem(where, f"its image is unreadable: {e}"))
     for where, what in layercache.check(used):
         report.problems.append(Problem(where, what))
 
@@ -402,6 +403,10 @@ def gc(target: str | os.PathLike[str] | None = None) -> GcReport:
                     )
             layers, stale, cache_freed = layercache.collect(cache_keys)
             temporary += stale
+            from layerdiff import runtime
+
+            # Links to containers given a path that no longer holds them count as stale.
+            temporary += runtime.forget_vanished()
             freed += cache_freed
             freed += _collect_indexes(layout)
     return GcReport(blobs=removed, temporary=temporary, bytes=freed, layers=layers)

@@ -45,6 +45,7 @@ __all__ = [
     "collect",
     "ensure_layers",
     "layer_dir",
+    "private_dir",
     "remove_tree",
 ]
 
@@ -58,6 +59,15 @@ _INFO = "layer.json"
 def cache_root() -> Path:
     """``$LAYERDIFF_HOME/layers``."""
     return refs.store_home() / "layers"
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` (and its parents) a directory only its owner may enter, as docker keeps
+    ``/var/lib/docker``: below it are trees whose setuid files (an image's, or a container's)
+    another user of the host must not run."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)  # made by an earlier version, or under another umask
 
 
 def layer_dir(chain_id: str, *, form: str) -> Path:
@@ -181,6 +191,7 @@ def ensure_layers(image: Image, *, form: str) -> list[Path]:
     diff_ids = layer_diff_ids(image.config, image.layers, image.ref.text)
     check_layer_media_types(image.layers, image.ref.text)  # all before any is unpacked
     dirs: list[Path] = []
+    private_dir(cache_root())
     for desc, diff_id, chain_id in zip(image.layers, diff_ids, chain_ids(diff_ids), strict=True):
         final = layer_dir(chain_id, form=form)
         if not final.is_dir():

@@ -74,6 +74,11 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _STATE_FILE = "container.json"
 #: Held (flock) by the process running the container, for the whole run.
 _RUN_LOCK = ".run.lock"
+
+#: In the store's containers directory: a symbolic link, named by ID, to each container that
+#: was given a directory path as its name, so that the store knows of it (its image and layers
+#: are kept for it, and it is listed).
+_ELSEWHERE = ".elsewhere"
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HELPER = Path(__file__).with_name("_helper.py")
 #: Exit code of ``run`` when the container could not be set up (as ``docker run``).
@@ -127,6 +132,11 @@ class Container:
     def name(self) -> str:
         """The container's name (its directory's name)."""
         return str(self.data["name"])
+
+    @property
+    def reference(self) -> str:
+        """What names the container in a command: its name in the store, else its path."""
+        return self.name if self.path.parent == containers_root() else str(self.path)
 
     @property
     def id(self) -> str:
@@ -251,13 +261,42 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def containers() -> list[Container]:
-    """The containers of the store, oldest first."""
+    """The containers of the store, oldest first: those it holds, and those it was given a
+    directory path for."""
     found = []
     root = containers_root()
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         with contextlib.suppress(ContainerError):
             found.append(_open_named(entry.name))
+    for link, path in _elsewhere():
+        with contextlib.suppress(ContainerError, OSError):
+            data = _read_state(path)
+            if data.get("id") == link.name:  # not another container made there since
+                found.append(Container(path=path, data=data))
     return sorted(found, key=lambda c: (str(c.data.get("created", "")), c.name))
+
+
+def _elsewhere() -> list[tuple[Path, Path]]:
+    """The store's links to containers given a directory path: (link, the path it names)."""
+    links = containers_root() / _ELSEWHERE
+    found = []
+    for link in sorted(links.iterdir()) if links.is_dir() else []:
+        with contextlib.suppress(OSError):
+            found.append((link, Path(os.readlink(link))))
+    return found
+
+
+def forget_vanished() -> int:
+    """Remove the store's links to containers given a directory path that holds them no
+    more (removed by hand, say); return how many. The caller holds the store's gc lock."""
+    alive = {c.id for c in containers()}
+    gone = 0
+    for link, _path in _elsewhere():
+        if link.name not in alive:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            gone += 1
+    return gone
 
 
 def broken_containers() -> list[tuple[str, str]]:
@@ -410,7 +449,9 @@ def create(
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.mkdir()  # claims the name: a second create of it fails here
+        # Claims the name: a second create of it fails here. Its owner's alone: what the
+        # container makes setuid in upper/ is not for other users of the host to run.
+        path.mkdir(mode=0o700)
     except FileExistsError:
         raise ContainerError(f"container name or directory in use: {path}") from None
     except OSError as e:
@@ -452,6 +493,10 @@ def create(
                 },
             )
             container.save()
+            if path.parent != containers_root():
+                links = containers_root() / _ELSEWHERE
+                links.mkdir(parents=True, exist_ok=True)
+                os.symlink(path, links / cid)
     except BaseException:
         layercache.remove_tree(path)
         raise
@@ -486,11 +531,6 @@ _FORWARDED = (
     signal.SIGINT,
 )
 
-#: Of those, the ones a terminal sends to its whole foreground process group: Ctrl-C, Ctrl-\,
-#: a resize. The container's processes are in that group and have them already. (A hang-up
-#: goes to the session leader alone, which run may be: it is passed on.)
-_FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH})
-
 #: Of those, the ones an application may use itself (timers, profilers): passed on only when
 #: the caller leaves them at their default action (as the command line does).
 _IF_UNUSED = frozenset({signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGPWR})
@@ -498,24 +538,15 @@ _IF_UNUSED = frozenset({signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal
 #: Of those, the ones that end a run: a frozen container is thawed to receive them.
 _STOPPING = frozenset({signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT})
 
-#: ``si_code`` of a signal the kernel sent itself, as a terminal's are (``SI_KERNEL``).
-_SI_KERNEL = 0x80
-
 
 @contextlib.contextmanager
 def _forwarding(proc: subprocess.Popen[bytes], group: Cgroup | None = None) -> Iterator[None]:
     """While the container runs, signals to us go on to it: those of ``_FORWARDED`` (the
-    default action of most would kill us and leave it unwatched). Those a terminal sent
-    (``_FROM_TERMINAL``, from the kernel) are not passed on: the terminal sent them to the
-    container's processes itself, and passing them on would deliver them twice. A process's
-    ``kill -INT`` or ``kill -QUIT`` to run is passed on.
-
-    Telling the two apart needs the signal's ``si_code``, which only ``sigwaitinfo`` gives, and
-    only for a signal every thread blocks. In a process with other threads (an application
-    using the API), SIGINT is ignored for the run instead, as a terminal's Ctrl-C still
-    reaches the container, and the others are passed on. Only the main thread handles signals:
-    called from another thread, this does nothing and the application's own handlers stay in
-    place.
+    default action of most would kill us and leave it unwatched). The container is in a
+    session of its own, with no controlling terminal: a terminal's Ctrl-C, Ctrl-\\ or resize
+    reaches only us, the foreground process group, and goes on to the command from here, once,
+    as docker's sig-proxy passes it on. Only the main thread handles signals: called from
+    another thread, this does nothing and the application's own handlers stay in place.
 
     A signal that ends a run (``_STOPPING``) first thaws ``group``, the container's control
     group: a frozen process would never see it (a ``commit --pause`` killed while it held the
@@ -525,94 +556,22 @@ def _forwarding(proc: subprocess.Popen[bytes], group: Cgroup | None = None) -> I
         yield
         return
 
-    def thaw(sig: int) -> None:
+    def forward(sig: int, _frame: object) -> None:
         if group is not None and sig in _STOPPING:
             with contextlib.suppress(OSError):
                 group.freeze(False)
-
-    def forward(sig: int, _frame: object) -> None:
-        thaw(sig)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
 
     old = {s: signal.getsignal(s) for s in _FORWARDED}
-    passed = [s for s in _FORWARDED if s not in _IF_UNUSED or old[s] == signal.SIG_DFL]
     try:
-        if _threads() > 1:
-            for s in passed:
-                signal.signal(s, signal.SIG_IGN if s == signal.SIGINT else forward)
-            yield
-        else:
-            for s in passed:
-                if s not in _FROM_TERMINAL:
-                    signal.signal(s, forward)
-            with _terminal_signals(forward, thaw):
-                yield
+        for s in _FORWARDED:
+            if s not in _IF_UNUSED or old[s] == signal.SIG_DFL:
+                signal.signal(s, forward)
+        yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def _threads() -> int:
-    """Threads of this process that a terminal's signal sent to it may go to (``/proc``):
-    native ones included, not those that block all of them (the core's own workers block every
-    signal). 2 when it cannot say."""
-    terminal = sum(1 << (s - 1) for s in _FROM_TERMINAL)
-    count = 0
-    try:
-        for task in os.listdir("/proc/self/task"):
-            # A thread that ended meanwhile: ENOENT on open, ESRCH on read.
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                with open(f"/proc/self/task/{task}/status") as f:
-                    blocked = next((line for line in f if line.startswith("SigBlk:")), "")
-                mask = int(blocked.split()[1], 16) if blocked else 0
-                count += mask & terminal != terminal
-    except (OSError, ValueError, IndexError):
-        return 2
-    return count
-
-
-@contextlib.contextmanager
-def _terminal_signals(
-    forward: Callable[[int, object], None], thaw: Callable[[int], None]
-) -> Iterator[None]:
-    """A thread taking every signal of ``_FROM_TERMINAL`` with ``sigwaitinfo``, passing on
-    those a process sent; for those the terminal sent (the container has them already),
-    ``thaw`` alone, so that a paused container takes its Ctrl-C.
-
-    They are blocked in this (the only) thread first, so the helper inherits the mask and
-    nothing else receives them. Should one arrive while nobody waits for it any more, its
-    Python handler is a no-op until the mask is restored: a SIGINT meant for the container
-    never becomes a KeyboardInterrupt of the caller's.
-    """
-    for s in _FROM_TERMINAL:
-        signal.signal(s, lambda _sig, _frame: None)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FROM_TERMINAL)
-    done = threading.Event()
-
-    def receive() -> None:
-        while True:
-            info = signal.sigwaitinfo(_FROM_TERMINAL)
-            if done.is_set():
-                return
-            with contextlib.suppress(OSError):  # the thread must live until told to stop
-                if info.si_code != _SI_KERNEL:
-                    forward(info.si_signo, None)
-                else:
-                    thaw(info.si_signo)
-
-    helper = threading.Thread(target=receive, name="layerdiff-signals", daemon=True)
-    try:
-        helper.start()
-        yield
-    finally:
-        done.set()
-        if helper.is_alive():
-            # Addressed to the process, not the thread: should the helper have just returned
-            # on a signal of its own, this one waits, blocked, for the no-op handler.
-            os.kill(os.getpid(), signal.SIGWINCH)
-            helper.join()
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def _with_hostname(env: list[str], hostname: str) -> list[str]:
@@ -659,6 +618,9 @@ def _start_locked(container: Container) -> RunResult:
     for d in container.layer_dirs():
         if not d.is_dir():
             raise ContainerError(f"cached layer missing: {d} (remove and re-create the container)")
+    # Made by an earlier version, they may be open to other users.
+    layercache.private_dir(container.path)
+    layercache.private_dir(layercache.cache_root())
     stale = container._cgroup()
     if stale is not None:
         # What a run killed with it left: processes frozen by a pause never see the signal
@@ -711,6 +673,10 @@ def _start_locked(container: Container) -> RunResult:
         proc = subprocess.Popen(
             [sys.executable, "-S", "-E", str(_HELPER), str(spec_read)],
             pass_fds=(write_fd, spec_read),
+            # A session of its own, as runc starts a container: no controlling terminal, so
+            # the command cannot type into the caller's (TIOCSTI), read it through /dev/tty,
+            # or signal the caller's process group.
+            start_new_session=True,
         )
         os.close(spec_read)
         with os.fdopen(spec_write, "wb") as f:
@@ -824,6 +790,8 @@ def remove(name: str, *, force: bool = False) -> None:
     if group is not None:
         group.remove()
     layercache.remove_tree(container.path)
+    with contextlib.suppress(FileNotFoundError):
+        (containers_root() / _ELSEWHERE / container.id).unlink()
 
 
 def pause(name: str, *, frozen: bool = True) -> Container:

@@ -4,9 +4,9 @@
 //! A PID 1 ignores every signal it has no handler for, but blocked signals are never ignored,
 //! so blocking them is what lets a container's init receive `SIGTERM` or `SIGINT` at all.
 //!
-//! Signals the kernel itself sends (`SI_KERNEL`: a terminal's Ctrl-C or Ctrl-Z, a hang-up or a
-//! resize) go to the whole foreground process group, the command included, so they are not
-//! forwarded: the command gets each of them exactly once.
+//! Only signals a process sent are forwarded: those the kernel itself sends (`SI_KERNEL`) are
+//! about the receiver alone. The container is in a session of its own, without a terminal, so
+//! a terminal's Ctrl-C or resize reaches the caller, which passes it on as a process.
 
 use std::mem::MaybeUninit;
 
