@@ -227,6 +227,19 @@ def test_docker_habits_of_run(image: str, store_home: Path) -> None:
     assert runtime.containers() == []
 
 
+def test_a_working_directory_through_a_dangling_link_is_made_where_it_leads(
+    store_home: Path,
+) -> None:
+    """As runc does: ``-w /lnk/new`` with ``/lnk -> /data/real`` (not there yet) in the image
+    makes ``/data/real/new`` in the container and runs there."""
+    root = busybox_rootfs(store_home / "rootfs-lnk")
+    os.symlink("/data/real", root / "lnk")
+    layerdiff.commit(root, image="lnk:1")
+    done = run_cli("run", "--name", "w", "-w", "/lnk/new", "lnk:1", "--", "sh", "-c", "pwd -P")
+    assert (done.returncode, done.stdout) == (0, "/data/real/new\n"), done.stderr
+    assert (runtime.open_container("w").upper / "data" / "real" / "new").is_dir()
+
+
 def test_image_cmd_env_user_and_workdir(image: str, store_home: Path) -> None:
     layerdiff.commit(
         busybox_rootfs(store_home / "rootfs2"),

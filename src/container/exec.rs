@@ -4,7 +4,9 @@
 //! root switch), never the host's. The parsing is pure and tested on its own.
 
 use std::ffi::CString;
+use std::io;
 use std::os::fd::RawFd;
+use std::path::Path;
 
 use super::{ContainerSpec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, report};
 
@@ -176,11 +178,39 @@ fn drop_capabilities() -> Result<(), String> {
 
 fn enter_workdir(cwd: &str) -> Result<(), String> {
     let cwd = if cwd.is_empty() { "/" } else { cwd };
-    if std::fs::metadata(cwd).is_err() {
-        std::fs::create_dir_all(cwd)
-            .map_err(|e| format!("creating the working directory {cwd}: {e}"))?;
-    }
+    make_dirs(Path::new(cwd), 0)
+        .map_err(|e| format!("creating the working directory {cwd}: {e}"))?;
     rustix::process::chdir(cwd).map_err(|e| format!("entering the working directory {cwd}: {e}"))
+}
+
+/// Symbolic links followed on the way to a working directory before giving up (the kernel's
+/// own limit).
+const MAX_LINKS: u32 = 40;
+
+/// `mkdir -p` of `path` that follows symbolic links, a dangling one included: the directory it
+/// names is made, as runc makes a working directory. Called inside the container's root, where
+/// a link cannot lead out of it.
+fn make_dirs(path: &Path, links: u32) -> io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    if let Ok(target) = std::fs::read_link(path) {
+        if links >= MAX_LINKS {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        return make_dirs(&parent.join(target), links + 1);
+    }
+    if let Some(parent) = path.parent() {
+        make_dirs(parent, links)?;
+    }
+    match std::fs::create_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        done => done,
+    }
 }
 
 /// Set up and exec the container's command. Returns only on failure, with the exit code.
@@ -291,6 +321,22 @@ pub fn exec_command(spec: &ContainerSpec, argv: &[CString]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_working_directory_is_made_through_dangling_links() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        std::os::unix::fs::symlink("data/real", root.join("lnk")).expect("symlink");
+        std::os::unix::fs::symlink("loop", root.join("loop")).expect("symlink");
+        std::fs::write(root.join("file"), b"").expect("file");
+        make_dirs(&root.join("lnk/new/deeper"), 0).expect("made");
+        assert!(root.join("data/real/new/deeper").is_dir());
+        make_dirs(&root.join("lnk/new"), 0).expect("there already");
+        let looped = make_dirs(&root.join("loop/x"), 0).expect_err("a loop");
+        assert_eq!(looped.raw_os_error(), Some(libc::ELOOP));
+        let file = make_dirs(&root.join("file/x"), 0).expect_err("a file");
+        assert_eq!(file.raw_os_error(), Some(libc::ENOTDIR));
+    }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/sh\nbad\n";
     const GROUP: &str = "root:x:0:\nwww:x:33:\nadm:x:4:www,other\nstaff:x:50:\n";
