@@ -1226,6 +1226,34 @@ def test_python_api_run(image: str, store_home: Path) -> None:
         runtime.open_container("api")
 
 
+def test_a_collector_killed_halfway_never_leaves_a_partial_layer(
+    image: str, store_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc removing a cached layer and stopped halfway (killed) leaves a temporary directory,
+    not a layer missing files that the next run would take as whole."""
+    c = runtime.create(image, name="once")
+    layer = c.layer_dirs()[0].parent
+    runtime.remove("once")
+    script = "ls -R / | wc -l"
+    whole = sh(image, script).stdout
+
+    def killed_halfway(path: Path) -> None:
+        next(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()).unlink()
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(layercache, "remove_tree", killed_halfway)
+        m.setattr(Layout, "manifests", lambda self: [])  # nothing keeps the layer
+        with pytest.raises(KeyboardInterrupt):
+            layerdiff.gc()
+    assert not layer.exists()
+    again = sh(image, script)
+    assert (again.returncode, again.stdout) == (0, whole), again.stderr
+    assert layer.is_dir()
+    assert layerdiff.gc().temporary == 1
+    assert layerdiff.fsck().ok
+
+
 def test_gc_keeps_what_containers_use_and_removes_the_rest(image: str, store_home: Path) -> None:
     base = busybox_rootfs(store_home / "rootfs-store")
     layerdiff.commit(base, image="base:1", changes=['CMD ["sh"]'])

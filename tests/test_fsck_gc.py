@@ -117,6 +117,26 @@ def test_gc_removes_only_unreachable_blobs_and_temporary_files(store: Layout) ->
     assert layerdiff.gc().blobs == 0
 
 
+def test_gc_and_rmi_keep_every_blob_while_a_manifest_cannot_be_read(store: Layout) -> None:
+    """A damaged manifest hides what it names: gc removes no blob then (the image is whole
+    again once the manifest is put back), and says why."""
+    digest = str(layerdiff.inspect("two:1")["digest"])
+    manifest = store.blob_path(digest)
+    original = manifest.read_bytes()
+    manifest.write_bytes(original[:-5])
+    done = run_cli("rmi", "one:1")  # the rmi of another image collects
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith(
+        f"; every blob kept: {digest} cannot be read, and what it names with it (fsck says more)\n"
+    ), done.stdout
+    assert "removed 0 blobs" in done.stdout
+    report = layerdiff.gc()
+    assert (report.blobs, report.unreadable) == (0, (digest,))
+    manifest.write_bytes(original)
+    assert layerdiff.fsck().ok
+    assert layerdiff.gc().blobs == 3  # one:1's, now that nothing is unreadable
+
+
 def test_gc_while_commits_run_never_removes_what_they_tag(tmp_path: Path) -> None:
     """Commits in other processes and gc in a loop: every tag resolves to a whole image."""
     script = (

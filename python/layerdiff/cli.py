@@ -1208,10 +1208,16 @@ def gc(layout: str | None, as_json: bool) -> None:
 
 def _gc_summary(report: layerdiff.GcReport) -> str:
     """What gc removed, each kind counted, and the bytes that freed."""
-    return (
+    line = (
         f"removed {_count(report.blobs, 'blob')}, {_count(report.layers, 'cached layer')} and "
         f"{_count(report.temporary, 'temporary file')}, {_human_size(report.bytes)} freed"
     )
+    if report.unreadable:
+        line += (
+            f"; every blob kept: {', '.join(report.unreadable)} cannot be read, and what it "
+            "names with it (fsck says more)"
+        )
+    return line
 
 
 def _count(n: int, noun: str) -> str:

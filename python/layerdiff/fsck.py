@@ -87,6 +87,9 @@ class GcReport:
     bytes: int
     #: Cached layers removed (neither a container nor an image of the store uses them).
     layers: int = 0
+    #: Manifests or indexes the layout names that could not be read: while there is one, what
+    #: it names cannot be told, so no blob was removed.
+    unreadable: tuple[str, ...] = ()
 
 
 class _Checker:
@@ -318,8 +321,11 @@ def _container_roots(layout: Layout) -> tuple[list[Descriptor], set[str]]:
     return manifests, keys
 
 
-def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> set[str]:
+def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> tuple[set[str], list[str]]:
+    """The digests reachable from the layout's index and ``extra``, and those of the manifests
+    and indexes among them that could not be read (damaged, or an I/O error)."""
     seen: set[str] = set()
+    unreadable: list[str] = []
     todo = [*layout.manifests(), *extra]
     while todo:
         desc = todo.pop()
@@ -340,6 +346,10 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> set[str]:
                     continue
                 obj = json.loads(path.read_bytes())
             except (ValueError, RecursionError, OSError):
+                # A config's damage hides nothing; a manifest's or an index's hides what it
+                # names.
+                if not isinstance(media, str) or "manifest" in media or "index" in media:
+                    unreadable.append(digest)
                 continue
             if isinstance(obj, dict):
                 for key in ("manifests", "layers", "blobs"):
@@ -349,7 +359,7 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> set[str]:
                 for key in ("config", "subject"):
                     if isinstance(obj.get(key), dict):
                         todo.append(obj[key])
-    return seen
+    return seen, unreadable
 
 
 def _gc_layout(target: str | os.PathLike[str]) -> Layout:
@@ -377,12 +387,12 @@ def gc(target: str | os.PathLike[str] | None = None) -> GcReport:
         in_use, container_keys = _container_roots(layout)
         if target is None:
             cache_keys = container_keys
-        keep = _reachable(layout, in_use)
+        keep, unreadable = _reachable(layout, in_use)
         for path in list(layout.blobs_dir.iterdir()):
             if path.name.startswith("."):
                 freed += _remove(path)
                 temporary += 1
-            elif f"sha256:{path.name}" not in keep:
+            elif f"sha256:{path.name}" not in keep and not unreadable:
                 freed += _remove(path)
                 removed += 1
         # index.json and oci-layout are written (through temporary files) under the index
@@ -409,7 +419,13 @@ def gc(target: str | os.PathLike[str] | None = None) -> GcReport:
             temporary += runtime.forget_vanished()
             freed += cache_freed
             freed += _collect_indexes(layout)
-    return GcReport(blobs=removed, temporary=temporary, bytes=freed, layers=layers)
+    return GcReport(
+        blobs=removed,
+        temporary=temporary,
+        bytes=freed,
+        layers=layers,
+        unreadable=tuple(unreadable),
+    )
 
 
 def _collect_indexes(layout: Layout) -> int:

@@ -251,7 +251,14 @@ def collect(keep: set[str]) -> tuple[int, int, int]:
         if not stale and f"sha256:{path.name}" in keep:
             continue
         freed += _size(path)
-        remove_tree(path)
+        if not stale:
+            # Out of the way first: a collector killed halfway leaves a temporary directory,
+            # never a layer with part of its tree that the next run would take as whole.
+            gone = path.with_name(f"{_TEMP_PREFIX}{path.name}.{os.urandom(4).hex()}")
+            os.rename(path, gone)
+            remove_tree(gone)
+        else:
+            remove_tree(path)
         lock = path.with_name(f".{path.name}.lock")
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
