@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import http.client
 import ipaddress
 import json
 import os
@@ -20,7 +21,7 @@ import time
 import urllib.parse
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +51,10 @@ class TokenServer:
     anonymous_pull: bool = False
     issued: list[list[str]] = field(default_factory=list)  # the scopes of each token
     denied: set[str] = field(default_factory=set)  # repositories nobody may reach any more
+    #: Repositories a token request may not name at all: it is answered 403 (as some token
+    #: servers answer a scope set they do not grant whole, rather than leave the scope out).
+    forbidden: set[str] = field(default_factory=set)
+    asked: list[list[str]] = field(default_factory=list)  # the scopes of each token request
 
     def token(self, scopes: list[str], user: str | None) -> str:
         from cryptography.hazmat.primitives import hashes, serialization
@@ -152,6 +157,12 @@ def token_server(directory: Path) -> Iterator[TokenServer]:
                     return
                 user = USER
             scopes = query.get("scope", [])
+            server.asked.append(scopes)
+            if any(s.split(":")[1] in server.forbidden for s in scopes if s.count(":") == 2):
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if user is None and not server.anonymous_pull:
                 self.send_response(401)
                 self.end_headers()
@@ -311,3 +322,90 @@ def running_registry(directory: Path, kind: str = "none") -> Iterator[Registry]:
             yield reg
         finally:
             reg.kill()
+
+
+#: Headers of one hop only, which a proxy neither forwards nor hands back as they came. (``Host``
+#: is forwarded: the registry names the proxy in the Locations it gives, as behind any proxy.)
+_HOP_BY_HOP = frozenset({"connection", "content-length", "transfer-encoding", "keep-alive"})
+
+
+@dataclass
+class Proxy:
+    """A proxy :func:`forwarding_proxy` runs: where it listens, and the requests it forwarded
+    (method, path, request headers)."""
+
+    host: str
+    seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def forwarding_proxy(
+    upstream: str,
+    *,
+    request: Callable[[str, str, dict[str, str]], dict[str, str]] | None = None,
+    answer: Callable[[str, str, int, list[tuple[str, str]]], list[tuple[str, str]]] | None = None,
+) -> Iterator[Proxy]:
+    """A plain-HTTP proxy on a free port of 127.0.0.1 that forwards every request to
+    ``upstream`` (``HOST:PORT``, plain HTTP). ``request(method, path, headers)`` gives the
+    headers sent on; ``answer(method, path, status, headers)`` the headers of the answer handed
+    back (its body goes back as it came)."""
+    proxy = Proxy(host="")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _body(self) -> bytes | None:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                out = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+                return out
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else None
+
+        def _forward(self) -> None:
+            body = self._body()
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            proxy.seen.append((self.command, self.path, dict(headers)))
+            if request is not None:
+                headers = request(self.command, self.path, headers)
+            if body is not None:
+                headers["Content-Length"] = str(len(body))
+            conn = http.client.HTTPConnection(upstream, timeout=60)
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                got = conn.getresponse()
+                data = got.read()
+                back = got.getheaders()
+            finally:
+                conn.close()
+            if answer is not None:
+                back = answer(self.command, self.path, got.status, back)
+            self.send_response(got.status)
+            for k, v in back:
+                if k.lower() not in _HOP_BY_HOP or (
+                    self.command == "HEAD" and k.lower() == "content-length"
+                ):
+                    self.send_header(k, v)
+            if self.command != "HEAD":
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    proxy.host = f"127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield proxy
+    finally:
+        server.shutdown()
+        server.server_close()

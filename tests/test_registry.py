@@ -1486,3 +1486,189 @@ def test_a_chunk_whose_answer_is_lost_ends_the_streamed_commit_with_the_reason(
     [line] = done.stderr.splitlines()
     assert "the answer to a chunk was lost" in line and "commit again" in line, line
     assert answered.count("PATCH") == 1, answered
+
+
+def test_pull_fetches_again_a_stored_blob_that_is_damaged(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A blob the layout holds at the right size but with other bytes (a flipped bit) is not
+    taken as present: it is fetched again and put in place of the damaged one, by rename."""
+    base, _ = base_and_app(tmp_path, "t16")
+    layerdiff.push(base, registry.ref("t16/base:1"), tls_verify=False)
+    target = f"oci:{tmp_path / 'p'}"
+    first = layerdiff.pull(registry.ref("t16/base:1"), f"{target}:1", tls_verify=False)
+    config, layer = (b.digest for b in first.blobs)
+    blob = Layout.open(tmp_path / "p").blob_path(layer)
+    raw = bytearray(blob.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    blob.write_bytes(bytes(raw))
+    damaged = blob.stat().st_ino
+    again = layerdiff.pull(registry.ref("t16/base:1"), f"{target}:2", tls_verify=False)
+    assert [(b.digest, b.status) for b in again.blobs] == [
+        (config, "exists"),
+        (layer, "downloaded"),
+    ]
+    assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == layer
+    assert blob.stat().st_ino != damaged  # a new file renamed over it, not rewritten in place
+    assert layerdiff.fsck(target).ok
+
+
+def test_relative_upload_locations_are_resolved_against_the_request(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A registry may give an upload's Location relative to the URL it answers (``UUID?_state=…``
+    for ``…/blobs/uploads/``): push and a streamed commit resolve it there, as a browser would,
+    not against the registry's root."""
+    from tests.registry_server import forwarding_proxy
+
+    def relative(method: str, path: str, status: int, headers: list[tuple[str, str]]) -> Any:
+        if method not in ("POST", "PATCH") or status != 202:
+            return headers
+        directory = path.partition("?")[0].rpartition("/")[0] + "/"
+        out = []
+        for k, v in headers:
+            if k.lower() == "location":
+                where = urllib.parse.urlsplit(v)
+                assert where.path.startswith(directory), (where.path, directory)
+                v = where.path.removeprefix(directory) + (f"?{where.query}" if where.query else "")
+                assert not v.startswith("/")
+            out.append((k, v))
+        return out
+
+    base, _ = base_and_app(tmp_path, "t17")
+    upper = tree(tmp_path / "upper", {"streamed": os.urandom(100_000)})
+    with forwarding_proxy(registry.host, answer=relative) as proxy:
+        pushed = layerdiff.push(base, f"docker://{proxy.host}/t17/base:1", tls_verify=False)
+        committed = run_cli(
+            "commit", "--tls-verify=false", "--progress=none", "--upper", str(upper),
+            f"docker://{proxy.host}/t17/streamed:1",
+        )  # fmt: skip
+    assert statuses(pushed) == ["uploaded", "uploaded"]
+    assert committed.returncode == 0, committed.stderr
+    assert any(m == "PATCH" and "/blobs/uploads/" in p for m, p, _ in proxy.seen)
+    for ref, name in ((registry.ref("t17/base:1"), "b"), (registry.ref("t17/streamed:1"), "s")):
+        layerdiff.pull(ref, f"oci:{tmp_path / 'back'}:{name}", tls_verify=False)
+    assert layerdiff.fsck(f"oci:{tmp_path / 'back'}").ok
+    assert layerdiff.inspect(f"oci:{tmp_path / 'back'}:b")["digest"] == pushed.manifest_digest
+
+
+def test_a_push_stopped_while_a_blob_is_sent_cancels_its_upload_rather_than_finish_it(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Ctrl-C (or another blob's failure) as the last bytes of a blob go out: the upload is
+    not closed with its digest (the push will not tag anything) but cancelled, and nothing of
+    it stays in the registry."""
+    from layerdiff import transfer
+    from layerdiff.registry import Registry as Client
+
+    lay = tmp_path / "l"
+    made = layerdiff.commit(
+        tree(tmp_path / "t", {"f": os.urandom(3 << 20)}), image=f"oci:{lay}:1", compression="none"
+    )
+    desc = {
+        "mediaType": made.layer.media_type,
+        "digest": made.layer.digest,
+        "size": made.layer.size,
+    }
+    stop = threading.Event()
+
+    def interrupt_at_the_end(_digest: str, done: int, size: int, status: str | None) -> None:
+        if status is None and done == size:
+            stop.set()
+
+    with Client(registry.host, tls_verify=False) as reg, pytest.raises(transfer.Stopped):
+        transfer.push_blob(
+            reg, "t18/x", Layout.open(lay), desc, mount_from=[], on_blob=interrupt_at_the_end,
+            stop=stop,
+        )  # fmt: skip
+    head = requests.head(f"http://{registry.host}/v2/t18/x/blobs/{made.layer.digest}", timeout=5)
+    assert head.status_code == 404
+    assert open_uploads(registry, "t18/x") == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"errors": {"a": 1}}',
+        b'{"errors": 5}',
+        b'{"errors": [5]}',
+        b'{"errors": [{"code": ["x"], "message": {"m": 1}}]}',
+        b"[1, 2]",
+        b"[" * 100_000,
+    ],
+)
+def test_an_error_body_of_any_shape_gives_a_one_line_error_with_the_status(
+    tmp_path: Path, body: bytes
+) -> None:
+    class Malformed(_Registry):
+        def do_GET(self) -> None:
+            if self.path == "/v2/":
+                return self._answer(200)
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with _serving(Malformed) as (_, host):
+        done = run_cli("pull", "--progress=none", "--tls-verify=false", f"docker://{host}/x:1")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert f"{host}: GET /v2/x/manifests/1: 400 Bad Request" in line, line
+    assert "internal error" not in line
+
+
+def test_a_pull_by_a_digest_of_another_algorithm_says_so(tmp_path: Path) -> None:
+    """Without a local name, as with one: the algorithm is named, before the registry is
+    reached (which is not running here)."""
+    from tests.registry_server import free_port
+
+    ref = f"docker://127.0.0.1:{free_port()}/x@sha512:{'a' * 128}"
+    for args in ([ref], [ref, f"oci:{tmp_path / 'o'}:1"]):
+        done = run_cli("pull", "--progress=none", "--tls-verify=false", *args)
+        assert done.returncode == 1
+        [line] = done.stderr.splitlines()
+        assert f"sha512:{'a' * 128}: only sha256 digests are supported" in line, line
+        assert "unreachable" not in line
+
+
+@pytest.mark.parametrize(
+    "platform", ["linux/amd64 ", " linux/amd64", "linux /amd64", "linux/arm/v7\n"]
+)
+def test_a_platform_with_stray_whitespace_is_refused(platform: str) -> None:
+    from layerdiff.platforms import parse_platform
+
+    with pytest.raises(layerdiff.InvalidArgumentError, match="expected OS/ARCH"):
+        parse_platform(platform)
+    # Refused before the registry is reached (nothing listens at port 1).
+    with pytest.raises(layerdiff.InvalidArgumentError, match="expected OS/ARCH"):
+        layerdiff.pull("docker://127.0.0.1:1/x:1", "x:1", platform=platform, tls_verify=False)
+
+
+def test_an_invalid_registry_address_fails_at_once(tmp_path: Path) -> None:
+    done = run_cli("pull", "--progress=none", "--tls-verify=false", "docker://127.0.0.1:99999/x:1")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert "127.0.0.1:99999" in line and "not a valid URL" in line, line
+    assert "attempts" not in line
+
+
+def test_a_host_name_with_no_address_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """getaddrinfo's "no such name" comes again on every try: not retried with backoff (a
+    resolver that did not answer, EAI_AGAIN, is)."""
+    real = socket.getaddrinfo
+    asked: list[object] = []
+
+    def getaddrinfo(host: object, *args: Any, **kwargs: Any) -> Any:
+        if host == "registry.example.invalid":
+            asked.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    begin = time.monotonic()
+    with pytest.raises(layerdiff.RegistryUnreachableError) as e:
+        layerdiff.pull("docker://registry.example.invalid/x:1", "x:1")
+    assert time.monotonic() - begin < 0.4  # the first backoff alone is 0.5 s
+    assert len(asked) == 1, asked
+    assert "Name or service not known" in str(e.value) and "attempts" not in str(e.value)

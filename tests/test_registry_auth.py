@@ -7,13 +7,16 @@ import base64
 import json
 import shutil
 import subprocess
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import layerdiff
 from tests.conftest import run_cli
-from tests.registry_server import PASSWORD, USER, running_registry
+from tests.registry_server import PASSWORD, USER, forwarding_proxy, running_registry
 
 pytestmark = pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
 CREDS = f"{USER}:{PASSWORD}"
@@ -163,3 +166,114 @@ def test_tls_verify_false_is_kept_whatever_the_ca_bundle_variables_say(
             monkeypatch.setenv(name, value)
         pulled = layerdiff.pull(reg.ref("s/img:1"), "back:1", tls_verify=False)
         assert pulled.manifest_digest == layerdiff.inspect(image)["digest"]
+
+
+def test_a_mount_the_token_server_refuses_falls_back_to_an_upload_and_is_not_asked_again(
+    tmp_path: Path,
+) -> None:
+    """A token server may answer 403 to a scope set that names a repository the user may not
+    read, rather than leave that scope out of the token. The mount from it then falls back to
+    an upload, and that scope is not asked for again in the session: neither the next blob nor
+    the manifest (nor the next push, whose store still names that source) fails for it."""
+    image = small_image(tmp_path, "forbidden")
+    with running_registry(tmp_path / "reg", "token") as reg:
+        assert reg.token is not None
+        layerdiff.push(image, reg.ref("t/one:1"), tls_verify=False, creds=CREDS)
+        reg.token.forbidden.add("t/one")
+        reg.token.asked.clear()
+        second = layerdiff.push(image, reg.ref("t/two:1"), tls_verify=False, creds=CREDS, jobs=1)
+        assert [b.status for b in second.blobs] == ["uploaded", "uploaded"]
+        naming = [scopes for scopes in reg.token.asked if "repository:t/one:pull" in scopes]
+        assert len(naming) == 1, reg.token.asked
+        again = run_cli("push", "--tls-verify=false", "--creds", CREDS, image, reg.ref("t/three:1"))
+        assert again.returncode == 0, again.stderr
+        pulled = layerdiff.pull(
+            reg.ref("t/three:1"), f"oci:{tmp_path / 'p'}:1", tls_verify=False, creds=CREDS
+        )
+        assert pulled.manifest_digest == second.manifest_digest
+
+
+_BASIC = 'Basic realm="Registry Realm"'
+
+
+def _with_basic(where: str) -> Callable[[str, str, int, list[tuple[str, str]]], Any]:
+    """An answer hook that adds a Basic challenge to each 401 of the registry: in a header of
+    its own before or after the Bearer one, or in the same header as it."""
+
+    def change(_method: str, _path: str, status: int, headers: list[tuple[str, str]]) -> Any:
+        if status != 401:
+            return headers
+        others = [(k, v) for k, v in headers if k.lower() != "www-authenticate"]
+        [bearer] = [v for k, v in headers if k.lower() == "www-authenticate"]
+        challenges = {
+            "after": [bearer, _BASIC],
+            "before": [_BASIC, bearer],
+            "one header": [f"{_BASIC}, {bearer}"],
+        }[where]
+        return others + [("WWW-Authenticate", c) for c in challenges]
+
+    return change
+
+
+@pytest.mark.parametrize("where", ["after", "before", "one header"])
+def test_several_challenges_are_read_each_with_its_own_parameters(
+    tmp_path: Path, where: str
+) -> None:
+    """A registry (behind a proxy that asks for Basic auth too) that offers a Bearer and a
+    Basic challenge: the Bearer one is answered, with its own realm, not the Basic one's."""
+    image = small_image(tmp_path, "challenges")
+    with (
+        running_registry(tmp_path / "reg", "token") as reg,
+        forwarding_proxy(reg.host, answer=_with_basic(where)) as proxy,
+    ):
+        pushed = layerdiff.push(
+            image, f"docker://{proxy.host}/c/img:1", tls_verify=False, creds=CREDS
+        )
+        assert [b.status for b in pushed.blobs] == ["uploaded", "uploaded"]
+        pulled = layerdiff.pull(
+            f"docker://{proxy.host}/c/img:1", "back:1", tls_verify=False, creds=CREDS
+        )
+        assert pulled.manifest_digest == pushed.manifest_digest
+        assert not any(h.get("Authorization", "").startswith("Basic") for _, _, h in proxy.seen), (
+            "Basic credentials were sent to the registry"
+        )
+
+
+def test_credentials_are_not_sent_to_an_upload_location_on_another_host(tmp_path: Path) -> None:
+    """A registry that sends its uploads to another host (a storage service, by a URL that
+    needs no credentials of its own): the registry's credentials go to the registry alone, as
+    on a redirect to another host."""
+    image = small_image(tmp_path, "elsewhere")
+    basic = "Basic " + base64.b64encode(CREDS.encode()).decode()
+
+    def signed(_method: str, _path: str, headers: dict[str, str]) -> dict[str, str]:
+        # The storage service's own access, which its URL would carry.
+        kept = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        return {**kept, "Authorization": basic}
+
+    with (
+        running_registry(tmp_path / "reg", "basic") as reg,
+        forwarding_proxy(reg.host, request=signed) as storage,
+    ):
+
+        def elsewhere(method: str, _path: str, status: int, headers: list[tuple[str, str]]) -> Any:
+            if method not in ("POST", "PATCH") or status != 202:
+                return headers
+            moved = []
+            for k, v in headers:
+                if k.lower() == "location":
+                    where = urllib.parse.urlsplit(v)
+                    v = f"http://{storage.host}{where.path}?{where.query}"
+                moved.append((k, v))
+            return moved
+
+        with forwarding_proxy(reg.host, answer=elsewhere) as front:
+            pushed = layerdiff.push(
+                image, f"docker://{front.host}/s/img:1", tls_verify=False, creds=CREDS
+            )
+        assert [b.status for b in pushed.blobs] == ["uploaded", "uploaded"]
+        assert any(h.get("Authorization") == basic for _, _, h in front.seen)
+        assert {m for m, _, _ in storage.seen} >= {"PATCH", "PUT"}, storage.seen
+        assert not any("Authorization" in h for _, _, h in storage.seen), storage.seen
+        pulled = layerdiff.pull(reg.ref("s/img:1"), "back:1", tls_verify=False, creds=CREDS)
+        assert pulled.manifest_digest == pushed.manifest_digest

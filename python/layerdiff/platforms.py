@@ -7,6 +7,7 @@ runs plain images only). Pull and local reads of a layout's index use the same r
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from layerdiff.errors import ImageNotFoundError, InvalidArgumentError
@@ -27,6 +28,11 @@ _ARCH_ALIASES: dict[str, tuple[str, str | None]] = {
 }
 
 
+#: What each part of a platform may be made of (containerd's ``specifierRe``): no spaces, which
+#: would make a platform no image names.
+_SPECIFIER_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def parse_platform(text: str | None) -> tuple[str, str, str | None]:
     """``OS/ARCH[/VARIANT]`` → (os, arch, variant), normalised as docker normalises it
     (``Linux/x86_64`` is linux/amd64, ``linux/armhf`` linux/arm/v7, ``arm/7`` arm/v7); None
@@ -35,7 +41,7 @@ def parse_platform(text: str | None) -> tuple[str, str, str | None]:
         arch, variant = go_arch()
         return "linux", arch, _amd64_level() if arch == "amd64" else variant
     parts = text.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
+    if len(parts) not in (2, 3) or not all(_SPECIFIER_RE.fullmatch(p) for p in parts):
         raise InvalidArgumentError(
             f"platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/arm64"
         )

@@ -10,11 +10,14 @@ repository there. It does the parts every request shares:
   ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``). ``Bearer``: a token from the
   challenge's realm for every scope asked so far (``repository:R:pull,push``, and
   ``repository:FROM:pull`` for a cross-repository mount), fetched again when a request needs a
-  scope the token lacks or the registry answers 401 ``insufficient_scope``.
+  scope the token lacks or the registry answers 401 ``insufficient_scope``. Of several
+  challenges, ``Bearer`` is answered before ``Basic``. Credentials go only to the registry's
+  own scheme, host and port: not to another host a redirect or an upload's ``Location`` names.
 - **Retries**: connection errors and 5xx answers are retried with exponential backoff (requests
   whose body cannot be sent twice are retried whole by their caller through :func:`retrying`).
   A TLS failure the server would give again (an untrusted certificate, a port that speaks plain
-  HTTP) is not retried: it fails at once with OpenSSL's reason and the ``--tls-verify`` hint.
+  HTTP) is not retried: it fails at once with OpenSSL's reason and the ``--tls-verify`` hint;
+  nor is a host name with no address, or an address that is not a valid URL.
 - **Errors**: every failure becomes a :class:`~layerdiff.errors.RegistryError` whose message
   names the registry, the request and what it answered (the distribution error code and text).
 """
@@ -26,6 +29,7 @@ import functools
 import json
 import os
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -145,14 +149,59 @@ def with_query(url: str, **params: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{extra}"
 
 
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+#: The scheme that opens a challenge: a whole token not followed by ``=`` (which would make it
+#: a parameter of the challenge before).
+_SCHEME_RE = re.compile(rf"[\s,]*({_TOKEN})(?=[\s,]|$)(?!\s*=)")
+#: One ``name=value`` parameter of a challenge, the value a token or a quoted string, and the
+#: comma after it.
+_PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
+
+
+def _parse_challenges(header: str) -> list[tuple[str, dict[str, str]]]:
+    """Every challenge of a ``WWW-Authenticate`` value, in order: ``Bearer realm="…",
+    service="…", Basic realm="…"`` → [("bearer", {realm, service}), ("basic", {realm})]. A
+    registry may send several, in one header or in several (which are read joined by commas)."""
+    challenges: list[tuple[str, dict[str, str]]] = []
+    pos = 0
+    while scheme := _SCHEME_RE.match(header, pos):
+        pos = scheme.end()
+        params: dict[str, str] = {}
+        while param := _PARAM_RE.match(header, pos):
+            quoted = param.group(2)
+            value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else param.group(3)
+            params.setdefault(param.group(1).lower(), value)
+            pos = param.end()
+        challenges.append((scheme.group(1).lower(), params))
+        if _SCHEME_RE.match(header, pos) is None and header[pos:].strip(" ,"):
+            pos = header.find(",", pos) + 1  # a token68 (``Negotiate abc==``): skipped
+            if pos == 0:
+                break
+    return challenges
+
+
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """``Bearer realm="…",service="…",scope="…"`` → ("bearer", {realm, service, scope})."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {
-        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-        for m in re.finditer(r'([A-Za-z_]+)\s*=\s*(?:"([^"]*)"|([^\s,]+))', rest)
-    }
-    return scheme.lower(), params
+    """The challenge of a ``WWW-Authenticate`` value that is answered: ``Bearer`` when there is
+    one, else ``Basic``, else the first (which names a scheme not supported); ("", {}) for
+    none. Each challenge keeps its own parameters: a ``Basic`` realm is not a token server."""
+    challenges = _parse_challenges(header)
+    for wanted in ("bearer", "basic"):
+        for challenge in challenges:
+            if challenge[0] == wanted:
+                return challenge
+    return challenges[0] if challenges else ("", {})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``, the port the scheme's default when none is given:
+    credentials are sent only where all three are the registry's."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:  # not a port: the whole of it stands for the host
+        return scheme, parts.netloc.lower(), None
+    return scheme, (parts.hostname or "").lower(), port
 
 
 def _reason(exc: BaseException) -> str:
@@ -184,8 +233,38 @@ _TLS_FOR_GOOD = frozenset(
 )
 
 
-class _TLSRefused(RegistryUnreachableError):
+class _ForGood(RegistryUnreachableError):
+    """A failure to reach the registry that retrying cannot mend: raised at once."""
+
+
+class _TLSRefused(_ForGood):
     """A TLS failure that retrying cannot mend (see :data:`_TLS_FOR_GOOD`): raised at once."""
+
+
+#: getaddrinfo's answers that a host name has no address (``EAI_NONAME``, ``EAI_NODATA``,
+#: ``EAI_FAIL``): asking again gives the same. ``EAI_AGAIN``, a resolver that did not answer,
+#: is retried as a connection failure is.
+_NO_ADDRESS = frozenset(
+    getattr(socket, name)
+    for name in ("EAI_NONAME", "EAI_NODATA", "EAI_FAIL")
+    if hasattr(socket, name)
+)
+
+
+def _unresolved(exc: BaseException) -> bool:
+    """Whether ``exc`` (a connection failure) is a host name that has no address."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror) and e.errno in _NO_ADDRESS:
+            return True
+        # requests wraps urllib3's MaxRetryError, whose ``reason`` wraps the gaierror.
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+    return False
 
 
 def _tls_failure(host: str, exc: BaseException) -> RegistryUnreachableError:
@@ -272,9 +351,8 @@ def _retry(what: str, attempt: Callable[[], _T], attempts: int, stop: threading.
         try:
             return attempt()
         except RegistryError as e:
-            retry = (
-                isinstance(e, RegistryUnreachableError) and not isinstance(e, _TLSRefused)
-            ) or (e.status in _RETRY_STATUS)
+            unreachable = isinstance(e, RegistryUnreachableError) and not isinstance(e, _ForGood)
+            retry = unreachable or e.status in _RETRY_STATUS
             if not retry or n == attempts:
                 if n > 1 and retry:
                     raise type(e)(
@@ -320,6 +398,7 @@ class Registry:
         self._authorization: str | None = None
         self._scopes: set[str] = set()
         self._token_scopes: frozenset[str] = frozenset()
+        self._refused: set[str] = set()
 
     def __enter__(self) -> Registry:
         return self
@@ -345,9 +424,11 @@ class Registry:
         """The absolute URL of an API path (``/v2/…``)."""
         return self.base + path
 
-    def absolute(self, location: str) -> str:
-        """A ``Location`` header made absolute (registries may answer with a path only)."""
-        return urllib.parse.urljoin(self.base + "/", location)
+    def absolute(self, location: str, request_url: str) -> str:
+        """A ``Location`` header made absolute: resolved against the URL of the request it
+        answers, as a redirect's is (a registry may give a path, or a name relative to that
+        URL: ``UUID?_state=…``)."""
+        return urllib.parse.urljoin(request_url, location)
 
     def _ping(self) -> str:
         schemes = ["https"] if self.tls_verify else ["https", "http"]
@@ -420,7 +501,12 @@ class Registry:
         scopes: set[str],
         timeout: tuple[float, float],
     ) -> requests.Response:
-        _ = self.base  # the ping learns the scheme and the auth challenge
+        base = self.base  # the ping learns the scheme and the auth challenge
+        if _origin(url) != _origin(base):
+            # A Location on another host (a storage service's): the registry's credentials are
+            # not sent there, as they are not on a redirect to another host, nor is its 401
+            # taken for the registry's challenge.
+            return self._send(method, url, dict(headers or {}), data, stream, timeout)
         auth = self._auth_for(scopes)
         response = self._send(method, url, {**(headers or {}), **auth}, data, stream, timeout)
         if response.status_code != 401:
@@ -466,11 +552,28 @@ class Registry:
                 raise RegistryAuthError(
                     f"{self.host}: unsupported authentication scheme {scheme!r}", status=401
                 )
-            self._scopes |= scopes
-            if fresh or self._authorization is None or not self._scopes <= self._token_scopes:
-                self._authorization = f"Bearer {self._fetch_token(params, self._scopes)}"
-                self._token_scopes = frozenset(self._scopes)
+            # The session's scopes grow only by those a token was given for: a scope the token
+            # server refuses (a mount's source the user may not read) is not asked for again by
+            # every later request.
+            wanted = self._scopes | scopes
+            if fresh or self._authorization is None or not wanted <= self._token_scopes:
+                self._authorization = f"Bearer {self._fetch_token(params, wanted)}"
+                self._token_scopes = frozenset(wanted)
+            self._scopes = wanted
             return {"Authorization": self._authorization}
+
+    def refuse_scope(self, scope: str) -> None:
+        """Ask for ``scope`` no more in this session: a request that needed it (a mount from a
+        repository the user may no longer read) was refused, and a token that still names it
+        would be refused too by a token server that refuses instead of leaving it out."""
+        with self._lock:
+            self._refused.add(scope)
+            self._scopes.discard(scope)
+
+    def refused(self, scope: str) -> bool:
+        """Whether :meth:`refuse_scope` gave up ``scope``."""
+        with self._lock:
+            return scope in self._refused
 
     def _fetch_token(self, params: dict[str, str], scopes: set[str]) -> str:
         realm = params.get("realm")
@@ -549,7 +652,7 @@ class Registry:
                 return response
             response.close()
             target = urllib.parse.urljoin(url, location)
-            if urllib.parse.urlsplit(target).netloc != urllib.parse.urlsplit(url).netloc:
+            if _origin(target) != _origin(url):
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = target
         raise RegistryError(f"{self.host}: {method} {url}: more than {_MAX_REDIRECTS} redirects")
@@ -570,7 +673,15 @@ class Registry:
             return response
         except requests.exceptions.SSLError as e:
             raise _tls_failure(self.host, e) from e
+        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as e:
+            where = url.partition("?")[0]
+            raise _ForGood(f"registry {self.host}: {method} {where}: not a valid URL") from e
         except requests.RequestException as e:
+            if _unresolved(e):
+                raise _ForGood(
+                    f"registry {self.host} unreachable: {method} "
+                    f"{urllib.parse.urlsplit(url).path}: {_reason(e)}"
+                ) from e
             raise RegistryUnreachableError(
                 f"registry {self.host} unreachable: {method} {urllib.parse.urlsplit(url).path}: "
                 f"{_reason(e)}"
@@ -587,12 +698,17 @@ class Registry:
                 if response._content_consumed
                 else response.raw.read(_ERROR_BODY_MAX, decode_content=True)
             )
-            errors = json.loads(body).get("errors") or []
-            if errors and isinstance(errors[0], dict):
-                code = errors[0].get("code")
-                detail = str(errors[0].get("message") or "")
-        except (ValueError, AttributeError, OSError, urllib3.exceptions.HTTPError):
-            detail = ""
+            # Whatever the body holds, only an ``errors`` list whose first entry has a string
+            # code or message is read: any other shape leaves the status to speak alone.
+            obj = json.loads(body)
+            errors = obj.get("errors") if isinstance(obj, dict) else None
+            first = errors[0] if isinstance(errors, list) and errors else None
+            if isinstance(first, dict):
+                found, message = first.get("code"), first.get("message")
+                code = found if isinstance(found, str) else None
+                detail = message if isinstance(message, str) else ""
+        except (ValueError, RecursionError, OSError, urllib3.exceptions.HTTPError):
+            code, detail = None, ""
         finally:
             response.close()
         status = response.status_code

@@ -250,15 +250,20 @@ def push(
     )
 
 
+def _check_algorithm(ref: refs.RegistryRef, reference: str) -> None:
+    """Refuse a manifest reference that is a digest of another algorithm than sha256."""
+    if ":" in reference and not reference.startswith("sha256:"):  # a tag has no colon
+        raise FormatError(
+            f"{ref.text}: {reference}: only sha256 digests are supported, as in OCI layouts"
+        )
+
+
 def _get_manifest(
     reg: Registry, ref: refs.RegistryRef, reference: str, *, size: object = None
 ) -> tuple[bytes, str, str]:
     """(bytes, media type, digest) of a manifest, its digest checked when it is pinned (and its
     ``size``, when given: an index entry's)."""
-    if ":" in reference and not reference.startswith("sha256:"):  # a tag has no colon
-        raise FormatError(
-            f"{ref.text}: {reference}: only sha256 digests are supported, as in OCI layouts"
-        )
+    _check_algorithm(ref, reference)
     response = reg.request(
         "GET",
         f"/v2/{ref.repository}/manifests/{reference}",
@@ -404,12 +409,15 @@ def pull(
     """Pull ``source`` (``docker://HOST/REPO[:TAG][@DIGEST]``) into the local ``image``
     (default: ``HOST/REPO:TAG`` in the store, ``HOST/REPO@DIGEST`` for a pull by digest).
 
-    Only blobs the layout lacks are fetched; each is verified (size, sha256) while it streams
-    and a mismatch is refused with nothing stored. From an index, the ``platform``
-    (``OS/ARCH[/VARIANT]``, default this machine's) is chosen. See the module docs for the
-    order of writes.
+    Only blobs the layout lacks (or holds damaged) are fetched; each is verified (size,
+    sha256) while it streams and a mismatch is refused with nothing stored. From an index, the
+    ``platform`` (``OS/ARCH[/VARIANT]``, default this machine's) is chosen. See the module docs
+    for the order of writes.
     """
     src = _registry_ref(source)
+    if src.digest is not None:
+        # Before the default name is made of it: that name could not hold the digest.
+        _check_algorithm(src, src.digest)
     target_text = image if image is not None else _default_name(src)
     target = (
         refs.parse_layout_reference(target_text) if isinstance(target_text, str) else target_text

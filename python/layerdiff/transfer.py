@@ -4,17 +4,20 @@ Push sends each blob at most once. ``HEAD`` first: a blob the repository has is 
 ("exists"). Else, when the layout remembers the blob in another repository of the same registry
 (:class:`Sources`), a cross-repository mount is asked for ("mounted"); a registry that cannot
 mount answers 202 with a fresh upload session, which is then used, and one that refuses the
-mount (no pull on the source any more: 401 or 403) gets a plain upload. Else the blob is uploaded
-("uploaded"): ``POST`` opens a session, ``PATCH`` sends the bytes (``Content-Range``, as
+mount (no pull on the source any more: 401 or 403, from the registry or its token server)
+gets a plain upload, and that source is not asked for again in the session. Else the blob is
+uploaded ("uploaded"): ``POST`` opens a session, ``PATCH`` sends the bytes (``Content-Range``, as
 distribution 2.8 ignores a body on the ``POST``), and ``PUT`` with ``digest`` added to the
-session's absolute ``Location`` closes it. A local blob is hashed while it is sent and refused
-(before the closing ``PUT``) when it does not match its digest. A session that will not be
-closed (the blob failed, the push was stopped) is cancelled with ``DELETE``, as docker does, so
-its bytes are not kept until the registry's purge; that fails (and is let go) for a session cut
-in the middle of its ``PATCH``, whose location's state no longer matches what it holds.
+session's ``Location`` (resolved against the URL it answered) closes it. A local blob is
+hashed while it is sent and refused (before the closing ``PUT``) when it does not match its
+digest. A session that will not be closed (the blob failed, the push was stopped, also while
+its bytes were on their way) is cancelled with ``DELETE``, as docker does, so its bytes are not
+kept until the registry's purge; that fails (and is let go) for a session cut in the middle of
+its ``PATCH``, whose location's state no longer matches what it holds.
 
-Pull stores each missing blob through a temporary file in the layout, checking its size and
-sha256 while it streams, and refuses a mismatch with nothing stored.
+Pull stores each blob the layout lacks, or holds damaged (a present blob is hashed first),
+through a temporary file in the layout, checking its size and sha256 while it streams, and
+refuses a mismatch with nothing stored.
 """
 
 from __future__ import annotations
@@ -171,6 +174,7 @@ def _open_upload(reg: Registry, repository: str, digest: str, mount_from: list[s
     path = f"/v2/{repository}/blobs/uploads/"
     scopes = [push_scope(repository)]
     response = None
+    mount_from = [r for r in mount_from if not reg.refused(pull_scope(r))]
     if mount_from:
         source = mount_from[0]
         try:
@@ -181,7 +185,11 @@ def _open_upload(reg: Registry, repository: str, digest: str, mount_from: list[s
                 expect=(201, 202),
             )
         except RegistryAuthError:
-            # Not (or no longer) allowed to read the source: upload, as docker and skopeo do.
+            # Not (or no longer) allowed to read the source, whether the registry or its token
+            # server refused it: upload, as docker and skopeo do, and ask for that source no
+            # more in this session (a token server that refuses a scope set naming it would
+            # refuse every later request asking for it too).
+            reg.refuse_scope(pull_scope(source))
             response = None
         if response is not None and response.status_code == 201:
             return None
@@ -190,7 +198,7 @@ def _open_upload(reg: Registry, repository: str, digest: str, mount_from: list[s
     location = response.headers.get("Location")
     if not location:
         raise RegistryError(f"{reg.host}: POST {path}: 202 without a Location", status=202)
-    return reg.absolute(location)
+    return reg.absolute(location, response.url)
 
 
 def _patch(reg: Registry, repository: str, location: str, body: Any, start: int, n: int) -> str:
@@ -208,7 +216,7 @@ def _patch(reg: Registry, repository: str, location: str, body: Any, start: int,
         expect=(202, 204),
         replayable=False,
     )
-    return reg.absolute(response.headers.get("Location", location))
+    return reg.absolute(response.headers.get("Location", location), response.url)
 
 
 def _upload_offset(reg: Registry, repository: str, location: str, sent: int) -> int:
@@ -292,6 +300,9 @@ def push_blob(
             elif digest != "sha256:" + hashlib.sha256(b"").hexdigest():
                 body.found = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
                 body.check()
+            # Stopped while the bytes were on their way (Ctrl-C, or another blob failed): the
+            # upload is not finished but cancelled, as the push will not put its manifest.
+            _check_stop(stop)
             _close_upload(reg, repository, location, digest)
         except BaseException:
             _cancel_upload(reg, repository, location)
@@ -335,15 +346,16 @@ def fetch_blob(
     on_blob: OnBlob = _quiet,
     stop: threading.Event | None = None,
 ) -> BlobStatus:
-    """Store the blob ``desc`` of ``repository`` in the layout unless it is there; its size and
-    sha256 are checked while it streams into a temporary file, and a mismatch stores nothing.
-    Once ``stop`` is set the download ends at its next chunk with :class:`Stopped`."""
+    """Store the blob ``desc`` of ``repository`` in the layout unless it is there (whole: a
+    present blob is hashed, and one that is not the blob its digest names is fetched again and
+    replaced); its size and sha256 are checked while it streams into a temporary file, and a
+    mismatch stores nothing. Once ``stop`` is set the download ends at its next chunk with
+    :class:`Stopped`."""
     digest, size = str(desc["digest"]), int(desc["size"])
     path = layout.blob_path(digest)
-    with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_size == size:
-            on_blob(digest, size, size, "exists")
-            return BlobStatus(digest, size, "exists")
+    if _holds(path, digest, size, stop):
+        on_blob(digest, size, size, "exists")
+        return BlobStatus(digest, size, "exists")
 
     def attempt() -> None:
         _check_stop(stop)
@@ -384,6 +396,21 @@ def fetch_blob(
     retrying(f"pulling blob {digest}", attempt, stop=stop)
     on_blob(digest, size, size, "downloaded")
     return BlobStatus(digest, size, "downloaded")
+
+
+def _holds(path: Path, digest: str, size: int, stop: threading.Event | None) -> bool:
+    """Whether the file at ``path`` is the blob ``digest`` of ``size`` bytes. It is hashed
+    whole, as a blob is when it is pushed: one damaged on disk (a flipped bit, a block of zeros)
+    keeps its size."""
+    try:
+        if path.stat().st_size != size:
+            return False
+        present = _VerifiedFile(path, size, digest, _quiet, stop)
+        for _ in present:
+            pass
+    except (OSError, DigestMismatchError):
+        return False
+    return present.sent == size and present.found == digest
 
 
 def _raw_chunks(response: requests.Response) -> Iterator[bytes]:
