@@ -173,14 +173,14 @@ impl MemberIndex {
         if !any {
             return Ok(None);
         }
-        self.blobs.push(File::open(path).at(path)?);
+        self.blobs.push(crate::verify::open_blob(path)?);
         Ok(Some(blob))
     }
 
     /// Index the members of the blob at `path` (inflating it to check them).
     pub fn add_blob(&mut self, path: &Path) -> Result<()> {
         let seen = SeenMembers::default();
-        let file = File::open(path).at(path)?;
+        let file = crate::verify::open_blob(path)?;
         with_decompressed_seen(file, Some(seen.clone()), |stream| {
             io::copy(stream, &mut io::sink()).at(path)
         })?;

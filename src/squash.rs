@@ -998,7 +998,7 @@ fn in_blob(path: &Path, e: Error) -> Error {
 
 fn layer_ops(path: &Path, layer: usize, members: bool, cancel: &Cancel) -> Result<LayerOps> {
     cancel.check()?;
-    let file = File::open(path).at(path)?;
+    let file = crate::verify::open_blob(path)?;
     let seen = members.then(SeenMembers::default);
     let ops = with_decompressed_seen(file, seen.clone(), |s| read_ops_from(s, layer))
         .map_err(|e| in_blob(path, e))?;
@@ -1432,7 +1432,7 @@ impl Sources<'_> {
             return Ok(source);
         }
         let path = &self.range[layer];
-        let file = File::open(path).at(path)?;
+        let file = crate::verify::open_blob(path)?;
         let source = match self.claimed[layer].take() {
             None => Source::Plain(Cursor {
                 reader: decompress_in_background(file, None)?,
@@ -1517,7 +1517,7 @@ fn spool(path: &Path) -> Result<File> {
         .at(&tmp)?;
     // Unlinked at once: the space is freed when the file is closed, whatever happens.
     std::fs::remove_file(&tmp).at(&tmp)?;
-    let mut stream = decompress(File::open(path).at(path)?)?;
+    let mut stream = decompress(crate::verify::open_blob(path)?)?;
     io::copy(&mut stream, &mut file).at(path)?;
     file.seek(io::SeekFrom::Start(0)).at(&tmp)?;
     Ok(file)

@@ -5,6 +5,26 @@ use std::io::{self, Read};
 use crate::digest::Sha256Hasher;
 use crate::error::{Error, Result};
 
+/// Open the blob at `path` for reading: a regular file itself, never what a symbolic link in
+/// its place names (a layout is another's, and its link could lead to a file of the caller's)
+/// and never a FIFO or a device (whose open or read could wait for ever).
+pub fn open_blob(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::io(path, io::Error::other("a symbolic link, not a blob")),
+            _ => Error::io(path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(path, io::Error::other("not a regular file")));
+    }
+    Ok(file)
+}
+
 /// A reader that hashes and counts what it passes on, and fails as soon as more bytes arrive
 /// than the descriptor's size allows.
 pub struct VerifyingReader<R> {
@@ -132,7 +152,7 @@ pub fn decompress_blob(
     cancel: &crate::cancel::Cancel,
 ) -> Result<BlobDigests> {
     use crate::error::IoContext;
-    let file = std::fs::File::open(path).at(path)?;
+    let file = open_blob(path)?;
     let mut raw = Hashing::new(file);
     let what = path.display().to_string();
     let bad = |e: io::Error| Error::Archive {

@@ -115,7 +115,36 @@ def test_unpack_names_the_layer_whose_blob_is_longer_than_its_descriptor(tmp_pat
     proc = run_cli("unpack", ref, str(tmp_path / "out"))
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert f"layer 2 of 2 ({top})" in proc.stderr, proc.stderr
-    assert "expected 1024 bytes, found more" in proc.stderr
+    size = layout.blob_path(top).stat().st_size
+    assert f"expected 1024 bytes, found {size} bytes" in proc.stderr
+    assert not (tmp_path / "out" / "b").exists()  # refused before a byte of it was applied
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_unpack_and_squash_read_only_blobs_that_are_regular_files(
+    tmp_path: Path, kind: str
+) -> None:
+    """A layout's blob that is a symbolic link (to a file of the caller's, say) or a FIFO is
+    refused by unpack and squash: never followed, read, or waited on for ever."""
+    ref = _image_of(tmp_path / "img", [_tar([(_entry("a"), b"a")]), _tar([(_entry("b"), b"b")])])
+    layout = Layout.open(tmp_path / "img")
+    top = layout.blob_path(str(layerdiff.inspect(ref)["manifest"]["layers"][1]["digest"]))
+    private = tmp_path / "private.tar"
+    private.write_bytes(top.read_bytes())
+    top.unlink()
+    if kind == "symlink":
+        top.symlink_to(private)
+    else:
+        os.mkfifo(top)
+    unpacked = run_cli("unpack", ref, str(tmp_path / "out"))
+    assert unpacked.returncode == 1, unpacked.stderr
+    assert "a symbolic link, not a blob" in unpacked.stderr or "not a regular file" in (
+        unpacked.stderr
+    )
+    assert not (tmp_path / "out" / "b").exists()
+    squashed = run_cli("squash", ref, f"oci:{tmp_path / 'sq'}:1")
+    assert squashed.returncode == 1, squashed.stderr
+    assert str(top) in squashed.stderr
 
 
 def _sha256(data: bytes) -> str:

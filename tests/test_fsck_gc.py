@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -266,3 +268,41 @@ def test_fsck_reports_config_fields_of_the_wrong_type(tmp_path: Path) -> None:
             tmp_path / "a", image=f"oci:{layout_path}:next", base=f"oci:{layout_path}:bad"
         )
     assert {i.tag for i in layerdiff.images(layout_path)} == {"good", "bad"}
+
+
+def test_an_image_copied_again_into_a_layout_mends_a_blob_damaged_there(
+    store: Layout, tmp_path: Path
+) -> None:
+    """A blob the target layout holds damaged (its size kept) is copied again when an image
+    that needs it is tagged there, not taken as it is."""
+    other = tmp_path / "other"
+    assert run_cli("tag", "one:1", f"oci:{other}:1").returncode == 0
+    digest = str(layerdiff.inspect("one:1")["manifest"]["layers"][-1]["digest"])
+    blob = Layout.open(other).blob_path(digest)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    assert not layerdiff.fsck(f"oci:{other}").ok
+    done = run_cli("tag", "one:1", f"oci:{other}:2")
+    assert done.returncode == 0, done.stderr
+    assert layerdiff.fsck(f"oci:{other}").ok
+
+
+def test_fsck_takes_no_image_removed_while_it_is_checked_for_damage(
+    store: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An rmi (and its gc) running while fsck reads the image it removes takes its blobs from
+    under fsck: that is no damage of the store, and fsck passes; the others are still checked."""
+    checking = importlib.import_module("layerdiff.fsck")  # the module, not the function
+    real = checking._Checker.manifest
+
+    def removed_meanwhile(self: Any, name: str, desc: Any) -> None:
+        if name == "one:1":
+            assert store.remove_tag("one:1")
+            assert layerdiff.gc().blobs == 3
+        real(self, name, desc)
+
+    monkeypatch.setattr(checking._Checker, "manifest", removed_meanwhile)
+    assert layerdiff.fsck().ok
+    layer_blob("two:1").write_bytes(b"damaged")
+    assert [p.where for p in layerdiff.fsck().problems] == ["two:1"]

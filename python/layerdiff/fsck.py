@@ -276,15 +276,29 @@ def fsck(target: str | os.PathLike[str] | None = None) -> FsckReport:
             )
     checker = _Checker(layout, report)
     for name, desc in named:
+        before = len(report.problems)
         try:
             checker.manifest(name, desc)
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             # A manifest or config of the wrong shape (a list where an object goes): that
             # image is broken; the others are still checked.
             report.problems.append(Problem(name, f"malformed manifest or config ({e})"))
+        except FileNotFoundError as e:  # a blob gone between being found and being read
+            report.problems.append(Problem(name, f"{e.filename}: missing"))
+        if len(report.problems) > before and not _still_named(layout, desc):
+            # Removed (rmi, and its gc) while it was checked: what went with it is not damage.
+            del report.problems[before:]
     if target is None:
         _check_containers(report)
     return report
+
+
+def _still_named(layout: Layout, desc: Descriptor) -> bool:
+    """Whether the layout's index still names the manifest (or index) ``desc``."""
+    try:
+        return any(m.get("digest") == desc.get("digest") for m in layout.manifests())
+    except (LayerdiffError, OSError):
+        return True  # cannot tell: the problems stand
 
 
 def _check_containers(report: FsckReport) -> None:

@@ -83,6 +83,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _hashes_to(path: Path, digest: str) -> bool:
+    """Whether the file at ``path`` is there and its sha256 is ``digest``."""
+    import hashlib  # a file of any size: OpenSSL's, loaded only for it
+
+    try:
+        with path.open("rb") as f:
+            found = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    return found == digest
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path``: temporary file beside it, fsync, rename, fsync the directory."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -374,8 +386,9 @@ class Layout:
     def import_blob(self, source: Layout, digest: str) -> None:
         """Make blob ``digest`` of layout ``source`` present here: a copy of its own, checked
         against the digest on the way. Never a hard link: the two layouts may belong to
-        different users, and a change to one's blob must not reach the other's."""
-        if self.blob_path(digest).is_file():
+        different users, and a change to one's blob must not reach the other's. One already
+        here is hashed first: damaged on disk (its size kept), it is copied again."""
+        if _hashes_to(self.blob_path(digest), digest):
             return
         src = source.blob_path(digest)
         try:

@@ -355,14 +355,21 @@ fn apply_layer(
     let cancel = Cancel::new();
     let stats = run_detached(py, &cancel, || {
         let target = Root::open(&root)?;
-        let file = std::fs::File::open(&blob).at(&blob)?;
         let what = blob.display().to_string();
         let stats = match digest {
             Some(digest) => {
-                let expected = match size {
-                    Some(n) => n,
-                    None => file.metadata().at(&blob)?.len(),
-                };
+                // A layout's blob: a regular file of the size its descriptor says, checked
+                // before anything of it is applied.
+                let file = crate::verify::open_blob(&blob)?;
+                let found = file.metadata().at(&blob)?.len();
+                let expected = size.unwrap_or(found);
+                if found != expected {
+                    return Err(crate::error::Error::DigestMismatch {
+                        what,
+                        expected: format!("{expected} bytes"),
+                        found: format!("{found} bytes"),
+                    });
+                }
                 let mut reader = VerifyingReader::new(file, expected);
                 let stats = match apply::apply_layer(&target, &mut reader, &opts, &cancel) {
                     Ok(stats) => stats,
@@ -373,7 +380,10 @@ fn apply_layer(
                 reader.finish(&digest, &what)?;
                 stats
             }
-            None => apply::apply_layer(&target, file, &opts, &cancel)?,
+            None => {
+                let file = std::fs::File::open(&blob).at(&blob)?;
+                apply::apply_layer(&target, file, &opts, &cancel)?
+            }
         };
         // Checked after the blob's own digest: a damaged blob is named as such.
         match (&diff_id, &stats.diff_id) {
