@@ -147,9 +147,11 @@ struct DirMeta {
     real: Vec<u8>,
     mode: u32,
     mtime: Timespec,
-    /// For a directory copied up from a lower layer, its [`dir_identity`]: a directory made
-    /// later at the same path, once the layer removed that one, is not given its metadata.
-    copied: Option<DirIdentity>,
+    /// Its [`dir_identity`] when the entry was applied (or the directory copied up): a
+    /// directory found at that path at the end that is another one (made later once the
+    /// layer removed this one, or reached through a link a later entry put on the way, where
+    /// the kernel cannot give the real path) is not given this metadata.
+    id: DirIdentity,
 }
 
 /// A directory's device, inode and birth time (where the file system keeps one): an inode
@@ -259,7 +261,7 @@ pub fn clean_path(name: &[u8], entry: &str) -> Result<Vec<u8>> {
                 // A whiteout is a file: as a directory its name reads as a whiteout to one
                 // tool and as a directory to another (commit refuses such a tree too).
                 if under_whiteout_name {
-                    return Err(bad(entry, "a whiteout name (.wh.) is used as a directory"));
+                    return Err(bad(entry, root::WHITEOUT_DIR));
                 }
                 under_whiteout_name = c.starts_with(WHITEOUT_PREFIX);
                 out = join(&out, c);
@@ -388,12 +390,20 @@ impl Applier<'_> {
         let root = self.root;
         let io = |e: io::Error| written(root, &path, name, e);
         self.hide_before_entry(parent(&path))?;
-        let (dir, real_parent) = match self.parent.take() {
-            Some((p, fd, real)) if p == parent(&path) => (fd, real),
+        let (dir, real_parent, cacheable) = match self.parent.take() {
+            Some((p, fd, real)) if p == parent(&path) => (fd, real, true),
             _ => {
                 let fd = self.dir_for_entry(parent(&path)).map_err(io)?;
-                let real = self.real_path(&fd, parent(&path));
-                (fd, real)
+                let known = self.root.real_path_of(&fd);
+                // Kept for the next entry only when the way to it is its own name, no link
+                // followed: then nothing an entry makes in it lies on that way. (Through a
+                // link, `d/s -> ..`, the entry `d/s/d` replaces the `d` the way went through.)
+                let cacheable = known.as_deref() == Some(parent(&path));
+                (
+                    fd,
+                    known.unwrap_or_else(|| parent(&path).to_vec()),
+                    cacheable,
+                )
             }
         };
         let leaf = base.to_vec();
@@ -429,7 +439,7 @@ impl Applier<'_> {
                     real: real.clone(),
                     mode: meta.mode,
                     mtime: timespec(meta.mtime),
-                    copied: None,
+                    id: dir_identity(&fd, b"").map_err(io)?,
                 });
             }
             EntryKind::File => {
@@ -577,7 +587,7 @@ impl Applier<'_> {
             }
         }
         self.mark_created(&real);
-        if !replaced_link {
+        if cacheable && !replaced_link {
             self.parent = Some((parent(&path).to_vec(), dir, real_parent));
         }
         Ok(())
@@ -816,11 +826,9 @@ impl Applier<'_> {
                 ) => continue,
                 Err(e) => return Err(bad(&what, io::Error::from(e).to_string())),
             };
-            if let Some(id) = d.copied {
-                let now = dir_identity(&fd, b"").map_err(|e| bad(&what, e.to_string()))?;
-                if now != id {
-                    continue;
-                }
+            let now = dir_identity(&fd, b"").map_err(|e| bad(&what, e.to_string()))?;
+            if now != d.id {
+                continue;
             }
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(d.mode))
                 .map_err(|e| bad(&what, io::Error::from(e).to_string()))?;
@@ -1021,6 +1029,7 @@ impl Applier<'_> {
     /// A directory `name` made in `dir` as [`Root::create_dir_all`] makes one: 0755 whatever
     /// the umask, owned by the caller.
     fn make_dir(&self, dir: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
+        root::refuse_whiteout_dir(name)?;
         rustix::fs::mkdirat(dir, os_path(name), Mode::from_raw_mode(0o755))?;
         let fd = rustix::fs::openat(
             dir,
@@ -1060,7 +1069,7 @@ impl Applier<'_> {
                 tv_sec: found.stat.st_mtime,
                 tv_nsec: found.stat.st_mtime_nsec as _,
             },
-            copied: Some(dir_identity(dir, name)?),
+            id: dir_identity(dir, name)?,
         });
         Ok(())
     }

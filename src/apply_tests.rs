@@ -552,6 +552,51 @@ fn aufs_hardlinks_are_one_file_made_from_the_link_directory() {
 }
 
 #[test]
+fn a_link_never_makes_a_directory_under_a_whiteouts_name() {
+    for overlay in [false, true] {
+        for target in [".wh.etc", ".wh..wh..opq", "a/.wh.b/c", "/.wh.etc"] {
+            let t = tempfile::tempdir().unwrap();
+            let bytes = layer(&[M::Sym("s", target), M::File("s/x", b"x")]);
+            let err = apply_in_form(t.path(), &bytes, overlay)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("a whiteout name (.wh.) is used as a directory"),
+                "{target} overlay={overlay}: {err}"
+            );
+            let made: Vec<String> = tree(t.path())
+                .into_iter()
+                .filter(|p| {
+                    let path = p.split(' ').next().unwrap_or_default();
+                    path.split('/').any(|c| c.starts_with(".wh."))
+                })
+                .collect();
+            assert_eq!(made, Vec::<String>::new(), "{target} overlay={overlay}");
+        }
+    }
+}
+
+#[test]
+fn an_entry_replacing_a_directory_its_parent_was_reached_through_is_seen_by_the_next() {
+    // `d/s -> ..`: `d/s/d` is `d` itself, which the file replaces; `d/s/x` then goes through a
+    // file, and is refused as squash and umoci refuse it, not written where `d/s` led before.
+    let t = tempfile::tempdir().unwrap();
+    let err = apply(
+        t.path(),
+        &[
+            M::Dir("d"),
+            M::Sym("d/s", ".."),
+            M::File("d/s/d", b"file"),
+            M::File("d/s/x", b"x"),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("Not a directory"), "{err}");
+    assert!(!t.path().join("x").exists());
+}
+
+#[test]
 fn hardlink_survives_whiteout_of_its_target() {
     let t = tempfile::tempdir().unwrap();
     lower(t.path());

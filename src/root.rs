@@ -126,6 +126,7 @@ impl Root {
             dir = match self.open_dir(&prefix) {
                 Ok(fd) => fd,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    refuse_whiteout_dir(comp)?;
                     let mut made = false;
                     match rustix::fs::mkdirat(&dir, os_path(comp), Mode::from_raw_mode(0o755)) {
                         Ok(()) => made = true,
@@ -162,6 +163,19 @@ impl Root {
         Ok(dir)
     }
 }
+
+/// A directory is never made under a whiteout's name (a symbolic link's target can name one):
+/// as a directory, another tool reads it as a whiteout or an opaque marker, and a layer
+/// written from the tree would delete what it names.
+pub(crate) fn refuse_whiteout_dir(name: &[u8]) -> io::Result<()> {
+    if name.starts_with(crate::whiteout::WHITEOUT_PREFIX) {
+        return Err(io::Error::other(WHITEOUT_DIR));
+    }
+    Ok(())
+}
+
+/// Why a directory under a whiteout's name is refused.
+pub(crate) const WHITEOUT_DIR: &str = "a whiteout name (.wh.) is used as a directory";
 
 /// Most symbolic links followed to make one directory (the kernel's own limit on a lookup).
 pub(crate) const MAX_LINKS: u32 = 40;

@@ -602,6 +602,18 @@ impl Folder {
         if resolved.through_file {
             return Err(not_a_directory(p));
         }
+        // A link's target may lead under a whiteout's name, which would be written as a
+        // directory: apply refuses to make one.
+        let dirs = parent(&resolved.path);
+        if dirs
+            .split(|&b| b == b'/')
+            .any(|c| c.starts_with(crate::whiteout::WHITEOUT_PREFIX))
+        {
+            return Err(Error::Archive {
+                entry: String::from_utf8_lossy(p).into_owned(),
+                reason: crate::root::WHITEOUT_DIR.into(),
+            });
+        }
         for dir in resolved.missing {
             if self.is_dir(&dir).is_none() {
                 self.put(&dir, implied_dir(), created)?;

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -118,6 +119,117 @@ def test_unpack_names_the_layer_whose_blob_is_longer_than_its_descriptor(tmp_pat
     size = layout.blob_path(top).stat().st_size
     assert f"expected 1024 bytes, found {size} bytes" in proc.stderr
     assert not (tmp_path / "out" / "b").exists()  # refused before a byte of it was applied
+
+
+@pytest.mark.parametrize("target", [".wh.etc", ".wh..wh..opq"])
+def test_a_link_never_makes_a_directory_named_like_a_whiteout(tmp_path: Path, target: str) -> None:
+    """``s -> .wh.etc`` then ``s/x``: apply would make a directory ``.wh.etc``, which squash
+    would write as an entry that docker, containerd and umoci read as the whiteout of ``/etc``.
+    Both refuse the layer, naming the rule."""
+    base = _tar([(_entry("etc", tarfile.DIRTYPE), b""), (_entry("etc/passwd"), b"root")])
+    top = _tar([(_entry("s", tarfile.SYMTYPE, target), b""), (_entry("s/x"), b"x")])
+    ref = _image_of(tmp_path / "img", [base, top])
+    for args in (["unpack", ref, str(tmp_path / "out")], ["squash", ref, f"oci:{tmp_path}/sq:1"]):
+        done = run_cli(*args)
+        assert done.returncode == 1, done.stderr
+        assert "a whiteout name (.wh.) is used as a directory" in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1
+
+
+def _pax(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _dir_mode(name: str, mode: int) -> tarfile.TarInfo:
+    info = _entry(name, tarfile.DIRTYPE)
+    info.mode = mode
+    return info
+
+
+def test_a_directorys_mode_never_goes_through_a_link_put_later_on_a_very_long_path(
+    tmp_path: Path,
+) -> None:
+    """``p/d`` (mode 6777), then ``p`` made a link to ``q``: the mode is for the ``d`` that
+    went with ``p``, never for ``q/d``, also where the path is longer than the kernel can name
+    (PATH_MAX), so that where the directory really is cannot be read back."""
+    comps = [f"c{i:02d}" + "x" * 246 for i in range(17)]
+    short = "x/" + "/".join(comps[:16])
+    last = comps[16]
+    lower = _pax(
+        [
+            (_entry("s", tarfile.SYMTYPE, short), b""),
+            (_dir(f"s/{last}"), b""),
+            (_dir(f"s/{last}/p"), b""),
+            (_dir(f"s/{last}/q"), b""),
+            (_dir(f"s/{last}/q/d"), b""),
+        ]
+    )
+    upper = _pax(
+        [
+            (_dir_mode(f"s/{last}/p/d", 0o6777), b""),
+            (_entry(f"s/{last}/p", tarfile.SYMTYPE, "q"), b""),
+        ]
+    )
+    (tmp_path / "l1.tar").write_bytes(lower)
+    (tmp_path / "l2.tar").write_bytes(upper)
+    root = tmp_path / "root"
+    done = run_cli("apply", "--to", str(root), str(tmp_path / "l1.tar"), str(tmp_path / "l2.tar"))
+    assert done.returncode == 0, done.stderr
+    fd = os.open(root / short, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert os.readlink(f"{last}/p", dir_fd=fd) == "q"
+        assert stat.S_IMODE(os.stat(f"{last}/q/d", dir_fd=fd).st_mode) == 0o755
+    finally:
+        os.close(fd)
+
+
+def test_overlay_form_sees_an_entry_replacing_a_lower_link_on_the_way(tmp_path: Path) -> None:
+    """Over a lower ``b/c -> .``, the entry ``b/c/c`` is ``b/c`` itself (the link, replaced by
+    a file); ``b/c/a`` then goes through a file, refused as a plain apply refuses it."""
+    lower = _tar([(_dir("b"), b""), (_entry("b/c", tarfile.SYMTYPE, "."), b"")])
+    upper = _tar([(_entry("b/c/c"), b"file"), (_entry("b/c/a"), b"a")])
+    (tmp_path / "l0.tar").write_bytes(lower)
+    (tmp_path / "l1.tar").write_bytes(upper)
+    plain = run_cli(
+        "apply", "--to", str(tmp_path / "p"), str(tmp_path / "l0.tar"), str(tmp_path / "l1.tar")
+    )
+    assert plain.returncode == 1 and "Not a directory" in plain.stderr, plain.stderr
+    base = run_cli("apply", "--overlay", "--to", str(tmp_path / "o0"), str(tmp_path / "l0.tar"))
+    assert base.returncode == 0, base.stderr
+    over = run_cli(
+        "apply", "--overlay", "--to", str(tmp_path / "o1"), "--lower", str(tmp_path / "o0"),
+        str(tmp_path / "l1.tar"),
+    )  # fmt: skip
+    assert over.returncode == 1 and "Not a directory" in over.stderr, over.stderr
+    assert not (tmp_path / "o1" / "b" / "a").exists()
+
+
+@pytest.mark.parametrize("swapped", [0, 1])
+def test_squash_refuses_a_blob_swapped_in_the_layout(tmp_path: Path, swapped: int) -> None:
+    """A blob whose bytes are not those its digest names (another layer put in its place, of
+    the same size) is refused by squash, as unpack refuses it, whether below the squashed range
+    or in it; nothing is tagged."""
+    layers = [_tar([(_entry("a"), b"a")]), _tar([(_entry("b"), b"b")])]
+    ref = _image_of(tmp_path / "img", layers)
+    layout = Layout.open(tmp_path / "img")
+    digests = [str(d["digest"]) for d in layerdiff.inspect(ref)["manifest"]["layers"]]
+    evil = _tar([(_entry("a" if swapped == 0 else "b"), b"x")])
+    assert len(evil) == len(layers[swapped])
+    layout.blob_path(digests[swapped]).write_bytes(evil)
+    done = run_cli("squash", "--layers", "1", ref, f"oci:{tmp_path / 'sq'}:1")
+    assert done.returncode == 1, done.stderr
+    assert f"digest mismatch (expected {digests[swapped]}" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1
+    # Nothing tagged, and no blob but the kept layer's copy (gc's to remove).
+    if (tmp_path / "sq").exists():
+        out = Layout.open(tmp_path / "sq")
+        assert out.manifests() == []
+        assert [p.name for p in out.blobs_dir.iterdir()] == [digests[0].removeprefix("sha256:")]
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo"])

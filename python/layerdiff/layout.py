@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -295,6 +296,39 @@ class Layout:
         if annotations:
             desc["annotations"] = dict(annotations)
         return desc
+
+    def check_blob(self, desc: Descriptor, *, stop: Callable[[], bool] | None = None) -> None:
+        """Raise unless the blob ``desc`` names is here whole: a regular file (no symbolic link
+        followed) of its size, hashing to its digest. ``stop`` is asked between chunks; once it
+        says so, the check ends quietly."""
+        import hashlib  # a file of any size: OpenSSL's, loaded only for it
+
+        digest, size = str(desc["digest"]), int(desc["size"])
+        path = self.blob_path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise ImageNotFoundError(f"{path}: blob {digest} is missing from the layout") from e
+        except OSError as e:
+            raise LayerdiffOSError(
+                e.errno, f"opening blob {digest}: {e.strerror}", str(path)
+            ) from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FormatError(f"{path}: blob {digest} is not a regular file")
+            if st.st_size != size:
+                raise DigestMismatchError(
+                    f"{path}: size mismatch (expected {size} bytes, found {st.st_size})"
+                )
+            h = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                if stop is not None and stop():
+                    return
+                h.update(chunk)
+        found = "sha256:" + h.hexdigest()
+        if found != digest:
+            raise DigestMismatchError(f"{path}: digest mismatch (expected {digest}, found {found})")
 
     def read_blob(self, digest: str, *, limit: int = _JSON_MAX) -> bytes:
         """Read a (small) blob and check that it hashes to ``digest``."""

@@ -15,7 +15,9 @@ changes) are kept, in their order, before it.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,8 +143,20 @@ def squash(
         step(f"merging {count} layer{'s' if count != 1 else ''} into one")
         blob_paths = [src.layout.blob_path(d["digest"]) for d in src.layers]
         indexes = refs.layer_index_dir()
-        layer = LayerInfo.from_core(
-            _core.squash_layers(
+        # Every blob the merge reads is checked against its descriptor (size and sha256), as
+        # unpack checks it, on a thread of its own while the core merges: a blob swapped in the
+        # layout must not become a new layer that hashes right. (The merge may take only parts
+        # of a blob, through its layer index.)
+        stopped = threading.Event()
+        checking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="layerdiff-check")
+
+        def check_all() -> None:
+            for desc in src.layers:
+                src.layout.check_blob(desc, stop=stopped.is_set)
+
+        checked = checking.submit(check_all)
+        try:
+            merged = _core.squash_layers(
                 blob_paths[: total - count],
                 blob_paths[total - count :],
                 layout.blobs_dir,
@@ -156,7 +170,18 @@ def squash(
                 ],
                 index_dir=indexes,
             )
-        )
+        except BaseException:
+            stopped.set()
+            raise
+        finally:
+            checking.shutdown(wait=True)
+        layer = LayerInfo.from_core(merged)
+        try:
+            checked.result()
+        except BaseException:
+            # The merged layer of a blob that is not what it should be: nothing refers to it.
+            layout.blob_path(layer.digest).unlink(missing_ok=True)
+            raise
         step("writing config and manifest")
         config = squash_config(
             src.config, count=count, diff_id=layer.diff_id, created=rfc3339(epoch), comment=message
