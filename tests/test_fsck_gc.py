@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -306,3 +308,39 @@ def test_fsck_takes_no_image_removed_while_it_is_checked_for_damage(
     assert layerdiff.fsck().ok
     layer_blob("two:1").write_bytes(b"damaged")
     assert [p.where for p in layerdiff.fsck().problems] == ["two:1"]
+
+
+def test_a_waiting_gc_goes_before_the_writers_that_come_after_it(store: Layout) -> None:
+    """gc waits for the commands writing when it starts, not for every one that starts after
+    it: under a steady stream of commits it would wait for ever."""
+    from layerdiff.layout import writing
+
+    stale = store.blobs_dir / ".tmp-layer-1-deadbeef"
+    stale.write_bytes(b"what gc removes")
+    seen: list[bool] = []
+    release = threading.Event()
+    holding = threading.Event()
+
+    def first_writer() -> None:
+        with writing(store):
+            holding.set()
+            release.wait(30)
+
+    def later_writer() -> None:
+        with writing(store):
+            seen.append(stale.exists())
+
+    threads = [threading.Thread(target=first_writer)]
+    threads[0].start()
+    assert holding.wait(30)
+    threads.append(threading.Thread(target=layerdiff.gc))
+    threads[1].start()
+    time.sleep(0.5)  # gc is waiting for the first writer
+    threads.append(threading.Thread(target=later_writer))
+    threads[2].start()
+    time.sleep(0.5)
+    assert seen == []  # the later writer waits behind gc
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert seen == [False]  # gc had run when it went on

@@ -59,6 +59,10 @@ _LAYOUT_VERSION = "1.0.0"
 _INDEX_FILE = "index.json"
 _LOCK_FILE = ".layerdiff.lock"  # extra files are allowed in a layout; tools ignore them
 _GC_LOCK = ".layerdiff.gc.lock"
+#: Taken before the collector's lock, exclusively by a collector, shared (for a moment) by a
+#: writer: once a collector waits, writers that come after it wait behind it, rather than
+#: keep the collector's lock shared for ever under a steady stream of commits.
+_GC_GATE = ".layerdiff.gc.gate"
 #: Errors of a write that found no room.
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -221,7 +225,7 @@ class Layout:
         again (see :func:`writing`); one waiting on a lock file removed here opens the new one
         (see :func:`_lock_fd`)."""
         try:
-            gc_fd = _lock_fd(self.path / _GC_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            gc_fd = _gc_lock_fd(self.path, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return  # in use
         try:
@@ -584,11 +588,24 @@ def tag_of(desc: Descriptor) -> str | None:
 @contextlib.contextmanager
 def gc_lock(layout: Layout, mode: int) -> Iterator[None]:
     """The layout's collector lock, held in ``mode`` (``fcntl.LOCK_SH`` or ``LOCK_EX``)."""
-    fd = _lock_fd(layout.path / _GC_LOCK, mode)
+    fd = _gc_lock_fd(layout.path, mode)
     try:
         yield
     finally:
         os.close(fd)
+
+
+def _gc_lock_fd(path: Path, mode: int) -> int:
+    """A descriptor of the collector's lock of the layout at ``path``, locked in ``mode``,
+    taken through the gate (:data:`_GC_GATE`): in the mode's kind, and given up once the lock
+    is held. (flock queues nobody: without it, shared holders coming and going would keep an
+    exclusive request waiting as long as they come.)"""
+    kind = fcntl.LOCK_EX if mode & fcntl.LOCK_EX else fcntl.LOCK_SH
+    gate = _lock_fd(path / _GC_GATE, kind | (mode & fcntl.LOCK_NB))
+    try:
+        return _lock_fd(path / _GC_LOCK, mode)
+    finally:
+        os.close(gate)
 
 
 def _lock_fd(path: Path, mode: int) -> int:
@@ -620,7 +637,7 @@ def writing(layout: Layout) -> Iterator[None]:
     and found it unused) before this took the lock is made again first."""
     for _ in range(100):
         try:
-            fd = _lock_fd(layout.path / _GC_LOCK, fcntl.LOCK_SH)
+            fd = _gc_lock_fd(layout.path, fcntl.LOCK_SH)
         except FileNotFoundError:  # the directory went with the layout
             Layout.create(layout.path)
             continue
