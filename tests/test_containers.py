@@ -212,8 +212,9 @@ def test_exit_codes_pass_through(image: str, store_home: Path) -> None:
 
 
 def test_docker_habits_of_run(image: str, store_home: Path) -> None:
-    """`run -it` works as docker's (standard input reaches the command); `-d` is refused
-    with the way to run in the background, before anything is made."""
+    """`run -it` from a pipe passes standard input to the command as it is (no terminal is
+    made; docker refuses: "the input device is not a TTY"); `-d` is refused with the way to
+    run in the background, before anything is made."""
     done = subprocess.run(
         [sys.executable, "-m", "layerdiff", "run", "--rm", "-it", image, "--", "cat"],
         input="typed\n",
@@ -1335,13 +1336,14 @@ def test_signals_to_run_reach_the_container(image: str, store_home: Path, sig: i
 class _Terminal:
     """A command in a session of its own, with a pty as its controlling terminal."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], rows: int = 24, cols: int = 80) -> None:
         self.pid, self.master = pty.fork()
         if self.pid == 0:
             try:
                 os.execv(command[0], command)
             finally:
                 os._exit(127)
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         self.seen = b""
 
     def wait_for(self, text: bytes) -> None:
@@ -1352,8 +1354,9 @@ class _Terminal:
             if select.select([self.master], [], [], 1)[0]:
                 self.seen += os.read(self.master, 1024)
 
-    def exit_code(self, timeout: float = 30) -> int:
-        """The command's exit code; it is killed, and the test fails, if it takes longer."""
+    def exit_code(self, timeout: float = 30, *, close: bool = True) -> int:
+        """The command's exit code; it is killed, and the test fails, if it takes longer.
+        The terminal is closed then, unless ``close`` is false."""
         deadline = time.monotonic() + timeout
         while True:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -1368,8 +1371,9 @@ class _Terminal:
                     self.seen += os.read(self.master, 1024)
             except OSError:  # closed: hung up on purpose, or the command is gone
                 time.sleep(0.1)
-        with contextlib.suppress(OSError):
-            os.close(self.master)
+        if close:
+            with contextlib.suppress(OSError):
+                os.close(self.master)
         return os.waitstatus_to_exitcode(status)
 
 
@@ -1404,6 +1408,38 @@ def test_the_command_has_no_terminal_of_the_callers(image: str, store_home: Path
     )
     assert terminal.exit_code() == 0
     assert b"tty=0\r\n" in terminal.seen and b"refused" in terminal.seen, terminal.seen
+
+
+def test_run_t_gives_the_command_a_terminal_of_its_own(image: str, store_home: Path) -> None:
+    """``-t``: the command's streams and controlling terminal are a terminal of the
+    container's own, of the caller's size, with TERM set; typed keys reach it as keys (Ctrl-C
+    is its terminal's SIGINT), and the caller's terminal is as it was afterwards."""
+    script = (
+        "tty; echo TERM=$TERM; stty size; trap 'echo caught; exit 4' INT; echo ready; "
+        "while true; do sleep 0.1; done"
+    )
+    terminal = _Terminal(
+        [sys.executable, "-m", "layerdiff", "run", "--rm", "-t", image, "sh", "-c", script],
+        rows=33,
+        cols=101,
+    )
+    before = termios.tcgetattr(terminal.master)
+    terminal.wait_for(b"ready")
+    os.write(terminal.master, b"\x03")  # Ctrl-C, as typed
+    assert terminal.exit_code(close=False) == 4
+    assert b"/dev/pts/0\r\nTERM=xterm\r\n33 101\r\n" in terminal.seen, terminal.seen
+    assert b"caught" in terminal.seen
+    assert termios.tcgetattr(terminal.master) == before  # raw mode undone
+    os.close(terminal.master)
+
+
+def test_run_t_without_a_terminal_still_gives_the_command_one(image: str, store_home: Path) -> None:
+    """As ``docker run -t`` in a pipe: the command has a terminal; its output comes out."""
+    done = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "run", "--rm", "-t", image, "sh", "-c", "tty; exit 5"],
+        stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (5, b"/dev/pts/0\r\n"), done.stderr
 
 
 def test_ctrl_c_on_a_terminal_ends_a_paused_container_too(image: str, store_home: Path) -> None:

@@ -122,6 +122,7 @@ def run_container(
     error_fd: int = 2,
     parent_pid: int = 0,
     cgroup_fds: list[int] = ...,
+    console_fd: int = ...,
 ) -> int:
     """Run a container (namespaces, overlay root, init) in this single-threaded process and
     return its exit code."""

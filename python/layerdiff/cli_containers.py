@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -146,8 +147,9 @@ line is wrong), 126 when the command cannot run, 127 when it is not found in the
         "-t",
         "--tty",
         is_flag=True,
-        help="Accepted for docker's sake: the command's streams are the caller's, a terminal "
-        "too, but no terminal is made for it and it has no controlling one.",
+        help="Give the command a terminal of its own (its standard streams and controlling "
+        "terminal, TERM=xterm), relayed to the caller's; typed keys reach it when standard "
+        "input is a terminal (with -i and standard input that is not one, none is made).",
     )
     @click.option(
         "-d",
@@ -160,7 +162,10 @@ line is wrong), 126 when the command cannot run, 127 when it is not found in the
         """Run COMMAND (default: the image's Entrypoint/Cmd) in a new container from IMAGE."""
         from layerdiff import runtime
 
-        del opts["interactive"], opts["tty"]
+        # `-it` with standard input that is no terminal (a pipe, a file): its bytes reach the
+        # command as they are, where docker refuses ("the input device is not a TTY").
+        if opts.pop("interactive") and not os.isatty(0):
+            opts["tty"] = False
         if opts.pop("detach"):
             raise click.UsageError(
                 "-d/--detach is not supported: a run stays attached to its caller (run it in "

@@ -22,15 +22,19 @@ import json
 import os
 import re
 import secrets
+import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from tty import setraw
 from typing import Any
 
 from layerdiff import layercache, refs
@@ -46,7 +50,7 @@ from layerdiff.errors import (
     LayerdiffOSError,
 )
 from layerdiff.image import rfc3339
-from layerdiff.layer import check_sequence
+from layerdiff.layer import check_bool, check_sequence
 from layerdiff.layout import Layout, writing
 
 __all__ = [
@@ -410,14 +414,17 @@ def create(
     hostname: str | None = None,
     network: str = "host",
     limits: Limits | None = None,
+    tty: bool = False,
 ) -> Container:
     """Create a container from ``image`` (its layers are cached on first use).
 
     ``command`` replaces the image's Cmd, ``entrypoint`` its Entrypoint (``[]`` clears it);
     ``env`` (``K=V``), ``workdir`` (absolute) and ``user`` override the image config;
     ``network`` is ``host`` (share the caller's) or ``none`` (loopback only); ``limits`` apply
-    whenever it runs. ``name`` with a slash is a directory path.
+    whenever it runs. ``name`` with a slash is a directory path. With ``tty``, each run gives
+    the command a terminal of its own (``docker run -t``), relayed to the caller's streams.
     """
+    tty = check_bool("tty", tty)
     if network not in ("host", "none"):
         raise ContainerError(f"unknown network mode {network!r} (expected host or none)")
     command = None if command is None else check_sequence("command", command)
@@ -429,6 +436,8 @@ def create(
     rootless = os.geteuid() != 0
     config = dict(img.config.get("config") or {})
     config["Env"] = _merge_env(list(config.get("Env") or [f"PATH={_DEFAULT_PATH}"]), env)
+    if tty and not any(e.split("=", 1)[0] == "TERM" for e in config["Env"]):
+        config["Env"].append("TERM=xterm")  # as docker sets it for a terminal
     if entrypoint is not None:
         config["Entrypoint"] = list(entrypoint)
         config.pop("Cmd", None)
@@ -489,6 +498,7 @@ def create(
                     "hostname": hostname,
                     "network": network,
                     "limits": dataclasses.asdict(limits or Limits()),
+                    "tty": tty,
                     "state": "created",
                 },
             )
@@ -539,8 +549,96 @@ _IF_UNUSED = frozenset({signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal
 _STOPPING = frozenset({signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT})
 
 
+class _Console:
+    """The caller's end of a container's terminal (``-t``), as docker's CLI attaches to one:
+    the core makes the terminal in the container and sends its master side over ``child``;
+    a thread then copies the command's output to our standard output and, when standard input
+    is a terminal, what is typed to the command, with our terminal in raw mode meanwhile (so
+    that Ctrl-C and the like reach the command's terminal as keys)."""
+
+    def __init__(self) -> None:
+        self.parent, self.child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.master: int | None = None
+        self.thread = threading.Thread(target=self._relay, name="layerdiff-console", daemon=True)
+
+    def close(self) -> None:
+        self.child.close()
+        self.parent.close()
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """Relay while the block runs; until the terminal's last user is gone, after it."""
+        self.child.close()  # the container holds it now
+        saved = None
+        if os.isatty(0):
+            with contextlib.suppress(termios.error):
+                saved = termios.tcgetattr(0)
+                setraw(0)
+        self.thread.start()
+        try:
+            yield
+        finally:
+            # The command and every process that held its terminal are gone by now (they die
+            # with the container's PID 1): the relay ends once it has copied what is left.
+            self.thread.join(10)
+            if saved is not None:
+                with contextlib.suppress(termios.error):
+                    termios.tcsetattr(0, termios.TCSADRAIN, saved)
+            self.parent.close()
+            if self.master is not None:
+                os.close(self.master)
+
+    def resize(self) -> None:
+        """Give the command's terminal the size of ours (if we are on one)."""
+        if self.master is None:
+            return
+        for fd in (0, 1, 2):
+            with contextlib.suppress(OSError):
+                size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+                fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
+                return
+
+    def _relay(self) -> None:
+        try:
+            _, fds, _, _ = socket.recv_fds(self.parent, 1, 1)
+        except OSError:
+            return
+        if not fds:
+            return  # the container ended before its command had a terminal
+        self.master = fds[0]
+        self.resize()
+        typed = 0 if os.isatty(0) else None
+        while True:
+            watched = [self.master] if typed is None else [self.master, typed]
+            ready, _, _ = select.select(watched, [], [])
+            if self.master in ready:
+                try:
+                    data = os.read(self.master, 1 << 16)
+                except OSError:  # EIO: nobody holds the terminal any more
+                    data = b""
+                if not data:
+                    return
+                with contextlib.suppress(OSError):  # a closed output: keep draining
+                    _write_all(1, data)
+            if typed is not None and typed in ready:
+                data = os.read(typed, 1 << 16)
+                if data:
+                    with contextlib.suppress(OSError):
+                        _write_all(self.master, data)
+                else:
+                    typed = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 @contextlib.contextmanager
-def _forwarding(proc: subprocess.Popen[bytes], group: Cgroup | None = None) -> Iterator[None]:
+def _forwarding(
+    proc: subprocess.Popen[bytes], group: Cgroup | None = None, console: _Console | None = None
+) -> Iterator[None]:
     """While the container runs, signals to us go on to it: those of ``_FORWARDED`` (the
     default action of most would kill us and leave it unwatched). The container is in a
     session of its own, with no controlling terminal: a terminal's Ctrl-C, Ctrl-\\ or resize
@@ -550,13 +648,17 @@ def _forwarding(proc: subprocess.Popen[bytes], group: Cgroup | None = None) -> I
 
     A signal that ends a run (``_STOPPING``) first thaws ``group``, the container's control
     group: a frozen process would never see it (a ``commit --pause`` killed while it held the
-    container frozen leaves it so).
+    container frozen leaves it so). With a ``console``, a resize is passed on as its new size,
+    from which the terminal signals the command itself.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def forward(sig: int, _frame: object) -> None:
+        if console is not None and sig == signal.SIGWINCH:
+            console.resize()
+            return
         if group is not None and sig in _STOPPING:
             with contextlib.suppress(OSError):
                 group.freeze(False)
@@ -668,11 +770,14 @@ def _start_locked(container: Container) -> RunResult:
         "parent_pid": os.getpid(),
         "cgroup_procs": group.procs_files if group else [],
     }
+    console = _Console() if container.data.get("tty") else None
+    if console is not None:
+        spec["console_fd"] = console.child.fileno()
     spec_read, spec_write = os.pipe()
     try:
         proc = subprocess.Popen(
             [sys.executable, "-S", "-E", str(_HELPER), str(spec_read)],
-            pass_fds=(write_fd, spec_read),
+            pass_fds=(write_fd, spec_read, *([console.child.fileno()] if console else [])),
             # A session of its own, as runc starts a container: no controlling terminal, so
             # the command cannot type into the caller's (TIOCSTI), read it through /dev/tty,
             # or signal the caller's process group.
@@ -685,6 +790,8 @@ def _start_locked(container: Container) -> RunResult:
         for fd in (read_fd, write_fd, spec_read, spec_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        if console is not None:
+            console.close()
         if group:
             group.remove()
         raise
@@ -697,7 +804,10 @@ def _start_locked(container: Container) -> RunResult:
     )
     try:
         container.save()
-        with _forwarding(proc, group):
+        with contextlib.ExitStack() as attached:
+            if console is not None:
+                attached.enter_context(console.attached())
+            attached.enter_context(_forwarding(proc, group, console))
             code = proc.wait()
     finally:
         if proc.poll() is None:
@@ -730,6 +840,7 @@ def run(
     hostname: str | None = None,
     network: str = "host",
     limits: Limits | None = None,
+    tty: bool = False,
 ) -> RunResult:
     """Create a container from ``image`` and run ``command`` (default: the image's
     Entrypoint/Cmd) in it; with ``rm``, remove the container afterwards. The command's
@@ -745,6 +856,7 @@ def run(
         hostname=hostname,
         network=network,
         limits=limits,
+        tty=tty,
     )
     try:
         return start(container)

@@ -5,7 +5,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use super::{ContainerSpec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, report};
@@ -226,6 +226,72 @@ fn join_cgroups(fds: &[RawFd]) -> Result<(), String> {
     Ok(())
 }
 
+/// Make a terminal in the container's `/dev/pts` the command's controlling terminal and its
+/// standard streams (owned by the user it runs as), and send its master side over
+/// `console`, as runc does for `-t`. Called in the command's process, before it becomes the
+/// user.
+fn open_console(console: RawFd, user: &UserSpec) -> Result<(), String> {
+    use rustix::fs::{Mode, OFlags};
+    let fail = |what: &str, e: rustix::io::Errno| format!("{what}: {e}");
+    let master = rustix::pty::openpt(
+        rustix::pty::OpenptFlags::RDWR
+            | rustix::pty::OpenptFlags::NOCTTY
+            | rustix::pty::OpenptFlags::CLOEXEC,
+    )
+    .map_err(|e| fail("opening /dev/ptmx", e))?;
+    rustix::pty::unlockpt(&master).map_err(|e| fail("unlocking the terminal", e))?;
+    let name =
+        rustix::pty::ptsname(&master, Vec::new()).map_err(|e| fail("naming the terminal", e))?;
+    // A session of its own, whose controlling terminal this one becomes.
+    rustix::process::setsid().map_err(|e| fail("setsid", e))?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("opening the terminal", e))?;
+    rustix::process::ioctl_tiocsctty(&slave).map_err(|e| fail("taking the terminal", e))?;
+    rustix::fs::fchown(
+        &slave,
+        Some(rustix::fs::Uid::from_raw(user.uid)),
+        Some(rustix::fs::Gid::from_raw(user.gid)),
+    )
+    .map_err(|e| fail("giving the terminal to the user", e))?;
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(super::os_fail("making the terminal the standard streams"));
+        }
+    }
+    send_fd(console, master.as_raw_fd()).map_err(|e| format!("handing over the terminal: {e}"))?;
+    // SAFETY: the console socket is ours to close; the command must not keep it.
+    unsafe { libc::close(console) };
+    Ok(())
+}
+
+/// Send the descriptor `fd` over the Unix socket `sock` (`SCM_RIGHTS`), with one byte.
+fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    // SAFETY: both descriptors stay open for the duration of the call.
+    let (sock, fd) = unsafe {
+        (
+            std::os::fd::BorrowedFd::borrow_raw(sock),
+            std::os::fd::BorrowedFd::borrow_raw(fd),
+        )
+    };
+    let fds = [fd];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        sock,
+        &[io::IoSlice::new(b"t")],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    Ok(())
+}
+
 pub fn exec_command(spec: &ContainerSpec, argv: &[CString]) -> i32 {
     let prepared = (|| -> Result<(Vec<CString>, String), String> {
         join_cgroups(&spec.cgroup_fds)?;
@@ -234,6 +300,9 @@ pub fn exec_command(spec: &ContainerSpec, argv: &[CString]) -> i32 {
             &read_or_empty("/etc/passwd"),
             &read_or_empty("/etc/group"),
         )?;
+        if spec.console_fd >= 0 {
+            open_console(spec.console_fd, &user)?;
+        }
         let mut env = spec.env.clone();
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!("HOME={}", user.home));

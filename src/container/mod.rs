@@ -67,6 +67,11 @@ pub struct ContainerSpec {
     /// joins them before it starts, so its processes are limited and counted there, and the
     /// helper and init are not (they are not the container's processes to docker either).
     pub cgroup_fds: Vec<RawFd>,
+    /// With `-t`: a Unix socket to send the master side of the command's terminal over
+    /// (`SCM_RIGHTS`), as runc's console socket; `-1` for none. The terminal is made in the
+    /// container's own `/dev/pts`, and is the command's controlling terminal and its standard
+    /// streams.
+    pub console_fd: RawFd,
 }
 
 /// Report `msg` on the error channel.

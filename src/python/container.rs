@@ -11,7 +11,8 @@ use crate::container::{self, ContainerSpec};
 #[pyfunction]
 #[pyo3(signature = (
     *, argv, env, cwd, user, hostname, layers_dir, lowers, upper, work, rootfs, binds,
-    rootless = false, new_network = false, error_fd = 2, parent_pid = 0, cgroup_fds = Vec::new()
+    rootless = false, new_network = false, error_fd = 2, parent_pid = 0, cgroup_fds = Vec::new(),
+    console_fd = -1
 ))]
 #[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
 pub fn run_container(
@@ -32,6 +33,7 @@ pub fn run_container(
     error_fd: i32,
     parent_pid: i32,
     cgroup_fds: Vec<i32>,
+    console_fd: i32,
 ) -> i32 {
     let spec = ContainerSpec {
         rootless,
@@ -50,6 +52,7 @@ pub fn run_container(
         error_fd,
         parent_pid,
         cgroup_fds,
+        console_fd,
     };
     // Detached on this same thread: a helper thread would make the process multi-threaded,
     // and the kernel refuses a new user or mount namespace to such a process.
