@@ -510,6 +510,21 @@ impl Applier<'_> {
                     })?;
                 let tname = base_name(&target);
                 let mut found = root::type_at(&tdir, tname).map_err(io)?;
+                if self.opts.overlay && found == Some(FileType::CharacterDevice) {
+                    // In this form a 0/0 device is a whiteout (one the layer carried out, say):
+                    // nothing is there to link to, not even what it hides below.
+                    let st = rustix::fs::statat(&tdir, os_path(tname), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| io(e.into()))?;
+                    if st.st_rdev == 0 {
+                        return Err(bad(
+                            name,
+                            format!(
+                                "hardlink target {} does not exist",
+                                String::from_utf8_lossy(&target)
+                            ),
+                        ));
+                    }
+                }
                 if let (None, Some(lowers)) = (found, &self.lowers) {
                     // Not copied up: a directory, or nothing.
                     let real = join(&self.real_path(&tdir, parent(&target)), tname);

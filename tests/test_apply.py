@@ -209,6 +209,34 @@ def test_overlay_form_sees_an_entry_replacing_a_lower_link_on_the_way(tmp_path: 
     assert not (tmp_path / "o1" / "b" / "a").exists()
 
 
+def test_a_hardlink_to_what_the_layer_whited_out_is_refused_in_both_forms(tmp_path: Path) -> None:
+    """The root's opaque marker, carried out for ``d/x``, hides the lower ``secret``: a
+    hardlink to it then has nothing to link to, in the overlay form too (where the whiteout
+    is a 0/0 device, which must not be linked in its place)."""
+    lower = _tar([(_entry("secret"), b"S")])
+    upper = _tar(
+        [
+            (_entry(".wh..wh..opq"), b""),
+            (_entry("d/x"), b"x"),
+            (_entry("h", tarfile.LNKTYPE, "secret"), b""),
+        ]
+    )
+    (tmp_path / "l0.tar").write_bytes(lower)
+    (tmp_path / "l1.tar").write_bytes(upper)
+    layers = [str(tmp_path / "l0.tar"), str(tmp_path / "l1.tar")]
+    plain = run_cli("apply", "--to", str(tmp_path / "p"), *layers)
+    assert plain.returncode == 1, plain.stderr
+    assert "hardlink target secret does not exist" in plain.stderr, plain.stderr
+    base = run_cli("apply", "--overlay", "--to", str(tmp_path / "o0"), layers[0])
+    assert base.returncode == 0, base.stderr
+    over = run_cli(
+        "apply", "--overlay", "--to", str(tmp_path / "o1"), "--lower", str(tmp_path / "o0"),
+        layers[1],
+    )  # fmt: skip
+    assert over.returncode == 1, over.stderr
+    assert "hardlink target secret does not exist" in over.stderr, over.stderr
+
+
 @pytest.mark.parametrize("swapped", [0, 1])
 def test_squash_refuses_a_blob_swapped_in_the_layout(tmp_path: Path, swapped: int) -> None:
     """A blob whose bytes are not those its digest names (another layer put in its place, of

@@ -584,8 +584,9 @@ def test_pause_unpause_and_a_container_left_frozen_still_stops(
 def test_a_run_killed_while_paused_leaves_nothing_frozen_for_the_next_start(
     image: str, store_home: Path
 ) -> None:
-    """Frozen processes never take the SIGKILL their supervisor's death sends: the next start
-    thaws and ends them rather than take their control group over, frozen, and hang."""
+    """Frozen processes never take the SIGKILL their supervisor's death sends: the container
+    stays paused (not exited) until the next start thaws and ends them rather than take their
+    control group over, frozen, and hang."""
     script = "test -e /again && exit 3; touch /again; sleep 60"
     made = run_cli("create", "--name", "pk", image, "--", "sh", "-c", script)
     assert made.returncode == 0, made.stderr
@@ -600,6 +601,10 @@ def test_a_run_killed_while_paused_leaves_nothing_frozen_for_the_next_start(
         proc.wait()
     finally:
         proc.kill()
+    # Its processes are still there, frozen: paused, as ps says, and rm wants -f for them.
+    assert runtime.open_container("pk").state == "paused"
+    refused = run_cli("rm", "pk")
+    assert refused.returncode == 1 and "container pk is paused (use --force)" in refused.stderr
     again = subprocess.run(
         [sys.executable, "-m", "layerdiff", "start", "pk"],
         capture_output=True,

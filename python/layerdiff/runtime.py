@@ -165,9 +165,15 @@ class Container:
         that a process has the pid recorded, which another may have been given since."""
         state = str(self.data.get("state", "created"))
         if state == "running":
-            if _busy(self.path) is False or not _pid_alive(self.data.get("pid")):
-                return "exited"
             group = self._cgroup()
+            if _busy(self.path) is False or not _pid_alive(self.data.get("pid")):
+                # A run killed while its container was frozen leaves its processes there,
+                # frozen (a frozen process takes no signal, not even its parent's death's),
+                # until a start or an rm ends them: still paused, not exited.
+                with contextlib.suppress(OSError):
+                    if group is not None and group.pids() and group.frozen():
+                        return "paused"
+                return "exited"
             if group is not None and group.frozen():
                 return "paused"
         return state
@@ -894,8 +900,10 @@ def remove(name: str, *, force: bool = False) -> None:
     if state in ("running", "paused"):
         if not force:
             raise ContainerError(f"container {container.name} is {state} (use --force)")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(container.data["pid"]), signal.SIGKILL)
+        pid = container.data.get("pid")
+        if pid and _pid_alive(pid):  # not when its run is gone (the number perhaps reused)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
     elif _busy(container.path):
         raise ContainerError(f"container {container.name} is being started: try again")
     group = container._cgroup()
