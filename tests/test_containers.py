@@ -241,6 +241,43 @@ def test_a_working_directory_through_a_dangling_link_is_made_where_it_leads(
     assert (runtime.open_container("w").upper / "data" / "real" / "new").is_dir()
 
 
+def test_an_images_volumes_are_the_containers_own_and_stay_out_of_its_commit(
+    store_home: Path,
+) -> None:
+    """``VOLUME``: as docker's anonymous volumes, each a directory of the container's own,
+    mounted at its path (made when the image has none), first given what the image holds
+    there with its owner and mode; what is written there lasts from run to run, never goes
+    into upper/ (so not into a commit or diff), and goes with the container."""
+    root = busybox_rootfs(store_home / "rootfs-vol")
+    (root / "data").mkdir()
+    (root / "data" / "seed").write_text("seeded\n")
+    os.chown(root / "data", 123, 456)
+    (root / "data").chmod(0o700)
+    layerdiff.commit(root, image="vol:1", changes=["VOLUME /data", "VOLUME /new/vol"])
+    script = (
+        "cat /data/seed; stat -c '%u:%g %a' /data; cat /data/x 2>/dev/null; "
+        "echo x >> /data/x; echo y > /new/vol/y"
+    )
+    made = run_cli("create", "--name", "v", "vol:1", "sh", "-c", script)
+    assert made.returncode == 0, made.stderr
+    first = run_cli("start", "v")
+    assert (first.returncode, first.stdout) == (0, "seeded\n123:456 700\n"), first.stderr
+    again = run_cli("start", "v")
+    assert (again.returncode, again.stdout) == (0, "seeded\n123:456 700\nx\n"), again.stderr
+    container = runtime.open_container("v")
+    assert sorted(
+        p.relative_to(container.upper).as_posix() for p in container.upper.rglob("*")
+    ) == [
+        "new",
+        "new/vol",
+    ]
+    committed = run_cli("commit", "--progress", "none", "v", "vol:2")
+    assert committed.returncode == 0, committed.stderr
+    assert set(layer_members("vol:2")) == {"new", "new/vol"}
+    assert run_cli("rm", "v").returncode == 0
+    assert not container.path.exists()
+
+
 def test_image_cmd_env_user_and_workdir(image: str, store_home: Path) -> None:
     layerdiff.commit(
         busybox_rootfs(store_home / "rootfs2"),

@@ -117,6 +117,7 @@ def run_container(
     work: _Path,
     rootfs: _Path,
     binds: list[tuple[_Path, str]],
+    volumes: list[tuple[_Path, str]] = ...,
     rootless: bool = False,
     new_network: bool = False,
     error_fd: int = 2,

@@ -33,6 +33,7 @@ def main() -> None:
             os.write(error_fd, f"joining the control group {procs}: {e.strerror}\n".encode())
             os._exit(125)
     spec["binds"] = [(source, target) for source, target in spec["binds"]]
+    spec["volumes"] = [(source, target) for source, target in spec["volumes"]]
     try:
         # Run as a script (``python -S .../layerdiff/_helper.py``), the extension sits beside
         # it on sys.path: the package and its imports are not loaded at all.

@@ -457,6 +457,7 @@ def create(
         config["WorkingDir"] = workdir
     if user is not None:
         config["User"] = user
+    volumes = _volumes(config)
     hostname = hostname or cid[:12]
     if not _HOSTNAME_RE.fullmatch(hostname):
         raise ContainerError(
@@ -483,6 +484,8 @@ def create(
             layer_dirs = layercache.ensure_layers(img, form=form)
             for d in ("upper", "work", "rootfs"):
                 (path / d).mkdir()
+            for i in range(len(volumes)):
+                (path / "volumes" / str(i)).mkdir(parents=True)
             diff_ids = list(img.config["rootfs"]["diff_ids"])
             _init_files(path, hostname, network, layer_dirs)
             container = Container(
@@ -505,6 +508,7 @@ def create(
                     "network": network,
                     "limits": dataclasses.asdict(limits or Limits()),
                     "tty": tty,
+                    "volumes": volumes,
                     "state": "created",
                 },
             )
@@ -517,6 +521,24 @@ def create(
         layercache.remove_tree(path)
         raise
     return container
+
+
+def _volumes(config: dict[str, Any]) -> list[str]:
+    """The image's volumes (``VOLUME``), each an anonymous volume of the container, as
+    docker makes them: a directory of the container's own mounted at that path, kept out of
+    ``upper/`` (so out of a commit) and removed with the container."""
+    found = config.get("Volumes") or {}
+    if not isinstance(found, dict):
+        raise ContainerError(f"the image's Volumes is not an object: {found!r}")
+    volumes = []
+    for path in sorted(found):
+        parts = [p for p in str(path).split("/") if p not in ("", ".")]
+        if not str(path).startswith("/") or ".." in parts:
+            raise ContainerError(f"the image's volume {path!r} is not an absolute path")
+        if not parts:
+            raise ContainerError("the image's volume '/' would hide the whole root")
+        volumes.append("/" + "/".join(parts))
+    return volumes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -770,6 +792,10 @@ def _start_locked(container: Container) -> RunResult:
         "work": str(container.path / "work"),
         "rootfs": str(container.path / "rootfs"),
         "binds": [[str(container.path / Path(f).name), f] for f in INIT_FILES],
+        "volumes": [
+            [str(container.path / "volumes" / str(i)), v]
+            for i, v in enumerate(container.data.get("volumes") or [])
+        ],
         "rootless": bool(container.data.get("rootless")),
         "new_network": container.data.get("network") == "none",
         "error_fd": write_fd,

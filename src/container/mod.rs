@@ -50,6 +50,10 @@ pub struct ContainerSpec {
     pub rootfs: PathBuf,
     /// Files bind-mounted over paths of the root: (host file, path inside the root).
     pub binds: Vec<(PathBuf, String)>,
+    /// The image's volumes: (host directory, absolute path inside the root). Each is
+    /// bind-mounted there, the directory made when the image has none; an empty one is first
+    /// given what the image holds there, as docker fills a new anonymous volume.
+    pub volumes: Vec<(PathBuf, String)>,
     /// The command and its arguments.
     pub argv: Vec<String>,
     /// `KEY=VALUE` environment of the command.

@@ -348,6 +348,155 @@ fn loopback_up() -> Result<(), String> {
     }
 }
 
+/// Bind-mount the volume directory `source` at `target` in the root: the directory there is
+/// made when missing (each component inside the root, no symbolic link followed), and an
+/// empty volume is first given a copy of what the image holds there and that directory's
+/// owner, mode and times, as docker fills a new anonymous volume.
+fn mount_volume(root: &OwnedFd, source: &Path, target: &str) -> Result<(), String> {
+    let rel = target.trim_start_matches('/');
+    let fail = |what: &str, e: std::io::Error| format!("volume {target}: {what}: {e}");
+    let mut dir = rustix::fs::openat(
+        root,
+        ".",
+        OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("opening the root", e.into()))?;
+    for comp in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if comp == ".." {
+            return Err(format!("volume {target}: '..' in the path"));
+        }
+        match rustix::fs::mkdirat(&dir, comp, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(fail(&format!("making {comp}"), e.into())),
+        }
+        dir = rustix::fs::openat(
+            &dir,
+            comp,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            fail(
+                &format!("{comp} must be a directory reached without symlinks"),
+                e.into(),
+            )
+        })?;
+    }
+    let volume = rustix::fs::open(source, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| fail("opening its directory", e.into()))?;
+    let empty = rustix::fs::Dir::read_from(&volume)
+        .map_err(|e| fail("reading its directory", e.into()))?
+        .filter_map(Result::ok)
+        .all(|e| matches!(e.file_name().to_bytes(), b"." | b".."));
+    if empty {
+        copy_tree(&dir, &volume).map_err(|e| fail("copying what the image holds there", e))?;
+        copy_meta(&dir, None, &volume).map_err(|e| fail("giving it the image's owner", e))?;
+    }
+    rustix::mount::mount_bind(source, fd_path(&dir))
+        .map_err(|e| mount_err(&source.display().to_string(), target, e))
+}
+
+/// Copy the tree in `from` into the empty directory `to`: directories, files, symbolic links
+/// and fifos, with their owners, modes and times (a device node or socket is left out, and an
+/// owner the caller cannot give, rootless, is left as it is).
+fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType};
+    let names: Vec<CString> = rustix::fs::Dir::read_from(from)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| !matches!(n.to_bytes(), b"." | b".."))
+        .collect();
+    for name in names {
+        let st = rustix::fs::statat(from, &name, AtFlags::SYMLINK_NOFOLLOW)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                rustix::fs::mkdirat(to, &name, Mode::from_raw_mode(0o700))?;
+                let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let src = rustix::fs::openat(from, &name, flags, Mode::empty())?;
+                let dst = rustix::fs::openat(to, &name, flags, Mode::empty())?;
+                copy_tree(&src, &dst)?;
+                copy_meta(&src, None, &dst)?;
+            }
+            FileType::RegularFile => {
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let src = rustix::fs::openat(from, &name, flags, Mode::empty())?;
+                let create = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+                let dst = rustix::fs::openat(to, &name, create, Mode::from_raw_mode(0o600))?;
+                std::io::copy(
+                    &mut std::fs::File::from(src.try_clone()?),
+                    &mut std::fs::File::from(dst.try_clone()?),
+                )?;
+                copy_meta(&src, None, &dst)?;
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(from, &name, Vec::new())?;
+                rustix::fs::symlinkat(&target, to, &name)?;
+                let owner = (st.st_uid, st.st_gid);
+                chown_at(to, &name, owner)?;
+                let times = rustix::fs::Timestamps {
+                    last_access: stat_time(st.st_atime, st.st_atime_nsec),
+                    last_modification: stat_time(st.st_mtime, st.st_mtime_nsec),
+                };
+                rustix::fs::utimensat(to, &name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+            FileType::Fifo => {
+                rustix::fs::mknodat(to, &name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;
+                let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let src = rustix::fs::openat(from, &name, flags, Mode::empty())?;
+                let dst = rustix::fs::openat(
+                    to,
+                    &name,
+                    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                copy_meta(&src, Some(st), &dst)?;
+            }
+            _ => {} // devices and sockets: what a volume holds is data
+        }
+    }
+    Ok(())
+}
+
+fn stat_time(sec: i64, nsec: u64) -> rustix::fs::Timespec {
+    rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    }
+}
+
+/// Give `dst` the owner, mode and times of `src` (or of `known`, its stat).
+fn copy_meta(src: &OwnedFd, known: Option<rustix::fs::Stat>, dst: &OwnedFd) -> std::io::Result<()> {
+    let st = match known {
+        Some(st) => st,
+        None => rustix::fs::fstat(src)?,
+    };
+    chown_at(dst, c"", (st.st_uid, st.st_gid))?;
+    rustix::fs::fchmod(dst, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+    let times = rustix::fs::Timestamps {
+        last_access: stat_time(st.st_atime, st.st_atime_nsec),
+        last_modification: stat_time(st.st_mtime, st.st_mtime_nsec),
+    };
+    rustix::fs::futimens(dst, &times)?;
+    Ok(())
+}
+
+/// Change the owner of `name` in `dir` (`""`: `dir` itself), not following a link; an owner
+/// the caller may not give (rootless, unmapped) is left as it is.
+fn chown_at(dir: &OwnedFd, name: &std::ffi::CStr, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Gid, Uid};
+    let flags = if name.is_empty() {
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    match rustix::fs::chownat(dir, name, Some(uid), Some(gid), flags) {
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::PERM) => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 fn setup_root(spec: &ContainerSpec) -> Result<(), String> {
     // Nothing we mount may propagate back to the host's mount namespace.
     rustix::mount::mount_change(
@@ -371,6 +520,9 @@ fn setup_root(spec: &ContainerSpec) -> Result<(), String> {
         }
         rustix::mount::mount_bind(source, fd_path(&fd))
             .map_err(|e| mount_err(&source.display().to_string(), &format!("/{rel}"), e))?;
+    }
+    for (source, target) in &spec.volumes {
+        mount_volume(&root, source, target)?;
     }
     let proc_dir = open_in_root(&root, "proc", true)?;
     let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;

@@ -11,7 +11,7 @@ use crate::container::{self, ContainerSpec};
 #[pyfunction]
 #[pyo3(signature = (
     *, argv, env, cwd, user, hostname, layers_dir, lowers, upper, work, rootfs, binds,
-    rootless = false, new_network = false, error_fd = 2, parent_pid = 0, cgroup_fds = Vec::new(),
+    volumes = Vec::new(), rootless = false, new_network = false, error_fd = 2, parent_pid = 0, cgroup_fds = Vec::new(),
     console_fd = -1
 ))]
 #[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
@@ -28,6 +28,7 @@ pub fn run_container(
     work: PathBuf,
     rootfs: PathBuf,
     binds: Vec<(PathBuf, String)>,
+    volumes: Vec<(PathBuf, String)>,
     rootless: bool,
     new_network: bool,
     error_fd: i32,
@@ -45,6 +46,7 @@ pub fn run_container(
         work,
         rootfs,
         binds,
+        volumes,
         argv,
         env,
         cwd,
