@@ -344,3 +344,22 @@ def test_a_waiting_gc_goes_before_the_writers_that_come_after_it(store: Layout) 
     for t in threads:
         t.join(30)
     assert seen == [False]  # gc had run when it went on
+
+
+def test_gc_reads_as_manifests_only_what_stands_where_manifests_do(tmp_path: Path) -> None:
+    """A layer listed without a media type is not a manifest that cannot be read: gc still
+    removes what nothing reaches."""
+    layout = Layout.create(tmp_path / "lay")
+    layer = layout.put_blob(os.urandom(4096), media_type="x")
+    config = layout.put_blob(
+        canonical_json({"rootfs": {"type": "layers", "diff_ids": [layer["digest"]]}}),
+        media_type=CONFIG_MEDIA_TYPE,
+    )
+    bare = {"digest": layer["digest"], "size": layer["size"]}  # no mediaType
+    manifest = {"schemaVersion": 2, "config": config, "layers": [bare]}
+    layout.set_tag("1", layout.put_blob(canonical_json(manifest), media_type=MANIFEST_MEDIA_TYPE))
+    junk = layout.put_blob(os.urandom(100), media_type="x")
+    report = layerdiff.gc(f"oci:{tmp_path / 'lay'}")
+    assert (report.blobs, report.unreadable) == (1, ())
+    assert not layout.blob_path(junk["digest"]).exists()
+    assert layout.blob_path(layer["digest"]).exists()

@@ -340,9 +340,11 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> tuple[set[st
     and indexes among them that could not be read (damaged, or an I/O error)."""
     seen: set[str] = set()
     unreadable: list[str] = []
-    todo = [*layout.manifests(), *extra]
+    # Each with whether it stands where a manifest or an index does (the layout's index, an
+    # index's entries, extra): only such a one's damage hides what it names.
+    todo: list[tuple[Descriptor, bool]] = [(d, True) for d in [*layout.manifests(), *extra]]
     while todo:
-        desc = todo.pop()
+        desc, named_as_manifest = todo.pop()
         digest = desc.get("digest")
         if not isinstance(digest, str) or digest in seen:
             continue
@@ -360,19 +362,20 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> tuple[set[st
                     continue
                 obj = json.loads(path.read_bytes())
             except (ValueError, RecursionError, OSError):
-                # A config's damage hides nothing; a manifest's or an index's hides what it
-                # names.
-                if not isinstance(media, str) or "manifest" in media or "index" in media:
+                # A config's or a layer's damage hides nothing; a manifest's or an index's
+                # hides what it names.
+                is_manifest = isinstance(media, str) and ("manifest" in media or "index" in media)
+                if is_manifest or (media is None and named_as_manifest):
                     unreadable.append(digest)
                 continue
             if isinstance(obj, dict):
                 for key in ("manifests", "layers", "blobs"):
                     found = obj.get(key)
                     if isinstance(found, list):
-                        todo.extend(d for d in found if isinstance(d, dict))
+                        todo.extend((d, key == "manifests") for d in found if isinstance(d, dict))
                 for key in ("config", "subject"):
                     if isinstance(obj.get(key), dict):
-                        todo.append(obj[key])
+                        todo.append((obj[key], key == "subject"))
     return seen, unreadable
 
 

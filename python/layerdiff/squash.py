@@ -175,13 +175,10 @@ def squash(
             raise
         finally:
             checking.shutdown(wait=True)
+        # Nothing is tagged when a blob is not what it should be. The merged layer is left:
+        # another image may hold the very same blob, and gc removes it when none does.
+        checked.result()
         layer = LayerInfo.from_core(merged)
-        try:
-            checked.result()
-        except BaseException:
-            # The merged layer of a blob that is not what it should be: nothing refers to it.
-            layout.blob_path(layer.digest).unlink(missing_ok=True)
-            raise
         step("writing config and manifest")
         config = squash_config(
             src.config, count=count, diff_id=layer.diff_id, created=rfc3339(epoch), comment=message
