@@ -124,6 +124,7 @@ def run_container(
     parent_pid: int = 0,
     cgroup_fds: list[int] = ...,
     console_fd: int = ...,
+    console_size: tuple[int, int] = ...,
 ) -> int:
     """Run a container (namespaces, overlay root, init) in this single-threaded process and
     return its exit code."""

@@ -34,6 +34,8 @@ def main() -> None:
             os._exit(125)
     spec["binds"] = [(source, target) for source, target in spec["binds"]]
     spec["volumes"] = [(source, target) for source, target in spec["volumes"]]
+    if "console_size" in spec:
+        spec["console_size"] = tuple(spec["console_size"])
     try:
         # Run as a script (``python -S .../layerdiff/_helper.py``), the extension sits beside
         # it on sys.path: the package and its imports are not loaded at all.

@@ -26,6 +26,7 @@ import select
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import termios
@@ -106,6 +107,17 @@ def _location(name: str) -> Path:
     return containers_root() / name
 
 
+def _in_store(path: Path) -> bool:
+    """Whether the container directory ``path`` is one of the store's own (by name)."""
+    root = containers_root()
+    if path.parent == root:
+        return True
+    try:
+        return os.path.samefile(path.parent, root)
+    except OSError:
+        return False
+
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -140,7 +152,7 @@ class Container:
     @property
     def reference(self) -> str:
         """What names the container in a command: its name in the store, else its path."""
-        return self.name if self.path.parent == containers_root() else str(self.path)
+        return self.name if _in_store(self.path) else str(self.path)
 
     @property
     def id(self) -> str:
@@ -442,8 +454,6 @@ def create(
     rootless = os.geteuid() != 0
     config = dict(img.config.get("config") or {})
     config["Env"] = _merge_env(list(config.get("Env") or [f"PATH={_DEFAULT_PATH}"]), env)
-    if tty and not any(e.split("=", 1)[0] == "TERM" for e in config["Env"]):
-        config["Env"].append("TERM=xterm")  # as docker sets it for a terminal
     if entrypoint is not None:
         config["Entrypoint"] = list(entrypoint)
         config.pop("Cmd", None)
@@ -513,7 +523,7 @@ def create(
                 },
             )
             container.save()
-            if path.parent != containers_root():
+            if not _in_store(path):
                 links = containers_root() / _ELSEWHERE
                 links.mkdir(parents=True, exist_ok=True)
                 os.symlink(path, links / cid)
@@ -569,12 +579,20 @@ _FORWARDED = (
     signal.SIGINT,
 )
 
+#: Of those, the ones a terminal sends to its whole foreground process group: Ctrl-C, Ctrl-\,
+#: a resize. The container's processes are in that group and have them already. (A hang-up
+#: goes to the session leader alone, which run may be: it is passed on.)
+_FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH})
+
 #: Of those, the ones an application may use itself (timers, profilers): passed on only when
 #: the caller leaves them at their default action (as the command line does).
 _IF_UNUSED = frozenset({signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGPWR})
 
 #: Of those, the ones that end a run: a frozen container is thawed to receive them.
 _STOPPING = frozenset({signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT})
+
+#: ``si_code`` of a signal the kernel sent itself, as a terminal's are (``SI_KERNEL``).
+_SI_KERNEL = 0x80
 
 
 class _Console:
@@ -593,9 +611,24 @@ class _Console:
         self.child.close()
         self.parent.close()
 
+    @staticmethod
+    def size() -> tuple[int, int]:
+        """The caller's terminal's rows and columns (0, 0 when it is on none): the size the
+        command's terminal starts with, before the command does."""
+        for fd in (0, 1, 2):
+            with contextlib.suppress(OSError):
+                rows, cols, _, _ = struct.unpack(
+                    "HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+                )
+                return rows, cols
+        return 0, 0
+
     @contextlib.contextmanager
-    def attached(self) -> Iterator[None]:
-        """Relay while the block runs; until the terminal's last user is gone, after it."""
+    def attached(self, proc: subprocess.Popen[bytes]) -> Iterator[None]:
+        """Relay while the block runs, then until the container's processes, the last holders
+        of its terminal, are gone: ``proc``, the helper, is killed first if the block ended
+        early (the container dies with it); what is left is copied, however slowly it is
+        read. The caller's terminal is put back first of all."""
         self.child.close()  # the container holds it now
         saved = None
         if os.isatty(0):
@@ -606,25 +639,24 @@ class _Console:
         try:
             yield
         finally:
-            # The command and every process that held its terminal are gone by now (they die
-            # with the container's PID 1): the relay ends once it has copied what is left.
-            self.thread.join(10)
             if saved is not None:
                 with contextlib.suppress(termios.error):
                     termios.tcsetattr(0, termios.TCSADRAIN, saved)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            self.thread.join()
             self.parent.close()
             if self.master is not None:
                 os.close(self.master)
 
     def resize(self) -> None:
         """Give the command's terminal the size of ours (if we are on one)."""
-        if self.master is None:
-            return
-        for fd in (0, 1, 2):
+        rows, cols = self.size()
+        if self.master is not None and (rows or cols):
             with contextlib.suppress(OSError):
-                size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+                size = struct.pack("HHHH", rows, cols, 0, 0)
                 fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
-                return
 
     def _relay(self) -> None:
         try:
@@ -634,27 +666,32 @@ class _Console:
         if not fds:
             return  # the container ended before its command had a terminal
         self.master = fds[0]
-        self.resize()
         typed = 0 if os.isatty(0) else None
+        poller = select.poll()  # not select(): descriptors may be numbered past 1023
+        poller.register(self.master, select.POLLIN)
+        if typed is not None:
+            poller.register(typed, select.POLLIN)
         while True:
-            watched = [self.master] if typed is None else [self.master, typed]
-            ready, _, _ = select.select(watched, [], [])
-            if self.master in ready:
-                try:
-                    data = os.read(self.master, 1 << 16)
-                except OSError:  # EIO: nobody holds the terminal any more
+            for fd, _event in poller.poll():
+                if fd == self.master:
+                    try:
+                        data = os.read(self.master, 1 << 16)
+                    except OSError:  # EIO: nobody holds the terminal any more
+                        data = b""
+                    if not data:
+                        return
+                    with contextlib.suppress(OSError):  # a closed output: keep draining
+                        _write_all(1, data)
+                elif fd == typed:
                     data = b""
-                if not data:
-                    return
-                with contextlib.suppress(OSError):  # a closed output: keep draining
-                    _write_all(1, data)
-            if typed is not None and typed in ready:
-                data = os.read(typed, 1 << 16)
-                if data:
                     with contextlib.suppress(OSError):
-                        _write_all(self.master, data)
-                else:
-                    typed = None
+                        data = os.read(typed, 1 << 16)
+                    if data:
+                        with contextlib.suppress(OSError):
+                            _write_all(self.master, data)
+                    else:
+                        poller.unregister(typed)
+                        typed = None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -668,40 +705,126 @@ def _forwarding(
     proc: subprocess.Popen[bytes], group: Cgroup | None = None, console: _Console | None = None
 ) -> Iterator[None]:
     """While the container runs, signals to us go on to it: those of ``_FORWARDED`` (the
-    default action of most would kill us and leave it unwatched). The container is in a
-    session of its own, with no controlling terminal: a terminal's Ctrl-C, Ctrl-\\ or resize
-    reaches only us, the foreground process group, and goes on to the command from here, once,
-    as docker's sig-proxy passes it on. Only the main thread handles signals: called from
-    another thread, this does nothing and the application's own handlers stay in place.
+    default action of most would kill us and leave it unwatched). Those a terminal sent
+    (``_FROM_TERMINAL``, from the kernel) are not passed on: the terminal sent them to the
+    container's processes itself, and passing them on would deliver them twice. A process's
+    ``kill -INT`` or ``kill -QUIT`` to run is passed on.
+
+    Telling the two apart needs the signal's ``si_code``, which only ``sigwaitinfo`` gives, and
+    only for a signal every thread blocks. In a process with other threads (an application
+    using the API), SIGINT is ignored for the run instead, as a terminal's Ctrl-C still
+    reaches the container, and the others are passed on. Only the main thread handles signals:
+    called from another thread, this does nothing and the application's own handlers stay in
+    place.
 
     A signal that ends a run (``_STOPPING``) first thaws ``group``, the container's control
     group: a frozen process would never see it (a ``commit --pause`` killed while it held the
-    container frozen leaves it so). With a ``console``, a resize is passed on as its new size,
-    from which the terminal signals the command itself.
+    container frozen leaves it so).
+
+    With a ``console`` (``-t``), the command is in a session of its own on a terminal of its
+    own: a signal the caller's terminal sends reaches us (and the runtime's own processes)
+    but not it, so every one is passed on, and a resize is passed on as the new size, from
+    which its terminal signals it.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    def thaw(sig: int) -> None:
+        if group is not None and sig in _STOPPING:
+            with contextlib.suppress(OSError):
+                group.freeze(False)
+
     def forward(sig: int, _frame: object) -> None:
         if console is not None and sig == signal.SIGWINCH:
             console.resize()
             return
-        if group is not None and sig in _STOPPING:
-            with contextlib.suppress(OSError):
-                group.freeze(False)
+        thaw(sig)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
 
     old = {s: signal.getsignal(s) for s in _FORWARDED}
+    passed = [s for s in _FORWARDED if s not in _IF_UNUSED or old[s] == signal.SIG_DFL]
     try:
-        for s in _FORWARDED:
-            if s not in _IF_UNUSED or old[s] == signal.SIG_DFL:
+        if console is not None:
+            for s in passed:
                 signal.signal(s, forward)
-        yield
+            yield
+        elif _threads() > 1:
+            for s in passed:
+                signal.signal(s, signal.SIG_IGN if s == signal.SIGINT else forward)
+            yield
+        else:
+            for s in passed:
+                if s not in _FROM_TERMINAL:
+                    signal.signal(s, forward)
+            with _terminal_signals(forward, thaw):
+                yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _threads() -> int:
+    """Threads of this process that a terminal's signal sent to it may go to (``/proc``):
+    native ones included, not those that block all of them (the core's own workers block every
+    signal). 2 when it cannot say."""
+    terminal = sum(1 << (s - 1) for s in _FROM_TERMINAL)
+    count = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            # A thread that ended meanwhile: ENOENT on open, ESRCH on read.
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                with open(f"/proc/self/task/{task}/status") as f:
+                    blocked = next((line for line in f if line.startswith("SigBlk:")), "")
+                mask = int(blocked.split()[1], 16) if blocked else 0
+                count += mask & terminal != terminal
+    except (OSError, ValueError, IndexError):
+        return 2
+    return count
+
+
+@contextlib.contextmanager
+def _terminal_signals(
+    forward: Callable[[int, object], None], thaw: Callable[[int], None]
+) -> Iterator[None]:
+    """A thread taking every signal of ``_FROM_TERMINAL`` with ``sigwaitinfo``, passing on
+    those a process sent; for those the terminal sent (the container has them already),
+    ``thaw`` alone, so that a paused container takes its Ctrl-C.
+
+    They are blocked in this (the only) thread first, so the helper inherits the mask and
+    nothing else receives them. Should one arrive while nobody waits for it any more, its
+    Python handler is a no-op until the mask is restored: a SIGINT meant for the container
+    never becomes a KeyboardInterrupt of the caller's.
+    """
+    for s in _FROM_TERMINAL:
+        signal.signal(s, lambda _sig, _frame: None)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FROM_TERMINAL)
+    done = threading.Event()
+
+    def receive() -> None:
+        while True:
+            info = signal.sigwaitinfo(_FROM_TERMINAL)
+            if done.is_set():
+                return
+            with contextlib.suppress(OSError):  # the thread must live until told to stop
+                if info.si_code != _SI_KERNEL:
+                    forward(info.si_signo, None)
+                else:
+                    thaw(info.si_signo)
+
+    helper = threading.Thread(target=receive, name="layerdiff-signals", daemon=True)
+    try:
+        helper.start()
+        yield
+    finally:
+        done.set()
+        if helper.is_alive():
+            # Addressed to the process, not the thread: should the helper have just returned
+            # on a signal of its own, this one waits, blocked, for the no-op handler.
+            os.kill(os.getpid(), signal.SIGWINCH)
+            helper.join()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def _with_hostname(env: list[str], hostname: str) -> list[str]:
@@ -728,7 +851,9 @@ def start(container: Container) -> RunResult:
             except BlockingIOError:
                 # A run holds it for good; a look at the container's state (ps) for a moment.
                 if attempt == 19:
-                    raise ContainerError(f"container {container.name} is already running") from None
+                    raise ContainerError(
+                        f"container {container.reference} is already running"
+                    ) from None
                 time.sleep(0.01)
         fresh = _read_state(container.path)
         container.data.clear()
@@ -779,9 +904,12 @@ def _start_locked(container: Container) -> RunResult:
             raise
     read_fd, write_fd = os.pipe()
     layers_dir = layercache.cache_root()
-    spec = {
+    env = _with_hostname(config.get("Env") or [], str(container.data["hostname"]))
+    if container.data.get("tty") and not any(e.split("=", 1)[0] == "TERM" for e in env):
+        env.append("TERM=xterm")  # as docker sets it for a terminal, kept out of the config
+    spec: dict[str, Any] = {
         "argv": argv,
-        "env": _with_hostname(config.get("Env") or [], str(container.data["hostname"])),
+        "env": env,
         "cwd": str(config.get("WorkingDir") or "/"),
         "user": str(config.get("User") or ""),
         "hostname": str(container.data["hostname"]),
@@ -805,15 +933,12 @@ def _start_locked(container: Container) -> RunResult:
     console = _Console() if container.data.get("tty") else None
     if console is not None:
         spec["console_fd"] = console.child.fileno()
+        spec["console_size"] = list(console.size())
     spec_read, spec_write = os.pipe()
     try:
         proc = subprocess.Popen(
             [sys.executable, "-S", "-E", str(_HELPER), str(spec_read)],
             pass_fds=(write_fd, spec_read, *([console.child.fileno()] if console else [])),
-            # A session of its own, as runc starts a container: no controlling terminal, so
-            # the command cannot type into the caller's (TIOCSTI), read it through /dev/tty,
-            # or signal the caller's process group.
-            start_new_session=True,
         )
         os.close(spec_read)
         with os.fdopen(spec_write, "wb") as f:
@@ -837,9 +962,9 @@ def _start_locked(container: Container) -> RunResult:
     try:
         container.save()
         with contextlib.ExitStack() as attached:
-            if console is not None:
-                attached.enter_context(console.attached())
             attached.enter_context(_forwarding(proc, group, console))
+            if console is not None:
+                attached.enter_context(console.attached(proc))
             code = proc.wait()
     finally:
         if proc.poll() is None:
@@ -925,13 +1050,13 @@ def remove(name: str, *, force: bool = False) -> None:
     state = container.state
     if state in ("running", "paused"):
         if not force:
-            raise ContainerError(f"container {container.name} is {state} (use --force)")
+            raise ContainerError(f"container {container.reference} is {state} (use --force)")
         pid = container.data.get("pid")
         if pid and _pid_alive(pid):  # not when its run is gone (the number perhaps reused)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
     elif _busy(container.path):
-        raise ContainerError(f"container {container.name} is being started: try again")
+        raise ContainerError(f"container {container.reference} is being started: try again")
     group = container._cgroup()
     if group is not None:
         group.remove()
@@ -947,7 +1072,7 @@ def pause(name: str, *, frozen: bool = True) -> Container:
     state = container.state
     want, other = ("paused", "running") if frozen else ("running", "paused")
     if state == want:
-        raise ContainerError(f"container {container.name} is {want} already")
+        raise ContainerError(f"container {container.reference} is {want} already")
     group = container._cgroup()
     if state != other or group is None:
         why = "it has no control group" if state == other else f"it is {state}"

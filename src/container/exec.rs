@@ -230,33 +230,47 @@ fn join_cgroups(fds: &[RawFd]) -> Result<(), String> {
 /// standard streams (owned by the user it runs as), and send its master side over
 /// `console`, as runc does for `-t`. Called in the command's process, before it becomes the
 /// user.
-fn open_console(console: RawFd, user: &UserSpec) -> Result<(), String> {
+fn open_console(console: RawFd, size: (u16, u16), user: &UserSpec) -> Result<(), String> {
     use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
     let fail = |what: &str, e: rustix::io::Errno| format!("{what}: {e}");
-    let master = rustix::pty::openpt(
-        rustix::pty::OpenptFlags::RDWR
-            | rustix::pty::OpenptFlags::NOCTTY
-            | rustix::pty::OpenptFlags::CLOEXEC,
-    )
-    .map_err(|e| fail("opening /dev/ptmx", e))?;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .map_err(|e| fail("opening /dev/ptmx", e))?;
     rustix::pty::unlockpt(&master).map_err(|e| fail("unlocking the terminal", e))?;
     let name =
         rustix::pty::ptsname(&master, Vec::new()).map_err(|e| fail("naming the terminal", e))?;
-    // A session of its own, whose controlling terminal this one becomes.
-    rustix::process::setsid().map_err(|e| fail("setsid", e))?;
     let slave = rustix::fs::open(
         name.as_c_str(),
-        OFlags::RDWR | OFlags::CLOEXEC,
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| fail("opening the terminal", e))?;
-    rustix::process::ioctl_tiocsctty(&slave).map_err(|e| fail("taking the terminal", e))?;
-    rustix::fs::fchown(
+    if size != (0, 0) {
+        let winsize = libc::winsize {
+            ws_row: size.0,
+            ws_col: size.1,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ with a valid winsize, on the terminal just made.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &winsize) } != 0 {
+            return Err(super::os_fail("sizing the terminal"));
+        }
+    }
+    // The user it runs as may use its terminal; one the user namespace does not map (a
+    // rootless run) is refused when the command becomes it, with its own message.
+    match rustix::fs::fchown(
         &slave,
         Some(rustix::fs::Uid::from_raw(user.uid)),
         Some(rustix::fs::Gid::from_raw(user.gid)),
-    )
-    .map_err(|e| fail("giving the terminal to the user", e))?;
+    ) {
+        Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::PERM) => {}
+        Err(e) => return Err(fail("giving the terminal to the user", e)),
+    }
+    // A session of its own, whose controlling terminal this one becomes.
+    rustix::process::setsid().map_err(|e| fail("setsid", e))?;
+    rustix::process::ioctl_tiocsctty(&slave).map_err(|e| fail("taking the terminal", e))?;
     for target in 0..3 {
         // SAFETY: dup2 onto the standard descriptors, which this process owns.
         if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
@@ -301,7 +315,7 @@ pub fn exec_command(spec: &ContainerSpec, argv: &[CString]) -> i32 {
             &read_or_empty("/etc/group"),
         )?;
         if spec.console_fd >= 0 {
-            open_console(spec.console_fd, &user)?;
+            open_console(spec.console_fd, spec.console_size, &user)?;
         }
         let mut env = spec.env.clone();
         if !env.iter().any(|e| e.starts_with("HOME=")) {

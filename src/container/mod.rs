@@ -76,6 +76,9 @@ pub struct ContainerSpec {
     /// container's own `/dev/pts`, and is the command's controlling terminal and its standard
     /// streams.
     pub console_fd: RawFd,
+    /// The terminal's first size, rows and columns (the caller's; 0 for none), set before the
+    /// command starts.
+    pub console_size: (u16, u16),
 }
 
 /// Report `msg` on the error channel.

@@ -22,6 +22,12 @@ const RET: u16 = 0x06; // BPF_RET | BPF_K
 const NR: u32 = 0;
 const ARCH: u32 = 4;
 const ARG0: u32 = 16;
+const ARG1: u32 = 24;
+
+/// `ioctl` requests refused: pushing input into a terminal (`TIOCSTI`), which a command whose
+/// streams are the caller's terminal would type into the caller's shell with, and the Linux
+/// console's own (`TIOCLINUX`, whose selection paste does the same).
+const TERMINAL_INPUT: [u32; 2] = [0x5412, 0x541C];
 
 const ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
 const ERRNO: u32 = 0x0005_0000; // SECCOMP_RET_ERRNO | errno
@@ -44,6 +50,7 @@ struct Abi {
     denied: &'static [u32],
     clone: u32,
     clone3: u32,
+    ioctl: u32,
     /// Refuse every number with bit 30 set (x32's, on x86-64).
     x32: bool,
 }
@@ -55,6 +62,7 @@ const ABIS: &[Abi] = &[
         denied: &NATIVE,
         clone: libc::SYS_clone as u32,
         clone3: libc::SYS_clone3 as u32,
+        ioctl: libc::SYS_ioctl as u32,
         x32: true,
     },
     Abi {
@@ -74,6 +82,7 @@ const ABIS: &[Abi] = &[
         ],
         clone: 120,
         clone3: 435,
+        ioctl: 54,
         x32: false,
     },
 ];
@@ -84,6 +93,7 @@ const ABIS: &[Abi] = &[Abi {
     denied: &NATIVE,
     clone: libc::SYS_clone as u32,
     clone3: libc::SYS_clone3 as u32,
+    ioctl: libc::SYS_ioctl as u32,
     x32: false,
 }];
 
@@ -152,6 +162,12 @@ fn abi_block(abi: &Abi) -> Vec<libc::sock_filter> {
         v.extend([op(JEQ, nr, 0, 1), eperm]);
     }
     v.extend([
+        op(JEQ, abi.ioctl, 0, 5),
+        op(LD_ABS, ARG1, 0, 0),
+        op(JEQ, TERMINAL_INPUT[0], 2, 0),
+        op(JEQ, TERMINAL_INPUT[1], 1, 0),
+        op(RET, ALLOW, 0, 0),
+        eperm,
         op(JEQ, abi.clone3, 0, 1),
         op(RET, ERRNO | libc::ENOSYS as u32, 0, 0),
         op(JEQ, abi.clone, 0, 4),
@@ -210,6 +226,10 @@ mod tests {
 
     /// Run the program over one call, as the kernel would.
     fn verdict(prog: &[libc::sock_filter], arch: u32, nr: u32, arg0: u32) -> u32 {
+        verdict_args(prog, arch, nr, [arg0, 0])
+    }
+
+    fn verdict_args(prog: &[libc::sock_filter], arch: u32, nr: u32, args: [u32; 2]) -> u32 {
         let (mut pc, mut acc) = (0usize, 0u32);
         loop {
             let ins = prog[pc];
@@ -218,7 +238,8 @@ mod tests {
                     acc = match ins.k {
                         NR => nr,
                         ARCH => arch,
-                        ARG0 => arg0,
+                        ARG0 => args[0],
+                        ARG1 => args[1],
                         other => panic!("load of offset {other}"),
                     }
                 }
@@ -253,6 +274,14 @@ mod tests {
                 verdict(&prog, abi.arch, abi.clone3, 0),
                 ERRNO | libc::ENOSYS as u32
             );
+            for request in TERMINAL_INPUT {
+                assert_eq!(
+                    verdict_args(&prog, abi.arch, abi.ioctl, [0, request]),
+                    eperm
+                );
+            }
+            let tcgets = 0x5401;
+            assert_eq!(verdict_args(&prog, abi.arch, abi.ioctl, [0, tcgets]), ALLOW);
             for nr in [0, 1, 2, 3, 60, 231] {
                 if !abi.denied.contains(&nr) && nr != abi.clone && nr != abi.clone3 {
                     assert_eq!(verdict(&prog, abi.arch, nr, 0), ALLOW, "{nr}");

@@ -4,9 +4,10 @@
 //! A PID 1 ignores every signal it has no handler for, but blocked signals are never ignored,
 //! so blocking them is what lets a container's init receive `SIGTERM` or `SIGINT` at all.
 //!
-//! Only signals a process sent are forwarded: those the kernel itself sends (`SI_KERNEL`) are
-//! about the receiver alone. The container is in a session of its own, without a terminal, so
-//! a terminal's Ctrl-C or resize reaches the caller, which passes it on as a process.
+//! Signals the kernel itself sends (`SI_KERNEL`: a terminal's Ctrl-C or Ctrl-Z, a hang-up or a
+//! resize) go to the whole foreground process group, the command included, so they are not
+//! forwarded: the command gets each of them exactly once. (A command given a terminal of its
+//! own, `-t`, is in a session of its own: the caller passes the terminal's signals on to it.)
 
 use std::mem::MaybeUninit;
 

@@ -12,7 +12,7 @@ use crate::container::{self, ContainerSpec};
 #[pyo3(signature = (
     *, argv, env, cwd, user, hostname, layers_dir, lowers, upper, work, rootfs, binds,
     volumes = Vec::new(), rootless = false, new_network = false, error_fd = 2, parent_pid = 0, cgroup_fds = Vec::new(),
-    console_fd = -1
+    console_fd = -1, console_size = (0, 0)
 ))]
 #[allow(clippy::too_many_arguments)] // mirrors the keyword-only Python signature
 pub fn run_container(
@@ -35,6 +35,7 @@ pub fn run_container(
     parent_pid: i32,
     cgroup_fds: Vec<i32>,
     console_fd: i32,
+    console_size: (u16, u16),
 ) -> i32 {
     let spec = ContainerSpec {
         rootless,
@@ -55,6 +56,7 @@ pub fn run_container(
         parent_pid,
         cgroup_fds,
         console_fd,
+        console_size,
     };
     // Detached on this same thread: a helper thread would make the process multi-threaded,
     // and the kernel refuses a new user or mount namespace to such a process.
