@@ -1553,12 +1553,20 @@ def test_run_t_sets_term_for_the_run_only(image: str, store_home: Path) -> None:
 
 
 def test_run_t_without_a_terminal_still_gives_the_command_one(image: str, store_home: Path) -> None:
-    """As ``docker run -t`` in a pipe: the command has a terminal; its output comes out."""
+    """As ``docker run -t`` in a pipe: the command has a terminal; its output comes out. A
+    container created with ``-t`` has one at each start."""
     done = subprocess.run(
         [sys.executable, "-m", "layerdiff", "run", "--rm", "-t", image, "sh", "-c", "tty; exit 5"],
         stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=60,
     )  # fmt: skip
     assert (done.returncode, done.stdout) == (5, b"/dev/pts/0\r\n"), done.stderr
+    made = run_cli("create", "-t", "--name", "ct", image, "sh", "-c", "tty; exit 6")
+    assert made.returncode == 0, made.stderr
+    started = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "start", "ct"],
+        stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert (started.returncode, started.stdout) == (6, b"/dev/pts/0\r\n"), started.stderr
 
 
 def test_ctrl_c_on_a_terminal_ends_a_paused_container_too(image: str, store_home: Path) -> None:

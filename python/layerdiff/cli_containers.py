@@ -80,11 +80,13 @@ def _create(
     cpus: str | None,
     pids_limit: int | None,
     network: str,
+    tty: bool = False,
 ) -> runtime.Container:
     from layerdiff import runtime
 
     return runtime.create(
         image,
+        tty=tty,
         name=name,
         command=command or None,
         entrypoint=_entrypoint(entrypoint),
@@ -198,6 +200,12 @@ optional).""",
     )
     @click.argument("image")
     @click.argument("command", nargs=-1)
+    @click.option(
+        "-t",
+        "--tty",
+        is_flag=True,
+        help="Give the command a terminal of its own at each start (see run -t).",
+    )
     @_container_options
     def create(image: str, command: tuple[str, ...], **opts: Any) -> None:
         """Create a container from IMAGE (its layers are cached) and print its name."""
