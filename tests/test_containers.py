@@ -1484,6 +1484,17 @@ def test_the_command_cannot_push_input_into_the_callers_terminal(
     assert b"refused: Operation not permitted" in terminal.seen, terminal.seen
 
 
+def test_the_command_cannot_signal_the_callers_process_group(image: str, store_home: Path) -> None:
+    """It shares the caller's process group (for job control): ``kill 0`` (a common cleanup
+    trap) would signal the caller and its pipeline too, so it is refused (EPERM)."""
+    run = shlex.join([sys.executable, "-m", "layerdiff", "run", "--rm", image, "sh", "-c"])
+    done = subprocess.run(
+        ["sh", "-c", f"{run} 'kill -9 0; echo after $?' </dev/null; echo caller survived"],
+        capture_output=True, text=True, check=False, timeout=60, start_new_session=True,
+    )  # fmt: skip
+    assert done.stdout == "after 1\ncaller survived\n", (done.stdout, done.stderr)
+
+
 def test_ctrl_z_on_a_terminal_stops_the_command_as_any_job(image: str, store_home: Path) -> None:
     """Without -t the command is in the caller's process group, so a terminal's Ctrl-Z stops it
     with run, as an interactive shell's job control expects, and ``fg`` lets both go on."""

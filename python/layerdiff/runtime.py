@@ -605,11 +605,18 @@ class _Console:
     def __init__(self) -> None:
         self.parent, self.child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.master: int | None = None
-        self.thread = threading.Thread(target=self._relay, name="layerdiff-console", daemon=True)
+        self.received = threading.Event()
+        self.output = threading.Thread(target=self._output, name="layerdiff-console", daemon=True)
+        # Typed keys go in on a thread of their own: a command that reads none must not keep
+        # its output from coming out (its terminal's input queue fills, and the write waits).
+        self.input = threading.Thread(target=self._input, name="layerdiff-keys", daemon=True)
+        self.stop_r, self.stop_w = os.pipe()
 
     def close(self) -> None:
         self.child.close()
         self.parent.close()
+        os.close(self.stop_r)
+        os.close(self.stop_w)
 
     @staticmethod
     def size() -> tuple[int, int]:
@@ -627,7 +634,7 @@ class _Console:
     def attached(self, proc: subprocess.Popen[bytes]) -> Iterator[None]:
         """Relay while the block runs, then until the container's processes, the last holders
         of its terminal, are gone: ``proc``, the helper, is killed first if the block ended
-        early (the container dies with it); what is left is copied, however slowly it is
+        early (the container dies with it); the output left is copied, however slowly it is
         read. The caller's terminal is put back first of all."""
         self.child.close()  # the container holds it now
         saved = None
@@ -635,7 +642,9 @@ class _Console:
             with contextlib.suppress(termios.error):
                 saved = termios.tcgetattr(0)
                 setraw(0)
-        self.thread.start()
+        self.output.start()
+        if os.isatty(0):
+            self.input.start()
         try:
             yield
         finally:
@@ -645,10 +654,18 @@ class _Console:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            self.thread.join()
+            os.write(self.stop_w, b"x")
+            self.output.join()
+            if self.input.ident is not None:
+                # Ends at once: told to, or its write to the terminal failing now that nobody
+                # holds the other side.
+                self.input.join(5)
             self.parent.close()
-            if self.master is not None:
-                os.close(self.master)
+            if not self.input.is_alive():
+                os.close(self.stop_r)
+                os.close(self.stop_w)
+                if self.master is not None:
+                    os.close(self.master)
 
     def resize(self) -> None:
         """Give the command's terminal the size of ours (if we are on one)."""
@@ -658,40 +675,44 @@ class _Console:
                 size = struct.pack("HHHH", rows, cols, 0, 0)
                 fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
 
-    def _relay(self) -> None:
+    def _output(self) -> None:
         try:
             _, fds, _, _ = socket.recv_fds(self.parent, 1, 1)
         except OSError:
-            return
-        if not fds:
+            fds = []
+        if fds:
+            self.master = fds[0]
+        self.received.set()
+        if self.master is None:
             return  # the container ended before its command had a terminal
-        self.master = fds[0]
-        typed = 0 if os.isatty(0) else None
-        poller = select.poll()  # not select(): descriptors may be numbered past 1023
-        poller.register(self.master, select.POLLIN)
-        if typed is not None:
-            poller.register(typed, select.POLLIN)
         while True:
-            for fd, _event in poller.poll():
-                if fd == self.master:
-                    try:
-                        data = os.read(self.master, 1 << 16)
-                    except OSError:  # EIO: nobody holds the terminal any more
-                        data = b""
-                    if not data:
-                        return
-                    with contextlib.suppress(OSError):  # a closed output: keep draining
-                        _write_all(1, data)
-                elif fd == typed:
-                    data = b""
-                    with contextlib.suppress(OSError):
-                        data = os.read(typed, 1 << 16)
-                    if data:
-                        with contextlib.suppress(OSError):
-                            _write_all(self.master, data)
-                    else:
-                        poller.unregister(typed)
-                        typed = None
+            try:
+                data = os.read(self.master, 1 << 16)
+            except OSError:  # EIO: nobody holds the terminal any more
+                data = b""
+            if not data:
+                return
+            with contextlib.suppress(OSError):  # a closed output: keep draining
+                _write_all(1, data)
+
+    def _input(self) -> None:
+        self.received.wait()
+        if self.master is None:
+            return
+        poller = select.poll()  # not select(): descriptors may be numbered past 1023
+        poller.register(0, select.POLLIN)
+        poller.register(self.stop_r, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if self.stop_r in ready:
+                return
+            try:
+                data = os.read(0, 1 << 16)
+                if not data:
+                    return
+                _write_all(self.master, data)
+            except OSError:
+                return
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -51,6 +51,9 @@ struct Abi {
     clone: u32,
     clone3: u32,
     ioctl: u32,
+    /// `kill`, refused for pid 0: the command is in the caller's process group (for job
+    /// control), which `kill(0, …)` would signal whole, the caller and its pipeline included.
+    kill: u32,
     /// Refuse every number with bit 30 set (x32's, on x86-64).
     x32: bool,
 }
@@ -63,6 +66,7 @@ const ABIS: &[Abi] = &[
         clone: libc::SYS_clone as u32,
         clone3: libc::SYS_clone3 as u32,
         ioctl: libc::SYS_ioctl as u32,
+        kill: libc::SYS_kill as u32,
         x32: true,
     },
     Abi {
@@ -83,6 +87,7 @@ const ABIS: &[Abi] = &[
         clone: 120,
         clone3: 435,
         ioctl: 54,
+        kill: 37,
         x32: false,
     },
 ];
@@ -94,6 +99,7 @@ const ABIS: &[Abi] = &[Abi {
     clone: libc::SYS_clone as u32,
     clone3: libc::SYS_clone3 as u32,
     ioctl: libc::SYS_ioctl as u32,
+    kill: libc::SYS_kill as u32,
     x32: false,
 }];
 
@@ -162,6 +168,11 @@ fn abi_block(abi: &Abi) -> Vec<libc::sock_filter> {
         v.extend([op(JEQ, nr, 0, 1), eperm]);
     }
     v.extend([
+        op(JEQ, abi.kill, 0, 4),
+        op(LD_ABS, ARG0, 0, 0),
+        op(JEQ, 0, 1, 0),
+        op(RET, ALLOW, 0, 0),
+        eperm,
         op(JEQ, abi.ioctl, 0, 5),
         op(LD_ABS, ARG1, 0, 0),
         op(JEQ, TERMINAL_INPUT[0], 2, 0),
@@ -279,6 +290,10 @@ mod tests {
                     verdict_args(&prog, abi.arch, abi.ioctl, [0, request]),
                     eperm
                 );
+            }
+            assert_eq!(verdict_args(&prog, abi.arch, abi.kill, [0, 15]), eperm);
+            for pid in [1, 7, (-1i32) as u32, (-7i32) as u32] {
+                assert_eq!(verdict_args(&prog, abi.arch, abi.kill, [pid, 15]), ALLOW);
             }
             let tcgets = 0x5401;
             assert_eq!(verdict_args(&prog, abi.arch, abi.ioctl, [0, tcgets]), ALLOW);
