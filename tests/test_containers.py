@@ -279,6 +279,35 @@ def test_an_images_volumes_are_the_containers_own_and_stay_out_of_its_commit(
     assert not container.path.exists()
 
 
+def test_volumes_nested_spelled_twice_through_links_or_emptied(store_home: Path) -> None:
+    """A parent volume is mounted before the one inside it however the image spells them, one
+    path is one volume, a link on the way is followed inside the root (``/var/run -> ../run``),
+    a volume emptied by a run stays empty (filled once, when new), and one under the runtime's
+    own mounts is refused."""
+    root = busybox_rootfs(store_home / "rootfs-vols")
+    (root / "data" / "sub").mkdir(parents=True)
+    (root / "data" / "seed").write_text("seed\n")
+    (root / "run").mkdir()
+    (root / "var").mkdir(exist_ok=True)
+    os.symlink("../run", root / "var" / "run")
+    volumes = 'VOLUME ["//data/sub", "/data", "/data/.", "/var/run/x"]'
+    layerdiff.commit(root, image="vols:1", changes=[volumes])
+    script = "ls /data; rm -f /data/seed; echo w > /data/sub/w; echo r > /run/x/r"
+    assert run_cli("create", "--name", "vs", "vols:1", "sh", "-c", script).returncode == 0
+    first = run_cli("start", "vs")
+    assert (first.returncode, first.stdout) == (0, "seed\nsub\n"), first.stderr
+    again = run_cli("start", "vs")
+    assert (again.returncode, again.stdout) == (0, "sub\n"), again.stderr
+    c = runtime.open_container("vs")
+    assert c.data["volumes"] == ["/data", "/data/sub", "/var/run/x"]
+    assert (c.path / "volumes" / "1" / "w").read_text() == "w\n"
+    assert (c.path / "volumes" / "2" / "r").read_text() == "r\n"
+    assert not (c.path / "volumes" / "0" / "sub" / "w").exists()
+    layerdiff.commit(root, image="shm:1", changes=["VOLUME /dev/shm"])
+    refused = run_cli("create", "shm:1")
+    assert refused.returncode == 125 and "under /dev, which the runtime mounts" in refused.stderr
+
+
 def test_image_cmd_env_user_and_workdir(image: str, store_home: Path) -> None:
     layerdiff.commit(
         busybox_rootfs(store_home / "rootfs2"),

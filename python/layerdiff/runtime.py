@@ -540,15 +540,20 @@ def _volumes(config: dict[str, Any]) -> list[str]:
     found = config.get("Volumes") or {}
     if not isinstance(found, dict):
         raise ContainerError(f"the image's Volumes is not an object: {found!r}")
-    volumes = []
-    for path in sorted(found):
-        parts = [p for p in str(path).split("/") if p not in ("", ".")]
+    volumes: set[tuple[str, ...]] = set()
+    for path in found:
+        parts = tuple(p for p in str(path).split("/") if p not in ("", "."))
         if not str(path).startswith("/") or ".." in parts:
             raise ContainerError(f"the image's volume {path!r} is not an absolute path")
         if not parts:
             raise ContainerError("the image's volume '/' would hide the whole root")
-        volumes.append("/" + "/".join(parts))
-    return volumes
+        if parts[0] in ("proc", "sys", "dev"):
+            raise ContainerError(
+                f"the image's volume {path!r} is under /{parts[0]}, which the runtime mounts itself"
+            )
+        volumes.add(parts)  # one volume a path, however it is spelled
+    # A directory before those below it, which are mounted on the volume it becomes.
+    return ["/" + "/".join(parts) for parts in sorted(volumes)]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -352,46 +352,35 @@ fn loopback_up() -> Result<(), String> {
 /// made when missing (each component inside the root, no symbolic link followed), and an
 /// empty volume is first given a copy of what the image holds there and that directory's
 /// owner, mode and times, as docker fills a new anonymous volume.
-fn mount_volume(root: &OwnedFd, source: &Path, target: &str) -> Result<(), String> {
+fn mount_volume(rootfs: &Path, source: &Path, target: &str) -> Result<(), String> {
     let rel = target.trim_start_matches('/');
     let fail = |what: &str, e: std::io::Error| format!("volume {target}: {what}: {e}");
-    let mut dir = rustix::fs::openat(
-        root,
-        ".",
-        OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| fail("opening the root", e.into()))?;
-    for comp in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        if comp == ".." {
-            return Err(format!("volume {target}: '..' in the path"));
-        }
-        match rustix::fs::mkdirat(&dir, comp, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(fail(&format!("making {comp}"), e.into())),
-        }
-        dir = rustix::fs::openat(
-            &dir,
-            comp,
-            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| {
-            fail(
-                &format!("{comp} must be a directory reached without symlinks"),
-                e.into(),
-            )
-        })?;
-    }
+    // Made as apply makes a directory: each component inside the root, a symbolic link on
+    // the way followed there (`/var/run -> /run`), as docker resolves a volume's path.
+    let root = crate::root::Root::open(rootfs).map_err(|e| format!("volume {target}: {e}"))?;
+    let dir = root
+        .create_dir_all(rel.as_bytes())
+        .map_err(|e| fail("making its directory", e))?;
     let volume = rustix::fs::open(source, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| fail("opening its directory", e.into()))?;
-    let empty = rustix::fs::Dir::read_from(&volume)
-        .map_err(|e| fail("reading its directory", e.into()))?
-        .filter_map(Result::ok)
-        .all(|e| matches!(e.file_name().to_bytes(), b"." | b".."));
-    if empty {
-        copy_tree(&dir, &volume).map_err(|e| fail("copying what the image holds there", e))?;
+    // Filled once, when it is new, as docker fills an anonymous volume: what a run removed
+    // from it stays removed.
+    let filled = source.with_extension("filled");
+    if !filled.exists() {
+        // Two descriptors a level of the copy: as many as may be open meanwhile, and the
+        // command's own limit put back after.
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, raised);
+        let copied = copy_tree(&dir, &volume);
+        let _ = setrlimit(Resource::Nofile, limit);
+        copied.map_err(|e| fail("copying what the image holds there", e))?;
         copy_meta(&dir, None, &volume).map_err(|e| fail("giving it the image's owner", e))?;
+        std::fs::write(&filled, b"").map_err(|e| fail("marking it filled", e))?;
     }
     rustix::mount::mount_bind(source, fd_path(&dir))
         .map_err(|e| mount_err(&source.display().to_string(), target, e))
@@ -522,7 +511,7 @@ fn setup_root(spec: &ContainerSpec) -> Result<(), String> {
             .map_err(|e| mount_err(&source.display().to_string(), &format!("/{rel}"), e))?;
     }
     for (source, target) in &spec.volumes {
-        mount_volume(&root, source, target)?;
+        mount_volume(&spec.rootfs, source, target)?;
     }
     let proc_dir = open_in_root(&root, "proc", true)?;
     let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
