@@ -136,15 +136,6 @@ def test_a_link_never_makes_a_directory_named_like_a_whiteout(tmp_path: Path, ta
         assert done.stderr.count("\n") == 1
 
 
-def _pax(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            info.size = len(data) if info.isreg() else 0
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _dir_mode(name: str, mode: int) -> tarfile.TarInfo:
     info = _entry(name, tarfile.DIRTYPE)
     info.mode = mode
@@ -160,20 +151,22 @@ def test_a_directorys_mode_never_goes_through_a_link_put_later_on_a_very_long_pa
     comps = [f"c{i:02d}" + "x" * 246 for i in range(17)]
     short = "x/" + "/".join(comps[:16])
     last = comps[16]
-    lower = _pax(
+    lower = _tar(
         [
             (_entry("s", tarfile.SYMTYPE, short), b""),
             (_dir(f"s/{last}"), b""),
             (_dir(f"s/{last}/p"), b""),
             (_dir(f"s/{last}/q"), b""),
             (_dir(f"s/{last}/q/d"), b""),
-        ]
+        ],
+        tarfile.PAX_FORMAT,
     )
-    upper = _pax(
+    upper = _tar(
         [
             (_dir_mode(f"s/{last}/p/d", 0o6777), b""),
             (_entry(f"s/{last}/p", tarfile.SYMTYPE, "q"), b""),
-        ]
+        ],
+        tarfile.PAX_FORMAT,
     )
     (tmp_path / "l1.tar").write_bytes(lower)
     (tmp_path / "l2.tar").write_bytes(upper)
@@ -391,9 +384,9 @@ def test_layers_by_python_tarfile_apply(tmp_path: Path) -> None:
         assert_same_tree(src, tmp_path / "again", mtimes=False)
 
 
-def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+def _tar(members: list[tuple[tarfile.TarInfo, bytes]], fmt: int = tarfile.GNU_FORMAT) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
         for info, data in members:
             info.size = len(data) if info.isreg() else 0
             tar.addfile(info, io.BytesIO(data))
