@@ -247,11 +247,14 @@ def test_an_images_volumes_are_the_containers_own_and_stay_out_of_its_commit(
 ) -> None:
     """``VOLUME``: as docker's anonymous volumes, each a directory of the container's own,
     mounted at its path (made when the image has none), first given what the image holds
-    there with its owner and mode; what is written there lasts from run to run, never goes
-    into upper/ (so not into a commit or diff), and goes with the container."""
+    there with its owner and mode, xattrs and hardlinks; what is written there lasts from run
+    to run, never goes into upper/ (so not into a commit or diff), and goes with the
+    container."""
     root = busybox_rootfs(store_home / "rootfs-vol")
     (root / "data").mkdir()
     (root / "data" / "seed").write_text("seeded\n")
+    os.link(root / "data" / "seed", root / "data" / "also")
+    os.setxattr(root / "data" / "seed", "trusted.k", b"v")
     os.chown(root / "data", 123, 456)
     (root / "data").chmod(0o700)
     layerdiff.commit(root, image="vol:1", changes=["VOLUME /data", "VOLUME /new/vol"])
@@ -266,6 +269,9 @@ def test_an_images_volumes_are_the_containers_own_and_stay_out_of_its_commit(
     again = run_cli("start", "v")
     assert (again.returncode, again.stdout) == (0, "seeded\n123:456 700\nx\n"), again.stderr
     container = runtime.open_container("v")
+    filled = container.path / "volumes" / "0"
+    assert (filled / "seed").stat().st_ino == (filled / "also").stat().st_ino  # one file
+    assert os.getxattr(filled / "seed", "trusted.k") == b"v"
     assert sorted(
         p.relative_to(container.upper).as_posix() for p in container.upper.rglob("*")
     ) == [

@@ -386,10 +386,24 @@ fn mount_volume(rootfs: &Path, source: &Path, target: &str) -> Result<(), String
         .map_err(|e| mount_err(&source.display().to_string(), target, e))
 }
 
-/// Copy the tree in `from` into the empty directory `to`: directories, files, symbolic links
-/// and fifos, with their owners, modes and times (a device node or socket is left out, and an
-/// owner the caller cannot give, rootless, is left as it is).
+/// Copy the tree in `from` into the empty directory `to`: directories, files (hardlinks kept
+/// as links, xattrs kept), symbolic links and fifos, with their owners, modes and times (a
+/// device node or socket is left out, and an owner or xattr the caller cannot give, rootless,
+/// is left as it is).
 fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> std::io::Result<()> {
+    let mut links = std::collections::HashMap::new();
+    copy_dir(from, to, to, b"", &mut links)
+}
+
+/// [`copy_tree`] of the directory `from` into `to`, which is `rel` below `top`; `links` maps a
+/// multiply linked file's (device, inode) to the first copy's path below `top`.
+fn copy_dir(
+    from: &OwnedFd,
+    to: &OwnedFd,
+    top: &OwnedFd,
+    rel: &[u8],
+    links: &mut std::collections::HashMap<(u64, u64), Vec<u8>>,
+) -> std::io::Result<()> {
     use rustix::fs::{AtFlags, FileType};
     let names: Vec<CString> = rustix::fs::Dir::read_from(from)?
         .filter_map(Result::ok)
@@ -398,16 +412,31 @@ fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> std::io::Result<()> {
         .collect();
     for name in names {
         let st = rustix::fs::statat(from, &name, AtFlags::SYMLINK_NOFOLLOW)?;
+        let path = if rel.is_empty() {
+            name.to_bytes().to_vec()
+        } else {
+            [rel, b"/", name.to_bytes()].concat()
+        };
         match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory => {
                 rustix::fs::mkdirat(to, &name, Mode::from_raw_mode(0o700))?;
                 let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 let src = rustix::fs::openat(from, &name, flags, Mode::empty())?;
                 let dst = rustix::fs::openat(to, &name, flags, Mode::empty())?;
-                copy_tree(&src, &dst)?;
+                copy_dir(&src, &dst, top, &path, links)?;
                 copy_meta(&src, None, &dst)?;
+                copy_xattrs(&src, &dst)?;
             }
             FileType::RegularFile => {
+                let id = (st.st_dev, st.st_ino);
+                if st.st_nlink > 1 {
+                    if let Some(first) = links.get(&id) {
+                        let first = CString::new(first.clone())?;
+                        rustix::fs::linkat(top, &first, to, &name, AtFlags::empty())?;
+                        continue;
+                    }
+                    links.insert(id, path.clone());
+                }
                 let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 let src = rustix::fs::openat(from, &name, flags, Mode::empty())?;
                 let create = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
@@ -417,6 +446,8 @@ fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> std::io::Result<()> {
                     &mut std::fs::File::from(dst.try_clone()?),
                 )?;
                 copy_meta(&src, None, &dst)?;
+                // After the owner: giving one clears a file's capabilities.
+                copy_xattrs(&src, &dst)?;
             }
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(from, &name, Vec::new())?;
@@ -442,6 +473,34 @@ fn copy_tree(from: &OwnedFd, to: &OwnedFd) -> std::io::Result<()> {
                 copy_meta(&src, Some(st), &dst)?;
             }
             _ => {} // devices and sockets: what a volume holds is data
+        }
+    }
+    Ok(())
+}
+
+/// Give `dst` the xattrs of `src` (overlayfs' own excepted); one the caller may not set
+/// (rootless: `security.*`, `trusted.*`), or the file system does not take, is left out.
+fn copy_xattrs(src: &OwnedFd, dst: &OwnedFd) -> std::io::Result<()> {
+    let mut names = vec![0u8; 64 << 10];
+    let n = match rustix::fs::flistxattr(src, &mut names) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut value = vec![0u8; 64 << 10];
+    for key in names[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
+        if crate::whiteout::is_overlay_xattr(key) {
+            continue;
+        }
+        let key = CString::new(key)?;
+        let len = match rustix::fs::fgetxattr(src, &key, &mut value) {
+            Ok(len) => len,
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match rustix::fs::fsetxattr(dst, &key, &value[..len], rustix::fs::XattrFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::PERM | rustix::io::Errno::NOTSUP) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
