@@ -129,6 +129,7 @@ def register(cli: click.Group) -> None:
         epilog="""\b
 Examples:
   layerdiff run --rm base:1 -- sh -c 'echo hello'
+  layerdiff run --rm -it base:1 sh
   layerdiff run --name web -e PORT=80 --memory 256m app:1
   layerdiff run --network none --pids-limit 64 base:1 -- ps
 Options go before IMAGE; everything after it is the command (a '--' after IMAGE is
