@@ -515,17 +515,10 @@ impl Applier<'_> {
                     // nothing is there to link to, not even what it hides below.
                     let st = rustix::fs::statat(&tdir, os_path(tname), AtFlags::SYMLINK_NOFOLLOW)
                         .map_err(|e| io(e.into()))?;
-                    if st.st_rdev == 0 {
-                        return Err(bad(
-                            name,
-                            format!(
-                                "hardlink target {} does not exist",
-                                String::from_utf8_lossy(&target)
-                            ),
-                        ));
+                    if crate::lower::is_whiteout(&st) {
+                        found = None;
                     }
-                }
-                if let (None, Some(lowers)) = (found, &self.lowers) {
+                } else if let (None, Some(lowers)) = (found, &self.lowers) {
                     // Not copied up: a directory, or nothing.
                     let real = join(&self.real_path(&tdir, parent(&target)), tname);
                     found = self

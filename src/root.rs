@@ -168,7 +168,7 @@ impl Root {
 /// as a directory, another tool reads it as a whiteout or an opaque marker, and a layer
 /// written from the tree would delete what it names.
 pub(crate) fn refuse_whiteout_dir(name: &[u8]) -> io::Result<()> {
-    if name.starts_with(crate::whiteout::WHITEOUT_PREFIX) {
+    if crate::whiteout::is_reserved_name(name) {
         return Err(io::Error::other(WHITEOUT_DIR));
     }
     Ok(())

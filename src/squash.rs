@@ -342,20 +342,31 @@ fn children_only<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
         .collect()
 }
 
+/// What a layer's `op` needs carried out first: nothing for a whiteout or an opaque marker,
+/// which waits in `pending`; for an entry, what was read before it on its way (see
+/// [`Pending::due`]).
+fn due_before(pending: &mut Pending, op: &Op) -> Vec<Due> {
+    match op {
+        Op::Whiteout(p) => {
+            pending.whiteout(p);
+            Vec::new()
+        }
+        Op::Opaque(d) => {
+            pending.opaque(d);
+            Vec::new()
+        }
+        Op::Put(p, _) | Op::Link(p, _) => pending.due(parent(p)),
+    }
+}
+
 impl LowerTree {
     /// Fold one layer's operations into the tree (apply semantics, paths only).
     pub fn apply(&mut self, ops: &[Op]) -> Result<()> {
         let mut created = HashSet::new();
         let mut pending = Pending::default();
         for op in ops {
-            match op {
-                Op::Whiteout(p) => pending.whiteout(p),
-                Op::Opaque(d) => pending.opaque(d),
-                Op::Put(p, _) | Op::Link(p, _) => {
-                    for due in pending.due(parent(p)) {
-                        self.hide(&due, &created)?;
-                    }
-                }
+            for due in due_before(&mut pending, op) {
+                self.hide(&due, &created)?;
             }
             let (p, node) = match op {
                 Op::Put(p, r) => (
@@ -607,7 +618,7 @@ impl Folder {
         let dirs = parent(&resolved.path);
         if dirs
             .split(|&b| b == b'/')
-            .any(|c| c.starts_with(crate::whiteout::WHITEOUT_PREFIX))
+            .any(crate::whiteout::is_reserved_name)
         {
             return Err(Error::Archive {
                 entry: String::from_utf8_lossy(p).into_owned(),
@@ -628,14 +639,8 @@ impl Folder {
         let mut created = HashSet::new();
         let mut pending = Pending::default();
         for op in ops {
-            match op {
-                Op::Whiteout(p) => pending.whiteout(p),
-                Op::Opaque(d) => pending.opaque(d),
-                Op::Put(p, _) | Op::Link(p, _) => {
-                    for due in pending.due(parent(p)) {
-                        self.carry_out(&due, &created)?;
-                    }
-                }
+            for due in due_before(&mut pending, op) {
+                self.carry_out(&due, &created)?;
             }
             match op {
                 Op::Put(p, rec) => {

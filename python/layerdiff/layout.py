@@ -88,18 +88,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _hashes_to(path: Path, digest: str) -> bool:
-    """Whether the file at ``path`` is there and its sha256 is ``digest``."""
-    import hashlib  # a file of any size: OpenSSL's, loaded only for it
-
-    try:
-        with path.open("rb") as f:
-            found = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-    except (FileNotFoundError, IsADirectoryError):
-        return False
-    return found == digest
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path``: temporary file beside it, fsync, rename, fsync the directory."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -303,11 +291,13 @@ class Layout:
 
     def check_blob(self, desc: Descriptor, *, stop: Callable[[], bool] | None = None) -> None:
         """Raise unless the blob ``desc`` names is here whole: a regular file (no symbolic link
-        followed) of its size, hashing to its digest. ``stop`` is asked between chunks; once it
-        says so, the check ends quietly."""
+        followed) of its size (when ``desc`` gives one), hashing to its digest. ``stop`` is
+        asked between chunks; once it says so, the check ends quietly, having found nothing
+        wrong so far."""
         import hashlib  # a file of any size: OpenSSL's, loaded only for it
 
-        digest, size = str(desc["digest"]), int(desc["size"])
+        digest = str(desc["digest"])
+        size = int(desc["size"]) if "size" in desc else None
         path = self.blob_path(digest)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -321,7 +311,7 @@ class Layout:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise FormatError(f"{path}: blob {digest} is not a regular file")
-            if st.st_size != size:
+            if size is not None and st.st_size != size:
                 raise DigestMismatchError(
                     f"{path}: size mismatch (expected {size} bytes, found {st.st_size})"
                 )
@@ -333,6 +323,17 @@ class Layout:
         found = "sha256:" + h.hexdigest()
         if found != digest:
             raise DigestMismatchError(f"{path}: digest mismatch (expected {digest}, found {found})")
+
+    def holds_blob(self, desc: Descriptor, *, stop: Callable[[], bool] | None = None) -> bool:
+        """Whether the blob ``desc`` names is here whole (see :meth:`check_blob`): one damaged
+        on disk (a flipped bit, a block of zeros) keeps its size, so it is hashed. A digest
+        that is not one is an error (FormatError), not an absent blob."""
+        self.blob_path(str(desc["digest"]))
+        try:
+            self.check_blob(desc, stop=stop)
+        except (LayerdiffError, OSError):
+            return False
+        return True
 
     def read_blob(self, digest: str, *, limit: int = _JSON_MAX) -> bytes:
         """Read a (small) blob and check that it hashes to ``digest``."""
@@ -426,7 +427,7 @@ class Layout:
         against the digest on the way. Never a hard link: the two layouts may belong to
         different users, and a change to one's blob must not reach the other's. One already
         here is hashed first: damaged on disk (its size kept), it is copied again."""
-        if _hashes_to(self.blob_path(digest), digest):
+        if self.holds_blob({"digest": digest}):
             return
         src = source.blob_path(digest)
         try:

@@ -643,12 +643,13 @@ class _Console:
         read. The caller's terminal is put back first of all."""
         self.child.close()  # the container holds it now
         saved = None
-        if os.isatty(0):
+        typed = os.isatty(0)
+        if typed:
             with contextlib.suppress(termios.error):
                 saved = termios.tcgetattr(0)
                 setraw(0)
         self.output.start()
-        if os.isatty(0):
+        if typed:
             self.input.start()
         try:
             yield

@@ -352,8 +352,9 @@ def fetch_blob(
     mismatch stores nothing. Once ``stop`` is set the download ends at its next chunk with
     :class:`Stopped`."""
     digest, size = str(desc["digest"]), int(desc["size"])
-    path = layout.blob_path(digest)
-    if _holds(path, digest, size, stop):
+    held = layout.holds_blob(desc, stop=None if stop is None else stop.is_set)
+    _check_stop(stop)  # a check cut short says nothing
+    if held:
         on_blob(digest, size, size, "exists")
         return BlobStatus(digest, size, "exists")
 
@@ -396,21 +397,6 @@ def fetch_blob(
     retrying(f"pulling blob {digest}", attempt, stop=stop)
     on_blob(digest, size, size, "downloaded")
     return BlobStatus(digest, size, "downloaded")
-
-
-def _holds(path: Path, digest: str, size: int, stop: threading.Event | None) -> bool:
-    """Whether the file at ``path`` is the blob ``digest`` of ``size`` bytes. It is hashed
-    whole, as a blob is when it is pushed: one damaged on disk (a flipped bit, a block of zeros)
-    keeps its size."""
-    try:
-        if path.stat().st_size != size:
-            return False
-        present = _VerifiedFile(path, size, digest, _quiet, stop)
-        for _ in present:
-            pass
-    except (OSError, DigestMismatchError):
-        return False
-    return present.sent == size and present.found == digest
 
 
 def _raw_chunks(response: requests.Response) -> Iterator[bytes]:

@@ -452,13 +452,8 @@ fn copy_dir(
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(from, &name, Vec::new())?;
                 rustix::fs::symlinkat(&target, to, &name)?;
-                let owner = (st.st_uid, st.st_gid);
-                chown_at(to, &name, owner)?;
-                let times = rustix::fs::Timestamps {
-                    last_access: stat_time(st.st_atime, st.st_atime_nsec),
-                    last_modification: stat_time(st.st_mtime, st.st_mtime_nsec),
-                };
-                rustix::fs::utimensat(to, &name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+                chown_at(to, &name, (st.st_uid, st.st_gid))?;
+                rustix::fs::utimensat(to, &name, &times_of(&st), AtFlags::SYMLINK_NOFOLLOW)?;
             }
             FileType::Fifo => {
                 rustix::fs::mknodat(to, &name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;
@@ -506,10 +501,15 @@ fn copy_xattrs(src: &OwnedFd, dst: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-fn stat_time(sec: i64, nsec: u64) -> rustix::fs::Timespec {
-    rustix::fs::Timespec {
+/// The access and modification times `st` holds.
+fn times_of(st: &rustix::fs::Stat) -> rustix::fs::Timestamps {
+    let time = |sec: i64, nsec: u64| rustix::fs::Timespec {
         tv_sec: sec,
         tv_nsec: nsec as _,
+    };
+    rustix::fs::Timestamps {
+        last_access: time(st.st_atime, st.st_atime_nsec),
+        last_modification: time(st.st_mtime, st.st_mtime_nsec),
     }
 }
 
@@ -521,11 +521,7 @@ fn copy_meta(src: &OwnedFd, known: Option<rustix::fs::Stat>, dst: &OwnedFd) -> s
     };
     chown_at(dst, c"", (st.st_uid, st.st_gid))?;
     rustix::fs::fchmod(dst, Mode::from_raw_mode(st.st_mode & 0o7777))?;
-    let times = rustix::fs::Timestamps {
-        last_access: stat_time(st.st_atime, st.st_atime_nsec),
-        last_modification: stat_time(st.st_mtime, st.st_mtime_nsec),
-    };
-    rustix::fs::futimens(dst, &times)?;
+    rustix::fs::futimens(dst, &times_of(&st))?;
     Ok(())
 }
 
