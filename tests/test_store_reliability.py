@@ -140,6 +140,39 @@ def test_full_disk_fails_cleanly_and_keeps_the_store(tmp_path: Path) -> None:
         assert layerdiff.fsck(f"oci:{layout}").ok
 
 
+def _fill(disk: Path) -> None:
+    """Fill the file system at ``disk`` to its last byte."""
+    with (disk / "filler").open("wb", buffering=0) as f:
+        for chunk in (65536, 1):
+            with contextlib.suppress(OSError):
+                while f.write(b"\0" * chunk):
+                    pass
+
+
+@pytest.mark.root
+def test_rmi_frees_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rmi is what a user runs on a full disk: the store keeps room for the index it must
+    write before any blob can go, and a command that adds to the store never uses it."""
+    disk = tmp_path / "disk"
+    with _tmpfs(disk, "8m"):
+        monkeypatch.setenv("LAYERDIFF_HOME", str(disk / "home"))
+        layerdiff.commit(make_tree(tmp_path / "a", 7, files=3, size=1_000_000), image="a:1")
+        layerdiff.commit(make_tree(tmp_path / "b", 8, files=1, size=100_000), image="b:1")
+        reserve = disk / "home" / "images" / ".layerdiff.reserve"
+        assert reserve.stat().st_size >= 64 << 10
+        _fill(disk)
+        failed = run_cli("commit", "--progress", "none", "--upper", str(tmp_path / "b"), "c:1")
+        assert failed.returncode == 1 and "No space left on device" in failed.stderr
+        assert reserve.exists()
+        done = run_cli("rmi", "a:1")
+        assert done.returncode == 0, done.stderr
+        assert "untagged a:1" in done.stdout and "removed 3 blobs" in done.stdout, done.stdout
+        assert store_layout().tags() == ["b:1"]
+        assert os.statvfs(disk).f_bfree * os.statvfs(disk).f_frsize > 2_000_000
+        assert reserve.stat().st_size >= 64 << 10  # made again once there was room
+        assert layerdiff.fsck().ok
+
+
 @pytest.mark.root
 def test_read_only_store_is_a_one_line_error(tmp_path: Path) -> None:
     disk = tmp_path / "disk"

@@ -436,6 +436,7 @@ def gc(target: str | os.PathLike[str] | None = None) -> GcReport:
             temporary += runtime.forget_vanished()
             freed += cache_freed
             freed += _collect_indexes(layout)
+            layout.keep_reserve()  # given up by an rmi on a full disk: there may be room now
     return GcReport(
         blobs=removed,
         temporary=temporary,

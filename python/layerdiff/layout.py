@@ -29,7 +29,7 @@ from layerdiff.errors import (
     LayerdiffError,
     LayerdiffOSError,
 )
-from layerdiff.refs import pinned_digest
+from layerdiff.refs import pinned_digest, store_layout_path
 
 __all__ = [
     "INDEX_DIGEST",
@@ -65,6 +65,12 @@ _GC_LOCK = ".layerdiff.gc.lock"
 _GC_GATE = ".layerdiff.gc.gate"
 #: Errors of a write that found no room.
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: Room the default store keeps for itself (allocated, never read), given up when removing
+#: names finds the file system full: ``rmi`` must write a new ``index.json`` before it can
+#: free any blob, and would otherwise fail on the full disk it is run to clear.
+_RESERVE = ".layerdiff.reserve"
+#: Least size of the reserve; it is kept at twice the index's size when that is more.
+_RESERVE_MIN = 64 << 10
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _JSON_MAX = 64 << 20  # index.json larger than this is not something we wrote or want to parse
 
@@ -479,17 +485,61 @@ class Layout:
             raise FormatError(f"{path}: 'manifests' is not a list of descriptors")
         return index
 
-    def _write_index(self, index: dict[str, Any]) -> None:
+    def _write_index(self, index: dict[str, Any], *, freeing: bool = False) -> None:
         data = json.dumps(index, separators=(",", ":"), ensure_ascii=False).encode()
-        _write_atomic(self.path / _INDEX_FILE, data)
+        try:
+            _write_atomic(self.path / _INDEX_FILE, data)
+        except OSError as e:
+            # Removing names on a full file system: the reserve makes room for the new index
+            # (kept again by the gc that follows, once blobs are freed).
+            if not (freeing and e.errno in _FULL and self._give_up_reserve()):
+                raise
+            _write_atomic(self.path / _INDEX_FILE, data)
 
-    def update_index(self, change: Callable[[list[Descriptor]], list[Descriptor]]) -> None:
-        """Replace the index's manifest list by ``change(manifests)``, atomically and locked."""
+    def update_index(
+        self, change: Callable[[list[Descriptor]], list[Descriptor]], *, freeing: bool = False
+    ) -> None:
+        """Replace the index's manifest list by ``change(manifests)``, atomically and locked.
+        ``freeing``: the change only removes entries, and may use the layout's reserve (see
+        :meth:`keep_reserve`) when the file system is full."""
         with self._locked():
             index = self.read_index()
             index["manifests"] = change(list(index["manifests"]))
             index.setdefault("mediaType", INDEX_MEDIA_TYPE)
-            self._write_index(index)
+            self._write_index(index, freeing=freeing)
+
+    def keep_reserve(self) -> None:
+        """Keep a reserve of allocated room in the layout (twice the index's size, at least
+        64 KiB), for removing names on a full file system. Done when there is room: a reserve
+        that cannot be made is not an error."""
+        path = self.path / _RESERVE
+        try:
+            want = max(_RESERVE_MIN, 2 * (self.path / _INDEX_FILE).stat().st_size)
+            if path.stat().st_size >= want:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, want)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # no room for it now: the next command that frees some makes it
+        finally:
+            os.close(fd)
+
+    def _give_up_reserve(self) -> bool:
+        """Remove the reserve; whether there was one."""
+        try:
+            os.unlink(self.path / _RESERVE)
+        except OSError:
+            return False
+        return True
 
     def manifests(self) -> list[Descriptor]:
         """The descriptors listed in ``index.json``."""
@@ -572,7 +622,7 @@ class Layout:
             removed = len(kept) != len(ms)
             return kept
 
-        self.update_index(change)
+        self.update_index(change, freeing=True)
         return removed
 
 
@@ -649,6 +699,8 @@ def writing(layout: Layout) -> Iterator[None]:
                 yield
             finally:
                 os.close(fd)
+            if layout.path == store_layout_path():
+                layout.keep_reserve()
             return
         os.close(fd)
         Layout.create(layout.path)

@@ -136,7 +136,8 @@ def remove_untagged(layout: str | os.PathLike[str], digest: str) -> None:
     """Drop the untagged entries of ``digest`` from the layout's index (its blobs stay until
     ``gc``)."""
     Layout.open(layout).update_index(
-        lambda ms: [m for m in ms if not (_untagged(m) and m.get("digest") == digest)]
+        lambda ms: [m for m in ms if not (_untagged(m) and m.get("digest") == digest)],
+        freeing=True,
     )
 
 
