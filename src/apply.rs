@@ -1034,8 +1034,8 @@ impl Applier<'_> {
         Ok(cur)
     }
 
-    /// A directory `name` made in `dir` as [`Root::create_dir_all`] makes one: 0755 whatever
-    /// the umask, owned by the caller.
+    /// A directory `name` made in `dir` as [`Root::create_dir_all`] makes one
+    /// ([`root::settle_made_dir`]).
     fn make_dir(&self, dir: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
         root::refuse_whiteout_dir(name)?;
         rustix::fs::mkdirat(dir, os_path(name), Mode::from_raw_mode(0o755))?;
@@ -1045,7 +1045,7 @@ impl Applier<'_> {
             OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
+        root::settle_made_dir(&fd)?;
         Ok(fd)
     }
 

@@ -25,6 +25,19 @@ const DIR_FLAGS: OFlags = OFlags::DIRECTORY
     .union(OFlags::RDONLY)
     .union(OFlags::CLOEXEC);
 
+/// A directory just made for entries below it (one a layer implies without holding it): 0755
+/// whatever the umask, owned by the caller, its group included — not the group and
+/// set-group-ID bit a set-group-ID parent gives a new directory. The same tree for every
+/// caller and every lower tree, as squash writes such a directory.
+pub(crate) fn settle_made_dir(fd: &OwnedFd) -> io::Result<()> {
+    let gid = rustix::process::getegid();
+    if rustix::fs::fstat(fd)?.st_gid != gid.as_raw() {
+        rustix::fs::fchown(fd, None, Some(gid))?;
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(0o755))?;
+    Ok(())
+}
+
 /// An open directory that paths are resolved inside of.
 #[derive(Debug)]
 pub struct Root {
@@ -102,8 +115,7 @@ impl Root {
         Some(rel.to_vec())
     }
 
-    /// Open the directory at `rel`, creating missing components (mode 0755 whatever the umask,
-    /// owned by the caller)
+    /// Open the directory at `rel`, creating missing components (see [`settle_made_dir`])
     /// the way `mkdir -p` would, each inside the root. A component that is a symbolic link to
     /// nothing yet has its target made the same way (as umoci does), inside the root too.
     pub fn create_dir_all(&self, rel: &[u8]) -> io::Result<OwnedFd> {
@@ -151,9 +163,7 @@ impl Root {
                     }
                     let fd = self.open_dir(&prefix)?;
                     if made {
-                        // 0755 whatever the umask: the same tree for every caller, as squash
-                        // writes such a directory.
-                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
+                        settle_made_dir(&fd)?;
                     }
                     fd
                 }

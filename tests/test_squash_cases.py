@@ -140,6 +140,12 @@ CASES = {
         [D("etc"), F("etc/passwd", b"root"), S("l", "etc")],
         [F("l/a"), WH("l"), F("l/b")],
     ],
+    # A set-group-ID directory gives a directory made in it its group and bit; one a layer
+    # implies is 0755 and the caller's all the same, as squash writes it.
+    "a directory implied under a set-group-ID directory": [
+        [D("s", mode=0o2775, gid=1234), F("s/f")],
+        [F("s/new/deeper/x")],
+    ],
 }
 
 
