@@ -136,3 +136,35 @@ def test_ctrl_c_stops_a_diff_promptly(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert time.monotonic() - start < 3, "Ctrl-C was not seen until the diff was done"
     assert proc.returncode == 130, err
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line() -> None:
+    """A Ctrl-C that comes while the command's modules are imported (here: click's, the
+    first slow one) ends it with its one line and by SIGINT, as later, not a traceback."""
+    script = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'click':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from layerdiff.cli import entry\n"
+        "entry()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.stderr == "layerdiff: interrupted\n"
+    assert done.returncode == -signal.SIGINT
+    # Imported by a program of its own, the command line leaves its hook in place.
+    kept = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; h = sys.excepthook; import layerdiff.cli; assert sys.excepthook is h",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert kept.returncode == 0, kept.stderr

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# isort: off
+from layerdiff import _quiet_start  # first: a Ctrl-C while the rest loads is one line
+
+# isort: on
+
 import os
 import signal
 import sys
@@ -1382,3 +1387,6 @@ def entry() -> NoReturn:
     except (BrokenPipeError, OSError):
         code = code or 120  # as Python's own exit when flushing stdout fails
     os._exit(code)
+
+
+_quiet_start.loaded()
