@@ -141,6 +141,28 @@ def test_gc_and_rmi_keep_every_blob_while_a_manifest_cannot_be_read(store: Layou
     assert layerdiff.gc().blobs == 3  # one:1's, now that nothing is unreadable
 
 
+def test_gc_keeps_every_blob_while_a_manifest_is_missing(store: Layout) -> None:
+    """A manifest deleted from the layout hides what it names as a damaged one does: its
+    config and layers stay (putting the manifest back makes the image whole), and gc says
+    which; an index entry naming no digest too."""
+    digest = str(layerdiff.inspect("two:1")["digest"])
+    manifest = store.blob_path(digest)
+    original = manifest.read_bytes()
+    manifest.unlink()
+    assert store.remove_tag("one:1")
+    report = layerdiff.gc()
+    assert (report.blobs, report.unreadable) == (0, (digest,))
+    manifest.write_bytes(original)
+    assert layerdiff.fsck().ok
+    entry = {"mediaType": MANIFEST_MEDIA_TYPE, "size": 1}
+    store.update_index(lambda ms: [*ms, entry])
+    done = run_cli("gc")
+    assert done.returncode == 0 and "removed 0 blobs" in done.stdout, done.stdout
+    assert "every blob kept: an entry without a digest" in done.stdout, done.stdout
+    store.update_index(lambda ms: [m for m in ms if m != entry])
+    assert layerdiff.gc().blobs == 3  # one:1's, now that nothing is hidden
+
+
 def test_gc_while_commits_run_never_removes_what_they_tag(tmp_path: Path) -> None:
     """Commits in other processes and gc in a loop: every tag resolves to a whole image."""
     script = (

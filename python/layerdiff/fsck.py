@@ -346,13 +346,24 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> tuple[set[st
     while todo:
         desc, named_as_manifest = todo.pop()
         digest = desc.get("digest")
-        if not isinstance(digest, str) or digest in seen:
+        media = desc.get("mediaType")
+        # Where a manifest or an index stands, one that is missing (or named by no digest of
+        # ours) hides what it names just as a damaged one does.
+        hides = (isinstance(media, str) and ("manifest" in media or "index" in media)) or (
+            media is None and named_as_manifest
+        )
+        if not isinstance(digest, str):
+            if hides:
+                unreadable.append(f"an entry without a digest ({json.dumps(desc)[:80]})")
+            continue
+        if digest in seen:
             continue
         seen.add(digest)
         path = layout.blob_path(digest) if digest.startswith("sha256:") else None
         if path is None or not path.is_file():
+            if hides:
+                unreadable.append(digest)
             continue
-        media = desc.get("mediaType")
         # What a manifest or an index may name, whatever its kind: an entry without a media
         # type is read too, and an artifact manifest's blobs and subject are kept (gc never
         # removes what something in the layout may refer to).
@@ -362,10 +373,8 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> tuple[set[st
                     continue
                 obj = json.loads(path.read_bytes())
             except (ValueError, RecursionError, OSError):
-                # A config's or a layer's damage hides nothing; a manifest's or an index's
-                # hides what it names.
-                is_manifest = isinstance(media, str) and ("manifest" in media or "index" in media)
-                if is_manifest or (media is None and named_as_manifest):
+                # A config's or a layer's damage hides nothing.
+                if hides:
                     unreadable.append(digest)
                 continue
             if isinstance(obj, dict):
