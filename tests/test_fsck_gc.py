@@ -78,6 +78,12 @@ def test_fsck_names_a_flipped_byte_and_unpack_refuses_it(store: Layout, tmp_path
     assert f"one:1: blob sha256:{blob.name}" in proc.stdout
     assert "two:1" not in proc.stdout  # the healthy image is not blamed
     assert run_cli("fsck", "two:1").returncode == 0
+    # An image by its ID, as the other commands take one.
+    image_id = str(layerdiff.inspect("one:1")["digest"])
+    for text in (image_id[7:19], image_id):
+        by_id = run_cli("fsck", text)
+        assert by_id.returncode == 1 and f"blob sha256:{blob.name}" in by_id.stdout, by_id
+    assert run_cli("fsck", str(layerdiff.inspect("two:1")["digest"])[7:19]).returncode == 0
     proc = run_cli("unpack", "one:1", str(tmp_path / "out"))
     assert proc.returncode == 1 and "error:" in proc.stderr
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from layerdiff import _core, layercache, refs
-from layerdiff.catalog import index_tag
+from layerdiff.catalog import by_image_id, index_tag
 from layerdiff.errors import (
     FormatError,
     InvalidArgumentError,
@@ -238,6 +238,10 @@ def _layout_and_images(
     if ref.tag is not None:
         tag = index_tag(layout, ref)
         named = [(n, m) for n, m in named if n == tag]
+        # No such name: a store image by its ID, as the other commands take one.
+        found = by_image_id(layout, ref.text) if ref.in_store and not named else None
+        if found is not None:
+            named = [found]
     return layout, named
 
 
