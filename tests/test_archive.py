@@ -601,3 +601,45 @@ def test_load_of_an_archive_of_several_images_loads_them_all(tmp_path: Path) -> 
     assert run_cli("rmi", "-f", short).returncode == 0
     assert not [i for i in layerdiff.images() if i.digest == untagged[0].digest]
     assert layerdiff.fsck().ok
+
+
+def test_save_takes_a_file_as_docker_save_does(tmp_path: Path) -> None:
+    """`save IMAGE FILE`, `save -o FILE IMAGE` and `save IMAGE > FILE` write the same archive
+    as `docker-archive:FILE`; a terminal, a layout or two targets are usage errors."""
+    image = two_layer_image(tmp_path)
+    assert run_cli("save", image, f"docker-archive:{tmp_path / 'ref.tar'}").returncode == 0
+    want = (tmp_path / "ref.tar").read_bytes()
+    plain = run_cli("save", image, str(tmp_path / "plain.tar"))
+    assert plain.returncode == 0 and plain.stdout == f"{tmp_path / 'plain.tar'}\n", plain.stderr
+    assert (tmp_path / "plain.tar").read_bytes() == want
+    assert run_cli("save", "-o", str(tmp_path / "o.tar"), image).returncode == 0
+    assert (tmp_path / "o.tar").read_bytes() == want
+    piped = subprocess.run(
+        [sys.executable, "-m", "layerdiff", "save", image],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert piped.returncode == 0 and piped.stdout == want, piped.stderr
+    for args in (
+        ["save", image, str(tmp_path / "a.tar"), "-o", str(tmp_path / "b.tar")],
+        ["save", image, f"oci:{tmp_path / 'layout'}"],
+    ):
+        done = run_cli(*args)
+        assert done.returncode == 2 and "layerdiff: error:" in done.stderr, done.stderr
+    assert not (tmp_path / "a.tar").exists() and not (tmp_path / "b.tar").exists()
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        on_tty = subprocess.run(
+            [sys.executable, "-m", "layerdiff", "save", image],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=120,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert on_tty.returncode == 2 and b"refusing to write an archive to a terminal" in on_tty.stderr

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -350,6 +351,58 @@ def test_fsck_and_images_name_a_malformed_image_and_go_on(tmp_path: Path, broken
     listed = run_cli("images", "--json", f"oci:{path}")
     assert listed.returncode == 0, listed.stderr
     assert sorted(i["tag"] for i in json.loads(listed.stdout)) == ["bad", "good"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"layers": [1]}, "layers[0] must be a descriptor"),
+        ({"layer": {"mediaType": None}}, "layers[0] has no media type"),
+        ({"layer": {"size": -1}}, "layers[0] has no size"),
+        ({"config": {"created": 5}}, "created must be a string"),
+        ({"config": {"history": [1, 2]}}, "history must be a list of objects"),
+        ({"config": {"rootfs": None}}, "rootfs.diff_ids must be a list"),
+    ],
+)
+def test_an_image_of_the_wrong_shape_is_a_one_line_error_everywhere(
+    tmp_path: Path, edit: dict[str, Any], said: str
+) -> None:
+    """JSON of the wrong shape in a manifest or config (a number where a descriptor goes, a
+    size of -1, a created time that is no string) is the same one-line error from every
+    command that reads the image, and `images` still lists the others."""
+    path = tmp_path / "l"
+    good = image_in(path, tmp_path, "good", "g")
+    layout = Layout.open(path)
+    manifest = layout.read_json(good)
+    if "config" in edit:
+        config = {**layout.read_json(manifest["config"]), **edit["config"]}
+        manifest["config"] = layout.put_blob(
+            canonical_json(config), media_type=manifest["config"]["mediaType"]
+        )
+    elif "layer" in edit:
+        layer = {
+            k: v for k, v in {**manifest["layers"][0], **edit["layer"]}.items() if v is not None
+        }
+        manifest["layers"] = [layer]
+    else:
+        manifest.update(edit)
+    layout.set_tag("bad", layout.put_blob(canonical_json(manifest), media_type=MANIFEST))
+    bad = f"oci:{path}:bad"
+    for args in (
+        ["inspect", bad],
+        ["history", bad],
+        ["tag", bad, f"oci:{tmp_path / 'other'}:x"],
+        ["unpack", bad, str(tmp_path / "out")],
+        ["squash", bad, f"oci:{tmp_path / 'sq'}:x"],
+        ["save", bad, str(tmp_path / "a.tar")],
+        ["commit", "--from", bad, "--upper", str(tmp_path / "tree-good-g"), "x:1"],
+    ):
+        done = run_cli(*args)
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr.count("\n") == 1 and said in done.stderr, (args, done.stderr)
+    listed = run_cli("images", f"oci:{path}")
+    assert listed.returncode == 0 and said in listed.stderr, listed.stderr
+    assert "good" in listed.stdout and "bad" in listed.stdout
 
 
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="needs zstd")

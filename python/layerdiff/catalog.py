@@ -20,6 +20,7 @@ from layerdiff.image import (
     DOCKER_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
+    image_shape_problems,
 )
 from layerdiff.layout import INDEX_DIGEST, Descriptor, Layout, tag_of
 
@@ -223,6 +224,13 @@ def _read(ref: refs.LayoutRef, layout: Layout, desc: Descriptor) -> Image:
     if not isinstance(config_desc, dict):
         raise FormatError(f"{ref.text}: manifest {desc['digest']} has no config descriptor")
     config = layout.read_json(config_desc)
+    problems = image_shape_problems(manifest, config)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise FormatError(
+            f"{ref.text}: malformed image: {problems[0]}{more}; layerdiff fsck lists what is "
+            "damaged"
+        )
     return Image(
         ref=ref, layout=layout, descriptor=desc, manifest=manifest, config=config, entry=entry
     )

@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -1087,14 +1088,45 @@ def pull(
     epilog="""\b
 Examples:
   layerdiff save app:1 docker-archive:app.tar:app:1    # then: docker load -i app.tar
+  layerdiff save -o app.tar app:1                      # as docker save
+  layerdiff save app:1 | ssh host docker load
 """
 )
 @click.argument("image")
-@click.argument("archive", metavar="docker-archive:FILE[:NAME:TAG]")
+@click.argument("archive", required=False, metavar="[ARCHIVE]")
+@click.option(
+    "-o", "--output", metavar="FILE", help="Write the archive to FILE (as docker save -o)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def save(image: str, archive: str, as_json: bool) -> None:
-    """Write IMAGE as a docker save tarball (what docker load reads)."""
-    result = layerdiff.save(image, archive)
+def save(image: str, archive: str | None, output: str | None, as_json: bool) -> None:
+    """Write IMAGE as a docker save tarball (what docker load reads) to ARCHIVE:
+    docker-archive:FILE[:NAME:TAG] (NAME:TAG the archive's name for it), or a plain FILE, or
+    -o FILE; to standard output when none is given and it is no terminal."""
+    from layerdiff.refs import ArchiveRef
+
+    if archive is not None and output is not None:
+        raise click.UsageError("give the archive once: as ARCHIVE or as -o FILE")
+    target: str | ArchiveRef
+    if archive is not None and archive.startswith("docker-archive:"):
+        target = archive
+    else:
+        file = archive if archive is not None else output
+        if file is None:
+            if sys.stdout.isatty():
+                raise click.UsageError(
+                    "refusing to write an archive to a terminal: give a FILE or -o FILE, or "
+                    "redirect standard output"
+                )
+            file = "/dev/stdout"
+        elif file.startswith("oci:") or "://" in file:
+            raise click.UsageError(
+                f"{file}: save writes a docker save tarball; to copy an image into another "
+                "layout or a registry use tag or push"
+            )
+        if not file:
+            raise click.UsageError("the archive's file name is empty")
+        target = ArchiveRef(text=file, file=Path(file), name=None, tag=None)
+    result = layerdiff.save(image, target)
     if _is_stdout(result.file):
         return  # the archive went there: nothing may follow it
     if as_json:

@@ -301,6 +301,55 @@ def short_json(value: object) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
+def _descriptor_problems(desc: object, what: str) -> list[str]:
+    """What makes ``desc`` no content descriptor (a digest, a size, a media type), one message
+    each, ``what`` naming it."""
+    if not isinstance(desc, dict):
+        return [f"{what} must be a descriptor (an object), not {short_json(desc)}"]
+    problems = []
+    if not isinstance(desc.get("digest"), str):
+        problems.append(f"{what} has no digest")
+    size = desc.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        problems.append(f"{what} has no size (a whole number of bytes): {short_json(size)}")
+    if not isinstance(desc.get("mediaType"), str):
+        problems.append(f"{what} has no media type")
+    return problems
+
+
+def image_shape_problems(manifest: dict[str, Any], config: object) -> list[str]:
+    """What in an image's manifest and config has not the shape an image's must have to be
+    read (descriptors with a digest, size and media type; a config object whose fields have
+    the OCI image-spec's types, with ``rootfs.diff_ids`` and ``history`` lists): one message
+    each. A config of another media type (an artifact's) is only checked to be there."""
+    problems = _descriptor_problems(manifest.get("config"), "the manifest's config")
+    layers = manifest.get("layers", [])
+    if not isinstance(layers, list):
+        return [*problems, f"the manifest's layers must be a list, not {short_json(layers)}"]
+    for i, layer in enumerate(layers):
+        problems += _descriptor_problems(layer, f"the manifest's layers[{i}]")
+    config_desc = manifest.get("config")
+    media = config_desc.get("mediaType") if isinstance(config_desc, dict) else None
+    if media not in IMAGE_CONFIG_MEDIA_TYPES:
+        return problems
+    if not isinstance(config, dict):
+        return [*problems, f"the image config must be an object, not {short_json(config)}"]
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        problems.append(
+            f"image config: rootfs.diff_ids must be a list of digests: {short_json(rootfs)}"
+        )
+    history = config.get("history")
+    if history is not None and not (
+        isinstance(history, list) and all(isinstance(h, dict) for h in history)
+    ):
+        problems.append(
+            f"image config: history must be a list of objects, not {short_json(history)}"
+        )
+    return problems + config_type_problems(config)
+
+
 def config_diff_ids(config: object, where: str) -> list[str]:
     """The ``rootfs.diff_ids`` of the image config ``config``, checked to be sha256 digests;
     ``where`` names the config in errors."""
