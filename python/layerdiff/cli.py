@@ -592,7 +592,7 @@ def rmi(images: tuple[str, ...], no_prune: bool, force: bool) -> None:
                     refs.setdefault(tag_to_remove(ref), ref)
         if not force:
             _refuse_images_in_use(
-                {key: (str(named(ref)["digest"]), ref.text) for key, ref in refs.items()},
+                {key: (str(named(ref).get("digest")), ref.text) for key, ref in refs.items()},
                 {(layout, digest): (digest, text) for (layout, digest), text in untagged.items()},
             )
     except (ImageNotFoundError, InvalidReferenceError, _InUseError) as e:
@@ -602,7 +602,7 @@ def rmi(images: tuple[str, ...], no_prune: bool, force: bool) -> None:
     layouts: dict[str, str | None] = {}
     for (layout, _), ref in refs.items():
         digest = layerdiff.untag(ref)
-        click.echo(f"untagged {ref.text} ({digest})")
+        click.echo(f"untagged {ref.text} ({digest or 'no digest'})")
         layouts[str(layout)] = None if ref.in_store else f"oci:{layout}"
     for (layout, digest), _ in untagged.items():
         remove_untagged(str(layout), digest)

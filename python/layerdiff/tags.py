@@ -73,13 +73,17 @@ def named(image: str | refs.LayoutRef) -> Descriptor:
 
 def untag(image: str | refs.LayoutRef) -> str:
     """Remove the name ``image`` (``NAME[:TAG]``, or ``oci:PATH:TAG``); return the digest it
-    named. Only the layout's index is read, so the name of an image whose blobs are missing or
-    corrupt goes as well. The blobs stay until ``gc`` finds nothing else uses them."""
+    named ("" for an index entry naming none). Only the layout's index is read, so the name of
+    an image whose blobs are missing or corrupt goes as well. The blobs stay until ``gc`` finds
+    nothing else uses them."""
     ref = refs.parse_layout_reference(image) if isinstance(image, str) else image
     layout, name, descriptor = _tag_to_remove(ref)
-    if not layout.remove_tag(name, digest=str(descriptor["digest"])):
+    # A damaged entry naming no digest goes too (it is the only one of its name).
+    digest = descriptor.get("digest")
+    digest = digest if isinstance(digest, str) else None
+    if not layout.remove_tag(name, digest=digest):
         raise ImageNotFoundError(f"image not found: {ref.text}")
-    return str(descriptor["digest"])
+    return digest or ""
 
 
 def tag_to_remove(image: str | refs.LayoutRef) -> tuple[Path, str]:
