@@ -242,6 +242,28 @@ def test_cli_commit_json(rootfs: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert layerdiff.inspect("app:1")["config"]["config"]["User"] == "1000"
 
 
+def test_cli_changes_are_a_dockerfile_as_docker_commit_reads_them(rootfs: Path) -> None:
+    """Several instructions in one -c, lines continued by a backslash and comments, as
+    `docker commit` joins its changes into one Dockerfile."""
+    done = run_cli(
+        "commit",
+        "--upper",
+        str(rootfs),
+        "--progress",
+        "none",
+        "-c",
+        'ENV X=1\nENV PORTS="80 443" \\\n    Y=2\n# the ports\nEXPOSE $PORTS',
+        "-c",
+        "USER 1000",
+        "app:dockerfile",
+    )
+    assert done.returncode == 0, done.stderr
+    config = layerdiff.inspect("app:dockerfile")["config"]["config"]
+    assert [e for e in config["Env"] if e[0] in "XPY"] == ["X=1", "PORTS=80 443", "Y=2"]
+    assert config["ExposedPorts"] == {"80/tcp": {}, "443/tcp": {}}
+    assert config["User"] == "1000"
+
+
 def test_cli_commit_plain_progress(rootfs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(
         capsys,

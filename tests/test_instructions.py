@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from layerdiff.errors import FormatError, InvalidChangeError
-from layerdiff.instructions import apply_changes, parse_change
+from layerdiff.instructions import apply_changes, parse_change, split_changes
 
 BASE: dict[str, Any] = {
     "Env": ["PATH=/usr/bin", "HOME=/root"],
@@ -85,6 +85,14 @@ CASES: list[tuple[list[str], dict[str, Any]]] = [
     (
         ["ENV PORT=8080", "EXPOSE $PORT/udp"],
         {"Env": ["PATH=/usr/bin", "HOME=/root", "PORT=8080"], "ExposedPorts": {"8080/udp": {}}},
+    ),
+    # As docker expands EXPOSE: the words of a variable's value are as many ports.
+    (
+        ['ENV P="80 443/udp"', "EXPOSE $P 8080"],
+        {
+            "Env": ["PATH=/usr/bin", "HOME=/root", "P=80 443/udp"],
+            "ExposedPorts": {"80/tcp": {}, "443/udp": {}, "8080/tcp": {}},
+        },
     ),
     (["VOLUME $HOME/data"], {"Volumes": {"/root/data": {}}}),
     (
@@ -273,3 +281,21 @@ def test_bad_after_substitution(changes: list[str], message: str) -> None:
     with pytest.raises(InvalidChangeError) as info:
         apply_changes(BASE, changes)
     assert message in str(info.value) and repr(changes[-1]) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "lines"),
+    [
+        (["ENV X=1"], ["ENV X=1"]),
+        (["ENV X=1\nENV Y=2"], ["ENV X=1", "ENV Y=2"]),
+        # A trailing backslash continues the line, also into the next change, as docker joins
+        # them; blank lines and comments go, also inside a continued one.
+        (["ENV A=1 \\", "  B=2"], ["ENV A=1   B=2"]),
+        (["LABEL a=1 \\  \n# note\n\n  b=2\nEXPOSE 80"], ["LABEL a=1   b=2", "EXPOSE 80"]),
+        (["# only a comment", "", "   "], []),
+        (["LABEL a=#b", 'CMD ["x\\\\"]'], ["LABEL a=#b", 'CMD ["x\\\\"]']),
+        (["ENV A=1 \\"], ["ENV A=1 "]),
+    ],
+)
+def test_changes_are_read_as_docker_commit_joins_them(changes: list[str], lines: list[str]) -> None:
+    assert split_changes(changes) == lines

@@ -382,9 +382,9 @@ A CONTAINER is a name from 'layerdiff ps' or a container directory path.
     multiple=True,
     metavar="INSTRUCTION",
     help="Dockerfile instruction for the config: ENV, CMD, ENTRYPOINT, WORKDIR, "
-    "EXPOSE, LABEL, USER, VOLUME, STOPSIGNAL, HEALTHCHECK, ONBUILD (repeatable). As in a "
-    "Dockerfile, $VAR is the "
-    "image's (quote it from your shell: -c 'ENV PATH=/opt/bin:$PATH').",
+    "EXPOSE, LABEL, USER, VOLUME, STOPSIGNAL, HEALTHCHECK, ONBUILD (repeatable; the changes "
+    "are read as one Dockerfile, so one may hold several lines). As in a Dockerfile, $VAR is "
+    "the image's (quote it from your shell: -c 'ENV PATH=/opt/bin:$PATH').",
 )
 @click.option(
     "--pause/--no-pause",

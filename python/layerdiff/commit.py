@@ -322,7 +322,7 @@ def _parse_changes(changes: Sequence[str]) -> Callable[[dict[str, Any]], dict[st
     ``config`` section."""
     if not changes:
         return copy.deepcopy
-    from layerdiff.instructions import apply_changes, parse_change  # only for changes
+    from layerdiff.instructions import apply_changes, parse_change, split_changes
 
-    parsed = [parse_change(c) for c in changes]
+    parsed = [parse_change(c) for c in split_changes(changes)]
     return lambda config: apply_changes(config, parsed)

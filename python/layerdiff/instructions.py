@@ -30,7 +30,7 @@ from typing import Any
 
 from layerdiff.errors import InvalidChangeError
 
-__all__ = ["Instruction", "apply_changes", "parse_change"]
+__all__ = ["Instruction", "apply_changes", "parse_change", "split_changes"]
 
 _SUPPORTED = frozenset(
     {
@@ -391,6 +391,27 @@ def _onbuild(line: str, rest: str) -> str:
     return rest
 
 
+def split_changes(changes: Iterable[str]) -> list[str]:
+    """The instructions of ``changes`` read as ``docker commit`` reads them: joined by newlines
+    into one Dockerfile, whose lines a trailing backslash continues and where blank lines and
+    ``#`` comments are passed over. (One change per ``--change`` is the usual case.)"""
+    out: list[str] = []
+    pending = ""  # an instruction continued so far
+    for raw in "\n".join(changes).split("\n"):
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            continue  # also inside a continued instruction, as docker's parser skips them
+        body = raw.rstrip()
+        if body.endswith("\\"):
+            pending += body[:-1]
+            continue
+        out.append(pending + raw)
+        pending = ""
+    if pending.strip():
+        out.append(pending)
+    return out
+
+
 def parse_change(line: str) -> Instruction:
     """Parse one ``--change`` instruction; raise InvalidChangeError naming the line if malformed.
 
@@ -495,7 +516,11 @@ def apply_changes(config: dict[str, Any], changes: Iterable[str | Instruction]) 
             out["WorkingDir"] = "/" + joined.lstrip("/")  # normpath keeps a leading "//"
         elif k == "EXPOSE":
             ports = dict(out.get("ExposedPorts") or {})
-            ports.update({p: {} for p in _ports(line, map(word, ins.words))})
+            # As docker expands EXPOSE: a variable's value gives as many ports as words.
+            expanded = [p for w in ins.words for p in word(w).split()]
+            if not expanded:
+                raise _error(line, "EXPOSE requires at least one port")
+            ports.update({p: {} for p in _ports(line, expanded)})
             out["ExposedPorts"] = ports
         elif k == "VOLUME":
             volumes = dict(out.get("Volumes") or {})
