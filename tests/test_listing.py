@@ -158,3 +158,30 @@ def test_images_of_one_repository_or_tag_as_docker_lists_them(
     assert ("other", "1") in listed()
     bad = run_cli("images", "Not/Valid!")
     assert bad.returncode == 1 and "not a valid image name" in bad.stderr
+
+
+def test_images_lists_the_newest_first_as_docker_does(tmp_path: Path) -> None:
+    """Newest first, whatever the index order; images made at the same time keep it, and one
+    that cannot be read comes last."""
+    for name, epoch in (
+        ("old:1", 1_000_000_000),
+        ("new:1", 1_700_000_000),
+        ("mid:1", 1_500_000_000),
+    ):
+        layerdiff.commit(tree(tmp_path / name, name), image=name, source_date_epoch=epoch)
+    layerdiff.tag("old:1", "old:2")
+    layerdiff.tag("new:1", "new:2")
+    done = run_cli("images", "--json")
+    assert done.returncode == 0, done.stderr
+    order = [f"{i['name']}:{i['tag']}" for i in json.loads(done.stdout)]
+    assert order == ["new:1", "new:2", "mid:1", "old:1", "old:2"]
+    config = layerdiff.inspect("mid:1")["manifest"]["config"]["digest"]
+    (Path(os.environ["LAYERDIFF_HOME"]) / "images" / "blobs" / "sha256" / config[7:]).unlink()
+    done = run_cli("images")
+    assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == [
+        "new",
+        "new",
+        "old",
+        "old",
+        "mid",
+    ]

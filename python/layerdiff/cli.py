@@ -8,6 +8,7 @@ from layerdiff import _quiet_start  # first: a Ctrl-C while the rest loads is on
 # isort: on
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -704,6 +705,7 @@ def images(layout: str | None, as_json: bool) -> None:
         ]
         if not found and layout is not None and is_layout(layout):
             raise click.UsageError(f"no image {layout!r} in the store; the layout is oci:{layout}")
+    found = sorted(found, key=_created_order, reverse=True)  # newest first, as docker lists
     for i in found:  # like docker, list what can be read and say what cannot
         if i.error is None:
             continue
@@ -730,6 +732,23 @@ def images(layout: str | None, as_json: bool) -> None:
         for i in found
     ]
     _table(rows)
+
+
+def _created_order(image: layerdiff.ImageSummary) -> float:
+    """When ``image`` was created, as seconds since the epoch (no time or one that cannot be
+    read: before all others)."""
+    import datetime
+
+    text = image.created or ""
+    # Python reads microseconds at most: Go writes nanoseconds.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return float("-inf")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
 
 
 @cli.command(epilog="Example:\n\n  layerdiff inspect app:1 | jq .config.config")
