@@ -130,7 +130,8 @@ def test_a_multi_platform_image_is_tagged_whole_in_its_layout(tmp_path: Path) ->
     layout.set_tag("multi", entry)
     for tag in ("amd", "arm"):
         layout.remove_tag(tag)
-    assert run_cli("tag", f"oci:{path}:multi", f"oci:{path}:copy").returncode == 0
+    tagged = run_cli("tag", f"oci:{path}:multi", f"oci:{path}:copy")
+    assert tagged.returncode == 0 and tagged.stdout == f"{entry['digest']}\n", tagged
     assert layout.resolve("copy")["digest"] == entry["digest"]
     assert run_cli("rmi", f"oci:{path}:multi").returncode == 0
     assert layerdiff.fsck(f"oci:{path}").ok

@@ -330,7 +330,7 @@ def image_shape_problems(manifest: dict[str, Any], config: object) -> list[str]:
         problems += _descriptor_problems(layer, f"the manifest's layers[{i}]")
     config_desc = manifest.get("config")
     media = config_desc.get("mediaType") if isinstance(config_desc, dict) else None
-    if media not in IMAGE_CONFIG_MEDIA_TYPES:
+    if not isinstance(media, str) or media not in IMAGE_CONFIG_MEDIA_TYPES:
         return problems
     if not isinstance(config, dict):
         return [*problems, f"the image config must be an object, not {short_json(config)}"]

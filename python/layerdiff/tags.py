@@ -27,7 +27,7 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
     """Name the image ``source`` names ``target`` as well, replacing what ``target`` named; in
     another layout, the image's blobs are copied there first (of a multi-platform image, this
     machine's platform's; in the same layout the name goes to the whole index, as docker and
-    umoci tag it). Returns the image's manifest digest."""
+    umoci tag it). Returns the digest the name was given: the manifest's, or the index's."""
     image = load_image(source)
     dst = refs.check_writable(
         refs.parse_layout_reference(target) if isinstance(target, str) else target
@@ -57,7 +57,7 @@ def tag(source: str | refs.LayoutRef, target: str | refs.LayoutRef) -> str:
                 require_blob(layout, digest, what=f"blob {digest} of {image.ref.text}")
         descriptor = {k: v for k, v in entry.items() if k != "annotations"}
         layout.set_tag(dst.write_tag, descriptor)
-    return image.digest
+    return str(descriptor["digest"])
 
 
 def named(image: str | refs.LayoutRef) -> Descriptor:
