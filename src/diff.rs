@@ -61,8 +61,9 @@ pub struct Change {
 /// Options of a diff.
 #[derive(Debug, Clone, Default)]
 pub struct DiffOptions {
-    /// Compare regular-file contents (blake3) when size matches but mtime differs, so a touched
-    /// but identical file is not reported.
+    /// Compare regular-file contents (blake3) when the rest matches but the mtime may differ:
+    /// a touched but identical file is not reported, a rewritten one of the same size and
+    /// mtime is.
     pub content: bool,
     /// Checked between directories and between files hashed: once set, the diff stops with
     /// [`Error::Interrupted`].
@@ -89,9 +90,10 @@ impl DiffOptions {
 ///   are all [`ChangeKind::Added`]. A two-tree diff never sets [`Change::opaque`].
 /// - A directory is listed only when its own attributes changed (its mtime included), not
 ///   because something below it did.
-/// - With [`DiffOptions::content`], a regular file that differs only in mtime is compared by
-///   blake3 of its contents and left out when equal. Without it, contents are never read: a
-///   file rewritten with the same size, mtime and metadata is not seen (as in `docker diff`).
+/// - With [`DiffOptions::content`], a regular file that differs at most in mtime is compared by
+///   blake3 of its contents: left out when equal, a change when not (also with the same size
+///   and mtime). Without it, contents are never read: a file rewritten with the same size,
+///   mtime and metadata is not seen (as in `docker diff`).
 /// - Hardlinks: when any member of an upper hardlink set is added or modified, or the set's
 ///   members differ from the lower's (compared as path sets, never inode numbers), every member
 ///   of the set is listed, so the layer can express the link.
@@ -246,7 +248,7 @@ enum State {
     Same,
     Added,
     Modified,
-    /// A regular file equal in everything but mtime: content mode decides.
+    /// A regular file equal in everything but perhaps mtime: content mode decides.
     MtimeOnly,
 }
 
@@ -288,6 +290,14 @@ fn diff_trees_in_pool(
         }
     }
     if opts.content {
+        // Contents decide for every regular file on both sides with the same metadata too: one
+        // rewritten with its size and mtime kept (a tree whose mtimes are all normalised, as
+        // reproducible builds leave them) is a change all the same.
+        for ((state, _), e) in merge.upper.iter_mut().zip(&u) {
+            if *state == State::Same && e.kind == Kind::File {
+                *state = State::MtimeOnly;
+            }
+        }
         settle_by_content(&mut merge, &l, &u, (lower, upper), cancel)?;
     } else {
         for (state, _) in &mut merge.upper {

@@ -276,9 +276,9 @@ Examples:
 @click.option(
     "--content",
     is_flag=True,
-    help="Also compare the contents of files whose size is the same but mtime differs, so "
-    "touched but identical files are not reported. Files with the same size and mtime count "
-    "as unchanged either way, as in docker diff.",
+    help="Also compare the contents of files equal in all but perhaps their mtime: touched "
+    "but identical files are not reported, and files rewritten with the same size and mtime "
+    "are (without it they count as unchanged, as in docker diff).",
 )
 @click.option(
     "--json",
@@ -373,6 +373,13 @@ A CONTAINER is a name from 'layerdiff ps' or a container directory path.
     "(required with it). With --overlay: the lower dirs, top first (repeatable).",
 )
 @click.option("--overlay", is_flag=True, help="UPPER is an overlayfs upper directory.")
+@click.option(
+    "--content",
+    is_flag=True,
+    help="With --lower: compare the contents of files equal in all but perhaps their mtime, "
+    "so that a file rewritten with the same size and mtime (a tree whose mtimes are "
+    "normalised) is in the layer, and a touched but identical one is not.",
+)
 @click.option("--from", "base", metavar="IMAGE", help="Base image the new layer goes on top of.")
 @click.option("-m", "--message", help="Commit message (history comment).")
 @click.option("-a", "--author", help="Author, e.g. 'Jane Doe <jane@example.com>'.")
@@ -405,6 +412,7 @@ def commit(
     upper: str | None,
     lowers: tuple[str, ...],
     overlay: bool,
+    content: bool,
     base: str | None,
     message: str | None,
     author: str | None,
@@ -434,9 +442,9 @@ def commit(
                     "Missing option '--upper': the directory to commit (--lower, --overlay and "
                     "--from go with it)"
                 )
-            if lowers or overlay or base:
+            if lowers or overlay or base or content:
                 raise click.UsageError(
-                    "--lower, --overlay and --from go with --upper, not CONTAINER"
+                    "--lower, --overlay, --content and --from go with --upper, not CONTAINER"
                 )
             from layerdiff.runtime import commit_container
 
@@ -469,6 +477,8 @@ def commit(
                 raise click.UsageError("--pause and --no-pause go with CONTAINER, not --upper")
             if not overlay and len(lowers) > 1:
                 raise click.UsageError("several --lower dirs need --overlay")
+            if content and not lowers:
+                raise click.UsageError("--content compares with the --lower tree: give one")
             if (lowers or overlay) and base is None:
                 raise click.UsageError(
                     "--lower and --overlay make a layer of changes, which is only an image on "
@@ -478,6 +488,7 @@ def commit(
                 upper,
                 image=targets[0],
                 lower=None if overlay or not lowers else lowers[0],
+                content=content,
                 overlay=overlay,
                 lowers=lowers if overlay else (),
                 base=base,

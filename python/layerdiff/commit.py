@@ -91,6 +91,7 @@ def commit(
     lower: StrPath | None = None,
     overlay: bool = False,
     lowers: Sequence[StrPath] = (),
+    content: bool = False,
     base: str | refs.LayoutRef | Image | None = None,
     message: str | None = None,
     author: str | None = None,
@@ -112,7 +113,8 @@ def commit(
     or ``docker://HOST/REPO[:TAG]``: straight to a registry).
 
     The new image is ``base`` (if given) plus one layer: the whole ``upper`` tree, or with
-    ``lower`` the two-tree diff, or with ``overlay`` the changes an overlayfs upper dir records.
+    ``lower`` the two-tree diff, or with ``overlay`` the changes an overlayfs upper dir records;
+    ``content`` compares file contents in the diff (see :func:`layerdiff.diff`).
     Like ``docker commit`` a layer is always added, also when ``changes`` (``ENV …``, ``CMD …``)
     only alter the config. ``message`` and ``author`` go into the new history entry.
     ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``) fixes the timestamps and clamps mtimes.
@@ -208,6 +210,7 @@ def commit(
                 lower=lower,
                 overlay=overlay,
                 lowers=lowers,
+                content=content,
                 compression=compression,
                 compression_level=compression_level,
                 threads=threads,
@@ -249,6 +252,7 @@ def commit(
             lower=lower,
             overlay=overlay,
             lowers=lowers,
+            content=content,
             compression=compression,
             compression_level=compression_level,
             threads=threads,

@@ -103,8 +103,9 @@ def _changes(raw: list[tuple[str, bytes]]) -> list[Change]:
 def diff(lower: StrPath, upper: StrPath, *, content: bool = False) -> list[Change]:
     """Changes that turn tree ``lower`` into tree ``upper``, sorted by path.
 
-    With ``content``, regular files whose size matches are compared by content, so a file that
-    was touched but not changed is not reported.
+    With ``content``, regular files equal in all but perhaps their mtime are compared by
+    content: a file touched but not changed is not reported, and one rewritten with the same
+    size and mtime is (without it, as in ``docker diff``, that one is not seen).
     """
     from layerdiff import _core  # imported on use: the pure-Python parts work without it
 
@@ -369,6 +370,7 @@ def write_layer_to_fd(
     lower: StrPath | None = None,
     overlay: bool = False,
     lowers: Sequence[StrPath] = (),
+    content: bool = False,
     compression: str = "gzip",
     compression_level: int | None = None,
     threads: int | None = None,
@@ -385,6 +387,7 @@ def write_layer_to_fd(
     except OSError as e:
         raise LayerdiffOSError(e.errno, f"fd={fd}: {e.strerror}") from None
     lowers = check_paths("lowers", lowers)
+    check_bool("content", content)
     exclude = check_exclude(exclude)
     root_ids = _check_root_ids(root_ids)
     if _as_container_root(root_ids):
@@ -402,6 +405,7 @@ def write_layer_to_fd(
             lower=lower,
             overlay=overlay,
             lowers=list(lowers),
+            content=content,
             compression=compression,
             level=compression_level,
             threads=n_threads,
