@@ -1077,10 +1077,20 @@ def test_the_images_etc_keeps_its_attributes_in_the_container_and_its_commit(
     image: str, store_home: Path, tmp_path: Path
 ) -> None:
     """The init layer's /etc (a mount point for /etc/hosts and the like) stands over the
-    image's: it takes the image's mode, owner and mtime, so the container sees them and a
-    commit of a write below /etc records them, not 0755 root."""
+    image's: it takes the image's mode, owner, mtime, xattrs and ACL, so the container sees
+    them and a commit of a write below /etc records them, not 0755 root and nothing else."""
     rootfs = busybox_rootfs(tmp_path / "rootfs")
     os.chown(rootfs / "etc", 1000, 1000)
+    # An access ACL (user 1234: r-x) and an xattr of its own.
+    acl = struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, perm, ident)
+        for tag, perm, ident in [
+            (0x01, 7, 0xFFFFFFFF), (0x02, 5, 1234), (0x04, 5, 0xFFFFFFFF),
+            (0x10, 5, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF),
+        ]
+    )  # fmt: skip
+    os.setxattr(rootfs / "etc", "system.posix_acl_access", acl)
+    os.setxattr(rootfs / "etc", "user.k", b"v")
     os.chmod(rootfs / "etc", 0o750)
     os.utime(rootfs / "etc", (1_600_000_000, 1_600_000_000))
     layerdiff.commit(rootfs, image="etc:1")
@@ -1092,6 +1102,8 @@ def test_the_images_etc_keeps_its_attributes_in_the_container_and_its_commit(
     etc = layer_members("etc:2")["etc"]
     assert (etc.mode, etc.uid, etc.gid) == (0o750, 1000, 1000)
     assert layer_members("etc:2")["etc/newconf"].isfile()
+    assert etc.pax_headers.get("SCHILY.xattr.user.k") == "v"
+    assert "SCHILY.xattr.system.posix_acl_access" in etc.pax_headers
 
 
 def test_hostname_set_with_e_wins(image: str, store_home: Path) -> None:

@@ -381,18 +381,21 @@ def _merge_env(env: list[str], extra: Sequence[str]) -> list[str]:
 def _init_files(path: Path, hostname: str, network: str, layer_dirs: Sequence[Path]) -> None:
     """The init layer (the top lower layer: mount points for the init files, ``/dev``,
     ``/proc`` and ``/sys``) and the init files' contents. Its directories take the attributes
-    of the image's, which they stand over: else a container would see, and a commit of one
-    that writes there would record, 0755 root where the image has, say, an ``/etc`` of 0750."""
+    of the image's, which they stand over (xattrs and ACLs included): else a container would
+    see, and a commit of one that writes there would record, 0755 root where the image has,
+    say, an ``/etc`` of 0750."""
     init = path / "init"
     for d in _INIT_DIRS:
         (init / d).mkdir(parents=True, exist_ok=True)
     for rel in INIT_FILES:
         (init / rel).write_bytes(b"")
     for d in _INIT_DIRS:
-        found = _image_dir(layer_dirs, d)
-        if found is not None:
+        image_dir = _image_dir(layer_dirs, d)
+        if image_dir is not None:
+            where, found = image_dir
             with contextlib.suppress(PermissionError):  # not root: our own ids only
                 os.chown(init / d, found.st_uid, found.st_gid)
+            _copy_xattrs(where, init / d)
             os.chmod(init / d, stat.S_IMODE(found.st_mode))
             os.utime(init / d, ns=(found.st_atime_ns, found.st_mtime_ns))
     hosts = (
@@ -407,17 +410,34 @@ def _init_files(path: Path, hostname: str, network: str, layer_dirs: Sequence[Pa
     (path / "resolv.conf").write_text(resolv)
 
 
-def _image_dir(layer_dirs: Sequence[Path], name: str) -> os.stat_result | None:
-    """The image's directory ``/name`` (a name in its root), as overlayfs shows it: the
-    topmost of the cached layers (bottom first) that holds the name decides; ``None`` when
-    none does or it is not a directory there (a whiteout, a symlink)."""
+def _image_dir(layer_dirs: Sequence[Path], name: str) -> tuple[Path, os.stat_result] | None:
+    """The image's directory ``/name`` (a name in its root), as overlayfs shows it, and its
+    attributes: the topmost of the cached layers (bottom first) that holds the name decides;
+    ``None`` when none does or it is not a directory there (a whiteout, a symlink)."""
     for d in reversed(layer_dirs):
         try:
             found = os.lstat(d / name)
         except FileNotFoundError:
             continue
-        return found if stat.S_ISDIR(found.st_mode) else None
+        return (d / name, found) if stat.S_ISDIR(found.st_mode) else None
     return None
+
+
+def _copy_xattrs(source: Path, target: Path) -> None:
+    """The extended attributes of the directory ``source`` (ACLs included) onto ``target``,
+    but overlayfs' own (an opaque marker of the layer ``source`` is in must not hide the
+    layers below the init layer). Those this caller may not set (``trusted.*`` without
+    privilege) or the file system cannot hold are left out."""
+    try:
+        names = os.listxattr(source, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(("trusted.overlay.", "user.overlay.")):
+            continue
+        with contextlib.suppress(OSError):
+            value = os.getxattr(source, name, follow_symlinks=False)
+            os.setxattr(target, name, value, follow_symlinks=False)
 
 
 def create(
