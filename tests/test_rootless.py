@@ -39,6 +39,7 @@ first = runtime.run("bb:1", ["sh", "-c",
     "mkdir /secret; echo s > /secret/f; chmod 000 /secret"],
     name="c")
 commit = runtime.commit_container("c", "bb:2")
+print(json.dumps({"diff": [str(c) for c in runtime.changes("c")]}))
 second = runtime.run("bb:2", ["sh", "-c", "cat /root/f; test -e /bin/vi || echo gone"], rm=True)
 other = runtime.run("bb:2", ["true"], user="nobody", rm=True)
 try:
@@ -147,6 +148,9 @@ def test_rootless_run_and_commit(monkeypatch: pytest.MonkeyPatch) -> None:
         result = json.loads(lines[-1])
         assert result["codes"] == [0, 0], result["errors"]
         steps = json.loads(lines[-2])["steps"]
+        # docker diff's view, read as the container's root reads its files (/secret is 000).
+        [diff] = [json.loads(line)["diff"] for line in lines if line.startswith('{"diff"')]
+        assert {"A /secret", "A /secret/f", "A /etc/shadow", "D /bin/vi"} <= set(diff), diff
         assert any(step.startswith("not pausing the container") for step in steps), steps
         assert any("committed as owned by root" in w for w in result["warnings"])
         # Limits without a control group this user may make (cgroup v1): said so, by flag.

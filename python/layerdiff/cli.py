@@ -297,7 +297,9 @@ def diff(
     \\r, \\xNN), so each change is one line; --json gives paths exactly."""
     container = _named_container(trees[0]) if len(trees) == 1 and not (overlay or lowers) else None
     if container is not None:
-        _print_changes(_container_changes(container, content=content), as_json)
+        from layerdiff.runtime import changes as container_changes
+
+        _print_changes(container_changes(container, content=content), as_json)
         return
     if overlay and len(trees) != 1:
         raise click.UsageError("diff --overlay takes one directory: UPPER")
@@ -333,18 +335,6 @@ def _named_container(text: str) -> runtime.Container | None:
         return runtime.open_container(text)
     except ContainerNotFoundError:  # an ambiguous ID or a broken container says so itself
         return None
-
-
-def _container_changes(container: runtime.Container, *, content: bool) -> list[layerdiff.Change]:
-    """What ``container`` changed, as ``docker diff`` lists it: its upper directory against
-    its image's layers, the files the runtime writes for it left out."""
-    from layerdiff import runtime
-
-    changes = layerdiff.diff_overlay(
-        container.upper, lowers=list(reversed(container.layer_dirs())), content=content
-    )
-    own = {"/" + f for f in runtime.INIT_FILES}
-    return [c for c in changes if os.fsdecode(c.path) not in own]
 
 
 @cli.command(

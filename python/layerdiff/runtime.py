@@ -51,7 +51,7 @@ from layerdiff.errors import (
     LayerdiffOSError,
 )
 from layerdiff.image import rfc3339
-from layerdiff.layer import check_bool, check_sequence
+from layerdiff.layer import Change, check_bool, check_sequence, diff_overlay
 from layerdiff.layout import Layout, writing
 
 __all__ = [
@@ -1126,6 +1126,29 @@ def pause(name: str, *, frozen: bool = True) -> Container:
         raise ContainerError(f"cannot {'pause' if frozen else 'unpause'} {container.name}: {why}")
     group.freeze(frozen)
     return container
+
+
+def changes(container: str | Container, *, content: bool = False) -> list[Change]:
+    """What ``container`` (a name, directory or ID, or a :class:`Container`) changed, as
+    ``docker diff`` lists it: its upper directory against its image's layers, the files the
+    runtime writes for it left out. ``content`` is :func:`layerdiff.diff_overlay`'s."""
+    check_bool("content", content)
+    found = open_container(container) if isinstance(container, str) else container
+    args: dict[str, Any] = {
+        "upper": found.upper,
+        "lowers": list(reversed(found.layer_dirs())),
+        "content": content,
+    }
+    if found.data.get("rootless") and os.geteuid() != 0:
+        # Read as its root reads its files (some it may have made unreadable to their owner),
+        # as its commit reads them.
+        from layerdiff import _userns
+
+        listed: list[Change] = _userns.call("diff_overlay", args)
+    else:
+        listed = diff_overlay(**args)
+    own = {"/" + f for f in INIT_FILES}
+    return [c for c in listed if os.fsdecode(c.path) not in own]
 
 
 def commit_container(
