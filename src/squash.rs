@@ -344,7 +344,7 @@ fn children_only<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
 
 /// What a layer's `op` needs carried out first: nothing for a whiteout or an opaque marker,
 /// which waits in `pending`; for an entry, what was read before it on its way (see
-/// [`Pending::due`]).
+/// [`Pending::due`]), and below its path when it is no directory ([`Pending::due_replacing`]).
 fn due_before(pending: &mut Pending, op: &Op) -> Vec<Due> {
     match op {
         Op::Whiteout(p) => {
@@ -355,7 +355,12 @@ fn due_before(pending: &mut Pending, op: &Op) -> Vec<Due> {
             pending.opaque(d);
             Vec::new()
         }
-        Op::Put(p, _) | Op::Link(p, _) => pending.due(parent(p)),
+        Op::Put(p, rec) if rec.kind == Kind::Dir => pending.due(parent(p)),
+        Op::Put(p, _) | Op::Link(p, _) => {
+            let mut due = pending.due(parent(p));
+            due.extend(pending.due_replacing(p));
+            due
+        }
     }
 }
 

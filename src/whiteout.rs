@@ -6,7 +6,7 @@
 //! The functions are pure (names and [`Entry`] values in, answers out) so the corner cases are
 //! tested without a filesystem.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use crate::entry::{Entry, Kind};
 
@@ -118,14 +118,17 @@ pub fn classify_layer_name(name: &[u8]) -> LayerName<'_> {
 /// as docker and umoci carry one out when they read it: what lay there below the layer is gone,
 /// and the entry goes into a directory made for it (`.wh.l` then `l/passwd`, over a lower
 /// `l -> /etc`, makes a directory `l`; it never writes through the link; `d/.wh..wh..opq` then
-/// `d/l/passwd` likewise). Those no later entry goes below are carried out at the end of the
-/// layer, where their order against the layer's own entries does not matter.
+/// `d/l/passwd` likewise). An entry that is no directory has those below its own path carried
+/// out first too ([`Self::due_replacing`]): it replaces what lay there, and a link it makes
+/// must not lead them elsewhere (`d/.wh.x` then `d -> t` hides no `t/x`). Those no later entry
+/// goes below or over are carried out at the end of the layer, where their order against the
+/// layer's own entries does not matter.
 #[derive(Debug, Default)]
 pub struct Pending {
     /// Every one read, in the layer's order.
     read: Vec<Due>,
-    whiteouts: HashSet<Vec<u8>>,
-    opaque: HashSet<Vec<u8>>,
+    whiteouts: BTreeSet<Vec<u8>>,
+    opaque: BTreeSet<Vec<u8>>,
     /// A directory found with nothing due on its way, nothing having been added since: the
     /// next entry's way is looked at only below what it shares with it.
     clear_to: Option<Vec<u8>>,
@@ -173,6 +176,41 @@ impl Pending {
             }
         }
         rest
+    }
+
+    /// What must be carried out before an entry that is no directory replaces `path`, taken
+    /// out of what is pending: the whiteouts below it and the opaque markers of it and below
+    /// it, whiteouts first, each kind in the layer's order (as [`Self::rest`] gives them).
+    pub fn due_replacing(&mut self, path: &[u8]) -> Vec<Due> {
+        let below = |set: &BTreeSet<Vec<u8>>| {
+            let mut from = path.to_vec();
+            from.push(b'/');
+            let mut to = path.to_vec();
+            to.push(b'/' + 1);
+            set.range(from..to).next().is_some()
+        };
+        if !(below(&self.whiteouts) || below(&self.opaque) || self.opaque.contains(path)) {
+            return Vec::new();
+        }
+        let under = |p: &[u8]| p.len() > path.len() && p.starts_with(path) && p[path.len()] == b'/';
+        let mut due = Vec::new();
+        for d in &self.read {
+            if let Due::Whiteout(p) = d
+                && under(p)
+                && self.whiteouts.remove(p)
+            {
+                due.push(d.clone());
+            }
+        }
+        for d in &self.read {
+            if let Due::Opaque(p) = d
+                && (p == path || under(p))
+                && self.opaque.remove(p)
+            {
+                due.push(d.clone());
+            }
+        }
+        due
     }
 
     /// What must be carried out before an entry goes into the directory `dir`, shallowest
@@ -687,5 +725,29 @@ mod tests {
             e.rdev_minor = minor;
             assert_eq!(is_overlay_whiteout(&e), want, "{major}:{minor}");
         }
+    }
+
+    #[test]
+    fn an_entry_replacing_a_path_has_the_markers_below_it_carried_out_first() {
+        let w = |p: &str| Due::Whiteout(p.as_bytes().to_vec());
+        let o = |p: &str| Due::Opaque(p.as_bytes().to_vec());
+        let mut pending = Pending::default();
+        pending.opaque(b"d");
+        pending.whiteout(b"d/x");
+        pending.whiteout(b"dx");
+        pending.whiteout(b"d");
+        pending.opaque(b"d/e");
+        pending.whiteout(b"e/y");
+        // Nothing below a path that holds none, nor its siblings sharing a prefix.
+        assert_eq!(pending.due_replacing(b"e/y"), vec![]);
+        assert_eq!(pending.due_replacing(b"d/x/z"), vec![]);
+        // Below `d`: its whiteouts first, then its opaque markers, each in the order read;
+        // the whiteout of `d` itself and of `dx` stay.
+        assert_eq!(
+            pending.due_replacing(b"d"),
+            vec![w("d/x"), o("d"), o("d/e")]
+        );
+        assert_eq!(pending.due_replacing(b"d"), vec![]);
+        assert_eq!(pending.rest(), vec![w("dx"), w("d"), w("e/y")]);
     }
 }

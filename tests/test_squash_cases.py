@@ -140,6 +140,24 @@ CASES = {
         [D("etc"), F("etc/passwd", b"root"), S("l", "etc")],
         [F("l/a"), WH("l"), F("l/b")],
     ],
+    # A whiteout or opaque marker below a path the layer then makes a link: carried out
+    # before the link is made, it never reaches through it.
+    "a whiteout below a path the layer then makes a link": [
+        [D("t"), F("t/x")],
+        [WH("d/x"), S("d", "t")],
+    ],
+    "an opaque marker of a path the layer then makes a link": [
+        [D("t"), F("t/x"), F("t/y")],
+        [OPQ("d"), S("d", "t")],
+    ],
+    "a whiteout below a lower directory the layer makes a link into itself": [
+        [D("d"), F("d/x")],
+        [WH("d/x"), S("d", "d/c")],
+    ],
+    "a whiteout below a lower directory the layer makes a link elsewhere": [
+        [D("d"), F("d/x"), D("t"), F("t/x")],
+        [WH("d/x"), S("d", "t")],
+    ],
     # A set-group-ID directory gives a directory made in it its group and bit; one a layer
     # implies is 0755 and the caller's all the same, as squash writes it.
     "a directory implied under a set-group-ID directory": [
@@ -235,3 +253,21 @@ def test_a_partial_squash_into_another_layout_takes_the_layers_it_keeps(tmp_path
     layerdiff.unpack("part/x:1", tmp_path / "from-source")
     layerdiff.unpack(target, tmp_path / "from-squash")
     assert differences(tmp_path / "from-source", tmp_path / "from-squash") == []
+
+
+@pytest.mark.parametrize("marker", [WH("d/x"), OPQ("d")])
+def test_a_marker_below_a_path_the_layer_then_makes_a_link_hides_nothing_through_it(
+    tmp_path: Path, marker: object
+) -> None:
+    """`d/.wh.x` (or `d/.wh..wh..opq`) then `d -> t`, with nothing at `d` below: the marker
+    hides what lay below the layer at `d`, which is nothing; `t/x` stays (as umoci and docker,
+    applying in order, leave it), in unpack, squash and the overlay form."""
+    base = [D("t"), F("t/x", b"kept")]
+    load_layers(tmp_path, "link/x:1", [layer_tar(base), layer_tar([marker, S("d", "t")])])
+    layerdiff.squash("link/x:1", "link/x:all")
+    layerdiff.squash("link/x:1", "link/x:top", layers=1)
+    for image in ("link/x:1", "link/x:all", "link/x:top"):
+        out = tmp_path / image.replace(":", "-").replace("/", "-")
+        layerdiff.unpack(image, out)
+        assert (out / "t" / "x").read_bytes() == b"kept", image
+        assert os.readlink(out / "d") == "t", image
