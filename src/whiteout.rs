@@ -182,6 +182,9 @@ impl Pending {
     /// out of what is pending: the whiteouts below it and the opaque markers of it and below
     /// it, whiteouts first, each kind in the layer's order (as [`Self::rest`] gives them).
     pub fn due_replacing(&mut self, path: &[u8]) -> Vec<Due> {
+        if self.whiteouts.is_empty() && self.opaque.is_empty() {
+            return Vec::new();
+        }
         let below = |set: &BTreeSet<Vec<u8>>| {
             let mut from = path.to_vec();
             from.push(b'/');
