@@ -4,6 +4,7 @@ read-only store, and a hypothesis state machine of commit / tag / squash / untag
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -171,6 +172,27 @@ def test_rmi_frees_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert os.statvfs(disk).f_bfree * os.statvfs(disk).f_frsize > 2_000_000
         assert reserve.stat().st_size >= 64 << 10  # made again once there was room
         assert layerdiff.fsck().ok
+
+
+@pytest.mark.root
+def test_a_reserve_that_cannot_grow_is_kept(tmp_path: Path) -> None:
+    """The reserve grows with the index; on a disk without room for more, the one there stays
+    (an rmi can still use it), rather than going too."""
+    disk = tmp_path / "disk"
+    with _tmpfs(disk, "2m"):
+        layout = Layout.create(disk / "images")
+        layout.keep_reserve()
+        reserve = disk / "images" / ".layerdiff.reserve"
+        assert reserve.stat().st_size == 64 << 10
+        index = layout.read_index()
+        index["annotations"] = {"pad": "x" * (48 << 10)}  # twice this is more than 64 KiB
+        (disk / "images" / "index.json").write_text(json.dumps(index))
+        _fill(disk)
+        layout.keep_reserve()
+        assert reserve.stat().st_size >= 64 << 10
+        (disk / "filler").unlink()
+        layout.keep_reserve()
+        assert reserve.stat().st_size >= 96 << 10
 
 
 @pytest.mark.root

@@ -513,12 +513,13 @@ class Layout:
         64 KiB), for removing names on a full file system. Done when there is room: a reserve
         that cannot be made is not an error."""
         path = self.path / _RESERVE
+        had = True
         try:
             want = max(_RESERVE_MIN, 2 * (self.path / _INDEX_FILE).stat().st_size)
             if path.stat().st_size >= want:
                 return
         except FileNotFoundError:
-            pass
+            had = False
         except OSError:
             return
         try:
@@ -528,8 +529,11 @@ class Layout:
         try:
             os.posix_fallocate(fd, 0, want)
         except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # no room for it now: the next command that frees some makes it
+            # No room now: a reserve there was is kept as it is (smaller is better than none);
+            # a new one goes, and the next command that frees room makes it.
+            if not had:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         finally:
             os.close(fd)
 
