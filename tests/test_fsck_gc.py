@@ -16,7 +16,7 @@ import pytest
 
 import layerdiff
 from layerdiff.image import CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, build_manifest, canonical_json
-from layerdiff.layout import REF_NAME, Layout
+from layerdiff.layout import INDEX_MEDIA_TYPE, REF_NAME, Layout
 from tests.conftest import run_cli
 
 
@@ -169,6 +169,32 @@ def test_gc_keeps_every_blob_while_a_manifest_is_missing(store: Layout) -> None:
     done = run_cli("rmi", "bad:1")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("untagged bad:1 (no digest)\nremoved 3 blobs"), done.stdout
+
+
+def test_gc_collects_a_layout_whose_index_lacks_platforms_by_design(tmp_path: Path) -> None:
+    """A multi-platform index holding only this machine's platform (docker 25 saves so): the
+    other platforms' manifests are absent by design, not damage, and gc still removes what
+    nothing reaches."""
+    path = tmp_path / "lay"
+    layerdiff.commit(tree(tmp_path / "a", "a"), image=f"oci:{path}:amd")
+    layout = Layout.open(path)
+    amd = {k: v for k, v in layout.resolve("amd").items() if k != "annotations"}
+    absent = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": "sha256:" + "ab" * 32, "size": 100}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": [
+            {**amd, "platform": {"os": "linux", "architecture": "amd64"}},
+            {**absent, "platform": {"os": "linux", "architecture": "arm64"}},
+        ],
+    }
+    layout.set_tag("multi", layout.put_blob(canonical_json(index), media_type=INDEX_MEDIA_TYPE))
+    assert layout.remove_tag("amd")
+    junk = layout.put_blob(os.urandom(100), media_type="x")
+    report = layerdiff.gc(f"oci:{path}")
+    assert (report.blobs, report.unreadable) == (1, ())
+    assert not layout.blob_path(junk["digest"]).exists()
+    assert layerdiff.inspect(f"oci:{path}:multi")["digest"] == amd["digest"]
 
 
 def test_gc_while_commits_run_never_removes_what_they_tag(tmp_path: Path) -> None:

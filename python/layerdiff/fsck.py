@@ -345,14 +345,18 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> tuple[set[st
     seen: set[str] = set()
     unreadable: list[str] = []
     # Each with whether it stands where a manifest or an index does (the layout's index, an
-    # index's entries, extra): only such a one's damage hides what it names.
-    todo: list[tuple[Descriptor, bool]] = [(d, True) for d in [*layout.manifests(), *extra]]
+    # index's entries, extra): only such a one's damage hides what it names; and whether the
+    # layout's index (or extra) names it: only then does its absence hide anything (an
+    # index's platforms may be missing by design: docker 25 saves this machine's alone).
+    todo: list[tuple[Descriptor, bool, bool]] = [
+        (d, True, True) for d in [*layout.manifests(), *extra]
+    ]
     while todo:
-        desc, named_as_manifest = todo.pop()
+        desc, named_as_manifest, top = todo.pop()
         digest = desc.get("digest")
         media = desc.get("mediaType")
-        # Where a manifest or an index stands, one that is missing (or named by no digest of
-        # ours) hides what it names just as a damaged one does.
+        # Where a manifest or an index stands, one named by no digest of ours, or one the
+        # layout's index names that is missing, hides what it names as a damaged one does.
         hides = (isinstance(media, str) and ("manifest" in media or "index" in media)) or (
             media is None and named_as_manifest
         )
@@ -365,7 +369,7 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> tuple[set[st
         seen.add(digest)
         path = layout.blob_path(digest) if digest.startswith("sha256:") else None
         if path is None or not path.is_file():
-            if hides:
+            if hides and top:
                 unreadable.append(digest)
             continue
         # What a manifest or an index may name, whatever its kind: an entry without a media
@@ -385,10 +389,12 @@ def _reachable(layout: Layout, extra: Sequence[Descriptor] = ()) -> tuple[set[st
                 for key in ("manifests", "layers", "blobs"):
                     found = obj.get(key)
                     if isinstance(found, list):
-                        todo.extend((d, key == "manifests") for d in found if isinstance(d, dict))
+                        todo.extend(
+                            (d, key == "manifests", False) for d in found if isinstance(d, dict)
+                        )
                 for key in ("config", "subject"):
                     if isinstance(obj.get(key), dict):
-                        todo.append((obj[key], key == "subject"))
+                        todo.append((obj[key], key == "subject", False))
     return seen, unreadable
 
 
