@@ -424,3 +424,26 @@ def test_load_reads_standard_input_as_docker_load_does(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
     assert sorted(i.tag for i in layerdiff.images()) == ["plain", "zstd"]
+
+
+@pytest.mark.parametrize("rootfs", [{"type": "layers"}, {"type": "layers", "diff_ids": None}])
+def test_an_image_without_layers_may_leave_its_diff_ids_out(
+    tmp_path: Path, rootfs: dict[str, Any]
+) -> None:
+    """moby leaves an empty diff_ids out (omitempty), Go's OCI types write null: an image
+    without layers reads either way."""
+    layout = Layout.create(tmp_path / "l")
+    config = {"architecture": "amd64", "os": "linux", "rootfs": rootfs, "config": {}}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": layout.put_blob(
+            canonical_json(config), media_type="application/vnd.oci.image.config.v1+json"
+        ),
+        "layers": [],
+    }
+    layout.set_tag("empty", layout.put_blob(canonical_json(manifest), media_type=MANIFEST))
+    ref = f"oci:{tmp_path / 'l'}:empty"
+    for args in (["inspect", ref], ["history", ref], ["save", ref, str(tmp_path / "e.tar")]):
+        done = run_cli(*args)
+        assert done.returncode == 0, (args, done.stderr)

@@ -118,7 +118,7 @@ def save(image: str | refs.LayoutRef, archive: str | refs.ArchiveRef) -> SaveRes
         repo_tags = []
     config_digest = str(local.manifest["config"]["digest"])
     config = local.layout.read_blob(config_digest)
-    diff_ids = local.config.get("rootfs", {}).get("diff_ids", [])
+    diff_ids = local.config.get("rootfs", {}).get("diff_ids") or []
     if len(diff_ids) != len(local.layers):
         raise FormatError(
             f"{local.ref.text}: {len(local.layers)} layers but {len(diff_ids)} diff_ids"

@@ -344,7 +344,7 @@ def _stored_size(image: Image) -> int:
 def inspect(reference: str) -> dict[str, Any]:
     """A JSON-ready description: reference, manifest digest, manifest, config and layers."""
     image = load_image(reference)
-    diff_ids = image.config.get("rootfs", {}).get("diff_ids", [])
+    diff_ids = image.config.get("rootfs", {}).get("diff_ids") or []
     layers = [
         {
             "digest": d["digest"],

@@ -336,9 +336,15 @@ def image_shape_problems(manifest: dict[str, Any], config: object) -> list[str]:
         return [*problems, f"the image config must be an object, not {short_json(config)}"]
     rootfs = config.get("rootfs")
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+    # Left out or null (moby writes it with omitempty, Go's OCI types as null) is none, which
+    # an image without layers may have.
+    listed = diff_ids is None or (
+        isinstance(diff_ids, list) and all(isinstance(d, str) for d in diff_ids)
+    )
+    if not isinstance(rootfs, dict) or not listed or (diff_ids is None and layers):
         problems.append(
-            f"image config: rootfs.diff_ids must be a list of digests: {short_json(rootfs)}"
+            f"image config: rootfs.diff_ids must be a list of digests, one per layer: "
+            f"{short_json(rootfs)}"
         )
     history = config.get("history")
     if history is not None and not (
