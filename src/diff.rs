@@ -248,8 +248,11 @@ enum State {
     Same,
     Added,
     Modified,
-    /// A regular file equal in everything but perhaps mtime: content mode decides.
+    /// A regular file equal in everything but mtime: content mode decides.
     MtimeOnly,
+    /// A regular file equal in every attribute: content mode decides, where the caller may read
+    /// it (else its metadata does, as without content mode).
+    SameMeta,
 }
 
 /// The result of merging the two sorted entry lists.
@@ -295,7 +298,7 @@ fn diff_trees_in_pool(
         // reproducible builds leave them) is a change all the same.
         for ((state, _), e) in merge.upper.iter_mut().zip(&u) {
             if *state == State::Same && e.kind == Kind::File {
-                *state = State::MtimeOnly;
+                *state = State::SameMeta;
             }
         }
         settle_by_content(&mut merge, &l, &u, (lower, upper), cancel)?;
@@ -394,11 +397,27 @@ fn settle_by_content(
         .upper
         .iter()
         .enumerate()
-        .filter_map(|(j, &(state, i))| (state == State::MtimeOnly).then_some((j, i?)))
+        .filter_map(|(j, &(state, i))| {
+            matches!(state, State::MtimeOnly | State::SameMeta).then_some((j, i?))
+        })
         .collect();
     let equal: Vec<bool> = todo
         .par_iter()
-        .map(|&(j, i)| Ok(hash_file(lower, &l[i], cancel)? == hash_file(upper, &u[j], cancel)?))
+        .map(|&(j, i)| {
+            let hashed =
+                (|| Ok(hash_file(lower, &l[i], cancel)? == hash_file(upper, &u[j], cancel)?))();
+            match hashed {
+                // Unreadable to the caller (a file of mode 0000 in a tree not its own): its
+                // attributes, all equal, decide, as they do without content mode.
+                Err(Error::Io { ref source, .. })
+                    if m.upper[j].0 == State::SameMeta
+                        && matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+                {
+                    Ok(true)
+                }
+                other => other,
+            }
+        })
         .collect::<Result<_>>()?;
     for (&(j, _), equal) in todo.iter().zip(equal) {
         m.upper[j].0 = if equal { State::Same } else { State::Modified };
@@ -515,7 +534,7 @@ fn into_changes(m: Merge, lower: &[Entry], upper: Vec<Entry>) -> Vec<Change> {
         .zip(m.upper)
         .filter_map(|(e, (state, _))| {
             let kind = match state {
-                State::Same => return None,
+                State::Same | State::SameMeta => return None,
                 State::Added => ChangeKind::Added,
                 State::Modified | State::MtimeOnly => ChangeKind::Modified,
             };

@@ -344,3 +344,32 @@ def test_a_rootless_layer_writer_whose_caller_is_killed_stops_and_cleans_up() ->
         assert done.stdout.strip() == "[]", done.stdout
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_content_mode_leaves_files_the_caller_cannot_read_to_their_attributes() -> None:
+    """`diff --content` by a user who cannot read a file (mode 0000, its own, equal on both
+    sides): its attributes decide, as without --content, rather than the diff failing; a
+    readable file rewritten with its size and mtime kept is still found."""
+    python = _interpreter()
+    work = Path(tempfile.mkdtemp(prefix="layerdiff-content-"))
+    try:
+        for side, data in (("l", b"one"), ("u", b"two")):
+            (work / side).mkdir()
+            (work / side / "secret").write_bytes(b"s")
+            (work / side / "changed").write_bytes(data)
+            for name in ("secret", "changed"):
+                os.utime(work / side / name, ns=(10**18, 10**18))
+            os.chmod(work / side / "secret", 0)
+            os.utime(work / side, ns=(10**18, 10**18))
+        _give_to_nobody(work)
+        done = _run_as_nobody(
+            python,
+            "import sys, layerdiff\n"
+            "print([str(c) for c in layerdiff.diff(sys.argv[1], sys.argv[2], content=True)])",
+            str(work / "l"),
+            str(work / "u"),
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "['C /changed']"
+    finally:
+        shutil.rmtree(work)
