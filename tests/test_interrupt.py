@@ -140,7 +140,7 @@ def test_ctrl_c_stops_a_diff_promptly(tmp_path: Path) -> None:
 
 def test_ctrl_c_while_the_command_loads_is_one_line() -> None:
     """A Ctrl-C that comes while the command's modules are imported (here: click's, the
-    first slow one) ends it with its one line and by SIGINT, as later, not a traceback."""
+    first slow one) ends it with the line it gives later, and by SIGINT, not a traceback."""
     script = (
         "import sys\n"
         "class Interrupt:\n"
@@ -154,7 +154,7 @@ def test_ctrl_c_while_the_command_loads_is_one_line() -> None:
     done = subprocess.run(
         [sys.executable, "-c", script, "--version"], capture_output=True, text=True, timeout=60
     )
-    assert done.stderr == "layerdiff: interrupted\n"
+    assert done.stderr == "layerdiff: error: interrupted\n"
     assert done.returncode == -signal.SIGINT
     # Imported by a program of its own, the command line leaves its hook in place.
     kept = subprocess.run(

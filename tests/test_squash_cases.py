@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import layerdiff
-from tests.stacks import OPQ, WH, D, F, H, S, layer_tar, load_layers
+from tests.stacks import OPQ, WH, D, Entry, F, H, S, layer_tar, load_layers
 from tests.treecmp import differences
 
 CASES = {
@@ -257,7 +257,7 @@ def test_a_partial_squash_into_another_layout_takes_the_layers_it_keeps(tmp_path
 
 @pytest.mark.parametrize("marker", [WH("d/x"), OPQ("d")])
 def test_a_marker_below_a_path_the_layer_then_makes_a_link_hides_nothing_through_it(
-    tmp_path: Path, marker: object
+    tmp_path: Path, marker: Entry
 ) -> None:
     """`d/.wh.x` (or `d/.wh..wh..opq`) then `d -> t`, with nothing at `d` below: the marker
     hides what lay below the layer at `d`, which is nothing; `t/x` stays (as umoci and docker,

@@ -1,5 +1,7 @@
-"""The command line's first import: a Ctrl-C while its modules load ends it with the one line
-it gives once it runs (``layerdiff: interrupted``), not a traceback of the import."""
+"""The command line's first import: a Ctrl-C while the rest of its modules load ends it with
+the line it gives once it runs (``layerdiff: error: interrupted``), and by SIGINT, not with a
+traceback of the import. (One during the interpreter's own start, before this, still gives
+Python's traceback.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ _previous = sys.excepthook
 def _hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     if issubclass(kind, KeyboardInterrupt):
         # Python then ends by SIGINT, as a shell expects of an interrupted command.
-        sys.stderr.write("layerdiff: interrupted\n")
+        sys.stderr.write("layerdiff: error: interrupted\n")
         return
     _previous(kind, value, tb)
 
