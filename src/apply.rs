@@ -391,7 +391,7 @@ impl Applier<'_> {
         let io = |e: io::Error| written(root, &path, name, e);
         self.hide_before_entry(parent(&path))?;
         if h.kind != EntryKind::Dir {
-            self.hide_before_replacing(&path)?;
+            self.pending.drop_replaced(&path);
         }
         let (dir, real_parent, cacheable) = match self.parent.take() {
             Some((p, fd, real)) if p == parent(&path) => (fd, real, true),
@@ -750,19 +750,6 @@ impl Applier<'_> {
         let due = self.pending.due(dir);
         if !due.is_empty() {
             // The parent kept open may lead through what is removed.
-            self.parent = None;
-        }
-        for what in due {
-            self.carry_out(&what)?;
-        }
-        Ok(())
-    }
-
-    /// Carry out, now, the whiteouts and opaque markers read so far below `path`, which an
-    /// entry that is no directory is about to replace ([`Pending::due_replacing`]).
-    fn hide_before_replacing(&mut self, path: &[u8]) -> Result<()> {
-        let due = self.pending.due_replacing(path);
-        if !due.is_empty() {
             self.parent = None;
         }
         for what in due {

@@ -344,7 +344,8 @@ fn children_only<V>(map: &BTreeMap<Key, V>, path: &[u8]) -> Vec<Key> {
 
 /// What a layer's `op` needs carried out first: nothing for a whiteout or an opaque marker,
 /// which waits in `pending`; for an entry, what was read before it on its way (see
-/// [`Pending::due`]), and below its path when it is no directory ([`Pending::due_replacing`]).
+/// [`Pending::due`]); one that is no directory drops those below its path
+/// ([`Pending::drop_replaced`]).
 fn due_before(pending: &mut Pending, op: &Op) -> Vec<Due> {
     match op {
         Op::Whiteout(p) => {
@@ -357,8 +358,8 @@ fn due_before(pending: &mut Pending, op: &Op) -> Vec<Due> {
         }
         Op::Put(p, rec) if rec.kind == Kind::Dir => pending.due(parent(p)),
         Op::Put(p, _) | Op::Link(p, _) => {
-            let mut due = pending.due(parent(p));
-            due.extend(pending.due_replacing(p));
+            let due = pending.due(parent(p));
+            pending.drop_replaced(p);
             due
         }
     }

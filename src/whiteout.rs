@@ -118,11 +118,11 @@ pub fn classify_layer_name(name: &[u8]) -> LayerName<'_> {
 /// as docker and umoci carry one out when they read it: what lay there below the layer is gone,
 /// and the entry goes into a directory made for it (`.wh.l` then `l/passwd`, over a lower
 /// `l -> /etc`, makes a directory `l`; it never writes through the link; `d/.wh..wh..opq` then
-/// `d/l/passwd` likewise). An entry that is no directory has those below its own path carried
-/// out first too ([`Self::due_replacing`]): it replaces what lay there, and a link it makes
-/// must not lead them elsewhere (`d/.wh.x` then `d -> t` hides no `t/x`). Those no later entry
-/// goes below or over are carried out at the end of the layer, where their order against the
-/// layer's own entries does not matter.
+/// `d/l/passwd` likewise). An entry that is no directory drops those below its own path
+/// ([`Self::drop_replaced`]): it replaces whatever lay there below the layer, so they have
+/// nothing left to hide, and a link it makes must not lead them elsewhere (`d/.wh.x` then
+/// `d -> t` hides no `t/x`). Those no later entry goes below or over are carried out at the
+/// end of the layer, where their order against the layer's own entries does not matter.
 #[derive(Debug, Default)]
 pub struct Pending {
     /// Every one read, in the layer's order.
@@ -178,10 +178,10 @@ impl Pending {
         rest
     }
 
-    /// What must be carried out before an entry that is no directory replaces `path`, taken
-    /// out of what is pending: the whiteouts below it and the opaque markers of it and below
-    /// it, whiteouts first, each kind in the layer's order (as [`Self::rest`] gives them).
-    pub fn due_replacing(&mut self, path: &[u8]) -> Vec<Due> {
+    /// An entry that is no directory replaces `path`: the whiteouts below it and the opaque
+    /// markers of it and below it are dropped, and returned (whiteouts first, each kind in the
+    /// layer's order). What they would hide below the layer goes with what the entry replaces.
+    pub fn drop_replaced(&mut self, path: &[u8]) -> Vec<Due> {
         if self.whiteouts.is_empty() && self.opaque.is_empty() {
             return Vec::new();
         }
@@ -731,7 +731,7 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_replacing_a_path_has_the_markers_below_it_carried_out_first() {
+    fn an_entry_replacing_a_path_drops_the_markers_below_it() {
         let w = |p: &str| Due::Whiteout(p.as_bytes().to_vec());
         let o = |p: &str| Due::Opaque(p.as_bytes().to_vec());
         let mut pending = Pending::default();
@@ -742,15 +742,15 @@ mod tests {
         pending.opaque(b"d/e");
         pending.whiteout(b"e/y");
         // Nothing below a path that holds none, nor its siblings sharing a prefix.
-        assert_eq!(pending.due_replacing(b"e/y"), vec![]);
-        assert_eq!(pending.due_replacing(b"d/x/z"), vec![]);
+        assert_eq!(pending.drop_replaced(b"e/y"), vec![]);
+        assert_eq!(pending.drop_replaced(b"d/x/z"), vec![]);
         // Below `d`: its whiteouts first, then its opaque markers, each in the order read;
         // the whiteout of `d` itself and of `dx` stay.
         assert_eq!(
-            pending.due_replacing(b"d"),
+            pending.drop_replaced(b"d"),
             vec![w("d/x"), o("d"), o("d/e")]
         );
-        assert_eq!(pending.due_replacing(b"d"), vec![]);
+        assert_eq!(pending.drop_replaced(b"d"), vec![]);
         assert_eq!(pending.rest(), vec![w("dx"), w("d"), w("e/y")]);
     }
 }

@@ -158,6 +158,14 @@ CASES = {
         [D("d"), F("d/x"), D("t"), F("t/x")],
         [WH("d/x"), S("d", "t")],
     ],
+    "an opaque marker below a link to the root, then a file in the link's place": [
+        [F("x"), F("y"), D("b")],
+        [S("b", "/"), OPQ("b"), F("b")],
+    ],
+    "a whiteout below a link, then a file in its place": [
+        [D("t"), F("t/x")],
+        [S("d", "t"), WH("d/x"), F("d")],
+    ],
     # A set-group-ID directory gives a directory made in it its group and bit; one a layer
     # implies is 0755 and the caller's all the same, as squash writes it.
     "a directory implied under a set-group-ID directory": [
@@ -271,3 +279,19 @@ def test_a_marker_below_a_path_the_layer_then_makes_a_link_hides_nothing_through
         layerdiff.unpack(image, out)
         assert (out / "t" / "x").read_bytes() == b"kept", image
         assert os.readlink(out / "d") == "t", image
+
+
+def test_a_marker_below_what_its_layer_then_replaces_by_a_file_hides_nothing(
+    tmp_path: Path,
+) -> None:
+    """`b -> /`, `b/.wh..wh..opq`, then a file `b`: the file replaces the link, and the
+    marker below it has nothing left to hide; the lower root keeps its files."""
+    base = [F("x", b"1"), F("y", b"2"), D("b")]
+    top = [S("b", "/"), OPQ("b"), F("b", b"f")]
+    load_layers(tmp_path, "root/x:1", [layer_tar(base), layer_tar(top)])
+    layerdiff.squash("root/x:1", "root/x:top", layers=1)
+    for image in ("root/x:1", "root/x:top"):
+        out = tmp_path / image.replace(":", "-").replace("/", "-")
+        layerdiff.unpack(image, out)
+        assert sorted(p.name for p in out.iterdir()) == ["b", "x", "y"], image
+        assert (out / "b").read_bytes() == b"f", image
