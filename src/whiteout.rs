@@ -6,7 +6,7 @@
 //! The functions are pure (names and [`Entry`] values in, answers out) so the corner cases are
 //! tested without a filesystem.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use crate::entry::{Entry, Kind};
 
@@ -121,14 +121,18 @@ pub fn classify_layer_name(name: &[u8]) -> LayerName<'_> {
 /// `d/l/passwd` likewise). An entry that is no directory drops those below its own path
 /// ([`Self::drop_replaced`]): it replaces whatever lay there below the layer, so they have
 /// nothing left to hide, and a link it makes must not lead them elsewhere (`d/.wh.x` then
-/// `d -> t` hides no `t/x`). Those no later entry goes below or over are carried out at the
-/// end of the layer, where their order against the layer's own entries does not matter.
+/// `d -> t` hides no `t/x`), and one read below such an entry later is not taken, for the same
+/// reason. Those no later entry goes below or over are carried out at the end of the layer,
+/// where their order against the layer's own entries does not matter.
 #[derive(Debug, Default)]
 pub struct Pending {
     /// Every one read, in the layer's order.
     read: Vec<Due>,
     whiteouts: BTreeSet<Vec<u8>>,
     opaque: BTreeSet<Vec<u8>>,
+    /// Paths the layer wrote something that is no directory at so far: a marker read below
+    /// one has nothing of the layers below left to hide.
+    replaced: HashSet<Vec<u8>>,
     /// A directory found with nothing due on its way, nothing having been added since: the
     /// next entry's way is looked at only below what it shares with it.
     clear_to: Option<Vec<u8>>,
@@ -144,15 +148,34 @@ pub enum Due {
 }
 
 impl Pending {
-    /// A whiteout of `path` read.
+    /// Whether the layer wrote something that is no directory at `path` or above it.
+    fn under_replaced(&self, mut path: &[u8]) -> bool {
+        while !path.is_empty() {
+            if self.replaced.contains(path) {
+                return true;
+            }
+            path = crate::entry::parent(path);
+        }
+        false
+    }
+
+    /// A whiteout of `path` read (nothing, below what the layer replaced by something that is
+    /// no directory: what lay there below the layer is gone with it).
     pub fn whiteout(&mut self, path: &[u8]) {
+        if !self.replaced.is_empty() && self.under_replaced(crate::entry::parent(path)) {
+            return;
+        }
         self.whiteouts.insert(path.to_vec());
         self.read.push(Due::Whiteout(path.to_vec()));
         self.clear_to = None;
     }
 
-    /// The opaque marker of the directory `dir` read.
+    /// The opaque marker of the directory `dir` read (nothing, at or below what the layer
+    /// replaced by something that is no directory).
     pub fn opaque(&mut self, dir: &[u8]) {
+        if !self.replaced.is_empty() && self.under_replaced(dir) {
+            return;
+        }
         self.opaque.insert(dir.to_vec());
         self.read.push(Due::Opaque(dir.to_vec()));
         self.clear_to = None;
@@ -180,8 +203,10 @@ impl Pending {
 
     /// An entry that is no directory replaces `path`: the whiteouts below it and the opaque
     /// markers of it and below it are dropped, and returned (whiteouts first, each kind in the
-    /// layer's order). What they would hide below the layer goes with what the entry replaces.
+    /// layer's order), and those read below it later are not taken. What they would hide below
+    /// the layer goes with what the entry replaces (`d -> t`, then `d/.wh.x`, hides no `t/x`).
     pub fn drop_replaced(&mut self, path: &[u8]) -> Vec<Due> {
+        self.replaced.insert(path.to_vec());
         if self.whiteouts.is_empty() && self.opaque.is_empty() {
             return Vec::new();
         }
@@ -751,6 +776,11 @@ mod tests {
             vec![w("d/x"), o("d"), o("d/e")]
         );
         assert_eq!(pending.drop_replaced(b"d"), vec![]);
-        assert_eq!(pending.rest(), vec![w("dx"), w("d"), w("e/y")]);
+        // Read below what the layer replaced: not taken; beside it, taken.
+        pending.whiteout(b"d/later");
+        pending.opaque(b"d");
+        pending.opaque(b"d/e/f");
+        pending.whiteout(b"dz");
+        assert_eq!(pending.rest(), vec![w("dx"), w("d"), w("e/y"), w("dz")]);
     }
 }

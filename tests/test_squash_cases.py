@@ -166,6 +166,24 @@ CASES = {
         [D("t"), F("t/x")],
         [S("d", "t"), WH("d/x"), F("d")],
     ],
+    # The other order: a marker read below what its layer made a link, a file or a hardlink
+    # has nothing of the layers below left to hide.
+    "a link, then a whiteout below it": [
+        [D("t"), F("t/x")],
+        [S("d", "t"), WH("d/x")],
+    ],
+    "a link to the root, then an opaque marker of it": [
+        [F("x"), F("y"), D("b")],
+        [S("b", "/"), OPQ("b")],
+    ],
+    "a link into itself, then a whiteout below it": [
+        [D("d"), F("d/x")],
+        [S("d", "d/c"), WH("d/x")],
+    ],
+    "a hardlink to a link, then a whiteout below it": [
+        [D("t"), F("t/x"), S("s", "t")],
+        [H("d", "s"), WH("d/x")],
+    ],
     # A set-group-ID directory gives a directory made in it its group and bit; one a layer
     # implies is 0755 and the caller's all the same, as squash writes it.
     "a directory implied under a set-group-ID directory": [
@@ -295,3 +313,22 @@ def test_a_marker_below_what_its_layer_then_replaces_by_a_file_hides_nothing(
         layerdiff.unpack(image, out)
         assert sorted(p.name for p in out.iterdir()) == ["b", "x", "y"], image
         assert (out / "b").read_bytes() == b"f", image
+
+
+@pytest.mark.parametrize(
+    "top",
+    [[S("d", "t"), WH("d/x")], [S("d", "t"), OPQ("d")], [S("d", "t"), WH("d/x"), D("d")]],
+)
+def test_a_marker_read_below_what_its_layer_made_a_link_hides_nothing(
+    tmp_path: Path, top: list[Entry]
+) -> None:
+    """`d -> t`, then `d/.wh.x` (or `d/.wh..wh..opq`): whatever lay at `d` below the layer went
+    with the link, so the marker has nothing left to hide, and `t/x` stays."""
+    base = [D("t"), F("t/x", b"kept")]
+    load_layers(tmp_path, "after/x:1", [layer_tar(base), layer_tar(top)])
+    layerdiff.squash("after/x:1", "after/x:all")
+    layerdiff.squash("after/x:1", "after/x:top", layers=1)
+    for image in ("after/x:1", "after/x:all", "after/x:top"):
+        out = tmp_path / image.replace(":", "-").replace("/", "-")
+        layerdiff.unpack(image, out)
+        assert (out / "t" / "x").read_bytes() == b"kept", image
