@@ -202,42 +202,33 @@ impl Pending {
     }
 
     /// An entry that is no directory replaces `path`: the whiteouts below it and the opaque
-    /// markers of it and below it are dropped, and returned (whiteouts first, each kind in the
-    /// layer's order), and those read below it later are not taken. What they would hide below
-    /// the layer goes with what the entry replaces (`d -> t`, then `d/.wh.x`, hides no `t/x`).
+    /// markers of it and below it are dropped, and returned (whiteouts first, each kind in path
+    /// order), and those read below it later are not taken. What they would hide below the
+    /// layer goes with what the entry replaces (`d -> t`, then `d/.wh.x`, hides no `t/x`).
     pub fn drop_replaced(&mut self, path: &[u8]) -> Vec<Due> {
         self.replaced.insert(path.to_vec());
         if self.whiteouts.is_empty() && self.opaque.is_empty() {
             return Vec::new();
         }
-        let below = |set: &BTreeSet<Vec<u8>>| {
-            let mut from = path.to_vec();
-            from.push(b'/');
-            let mut to = path.to_vec();
-            to.push(b'/' + 1);
-            set.range(from..to).next().is_some()
+        // The paths below `path`: `path/` up to `path0` (`0` sorts right after `/`).
+        let (mut from, mut to) = (path.to_vec(), path.to_vec());
+        from.push(b'/');
+        to.push(b'/' + 1);
+        let take_below = |set: &mut BTreeSet<Vec<u8>>| {
+            let below: Vec<Vec<u8>> = set.range(from.clone()..to.clone()).cloned().collect();
+            for p in &below {
+                set.remove(p);
+            }
+            below
         };
-        if !(below(&self.whiteouts) || below(&self.opaque) || self.opaque.contains(path)) {
-            return Vec::new();
+        let mut due: Vec<Due> = take_below(&mut self.whiteouts)
+            .into_iter()
+            .map(Due::Whiteout)
+            .collect();
+        if self.opaque.remove(path) {
+            due.push(Due::Opaque(path.to_vec()));
         }
-        let under = |p: &[u8]| p.len() > path.len() && p.starts_with(path) && p[path.len()] == b'/';
-        let mut due = Vec::new();
-        for d in &self.read {
-            if let Due::Whiteout(p) = d
-                && under(p)
-                && self.whiteouts.remove(p)
-            {
-                due.push(d.clone());
-            }
-        }
-        for d in &self.read {
-            if let Due::Opaque(p) = d
-                && (p == path || under(p))
-                && self.opaque.remove(p)
-            {
-                due.push(d.clone());
-            }
-        }
+        due.extend(take_below(&mut self.opaque).into_iter().map(Due::Opaque));
         due
     }
 
@@ -769,8 +760,8 @@ mod tests {
         // Nothing below a path that holds none, nor its siblings sharing a prefix.
         assert_eq!(pending.drop_replaced(b"e/y"), vec![]);
         assert_eq!(pending.drop_replaced(b"d/x/z"), vec![]);
-        // Below `d`: its whiteouts first, then its opaque markers, each in the order read;
-        // the whiteout of `d` itself and of `dx` stay.
+        // Below `d`: its whiteouts first, then its opaque markers, each in path order; the
+        // whiteout of `d` itself and of `dx` stay.
         assert_eq!(
             pending.drop_replaced(b"d"),
             vec![w("d/x"), o("d"), o("d/e")]
