@@ -193,6 +193,20 @@ CASES = {
 }
 
 
+def unpacked_squashes(tmp_path: Path, image: str, layers: list[list[Entry]]) -> dict[str, Path]:
+    """``image`` loaded from ``layers``, squashed whole (``REPO:all``) and its top layer alone
+    (``REPO:top``): each of the three unpacked, by name."""
+    load_layers(tmp_path, image, [layer_tar(layer) for layer in layers])
+    repo = image.partition(":")[0]
+    layerdiff.squash(image, f"{repo}:all")
+    layerdiff.squash(image, f"{repo}:top", layers=1)
+    trees = {}
+    for name in (image, f"{repo}:all", f"{repo}:top"):
+        trees[name] = tmp_path / name.replace(":", "-").replace("/", "-")
+        layerdiff.unpack(name, trees[name])
+    return trees
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_squash_gives_what_the_layers_applied_in_order_give(tmp_path: Path, name: str) -> None:
     layers = CASES[name]
@@ -255,12 +269,8 @@ def test_a_whiteout_read_first_keeps_the_entries_below_it_off_what_it_hides(
     """`.wh.l` then `l/passwd`, over a lower `l -> /etc`: unpack and squash make `l` a
     directory holding the new file, and leave /etc/passwd as it was (as umoci does)."""
     base = [D("etc"), F("etc/passwd", b"root"), S("l", "/etc")]
-    load_layers(tmp_path, "wh/x:1", [layer_tar(base), layer_tar([WH("l"), F("l/passwd", b"n")])])
-    layerdiff.squash("wh/x:1", "wh/x:all")
-    layerdiff.squash("wh/x:1", "wh/x:top", layers=1)
-    for image in ("wh/x:1", "wh/x:all", "wh/x:top"):
-        out = tmp_path / image.replace(":", "-").replace("/", "-")
-        layerdiff.unpack(image, out)
+    top = [WH("l"), F("l/passwd", b"n")]
+    for image, out in unpacked_squashes(tmp_path, "wh/x:1", [base, top]).items():
         assert (out / "etc" / "passwd").read_bytes() == b"root", image
         assert (out / "l").is_dir() and not (out / "l").is_symlink(), image
         assert (out / "l" / "passwd").read_bytes() == b"n", image
@@ -289,12 +299,9 @@ def test_a_marker_below_a_path_the_layer_then_makes_a_link_hides_nothing_through
     hides what lay below the layer at `d`, which is nothing; `t/x` stays (as umoci and docker,
     applying in order, leave it), in unpack, squash and the overlay form."""
     base = [D("t"), F("t/x", b"kept")]
-    load_layers(tmp_path, "link/x:1", [layer_tar(base), layer_tar([marker, S("d", "t")])])
-    layerdiff.squash("link/x:1", "link/x:all")
-    layerdiff.squash("link/x:1", "link/x:top", layers=1)
-    for image in ("link/x:1", "link/x:all", "link/x:top"):
-        out = tmp_path / image.replace(":", "-").replace("/", "-")
-        layerdiff.unpack(image, out)
+    for image, out in unpacked_squashes(
+        tmp_path, "link/x:1", [base, [marker, S("d", "t")]]
+    ).items():
         assert (out / "t" / "x").read_bytes() == b"kept", image
         assert os.readlink(out / "d") == "t", image
 
@@ -306,11 +313,7 @@ def test_a_marker_below_what_its_layer_then_replaces_by_a_file_hides_nothing(
     marker below it has nothing left to hide; the lower root keeps its files."""
     base = [F("x", b"1"), F("y", b"2"), D("b")]
     top = [S("b", "/"), OPQ("b"), F("b", b"f")]
-    load_layers(tmp_path, "root/x:1", [layer_tar(base), layer_tar(top)])
-    layerdiff.squash("root/x:1", "root/x:top", layers=1)
-    for image in ("root/x:1", "root/x:top"):
-        out = tmp_path / image.replace(":", "-").replace("/", "-")
-        layerdiff.unpack(image, out)
+    for image, out in unpacked_squashes(tmp_path, "root/x:1", [base, top]).items():
         assert sorted(p.name for p in out.iterdir()) == ["b", "x", "y"], image
         assert (out / "b").read_bytes() == b"f", image
 
@@ -325,10 +328,5 @@ def test_a_marker_read_below_what_its_layer_made_a_link_hides_nothing(
     """`d -> t`, then `d/.wh.x` (or `d/.wh..wh..opq`): whatever lay at `d` below the layer went
     with the link, so the marker has nothing left to hide, and `t/x` stays."""
     base = [D("t"), F("t/x", b"kept")]
-    load_layers(tmp_path, "after/x:1", [layer_tar(base), layer_tar(top)])
-    layerdiff.squash("after/x:1", "after/x:all")
-    layerdiff.squash("after/x:1", "after/x:top", layers=1)
-    for image in ("after/x:1", "after/x:all", "after/x:top"):
-        out = tmp_path / image.replace(":", "-").replace("/", "-")
-        layerdiff.unpack(image, out)
+    for image, out in unpacked_squashes(tmp_path, "after/x:1", [base, top]).items():
         assert (out / "t" / "x").read_bytes() == b"kept", image
